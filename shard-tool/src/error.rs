@@ -1,0 +1,124 @@
+//! Errors of the `shard_tool` library. Every message names the file or record it is about;
+//! binaries print the whole chain (`{:#}`), so context variants hold the cause as a source.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong reading, writing or checking a dataset directory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The error happened while working on this file or directory.
+    #[error("{}", path.display())]
+    WithPath {
+        /// The file or directory.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
+    },
+    /// The error is about this record.
+    #[error("{split} record {index}")]
+    WithRecord {
+        /// Split of the record.
+        split: String,
+        /// Global index of the record in its split.
+        index: u64,
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
+    },
+    /// An operating-system I/O error.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// A file does not start with the magic bytes of its kind.
+    #[error("not an rsb {what} file (wrong magic bytes)")]
+    BadMagic {
+        /// Kind of file expected ("shard", "index", ...).
+        what: &'static str,
+    },
+    /// A file was written by another format version.
+    #[error(
+        "format version {found} is not supported by this build (it reads version {supported}); \
+         repack with this shard-tool or use a matching build"
+    )]
+    Version {
+        /// Version found in the file.
+        found: u32,
+        /// Version this build reads.
+        supported: u32,
+    },
+    /// Bytes on disk do not match their checksum or are structurally inconsistent.
+    #[error("corrupt: {0}")]
+    Corrupt(String),
+    /// The directory has no manifest: a pack into it never finished.
+    #[error(
+        "no manifest.json: this pack did not finish; rerun the same `shard-tool pack` command to \
+         complete it"
+    )]
+    Incomplete,
+    /// A JSON manifest or footer could not be parsed or written.
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The source tree does not have a layout `pack` understands.
+    #[error("{0}")]
+    Layout(String),
+    /// The output directory holds work from a different pack.
+    #[error("{0}")]
+    Mismatch(String),
+    /// A record index past the end of its split.
+    #[error("record index {index} is out of range: split `{split}` has {len} records")]
+    OutOfRange {
+        /// Split asked for.
+        split: String,
+        /// Index asked for.
+        index: u64,
+        /// Records in the split.
+        len: u64,
+    },
+    /// A split name that the dataset does not have.
+    #[error("no split `{split}` in this dataset (it has: {available})")]
+    NoSplit {
+        /// Split asked for.
+        split: String,
+        /// Comma-separated splits present.
+        available: String,
+    },
+    /// Invalid options (from a builder or a command line).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Wraps `self` with the path it concerns.
+    pub(crate) fn with_path(self, path: impl Into<PathBuf>) -> Error {
+        Error::WithPath {
+            path: path.into(),
+            source: Box::new(self),
+        }
+    }
+
+    /// Wraps `self` with the record it concerns.
+    pub(crate) fn with_record(self, split: &str, index: u64) -> Error {
+        Error::WithRecord {
+            split: split.to_owned(),
+            index,
+            source: Box::new(self),
+        }
+    }
+}
+
+/// Adds a path to the error of an I/O result.
+pub(crate) trait PathContext<T> {
+    /// Wraps the error with `path`.
+    fn at(self, path: &std::path::Path) -> Result<T, Error>;
+}
+
+impl<T, E: Into<Error>> PathContext<T> for Result<T, E> {
+    fn at(self, path: &std::path::Path) -> Result<T, Error> {
+        self.map_err(|e| e.into().with_path(path))
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

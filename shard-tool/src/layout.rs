@@ -1,0 +1,581 @@
+/*!
+Finding the images and labels of a source tree.
+
+ImageNet arrives in several shapes; this module turns each into one list of (path, label) per
+split, so that packing never has to care which shape it was:
+
+- `train/<class>/**/*`, `val/<class>/**/*`, `test/<class>/**/*`: ImageFolder, as torchvision and
+  timm read it (CIFAR-10 in this layout works the same way).
+- a flat `val/` plus Kaggle's `LOC_val_solution.csv` (`ImageId,PredictionString`; the first
+  token of the string is the wnid).
+- a flat `val/` plus the devkit's `ILSVRC2012_validation_ground_truth.txt`: line *k* holds the
+  ILSVRC2012_ID of `ILSVRC2012_val_<k, 8 digits>.JPEG`. Those IDs (1..=1000) are **not** sorted-wnid
+  order; they index the `synsets` table of the devkit's `meta.mat`. Pass that table as a text
+  file with one wnid per line in ILSVRC2012_ID order (`--devkit-synsets`); see the README for
+  the one-line export from `meta.mat`.
+- a flat `test/` with no labels: stored with [`NO_LABEL`].
+
+Class index = position of the class folder name in the sorted list of `train/`'s class folders
+(of the first split with class folders if there is no `train/`), as torchvision's ImageFolder
+does. Image files are those whose extension timm accepts (`.jpg`, `.jpeg`, `.png`, any case);
+everything else is listed as ignored, never dropped silently.
+*/
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, PathContext, Result};
+use crate::record::NO_LABEL;
+
+/// Split folder names `pack` looks for, in the order they are packed.
+pub const SPLIT_NAMES: [&str; 3] = ["train", "val", "test"];
+
+/// File extensions (lower case) that count as images, as timm's `IMG_EXTENSIONS`.
+pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+
+/// Where to find labels for a flat validation folder.
+#[derive(Debug, Clone, Default)]
+pub struct LayoutOptions {
+    /// Kaggle `LOC_val_solution.csv` or devkit `ILSVRC2012_validation_ground_truth.txt`; found
+    /// automatically in the root or in `val/` when not given.
+    pub val_labels: Option<PathBuf>,
+    /// The devkit's synset table as text: one wnid per line, line *k* = ILSVRC2012_ID *k*.
+    pub devkit_synsets: Option<PathBuf>,
+}
+
+/// A source tree, resolved into splits of labelled files.
+#[derive(Debug, Clone)]
+pub struct SourceTree {
+    /// Root that was scanned; file paths are relative to it.
+    pub root: PathBuf,
+    /// Class names in class-index order.
+    pub classes: Vec<String>,
+    /// Splits found, in [`SPLIT_NAMES`] order.
+    pub splits: Vec<SourceSplit>,
+    /// Things worth telling the user that are not errors (e.g. an empty class folder).
+    pub warnings: Vec<String>,
+}
+
+/// How a split's labels were found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SplitLayout {
+    /// One folder per class.
+    ClassFolders,
+    /// Flat folder, labels from a Kaggle CSV at this path.
+    KaggleCsv(PathBuf),
+    /// Flat folder, labels from the devkit ground truth and synset table at these paths.
+    Devkit {
+        /// `ILSVRC2012_validation_ground_truth.txt`.
+        ground_truth: PathBuf,
+        /// Synset table, one wnid per line in ILSVRC2012_ID order.
+        synsets: PathBuf,
+    },
+    /// Flat folder without labels.
+    Unlabelled,
+}
+
+impl std::fmt::Display for SplitLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SplitLayout::ClassFolders => f.write_str("class folders"),
+            SplitLayout::KaggleCsv(p) => write!(f, "flat, labels from {}", p.display()),
+            SplitLayout::Devkit {
+                ground_truth,
+                synsets,
+            } => write!(
+                f,
+                "flat, labels from {} through {}",
+                ground_truth.display(),
+                synsets.display()
+            ),
+            SplitLayout::Unlabelled => f.write_str("flat, unlabelled"),
+        }
+    }
+}
+
+/// One split of a source tree.
+#[derive(Debug, Clone)]
+pub struct SourceSplit {
+    /// `train`, `val` or `test`.
+    pub name: String,
+    /// How labels were found.
+    pub layout: SplitLayout,
+    /// Image files to pack, sorted by path.
+    pub files: Vec<SourceFile>,
+    /// Image files that cannot be packed (e.g. no label), with the reason.
+    pub rejected: Vec<Skipped>,
+    /// Files that are not images by extension, with the reason.
+    pub ignored: Vec<Skipped>,
+}
+
+/// A file to pack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    /// Path relative to the root, `/`-separated.
+    pub path: String,
+    /// Class index, or [`NO_LABEL`].
+    pub label: u32,
+    /// Size in bytes when scanned.
+    pub size: u64,
+}
+
+/// A file that is not packed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Skipped {
+    /// Path relative to the root.
+    pub path: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Scans `root` and resolves its splits and labels.
+///
+/// # Errors
+/// [`Error::Layout`] when the tree has no split folder, a `train/` without class folders, a
+/// `val/` class that `train/` lacks, or a flat `val/` without a usable label file; I/O errors
+/// with the path they happened on.
+pub fn discover(root: &Path, options: &LayoutOptions) -> Result<SourceTree> {
+    let present: Vec<&str> = SPLIT_NAMES
+        .iter()
+        .copied()
+        .filter(|s| root.join(s).is_dir())
+        .collect();
+    if present.is_empty() {
+        return Err(Error::Layout(format!(
+            "{} has no train/, val/ or test/ folder; expected an ImageFolder tree such as \
+             {0}/train/<class>/<image>.JPEG",
+            root.display()
+        )));
+    }
+
+    let mut listings = Vec::new();
+    for name in &present {
+        listings.push((*name, list_split(root, name)?));
+    }
+
+    // Class list: the train split's folders, else the first split that has folders.
+    let class_source = listings
+        .iter()
+        .find(|(n, _)| *n == "train")
+        .or_else(|| listings.iter().find(|(_, l)| !l.class_dirs.is_empty()));
+    let classes: Vec<String> = match class_source {
+        Some((_, l)) => l.class_dirs.keys().cloned().collect(),
+        None => Vec::new(),
+    };
+    let class_index: HashMap<&str, u32> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i as u32))
+        .collect();
+
+    let mut warnings = Vec::new();
+    let mut splits = Vec::new();
+    for (name, listing) in &listings {
+        let split = resolve_split(root, name, listing, &class_index, options, &mut warnings)?;
+        splits.push(split);
+    }
+    Ok(SourceTree {
+        root: root.to_path_buf(),
+        classes,
+        splits,
+        warnings,
+    })
+}
+
+/// What a split folder holds before labels are resolved.
+struct Listing {
+    /// Class folder name → image files (relative paths) under it, recursively.
+    class_dirs: BTreeMap<String, Vec<(String, u64)>>,
+    /// Image files directly in the split folder.
+    flat: Vec<(String, u64)>,
+    /// Non-image files.
+    ignored: Vec<Skipped>,
+}
+
+fn list_split(root: &Path, split: &str) -> Result<Listing> {
+    let dir = root.join(split);
+    let mut listing = Listing {
+        class_dirs: BTreeMap::new(),
+        flat: Vec::new(),
+        ignored: Vec::new(),
+    };
+    for (name, path, is_dir) in sorted_entries(&dir)? {
+        let rel = format!("{split}/{name}");
+        if is_dir {
+            let mut files = Vec::new();
+            walk_images(&path, &rel, &mut files, &mut listing.ignored)?;
+            listing.class_dirs.insert(name, files);
+        } else {
+            classify_file(&path, rel, &mut listing.flat, &mut listing.ignored)?;
+        }
+    }
+    Ok(listing)
+}
+
+/// Directory entries sorted by name (byte order, as Python's `sorted` on names), with
+/// symlinks followed. Names that are not UTF-8 are reported as an error naming the directory.
+fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf, bool)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let path = entry.path();
+        let name = entry.file_name().into_string().map_err(|raw| {
+            Error::Layout(format!(
+                "file name {raw:?} is not UTF-8; rename it (record paths are stored as UTF-8)"
+            ))
+            .with_path(dir)
+        })?;
+        // `metadata` follows symlinks, as os.walk(followlinks=True) in torchvision does.
+        let meta = fs::metadata(&path).at(&path)?;
+        out.push((name, path, meta.is_dir()));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+fn walk_images(
+    dir: &Path,
+    rel: &str,
+    files: &mut Vec<(String, u64)>,
+    ignored: &mut Vec<Skipped>,
+) -> Result<()> {
+    for (name, path, is_dir) in sorted_entries(dir)? {
+        let child = format!("{rel}/{name}");
+        if is_dir {
+            walk_images(&path, &child, files, ignored)?;
+        } else {
+            classify_file(&path, child, files, ignored)?;
+        }
+    }
+    Ok(())
+}
+
+fn classify_file(
+    path: &Path,
+    rel: String,
+    files: &mut Vec<(String, u64)>,
+    ignored: &mut Vec<Skipped>,
+) -> Result<()> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext {
+        Some(e) if IMAGE_EXTENSIONS.contains(&e.as_str()) => {
+            let size = fs::metadata(path).at(path)?.len();
+            files.push((rel, size));
+        }
+        _ => ignored.push(Skipped {
+            path: rel,
+            reason: "not an image file by extension (timm reads .jpg, .jpeg, .png)".into(),
+        }),
+    }
+    Ok(())
+}
+
+fn resolve_split(
+    root: &Path,
+    name: &str,
+    listing: &Listing,
+    class_index: &HashMap<&str, u32>,
+    options: &LayoutOptions,
+    warnings: &mut Vec<String>,
+) -> Result<SourceSplit> {
+    let mut split = SourceSplit {
+        name: name.to_owned(),
+        layout: SplitLayout::ClassFolders,
+        files: Vec::new(),
+        rejected: Vec::new(),
+        ignored: listing.ignored.clone(),
+    };
+    if !listing.class_dirs.is_empty() {
+        for (class, files) in &listing.class_dirs {
+            let Some(&label) = class_index.get(class.as_str()) else {
+                return Err(Error::Layout(format!(
+                    "{name}/{class} is a class folder that train/ does not have; class indices \
+                     come from train/'s folders, so every {name}/ class must be one of them"
+                )));
+            };
+            if files.is_empty() {
+                warnings.push(format!(
+                    "{name}/{class} holds no images: class {label} keeps its index (torchvision's \
+                     ImageFolder would refuse this tree, timm's ImageDataset would drop the class \
+                     and shift the indices after it)"
+                ));
+            }
+            split
+                .files
+                .extend(files.iter().map(|(path, size)| SourceFile {
+                    path: path.clone(),
+                    label,
+                    size: *size,
+                }));
+        }
+        for (path, _) in &listing.flat {
+            split.ignored.push(Skipped {
+                path: path.clone(),
+                reason: format!("image directly in {name}/ next to class folders has no class"),
+            });
+        }
+    } else if name == "train" {
+        if !listing.flat.is_empty() {
+            return Err(Error::Layout(format!(
+                "{}/train holds images but no class folders; expected train/<class>/<image>",
+                root.display()
+            )));
+        }
+    } else if name == "val" && !listing.flat.is_empty() {
+        resolve_flat_val(root, listing, class_index, options, &mut split)?;
+    } else {
+        split.layout = SplitLayout::Unlabelled;
+        split
+            .files
+            .extend(listing.flat.iter().map(|(path, size)| SourceFile {
+                path: path.clone(),
+                label: NO_LABEL,
+                size: *size,
+            }));
+    }
+    split.files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(split)
+}
+
+fn resolve_flat_val(
+    root: &Path,
+    listing: &Listing,
+    class_index: &HashMap<&str, u32>,
+    options: &LayoutOptions,
+    split: &mut SourceSplit,
+) -> Result<()> {
+    let candidates = [
+        "LOC_val_solution.csv",
+        "ILSVRC2012_validation_ground_truth.txt",
+    ];
+    let labels_path = match &options.val_labels {
+        Some(p) => p.clone(),
+        None => candidates
+            .iter()
+            .flat_map(|c| [root.join(c), root.join("val").join(c)])
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                Error::Layout(format!(
+                    "{}/val is a flat folder and no label file was found; put Kaggle's \
+                     LOC_val_solution.csv or the devkit's ILSVRC2012_validation_ground_truth.txt \
+                     in the root, or pass --val-labels FILE",
+                    root.display()
+                ))
+            })?,
+    };
+    let text = fs::read_to_string(&labels_path).at(&labels_path)?;
+    // Image stem (e.g. ILSVRC2012_val_00000001) → wnid.
+    let by_stem: HashMap<String, String> = if text.starts_with("ImageId") {
+        split.layout = SplitLayout::KaggleCsv(labels_path.clone());
+        parse_kaggle_csv(&text).map_err(|e| Error::Layout(e).with_path(&labels_path))?
+    } else {
+        let synsets_path = options.devkit_synsets.clone().ok_or_else(|| {
+            Error::Layout(format!(
+                "{} holds devkit ILSVRC2012_IDs, which are not class indices; pass \
+                 --devkit-synsets FILE (one wnid per line in ILSVRC2012_ID order, exported from \
+                 the devkit's meta.mat as the README shows)",
+                labels_path.display()
+            ))
+        })?;
+        let synsets = fs::read_to_string(&synsets_path).at(&synsets_path)?;
+        split.layout = SplitLayout::Devkit {
+            ground_truth: labels_path.clone(),
+            synsets: synsets_path.clone(),
+        };
+        parse_devkit(&text, &synsets).map_err(|e| Error::Layout(e).with_path(&labels_path))?
+    };
+    for (path, size) in &listing.flat {
+        let stem = Path::new(path)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        let label = by_stem
+            .get(stem)
+            .ok_or_else(|| format!("no label for {stem} in {}", labels_path.display()))
+            .and_then(|wnid| {
+                class_index.get(wnid.as_str()).copied().ok_or_else(|| {
+                    format!("label {wnid} of {stem} is not one of train/'s class folders")
+                })
+            });
+        match label {
+            Ok(label) => split.files.push(SourceFile {
+                path: path.clone(),
+                label,
+                size: *size,
+            }),
+            Err(reason) => split.rejected.push(Skipped {
+                path: path.clone(),
+                reason,
+            }),
+        }
+    }
+    Ok(())
+}
+
+/// Parses Kaggle's `LOC_val_solution.csv` into image stem → wnid.
+fn parse_kaggle_csv(text: &str) -> std::result::Result<HashMap<String, String>, String> {
+    let mut out = HashMap::new();
+    for (n, line) in text.lines().enumerate().skip(1) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (id, prediction) = line
+            .split_once(',')
+            .ok_or_else(|| format!("line {}: expected `ImageId,PredictionString`", n + 1))?;
+        let wnid = prediction
+            .split_whitespace()
+            .next()
+            .ok_or_else(|| format!("line {}: empty PredictionString", n + 1))?;
+        out.insert(id.trim().to_owned(), wnid.to_owned());
+    }
+    Ok(out)
+}
+
+/// Parses the devkit ground truth (line k = ILSVRC2012_ID of `ILSVRC2012_val_<k>`) through the
+/// synset table (line k = wnid of ILSVRC2012_ID k) into image stem → wnid.
+fn parse_devkit(
+    ground_truth: &str,
+    synsets: &str,
+) -> std::result::Result<HashMap<String, String>, String> {
+    let table: Vec<&str> = synsets
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut out = HashMap::new();
+    for (n, line) in ground_truth.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let id: usize = line
+            .parse()
+            .map_err(|_| format!("line {}: `{line}` is not an ILSVRC2012_ID", n + 1))?;
+        let wnid = id
+            .checked_sub(1)
+            .and_then(|i| table.get(i))
+            .ok_or_else(|| {
+                format!(
+                    "line {}: ILSVRC2012_ID {id} is outside the synset table ({} entries)",
+                    n + 1,
+                    table.len()
+                )
+            })?;
+        out.insert(format!("ILSVRC2012_val_{:08}", n + 1), (*wnid).to_owned());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(root: &Path, rel: &str) {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, b"x").unwrap();
+    }
+
+    #[test]
+    fn class_folders_sorted_and_labelled_by_train() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        for rel in [
+            "train/b/1.JPEG",
+            "train/a/2.jpg",
+            "train/c/x.png",
+            "val/b/v.JPEG",
+        ] {
+            touch(r, rel);
+        }
+        touch(r, "train/a/notes.txt");
+        fs::create_dir_all(r.join("train/d")).unwrap();
+        let tree = discover(r, &LayoutOptions::default()).unwrap();
+        assert_eq!(tree.classes, ["a", "b", "c", "d"]);
+        let train = &tree.splits[0];
+        let got: Vec<_> = train
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), f.label))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("train/a/2.jpg", 0),
+                ("train/b/1.JPEG", 1),
+                ("train/c/x.png", 2)
+            ]
+        );
+        assert_eq!(train.ignored.len(), 1);
+        assert_eq!(tree.splits[1].files[0].label, 1);
+        assert!(tree.warnings.iter().any(|w| w.contains("train/d")));
+    }
+
+    #[test]
+    fn unknown_val_class_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(dir.path(), "train/a/1.jpg");
+        touch(dir.path(), "val/z/1.jpg");
+        let err = discover(dir.path(), &LayoutOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("val/z"), "{err}");
+    }
+
+    #[test]
+    fn flat_val_with_kaggle_csv() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        touch(r, "train/n01/1.JPEG");
+        touch(r, "train/n02/1.JPEG");
+        touch(r, "val/ILSVRC2012_val_00000001.JPEG");
+        touch(r, "val/ILSVRC2012_val_00000002.JPEG");
+        touch(r, "val/ILSVRC2012_val_00000003.JPEG");
+        fs::write(
+            r.join("LOC_val_solution.csv"),
+            "ImageId,PredictionString\nILSVRC2012_val_00000002,n01 1 2 3 4 n01 5 6 7 8\n\
+             ILSVRC2012_val_00000001,n02 1 2 3 4\n",
+        )
+        .unwrap();
+        let tree = discover(r, &LayoutOptions::default()).unwrap();
+        let val = &tree.splits[1];
+        assert!(matches!(val.layout, SplitLayout::KaggleCsv(_)));
+        let labels: Vec<_> = val.files.iter().map(|f| f.label).collect();
+        assert_eq!(labels, [1, 0]);
+        assert_eq!(val.rejected.len(), 1);
+        assert!(val.rejected[0].path.ends_with("00000003.JPEG"));
+    }
+
+    #[test]
+    fn flat_val_with_devkit_ids_maps_through_synsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        touch(r, "train/n01/1.JPEG");
+        touch(r, "train/n02/1.JPEG");
+        touch(r, "val/ILSVRC2012_val_00000001.JPEG");
+        touch(r, "val/ILSVRC2012_val_00000002.JPEG");
+        // ID 1 is n02 (not sorted order), ID 2 is n01.
+        fs::write(r.join("ILSVRC2012_validation_ground_truth.txt"), "1\n2\n").unwrap();
+        let no_synsets = discover(r, &LayoutOptions::default()).unwrap_err();
+        assert!(no_synsets.to_string().contains("--devkit-synsets"));
+        fs::write(r.join("synsets.txt"), "n02\nn01\n").unwrap();
+        let opts = LayoutOptions {
+            devkit_synsets: Some(r.join("synsets.txt")),
+            ..Default::default()
+        };
+        let tree = discover(r, &opts).unwrap();
+        let labels: Vec<_> = tree.splits[1].files.iter().map(|f| f.label).collect();
+        assert_eq!(labels, [1, 0]);
+    }
+
+    #[test]
+    fn missing_splits_and_flat_train_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(discover(dir.path(), &LayoutOptions::default()).is_err());
+        touch(dir.path(), "train/1.jpg");
+        let err = discover(dir.path(), &LayoutOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("no class folders"), "{err}");
+    }
+}

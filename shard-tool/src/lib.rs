@@ -1,0 +1,60 @@
+/*!
+The rsb record format: an ImageNet-style folder tree packed into checked, memory-mapped shard
+files, and the reader every other part of rsb uses to get at the images.
+
+- [`pack()`] turns a source tree (see [`layout`]) into a dataset directory: shard files,
+  one index per split and a `manifest.json` written last. Every image is decoded once in strict
+  mode; JPEGs are kept byte for byte; PNGs and CMYK JPEGs become RGB JPEGs; what cannot be read
+  is listed with the reason. A killed pack leaves no manifest, and rerunning it finishes the job.
+- [`Dataset`] maps a finished dataset and returns record `i` of a split in O(1), zero-copy.
+- [`verify()`] checks every byte against its checksum and names what does not match.
+
+The byte layout is defined in one place, [`record`].
+
+# Example
+```
+use shard_tool::{Dataset, PackOptions, pack, synth};
+
+let src = tempfile::tempdir()?;
+let spec = synth::TreeSpec { classes: 2, train_per_class: 3, val_per_class: 1, size: 16, odd_files: false };
+synth::write_tree(src.path(), &spec)?;
+
+let out = tempfile::tempdir()?;
+let summary = pack(src.path(), &PackOptions::new(out.path()), &mut |_| {})?;
+assert_eq!(summary.rejected(), 0);
+
+// SAFETY: nothing modifies the dataset while it is open.
+let dataset = unsafe { Dataset::open(out.path()) }?;
+let train = dataset.split("train")?;
+assert_eq!(train.len(), 6);
+let record = train.get(0)?;
+assert!(record.checksum_ok());
+assert!(record.data.starts_with(&[0xFF, 0xD8]));
+# Ok::<(), Box<dyn std::error::Error>>(())
+```
+*/
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod bench;
+mod error;
+pub mod image;
+pub mod layout;
+pub mod manifest;
+mod pack;
+pub mod reader;
+pub mod record;
+pub mod synth;
+mod verify;
+pub mod writer;
+
+pub use error::{Error, Result};
+pub use layout::LayoutOptions;
+pub use manifest::Manifest;
+pub use pack::{
+    DEFAULT_MAX_FILE_BYTES, DEFAULT_SHARD_SIZE, PackEvent, PackOptions, PackSummary, pack, report,
+    shuffled_order,
+};
+pub use reader::{Dataset, Record, Split};
+pub use record::NO_LABEL;
+pub use verify::{Problem, VerifyReport, total_bytes, verify};

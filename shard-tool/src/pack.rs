@@ -1,0 +1,687 @@
+/*!
+`pack`: source tree → shards, index and manifest, in parallel, resumable, never half-done.
+
+Per split, the sorted file list is shuffled once with the recorded seed; position *p* of that
+order becomes record *p* (minus rejects), so no shard holds a single class. Worker threads read
+and check files in any order; one writer stores them in position order, which keeps shard
+contents independent of the thread count and makes resuming simple: completed shards cover a
+prefix of the positions, recorded in their footers, and a rerun continues after the last one.
+
+At most `4 × threads` files are in flight at once (read, decoded, or waiting for the writer),
+so memory does not grow with the dataset: see [`PackOptions::peak_memory_bound`].
+*/
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
+
+use crate::error::{Error, PathContext, Result};
+use crate::image::{Checked, ImageChecker, ImageOptions, Rejection, Stored};
+use crate::layout::{LayoutOptions, Skipped, SourceSplit, SourceTree, discover};
+use crate::manifest::{
+    FORMAT_NAME, MANIFEST_FILE, Manifest, PackedWith, REPORT_FILE, ShardSum, SplitManifest,
+};
+use crate::reader::{map, read_shard_footer};
+use crate::record::{FORMAT_VERSION, IndexEntry, NO_LABEL, flags, shard_file_name};
+use crate::writer::{ShardSummary, ShardWriter, remove_stale_tmp, write_atomic, write_index};
+
+/// Default target size of a shard file.
+pub const DEFAULT_SHARD_SIZE: u64 = 1 << 30;
+/// Files larger than this are rejected without being read.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 256 << 20;
+
+/// How to pack.
+#[derive(Debug, Clone)]
+pub struct PackOptions {
+    /// Output directory.
+    pub out: PathBuf,
+    /// Target shard size; a shard is closed before the record that would take it past this.
+    pub shard_size: u64,
+    /// Shuffle seed.
+    pub seed: u64,
+    /// Worker threads.
+    pub threads: usize,
+    /// Image acceptance and re-encoding.
+    pub image: ImageOptions,
+    /// Where flat-val labels come from.
+    pub layout: LayoutOptions,
+    /// Reject source files larger than this.
+    pub max_file_bytes: u64,
+}
+
+impl PackOptions {
+    /// Options with defaults for everything but the output directory.
+    pub fn new(out: impl Into<PathBuf>) -> PackOptions {
+        PackOptions {
+            out: out.into(),
+            shard_size: DEFAULT_SHARD_SIZE,
+            seed: 42,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            image: ImageOptions::default(),
+            layout: LayoutOptions::default(),
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+        }
+    }
+
+    /// Files in flight at once.
+    pub fn window(&self) -> usize {
+        4 * self.threads.max(1)
+    }
+
+    /// Upper bound on the packer's working memory in bytes, independent of the dataset size:
+    /// each thread's decode buffer for the largest image allowed, plus every in-flight file at
+    /// its largest allowed size, plus the writer's 1 MiB buffer. Real use is far lower (median
+    /// ImageNet file: 110 KB, 500x375).
+    pub fn peak_memory_bound(&self) -> u64 {
+        let decode = self.image.max_pixels * 3;
+        self.threads as u64 * decode + self.window() as u64 * self.max_file_bytes + (1 << 20)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.threads == 0 {
+            return Err(Error::Config("--threads must be at least 1".into()));
+        }
+        if self.shard_size < 1 << 20 {
+            return Err(Error::Config("--shard-size must be at least 1 MiB".into()));
+        }
+        let q = [self.image.quality, self.image.transcode_quality];
+        if q.iter().any(|q| !(1..=100).contains(q)) {
+            return Err(Error::Config(
+                "JPEG qualities must be within 1..=100".into(),
+            ));
+        }
+        if self.image.max_side == Some(0) {
+            return Err(Error::Config("--max-side must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Progress reported while packing (to draw a bar; the library prints nothing).
+#[derive(Debug, Clone)]
+pub enum PackEvent<'a> {
+    /// A split is about to be packed: `files` in all, `done_files` already in resumed shards.
+    SplitStarted {
+        /// Split name.
+        split: &'a str,
+        /// Image files in the split.
+        files: u64,
+        /// Bytes of those files.
+        bytes: u64,
+        /// Files covered by shards of an earlier, interrupted run.
+        done_files: u64,
+        /// Bytes of those files.
+        done_bytes: u64,
+    },
+    /// One source file was handled (stored or rejected).
+    FileDone {
+        /// Its size in bytes.
+        bytes: u64,
+    },
+    /// A source file was rejected.
+    Rejected {
+        /// Path relative to the root.
+        path: &'a str,
+        /// Why.
+        reason: &'a str,
+    },
+    /// Something worth a warning (empty class folder, stale files removed, ...).
+    Warning(&'a str),
+}
+
+/// Result of a pack.
+#[derive(Debug, Clone)]
+pub struct PackSummary {
+    /// The manifest written (or found, if the pack was already complete).
+    pub manifest: Manifest,
+    /// True if the output already held this finished pack and nothing was done.
+    pub already_complete: bool,
+}
+
+impl PackSummary {
+    /// Image files not stored, over all splits.
+    pub fn rejected(&self) -> u64 {
+        self.manifest
+            .splits
+            .iter()
+            .map(|s| s.rejected.len() as u64)
+            .sum()
+    }
+}
+
+/// Packs the tree at `root` into `options.out`.
+///
+/// Rerunning the same command after an interruption keeps every completed shard and finishes
+/// the job; rerunning it on a finished output does nothing.
+///
+/// # Errors
+/// Layout errors, I/O errors, and [`Error::Mismatch`] when the output directory holds work of
+/// a pack with another source or other options. Files that fail to decode are not errors:
+/// they are listed in the manifest and the report (see [`PackSummary::rejected`]).
+pub fn pack(
+    root: &Path,
+    options: &PackOptions,
+    on_event: &mut dyn FnMut(PackEvent<'_>),
+) -> Result<PackSummary> {
+    options.validate()?;
+    let tree = discover(root, &options.layout)?;
+    for w in &tree.warnings {
+        on_event(PackEvent::Warning(w));
+    }
+    let fingerprint = fingerprint(&tree, options);
+    let out = &options.out;
+    fs::create_dir_all(out).at(out)?;
+
+    match Manifest::load(out) {
+        Ok(manifest) if manifest.fingerprint == fingerprint => {
+            return Ok(PackSummary {
+                manifest,
+                already_complete: true,
+            });
+        }
+        Ok(manifest) => {
+            return Err(Error::Mismatch(format!(
+                "{} already holds a finished pack of {} with other files or options \
+                 (fingerprint {} here, {fingerprint} now); choose another --out or delete it",
+                out.display(),
+                manifest.source_root,
+                manifest.fingerprint
+            )));
+        }
+        Err(Error::WithPath { source, .. }) if matches!(*source, Error::Incomplete) => {}
+        Err(e) => return Err(e),
+    }
+    let stale = remove_stale_tmp(out)?;
+    if stale > 0 {
+        on_event(PackEvent::Warning(&format!(
+            "removed {stale} unfinished .tmp file(s) of an interrupted run"
+        )));
+    }
+
+    let mut splits = Vec::new();
+    for split in &tree.splits {
+        splits.push(pack_split(&tree, split, options, &fingerprint, on_event)?);
+    }
+
+    let manifest = Manifest {
+        format: FORMAT_NAME.into(),
+        version: FORMAT_VERSION,
+        created_by: concat!("shard-tool ", env!("CARGO_PKG_VERSION")).into(),
+        created_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        source_root: root.display().to_string(),
+        fingerprint,
+        options: PackedWith {
+            seed: options.seed,
+            shuffle: "rand 0.9 SliceRandom::shuffle with ChaCha8Rng::seed_from_u64(seed ^ \
+                      xxh3_64(split name)) over the files sorted by path"
+                .into(),
+            shard_size: options.shard_size,
+            image: options.image,
+            resize_filter: "lanczos3 (fast_image_resize)".into(),
+        },
+        classes: tree.classes.clone(),
+        splits,
+    };
+    let report_path = out.join(REPORT_FILE);
+    write_atomic(&report_path, |w| {
+        std::io::Write::write_all(w, report(&manifest, None).as_bytes())
+    })?;
+    let manifest_path = out.join(MANIFEST_FILE);
+    let json = serde_json::to_vec_pretty(&manifest).at(&manifest_path)?;
+    write_atomic(&manifest_path, |w| std::io::Write::write_all(w, &json))?;
+    Ok(PackSummary {
+        manifest,
+        already_complete: false,
+    })
+}
+
+/// A hash of everything that decides the output bytes: format, options and the source list.
+fn fingerprint(tree: &SourceTree, options: &PackOptions) -> String {
+    let mut h = Xxh3::new();
+    let settings = serde_json::json!({
+        "version": FORMAT_VERSION,
+        "seed": options.seed,
+        "shard_size": options.shard_size,
+        "image": options.image,
+        "classes": tree.classes,
+    });
+    h.update(settings.to_string().as_bytes());
+    for split in &tree.splits {
+        h.update(split.name.as_bytes());
+        h.update(split.layout.to_string().as_bytes());
+        for f in &split.files {
+            h.update(f.path.as_bytes());
+            h.update(&f.label.to_le_bytes());
+            h.update(&f.size.to_le_bytes());
+        }
+    }
+    format!("{:016x}", h.digest())
+}
+
+/// The split's files in pack order: `order[p]` is the index into `split.files` of the file at
+/// position `p` (record `p` when nothing before it was rejected).
+pub fn shuffled_order(split: &SourceSplit, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..split.files.len()).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ xxh3_64(split.name.as_bytes()));
+    order.shuffle(&mut rng);
+    order
+}
+
+/// What a worker hands the writer for one position.
+enum Outcome {
+    Stored { bytes: Vec<u8>, checked: Checked },
+    Rejected(String),
+}
+
+/// Everything gathered about one split while packing it.
+struct SplitState {
+    shards: Vec<ShardSummary>,
+    entries: Vec<IndexEntry>,
+}
+
+fn pack_split(
+    tree: &SourceTree,
+    split: &SourceSplit,
+    options: &PackOptions,
+    fingerprint: &str,
+    on_event: &mut dyn FnMut(PackEvent<'_>),
+) -> Result<SplitManifest> {
+    let order = shuffled_order(split, options.seed);
+    let n = order.len() as u64;
+    let mut state = resume(&options.out, &split.name, fingerprint, on_event)?;
+    let start = state.shards.last().map_or(0, |s| s.footer.end_position);
+    let bytes_of = |range: std::ops::Range<u64>| -> u64 {
+        range.map(|p| split.files[order[p as usize]].size).sum()
+    };
+    on_event(PackEvent::SplitStarted {
+        split: &split.name,
+        files: n,
+        bytes: bytes_of(0..n),
+        done_files: start,
+        done_bytes: bytes_of(0..start),
+    });
+
+    if start < n {
+        let (job_tx, job_rx) = crossbeam_channel::unbounded::<u64>();
+        let (out_tx, out_rx) = crossbeam_channel::unbounded::<(u64, Outcome)>();
+        std::thread::scope(|scope| {
+            for _ in 0..options.threads {
+                let (job_rx, out_tx) = (job_rx.clone(), out_tx.clone());
+                let (root, order) = (&tree.root, &order);
+                scope.spawn(move || worker(root, split, order, options, job_rx, out_tx));
+            }
+            drop(out_tx);
+            // The writer owns `job_tx`; dropping it (on success or error) lets workers exit.
+            write_in_order(
+                split,
+                &order,
+                options,
+                fingerprint,
+                (start, n),
+                job_tx,
+                out_rx,
+                &mut state,
+                on_event,
+            )
+        })?;
+    }
+    let shard_count = state.shards.len() as u32;
+    let index = write_index(&options.out, &split.name, &state.entries, shard_count)?;
+    Ok(split_manifest(tree, split, state, index))
+}
+
+/// Loads the shards of an interrupted run that are complete and belong to this pack.
+fn resume(
+    out: &Path,
+    split: &str,
+    fingerprint: &str,
+    on_event: &mut dyn FnMut(PackEvent<'_>),
+) -> Result<SplitState> {
+    let mut state = SplitState {
+        shards: Vec::new(),
+        entries: Vec::new(),
+    };
+    let mut expected_start = 0;
+    for shard in 0u32.. {
+        let path = out.join(shard_file_name(split, shard));
+        if !path.exists() {
+            break;
+        }
+        // SAFETY: nothing else writes this file; the map is dropped before this function
+        // returns or the file is removed.
+        let footer = unsafe { map(&path) }.and_then(|m| read_shard_footer(&m).at(&path));
+        let footer = match footer {
+            Ok(f) if f.fingerprint != fingerprint => {
+                return Err(Error::Mismatch(format!(
+                    "{} was written by a pack with other files or options (fingerprint {}, \
+                     now {fingerprint}); choose another --out or delete the directory",
+                    path.display(),
+                    f.fingerprint
+                )));
+            }
+            Ok(f) if f.split == split && f.shard == shard && f.first_position == expected_start => {
+                f
+            }
+            other => {
+                let why = match other {
+                    Err(e) => format!("{e:#}"),
+                    Ok(_) => "its positions do not follow the previous shard".into(),
+                };
+                remove_from(out, split, shard)?;
+                on_event(PackEvent::Warning(&format!(
+                    "{}: {why}; it and later shards of {split} will be packed again",
+                    path.display()
+                )));
+                break;
+            }
+        };
+        let sum = crate::manifest::file_sum(&path)?;
+        state
+            .entries
+            .extend(footer.records.iter().map(|r| index_entry(shard, r)));
+        expected_start = footer.end_position;
+        state.shards.push(ShardSummary { footer, sum });
+    }
+    Ok(state)
+}
+
+fn index_entry(shard: u32, r: &crate::record::FooterRecord) -> IndexEntry {
+    let mut e = <IndexEntry as zerocopy::FromZeros>::new_zeroed();
+    e.offset.set(r.offset);
+    e.shard.set(shard);
+    e.len.set(r.len);
+    e.label.set(r.label);
+    e.crc.set(r.crc);
+    e
+}
+
+/// Removes shard `from` of `split` and every later one.
+fn remove_from(out: &Path, split: &str, from: u32) -> Result<()> {
+    for shard in from.. {
+        let path = out.join(shard_file_name(split, shard));
+        if !path.exists() {
+            return Ok(());
+        }
+        fs::remove_file(&path).at(&path)?;
+    }
+    Ok(())
+}
+
+fn worker(
+    root: &Path,
+    split: &SourceSplit,
+    order: &[usize],
+    options: &PackOptions,
+    jobs: Receiver<u64>,
+    out: Sender<(u64, Outcome)>,
+) {
+    let mut checker = ImageChecker::new(options.image);
+    for position in jobs {
+        let file = &split.files[order[position as usize]];
+        let outcome = load_and_check(&root.join(&file.path), options, &mut checker);
+        if out.send((position, outcome)).is_err() {
+            return;
+        }
+    }
+}
+
+fn load_and_check(path: &Path, options: &PackOptions, checker: &mut ImageChecker) -> Outcome {
+    let bytes = match fs::metadata(path) {
+        Ok(m) if m.len() > options.max_file_bytes => {
+            return Outcome::Rejected(format!(
+                "file is {} bytes, above the {}-byte limit",
+                m.len(),
+                options.max_file_bytes
+            ));
+        }
+        Ok(_) => fs::read(path),
+        Err(e) => Err(e),
+    };
+    let bytes = match bytes {
+        Ok(b) => b,
+        Err(e) => return Outcome::Rejected(Rejection::Read(e.to_string()).to_string()),
+    };
+    // A decoder bug on a hostile file must cost one file, not the pack.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| checker.check(&bytes)));
+    match result {
+        Ok(Ok(checked)) => Outcome::Stored { bytes, checked },
+        Ok(Err(rejection)) => Outcome::Rejected(rejection.to_string()),
+        Err(_) => {
+            *checker = ImageChecker::new(options.image);
+            Outcome::Rejected("the decoder panicked on this file".into())
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_in_order(
+    split: &SourceSplit,
+    order: &[usize],
+    options: &PackOptions,
+    fingerprint: &str,
+    (start, n): (u64, u64),
+    jobs: Sender<u64>,
+    results: Receiver<(u64, Outcome)>,
+    state: &mut SplitState,
+    on_event: &mut dyn FnMut(PackEvent<'_>),
+) -> Result<()> {
+    let out = &options.out;
+    let mut next_job = start;
+    let issue = |next_job: &mut u64| {
+        if *next_job < n {
+            // Workers outlive this function, so the channel is open.
+            let _ = jobs.send(*next_job);
+            *next_job += 1;
+        }
+    };
+    for _ in 0..options.window() {
+        issue(&mut next_job);
+    }
+    let mut shard_no = state.shards.len() as u32;
+    let mut writer = ShardWriter::create(out, &split.name, shard_no, start, fingerprint)?;
+    let mut pending: BTreeMap<u64, Outcome> = BTreeMap::new();
+    let mut next = start;
+    while next < n {
+        let Ok((position, outcome)) = results.recv() else {
+            return Err(Error::Config(
+                "all pack workers stopped unexpectedly".into(),
+            ));
+        };
+        pending.insert(position, outcome);
+        while let Some(outcome) = pending.remove(&next) {
+            let file = &split.files[order[next as usize]];
+            match outcome {
+                Outcome::Stored { bytes, checked } => {
+                    let data = match &checked.stored {
+                        Stored::Original => &bytes,
+                        Stored::Encoded(new) => new,
+                    };
+                    let record_len = 32 + file.path.len() + data.len();
+                    if !writer.is_empty() && writer.len() + record_len as u64 > options.shard_size {
+                        state.shards.push(writer.finish(next)?);
+                        shard_no += 1;
+                        writer =
+                            ShardWriter::create(out, &split.name, shard_no, next, fingerprint)?;
+                    }
+                    let dims = (checked.width, checked.height);
+                    let entry =
+                        writer.append(next, &file.path, file.label, dims, checked.flags, data)?;
+                    state.entries.push(entry);
+                }
+                Outcome::Rejected(reason) => {
+                    writer.reject(next, &file.path, &reason);
+                    on_event(PackEvent::Rejected {
+                        path: &file.path,
+                        reason: &reason,
+                    });
+                }
+            }
+            on_event(PackEvent::FileDone { bytes: file.size });
+            next += 1;
+            issue(&mut next_job);
+        }
+    }
+    drop(jobs);
+    if !writer.is_empty() {
+        state.shards.push(writer.finish(n)?);
+    }
+    Ok(())
+}
+
+fn split_manifest(
+    tree: &SourceTree,
+    split: &SourceSplit,
+    state: SplitState,
+    index: crate::manifest::FileSum,
+) -> SplitManifest {
+    let labelled = split.files.iter().all(|f| f.label != NO_LABEL);
+    let mut m = SplitManifest {
+        name: split.name.clone(),
+        layout: split.layout.to_string(),
+        labelled,
+        source_files: (split.files.len() + split.rejected.len()) as u64,
+        records: state.entries.len() as u64,
+        kept_as_is: 0,
+        transcoded_png: 0,
+        transcoded_cmyk: 0,
+        resized: 0,
+        grayscale: 0,
+        image_bytes: 0,
+        per_class: if labelled {
+            vec![0; tree.classes.len()]
+        } else {
+            Vec::new()
+        },
+        grayscale_files: Vec::new(),
+        transcoded: Vec::new(),
+        rejected: split.rejected.clone(),
+        ignored: split.ignored.clone(),
+        index,
+        shards: Vec::new(),
+    };
+    for shard in &state.shards {
+        for r in &shard.footer.records {
+            let f = r.flags;
+            m.kept_as_is += u64::from(f & flags::MODIFIED == 0);
+            m.transcoded_png += u64::from(f & flags::FROM_PNG != 0);
+            m.transcoded_cmyk += u64::from(f & flags::FROM_CMYK != 0);
+            m.resized += u64::from(f & flags::RESIZED != 0);
+            m.grayscale += u64::from(f & flags::GRAYSCALE != 0);
+            m.image_bytes += u64::from(r.len) - 32 - r.path.len() as u64;
+            if f & flags::GRAYSCALE != 0 {
+                m.grayscale_files.push(r.path.clone());
+            }
+            if let Some(c) = m.per_class.get_mut(r.label as usize) {
+                *c += 1;
+            }
+            let what = if f & flags::FROM_PNG != 0 {
+                Some("PNG converted to RGB JPEG")
+            } else if f & flags::FROM_CMYK != 0 {
+                Some("CMYK JPEG converted to RGB JPEG")
+            } else {
+                None
+            };
+            if let Some(what) = what {
+                m.transcoded.push(Skipped {
+                    path: r.path.clone(),
+                    reason: what.into(),
+                });
+            }
+        }
+        m.rejected
+            .extend(shard.footer.rejects.iter().map(|r| Skipped {
+                path: r.path.clone(),
+                reason: r.reason.clone(),
+            }));
+        m.shards.push(ShardSum {
+            sum: shard.sum.clone(),
+            records: shard.footer.records.len() as u64,
+        });
+    }
+    m.grayscale_files.sort();
+    m.transcoded.sort_by(|a, b| a.path.cmp(&b.path));
+    m.rejected.sort_by(|a, b| a.path.cmp(&b.path));
+    m
+}
+
+/// The human-readable report: counts per split, then every file that was not stored as a plain
+/// RGB JPEG kept as is. `limit` caps each list (for a terminal); `None` lists everything (for
+/// `report.txt`).
+pub fn report(manifest: &Manifest, limit: Option<usize>) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "rsb pack report: {} ({} classes)\n",
+        manifest.source_root,
+        manifest.classes.len()
+    );
+    for split in &manifest.splits {
+        let _ = writeln!(
+            s,
+            "{}: {} image files, {} stored ({} as is, {} PNG converted, {} CMYK converted, \
+             {} downscaled; {} grayscale), {} rejected, {} non-image files ignored",
+            split.name,
+            split.source_files,
+            split.records,
+            split.kept_as_is,
+            split.transcoded_png,
+            split.transcoded_cmyk,
+            split.resized,
+            split.grayscale,
+            split.rejected.len(),
+            split.ignored.len()
+        );
+        let gray: Vec<(&str, &str)> = split
+            .grayscale_files
+            .iter()
+            .map(|p| {
+                (
+                    p.as_str(),
+                    "grayscale JPEG kept as is (readers expand it to RGB)",
+                )
+            })
+            .collect();
+        let lists = [
+            ("kept", gray),
+            ("converted", pairs(&split.transcoded)),
+            ("REJECTED", pairs(&split.rejected)),
+            ("ignored", pairs(&split.ignored)),
+        ];
+        for (what, list) in lists {
+            let shown = limit.unwrap_or(usize::MAX);
+            for (path, reason) in list.iter().take(shown) {
+                let _ = writeln!(s, "  {what}: {path}: {reason}");
+            }
+            if list.len() > shown {
+                let _ = writeln!(
+                    s,
+                    "  ... {} more {what} (see report.txt)",
+                    list.len() - shown
+                );
+            }
+        }
+    }
+    let quality = manifest.options.image.transcode_quality;
+    let _ = writeln!(
+        s,
+        "\nConverted files are baseline 4:4:4 RGB JPEGs at quality {quality}; every other stored \
+         record holds the source file's bytes unchanged."
+    );
+    s
+}
+
+fn pairs(list: &[Skipped]) -> Vec<(&str, &str)> {
+    list.iter()
+        .map(|i| (i.path.as_str(), i.reason.as_str()))
+        .collect()
+}

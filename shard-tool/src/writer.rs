@@ -1,0 +1,273 @@
+/*!
+Writing shard and index files so that a crash never leaves one that looks whole.
+
+Every file is written under `<name>.tmp`, flushed and fsynced, then renamed to its final name,
+and the directory is fsynced. A shard's header (with its CRCs) is written last, into the
+placeholder at offset 0, so even a `.tmp` file that escaped cleanup would fail to open.
+*/
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use zerocopy::{FromZeros, IntoBytes};
+
+use crate::error::{Error, PathContext, Result};
+use crate::manifest::{FileSum, file_sum};
+use crate::record::{
+    FORMAT_VERSION, FooterRecord, INDEX_ENTRY_LEN, INDEX_MAGIC, IndexEntry, IndexHeader,
+    RECORD_HEADER_LEN, RECORD_MAGIC, RecordHeader, Rejected, SHARD_HEADER_LEN, SHARD_MAGIC,
+    ShardFooter, ShardHeader, index_file_name, shard_file_name,
+};
+
+/// Suffix of files being written.
+pub const TMP_SUFFIX: &str = "tmp";
+
+/// A finished shard: its footer (what it holds) and its checksum.
+#[derive(Debug, Clone)]
+pub struct ShardSummary {
+    /// What the shard holds.
+    pub footer: ShardFooter,
+    /// Its file name, size and XXH3.
+    pub sum: FileSum,
+}
+
+/// Appends records to one shard file.
+pub struct ShardWriter {
+    dir: PathBuf,
+    tmp: PathBuf,
+    file: BufWriter<File>,
+    offset: u64,
+    footer: ShardFooter,
+}
+
+impl ShardWriter {
+    /// Starts `dir/<split>-<shard>.rsb.tmp`, covering positions from `first_position`.
+    ///
+    /// # Errors
+    /// I/O errors with the path.
+    pub fn create(
+        dir: &Path,
+        split: &str,
+        shard: u32,
+        first_position: u64,
+        fingerprint: &str,
+    ) -> Result<ShardWriter> {
+        let tmp = dir.join(format!("{}.{TMP_SUFFIX}", shard_file_name(split, shard)));
+        let mut file = BufWriter::with_capacity(1 << 20, File::create(&tmp).at(&tmp)?);
+        file.write_all(&[0u8; SHARD_HEADER_LEN]).at(&tmp)?;
+        Ok(ShardWriter {
+            dir: dir.to_path_buf(),
+            tmp,
+            file,
+            offset: SHARD_HEADER_LEN as u64,
+            footer: ShardFooter {
+                split: split.to_owned(),
+                shard,
+                fingerprint: fingerprint.to_owned(),
+                first_position,
+                end_position: first_position,
+                records: Vec::new(),
+                rejects: Vec::new(),
+            },
+        })
+    }
+
+    /// Bytes written so far (header and records).
+    pub fn len(&self) -> u64 {
+        self.offset
+    }
+
+    /// True before the first record or rejection.
+    pub fn is_empty(&self) -> bool {
+        self.footer.records.is_empty() && self.footer.rejects.is_empty()
+    }
+
+    /// Appends one record and returns its index entry.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the path or data do not fit the record header's fields; I/O errors.
+    #[allow(clippy::too_many_arguments)]
+    pub fn append(
+        &mut self,
+        position: u64,
+        path: &str,
+        label: u32,
+        (width, height): (u32, u32),
+        flags: u16,
+        data: &[u8],
+    ) -> Result<IndexEntry> {
+        let path_len = u16::try_from(path.len())
+            .map_err(|_| Error::Config(format!("path longer than 65535 bytes: {path}")))?;
+        let data_len = u32::try_from(data.len())
+            .map_err(|_| Error::Config(format!("image larger than 4 GiB: {path}")))?;
+        let position32 = u32::try_from(position)
+            .map_err(|_| Error::Config("more than 4G source files in one split".into()))?;
+        let mut header = RecordHeader::new_zeroed();
+        header.magic = RECORD_MAGIC;
+        header.label.set(label);
+        header.width.set(width);
+        header.height.set(height);
+        header.data_len.set(data_len);
+        header.path_len.set(path_len);
+        header.flags.set(flags);
+        header.position.set(position32);
+        let crc = header.compute_crc(path.as_bytes(), data);
+        header.crc.set(crc);
+        let len = RECORD_HEADER_LEN + path.len() + data.len();
+        let len32 = u32::try_from(len)
+            .map_err(|_| Error::Config(format!("record larger than 4 GiB: {path}")))?;
+
+        self.file.write_all(header.as_bytes()).at(&self.tmp)?;
+        self.file.write_all(path.as_bytes()).at(&self.tmp)?;
+        self.file.write_all(data).at(&self.tmp)?;
+        let offset = self.offset;
+        self.offset += len as u64;
+        self.footer.records.push(FooterRecord {
+            position,
+            path: path.to_owned(),
+            offset,
+            len: len32,
+            label,
+            crc,
+            flags,
+        });
+        self.footer.end_position = position + 1;
+        let mut entry = IndexEntry::new_zeroed();
+        entry.offset.set(offset);
+        entry.shard.set(self.footer.shard);
+        entry.len.set(len32);
+        entry.label.set(label);
+        entry.crc.set(crc);
+        Ok(entry)
+    }
+
+    /// Records that the source file at `position` was not stored.
+    pub fn reject(&mut self, position: u64, path: &str, reason: &str) {
+        self.footer.rejects.push(Rejected {
+            position,
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+        });
+        self.footer.end_position = position + 1;
+    }
+
+    /// Writes the footer and header, makes the file durable and gives it its final name.
+    /// The shard covers positions up to `end_position` (exclusive).
+    ///
+    /// # Errors
+    /// I/O and JSON errors with the path.
+    pub fn finish(mut self, end_position: u64) -> Result<ShardSummary> {
+        self.footer.end_position = end_position;
+        let footer = serde_json::to_vec(&self.footer).at(&self.tmp)?;
+        self.file.write_all(&footer).at(&self.tmp)?;
+
+        let mut header = ShardHeader::new_zeroed();
+        header.magic = SHARD_MAGIC;
+        header.version.set(FORMAT_VERSION);
+        header.shard.set(self.footer.shard);
+        header.record_count.set(self.footer.records.len() as u32);
+        header.reject_count.set(self.footer.rejects.len() as u32);
+        header.first_position.set(self.footer.first_position);
+        header.end_position.set(end_position);
+        header.footer_offset.set(self.offset);
+        header.footer_len.set(footer.len() as u64);
+        header.footer_crc.set(crc32c::crc32c(&footer));
+        header.header_crc.set(header.compute_crc());
+
+        let mut file = self
+            .file
+            .into_inner()
+            .map_err(|e| Error::Io(e.into_error()))
+            .at(&self.tmp)?;
+        file.seek(SeekFrom::Start(0)).at(&self.tmp)?;
+        file.write_all(header.as_bytes()).at(&self.tmp)?;
+        file.sync_all().at(&self.tmp)?;
+        drop(file);
+        let name = shard_file_name(&self.footer.split, self.footer.shard);
+        let path = self.dir.join(&name);
+        commit(&self.tmp, &path)?;
+        let sum = file_sum(&path)?;
+        Ok(ShardSummary {
+            footer: self.footer,
+            sum,
+        })
+    }
+}
+
+/// Writes the index of `split` from its entries, atomically.
+///
+/// # Errors
+/// I/O errors with the path.
+pub fn write_index(
+    dir: &Path,
+    split: &str,
+    entries: &[IndexEntry],
+    shard_count: u32,
+) -> Result<FileSum> {
+    let mut header = IndexHeader::new_zeroed();
+    header.magic = INDEX_MAGIC;
+    header.version.set(FORMAT_VERSION);
+    header.entry_len.set(INDEX_ENTRY_LEN as u32);
+    header.count.set(entries.len() as u64);
+    header.shard_count.set(shard_count);
+    header.header_crc.set(header.compute_crc());
+    let path = dir.join(index_file_name(split));
+    write_atomic(&path, |w| {
+        w.write_all(header.as_bytes())?;
+        w.write_all(entries.as_bytes())
+    })?;
+    file_sum(&path)
+}
+
+/// Writes `path` through a temporary file, fsync and rename.
+///
+/// # Errors
+/// I/O errors with the path.
+pub fn write_atomic(
+    path: &Path,
+    fill: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> Result<()> {
+    let tmp = tmp_path(path);
+    let mut w = BufWriter::new(File::create(&tmp).at(&tmp)?);
+    fill(&mut w).at(&tmp)?;
+    let file = w
+        .into_inner()
+        .map_err(|e| Error::Io(e.into_error()))
+        .at(&tmp)?;
+    file.sync_all().at(&tmp)?;
+    drop(file);
+    commit(&tmp, path)
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(TMP_SUFFIX);
+    path.with_file_name(name)
+}
+
+/// Renames `tmp` to `path` and fsyncs the directory so the rename survives a power cut.
+fn commit(tmp: &Path, path: &Path) -> Result<()> {
+    fs::rename(tmp, path).at(path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir).and_then(|d| d.sync_all()).at(dir)?;
+    }
+    Ok(())
+}
+
+/// Removes leftover `*.tmp` files of an interrupted run from `dir`; returns how many.
+///
+/// # Errors
+/// I/O errors with the path.
+pub fn remove_stale_tmp(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir).at(dir)? {
+        let path = entry.at(dir)?.path();
+        if path.extension().is_some_and(|e| e == TMP_SUFFIX) {
+            fs::remove_file(&path).at(&path)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,126 @@
+//! `verify` against damaged datasets: every flipped byte is found and attributed.
+
+use std::fs;
+use std::path::Path;
+
+use rand::{Rng, SeedableRng};
+use shard_tool::Dataset;
+use shard_tool::synth::{self, TreeSpec};
+
+use crate::util::shard_tool;
+
+fn packed(dir: &Path) -> std::path::PathBuf {
+    let src = dir.join("src");
+    let out = dir.join("out");
+    let spec = TreeSpec {
+        classes: 4,
+        train_per_class: 8,
+        val_per_class: 2,
+        size: 20,
+        odd_files: false,
+    };
+    synth::write_tree(&src, &spec).unwrap();
+    shard_tool()
+        .arg("pack")
+        .arg(&src)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    out
+}
+
+fn flip(path: &Path, at: usize) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[at] ^= 0x20;
+    fs::write(path, bytes).unwrap();
+}
+
+fn verify_output(out: &Path) -> String {
+    let assert = shard_tool().arg("verify").arg(out).assert().code(1);
+    String::from_utf8_lossy(&assert.get_output().stdout).into_owned()
+}
+
+/// (global index, byte range, source path) of every record of train-00000.rsb.
+fn records(out: &Path) -> Vec<(u64, std::ops::Range<usize>, String)> {
+    // SAFETY: read, then dropped before any file is changed.
+    let dataset = unsafe { Dataset::open(out) }.unwrap();
+    let train = dataset.split("train").unwrap();
+    (0..train.len())
+        .map(|i| {
+            let e = train.entry(i).unwrap();
+            let start = e.offset.get() as usize;
+            let r = train.get(i).unwrap();
+            (i, start..start + e.len.get() as usize, r.path.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn a_flipped_byte_anywhere_in_a_shard_fails_verify_and_names_its_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = packed(dir.path());
+    let shard = out.join("train-00000.rsb");
+    let records = records(&out);
+    let len = fs::metadata(&shard).unwrap().len() as usize;
+    let footer_start = records.last().unwrap().1.end;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    // Bytes in the header, in the first and last record, and random ones anywhere.
+    let mut offsets = vec![
+        0,
+        13,
+        63,
+        64,
+        64 + 31,
+        footer_start - 1,
+        footer_start,
+        len - 1,
+    ];
+    offsets.extend((0..24).map(|_| rng.random_range(0..len)));
+    for at in offsets {
+        flip(&shard, at);
+        let stdout = verify_output(&out);
+        assert!(stdout.contains("FAILED"), "byte {at}: {stdout}");
+        assert!(stdout.contains("train-00000.rsb"), "byte {at}: {stdout}");
+        if let Some((i, _, path)) = records.iter().find(|(_, r, _)| r.contains(&at)) {
+            let named = format!("train record {i} ({path})");
+            assert!(
+                stdout.contains(&named),
+                "byte {at} should name {named}: {stdout}"
+            );
+        } else if at < 64 {
+            assert!(stdout.contains("header"), "byte {at}: {stdout}");
+        } else {
+            assert!(stdout.contains("footer"), "byte {at}: {stdout}");
+        }
+        flip(&shard, at);
+    }
+    shard_tool().arg("verify").arg(&out).assert().success();
+}
+
+#[test]
+fn damaged_index_truncated_shard_and_missing_files_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = packed(dir.path());
+    let index = out.join("train.idx");
+    flip(&index, 40);
+    let stdout = verify_output(&out);
+    assert!(stdout.contains("train.idx"), "{stdout}");
+    flip(&index, 40);
+
+    let shard = out.join("val-00000.rsb");
+    let bytes = fs::read(&shard).unwrap();
+    fs::write(&shard, &bytes[..bytes.len() - 10]).unwrap();
+    let stdout = verify_output(&out);
+    assert!(stdout.contains("val-00000.rsb"), "{stdout}");
+    shard_tool()
+        .arg("inspect")
+        .arg(&out)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("truncated"));
+
+    fs::remove_file(&shard).unwrap();
+    let stdout = verify_output(&out);
+    assert!(stdout.contains("val-00000.rsb"), "{stdout}");
+}

@@ -1,0 +1,259 @@
+//! `pack` on synthetic trees: what happens to each odd file, round trips, layouts.
+
+use std::fs;
+use std::path::Path;
+
+use shard_tool::synth::{self, TreeSpec};
+use shard_tool::{Dataset, Manifest, record::flags};
+
+use crate::util::{sha256, shard_tool};
+
+fn small_tree(root: &Path, odd_files: bool) {
+    let spec = TreeSpec {
+        classes: 3,
+        train_per_class: 6,
+        val_per_class: 2,
+        size: 24,
+        odd_files,
+    };
+    synth::write_tree(root, &spec).unwrap();
+}
+
+#[test]
+fn odd_files_each_get_the_documented_outcome_and_nothing_else_is_lost() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    small_tree(src.path(), true);
+    let odd = src.path().join("train/class_000");
+    fs::write(
+        odd.join("bomb.JPEG"),
+        synth::huge_declared_jpeg(60_000, 50_000),
+    )
+    .unwrap();
+    fs::write(odd.join("README.txt"), "not an image").unwrap();
+    fs::create_dir_all(src.path().join("train/class_003")).unwrap();
+
+    let assert = shard_tool()
+        .arg("pack")
+        .arg(src.path())
+        .arg("--out")
+        .arg(out.path())
+        .assert()
+        .code(3);
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    let report = fs::read_to_string(out.path().join("report.txt")).unwrap();
+    let expect = [
+        "kept: train/class_000/grayscale.JPEG: grayscale JPEG kept as is",
+        "converted: train/class_000/png_named.JPEG: PNG converted to RGB JPEG",
+        "converted: train/class_000/cmyk.JPEG: CMYK JPEG converted to RGB JPEG",
+        "REJECTED: train/class_000/empty.JPEG: empty file (0 bytes)",
+        "REJECTED: train/class_000/truncated.JPEG: JPEG does not decode (strict mode)",
+        "REJECTED: train/class_000/bomb.JPEG: declares 60000x50000",
+        "ignored: train/class_000/README.txt: not an image file by extension",
+        "train: 24 image files, 21 stored (19 as is, 1 PNG converted, 1 CMYK converted, \
+         0 downscaled; 1 grayscale), 3 rejected, 1 non-image files ignored",
+    ];
+    for line in expect {
+        assert!(report.contains(line), "report lacks {line:?}:\n{report}");
+        assert!(
+            stderr.contains(line),
+            "terminal output lacks {line:?}:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("train/class_003 holds no images"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("3 image file(s) could not be stored"),
+        "{stderr}"
+    );
+
+    let manifest = Manifest::load(out.path()).unwrap();
+    assert_eq!(
+        manifest.classes,
+        ["class_000", "class_001", "class_002", "class_003"]
+    );
+    let train = manifest.split("train").unwrap();
+    assert_eq!(train.per_class, [6 + 3, 6, 6, 0]);
+    shard_tool()
+        .arg("verify")
+        .arg(out.path())
+        .assert()
+        .success();
+}
+
+#[test]
+fn every_record_round_trips_with_its_label_and_bytes() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    small_tree(src.path(), true);
+    shard_tool()
+        .args(["pack", "--shard-size", "1MiB", "-j", "2"])
+        .arg(src.path())
+        .arg("--out")
+        .arg(out.path())
+        .assert()
+        .code(3);
+    // SAFETY: nothing writes the dataset while it is open.
+    let dataset = unsafe { Dataset::open(out.path()) }.unwrap();
+    let classes = &dataset.manifest().classes;
+    let mut seen_classes_in_order = Vec::new();
+    for split in dataset.splits() {
+        for i in 0..split.len() {
+            let r = split.get(i).unwrap();
+            assert!(r.checksum_ok());
+            let folder = r.path.split('/').nth(1).unwrap();
+            assert_eq!(classes[r.label as usize], folder, "label of {}", r.path);
+            assert_eq!(split.label(i).unwrap(), r.label);
+            let source = fs::read(src.path().join(r.path)).unwrap();
+            if r.flags & flags::MODIFIED == 0 {
+                assert_eq!(sha256(r.data), sha256(&source), "{} changed", r.path);
+            } else {
+                assert_ne!(r.data, &source[..]);
+                assert!(r.data.starts_with(&[0xFF, 0xD8, 0xFF]));
+            }
+            seen_classes_in_order.push(r.label);
+        }
+    }
+    // Shuffled at pack time: the records are not grouped by class.
+    let sorted = {
+        let mut s = seen_classes_in_order.clone();
+        s.sort();
+        s
+    };
+    assert_ne!(seen_classes_in_order, sorted);
+    assert!(dataset.split("train").unwrap().get(10_000).is_err());
+    assert!(dataset.split("test").is_err());
+}
+
+#[test]
+fn extract_writes_the_stored_bytes_by_index_and_by_name() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    small_tree(src.path(), false);
+    shard_tool()
+        .arg("pack")
+        .arg(src.path())
+        .arg("--out")
+        .arg(out.path())
+        .assert()
+        .success();
+    let file = out.path().join("x.jpg");
+    let name = "val/class_002/val_002_00001.jpg";
+    shard_tool()
+        .arg("extract")
+        .arg(out.path())
+        .args(["--name", name, "--out"])
+        .arg(&file)
+        .assert()
+        .success();
+    assert_eq!(
+        fs::read(&file).unwrap(),
+        fs::read(src.path().join(name)).unwrap()
+    );
+    shard_tool()
+        .arg("extract")
+        .arg(out.path())
+        .args(["--split", "val", "--index", "0", "--out"])
+        .arg(&file)
+        .assert()
+        .success();
+    shard_tool()
+        .arg("extract")
+        .arg(out.path())
+        .args(["--split", "val", "--index", "99", "--out"])
+        .arg(&file)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("split `val` has 6 records"));
+}
+
+#[test]
+fn rerunning_a_finished_pack_does_nothing_and_other_options_are_refused() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    small_tree(src.path(), false);
+    let pack = |seed: &str| {
+        let mut cmd = shard_tool();
+        cmd.arg("pack")
+            .arg(src.path())
+            .arg("--out")
+            .arg(out.path())
+            .args(["--seed", seed]);
+        cmd
+    };
+    pack("1").assert().success();
+    let before = crate::util::tree_digest(out.path(), &[]);
+    pack("1")
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("nothing to do"));
+    assert_eq!(crate::util::tree_digest(out.path(), &[]), before);
+    pack("2")
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("already holds a finished pack"));
+}
+
+#[test]
+fn flat_val_with_kaggle_labels_and_an_unopened_dataset() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let r = src.path();
+    for (class, i) in [("n01", 0), ("n02", 1)] {
+        fs::create_dir_all(r.join("train").join(class)).unwrap();
+        fs::write(
+            r.join(format!("train/{class}/a.JPEG")),
+            synth::class_image(i, 0, 16, 16),
+        )
+        .unwrap();
+    }
+    fs::create_dir_all(r.join("val")).unwrap();
+    for k in 1..=3 {
+        fs::write(
+            r.join(format!("val/ILSVRC2012_val_{k:08}.JPEG")),
+            synth::class_image(k, 1, 16, 16),
+        )
+        .unwrap();
+    }
+    fs::write(
+        r.join("LOC_val_solution.csv"),
+        "ImageId,PredictionString\nILSVRC2012_val_00000001,n02 0 0 1 1\n\
+         ILSVRC2012_val_00000002,n01 0 0 1 1\nILSVRC2012_val_00000003,n02 0 0 1 1\n",
+    )
+    .unwrap();
+    shard_tool()
+        .arg("inspect")
+        .arg(out.path())
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains(
+            "rerun the same `shard-tool pack`",
+        ));
+    shard_tool()
+        .arg("pack")
+        .arg(r)
+        .arg("--out")
+        .arg(out.path())
+        .assert()
+        .success();
+    // SAFETY: nothing writes the dataset while it is open.
+    let dataset = unsafe { Dataset::open(out.path()) }.unwrap();
+    let val = dataset.split("val").unwrap();
+    let mut labels: Vec<(String, u32)> = (0..val.len())
+        .map(|i| {
+            let r = val.get(i).unwrap();
+            (r.path.to_owned(), r.label)
+        })
+        .collect();
+    labels.sort();
+    let labels: Vec<u32> = labels.into_iter().map(|(_, l)| l).collect();
+    assert_eq!(labels, [1, 0, 1]);
+    shard_tool()
+        .arg("inspect")
+        .arg(out.path())
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("val: 3 records"));
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The main job, end to end, on a small generated dataset, on the CPU:
+#   synth (a 10-class ImageFolder tree with ImageNet's odd files) -> pack -> verify -> inspect
+#   -> extract.
+# Serving (loader), training and evaluation (trainer) join this script as they are built.
+#
+# Environment: RSB_DEMO_DIR (default target/demo) for the output; RSB_BIN_DIR to use already
+# built binaries instead of building release ones (the end-to-end test does this).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=${RSB_DEMO_DIR:-target/demo}
+if [ -z "${RSB_BIN_DIR:-}" ]; then
+  cargo build --release -p shard-tool
+  RSB_BIN_DIR=target/release
+fi
+st="$RSB_BIN_DIR/shard-tool"
+
+rm -rf "$work"
+mkdir -p "$work"
+echo "== synth: a 10-class tree with a PNG named .JPEG, a CMYK, a grayscale, a truncated and an empty file"
+"$st" synth --out "$work/src" --classes 10 --train-per-class 100 --val-per-class 20 --size 64 --odd-files
+
+echo "== pack (exit status 3: complete, but the truncated and the empty file could not be stored)"
+status=0
+"$st" pack "$work/src" --out "$work/shards" --shard-size 1MiB || status=$?
+if [ "$status" -ne 3 ]; then
+  echo "pack exited with $status, expected 3" >&2
+  exit 1
+fi
+
+echo "== verify"
+"$st" verify "$work/shards"
+
+echo "== inspect"
+"$st" inspect "$work/shards"
+
+echo "== extract val record 0"
+"$st" extract "$work/shards" --split val --index 0 --out "$work/val-0.jpg"
+
+echo "== done: dataset in $work/shards (serve, train and evaluate are not built yet)"

@@ -1,0 +1,35 @@
+//! End-to-end: the README's main job (`tests/demo.sh`) with the binaries of this build.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Directory of the binaries built for this test run (`target/debug`).
+fn bin_dir() -> PathBuf {
+    let bin = assert_cmd::cargo::cargo_bin("shard-tool");
+    assert!(
+        bin.exists(),
+        "{} is not built: run the whole suite with `cargo test --workspace`",
+        bin.display()
+    );
+    bin.parent().unwrap().to_path_buf()
+}
+
+#[test]
+fn readme_main_job_runs_end_to_end() {
+    let work = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .env("RSB_BIN_DIR", bin_dir())
+        .env("RSB_DEMO_DIR", work.path().join("demo"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("OK: 1203 records"), "{stdout}");
+    assert!(stdout.contains("train: 1003 records"), "{stdout}");
+    assert!(stderr.contains("REJECTED: train/class_000/truncated.JPEG"), "{stderr}");
+    let extracted = std::fs::read(work.path().join("demo/val-0.jpg")).unwrap();
+    assert!(extracted.starts_with(&[0xFF, 0xD8, 0xFF]));
+}
