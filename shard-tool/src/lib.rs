@@ -52,8 +52,8 @@ pub use error::{Error, Result};
 pub use layout::LayoutOptions;
 pub use manifest::Manifest;
 pub use pack::{
-    DEFAULT_MAX_FILE_BYTES, DEFAULT_SHARD_SIZE, PackEvent, PackOptions, PackSummary, pack, report,
-    shuffled_order,
+    DEFAULT_MAX_FILE_BYTES, DEFAULT_SHARD_SIZE, IN_FLIGHT_BYTES, PackEvent, PackOptions,
+    PackSummary, pack, report, shuffled_order,
 };
 pub use reader::{Dataset, Record, Split};
 pub use record::NO_LABEL;

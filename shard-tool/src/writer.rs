@@ -23,6 +23,47 @@ use crate::record::{
 /// Suffix of files being written.
 pub const TMP_SUFFIX: &str = "tmp";
 
+/// How many bytes a shard writer lets accumulate before a background `fdatasync`. Without it,
+/// a shard sits dirty in the page cache until the final fsync, which then stalls the pack while
+/// the disk catches up (0.15 s for 100 MB here, seconds for a 1 GiB shard); with it, the disk
+/// works while the next images decode and the final fsync has almost nothing left to do.
+/// (`sync_file_range` was measured too: on ext4 it leaves most of the work to the fsync.)
+const SYNC_CHUNK: u64 = 4 << 20;
+
+/// A thread that runs `fdatasync` on a shard file whenever asked, so the writer never waits.
+struct Syncer {
+    ask: crossbeam_channel::Sender<()>,
+    thread: std::thread::JoinHandle<std::io::Result<()>>,
+}
+
+impl Syncer {
+    fn start(file: &File) -> std::io::Result<Syncer> {
+        let file = file.try_clone()?;
+        // Capacity 1: a request made while one is pending is merged into it.
+        let (ask, asked) = crossbeam_channel::bounded::<()>(1);
+        let thread = std::thread::spawn(move || {
+            for () in asked {
+                file.sync_data()?;
+            }
+            Ok(())
+        });
+        Ok(Syncer { ask, thread })
+    }
+
+    /// Requests a sync of everything written so far, unless one is already pending.
+    fn request(&self) {
+        let _ = self.ask.try_send(());
+    }
+
+    /// Waits for the thread and returns the first error it met.
+    fn stop(self) -> std::io::Result<()> {
+        drop(self.ask);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the fdatasync thread panicked")))
+    }
+}
+
 /// A finished shard: its footer (what it holds) and its checksum.
 #[derive(Debug, Clone)]
 pub struct ShardSummary {
@@ -38,6 +79,9 @@ pub struct ShardWriter {
     tmp: PathBuf,
     file: BufWriter<File>,
     offset: u64,
+    /// Offset at the last background sync request.
+    synced_at: u64,
+    syncer: Syncer,
     footer: ShardFooter,
 }
 
@@ -54,13 +98,17 @@ impl ShardWriter {
         fingerprint: &str,
     ) -> Result<ShardWriter> {
         let tmp = dir.join(format!("{}.{TMP_SUFFIX}", shard_file_name(split, shard)));
-        let mut file = BufWriter::with_capacity(1 << 20, File::create(&tmp).at(&tmp)?);
+        let raw = File::create(&tmp).at(&tmp)?;
+        let syncer = Syncer::start(&raw).at(&tmp)?;
+        let mut file = BufWriter::with_capacity(1 << 20, raw);
         file.write_all(&[0u8; SHARD_HEADER_LEN]).at(&tmp)?;
         Ok(ShardWriter {
             dir: dir.to_path_buf(),
             tmp,
             file,
             offset: SHARD_HEADER_LEN as u64,
+            synced_at: 0,
+            syncer,
             footer: ShardFooter {
                 split: split.to_owned(),
                 shard,
@@ -133,6 +181,11 @@ impl ShardWriter {
             flags,
         });
         self.footer.end_position = position + 1;
+        if self.offset - self.synced_at >= SYNC_CHUNK {
+            self.file.flush().at(&self.tmp)?;
+            self.syncer.request();
+            self.synced_at = self.offset;
+        }
         let mut entry = IndexEntry::new_zeroed();
         entry.offset.set(offset);
         entry.shard.set(self.footer.shard);
@@ -182,12 +235,16 @@ impl ShardWriter {
             .at(&self.tmp)?;
         file.seek(SeekFrom::Start(0)).at(&self.tmp)?;
         file.write_all(header.as_bytes()).at(&self.tmp)?;
+        let started = std::time::Instant::now();
+        self.syncer.stop().at(&self.tmp)?;
         file.sync_all().at(&self.tmp)?;
         drop(file);
+        let synced = started.elapsed();
         let name = shard_file_name(&self.footer.split, self.footer.shard);
         let path = self.dir.join(&name);
         commit(&self.tmp, &path)?;
         let sum = file_sum(&path)?;
+        tracing::debug!(shard = %name, ?synced, total = ?started.elapsed(), "shard finished");
         Ok(ShardSummary {
             footer: self.footer,
             sum,

@@ -29,7 +29,10 @@ fn readme_main_job_runs_end_to_end() {
     assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("OK: 1203 records"), "{stdout}");
     assert!(stdout.contains("train: 1003 records"), "{stdout}");
-    assert!(stderr.contains("REJECTED: train/class_000/truncated.JPEG"), "{stderr}");
+    assert!(
+        stderr.contains("REJECTED: train/class_000/truncated.JPEG"),
+        "{stderr}"
+    );
     let extracted = std::fs::read(work.path().join("demo/val-0.jpg")).unwrap();
     assert!(extracted.starts_with(&[0xFF, 0xD8, 0xFF]));
 }

@@ -159,6 +159,25 @@ fn extract_writes_the_stored_bytes_by_index_and_by_name() {
         .arg(&file)
         .assert()
         .success();
+    let all = out.path().join("all");
+    shard_tool()
+        .arg("extract")
+        .arg(out.path())
+        .args(["--all", "--out"])
+        .arg(&all)
+        .assert()
+        .success();
+    assert_eq!(
+        crate::util::tree_digest(&all.join("val/class_001"), &[]),
+        crate::util::tree_digest(&src.path().join("val/class_001"), &[])
+    );
+    shard_tool()
+        .arg("extract")
+        .arg(out.path())
+        .args(["--index", "1", "--all", "--out"])
+        .arg(&all)
+        .assert()
+        .failure();
     shard_tool()
         .arg("extract")
         .arg(out.path())
