@@ -136,6 +136,12 @@ pub struct Skipped {
 /// `val/` class that `train/` lacks, or a flat `val/` without a usable label file; I/O errors
 /// with the path they happened on.
 pub fn discover(root: &Path, options: &LayoutOptions) -> Result<SourceTree> {
+    if !root.is_dir() {
+        return Err(Error::Layout(format!(
+            "{} does not exist or is not a directory",
+            root.display()
+        )));
+    }
     let present: Vec<&str> = SPLIT_NAMES
         .iter()
         .copied()

@@ -269,7 +269,7 @@ fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template(
-            "{prefix:>6} [{bar:32}] {human_pos}/{human_len} {per_sec} {msg} ETA {eta}",
+            "{prefix:>6} [{bar:32}] {human_pos}/{human_len} {msg} ETA {eta}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
@@ -294,6 +294,7 @@ fn cmd_pack(args: PackArgs, quiet: bool) -> Result<ExitCode> {
     let started = Instant::now();
     let mut bar = ProgressBar::hidden();
     let mut bytes_done = 0u64;
+    let (mut done_files_at_start, mut done_bytes_at_start) = (0u64, 0u64);
     let mut split_start = Instant::now();
     let mut on_event = |event: PackEvent<'_>| match event {
         PackEvent::SplitStarted {
@@ -316,15 +317,21 @@ fn cmd_pack(args: PackArgs, quiet: bool) -> Result<ExitCode> {
                 );
             }
             bytes_done = done_bytes;
+            (done_files_at_start, done_bytes_at_start) = (done_files, done_bytes);
             split_start = Instant::now();
             bar.reset_eta();
         }
         PackEvent::FileDone { bytes } => {
             bytes_done += bytes;
             bar.inc(1);
-            let secs = split_start.elapsed().as_secs_f64().max(1e-3);
             if bar.position().is_multiple_of(64) {
-                bar.set_message(format!("{:.1} MB/s", bytes_done as f64 / secs / 1e6));
+                let secs = split_start.elapsed().as_secs_f64().max(1e-3);
+                let images = (bar.position() - done_files_at_start) as f64;
+                bar.set_message(format!(
+                    "{:.0} images/s, {:.1} MB/s",
+                    images / secs,
+                    (bytes_done - done_bytes_at_start) as f64 / secs / 1e6
+                ));
             }
         }
         PackEvent::Rejected { path, reason } => {

@@ -136,7 +136,7 @@ impl Manifest {
         let path = dir.join(MANIFEST_FILE);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir.is_dir() => {
                 return Err(Error::Incomplete.with_path(dir));
             }
             Err(e) => return Err(Error::Io(e).with_path(&path)),
