@@ -1,8 +1,38 @@
 /*!
-The rsb loader: decoding, timm's train/eval transforms, repeated-augmentation sampling, the
-shared-memory batch ring and the daemon that serves it.
+The rsb loader: everything between a packed dataset and a batch of uint8 images.
 
-Not built yet: this crate holds only its place in the workspace (see the loader issues). It
-will read records through [`shard_tool::Dataset`].
+Built so far (the loader-core issue is not finished):
+- [`rng`]: counter-based random streams keyed by (seed, purpose, epoch, position, repeat).
+- [`sampler`]: timm's repeated-augmentation sampler and torch's distributed sampler.
+- [`crop`]: RandomResizedCrop parameters exactly as timm draws them, and the interpolation.
+- [`decode`]: JPEG → RGB into reused buffers.
+
+Not built yet: the resize with Pillow's filters, flip and RandAugment, the eval transform, the
+pipeline that decodes each image once for all of its repeats, `loader bench`/`preview`, and the
+daemon (shared-memory ring, protocol, service).
+
+# Example
+```
+use loader::crop::{CropBox, RrcConfig};
+use loader::rng::{Purpose, stream};
+use loader::sampler::{Sampler, SamplerConfig};
+
+let sampler = Sampler::new(SamplerConfig {
+    dataset_len: 1000, world_size: 1, rank: 0, aug_repeats: 3, shuffle: true, seed: 42,
+})?;
+let epoch = sampler.epoch(0);
+assert_eq!(epoch.len(), 768); // floor(1000 / 256) * 256, copies of an image back to back
+let s = epoch[0];
+let mut rng = stream(42, Purpose::Augment, 0, s.position, s.repeat);
+let crop = CropBox::sample(&mut rng, 500, 375, &RrcConfig::default());
+assert!(crop.left + crop.width <= 500);
+# Ok::<(), Box<dyn std::error::Error>>(())
+```
 */
 #![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod crop;
+pub mod decode;
+pub mod rng;
+pub mod sampler;
