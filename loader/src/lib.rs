@@ -6,8 +6,9 @@ Built so far (the loader-core issue is not finished):
 - [`sampler`]: timm's repeated-augmentation sampler and torch's distributed sampler.
 - [`crop`]: RandomResizedCrop parameters exactly as timm draws them, and the interpolation.
 - [`decode`]: JPEG → RGB into reused buffers.
+- [`resample`]: Pillow's antialiased bilinear/bicubic resize, bit for bit (scalar reference).
 
-Not built yet: the resize with Pillow's filters, flip and RandAugment, the eval transform, the
+Not built yet: a SIMD version of that resize, flip and RandAugment, the eval transform, the
 pipeline that decodes each image once for all of its repeats, `loader bench`/`preview`, and the
 daemon (shared-memory ring, protocol, service).
 
@@ -34,5 +35,6 @@ assert!(crop.left + crop.width <= 500);
 
 pub mod crop;
 pub mod decode;
+pub mod resample;
 pub mod rng;
 pub mod sampler;

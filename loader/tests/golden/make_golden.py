@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Golden outputs of Pillow's resize for loader/src/resample.rs.
+
+Run from this folder with Pillow installed (`pip install pillow==13.0.0`):
+    python3 make_golden.py
+It writes a few small deterministic input images (inputs/*.png), Pillow's result for each case
+(expected/*.png), and cases.txt, which the Rust tests read. PNG keeps every pixel exact.
+"""
+import random
+from pathlib import Path
+
+import PIL
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+def make_inputs():
+    rng = random.Random(1234)
+    images = {}
+    # Uniform noise: every weight matters.
+    w, h = 97, 73
+    images["noise"] = Image.frombytes("RGB", (w, h), bytes(rng.randrange(256) for _ in range(w * h * 3)))
+    # Smooth gradients with stripes: rounding near mid-levels.
+    w, h = 160, 120
+    px = []
+    for y in range(h):
+        for x in range(w):
+            px += [(x * 255) // (w - 1), (y * 255) // (h - 1), 255 if (x // 3 + y // 5) % 2 else 0]
+    images["gradient"] = Image.frombytes("RGB", (w, h), bytes(px))
+    # Tall, hard edges: clipping at 0 and 255 (bicubic overshoots).
+    w, h = 41, 300
+    px = []
+    for y in range(h):
+        for x in range(w):
+            v = 255 if (x * 7 + y) % 13 < 6 else 0
+            px += [v, 255 - v, (x * y) % 256]
+    images["edges"] = Image.frombytes("RGB", (w, h), bytes(px))
+    return images
+
+
+# (input, crop box (left, top, width, height), output size, filter)
+CASES = [
+    ("noise", (0, 0, 97, 73), (32, 32), "bilinear"),
+    ("noise", (0, 0, 97, 73), (32, 32), "bicubic"),
+    ("noise", (5, 9, 60, 41), (224, 224), "bilinear"),
+    ("noise", (5, 9, 60, 41), (224, 224), "bicubic"),
+    ("noise", (10, 0, 50, 73), (50, 20), "bicubic"),
+    ("noise", (0, 3, 97, 40), (24, 40), "bilinear"),
+    ("gradient", (0, 0, 160, 120), (64, 64), "bilinear"),
+    ("gradient", (0, 0, 160, 120), (64, 64), "bicubic"),
+    ("gradient", (33, 17, 101, 77), (7, 11), "bicubic"),
+    ("gradient", (1, 1, 3, 2), (40, 40), "bicubic"),
+    ("edges", (0, 0, 41, 300), (224, 224), "bicubic"),
+    ("edges", (2, 50, 30, 200), (16, 16), "bilinear"),
+    ("edges", (2, 50, 30, 200), (16, 16), "bicubic"),
+]
+
+
+def main():
+    (HERE / "inputs").mkdir(exist_ok=True)
+    (HERE / "expected").mkdir(exist_ok=True)
+    images = make_inputs()
+    for name, img in images.items():
+        img.save(HERE / "inputs" / f"{name}.png")
+    lines = [f"# Pillow {PIL.__version__}: name input left top width height out_w out_h filter"]
+    for n, (inp, (left, top, w, h), (ow, oh), filt) in enumerate(CASES):
+        out = images[inp].crop((left, top, left + w, top + h)).resize((ow, oh), FILTERS[filt])
+        name = f"{n:02d}-{inp}-{filt}-{ow}x{oh}"
+        out.save(HERE / "expected" / f"{name}.png")
+        lines.append(f"{name} {inp} {left} {top} {w} {h} {ow} {oh} {filt}")
+    (HERE / "cases.txt").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
