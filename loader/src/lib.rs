@@ -7,8 +7,9 @@ Built so far (the loader-core issue is not finished):
 - [`crop`]: RandomResizedCrop parameters exactly as timm draws them, and the interpolation.
 - [`decode`]: JPEG → RGB into reused buffers.
 - [`resample`]: Pillow's antialiased bilinear/bicubic resize, bit for bit (scalar reference).
+- [`eval_transform`]: timm's eval resize + center crop, and the horizontal flip.
 
-Not built yet: a SIMD version of that resize, flip and RandAugment, the eval transform, the
+Not built yet: a SIMD version of that resize, RandAugment, the
 pipeline that decodes each image once for all of its repeats, `loader bench`/`preview`, and the
 daemon (shared-memory ring, protocol, service).
 
@@ -35,6 +36,9 @@ assert!(crop.left + crop.width <= 500);
 
 pub mod crop;
 pub mod decode;
+pub mod eval_transform;
 pub mod resample;
 pub mod rng;
 pub mod sampler;
+#[cfg(test)]
+mod testutil;

@@ -265,14 +265,11 @@ impl Resampler {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
-
     use fast_image_resize::images::{Image, ImageRef};
     use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-    use zune_core::bytestream::ZCursor;
-    use zune_png::PngDecoder;
 
     use super::*;
+    use crate::testutil::{case_lines, golden_dir, png};
 
     fn full(w: u32, h: u32) -> CropBox {
         CropBox {
@@ -281,20 +278,6 @@ mod tests {
             height: h,
             width: w,
         }
-    }
-
-    fn golden_dir() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
-    }
-
-    /// (width, height, RGB pixels) of a committed PNG.
-    fn png(path: &Path) -> (usize, usize, Vec<u8>) {
-        let bytes = std::fs::read(path).unwrap();
-        let mut d = PngDecoder::new(ZCursor::new(&bytes[..]));
-        let pixels = d.decode_raw().unwrap();
-        let (w, h) = d.dimensions().unwrap();
-        assert_eq!(pixels.len(), w * h * 3, "{} must be RGB", path.display());
-        (w, h, pixels)
     }
 
     struct Case {
@@ -306,15 +289,11 @@ mod tests {
     }
 
     fn cases() -> Vec<Case> {
-        let text = std::fs::read_to_string(golden_dir().join("cases.txt")).unwrap();
-        text.lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
+        case_lines("cases.txt")
+            .into_iter()
+            .map(|f| {
                 let n = |i: usize| f[i].parse::<u32>().unwrap();
                 Case {
-                    name: f[0].into(),
-                    input: f[1].into(),
                     crop: CropBox {
                         left: n(2),
                         top: n(3),
@@ -322,13 +301,21 @@ mod tests {
                         height: n(5),
                     },
                     out: (n(6) as usize, n(7) as usize),
-                    filter: match f[8] {
-                        "bilinear" => Interpolation::Bilinear,
-                        _ => Interpolation::Bicubic,
-                    },
+                    filter: filter(&f[8]),
+                    name: f[0].clone(),
+                    input: f[1].clone(),
                 }
             })
             .collect()
+    }
+
+    /// A filter name of the case lists.
+    pub(crate) fn filter(name: &str) -> Interpolation {
+        match name {
+            "bilinear" => Interpolation::Bilinear,
+            "bicubic" => Interpolation::Bicubic,
+            other => panic!("unknown filter {other}"),
+        }
     }
 
     #[test]
@@ -337,12 +324,23 @@ mod tests {
         let cases = cases();
         assert!(cases.len() >= 10);
         for c in cases {
-            let (w, _, src) = png(&golden_dir().join(format!("inputs/{}.png", c.input)));
-            let (ew, eh, expected) = png(&golden_dir().join(format!("expected/{}.png", c.name)));
-            assert_eq!((ew, eh), c.out);
-            let mut out = vec![0u8; ew * eh * 3];
-            r.resize(&src, w, c.crop, c.out, c.filter, &mut out);
-            let max = out.iter().zip(&expected).map(|(a, b)| a.abs_diff(*b)).max();
+            let src = png(&golden_dir().join(format!("inputs/{}.png", c.input)));
+            let expected = png(&golden_dir().join(format!("expected/{}.png", c.name)));
+            assert_eq!((expected.width as usize, expected.height as usize), c.out);
+            let mut out = vec![0u8; expected.pixels.len()];
+            r.resize(
+                &src.pixels,
+                src.width as usize,
+                c.crop,
+                c.out,
+                c.filter,
+                &mut out,
+            );
+            let max = out
+                .iter()
+                .zip(&expected.pixels)
+                .map(|(a, b)| a.abs_diff(*b))
+                .max();
             assert_eq!(max, Some(0), "{}: differs from Pillow", c.name);
         }
     }
@@ -377,12 +375,12 @@ mod tests {
         // uses this module's exact kernel, and a SIMD version must be tested against it.
         let mut worst = [0u8; 2];
         for c in cases() {
-            let (w, _, src) = png(&golden_dir().join(format!("inputs/{}.png", c.input)));
-            let (_, _, expected) = png(&golden_dir().join(format!("expected/{}.png", c.name)));
-            let out = fast_image_resize(&c, w, &src);
+            let src = png(&golden_dir().join(format!("inputs/{}.png", c.input)));
+            let expected = png(&golden_dir().join(format!("expected/{}.png", c.name)));
+            let out = fast_image_resize(&c, src.width as usize, &src.pixels);
             let max = out
                 .iter()
-                .zip(&expected)
+                .zip(&expected.pixels)
                 .map(|(a, b)| a.abs_diff(*b))
                 .max()
                 .unwrap();

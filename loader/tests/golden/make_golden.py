@@ -58,6 +58,26 @@ CASES = [
 ]
 
 
+# Eval transform: (input, img_size, crop_pct, filter), as torchvision's Resize(int) + CenterCrop.
+EVAL_CASES = [
+    ("noise", 64, 0.95, "bicubic"),
+    ("gradient", 100, 0.875, "bicubic"),
+    ("edges", 32, 0.95, "bilinear"),
+]
+
+
+def eval_transform(img, img_size, crop_pct, filt):
+    scale = int(img_size / crop_pct)  # math.floor for positive values
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = scale, int(scale * long / short)
+    size = (new_short, new_long) if w <= h else (new_long, new_short)
+    img = img.resize(size, FILTERS[filt])
+    top = int(round((size[1] - img_size) / 2.0))
+    left = int(round((size[0] - img_size) / 2.0))
+    return img.crop((left, top, left + img_size, top + img_size))
+
+
 def main():
     (HERE / "inputs").mkdir(exist_ok=True)
     (HERE / "expected").mkdir(exist_ok=True)
@@ -71,6 +91,12 @@ def main():
         out.save(HERE / "expected" / f"{name}.png")
         lines.append(f"{name} {inp} {left} {top} {w} {h} {ow} {oh} {filt}")
     (HERE / "cases.txt").write_text("\n".join(lines) + "\n")
+    lines = [f"# Pillow {PIL.__version__}: name input img_size crop_pct filter"]
+    for n, (inp, img_size, crop_pct, filt) in enumerate(EVAL_CASES):
+        name = f"eval-{n:02d}-{inp}-{img_size}-{crop_pct}-{filt}"
+        eval_transform(images[inp], img_size, crop_pct, filt).save(HERE / "expected" / f"{name}.png")
+        lines.append(f"{name} {inp} {img_size} {crop_pct} {filt}")
+    (HERE / "eval_cases.txt").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
