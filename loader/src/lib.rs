@@ -9,6 +9,9 @@ Built so far (the loader-core issue is not finished):
 - [`resample`]: Pillow's antialiased bilinear/bicubic resize, bit for bit (scalar reference).
 - [`eval_transform`]: timm's eval resize + center crop, and the horizontal flip.
 
+The `loader augment` command applies one of these to one image (`--op decode | resized-crop |
+eval | flip`); `tests/golden/compare_imagenet.py` compares it with Pillow on real images.
+
 Not built yet: a SIMD version of that resize, RandAugment, the
 pipeline that decodes each image once for all of its repeats, `loader bench`/`preview`, and the
 daemon (shared-memory ring, protocol, service).
