@@ -10,7 +10,7 @@ import random
 from pathlib import Path
 
 import PIL
-from PIL import Image
+from PIL import Image, ImageEnhance, ImageOps
 
 HERE = Path(__file__).resolve().parent
 FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
@@ -37,6 +37,13 @@ def make_inputs():
             v = 255 if (x * 7 + y) % 13 < 6 else 0
             px += [v, 255 - v, (x * y) % 256]
     images["edges"] = Image.frombytes("RGB", (w, h), bytes(px))
+    # Low contrast, uneven channels: AutoContrast and Equalize have work to do.
+    w, h = 50, 40
+    px = []
+    for y in range(h):
+        for x in range(w):
+            px += [60 + (x * 2 + rng.randrange(8)), 100 + (y + rng.randrange(20)), 90 + rng.randrange(40)]
+    images["dim"] = Image.frombytes("RGB", (w, h), bytes(px))
     return images
 
 
@@ -63,6 +70,43 @@ EVAL_CASES = [
     ("noise", 64, 0.95, "bicubic"),
     ("gradient", 100, 0.875, "bicubic"),
     ("edges", 32, 0.95, "bilinear"),
+]
+
+
+# RandAugment pixel ops as timm's auto_augment.py calls Pillow: (op, argument).
+def _solarize_add(img, add, thresh=128):
+    lut = [min(255, i + add) if i < thresh else i for i in range(256)]
+    return img.point(lut + lut + lut)
+
+
+OPS = {
+    "auto_contrast": lambda img, a: ImageOps.autocontrast(img),
+    "equalize": lambda img, a: ImageOps.equalize(img),
+    "invert": lambda img, a: ImageOps.invert(img),
+    "posterize": lambda img, a: img if int(a) >= 8 else ImageOps.posterize(img, int(a)),
+    "solarize": lambda img, a: ImageOps.solarize(img, int(a)),
+    "solarize_add": lambda img, a: _solarize_add(img, int(a)),
+    "color": lambda img, a: ImageEnhance.Color(img).enhance(float(a)),
+    "contrast": lambda img, a: ImageEnhance.Contrast(img).enhance(float(a)),
+    "brightness": lambda img, a: ImageEnhance.Brightness(img).enhance(float(a)),
+    "sharpness": lambda img, a: ImageEnhance.Sharpness(img).enhance(float(a)),
+}
+OP_CASES = [
+    (op, arg, inp)
+    for inp in ("dim", "gradient", "noise")
+    for op, args in [
+        ("auto_contrast", ["0"]),
+        ("equalize", ["0"]),
+        ("invert", ["0"]),
+        ("posterize", ["1", "2", "4", "8"]),
+        ("solarize", ["77", "128", "256"]),
+        ("solarize_add", ["77", "110"]),
+        ("color", ["0.0", "0.37", "1.0", "1.63", "1.9"]),
+        ("contrast", ["0.37", "1.63"]),
+        ("brightness", ["0.1", "0.37", "1.63"]),
+        ("sharpness", ["0.37", "1.63"]),
+    ]
+    for arg in args
 ]
 
 
@@ -97,6 +141,12 @@ def main():
         eval_transform(images[inp], img_size, crop_pct, filt).save(HERE / "expected" / f"{name}.png")
         lines.append(f"{name} {inp} {img_size} {crop_pct} {filt}")
     (HERE / "eval_cases.txt").write_text("\n".join(lines) + "\n")
+    lines = [f"# Pillow {PIL.__version__}: name input op arg"]
+    for op, arg, inp in OP_CASES:
+        name = f"op-{inp}-{op}-{arg}"
+        OPS[op](images[inp], arg).save(HERE / "expected" / f"{name}.png")
+        lines.append(f"{name} {inp} {op} {arg}")
+    (HERE / "op_cases.txt").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

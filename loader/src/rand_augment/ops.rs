@@ -1,0 +1,266 @@
+/*!
+RandAugment's pixel operations with Pillow's exact arithmetic (RECIPE.md §2.3): the LUT ops of
+`ImageOps` and the `ImageEnhance` blends. Each works in place on an RGB image and is a pure
+function of its explicit argument; the random parts (which op, magnitude, sign) live in the
+caller.
+
+The geometric ops (Rotate, ShearX/Y, TranslateX/YRel, through Pillow's affine transform) are
+not here yet.
+*/
+
+use crate::decode::RgbImage;
+
+/// Per-channel 256-bin histograms.
+fn histograms(img: &RgbImage) -> [[u32; 256]; 3] {
+    let mut h = [[0u32; 256]; 3];
+    for px in img.pixels.chunks_exact(3) {
+        for c in 0..3 {
+            h[c][px[c] as usize] += 1;
+        }
+    }
+    h
+}
+
+/// Applies one lookup table per channel.
+fn apply_luts(img: &mut RgbImage, luts: &[[u8; 256]; 3]) {
+    for px in img.pixels.chunks_exact_mut(3) {
+        for c in 0..3 {
+            px[c] = luts[c][px[c] as usize];
+        }
+    }
+}
+
+/// Applies the same lookup table to every channel.
+fn apply_lut(img: &mut RgbImage, lut: &[u8; 256]) {
+    for v in &mut img.pixels {
+        *v = lut[*v as usize];
+    }
+}
+
+/// `ImageOps.autocontrast(img)`: per channel, stretch [lowest, highest] used level to [0, 255].
+pub fn auto_contrast(img: &mut RgbImage) {
+    let hist = histograms(img);
+    let mut luts = [[0u8; 256]; 3];
+    for (lut, h) in luts.iter_mut().zip(&hist) {
+        let lo = h.iter().position(|&n| n > 0).unwrap_or(0);
+        let hi = h.iter().rposition(|&n| n > 0).unwrap_or(0);
+        if hi <= lo {
+            *lut = std::array::from_fn(|i| i as u8);
+            continue;
+        }
+        let scale = 255.0 / (hi - lo) as f64;
+        let offset = -(lo as f64) * scale;
+        for (i, v) in lut.iter_mut().enumerate() {
+            // Python's int() truncates toward zero, as `as i64` does.
+            *v = ((i as f64 * scale + offset) as i64).clamp(0, 255) as u8;
+        }
+    }
+    apply_luts(img, &luts);
+}
+
+/// `ImageOps.equalize(img)`: per channel, histogram equalisation with Pillow's integer steps.
+pub fn equalize(img: &mut RgbImage) {
+    let hist = histograms(img);
+    let mut luts = [[0u8; 256]; 3];
+    for (lut, h) in luts.iter_mut().zip(&hist) {
+        let used: Vec<u64> = h
+            .iter()
+            .filter(|&&n| n > 0)
+            .map(|&n| u64::from(n))
+            .collect();
+        let step = match used.last() {
+            Some(last) if used.len() > 1 => (used.iter().sum::<u64>() - last) / 255,
+            _ => 0,
+        };
+        if step == 0 {
+            *lut = std::array::from_fn(|i| i as u8);
+            continue;
+        }
+        let mut n = step / 2;
+        for (v, &count) in lut.iter_mut().zip(h) {
+            // Pillow builds the table in Python ints and clips to 255 when it applies it.
+            *v = (n / step).min(255) as u8;
+            n += u64::from(count);
+        }
+    }
+    apply_luts(img, &luts);
+}
+
+/// `ImageOps.invert(img)`.
+pub fn invert(img: &mut RgbImage) {
+    for v in &mut img.pixels {
+        *v = 255 - *v;
+    }
+}
+
+/// `ImageOps.posterize(img, bits)`: keep the `bits` high bits (8 or more: unchanged, as timm).
+pub fn posterize(img: &mut RgbImage, bits: u32) {
+    if bits >= 8 {
+        return;
+    }
+    let mask = !((1u32 << (8 - bits)) - 1) as u8;
+    for v in &mut img.pixels {
+        *v &= mask;
+    }
+}
+
+/// `ImageOps.solarize(img, threshold)`: invert every level at or above `threshold`.
+pub fn solarize(img: &mut RgbImage, threshold: u32) {
+    let lut: [u8; 256] = std::array::from_fn(|i| {
+        if (i as u32) < threshold {
+            i as u8
+        } else {
+            255 - i as u8
+        }
+    });
+    apply_lut(img, &lut);
+}
+
+/// timm's `solarize_add`: add `add` (saturating) to every level below `threshold` (128).
+pub fn solarize_add(img: &mut RgbImage, add: u32, threshold: u32) {
+    let lut: [u8; 256] = std::array::from_fn(|i| {
+        if (i as u32) < threshold {
+            (i as u32 + add).min(255) as u8
+        } else {
+            i as u8
+        }
+    });
+    apply_lut(img, &lut);
+}
+
+/// Pillow's `L` conversion of one RGB pixel (`Convert.c`, ITU-R 601-2 in 16-bit fixed point).
+#[inline]
+fn luma(px: &[u8]) -> u8 {
+    ((19595 * u32::from(px[0]) + 38470 * u32::from(px[1]) + 7471 * u32::from(px[2]) + 0x8000) >> 16)
+        as u8
+}
+
+/// `Image.blend(degenerate, img, factor)` in place (`Blend.c`): C `float` arithmetic,
+/// truncated, clamped only when extrapolating.
+fn blend_with(img: &mut RgbImage, factor: f64, degenerate: impl Fn(usize) -> u8) {
+    let alpha = factor as f32;
+    if alpha == 1.0 {
+        return;
+    }
+    let interpolate = (0.0..=1.0).contains(&alpha);
+    for (i, v) in img.pixels.iter_mut().enumerate() {
+        let d = degenerate(i);
+        if alpha == 0.0 {
+            *v = d;
+            continue;
+        }
+        let t = f32::from(d) + alpha * (i32::from(*v) - i32::from(d)) as f32;
+        *v = if interpolate {
+            t as u8
+        } else if t <= 0.0 {
+            0
+        } else if t >= 255.0 {
+            255
+        } else {
+            t as u8
+        };
+    }
+}
+
+/// `ImageEnhance.Color(img).enhance(factor)`: blend with the image's grayscale version.
+pub fn color(img: &mut RgbImage, factor: f64) {
+    let gray: Vec<u8> = img.pixels.chunks_exact(3).map(luma).collect();
+    blend_with(img, factor, |i| gray[i / 3]);
+}
+
+/// `ImageEnhance.Contrast(img).enhance(factor)`: blend with a flat gray at the mean luma.
+pub fn contrast(img: &mut RgbImage, factor: f64) {
+    let mut hist = [0u64; 256];
+    for px in img.pixels.chunks_exact(3) {
+        hist[luma(px) as usize] += 1;
+    }
+    let count: u64 = hist.iter().sum();
+    let sum: u64 = hist.iter().enumerate().map(|(i, &n)| i as u64 * n).sum();
+    // ImageStat's mean is sum / count in Python floats; Contrast takes int(mean + 0.5).
+    let mean = (sum as f64 / count.max(1) as f64 + 0.5) as u8;
+    blend_with(img, factor, |_| mean);
+}
+
+/// `ImageEnhance.Brightness(img).enhance(factor)`: blend with black.
+pub fn brightness(img: &mut RgbImage, factor: f64) {
+    blend_with(img, factor, |_| 0);
+}
+
+/// `ImageEnhance.Sharpness(img).enhance(factor)`: blend with `img.filter(SMOOTH)`.
+pub fn sharpness(img: &mut RgbImage, factor: f64) {
+    let smooth = smooth(img);
+    blend_with(img, factor, |i| smooth[i]);
+}
+
+/// Pillow's SMOOTH filter (`Filter.c`, 3x3 kernel [1 1 1; 1 5 1; 1 1 1] / 13 in `float`,
+/// +0.5, clamped and truncated). The one-pixel border is copied unchanged.
+fn smooth(img: &RgbImage) -> Vec<u8> {
+    let (w, h) = (img.width as usize, img.height as usize);
+    let mut out = img.pixels.clone();
+    if w < 3 || h < 3 {
+        return out;
+    }
+    let (k1, k5) = (1.0f32 / 13.0f32, 5.0f32 / 13.0f32);
+    let row = |y: usize| &img.pixels[y * w * 3..(y + 1) * w * 3];
+    for y in 1..h - 1 {
+        let (above, this, below) = (row(y - 1), row(y), row(y + 1));
+        for x in 1..w - 1 {
+            for c in 0..3 {
+                let at = |line: &[u8], dx: usize| f32::from(line[(x + dx - 1) * 3 + c]);
+                // The row below first, as Pillow sums them (float addition is not associative).
+                let mut ss = 0.5f32;
+                ss += at(below, 0) * k1 + at(below, 1) * k1 + at(below, 2) * k1;
+                ss += at(this, 0) * k1 + at(this, 1) * k5 + at(this, 2) * k1;
+                ss += at(above, 0) * k1 + at(above, 1) * k1 + at(above, 2) * k1;
+                out[(y * w + x) * 3 + c] = ss.clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{case_lines, golden_dir, png};
+
+    fn apply(op: &str, arg: &str, img: &mut RgbImage) {
+        let int = || arg.parse::<u32>().unwrap();
+        let float = || arg.parse::<f64>().unwrap();
+        match op {
+            "auto_contrast" => auto_contrast(img),
+            "equalize" => equalize(img),
+            "invert" => invert(img),
+            "posterize" => posterize(img, int()),
+            "solarize" => solarize(img, int()),
+            "solarize_add" => solarize_add(img, int(), 128),
+            "color" => color(img, float()),
+            "contrast" => contrast(img, float()),
+            "brightness" => brightness(img, float()),
+            "sharpness" => sharpness(img, float()),
+            other => panic!("unknown op {other}"),
+        }
+    }
+
+    #[test]
+    fn every_pixel_op_equals_pillow_on_the_golden_cases() {
+        let cases = case_lines("op_cases.txt");
+        assert!(cases.len() >= 60);
+        let mut failures = Vec::new();
+        for f in cases {
+            let mut img = png(&golden_dir().join(format!("inputs/{}.png", f[1])));
+            let expected = png(&golden_dir().join(format!("expected/{}.png", f[0])));
+            apply(&f[2], &f[3], &mut img);
+            let max = img
+                .pixels
+                .iter()
+                .zip(&expected.pixels)
+                .map(|(a, b)| a.abs_diff(*b))
+                .max();
+            if max != Some(0) {
+                failures.push(format!("{}: max |diff| {max:?}", f[0]));
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+}
