@@ -4,8 +4,7 @@ RandAugment's pixel operations with Pillow's exact arithmetic (RECIPE.md §2.3):
 function of its explicit argument; the random parts (which op, magnitude, sign) live in the
 caller.
 
-The geometric ops (Rotate, ShearX/Y, TranslateX/YRel, through Pillow's affine transform) are
-not here yet.
+The geometric ops are in [`super::geometry`]; the golden test here covers all fifteen.
 */
 
 use crate::decode::RgbImage;
@@ -225,9 +224,41 @@ mod tests {
     use crate::testutil::{case_lines, golden_dir, png};
 
     fn apply(op: &str, arg: &str, img: &mut RgbImage) {
+        use crate::crop::Interpolation;
+        use crate::rand_augment::geometry;
+
         let int = || arg.parse::<u32>().unwrap();
         let float = || arg.parse::<f64>().unwrap();
+        // Geometric ops: "value:filter".
+        let geo = || {
+            let (v, f) = arg.split_once(':').unwrap();
+            let f = match f {
+                "bilinear" => Interpolation::Bilinear,
+                _ => Interpolation::Bicubic,
+            };
+            (v.parse::<f64>().unwrap(), f, RgbImage::default())
+        };
         match op {
+            "rotate" => {
+                let (v, f, mut s) = geo();
+                geometry::rotate(img, v, f, geometry::FILL, &mut s)
+            }
+            "shear_x" => {
+                let (v, f, mut s) = geo();
+                geometry::shear_x(img, v, f, &mut s)
+            }
+            "shear_y" => {
+                let (v, f, mut s) = geo();
+                geometry::shear_y(img, v, f, &mut s)
+            }
+            "translate_x_rel" => {
+                let (v, f, mut s) = geo();
+                geometry::translate_x_rel(img, v, f, &mut s)
+            }
+            "translate_y_rel" => {
+                let (v, f, mut s) = geo();
+                geometry::translate_y_rel(img, v, f, &mut s)
+            }
             "auto_contrast" => auto_contrast(img),
             "equalize" => equalize(img),
             "invert" => invert(img),
@@ -243,9 +274,9 @@ mod tests {
     }
 
     #[test]
-    fn every_pixel_op_equals_pillow_on_the_golden_cases() {
+    fn every_op_equals_pillow_on_the_golden_cases() {
         let cases = case_lines("op_cases.txt");
-        assert!(cases.len() >= 60);
+        assert!(cases.len() >= 140);
         let mut failures = Vec::new();
         for f in cases {
             let mut img = png(&golden_dir().join(format!("inputs/{}.png", f[1])));

@@ -91,7 +91,42 @@ OPS = {
     "brightness": lambda img, a: ImageEnhance.Brightness(img).enhance(float(a)),
     "sharpness": lambda img, a: ImageEnhance.Sharpness(img).enhance(float(a)),
 }
+FILL = (124, 116, 104)  # timm's img_mean for ImageNet: the fill of every geometric op
+
+
+def _geometric(fn):
+    # Argument "value:filter", e.g. "21.0:bicubic".
+    def op(img, a):
+        value, filt = a.split(":")
+        return fn(img, float(value), dict(resample=FILTERS[filt], fillcolor=FILL))
+    return op
+
+
+def _affine(img, matrix, kw):
+    return img.transform(img.size, Image.AFFINE, matrix, **kw)
+
+
+OPS.update({
+    "rotate": _geometric(lambda img, v, kw: img.rotate(v, **kw)),
+    "shear_x": _geometric(lambda img, v, kw: _affine(img, (1, v, 0, 0, 1, 0), kw)),
+    "shear_y": _geometric(lambda img, v, kw: _affine(img, (1, 0, 0, v, 1, 0), kw)),
+    "translate_x_rel": _geometric(lambda img, v, kw: _affine(img, (1, 0, v * img.size[0], 0, 1, 0), kw)),
+    "translate_y_rel": _geometric(lambda img, v, kw: _affine(img, (1, 0, 0, 0, 1, v * img.size[1]), kw)),
+})
+GEOMETRIC = [
+    ("rotate", ["21.0", "-21.0", "7.3", "-0.01"]),
+    ("shear_x", ["0.21", "-0.18"]),
+    ("shear_y", ["0.21", "-0.18"]),
+    ("translate_x_rel", ["0.315", "-0.27"]),
+    ("translate_y_rel", ["0.315", "-0.27"]),
+]
 OP_CASES = [
+    (op, f"{v}:{filt}", inp)
+    for inp in ("noise", "gradient", "edges")
+    for op, values in GEOMETRIC
+    for v in values
+    for filt in ("bilinear", "bicubic")
+] + [
     (op, arg, inp)
     for inp in ("dim", "gradient", "noise")
     for op, args in [
@@ -143,7 +178,7 @@ def main():
     (HERE / "eval_cases.txt").write_text("\n".join(lines) + "\n")
     lines = [f"# Pillow {PIL.__version__}: name input op arg"]
     for op, arg, inp in OP_CASES:
-        name = f"op-{inp}-{op}-{arg}"
+        name = f"op-{inp}-{op}-{arg.replace(':', '-')}"
         OPS[op](images[inp], arg).save(HERE / "expected" / f"{name}.png")
         lines.append(f"{name} {inp} {op} {arg}")
     (HERE / "op_cases.txt").write_text("\n".join(lines) + "\n")

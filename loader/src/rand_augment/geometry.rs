@@ -1,0 +1,236 @@
+/*!
+RandAugment's geometric ops (Rotate, ShearX/Y, TranslateX/YRel) with Pillow's affine transform
+(`Geometry.c`, `ImagingGenericTransform`), bit for bit.
+
+For output pixel (x, y) the source point is `(a·u + b·v + c, d·u + e·v + f)` with
+`u = x + 0.5, v = y + 0.5`; a point outside the image keeps the fill colour (timm passes
+`fillcolor = (124, 116, 104)`). Inside, Pillow samples at the point minus half a pixel with
+its own filters, which are *not* the resize filters: bilinear truncates instead of rounding,
+bicubic is the a = −1 cubic, neighbour columns are clamped to the image, the first row is
+clamped and a further row outside the image repeats the previous one.
+*/
+
+use crate::crop::Interpolation;
+use crate::decode::RgbImage;
+
+/// timm's fill for ImageNet: `round(255 · mean)` of (0.485, 0.456, 0.406).
+pub const FILL: [u8; 3] = [124, 116, 104];
+
+/// Pillow's `FLOOR` macro: floor for negatives, truncation otherwise.
+#[inline]
+fn floor_c(v: f64) -> i64 {
+    if v < 0.0 { v.floor() as i64 } else { v as i64 }
+}
+
+/// Pillow's cubic convolution with a = −1 (`BICUBIC` macro of `Geometry.c`).
+#[inline]
+fn cubic(v1: f64, v2: f64, v3: f64, v4: f64, d: f64) -> f64 {
+    let p1 = v2;
+    let p2 = -v1 + v3;
+    let p3 = 2.0 * (v1 - v2) + v3 - v4;
+    let p4 = -v1 + v2 - v3 + v4;
+    p1 + d * (p2 + d * (p3 + d * p4))
+}
+
+/// Samples `src` at source point (`xin`, `yin`) into `out`, or returns false outside it.
+fn sample(src: &RgbImage, xin: f64, yin: f64, filter: Interpolation, out: &mut [u8]) -> bool {
+    let (w, h) = (i64::from(src.width), i64::from(src.height));
+    if xin < 0.0 || xin >= w as f64 || yin < 0.0 || yin >= h as f64 {
+        return false;
+    }
+    let (xin, yin) = (xin - 0.5, yin - 0.5);
+    let (x, y) = (floor_c(xin), floor_c(yin));
+    let (dx, dy) = (xin - x as f64, yin - y as f64);
+    let px = |row: i64, col: i64, b: usize| -> f64 {
+        let col = col.clamp(0, w - 1);
+        f64::from(src.pixels[((row * w + col) * 3) as usize + b])
+    };
+    let inside = |row: i64| (0..h).contains(&row);
+    match filter {
+        Interpolation::Bilinear => {
+            for (b, o) in out.iter_mut().enumerate() {
+                let lerp = |row: i64| {
+                    let (a, c) = (px(row, x, b), px(row, x + 1, b));
+                    a + (c - a) * dx
+                };
+                let v1 = lerp(y.clamp(0, h - 1));
+                let v2 = if inside(y + 1) { lerp(y + 1) } else { v1 };
+                *o = (v1 + (v2 - v1) * dy) as u8;
+            }
+        }
+        Interpolation::Bicubic => {
+            let (x, y) = (x - 1, y - 1);
+            for (b, o) in out.iter_mut().enumerate() {
+                let row = |r: i64| {
+                    cubic(
+                        px(r, x, b),
+                        px(r, x + 1, b),
+                        px(r, x + 2, b),
+                        px(r, x + 3, b),
+                        dx,
+                    )
+                };
+                let v1 = row(y.clamp(0, h - 1));
+                let v2 = if inside(y + 1) { row(y + 1) } else { v1 };
+                let v3 = if inside(y + 2) { row(y + 2) } else { v2 };
+                let v4 = if inside(y + 3) { row(y + 3) } else { v3 };
+                let v = cubic(v1, v2, v3, v4, dy);
+                *o = if v <= 0.0 {
+                    0
+                } else if v >= 255.0 {
+                    255
+                } else {
+                    v as u8
+                };
+            }
+        }
+    }
+    true
+}
+
+/// `img.transform(img.size, AFFINE, matrix, resample=filter, fillcolor=fill)` in place;
+/// `scratch` keeps a copy of the source between calls.
+pub fn affine(
+    img: &mut RgbImage,
+    m: [f64; 6],
+    filter: Interpolation,
+    fill: [u8; 3],
+    scratch: &mut RgbImage,
+) {
+    scratch.width = img.width;
+    scratch.height = img.height;
+    scratch.pixels.clear();
+    scratch.pixels.extend_from_slice(&img.pixels);
+    let w = img.width as usize;
+    for (i, out) in img.pixels.chunks_exact_mut(3).enumerate() {
+        let (u, v) = ((i % w) as f64 + 0.5, (i / w) as f64 + 0.5);
+        let xin = m[0] * u + m[1] * v + m[2];
+        let yin = m[3] * u + m[4] * v + m[5];
+        if !sample(scratch, xin, yin, filter, out) {
+            out.copy_from_slice(&fill);
+        }
+    }
+}
+
+/// Python's `round(x, 15)`: correctly rounded to 15 decimals (half to even on the exact
+/// binary value), which is what Rust's fixed-precision formatting computes.
+fn round15(x: f64) -> f64 {
+    format!("{x:.15}").parse().unwrap_or(x)
+}
+
+/// `img.rotate(degrees, resample=filter, fillcolor=fill)`: counter-clockwise about the centre,
+/// same size, with Pillow's matrix (entries rounded to 15 decimals).
+pub fn rotate(
+    img: &mut RgbImage,
+    degrees: f64,
+    filter: Interpolation,
+    fill: [u8; 3],
+    scratch: &mut RgbImage,
+) {
+    // Python's % gives a result with the divisor's sign.
+    let angle = degrees.rem_euclid(360.0);
+    if angle == 0.0 {
+        return;
+    }
+    let (cx, cy) = (f64::from(img.width) / 2.0, f64::from(img.height) / 2.0);
+    let phi = -angle.to_radians();
+    let (a, b, d, e) = (
+        round15(phi.cos()),
+        round15(phi.sin()),
+        round15(-phi.sin()),
+        round15(phi.cos()),
+    );
+    let c = a * -cx + b * -cy + 0.0 + cx;
+    let f = d * -cx + e * -cy + 0.0 + cy;
+    affine(img, [a, b, c, d, e, f], filter, fill, scratch);
+}
+
+/// timm's `shear_x`: affine `(1, factor, 0, 0, 1, 0)`.
+pub fn shear_x(img: &mut RgbImage, factor: f64, filter: Interpolation, scratch: &mut RgbImage) {
+    affine(
+        img,
+        [1.0, factor, 0.0, 0.0, 1.0, 0.0],
+        filter,
+        FILL,
+        scratch,
+    );
+}
+
+/// timm's `shear_y`: affine `(1, 0, 0, factor, 1, 0)`.
+pub fn shear_y(img: &mut RgbImage, factor: f64, filter: Interpolation, scratch: &mut RgbImage) {
+    affine(
+        img,
+        [1.0, 0.0, 0.0, factor, 1.0, 0.0],
+        filter,
+        FILL,
+        scratch,
+    );
+}
+
+/// timm's `translate_x_rel`: shift by `pct` of the width (not rounded).
+pub fn translate_x_rel(
+    img: &mut RgbImage,
+    pct: f64,
+    filter: Interpolation,
+    scratch: &mut RgbImage,
+) {
+    let pixels = pct * f64::from(img.width);
+    affine(
+        img,
+        [1.0, 0.0, pixels, 0.0, 1.0, 0.0],
+        filter,
+        FILL,
+        scratch,
+    );
+}
+
+/// timm's `translate_y_rel`: shift by `pct` of the height (not rounded).
+pub fn translate_y_rel(
+    img: &mut RgbImage,
+    pct: f64,
+    filter: Interpolation,
+    scratch: &mut RgbImage,
+) {
+    let pixels = pct * f64::from(img.height);
+    affine(
+        img,
+        [1.0, 0.0, 0.0, 0.0, 1.0, pixels],
+        filter,
+        FILL,
+        scratch,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round15_is_pythons_round() {
+        // Values checked with CPython: round(x, 15).
+        assert_eq!(round15(0.9335804264972017), 0.933580426497202);
+        assert_eq!(round15(-0.3583679495453003), -0.3583679495453);
+        assert_eq!(round15(1.0), 1.0);
+    }
+
+    #[test]
+    fn identity_matrix_keeps_the_image() {
+        let mut img = RgbImage {
+            width: 5,
+            height: 4,
+            pixels: (0..60).map(|i| (i * 13 % 256) as u8).collect(),
+        };
+        let orig = img.clone();
+        let mut scratch = RgbImage::default();
+        for f in [Interpolation::Bilinear, Interpolation::Bicubic] {
+            affine(
+                &mut img,
+                [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+                f,
+                FILL,
+                &mut scratch,
+            );
+            assert_eq!(img, orig);
+        }
+    }
+}
