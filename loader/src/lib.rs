@@ -8,12 +8,13 @@ Built so far (the loader-core issue is not finished):
 - [`decode`]: JPEG → RGB into reused buffers.
 - [`resample`]: Pillow's antialiased bilinear/bicubic resize, bit for bit (scalar reference).
 - [`eval_transform`]: timm's eval resize + center crop, and the horizontal flip.
-- [`rand_augment`]: the config grammar, level functions and the ten pixel ops (exact).
+- [`rand_augment`]: timm's RandAugment: config grammar, level functions, all 15 ops (exact
+  against Pillow) and the per-image driver.
 
 The `loader augment` command applies one of these to one image (`--op decode | resized-crop |
 eval | flip`); `tests/golden/compare_imagenet.py` compares it with Pillow on real images.
 
-Not built yet: a SIMD version of that resize, RandAugment's geometric ops and driver, the
+Not built yet: SIMD versions of the resize and the ops, the
 pipeline that decodes each image once for all of its repeats, `loader bench`/`preview`, and the
 daemon (shared-memory ring, protocol, service).
 

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use loader::crop::{CropBox, Interpolation};
+use loader::crop::{CropBox, Interpolation, InterpolationChoice};
 use loader::decode::{Decoder, RgbImage};
 use loader::eval_transform::{EvalTransform, flip_horizontal};
+use loader::rand_augment::{Op, OpArg, RandAugment, level_value};
 use loader::resample::Resampler;
 use zune_core::bit_depth::BitDepth;
 use zune_core::bytestream::ZCursor;
@@ -33,14 +34,25 @@ enum Command {
     ///
     /// Ops: `decode` (no transform), `resized-crop` (--arg LEFT,TOP,WIDTH,HEIGHT --size S:
     /// Pillow's img.crop(box).resize((S, S), interp)), `eval` (--size S --crop-pct P: timm's
-    /// eval resize and center crop), `flip` (horizontal).
+    /// eval resize and center crop), `flip` (horizontal), and the 15 RandAugment ops
+    /// (auto-contrast, equalize, invert, rotate, posterize, solarize, solarize-add, color,
+    /// contrast, brightness, sharpness, shear-x, shear-y, translate-x-rel, translate-y-rel)
+    /// with either --arg X (the op's argument: degrees, bits, threshold, factor, shear,
+    /// fraction) or --magnitude M (timm's increasing level function at M; --negative for the
+    /// negated sign).
     Augment {
         /// The transform.
         #[arg(long)]
-        op: Op,
+        op: String,
         /// The op's explicit parameter (see above).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "magnitude")]
         arg: Option<String>,
+        /// RandAugment magnitude (0..10) turned into the argument as timm does.
+        #[arg(long)]
+        magnitude: Option<f64>,
+        /// With --magnitude: take the negative sign where timm draws one.
+        #[arg(long, requires = "magnitude")]
+        negative: bool,
         /// Output side in pixels.
         #[arg(long, default_value_t = 224)]
         size: u32,
@@ -55,14 +67,6 @@ enum Command {
         /// Output PNG.
         output: PathBuf,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Op {
-    Decode,
-    ResizedCrop,
-    Eval,
-    Flip,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -95,6 +99,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Augment {
             op,
             arg,
+            magnitude,
+            negative,
             size,
             crop_pct,
             interp,
@@ -102,14 +108,14 @@ fn run(cli: Cli) -> Result<()> {
             output,
         } => {
             let image = read_image(&input)?;
-            let out = match op {
-                Op::Decode => image,
-                Op::Flip => {
+            let out = match op.as_str() {
+                "decode" => image,
+                "flip" => {
                     let mut image = image;
                     flip_horizontal(&mut image.pixels, image.width as usize);
                     image
                 }
-                Op::ResizedCrop => {
+                "resized-crop" => {
                     let crop = parse_box(arg.as_deref(), &image)?;
                     let side = size as usize;
                     let mut pixels = vec![0u8; side * side * 3];
@@ -127,7 +133,7 @@ fn run(cli: Cli) -> Result<()> {
                         pixels,
                     }
                 }
-                Op::Eval => {
+                "eval" => {
                     if !(crop_pct > 0.0 && crop_pct <= 1.0) {
                         bail!("--crop-pct must be in (0, 1], got {crop_pct}");
                     }
@@ -150,10 +156,44 @@ fn run(cli: Cli) -> Result<()> {
                         pixels,
                     }
                 }
+                name => {
+                    let op: Op = name.parse().map_err(|e: String| {
+                        anyhow::anyhow!("{e}, or decode, resized-crop, eval, flip")
+                    })?;
+                    let no_arg = matches!(level_value(op, 0.0, true, false), OpArg::None);
+                    let arg = match (arg, magnitude) {
+                        (Some(a), _) => parse_op_arg(op, &a)?,
+                        (None, Some(m)) => level_value(op, m, true, negative),
+                        (None, None) if no_arg => OpArg::None,
+                        (None, None) => bail!("{name} needs --arg X or --magnitude M"),
+                    };
+                    let mut image = image;
+                    let mut ra = RandAugment::new(
+                        "rand-m0".parse()?,
+                        InterpolationChoice::Fixed(interp.into()),
+                    );
+                    ra.apply_op(&mut image, op, arg, interp.into());
+                    eprintln!("applied {name} with {arg:?}");
+                    image
+                }
             };
             write_png(&output, &out)
         }
     }
+}
+
+fn parse_op_arg(op: Op, text: &str) -> Result<OpArg> {
+    Ok(match level_value(op, 0.0, true, false) {
+        OpArg::None => OpArg::None,
+        OpArg::Int(_) => OpArg::Int(
+            text.parse()
+                .with_context(|| format!("--arg {text:?}: {} takes a whole number", op.name()))?,
+        ),
+        OpArg::Float(_) => OpArg::Float(
+            text.parse()
+                .with_context(|| format!("--arg {text:?}: {} takes a number", op.name()))?,
+        ),
+    })
 }
 
 fn parse_box(arg: Option<&str>, image: &RgbImage) -> Result<CropBox> {

@@ -170,6 +170,43 @@ pub const OPS: [Op; 15] = [
     Op::TranslateYRel,
 ];
 
+impl Op {
+    /// The op's name on the command line (`auto-contrast`, `shear-x`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::AutoContrast => "auto-contrast",
+            Op::Equalize => "equalize",
+            Op::Invert => "invert",
+            Op::Rotate => "rotate",
+            Op::Posterize => "posterize",
+            Op::Solarize => "solarize",
+            Op::SolarizeAdd => "solarize-add",
+            Op::Color => "color",
+            Op::Contrast => "contrast",
+            Op::Brightness => "brightness",
+            Op::Sharpness => "sharpness",
+            Op::ShearX => "shear-x",
+            Op::ShearY => "shear-y",
+            Op::TranslateXRel => "translate-x-rel",
+            Op::TranslateYRel => "translate-y-rel",
+        }
+    }
+}
+
+impl FromStr for Op {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Op, String> {
+        OPS.iter()
+            .copied()
+            .find(|op| op.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = OPS.iter().map(|op| op.name()).collect();
+                format!("unknown op `{s}` (one of: {})", names.join(", "))
+            })
+    }
+}
+
 /// The argument an op is called with.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum OpArg {
@@ -181,17 +218,37 @@ pub enum OpArg {
     Float(f64),
 }
 
-/// timm's `_randomly_negate`: −v when `random() > 0.5`.
-fn negate(v: f64, rng: &mut impl Rng) -> f64 {
-    if rng.random::<f64>() > 0.5 { -v } else { v }
+/// Whether timm's level function of `op` draws a random sign (`_randomly_negate`).
+pub fn negates(op: Op) -> bool {
+    matches!(
+        op,
+        Op::Rotate
+            | Op::ShearX
+            | Op::ShearY
+            | Op::TranslateXRel
+            | Op::TranslateYRel
+            | Op::Color
+            | Op::Contrast
+            | Op::Brightness
+            | Op::Sharpness
+    )
 }
 
-/// timm's level function of `op` at magnitude `m` (may draw the sign from `rng`).
+/// timm's level function of `op` at magnitude `m`, drawing the sign from `rng` where timm does
+/// (`-v if random() > 0.5`).
 pub fn level_arg(op: Op, m: f64, increasing: bool, rng: &mut impl Rng) -> OpArg {
+    let negative = negates(op) && rng.random::<f64>() > 0.5;
+    level_value(op, m, increasing, negative)
+}
+
+/// timm's level function of `op` at magnitude `m` with the sign given (ignored by ops that
+/// have none). The non-increasing enhance level (`M/10·1.8 + 0.1`) has no sign either.
+pub fn level_value(op: Op, m: f64, increasing: bool, negative: bool) -> OpArg {
     let level = m / LEVEL_DENOM;
+    let sign = |v: f64| if negative { -v } else { v };
     match op {
         Op::AutoContrast | Op::Equalize | Op::Invert => OpArg::None,
-        Op::Rotate => OpArg::Float(negate(level * 30.0, rng)),
+        Op::Rotate => OpArg::Float(sign(level * 30.0)),
         Op::Posterize => {
             let bits = (level * 4.0) as u32;
             OpArg::Int(if increasing { 4 - bits.min(4) } else { bits })
@@ -202,12 +259,12 @@ pub fn level_arg(op: Op, m: f64, increasing: bool, rng: &mut impl Rng) -> OpArg 
         }
         Op::SolarizeAdd => OpArg::Int(((level * 110.0) as u32).min(128)),
         Op::Color | Op::Contrast | Op::Brightness | Op::Sharpness => OpArg::Float(if increasing {
-            (1.0 + negate(level * 0.9, rng)).max(0.1)
+            (1.0 + sign(level * 0.9)).max(0.1)
         } else {
             level * 1.8 + 0.1
         }),
-        Op::ShearX | Op::ShearY => OpArg::Float(negate(level * 0.3, rng)),
-        Op::TranslateXRel | Op::TranslateYRel => OpArg::Float(negate(level * 0.45, rng)),
+        Op::ShearX | Op::ShearY => OpArg::Float(sign(level * 0.3)),
+        Op::TranslateXRel | Op::TranslateYRel => OpArg::Float(sign(level * 0.45)),
     }
 }
 

@@ -6,12 +6,14 @@ RandAugment as timm implements it (`timm/data/auto_augment.py`, RECIPE.md §2.3)
   Color, Contrast, Brightness, Sharpness) with Pillow's arithmetic.
 - [`geometry`]: Rotate, ShearX/Y, TranslateX/YRel through Pillow's affine transform, fill
   (124, 116, 104).
-
-Not built yet: the per-image driver that draws the ops and applies them.
+- [`RandAugment`]: the per-image driver (op choice with replacement, probability, magnitude,
+  sign, interpolation) over the counter-based stream.
 */
 
+mod augment;
 pub mod config;
 pub mod geometry;
 pub mod ops;
 
-pub use config::{LEVEL_DENOM, OPS, Op, OpArg, RandAugmentConfig, level_arg};
+pub use augment::{Applied, RandAugment, is_geometric};
+pub use config::{LEVEL_DENOM, OPS, Op, OpArg, RandAugmentConfig, level_arg, level_value, negates};
