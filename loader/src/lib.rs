@@ -10,6 +10,9 @@ Built so far (the loader-core issue is not finished):
 - [`eval_transform`]: timm's eval resize + center crop, and the horizontal flip.
 - [`rand_augment`]: timm's RandAugment: config grammar, level functions, all 15 ops (exact
   against Pillow) and the per-image driver.
+- [`pipeline`]: the one factory of transforms (train: RRC → flip → RandAugment; eval) and the
+  per-thread [`pipeline::Worker`] that decodes a record once for all of its repeats.
+- [`batch`]: fills a batch on several threads, bit-identical whatever the thread count.
 
 The `loader augment` command applies one of these to one image (`--op decode | resized-crop |
 eval | flip`); `tests/golden/compare_imagenet.py` compares it with Pillow on real images.
@@ -39,9 +42,11 @@ assert!(crop.left + crop.width <= 500);
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod batch;
 pub mod crop;
 pub mod decode;
 pub mod eval_transform;
+pub mod pipeline;
 pub mod rand_augment;
 pub mod resample;
 pub mod rng;

@@ -1,0 +1,277 @@
+/*!
+The one place transforms are chosen and run (timm's `transforms_factory.py`).
+
+Train: RandomResizedCrop → horizontal flip → RandAugment (timm's primary and secondary stages;
+with `--aa` set there is no colour jitter, and `--reprob 0` means no random erasing).
+Eval: resize + center crop. Normalisation happens on the device, so the output is uint8 HWC.
+
+A [`Worker`] belongs to one thread and owns every buffer it needs. [`Worker::produce`] decodes
+a record **once** and writes one augmented copy per requested sample: the repeats of
+repeated augmentation share that decode, which is the loader's main saving over timm (three
+decodes per image there).
+*/
+
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use crate::crop::{CropBox, InterpolationChoice, RrcConfig};
+use crate::decode::{DecodeError, Decoder, RgbImage};
+use crate::eval_transform::{EvalTransform, flip_horizontal};
+use crate::rand_augment::{Applied, RandAugment, RandAugmentConfig};
+use crate::resample::Resampler;
+use crate::rng::{Purpose, stream};
+use crate::sampler::Sample;
+
+/// timm's train transform settings (flag names in comments).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainTransform {
+    /// `--img-size`.
+    pub img_size: u32,
+    /// `--scale` and `--ratio`.
+    pub rrc: RrcConfig,
+    /// `--train-interpolation` (`random` in the recipes).
+    pub interpolation: InterpolationChoice,
+    /// `--hflip` (0.5).
+    pub hflip: f64,
+    /// `--aa` (None: no RandAugment).
+    pub rand_augment: Option<RandAugmentConfig>,
+}
+
+/// Which transform a pipeline runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Transform {
+    /// Training augmentation.
+    Train(TrainTransform),
+    /// Evaluation resize and crop.
+    Eval(EvalTransform),
+}
+
+impl Transform {
+    /// Side of the square output image.
+    pub fn img_size(&self) -> u32 {
+        match self {
+            Transform::Train(t) => t.img_size,
+            Transform::Eval(e) => e.img_size,
+        }
+    }
+
+    /// Bytes of one output image (uint8 HWC RGB).
+    pub fn image_bytes(&self) -> usize {
+        let s = self.img_size() as usize;
+        s * s * 3
+    }
+
+    /// The recipes' train transforms: `a1`, `a2` (224, rand-m7-mstd0.5-inc1) and `a3` (160,
+    /// rand-m6-mstd0.5-inc1), random interpolation, flip 0.5; `eval` (224, crop 0.95, bicubic).
+    pub fn named(name: &str) -> Option<Transform> {
+        let train = |img_size, aa: &str| {
+            Transform::Train(TrainTransform {
+                img_size,
+                rrc: RrcConfig::default(),
+                interpolation: InterpolationChoice::Random,
+                hflip: 0.5,
+                rand_augment: aa.parse().ok(),
+            })
+        };
+        match name {
+            "a1" | "a2" => Some(train(224, "rand-m7-mstd0.5-inc1")),
+            "a3" => Some(train(160, "rand-m6-mstd0.5-inc1")),
+            "eval" => Some(Transform::Eval(EvalTransform::rsb())),
+            _ => None,
+        }
+    }
+}
+
+/// Time spent per stage, summed over the samples a worker produced.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimes {
+    /// JPEG decode (once per record).
+    pub decode: Duration,
+    /// Crop parameters and resize (or the eval resize and crop).
+    pub resize: Duration,
+    /// Horizontal flip.
+    pub flip: Duration,
+    /// RandAugment.
+    pub rand_augment: Duration,
+    /// Copy into the output slot.
+    pub write: Duration,
+    /// Records decoded.
+    pub decoded: u64,
+    /// Samples produced.
+    pub samples: u64,
+}
+
+impl std::ops::AddAssign for StageTimes {
+    fn add_assign(&mut self, o: StageTimes) {
+        self.decode += o.decode;
+        self.resize += o.resize;
+        self.flip += o.flip;
+        self.rand_augment += o.rand_augment;
+        self.write += o.write;
+        self.decoded += o.decoded;
+        self.samples += o.samples;
+    }
+}
+
+/// Everything one thread needs to turn records into output images.
+pub struct Worker {
+    transform: Transform,
+    seed: u64,
+    decoder: Decoder,
+    resampler: Resampler,
+    rand_augment: Option<RandAugment>,
+    decoded: RgbImage,
+    work: RgbImage,
+    applied: Vec<Applied>,
+    /// Stage times so far.
+    pub times: StageTimes,
+}
+
+impl Worker {
+    /// A worker for `transform` with augmentation streams keyed by `seed`.
+    pub fn new(transform: Transform, seed: u64) -> Worker {
+        let rand_augment = match transform {
+            Transform::Train(t) => t
+                .rand_augment
+                .map(|c| RandAugment::new(c, t.interpolation)),
+            Transform::Eval(_) => None,
+        };
+        Worker {
+            transform,
+            seed,
+            decoder: Decoder::default(),
+            resampler: Resampler::new(),
+            rand_augment,
+            decoded: RgbImage::default(),
+            work: RgbImage::default(),
+            applied: Vec::new(),
+            times: StageTimes::default(),
+        }
+    }
+
+    /// Decodes `jpeg` once and writes one augmented image per sample of `samples` into the
+    /// matching slice of `outs` (each `transform.image_bytes()` long).
+    ///
+    /// # Errors
+    /// [`DecodeError`] if the record does not decode; nothing is written then.
+    pub fn produce(
+        &mut self,
+        jpeg: &[u8],
+        epoch: u32,
+        samples: &[Sample],
+        outs: &mut [&mut [u8]],
+    ) -> Result<(), DecodeError> {
+        let t0 = Instant::now();
+        self.decoder.decode_into(jpeg, &mut self.decoded)?;
+        self.times.decode += t0.elapsed();
+        self.times.decoded += 1;
+        for (sample, out) in samples.iter().zip(outs.iter_mut()) {
+            self.augment(epoch, *sample, out);
+        }
+        Ok(())
+    }
+
+    fn augment(&mut self, epoch: u32, sample: Sample, out: &mut [u8]) {
+        let size = self.transform.img_size();
+        let side = size as usize;
+        let img = &self.decoded;
+        let t0 = Instant::now();
+        match self.transform {
+            Transform::Eval(e) => {
+                e.apply(img, &mut self.resampler, &mut self.work, out);
+                self.times.resize += t0.elapsed();
+                self.times.samples += 1;
+                return;
+            }
+            Transform::Train(t) => {
+                let mut rng = stream(self.seed, Purpose::Augment, epoch, sample.position, sample.repeat);
+                let crop = CropBox::sample(&mut rng, img.width, img.height, &t.rrc);
+                let filter = t.interpolation.sample(&mut rng);
+                self.work.width = size;
+                self.work.height = size;
+                self.work.pixels.resize(side * side * 3, 0);
+                self.resampler.resize(
+                    &img.pixels,
+                    img.width as usize,
+                    crop,
+                    (side, side),
+                    filter,
+                    &mut self.work.pixels,
+                );
+                let t1 = Instant::now();
+                self.times.resize += t1 - t0;
+                if rng.random::<f64>() < t.hflip {
+                    flip_horizontal(&mut self.work.pixels, side);
+                }
+                let t2 = Instant::now();
+                self.times.flip += t2 - t1;
+                if let Some(ra) = &mut self.rand_augment {
+                    ra.apply(&mut self.work, &mut rng, &mut self.applied);
+                }
+                let t3 = Instant::now();
+                self.times.rand_augment += t3 - t2;
+                out[..side * side * 3].copy_from_slice(&self.work.pixels);
+                self.times.write += t3.elapsed();
+                self.times.samples += 1;
+            }
+        }
+    }
+
+    /// The RandAugment ops applied to the last sample produced (for `loader preview`).
+    pub fn last_ops(&self) -> &[Applied] {
+        &self.applied
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shard_tool::synth;
+
+    use super::*;
+
+    #[test]
+    fn named_transforms_are_the_recipes() {
+        let Some(Transform::Train(a1)) = Transform::named("a1") else {
+            panic!("a1 is a train transform")
+        };
+        assert_eq!(a1.img_size, 224);
+        assert_eq!(a1.rand_augment.unwrap().magnitude, 7.0);
+        let Some(Transform::Train(a3)) = Transform::named("a3") else {
+            panic!("a3 is a train transform")
+        };
+        assert_eq!((a3.img_size, a3.rand_augment.unwrap().magnitude), (160, 6.0));
+        assert_eq!(Transform::named("eval").unwrap().image_bytes(), 224 * 224 * 3);
+        assert!(Transform::named("b7").is_none());
+    }
+
+    #[test]
+    fn repeats_differ_and_the_same_key_gives_the_same_image() {
+        let jpeg = synth::class_image(2, 0, 120, 90);
+        let t = Transform::named("a1").unwrap();
+        let mut w = Worker::new(t, 42);
+        let n = t.image_bytes();
+        let mut buf = vec![0u8; 3 * n];
+        let samples: Vec<Sample> = (0..3)
+            .map(|repeat| Sample { index: 0, position: 7, repeat })
+            .collect();
+        {
+            let mut outs: Vec<&mut [u8]> = buf.chunks_exact_mut(n).collect();
+            w.produce(&jpeg, 0, &samples, &mut outs).unwrap();
+        }
+        assert_eq!(w.times.decoded, 1, "three repeats, one decode");
+        assert_eq!(w.times.samples, 3);
+        assert_ne!(buf[..n], buf[n..2 * n]);
+        assert_ne!(buf[n..2 * n], buf[2 * n..]);
+        let mut again = vec![0u8; n];
+        Worker::new(t, 42)
+            .produce(&jpeg, 0, &samples[1..2], &mut [&mut again[..]])
+            .unwrap();
+        assert_eq!(again[..], buf[n..2 * n]);
+        let mut other_epoch = vec![0u8; n];
+        Worker::new(t, 42)
+            .produce(&jpeg, 1, &samples[1..2], &mut [&mut other_epoch[..]])
+            .unwrap();
+        assert_ne!(other_epoch[..], buf[n..2 * n]);
+    }
+}
