@@ -36,7 +36,9 @@ impl BatchMaker {
     pub fn new(transform: Transform, seed: u64, threads: usize) -> BatchMaker {
         BatchMaker {
             transform,
-            workers: (0..threads.max(1)).map(|_| Worker::new(transform, seed)).collect(),
+            workers: (0..threads.max(1))
+                .map(|_| Worker::new(transform, seed))
+                .collect(),
         }
     }
 
@@ -101,7 +103,9 @@ impl BatchMaker {
                         let g = next.fetch_add(1, Ordering::Relaxed);
                         let Some(range) = groups.get(g) else { return };
                         let taken = slots[g].lock().ok().and_then(|mut s| s.take());
-                        let Some((mut outs, labels)) = taken else { continue };
+                        let Some((mut outs, labels)) = taken else {
+                            continue;
+                        };
                         let group = &samples[range.clone()];
                         let used = produce_with_fallback(worker, split, epoch, group, &mut outs);
                         for l in labels {
@@ -135,7 +139,9 @@ fn produce_with_fallback(
     let first = u64::from(group[0].index);
     for k in 0..len {
         let index = (first + k) % len;
-        let Ok(record) = split.get(index) else { continue };
+        let Ok(record) = split.get(index) else {
+            continue;
+        };
         if worker.produce(record.data, epoch, group, outs).is_ok() {
             return index as u32;
         }
@@ -198,9 +204,52 @@ mod tests {
         assert_eq!(la, lb);
         assert!(ra.replaced.is_empty() && rb.replaced.is_empty());
         assert_eq!(times.samples, 24);
-        assert_eq!(times.decoded, 8, "24 samples = 8 images x 3 repeats, 8 decodes");
+        assert_eq!(
+            times.decoded, 8,
+            "24 samples = 8 images x 3 repeats, 8 decodes"
+        );
         for (s, l) in batch.iter().zip(&la) {
             assert_eq!(*l, split.label(u64::from(s.index)).unwrap());
+        }
+    }
+
+    #[test]
+    fn starting_at_step_n_gives_the_batches_of_an_uninterrupted_run() {
+        let (_dir, ds) = dataset();
+        let split = ds.split("train").unwrap();
+        let sampler = Sampler::new(SamplerConfig {
+            dataset_len: split.len() as u32,
+            world_size: 1,
+            rank: 0,
+            aug_repeats: 3,
+            shuffle: true,
+            seed: 7,
+        })
+        .unwrap();
+        let samples = sampler.epoch(1);
+        let t = Transform::named("a1").unwrap();
+        let (b, n) = (12, t.image_bytes());
+        let batch = |m: &mut BatchMaker, step: usize| {
+            let mut images = vec![0u8; b * n];
+            let mut labels = vec![0u32; b];
+            m.fill(
+                split,
+                1,
+                &samples[step * b..(step + 1) * b],
+                &mut images,
+                &mut labels,
+            );
+            (images, labels)
+        };
+        let mut uninterrupted = BatchMaker::new(t, 7, 2);
+        let from_zero: Vec<_> = (0..6).map(|step| batch(&mut uninterrupted, step)).collect();
+        // A fresh loader (after a restart) asked for step 4 onwards.
+        let mut restarted = BatchMaker::new(t, 7, 1);
+        for step in 4..6 {
+            assert!(
+                batch(&mut restarted, step) == from_zero[step],
+                "step {step} differs"
+            );
         }
     }
 }

@@ -3,14 +3,20 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use loader::batch::BatchMaker;
 use loader::crop::{CropBox, Interpolation, InterpolationChoice};
 use loader::decode::{Decoder, RgbImage};
 use loader::eval_transform::{EvalTransform, flip_horizontal};
+use loader::pipeline::Transform;
 use loader::rand_augment::{Op, OpArg, RandAugment, level_value};
 use loader::resample::Resampler;
+use loader::sampler::{Sampler, SamplerConfig};
+use sha2::{Digest, Sha256};
+use shard_tool::Dataset;
 use zune_core::bit_depth::BitDepth;
 use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
@@ -30,6 +36,39 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Measure the loader on packed shards: samples/s, time per stage, CPU use, and the
+    /// decode-only rate of the same records on the same threads.
+    ///
+    /// Transforms: a1/a2 (RRC 224, flip, rand-m7-mstd0.5-inc1, 3 repeats), a3 (160,
+    /// rand-m6-mstd0.5-inc1, no repeats), eval (224, crop 0.95, bicubic).
+    Bench {
+        /// Dataset directory made by `shard-tool pack`.
+        shards: PathBuf,
+        /// a1, a2, a3 or eval.
+        #[arg(long, default_value = "a1")]
+        transform: String,
+        /// Worker threads.
+        #[arg(short = 'j', long, default_value_t = 1)]
+        threads: usize,
+        /// Samples to produce (rounded down to whole batches).
+        #[arg(long, default_value_t = 1536)]
+        samples: usize,
+        /// Samples per batch.
+        #[arg(short = 'b', long, default_value_t = 64)]
+        batch_size: usize,
+        /// Split to read.
+        #[arg(long, default_value = "train")]
+        split: String,
+        /// timm's --seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// First step (batch) of the run, as after a restart at that step.
+        #[arg(long, default_value_t = 0)]
+        start_step: usize,
+        /// Print the SHA-256 of every batch (images and labels), to compare runs.
+        #[arg(long)]
+        digests: bool,
+    },
     /// Apply one transform with explicit parameters to IN (JPEG or PNG) and write OUT.png.
     ///
     /// Ops: `decode` (no transform), `resized-crop` (--arg LEFT,TOP,WIDTH,HEIGHT --size S:
@@ -96,6 +135,29 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Bench {
+            shards,
+            transform,
+            threads,
+            samples,
+            batch_size,
+            split,
+            seed,
+            start_step,
+            digests,
+        } => bench(
+            &shards,
+            &BenchRun {
+                transform,
+                threads,
+                samples,
+                batch_size,
+                split,
+                seed,
+                start_step,
+                digests,
+            },
+        ),
         Command::Augment {
             op,
             arg,
@@ -180,6 +242,175 @@ fn run(cli: Cli) -> Result<()> {
             write_png(&output, &out)
         }
     }
+}
+
+/// User plus system CPU time of this process.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given, which lives on this stack frame.
+    let usage = unsafe {
+        let mut u = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Settings of one `loader bench` run.
+struct BenchRun {
+    transform: String,
+    threads: usize,
+    samples: usize,
+    batch_size: usize,
+    split: String,
+    seed: u64,
+    start_step: usize,
+    digests: bool,
+}
+
+fn bench(shards: &Path, run: &BenchRun) -> Result<()> {
+    let (transform_name, threads, samples, batch_size, split_name, seed) = (
+        run.transform.as_str(),
+        run.threads,
+        run.samples,
+        run.batch_size,
+        run.split.as_str(),
+        run.seed,
+    );
+    let transform = Transform::named(transform_name)
+        .with_context(|| format!("unknown --transform {transform_name} (a1, a2, a3, eval)"))?;
+    // SAFETY: the benchmark only reads, and nothing writes a finished dataset.
+    let dataset = unsafe { Dataset::open(shards) }
+        .with_context(|| format!("opening {}", shards.display()))?;
+    let split = dataset.split(split_name)?;
+    let repeats = if transform_name == "a1" || transform_name == "a2" {
+        3
+    } else {
+        0
+    };
+    let sampler = Sampler::new(SamplerConfig {
+        dataset_len: u32::try_from(split.len()).context("split too large")?,
+        world_size: 1,
+        rank: 0,
+        aug_repeats: repeats,
+        shuffle: transform_name != "eval",
+        seed,
+    })?;
+    // One epoch's samples, steps numbered from 0 (the bench stays within epoch 0).
+    let order = sampler.epoch(0);
+    let batches = (samples / batch_size).max(1);
+    let steps = run.start_step..run.start_step + batches;
+    if steps.end * batch_size > order.len() {
+        bail!(
+            "steps {}..{} of {batch_size} samples go past the epoch's {} samples; use fewer \
+             --samples or a smaller --start-step",
+            steps.start,
+            steps.end,
+            order.len()
+        );
+    }
+    let at = |step: usize| &order[step * batch_size..(step + 1) * batch_size];
+    let mut maker = BatchMaker::new(transform, seed, threads);
+    let mut images = vec![0u8; batch_size * transform.image_bytes()];
+    let mut labels = vec![0u32; batch_size];
+    // One warm-up batch (page cache, buffers), not timed.
+    maker.fill(split, 0, at(steps.start), &mut images, &mut labels);
+    let warm = maker.times();
+    let mut digests = Vec::new();
+    let (t0, c0) = (Instant::now(), cpu_time());
+    for step in steps.clone() {
+        let report = maker.fill(split, 0, at(step), &mut images, &mut labels);
+        if !report.replaced.is_empty() {
+            eprintln!(
+                "warning: records replaced after decode errors: {:?}",
+                report.replaced
+            );
+        }
+        if run.digests {
+            let mut h = Sha256::new();
+            h.update(&images);
+            for l in &labels {
+                h.update(l.to_le_bytes());
+            }
+            digests.push((step, h.finalize()));
+        }
+    }
+    let (wall, cpu) = (t0.elapsed(), cpu_time() - c0);
+    let mut times = maker.times();
+    times.decode -= warm.decode;
+    times.resize -= warm.resize;
+    times.flip -= warm.flip;
+    times.rand_augment -= warm.rand_augment;
+    times.write -= warm.write;
+    times.decoded -= warm.decoded;
+    times.samples -= warm.samples;
+    let rate = times.samples as f64 / wall.as_secs_f64();
+
+    // Baseline: decode-only of the same records, same threads, nothing else.
+    let used: Vec<u64> = order[steps.start * batch_size..steps.end * batch_size]
+        .iter()
+        .map(|s| u64::from(s.index))
+        .collect::<std::collections::BTreeSet<u64>>()
+        .into_iter()
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let t1 = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| {
+                let (decoder, mut img) = (Decoder::default(), RgbImage::default());
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&index) = used.get(i) else { return };
+                    if let Ok(r) = split.get(index) {
+                        let _ = decoder.decode_into(r.data, &mut img);
+                    }
+                }
+            });
+        }
+    });
+    let decode_rate = used.len() as f64 / t1.elapsed().as_secs_f64();
+
+    let per = |d: Duration| d.as_secs_f64() * 1e3 / times.samples.max(1) as f64;
+    println!(
+        "loader bench: {} on {} ({} records), {threads} thread(s), {} samples in {} batches of {batch_size}",
+        transform_name,
+        shards.display(),
+        split.len(),
+        times.samples,
+        batches
+    );
+    println!(
+        "  samples/s {rate:.1} ({:.1} per thread); {} decodes for {} samples",
+        rate / threads.max(1) as f64,
+        times.decoded,
+        times.samples
+    );
+    println!(
+        "  per sample (ms, summed over threads): decode {:.3}, crop+resize {:.3}, flip {:.3}, \
+         RandAugment {:.3}, output write {:.3}",
+        per(times.decode),
+        per(times.resize),
+        per(times.flip),
+        per(times.rand_augment),
+        per(times.write)
+    );
+    println!(
+        "  CPU use {:.0} % of {threads} core(s) ({:.2} s CPU in {:.2} s)",
+        100.0 * cpu.as_secs_f64() / wall.as_secs_f64() / threads.max(1) as f64,
+        cpu.as_secs_f64(),
+        wall.as_secs_f64()
+    );
+    println!(
+        "  decode-only: {decode_rate:.1} images/s on the same {} records and threads; \
+         samples/s / decode-only images/s = {:.2}",
+        used.len(),
+        rate / decode_rate
+    );
+    for (step, d) in digests {
+        println!("  step {step} sha256 {d:x}");
+    }
+    Ok(())
 }
 
 fn parse_op_arg(op: Op, text: &str) -> Result<OpArg> {

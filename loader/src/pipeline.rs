@@ -132,9 +132,7 @@ impl Worker {
     /// A worker for `transform` with augmentation streams keyed by `seed`.
     pub fn new(transform: Transform, seed: u64) -> Worker {
         let rand_augment = match transform {
-            Transform::Train(t) => t
-                .rand_augment
-                .map(|c| RandAugment::new(c, t.interpolation)),
+            Transform::Train(t) => t.rand_augment.map(|c| RandAugment::new(c, t.interpolation)),
             Transform::Eval(_) => None,
         };
         Worker {
@@ -185,7 +183,13 @@ impl Worker {
                 return;
             }
             Transform::Train(t) => {
-                let mut rng = stream(self.seed, Purpose::Augment, epoch, sample.position, sample.repeat);
+                let mut rng = stream(
+                    self.seed,
+                    Purpose::Augment,
+                    epoch,
+                    sample.position,
+                    sample.repeat,
+                );
                 let crop = CropBox::sample(&mut rng, img.width, img.height, &t.rrc);
                 let filter = t.interpolation.sample(&mut rng);
                 self.work.width = size;
@@ -240,8 +244,14 @@ mod tests {
         let Some(Transform::Train(a3)) = Transform::named("a3") else {
             panic!("a3 is a train transform")
         };
-        assert_eq!((a3.img_size, a3.rand_augment.unwrap().magnitude), (160, 6.0));
-        assert_eq!(Transform::named("eval").unwrap().image_bytes(), 224 * 224 * 3);
+        assert_eq!(
+            (a3.img_size, a3.rand_augment.unwrap().magnitude),
+            (160, 6.0)
+        );
+        assert_eq!(
+            Transform::named("eval").unwrap().image_bytes(),
+            224 * 224 * 3
+        );
         assert!(Transform::named("b7").is_none());
     }
 
@@ -253,7 +263,11 @@ mod tests {
         let n = t.image_bytes();
         let mut buf = vec![0u8; 3 * n];
         let samples: Vec<Sample> = (0..3)
-            .map(|repeat| Sample { index: 0, position: 7, repeat })
+            .map(|repeat| Sample {
+                index: 0,
+                position: 7,
+                repeat,
+            })
             .collect();
         {
             let mut outs: Vec<&mut [u8]> = buf.chunks_exact_mut(n).collect();
