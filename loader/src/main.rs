@@ -11,7 +11,7 @@ use loader::batch::BatchMaker;
 use loader::crop::{CropBox, Interpolation, InterpolationChoice};
 use loader::decode::{Decoder, RgbImage};
 use loader::eval_transform::{EvalTransform, flip_horizontal};
-use loader::pipeline::Transform;
+use loader::pipeline::{Transform, Worker};
 use loader::rand_augment::{Op, OpArg, RandAugment, level_value};
 use loader::resample::Resampler;
 use loader::sampler::{Sampler, SamplerConfig};
@@ -36,6 +36,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Write a PNG grid of augmented samples (the first samples of an epoch, as the trainer
+    /// would get them) and list the RandAugment ops applied to each.
+    Preview {
+        /// Dataset directory made by `shard-tool pack`.
+        shards: PathBuf,
+        /// a1, a2, a3 or eval.
+        #[arg(long, default_value = "a1")]
+        transform: String,
+        /// Output PNG.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Samples in the grid.
+        #[arg(long, default_value_t = 12)]
+        count: usize,
+        /// Grid columns.
+        #[arg(long, default_value_t = 6)]
+        cols: usize,
+        /// Epoch whose samples are shown.
+        #[arg(long, default_value_t = 0)]
+        epoch: u32,
+        /// timm's --seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Split to read.
+        #[arg(long, default_value = "train")]
+        split: String,
+    },
     /// Measure the loader on packed shards: samples/s, time per stage, CPU use, and the
     /// decode-only rate of the same records on the same threads.
     ///
@@ -135,6 +162,24 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Preview {
+            shards,
+            transform,
+            out,
+            count,
+            cols,
+            epoch,
+            seed,
+            split,
+        } => preview(
+            &shards,
+            &transform,
+            &out,
+            (count, cols),
+            epoch,
+            seed,
+            &split,
+        ),
         Command::Bench {
             shards,
             transform,
@@ -254,6 +299,91 @@ fn cpu_time() -> Duration {
     };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+fn preview(
+    shards: &Path,
+    transform_name: &str,
+    out: &Path,
+    (count, cols): (usize, usize),
+    epoch: u32,
+    seed: u64,
+    split_name: &str,
+) -> Result<()> {
+    let transform = Transform::named(transform_name)
+        .with_context(|| format!("unknown --transform {transform_name} (a1, a2, a3, eval)"))?;
+    // SAFETY: preview only reads, and nothing writes a finished dataset.
+    let dataset = unsafe { Dataset::open(shards) }
+        .with_context(|| format!("opening {}", shards.display()))?;
+    let split = dataset.split(split_name)?;
+    let repeats = if transform_name == "a1" || transform_name == "a2" {
+        3
+    } else {
+        0
+    };
+    let sampler = Sampler::new(SamplerConfig {
+        dataset_len: u32::try_from(split.len()).context("split too large")?,
+        world_size: 1,
+        rank: 0,
+        aug_repeats: repeats,
+        shuffle: transform_name != "eval",
+        seed,
+    })?;
+    let samples: Vec<_> = sampler.epoch(epoch).into_iter().take(count).collect();
+    let (side, cols) = (
+        transform.img_size() as usize,
+        cols.clamp(1, samples.len().max(1)),
+    );
+    let rows = samples.len().div_ceil(cols);
+    let mut grid = RgbImage {
+        width: (cols * side) as u32,
+        height: (rows * side) as u32,
+        pixels: vec![0u8; cols * rows * side * side * 3],
+    };
+    let mut worker = Worker::new(transform, seed);
+    let mut tile = vec![0u8; transform.image_bytes()];
+    for (i, s) in samples.iter().enumerate() {
+        let record = split.get(u64::from(s.index))?;
+        worker
+            .produce(
+                record.data,
+                epoch,
+                std::slice::from_ref(s),
+                &mut [&mut tile[..]],
+            )
+            .with_context(|| format!("record {} ({})", s.index, record.path))?;
+        let (gx, gy) = ((i % cols) * side, (i / cols) * side);
+        for y in 0..side {
+            let dst = ((gy + y) * cols * side + gx) * 3;
+            grid.pixels[dst..dst + side * 3]
+                .copy_from_slice(&tile[y * side * 3..(y + 1) * side * 3]);
+        }
+        let ops: Vec<String> = worker
+            .last_ops()
+            .iter()
+            .map(|a| {
+                let interp = a.interpolation.map_or(String::new(), |f| format!(" {f:?}"));
+                format!("{}({:?}{interp})", a.op.name(), a.arg)
+            })
+            .collect();
+        let listed = if ops.is_empty() {
+            "no RandAugment op".to_owned()
+        } else {
+            ops.join(", ")
+        };
+        println!(
+            "tile {i} (row {}, col {}): record {} {} label {} repeat {}: {listed}",
+            i / cols,
+            i % cols,
+            s.index,
+            record.path,
+            record.label,
+            s.repeat,
+        );
+    }
+    write_png(out, &grid)?;
+    eprintln!("wrote {} ({} tiles)", out.display(), samples.len());
+    Ok(())
 }
 
 /// Settings of one `loader bench` run.
