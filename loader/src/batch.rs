@@ -18,6 +18,9 @@ use shard_tool::Split;
 use crate::pipeline::{StageTimes, Transform, Worker};
 use crate::sampler::Sample;
 
+/// The output images and label slots of one group of samples.
+type GroupOutputs<'a> = (Vec<&'a mut [u8]>, Vec<&'a mut u32>);
+
 /// What filling one batch found.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FillReport {
@@ -86,7 +89,7 @@ impl BatchMaker {
             start = end;
         }
         // Each group's outputs, taken by whichever thread claims the group.
-        let mut slots: Vec<Mutex<Option<(Vec<&mut [u8]>, Vec<&mut u32>)>>> = Vec::new();
+        let mut slots: Vec<Mutex<Option<GroupOutputs<'_>>>> = Vec::new();
         for range in groups.iter().rev() {
             let o: Vec<&mut [u8]> = outs.drain(range.clone()).collect();
             let l: Vec<&mut u32> = label_slots.drain(range.clone()).collect();
@@ -111,10 +114,10 @@ impl BatchMaker {
                         for l in labels {
                             *l = split.label(u64::from(used)).unwrap_or(shard_tool::NO_LABEL);
                         }
-                        if used != group[0].index {
-                            if let Ok(mut r) = replaced.lock() {
-                                r.push((group[0].index, used));
-                            }
+                        if used != group[0].index
+                            && let Ok(mut r) = replaced.lock()
+                        {
+                            r.push((group[0].index, used));
                         }
                     }
                 });

@@ -180,7 +180,6 @@ impl Worker {
                 e.apply(img, &mut self.resampler, &mut self.work, out);
                 self.times.resize += t0.elapsed();
                 self.times.samples += 1;
-                return;
             }
             Transform::Train(t) => {
                 let mut rng = stream(
