@@ -248,9 +248,9 @@ mod tests {
         let from_zero: Vec<_> = (0..6).map(|step| batch(&mut uninterrupted, step)).collect();
         // A fresh loader (after a restart) asked for step 4 onwards.
         let mut restarted = BatchMaker::new(t, 7, 1);
-        for step in 4..6 {
+        for (step, expected) in from_zero.iter().enumerate().skip(4) {
             assert!(
-                batch(&mut restarted, step) == from_zero[step],
+                batch(&mut restarted, step) == *expected,
                 "step {step} differs"
             );
         }
