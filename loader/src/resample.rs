@@ -132,35 +132,47 @@ fn horizontal_pass(src: View<'_>, rows: std::ops::Range<usize>, h: &Coefficients
     for (line, dst_line) in rows.zip(dst.chunks_exact_mut(out_width * 3)) {
         let line = src.row(line);
         for (o, px) in dst_line.chunks_exact_mut(3).enumerate() {
-            let w = &h.weights[o * h.ksize..][..h.count[o]];
-            let start = h.first[o] * 3;
+            let (first, count) = (h.first[o], h.count[o]);
+            let weights = &h.weights[o * h.ksize..][..count];
+            // One slice per output pixel, then no bounds checks in the taps.
+            let taps = &line[first * 3..(first + count) * 3];
             let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-            for (i, &k) in w.iter().enumerate() {
-                let p = &line[start + i * 3..start + i * 3 + 3];
-                for c in 0..3 {
-                    acc[c] = acc[c].wrapping_add(i32::from(p[c]).wrapping_mul(k));
-                }
+            for (p, &k) in taps.chunks_exact(3).zip(weights) {
+                acc[0] = acc[0].wrapping_add(i32::from(p[0]).wrapping_mul(k));
+                acc[1] = acc[1].wrapping_add(i32::from(p[1]).wrapping_mul(k));
+                acc[2] = acc[2].wrapping_add(i32::from(p[2]).wrapping_mul(k));
             }
-            for c in 0..3 {
-                px[c] = clip8(acc[c]);
-            }
+            px[0] = clip8(acc[0]);
+            px[1] = clip8(acc[1]);
+            px[2] = clip8(acc[2]);
         }
     }
 }
 
 /// Vertical pass: every column of `src` into `dst` (`v.first.len()` rows); the view's row 0 is
-/// source row `shift` of the coefficients.
-fn vertical_pass(src: View<'_>, shift: usize, v: &Coefficients, dst: &mut [u8]) {
-    for (o, out_row) in dst.chunks_exact_mut(src.width * 3).enumerate() {
-        let w = &v.weights[o * v.ksize..][..v.count[o]];
+/// source row `shift` of the coefficients. Whole rows are accumulated at once in `acc` (the
+/// same sums in the same order as Pillow's per-pixel loop, laid out so the compiler
+/// vectorises them).
+fn vertical_pass(
+    src: View<'_>,
+    shift: usize,
+    v: &Coefficients,
+    dst: &mut [u8],
+    acc: &mut Vec<i32>,
+) {
+    let row_bytes = src.width * 3;
+    for (o, out_row) in dst.chunks_exact_mut(row_bytes).enumerate() {
+        let weights = &v.weights[o * v.ksize..][..v.count[o]];
         let base = v.first[o] - shift;
-        for (x, px) in out_row.iter_mut().enumerate() {
-            let mut acc = 1i32 << (PRECISION_BITS - 1);
-            for (i, &k) in w.iter().enumerate() {
-                let p = src.row(base + i)[x];
-                acc = acc.wrapping_add(i32::from(p).wrapping_mul(k));
+        acc.clear();
+        acc.resize(row_bytes, 1i32 << (PRECISION_BITS - 1));
+        for (i, &k) in weights.iter().enumerate() {
+            for (a, &p) in acc.iter_mut().zip(src.row(base + i)) {
+                *a = a.wrapping_add(i32::from(p).wrapping_mul(k));
             }
-            *px = clip8(acc);
+        }
+        for (px, &a) in out_row.iter_mut().zip(acc.iter()) {
+            *px = clip8(a);
         }
     }
 }
@@ -171,6 +183,7 @@ pub struct Resampler {
     horizontal: Coefficients,
     vertical: Coefficients,
     temp: Vec<u8>,
+    acc: Vec<i32>,
 }
 
 impl Resampler {
@@ -229,7 +242,7 @@ impl Resampler {
                 }
             }
             (true, false, _) => horizontal_pass(view, 0..ch, &self.horizontal, out),
-            (false, true, _) => vertical_pass(view, 0, &self.vertical, out),
+            (false, true, _) => vertical_pass(view, 0, &self.vertical, out, &mut self.acc),
             (true, true, true) => {
                 // Only the rows the vertical pass reads, as Pillow does.
                 let v = &self.vertical;
@@ -244,11 +257,11 @@ impl Resampler {
                     y0: 0,
                     width: out_width,
                 };
-                vertical_pass(temp_view, first, v, out);
+                vertical_pass(temp_view, first, v, out, &mut self.acc);
             }
             (true, true, false) => {
                 temp.resize(cw * out_height * 3, 0);
-                vertical_pass(view, 0, &self.vertical, &mut temp);
+                vertical_pass(view, 0, &self.vertical, &mut temp, &mut self.acc);
                 let temp_view = View {
                     data: &temp,
                     stride: cw * 3,

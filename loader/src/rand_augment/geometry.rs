@@ -33,6 +33,7 @@ fn cubic(v1: f64, v2: f64, v3: f64, v4: f64, d: f64) -> f64 {
 }
 
 /// Samples `src` at source point (`xin`, `yin`) into `out`, or returns false outside it.
+#[inline]
 fn sample(src: &RgbImage, xin: f64, yin: f64, filter: Interpolation, out: &mut [u8]) -> bool {
     let (w, h) = (i64::from(src.width), i64::from(src.height));
     if xin < 0.0 || xin >= w as f64 || yin < 0.0 || yin >= h as f64 {
@@ -41,39 +42,40 @@ fn sample(src: &RgbImage, xin: f64, yin: f64, filter: Interpolation, out: &mut [
     let (xin, yin) = (xin - 0.5, yin - 0.5);
     let (x, y) = (floor_c(xin), floor_c(yin));
     let (dx, dy) = (xin - x as f64, yin - y as f64);
-    let px = |row: i64, col: i64, b: usize| -> f64 {
-        let col = col.clamp(0, w - 1);
-        f64::from(src.pixels[((row * w + col) * 3) as usize + b])
-    };
-    let inside = |row: i64| (0..h).contains(&row);
+    let p = &src.pixels;
+    // Byte offsets of the clamped columns and of the rows, computed once per output pixel.
+    let col = |c: i64| (c.clamp(0, w - 1) * 3) as usize;
+    let row = |r: i64| (r * w * 3) as usize;
+    let inside = |r: i64| (0..h).contains(&r);
     match filter {
         Interpolation::Bilinear => {
+            let (c0, c1) = (col(x), col(x + 1));
+            let r0 = row(y.clamp(0, h - 1));
+            let r1 = inside(y + 1).then(|| row(y + 1));
             for (b, o) in out.iter_mut().enumerate() {
-                let lerp = |row: i64| {
-                    let (a, c) = (px(row, x, b), px(row, x + 1, b));
-                    a + (c - a) * dx
+                let lerp = |r: usize| {
+                    let a = f64::from(p[r + c0 + b]);
+                    a + (f64::from(p[r + c1 + b]) - a) * dx
                 };
-                let v1 = lerp(y.clamp(0, h - 1));
-                let v2 = if inside(y + 1) { lerp(y + 1) } else { v1 };
+                let v1 = lerp(r0);
+                let v2 = r1.map_or(v1, lerp);
                 *o = (v1 + (v2 - v1) * dy) as u8;
             }
         }
         Interpolation::Bicubic => {
             let (x, y) = (x - 1, y - 1);
+            let cols = [col(x), col(x + 1), col(x + 2), col(x + 3)];
+            let r0 = row(y.clamp(0, h - 1));
+            let rows = [1, 2, 3].map(|k| inside(y + k).then(|| row(y + k)));
             for (b, o) in out.iter_mut().enumerate() {
-                let row = |r: i64| {
-                    cubic(
-                        px(r, x, b),
-                        px(r, x + 1, b),
-                        px(r, x + 2, b),
-                        px(r, x + 3, b),
-                        dx,
-                    )
+                let line = |r: usize| {
+                    let v = cols.map(|c| f64::from(p[r + c + b]));
+                    cubic(v[0], v[1], v[2], v[3], dx)
                 };
-                let v1 = row(y.clamp(0, h - 1));
-                let v2 = if inside(y + 1) { row(y + 1) } else { v1 };
-                let v3 = if inside(y + 2) { row(y + 2) } else { v2 };
-                let v4 = if inside(y + 3) { row(y + 3) } else { v3 };
+                let v1 = line(r0);
+                let v2 = rows[0].map_or(v1, line);
+                let v3 = rows[1].map_or(v2, line);
+                let v4 = rows[2].map_or(v3, line);
                 let v = cubic(v1, v2, v3, v4, dy);
                 *o = if v <= 0.0 {
                     0
