@@ -178,19 +178,24 @@ mod tests {
         (dir, ds)
     }
 
-    #[test]
-    fn batches_are_identical_on_one_and_three_threads_and_repeats_decode_once() {
-        let (_dir, ds) = dataset();
-        let split = ds.split("train").unwrap();
-        let sampler = Sampler::new(SamplerConfig {
+    /// One rank, 3 repeats, shuffled.
+    fn repeat_sampler(split: &Split, seed: u64) -> Sampler {
+        Sampler::new(SamplerConfig {
             dataset_len: split.len() as u32,
             world_size: 1,
             rank: 0,
             aug_repeats: 3,
             shuffle: true,
-            seed: 42,
+            seed,
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn batches_are_identical_on_one_and_three_threads_and_repeats_decode_once() {
+        let (_dir, ds) = dataset();
+        let split = ds.split("train").unwrap();
+        let sampler = repeat_sampler(split, 42);
         let samples = sampler.epoch(2);
         let t = Transform::named("a1").unwrap();
         let batch = &samples[..24];
@@ -220,15 +225,7 @@ mod tests {
     fn starting_at_step_n_gives_the_batches_of_an_uninterrupted_run() {
         let (_dir, ds) = dataset();
         let split = ds.split("train").unwrap();
-        let sampler = Sampler::new(SamplerConfig {
-            dataset_len: split.len() as u32,
-            world_size: 1,
-            rank: 0,
-            aug_repeats: 3,
-            shuffle: true,
-            seed: 7,
-        })
-        .unwrap();
+        let sampler = repeat_sampler(split, 7);
         let samples = sampler.epoch(1);
         let t = Transform::named("a1").unwrap();
         let (b, n) = (12, t.image_bytes());

@@ -301,6 +301,35 @@ fn cpu_time() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
+/// The transform, the opened dataset and the one-rank sampler that `bench` and `preview` use:
+/// a1/a2 with 3 repeats, a3 without, eval in record order.
+fn open_run(
+    shards: &Path,
+    transform_name: &str,
+    split_name: &str,
+    seed: u64,
+) -> Result<(Transform, Dataset, Sampler)> {
+    let transform = Transform::named(transform_name)
+        .with_context(|| format!("unknown --transform {transform_name} (a1, a2, a3, eval)"))?;
+    // SAFETY: bench and preview only read, and nothing writes a finished dataset.
+    let dataset = unsafe { Dataset::open(shards) }
+        .with_context(|| format!("opening {}", shards.display()))?;
+    let split = dataset.split(split_name)?;
+    let sampler = Sampler::new(SamplerConfig {
+        dataset_len: u32::try_from(split.len()).context("split too large")?,
+        world_size: 1,
+        rank: 0,
+        aug_repeats: if matches!(transform_name, "a1" | "a2") {
+            3
+        } else {
+            0
+        },
+        shuffle: transform_name != "eval",
+        seed,
+    })?;
+    Ok((transform, dataset, sampler))
+}
+
 fn preview(
     shards: &Path,
     transform_name: &str,
@@ -310,25 +339,8 @@ fn preview(
     seed: u64,
     split_name: &str,
 ) -> Result<()> {
-    let transform = Transform::named(transform_name)
-        .with_context(|| format!("unknown --transform {transform_name} (a1, a2, a3, eval)"))?;
-    // SAFETY: preview only reads, and nothing writes a finished dataset.
-    let dataset = unsafe { Dataset::open(shards) }
-        .with_context(|| format!("opening {}", shards.display()))?;
+    let (transform, dataset, sampler) = open_run(shards, transform_name, split_name, seed)?;
     let split = dataset.split(split_name)?;
-    let repeats = if transform_name == "a1" || transform_name == "a2" {
-        3
-    } else {
-        0
-    };
-    let sampler = Sampler::new(SamplerConfig {
-        dataset_len: u32::try_from(split.len()).context("split too large")?,
-        world_size: 1,
-        rank: 0,
-        aug_repeats: repeats,
-        shuffle: transform_name != "eval",
-        seed,
-    })?;
     let samples: Vec<_> = sampler.epoch(epoch).into_iter().take(count).collect();
     let (side, cols) = (
         transform.img_size() as usize,
@@ -407,25 +419,8 @@ fn bench(shards: &Path, run: &BenchRun) -> Result<()> {
         run.split.as_str(),
         run.seed,
     );
-    let transform = Transform::named(transform_name)
-        .with_context(|| format!("unknown --transform {transform_name} (a1, a2, a3, eval)"))?;
-    // SAFETY: the benchmark only reads, and nothing writes a finished dataset.
-    let dataset = unsafe { Dataset::open(shards) }
-        .with_context(|| format!("opening {}", shards.display()))?;
+    let (transform, dataset, sampler) = open_run(shards, transform_name, split_name, seed)?;
     let split = dataset.split(split_name)?;
-    let repeats = if transform_name == "a1" || transform_name == "a2" {
-        3
-    } else {
-        0
-    };
-    let sampler = Sampler::new(SamplerConfig {
-        dataset_len: u32::try_from(split.len()).context("split too large")?,
-        world_size: 1,
-        rank: 0,
-        aug_repeats: repeats,
-        shuffle: transform_name != "eval",
-        seed,
-    })?;
     // One epoch's samples, steps numbered from 0 (the bench stays within epoch 0).
     let order = sampler.epoch(0);
     let batches = (samples / batch_size).max(1);
