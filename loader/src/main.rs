@@ -1,6 +1,7 @@
 //! `loader`: the rsb data loader. So far: `loader augment`, which applies one transform with
 //! explicit parameters to one image (to look at an op, and to compare with Pillow).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -153,6 +154,13 @@ impl From<Interp> for Interpolation {
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`loader preview ... | head`) is the reader's choice, not an error.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -339,6 +347,7 @@ fn preview(
     seed: u64,
     split_name: &str,
 ) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
     let (transform, dataset, sampler) = open_run(shards, transform_name, split_name, seed)?;
     let split = dataset.split(split_name)?;
     let samples: Vec<_> = sampler.epoch(epoch).into_iter().take(count).collect();
@@ -383,7 +392,8 @@ fn preview(
         } else {
             ops.join(", ")
         };
-        println!(
+        writeln!(
+            stdout,
             "tile {i} (row {}, col {}): record {} {} label {} repeat {}: {listed}",
             i / cols,
             i % cols,
@@ -391,7 +401,7 @@ fn preview(
             record.path,
             record.label,
             s.repeat,
-        );
+        )?;
     }
     write_png(out, &grid)?;
     eprintln!("wrote {} ({} tiles)", out.display(), samples.len());
@@ -411,6 +421,7 @@ struct BenchRun {
 }
 
 fn bench(shards: &Path, run: &BenchRun) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
     let (transform_name, threads, samples, batch_size, split_name, seed) = (
         run.transform.as_str(),
         run.threads,
@@ -497,21 +508,24 @@ fn bench(shards: &Path, run: &BenchRun) -> Result<()> {
     let decode_rate = used.len() as f64 / t1.elapsed().as_secs_f64();
 
     let per = |d: Duration| d.as_secs_f64() * 1e3 / times.samples.max(1) as f64;
-    println!(
+    writeln!(
+        stdout,
         "loader bench: {} on {} ({} records), {threads} thread(s), {} samples in {} batches of {batch_size}",
         transform_name,
         shards.display(),
         split.len(),
         times.samples,
         batches
-    );
-    println!(
+    )?;
+    writeln!(
+        stdout,
         "  samples/s {rate:.1} ({:.1} per thread); {} decodes for {} samples",
         rate / threads.max(1) as f64,
         times.decoded,
         times.samples
-    );
-    println!(
+    )?;
+    writeln!(
+        stdout,
         "  per sample (ms, summed over threads): decode {:.3}, crop+resize {:.3}, flip {:.3}, \
          RandAugment {:.3}, output write {:.3}",
         per(times.decode),
@@ -519,21 +533,23 @@ fn bench(shards: &Path, run: &BenchRun) -> Result<()> {
         per(times.flip),
         per(times.rand_augment),
         per(times.write)
-    );
-    println!(
+    )?;
+    writeln!(
+        stdout,
         "  CPU use {:.0} % of {threads} core(s) ({:.2} s CPU in {:.2} s)",
         100.0 * cpu.as_secs_f64() / wall.as_secs_f64() / threads.max(1) as f64,
         cpu.as_secs_f64(),
         wall.as_secs_f64()
-    );
-    println!(
+    )?;
+    writeln!(
+        stdout,
         "  decode-only: {decode_rate:.1} images/s on the same {} records and threads; \
          samples/s / decode-only images/s = {:.2}",
         used.len(),
         rate / decode_rate
-    );
+    )?;
     for (step, d) in digests {
-        println!("  step {step} sha256 {d:x}");
+        writeln!(stdout, "  step {step} sha256 {d:x}")?;
     }
     Ok(())
 }

@@ -381,6 +381,7 @@ fn cmd_pack(args: PackArgs, quiet: bool) -> Result<ExitCode> {
 }
 
 fn cmd_verify(dir: &Path, threads: usize, quiet: bool) -> Result<ExitCode> {
+    let mut stdout = std::io::stdout().lock();
     let manifest = Manifest::load(dir).with_context(|| format!("verifying {}", dir.display()))?;
     let bar = progress_bar(shard_tool::total_bytes(&manifest), quiet);
     bar.set_prefix("verify");
@@ -389,7 +390,7 @@ fn cmd_verify(dir: &Path, threads: usize, quiet: bool) -> Result<ExitCode> {
         .with_context(|| format!("verifying {}", dir.display()))?;
     bar.finish_and_clear();
     for p in &report.problems {
-        println!("MISMATCH {p}");
+        writeln!(stdout, "MISMATCH {p}")?;
     }
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let summary = format!(
@@ -400,11 +401,15 @@ fn cmd_verify(dir: &Path, threads: usize, quiet: bool) -> Result<ExitCode> {
     );
     if report.problems.is_empty() {
         if !quiet {
-            println!("OK: {summary}");
+            writeln!(stdout, "OK: {summary}")?;
         }
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("FAILED: {} problem(s); {summary}", report.problems.len());
+        writeln!(
+            stdout,
+            "FAILED: {} problem(s); {summary}",
+            report.problems.len()
+        )?;
         Ok(ExitCode::FAILURE)
     }
 }
@@ -414,17 +419,17 @@ fn cmd_inspect(dir: &Path, all_classes: bool) -> Result<ExitCode> {
     let dataset =
         unsafe { Dataset::open(dir) }.with_context(|| format!("opening {}", dir.display()))?;
     let m = dataset.manifest();
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "dataset   {}", dir.display())?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "dataset   {}", dir.display())?;
     writeln!(
-        out,
+        stdout,
         "format    {} v{}, written by {}, fingerprint {}",
         m.format, m.version, m.created_by, m.fingerprint
     )?;
-    writeln!(out, "source    {}", m.source_root)?;
+    writeln!(stdout, "source    {}", m.source_root)?;
     let o = &m.options;
     writeln!(
-        out,
+        stdout,
         "options   seed {}, shard size {}, max side {}, resize quality {}, transcode quality {}, \
          max pixels {}",
         o.seed,
@@ -438,11 +443,11 @@ fn cmd_inspect(dir: &Path, all_classes: bool) -> Result<ExitCode> {
         (Some(a), Some(b)) => format!(" ({a} .. {b})"),
         _ => String::new(),
     };
-    writeln!(out, "classes   {}{first_last}", m.classes.len())?;
+    writeln!(stdout, "classes   {}{first_last}", m.classes.len())?;
     for (split, sm) in dataset.splits().iter().zip(&m.splits) {
         let shard_bytes: u64 = sm.shards.iter().map(|s| s.sum.bytes).sum();
         writeln!(
-            out,
+            stdout,
             "\n{}: {} records in {} shard(s), {} on disk, {} of images (mean {}); layout: {}",
             sm.name,
             sm.records,
@@ -453,7 +458,7 @@ fn cmd_inspect(dir: &Path, all_classes: bool) -> Result<ExitCode> {
             sm.layout
         )?;
         writeln!(
-            out,
+            stdout,
             "  as is {}, PNG converted {}, CMYK converted {}, downscaled {}, grayscale {}, \
              rejected {}, ignored {}",
             sm.kept_as_is,
@@ -477,13 +482,13 @@ fn cmd_inspect(dir: &Path, all_classes: bool) -> Result<ExitCode> {
             }
         }
         if unlabelled > 0 {
-            writeln!(out, "  unlabelled {unlabelled}")?;
+            writeln!(stdout, "  unlabelled {unlabelled}")?;
         }
         if split.len() > unlabelled && !per_class.is_empty() {
             let (min_i, min) = extreme(&per_class, |a, b| a < b);
             let (max_i, max) = extreme(&per_class, |a, b| a > b);
             writeln!(
-                out,
+                stdout,
                 "  per class: min {min} ({}), max {max} ({}), mean {:.1}",
                 m.classes[min_i],
                 m.classes[max_i],
@@ -491,7 +496,7 @@ fn cmd_inspect(dir: &Path, all_classes: bool) -> Result<ExitCode> {
             )?;
             if all_classes {
                 for (name, n) in m.classes.iter().zip(&per_class) {
-                    writeln!(out, "    {name} {n}")?;
+                    writeln!(stdout, "    {name} {n}")?;
                 }
             }
         }
@@ -615,6 +620,7 @@ fn cmd_synth(args: SynthArgs, quiet: bool) -> Result<ExitCode> {
 }
 
 fn cmd_bench(args: BenchArgs) -> Result<ExitCode> {
+    let mut stdout = std::io::stdout().lock();
     let tree = shard_tool::layout::discover(&args.root, &LayoutOptions::default())
         .with_context(|| format!("scanning {}", args.root.display()))?;
     let paths: Vec<PathBuf> = tree
@@ -627,14 +633,15 @@ fn cmd_bench(args: BenchArgs) -> Result<ExitCode> {
         .iter()
         .flat_map(|s| s.files.iter().map(|f| f.size))
         .sum();
-    println!(
+    writeln!(
+        stdout,
         "bench: {} files ({}) from {}, {} thread(s), {} round(s)",
         paths.len(),
         ByteSize(total),
         args.root.display(),
         args.threads,
         args.rounds
-    );
+    )?;
     // Warm the page cache so neither side pays for the first disk read.
     for p in &paths {
         std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
@@ -663,7 +670,8 @@ fn cmd_bench(args: BenchArgs) -> Result<ExitCode> {
         let peak = bench::peak_rss().filter(|_| had_reset).unwrap_or(0);
         let packed: u64 = summary.manifest.splits.iter().map(|s| s.source_files).sum();
         let pack_rate = packed as f64 / elapsed.as_secs_f64();
-        println!(
+        writeln!(
+            stdout,
             "round {round}: decode-only {:.1} img/s ({} images in {:.2} s); pack {pack_rate:.1} \
              img/s ({packed} files in {:.2} s); pack/decode {:.3}; pack peak RSS {}",
             decode.per_sec(),
@@ -672,7 +680,7 @@ fn cmd_bench(args: BenchArgs) -> Result<ExitCode> {
             elapsed.as_secs_f64(),
             pack_rate / decode.per_sec(),
             ByteSize(peak)
-        );
+        )?;
         best_decode = best_decode.max(decode.per_sec());
         best_pack = best_pack.max(pack_rate);
         pack_peak = pack_peak.max(peak);
@@ -681,13 +689,14 @@ fn cmd_bench(args: BenchArgs) -> Result<ExitCode> {
         .with_context(|| format!("removing {}", args.scratch.display()))?;
     let mut bound = PackOptions::new(".");
     bound.threads = args.threads;
-    println!(
+    writeln!(
+        stdout,
         "best of {} rounds: decode-only {best_decode:.1} img/s, pack {best_pack:.1} img/s; \
          pack/decode {:.3} (goal >= 0.9); pack peak RSS {} (bound {})",
         args.rounds,
         best_pack / best_decode.max(1e-9),
         ByteSize(pack_peak),
         ByteSize(bound.peak_memory_bound())
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
