@@ -11,7 +11,7 @@ use rand::Rng;
 
 use crate::crop::{Interpolation, InterpolationChoice};
 use crate::decode::RgbImage;
-use crate::rand_augment::config::{OPS, Op, OpArg, RandAugmentConfig, level_arg};
+use crate::rand_augment::config::{MAX_LAYERS, OPS, Op, OpArg, RandAugmentConfig, level_arg};
 use crate::rand_augment::{geometry, ops};
 
 /// One op that was applied, for `loader preview` and tests.
@@ -52,7 +52,8 @@ impl RandAugment {
     /// Augments `img` in place; the ops applied are appended to `applied` (cleared first).
     pub fn apply(&mut self, img: &mut RgbImage, rng: &mut impl Rng, applied: &mut Vec<Applied>) {
         applied.clear();
-        let mut chosen = [Op::Invert; 16];
+        let mut chosen = [Op::Invert; MAX_LAYERS as usize];
+        // The parser refuses more; a config built in code is capped the same way.
         let n = (self.config.num_layers as usize).min(chosen.len());
         for slot in chosen.iter_mut().take(n) {
             *slot = OPS[rng.random_range(0..OPS.len())];

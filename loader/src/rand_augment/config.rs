@@ -13,6 +13,9 @@ use std::str::FromStr;
 
 use rand::Rng;
 
+/// Most ops drawn per image (`n`); timm uses 2, and the driver keeps its choices on the stack.
+pub const MAX_LAYERS: u32 = 16;
+
 /// timm's `_LEVEL_DENOM`: magnitudes are on a 0..10 scale.
 pub const LEVEL_DENOM: f64 = 10.0;
 
@@ -83,7 +86,12 @@ impl FromStr for RandAugmentConfig {
             };
             match key {
                 "m" => c.magnitude = f64::from(integer(value)?),
-                "n" => c.num_layers = integer(value)?,
+                "n" => {
+                    c.num_layers = integer(value)?;
+                    if c.num_layers > MAX_LAYERS {
+                        return Err(fail(format!("at most {MAX_LAYERS} ops per image")));
+                    }
+                }
                 "mstd" => {
                     let std = number(value)?;
                     c.magnitude_std = if std > 100.0 { f64::INFINITY } else { std };
@@ -292,7 +300,14 @@ mod tests {
         );
         assert!(c.magnitude_std.is_infinite());
         assert!(c.increasing, "timm's bool('0') quirk");
-        for bad in ["randaug-m9", "rand-m9.5", "rand-q3", "rand-m", "rand-mstdx"] {
+        for bad in [
+            "randaug-m9",
+            "rand-m9.5",
+            "rand-q3",
+            "rand-m",
+            "rand-mstdx",
+            "rand-n17",
+        ] {
             assert!(bad.parse::<RandAugmentConfig>().is_err(), "{bad}");
         }
     }
