@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end, on a small generated dataset, on the CPU:
 #   synth (a 10-class ImageFolder tree with ImageNet's odd files) -> pack -> verify -> inspect
-#   -> extract.
-# Serving (loader), training and evaluation (trainer) join this script as they are built.
+#   -> extract -> loader preview and bench (A1 augmentation, in-process).
+# The loader daemon, training and evaluation (trainer) join this script as they are built.
 #
 # Environment: RSB_DEMO_DIR (default target/demo) for the output; RSB_BIN_DIR to use already
 # built binaries instead of building release ones (the end-to-end test does this).
@@ -10,10 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${RSB_DEMO_DIR:-target/demo}
 if [ -z "${RSB_BIN_DIR:-}" ]; then
-  cargo build --release -p shard-tool
+  cargo build --release -p shard-tool -p loader
   RSB_BIN_DIR=target/release
 fi
 st="$RSB_BIN_DIR/shard-tool"
+ld="$RSB_BIN_DIR/loader"
 
 rm -rf "$work"
 mkdir -p "$work"
@@ -37,4 +38,10 @@ echo "== inspect"
 echo "== extract val record 0"
 "$st" extract "$work/shards" --split val --index 0 --out "$work/val-0.jpg"
 
-echo "== done: dataset in $work/shards (serve, train and evaluate are not built yet)"
+echo "== loader preview: 12 A1-augmented samples (RRC 224, flip, rand-m7-mstd0.5-inc1, 3 repeats)"
+"$ld" preview "$work/shards" --transform a1 --out "$work/preview.png" --count 12 --cols 6
+
+echo "== loader bench: A1 batches in-process, 2 threads"
+"$ld" bench "$work/shards" --transform a1 -j 2 --samples 256 --batch-size 32
+
+echo "== done: dataset in $work/shards, preview in $work/preview.png (the loader daemon, training and evaluation are not built yet)"

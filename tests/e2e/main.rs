@@ -5,12 +5,15 @@ use std::process::Command;
 
 /// Directory of the binaries built for this test run (`target/debug`).
 fn bin_dir() -> PathBuf {
+    for name in ["shard-tool", "loader"] {
+        let bin = assert_cmd::cargo::cargo_bin(name);
+        assert!(
+            bin.exists(),
+            "{} is not built: run the whole suite with `cargo test --workspace`",
+            bin.display()
+        );
+    }
     let bin = assert_cmd::cargo::cargo_bin("shard-tool");
-    assert!(
-        bin.exists(),
-        "{} is not built: run the whole suite with `cargo test --workspace`",
-        bin.display()
-    );
     bin.parent().unwrap().to_path_buf()
 }
 
@@ -35,4 +38,8 @@ fn readme_main_job_runs_end_to_end() {
     );
     let extracted = std::fs::read(work.path().join("demo/val-0.jpg")).unwrap();
     assert!(extracted.starts_with(&[0xFF, 0xD8, 0xFF]));
+    let preview = std::fs::read(work.path().join("demo/preview.png")).unwrap();
+    assert!(preview.starts_with(b"\x89PNG"));
+    assert!(stdout.contains("tile 11 (row 1, col 5)"), "{stdout}");
+    assert!(stdout.contains("samples/s"), "{stdout}");
 }
