@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use loader::batch::BatchMaker;
 use loader::crop::{CropBox, Interpolation, InterpolationChoice};
 use loader::decode::{Decoder, RgbImage};
@@ -69,34 +69,7 @@ enum Command {
     ///
     /// Transforms: a1/a2 (RRC 224, flip, rand-m7-mstd0.5-inc1, 3 repeats), a3 (160,
     /// rand-m6-mstd0.5-inc1, no repeats), eval (224, crop 0.95, bicubic).
-    Bench {
-        /// Dataset directory made by `shard-tool pack`.
-        shards: PathBuf,
-        /// a1, a2, a3 or eval.
-        #[arg(long, default_value = "a1")]
-        transform: String,
-        /// Worker threads.
-        #[arg(short = 'j', long, default_value_t = 1)]
-        threads: usize,
-        /// Samples to produce (rounded down to whole batches).
-        #[arg(long, default_value_t = 1536)]
-        samples: usize,
-        /// Samples per batch.
-        #[arg(short = 'b', long, default_value_t = 64)]
-        batch_size: usize,
-        /// Split to read.
-        #[arg(long, default_value = "train")]
-        split: String,
-        /// timm's --seed.
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// First step (batch) of the run, as after a restart at that step.
-        #[arg(long, default_value_t = 0)]
-        start_step: usize,
-        /// Print the SHA-256 of every batch (images and labels), to compare runs.
-        #[arg(long)]
-        digests: bool,
-    },
+    Bench(BenchArgs),
     /// Apply one transform with explicit parameters to IN (JPEG or PNG) and write OUT.png.
     ///
     /// Ops: `decode` (no transform), `resized-crop` (--arg LEFT,TOP,WIDTH,HEIGHT --size S:
@@ -188,29 +161,7 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             &split,
         ),
-        Command::Bench {
-            shards,
-            transform,
-            threads,
-            samples,
-            batch_size,
-            split,
-            seed,
-            start_step,
-            digests,
-        } => bench(
-            &shards,
-            &BenchRun {
-                transform,
-                threads,
-                samples,
-                batch_size,
-                split,
-                seed,
-                start_step,
-                digests,
-            },
-        ),
+        Command::Bench(args) => bench(&args),
         Command::Augment {
             op,
             arg,
@@ -409,18 +360,38 @@ fn preview(
 }
 
 /// Settings of one `loader bench` run.
-struct BenchRun {
+#[derive(Args)]
+struct BenchArgs {
+    /// Dataset directory made by `shard-tool pack`.
+    shards: PathBuf,
+    /// a1, a2, a3 or eval.
+    #[arg(long, default_value = "a1")]
     transform: String,
+    /// Worker threads.
+    #[arg(short = 'j', long, default_value_t = 1)]
     threads: usize,
+    /// Samples to produce (rounded down to whole batches).
+    #[arg(long, default_value_t = 1536)]
     samples: usize,
+    /// Samples per batch.
+    #[arg(short = 'b', long, default_value_t = 64)]
     batch_size: usize,
+    /// Split to read.
+    #[arg(long, default_value = "train")]
     split: String,
+    /// timm's --seed.
+    #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// First step (batch) of the run, as after a restart at that step.
+    #[arg(long, default_value_t = 0)]
     start_step: usize,
+    /// Print the SHA-256 of every batch (images and labels), to compare runs.
+    #[arg(long)]
     digests: bool,
 }
 
-fn bench(shards: &Path, run: &BenchRun) -> Result<()> {
+fn bench(run: &BenchArgs) -> Result<()> {
+    let shards = run.shards.as_path();
     let mut stdout = std::io::stdout().lock();
     let (transform_name, threads, samples, batch_size, split_name, seed) = (
         run.transform.as_str(),

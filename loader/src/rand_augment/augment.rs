@@ -98,7 +98,7 @@ impl RandAugment {
             Op::Color => ops::color(img, float),
             Op::Contrast => ops::contrast(img, float),
             Op::Brightness => ops::brightness(img, float),
-            Op::Sharpness => ops::sharpness(img, float),
+            Op::Sharpness => ops::sharpness(img, float, &mut s.pixels),
             Op::ShearX => geometry::shear_x(img, float, filter, s),
             Op::ShearY => geometry::shear_y(img, float, filter, s),
             Op::TranslateXRel => geometry::translate_x_rel(img, float, filter, s),

@@ -134,37 +134,49 @@ fn luma(px: &[u8]) -> u8 {
         as u8
 }
 
-/// `Image.blend(degenerate, img, factor)` in place (`Blend.c`): C `float` arithmetic,
-/// truncated, clamped only when extrapolating.
+/// One value of `Image.blend(degenerate, img, alpha)` (`Blend.c`): C `float` arithmetic,
+/// truncated, clamped only when extrapolating (`alpha` outside [0, 1]).
+#[inline]
+fn blend(d: u8, v: u8, alpha: f32) -> u8 {
+    if alpha == 0.0 {
+        return d;
+    }
+    let t = f32::from(d) + alpha * (i32::from(v) - i32::from(d)) as f32;
+    if (0.0..=1.0).contains(&alpha) {
+        t as u8
+    } else if t <= 0.0 {
+        0
+    } else if t >= 255.0 {
+        255
+    } else {
+        t as u8
+    }
+}
+
+/// Blends every value of `img` with the matching value of a degenerate image.
 fn blend_with(img: &mut RgbImage, factor: f64, degenerate: impl Fn(usize) -> u8) {
     let alpha = factor as f32;
     if alpha == 1.0 {
         return;
     }
-    let interpolate = (0.0..=1.0).contains(&alpha);
     for (i, v) in img.pixels.iter_mut().enumerate() {
-        let d = degenerate(i);
-        if alpha == 0.0 {
-            *v = d;
-            continue;
-        }
-        let t = f32::from(d) + alpha * (i32::from(*v) - i32::from(d)) as f32;
-        *v = if interpolate {
-            t as u8
-        } else if t <= 0.0 {
-            0
-        } else if t >= 255.0 {
-            255
-        } else {
-            t as u8
-        };
+        *v = blend(degenerate(i), *v, alpha);
     }
 }
 
 /// `ImageEnhance.Color(img).enhance(factor)`: blend with the image's grayscale version.
 pub fn color(img: &mut RgbImage, factor: f64) {
-    let gray: Vec<u8> = img.pixels.chunks_exact(3).map(luma).collect();
-    blend_with(img, factor, |i| gray[i / 3]);
+    let alpha = factor as f32;
+    if alpha == 1.0 {
+        return;
+    }
+    // The gray value of a pixel depends on that pixel alone: no degenerate image is needed.
+    for px in img.pixels.chunks_exact_mut(3) {
+        let d = luma(px);
+        for v in px {
+            *v = blend(d, *v, alpha);
+        }
+    }
 }
 
 /// `ImageEnhance.Contrast(img).enhance(factor)`: blend with a flat gray at the mean luma.
@@ -185,19 +197,21 @@ pub fn brightness(img: &mut RgbImage, factor: f64) {
     blend_with(img, factor, |_| 0);
 }
 
-/// `ImageEnhance.Sharpness(img).enhance(factor)`: blend with `img.filter(SMOOTH)`.
-pub fn sharpness(img: &mut RgbImage, factor: f64) {
-    let smooth = smooth(img);
-    blend_with(img, factor, |i| smooth[i]);
+/// `ImageEnhance.Sharpness(img).enhance(factor)`: blend with `img.filter(SMOOTH)`, built in
+/// `scratch` (reused between calls).
+pub fn sharpness(img: &mut RgbImage, factor: f64, scratch: &mut Vec<u8>) {
+    smooth(img, scratch);
+    blend_with(img, factor, |i| scratch[i]);
 }
 
 /// Pillow's SMOOTH filter (`Filter.c`, 3x3 kernel [1 1 1; 1 5 1; 1 1 1] / 13 in `float`,
 /// +0.5, clamped and truncated). The one-pixel border is copied unchanged.
-fn smooth(img: &RgbImage) -> Vec<u8> {
+fn smooth(img: &RgbImage, out: &mut Vec<u8>) {
     let (w, h) = (img.width as usize, img.height as usize);
-    let mut out = img.pixels.clone();
+    out.clear();
+    out.extend_from_slice(&img.pixels);
     if w < 3 || h < 3 {
-        return out;
+        return;
     }
     let (k1, k5) = (1.0f32 / 13.0f32, 5.0f32 / 13.0f32);
     let row = |y: usize| &img.pixels[y * w * 3..(y + 1) * w * 3];
@@ -215,7 +229,6 @@ fn smooth(img: &RgbImage) -> Vec<u8> {
             }
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -268,7 +281,7 @@ mod tests {
             "color" => color(img, float()),
             "contrast" => contrast(img, float()),
             "brightness" => brightness(img, float()),
-            "sharpness" => sharpness(img, float()),
+            "sharpness" => sharpness(img, float(), &mut Vec::new()),
             other => panic!("unknown op {other}"),
         }
     }
