@@ -1,7 +1,19 @@
-/*!
-The rsb trainer: ResNet-50 in burn, Mixup/CutMix, BCE, LAMB and the cosine schedule of the
-"ResNet strikes back" recipes, fed by the loader.
+//! rsb's trainer: timm's ResNet and the "ResNet strikes back" training step on burn.
+//!
+//! Built so far: the model ([`resnet`], with PyTorch's [`batch_norm`]), the per-batch
+//! ingredients ([`normalize`], [`mixup`], [`loss`]), timm's optimizer ([`lamb`]) and LR
+//! schedule ([`schedule`]), one training step ([`step`]), its benchmark ([`bench`]) and the
+//! device-against-device check ([`numerics`]). Not yet: the loader client, checkpoints,
+//! evaluation, safetensors export and the `train` command.
 
-Not built yet: this crate holds only its place in the workspace (see the trainer issue).
-*/
-#![deny(missing_docs)]
+pub mod batch_norm;
+pub mod bench;
+pub mod device;
+pub mod lamb;
+pub mod loss;
+pub mod mixup;
+pub mod normalize;
+pub mod numerics;
+pub mod resnet;
+pub mod schedule;
+pub mod step;

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs on a GPU host, from the repository root, with the bundle that trainer/cuda/bundle.sh
+# made in target/gpu-bundle/: CUDA-vs-CPU numerics, then our A1 step against PyTorch + timm's
+# on the same card, both precisions. Each part has its own time limit so that one slow part
+# cannot eat the others. Results: stdout, and $OUT (or /tmp/gpu-out) for the full logs.
+set -uo pipefail
+out=${OUT:-/tmp/gpu-out}
+mkdir -p "$out"
+bundle=target/gpu-bundle
+work=/tmp/rsb-gpu
+mkdir -p "$work"
+xz -dc "$bundle/trainer.xz" > "$work/trainer" && chmod +x "$work/trainer" || exit 1
+# Libraries the build machine linked that a GPU image may lack, then CUDA's own (NVRTC).
+cuda_libs=$(ls -d /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib 2>/dev/null | tr '\n' ':')
+nvrtc=$(python3 -c 'import nvidia, os; print(":".join(os.path.join(p, d, "lib") for p in nvidia.__path__ for d in os.listdir(p) if os.path.isdir(os.path.join(p, d, "lib"))))' 2>/dev/null)
+export LD_LIBRARY_PATH="$bundle/lib:${cuda_libs}${nvrtc}:${LD_LIBRARY_PATH:-}"
+t=$work/trainer
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader | tee "$out/gpu.txt"
+ldd "$t" | grep -E "not found" && echo "missing libraries above"
+part() { # name seconds command...
+    local name=$1 secs=$2; shift 2
+    echo "=== $name"
+    local s=$(date +%s%N)
+    timeout "$secs" "$@" > "$out/$name.log" 2>&1
+    local rc=$?
+    tail -n 14 "$out/$name.log"
+    echo "=== $name: rc=$rc in $(( ($(date +%s%N) - s) / 1000000 )) ms"
+}
+part check_f32 70 "$t" check-device --device cuda --batch 8 --img-size 64
+part bench_bf16 120 "$t" bench --device cuda --dtype bf16 --batch 256 --warmup 3 --steps 10 --json
+part torch_bf16 45 python3 trainer/benches/torch_step.py --dtype bf16 --batch 256 --warmup 5 --steps 20
+part bench_f32 100 "$t" bench --device cuda --dtype f32 --batch 256 --warmup 3 --steps 10 --json
+part torch_f32 40 python3 trainer/benches/torch_step.py --dtype f32 --batch 256 --warmup 5 --steps 20
+part check_bf16 40 "$t" check-device --device cuda --dtype bf16 --tolerance 5e-2 --batch 8 --img-size 64
+echo "=== summary"
+grep -h '^{' "$out"/bench_*.log "$out"/torch_*.log 2>/dev/null
+grep -h "worst" "$out"/check_*.log 2>/dev/null

@@ -1,0 +1,183 @@
+//! `trainer bench`: speed of the full training step on batches already in host memory.
+//!
+//! Measures what the GPU (or CPU) can do when data is never the bottleneck: each step uploads
+//! a uint8 batch, mixes, normalizes, runs forward, BCE, backward and timm's LAMB. The first
+//! steps (kernel compilation, autotuning) are timed apart from the steady state.
+
+use std::time::Instant;
+
+use burn::tensor::Device;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::device::{DeviceKind, Precision};
+use crate::lamb::{LambOptions, TimmLamb};
+use crate::mixup::MixupConfig;
+use crate::resnet::ResNetConfig;
+use crate::step::{HostBatch, TrainStep};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Where.
+    pub device: DeviceKind,
+    /// Float type of parameters and activations.
+    pub precision: Precision,
+    /// The model.
+    pub model: ResNetConfig,
+    /// Images per step.
+    pub batch: usize,
+    /// Square image side.
+    pub img_size: usize,
+    /// Untimed steps first (compilation, autotune).
+    pub warmup: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// Seed of weights, pixels and mixing.
+    pub seed: u64,
+}
+
+/// What was measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    /// Device name.
+    pub device: String,
+    /// `f32` or `bf16`.
+    pub precision: String,
+    /// Images per step.
+    pub batch: usize,
+    /// Square image side.
+    pub img_size: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// Seconds of the warm-up steps, the first of which compiles kernels.
+    pub warmup_s: f64,
+    /// Seconds of the timed steps.
+    pub timed_s: f64,
+    /// Steps per second, steady state.
+    pub steps_per_s: f64,
+    /// Images per second, steady state.
+    pub samples_per_s: f64,
+    /// Loss of the last step (a sanity check: finite).
+    pub last_loss: f64,
+    /// Bytes the device's allocator holds at the end, where the backend reports it.
+    pub device_bytes_reserved: Option<u64>,
+}
+
+/// Errors of a bench run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Device selection.
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
+    /// Model configuration.
+    #[error(transparent)]
+    Config(#[from] crate::resnet::ConfigError),
+    /// A step failed.
+    #[error(transparent)]
+    Step(#[from] crate::step::StepError),
+    /// The device failed while executing.
+    #[error("device execution failed: {0}")]
+    Execution(String),
+}
+
+fn sync(device: &Device) -> Result<(), BenchError> {
+    device
+        .sync()
+        .map_err(|e| BenchError::Execution(format!("{e:?}")))
+}
+
+/// Runs the benchmark.
+pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
+    let device = options.device.device(options.precision)?.autodiff();
+    device.seed(options.seed);
+    let model = options.model.init(&device)?;
+    // A1's optimizer: timm's Lamb with weight decay 0.01.
+    let optimizer = TimmLamb::new(&LambOptions::timm(0.01), &model);
+    let mut step = TrainStep {
+        model: Some(model),
+        optimizer,
+        mixup: MixupConfig::a1(options.model.num_classes),
+        bce_target_thresh: Some(0.2),
+        seed: options.seed,
+    };
+    // A few distinct batches so that nothing is cached between steps.
+    let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+    let shape = [options.batch, options.img_size, options.img_size];
+    let pixels_per_batch = options.batch * options.img_size * options.img_size * 3;
+    let batches: Vec<(Vec<u8>, Vec<u32>)> = (0..4)
+        .map(|_| {
+            let mut pixels = vec![0u8; pixels_per_batch];
+            rng.fill(pixels.as_mut_slice());
+            let labels = (0..options.batch)
+                .map(|_| rng.random_range(0..options.model.num_classes as u32))
+                .collect();
+            (pixels, labels)
+        })
+        .collect();
+    let mut run_steps = |from: usize, count: usize| -> Result<f64, BenchError> {
+        let mut loss = None;
+        for i in from..from + count {
+            let (pixels, labels) = &batches[i % batches.len()];
+            let batch = HostBatch {
+                pixels,
+                shape,
+                labels,
+                step: i as u64,
+            };
+            loss = Some(step.run(&batch, 1e-3, &device)?);
+        }
+        sync(&device)?;
+        Ok(loss.map_or(f64::NAN, |l| f64::from(l.into_scalar::<f32>())))
+    };
+    let start = Instant::now();
+    run_steps(0, options.warmup)?;
+    let warmup_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let last_loss = run_steps(options.warmup, options.steps)?;
+    let timed_s = start.elapsed().as_secs_f64();
+    let steps_per_s = options.steps as f64 / timed_s;
+    Ok(BenchReport {
+        device: options.device.to_string(),
+        precision: format!("{:?}", options.precision).to_lowercase(),
+        batch: options.batch,
+        img_size: options.img_size,
+        steps: options.steps,
+        warmup_s,
+        timed_s,
+        steps_per_s,
+        samples_per_s: steps_per_s * options.batch as f64,
+        last_loss,
+        device_bytes_reserved: device.memory_pool_usage().map(|u| u.bytes_reserved),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tiny_cpu_run_reports_finite_numbers() {
+        let options = BenchOptions {
+            device: DeviceKind::Cpu,
+            precision: Precision::F32,
+            model: ResNetConfig {
+                depth: 18,
+                num_classes: 10,
+                width: 0.125,
+                small_stem: true,
+                drop_path_rate: 0.05,
+                zero_init_last: true,
+            },
+            batch: 4,
+            img_size: 16,
+            warmup: 1,
+            steps: 2,
+            seed: 1,
+        };
+        let report = run(&options).expect("bench");
+        assert!(report.last_loss.is_finite(), "{report:?}");
+        assert!(report.samples_per_s > 0.0);
+        assert_eq!(report.samples_per_s, report.steps_per_s * 4.0);
+    }
+}

@@ -1,0 +1,122 @@
+//! Which device a run uses: `cpu` (burn's flex backend) or `cuda[:N]` (the `cuda` feature).
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::{Device, FloatDType};
+
+/// A device named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// burn's flex CPU backend, on all cores.
+    Cpu,
+    /// An NVIDIA GPU by index.
+    Cuda(usize),
+}
+
+/// Floating-point precision of parameters and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    /// 32-bit floats everywhere.
+    F32,
+    /// bfloat16 parameters and activations (the device's default float type).
+    Bf16,
+}
+
+/// Errors choosing a device.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// Not `cpu`, `cuda` or `cuda:N`.
+    #[error("unknown device '{0}': use cpu, cuda or cuda:N")]
+    Parse(String),
+    /// CUDA asked of a build without it.
+    #[error(
+        "this trainer was built without CUDA support; build it with trainer/cuda/build.sh \
+         (cargo build --features cuda) to use '{0}'"
+    )]
+    NoCuda(DeviceKind),
+    /// The backend refused the precision.
+    #[error("device {device} cannot use {precision:?}: {reason}")]
+    Precision {
+        /// The device.
+        device: DeviceKind,
+        /// What was asked.
+        precision: Precision,
+        /// burn's reason.
+        reason: String,
+    },
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceKind::Cpu => f.write_str("cpu"),
+            DeviceKind::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl FromStr for DeviceKind {
+    type Err = DeviceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cpu" => Ok(DeviceKind::Cpu),
+            "cuda" => Ok(DeviceKind::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse().ok())
+                .map(DeviceKind::Cuda)
+                .ok_or_else(|| DeviceError::Parse(s.to_string())),
+        }
+    }
+}
+
+impl DeviceKind {
+    /// The device without gradient recording, with `precision` as its default float type.
+    pub fn device(self, precision: Precision) -> Result<Device, DeviceError> {
+        let mut device = match self {
+            DeviceKind::Cpu => Device::flex(),
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda(i) => Device::cuda(i),
+            #[cfg(not(feature = "cuda"))]
+            DeviceKind::Cuda(_) => return Err(DeviceError::NoCuda(self)),
+        };
+        if precision == Precision::Bf16 {
+            device
+                .configure(FloatDType::BF16)
+                .map_err(|e| DeviceError::Precision {
+                    device: self,
+                    precision,
+                    reason: format!("{e:?}"),
+                })?;
+        }
+        Ok(device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_names() {
+        assert_eq!("cpu".parse::<DeviceKind>().ok(), Some(DeviceKind::Cpu));
+        assert_eq!("cuda".parse::<DeviceKind>().ok(), Some(DeviceKind::Cuda(0)));
+        assert_eq!(
+            "cuda:3".parse::<DeviceKind>().ok(),
+            Some(DeviceKind::Cuda(3))
+        );
+        let err = "gpu".parse::<DeviceKind>().expect_err("not a device");
+        assert!(err.to_string().contains("cpu, cuda or cuda:N"));
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_says_how_to_build_it() {
+        let err = DeviceKind::Cuda(0)
+            .device(Precision::F32)
+            .expect_err("no cuda");
+        assert!(err.to_string().contains("trainer/cuda/build.sh"), "{err}");
+    }
+}

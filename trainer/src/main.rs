@@ -1,0 +1,233 @@
+//! `trainer`: benchmark the training step and check a GPU backend against the CPU.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use burn::module::Module;
+use clap::{Args, Parser, Subcommand};
+use trainer::bench::{self, BenchOptions};
+use trainer::device::{DeviceKind, Precision};
+use trainer::numerics;
+use trainer::resnet::ResNetConfig;
+
+/// Trains ResNets with timm's "ResNet strikes back" recipes on burn.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Time the full training step (upload uint8, Mixup/CutMix, normalize, forward, BCE,
+    /// backward, timm's LAMB) on synthetic batches held in memory.
+    Bench(BenchArgs),
+    /// Run one batch through the same weights on two devices and report how far logits, loss
+    /// and gradients differ; exit status 1 if any is over --tolerance.
+    CheckDevice(CheckArgs),
+    /// Print a model's structure facts (parameter count).
+    Info(ModelArgs),
+}
+
+/// Which model (timm's `--model`, plus CPU-sized variants).
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// timm model name: resnet18, resnet34, resnet50, resnet101, resnet152.
+    #[arg(long, default_value = "resnet50")]
+    model: String,
+    /// timm's --num-classes.
+    #[arg(long, default_value_t = 1000)]
+    num_classes: usize,
+    /// Channel multiplier (1.0 = timm's model).
+    #[arg(long, default_value_t = 1.0)]
+    width: f64,
+    /// 3×3 stride-1 stem without max-pool, for 32×32 images.
+    #[arg(long)]
+    small_stem: bool,
+    /// timm's --drop-path.
+    #[arg(long, default_value_t = 0.0)]
+    drop_path: f64,
+}
+
+impl ModelArgs {
+    fn config(&self) -> Result<ResNetConfig> {
+        let depth = self
+            .model
+            .strip_prefix("resnet")
+            .and_then(|d| d.parse().ok())
+            .with_context(|| {
+                format!(
+                    "unknown --model '{}': use resnet18, resnet34, resnet50, resnet101 or resnet152",
+                    self.model
+                )
+            })?;
+        Ok(ResNetConfig {
+            depth,
+            num_classes: self.num_classes,
+            width: self.width,
+            small_stem: self.small_stem,
+            drop_path_rate: self.drop_path,
+            zero_init_last: true,
+        })
+    }
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceKind,
+    /// Float type of parameters and activations.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: Precision,
+    /// Images per step (timm's --batch-size).
+    #[arg(long, short = 'b', default_value_t = 256)]
+    batch: usize,
+    /// Square image side (timm's --img-size).
+    #[arg(long, default_value_t = 224)]
+    img_size: usize,
+    /// Untimed steps first: kernel compilation and autotuning happen here.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Seed of weights, pixels and mixing.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print the report as one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Device under test.
+    #[arg(long, default_value = "cuda")]
+    device: DeviceKind,
+    /// Reference device (always f32).
+    #[arg(long, default_value = "cpu")]
+    reference: DeviceKind,
+    /// Float type on the device under test.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: Precision,
+    /// Images in the batch.
+    #[arg(long, short = 'b', default_value_t = 8)]
+    batch: usize,
+    /// Square image side.
+    #[arg(long, default_value_t = 64)]
+    img_size: usize,
+    /// Largest relative difference (‖a−b‖/‖a‖) that passes.
+    #[arg(long, default_value_t = 1e-3)]
+    tolerance: f64,
+    /// Seed of weights and batch.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Bench(a) => {
+            let options = BenchOptions {
+                device: a.device,
+                precision: a.dtype,
+                model: a.model.config()?,
+                batch: a.batch,
+                img_size: a.img_size,
+                warmup: a.warmup,
+                steps: a.steps,
+                seed: a.seed,
+            };
+            let r = bench::run(&options).context("benchmark failed")?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} {} {} batch {} at {}px: {:.2} steps/s, {:.1} samples/s \
+                     (warm-up {:.1} s, {} timed steps in {:.2} s, loss {:.4}, device memory {})",
+                    a.model.model,
+                    r.device,
+                    r.precision,
+                    r.batch,
+                    r.img_size,
+                    r.steps_per_s,
+                    r.samples_per_s,
+                    r.warmup_s,
+                    r.steps,
+                    r.timed_s,
+                    r.last_loss,
+                    r.device_bytes_reserved.map_or("n/a".into(), |b| format!(
+                        "{:.2} GiB",
+                        b as f64 / (1u64 << 30) as f64
+                    )),
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckDevice(a) => {
+            // With timm's zero-initialized last BN γ, no gradient reaches the residual
+            // branches: they would compare as equal zeros.
+            let config = ResNetConfig {
+                zero_init_last: false,
+                ..a.model.config()?
+            };
+            let reference = a.reference.device(Precision::F32)?.autodiff();
+            let target = a.device.device(a.dtype)?.autodiff();
+            let diffs = numerics::compare_devices(
+                &config, a.batch, a.img_size, a.seed, &reference, &target,
+            )?;
+            println!(
+                "{} batch {} at {}px, {} {:?} against {} f32 (relative = |a-b|/|a|):",
+                a.model.model, a.batch, a.img_size, a.device, a.dtype, a.reference
+            );
+            let mut worst = 0.0f64;
+            for d in &diffs {
+                let verdict = if d.relative <= a.tolerance {
+                    "ok"
+                } else {
+                    "OVER"
+                };
+                println!(
+                    "  {:<34} relative {:>10.3e}  max abs {:>10.3e}  |ref| {:>10.3e}  {verdict}",
+                    d.name, d.relative, d.max_abs, d.reference_norm
+                );
+                worst = worst.max(d.relative);
+            }
+            println!(
+                "worst relative difference {worst:.3e} (tolerance {:.1e})",
+                a.tolerance
+            );
+            Ok(if worst <= a.tolerance {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Info(m) => {
+            let config = m.config()?;
+            let model = config.init(&burn::tensor::Device::flex())?;
+            println!(
+                "{}: {} trainable parameters ({} values with the BN running statistics)",
+                m.model,
+                model.trainable_params(),
+                model.num_params()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
