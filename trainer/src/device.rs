@@ -35,6 +35,12 @@ pub enum DeviceError {
          (cargo build --features cuda) to use '{0}'"
     )]
     NoCuda(DeviceKind),
+    /// No NVIDIA driver library on this machine.
+    #[error(
+        "{0}: the NVIDIA driver library (libcuda.so.1) cannot be loaded; is this a GPU machine \
+         with the driver installed, and is its directory on LD_LIBRARY_PATH?"
+    )]
+    NoDriver(DeviceKind),
     /// The backend refused the precision.
     #[error("device {device} cannot use {precision:?}: {reason}")]
     Precision {
@@ -78,7 +84,13 @@ impl DeviceKind {
         let mut device = match self {
             DeviceKind::Cpu => Device::flex(),
             #[cfg(feature = "cuda")]
-            DeviceKind::Cuda(i) => Device::cuda(i),
+            DeviceKind::Cuda(i) => {
+                // cubecl panics on a worker thread when the driver is missing; say it plainly.
+                if !driver_loadable() {
+                    return Err(DeviceError::NoDriver(self));
+                }
+                Device::cuda(i)
+            }
             #[cfg(not(feature = "cuda"))]
             DeviceKind::Cuda(_) => return Err(DeviceError::NoCuda(self)),
         };
@@ -93,6 +105,27 @@ impl DeviceKind {
         }
         Ok(device)
     }
+}
+
+/// Whether the dynamic loader finds the NVIDIA driver, as cudarc will look for it.
+#[cfg(feature = "cuda")]
+fn driver_loadable() -> bool {
+    ["libcuda.so.1", "libcuda.so"].iter().any(|name| {
+        let Ok(name) = std::ffi::CString::new(*name) else {
+            return false;
+        };
+        // SAFETY: dlopen with a valid C string; the handle is only tested and closed. Loading
+        // libcuda runs no code of ours.
+        unsafe {
+            let handle = libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
+            if handle.is_null() {
+                false
+            } else {
+                libc::dlclose(handle);
+                true
+            }
+        }
+    })
 }
 
 #[cfg(test)]
