@@ -3,11 +3,13 @@
 //! Built so far: the model ([`resnet`], with PyTorch's [`batch_norm`]), the per-batch
 //! ingredients ([`normalize`], [`mixup`], [`loss`]), timm's optimizer ([`lamb`]) and LR
 //! schedule ([`schedule`]), one training step ([`step`]), its benchmark ([`bench`]) and the
-//! device-against-device check ([`numerics`]). Not yet: the loader client, checkpoints,
+//! device-against-device check ([`numerics`]); the recipes as timm-named TOML ([`config`]).
+//! Not yet: the loader client, checkpoints,
 //! evaluation, safetensors export and the `train` command.
 
 pub mod batch_norm;
 pub mod bench;
+pub mod config;
 pub mod device;
 pub mod lamb;
 pub mod loss;

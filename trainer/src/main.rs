@@ -28,6 +28,11 @@ enum Command {
     CheckDevice(CheckArgs),
     /// Print a model's structure facts (parameter count).
     Info(ModelArgs),
+    /// Read a recipe (configs/a1.toml, ...), report ignored timm keys, print it resolved.
+    Config {
+        /// The TOML file.
+        path: std::path::PathBuf,
+    },
 }
 
 /// Which model (timm's `--model`, plus CPU-sized variants).
@@ -217,6 +222,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Config { path } => {
+            let loaded = trainer::config::TrainConfig::load(&path)?;
+            for w in &loaded.warnings {
+                eprintln!("warning: {w}");
+            }
+            print!("{}", toml::to_string(&loaded.config)?);
+            println!(
+                "# global batch {} = batch_size {} x rsb.world_size {}",
+                loaded.config.global_batch(),
+                loaded.config.batch_size,
+                loaded.config.rsb.world_size
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Info(m) => {
             let config = m.config()?;

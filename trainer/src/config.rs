@@ -1,0 +1,322 @@
+//! A training recipe as a TOML file whose keys are timm's `train.py` argument names
+//! (`configs/a1.toml` ...), so a timm command line maps onto it key by key.
+//!
+//! Unknown keys are errors that name the key and the file; keys that timm's train.py has but
+//! rsb does not implement are accepted with one warning each, so timm recipes still load.
+//! Settings timm lacks live in the `[rsb]` table.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// A recipe; field names and meanings are timm's (`train.py --<name with dashes>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// `--model`.
+    pub model: String,
+    /// `--num-classes`.
+    pub num_classes: usize,
+    /// `--img-size`: training resolution.
+    pub img_size: usize,
+    /// `--crop-pct`: evaluation crop ratio.
+    pub crop_pct: f64,
+    /// `--epochs`: the cosine period.
+    pub epochs: u64,
+    /// `-b/--batch-size`: images per process (the global batch is this × ranks).
+    pub batch_size: usize,
+    /// `--opt`.
+    pub opt: String,
+    /// `--lr`: peak learning rate (absolute, not scaled by batch size).
+    pub lr: f64,
+    /// `--sched`.
+    pub sched: String,
+    /// `--weight-decay`.
+    pub weight_decay: f64,
+    /// `--warmup-epochs`.
+    pub warmup_epochs: u64,
+    /// `--warmup-lr`.
+    pub warmup_lr: f64,
+    /// `--min-lr`.
+    pub min_lr: f64,
+    /// `--cooldown-epochs`.
+    pub cooldown_epochs: u64,
+    /// `--bce-loss`.
+    pub bce_loss: bool,
+    /// `--bce-target-thresh` (absent: soft targets).
+    pub bce_target_thresh: Option<f64>,
+    /// `--smoothing`.
+    pub smoothing: f64,
+    /// `--drop`: dropout before the classifier.
+    pub drop: f64,
+    /// `--drop-path`.
+    pub drop_path: f64,
+    /// `--aug-repeats`: copies of each image per epoch (0 = plain sampler).
+    pub aug_repeats: usize,
+    /// `--clip-grad` (absent: no clipping in train.py; LAMB clips internally anyway).
+    pub clip_grad: Option<f64>,
+    /// `--hflip`.
+    pub hflip: f64,
+    /// `--scale`: RandomResizedCrop area range.
+    pub scale: [f64; 2],
+    /// `--ratio`: RandomResizedCrop aspect range.
+    pub ratio: [f64; 2],
+    /// `--aa`: RandAugment string.
+    pub aa: String,
+    /// `--reprob`: random erasing.
+    pub reprob: f64,
+    /// `--mixup`: Mixup α.
+    pub mixup: f64,
+    /// `--cutmix`: CutMix α.
+    pub cutmix: f64,
+    /// `--mixup-prob`.
+    pub mixup_prob: f64,
+    /// `--mixup-switch-prob`.
+    pub mixup_switch_prob: f64,
+    /// `--mixup-mode`.
+    pub mixup_mode: String,
+    /// `--model-ema`.
+    pub model_ema: bool,
+    /// `--amp`: mixed precision.
+    pub amp: bool,
+    /// `--train-interpolation`: `random`, `bilinear` or `bicubic`.
+    pub train_interpolation: String,
+    /// `--interpolation`: evaluation resize filter.
+    pub interpolation: String,
+    /// `--seed`.
+    pub seed: u64,
+    /// What timm has no flag for.
+    pub rsb: RsbSettings,
+}
+
+/// Settings timm's train.py has no flag for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RsbSettings {
+    /// Evaluation resolution (timm takes it from the model's pretrained config).
+    pub test_img_size: usize,
+    /// Ranks the recipe's global batch assumes (`batch_size × world_size`).
+    pub world_size: usize,
+}
+
+/// timm train.py arguments that rsb reads but does not implement: a warning, not an error.
+const TIMM_NOT_IMPLEMENTED: &[&str] = &[
+    "workers",
+    "pin_mem",
+    "channels_last",
+    "log_interval",
+    "checkpoint_hist",
+    "output",
+    "experiment",
+    "eval_metric",
+    "torchscript",
+    "no_prefetcher",
+    "dist_bn",
+    "color_jitter",
+    "remode",
+    "recount",
+    "resplit",
+    "jsd_loss",
+    "mean",
+    "std",
+    "sync_bn",
+    "opt_eps",
+    "opt_betas",
+    "momentum",
+    "decay_epochs",
+    "decay_rate",
+    "patience_epochs",
+    "lr_noise",
+    "lr_cycle_mul",
+    "lr_cycle_limit",
+    "lr_k_decay",
+    "model_ema_decay",
+    "log_wandb",
+    "amp_dtype",
+];
+
+/// Errors reading a recipe.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not TOML, a missing key, an unknown key or a wrong type.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong and where.
+        message: String,
+    },
+}
+
+/// A parsed recipe and the warnings about timm keys that rsb ignores.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The recipe.
+    pub config: TrainConfig,
+    /// One line per ignored timm key.
+    pub warnings: Vec<String>,
+}
+
+impl TrainConfig {
+    /// Reads a recipe file.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses recipe text; `origin` names it in messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Loaded, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: origin.to_string(),
+            message,
+        };
+        let mut table: BTreeMap<String, toml::Value> =
+            toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let mut warnings = Vec::new();
+        for key in TIMM_NOT_IMPLEMENTED {
+            if table.remove(*key).is_some() {
+                warnings.push(format!(
+                    "{origin}: `{key}` is a timm train.py setting that rsb does not implement; ignored"
+                ));
+            }
+        }
+        let value = toml::Value::Table(table.into_iter().collect());
+        let config: TrainConfig = value
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+        config.check().map_err(invalid)?;
+        Ok(Loaded { config, warnings })
+    }
+
+    /// Values rsb cannot run, named with the fix.
+    fn check(&self) -> Result<(), String> {
+        let one_of = |key: &str, value: &str, allowed: &[&str]| {
+            if allowed.contains(&value) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{key} = \"{value}\" is not supported; use one of {allowed:?}"
+                ))
+            }
+        };
+        one_of("opt", &self.opt, &["lamb"])?;
+        one_of("sched", &self.sched, &["cosine"])?;
+        one_of("mixup_mode", &self.mixup_mode, &["batch"])?;
+        one_of(
+            "train_interpolation",
+            &self.train_interpolation,
+            &["random", "bilinear", "bicubic"],
+        )?;
+        one_of(
+            "interpolation",
+            &self.interpolation,
+            &["bilinear", "bicubic"],
+        )?;
+        if self.batch_size == 0 || self.rsb.world_size == 0 {
+            return Err("batch_size and rsb.world_size must be at least 1".into());
+        }
+        if self.warmup_epochs > self.epochs {
+            return Err(format!(
+                "warmup_epochs ({}) is longer than epochs ({})",
+                self.warmup_epochs, self.epochs
+            ));
+        }
+        Ok(())
+    }
+
+    /// The global batch: `batch_size × rsb.world_size`.
+    pub fn global_batch(&self) -> usize {
+        self.batch_size * self.rsb.world_size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn recipe(name: &str) -> TrainConfig {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs")
+            .join(name);
+        let loaded = TrainConfig::load(&path).expect("recipe loads");
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        loaded.config
+    }
+
+    #[test]
+    fn the_three_recipes_carry_recipe_md_table_1() {
+        let (a1, a2, a3) = (recipe("a1.toml"), recipe("a2.toml"), recipe("a3.toml"));
+        for c in [&a1, &a2, &a3] {
+            assert_eq!(c.model, "resnet50");
+            assert_eq!(c.global_batch(), 2048);
+            assert_eq!((c.opt.as_str(), c.sched.as_str()), ("lamb", "cosine"));
+            assert_eq!((c.warmup_epochs, c.warmup_lr, c.min_lr), (5, 1e-4, 1e-6));
+            assert_eq!((c.crop_pct, c.rsb.test_img_size), (0.95, 224));
+            assert!(c.bce_loss);
+            assert_eq!(c.bce_target_thresh, Some(0.2));
+            assert_eq!(
+                (c.cutmix, c.mixup_prob, c.mixup_switch_prob),
+                (1.0, 1.0, 0.5)
+            );
+            assert_eq!((c.reprob, c.drop, c.clip_grad), (0.0, 0.0, None));
+            assert_eq!((c.scale, c.ratio), ([0.08, 1.0], [0.75, 4.0 / 3.0]));
+            assert!(!c.model_ema && c.amp);
+            assert_eq!(c.interpolation, "bicubic");
+        }
+        let row = |c: &TrainConfig| {
+            (
+                c.epochs,
+                c.img_size,
+                c.lr,
+                c.weight_decay,
+                c.smoothing,
+                c.drop_path,
+                c.aug_repeats,
+                c.mixup,
+                c.aa.clone(),
+            )
+        };
+        let aa7 = "rand-m7-mstd0.5-inc1".to_string();
+        assert_eq!(
+            row(&a1),
+            (600, 224, 5e-3, 0.01, 0.1, 0.05, 3, 0.2, aa7.clone())
+        );
+        assert_eq!(row(&a2), (300, 224, 5e-3, 0.02, 0.0, 0.05, 3, 0.1, aa7));
+        let aa6 = "rand-m6-mstd0.5-inc1".to_string();
+        assert_eq!(row(&a3), (100, 160, 8e-3, 0.02, 0.0, 0.0, 0, 0.1, aa6));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_and_timm_only_keys_are_warnings() {
+        let text = std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/a1.toml"),
+        )
+        .expect("a1.toml");
+        let with_workers = format!("workers = 8\n{text}");
+        let loaded = TrainConfig::parse(&with_workers, "x.toml").expect("timm key accepted");
+        assert_eq!(loaded.warnings.len(), 1);
+        assert!(loaded.warnings[0].contains("`workers`"));
+        let typo = format!("weight_decai = 0.1\n{text}");
+        let err = TrainConfig::parse(&typo, "x.toml").expect_err("unknown key");
+        assert!(
+            err.to_string().contains("x.toml") && err.to_string().contains("weight_decai"),
+            "{err}"
+        );
+        let sgd = text.replace("opt = \"lamb\"", "opt = \"sgd\"");
+        let err = TrainConfig::parse(&sgd, "x.toml").expect_err("sgd");
+        assert!(err.to_string().contains("opt = \"sgd\""), "{err}");
+    }
+}
