@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs on a GPU host, from the repository root, with the bundle that trainer/cuda/bundle.sh
-# made in target/gpu-bundle/: CUDA-vs-CPU numerics, then our A1 step against PyTorch + timm's
-# on the same card, both precisions. Each part has its own time limit so that one slow part
+# Runs on a GPU host, from the repository root, with the bundle that trainer/cuda/build.sh
+# made in target/gpu-bundle/: our logits against timm's on the same weights, CUDA-vs-CPU
+# numerics, then our A1 step against PyTorch + timm's on the same card, both precisions. Each part has its own time limit so that one slow part
 # cannot eat the others. Results: stdout, and $OUT (or /tmp/gpu-out) for the full logs.
 set -uo pipefail
 out=${OUT:-/tmp/gpu-out}
@@ -26,6 +26,10 @@ part() { # name seconds command...
     tail -n 14 "$out/$name.log"
     echo "=== $name: rc=$rc in $(( ($(date +%s%N) - s) / 1000000 )) ms"
 }
+# Same weights, same probe batch: our eval logits (CPU) against timm's in float64.
+part timm_logits 60 bash -c "'$t' export --no-zero-init-last '$work/w.safetensors' && \
+    '$t' logits --weights '$work/w.safetensors' > '$work/ours.json' && \
+    python3 trainer/benches/timm_logits.py '$work/w.safetensors' '$work/ours.json'"
 part check_f32 70 "$t" check-device --device cuda --batch 8 --img-size 64
 part bench_bf16 120 "$t" bench --device cuda --dtype bf16 --batch 256 --warmup 3 --steps 10 --json
 part torch_bf16 45 python3 trainer/benches/torch_step.py --dtype bf16 --batch 256 --warmup 5 --steps 20
@@ -35,3 +39,4 @@ part check_bf16 40 "$t" check-device --device cuda --dtype bf16 --tolerance 5e-2
 echo "=== summary"
 grep -h '^{' "$out"/bench_*.log "$out"/torch_*.log 2>/dev/null
 grep -h "worst" "$out"/check_*.log 2>/dev/null
+grep -h '"relative"' "$out"/timm_logits.log 2>/dev/null

@@ -2,11 +2,10 @@
 //!
 //! Built so far: the model ([`resnet`], with PyTorch's [`batch_norm`]), the per-batch
 //! ingredients ([`normalize`], [`mixup`], [`loss`]), timm's optimizer ([`lamb`]) and LR
-//! schedule ([`schedule`]), one training step ([`step`]), its benchmark ([`bench`]) and the
-//! device-against-device check ([`numerics`]); the recipes as timm-named TOML ([`config`]); weights as
-//! safetensors with timm's names ([`weights`]).
-//! Not yet: the loader client, checkpoints,
-//! evaluation and the `train` command.
+//! schedule ([`schedule`]), one training step ([`step`]), its benchmark ([`bench`]), the
+//! device-against-device check ([`numerics`]), the recipes as timm-named TOML ([`config`])
+//! and weights as safetensors with timm's names ([`weights`]). Not yet: the loader client,
+//! checkpoints, evaluation and the `train` command.
 
 pub mod batch_norm;
 pub mod bench;

@@ -28,6 +28,35 @@ enum Command {
     CheckDevice(CheckArgs),
     /// Print a model's structure facts (parameter count).
     Info(ModelArgs),
+    /// Write a freshly initialized model's weights as timm-named safetensors.
+    Export {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Seed of the initialization.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Initialize the last BN γ of each block at 1 instead of timm's 0, so that every
+        /// layer shapes the output (for comparisons).
+        #[arg(long)]
+        no_zero_init_last: bool,
+        /// Output file.
+        out: std::path::PathBuf,
+    },
+    /// Eval-mode logits of timm-named weights on the fixed probe batch of
+    /// `trainer/benches/timm_logits.py` (x[i] = sin(0.001·i)·2 in NCHW order), as JSON.
+    Logits {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// safetensors weights (timm names).
+        #[arg(long)]
+        weights: std::path::PathBuf,
+        /// Images in the probe batch.
+        #[arg(long, short = 'b', default_value_t = 2)]
+        batch: usize,
+        /// Square side of the probe images.
+        #[arg(long, default_value_t = 64)]
+        img_size: usize,
+    },
     /// Read a recipe (configs/a1.toml, ...), report ignored timm keys, print it resolved.
     Config {
         /// The TOML file.
@@ -235,6 +264,47 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 loaded.config.batch_size,
                 loaded.config.rsb.world_size
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export {
+            model,
+            seed,
+            no_zero_init_last,
+            out,
+        } => {
+            let config = ResNetConfig {
+                zero_init_last: !no_zero_init_last,
+                ..model.config()?
+            };
+            let device = burn::tensor::Device::flex();
+            device.seed(seed);
+            let net = config.init(&device)?;
+            trainer::weights::export(&net, &out)?;
+            println!(
+                "wrote {} ({} parameters)",
+                out.display(),
+                net.trainable_params()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logits {
+            model,
+            weights,
+            batch,
+            img_size,
+        } => {
+            let device = burn::tensor::Device::flex();
+            let net = trainer::weights::import(model.config()?.init(&device)?, &weights)?;
+            let n = batch * 3 * img_size * img_size;
+            let probe: Vec<f32> = (0..n)
+                .map(|i| ((i as f64) * 0.001).sin() as f32 * 2.0)
+                .collect();
+            let x = burn::tensor::Tensor::<4>::from_data(
+                burn::tensor::TensorData::new(probe, [batch, 3, img_size, img_size]),
+                &device,
+            );
+            let logits: Vec<f32> = net.forward(x).into_data().iter::<f32>().collect();
+            println!("{}", serde_json::to_string(&logits)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Info(m) => {
