@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::device::{DeviceKind, Precision};
+use crate::feed::Feed;
 use crate::lamb::{LambOptions, TimmLamb};
 use crate::mixup::MixupConfig;
 use crate::resnet::ResNetConfig;
@@ -35,6 +36,24 @@ pub struct BenchOptions {
     pub steps: usize,
     /// Seed of weights, pixels and mixing.
     pub seed: u64,
+    /// Where batches come from.
+    pub source: BatchSource,
+}
+
+/// Where a bench run's batches come from.
+#[derive(Debug, Clone)]
+pub enum BatchSource {
+    /// Random uint8 batches made once and held in memory: pure training-step speed.
+    Synthetic,
+    /// The loader core in process, on packed shards: pipeline speed.
+    Shards {
+        /// Dataset directory made by `shard-tool pack`.
+        path: std::path::PathBuf,
+        /// Loader transform (a1, a2, a3, eval); sets the image size.
+        transform: String,
+        /// Loader worker threads.
+        threads: usize,
+    },
 }
 
 /// What was measured.
@@ -58,6 +77,10 @@ pub struct BenchReport {
     pub steps_per_s: f64,
     /// Images per second, steady state.
     pub samples_per_s: f64,
+    /// `synthetic` or the shards and transform.
+    pub source: String,
+    /// Seconds of the timed steps spent waiting for the loader (0 for synthetic batches).
+    pub data_wait_s: f64,
     /// Loss of the last step (a sanity check: finite).
     pub last_loss: f64,
     /// Bytes the device's allocator holds at the end, where the backend reports it.
@@ -76,6 +99,9 @@ pub enum BenchError {
     /// A step failed.
     #[error(transparent)]
     Step(#[from] crate::step::StepError),
+    /// The loader feed failed.
+    #[error(transparent)]
+    Feed(#[from] crate::feed::FeedError),
     /// The device failed while executing.
     #[error("device execution failed: {0}")]
     Execution(String),
@@ -101,52 +127,102 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         bce_target_thresh: Some(0.2),
         seed: options.seed,
     };
-    // A few distinct batches so that nothing is cached between steps.
+    let total = (options.warmup + options.steps) as u64;
+    let feed = match &options.source {
+        BatchSource::Synthetic => None,
+        BatchSource::Shards {
+            path,
+            transform,
+            threads,
+        } => Some(Feed::spawn(
+            path,
+            transform,
+            options.batch,
+            *threads,
+            options.seed,
+            total,
+        )?),
+    };
+    let img_size = feed.as_ref().map_or(options.img_size, |f| f.img_size);
+    let shape = [options.batch, img_size, img_size];
+    // Synthetic: a few distinct batches so that nothing is cached between steps.
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
-    let shape = [options.batch, options.img_size, options.img_size];
-    let pixels_per_batch = options.batch * options.img_size * options.img_size * 3;
-    let batches: Vec<(Vec<u8>, Vec<u32>)> = (0..4)
-        .map(|_| {
-            let mut pixels = vec![0u8; pixels_per_batch];
-            rng.fill(pixels.as_mut_slice());
-            let labels = (0..options.batch)
-                .map(|_| rng.random_range(0..options.model.num_classes as u32))
-                .collect();
-            (pixels, labels)
-        })
-        .collect();
-    let mut run_steps = |from: usize, count: usize| -> Result<f64, BenchError> {
-        let mut loss = None;
+    let pixels_per_batch = options.batch * img_size * img_size * 3;
+    let batches: Vec<(Vec<u8>, Vec<u32>)> = if feed.is_some() {
+        Vec::new()
+    } else {
+        (0..4)
+            .map(|_| {
+                let mut pixels = vec![0u8; pixels_per_batch];
+                rng.fill(pixels.as_mut_slice());
+                let labels = (0..options.batch)
+                    .map(|_| rng.random_range(0..options.model.num_classes as u32))
+                    .collect();
+                (pixels, labels)
+            })
+            .collect()
+    };
+    // Returns the last loss and the seconds spent waiting for the loader.
+    let mut run_steps = |from: usize, count: usize| -> Result<(f64, f64), BenchError> {
+        let (mut loss, mut wait) = (None, 0.0f64);
         for i in from..from + count {
-            let (pixels, labels) = &batches[i % batches.len()];
-            let batch = HostBatch {
-                pixels,
-                shape,
-                labels,
-                step: i as u64,
+            let l = if let Some(feed) = &feed {
+                let t = Instant::now();
+                let fed = feed.next().ok_or_else(|| {
+                    BenchError::Execution("the loader stopped before the last step".into())
+                })??;
+                wait += t.elapsed().as_secs_f64();
+                let batch = HostBatch {
+                    pixels: &fed.pixels,
+                    shape,
+                    labels: &fed.labels,
+                    step: fed.step,
+                };
+                let l = step.run(&batch, 1e-3, &device)?;
+                feed.recycle(fed);
+                l
+            } else {
+                let (pixels, labels) = &batches[i % batches.len()];
+                let batch = HostBatch {
+                    pixels,
+                    shape,
+                    labels,
+                    step: i as u64,
+                };
+                step.run(&batch, 1e-3, &device)?
             };
-            loss = Some(step.run(&batch, 1e-3, &device)?);
+            loss = Some(l);
         }
         sync(&device)?;
-        Ok(loss.map_or(f64::NAN, |l| f64::from(l.into_scalar::<f32>())))
+        let loss = loss.map_or(f64::NAN, |l| f64::from(l.into_scalar::<f32>()));
+        Ok((loss, wait))
     };
     let start = Instant::now();
     run_steps(0, options.warmup)?;
     let warmup_s = start.elapsed().as_secs_f64();
     let start = Instant::now();
-    let last_loss = run_steps(options.warmup, options.steps)?;
+    let (last_loss, data_wait_s) = run_steps(options.warmup, options.steps)?;
     let timed_s = start.elapsed().as_secs_f64();
     let steps_per_s = options.steps as f64 / timed_s;
     Ok(BenchReport {
         device: options.device.to_string(),
         precision: format!("{:?}", options.precision).to_lowercase(),
         batch: options.batch,
-        img_size: options.img_size,
+        img_size,
         steps: options.steps,
         warmup_s,
         timed_s,
         steps_per_s,
         samples_per_s: steps_per_s * options.batch as f64,
+        source: match &options.source {
+            BatchSource::Synthetic => "synthetic".into(),
+            BatchSource::Shards {
+                path,
+                transform,
+                threads,
+            } => format!("{} ({transform}, {threads} loader threads)", path.display()),
+        },
+        data_wait_s,
         last_loss,
         device_bytes_reserved: device.memory_pool_usage().map(|u| u.bytes_reserved),
     })
@@ -174,6 +250,7 @@ mod tests {
             warmup: 1,
             steps: 2,
             seed: 1,
+            source: BatchSource::Synthetic,
         };
         let report = run(&options).expect("bench");
         assert!(report.last_loss.is_finite(), "{report:?}");

@@ -4,13 +4,15 @@
 //! ingredients ([`normalize`], [`mixup`], [`loss`]), timm's optimizer ([`lamb`]) and LR
 //! schedule ([`schedule`]), one training step ([`step`]), its benchmark ([`bench`]), the
 //! device-against-device check ([`numerics`]), the recipes as timm-named TOML ([`config`])
-//! and weights as safetensors with timm's names ([`weights`]). Not yet: the loader client,
+//! and weights as safetensors with timm's names ([`weights`]); batches from the loader core in
+//! process ([`feed`]). Not yet: the daemon client,
 //! checkpoints, evaluation and the `train` command.
 
 pub mod batch_norm;
 pub mod bench;
 pub mod config;
 pub mod device;
+pub mod feed;
 pub mod lamb;
 pub mod loss;
 pub mod mixup;

@@ -135,6 +135,16 @@ struct BenchArgs {
     /// Print the report as one JSON line.
     #[arg(long)]
     json: bool,
+    /// Take batches from the loader core on these packed shards (pipeline speed) instead of
+    /// synthetic ones held in memory (pure step speed).
+    #[arg(long)]
+    shards: Option<std::path::PathBuf>,
+    /// Loader transform with --shards (a1, a2, a3, eval); it sets the image size.
+    #[arg(long, default_value = "a1")]
+    transform: String,
+    /// Loader worker threads with --shards (timm's --workers).
+    #[arg(long, short = 'j', default_value_t = 4)]
+    workers: usize,
 }
 
 #[derive(Args)]
@@ -186,6 +196,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 warmup: a.warmup,
                 steps: a.steps,
                 seed: a.seed,
+                source: match a.shards {
+                    Some(path) => bench::BatchSource::Shards {
+                        path,
+                        transform: a.transform.clone(),
+                        threads: a.workers,
+                    },
+                    None => bench::BatchSource::Synthetic,
+                },
             };
             let r = bench::run(&options).context("benchmark failed")?;
             if a.json {
@@ -193,7 +211,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 println!(
                     "{} {} {} batch {} at {}px: {:.2} steps/s, {:.1} samples/s \
-                     (warm-up {:.1} s, {} timed steps in {:.2} s, loss {:.4}, device memory {})",
+                     (warm-up {:.1} s, {} timed steps in {:.2} s of which {:.2} s waiting for \
+                     data, loss {:.4}, device memory {}; batches: {})",
                     a.model.model,
                     r.device,
                     r.precision,
@@ -204,11 +223,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     r.warmup_s,
                     r.steps,
                     r.timed_s,
+                    r.data_wait_s,
                     r.last_loss,
                     r.device_bytes_reserved.map_or("n/a".into(), |b| format!(
                         "{:.2} GiB",
                         b as f64 / (1u64 << 30) as f64
                     )),
+                    r.source,
                 );
             }
             Ok(ExitCode::SUCCESS)

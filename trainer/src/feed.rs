@@ -1,0 +1,230 @@
+//! Batches from the loader core, in process: a producer thread opens the shards, samples with
+//! the recipe's sampler (repeated augmentation for A1/A2), augments with `threads` workers and
+//! hands uint8 NHWC batches over a bounded channel, two ahead of the trainer. Buffers come back
+//! through a second channel, so the steady state allocates nothing.
+//!
+//! This is the one-machine path (`--shards DIR`); the daemon's shared-memory ring replaces it
+//! once the loader daemon exists.
+
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use loader::batch::BatchMaker;
+use loader::pipeline::Transform;
+use loader::sampler::{Sampler, SamplerConfig};
+use shard_tool::Dataset;
+
+/// A batch as the loader wrote it.
+pub struct FedBatch {
+    /// `[n, size, size, 3]` uint8 pixels.
+    pub pixels: Vec<u8>,
+    /// One class per image.
+    pub labels: Vec<u32>,
+    /// Global step.
+    pub step: u64,
+}
+
+/// Errors of the feed.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// Unknown transform name.
+    #[error("unknown transform '{0}': use a1, a2, a3 or eval")]
+    Transform(String),
+    /// The shards could not be opened or read.
+    #[error("{path}: {message}")]
+    Shards {
+        /// The dataset directory.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// Fewer samples in an epoch than one batch.
+    #[error("{path}: an epoch of {samples} samples is shorter than one batch of {batch}")]
+    TooSmall {
+        /// The dataset directory.
+        path: PathBuf,
+        /// Samples per epoch.
+        samples: usize,
+        /// Batch size.
+        batch: usize,
+    },
+}
+
+/// The running producer.
+pub struct Feed {
+    batches: Receiver<Result<FedBatch, FeedError>>,
+    recycle: Sender<FedBatch>,
+    producer: Option<JoinHandle<()>>,
+    /// Square side of the images.
+    pub img_size: usize,
+}
+
+impl Feed {
+    /// Starts producing `steps` batches of `batch` images of split `train` from `shards`.
+    pub fn spawn(
+        shards: &Path,
+        transform_name: &str,
+        batch: usize,
+        threads: usize,
+        seed: u64,
+        steps: u64,
+    ) -> Result<Feed, FeedError> {
+        let transform = Transform::named(transform_name)
+            .ok_or_else(|| FeedError::Transform(transform_name.to_string()))?;
+        let shards_err = |message: String| FeedError::Shards {
+            path: shards.to_path_buf(),
+            message,
+        };
+        // SAFETY: a packed dataset is read-only; nothing rewrites its files while we train.
+        let dataset = unsafe { Dataset::open(shards) }.map_err(|e| shards_err(e.to_string()))?;
+        let len = dataset
+            .split("train")
+            .map_err(|e| shards_err(e.to_string()))?
+            .len();
+        let sampler = Sampler::new(SamplerConfig {
+            dataset_len: u32::try_from(len).map_err(|_| shards_err("split too large".into()))?,
+            world_size: 1,
+            rank: 0,
+            aug_repeats: if matches!(transform_name, "a1" | "a2") {
+                3
+            } else {
+                0
+            },
+            shuffle: true,
+            seed,
+        })
+        .map_err(|e| shards_err(e.to_string()))?;
+        let per_epoch = sampler.epoch(0).len();
+        if per_epoch < batch {
+            return Err(FeedError::TooSmall {
+                path: shards.to_path_buf(),
+                samples: per_epoch,
+                batch,
+            });
+        }
+        let (tx, batches) = bounded(2);
+        let (recycle, returned) = bounded::<FedBatch>(4);
+        let image_bytes = transform.image_bytes();
+        let path = shards.to_path_buf();
+        let producer = std::thread::spawn(move || {
+            let mut maker = BatchMaker::new(transform, seed, threads);
+            let Ok(split) = dataset.split("train") else {
+                return;
+            };
+            let steps_per_epoch = (per_epoch / batch) as u64;
+            let (mut epoch, mut order) = (0u32, sampler.epoch(0));
+            for step in 0..steps {
+                let e = (step / steps_per_epoch) as u32;
+                if e != epoch {
+                    epoch = e;
+                    order = sampler.epoch(epoch);
+                }
+                let at = (step % steps_per_epoch) as usize * batch;
+                let mut out = returned.try_recv().unwrap_or_else(|_| FedBatch {
+                    pixels: vec![0; batch * image_bytes],
+                    labels: vec![0; batch],
+                    step,
+                });
+                out.step = step;
+                let report = maker.fill(
+                    split,
+                    epoch,
+                    &order[at..at + batch],
+                    &mut out.pixels,
+                    &mut out.labels,
+                );
+                if !report.replaced.is_empty() {
+                    eprintln!(
+                        "warning: {}: records replaced after decode errors: {:?}",
+                        path.display(),
+                        report.replaced
+                    );
+                }
+                if tx.send(Ok(out)).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Feed {
+            batches,
+            recycle,
+            producer: Some(producer),
+            img_size: transform.img_size() as usize,
+        })
+    }
+
+    /// The next batch, waiting for it if the loader is behind; `None` after the last.
+    pub fn next(&self) -> Option<Result<FedBatch, FeedError>> {
+        self.batches.recv().ok()
+    }
+
+    /// Hands a batch's buffers back for reuse.
+    pub fn recycle(&self, batch: FedBatch) {
+        // A full recycle queue only means a fresh allocation later.
+        let _ = self.recycle.try_send(batch);
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        // Closing our ends stops the producer at its next send.
+        let (_, dead) = bounded(0);
+        self.batches = dead;
+        if let Some(p) = self.producer.take() {
+            let _ = p.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feeds_deterministic_a1_batches_from_packed_shards() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src");
+        let shards = dir.path().join("shards");
+        // 270 images: timm's RepeatAugSampler keeps floor(N / 256) * 256 of them per epoch.
+        let spec = shard_tool::synth::TreeSpec {
+            classes: 3,
+            train_per_class: 90,
+            val_per_class: 0,
+            size: 48,
+            odd_files: false,
+        };
+        shard_tool::synth::write_tree(&src, &spec).expect("synth");
+        let options = shard_tool::PackOptions::new(&shards);
+        shard_tool::pack(&src, &options, &mut |_| {}).expect("pack");
+        let run = || {
+            let feed = Feed::spawn(&shards, "a1", 4, 2, 7, 3).expect("feed");
+            assert_eq!(feed.img_size, 224);
+            let mut got = Vec::new();
+            while let Some(b) = feed.next() {
+                let b = b.expect("batch");
+                assert_eq!(b.pixels.len(), 4 * 224 * 224 * 3);
+                assert!(b.labels.iter().all(|&l| l < 3));
+                got.push((
+                    b.step,
+                    b.labels.clone(),
+                    b.pixels.iter().map(|&p| u64::from(p)).sum::<u64>(),
+                ));
+                feed.recycle(b);
+            }
+            got
+        };
+        let a = run();
+        assert_eq!(a.len(), 3);
+        assert_eq!(a.iter().map(|b| b.0).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(a, run(), "same seed, same batches");
+    }
+
+    #[test]
+    fn missing_shards_name_the_directory() {
+        let err = Feed::spawn(Path::new("/nonexistent/shards"), "a1", 4, 1, 0, 1)
+            .err()
+            .expect("error");
+        assert!(err.to_string().contains("/nonexistent/shards"), "{err}");
+    }
+}
