@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job, end to end, on a small generated dataset, on the CPU:
 #   synth (a 10-class ImageFolder tree with ImageNet's odd files) -> pack -> verify -> inspect
-#   -> extract -> loader preview and bench (A1 augmentation, in-process).
-# The loader daemon, training and evaluation (trainer) join this script as they are built.
+#   -> extract -> loader preview and bench (A1 augmentation, in-process) -> loader serve (the
+#   daemon), fetch through its ring, status, stop.
+# Training and evaluation (trainer) join this script as they are built.
 #
 # Environment: RSB_DEMO_DIR (default target/demo) for the output; RSB_BIN_DIR to use already
 # built binaries instead of building release ones (the end-to-end test does this).
@@ -44,4 +45,21 @@ echo "== loader preview: 12 A1-augmented samples (RRC 224, flip, rand-m7-mstd0.5
 echo "== loader bench: A1 batches in-process, 2 threads"
 "$ld" bench "$work/shards" --transform a1 -j 2 --samples 256 --batch-size 32
 
-echo "== done: dataset in $work/shards, preview in $work/preview.png (the loader daemon, training and evaluation are not built yet)"
+echo "== loader serve: the daemon, in the background, on a private socket"
+sock="$work/loader.sock"
+"$ld" serve --shards "$work/shards" --socket "$sock" -j 2 >/dev/null 2>"$work/serve.log" &
+serve_pid=$!
+trap 'kill "$serve_pid" 2>/dev/null || true' EXIT
+
+echo "== loader fetch: 8 A1 batches of 32 through the daemon's shared-memory ring"
+"$ld" fetch --socket "$sock" --transform a1 -b 32 --steps 8
+
+echo "== loader status"
+"$ld" status --socket "$sock"
+
+echo "== stop the daemon (SIGTERM: it removes its socket)"
+kill -TERM "$serve_pid"
+wait "$serve_pid"
+test ! -e "$sock"
+
+echo "== done: dataset in $work/shards, preview in $work/preview.png (training and evaluation are not built yet)"

@@ -43,13 +43,18 @@ assert!(crop.left + crop.width <= 500);
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod batch;
+pub mod client;
 pub mod crop;
 pub mod decode;
 pub mod eval_transform;
+pub mod job;
 pub mod pipeline;
+pub mod protocol;
 pub mod rand_augment;
 pub mod resample;
+pub mod ring;
 pub mod rng;
 pub mod sampler;
+pub mod server;
 #[cfg(test)]
 mod testutil;

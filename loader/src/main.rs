@@ -1,5 +1,6 @@
-//! `loader`: the rsb data loader. So far: `loader augment`, which applies one transform with
-//! explicit parameters to one image (to look at an op, and to compare with Pillow).
+//! `loader`: the rsb data loader. `serve` is the daemon that feeds trainers through shared
+//! memory, `status` and `fetch` talk to it; `bench`, `preview` and `augment` measure the
+//! transforms and show them.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,13 +10,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use loader::batch::BatchMaker;
+use loader::client::{Client, ClientOptions};
 use loader::crop::{CropBox, Interpolation, InterpolationChoice};
 use loader::decode::{Decoder, RgbImage};
 use loader::eval_transform::{EvalTransform, flip_horizontal};
+use loader::job::{JobPlan, JobSpec, Position};
 use loader::pipeline::{Transform, Worker};
 use loader::rand_augment::{Op, OpArg, RandAugment, level_value};
 use loader::resample::Resampler;
-use loader::sampler::{Sampler, SamplerConfig};
+use loader::server::{ServeConfig, Server, default_socket};
 use sha2::{Digest, Sha256};
 use shard_tool::Dataset;
 use zune_core::bit_depth::BitDepth;
@@ -28,7 +31,8 @@ use zune_png::{PngDecoder, PngEncoder};
 #[command(
     name = "loader",
     version,
-    about = "The rsb data loader (so far: `augment`)."
+    about = "The rsb data loader: the daemon that feeds trainers (serve, status, fetch), and \
+             tools to measure and look at its transforms (bench, preview, augment)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -70,6 +74,28 @@ enum Command {
     /// Transforms: a1/a2 (RRC 224, flip, rand-m7-mstd0.5-inc1, 3 repeats), a3 (160,
     /// rand-m6-mstd0.5-inc1, no repeats), eval (224, crop 0.95, bicubic).
     Bench(BenchArgs),
+    /// Run the daemon: serve batches to trainers over a Unix socket and shared-memory rings.
+    ///
+    /// `loader serve --shards DIR` works with defaults for everything else; a config file
+    /// (configs/loader.toml) sets the rest, and flags override it. Prints the socket path,
+    /// logs to stderr (RUST_LOG=debug for every refused connection), stops cleanly on SIGTERM
+    /// or Ctrl-C, removing its socket. Under systemd (Type=notify) it reports READY, a STATUS
+    /// line and WATCHDOG pings.
+    Serve(ServeArgs),
+    /// Show what a running daemon is doing: clients, samples/s, ring occupancy, per-stage
+    /// times, decode errors.
+    Status {
+        /// The daemon's socket (default: as `serve`).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print the raw statistics as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read batches from a running daemon as a trainer would: samples/s, and optionally the
+    /// SHA-256 of every batch (to compare with `bench --digests` or another run). Reconnects
+    /// and resumes at the next batch if the daemon restarts.
+    Fetch(FetchArgs),
     /// Apply one transform with explicit parameters to IN (JPEG or PNG) and write OUT.png.
     ///
     /// Ops: `decode` (no transform), `resized-crop` (--arg LEFT,TOP,WIDTH,HEIGHT --size S:
@@ -162,6 +188,9 @@ fn run(cli: Cli) -> Result<()> {
             &split,
         ),
         Command::Bench(args) => bench(&args),
+        Command::Serve(args) => serve(args),
+        Command::Status { socket, json } => status(socket, json),
+        Command::Fetch(args) => fetch(&args),
         Command::Augment {
             op,
             arg,
@@ -260,33 +289,20 @@ fn cpu_time() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// The transform, the opened dataset and the one-rank sampler that `bench` and `preview` use:
-/// a1/a2 with 3 repeats, a3 without, eval in record order.
-fn open_run(
-    shards: &Path,
-    transform_name: &str,
-    split_name: &str,
-    seed: u64,
-) -> Result<(Transform, Dataset, Sampler)> {
-    let transform = Transform::named(transform_name)
-        .with_context(|| format!("unknown --transform {transform_name} (a1, a2, a3, eval)"))?;
+/// Opens the dataset and resolves the one-rank job that `bench` and `preview` run: a1/a2 with
+/// 3 repeats, a3 without, eval in record order.
+fn open_job(shards: &Path, spec: &JobSpec) -> Result<(Dataset, JobPlan)> {
+    if Transform::named(&spec.transform).is_none() {
+        bail!("unknown --transform {} (a1, a2, a3, eval)", spec.transform);
+    }
     // SAFETY: bench and preview only read, and nothing writes a finished dataset.
     let dataset = unsafe { Dataset::open(shards) }
         .with_context(|| format!("opening {}", shards.display()))?;
-    let split = dataset.split(split_name)?;
-    let sampler = Sampler::new(SamplerConfig {
-        dataset_len: u32::try_from(split.len()).context("split too large")?,
-        world_size: 1,
-        rank: 0,
-        aug_repeats: if matches!(transform_name, "a1" | "a2") {
-            3
-        } else {
-            0
-        },
-        shuffle: transform_name != "eval",
-        seed,
-    })?;
-    Ok((transform, dataset, sampler))
+    let split = dataset.split(&spec.split)?;
+    let plan = spec
+        .plan(split.len())
+        .with_context(|| format!("{} split {}", shards.display(), spec.split))?;
+    Ok((dataset, plan))
 }
 
 fn preview(
@@ -299,9 +315,16 @@ fn preview(
     split_name: &str,
 ) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
-    let (transform, dataset, sampler) = open_run(shards, transform_name, split_name, seed)?;
+    let spec = JobSpec::single(split_name, transform_name, seed, 1);
+    let (dataset, plan) = open_job(shards, &spec)?;
+    let transform = plan.transform();
     let split = dataset.split(split_name)?;
-    let samples: Vec<_> = sampler.epoch(epoch).into_iter().take(count).collect();
+    let samples: Vec<_> = plan
+        .sampler()
+        .epoch(epoch)
+        .into_iter()
+        .take(count)
+        .collect();
     let (side, cols) = (
         transform.img_size() as usize,
         cols.clamp(1, samples.len().max(1)),
@@ -359,6 +382,261 @@ fn preview(
     Ok(())
 }
 
+/// `loader serve` flags; each overrides the config file's key of the same name.
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config (keys: shards, socket, workers, slots, max_slots, max_ring_bytes,
+    /// max_clients, allow_uids, allow_gids, allow_groups, socket_mode, handshake_timeout_s;
+    /// see configs/loader.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Dataset directory made by `shard-tool pack`.
+    #[arg(long)]
+    shards: Option<PathBuf>,
+    /// Socket path (default: $RUNTIME_DIRECTORY/loader.sock, $XDG_RUNTIME_DIR/rsb/loader.sock
+    /// or /run/rsb/loader.sock).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Worker threads per client (default: one per core).
+    #[arg(short = 'j', long)]
+    workers: Option<u32>,
+    /// Ring slots per client when the client does not ask (default 4).
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Allow this user id to connect (repeatable; default: the daemon's own uid).
+    #[arg(long = "allow-uid")]
+    allow_uids: Vec<u32>,
+    /// Allow this group id to connect (repeatable).
+    #[arg(long = "allow-gid")]
+    allow_gids: Vec<u32>,
+}
+
+/// `loader fetch` flags.
+#[derive(Args)]
+struct FetchArgs {
+    /// The daemon's socket (default: as `serve`).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// a1, a2, a3 or eval.
+    #[arg(long, default_value = "a1")]
+    transform: String,
+    /// Split to read.
+    #[arg(long, default_value = "train")]
+    split: String,
+    /// timm's --seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Samples per batch.
+    #[arg(short = 'b', long, default_value_t = 64)]
+    batch_size: u32,
+    /// Ranks of the job.
+    #[arg(long, default_value_t = 1)]
+    world_size: u32,
+    /// This client's rank.
+    #[arg(long, default_value_t = 0)]
+    rank: u32,
+    /// First epoch.
+    #[arg(long, default_value_t = 0)]
+    start_epoch: u32,
+    /// First step within the first epoch.
+    #[arg(long, default_value_t = 0)]
+    start_step: u64,
+    /// Batches to read (default: to the end of the first epoch).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Ring slots to ask for.
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Print the SHA-256 of every batch.
+    #[arg(long)]
+    digests: bool,
+    /// Every N batches, print the daemon's resident memory (to watch for growth).
+    #[arg(long, value_name = "N")]
+    memory_every: Option<u64>,
+    /// Seconds to keep trying to reach a daemon (at start and after it goes away).
+    #[arg(long, default_value_t = 60.0)]
+    reconnect_timeout: f64,
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let mut config: ServeConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => ServeConfig::default(),
+    };
+    if let Some(s) = args.shards {
+        config.shards = Some(s);
+    }
+    if let Some(s) = args.socket {
+        config.socket = Some(s);
+    }
+    if let Some(w) = args.workers {
+        config.workers = w;
+    }
+    if let Some(s) = args.slots {
+        config.slots = s;
+    }
+    if !args.allow_uids.is_empty() {
+        config.allow_uids = args.allow_uids;
+    }
+    if !args.allow_gids.is_empty() {
+        config.allow_gids = args.allow_gids;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shards = config.shards.clone();
+        let server = Server::bind(config)?;
+        println!("{}", server.socket().display());
+        tracing::info!(
+            "serving {} on {}",
+            shards.unwrap_or_default().display(),
+            server.socket().display()
+        );
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("shutting down");
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        };
+        server.run(shutdown).await;
+        Ok(())
+    })
+}
+
+fn status(socket: Option<PathBuf>, json: bool) -> Result<()> {
+    let socket = socket.unwrap_or_else(default_socket);
+    let s = loader::client::stats(&socket)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "loader pid {} on {}, up {:.0} s, {} worker thread(s) per client",
+        s.pid,
+        socket.display(),
+        s.uptime_s,
+        s.workers
+    )?;
+    writeln!(
+        out,
+        "  {:.1} samples/s now; {} samples since start; {} decode error(s); {} connection(s) \
+         refused",
+        s.samples_per_s, s.samples, s.decode_errors, s.refused
+    )?;
+    let [d, r, f, a, w] = s.stage_ms;
+    writeln!(
+        out,
+        "  per sample (ms, summed over threads): decode {d:.3}, crop+resize {r:.3}, flip \
+         {f:.3}, RandAugment {a:.3}, write {w:.3}"
+    )?;
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    writeln!(
+        out,
+        "  memory: {:.1} MiB anonymous, {:.1} MiB rings (shared memory), {:.1} MiB mapped files \
+         (binary and shard pages: page cache)",
+        mb(s.memory.anon),
+        mb(s.memory.shmem),
+        mb(s.memory.file)
+    )?;
+    writeln!(out, "  {} client(s)", s.clients.len())?;
+    for c in &s.clients {
+        writeln!(
+            out,
+            "    job {:?} rank {} (pid {}, uid {}): next epoch {} step {}, ring {}/{} slots \
+             full, {} samples",
+            c.job_id,
+            c.rank,
+            c.pid,
+            c.uid,
+            c.next.epoch,
+            c.next.step,
+            c.slots_full,
+            c.slots,
+            c.samples
+        )?;
+    }
+    Ok(())
+}
+
+fn fetch(args: &FetchArgs) -> Result<()> {
+    let socket = args.socket.clone().unwrap_or_else(default_socket);
+    let mut client = Client::connect(ClientOptions {
+        socket: socket.clone(),
+        job_id: format!("fetch-{}", std::process::id()),
+        job: JobSpec {
+            split: args.split.clone(),
+            transform: args.transform.clone(),
+            seed: args.seed,
+            world_size: args.world_size,
+            rank: args.rank,
+            batch_size: args.batch_size,
+        },
+        start: Position {
+            epoch: args.start_epoch,
+            step: args.start_step,
+        },
+        epochs: None,
+        slots: args.slots,
+        reconnect_timeout: Duration::from_secs_f64(args.reconnect_timeout),
+    })?;
+    let steps = args
+        .steps
+        .unwrap_or_else(|| client.steps_per_epoch().saturating_sub(args.start_step));
+    let mut out = std::io::stdout().lock();
+    let (t0, mut samples) = (Instant::now(), 0usize);
+    for i in 0..steps {
+        if args.memory_every.is_some_and(|n| n > 0 && i % n == 0) {
+            let m = loader::client::stats(&socket)?.memory;
+            let mb = |b: u64| b as f64 / (1 << 20) as f64;
+            writeln!(
+                out,
+                "after {i} batches: daemon memory {:.1} MiB anonymous, {:.1} MiB rings, {:.1} \
+                 MiB mapped files",
+                mb(m.anon),
+                mb(m.shmem),
+                mb(m.file)
+            )?;
+        }
+        let batch = client.next_batch()?.context("the daemon finished early")?;
+        samples += batch.count;
+        if args.digests {
+            let d = batch_digest(batch.images(), batch.labels());
+            let p = batch.position;
+            writeln!(out, "epoch {} step {} sha256 {d}", p.epoch, p.step)?;
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    writeln!(
+        out,
+        "loader fetch: {steps} batches, {samples} samples in {secs:.2} s = {:.1} samples/s; {} \
+         reconnect(s)",
+        samples as f64 / secs,
+        client.reconnects()
+    )?;
+    Ok(())
+}
+
 /// Settings of one `loader bench` run.
 #[derive(Args)]
 struct BenchArgs {
@@ -388,6 +666,10 @@ struct BenchArgs {
     /// Print the SHA-256 of every batch (images and labels), to compare runs.
     #[arg(long)]
     digests: bool,
+    /// Also read the same batches through a `loader serve` daemon (started as a child
+    /// process with the same threads) and report the ratio to the in-process rate.
+    #[arg(long)]
+    ring: bool,
 }
 
 fn bench(run: &BenchArgs) -> Result<()> {
@@ -401,10 +683,17 @@ fn bench(run: &BenchArgs) -> Result<()> {
         run.split.as_str(),
         run.seed,
     );
-    let (transform, dataset, sampler) = open_run(shards, transform_name, split_name, seed)?;
+    let spec = JobSpec::single(
+        split_name,
+        transform_name,
+        seed,
+        u32::try_from(batch_size).context("--batch-size too large")?,
+    );
+    let (dataset, plan) = open_job(shards, &spec)?;
+    let transform = plan.transform();
     let split = dataset.split(split_name)?;
     // One epoch's samples, steps numbered from 0 (the bench stays within epoch 0).
-    let order = sampler.epoch(0);
+    let order = plan.sampler().epoch(0);
     let batches = (samples / batch_size).max(1);
     let steps = run.start_step..run.start_step + batches;
     if steps.end * batch_size > order.len() {
@@ -434,12 +723,7 @@ fn bench(run: &BenchArgs) -> Result<()> {
             );
         }
         if run.digests {
-            let mut h = Sha256::new();
-            h.update(&images);
-            for l in &labels {
-                h.update(l.to_le_bytes());
-            }
-            digests.push((step, h.finalize()));
+            digests.push((step, batch_digest(&images, &labels)));
         }
     }
     let (wall, cpu) = (t0.elapsed(), cpu_time() - c0);
@@ -519,10 +803,84 @@ fn bench(run: &BenchArgs) -> Result<()> {
         used.len(),
         rate / decode_rate
     )?;
+    if run.ring {
+        let ring_rate = bench_ring(run, steps.clone())?;
+        writeln!(
+            stdout,
+            "  through the daemon's ring into this process (daemon in its own process, same \
+             threads): samples/s {ring_rate:.1}; ring / in-process = {:.3}",
+            ring_rate / rate
+        )?;
+    }
     for (step, d) in digests {
-        writeln!(stdout, "  step {step} sha256 {d:x}")?;
+        writeln!(stdout, "  step {step} sha256 {d}")?;
     }
     Ok(())
+}
+
+/// SHA-256 of a batch: its images, then its labels as little-endian u32.
+fn batch_digest(images: &[u8], labels: &[u32]) -> String {
+    let mut h = Sha256::new();
+    h.update(images);
+    for l in labels {
+        h.update(l.to_le_bytes());
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// Starts `loader serve` as a child process on a private socket, reads the same batches through
+/// its ring, and returns the samples/s (first batch not timed, as in-process).
+fn bench_ring(run: &BenchArgs, steps: std::ops::Range<usize>) -> Result<f64> {
+    let dir = std::env::temp_dir().join(format!("rsb-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let socket = dir.join("loader.sock");
+    let mut daemon = std::process::Command::new(std::env::current_exe()?)
+        .arg("serve")
+        .arg("--shards")
+        .arg(&run.shards)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--workers")
+        .arg(run.threads.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting `loader serve` for the ring measurement")?;
+    let result = (|| -> Result<f64> {
+        let mut client = Client::connect(ClientOptions {
+            socket: socket.clone(),
+            job_id: "bench".into(),
+            job: JobSpec::single(&run.split, &run.transform, run.seed, run.batch_size as u32),
+            start: Position {
+                epoch: 0,
+                step: steps.start as u64,
+            },
+            epochs: None,
+            slots: None,
+            reconnect_timeout: Duration::from_secs(30),
+        })?;
+        // Warm-up batch, as in-process.
+        drop(client.next_batch()?);
+        let t0 = Instant::now();
+        let mut samples = 0;
+        for _ in steps.skip(1) {
+            let batch = client.next_batch()?.context("the daemon finished early")?;
+            // Touch one byte per page, as an upload would read them.
+            let sum: u64 = batch
+                .images()
+                .iter()
+                .step_by(4096)
+                .map(|&b| u64::from(b))
+                .sum();
+            std::hint::black_box(sum);
+            samples += batch.count;
+        }
+        // The first batch was the warm-up; time the rest from its arrival.
+        Ok(samples as f64 / t0.elapsed().as_secs_f64())
+    })();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 fn parse_op_arg(op: Op, text: &str) -> Result<OpArg> {

@@ -1,5 +1,7 @@
 //! End-to-end: the README's main job (`tests/demo.sh`) with the binaries of this build.
 
+mod daemon;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -42,4 +44,12 @@ fn readme_main_job_runs_end_to_end() {
     assert!(preview.starts_with(b"\x89PNG"));
     assert!(stdout.contains("tile 11 (row 1, col 5)"), "{stdout}");
     assert!(stdout.contains("samples/s"), "{stdout}");
+    assert!(
+        stdout.contains("loader fetch: 8 batches, 256 samples"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("1 client(s)") || stdout.contains("0 client(s)"),
+        "{stdout}"
+    );
 }

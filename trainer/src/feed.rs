@@ -11,8 +11,8 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use loader::batch::BatchMaker;
+use loader::job::{JobError, JobSpec};
 use loader::pipeline::Transform;
-use loader::sampler::{Sampler, SamplerConfig};
 use shard_tool::Dataset;
 
 /// A batch as the loader wrote it.
@@ -70,39 +70,34 @@ impl Feed {
         seed: u64,
         steps: u64,
     ) -> Result<Feed, FeedError> {
-        let transform = Transform::named(transform_name)
-            .ok_or_else(|| FeedError::Transform(transform_name.to_string()))?;
         let shards_err = |message: String| FeedError::Shards {
             path: shards.to_path_buf(),
             message,
         };
+        if Transform::named(transform_name).is_none() {
+            return Err(FeedError::Transform(transform_name.to_string()));
+        }
         // SAFETY: a packed dataset is read-only; nothing rewrites its files while we train.
         let dataset = unsafe { Dataset::open(shards) }.map_err(|e| shards_err(e.to_string()))?;
         let len = dataset
             .split("train")
             .map_err(|e| shards_err(e.to_string()))?
             .len();
-        let sampler = Sampler::new(SamplerConfig {
-            dataset_len: u32::try_from(len).map_err(|_| shards_err("split too large".into()))?,
-            world_size: 1,
-            rank: 0,
-            aug_repeats: if matches!(transform_name, "a1" | "a2") {
-                3
-            } else {
-                0
-            },
-            shuffle: true,
+        let job = JobSpec::single(
+            "train",
+            transform_name,
             seed,
-        })
-        .map_err(|e| shards_err(e.to_string()))?;
-        let per_epoch = sampler.epoch(0).len();
-        if per_epoch < batch {
-            return Err(FeedError::TooSmall {
+            u32::try_from(batch).map_err(|_| shards_err(format!("batch {batch} too large")))?,
+        );
+        let plan = job.plan(len).map_err(|e| match e {
+            JobError::NoBatch { samples, .. } => FeedError::TooSmall {
                 path: shards.to_path_buf(),
-                samples: per_epoch,
+                samples: samples as usize,
                 batch,
-            });
-        }
+            },
+            e => shards_err(e.to_string()),
+        })?;
+        let transform = plan.transform();
         let (tx, batches) = bounded(2);
         let (recycle, returned) = bounded::<FedBatch>(4);
         let image_bytes = transform.image_bytes();
@@ -112,15 +107,14 @@ impl Feed {
             let Ok(split) = dataset.split("train") else {
                 return;
             };
-            let steps_per_epoch = (per_epoch / batch) as u64;
-            let (mut epoch, mut order) = (0u32, sampler.epoch(0));
+            let steps_per_epoch = plan.steps_per_epoch();
+            let (mut epoch, mut order) = (0u32, plan.sampler().epoch(0));
             for step in 0..steps {
                 let e = (step / steps_per_epoch) as u32;
                 if e != epoch {
                     epoch = e;
-                    order = sampler.epoch(epoch);
+                    order = plan.sampler().epoch(epoch);
                 }
-                let at = (step % steps_per_epoch) as usize * batch;
                 let mut out = returned.try_recv().unwrap_or_else(|_| FedBatch {
                     pixels: vec![0; batch * image_bytes],
                     labels: vec![0; batch],
@@ -130,7 +124,7 @@ impl Feed {
                 let report = maker.fill(
                     split,
                     epoch,
-                    &order[at..at + batch],
+                    plan.batch(&order, step % steps_per_epoch),
                     &mut out.pixels,
                     &mut out.labels,
                 );

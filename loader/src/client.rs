@@ -1,0 +1,365 @@
+/*!
+The client library: attach to a loader daemon and read batches in place.
+
+[`Client::next_batch`] returns a [`Batch`] that borrows the ring slot; dropping it releases the
+slot to the daemon. If the daemon goes away (a crash, `kill -9`, a restart by systemd), the
+client reconnects with backoff and asks for the batch it has not yet consumed, so the stream it
+sees is exactly the uninterrupted one (DESIGN.md invariant 1). Blocking std I/O: the trainer
+reads one batch at a time, and the daemon is already working ahead on the other slots.
+*/
+
+use std::io::{IoSliceMut, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+
+use crate::job::{JobSpec, Position};
+use crate::protocol::{self, ProtocolError, Reply, Request, Stats};
+use crate::ring::{RingError, RingLayout, RingView, SlotRef};
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No daemon answered within the reconnect timeout.
+    #[error(
+        "no loader answered on {socket} for {waited:?} (last error: {last}); is `loader serve` \
+         running, and is this the socket it printed?"
+    )]
+    Unreachable {
+        /// The socket.
+        socket: PathBuf,
+        /// How long we tried.
+        waited: Duration,
+        /// The last error seen.
+        last: String,
+    },
+    /// The daemon refused the request.
+    #[error("the loader on {socket} refused: {message}")]
+    Refused {
+        /// The socket.
+        socket: PathBuf,
+        /// Its reason.
+        message: String,
+    },
+    /// The daemon broke the protocol, or the connection failed.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// The ring could not be mapped or does not match.
+    #[error(transparent)]
+    Ring(#[from] RingError),
+}
+
+/// What a client asks for.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The daemon's socket.
+    pub socket: PathBuf,
+    /// Names the job in the daemon's logs and `loader status`.
+    pub job_id: String,
+    /// What to produce.
+    pub job: JobSpec,
+    /// First batch wanted.
+    pub start: Position,
+    /// Stop after this many epochs (`None`: never).
+    pub epochs: Option<u32>,
+    /// Ring slots (`None`: the daemon's default).
+    pub slots: Option<u32>,
+    /// How long to keep trying to reach a daemon before giving up.
+    pub reconnect_timeout: Duration,
+}
+
+/// One open stream.
+struct Connection {
+    stream: UnixStream,
+    ring: RingView,
+    steps_per_epoch: u64,
+    records: u64,
+}
+
+/// A client of the loader daemon.
+pub struct Client {
+    options: ClientOptions,
+    conn: Option<Connection>,
+    /// The next batch the caller will receive.
+    next: Position,
+    reconnects: u32,
+    finished: bool,
+}
+
+/// A batch in a ring slot; released to the daemon when dropped.
+pub struct Batch<'a> {
+    stream: &'a mut UnixStream,
+    slot: u32,
+    data: SlotRef<'a>,
+    /// The batch's position.
+    pub position: Position,
+    /// Samples in it.
+    pub count: usize,
+    /// Records that failed to decode and were replaced, as (record, replacement).
+    pub replaced: Vec<(u32, u32)>,
+}
+
+impl Batch<'_> {
+    /// `count` images, NHWC uint8.
+    pub fn images(&self) -> &[u8] {
+        let per = self.data.images.len() / self.data.labels.len().max(1);
+        &self.data.images[..per * self.count]
+    }
+
+    /// One label per image.
+    pub fn labels(&self) -> &[u32] {
+        &self.data.labels[..self.count]
+    }
+
+    /// The record each image was made from.
+    pub fn ids(&self) -> &[u32] {
+        &self.data.ids[..self.count]
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        // If the daemon is gone the release is moot: the next call reconnects.
+        let _ = protocol::write_frame(self.stream, &Request::Release { slot: self.slot });
+    }
+}
+
+impl Client {
+    /// Connects (waiting up to the reconnect timeout for a daemon to appear).
+    pub fn connect(options: ClientOptions) -> Result<Client, ClientError> {
+        let mut client = Client {
+            next: options.start,
+            options,
+            conn: None,
+            reconnects: 0,
+            finished: false,
+        };
+        client.conn = Some(client.reconnect()?);
+        Ok(client)
+    }
+
+    /// Batches per epoch.
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.conn.as_ref().map_or(0, |c| c.steps_per_epoch)
+    }
+
+    /// Records in the split.
+    pub fn records(&self) -> u64 {
+        self.conn.as_ref().map_or(0, |c| c.records)
+    }
+
+    /// The ring's layout.
+    pub fn layout(&self) -> Option<RingLayout> {
+        self.conn.as_ref().map(|c| *c.ring.layout())
+    }
+
+    /// How many times the client had to reconnect.
+    pub fn reconnects(&self) -> u32 {
+        self.reconnects
+    }
+
+    /// The position of the next batch.
+    pub fn position(&self) -> Position {
+        self.next
+    }
+
+    /// The next batch, or `None` once the requested epochs are done.
+    pub fn next_batch(&mut self) -> Result<Option<Batch<'_>>, ClientError> {
+        if self.finished {
+            return Ok(None);
+        }
+        let (slot, position, count, replaced) = loop {
+            let conn = match &mut self.conn {
+                Some(c) => c,
+                None => {
+                    self.reconnects += 1;
+                    self.conn.insert(self.reconnect()?)
+                }
+            };
+            match protocol::read_frame::<Reply>(&mut conn.stream) {
+                Ok(Reply::BatchReady {
+                    slot,
+                    position,
+                    count,
+                    replaced,
+                }) => {
+                    if position != self.next || conn.ring.slot(slot).is_none() {
+                        return Err(ProtocolError::Malformed(format!(
+                            "batch {position:?} in slot {slot}, expected {:?}",
+                            self.next
+                        ))
+                        .into());
+                    }
+                    break (slot, position, count, replaced);
+                }
+                Ok(Reply::EndOfEpoch { .. } | Reply::Stats(_)) => {}
+                Ok(Reply::Finished) => {
+                    self.finished = true;
+                    return Ok(None);
+                }
+                Ok(Reply::Error { message }) => {
+                    return Err(ClientError::Refused {
+                        socket: self.options.socket.clone(),
+                        message,
+                    });
+                }
+                Ok(Reply::Welcome { .. }) => {
+                    return Err(ProtocolError::Malformed("a second welcome".into()).into());
+                }
+                // The daemon died or restarted: reconnect at `self.next`.
+                Err(ProtocolError::Io(_)) => self.conn = None,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| ProtocolError::Malformed("connection lost".into()))?;
+        let data = conn
+            .ring
+            .slot(slot)
+            .ok_or_else(|| ProtocolError::Malformed(format!("slot {slot}")))?;
+        let batch_size = conn.ring.layout().batch_size as usize;
+        self.next = position.next(conn.steps_per_epoch);
+        Ok(Some(Batch {
+            stream: &mut conn.stream,
+            slot,
+            data,
+            position,
+            count: (count as usize).min(batch_size),
+            replaced,
+        }))
+    }
+
+    /// Tries to connect and open the stream at `self.next`, with backoff, until the timeout.
+    fn reconnect(&self) -> Result<Connection, ClientError> {
+        let o = &self.options;
+        let t0 = Instant::now();
+        let mut wait = Duration::from_millis(20);
+        loop {
+            match open(o, self.next) {
+                Ok(c) => return Ok(c),
+                Err(ClientError::Protocol(ProtocolError::Io(e))) => {
+                    if t0.elapsed() >= o.reconnect_timeout {
+                        return Err(ClientError::Unreachable {
+                            socket: o.socket.clone(),
+                            waited: t0.elapsed(),
+                            last: e.to_string(),
+                        });
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Connects and exchanges preambles.
+fn handshake(socket: &Path) -> Result<UnixStream, ClientError> {
+    let mut stream = UnixStream::connect(socket).map_err(ProtocolError::from)?;
+    stream
+        .write_all(&protocol::preamble())
+        .map_err(ProtocolError::from)?;
+    let mut p = [0u8; 12];
+    std::io::Read::read_exact(&mut stream, &mut p).map_err(ProtocolError::from)?;
+    protocol::check_preamble(&p)?;
+    Ok(stream)
+}
+
+/// One connection attempt: handshake, hello, welcome with the ring's descriptor.
+fn open(o: &ClientOptions, start: Position) -> Result<Connection, ClientError> {
+    let mut stream = handshake(&o.socket)?;
+    protocol::write_frame(
+        &mut stream,
+        &Request::Hello {
+            job_id: o.job_id.clone(),
+            job: o.job.clone(),
+            start,
+            epochs: o.epochs,
+            slots: o.slots,
+        },
+    )?;
+    let (reply, fd) = read_frame_with_fd(&mut stream)?;
+    match (reply, fd) {
+        (
+            Reply::Welcome {
+                layout,
+                steps_per_epoch,
+                records,
+            },
+            Some(fd),
+        ) => Ok(Connection {
+            ring: RingView::attach(fd, layout)?,
+            stream,
+            steps_per_epoch,
+            records,
+        }),
+        (Reply::Error { message }, _) => Err(ClientError::Refused {
+            socket: o.socket.clone(),
+            message,
+        }),
+        (other, fd) => Err(ProtocolError::Malformed(format!(
+            "expected a welcome with a descriptor, got {other:?} (descriptor: {})",
+            fd.is_some()
+        ))
+        .into()),
+    }
+}
+
+/// Reads one frame, taking the descriptor that may ride on its first bytes.
+fn read_frame_with_fd(stream: &mut UnixStream) -> Result<(Reply, Option<OwnedFd>), ClientError> {
+    let mut prefix = [0u8; 4];
+    let mut cmsg = nix::cmsg_space!([RawFd; 2]);
+    let (got, fds) = {
+        let mut iov = [IoSliceMut::new(&mut prefix)];
+        let msg = recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(|e| ProtocolError::Io(e.into()))?;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().map_err(|e| ProtocolError::Io(e.into()))? {
+            if let ControlMessageOwned::ScmRights(received) = c {
+                // SAFETY: the kernel just installed these descriptors in this process for
+                // us; nothing else owns them.
+                fds.extend(
+                    received
+                        .into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        (msg.bytes, fds)
+    };
+    if got == 0 {
+        return Err(ProtocolError::Io(std::io::ErrorKind::UnexpectedEof.into()).into());
+    }
+    std::io::Read::read_exact(stream, &mut prefix[got..]).map_err(ProtocolError::from)?;
+    let len = protocol::frame_len(prefix)?;
+    let reply = protocol::read_body(stream, len)?;
+    // Extra descriptors (there should be none) are closed on drop.
+    Ok((reply, fds.into_iter().next()))
+}
+
+/// Asks the daemon at `socket` for its statistics (`loader status`).
+pub fn stats(socket: &Path) -> Result<Stats, ClientError> {
+    let mut stream = handshake(socket)?;
+    protocol::write_frame(&mut stream, &Request::Stats)?;
+    let reply = protocol::read_frame::<Reply>(&mut stream)?;
+    let _ = protocol::write_frame(&mut stream, &Request::Bye);
+    match reply {
+        Reply::Stats(s) => Ok(s),
+        Reply::Error { message } => Err(ClientError::Refused {
+            socket: socket.to_path_buf(),
+            message,
+        }),
+        other => Err(ProtocolError::Malformed(format!("expected stats, got {other:?}")).into()),
+    }
+}

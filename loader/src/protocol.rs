@@ -1,0 +1,354 @@
+/*!
+The loader's wire protocol on its Unix socket.
+
+A connection starts with a 12-byte preamble from each side: the magic `RSBLOAD\0` and the
+protocol version (u32, little-endian); a mismatch ends the connection with an error. After it,
+every message is a frame: a u32 little-endian length (at most [`MAX_FRAME`]) and that many bytes
+of JSON, one object tagged by `"type"`. The traffic is a few small messages per batch, so JSON
+costs nothing measurable and can be read with `socat`.
+
+```text
+client                                   daemon
+preamble ───────────────────────────────▶
+         ◀─────────────────────────────── preamble
+hello {job, start, epochs, slots} ──────▶
+         ◀─────────────────────────────── welcome {layout, steps_per_epoch}  + ring fd (SCM_RIGHTS)
+         ◀─────────────────────────────── batch_ready {slot, epoch, step}  (up to `slots` ahead)
+release {slot} ─────────────────────────▶
+         ◀─────────────────────────────── end_of_epoch {epoch} ... finished
+stats ──────────────────────────────────▶ (any time, or instead of hello: `loader status`)
+         ◀─────────────────────────────── stats {...}
+```
+Anything malformed, oversized or out of order gets an `error` frame and the connection is
+closed; the daemon never panics on input and keeps serving its other clients.
+*/
+
+use std::io::{Read, Write};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::job::{JobSpec, Position};
+use crate::ring::RingLayout;
+
+/// First bytes each side sends.
+pub const MAGIC: [u8; 8] = *b"RSBLOAD\0";
+/// Protocol version; both sides must agree.
+pub const VERSION: u32 = 1;
+/// Largest frame either side accepts.
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// Errors reading or writing the protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The socket failed or closed.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer does not speak this protocol.
+    #[error("peer is not an rsb loader endpoint (bad magic {0:?})")]
+    BadMagic([u8; 8]),
+    /// The peer speaks another version.
+    #[error("protocol version {theirs}, this build speaks {VERSION}; upgrade the older side")]
+    Version {
+        /// The peer's version.
+        theirs: u32,
+    },
+    /// A frame longer than [`MAX_FRAME`].
+    #[error("frame of {0} bytes is over the {MAX_FRAME}-byte limit")]
+    Oversized(usize),
+    /// A frame that is not a valid message.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+/// Client → daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Open a stream of batches.
+    Hello {
+        /// Names the training job (for `loader status` and the logs).
+        job_id: String,
+        /// What to produce.
+        job: JobSpec,
+        /// First batch wanted (after a restart: the next batch the client has not consumed).
+        start: Position,
+        /// Stop after this many epochs (`None`: never).
+        epochs: Option<u32>,
+        /// Ring slots wanted (`None`: the daemon's default).
+        slots: Option<u32>,
+    },
+    /// The client is done with a slot.
+    Release {
+        /// The slot.
+        slot: u32,
+    },
+    /// Ask for the daemon's statistics.
+    Stats,
+    /// Close the stream.
+    Bye,
+}
+
+/// Daemon → client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Reply {
+    /// The stream is open; the ring's descriptor comes with this frame.
+    Welcome {
+        /// Geometry of the ring.
+        layout: RingLayout,
+        /// Batches per epoch.
+        steps_per_epoch: u64,
+        /// Records in the split.
+        records: u64,
+    },
+    /// A slot holds the batch at (epoch, step).
+    BatchReady {
+        /// The slot.
+        slot: u32,
+        /// Its position.
+        position: Position,
+        /// Samples in it.
+        count: u32,
+        /// Records that failed to decode, as (record, replacement).
+        replaced: Vec<(u32, u32)>,
+    },
+    /// Every batch of `epoch` has been sent.
+    EndOfEpoch {
+        /// The epoch.
+        epoch: u32,
+    },
+    /// Every requested epoch has been sent.
+    Finished,
+    /// Statistics.
+    Stats(Stats),
+    /// The request was refused; the connection closes.
+    Error {
+        /// Why, for a person.
+        message: String,
+    },
+}
+
+/// The daemon's statistics (`loader status`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stats {
+    /// Daemon's process id.
+    pub pid: u32,
+    /// Seconds since start.
+    pub uptime_s: f64,
+    /// Worker threads per client.
+    pub workers: u32,
+    /// Samples written into rings since start.
+    pub samples: u64,
+    /// Samples per second over the last few seconds.
+    pub samples_per_s: f64,
+    /// Records replaced after a decode error since start.
+    pub decode_errors: u64,
+    /// Milliseconds per sample, summed over threads: decode, crop+resize, flip, RandAugment,
+    /// write.
+    pub stage_ms: [f64; 5],
+    /// Connections refused (peer not allowed, malformed or out-of-order messages).
+    pub refused: u64,
+    /// The daemon's resident memory.
+    pub memory: MemoryUse,
+    /// The clients being served.
+    pub clients: Vec<ClientStats>,
+}
+
+/// Resident memory of the daemon, from `/proc/self/status` (bytes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryUse {
+    /// Heap, stacks, decode buffers (`RssAnon`).
+    pub anon: u64,
+    /// The clients' rings (`RssShmem`).
+    pub shmem: u64,
+    /// Mapped files: the binary and the shard pages read so far, which are the kernel's page
+    /// cache, shared and reclaimable (`RssFile`).
+    pub file: u64,
+}
+
+impl MemoryUse {
+    /// This process's resident memory (zeros where /proc is unavailable).
+    pub fn of_this_process() -> MemoryUse {
+        let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map_or(0, |kb| kb * 1024)
+        };
+        MemoryUse {
+            anon: field("RssAnon:"),
+            shmem: field("RssShmem:"),
+            file: field("RssFile:"),
+        }
+    }
+}
+
+/// One client in [`Stats`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientStats {
+    /// Job id from its hello.
+    pub job_id: String,
+    /// Rank.
+    pub rank: u32,
+    /// Peer's process id and user id.
+    pub pid: i32,
+    /// Peer's user id.
+    pub uid: u32,
+    /// Next batch the daemon will write.
+    pub next: Position,
+    /// Slots holding batches the client has not released.
+    pub slots_full: u32,
+    /// Slots in its ring.
+    pub slots: u32,
+    /// Samples written for it.
+    pub samples: u64,
+}
+
+/// The 12 bytes each side sends first.
+pub fn preamble() -> [u8; 12] {
+    let mut p = [0u8; 12];
+    p[..8].copy_from_slice(&MAGIC);
+    p[8..].copy_from_slice(&VERSION.to_le_bytes());
+    p
+}
+
+/// Checks the peer's preamble.
+pub fn check_preamble(p: &[u8; 12]) -> Result<(), ProtocolError> {
+    let mut magic = [0u8; 8];
+    magic.copy_from_slice(&p[..8]);
+    if magic != MAGIC {
+        return Err(ProtocolError::BadMagic(magic));
+    }
+    let theirs = u32::from_le_bytes([p[8], p[9], p[10], p[11]]);
+    if theirs != VERSION {
+        return Err(ProtocolError::Version { theirs });
+    }
+    Ok(())
+}
+
+/// A message as a frame: length prefix and JSON.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Serialising these plain structs to a Vec cannot fail.
+    let json = serde_json::to_vec(msg).unwrap_or_default();
+    let mut frame = Vec::with_capacity(4 + json.len());
+    frame.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&json);
+    frame
+}
+
+/// Checks a frame's length prefix.
+pub fn frame_len(prefix: [u8; 4]) -> Result<usize, ProtocolError> {
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > MAX_FRAME {
+        return Err(ProtocolError::Oversized(len));
+    }
+    Ok(len)
+}
+
+/// Parses a frame's body.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
+    serde_json::from_slice(body).map_err(|e| ProtocolError::Malformed(e.to_string()))
+}
+
+/// Writes one frame (blocking).
+pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), ProtocolError> {
+    w.write_all(&encode(msg))?;
+    Ok(())
+}
+
+/// Reads one frame (blocking).
+pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> Result<T, ProtocolError> {
+    let mut prefix = [0u8; 4];
+    r.read_exact(&mut prefix)?;
+    read_body(r, frame_len(prefix)?)
+}
+
+/// Reads the body of a frame whose `len` is known (blocking).
+pub fn read_body<T: DeserializeOwned>(r: &mut impl Read, len: usize) -> Result<T, ProtocolError> {
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    decode(&body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_through_frames() {
+        let msgs = [
+            Request::Hello {
+                job_id: "j".into(),
+                job: JobSpec::single("train", "a1", 3, 64),
+                start: Position { epoch: 2, step: 9 },
+                epochs: Some(600),
+                slots: None,
+            },
+            Request::Release { slot: 3 },
+            Request::Stats,
+            Request::Bye,
+        ];
+        for m in msgs {
+            let frame = encode(&m);
+            let back: Request = read_frame(&mut &frame[..]).unwrap();
+            assert_eq!(back, m);
+        }
+        let r = Reply::BatchReady {
+            slot: 1,
+            position: Position { epoch: 0, step: 5 },
+            count: 64,
+            replaced: vec![(3, 4)],
+        };
+        assert_eq!(read_frame::<Reply>(&mut &encode(&r)[..]).unwrap(), r);
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        let mut big = (MAX_FRAME as u32 + 1).to_le_bytes().to_vec();
+        big.extend_from_slice(&[b'x'; 16]);
+        assert!(matches!(
+            read_frame::<Request>(&mut &big[..]),
+            Err(ProtocolError::Oversized(_))
+        ));
+        for body in [
+            &b"{}"[..],
+            b"{\"type\":\"release\"}",
+            b"{\"type\":\"release\",\"slot\":-1}",
+            b"{\"type\":\"release\",\"slot\":1,\"extra\":0}",
+            b"{\"type\":\"launch\"}",
+            b"\xff\xfe",
+        ] {
+            let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+            frame.extend_from_slice(body);
+            assert!(
+                matches!(
+                    read_frame::<Request>(&mut &frame[..]),
+                    Err(ProtocolError::Malformed(_))
+                ),
+                "{body:?}"
+            );
+        }
+        // A short frame is an I/O error (end of stream).
+        assert!(matches!(
+            read_frame::<Request>(&mut &[5u8, 0, 0, 0, b'{'][..]),
+            Err(ProtocolError::Io(_))
+        ));
+        let mut p = preamble();
+        assert!(check_preamble(&p).is_ok());
+        p[8] = 9;
+        assert!(matches!(
+            check_preamble(&p),
+            Err(ProtocolError::Version { theirs: 9 })
+        ));
+        p[0] = b'X';
+        assert!(matches!(
+            check_preamble(&p),
+            Err(ProtocolError::BadMagic(_))
+        ));
+    }
+}
