@@ -2,8 +2,8 @@
 # The main job, end to end, on a small generated dataset, on the CPU:
 #   synth (a 10-class ImageFolder tree with ImageNet's odd files) -> pack -> verify -> inspect
 #   -> extract -> loader preview and bench (A1 augmentation, in-process) -> loader serve (the
-#   daemon), fetch through its ring, status, stop.
-# Training and evaluation (trainer) join this script as they are built.
+#   daemon), fetch through its ring, status -> trainer train (configs/smoke.toml) through the
+#   daemon -> trainer eval of the last checkpoint -> stop the daemon.
 #
 # Environment: RSB_DEMO_DIR (default target/demo) for the output; RSB_BIN_DIR to use already
 # built binaries instead of building release ones (the end-to-end test does this).
@@ -11,11 +11,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${RSB_DEMO_DIR:-target/demo}
 if [ -z "${RSB_BIN_DIR:-}" ]; then
-  cargo build --release -p shard-tool -p loader
+  cargo build --release -p shard-tool -p loader -p trainer
   RSB_BIN_DIR=target/release
 fi
 st="$RSB_BIN_DIR/shard-tool"
 ld="$RSB_BIN_DIR/loader"
+tr="$RSB_BIN_DIR/trainer"
+# Training steps (the whole smoke recipe by default; the end-to-end test, on debug builds, asks
+# for a few).
+train_steps=${RSB_DEMO_TRAIN_STEPS:-}
 
 rm -rf "$work"
 mkdir -p "$work"
@@ -57,9 +61,14 @@ echo "== loader fetch: 8 A1 batches of 32 through the daemon's shared-memory rin
 echo "== loader status"
 "$ld" status --socket "$sock"
 
+echo "== trainer train: configs/smoke.toml (quarter-width ResNet-18, 32 px, RandAugment, Mixup/CutMix, BCE, LAMB, cosine) through the daemon"
+"$tr" train --config configs/smoke.toml --loader "$sock" --out "$work/run" ${train_steps:+--max-steps "$train_steps"}
+echo "== trainer eval: the latest checkpoint on the val split"
+"$tr" eval --config configs/smoke.toml --loader "$sock" "$work/run/latest"
+
 echo "== stop the daemon (SIGTERM: it removes its socket)"
 kill -TERM "$serve_pid"
 wait "$serve_pid"
 test ! -e "$sock"
 
-echo "== done: dataset in $work/shards, preview in $work/preview.png (training and evaluation are not built yet)"
+echo "== done: dataset in $work/shards, preview in $work/preview.png, run in $work/run (metrics.jsonl, checkpoints; \`trainer plot\` is not built yet)"

@@ -278,7 +278,7 @@ fn open(o: &ClientOptions, start: Position) -> Result<Connection, ClientError> {
         &mut stream,
         &Request::Hello {
             job_id: o.job_id.clone(),
-            job: o.job.clone(),
+            job: Box::new(o.job.clone()),
             start,
             epochs: o.epochs,
             slots: o.slots,

@@ -9,6 +9,7 @@ reconnects at (epoch, step) gets the bytes it would have got (DESIGN.md invarian
 
 use serde::{Deserialize, Serialize};
 
+use crate::crop::{Interpolation, InterpolationChoice};
 use crate::pipeline::Transform;
 use crate::sampler::{Sample, Sampler, SamplerConfig, SamplerError};
 
@@ -27,6 +28,14 @@ pub enum JobError {
     /// The sampler rejected the settings.
     #[error(transparent)]
     Sampler(#[from] SamplerError),
+    /// A transform setting is out of range or does not apply.
+    #[error("transform setting {key}: {message}")]
+    Setting {
+        /// The key (timm's flag name).
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// Not even one batch per epoch.
     #[error("{samples} samples per rank and epoch do not fill one batch of {batch_size}")]
     NoBatch {
@@ -38,7 +47,7 @@ pub enum JobError {
 }
 
 /// A consumer's request, as timm's train.py flags would state it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// Split of the packed dataset (`train`, `val`).
@@ -53,6 +62,121 @@ pub struct JobSpec {
     pub rank: u32,
     /// Samples per batch on this rank (timm's `--batch-size`).
     pub batch_size: u32,
+    /// Changes to the named transform, from a recipe file (timm's flag names).
+    #[serde(default)]
+    pub overrides: TransformOverrides,
+}
+
+/// Settings that replace those of the named transform; `None` keeps the name's value.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransformOverrides {
+    /// `--img-size` (train) or the eval resolution.
+    pub img_size: Option<u32>,
+    /// `--scale` (train).
+    pub scale: Option<[f64; 2]>,
+    /// `--ratio` (train).
+    pub ratio: Option<[f64; 2]>,
+    /// `--hflip` (train).
+    pub hflip: Option<f64>,
+    /// `--aa` (train); empty or `none`: no RandAugment.
+    pub aa: Option<String>,
+    /// `--train-interpolation` (`random`, `bilinear`, `bicubic`) or, for eval,
+    /// `--interpolation`.
+    pub interpolation: Option<String>,
+    /// `--crop-pct` (eval).
+    pub crop_pct: Option<f64>,
+    /// `--aug-repeats` (train).
+    pub aug_repeats: Option<u32>,
+}
+
+impl TransformOverrides {
+    /// Applies the overrides to `transform`.
+    pub fn apply(&self, transform: Transform) -> Result<Transform, JobError> {
+        let bad = |key, message: String| JobError::Setting { key, message };
+        if let Some(s) = self.img_size
+            && !(8..=2048).contains(&s)
+        {
+            return Err(bad("img_size", format!("{s} is not within 8..=2048")));
+        }
+        let filter = |name: &str| match name {
+            "bilinear" => Ok(Interpolation::Bilinear),
+            "bicubic" => Ok(Interpolation::Bicubic),
+            other => Err(bad(
+                "interpolation",
+                format!("{other:?}: bilinear or bicubic (or random for training)"),
+            )),
+        };
+        match transform {
+            Transform::Train(mut t) => {
+                if self.crop_pct.is_some() {
+                    return Err(bad("crop_pct", "applies to the eval transform".into()));
+                }
+                t.img_size = self.img_size.unwrap_or(t.img_size);
+                if let Some([lo, hi]) = self.scale {
+                    if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
+                        return Err(bad(
+                            "scale",
+                            format!("[{lo}, {hi}]: need 0 < min <= max <= 1"),
+                        ));
+                    }
+                    t.rrc.scale = (lo, hi);
+                }
+                if let Some([lo, hi]) = self.ratio {
+                    if !(lo > 0.0 && lo <= hi && hi.is_finite()) {
+                        return Err(bad("ratio", format!("[{lo}, {hi}]: need 0 < min <= max")));
+                    }
+                    t.rrc.ratio = (lo, hi);
+                }
+                if let Some(p) = self.hflip {
+                    if !(0.0..=1.0).contains(&p) {
+                        return Err(bad("hflip", format!("{p} is not a probability")));
+                    }
+                    t.hflip = p;
+                }
+                match self.aa.as_deref() {
+                    None => {}
+                    Some("" | "none") => t.rand_augment = None,
+                    Some(text) => {
+                        t.rand_augment = Some(
+                            text.parse()
+                                .map_err(|e| bad("aa", format!("{text:?}: {e}")))?,
+                        )
+                    }
+                }
+                match self.interpolation.as_deref() {
+                    None => {}
+                    Some("random") => t.interpolation = InterpolationChoice::Random,
+                    Some(name) => t.interpolation = InterpolationChoice::Fixed(filter(name)?),
+                }
+                Ok(Transform::Train(t))
+            }
+            Transform::Eval(mut e) => {
+                for (key, set) in [
+                    ("scale", self.scale.is_some()),
+                    ("ratio", self.ratio.is_some()),
+                    ("hflip", self.hflip.is_some()),
+                    ("aa", self.aa.is_some()),
+                    ("aug_repeats", self.aug_repeats.is_some()),
+                ] {
+                    if set {
+                        return Err(bad(key, "applies to training transforms only".into()));
+                    }
+                }
+                e.img_size = self.img_size.unwrap_or(e.img_size);
+                if let Some(c) = self.crop_pct {
+                    if !(c > 0.0 && c <= 1.0) {
+                        return Err(bad("crop_pct", format!("{c} is not in (0, 1]")));
+                    }
+                    e.crop_pct = c;
+                }
+                if let Some(name) = self.interpolation.as_deref() {
+                    e.interpolation = filter(name)?;
+                }
+                Ok(Transform::Eval(e))
+            }
+        }
+    }
 }
 
 /// A position in the stream of batches: epoch and step within the epoch.
@@ -100,23 +224,26 @@ impl JobSpec {
             world_size: 1,
             rank: 0,
             batch_size,
+            overrides: TransformOverrides::default(),
         }
     }
 
     /// Repeated-augmentation copies per image: 3 for the A1/A2 recipes (timm's
     /// `--aug-repeats 3`), none otherwise.
     pub fn aug_repeats(&self) -> u32 {
-        if matches!(self.transform.as_str(), "a1" | "a2") {
+        let by_name = if matches!(self.transform.as_str(), "a1" | "a2") {
             3
         } else {
             0
-        }
+        };
+        self.overrides.aug_repeats.unwrap_or(by_name)
     }
 
     /// Resolves the job for a split of `split_len` records.
     pub fn plan(&self, split_len: u64) -> Result<JobPlan, JobError> {
         let transform = Transform::named(&self.transform)
             .ok_or_else(|| JobError::UnknownTransform(self.transform.clone()))?;
+        let transform = self.overrides.apply(transform)?;
         if self.batch_size == 0 {
             return Err(JobError::ZeroBatch);
         }
@@ -227,6 +354,43 @@ mod tests {
             plan.next(Position { epoch: 4, step: 0 }),
             Position { epoch: 4, step: 1 }
         );
+    }
+
+    #[test]
+    fn overrides_change_the_named_transform_and_bad_ones_are_named() {
+        let mut job = JobSpec::single("train", "a3", 1, 64);
+        job.overrides = TransformOverrides {
+            img_size: Some(32),
+            scale: Some([0.35, 1.0]),
+            aa: Some("none".into()),
+            interpolation: Some("bilinear".into()),
+            aug_repeats: Some(3),
+            ..Default::default()
+        };
+        let plan = job.plan(1000).unwrap();
+        let Transform::Train(t) = plan.transform() else {
+            panic!("not a train transform")
+        };
+        assert_eq!(t.img_size, 32);
+        assert_eq!(t.rrc.scale, (0.35, 1.0));
+        assert!(t.rand_augment.is_none());
+        assert_eq!(
+            t.interpolation,
+            InterpolationChoice::Fixed(Interpolation::Bilinear)
+        );
+        assert_eq!(job.aug_repeats(), 3);
+        job.overrides.crop_pct = Some(0.9);
+        let e = job.plan(1000).unwrap_err();
+        assert!(e.to_string().contains("crop_pct"), "{e}");
+        let mut eval = JobSpec::single("val", "eval", 1, 64);
+        eval.overrides.crop_pct = Some(0.875);
+        eval.overrides.img_size = Some(32);
+        let Transform::Eval(e) = eval.plan(100).unwrap().transform() else {
+            panic!("not eval")
+        };
+        assert_eq!((e.img_size, e.crop_pct), (32, 0.875));
+        eval.overrides.aa = Some("rand-m9".into());
+        assert!(eval.plan(100).is_err());
     }
 
     #[test]

@@ -591,6 +591,7 @@ fn fetch(args: &FetchArgs) -> Result<()> {
             world_size: args.world_size,
             rank: args.rank,
             batch_size: args.batch_size,
+            overrides: Default::default(),
         },
         start: Position {
             epoch: args.start_epoch,

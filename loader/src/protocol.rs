@@ -69,8 +69,8 @@ pub enum Request {
     Hello {
         /// Names the training job (for `loader status` and the logs).
         job_id: String,
-        /// What to produce.
-        job: JobSpec,
+        /// What to produce (boxed: it is much larger than the other requests).
+        job: Box<JobSpec>,
         /// First batch wanted (after a restart: the next batch the client has not consumed).
         start: Position,
         /// Stop after this many epochs (`None`: never).
@@ -284,7 +284,7 @@ mod tests {
         let msgs = [
             Request::Hello {
                 job_id: "j".into(),
-                job: JobSpec::single("train", "a1", 3, 64),
+                job: Box::new(JobSpec::single("train", "a1", 3, 64)),
                 start: Position { epoch: 2, step: 9 },
                 epochs: Some(600),
                 slots: None,

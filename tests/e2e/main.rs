@@ -7,7 +7,7 @@ use std::process::Command;
 
 /// Directory of the binaries built for this test run (`target/debug`).
 fn bin_dir() -> PathBuf {
-    for name in ["shard-tool", "loader"] {
+    for name in ["shard-tool", "loader", "trainer"] {
         let bin = assert_cmd::cargo::cargo_bin(name);
         assert!(
             bin.exists(),
@@ -27,6 +27,8 @@ fn readme_main_job_runs_end_to_end() {
         .arg(&script)
         .env("RSB_BIN_DIR", bin_dir())
         .env("RSB_DEMO_DIR", work.path().join("demo"))
+        // Debug builds of burn are slow: two steps show the path works.
+        .env("RSB_DEMO_TRAIN_STEPS", "2")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -51,5 +53,16 @@ fn readme_main_job_runs_end_to_end() {
     assert!(
         stdout.contains("1 client(s)") || stdout.contains("0 client(s)"),
         "{stdout}"
+    );
+    assert!(stdout.contains("final: top-1"), "{stdout}");
+    assert!(stdout.contains("/run/latest: top-1"), "{stdout}");
+    let metrics = std::fs::read_to_string(work.path().join("demo/run/metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("{\"kind\":\"step\""))
+            .count(),
+        2,
+        "{metrics}"
     );
 }

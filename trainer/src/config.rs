@@ -98,6 +98,40 @@ pub struct RsbSettings {
     pub test_img_size: usize,
     /// Ranks the recipe's global batch assumes (`batch_size × world_size`).
     pub world_size: usize,
+    /// Channel multiplier of the model (1.0: timm's; smaller for CPU runs).
+    #[serde(default = "one")]
+    pub width: f64,
+    /// 3×3 stride-1 stem without max-pool, for 32×32 images (CIFAR).
+    #[serde(default)]
+    pub small_stem: bool,
+    /// Evaluate every this many epochs (and after the last); timm: every epoch.
+    #[serde(default = "one_u64")]
+    pub eval_interval: u64,
+    /// Also checkpoint every this many steps (0: only at the end of each epoch).
+    #[serde(default)]
+    pub checkpoint_interval: u64,
+    /// Split to train on.
+    #[serde(default = "train_split")]
+    pub train_split: String,
+    /// Split to evaluate on.
+    #[serde(default = "val_split")]
+    pub val_split: String,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn one_u64() -> u64 {
+    1
+}
+
+fn train_split() -> String {
+    "train".into()
+}
+
+fn val_split() -> String {
+    "val".into()
 }
 
 /// timm train.py arguments that rsb reads but does not implement: a warning, not an error.

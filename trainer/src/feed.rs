@@ -3,8 +3,8 @@
 //! hands uint8 NHWC batches over a bounded channel, two ahead of the trainer. Buffers come back
 //! through a second channel, so the steady state allocates nothing.
 //!
-//! This is the one-machine path (`--shards DIR`); the daemon's shared-memory ring replaces it
-//! once the loader daemon exists.
+//! `trainer bench --shards` uses it to time the step against the loader core alone; `trainer
+//! train` reads through the loader's rings instead (the daemon, or one started in process).
 
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;

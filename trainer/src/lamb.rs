@@ -87,6 +87,19 @@ impl TimmLamb {
         }
     }
 
+    /// Writes the optimizer state (moments and step counts, keyed by parameter id) to a
+    /// burnpack file; load it into an optimizer for a model whose parameter ids were restored
+    /// from the same checkpoint.
+    pub fn save(&self, path: &std::path::Path) -> Result<(), burn::store::RecordError> {
+        self.inner.save(path)
+    }
+
+    /// Reads the state written by [`TimmLamb::save`].
+    pub fn load(mut self, path: &std::path::Path) -> Result<Self, burn::store::RecordError> {
+        self.inner = self.inner.load(path)?;
+        Ok(self)
+    }
+
     /// One update at learning rate `lr`.
     pub fn step(&mut self, lr: f64, model: ResNet, grads: GradientsParams) -> ResNet {
         let grads = match self.max_grad_norm {

@@ -5,11 +5,12 @@
 //! schedule ([`schedule`]), one training step ([`step`]), its benchmark ([`bench`]), the
 //! device-against-device check ([`numerics`]), the recipes as timm-named TOML ([`config`])
 //! and weights as safetensors with timm's names ([`weights`]); batches from the loader core in
-//! process ([`feed`]). Not yet: the daemon client,
-//! checkpoints, evaluation and the `train` command.
+//! process ([`feed`]); the whole run ([`train`]: batches from the loader daemon's rings or a
+//! loader in this process, evaluation, JSONL metrics, atomic [`checkpoint`]s and exact resume).
 
 pub mod batch_norm;
 pub mod bench;
+pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod feed;
@@ -21,4 +22,5 @@ pub mod numerics;
 pub mod resnet;
 pub mod schedule;
 pub mod step;
+pub mod train;
 pub mod weights;

@@ -9,6 +9,7 @@ use trainer::bench::{self, BenchOptions};
 use trainer::device::{DeviceKind, Precision};
 use trainer::numerics;
 use trainer::resnet::ResNetConfig;
+use trainer::train::{DataSource, Event, Metric, TrainOptions};
 
 /// Trains ResNets with timm's "ResNet strikes back" recipes on burn.
 #[derive(Parser)]
@@ -20,6 +21,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train with a recipe (configs/a1.toml, configs/cifar10.toml, ...): batches from a
+    /// `loader serve` daemon (--loader) or a loader inside this process (--shards);
+    /// evaluation every `rsb.eval_interval` epochs; OUT/metrics.jsonl (one JSON line per step
+    /// and per eval); atomic checkpoints in OUT at each epoch end (and every
+    /// `rsb.checkpoint_interval` steps). After a crash, the same command with --resume
+    /// continues exactly where the last checkpoint stands.
+    Train(TrainArgs),
+    /// Evaluate a checkpoint (OUT/latest or a ckpt-* directory) or timm-named safetensors on
+    /// the recipe's val split: top-1 and top-5 at rsb.test_img_size, crop_pct, interpolation.
+    Eval(EvalArgs),
     /// Time the full training step (upload uint8, Mixup/CutMix, normalize, forward, BCE,
     /// backward, timm's LAMB) on synthetic batches held in memory.
     Bench(BenchArgs),
@@ -147,6 +158,77 @@ struct BenchArgs {
     workers: usize,
 }
 
+/// Where batches come from (one of the two).
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct DataArgs {
+    /// Socket of a running `loader serve` daemon.
+    #[arg(long)]
+    loader: Option<std::path::PathBuf>,
+    /// Packed shards, read by a loader started inside this process.
+    #[arg(long)]
+    shards: Option<std::path::PathBuf>,
+}
+
+impl DataArgs {
+    fn source(&self, workers: u32) -> DataSource {
+        match (&self.loader, &self.shards) {
+            (Some(socket), _) => DataSource::Loader {
+                socket: socket.clone(),
+            },
+            (None, Some(dir)) => DataSource::Shards {
+                dir: dir.clone(),
+                workers,
+            },
+            // clap's group makes one of the two required.
+            (None, None) => DataSource::Loader {
+                socket: loader::server::default_socket(),
+            },
+        }
+    }
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// The recipe (TOML with timm's train.py flag names).
+    #[arg(long)]
+    config: std::path::PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Output directory (checkpoints, metrics.jsonl).
+    #[arg(long, default_value = "runs/train")]
+    out: std::path::PathBuf,
+    /// Continue the run in --out from its latest checkpoint (starts fresh if it has none).
+    #[arg(long)]
+    resume: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceKind,
+    /// Float type of parameters and activations.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: Precision,
+    /// Stop after this many steps in all (the LR schedule still spans the recipe's epochs).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Loader worker threads with --shards (0: one per core).
+    #[arg(short = 'j', long, default_value_t = 0)]
+    workers: u32,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// The recipe.
+    #[arg(long)]
+    config: std::path::PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// A checkpoint directory (e.g. runs/x/latest) or a .safetensors file with timm's names.
+    weights: std::path::PathBuf,
+    /// Loader worker threads with --shards (0: one per core).
+    #[arg(short = 'j', long, default_value_t = 0)]
+    workers: u32,
+}
+
 #[derive(Args)]
 struct CheckArgs {
     #[command(flatten)]
@@ -186,6 +268,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Train(a) => train(a),
+        Command::Eval(a) => eval(a),
         Command::Bench(a) => {
             let options = BenchOptions {
                 device: a.device,
@@ -340,4 +424,118 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn load_recipe(path: &std::path::Path) -> Result<trainer::config::TrainConfig> {
+    let loaded = trainer::config::TrainConfig::load(path)?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(loaded.config)
+}
+
+fn train(a: TrainArgs) -> Result<ExitCode> {
+    let config = load_recipe(&a.config)?;
+    let options = TrainOptions {
+        config,
+        data: a.data.source(a.workers),
+        out: a.out.clone(),
+        resume: a.resume,
+        device: a.device,
+        precision: a.dtype,
+        max_steps: a.max_steps,
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] step {pos}/{len} {msg} (eta {eta})",
+        )?
+        .progress_chars("=> "),
+    );
+    let last = trainer::train::train(&options, &mut |e| match e {
+        Event::Started {
+            start_step,
+            total_steps,
+            steps_per_epoch,
+            params,
+        } => {
+            bar.set_length(total_steps);
+            bar.set_position(start_step);
+            bar.println(format!(
+                "{} ({params} trainable parameters), {steps_per_epoch} steps per epoch, steps \
+                 {start_step}..{total_steps}; metrics in {}",
+                options.config.model,
+                options.out.join("metrics.jsonl").display()
+            ));
+        }
+        Event::Metric(Metric::Step {
+            step,
+            epoch,
+            loss,
+            lr,
+            samples_per_s,
+            ..
+        }) => {
+            bar.set_position(step);
+            bar.set_message(format!(
+                "epoch {epoch} loss {loss:.4} lr {lr:.2e} {samples_per_s:.1} img/s"
+            ));
+        }
+        Event::Metric(Metric::Eval {
+            epoch,
+            top1,
+            top5,
+            samples,
+            ..
+        }) => bar.println(format!(
+            "eval after epoch {epoch}: top-1 {top1:.2} %, top-5 {top5:.2} % ({samples} images)"
+        )),
+        Event::Checkpoint(dir) => bar.println(format!("checkpoint {}", dir.display())),
+    })?;
+    bar.finish();
+    if let Some(Metric::Eval { top1, top5, .. }) = last {
+        println!("final: top-1 {top1:.2} %, top-5 {top5:.2} %");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eval(a: EvalArgs) -> Result<ExitCode> {
+    let config = load_recipe(&a.config)?;
+    let source = a.data.source(a.workers);
+    let _local;
+    let socket = match &source {
+        DataSource::Shards { dir, workers } => {
+            let server = loader::server::LocalServer::start(loader::server::ServeConfig {
+                shards: Some(dir.clone()),
+                workers: *workers,
+                ..Default::default()
+            })?;
+            let socket = server.socket().to_path_buf();
+            _local = server;
+            socket
+        }
+        DataSource::Loader { socket } => socket.clone(),
+    };
+    let device = burn::tensor::Device::flex().autodiff();
+    let model = trainer::train::model_config(&config)?.init(&device)?;
+    let model = if a.weights.is_dir() {
+        trainer::checkpoint::load_model(&a.weights, model)?
+    } else {
+        trainer::weights::import(model, &a.weights)?
+    };
+    let m = trainer::train::evaluate(&model, &device, &socket, &config, 0, 0)?;
+    if let Metric::Eval {
+        top1,
+        top5,
+        samples,
+        ..
+    } = m
+    {
+        println!(
+            "{}: top-1 {top1:.2} %, top-5 {top5:.2} % on {samples} images of {}",
+            a.weights.display(),
+            config.rsb.val_split
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
