@@ -66,6 +66,9 @@ echo "== trainer train: configs/smoke.toml (quarter-width ResNet-18, 32 px, Rand
 echo "== trainer eval: the latest checkpoint on the val split"
 "$tr" eval --config configs/smoke.toml --loader "$sock" "$work/run/latest"
 
+echo "== loader status after training (no connection should have been refused)"
+"$ld" status --socket "$sock" | tee "$work/status-after.txt"
+
 echo "== stop the daemon (SIGTERM: it removes its socket)"
 kill -TERM "$serve_pid"
 wait "$serve_pid"

@@ -800,6 +800,7 @@ impl Session {
             }
         });
         let mut held = vec![false; slots as usize];
+        let mut finished = false;
         let result = loop {
             tokio::select! {
                 event = events.recv() => match event {
@@ -816,8 +817,11 @@ impl Session {
                         }
                     }
                     Some(Event::Finished) => {
+                        finished = true;
                         if let Err(e) = write(&mut wr, &Reply::Finished).await { break Err(e); }
                     }
+                    // After `finished` the producer has nothing more to do: a normal end.
+                    None if finished => break Ok(()),
                     None => break Err(Refusal("the producer stopped".into())),
                 },
                 request = requests.recv() => match request {

@@ -56,6 +56,8 @@ fn readme_main_job_runs_end_to_end() {
     );
     assert!(stdout.contains("final: top-1"), "{stdout}");
     assert!(stdout.contains("/run/latest: top-1"), "{stdout}");
+    let after = std::fs::read_to_string(work.path().join("demo/status-after.txt")).unwrap();
+    assert!(after.contains(" 0 connection(s) refused"), "{after}");
     let metrics = std::fs::read_to_string(work.path().join("demo/run/metrics.jsonl")).unwrap();
     assert_eq!(
         metrics

@@ -32,6 +32,10 @@ pub struct TrainConfig {
     pub lr: f64,
     /// `--sched`.
     pub sched: String,
+    /// `--sched-on-updates`: change the LR every step rather than every epoch (timm's newer
+    /// option; the RSB-era recipes step per epoch).
+    #[serde(default)]
+    pub sched_on_updates: bool,
     /// `--weight-decay`.
     pub weight_decay: f64,
     /// `--warmup-epochs`.

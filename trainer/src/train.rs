@@ -358,7 +358,7 @@ pub fn train(
         warmup_lr: config.warmup_lr,
         warmup_epochs: config.warmup_epochs as f64,
         epochs: config.epochs as f64,
-        on_updates: false,
+        on_updates: config.sched_on_updates,
     };
     let epochs = u32::try_from(config.epochs + config.cooldown_epochs)
         .map_err(|_| TrainError::Recipe("epochs too large".into()))?;
