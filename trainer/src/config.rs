@@ -338,6 +338,17 @@ mod tests {
     }
 
     #[test]
+    fn the_cpu_recipes_load_without_warnings() {
+        for name in ["smoke.toml", "cifar10.toml"] {
+            let c = recipe(name);
+            assert!(c.rsb.small_stem && c.rsb.width < 1.0, "{name}");
+            assert_eq!((c.img_size, c.rsb.test_img_size), (32, 32), "{name}");
+            assert_eq!(c.num_classes, 10, "{name}");
+        }
+        assert_eq!(recipe("cifar10.toml").rsb.val_split, "test");
+    }
+
+    #[test]
     fn unknown_keys_are_errors_and_timm_only_keys_are_warnings() {
         let text = std::fs::read_to_string(
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/a1.toml"),
