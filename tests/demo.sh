@@ -3,7 +3,7 @@
 #   synth (a 10-class ImageFolder tree with ImageNet's odd files) -> pack -> verify -> inspect
 #   -> extract -> loader preview and bench (A1 augmentation, in-process) -> loader serve (the
 #   daemon), fetch through its ring, status -> trainer train (configs/smoke.toml) through the
-#   daemon -> trainer eval of the last checkpoint -> stop the daemon.
+#   daemon -> trainer eval of the last checkpoint -> trainer plot of the run -> stop the daemon.
 #
 # Environment: RSB_DEMO_DIR (default target/demo) for the output; RSB_BIN_DIR to use already
 # built binaries instead of building release ones (the end-to-end test does this).
@@ -66,6 +66,10 @@ echo "== trainer train: configs/smoke.toml (quarter-width ResNet-18, 32 px, Rand
 echo "== trainer eval: the latest checkpoint on the val split"
 "$tr" eval --config configs/smoke.toml --loader "$sock" "$work/run/latest"
 
+echo "== trainer plot: loss, learning rate, accuracy and speed of the run as a PNG"
+"$tr" plot "$work/run" --out "$work/curves.png"
+test -s "$work/curves.png"
+
 echo "== loader status after training (no connection should have been refused)"
 "$ld" status --socket "$sock" | tee "$work/status-after.txt"
 
@@ -74,4 +78,4 @@ kill -TERM "$serve_pid"
 wait "$serve_pid"
 test ! -e "$sock"
 
-echo "== done: dataset in $work/shards, preview in $work/preview.png, run in $work/run (metrics.jsonl, checkpoints; \`trainer plot\` is not built yet)"
+echo "== done: dataset in $work/shards, preview in $work/preview.png, run in $work/run (metrics.jsonl, checkpoints), curves in $work/curves.png"

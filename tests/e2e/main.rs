@@ -56,6 +56,12 @@ fn readme_main_job_runs_end_to_end() {
     );
     assert!(stdout.contains("final: top-1"), "{stdout}");
     assert!(stdout.contains("/run/latest: top-1"), "{stdout}");
+    let curves = std::fs::read(work.path().join("demo/curves.png")).unwrap();
+    assert!(curves.starts_with(b"\x89PNG"));
+    assert!(
+        stdout.contains("curves.png (2 steps, 1 evaluation(s); last top-1"),
+        "{stdout}"
+    );
     let after = std::fs::read_to_string(work.path().join("demo/status-after.txt")).unwrap();
     assert!(after.contains(" 0 connection(s) refused"), "{after}");
     let metrics = std::fs::read_to_string(work.path().join("demo/run/metrics.jsonl")).unwrap();

@@ -124,7 +124,9 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         model: Some(model),
         optimizer,
         mixup: MixupConfig::a1(options.model.num_classes),
-        bce_target_thresh: Some(0.2),
+        loss: crate::step::LossKind::Bce {
+            target_thresh: Some(0.2),
+        },
         seed: options.seed,
     };
     let total = (options.warmup + options.steps) as u64;

@@ -82,6 +82,7 @@ pub fn save(
     }
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     let model_path = dir.join("model.bpk");
+    model.settle_running_stats();
     model
         .clone()
         .save_file(&model_path)

@@ -10,6 +10,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::mixup::MixupConfig;
+use crate::schedule::CosineSchedule;
+use crate::step::LossKind;
+
 /// A recipe; field names and meanings are timm's (`train.py --<name with dashes>`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -277,6 +281,41 @@ impl TrainConfig {
     /// The global batch: `batch_size × rsb.world_size`.
     pub fn global_batch(&self) -> usize {
         self.batch_size * self.rsb.world_size
+    }
+
+    /// The LR schedule train.py builds from these keys.
+    pub fn schedule(&self) -> CosineSchedule {
+        CosineSchedule {
+            lr: self.lr,
+            min_lr: self.min_lr,
+            warmup_lr: self.warmup_lr,
+            warmup_epochs: self.warmup_epochs as f64,
+            epochs: self.epochs as f64,
+            on_updates: self.sched_on_updates,
+        }
+    }
+
+    /// The loss train.py picks: BCE with `--bce-loss`, cross-entropy otherwise.
+    pub fn loss(&self) -> LossKind {
+        if self.bce_loss {
+            LossKind::Bce {
+                target_thresh: self.bce_target_thresh,
+            }
+        } else {
+            LossKind::CrossEntropy
+        }
+    }
+
+    /// The Mixup/CutMix settings train.py passes to timm's `Mixup`.
+    pub fn mixup_config(&self) -> MixupConfig {
+        MixupConfig {
+            mixup_alpha: self.mixup,
+            cutmix_alpha: self.cutmix,
+            prob: self.mixup_prob,
+            switch_prob: self.mixup_switch_prob,
+            label_smoothing: self.smoothing,
+            num_classes: self.num_classes,
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //! device-against-device check ([`numerics`]), the recipes as timm-named TOML ([`config`])
 //! and weights as safetensors with timm's names ([`weights`]); batches from the loader core in
 //! process ([`feed`]); the whole run ([`train`]: batches from the loader daemon's rings or a
-//! loader in this process, evaluation, JSONL metrics, atomic [`checkpoint`]s and exact resume).
+//! loader in this process, evaluation, JSONL metrics, atomic [`checkpoint`]s and exact resume), and its curves as a PNG ([`plot`]).
 
 pub mod batch_norm;
 pub mod bench;
@@ -19,6 +19,7 @@ pub mod loss;
 pub mod mixup;
 pub mod normalize;
 pub mod numerics;
+pub mod plot;
 pub mod resnet;
 pub mod schedule;
 pub mod step;

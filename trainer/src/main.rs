@@ -31,6 +31,24 @@ enum Command {
     /// Evaluate a checkpoint (OUT/latest or a ckpt-* directory) or timm-named safetensors on
     /// the recipe's val split: top-1 and top-5 at rsb.test_img_size, crop_pct, interpolation.
     Eval(EvalArgs),
+    /// Draw a run's curves (loss, learning rate, top-1/top-5, samples/s) from its
+    /// metrics.jsonl into a PNG.
+    Plot {
+        /// The run's --out directory, or a metrics.jsonl file.
+        run: std::path::PathBuf,
+        /// The PNG to write [default: RUN/curves.png, or next to the metrics file].
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Title above the panels [default: the run's directory name].
+        #[arg(long)]
+        title: Option<String>,
+        /// Image width in pixels.
+        #[arg(long, default_value_t = 1200)]
+        width: u32,
+        /// Image height in pixels.
+        #[arg(long, default_value_t = 800)]
+        height: u32,
+    },
     /// Time the full training step (upload uint8, Mixup/CutMix, normalize, forward, BCE,
     /// backward, timm's LAMB) on synthetic batches held in memory.
     Bench(BenchArgs),
@@ -213,6 +231,11 @@ struct TrainArgs {
     /// Loader worker threads with --shards (0: one per core).
     #[arg(short = 'j', long, default_value_t = 0)]
     workers: u32,
+    /// Start from timm-named safetensors weights (from `timm`'s
+    /// `safetensors.torch.save_file(model.state_dict(), ...)` or `trainer export`) instead of
+    /// a fresh initialization. Ignored with --resume, whose checkpoint holds the weights.
+    #[arg(long)]
+    init_from: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -270,6 +293,40 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Train(a) => train(a),
         Command::Eval(a) => eval(a),
+        Command::Plot {
+            run,
+            out,
+            title,
+            width,
+            height,
+        } => {
+            let metrics = if run.is_dir() {
+                run.join("metrics.jsonl")
+            } else {
+                run.clone()
+            };
+            let dir = metrics.parent().map_or_else(
+                || std::path::PathBuf::from("."),
+                std::path::Path::to_path_buf,
+            );
+            let out = out.unwrap_or_else(|| dir.join("curves.png"));
+            let title = title.unwrap_or_else(|| {
+                let name = dir.canonicalize().unwrap_or(dir.clone());
+                name.file_name()
+                    .map_or_else(|| "run".to_string(), |n| n.to_string_lossy().into_owned())
+            });
+            let summary = trainer::plot::plot(&metrics, &out, &title, width, height)?;
+            let top1 = summary
+                .last_top1
+                .map_or_else(String::new, |t| format!("; last top-1 {t:.2} %"));
+            println!(
+                "wrote {} ({} steps, {} evaluation(s){top1})",
+                out.display(),
+                summary.steps,
+                summary.evals
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(a) => {
             let options = BenchOptions {
                 device: a.device,
@@ -444,6 +501,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         device: a.device,
         precision: a.dtype,
         max_steps: a.max_steps,
+        init_from: a.init_from.clone(),
     };
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(

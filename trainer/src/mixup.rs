@@ -97,15 +97,22 @@ impl MixupConfig {
         let clip = |v: i64, hi: usize| v.clamp(0, hi as i64) as usize;
         let (yl, yh) = (clip(cy - cut_h / 2, h), clip(cy + cut_h / 2, h));
         let (xl, xh) = (clip(cx - cut_w / 2, w), clip(cx + cut_w / 2, w));
-        let lam = 1.0 - ((yh - yl) * (xh - xl)) as f64 / (h * w) as f64;
-        Ok(MixParams {
-            lam,
-            cutmix_box: Some([yl, yh, xl, xh]),
-        })
+        Ok(MixParams::cutmix([yl, yh, xl, xh], h, w))
     }
 }
 
 impl MixParams {
+    /// CutMix of the box `[yl, yh, xl, xh]` in an `h × w` image, λ corrected to the box's
+    /// real area after clipping (timm's `correct_lam`).
+    pub fn cutmix(cutmix_box: [usize; 4], h: usize, w: usize) -> Self {
+        let [yl, yh, xl, xh] = cutmix_box;
+        let area = (yh.saturating_sub(yl) * xh.saturating_sub(xl)) as f64;
+        MixParams {
+            lam: 1.0 - area / (h * w) as f64,
+            cutmix_box: Some(cutmix_box),
+        }
+    }
+
     /// Mixes `[N, C, H, W]` pixels holding uint8 values (as floats): CutMix pastes the partner's
     /// box, Mixup blends and rounds half to even, as timm's uint8 collate does.
     pub fn mix_pixels(&self, x: Tensor<4>) -> Tensor<4> {
@@ -122,8 +129,10 @@ impl MixParams {
                 x.slice_assign(s![.., .., yl..yh, xl..xh], patch)
             }
             None => {
-                let lam = self.lam as f32;
-                (x.mul_scalar(lam) + partner.mul_scalar(1.0 - lam)).round()
+                // numpy's float32 arithmetic with Python-float weights: each weight is rounded
+                // to f32 after `1 - λ` is taken in f64, which decides ties at .5.
+                let (lam, rest) = (self.lam as f32, (1.0 - self.lam) as f32);
+                (x.mul_scalar(lam) + partner.mul_scalar(rest)).round()
             }
         }
     }

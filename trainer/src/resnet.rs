@@ -122,7 +122,7 @@ impl ResNetConfig {
         let [layer1, layer2, layer3, layer4]: [Vec<Block>; 4] = layers
             .try_into()
             .map_err(|_| ConfigError::Depth(self.depth))?;
-        Ok(ResNet {
+        let model = ResNet {
             conv1,
             bn1: BatchNorm::new(stem, false, device),
             maxpool,
@@ -132,7 +132,18 @@ impl ResNetConfig {
             layer4,
             // PyTorch's default Linear initialization, which timm leaves in place.
             fc: LinearConfig::new(in_ch, self.num_classes).init(device),
-        })
+        };
+        // burn draws a parameter's values lazily, when it is first read; draw them all now, in
+        // module order, so that a seed gives the same weights whatever reads them first (a
+        // forward pass, an export, an import that overwrites only some).
+        struct Draw;
+        impl ModuleVisitor for Draw {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let _ = param.val();
+            }
+        }
+        model.visit(&mut Draw);
+        Ok(model)
     }
 }
 
@@ -288,6 +299,14 @@ impl ResNet {
         let mut total = 0;
         self.for_each_trainable(|p| total += p.elements);
         total
+    }
+
+    /// Folds the BN running-statistics update of the last training forward into the values a
+    /// file store reads. burn's `RunningState` keeps each thread's newest update pending until
+    /// the next forward (or `valid()`), while visitors, saving included, read the settled value:
+    /// without this a checkpoint or an export lags one step behind.
+    pub fn settle_running_stats(&self) {
+        let _ = self.valid();
     }
 
     /// Calls `f` for every trainable parameter (every float parameter but the BN running

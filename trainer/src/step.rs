@@ -1,14 +1,28 @@
 //! One training step of the recipes, everything after the loader: upload uint8 pixels,
-//! Mixup/CutMix, normalize, forward, BCE, backward, timm's LAMB.
+//! Mixup/CutMix, normalize, forward, BCE (or cross-entropy), backward, timm's LAMB.
 
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 
 use crate::lamb::TimmLamb;
-use crate::loss::bce_with_logits;
+use crate::loss::{bce_with_logits, soft_target_cross_entropy};
 use crate::mixup::{MixupConfig, labels_tensor};
 use crate::normalize::{BatchError, normalize, upload_pixels};
 use crate::resnet::ResNet;
+
+/// The training loss, as train.py picks it from `--bce-loss` and `--bce-target-thresh`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LossKind {
+    /// timm's `BinaryCrossEntropy`, targets thresholded when `target_thresh` is set (the
+    /// recipes).
+    Bce {
+        /// `--bce-target-thresh`.
+        target_thresh: Option<f64>,
+    },
+    /// Cross-entropy against the dense (mixed, smoothed) targets: timm's
+    /// `SoftTargetCrossEntropy`, which with Mixup off equals its `LabelSmoothingCrossEntropy`.
+    CrossEntropy,
+}
 
 /// Model, optimizer and the per-batch ingredients of a recipe.
 pub struct TrainStep {
@@ -18,8 +32,8 @@ pub struct TrainStep {
     pub optimizer: TimmLamb,
     /// Mixup/CutMix settings.
     pub mixup: MixupConfig,
-    /// `--bce-target-thresh`.
-    pub bce_target_thresh: Option<f64>,
+    /// The loss.
+    pub loss: LossKind,
     /// Seed of the mixing draws.
     pub seed: u64,
 }
@@ -66,7 +80,10 @@ impl TrainStep {
         let targets = params.targets(labels_tensor(batch.labels, device), &self.mixup);
         let model = self.model.as_ref().ok_or(StepError::Poisoned)?;
         let logits = model.forward(x);
-        let loss = bce_with_logits(logits, targets, self.bce_target_thresh);
+        let loss = match self.loss {
+            LossKind::Bce { target_thresh } => bce_with_logits(logits, targets, target_thresh),
+            LossKind::CrossEntropy => soft_target_cross_entropy(logits, targets),
+        };
         let grads = GradientsParams::from_grads(loss.backward(), model);
         // The optimizer takes the model by value: a clone would keep the old parameters alive
         // and stop in-place updates, so move it out and back.

@@ -24,10 +24,8 @@ use crate::checkpoint::{self, RunState};
 use crate::config::TrainConfig;
 use crate::device::{DeviceKind, Precision};
 use crate::lamb::{LambOptions, TimmLamb};
-use crate::mixup::MixupConfig;
 use crate::normalize::{normalize, upload_pixels};
 use crate::resnet::{ResNet, ResNetConfig};
-use crate::schedule::CosineSchedule;
 use crate::step::{HostBatch, TrainStep};
 
 /// Where batches come from.
@@ -64,6 +62,9 @@ pub struct TrainOptions {
     pub precision: Precision,
     /// Stop after this many steps in all (the schedule still spans the recipe's epochs).
     pub max_steps: Option<u64>,
+    /// Start a new run from these timm-named safetensors weights (timm's `--initial-checkpoint`
+    /// role) instead of a fresh initialization; unused when resuming.
+    pub init_from: Option<PathBuf>,
 }
 
 /// Errors of a run.
@@ -91,6 +92,9 @@ pub enum TrainError {
     /// A checkpoint.
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
+    /// `init_from` weights that do not load.
+    #[error("--init-from: {0}")]
+    InitFrom(#[from] crate::weights::WeightsError),
     /// Writing metrics.
     #[error("{path}: {source}")]
     Metrics {
@@ -234,12 +238,6 @@ pub fn eval_job(config: &TrainConfig) -> Result<JobSpec, TrainError> {
 }
 
 fn check_recipe(config: &TrainConfig) -> Result<(), TrainError> {
-    if !config.bce_loss {
-        return Err(TrainError::Recipe(
-            "bce_loss = false (cross-entropy) is not wired into `train` yet; the recipes use BCE"
-                .into(),
-        ));
-    }
     if config.clip_grad.is_some() {
         return Err(TrainError::Recipe(
             "clip_grad is not supported (timm's Lamb clips at 1.0 inside; the recipes set no \
@@ -326,6 +324,10 @@ pub fn train(
             (model, optimizer, state)
         }
         None => {
+            let model = match &options.init_from {
+                Some(path) => crate::weights::import(model, path)?,
+                None => model,
+            };
             let optimizer = lamb(&model);
             let state = RunState {
                 steps_done: 0,
@@ -341,25 +343,11 @@ pub fn train(
     let mut step = TrainStep {
         model: Some(model),
         optimizer,
-        mixup: MixupConfig {
-            mixup_alpha: config.mixup,
-            cutmix_alpha: config.cutmix,
-            prob: config.mixup_prob,
-            switch_prob: config.mixup_switch_prob,
-            label_smoothing: config.smoothing,
-            num_classes: config.num_classes,
-        },
-        bce_target_thresh: config.bce_target_thresh,
+        mixup: config.mixup_config(),
+        loss: config.loss(),
         seed: config.seed,
     };
-    let schedule = CosineSchedule {
-        lr: config.lr,
-        min_lr: config.min_lr,
-        warmup_lr: config.warmup_lr,
-        warmup_epochs: config.warmup_epochs as f64,
-        epochs: config.epochs as f64,
-        on_updates: config.sched_on_updates,
-    };
+    let schedule = config.schedule();
     let epochs = u32::try_from(config.epochs + config.cooldown_epochs)
         .map_err(|_| TrainError::Recipe("epochs too large".into()))?;
     let mut client = Client::connect(ClientOptions {

@@ -60,6 +60,7 @@ fn from_timm() -> KeyRemapper {
 
 /// Writes `model`'s parameters and BN statistics to `path` under timm's names.
 pub fn export(model: &ResNet, path: &Path) -> Result<(), WeightsError> {
+    model.settle_running_stats();
     let mut store = SafetensorsStore::from_file(path)
         .with_to_adapter(BurnToPyTorchAdapter)
         .remap(to_timm())

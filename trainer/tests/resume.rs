@@ -55,6 +55,7 @@ fn a_run_resumed_from_its_checkpoint_repeats_the_uninterrupted_losses() {
     let dir = tempfile::tempdir().unwrap();
     let shards = dataset(dir.path());
     let options = |out: &str, max_steps, resume| TrainOptions {
+        init_from: None,
         config: tiny_recipe(),
         data: DataSource::Shards {
             dir: shards.clone(),
@@ -86,4 +87,33 @@ fn a_run_resumed_from_its_checkpoint_repeats_the_uninterrupted_losses() {
     let state = checkpoint::read_state(&latest).unwrap();
     assert_eq!(state.steps_done, 5);
     assert_eq!(state.next, Position { epoch: 0, step: 5 });
+
+    // --init-from: weights equal to the run's own initialization give its first loss exactly;
+    // the trained weights give another one.
+    let device = burn::tensor::Device::flex().autodiff();
+    let config = tiny_recipe();
+    device.seed(config.seed);
+    let initial = trainer::train::model_config(&config)
+        .unwrap()
+        .init(&device)
+        .unwrap();
+    let initial_path = dir.path().join("initial.safetensors");
+    trainer::weights::export(&initial, &initial_path).unwrap();
+    let from = |name: &str, weights: &Path| {
+        let o = TrainOptions {
+            init_from: Some(weights.to_path_buf()),
+            ..options(name, 1, false)
+        };
+        train(&o, &mut |_| {}).unwrap();
+        losses(&dir.path().join(name))
+    };
+    assert_eq!(from("init", &initial_path), whole[..1]);
+    let trained = checkpoint::load_model(&latest, initial).unwrap();
+    let trained_path = dir.path().join("trained.safetensors");
+    trainer::weights::export(&trained, &trained_path).unwrap();
+    let other = from("init-trained", &trained_path);
+    assert_ne!(
+        other[0].1, whole[0].1,
+        "trained weights gave the initial loss"
+    );
 }
