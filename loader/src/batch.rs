@@ -1,15 +1,17 @@
 /*!
 Filling a batch in-process: samples → records → augmented uint8 images, on several threads.
 
-Consecutive samples of the same record (the copies of repeated augmentation on one rank) form
-a group that one worker decodes once. Groups are handed to threads dynamically, but every
-sample's output place and random stream are fixed by its position in the batch, so the bytes
-of a batch do not depend on the thread count (DESIGN.md invariant 1).
+The samples of one record (the copies of repeated augmentation, on one rank or, filled
+together, on the ranks of one job) form a group that one worker decodes once. Groups are handed
+to threads dynamically, but every sample's output place and random stream are fixed by the
+sample, so the bytes of a batch depend neither on the thread count nor on which batches were
+filled together (DESIGN.md invariant 1).
 
 A record that does not decode (only possible if a shard changed after `verify`) is counted and
 replaced by the next record of the split that decodes, deterministically (invariant 3).
 */
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -17,9 +19,6 @@ use shard_tool::Split;
 
 use crate::pipeline::{StageTimes, Transform, Worker};
 use crate::sampler::Sample;
-
-/// The output images and label slots of one group of samples.
-type GroupOutputs<'a> = (Vec<&'a mut [u8]>, Vec<&'a mut u32>);
 
 /// What filling one batch found.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -72,61 +71,125 @@ impl BatchMaker {
         images: &mut [u8],
         labels: &mut [u32],
     ) -> FillReport {
+        let batch = BatchOut {
+            samples,
+            images,
+            labels,
+        };
+        self.fill_many(split, epoch, vec![batch])
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Writes several batches of epoch `epoch` at once: the ranks of one job at one step.
+    /// Every copy of a record among all of them comes from one decode, so timm's repeated
+    /// augmentation, which sends the copies of an image to neighbouring ranks, decodes each
+    /// image once for the whole job. Returns one report per batch.
+    ///
+    /// # Panics
+    /// As [`BatchMaker::fill`], for any of the batches.
+    pub fn fill_many(
+        &mut self,
+        split: &Split,
+        epoch: u32,
+        batches: Vec<BatchOut<'_>>,
+    ) -> Vec<FillReport> {
         let n = self.transform.image_bytes();
-        let mut outs: Vec<&mut [u8]> = images.chunks_exact_mut(n).take(samples.len()).collect();
-        let mut label_slots: Vec<&mut u32> = labels.iter_mut().take(samples.len()).collect();
-        assert_eq!(outs.len(), samples.len(), "images buffer too short");
-        assert_eq!(label_slots.len(), samples.len(), "labels buffer too short");
-        // Groups of consecutive samples of one record.
-        let mut groups = Vec::new();
-        let mut start = 0;
-        while start < samples.len() {
-            let mut end = start + 1;
-            while end < samples.len() && samples[end].index == samples[start].index {
-                end += 1;
+        let count = batches.len();
+        // The samples of each record, in order of first appearance: (batch, sample, outputs).
+        let mut groups: Vec<Group<'_>> = Vec::new();
+        let mut group_of: HashMap<u32, usize> = HashMap::new();
+        for (b, batch) in batches.into_iter().enumerate() {
+            let outs: Vec<&mut [u8]> = batch
+                .images
+                .chunks_exact_mut(n)
+                .take(batch.samples.len())
+                .collect();
+            assert_eq!(outs.len(), batch.samples.len(), "images buffer too short");
+            assert!(
+                batch.labels.len() >= batch.samples.len(),
+                "labels buffer too short"
+            );
+            for ((sample, out), label) in batch.samples.iter().zip(outs).zip(batch.labels) {
+                let g = *group_of.entry(sample.index).or_insert_with(|| {
+                    groups.push(Group::default());
+                    groups.len() - 1
+                });
+                let group = &mut groups[g];
+                group.batches.push(b);
+                group.samples.push(*sample);
+                group.outs.push(out);
+                group.labels.push(label);
             }
-            groups.push(start..end);
-            start = end;
         }
-        // Each group's outputs, taken by whichever thread claims the group.
-        let mut slots: Vec<Mutex<Option<GroupOutputs<'_>>>> = Vec::new();
-        for range in groups.iter().rev() {
-            let o: Vec<&mut [u8]> = outs.drain(range.clone()).collect();
-            let l: Vec<&mut u32> = label_slots.drain(range.clone()).collect();
-            slots.push(Mutex::new(Some((o, l))));
-        }
-        slots.reverse();
+        // Each group is taken whole by whichever thread claims it.
+        let slots: Vec<Mutex<Option<Group<'_>>>> =
+            groups.into_iter().map(|g| Mutex::new(Some(g))).collect();
         let next = AtomicUsize::new(0);
-        let replaced = Mutex::new(Vec::new());
+        let replaced = Mutex::new(vec![Vec::new(); count]);
         std::thread::scope(|scope| {
             for worker in &mut self.workers {
-                let (groups, slots, next, replaced) = (&groups, &slots, &next, &replaced);
+                let (slots, next, replaced) = (&slots, &next, &replaced);
                 scope.spawn(move || {
                     loop {
                         let g = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(range) = groups.get(g) else { return };
-                        let taken = slots[g].lock().ok().and_then(|mut s| s.take());
-                        let Some((mut outs, labels)) = taken else {
+                        let Some(slot) = slots.get(g) else { return };
+                        let Some(mut group) = slot.lock().ok().and_then(|mut s| s.take()) else {
                             continue;
                         };
-                        let group = &samples[range.clone()];
-                        let used = produce_with_fallback(worker, split, epoch, group, &mut outs);
-                        for l in labels {
-                            *l = split.label(u64::from(used)).unwrap_or(shard_tool::NO_LABEL);
+                        let wanted = group.samples[0].index;
+                        let used = produce_with_fallback(
+                            worker,
+                            split,
+                            epoch,
+                            &group.samples,
+                            &mut group.outs,
+                        );
+                        let label = split.label(u64::from(used)).unwrap_or(shard_tool::NO_LABEL);
+                        for l in group.labels {
+                            *l = label;
                         }
-                        if used != group[0].index
+                        if used != wanted
                             && let Ok(mut r) = replaced.lock()
                         {
-                            r.push((group[0].index, used));
+                            for &b in &group.batches {
+                                r[b].push((wanted, used));
+                            }
                         }
                     }
                 });
             }
         });
-        let mut replaced = replaced.into_inner().unwrap_or_default();
-        replaced.sort_unstable();
-        FillReport { replaced }
+        replaced
+            .into_inner()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|mut r| {
+                r.sort_unstable();
+                r.dedup();
+                FillReport { replaced: r }
+            })
+            .collect()
     }
+}
+
+/// One batch's part of [`BatchMaker::fill_many`].
+pub struct BatchOut<'a> {
+    /// Its samples.
+    pub samples: &'a [Sample],
+    /// Room for `samples.len()` images of the transform's size, NHWC.
+    pub images: &'a mut [u8],
+    /// Room for `samples.len()` labels.
+    pub labels: &'a mut [u32],
+}
+
+/// The samples of one record among the batches being filled, with where each goes.
+#[derive(Default)]
+struct Group<'a> {
+    batches: Vec<usize>,
+    samples: Vec<Sample>,
+    outs: Vec<&'a mut [u8]>,
+    labels: Vec<&'a mut u32>,
 }
 
 /// Produces `group` from its record, or from the next record that decodes; returns the record
@@ -218,6 +281,66 @@ mod tests {
         );
         for (s, l) in batch.iter().zip(&la) {
             assert_eq!(*l, split.label(u64::from(s.index)).unwrap());
+        }
+    }
+
+    #[test]
+    fn the_ranks_of_a_job_filled_together_decode_each_image_once_and_get_the_same_bytes() {
+        let (_dir, ds) = dataset();
+        let split = ds.split("train").unwrap();
+        let t = Transform::named("a1").unwrap();
+        let (world, b, n) = (3u32, 12usize, t.image_bytes());
+        let ranks: Vec<Vec<Sample>> = (0..world)
+            .map(|rank| {
+                Sampler::new(SamplerConfig {
+                    dataset_len: split.len() as u32,
+                    world_size: world,
+                    rank,
+                    aug_repeats: 3,
+                    shuffle: true,
+                    seed: 5,
+                })
+                .unwrap()
+                .epoch(3)[b..2 * b]
+                    .to_vec()
+            })
+            .collect();
+        // timm's sampler strides the 3 copies of an image over ranks 0, 1, 2: none repeats
+        // within a rank's batch, every one across the ranks.
+        let unique: std::collections::HashSet<u32> =
+            ranks.iter().flatten().map(|s| s.index).collect();
+        assert_eq!(unique.len(), b);
+
+        let mut alone = BatchMaker::new(t, 5, 2);
+        let separate: Vec<(Vec<u8>, Vec<u32>)> = ranks
+            .iter()
+            .map(|samples| {
+                let mut images = vec![0u8; b * n];
+                let mut labels = vec![0u32; b];
+                alone.fill(split, 3, samples, &mut images, &mut labels);
+                (images, labels)
+            })
+            .collect();
+        assert_eq!(alone.times().decoded, 3 * b as u64, "one decode per sample");
+
+        let mut together = BatchMaker::new(t, 5, 2);
+        let mut images = vec![vec![0u8; b * n]; world as usize];
+        let mut labels = vec![vec![0u32; b]; world as usize];
+        let outs = ranks
+            .iter()
+            .zip(images.iter_mut().zip(labels.iter_mut()))
+            .map(|(samples, (images, labels))| BatchOut {
+                samples,
+                images,
+                labels,
+            })
+            .collect();
+        let reports = together.fill_many(split, 3, outs);
+        assert_eq!(reports.len(), world as usize);
+        assert_eq!(together.times().decoded, b as u64, "one decode per image");
+        for (rank, (want_images, want_labels)) in separate.iter().enumerate() {
+            assert!(images[rank] == *want_images, "rank {rank}: pixels differ");
+            assert_eq!(labels[rank], *want_labels, "rank {rank}");
         }
     }
 

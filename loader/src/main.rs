@@ -417,6 +417,10 @@ struct FetchArgs {
     /// The daemon's socket (default: as `serve`).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Job id: the ranks of one job (same id, same job, --rank 0..--world-size) that attach
+    /// together are served by one producer and share decodes [default: fetch-PID, alone].
+    #[arg(long)]
+    job_id: Option<String>,
     /// a1, a2, a3 or eval.
     #[arg(long, default_value = "a1")]
     transform: String,
@@ -540,9 +544,14 @@ fn status(socket: Option<PathBuf>, json: bool) -> Result<()> {
     )?;
     writeln!(
         out,
-        "  {:.1} samples/s now; {} samples since start; {} decode error(s); {} connection(s) \
-         refused",
-        s.samples_per_s, s.samples, s.decode_errors, s.refused
+        "  {:.1} samples/s now; {} samples since start from {} decodes ({:.2} samples per \
+         decode); {} decode error(s); {} connection(s) refused",
+        s.samples_per_s,
+        s.samples,
+        s.decoded,
+        s.samples as f64 / s.decoded.max(1) as f64,
+        s.decode_errors,
+        s.refused
     )?;
     let [d, r, f, a, w] = s.stage_ms;
     writeln!(
@@ -563,12 +572,17 @@ fn status(socket: Option<PathBuf>, json: bool) -> Result<()> {
     for c in &s.clients {
         writeln!(
             out,
-            "    job {:?} rank {} (pid {}, uid {}): next epoch {} step {}, ring {}/{} slots \
-             full, {} samples",
+            "    job {:?} rank {} (pid {}, uid {}, {}): next epoch {} step {}, ring {}/{} \
+             slots full, {} samples",
             c.job_id,
             c.rank,
             c.pid,
             c.uid,
+            match c.group {
+                0 => "waiting for its job's other ranks".to_string(),
+                1 => "alone".to_string(),
+                n => format!("decodes shared by {n} ranks"),
+            },
             c.next.epoch,
             c.next.step,
             c.slots_full,
@@ -583,7 +597,10 @@ fn fetch(args: &FetchArgs) -> Result<()> {
     let socket = args.socket.clone().unwrap_or_else(default_socket);
     let mut client = Client::connect(ClientOptions {
         socket: socket.clone(),
-        job_id: format!("fetch-{}", std::process::id()),
+        job_id: args
+            .job_id
+            .clone()
+            .unwrap_or_else(|| format!("fetch-{}", std::process::id())),
         job: JobSpec {
             split: args.split.clone(),
             transform: args.transform.clone(),

@@ -34,7 +34,7 @@ use crate::ring::RingLayout;
 /// First bytes each side sends.
 pub const MAGIC: [u8; 8] = *b"RSBLOAD\0";
 /// Protocol version; both sides must agree.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 64 * 1024;
 
@@ -143,6 +143,8 @@ pub struct Stats {
     pub samples: u64,
     /// Samples per second over the last few seconds.
     pub samples_per_s: f64,
+    /// Images decoded since start: `samples / decoded` is what repeats sharing a decode saved.
+    pub decoded: u64,
     /// Records replaced after a decode error since start.
     pub decode_errors: u64,
     /// Milliseconds per sample, summed over threads: decode, crop+resize, flip, RandAugment,
@@ -207,6 +209,9 @@ pub struct ClientStats {
     pub slots: u32,
     /// Samples written for it.
     pub samples: u64,
+    /// Clients served by its producer, itself included (the ranks of its job that share
+    /// decodes); 0 while it waits for them.
+    pub group: u32,
 }
 
 /// The 12 bytes each side sends first.

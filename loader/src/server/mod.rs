@@ -30,12 +30,15 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
-use crate::batch::BatchMaker;
 use crate::job::{JobPlan, JobSpec, Position};
 use crate::protocol::{
     self, ClientStats, MemoryUse, ProtocolError, Reply, Request, Stats, check_preamble, encode,
 };
-use crate::ring::{Ring, RingLayout, SlotMeta};
+use crate::ring::{Ring, RingLayout};
+
+mod producer;
+
+use producer::{Event, Groups, Member};
 
 /// Errors starting the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +101,9 @@ pub struct ServeConfig {
     pub socket_mode: u32,
     /// Seconds a new connection has to say hello.
     pub handshake_timeout_s: f64,
+    /// Seconds the first rank of a job waits for the job's other ranks before its batches
+    /// start; ranks that attach together share decodes (see `server::producer`).
+    pub group_wait_s: f64,
 }
 
 impl Default for ServeConfig {
@@ -115,6 +121,7 @@ impl Default for ServeConfig {
             allow_groups: Vec::new(),
             socket_mode: 0o660,
             handshake_timeout_s: 10.0,
+            group_wait_s: 5.0,
         }
     }
 }
@@ -148,8 +155,12 @@ struct Shared {
     dataset: Arc<Dataset>,
     started: Instant,
     samples: AtomicU64,
+    /// Images decoded (fewer than samples where repeats share a decode).
+    decoded: AtomicU64,
     decode_errors: AtomicU64,
     refused: AtomicU64,
+    /// Job groups still gathering their ranks.
+    groups: Mutex<Groups>,
     /// Nanoseconds per stage, summed: decode, resize, flip, RandAugment, write.
     stage_ns: [AtomicU64; 5],
     next_id: AtomicU64,
@@ -207,8 +218,10 @@ impl Server {
                 dataset: Arc::new(dataset),
                 started: Instant::now(),
                 samples: AtomicU64::new(0),
+                decoded: AtomicU64::new(0),
                 decode_errors: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
+                groups: Mutex::new(Groups::default()),
                 stage_ns: Default::default(),
                 next_id: AtomicU64::new(0),
                 clients: Mutex::new(BTreeMap::new()),
@@ -425,6 +438,7 @@ impl Shared {
             workers: self.workers,
             samples,
             samples_per_s,
+            decoded: self.decoded.load(Ordering::Relaxed),
             decode_errors: self.decode_errors.load(Ordering::Relaxed),
             stage_ms: [
                 per(&self.stage_ns[0]),
@@ -643,22 +657,11 @@ async fn send_welcome(stream: &mut UnixStream, session: &Session) -> Result<(), 
     Ok(())
 }
 
-/// What the producer tells the connection.
-enum Event {
-    Ready {
-        slot: u32,
-        position: Position,
-        count: u32,
-        replaced: Vec<(u32, u32)>,
-    },
-    EndOfEpoch(u32),
-    Finished,
-}
-
 /// One client's stream of batches.
 struct Session {
     shared: Arc<Shared>,
     id: u64,
+    job_id: String,
     plan: JobPlan,
     layout: RingLayout,
     records: u64,
@@ -731,6 +734,7 @@ impl Session {
                     slots_full: 0,
                     slots,
                     samples: 0,
+                    group: 0,
                 },
             );
         }
@@ -750,6 +754,7 @@ impl Session {
         Ok(Session {
             shared: Arc::clone(shared),
             id,
+            job_id,
             plan,
             layout,
             records,
@@ -772,20 +777,17 @@ impl Session {
             .ring
             .take()
             .ok_or_else(|| Refusal("internal: ring already handed over".into()))?;
-        let producer = Producer {
-            shared: Arc::clone(&self.shared),
+        let member = Member {
             id: self.id,
             plan: self.plan.clone(),
             start: self.start,
-            epochs: self.epochs,
             ring,
             free: free_rx,
             events: event_tx,
         };
-        std::thread::Builder::new()
-            .name(format!("producer-{}", self.id))
-            .spawn(move || producer.run())
-            .map_err(|e| Refusal(format!("starting a producer: {e}")))?;
+        let key = producer::group_key(&self.job_id, &self.plan, self.epochs);
+        let wait = Duration::from_secs_f64(self.shared.config.group_wait_s.max(0.0));
+        producer::join(&self.shared, key, self.epochs, member, wait);
 
         let (mut rd, mut wr) = stream.into_split();
         // Frames are read in their own task: reading is not cancel-safe inside select!.
@@ -822,7 +824,12 @@ impl Session {
                     }
                     // After `finished` the producer has nothing more to do: a normal end.
                     None if finished => break Ok(()),
-                    None => break Err(Refusal("the producer stopped".into())),
+                    // Another client of its group left: close without an error, so that this
+                    // client reconnects at its next batch and a new group forms.
+                    None => {
+                        tracing::info!("client {}: its group ended; closing so it reconnects", self.id);
+                        break Ok(());
+                    }
                 },
                 request = requests.recv() => match request {
                     Some(Ok(Request::Release { slot })) => {
@@ -871,113 +878,13 @@ async fn write(wr: &mut OwnedWriteHalf, reply: &Reply) -> Result<(), Refusal> {
         .map_err(|e| Refusal(format!("writing to the client: {e}")))
 }
 
-/// Fills one client's ring, on its own thread (plus the batch maker's workers).
-struct Producer {
-    shared: Arc<Shared>,
-    id: u64,
-    plan: JobPlan,
-    start: Position,
-    epochs: Option<u32>,
-    ring: Ring,
-    free: crossbeam_channel::Receiver<u32>,
-    events: mpsc::Sender<Event>,
-}
-
-impl Producer {
-    fn run(mut self) {
-        let spec = self.plan.spec().clone();
-        let Ok(split) = self.shared.dataset.split(&spec.split) else {
-            return;
-        };
-        let mut maker = BatchMaker::new(
-            self.plan.transform(),
-            spec.seed,
-            self.shared.workers as usize,
-        );
-        let mut at = self.start;
-        let mut epoch_samples = (u32::MAX, Vec::new());
-        let mut sequence = 0u64;
-        loop {
-            if self.epochs.is_some_and(|n| at.epoch >= n) {
-                let _ = self.events.blocking_send(Event::Finished);
-                return;
-            }
-            if epoch_samples.0 != at.epoch {
-                epoch_samples = (at.epoch, self.plan.sampler().epoch(at.epoch));
-            }
-            let samples = self.plan.batch(&epoch_samples.1, at.step);
-            // Wait for a free slot: this is where backpressure stops the workers.
-            let Ok(slot) = self.free.recv() else { return };
-            // A client that has already gone needs no more batches.
-            if self.events.is_closed() {
-                return;
-            }
-            let before = maker.times();
-            let s = self.ring.slot_mut(slot);
-            let report = maker.fill(split, at.epoch, samples, s.images, s.labels);
-            for (id, sample) in s.ids.iter_mut().zip(samples) {
-                *id = sample.index;
-            }
-            for (from, to) in &report.replaced {
-                s.ids
-                    .iter_mut()
-                    .filter(|i| **i == *from)
-                    .for_each(|i| *i = *to);
-            }
-            *s.meta = SlotMeta::new(at.epoch, at.step, samples.len() as u32, sequence);
-            sequence += 1;
-            let t = maker.times();
-            let shared = &self.shared;
-            let stages = [
-                t.decode - before.decode,
-                t.resize - before.resize,
-                t.flip - before.flip,
-                t.rand_augment - before.rand_augment,
-                t.write - before.write,
-            ];
-            for (acc, d) in shared.stage_ns.iter().zip(stages) {
-                acc.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
-            }
-            shared
-                .samples
-                .fetch_add(samples.len() as u64, Ordering::Relaxed);
-            shared
-                .decode_errors
-                .fetch_add(report.replaced.len() as u64, Ordering::Relaxed);
-            let next = self.plan.next(at);
-            shared.update_client(self.id, |c| {
-                c.next = next;
-                c.samples += samples.len() as u64;
-            });
-            let ready = Event::Ready {
-                slot,
-                position: at,
-                count: samples.len() as u32,
-                replaced: report.replaced,
-            };
-            if self.events.blocking_send(ready).is_err() {
-                return;
-            }
-            if next.epoch != at.epoch
-                && self
-                    .events
-                    .blocking_send(Event::EndOfEpoch(at.epoch))
-                    .is_err()
-            {
-                return;
-            }
-            at = next;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_shipped_config_parses_and_unknown_keys_are_errors() {
-        let text = include_str!("../../configs/loader.toml");
+        let text = include_str!("../../../configs/loader.toml");
         let c: ServeConfig = toml::from_str(text).unwrap();
         assert_eq!(c.slots, 4);
         assert_eq!(c.socket_mode, 0o660);

@@ -1,0 +1,449 @@
+/*!
+Producers: the threads that fill rings, and the job groups they serve.
+
+The ranks of one job that attach to this daemon (same job id, same job but for the rank, same
+epochs) are served by one producer: at each step it fills the slot of every rank together, so
+the copies of an image that timm's repeated augmentation sends to neighbouring ranks come from
+one decode. The group starts when all `world_size` ranks are there, or `group_wait_s` after the
+first one came (ranks on other machines never come); a client on its own is a group of one.
+Which batches are filled together changes no byte of them (DESIGN.md invariant 1).
+
+A group lives as long as all its clients: when one leaves, the producer stops and the others'
+connections close without an error, so that their clients reconnect, each asking for its next
+batch, and form a new group (or go on alone).
+*/
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::Shared;
+use crate::batch::{BatchMaker, BatchOut};
+use crate::job::{JobPlan, Position};
+use crate::ring::{Ring, SlotMeta};
+use crate::sampler::Sample;
+
+/// What the producer tells a connection.
+pub(super) enum Event {
+    /// A slot holds the batch at `position`.
+    Ready {
+        slot: u32,
+        position: Position,
+        count: u32,
+        replaced: Vec<(u32, u32)>,
+    },
+    /// The last batch of this epoch has been announced.
+    EndOfEpoch(u32),
+    /// Every epoch asked for has been produced.
+    Finished,
+}
+
+/// One client's part of a producer.
+pub(super) struct Member {
+    /// The connection's id (its line in `loader status`).
+    pub id: u64,
+    /// The job, for this client's rank.
+    pub plan: JobPlan,
+    /// First batch the client wants.
+    pub start: Position,
+    /// Its ring.
+    pub ring: Ring,
+    /// Slots the client has released.
+    pub free: crossbeam_channel::Receiver<u32>,
+    /// To the connection.
+    pub events: mpsc::Sender<Event>,
+}
+
+/// Ranks of one job waiting for the others.
+struct Pending {
+    members: Vec<Member>,
+    /// Tells this wait from a later one under the same key.
+    generation: u64,
+}
+
+/// The job groups still gathering their ranks.
+#[derive(Default)]
+pub(super) struct Groups {
+    pending: HashMap<String, Pending>,
+    generation: u64,
+}
+
+/// The clients of one group share this key: job id, job without the rank, epochs.
+pub(super) fn group_key(job_id: &str, plan: &JobPlan, epochs: Option<u32>) -> String {
+    let mut spec = plan.spec().clone();
+    spec.rank = 0;
+    let spec = serde_json::to_string(&spec).unwrap_or_default();
+    format!("{job_id}\u{0}{spec}\u{0}{epochs:?}")
+}
+
+/// Adds `member` to its job's group, and starts the group's producer once all `world_size`
+/// ranks are there or `wait` after the first came. Must run inside the tokio runtime.
+pub(super) fn join(
+    shared: &Arc<Shared>,
+    key: String,
+    epochs: Option<u32>,
+    member: Member,
+    wait: Duration,
+) {
+    let spec = member.plan.spec();
+    let (world_size, rank) = (spec.world_size as usize, spec.rank);
+    if world_size <= 1 {
+        start(shared, epochs, vec![member]);
+        return;
+    }
+    let Ok(mut groups) = shared.groups.lock() else {
+        // Dropping the member closes its connection; the client reconnects.
+        return;
+    };
+    // The same rank again (its client reconnected while the group waited): the waiting ranks
+    // go ahead without it, and it starts a new wait.
+    let again = groups
+        .pending
+        .get(&key)
+        .is_some_and(|p| p.members.iter().any(|m| m.plan.spec().rank == rank));
+    if again && let Some(p) = groups.pending.remove(&key) {
+        start(shared, epochs, p.members);
+    }
+    groups.generation += 1;
+    let generation = groups.generation;
+    let first = !groups.pending.contains_key(&key);
+    let pending = groups.pending.entry(key.clone()).or_insert(Pending {
+        members: Vec::new(),
+        generation,
+    });
+    pending.members.push(member);
+    let generation = pending.generation;
+    if pending.members.len() >= world_size {
+        if let Some(p) = groups.pending.remove(&key) {
+            start(shared, epochs, p.members);
+        }
+    } else if first {
+        let shared = Arc::clone(shared);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let ready = shared.groups.lock().ok().and_then(|mut g| {
+                let same = g
+                    .pending
+                    .get(&key)
+                    .is_some_and(|p| p.generation == generation);
+                if same { g.pending.remove(&key) } else { None }
+            });
+            if let Some(p) = ready {
+                start(&shared, epochs, p.members);
+            }
+        });
+    }
+}
+
+/// Starts the producer thread of `members` (clients already gone are left out).
+fn start(shared: &Arc<Shared>, epochs: Option<u32>, mut members: Vec<Member>) {
+    members.retain(|m| !m.events.is_closed());
+    let Some(first) = members.first() else {
+        return;
+    };
+    let n = members.len() as u32;
+    let spec = first.plan.spec();
+    let ranks: Vec<u32> = members.iter().map(|m| m.plan.spec().rank).collect();
+    tracing::info!(
+        "producer for ranks {ranks:?} of {} ({} {}): {} worker threads",
+        spec.world_size,
+        spec.split,
+        spec.transform,
+        shared.workers * n
+    );
+    for m in &members {
+        shared.update_client(m.id, |c| c.group = n);
+    }
+    let ids: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
+    let producer = Producer {
+        shared: Arc::clone(shared),
+        members,
+        epochs,
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name(format!("producer-{}", ids.join("-")))
+        .spawn(move || producer.run())
+    {
+        // The members went with the closure: their connections close, their clients retry.
+        tracing::error!("starting a producer: {e}");
+    }
+}
+
+/// Fills the rings of a group's clients, on its own thread (plus the batch maker's workers).
+struct Producer {
+    shared: Arc<Shared>,
+    members: Vec<Member>,
+    epochs: Option<u32>,
+}
+
+impl Producer {
+    fn run(mut self) {
+        let Some(first) = self.members.first() else {
+            return;
+        };
+        let spec = first.plan.spec().clone();
+        let (plan, transform) = (first.plan.clone(), first.plan.transform());
+        let Ok(split) = self.shared.dataset.split(&spec.split) else {
+            return;
+        };
+        let threads = self.shared.workers as usize * self.members.len();
+        let mut maker = BatchMaker::new(transform, spec.seed, threads);
+        let Some(mut at) = self.members.iter().map(|m| m.start).min() else {
+            return;
+        };
+        let mut epoch_samples: Vec<(u32, Vec<Sample>)> = self
+            .members
+            .iter()
+            .map(|_| (u32::MAX, Vec::new()))
+            .collect();
+        let mut sequence = vec![0u64; self.members.len()];
+        loop {
+            if self.epochs.is_some_and(|n| at.epoch >= n) {
+                for m in &self.members {
+                    let _ = m.events.blocking_send(Event::Finished);
+                }
+                return;
+            }
+            // A free slot from every client that wants this batch: backpressure stops the
+            // workers here. A client that has gone ends the group.
+            let mut slots: Vec<Option<u32>> = Vec::with_capacity(self.members.len());
+            let mut gone = None;
+            for m in &self.members {
+                if m.start > at {
+                    slots.push(None);
+                    continue;
+                }
+                match m.free.recv() {
+                    Ok(slot) if !m.events.is_closed() => slots.push(Some(slot)),
+                    _ => {
+                        gone = Some(m.id);
+                        break;
+                    }
+                }
+            }
+            if let Some(id) = gone {
+                return self.left(id);
+            }
+            for ((m, slot), cached) in self.members.iter().zip(&slots).zip(&mut epoch_samples) {
+                if slot.is_some() && cached.0 != at.epoch {
+                    *cached = (at.epoch, m.plan.sampler().epoch(at.epoch));
+                }
+            }
+            let before = maker.times();
+            let mut outs = Vec::new();
+            let mut written = Vec::new();
+            for (i, (m, slot)) in self.members.iter_mut().zip(&slots).enumerate() {
+                let Some(slot) = *slot else { continue };
+                let samples = m.plan.batch(&epoch_samples[i].1, at.step);
+                let s = m.ring.slot_mut(slot);
+                for (id, sample) in s.ids.iter_mut().zip(samples) {
+                    *id = sample.index;
+                }
+                *s.meta = SlotMeta::new(at.epoch, at.step, samples.len() as u32, sequence[i]);
+                sequence[i] += 1;
+                outs.push(BatchOut {
+                    samples,
+                    images: s.images,
+                    labels: s.labels,
+                });
+                written.push((i, slot, s.ids, samples.len()));
+            }
+            let reports = maker.fill_many(split, at.epoch, outs);
+            let t = maker.times();
+            let shared = &self.shared;
+            let stages = [
+                t.decode - before.decode,
+                t.resize - before.resize,
+                t.flip - before.flip,
+                t.rand_augment - before.rand_augment,
+                t.write - before.write,
+            ];
+            for (acc, d) in shared.stage_ns.iter().zip(stages) {
+                acc.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+            }
+            shared
+                .decoded
+                .fetch_add(t.decoded - before.decoded, Ordering::Relaxed);
+            let next = plan.next(at);
+            let mut done = Vec::with_capacity(written.len());
+            for ((i, slot, ids, count), report) in written.into_iter().zip(reports) {
+                for (from, to) in &report.replaced {
+                    ids.iter_mut()
+                        .filter(|id| **id == *from)
+                        .for_each(|id| *id = *to);
+                }
+                done.push((i, slot, count, report.replaced));
+            }
+            let mut gone = None;
+            for (i, slot, count, replaced) in done {
+                shared.samples.fetch_add(count as u64, Ordering::Relaxed);
+                shared
+                    .decode_errors
+                    .fetch_add(replaced.len() as u64, Ordering::Relaxed);
+                let m = &self.members[i];
+                shared.update_client(m.id, |c| {
+                    c.next = next;
+                    c.samples += count as u64;
+                });
+                let ready = Event::Ready {
+                    slot,
+                    position: at,
+                    count: count as u32,
+                    replaced,
+                };
+                let sent = m.events.blocking_send(ready).is_ok()
+                    && (next.epoch == at.epoch
+                        || m.events.blocking_send(Event::EndOfEpoch(at.epoch)).is_ok());
+                if !sent {
+                    gone = Some(m.id);
+                    break;
+                }
+            }
+            if let Some(id) = gone {
+                return self.left(id);
+            }
+            at = next;
+        }
+    }
+
+    /// Client `id` has gone: stop, which closes the other members' connections.
+    fn left(self, id: u64) {
+        if self.members.len() > 1 {
+            tracing::info!(
+                "client {id} left its group of {}; the others reconnect and regroup",
+                self.members.len()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use shard_tool::synth::{self, TreeSpec};
+    use shard_tool::{PackOptions, pack};
+
+    use crate::client::{self, Client, ClientOptions};
+    use crate::job::{JobSpec, Position, TransformOverrides};
+    use crate::server::{LocalServer, ServeConfig};
+
+    fn shards(dir: &Path) -> std::path::PathBuf {
+        let spec = TreeSpec {
+            // timm's repeated-augmentation sampler needs 256 records.
+            classes: 3,
+            train_per_class: 90,
+            val_per_class: 0,
+            size: 32,
+            odd_files: false,
+        };
+        synth::write_tree(&dir.join("src"), &spec).unwrap();
+        let out = dir.join("shards");
+        pack(&dir.join("src"), &PackOptions::new(&out), &mut |_| {}).unwrap();
+        out
+    }
+
+    fn daemon(shards: &Path, group_wait_s: f64) -> LocalServer {
+        LocalServer::start(ServeConfig {
+            shards: Some(shards.to_path_buf()),
+            workers: 1,
+            group_wait_s,
+            ..ServeConfig::default()
+        })
+        .unwrap()
+    }
+
+    /// Ranks `ranks` of a 3-rank A1 job, each on its own thread: the bytes of its first 3
+    /// batches, per rank.
+    fn fetch(server: &LocalServer, job_id: &str, ranks: &[u32]) -> Vec<Vec<Vec<u8>>> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = ranks
+                .iter()
+                .map(|&rank| {
+                    let socket = server.socket().to_path_buf();
+                    scope.spawn(move || {
+                        let mut client = Client::connect(ClientOptions {
+                            socket,
+                            job_id: job_id.to_string(),
+                            job: JobSpec {
+                                split: "train".into(),
+                                transform: "a1".into(),
+                                seed: 5,
+                                world_size: 3,
+                                rank,
+                                batch_size: 6,
+                                overrides: TransformOverrides {
+                                    img_size: Some(32),
+                                    ..TransformOverrides::default()
+                                },
+                            },
+                            start: Position::default(),
+                            epochs: None,
+                            slots: Some(2),
+                            reconnect_timeout: std::time::Duration::from_secs(10),
+                        })
+                        .unwrap();
+                        (0..3)
+                            .map(|_| {
+                                let batch = client.next_batch().unwrap().unwrap();
+                                let mut bytes = batch.images().to_vec();
+                                bytes.extend(batch.labels().iter().flat_map(|l| l.to_le_bytes()));
+                                bytes
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    /// Statistics once the producers have stopped (they finish the step they were in after
+    /// their clients left).
+    fn settled_stats(server: &LocalServer) -> crate::protocol::Stats {
+        let mut last = client::stats(server.socket()).unwrap();
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let now = client::stats(server.socket()).unwrap();
+            if (now.samples, now.decoded) == (last.samples, last.decoded) {
+                return now;
+            }
+            last = now;
+        }
+    }
+
+    #[test]
+    fn the_ranks_of_a_job_share_decodes_and_get_the_bytes_they_would_get_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = shards(dir.path());
+
+        // Alone: each rank its own job (no wait), one decode per sample.
+        let solo = daemon(&shards, 0.0);
+        let alone: Vec<Vec<Vec<u8>>> = (0..3)
+            .map(|rank| fetch(&solo, &format!("solo-{rank}"), &[rank]).remove(0))
+            .collect();
+        let s = settled_stats(&solo);
+        assert!(s.samples >= 3 * 3 * 6, "{s:?}");
+        assert_eq!(s.decoded, s.samples, "alone, every sample is decoded");
+
+        // Together: one group, one decode for the 3 copies of each image.
+        let shared = daemon(&shards, 30.0);
+        let together = fetch(&shared, "job", &[0, 1, 2]);
+        assert_eq!(
+            together, alone,
+            "batches differ when the ranks share decodes"
+        );
+        let s = settled_stats(&shared);
+        assert!(s.samples >= 3 * 3 * 6, "{s:?}");
+        assert_eq!(
+            s.decoded * 3,
+            s.samples,
+            "{} decodes for {} samples",
+            s.decoded,
+            s.samples
+        );
+    }
+}
