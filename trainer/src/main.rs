@@ -115,16 +115,7 @@ struct ModelArgs {
 
 impl ModelArgs {
     fn config(&self) -> Result<ResNetConfig> {
-        let depth = self
-            .model
-            .strip_prefix("resnet")
-            .and_then(|d| d.parse().ok())
-            .with_context(|| {
-                format!(
-                    "unknown --model '{}': use resnet18, resnet34, resnet50, resnet101 or resnet152",
-                    self.model
-                )
-            })?;
+        let depth = trainer::resnet::timm_depth(&self.model)?;
         Ok(ResNetConfig {
             depth,
             num_classes: self.num_classes,
@@ -559,21 +550,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
 
 fn eval(a: EvalArgs) -> Result<ExitCode> {
     let config = load_recipe(&a.config)?;
-    let source = a.data.source(a.workers);
-    let _local;
-    let socket = match &source {
-        DataSource::Shards { dir, workers } => {
-            let server = loader::server::LocalServer::start(loader::server::ServeConfig {
-                shards: Some(dir.clone()),
-                workers: *workers,
-                ..Default::default()
-            })?;
-            let socket = server.socket().to_path_buf();
-            _local = server;
-            socket
-        }
-        DataSource::Loader { socket } => socket.clone(),
-    };
+    let batches = a.data.source(a.workers).open()?;
     let device = burn::tensor::Device::flex().autodiff();
     let model = trainer::train::model_config(&config)?.init(&device)?;
     let model = if a.weights.is_dir() {
@@ -581,7 +558,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     } else {
         trainer::weights::import(model, &a.weights)?
     };
-    let m = trainer::train::evaluate(&model, &device, &socket, &config, 0, 0)?;
+    let m = trainer::train::evaluate(&model, &device, batches.socket(), &config, 0, 0)?;
     if let Metric::Eval {
         top1,
         top5,

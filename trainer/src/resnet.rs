@@ -43,6 +43,17 @@ pub enum ConfigError {
     /// A width multiplier that leaves no channels.
     #[error("width multiplier {0} must be positive and finite")]
     Width(f64),
+    /// A model name that is not one of timm's ResNets.
+    #[error("model \"{0}\": use resnet18, resnet34, resnet50, resnet101 or resnet152")]
+    Model(String),
+}
+
+/// The depth of timm's model `name` (`resnet50` → 50).
+pub fn timm_depth(name: &str) -> Result<usize, ConfigError> {
+    name.strip_prefix("resnet")
+        .and_then(|d| d.parse().ok())
+        .filter(|d| matches!(d, 18 | 34 | 50 | 101 | 152))
+        .ok_or_else(|| ConfigError::Model(name.to_string()))
 }
 
 impl ResNetConfig {
@@ -396,6 +407,16 @@ mod tests {
             config.init(&Device::flex()),
             Err(ConfigError::Depth(42))
         ));
+    }
+
+    #[test]
+    fn timm_model_names_give_their_depth_and_others_are_named_in_the_error() {
+        assert_eq!(timm_depth("resnet50").ok(), Some(50));
+        assert_eq!(timm_depth("resnet18").ok(), Some(18));
+        for bad in ["resnet51", "vit_base", "resnet"] {
+            let err = timm_depth(bad).expect_err(bad).to_string();
+            assert!(err.contains(bad) && err.contains("resnet152"), "{err}");
+        }
     }
 
     #[test]

@@ -45,6 +45,44 @@ pub enum DataSource {
     },
 }
 
+impl DataSource {
+    /// Starts the in-process loader where this source is one; returns where to connect.
+    pub fn open(&self) -> Result<Batches, TrainError> {
+        match self {
+            DataSource::Shards { dir, workers } => {
+                let server = LocalServer::start(ServeConfig {
+                    shards: Some(dir.clone()),
+                    workers: *workers,
+                    ..ServeConfig::default()
+                })
+                .map_err(|e| TrainError::Loader(e.to_string()))?;
+                Ok(Batches {
+                    socket: server.socket().to_path_buf(),
+                    _local: Some(server),
+                })
+            }
+            DataSource::Loader { socket } => Ok(Batches {
+                socket: socket.clone(),
+                _local: None,
+            }),
+        }
+    }
+}
+
+/// An opened [`DataSource`]: the socket to connect to, and the in-process loader behind it
+/// (stopped when this is dropped).
+pub struct Batches {
+    socket: PathBuf,
+    _local: Option<LocalServer>,
+}
+
+impl Batches {
+    /// The loader's socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
 /// Settings of a run besides the recipe.
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
@@ -169,16 +207,7 @@ pub enum Event {
 
 /// The model a recipe names.
 pub fn model_config(config: &TrainConfig) -> Result<ResNetConfig, TrainError> {
-    let depth = config
-        .model
-        .strip_prefix("resnet")
-        .and_then(|d| d.parse().ok())
-        .ok_or_else(|| {
-            TrainError::Recipe(format!(
-                "model = \"{}\": use resnet18, resnet34, resnet50, resnet101 or resnet152",
-                config.model
-            ))
-        })?;
+    let depth = crate::resnet::timm_depth(&config.model)?;
     Ok(ResNetConfig {
         depth,
         num_classes: config.num_classes,
@@ -287,19 +316,8 @@ pub fn train(
     }
 
     // The loader: in this process on the shards, or the daemon.
-    let (_local, socket) = match &options.data {
-        DataSource::Shards { dir, workers } => {
-            let server = LocalServer::start(ServeConfig {
-                shards: Some(dir.clone()),
-                workers: *workers,
-                ..ServeConfig::default()
-            })
-            .map_err(|e| TrainError::Loader(e.to_string()))?;
-            let socket = server.socket().to_path_buf();
-            (Some(server), socket)
-        }
-        DataSource::Loader { socket } => (None, socket.clone()),
-    };
+    let batches = options.data.open()?;
+    let socket = batches.socket().to_path_buf();
 
     let device = options.device.device(options.precision)?.autodiff();
     device.seed(config.seed);
