@@ -46,8 +46,8 @@ echo "== extract val record 0"
 echo "== loader preview: 12 A1-augmented samples (RRC 224, flip, rand-m7-mstd0.5-inc1, 3 repeats)"
 "$ld" preview "$work/shards" --transform a1 --out "$work/preview.png" --count 12 --cols 6
 
-echo "== loader bench: A1 batches in-process, 2 threads"
-"$ld" bench "$work/shards" --transform a1 -j 2 --samples 256 --batch-size 32
+echo "== loader bench: A1 batches in-process, 2 threads; and 3 ranks of one job made alone, then sharing decodes"
+"$ld" bench "$work/shards" --transform a1 -j 2 --samples 256 --batch-size 32 --ranks 3
 
 echo "== loader serve: the daemon, in the background, on a private socket"
 sock="$work/loader.sock"

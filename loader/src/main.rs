@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use loader::batch::BatchMaker;
+use loader::batch::{BatchMaker, BatchOut};
 use loader::client::{Client, ClientOptions};
 use loader::crop::{CropBox, Interpolation, InterpolationChoice};
 use loader::decode::{Decoder, RgbImage};
@@ -688,6 +688,11 @@ struct BenchArgs {
     /// process with the same threads) and report the ratio to the in-process rate.
     #[arg(long)]
     ring: bool,
+    /// Also measure N ranks of one job (world size N, same threads): each rank's batches made
+    /// alone, then the ranks' batches of each step made together as the daemon does for a
+    /// job group (one decode for the copies that repeated augmentation spreads over ranks).
+    #[arg(long, value_name = "N")]
+    ranks: Option<u32>,
 }
 
 fn bench(run: &BenchArgs) -> Result<()> {
@@ -830,10 +835,119 @@ fn bench(run: &BenchArgs) -> Result<()> {
             ring_rate / rate
         )?;
     }
+    if let Some(n) = run.ranks {
+        bench_ranks(run, n, &mut stdout)?;
+    }
     for (step, d) in digests {
         writeln!(stdout, "  step {step} sha256 {d}")?;
     }
     Ok(())
+}
+
+/// `bench --ranks N`: the ranks of one job made alone, then together; same threads, same
+/// steps; checks that both give the same bytes.
+fn bench_ranks(run: &BenchArgs, n: u32, out: &mut impl Write) -> Result<()> {
+    let (dataset, first) = open_job(&run.shards, &rank_spec(run, n, 0)?)?;
+    let split = dataset.split(&run.split)?;
+    let plans = (0..n)
+        .map(|rank| Ok(rank_spec(run, n, rank)?.plan(split.len())?))
+        .collect::<Result<Vec<_>>>()?;
+    let transform = first.transform();
+    let orders: Vec<_> = plans.iter().map(|p| p.sampler().epoch(0)).collect();
+    let b = run.batch_size;
+    // Steps per rank, plus one untimed warm-up step.
+    let steps = (run.samples / (b * n as usize)).max(1) + 1;
+    let available = orders.iter().map(Vec::len).min().unwrap_or(0) / b;
+    if steps > available {
+        bail!(
+            "--ranks {n}: {steps} steps of {b} samples per rank go past the epoch's {available} \
+             steps; use fewer --samples"
+        );
+    }
+    let at = |rank: usize, step: usize| &orders[rank][step * b..(step + 1) * b];
+    let bytes = transform.image_bytes();
+    let mut images = vec![vec![0u8; b * bytes]; n as usize];
+    let mut labels = vec![vec![0u32; b]; n as usize];
+
+    let mut alone = BatchMaker::new(transform, run.seed, run.threads);
+    let mut t_alone = Duration::ZERO;
+    let mut decoded_alone = 0;
+    for step in 0..steps {
+        let (t0, d0) = (Instant::now(), alone.times().decoded);
+        for rank in 0..n as usize {
+            alone.fill(
+                split,
+                0,
+                at(rank, step),
+                &mut images[rank],
+                &mut labels[rank],
+            );
+        }
+        if step > 0 {
+            t_alone += t0.elapsed();
+            decoded_alone += alone.times().decoded - d0;
+        }
+    }
+    let last_alone: Vec<String> = (0..n as usize)
+        .map(|r| batch_digest(&images[r], &labels[r]))
+        .collect();
+
+    let mut together = BatchMaker::new(transform, run.seed, run.threads);
+    let mut t_together = Duration::ZERO;
+    let mut decoded_together = 0;
+    for step in 0..steps {
+        let (t0, d0) = (Instant::now(), together.times().decoded);
+        let outs = images
+            .iter_mut()
+            .zip(labels.iter_mut())
+            .enumerate()
+            .map(|(rank, (images, labels))| BatchOut {
+                samples: at(rank, step),
+                images,
+                labels,
+            })
+            .collect();
+        together.fill_many(split, 0, outs);
+        if step > 0 {
+            t_together += t0.elapsed();
+            decoded_together += together.times().decoded - d0;
+        }
+    }
+    let same = (0..n as usize).all(|r| batch_digest(&images[r], &labels[r]) == last_alone[r]);
+    if !same {
+        bail!("--ranks {n}: the ranks' batches differ between alone and together");
+    }
+    let samples = ((steps - 1) * b * n as usize) as f64;
+    let (rate_alone, rate_together) = (
+        samples / t_alone.as_secs_f64(),
+        samples / t_together.as_secs_f64(),
+    );
+    writeln!(
+        out,
+        "  {n} ranks of one job ({} steps of {b} per rank, {} thread(s)): alone {rate_alone:.1} \
+         samples/s ({decoded_alone} decodes), together {rate_together:.1} samples/s \
+         ({decoded_together} decodes), same bytes; together / alone = {:.2}",
+        steps - 1,
+        run.threads,
+        rate_together / rate_alone
+    )?;
+    Ok(())
+}
+
+/// Rank `rank` of an `n`-rank job of the bench's transform.
+fn rank_spec(run: &BenchArgs, n: u32, rank: u32) -> Result<JobSpec> {
+    if n == 0 {
+        bail!("--ranks must be at least 1");
+    }
+    let mut spec = JobSpec::single(
+        &run.split,
+        &run.transform,
+        run.seed,
+        u32::try_from(run.batch_size).context("--batch-size too large")?,
+    );
+    spec.world_size = n;
+    spec.rank = rank;
+    Ok(spec)
 }
 
 /// SHA-256 of a batch: its images, then its labels as little-endian u32.

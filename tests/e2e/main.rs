@@ -47,6 +47,10 @@ fn readme_main_job_runs_end_to_end() {
     assert!(stdout.contains("tile 11 (row 1, col 5)"), "{stdout}");
     assert!(stdout.contains("samples/s"), "{stdout}");
     assert!(
+        stdout.contains("3 ranks of one job") && stdout.contains("same bytes"),
+        "{stdout}"
+    );
+    assert!(
         stdout.contains("loader fetch: 8 batches, 256 samples"),
         "{stdout}"
     );
