@@ -264,6 +264,11 @@ impl Producer {
             for (acc, d) in shared.stage_ns.iter().zip(stages) {
                 acc.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
             }
+            // Counted as written, with the decodes, whatever happens to the announcements.
+            let written_samples: usize = written.iter().map(|w| w.3).sum();
+            shared
+                .samples
+                .fetch_add(written_samples as u64, Ordering::Relaxed);
             shared
                 .decoded
                 .fetch_add(t.decoded - before.decoded, Ordering::Relaxed);
@@ -279,7 +284,6 @@ impl Producer {
             }
             let mut gone = None;
             for (i, slot, count, replaced) in done {
-                shared.samples.fetch_add(count as u64, Ordering::Relaxed);
                 shared
                     .decode_errors
                     .fetch_add(replaced.len() as u64, Ordering::Relaxed);
