@@ -666,7 +666,7 @@ struct BenchArgs {
     /// Worker threads.
     #[arg(short = 'j', long, default_value_t = 1)]
     threads: usize,
-    /// Samples to produce (rounded down to whole batches).
+    /// Samples to produce (rounded down to whole batches), across epochs if need be.
     #[arg(long, default_value_t = 1536)]
     samples: usize,
     /// Samples per batch.
@@ -715,30 +715,38 @@ fn bench(run: &BenchArgs) -> Result<()> {
     let (dataset, plan) = open_job(shards, &spec)?;
     let transform = plan.transform();
     let split = dataset.split(split_name)?;
-    // One epoch's samples, steps numbered from 0 (the bench stays within epoch 0).
-    let order = plan.sampler().epoch(0);
-    let batches = (samples / batch_size).max(1);
-    let steps = run.start_step..run.start_step + batches;
-    if steps.end * batch_size > order.len() {
+    // The batches from --start-step of epoch 0 on, across epochs as a trainer reads them.
+    let spe = plan.steps_per_epoch();
+    if run.start_step as u64 >= spe {
         bail!(
-            "steps {}..{} of {batch_size} samples go past the epoch's {} samples; use fewer \
-             --samples or a smaller --start-step",
-            steps.start,
-            steps.end,
-            order.len()
+            "--start-step {} is past epoch 0's {spe} steps",
+            run.start_step
         );
     }
-    let at = |step: usize| &order[step * batch_size..(step + 1) * batch_size];
+    let batches = (samples / batch_size).max(1);
+    let mut positions = vec![Position {
+        epoch: 0,
+        step: run.start_step as u64,
+    }];
+    while positions.len() < batches {
+        let last = positions[positions.len() - 1];
+        positions.push(plan.next(last));
+    }
+    let orders: std::collections::BTreeMap<u32, Vec<loader::sampler::Sample>> = positions
+        .iter()
+        .map(|p| (p.epoch, plan.sampler().epoch(p.epoch)))
+        .collect();
+    let at = |p: Position| plan.batch(&orders[&p.epoch], p.step);
     let mut maker = BatchMaker::new(transform, seed, threads);
     let mut images = vec![0u8; batch_size * transform.image_bytes()];
     let mut labels = vec![0u32; batch_size];
     // One warm-up batch (page cache, buffers), not timed.
-    maker.fill(split, 0, at(steps.start), &mut images, &mut labels);
+    maker.fill(split, 0, at(positions[0]), &mut images, &mut labels);
     let warm = maker.times();
     let mut digests = Vec::new();
     let (t0, c0) = (Instant::now(), cpu_time());
-    for step in steps.clone() {
-        let report = maker.fill(split, 0, at(step), &mut images, &mut labels);
+    for &p in &positions {
+        let report = maker.fill(split, p.epoch, at(p), &mut images, &mut labels);
         if !report.replaced.is_empty() {
             eprintln!(
                 "warning: records replaced after decode errors: {:?}",
@@ -746,7 +754,7 @@ fn bench(run: &BenchArgs) -> Result<()> {
             );
         }
         if run.digests {
-            digests.push((step, batch_digest(&images, &labels)));
+            digests.push((p, batch_digest(&images, &labels)));
         }
     }
     let (wall, cpu) = (t0.elapsed(), cpu_time() - c0);
@@ -761,8 +769,9 @@ fn bench(run: &BenchArgs) -> Result<()> {
     let rate = times.samples as f64 / wall.as_secs_f64();
 
     // Baseline: decode-only of the same records, same threads, nothing else.
-    let used: Vec<u64> = order[steps.start * batch_size..steps.end * batch_size]
+    let used: Vec<u64> = positions
         .iter()
+        .flat_map(|&p| at(p))
         .map(|s| u64::from(s.index))
         .collect::<std::collections::BTreeSet<u64>>()
         .into_iter()
@@ -827,7 +836,7 @@ fn bench(run: &BenchArgs) -> Result<()> {
         rate / decode_rate
     )?;
     if run.ring {
-        let ring_rate = bench_ring(run, steps.clone())?;
+        let ring_rate = bench_ring(run, &positions)?;
         writeln!(
             stdout,
             "  through the daemon's ring into this process (daemon in its own process, same \
@@ -838,8 +847,8 @@ fn bench(run: &BenchArgs) -> Result<()> {
     if let Some(n) = run.ranks {
         bench_ranks(run, n, &mut stdout)?;
     }
-    for (step, d) in digests {
-        writeln!(stdout, "  step {step} sha256 {d}")?;
+    for (p, d) in digests {
+        writeln!(stdout, "  epoch {} step {} sha256 {d}", p.epoch, p.step)?;
     }
     Ok(())
 }
@@ -962,7 +971,7 @@ fn batch_digest(images: &[u8], labels: &[u32]) -> String {
 
 /// Starts `loader serve` as a child process on a private socket, reads the same batches through
 /// its ring, and returns the samples/s (first batch not timed, as in-process).
-fn bench_ring(run: &BenchArgs, steps: std::ops::Range<usize>) -> Result<f64> {
+fn bench_ring(run: &BenchArgs, positions: &[Position]) -> Result<f64> {
     let dir = std::env::temp_dir().join(format!("rsb-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let socket = dir.join("loader.sock");
@@ -982,10 +991,7 @@ fn bench_ring(run: &BenchArgs, steps: std::ops::Range<usize>) -> Result<f64> {
             socket: socket.clone(),
             job_id: "bench".into(),
             job: JobSpec::single(&run.split, &run.transform, run.seed, run.batch_size as u32),
-            start: Position {
-                epoch: 0,
-                step: steps.start as u64,
-            },
+            start: positions.first().copied().unwrap_or_default(),
             epochs: None,
             slots: None,
             reconnect_timeout: Duration::from_secs(30),
@@ -994,7 +1000,7 @@ fn bench_ring(run: &BenchArgs, steps: std::ops::Range<usize>) -> Result<f64> {
         drop(client.next_batch()?);
         let t0 = Instant::now();
         let mut samples = 0;
-        for _ in steps.skip(1) {
+        for _ in positions.iter().skip(1) {
             let batch = client.next_batch()?.context("the daemon finished early")?;
             // Touch one byte per page, as an upload would read them.
             let sum: u64 = batch
