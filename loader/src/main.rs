@@ -693,9 +693,34 @@ struct BenchArgs {
     /// job group (one decode for the copies that repeated augmentation spreads over ranks).
     #[arg(long, value_name = "N")]
     ranks: Option<u32>,
+    /// Run everything this many times (in-process then --ring, alternating) and, with --ring,
+    /// print the median ratio: one run of a few seconds is at the mercy of machine noise.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
 }
 
 fn bench(run: &BenchArgs) -> Result<()> {
+    let mut ratios = Vec::new();
+    for _ in 0..run.repeat.max(1) {
+        if let Some(ratio) = bench_once(run)? {
+            ratios.push(ratio);
+        }
+    }
+    if ratios.len() > 1 {
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios[ratios.len() / 2];
+        let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+        println!(
+            "ring / in-process over {} repeats: {} (sorted); median {median:.3}",
+            ratios.len(),
+            shown.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// One bench run; returns ring / in-process with `--ring`.
+fn bench_once(run: &BenchArgs) -> Result<Option<f64>> {
     let shards = run.shards.as_path();
     let mut stdout = std::io::stdout().lock();
     let (transform_name, threads, samples, batch_size, split_name, seed) = (
@@ -835,6 +860,7 @@ fn bench(run: &BenchArgs) -> Result<()> {
         used.len(),
         rate / decode_rate
     )?;
+    let mut ratio = None;
     if run.ring {
         let ring_rate = bench_ring(run, &positions)?;
         writeln!(
@@ -843,6 +869,7 @@ fn bench(run: &BenchArgs) -> Result<()> {
              threads): samples/s {ring_rate:.1}; ring / in-process = {:.3}",
             ring_rate / rate
         )?;
+        ratio = Some(ring_rate / rate);
     }
     if let Some(n) = run.ranks {
         bench_ranks(run, n, &mut stdout)?;
@@ -850,7 +877,7 @@ fn bench(run: &BenchArgs) -> Result<()> {
     for (p, d) in digests {
         writeln!(stdout, "  epoch {} step {} sha256 {d}", p.epoch, p.step)?;
     }
-    Ok(())
+    Ok(ratio)
 }
 
 /// `bench --ranks N`: the ranks of one job made alone, then together; same threads, same
