@@ -96,63 +96,78 @@ impl BatchMaker {
     ) -> Vec<FillReport> {
         let n = self.transform.image_bytes();
         let count = batches.len();
-        // The samples of each record, in order of first appearance: (batch, sample, outputs).
-        let mut groups: Vec<Group<'_>> = Vec::new();
-        let mut group_of: HashMap<u32, usize> = HashMap::new();
+        // Every sample with its record's group, groups numbered in order of first appearance.
+        let total = batches.iter().map(|b| b.samples.len()).sum();
+        let mut entries: Vec<Entry<'_>> = Vec::with_capacity(total);
+        let mut group_of: HashMap<u32, usize> = HashMap::with_capacity(total);
         for (b, batch) in batches.into_iter().enumerate() {
-            let outs: Vec<&mut [u8]> = batch
-                .images
-                .chunks_exact_mut(n)
-                .take(batch.samples.len())
-                .collect();
+            let outs = batch.images.chunks_exact_mut(n).take(batch.samples.len());
             assert_eq!(outs.len(), batch.samples.len(), "images buffer too short");
             assert!(
                 batch.labels.len() >= batch.samples.len(),
                 "labels buffer too short"
             );
             for ((sample, out), label) in batch.samples.iter().zip(outs).zip(batch.labels) {
-                let g = *group_of.entry(sample.index).or_insert_with(|| {
-                    groups.push(Group::default());
-                    groups.len() - 1
+                let groups = group_of.len();
+                let group = *group_of.entry(sample.index).or_insert(groups);
+                entries.push(Entry {
+                    group,
+                    batch: b,
+                    sample: *sample,
+                    out,
+                    label,
                 });
-                let group = &mut groups[g];
-                group.batches.push(b);
-                group.samples.push(*sample);
-                group.outs.push(out);
-                group.labels.push(label);
             }
         }
-        // Each group is taken whole by whichever thread claims it.
-        let slots: Vec<Mutex<Option<Group<'_>>>> =
-            groups.into_iter().map(|g| Mutex::new(Some(g))).collect();
+        // Make each group contiguous (a stable sort keeps the order within it), then hand
+        // each one's outputs out as one unit: a few allocations per call, none per image.
+        entries.sort_by_key(|e| e.group);
+        let samples: Vec<Sample> = entries.iter().map(|e| e.sample).collect();
+        let batch_of: Vec<usize> = entries.iter().map(|e| e.batch).collect();
+        let mut starts: Vec<usize> = Vec::with_capacity(group_of.len() + 1);
+        for (i, e) in entries.iter().enumerate() {
+            if i == 0 || entries[i - 1].group != e.group {
+                starts.push(i);
+            }
+        }
+        starts.push(entries.len());
+        let (mut outs, mut labels): (Vec<&mut [u8]>, Vec<&mut u32>) =
+            entries.into_iter().map(|e| (e.out, e.label)).unzip();
+        let mut slots: Vec<Mutex<Option<GroupOutputs<'_, '_>>>> = Vec::with_capacity(starts.len());
+        let (mut outs_left, mut labels_left) = (&mut outs[..], &mut labels[..]);
+        for w in starts.windows(2) {
+            let len = w[1] - w[0];
+            let (o, o_rest) = std::mem::take(&mut outs_left).split_at_mut(len);
+            let (l, l_rest) = std::mem::take(&mut labels_left).split_at_mut(len);
+            (outs_left, labels_left) = (o_rest, l_rest);
+            slots.push(Mutex::new(Some((w[0]..w[1], o, l))));
+        }
         let next = AtomicUsize::new(0);
         let replaced = Mutex::new(vec![Vec::new(); count]);
         std::thread::scope(|scope| {
             for worker in &mut self.workers {
                 let (slots, next, replaced) = (&slots, &next, &replaced);
+                let (samples, batch_of) = (&samples, &batch_of);
                 scope.spawn(move || {
                     loop {
                         let g = next.fetch_add(1, Ordering::Relaxed);
                         let Some(slot) = slots.get(g) else { return };
-                        let Some(mut group) = slot.lock().ok().and_then(|mut s| s.take()) else {
+                        let Some((range, outs, labels)) =
+                            slot.lock().ok().and_then(|mut s| s.take())
+                        else {
                             continue;
                         };
-                        let wanted = group.samples[0].index;
-                        let used = produce_with_fallback(
-                            worker,
-                            split,
-                            epoch,
-                            &group.samples,
-                            &mut group.outs,
-                        );
+                        let group = &samples[range.clone()];
+                        let wanted = group[0].index;
+                        let used = produce_with_fallback(worker, split, epoch, group, outs);
                         let label = split.label(u64::from(used)).unwrap_or(shard_tool::NO_LABEL);
-                        for l in group.labels {
-                            *l = label;
+                        for l in labels.iter_mut() {
+                            **l = label;
                         }
                         if used != wanted
                             && let Ok(mut r) = replaced.lock()
                         {
-                            for &b in &group.batches {
+                            for &b in &batch_of[range] {
                                 r[b].push((wanted, used));
                             }
                         }
@@ -183,14 +198,21 @@ pub struct BatchOut<'a> {
     pub labels: &'a mut [u32],
 }
 
-/// The samples of one record among the batches being filled, with where each goes.
-#[derive(Default)]
-struct Group<'a> {
-    batches: Vec<usize>,
-    samples: Vec<Sample>,
-    outs: Vec<&'a mut [u8]>,
-    labels: Vec<&'a mut u32>,
+/// One sample of a [`BatchMaker::fill_many`] call, with its record's group and its outputs.
+struct Entry<'a> {
+    group: usize,
+    batch: usize,
+    sample: Sample,
+    out: &'a mut [u8],
+    label: &'a mut u32,
 }
+
+/// A group's place among the sorted samples, and its image and label outputs.
+type GroupOutputs<'s, 'a> = (
+    std::ops::Range<usize>,
+    &'s mut [&'a mut [u8]],
+    &'s mut [&'a mut u32],
+);
 
 /// Produces `group` from its record, or from the next record that decodes; returns the record
 /// index used. Gives up (leaving the outputs as they were) after trying every record.
