@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::OnceLock;
 
 use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
@@ -92,13 +92,18 @@ pub fn read_metrics(path: &Path) -> Result<Vec<Metric>, PlotError> {
 const FONT: &str = "sans-serif";
 
 fn register_font() -> Result<(), PlotError> {
-    static ONCE: Once = Once::new();
-    let mut result = Ok(());
-    ONCE.call_once(|| {
-        result = plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular())
-            .map_err(|_| PlotError::Draw("the embedded DejaVu Sans font did not load".into()));
+    // Once per process; a failure is remembered, not retried as a success.
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| {
+        plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok()
     });
-    result
+    if ok {
+        Ok(())
+    } else {
+        Err(PlotError::Draw(
+            "the embedded DejaVu Sans font did not load".into(),
+        ))
+    }
 }
 
 fn draw_error<E: std::fmt::Debug>(e: E) -> PlotError {

@@ -1,5 +1,6 @@
 /*!
-The loader daemon: a Unix socket, one shared-memory ring and one producer per client.
+The loader daemon: a Unix socket, one shared-memory ring per client, one producer per job
+group (the ranks of a job that attach together; see [`producer`]).
 
 Each accepted connection is checked (SO_PEERCRED against the allowed uids and gids), shakes
 hands (preamble, hello), and gets its own [`Ring`] whose descriptor travels with the `welcome`

@@ -107,15 +107,16 @@ pub(super) fn join(
     if again && let Some(p) = groups.pending.remove(&key) {
         start(shared, epochs, p.members);
     }
-    groups.generation += 1;
-    let generation = groups.generation;
     let first = !groups.pending.contains_key(&key);
+    if first {
+        groups.generation += 1;
+    }
+    let generation = groups.generation;
     let pending = groups.pending.entry(key.clone()).or_insert(Pending {
         members: Vec::new(),
         generation,
     });
     pending.members.push(member);
-    let generation = pending.generation;
     if pending.members.len() >= world_size {
         if let Some(p) = groups.pending.remove(&key) {
             start(shared, epochs, p.members);
