@@ -20,6 +20,13 @@ use shard_tool::Split;
 use crate::pipeline::{StageTimes, Transform, Worker};
 use crate::sampler::Sample;
 
+/// Most steps of one epoch worth filling in one [`BatchMaker::fill_many`] call when their
+/// slots are free. Together, the workers cross a batch end without waiting for its last image
+/// (one thread preempted near a batch's end otherwise idles the others), and the copies of an
+/// image that straddle two batches come from one decode; more steps would only delay the
+/// first of them.
+pub const STEPS_PER_FILL: usize = 4;
+
 /// What filling one batch found.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FillReport {

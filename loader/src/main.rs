@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use loader::batch::{BatchMaker, BatchOut};
+use loader::batch::{BatchMaker, BatchOut, STEPS_PER_FILL};
 use loader::client::{Client, ClientOptions};
 use loader::crop::{CropBox, Interpolation, InterpolationChoice};
 use loader::decode::{Decoder, RgbImage};
@@ -763,23 +763,45 @@ fn bench_once(run: &BenchArgs) -> Result<Option<f64>> {
         .collect();
     let at = |p: Position| plan.batch(&orders[&p.epoch], p.step);
     let mut maker = BatchMaker::new(transform, seed, threads);
-    let mut images = vec![0u8; batch_size * transform.image_bytes()];
-    let mut labels = vec![0u32; batch_size];
+    // Steps are filled as the daemon fills them when its client keeps up: up to
+    // STEPS_PER_FILL steps of one epoch per call, so the two rates compare the same work.
+    let mut images = vec![0u8; STEPS_PER_FILL * batch_size * transform.image_bytes()];
+    let mut labels = vec![0u32; STEPS_PER_FILL * batch_size];
     // One warm-up batch (page cache, buffers), not timed.
     maker.fill(split, 0, at(positions[0]), &mut images, &mut labels);
     let warm = maker.times();
     let mut digests = Vec::new();
     let (t0, c0) = (Instant::now(), cpu_time());
-    for &p in &positions {
-        let report = maker.fill(split, p.epoch, at(p), &mut images, &mut labels);
-        if !report.replaced.is_empty() {
-            eprintln!(
-                "warning: records replaced after decode errors: {:?}",
-                report.replaced
-            );
+    for run_positions in positions
+        .chunk_by(|a, b| a.epoch == b.epoch)
+        .flat_map(|same_epoch| same_epoch.chunks(STEPS_PER_FILL))
+    {
+        let outs = images
+            .chunks_mut(batch_size * transform.image_bytes())
+            .zip(labels.chunks_mut(batch_size))
+            .zip(run_positions)
+            .map(|((images, labels), &p)| BatchOut {
+                samples: at(p),
+                images,
+                labels,
+            })
+            .collect();
+        let reports = maker.fill_many(split, run_positions[0].epoch, outs);
+        for report in reports {
+            if !report.replaced.is_empty() {
+                eprintln!(
+                    "warning: records replaced after decode errors: {:?}",
+                    report.replaced
+                );
+            }
         }
         if run.digests {
-            digests.push((p, batch_digest(&images, &labels)));
+            for (k, &p) in run_positions.iter().enumerate() {
+                let n = at(p).len();
+                let image_bytes = &images[k * batch_size * transform.image_bytes()..]
+                    [..n * transform.image_bytes()];
+                digests.push((p, batch_digest(image_bytes, &labels[k * batch_size..][..n])));
+            }
         }
     }
     let (wall, cpu) = (t0.elapsed(), cpu_time() - c0);

@@ -280,10 +280,40 @@ impl Ring {
     /// # Panics
     /// If `slot` is not below `layout().slots`.
     pub fn slot_mut(&mut self, slot: u32) -> SlotMut<'_> {
-        assert!(slot < self.layout.slots, "slot {slot} out of range");
+        self.slots_mut(&[slot])
+            .pop()
+            .unwrap_or_else(|| unreachable!("one slot asked, one returned"))
+    }
+
+    /// Several distinct slots for writing at once, in the order asked (the producer fills the
+    /// batches of several steps together).
+    ///
+    /// # Panics
+    /// If a slot is not below `layout().slots`, or appears twice.
+    pub fn slots_mut(&mut self, slots: &[u32]) -> Vec<SlotMut<'_>> {
         let l = self.layout;
-        let start = l.slot_offset(slot) as usize;
-        let bytes = &mut self.map[start..start + l.slot_bytes() as usize];
+        let mut all: Vec<Option<&mut [u8]>> = self.map[PAGE as usize..]
+            .chunks_exact_mut(l.slot_bytes() as usize)
+            .take(l.slots as usize)
+            .map(Some)
+            .collect();
+        slots
+            .iter()
+            .map(|&slot| {
+                let bytes = all
+                    .get_mut(slot as usize)
+                    .unwrap_or_else(|| panic!("slot {slot} out of range"))
+                    .take()
+                    .unwrap_or_else(|| panic!("slot {slot} asked twice"));
+                SlotMut::over(bytes, &l)
+            })
+            .collect()
+    }
+}
+
+impl<'a> SlotMut<'a> {
+    /// The fields of one slot's bytes.
+    fn over(bytes: &'a mut [u8], l: &RingLayout) -> SlotMut<'a> {
         let (head, images) = bytes.split_at_mut(l.images_offset() as usize);
         let images = &mut images[..(u64::from(l.batch_size) * l.image_bytes()) as usize];
         let (meta, rest) = head.split_at_mut(l.labels_offset() as usize);
@@ -430,6 +460,25 @@ mod tests {
         ring.slot_mut(1).images.fill(200);
         assert!(view.slot(0).unwrap().images.iter().all(|&p| p == 1));
         assert!(view.slot(2).unwrap().images.iter().all(|&p| p == 3));
+    }
+
+    #[test]
+    fn several_slots_are_handed_out_at_once_in_the_order_asked() {
+        let mut ring = Ring::create(layout(), 1 << 20).unwrap();
+        for (k, s) in ring.slots_mut(&[2, 0]).into_iter().enumerate() {
+            s.images.fill(k as u8 + 10);
+            s.meta.step = k as u64;
+        }
+        let fd = ring.fd().try_clone_to_owned().unwrap();
+        let view = RingView::attach(fd, layout()).unwrap();
+        assert!(view.slot(2).unwrap().images.iter().all(|&p| p == 10));
+        assert!(view.slot(0).unwrap().images.iter().all(|&p| p == 11));
+        assert!(view.slot(1).unwrap().images.iter().all(|&p| p == 0));
+        assert_eq!(view.slot(0).unwrap().meta.step, 1);
+        let twice = std::panic::catch_unwind(move || {
+            ring.slots_mut(&[1, 1]);
+        });
+        assert!(twice.is_err(), "the same slot twice must panic");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::Shared;
-use crate::batch::{BatchMaker, BatchOut};
+use crate::batch::{BatchMaker, BatchOut, STEPS_PER_FILL};
 use crate::job::{JobPlan, Position};
 use crate::ring::{Ring, SlotMeta};
 use crate::sampler::Sample;
@@ -201,6 +201,8 @@ impl Producer {
             .map(|_| (u32::MAX, Vec::new()))
             .collect();
         let mut sequence = vec![0u64; self.members.len()];
+        // Slots taken for a later step that not every client could match yet.
+        let mut spare: Vec<Vec<u32>> = vec![Vec::new(); self.members.len()];
         loop {
             if self.epochs.is_some_and(|n| at.epoch >= n) {
                 for m in &self.members {
@@ -208,49 +210,63 @@ impl Producer {
                 }
                 return;
             }
-            // A free slot from every client that wants this batch: backpressure stops the
-            // workers here. A client that has gone ends the group.
-            let mut slots: Vec<Option<u32>> = Vec::with_capacity(self.members.len());
-            let mut gone = None;
-            for m in &self.members {
-                if m.start > at {
-                    slots.push(None);
-                    continue;
+            // The first step waits for a free slot from every client that wants it:
+            // backpressure stops the workers here. Later steps of the same epoch join the fill
+            // while their slots are free already. A client that has gone ends the group.
+            let mut steps: Vec<(Position, Vec<Option<u32>>)> = Vec::new();
+            match self.take_slots(at, &mut spare, true) {
+                Ok(Some(slots)) => steps.push((at, slots)),
+                Ok(None) => continue,
+                Err(id) => return self.left(id),
+            }
+            while steps.len() < STEPS_PER_FILL {
+                let next = plan.next(steps[steps.len() - 1].0);
+                if next.epoch != at.epoch {
+                    break;
                 }
-                match m.free.recv() {
-                    Ok(slot) if !m.events.is_closed() => slots.push(Some(slot)),
-                    _ => {
-                        gone = Some(m.id);
-                        break;
-                    }
+                match self.take_slots(next, &mut spare, false) {
+                    Ok(Some(slots)) => steps.push((next, slots)),
+                    Ok(None) => break,
+                    Err(id) => return self.left(id),
                 }
             }
-            if let Some(id) = gone {
-                return self.left(id);
-            }
-            for ((m, slot), cached) in self.members.iter().zip(&slots).zip(&mut epoch_samples) {
-                if slot.is_some() && cached.0 != at.epoch {
+            for (i, (m, cached)) in self.members.iter().zip(&mut epoch_samples).enumerate() {
+                let wanted = steps.iter().any(|(_, slots)| slots[i].is_some());
+                if wanted && cached.0 != at.epoch {
                     *cached = (at.epoch, m.plan.sampler().epoch(at.epoch));
                 }
             }
             let before = maker.times();
             let mut outs = Vec::new();
+            // (step, member, slot, the slot's ids, samples) per batch, in the order of `outs`.
             let mut written = Vec::new();
-            for (i, (m, slot)) in self.members.iter_mut().zip(&slots).enumerate() {
-                let Some(slot) = *slot else { continue };
-                let samples = m.plan.batch(&epoch_samples[i].1, at.step);
-                let s = m.ring.slot_mut(slot);
-                for (id, sample) in s.ids.iter_mut().zip(samples) {
-                    *id = sample.index;
+            for (i, m) in self.members.iter_mut().enumerate() {
+                let mine: Vec<(usize, u32)> = steps
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(k, (_, slots))| slots[i].map(|slot| (k, slot)))
+                    .collect();
+                let numbers: Vec<u32> = mine.iter().map(|&(_, slot)| slot).collect();
+                for ((k, slot), s) in mine.into_iter().zip(m.ring.slots_mut(&numbers)) {
+                    let position = steps[k].0;
+                    let samples = m.plan.batch(&epoch_samples[i].1, position.step);
+                    for (id, sample) in s.ids.iter_mut().zip(samples) {
+                        *id = sample.index;
+                    }
+                    *s.meta = SlotMeta::new(
+                        position.epoch,
+                        position.step,
+                        samples.len() as u32,
+                        sequence[i],
+                    );
+                    sequence[i] += 1;
+                    outs.push(BatchOut {
+                        samples,
+                        images: s.images,
+                        labels: s.labels,
+                    });
+                    written.push((k, i, slot, s.ids, samples.len()));
                 }
-                *s.meta = SlotMeta::new(at.epoch, at.step, samples.len() as u32, sequence[i]);
-                sequence[i] += 1;
-                outs.push(BatchOut {
-                    samples,
-                    images: s.images,
-                    labels: s.labels,
-                });
-                written.push((i, slot, s.ids, samples.len()));
             }
             let reports = maker.fill_many(split, at.epoch, outs);
             let t = maker.times();
@@ -266,28 +282,31 @@ impl Producer {
                 acc.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
             }
             // Counted as written, with the decodes, whatever happens to the announcements.
-            let written_samples: usize = written.iter().map(|w| w.3).sum();
+            let written_samples: usize = written.iter().map(|w| w.4).sum();
             shared
                 .samples
                 .fetch_add(written_samples as u64, Ordering::Relaxed);
             shared
                 .decoded
                 .fetch_add(t.decoded - before.decoded, Ordering::Relaxed);
-            let next = plan.next(at);
             let mut done = Vec::with_capacity(written.len());
-            for ((i, slot, ids, count), report) in written.into_iter().zip(reports) {
+            for ((k, i, slot, ids, count), report) in written.into_iter().zip(reports) {
                 for (from, to) in &report.replaced {
                     ids.iter_mut()
                         .filter(|id| **id == *from)
                         .for_each(|id| *id = *to);
                 }
-                done.push((i, slot, count, report.replaced));
+                done.push((k, i, slot, count, report.replaced));
             }
+            // Announced step by step, each step's ranks in order, as one step at a time would.
+            done.sort_by_key(|d| (d.0, d.1));
             let mut gone = None;
-            for (i, slot, count, replaced) in done {
+            for (k, i, slot, count, replaced) in done {
                 shared
                     .decode_errors
                     .fetch_add(replaced.len() as u64, Ordering::Relaxed);
+                let position = steps[k].0;
+                let next = plan.next(position);
                 let m = &self.members[i];
                 shared.update_client(m.id, |c| {
                     c.next = next;
@@ -295,13 +314,15 @@ impl Producer {
                 });
                 let ready = Event::Ready {
                     slot,
-                    position: at,
+                    position,
                     count: count as u32,
                     replaced,
                 };
                 let sent = m.events.blocking_send(ready).is_ok()
-                    && (next.epoch == at.epoch
-                        || m.events.blocking_send(Event::EndOfEpoch(at.epoch)).is_ok());
+                    && (next.epoch == position.epoch
+                        || m.events
+                            .blocking_send(Event::EndOfEpoch(position.epoch))
+                            .is_ok());
                 if !sent {
                     gone = Some(m.id);
                     break;
@@ -310,8 +331,47 @@ impl Producer {
             if let Some(id) = gone {
                 return self.left(id);
             }
-            at = next;
+            at = plan.next(steps[steps.len() - 1].0);
         }
+    }
+
+    /// A slot of every client that wants the batch at `at` (`None` for the others), taken
+    /// from the spares first. Without `block`, `Ok(None)` when some client has no free slot
+    /// now (slots taken meanwhile go to the spares); `Err(id)` when client `id` has gone.
+    fn take_slots(
+        &self,
+        at: Position,
+        spare: &mut [Vec<u32>],
+        block: bool,
+    ) -> Result<Option<Vec<Option<u32>>>, u64> {
+        let mut slots: Vec<Option<u32>> = Vec::with_capacity(self.members.len());
+        for (i, m) in self.members.iter().enumerate() {
+            if m.start > at {
+                slots.push(None);
+                continue;
+            }
+            let slot = match spare[i].pop() {
+                Some(slot) => slot,
+                None if block => m.free.recv().map_err(|_| m.id)?,
+                None => match m.free.try_recv() {
+                    Ok(slot) => slot,
+                    Err(crossbeam_channel::TryRecvError::Empty) => {
+                        for (j, slot) in slots.iter().enumerate() {
+                            if let Some(slot) = *slot {
+                                spare[j].push(slot);
+                            }
+                        }
+                        return Ok(None);
+                    }
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => return Err(m.id),
+                },
+            };
+            if m.events.is_closed() {
+                return Err(m.id);
+            }
+            slots.push(Some(slot));
+        }
+        Ok(Some(slots))
     }
 
     /// Client `id` has gone: stop, which closes the other members' connections.
