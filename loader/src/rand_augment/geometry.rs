@@ -90,6 +90,73 @@ fn sample(src: &RgbImage, xin: f64, yin: f64, filter: Interpolation, out: &mut [
     true
 }
 
+/// [`sample`] for a point whose taps all lie inside the image, where no column or row needs
+/// clamping: the same arithmetic in the same order, without the per-tap bounds logic (most
+/// pixels of a rotated or sheared image take this path).
+#[inline]
+fn sample_interior(
+    src: &RgbImage,
+    xin: f64,
+    yin: f64,
+    filter: Interpolation,
+    out: &mut [u8],
+) -> bool {
+    let (w, h) = (src.width as usize, src.height as usize);
+    let (xin, yin) = (xin - 0.5, yin - 0.5);
+    let (x, y) = (floor_c(xin), floor_c(yin));
+    let (dx, dy) = (xin - x as f64, yin - y as f64);
+    let stride = w * 3;
+    match filter {
+        Interpolation::Bilinear => {
+            if x < 0 || y < 0 || x as usize + 1 >= w || y as usize + 1 >= h {
+                return false;
+            }
+            let at = y as usize * stride + x as usize * 3;
+            let (top, bottom) = (
+                &src.pixels[at..at + 6],
+                &src.pixels[at + stride..at + stride + 6],
+            );
+            for (b, o) in out.iter_mut().enumerate() {
+                let lerp = |r: &[u8]| {
+                    let a = f64::from(r[b]);
+                    a + (f64::from(r[3 + b]) - a) * dx
+                };
+                let (v1, v2) = (lerp(top), lerp(bottom));
+                *o = (v1 + (v2 - v1) * dy) as u8;
+            }
+        }
+        Interpolation::Bicubic => {
+            let (x, y) = (x - 1, y - 1);
+            if x < 0 || y < 0 || x as usize + 3 >= w || y as usize + 3 >= h {
+                return false;
+            }
+            let at = y as usize * stride + x as usize * 3;
+            let rows: [&[u8]; 4] = std::array::from_fn(|r| &src.pixels[at + r * stride..][..12]);
+            // lines[b][r]: the horizontal cubic of channel b on row r, the four rows side by
+            // side so that the same operations run on all four at once.
+            let lines: [[f64; 4]; 3] = std::array::from_fn(|b| {
+                let tap = |k: usize| -> [f64; 4] {
+                    std::array::from_fn(|r| f64::from(rows[r][k * 3 + b]))
+                };
+                let (v1, v2, v3, v4) = (tap(0), tap(1), tap(2), tap(3));
+                std::array::from_fn(|r| cubic(v1[r], v2[r], v3[r], v4[r], dx))
+            });
+            for (b, o) in out.iter_mut().enumerate() {
+                let l = lines[b];
+                let v = cubic(l[0], l[1], l[2], l[3], dy);
+                *o = if v <= 0.0 {
+                    0
+                } else if v >= 255.0 {
+                    255
+                } else {
+                    v as u8
+                };
+            }
+        }
+    }
+    true
+}
+
 /// `img.transform(img.size, AFFINE, matrix, resample=filter, fillcolor=fill)` in place;
 /// `scratch` keeps a copy of the source between calls.
 pub fn affine(
@@ -104,12 +171,20 @@ pub fn affine(
     scratch.pixels.clear();
     scratch.pixels.extend_from_slice(&img.pixels);
     let w = img.width as usize;
-    for (i, out) in img.pixels.chunks_exact_mut(3).enumerate() {
-        let (u, v) = ((i % w) as f64 + 0.5, (i / w) as f64 + 0.5);
-        let xin = m[0] * u + m[1] * v + m[2];
-        let yin = m[3] * u + m[4] * v + m[5];
-        if !sample(scratch, xin, yin, filter, out) {
-            out.copy_from_slice(&fill);
+    for (y, row) in img.pixels.chunks_exact_mut(w * 3).enumerate() {
+        let v = y as f64 + 0.5;
+        // Pillow's `a0·u + a1·v + a2`, left to right: the products are the same numbers
+        // whether computed per pixel or per row.
+        let (bv, ev) = (m[1] * v, m[4] * v);
+        for (x, out) in row.chunks_exact_mut(3).enumerate() {
+            let u = x as f64 + 0.5;
+            let xin = m[0] * u + bv + m[2];
+            let yin = m[3] * u + ev + m[5];
+            if !sample_interior(scratch, xin, yin, filter, out)
+                && !sample(scratch, xin, yin, filter, out)
+            {
+                out.copy_from_slice(&fill);
+            }
         }
     }
 }
@@ -213,6 +288,50 @@ mod tests {
         assert_eq!(round15(0.9335804264972017), 0.933580426497202);
         assert_eq!(round15(-0.3583679495453003), -0.3583679495453);
         assert_eq!(round15(1.0), 1.0);
+    }
+
+    #[test]
+    fn the_interior_path_gives_the_general_samplers_bytes() {
+        let (w, h) = (37u32, 29u32);
+        let src = RgbImage {
+            width: w,
+            height: h,
+            pixels: (0..w * h * 3).map(|i| (i * 97 % 251) as u8).collect(),
+        };
+        let mut scratch = RgbImage::default();
+        let mut interior = 0;
+        // Rotations, shears and translations by odd amounts, as RandAugment draws them.
+        let matrices = [
+            [0.93, -0.36, 7.3, 0.36, 0.93, -5.1],
+            [1.0, 0.27, -3.9, 0.0, 1.0, 0.0],
+            [1.0, 0.0, 0.0, -0.19, 1.0, 2.7],
+            [1.0, 0.0, 4.37, 0.0, 1.0, -2.81],
+        ];
+        for m in matrices {
+            for f in [Interpolation::Bilinear, Interpolation::Bicubic] {
+                let mut fast = src.clone();
+                affine(&mut fast, m, f, FILL, &mut scratch);
+                for y in 0..h as usize {
+                    for x in 0..w as usize {
+                        let (u, v) = (x as f64 + 0.5, y as f64 + 0.5);
+                        let (xin, yin) = (m[0] * u + m[1] * v + m[2], m[3] * u + m[4] * v + m[5]);
+                        let mut want = [0u8; 3];
+                        if !sample(&src, xin, yin, f, &mut want) {
+                            want = FILL;
+                        }
+                        let mut probe = [0u8; 3];
+                        interior += usize::from(sample_interior(&src, xin, yin, f, &mut probe));
+                        let at = (y * w as usize + x) * 3;
+                        assert_eq!(fast.pixels[at..at + 3], want, "{m:?} {f:?} at ({x}, {y})");
+                    }
+                }
+            }
+        }
+        // Both paths were exercised.
+        assert!(
+            interior > 4000 && interior < 8 * (w * h) as usize,
+            "{interior}"
+        );
     }
 
     #[test]

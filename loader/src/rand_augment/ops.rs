@@ -215,18 +215,23 @@ fn smooth(img: &RgbImage, out: &mut Vec<u8>) {
     }
     let (k1, k5) = (1.0f32 / 13.0f32, 5.0f32 / 13.0f32);
     let row = |y: usize| &img.pixels[y * w * 3..(y + 1) * w * 3];
+    // The interior of a row as one run of values: value i has its left, centre and right
+    // neighbours at i, i + 3 and i + 6 of each source row, so the loop vectorises (the same
+    // float operations in the same order per value, hence the same bytes).
+    let n = (w - 2) * 3;
     for y in 1..h - 1 {
         let (above, this, below) = (row(y - 1), row(y), row(y + 1));
-        for x in 1..w - 1 {
-            for c in 0..3 {
-                let at = |line: &[u8], dx: usize| f32::from(line[(x + dx - 1) * 3 + c]);
-                // The row below first, as Pillow sums them (float addition is not associative).
-                let mut ss = 0.5f32;
-                ss += at(below, 0) * k1 + at(below, 1) * k1 + at(below, 2) * k1;
-                ss += at(this, 0) * k1 + at(this, 1) * k5 + at(this, 2) * k1;
-                ss += at(above, 0) * k1 + at(above, 1) * k1 + at(above, 2) * k1;
-                out[(y * w + x) * 3 + c] = ss.clamp(0.0, 255.0) as u8;
-            }
+        let out_row = &mut out[(y * w + 1) * 3..][..n];
+        let (b0, b1, b2) = (&below[..n], &below[3..3 + n], &below[6..6 + n]);
+        let (t0, t1, t2) = (&this[..n], &this[3..3 + n], &this[6..6 + n]);
+        let (a0, a1, a2) = (&above[..n], &above[3..3 + n], &above[6..6 + n]);
+        for i in 0..n {
+            // The row below first, as Pillow sums them (float addition is not associative).
+            let mut ss = 0.5f32;
+            ss += f32::from(b0[i]) * k1 + f32::from(b1[i]) * k1 + f32::from(b2[i]) * k1;
+            ss += f32::from(t0[i]) * k1 + f32::from(t1[i]) * k5 + f32::from(t2[i]) * k1;
+            ss += f32::from(a0[i]) * k1 + f32::from(a1[i]) * k1 + f32::from(a2[i]) * k1;
+            out_row[i] = ss.clamp(0.0, 255.0) as u8;
         }
     }
 }
