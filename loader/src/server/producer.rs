@@ -421,13 +421,24 @@ mod tests {
         .unwrap()
     }
 
-    /// Ranks `ranks` of a 3-rank A1 job, each on its own thread: the bytes of its first 3
-    /// batches, per rank.
+    /// Ranks `ranks` of a 3-rank A1 job, each on its own thread from step 0: the bytes of its
+    /// first 3 batches, per rank.
     fn fetch(server: &LocalServer, job_id: &str, ranks: &[u32]) -> Vec<Vec<Vec<u8>>> {
+        let starts: Vec<(u32, u64)> = ranks.iter().map(|&r| (r, 0)).collect();
+        fetch_from(server, job_id, &starts, 3)
+    }
+
+    /// As [`fetch`], each (rank, first step) of `starts`, up to step `end`, 4 slots.
+    fn fetch_from(
+        server: &LocalServer,
+        job_id: &str,
+        starts: &[(u32, u64)],
+        end: u64,
+    ) -> Vec<Vec<Vec<u8>>> {
         std::thread::scope(|scope| {
-            let handles: Vec<_> = ranks
+            let handles: Vec<_> = starts
                 .iter()
-                .map(|&rank| {
+                .map(|&(rank, step)| {
                     let socket = server.socket().to_path_buf();
                     scope.spawn(move || {
                         let mut client = Client::connect(ClientOptions {
@@ -445,13 +456,13 @@ mod tests {
                                     ..TransformOverrides::default()
                                 },
                             },
-                            start: Position::default(),
+                            start: Position { epoch: 0, step },
                             epochs: None,
-                            slots: Some(2),
+                            slots: Some(4),
                             reconnect_timeout: std::time::Duration::from_secs(10),
                         })
                         .unwrap();
-                        (0..3)
+                        (step..end)
                             .map(|_| {
                                 let batch = client.next_batch().unwrap().unwrap();
                                 let mut bytes = batch.images().to_vec();
@@ -464,6 +475,27 @@ mod tests {
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         })
+    }
+
+    #[test]
+    fn ranks_that_resume_at_different_steps_get_their_own_batches_from_one_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = shards(dir.path());
+        let starts = [(0, 0), (1, 3), (2, 1)];
+        // Every rank reads up to the same step, as trainers do: one that left early would
+        // end the group, and the others would wait `group_wait_s` for it to come back.
+        const END: u64 = 7;
+        let solo = daemon(&shards, 0.0);
+        let alone: Vec<Vec<Vec<u8>>> = starts
+            .iter()
+            .map(|&(rank, step)| fetch_from(&solo, &format!("solo-{rank}"), &[(rank, step)], END))
+            .map(|mut b| b.remove(0))
+            .collect();
+        // One group from step 0; the producer fills several steps per call, rank 1's and
+        // rank 2's slots only from their own first steps on.
+        let shared = daemon(&shards, 30.0);
+        assert_eq!(fetch_from(&shared, "job", &starts, END), alone);
+        assert!(settled_stats(&shared).decoded < settled_stats(&solo).decoded);
     }
 
     /// Statistics once the producers have stopped (they finish the step they were in after
