@@ -915,14 +915,14 @@ fn bench_ranks(run: &BenchArgs, n: u32, out: &mut impl Write) -> Result<()> {
     let b = run.batch_size;
     // Steps per rank, plus one untimed warm-up step.
     let steps = (run.samples / (b * n as usize)).max(1) + 1;
-    let available = orders.iter().map(Vec::len).min().unwrap_or(0) / b;
+    let available = plans.iter().map(|p| p.steps_per_epoch()).min().unwrap_or(0) as usize;
     if steps > available {
         bail!(
             "--ranks {n}: {steps} steps of {b} samples per rank go past the epoch's {available} \
              steps; use fewer --samples"
         );
     }
-    let at = |rank: usize, step: usize| &orders[rank][step * b..(step + 1) * b];
+    let at = |rank: usize, step: usize| plans[rank].batch(&orders[rank], step as u64);
     let bytes = transform.image_bytes();
     let mut images = vec![vec![0u8; b * bytes]; n as usize];
     let mut labels = vec![vec![0u32; b]; n as usize];
