@@ -6,7 +6,8 @@ Built so far (the loader-core issue is not finished):
 - [`sampler`]: timm's repeated-augmentation sampler and torch's distributed sampler.
 - [`crop`]: RandomResizedCrop parameters exactly as timm draws them, and the interpolation.
 - [`decode`]: JPEG → RGB into reused buffers.
-- [`resample`]: Pillow's antialiased bilinear/bicubic resize, bit for bit (scalar reference).
+- [`resample`]: Pillow's antialiased bilinear/bicubic resize, bit for bit (AVX2 kernels where the
+  CPU has them, tested against the portable reference).
 - [`eval_transform`]: timm's eval resize + center crop, and the horizontal flip.
 - [`rand_augment`]: timm's RandAugment: config grammar, level functions, all 15 ops (exact
   against Pillow) and the per-image driver.

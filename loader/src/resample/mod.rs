@@ -5,14 +5,19 @@ timm resizes every crop with Pillow, and Pillow's filter is not what other libra
 its support grows with the downscale factor (antialiasing), its weights are rounded to 22-bit
 fixed point (half away from zero), the horizontal pass runs first into a uint8 image, and a pass
 is skipped when its dimension does not change. fast_image_resize rounds its weights
-differently and can be off by one level (see the tests); this module reproduces Pillow exactly
-and is the reference the faster kernels are tested against.
+differently and can be off by one level (see the tests); this module reproduces Pillow exactly.
+Its portable passes are the reference; on x86-64 CPUs with AVX2 the horizontal pass runs
+`avx2`'s kernel and the vertical pass is compiled for AVX2, and tests hold both to the same
+bytes (`cargo run --release -p loader --example resize_times` times them side by side).
 
 The crop is not copied: the horizontal pass reads the crop box straight out of the decoded
 image, which gives the same result as Pillow's `crop()` followed by `resize()`.
 */
 
 use crate::crop::{CropBox, Interpolation};
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 /// Fractional bits of Pillow's fixed-point weights (`PRECISION_BITS = 32 - 8 - 2`).
 const PRECISION_BITS: u32 = 22;
@@ -130,22 +135,26 @@ impl View<'_> {
 fn horizontal_pass(src: View<'_>, rows: std::ops::Range<usize>, h: &Coefficients, dst: &mut [u8]) {
     let out_width = h.first.len();
     for (line, dst_line) in rows.zip(dst.chunks_exact_mut(out_width * 3)) {
-        let line = src.row(line);
-        for (o, px) in dst_line.chunks_exact_mut(3).enumerate() {
-            let (first, count) = (h.first[o], h.count[o]);
-            let weights = &h.weights[o * h.ksize..][..count];
-            // One slice per output pixel, then no bounds checks in the taps.
-            let taps = &line[first * 3..(first + count) * 3];
-            let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-            for (p, &k) in taps.chunks_exact(3).zip(weights) {
-                acc[0] = acc[0].wrapping_add(i32::from(p[0]).wrapping_mul(k));
-                acc[1] = acc[1].wrapping_add(i32::from(p[1]).wrapping_mul(k));
-                acc[2] = acc[2].wrapping_add(i32::from(p[2]).wrapping_mul(k));
-            }
-            px[0] = clip8(acc[0]);
-            px[1] = clip8(acc[1]);
-            px[2] = clip8(acc[2]);
+        horizontal_row(src.row(line), h, dst_line);
+    }
+}
+
+/// One row of the horizontal pass: Pillow's per-pixel loop.
+fn horizontal_row(line: &[u8], h: &Coefficients, dst_line: &mut [u8]) {
+    for (o, px) in dst_line.chunks_exact_mut(3).enumerate() {
+        let (first, count) = (h.first[o], h.count[o]);
+        let weights = &h.weights[o * h.ksize..][..count];
+        // One slice per output pixel, then no bounds checks in the taps.
+        let taps = &line[first * 3..(first + count) * 3];
+        let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
+        for (p, &k) in taps.chunks_exact(3).zip(weights) {
+            acc[0] = acc[0].wrapping_add(i32::from(p[0]).wrapping_mul(k));
+            acc[1] = acc[1].wrapping_add(i32::from(p[1]).wrapping_mul(k));
+            acc[2] = acc[2].wrapping_add(i32::from(p[2]).wrapping_mul(k));
         }
+        px[0] = clip8(acc[0]);
+        px[1] = clip8(acc[1]);
+        px[2] = clip8(acc[2]);
     }
 }
 
@@ -153,6 +162,7 @@ fn horizontal_pass(src: View<'_>, rows: std::ops::Range<usize>, h: &Coefficients
 /// source row `shift` of the coefficients. Whole rows are accumulated at once in `acc` (the
 /// same sums in the same order as Pillow's per-pixel loop, laid out so the compiler
 /// vectorises them).
+#[inline(always)]
 fn vertical_pass(
     src: View<'_>,
     shift: usize,
@@ -177,19 +187,105 @@ fn vertical_pass(
     }
 }
 
+/// [`vertical_pass`] compiled for AVX2: the baseline x86-64 target has no 32-bit vector
+/// multiply (`pmulld` is SSE4.1), so without this the row sums stay half scalar.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn vertical_pass_avx2(
+    src: View<'_>,
+    shift: usize,
+    v: &Coefficients,
+    dst: &mut [u8],
+    acc: &mut Vec<i32>,
+) {
+    vertical_pass(src, shift, v, dst, acc);
+}
+
+/// The pass implementations this CPU runs: all give the same bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernels {
+    /// Portable Rust, the reference.
+    Scalar,
+    /// AVX2 (x86-64 CPUs since 2013), detected at run time.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Kernels {
+    /// The fastest kernels this CPU supports.
+    fn detect() -> Kernels {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Kernels::Avx2;
+        }
+        Kernels::Scalar
+    }
+}
+
 /// A reusable resampler: weights and the intermediate image are kept between calls.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Resampler {
+    kernels: Kernels,
     horizontal: Coefficients,
+    #[cfg(target_arch = "x86_64")]
+    packed: avx2::PackedWeights,
     vertical: Coefficients,
     temp: Vec<u8>,
     acc: Vec<i32>,
 }
 
+impl Default for Resampler {
+    fn default() -> Resampler {
+        Resampler::with_kernels(Kernels::detect())
+    }
+}
+
 impl Resampler {
-    /// A resampler with empty buffers.
+    /// A resampler with empty buffers, using the fastest kernels this CPU supports.
     pub fn new() -> Resampler {
         Resampler::default()
+    }
+
+    /// A resampler that runs the portable reference kernels whatever the CPU: the baseline
+    /// the SIMD kernels are tested and timed against.
+    pub fn portable() -> Resampler {
+        Resampler::with_kernels(Kernels::Scalar)
+    }
+
+    fn with_kernels(kernels: Kernels) -> Resampler {
+        Resampler {
+            kernels,
+            horizontal: Coefficients::default(),
+            #[cfg(target_arch = "x86_64")]
+            packed: avx2::PackedWeights::default(),
+            vertical: Coefficients::default(),
+            temp: Vec::new(),
+            acc: Vec::new(),
+        }
+    }
+
+    /// The horizontal pass with this resampler's kernels and current weights.
+    fn horizontal_pass(&self, src: View<'_>, rows: std::ops::Range<usize>, dst: &mut [u8]) {
+        match self.kernels {
+            Kernels::Scalar => horizontal_pass(src, rows, &self.horizontal, dst),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Kernels::Avx2` is only chosen when the CPU has AVX2.
+            Kernels::Avx2 => unsafe {
+                avx2::horizontal_pass(src, rows, &self.horizontal, &self.packed, dst)
+            },
+        }
+    }
+
+    /// The vertical pass with this resampler's kernels and current weights.
+    fn vertical_pass(&mut self, src: View<'_>, shift: usize, dst: &mut [u8]) {
+        match self.kernels {
+            Kernels::Scalar => vertical_pass(src, shift, &self.vertical, dst, &mut self.acc),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Kernels::Avx2` is only chosen when the CPU has AVX2.
+            Kernels::Avx2 => unsafe {
+                vertical_pass_avx2(src, shift, &self.vertical, dst, &mut self.acc)
+            },
+        }
     }
 
     /// Resizes `crop` of the RGB image `src` (`src_width` pixels per row) to
@@ -230,6 +326,11 @@ impl Resampler {
         let horizontal_first = !(shrink_h > 0 && shrink_h > shrink_w * 2);
         if need_h {
             self.horizontal.compute(cw, out_width, filter);
+            #[cfg(target_arch = "x86_64")]
+            if self.kernels == Kernels::Avx2 {
+                // SAFETY: `Kernels::Avx2` is only chosen when the CPU has AVX2.
+                unsafe { self.packed.pack(&self.horizontal) };
+            }
         }
         if need_v {
             self.vertical.compute(ch, out_height, filter);
@@ -241,15 +342,15 @@ impl Resampler {
                     out_row.copy_from_slice(view.row(r));
                 }
             }
-            (true, false, _) => horizontal_pass(view, 0..ch, &self.horizontal, out),
-            (false, true, _) => vertical_pass(view, 0, &self.vertical, out, &mut self.acc),
+            (true, false, _) => self.horizontal_pass(view, 0..ch, out),
+            (false, true, _) => self.vertical_pass(view, 0, out),
             (true, true, true) => {
                 // Only the rows the vertical pass reads, as Pillow does.
                 let v = &self.vertical;
                 let first = v.first[0];
                 let end = v.first[out_height - 1] + v.count[out_height - 1];
                 temp.resize((end - first) * out_width * 3, 0);
-                horizontal_pass(view, first..end, &self.horizontal, &mut temp);
+                self.horizontal_pass(view, first..end, &mut temp);
                 let temp_view = View {
                     data: &temp,
                     stride: out_width * 3,
@@ -257,11 +358,11 @@ impl Resampler {
                     y0: 0,
                     width: out_width,
                 };
-                vertical_pass(temp_view, first, v, out, &mut self.acc);
+                self.vertical_pass(temp_view, first, out);
             }
             (true, true, false) => {
                 temp.resize(cw * out_height * 3, 0);
-                vertical_pass(view, 0, &self.vertical, &mut temp, &mut self.acc);
+                self.vertical_pass(view, 0, &mut temp);
                 let temp_view = View {
                     data: &temp,
                     stride: cw * 3,
@@ -269,7 +370,7 @@ impl Resampler {
                     y0: 0,
                     width: cw,
                 };
-                horizontal_pass(temp_view, 0..out_height, &self.horizontal, out);
+                self.horizontal_pass(temp_view, 0..out_height, out);
             }
         }
         self.temp = temp;
@@ -280,6 +381,8 @@ impl Resampler {
 mod tests {
     use fast_image_resize::images::{Image, ImageRef};
     use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+
+    use rand::{Rng, SeedableRng};
 
     use super::*;
     use crate::testutil::{case_lines, golden_dir, png};
@@ -403,6 +506,58 @@ mod tests {
         }
         assert!(worst[0] <= 1, "bilinear: {}", worst[0]);
         assert!(worst[1] > 1, "bicubic now within one level: {}", worst[1]);
+    }
+
+    #[test]
+    fn every_kernel_equals_the_scalar_reference() {
+        // Random images and crops (upscales, downscales up to 400x, crops touching the last
+        // row and column, where the SIMD loads fall back to the scalar path, and shapes that
+        // run the vertical pass first), busy pixels with hard edges so bicubic overshoots.
+        let mut scalar = Resampler::portable();
+        let mut fast = Resampler::new();
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            assert_eq!(fast.kernels, Kernels::Avx2);
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut cases = 0;
+        for _ in 0..150 {
+            let (w, h) = (rng.random_range(1..400u32), rng.random_range(1..400u32));
+            let pixels: Vec<u8> = (0..w * h * 3)
+                .map(|_| {
+                    if rng.random_bool(0.25) {
+                        255
+                    } else {
+                        rng.random()
+                    }
+                })
+                .collect();
+            let (width, height) = (rng.random_range(1..=w), rng.random_range(1..=h));
+            // A third of the crops touch the last column or row.
+            let mut place = |free: u32| {
+                if rng.random_bool(1.0 / 3.0) {
+                    free
+                } else {
+                    rng.random_range(0..=free)
+                }
+            };
+            let crop = CropBox {
+                left: place(w - width),
+                top: place(h - height),
+                width,
+                height,
+            };
+            let out_size = (rng.random_range(1..260usize), rng.random_range(1..260usize));
+            for f in [Interpolation::Bilinear, Interpolation::Bicubic] {
+                let mut a = vec![0u8; out_size.0 * out_size.1 * 3];
+                let mut b = a.clone();
+                scalar.resize(&pixels, w as usize, crop, out_size, f, &mut a);
+                fast.resize(&pixels, w as usize, crop, out_size, f, &mut b);
+                assert!(a == b, "{w}x{h} {crop:?} -> {out_size:?} {f:?}");
+                cases += 1;
+            }
+        }
+        assert_eq!(cases, 300);
     }
 
     #[test]

@@ -13,6 +13,9 @@ clamped and a further row outside the image repeats the previous one.
 use crate::crop::Interpolation;
 use crate::decode::RgbImage;
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
 /// timm's fill for ImageNet: `round(255 · mean)` of (0.485, 0.456, 0.406).
 pub const FILL: [u8; 3] = [124, 116, 104];
 
@@ -157,6 +160,12 @@ fn sample_interior(
     true
 }
 
+/// [`sample_interior`], else [`sample`]: false only outside the image.
+#[inline]
+fn sample_any(src: &RgbImage, xin: f64, yin: f64, filter: Interpolation, out: &mut [u8]) -> bool {
+    sample_interior(src, xin, yin, filter, out) || sample(src, xin, yin, filter, out)
+}
+
 /// `img.transform(img.size, AFFINE, matrix, resample=filter, fillcolor=fill)` in place;
 /// `scratch` keeps a copy of the source between calls.
 pub fn affine(
@@ -166,10 +175,34 @@ pub fn affine(
     fill: [u8; 3],
     scratch: &mut RgbImage,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    let simd = std::arch::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = false;
+    affine_with(img, m, filter, fill, scratch, simd);
+}
+
+/// [`affine`], with the AVX2 samplers where `simd` (which the CPU must then have) or the
+/// portable ones, the reference.
+fn affine_with(
+    img: &mut RgbImage,
+    m: [f64; 6],
+    filter: Interpolation,
+    fill: [u8; 3],
+    scratch: &mut RgbImage,
+    simd: bool,
+) {
     scratch.width = img.width;
     scratch.height = img.height;
     scratch.pixels.clear();
     scratch.pixels.extend_from_slice(&img.pixels);
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: callers pass `simd` only when the CPU has AVX2.
+        unsafe { avx2::affine_rows(img, scratch, m, filter, fill) };
+        return;
+    }
+    debug_assert!(!simd);
     let w = img.width as usize;
     for (y, row) in img.pixels.chunks_exact_mut(w * 3).enumerate() {
         let v = y as f64 + 0.5;
@@ -180,9 +213,7 @@ pub fn affine(
             let u = x as f64 + 0.5;
             let xin = m[0] * u + bv + m[2];
             let yin = m[3] * u + ev + m[5];
-            if !sample_interior(scratch, xin, yin, filter, out)
-                && !sample(scratch, xin, yin, filter, out)
-            {
+            if !sample_any(scratch, xin, yin, filter, out) {
                 out.copy_from_slice(&fill);
             }
         }
@@ -280,6 +311,8 @@ pub fn translate_y_rel(
 
 #[cfg(test)]
 mod tests {
+    use rand::{Rng, SeedableRng};
+
     use super::*;
 
     #[test]
@@ -332,6 +365,47 @@ mod tests {
             interior > 4000 && interior < 8 * (w * h) as usize,
             "{interior}"
         );
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn simd_and_portable_samplers_give_the_same_bytes() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            eprintln!("no AVX2 on this CPU: only the portable samplers run here");
+            return;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut scratch = RgbImage::default();
+        for _ in 0..40 {
+            let (w, h) = (rng.random_range(1..90u32), rng.random_range(1..90u32));
+            // Hard edges (0 and 255 next to each other) make the cubic overshoot and clip.
+            let src = RgbImage {
+                width: w,
+                height: h,
+                pixels: (0..w * h * 3)
+                    .map(|_| match rng.random_range(0..4) {
+                        0 => 0,
+                        1 => 255,
+                        _ => rng.random(),
+                    })
+                    .collect(),
+            };
+            let angle: f64 = rng.random_range(-30.0..30.0f64).to_radians();
+            let m = [
+                angle.cos(),
+                -angle.sin() + rng.random_range(-0.3..0.3),
+                rng.random_range(-9.0..9.0),
+                angle.sin(),
+                angle.cos() + rng.random_range(-0.3..0.3),
+                rng.random_range(-9.0..9.0),
+            ];
+            for f in [Interpolation::Bilinear, Interpolation::Bicubic] {
+                let (mut simd, mut portable) = (src.clone(), src.clone());
+                affine_with(&mut simd, m, f, FILL, &mut scratch, true);
+                affine_with(&mut portable, m, f, FILL, &mut scratch, false);
+                assert!(simd == portable, "{w}x{h} {m:?} {f:?}");
+            }
+        }
     }
 
     #[test]
