@@ -860,8 +860,8 @@ fn bench_once(run: &BenchArgs) -> Result<Option<f64>> {
     )?;
     writeln!(
         stdout,
-        "  per sample (ms, summed over threads): decode {:.3}, crop+resize {:.3}, flip {:.3}, \
-         RandAugment {:.3}, output write {:.3}",
+        "  per sample (ms, summed over threads): decode {:.3}, crop+resize {:.3}, flip {:.3} \
+         (its draw; the resize writes the mirror), RandAugment {:.3}, output write {:.3}",
         per(times.decode),
         per(times.resize),
         per(times.flip),

@@ -17,7 +17,7 @@ use rand::Rng;
 
 use crate::crop::{CropBox, InterpolationChoice, RrcConfig};
 use crate::decode::{DecodeError, Decoder, RgbImage};
-use crate::eval_transform::{EvalTransform, flip_horizontal};
+use crate::eval_transform::EvalTransform;
 use crate::rand_augment::{Applied, RandAugment, RandAugmentConfig};
 use crate::resample::Resampler;
 use crate::rng::{Purpose, stream};
@@ -90,7 +90,7 @@ pub struct StageTimes {
     pub decode: Duration,
     /// Crop parameters and resize (or the eval resize and crop).
     pub resize: Duration,
-    /// Horizontal flip.
+    /// Horizontal flip: its draw only, as the resize writes the mirrored image itself.
     pub flip: Duration,
     /// RandAugment.
     pub rand_augment: Duration,
@@ -191,24 +191,26 @@ impl Worker {
                 );
                 let crop = CropBox::sample(&mut rng, img.width, img.height, &t.rrc);
                 let filter = t.interpolation.sample(&mut rng);
+                // The flip is drawn after the crop, as timm draws it, and applied by the
+                // resize itself (its horizontal pass writes the columns back to front).
+                let t1 = Instant::now();
+                let flip = rng.random::<f64>() < t.hflip;
+                let flip_time = t1.elapsed();
+                self.times.flip += flip_time;
                 self.work.width = size;
                 self.work.height = size;
                 self.work.pixels.resize(side * side * 3, 0);
-                self.resampler.resize(
+                self.resampler.resize_and_flip(
                     &img.pixels,
                     img.width as usize,
                     crop,
                     (side, side),
                     filter,
+                    flip,
                     &mut self.work.pixels,
                 );
-                let t1 = Instant::now();
-                self.times.resize += t1 - t0;
-                if rng.random::<f64>() < t.hflip {
-                    flip_horizontal(&mut self.work.pixels, side);
-                }
                 let t2 = Instant::now();
-                self.times.flip += t2 - t1;
+                self.times.resize += t2 - t0 - flip_time;
                 if let Some(ra) = &mut self.rand_augment {
                     ra.apply(&mut self.work, &mut rng, &mut self.applied);
                 }

@@ -100,6 +100,20 @@ impl Coefficients {
     }
 }
 
+impl Coefficients {
+    /// Reverses the order of the outputs: a pass with these weights writes the columns (or
+    /// rows) of the unmirrored pass back to front, the same numbers in mirrored places.
+    fn mirror(&mut self) {
+        let n = self.first.len();
+        self.first.reverse();
+        self.count.reverse();
+        for o in 0..n / 2 {
+            let (head, tail) = self.weights.split_at_mut((n - 1 - o) * self.ksize);
+            head[o * self.ksize..][..self.ksize].swap_with_slice(&mut tail[..self.ksize]);
+        }
+    }
+}
+
 /// Pillow's `clip8`: the accumulator back to a pixel.
 #[inline]
 fn clip8(acc: i32) -> u8 {
@@ -300,8 +314,28 @@ impl Resampler {
         src: &[u8],
         src_width: usize,
         crop: CropBox,
+        out_size: (usize, usize),
+        filter: Interpolation,
+        out: &mut [u8],
+    ) {
+        self.resize_and_flip(src, src_width, crop, out_size, filter, false, out);
+    }
+
+    /// [`Resampler::resize`], then, where `flip`, a left-right mirror of the result
+    /// (`transpose(FLIP_LEFT_RIGHT)`) at no extra cost: every output column depends on its
+    /// own weights only, so the horizontal pass writes its columns in reverse order.
+    ///
+    /// # Panics
+    /// As [`Resampler::resize`].
+    #[allow(clippy::too_many_arguments)] // resize's arguments plus the flip, as timm applies them
+    pub fn resize_and_flip(
+        &mut self,
+        src: &[u8],
+        src_width: usize,
+        crop: CropBox,
         (out_width, out_height): (usize, usize),
         filter: Interpolation,
+        flip: bool,
         out: &mut [u8],
     ) {
         let (cw, ch) = (crop.width as usize, crop.height as usize);
@@ -326,6 +360,9 @@ impl Resampler {
         let horizontal_first = !(shrink_h > 0 && shrink_h > shrink_w * 2);
         if need_h {
             self.horizontal.compute(cw, out_width, filter);
+            if flip {
+                self.horizontal.mirror();
+            }
             #[cfg(target_arch = "x86_64")]
             if self.kernels == Kernels::Avx2 {
                 // SAFETY: `Kernels::Avx2` is only chosen when the CPU has AVX2.
@@ -374,6 +411,9 @@ impl Resampler {
             }
         }
         self.temp = temp;
+        if flip && !need_h {
+            crate::eval_transform::flip_horizontal(out, out_width);
+        }
     }
 }
 
@@ -547,13 +587,24 @@ mod tests {
                 width,
                 height,
             };
-            let out_size = (rng.random_range(1..260usize), rng.random_range(1..260usize));
+            // Some crops keep their width or height, so that one pass is skipped.
+            let mut side = |crop: u32| match rng.random_range(0..6) {
+                0 => crop as usize,
+                _ => rng.random_range(1..260usize),
+            };
+            let out_size = (side(width), side(height));
             for f in [Interpolation::Bilinear, Interpolation::Bicubic] {
                 let mut a = vec![0u8; out_size.0 * out_size.1 * 3];
                 let mut b = a.clone();
                 scalar.resize(&pixels, w as usize, crop, out_size, f, &mut a);
                 fast.resize(&pixels, w as usize, crop, out_size, f, &mut b);
                 assert!(a == b, "{w}x{h} {crop:?} -> {out_size:?} {f:?}");
+                // The flip folded into the pass is the flip of the result.
+                crate::eval_transform::flip_horizontal(&mut a, out_size.0);
+                for r in [&mut scalar, &mut fast] {
+                    r.resize_and_flip(&pixels, w as usize, crop, out_size, f, true, &mut b);
+                    assert!(a == b, "flipped: {w}x{h} {crop:?} -> {out_size:?} {f:?}");
+                }
                 cases += 1;
             }
         }

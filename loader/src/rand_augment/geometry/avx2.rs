@@ -9,8 +9,8 @@ channels at once. Bilinear: one register per corner holds the three channels.
 */
 
 use std::arch::x86_64::{
-    __m128i, __m256d, _mm_cvtepu8_epi32, _mm_cvtsi128_si32, _mm_loadu_si128, _mm_packs_epi32,
-    _mm_packus_epi16, _mm_shuffle_epi32, _mm_srli_si128, _mm_unpackhi_epi8, _mm_unpackhi_epi16,
+    __m128i, __m256d, _mm_cvtepu8_epi32, _mm_cvtsi32_si128, _mm_cvtsi128_si32, _mm_loadu_si128,
+    _mm_packs_epi32, _mm_packus_epi16, _mm_shuffle_epi32, _mm_unpackhi_epi8, _mm_unpackhi_epi16,
     _mm_unpacklo_epi8, _mm_unpacklo_epi16, _mm256_add_pd, _mm256_cvtepi32_pd, _mm256_cvttpd_epi32,
     _mm256_max_pd, _mm256_min_pd, _mm256_mul_pd, _mm256_permute2f128_pd, _mm256_set1_pd,
     _mm256_setzero_pd, _mm256_sub_pd, _mm256_unpackhi_pd, _mm256_unpacklo_pd,
@@ -55,6 +55,16 @@ fn lane_to_f64<const LANE: i32>(v: __m128i) -> __m256d {
     _mm256_cvtepi32_pd(_mm_cvtepu8_epi32(_mm_shuffle_epi32::<LANE>(v)))
 }
 
+/// The pixel at byte `offset` of `block` as f64 lanes [R, G, B, next byte].
+#[inline]
+#[target_feature(enable = "avx2")]
+fn pixel(block: &[u8], offset: usize) -> __m256d {
+    let mut bytes = [0u8; 4];
+    bytes.copy_from_slice(&block[offset..offset + 4]);
+    let v = _mm_cvtsi32_si128(i32::from_le_bytes(bytes));
+    _mm256_cvtepi32_pd(_mm_cvtepu8_epi32(v))
+}
+
 /// Three f64 lanes (the fourth ignored) to three bytes: Pillow's clip to [0, 255] and
 /// truncation (`v <= 0` gives 0, `v >= 255` gives 255).
 #[inline]
@@ -85,6 +95,21 @@ pub(super) fn bicubic_interior(src: &RgbImage, xin: f64, yin: f64, out: &mut [u8
     let Some(block) = src.pixels.get(at..at + 3 * stride + LOAD) else {
         return false;
     };
+    // With a zero fraction a cubic is its second tap exactly (`v2 + 0 * (...)`): shears and
+    // translations, whose points fall on whole source rows or columns, interpolate in one
+    // direction only.
+    if dy == 0.0 {
+        let tap = |k: usize| pixel(block, stride + 3 * k);
+        let (v1, v2, v3, v4) = (tap(0), tap(1), tap(2), tap(3));
+        store_rgb(cubic(v1, v2, v3, v4, _mm256_set1_pd(dx)), out);
+        return true;
+    }
+    if dx == 0.0 {
+        let tap = |r: usize| pixel(block, r * stride + 3);
+        let (v1, v2, v3, v4) = (tap(0), tap(1), tap(2), tap(3));
+        store_rgb(cubic(v1, v2, v3, v4, _mm256_set1_pd(dy)), out);
+        return true;
+    }
     let row = |r: usize| {
         let bytes = &block[r * stride..][..LOAD];
         // SAFETY: `bytes` is 16 readable bytes; the load is unaligned.
@@ -150,23 +175,22 @@ pub(super) fn bilinear_interior(src: &RgbImage, xin: f64, yin: f64, out: &mut [u
     let Some(block) = src.pixels.get(at..at + stride + LOAD) else {
         return false;
     };
-    let load = |offset: usize| {
-        let bytes = &block[offset..][..LOAD];
-        // SAFETY: `bytes` is 16 readable bytes; the load is unaligned.
-        let v = unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) };
-        // The left pixel is bytes 0..3, the right one bytes 3..6 (a fourth lane is ignored).
-        (
-            _mm256_cvtepi32_pd(_mm_cvtepu8_epi32(v)),
-            _mm256_cvtepi32_pd(_mm_cvtepu8_epi32(_mm_srli_si128::<3>(v))),
-        )
+    let lerp = |a: __m256d, b: __m256d, d: f64| {
+        _mm256_add_pd(a, _mm256_mul_pd(_mm256_sub_pd(b, a), _mm256_set1_pd(d)))
     };
-    let ((tl, tr), (bl, br)) = (load(0), load(stride));
-    let (dxv, dyv) = (_mm256_set1_pd(dx), _mm256_set1_pd(dy));
-    let lerp = |a: __m256d, b: __m256d, d: __m256d| {
-        _mm256_add_pd(a, _mm256_mul_pd(_mm256_sub_pd(b, a), d))
-    };
-    let (v1, v2) = (lerp(tl, tr, dxv), lerp(bl, br, dxv));
-    store_rgb(lerp(v1, v2, dyv), out);
+    // A zero fraction makes a lerp its first end exactly (`a + (b - a) * 0`).
+    if dy == 0.0 {
+        store_rgb(lerp(pixel(block, 0), pixel(block, 3), dx), out);
+        return true;
+    }
+    if dx == 0.0 {
+        store_rgb(lerp(pixel(block, 0), pixel(block, stride), dy), out);
+        return true;
+    }
+    let (tl, tr) = (pixel(block, 0), pixel(block, 3));
+    let (bl, br) = (pixel(block, stride), pixel(block, stride + 3));
+    let (v1, v2) = (lerp(tl, tr, dx), lerp(bl, br, dx));
+    store_rgb(lerp(v1, v2, dy), out);
     true
 }
 

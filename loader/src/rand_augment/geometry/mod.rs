@@ -167,7 +167,7 @@ fn sample_any(src: &RgbImage, xin: f64, yin: f64, filter: Interpolation, out: &m
 }
 
 /// `img.transform(img.size, AFFINE, matrix, resample=filter, fillcolor=fill)` in place;
-/// `scratch` keeps a copy of the source between calls.
+/// `scratch` is a buffer kept between calls (it holds the source during the call).
 pub fn affine(
     img: &mut RgbImage,
     m: [f64; 6],
@@ -192,10 +192,12 @@ fn affine_with(
     scratch: &mut RgbImage,
     simd: bool,
 ) {
+    // The source moves to `scratch` (no copy); every output pixel is written below, so what
+    // `img`'s buffer held before is never read.
     scratch.width = img.width;
     scratch.height = img.height;
-    scratch.pixels.clear();
-    scratch.pixels.extend_from_slice(&img.pixels);
+    std::mem::swap(&mut scratch.pixels, &mut img.pixels);
+    img.pixels.resize(scratch.pixels.len(), 0);
     #[cfg(target_arch = "x86_64")]
     if simd {
         // SAFETY: callers pass `simd` only when the CPU has AVX2.
@@ -376,7 +378,7 @@ mod tests {
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
         let mut scratch = RgbImage::default();
-        for _ in 0..40 {
+        for _ in 0..60 {
             let (w, h) = (rng.random_range(1..90u32), rng.random_range(1..90u32));
             // Hard edges (0 and 255 next to each other) make the cubic overshoot and clip.
             let src = RgbImage {
@@ -391,14 +393,23 @@ mod tests {
                     .collect(),
             };
             let angle: f64 = rng.random_range(-30.0..30.0f64).to_radians();
-            let m = [
-                angle.cos(),
-                -angle.sin() + rng.random_range(-0.3..0.3),
-                rng.random_range(-9.0..9.0),
-                angle.sin(),
-                angle.cos() + rng.random_range(-0.3..0.3),
-                rng.random_range(-9.0..9.0),
-            ];
+            let (shift, factor) = (rng.random_range(-9.0..9.0), rng.random_range(-0.3..0.3));
+            // General matrices, and the shears and translations RandAugment makes, whose
+            // points fall on whole rows or columns (a path of their own).
+            let m = match rng.random_range(0..5) {
+                0 => [1.0, factor, 0.0, 0.0, 1.0, 0.0],
+                1 => [1.0, 0.0, 0.0, factor, 1.0, 0.0],
+                2 => [1.0, 0.0, shift, 0.0, 1.0, 0.0],
+                3 => [1.0, 0.0, 0.0, 0.0, 1.0, shift],
+                _ => [
+                    angle.cos(),
+                    -angle.sin() + factor,
+                    shift,
+                    angle.sin(),
+                    angle.cos() - factor,
+                    rng.random_range(-9.0..9.0),
+                ],
+            };
             for f in [Interpolation::Bilinear, Interpolation::Bicubic] {
                 let (mut simd, mut portable) = (src.clone(), src.clone());
                 affine_with(&mut simd, m, f, FILL, &mut scratch, true);
