@@ -176,7 +176,6 @@ fn horizontal_row(line: &[u8], h: &Coefficients, dst_line: &mut [u8]) {
 /// source row `shift` of the coefficients. Whole rows are accumulated at once in `acc` (the
 /// same sums in the same order as Pillow's per-pixel loop, laid out so the compiler
 /// vectorises them).
-#[inline(always)]
 fn vertical_pass(
     src: View<'_>,
     shift: usize,
@@ -199,20 +198,6 @@ fn vertical_pass(
             *px = clip8(a);
         }
     }
-}
-
-/// [`vertical_pass`] compiled for AVX2: the baseline x86-64 target has no 32-bit vector
-/// multiply (`pmulld` is SSE4.1), so without this the row sums stay half scalar.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn vertical_pass_avx2(
-    src: View<'_>,
-    shift: usize,
-    v: &Coefficients,
-    dst: &mut [u8],
-    acc: &mut Vec<i32>,
-) {
-    vertical_pass(src, shift, v, dst, acc);
 }
 
 /// The pass implementations this CPU runs: all give the same bytes.
@@ -296,9 +281,7 @@ impl Resampler {
             Kernels::Scalar => vertical_pass(src, shift, &self.vertical, dst, &mut self.acc),
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Kernels::Avx2` is only chosen when the CPU has AVX2.
-            Kernels::Avx2 => unsafe {
-                vertical_pass_avx2(src, shift, &self.vertical, dst, &mut self.acc)
-            },
+            Kernels::Avx2 => unsafe { avx2::vertical_pass(src, shift, &self.vertical, dst) },
         }
     }
 
