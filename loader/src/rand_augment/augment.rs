@@ -95,7 +95,7 @@ impl RandAugment {
             Op::Posterize => ops::posterize(img, int),
             Op::Solarize => ops::solarize(img, int),
             Op::SolarizeAdd => ops::solarize_add(img, int, 128),
-            Op::Color => ops::color(img, float),
+            Op::Color => ops::color(img, float, &mut s.pixels),
             Op::Contrast => ops::contrast(img, float),
             Op::Brightness => ops::brightness(img, float),
             Op::Sharpness => ops::sharpness(img, float, &mut s.pixels),
