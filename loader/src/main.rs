@@ -787,6 +787,7 @@ fn bench_once(run: &BenchArgs) -> Result<Option<f64>> {
     std::hint::black_box(touched);
     maker.fill(split, 0, at(positions[0]), &mut images, &mut labels);
     let warm = maker.times();
+    let decode_before = decode_only_rate(split, &used, threads);
     let mut digests = Vec::new();
     let (t0, c0) = (Instant::now(), cpu_time());
     for run_positions in positions
@@ -832,24 +833,10 @@ fn bench_once(run: &BenchArgs) -> Result<Option<f64>> {
     times.samples -= warm.samples;
     let rate = times.samples as f64 / wall.as_secs_f64();
 
-    // Baseline: decode-only of the same records, same threads, nothing else.
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let t1 = Instant::now();
-    std::thread::scope(|scope| {
-        for _ in 0..threads.max(1) {
-            scope.spawn(|| {
-                let (decoder, mut img) = (Decoder::default(), RgbImage::default());
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(&index) = used.get(i) else { return };
-                    if let Ok(r) = split.get(index) {
-                        let _ = decoder.decode_into(r.data, &mut img);
-                    }
-                }
-            });
-        }
-    });
-    let decode_rate = used.len() as f64 / t1.elapsed().as_secs_f64();
+    // Baseline: decode-only of the same records, same threads, nothing else, timed before
+    // and after the run above (the mean of the two rates, so that drift of this machine's
+    // speed during the run weighs on both sides alike).
+    let decode_rate = (decode_before + decode_only_rate(split, &used, threads)) / 2.0;
 
     let per = |d: Duration| d.as_secs_f64() * 1e3 / times.samples.max(1) as f64;
     writeln!(
@@ -887,7 +874,7 @@ fn bench_once(run: &BenchArgs) -> Result<Option<f64>> {
     )?;
     writeln!(
         stdout,
-        "  decode-only: {decode_rate:.1} images/s on the same {} records and threads; \
+        "  decode-only: {decode_rate:.1} images/s (timed before and after) on the same {} records and threads; \
          samples/s / decode-only images/s = {:.2}",
         used.len(),
         rate / decode_rate
@@ -910,6 +897,27 @@ fn bench_once(run: &BenchArgs) -> Result<Option<f64>> {
         writeln!(stdout, "  epoch {} step {} sha256 {d}", p.epoch, p.step)?;
     }
     Ok(ratio)
+}
+
+/// Images/s decoding `records` of `split` and nothing else, on `threads` threads.
+fn decode_only_rate(split: &shard_tool::Split, records: &[u64], threads: usize) -> f64 {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let t = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| {
+                let (decoder, mut img) = (Decoder::default(), RgbImage::default());
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&index) = records.get(i) else { return };
+                    if let Ok(r) = split.get(index) {
+                        let _ = decoder.decode_into(r.data, &mut img);
+                    }
+                }
+            });
+        }
+    });
+    records.len() as f64 / t.elapsed().as_secs_f64()
 }
 
 /// `bench --ranks N`: the ranks of one job made alone, then together; same threads, same
