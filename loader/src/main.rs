@@ -400,7 +400,7 @@ struct ServeArgs {
     /// Worker threads per client (default: one per core).
     #[arg(short = 'j', long)]
     workers: Option<u32>,
-    /// Ring slots per client when the client does not ask (default 4).
+    /// Ring slots per client when the client does not ask (default 8).
     #[arg(long)]
     slots: Option<u32>,
     /// Allow this user id to connect (repeatable; default: the daemon's own uid).

@@ -84,7 +84,10 @@ pub struct ServeConfig {
     pub socket: Option<PathBuf>,
     /// Worker threads per client (0: one per available core).
     pub workers: u32,
-    /// Ring slots when the client does not ask for a number.
+    /// Ring slots when the client does not ask for a number. The default, twice
+    /// [`crate::batch::STEPS_PER_FILL`], lets the producer fill whole multi-step calls while a
+    /// client that keeps up still holds the previous ones (with 4, fills shrank to a step or
+    /// two and the workers idled at each batch's end: ring / in-process 0.92 instead of 1.0).
     pub slots: u32,
     /// Most slots a client may ask for.
     pub max_slots: u32,
@@ -113,7 +116,7 @@ impl Default for ServeConfig {
             shards: None,
             socket: None,
             workers: 0,
-            slots: 4,
+            slots: 2 * crate::batch::STEPS_PER_FILL as u32,
             max_slots: 32,
             max_ring_bytes: 8 << 30,
             max_clients: 64,
@@ -887,7 +890,7 @@ mod tests {
     fn the_shipped_config_parses_and_unknown_keys_are_errors() {
         let text = include_str!("../../../configs/loader.toml");
         let c: ServeConfig = toml::from_str(text).unwrap();
-        assert_eq!(c.slots, 4);
+        assert_eq!(c.slots, ServeConfig::default().slots);
         assert_eq!(c.socket_mode, 0o660);
         assert_eq!(c.allow_groups, ["rsb"]);
         assert_eq!(
