@@ -1,5 +1,8 @@
 /*!
-Pillow's horizontal pass with AVX2: the same integer sums, four taps per instruction.
+Pillow's two resize passes with AVX2: the same integer sums as the portable passes, so the same
+bytes.
+
+The horizontal pass multiplies four taps of one output pixel per instruction:
 
 Pillow's weights have 22 fractional bits, too wide for `vpmaddwd`'s 16-bit lanes, so each
 weight `w` is split as `a * 2^15 + b` with `0 <= b < 2^15`, and the pass computes
@@ -11,6 +14,9 @@ that true even where a partial sum would not fit.
 One 256-bit register holds four taps of one output pixel: its low half `[R0 R1 G0 G1 B0 B1 0
 0]` as 16-bit lanes, its high half the same for taps 2 and 3, so `vpmaddwd` leaves per-channel
 sums of two taps in each half.
+
+The vertical pass keeps the sums of sixteen bytes of an output row in registers while it runs
+over the taps (32-bit products, `vpmulld`).
 */
 
 use std::arch::x86_64::{

@@ -6,6 +6,9 @@ Bicubic: the twelve source bytes of each of the four rows are transposed so that
 register holds one (tap, channel) for all four rows; the horizontal cubic then runs on the four
 rows at once, a 4 x 4 transpose turns rows into lanes, and the vertical cubic runs on the three
 channels at once. Bilinear: one register per corner holds the three channels.
+
+[`affine_rows`] also has kernels of its own for the matrices of ShearX, TranslateX and
+TranslateY, whose points fall on whole source rows or columns (see there).
 */
 
 use std::arch::x86_64::*;
@@ -22,7 +25,8 @@ const LOAD: usize = 16;
 #[target_feature(enable = "avx2")]
 fn cubic(v1: __m256d, v2: __m256d, v3: __m256d, v4: __m256d, d: __m256d) -> __m256d {
     let p1 = v2;
-    // -v1 + v3 is v3 - v1 exactly (IEEE subtraction is addition of the negation).
+    // -v1 + v3 is v3 - v1 exactly (IEEE subtraction is addition of the negation); likewise
+    // -v1 + v2 in p4.
     let p2 = _mm256_sub_pd(v3, v1);
     let two = _mm256_set1_pd(2.0);
     let p3 = _mm256_sub_pd(

@@ -8,6 +8,9 @@ For output pixel (x, y) the source point is `(a·u + b·v + c, d·u + e·v + f)`
 its own filters, which are *not* the resize filters: bilinear truncates instead of rounding,
 bicubic is the a = −1 cubic, neighbour columns are clamped to the image, the first row is
 clamped and a further row outside the image repeats the previous one.
+
+The samplers here are the portable reference; on x86-64 CPUs with AVX2, `avx2` runs the same
+floating-point operations several lanes at a time, and tests hold both to the same bytes.
 */
 
 use crate::crop::Interpolation;
