@@ -93,21 +93,6 @@ pub(super) fn bicubic_interior(src: &RgbImage, xin: f64, yin: f64, out: &mut [u8
     let Some(block) = src.pixels.get(at..at + 3 * stride + LOAD) else {
         return false;
     };
-    // With a zero fraction a cubic is its second tap exactly (`v2 + 0 * (...)`): shears and
-    // translations, whose points fall on whole source rows or columns, interpolate in one
-    // direction only.
-    if dy == 0.0 {
-        let tap = |k: usize| pixel(block, stride + 3 * k);
-        let (v1, v2, v3, v4) = (tap(0), tap(1), tap(2), tap(3));
-        store_rgb(cubic(v1, v2, v3, v4, _mm256_set1_pd(dx)), out);
-        return true;
-    }
-    if dx == 0.0 {
-        let tap = |r: usize| pixel(block, r * stride + 3);
-        let (v1, v2, v3, v4) = (tap(0), tap(1), tap(2), tap(3));
-        store_rgb(cubic(v1, v2, v3, v4, _mm256_set1_pd(dy)), out);
-        return true;
-    }
     let row = |r: usize| {
         let bytes = &block[r * stride..][..LOAD];
         // SAFETY: `bytes` is 16 readable bytes; the load is unaligned.
@@ -176,15 +161,6 @@ pub(super) fn bilinear_interior(src: &RgbImage, xin: f64, yin: f64, out: &mut [u
     let lerp = |a: __m256d, b: __m256d, d: f64| {
         _mm256_add_pd(a, _mm256_mul_pd(_mm256_sub_pd(b, a), _mm256_set1_pd(d)))
     };
-    // A zero fraction makes a lerp its first end exactly (`a + (b - a) * 0`).
-    if dy == 0.0 {
-        store_rgb(lerp(pixel(block, 0), pixel(block, 3), dx), out);
-        return true;
-    }
-    if dx == 0.0 {
-        store_rgb(lerp(pixel(block, 0), pixel(block, stride), dy), out);
-        return true;
-    }
     let (tl, tr) = (pixel(block, 0), pixel(block, 3));
     let (bl, br) = (pixel(block, stride), pixel(block, stride + 3));
     let (v1, v2) = (lerp(tl, tr, dx), lerp(bl, br, dx));
@@ -194,12 +170,13 @@ pub(super) fn bilinear_interior(src: &RgbImage, xin: f64, yin: f64, out: &mut [u
 
 /// The rows of `super::affine` with the AVX2 samplers; `scratch` holds the source.
 ///
-/// Two shapes of matrix get kernels of their own, exact for the same reason as the
-/// one-direction samplers above: where `m[3..6]` is `(0, 1, 0)` (ShearX, TranslateXRel) every
-/// output row reads its own source row only (`yin = v` exactly, so the vertical fraction is
-/// zero), and where the matrix is `(1, 0, 0, 0, 1, t)` (TranslateYRel) every output row reads
-/// the same rows at the same fraction for every column (`xin = u` exactly). Four output
-/// pixels, or eight bytes, then go through one set of registers.
+/// Two shapes of matrix get kernels of their own. Where `m[3..6]` is `(0, 1, 0)` (ShearX,
+/// TranslateXRel) every output row reads its own source row only: `yin = v` exactly, so the
+/// vertical fraction is zero and a cubic (or lerp) at a zero fraction is exactly its tap on
+/// that row (`v2 + 0 * (...)`). Where the matrix is `(1, 0, 0, 0, 1, t)` (TranslateYRel) every
+/// output row reads the same rows at the same fraction for every column (`xin = u` exactly,
+/// a zero horizontal fraction). Four output pixels, or eight bytes, then go through one set
+/// of registers.
 #[target_feature(enable = "avx2")]
 pub(super) fn affine_rows(
     img: &mut RgbImage,
@@ -468,13 +445,8 @@ fn shifted_row(
             Interpolation::Bilinear => t(0) + (t(1) - t(0)) * dy,
             Interpolation::Bicubic => super::cubic(t(0), t(1), t(2), t(3), dy),
         };
-        *out = if v <= 0.0 {
-            0
-        } else if v >= 255.0 {
-            255
-        } else {
-            v as u8
-        };
+        // As the samplers clip: the saturating cast is 0 at or below 0, 255 at or above 255.
+        *out = v as u8;
     }
     true
 }

@@ -83,13 +83,9 @@ fn sample(src: &RgbImage, xin: f64, yin: f64, filter: Interpolation, out: &mut [
                 let v3 = rows[1].map_or(v2, line);
                 let v4 = rows[2].map_or(v3, line);
                 let v = cubic(v1, v2, v3, v4, dy);
-                *o = if v <= 0.0 {
-                    0
-                } else if v >= 255.0 {
-                    255
-                } else {
-                    v as u8
-                };
+                // Pillow's clip to [0, 255] then truncation, which is what Rust's saturating
+                // float-to-int cast does.
+                *o = v as u8;
             }
         }
     }
@@ -150,13 +146,9 @@ fn sample_interior(
             for (b, o) in out.iter_mut().enumerate() {
                 let l = lines[b];
                 let v = cubic(l[0], l[1], l[2], l[3], dy);
-                *o = if v <= 0.0 {
-                    0
-                } else if v >= 255.0 {
-                    255
-                } else {
-                    v as u8
-                };
+                // Pillow's clip to [0, 255] then truncation, which is what Rust's saturating
+                // float-to-int cast does.
+                *o = v as u8;
             }
         }
     }
