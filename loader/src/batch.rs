@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use shard_tool::Split;
 
-use crate::pipeline::{StageTimes, Transform, Worker};
+use crate::pipeline::{StageTimes, Worker};
 use crate::sampler::Sample;
+use crate::transform::TransformSpec;
 
 /// Most steps of one epoch worth filling in one [`BatchMaker::fill_many`] call when their
 /// slots are free. Together, the workers cross a batch end without waiting for its last image
@@ -36,13 +37,13 @@ pub struct FillReport {
 
 /// Makes batches with a fixed set of per-thread workers.
 pub struct BatchMaker {
-    transform: Transform,
+    transform: TransformSpec,
     workers: Vec<Worker>,
 }
 
 impl BatchMaker {
     /// `threads` workers for `transform`, augmentation streams keyed by `seed`.
-    pub fn new(transform: Transform, seed: u64, threads: usize) -> BatchMaker {
+    pub fn new(transform: TransformSpec, seed: u64, threads: usize) -> BatchMaker {
         BatchMaker {
             transform,
             workers: (0..threads.max(1))
@@ -52,7 +53,7 @@ impl BatchMaker {
     }
 
     /// The transform.
-    pub fn transform(&self) -> &Transform {
+    pub fn transform(&self) -> &TransformSpec {
         &self.transform
     }
 
@@ -289,7 +290,7 @@ mod tests {
         let split = ds.split("train").unwrap();
         let sampler = repeat_sampler(split, 42);
         let samples = sampler.epoch(2);
-        let t = Transform::named("a1").unwrap();
+        let t = TransformSpec::preset("a1").unwrap();
         let batch = &samples[..24];
         let run = |threads| {
             let mut m = BatchMaker::new(t, 42, threads);
@@ -317,7 +318,7 @@ mod tests {
     fn the_ranks_of_a_job_filled_together_decode_each_image_once_and_get_the_same_bytes() {
         let (_dir, ds) = dataset();
         let split = ds.split("train").unwrap();
-        let t = Transform::named("a1").unwrap();
+        let t = TransformSpec::preset("a1").unwrap();
         let (world, b, n) = (3u32, 12usize, t.image_bytes());
         let ranks: Vec<Vec<Sample>> = (0..world)
             .map(|rank| {
@@ -379,7 +380,7 @@ mod tests {
         let split = ds.split("train").unwrap();
         let sampler = repeat_sampler(split, 7);
         let samples = sampler.epoch(1);
-        let t = Transform::named("a1").unwrap();
+        let t = TransformSpec::preset("a1").unwrap();
         let (b, n) = (12, t.image_bytes());
         let batch = |m: &mut BatchMaker, step: usize| {
             let mut images = vec![0u8; b * n];

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 
 use crate::job::{JobSpec, Position};
-use crate::protocol::{self, ProtocolError, Reply, Request, Stats};
+use crate::protocol::{self, ProtocolError, Reply, Request, SplitInfo, Stats};
 use crate::ring::{RingError, RingLayout, RingView, SlotRef};
 
 /// Errors of the client.
@@ -76,7 +76,7 @@ struct Connection {
     stream: UnixStream,
     ring: RingView,
     steps_per_epoch: u64,
-    records: u64,
+    split: SplitInfo,
 }
 
 /// A client of the loader daemon.
@@ -146,9 +146,9 @@ impl Client {
         self.conn.as_ref().map_or(0, |c| c.steps_per_epoch)
     }
 
-    /// Records in the split.
-    pub fn records(&self) -> u64 {
-        self.conn.as_ref().map_or(0, |c| c.records)
+    /// What the split holds: records, classes, label range (from the welcome).
+    pub fn split(&self) -> Option<&SplitInfo> {
+        self.conn.as_ref().map(|c| &c.split)
     }
 
     /// The ring's layout.
@@ -195,7 +195,7 @@ impl Client {
                     }
                     break (slot, position, count, replaced);
                 }
-                Ok(Reply::EndOfEpoch { .. } | Reply::Stats(_)) => {}
+                Ok(Reply::EndOfEpoch { .. } | Reply::Stats(_) | Reply::Split(_)) => {}
                 Ok(Reply::Finished) => {
                     self.finished = true;
                     return Ok(None);
@@ -290,14 +290,14 @@ fn open(o: &ClientOptions, start: Position) -> Result<Connection, ClientError> {
             Reply::Welcome {
                 layout,
                 steps_per_epoch,
-                records,
+                split,
             },
             Some(fd),
         ) => Ok(Connection {
             ring: RingView::attach(fd, layout)?,
             stream,
             steps_per_epoch,
-            records,
+            split,
         }),
         (Reply::Error { message }, _) => Err(ClientError::Refused {
             socket: o.socket.clone(),
@@ -348,18 +348,37 @@ fn read_frame_with_fd(stream: &mut UnixStream) -> Result<(Reply, Option<OwnedFd>
     Ok((reply, fds.into_iter().next()))
 }
 
-/// Asks the daemon at `socket` for its statistics (`loader status`).
-pub fn stats(socket: &Path) -> Result<Stats, ClientError> {
+/// One request on a connection of its own, and the daemon's one reply (`stats`, `describe`).
+fn ask(socket: &Path, request: &Request) -> Result<Reply, ClientError> {
     let mut stream = handshake(socket)?;
-    protocol::write_frame(&mut stream, &Request::Stats)?;
+    protocol::write_frame(&mut stream, request)?;
     let reply = protocol::read_frame::<Reply>(&mut stream)?;
     let _ = protocol::write_frame(&mut stream, &Request::Bye);
     match reply {
-        Reply::Stats(s) => Ok(s),
         Reply::Error { message } => Err(ClientError::Refused {
             socket: socket.to_path_buf(),
             message,
         }),
+        reply => Ok(reply),
+    }
+}
+
+/// Asks the daemon at `socket` for its statistics (`loader status`).
+pub fn stats(socket: &Path) -> Result<Stats, ClientError> {
+    match ask(socket, &Request::Stats)? {
+        Reply::Stats(s) => Ok(s),
         other => Err(ProtocolError::Malformed(format!("expected stats, got {other:?}")).into()),
+    }
+}
+
+/// Asks the daemon at `socket` what split `split` holds (records, classes, labels), without
+/// opening a stream: a trainer checks its recipe against it before building a model.
+pub fn describe(socket: &Path, split: &str) -> Result<SplitInfo, ClientError> {
+    let request = Request::Describe {
+        split: split.to_owned(),
+    };
+    match ask(socket, &request)? {
+        Reply::Split(info) => Ok(info),
+        other => Err(ProtocolError::Malformed(format!("expected a split, got {other:?}")).into()),
     }
 }

@@ -1,6 +1,6 @@
 /*!
 RandomResizedCrop's parameters, drawn exactly as timm's
-`RandomResizedCropAndInterpolation.get_params` (RECIPE.md §2.2), and its interpolation choice.
+`RandomResizedCropAndInterpolation.get_params` (RECIPE.md §2.2).
 
 Sampling is separate from applying (as in timm): [`CropBox::sample`] is a pure function of the
 random stream and the image size. Python's semantics are kept where they decide pixels:
@@ -41,35 +41,6 @@ pub struct CropBox {
     pub width: u32,
 }
 
-/// Resampling filter of the crop's resize.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Interpolation {
-    /// Pillow's BILINEAR (triangle filter, antialiased).
-    Bilinear,
-    /// Pillow's BICUBIC (Keys cubic, a = -0.5, antialiased).
-    Bicubic,
-}
-
-/// timm's `train_interpolation`: a fixed filter or `random` (bilinear or bicubic, 50/50).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InterpolationChoice {
-    /// Always this filter.
-    Fixed(Interpolation),
-    /// `random.choice([BILINEAR, BICUBIC])`, drawn after the crop box.
-    Random,
-}
-
-impl InterpolationChoice {
-    /// Draws the filter for one sample.
-    pub fn sample(self, rng: &mut impl Rng) -> Interpolation {
-        match self {
-            InterpolationChoice::Fixed(i) => i,
-            InterpolationChoice::Random if rng.random_bool(0.5) => Interpolation::Bicubic,
-            InterpolationChoice::Random => Interpolation::Bilinear,
-        }
-    }
-}
-
 impl CropBox {
     /// Draws a RandomResizedCrop box for a `width` x `height` image.
     ///
@@ -108,10 +79,11 @@ impl CropBox {
         let in_ratio = f64::from(width) / f64::from(height);
         let (w, h) = if in_ratio < min_ratio {
             let h = (f64::from(width) / min_ratio).round_ties_even() as u32;
-            (width, h.min(height))
+            // At least one row: an extreme ratio would otherwise round to an empty box.
+            (width, h.min(height).max(1))
         } else if in_ratio > max_ratio {
             let w = (f64::from(height) * max_ratio).round_ties_even() as u32;
-            (w.min(width), height)
+            (w.min(width).max(1), height)
         } else {
             (width, height)
         };
@@ -246,19 +218,21 @@ mod tests {
             );
         }
     }
-
     #[test]
-    fn random_interpolation_is_a_fair_coin() {
-        let mut bicubic = 0;
-        for pos in 0..10_000 {
-            let mut rng = stream(3, Purpose::Augment, 0, pos, 0);
-            if InterpolationChoice::Random.sample(&mut rng) == Interpolation::Bicubic {
-                bicubic += 1;
-            }
-        }
-        assert!((4_700..5_300).contains(&bicubic), "{bicubic}");
-        let mut rng = stream(3, Purpose::Augment, 0, 0, 0);
-        let fixed = InterpolationChoice::Fixed(Interpolation::Bilinear);
-        assert_eq!(fixed.sample(&mut rng), Interpolation::Bilinear);
+    fn an_extreme_ratio_falls_back_to_at_least_one_pixel() {
+        // A 1-pixel-high strip with ratios far outside timm's: round(1 * 0.1) = 0 would be an
+        // empty box, which the resize cannot take.
+        let c = RrcConfig {
+            scale: (0.08, 1.0),
+            ratio: (0.05, 0.1),
+        };
+        let b = CropBox::fallback(300, 1, &c);
+        assert_eq!((b.width, b.height), (1, 1));
+        let c = RrcConfig {
+            scale: (0.08, 1.0),
+            ratio: (20.0, 30.0),
+        };
+        let b = CropBox::fallback(1, 300, &c);
+        assert_eq!((b.width, b.height), (1, 1));
     }
 }

@@ -4,12 +4,14 @@ with Pillow's antialiased filter (bicubic for ResNet-50), keeping the aspect rat
 torchvision's `Resize(int)` does, then `CenterCrop(img_size)`.
 */
 
-use crate::crop::{CropBox, Interpolation};
+use crate::crop::CropBox;
 use crate::decode::RgbImage;
+use crate::interpolation::Interpolation;
 use crate::resample::Resampler;
 
 /// The eval transform's settings (timm's `--img-size`, `--crop-pct`, `--interpolation`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EvalTransform {
     /// Side of the square output.
     pub img_size: u32,
@@ -21,15 +23,6 @@ pub struct EvalTransform {
 }
 
 impl EvalTransform {
-    /// The paper's protocol: 224, crop 0.95, bicubic.
-    pub fn rsb() -> EvalTransform {
-        EvalTransform {
-            img_size: 224,
-            crop_pct: 0.95,
-            interpolation: Interpolation::Bicubic,
-        }
-    }
-
     /// Short side after the resize: `floor(img_size / crop_pct)` (235 for 224 at 0.95).
     pub fn scale_size(&self) -> u32 {
         (f64::from(self.img_size) / self.crop_pct).floor() as u32
@@ -107,21 +100,6 @@ impl EvalTransform {
     }
 }
 
-/// Mirrors an RGB image left to right in place (timm's `RandomHorizontalFlip`, applied after
-/// the crop and before RandAugment).
-pub fn flip_horizontal(pixels: &mut [u8], width: usize) {
-    for row in pixels.chunks_exact_mut(width * 3) {
-        let (mut a, mut b) = (0, width.saturating_sub(1));
-        while a < b {
-            for c in 0..3 {
-                row.swap(a * 3 + c, b * 3 + c);
-            }
-            a += 1;
-            b -= 1;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,7 +129,11 @@ mod tests {
 
     #[test]
     fn sizes_follow_torchvision() {
-        let t = EvalTransform::rsb();
+        let t = EvalTransform {
+            img_size: 224,
+            crop_pct: 0.95,
+            interpolation: Interpolation::Bicubic,
+        };
         assert_eq!(t.scale_size(), 235);
         assert_eq!(t.resized_size(500, 375), (313, 235)); // int(235 * 500 / 375) = 313
         assert_eq!(t.resized_size(375, 500), (235, 313));
@@ -171,15 +153,5 @@ mod tests {
                 width: 224
             }
         );
-    }
-
-    #[test]
-    fn flip_mirrors_rows_and_twice_is_identity() {
-        let mut px: Vec<u8> = (0..3 * 2 * 3).map(|i| i as u8).collect();
-        let orig = px.clone();
-        flip_horizontal(&mut px, 3);
-        assert_eq!(&px[..9], &[6, 7, 8, 3, 4, 5, 0, 1, 2]);
-        flip_horizontal(&mut px, 3);
-        assert_eq!(px, orig);
     }
 }

@@ -1,41 +1,50 @@
 /*!
-The rsb loader: everything between a packed dataset and a batch of uint8 images.
+The rsb loader: everything between a packed dataset and a batch of uint8 images, and the daemon
+that serves those batches to trainers through shared memory.
 
-Built so far (the loader-core issue is not finished):
+The request:
+- [`transform`]: [`TransformSpec`], every setting of timm's train or eval transform under
+  timm's flag names, its checks, and the A1/A2/A3/eval presets (the one place they live).
+- [`job`]: [`JobSpec`] (split, transform, seed, ranks, batch size), checked where it enters and
+  again by the daemon, and its plan: which samples make batch (epoch, step).
+
+The data core:
 - [`rng`]: counter-based random streams keyed by (seed, purpose, epoch, position, repeat).
 - [`sampler`]: timm's repeated-augmentation sampler and torch's distributed sampler.
-- [`crop`]: RandomResizedCrop parameters exactly as timm draws them, and the interpolation.
+- [`crop`]: RandomResizedCrop parameters exactly as timm draws them.
+- [`interpolation`]: the resize filters by timm's names.
 - [`decode`]: JPEG → RGB into reused buffers.
 - [`resample`]: Pillow's antialiased bilinear/bicubic resize, bit for bit (AVX2 kernels where the
   CPU has them, tested against the portable reference).
-- [`eval_transform`]: timm's eval resize + center crop, and the horizontal flip.
+- [`eval_transform`]: timm's eval resize + center crop.
+- [`flip`]: the horizontal flip.
 - [`rand_augment`]: timm's RandAugment: config grammar, level functions, all 15 ops (exact
   against Pillow) and the per-image driver.
-- [`pipeline`]: the one factory of transforms (train: RRC → flip → RandAugment; eval) and the
-  per-thread [`pipeline::Worker`] that decodes a record once for all of its repeats.
-- [`batch`]: fills a batch on several threads, bit-identical whatever the thread count.
+- [`pipeline`]: the per-thread [`pipeline::Worker`] that draws each sample's stream and runs a
+  transform, decoding a record once for all of its repeats.
+- [`batch`]: fills batches on several threads, bit-identical whatever the thread count.
 
-The `loader augment` command applies one of these to one image (`--op decode | resized-crop |
-eval | flip`); `tests/golden/compare_imagenet.py` compares it with Pillow on real images.
-
-Not built yet: SIMD versions of the resize and the ops, the
-pipeline that decodes each image once for all of its repeats, `loader bench`/`preview`, and the
-daemon (shared-memory ring, protocol, service).
+The daemon and its clients:
+- [`ring`]: the shared-memory ring of batch slots.
+- [`protocol`]: the socket's frames and messages.
+- [`server`]: `loader serve` (one producer per job group, peer checks, systemd).
+- [`client`]: attach to a daemon and read batches in place, with exact resume.
 
 # Example
 ```
-use loader::crop::{CropBox, RrcConfig};
+use loader::crop::CropBox;
 use loader::rng::{Purpose, stream};
-use loader::sampler::{Sampler, SamplerConfig};
+use loader::{JobSpec, TransformSpec};
 
-let sampler = Sampler::new(SamplerConfig {
-    dataset_len: 1000, world_size: 1, rank: 0, aug_repeats: 3, shuffle: true, seed: 42,
-})?;
-let epoch = sampler.epoch(0);
-assert_eq!(epoch.len(), 768); // floor(1000 / 256) * 256, copies of an image back to back
-let s = epoch[0];
+let a1 = TransformSpec::preset("a1").expect("a preset");
+let job = JobSpec::single("train", a1, 42, 256);
+let plan = job.plan(1000)?;
+assert_eq!(plan.steps_per_epoch(), 3); // floor(1000 / 256) batches, copies back to back
+let epoch = plan.sampler().epoch(0);
+let s = plan.batch(&epoch, 0)[0];
+let TransformSpec::Train(t) = a1 else { unreachable!() };
 let mut rng = stream(42, Purpose::Augment, 0, s.position, s.repeat);
-let crop = CropBox::sample(&mut rng, 500, 375, &RrcConfig::default());
+let crop = CropBox::sample(&mut rng, 500, 375, &t.rrc());
 assert!(crop.left + crop.width <= 500);
 # Ok::<(), Box<dyn std::error::Error>>(())
 ```
@@ -48,6 +57,8 @@ pub mod client;
 pub mod crop;
 pub mod decode;
 pub mod eval_transform;
+pub mod flip;
+pub mod interpolation;
 pub mod job;
 pub mod pipeline;
 pub mod protocol;
@@ -59,3 +70,7 @@ pub mod sampler;
 pub mod server;
 #[cfg(test)]
 mod testutil;
+pub mod transform;
+
+pub use job::{JobSpec, Position};
+pub use transform::TransformSpec;

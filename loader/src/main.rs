@@ -8,17 +8,20 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use loader::batch::{BatchMaker, BatchOut, STEPS_PER_FILL};
 use loader::client::{Client, ClientOptions};
-use loader::crop::{CropBox, Interpolation, InterpolationChoice};
+use loader::crop::CropBox;
 use loader::decode::{Decoder, RgbImage};
-use loader::eval_transform::{EvalTransform, flip_horizontal};
+use loader::eval_transform::EvalTransform;
+use loader::flip::flip_horizontal;
+use loader::interpolation::{Interpolation, InterpolationChoice};
 use loader::job::{JobPlan, JobSpec, Position};
-use loader::pipeline::{Transform, Worker};
+use loader::pipeline::Worker;
 use loader::rand_augment::{Op, OpArg, RandAugment, level_value};
 use loader::resample::Resampler;
 use loader::server::{ServeConfig, Server, default_socket};
+use loader::transform::{TrainTransform, TransformSpec};
 use sha2::{Digest, Sha256};
 use shard_tool::Dataset;
 use zune_core::bit_depth::BitDepth;
@@ -46,9 +49,8 @@ enum Command {
     Preview {
         /// Dataset directory made by `shard-tool pack`.
         shards: PathBuf,
-        /// a1, a2, a3 or eval.
-        #[arg(long, default_value = "a1")]
-        transform: String,
+        #[command(flatten)]
+        transform: TransformArgs,
         /// Output PNG.
         #[arg(short, long)]
         out: PathBuf,
@@ -122,12 +124,12 @@ enum Command {
         /// Output side in pixels.
         #[arg(long, default_value_t = 224)]
         size: u32,
-        /// Eval crop fraction.
+        /// Eval crop fraction (timm's --crop-pct).
         #[arg(long, default_value_t = 0.95)]
         crop_pct: f64,
         /// Resize filter.
         #[arg(long, default_value = "bicubic")]
-        interp: Interp,
+        interp: Interpolation,
         /// Input image.
         input: PathBuf,
         /// Output PNG.
@@ -135,19 +137,129 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Interp {
-    Bilinear,
-    Bicubic,
+/// The transform of a job: a preset, then timm's flags for any setting to change.
+#[derive(Args)]
+#[command(next_help_heading = "Transform (timm's flags)")]
+struct TransformArgs {
+    /// Preset: a1 or a2 (RRC 224, flip 0.5, rand-m7-mstd0.5-inc1, random interpolation, 3
+    /// repeats), a3 (160, rand-m6-mstd0.5-inc1, no repeats), eval (224, crop 0.95, bicubic).
+    #[arg(long, default_value = "a1")]
+    transform: TransformSpec,
+    /// Output side (timm's --img-size).
+    #[arg(long)]
+    img_size: Option<u32>,
+    /// RandomResizedCrop area range, MIN MAX (train).
+    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"])]
+    scale: Option<Vec<f64>>,
+    /// RandomResizedCrop aspect-ratio range, MIN MAX (train).
+    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"])]
+    ratio: Option<Vec<f64>>,
+    /// Horizontal flip probability (train).
+    #[arg(long)]
+    hflip: Option<f64>,
+    /// RandAugment, timm's grammar (rand-m9-mstd0.5-inc1), or `none` (train).
+    #[arg(long)]
+    aa: Option<String>,
+    /// random, bilinear or bicubic (train).
+    #[arg(long)]
+    train_interpolation: Option<InterpolationChoice>,
+    /// Repeated-augmentation copies per image, 0 for none (train).
+    #[arg(long)]
+    aug_repeats: Option<u32>,
+    /// Fraction of the resized image the center crop keeps (eval).
+    #[arg(long)]
+    crop_pct: Option<f64>,
+    /// bilinear or bicubic (eval).
+    #[arg(long)]
+    interpolation: Option<Interpolation>,
 }
 
-impl From<Interp> for Interpolation {
-    fn from(i: Interp) -> Interpolation {
-        match i {
-            Interp::Bilinear => Interpolation::Bilinear,
-            Interp::Bicubic => Interpolation::Bicubic,
-        }
+impl TryFrom<&TransformArgs> for TransformSpec {
+    type Error = UsageError;
+
+    /// The preset with the flags applied, checked; a flag that does not apply to the preset's
+    /// kind (train or eval) is an error.
+    fn try_from(a: &TransformArgs) -> Result<TransformSpec, UsageError> {
+        let misplaced = |flag: &str, kind: &str| {
+            UsageError(format!(
+                "--{flag} applies to {kind} transforms, and --transform {} is not one",
+                a.transform.kind()
+            ))
+        };
+        let pair = |v: &Option<Vec<f64>>| v.as_ref().map(|v| [v[0], v[1]]);
+        let spec = match a.transform {
+            TransformSpec::Train(t) => {
+                if a.crop_pct.is_some() {
+                    return Err(misplaced("crop-pct", "eval"));
+                }
+                if a.interpolation.is_some() {
+                    return Err(misplaced("interpolation", "eval"));
+                }
+                let aa = match a.aa.as_deref() {
+                    None => t.aa,
+                    Some("" | "none") => None,
+                    Some(text) => Some(text.parse().map_err(|e| UsageError(format!("--aa: {e}")))?),
+                };
+                TransformSpec::Train(TrainTransform {
+                    img_size: a.img_size.unwrap_or(t.img_size),
+                    scale: pair(&a.scale).unwrap_or(t.scale),
+                    ratio: pair(&a.ratio).unwrap_or(t.ratio),
+                    hflip: a.hflip.unwrap_or(t.hflip),
+                    aa,
+                    train_interpolation: a.train_interpolation.unwrap_or(t.train_interpolation),
+                    aug_repeats: a.aug_repeats.unwrap_or(t.aug_repeats),
+                })
+            }
+            TransformSpec::Eval(e) => {
+                for (flag, set) in [
+                    ("scale", a.scale.is_some()),
+                    ("ratio", a.ratio.is_some()),
+                    ("hflip", a.hflip.is_some()),
+                    ("aa", a.aa.is_some()),
+                    ("train-interpolation", a.train_interpolation.is_some()),
+                    ("aug-repeats", a.aug_repeats.is_some()),
+                ] {
+                    if set {
+                        return Err(misplaced(flag, "train"));
+                    }
+                }
+                TransformSpec::Eval(EvalTransform {
+                    img_size: a.img_size.unwrap_or(e.img_size),
+                    crop_pct: a.crop_pct.unwrap_or(e.crop_pct),
+                    interpolation: a.interpolation.unwrap_or(e.interpolation),
+                })
+            }
+        };
+        spec.validate().map_err(UsageError::flag)?;
+        Ok(spec)
     }
+}
+
+/// A bad flag or config value: one line naming it and the allowed range, exit status 2, before
+/// any file is opened or connection made.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+impl UsageError {
+    /// A transform setting out of range, named by its flag (`--crop-pct 0.001 is outside ...`).
+    fn flag(e: loader::transform::SettingError) -> UsageError {
+        UsageError(format!(
+            "--{} {} {}",
+            e.key.replace('_', "-"),
+            e.value,
+            e.problem
+        ))
+    }
+}
+
+/// Seconds for a timeout flag: finite, not negative, at most a day.
+fn seconds(text: &str) -> Result<Duration, String> {
+    let s: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if !(0.0..=86_400.0).contains(&s) {
+        return Err(format!("{s} is outside 0..=86400 seconds"));
+    }
+    Ok(Duration::from_secs_f64(s))
 }
 
 fn main() -> ExitCode {
@@ -159,6 +271,10 @@ fn main() -> ExitCode {
                 .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
         {
             ExitCode::SUCCESS
+        }
+        Err(e) if e.chain().any(|c| c.is::<UsageError>()) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
         }
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -180,7 +296,7 @@ fn run(cli: Cli) -> Result<()> {
             split,
         } => preview(
             &shards,
-            &transform,
+            TransformSpec::try_from(&transform)?,
             &out,
             (count, cols),
             epoch,
@@ -211,6 +327,7 @@ fn run(cli: Cli) -> Result<()> {
                     image
                 }
                 "resized-crop" => {
+                    check_size(size)?;
                     let crop = parse_box(arg.as_deref(), &image)?;
                     let side = size as usize;
                     let mut pixels = vec![0u8; side * side * 3];
@@ -219,7 +336,7 @@ fn run(cli: Cli) -> Result<()> {
                         image.width as usize,
                         crop,
                         (side, side),
-                        interp.into(),
+                        interp,
                         &mut pixels,
                     );
                     RgbImage {
@@ -229,14 +346,14 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 }
                 "eval" => {
-                    if !(crop_pct > 0.0 && crop_pct <= 1.0) {
-                        bail!("--crop-pct must be in (0, 1], got {crop_pct}");
-                    }
                     let t = EvalTransform {
                         img_size: size,
                         crop_pct,
-                        interpolation: interp.into(),
+                        interpolation: interp,
                     };
+                    TransformSpec::Eval(t)
+                        .validate()
+                        .map_err(UsageError::flag)?;
                     let side = size as usize;
                     let mut pixels = vec![0u8; side * side * 3];
                     t.apply(
@@ -263,11 +380,9 @@ fn run(cli: Cli) -> Result<()> {
                         (None, None) => bail!("{name} needs --arg X or --magnitude M"),
                     };
                     let mut image = image;
-                    let mut ra = RandAugment::new(
-                        "rand-m0".parse()?,
-                        InterpolationChoice::Fixed(interp.into()),
-                    );
-                    ra.apply_op(&mut image, op, arg, interp.into());
+                    let mut ra =
+                        RandAugment::new("rand-m0".parse()?, InterpolationChoice::Fixed(interp));
+                    ra.apply_op(&mut image, op, arg, interp);
                     eprintln!("applied {name} with {arg:?}");
                     image
                 }
@@ -289,12 +404,8 @@ fn cpu_time() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// Opens the dataset and resolves the one-rank job that `bench` and `preview` run: a1/a2 with
-/// 3 repeats, a3 without, eval in record order.
+/// Opens the dataset and resolves a job of `bench` or `preview`.
 fn open_job(shards: &Path, spec: &JobSpec) -> Result<(Dataset, JobPlan)> {
-    if Transform::named(&spec.transform).is_none() {
-        bail!("unknown --transform {} (a1, a2, a3, eval)", spec.transform);
-    }
     // SAFETY: bench and preview only read, and nothing writes a finished dataset.
     let dataset = unsafe { Dataset::open(shards) }
         .with_context(|| format!("opening {}", shards.display()))?;
@@ -307,7 +418,7 @@ fn open_job(shards: &Path, spec: &JobSpec) -> Result<(Dataset, JobPlan)> {
 
 fn preview(
     shards: &Path,
-    transform_name: &str,
+    transform: TransformSpec,
     out: &Path,
     (count, cols): (usize, usize),
     epoch: u32,
@@ -315,7 +426,7 @@ fn preview(
     split_name: &str,
 ) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
-    let spec = JobSpec::single(split_name, transform_name, seed, 1);
+    let spec = JobSpec::single(split_name, transform, seed, 1);
     let (dataset, plan) = open_job(shards, &spec)?;
     let transform = plan.transform();
     let split = dataset.split(split_name)?;
@@ -421,9 +532,8 @@ struct FetchArgs {
     /// together are served by one producer and share decodes [default: fetch-PID, alone].
     #[arg(long)]
     job_id: Option<String>,
-    /// a1, a2, a3 or eval.
-    #[arg(long, default_value = "a1")]
-    transform: String,
+    #[command(flatten)]
+    transform: TransformArgs,
     /// Split to read.
     #[arg(long, default_value = "train")]
     split: String,
@@ -458,16 +568,21 @@ struct FetchArgs {
     #[arg(long, value_name = "N")]
     memory_every: Option<u64>,
     /// Seconds to keep trying to reach a daemon (at start and after it goes away).
-    #[arg(long, default_value_t = 60.0)]
-    reconnect_timeout: f64,
+    #[arg(long, default_value = "60", value_parser = seconds, allow_negative_numbers = true)]
+    reconnect_timeout: Duration,
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
+    let origin = args.config.as_ref().map_or_else(
+        || "loader serve".to_owned(),
+        |p| format!("{} (or its flag)", p.display()),
+    );
     let mut config: ServeConfig = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            toml::from_str(&text)
+                .map_err(|e| UsageError(format!("{}: {}", path.display(), e.message())))?
         }
         None => ServeConfig::default(),
     };
@@ -489,6 +604,9 @@ fn serve(args: ServeArgs) -> Result<()> {
     if !args.allow_gids.is_empty() {
         config.allow_gids = args.allow_gids;
     }
+    config
+        .validate()
+        .map_err(|e| UsageError(format!("{origin}: {e}")))?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -594,6 +712,16 @@ fn status(socket: Option<PathBuf>, json: bool) -> Result<()> {
 }
 
 fn fetch(args: &FetchArgs) -> Result<()> {
+    let job = JobSpec {
+        split: args.split.clone(),
+        transform: TransformSpec::try_from(&args.transform)?,
+        seed: args.seed,
+        world_size: args.world_size,
+        rank: args.rank,
+        batch_size: args.batch_size,
+    };
+    job.validate()
+        .map_err(|e| UsageError(format!("{e} (flags: --batch-size, --world-size, --rank)")))?;
     let socket = args.socket.clone().unwrap_or_else(default_socket);
     let mut client = Client::connect(ClientOptions {
         socket: socket.clone(),
@@ -601,22 +729,14 @@ fn fetch(args: &FetchArgs) -> Result<()> {
             .job_id
             .clone()
             .unwrap_or_else(|| format!("fetch-{}", std::process::id())),
-        job: JobSpec {
-            split: args.split.clone(),
-            transform: args.transform.clone(),
-            seed: args.seed,
-            world_size: args.world_size,
-            rank: args.rank,
-            batch_size: args.batch_size,
-            overrides: Default::default(),
-        },
+        job,
         start: Position {
             epoch: args.start_epoch,
             step: args.start_step,
         },
         epochs: None,
         slots: args.slots,
-        reconnect_timeout: Duration::from_secs_f64(args.reconnect_timeout),
+        reconnect_timeout: args.reconnect_timeout,
     })?;
     let steps = args
         .steps
@@ -660,9 +780,8 @@ fn fetch(args: &FetchArgs) -> Result<()> {
 struct BenchArgs {
     /// Dataset directory made by `shard-tool pack`.
     shards: PathBuf,
-    /// a1, a2, a3 or eval.
-    #[arg(long, default_value = "a1")]
-    transform: String,
+    #[command(flatten)]
+    transform: TransformArgs,
     /// Worker threads.
     #[arg(short = 'j', long, default_value_t = 1)]
     threads: usize,
@@ -723,8 +842,8 @@ fn bench(run: &BenchArgs) -> Result<()> {
 fn bench_once(run: &BenchArgs) -> Result<Option<f64>> {
     let shards = run.shards.as_path();
     let mut stdout = std::io::stdout().lock();
-    let (transform_name, threads, samples, batch_size, split_name, seed) = (
-        run.transform.as_str(),
+    let transform_spec = TransformSpec::try_from(&run.transform)?;
+    let (threads, samples, batch_size, split_name, seed) = (
         run.threads,
         run.samples,
         run.batch_size,
@@ -733,7 +852,7 @@ fn bench_once(run: &BenchArgs) -> Result<Option<f64>> {
     );
     let spec = JobSpec::single(
         split_name,
-        transform_name,
+        transform_spec,
         seed,
         u32::try_from(batch_size).context("--batch-size too large")?,
     );
@@ -845,7 +964,7 @@ fn bench_once(run: &BenchArgs) -> Result<Option<f64>> {
     writeln!(
         stdout,
         "loader bench: {} on {} ({} records), {threads} thread(s), {} samples in {} batches of {batch_size}",
-        transform_name,
+        transform,
         shards.display(),
         split.len(),
         times.samples,
@@ -1020,7 +1139,7 @@ fn rank_spec(run: &BenchArgs, n: u32, rank: u32) -> Result<JobSpec> {
     }
     let mut spec = JobSpec::single(
         &run.split,
-        &run.transform,
+        TransformSpec::try_from(&run.transform)?,
         run.seed,
         u32::try_from(run.batch_size).context("--batch-size too large")?,
     );
@@ -1060,7 +1179,12 @@ fn bench_ring(run: &BenchArgs, positions: &[Position]) -> Result<f64> {
         let mut client = Client::connect(ClientOptions {
             socket: socket.clone(),
             job_id: "bench".into(),
-            job: JobSpec::single(&run.split, &run.transform, run.seed, run.batch_size as u32),
+            job: JobSpec::single(
+                &run.split,
+                TransformSpec::try_from(&run.transform)?,
+                run.seed,
+                run.batch_size as u32,
+            ),
             start: positions.first().copied().unwrap_or_default(),
             epochs: None,
             slots: None,
@@ -1091,6 +1215,19 @@ fn bench_ring(run: &BenchArgs, positions: &[Position]) -> Result<f64> {
     result
 }
 
+/// `--size` of `augment`: the loader's output range.
+fn check_size(size: u32) -> Result<()> {
+    if !loader::transform::IMG_SIZE.contains(&size) {
+        return Err(UsageError(format!(
+            "--size {size} is outside {}..={}",
+            loader::transform::IMG_SIZE.start(),
+            loader::transform::IMG_SIZE.end()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 fn parse_op_arg(op: Op, text: &str) -> Result<OpArg> {
     Ok(match level_value(op, 0.0, true, false) {
         OpArg::None => OpArg::None,
@@ -1106,21 +1243,28 @@ fn parse_op_arg(op: Op, text: &str) -> Result<OpArg> {
 }
 
 fn parse_box(arg: Option<&str>, image: &RgbImage) -> Result<CropBox> {
-    let arg = arg.context("resized-crop needs --arg LEFT,TOP,WIDTH,HEIGHT")?;
+    let usage = |m: String| anyhow::Error::from(UsageError(m));
+    let arg = arg.ok_or_else(|| usage("resized-crop needs --arg LEFT,TOP,WIDTH,HEIGHT".into()))?;
     let v: Vec<u32> = arg
         .split(',')
         .map(|s| s.trim().parse::<u32>())
         .collect::<Result<_, _>>()
-        .with_context(|| format!("--arg {arg:?}: expected four whole numbers"))?;
+        .map_err(|_| usage(format!("--arg {arg:?}: expected four whole numbers")))?;
     let [left, top, width, height] = v[..] else {
-        bail!("--arg {arg:?}: expected LEFT,TOP,WIDTH,HEIGHT");
+        return Err(usage(format!(
+            "--arg {arg:?}: expected LEFT,TOP,WIDTH,HEIGHT"
+        )));
     };
-    if width == 0 || height == 0 || left + width > image.width || top + height > image.height {
-        bail!(
-            "crop {left},{top},{width},{height} does not fit the {}x{} image",
-            image.width,
-            image.height
-        );
+    // Checked: a box near u32::MAX must not wrap around into the image.
+    let fits = |start: u32, len: u32, side: u32| {
+        len > 0 && start.checked_add(len).is_some_and(|end| end <= side)
+    };
+    if !fits(left, width, image.width) || !fits(top, height, image.height) {
+        return Err(usage(format!(
+            "--arg {left},{top},{width},{height}: the box must lie within the {}x{} image \
+             (LEFT + WIDTH <= {}, TOP + HEIGHT <= {}, sides at least 1)",
+            image.width, image.height, image.width, image.height
+        )));
     }
     Ok(CropBox {
         top,

@@ -1,5 +1,6 @@
 /*!
-The one place transforms are chosen and run (timm's `transforms_factory.py`).
+Where a [`TransformSpec`] runs: per-thread workers that draw each sample's random stream and
+apply timm's stages (its `transforms_factory.py` order).
 
 Train: RandomResizedCrop → horizontal flip → RandAugment (timm's primary and secondary stages;
 with `--aa` set there is no colour jitter, and `--reprob 0` means no random erasing).
@@ -15,73 +16,13 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use crate::crop::{CropBox, InterpolationChoice, RrcConfig};
+use crate::crop::CropBox;
 use crate::decode::{DecodeError, Decoder, RgbImage};
-use crate::eval_transform::EvalTransform;
-use crate::rand_augment::{Applied, RandAugment, RandAugmentConfig};
+use crate::rand_augment::{Applied, RandAugment};
 use crate::resample::Resampler;
 use crate::rng::{Purpose, stream};
 use crate::sampler::Sample;
-
-/// timm's train transform settings (flag names in comments).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TrainTransform {
-    /// `--img-size`.
-    pub img_size: u32,
-    /// `--scale` and `--ratio`.
-    pub rrc: RrcConfig,
-    /// `--train-interpolation` (`random` in the recipes).
-    pub interpolation: InterpolationChoice,
-    /// `--hflip` (0.5).
-    pub hflip: f64,
-    /// `--aa` (None: no RandAugment).
-    pub rand_augment: Option<RandAugmentConfig>,
-}
-
-/// Which transform a pipeline runs.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Transform {
-    /// Training augmentation.
-    Train(TrainTransform),
-    /// Evaluation resize and crop.
-    Eval(EvalTransform),
-}
-
-impl Transform {
-    /// Side of the square output image.
-    pub fn img_size(&self) -> u32 {
-        match self {
-            Transform::Train(t) => t.img_size,
-            Transform::Eval(e) => e.img_size,
-        }
-    }
-
-    /// Bytes of one output image (uint8 HWC RGB).
-    pub fn image_bytes(&self) -> usize {
-        let s = self.img_size() as usize;
-        s * s * 3
-    }
-
-    /// The recipes' train transforms: `a1`, `a2` (224, rand-m7-mstd0.5-inc1) and `a3` (160,
-    /// rand-m6-mstd0.5-inc1), random interpolation, flip 0.5; `eval` (224, crop 0.95, bicubic).
-    pub fn named(name: &str) -> Option<Transform> {
-        let train = |img_size, aa: &str| {
-            Transform::Train(TrainTransform {
-                img_size,
-                rrc: RrcConfig::default(),
-                interpolation: InterpolationChoice::Random,
-                hflip: 0.5,
-                rand_augment: aa.parse().ok(),
-            })
-        };
-        match name {
-            "a1" | "a2" => Some(train(224, "rand-m7-mstd0.5-inc1")),
-            "a3" => Some(train(160, "rand-m6-mstd0.5-inc1")),
-            "eval" => Some(Transform::Eval(EvalTransform::rsb())),
-            _ => None,
-        }
-    }
-}
+use crate::transform::TransformSpec;
 
 /// Time spent per stage, summed over the samples a worker produced.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -116,7 +57,7 @@ impl std::ops::AddAssign for StageTimes {
 
 /// Everything one thread needs to turn records into output images.
 pub struct Worker {
-    transform: Transform,
+    transform: TransformSpec,
     seed: u64,
     decoder: Decoder,
     resampler: Resampler,
@@ -130,10 +71,10 @@ pub struct Worker {
 
 impl Worker {
     /// A worker for `transform` with augmentation streams keyed by `seed`.
-    pub fn new(transform: Transform, seed: u64) -> Worker {
+    pub fn new(transform: TransformSpec, seed: u64) -> Worker {
         let rand_augment = match transform {
-            Transform::Train(t) => t.rand_augment.map(|c| RandAugment::new(c, t.interpolation)),
-            Transform::Eval(_) => None,
+            TransformSpec::Train(t) => t.aa.map(|c| RandAugment::new(c, t.train_interpolation)),
+            TransformSpec::Eval(_) => None,
         };
         Worker {
             transform,
@@ -176,12 +117,12 @@ impl Worker {
         let img = &self.decoded;
         let t0 = Instant::now();
         match self.transform {
-            Transform::Eval(e) => {
+            TransformSpec::Eval(e) => {
                 e.apply(img, &mut self.resampler, &mut self.work, out);
                 self.times.resize += t0.elapsed();
                 self.times.samples += 1;
             }
-            Transform::Train(t) => {
+            TransformSpec::Train(t) => {
                 let mut rng = stream(
                     self.seed,
                     Purpose::Augment,
@@ -189,8 +130,8 @@ impl Worker {
                     sample.position,
                     sample.repeat,
                 );
-                let crop = CropBox::sample(&mut rng, img.width, img.height, &t.rrc);
-                let filter = t.interpolation.sample(&mut rng);
+                let crop = CropBox::sample(&mut rng, img.width, img.height, &t.rrc());
+                let filter = t.train_interpolation.sample(&mut rng);
                 // The flip is drawn after the crop, as timm draws it, and applied by the
                 // resize itself (its horizontal pass writes the columns back to front).
                 let t1 = Instant::now();
@@ -236,30 +177,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn named_transforms_are_the_recipes() {
-        let Some(Transform::Train(a1)) = Transform::named("a1") else {
-            panic!("a1 is a train transform")
-        };
-        assert_eq!(a1.img_size, 224);
-        assert_eq!(a1.rand_augment.unwrap().magnitude, 7.0);
-        let Some(Transform::Train(a3)) = Transform::named("a3") else {
-            panic!("a3 is a train transform")
-        };
-        assert_eq!(
-            (a3.img_size, a3.rand_augment.unwrap().magnitude),
-            (160, 6.0)
-        );
-        assert_eq!(
-            Transform::named("eval").unwrap().image_bytes(),
-            224 * 224 * 3
-        );
-        assert!(Transform::named("b7").is_none());
-    }
-
-    #[test]
     fn repeats_differ_and_the_same_key_gives_the_same_image() {
         let jpeg = synth::class_image(2, 0, 120, 90);
-        let t = Transform::named("a1").unwrap();
+        let t = TransformSpec::preset("a1").unwrap();
         let mut w = Worker::new(t, 42);
         let n = t.image_bytes();
         let mut buf = vec![0u8; 3 * n];

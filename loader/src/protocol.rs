@@ -12,13 +12,19 @@ client                                   daemon
 preamble ───────────────────────────────▶
          ◀─────────────────────────────── preamble
 hello {job, start, epochs, slots} ──────▶
-         ◀─────────────────────────────── welcome {layout, steps_per_epoch}  + ring fd (SCM_RIGHTS)
+         ◀─────────────────────────────── welcome {layout, steps_per_epoch, split}  + ring fd (SCM_RIGHTS)
          ◀─────────────────────────────── batch_ready {slot, epoch, step}  (up to `slots` ahead)
 release {slot} ─────────────────────────▶
          ◀─────────────────────────────── end_of_epoch {epoch} ... finished
 stats ──────────────────────────────────▶ (any time, or instead of hello: `loader status`)
          ◀─────────────────────────────── stats {...}
+describe {split} ───────────────────────▶ (instead of hello: what a split holds)
+         ◀─────────────────────────────── split {records, classes, labels, unlabelled}
 ```
+The job in a hello is the typed [`JobSpec`]; the daemon checks it with [`JobSpec::validate`]
+(the same check its clients ran) and refuses it with the key at fault. The split's class count
+and label range come with the welcome, so a trainer can refuse a dataset that does not match
+its recipe before it builds a model.
 Anything malformed, oversized or out of order gets an `error` frame and the connection is
 closed; the daemon never panics on input and keeps serving its other clients.
 */
@@ -34,7 +40,7 @@ use crate::ring::RingLayout;
 /// First bytes each side sends.
 pub const MAGIC: [u8; 8] = *b"RSBLOAD\0";
 /// Protocol version; both sides must agree.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 64 * 1024;
 
@@ -85,6 +91,11 @@ pub enum Request {
     },
     /// Ask for the daemon's statistics.
     Stats,
+    /// Ask what a split holds (instead of a hello).
+    Describe {
+        /// The split's name.
+        split: String,
+    },
     /// Close the stream.
     Bye,
 }
@@ -99,8 +110,8 @@ pub enum Reply {
         layout: RingLayout,
         /// Batches per epoch.
         steps_per_epoch: u64,
-        /// Records in the split.
-        records: u64,
+        /// What the split holds.
+        split: SplitInfo,
     },
     /// A slot holds the batch at (epoch, step).
     BatchReady {
@@ -122,11 +133,55 @@ pub enum Reply {
     Finished,
     /// Statistics.
     Stats(Stats),
+    /// What a split holds (the answer to `describe`).
+    Split(SplitInfo),
     /// The request was refused; the connection closes.
     Error {
         /// Why, for a person.
         message: String,
     },
+}
+
+/// What a split holds: its size and its labels, for a client to check against its settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitInfo {
+    /// The split's name.
+    pub name: String,
+    /// Records in the split.
+    pub records: u64,
+    /// Classes of the dataset (its manifest's class list).
+    pub classes: u32,
+    /// Smallest and largest label of the labelled records (`None`: no record has one).
+    pub labels: Option<[u32; 2]>,
+    /// Records without a label (a flat `test/` folder).
+    pub unlabelled: u64,
+}
+
+impl SplitInfo {
+    /// Reads the labels of every record of `split` from its index (24 bytes a record: a few
+    /// milliseconds for ImageNet's 1.28 M).
+    pub fn of(dataset: &shard_tool::Dataset, split: &shard_tool::Split) -> SplitInfo {
+        let mut info = SplitInfo {
+            name: split.name().to_owned(),
+            records: split.len(),
+            classes: u32::try_from(dataset.manifest().classes.len()).unwrap_or(u32::MAX),
+            labels: None,
+            unlabelled: 0,
+        };
+        for i in 0..split.len() {
+            match split.label(i) {
+                Ok(label) if label != shard_tool::NO_LABEL => {
+                    info.labels = Some(match info.labels {
+                        None => [label, label],
+                        Some([lo, hi]) => [lo.min(label), hi.max(label)],
+                    });
+                }
+                _ => info.unlabelled += 1,
+            }
+        }
+        info
+    }
 }
 
 /// The daemon's statistics (`loader status`).
@@ -289,13 +344,21 @@ mod tests {
         let msgs = [
             Request::Hello {
                 job_id: "j".into(),
-                job: Box::new(JobSpec::single("train", "a1", 3, 64)),
+                job: Box::new(JobSpec::single(
+                    "train",
+                    crate::transform::TransformSpec::preset("a1").unwrap(),
+                    3,
+                    64,
+                )),
                 start: Position { epoch: 2, step: 9 },
                 epochs: Some(600),
                 slots: None,
             },
             Request::Release { slot: 3 },
             Request::Stats,
+            Request::Describe {
+                split: "val".into(),
+            },
             Request::Bye,
         ];
         for m in msgs {

@@ -174,8 +174,8 @@ fn misbehave(socket: &Path, rng: &mut impl Rng) {
         return;
     };
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut preamble = b"RSBLOAD\0\x01\0\0\0".to_vec();
-    let hello = br#"{"type":"hello","job_id":"fuzz","job":{"split":"val","transform":"eval","seed":1,"world_size":1,"rank":0,"batch_size":1},"start":{"epoch":0,"step":0},"epochs":null,"slots":1}"#;
+    let mut preamble = loader::protocol::preamble().to_vec();
+    let hello = br#"{"type":"hello","job_id":"fuzz","job":{"split":"val","transform":{"kind":"eval","img_size":224,"crop_pct":0.95,"interpolation":"bicubic"},"seed":1,"world_size":1,"rank":0,"batch_size":1},"start":{"epoch":0,"step":0},"epochs":null,"slots":1}"#;
     let frame = |body: &[u8]| {
         let mut f = (body.len() as u32).to_le_bytes().to_vec();
         f.extend_from_slice(body);
@@ -215,10 +215,11 @@ fn misbehave(socket: &Path, rng: &mut impl Rng) {
             msg.extend(frame(hello));
             msg.extend(frame(br#"{"type":"release","slot":7}"#));
         }
-        // Requests the daemon must refuse: unknown transform, zero batch, too many slots.
+        // Requests the daemon must refuse: a crop that would size a huge resize buffer, zero
+        // batch, too many slots.
         6 => {
             let bad = [
-                &br#""transform":"z9""#[..],
+                &br#""crop_pct":1e-3"#[..],
                 br#""batch_size":0"#,
                 br#""slots":100000"#,
             ][rng.random_range(0..3)];

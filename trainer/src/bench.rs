@@ -49,8 +49,8 @@ pub enum BatchSource {
     Shards {
         /// Dataset directory made by `shard-tool pack`.
         path: std::path::PathBuf,
-        /// Loader transform (a1, a2, a3, eval); sets the image size.
-        transform: String,
+        /// Loader transform; sets the image size.
+        transform: loader::TransformSpec,
         /// Loader worker threads.
         threads: usize,
     },
@@ -124,7 +124,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         model: Some(model),
         optimizer,
         mixup: MixupConfig::a1(options.model.num_classes),
-        loss: crate::step::LossKind::Bce {
+        loss: crate::loss::LossKind::Bce {
             target_thresh: Some(0.2),
         },
         seed: options.seed,
@@ -138,7 +138,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
             threads,
         } => Some(Feed::spawn(
             path,
-            transform,
+            *transform,
             options.batch,
             *threads,
             options.seed,

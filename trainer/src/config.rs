@@ -3,16 +3,21 @@
 //!
 //! Unknown keys are errors that name the key and the file; keys that timm's train.py has but
 //! rsb does not implement are accepted with one warning each, so timm recipes still load.
-//! Settings timm lacks live in the `[rsb]` table.
+//! Settings timm lacks live in the `[rsb]` table. timm's command-line flags override the file
+//! ([`RecipeOverrides`]). Every value is checked when the recipe is read, with the same checks
+//! the loader daemon runs on the jobs it implies ([`DataJobs`]), so a typo fails in the first
+//! second, naming the key (or flag), the file and the allowed range, not hours in.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::DataJobs;
+use crate::loss::LossKind;
 use crate::mixup::MixupConfig;
+use crate::overrides::RecipeOverrides;
 use crate::schedule::CosineSchedule;
-use crate::step::LossKind;
 
 /// A recipe; field names and meanings are timm's (`train.py --<name with dashes>`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,18 +213,78 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
+/// A value out of range: the key, what it holds, what is wrong.
+struct Bad {
+    key: String,
+    value: String,
+    problem: String,
+}
+
+impl Bad {
+    fn new(key: &str, value: impl std::fmt::Display, problem: impl Into<String>) -> Bad {
+        Bad {
+            key: key.to_owned(),
+            value: value.to_string(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Checks that `value` lies in `range` (NaN never does).
+fn within<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<(), Bad> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(Bad::new(
+            key,
+            value,
+            format!("is outside {}..={}", range.start(), range.end()),
+        ))
+    }
+}
+
 impl TrainConfig {
     /// Reads a recipe file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, and the key and allowed range of a bad value.
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        Self::load_with(path, &RecipeOverrides::default())
+    }
+
+    /// Reads a recipe file and applies timm's command-line flags over it.
+    ///
+    /// # Errors
+    /// As [`TrainConfig::load`]; a bad value given by a flag is named by the flag.
+    pub fn load_with(path: &Path, overrides: &RecipeOverrides) -> Result<Loaded, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        Self::parse_with(&text, &path.display().to_string(), overrides)
     }
 
     /// Parses recipe text; `origin` names it in messages.
+    ///
+    /// # Errors
+    /// As [`TrainConfig::load`].
     pub fn parse(text: &str, origin: &str) -> Result<Loaded, ConfigError> {
+        Self::parse_with(text, origin, &RecipeOverrides::default())
+    }
+
+    /// Parses recipe text and applies `overrides` over it.
+    ///
+    /// # Errors
+    /// As [`TrainConfig::load_with`].
+    pub fn parse_with(
+        text: &str,
+        origin: &str,
+        overrides: &RecipeOverrides,
+    ) -> Result<Loaded, ConfigError> {
         let invalid = |message: String| ConfigError::Invalid {
             path: origin.to_string(),
             message,
@@ -234,47 +299,107 @@ impl TrainConfig {
                 ));
             }
         }
+        let given = overrides.entries();
+        for (key, value) in &given {
+            match key.strip_prefix("rsb.") {
+                Some(sub) => {
+                    let rsb = table
+                        .entry("rsb".to_owned())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    let Some(rsb) = rsb.as_table_mut() else {
+                        return Err(invalid("`rsb` must be a table".into()));
+                    };
+                    rsb.insert(sub.to_owned(), value.clone());
+                }
+                None => {
+                    table.insert(key.clone(), value.clone());
+                }
+            }
+        }
         let value = toml::Value::Table(table.into_iter().collect());
         let config: TrainConfig = value
             .try_into()
             .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
-        config.check().map_err(invalid)?;
+        config.check().map_err(|bad| {
+            // A value from the command line is named by its flag, one from the file by its key.
+            if given.iter().any(|(key, _)| *key == bad.key) {
+                invalid(format!(
+                    "{} {} {} (given on the command line)",
+                    RecipeOverrides::flag(&bad.key),
+                    bad.value,
+                    bad.problem
+                ))
+            } else {
+                invalid(format!("{} = {} {}", bad.key, bad.value, bad.problem))
+            }
+        })?;
         Ok(Loaded { config, warnings })
     }
 
-    /// Values rsb cannot run, named with the fix.
-    fn check(&self) -> Result<(), String> {
+    /// Values rsb cannot run, named with the allowed range or choices.
+    fn check(&self) -> Result<(), Bad> {
         let one_of = |key: &str, value: &str, allowed: &[&str]| {
             if allowed.contains(&value) {
                 Ok(())
             } else {
-                Err(format!(
-                    "{key} = \"{value}\" is not supported; use one of {allowed:?}"
+                Err(Bad::new(
+                    key,
+                    format!("{value:?}"),
+                    format!("is not supported; use one of {allowed:?}"),
                 ))
             }
         };
         one_of("opt", &self.opt, &["lamb"])?;
         one_of("sched", &self.sched, &["cosine"])?;
         one_of("mixup_mode", &self.mixup_mode, &["batch"])?;
-        one_of(
-            "train_interpolation",
-            &self.train_interpolation,
-            &["random", "bilinear", "bicubic"],
-        )?;
-        one_of(
-            "interpolation",
-            &self.interpolation,
-            &["bilinear", "bicubic"],
-        )?;
-        if self.batch_size == 0 || self.rsb.world_size == 0 {
-            return Err("batch_size and rsb.world_size must be at least 1".into());
-        }
+        crate::resnet::timm_depth(&self.model).map_err(|_| {
+            Bad::new(
+                "model",
+                format!("{:?}", self.model),
+                "is not one of resnet18, resnet34, resnet50, resnet101, resnet152",
+            )
+        })?;
+        within("num_classes", self.num_classes, 1..=1_000_000)?;
+        within("epochs", self.epochs, 1..=100_000)?;
         if self.warmup_epochs > self.epochs {
-            return Err(format!(
-                "warmup_epochs ({}) is longer than epochs ({})",
-                self.warmup_epochs, self.epochs
+            return Err(Bad::new(
+                "warmup_epochs",
+                self.warmup_epochs,
+                format!(
+                    "is longer than epochs = {} (set --warmup-epochs too)",
+                    self.epochs
+                ),
             ));
         }
+        within("cooldown_epochs", self.cooldown_epochs, 0..=100_000)?;
+        within("rsb.world_size", self.rsb.world_size, 1..=4096)?;
+        // Learning rates and decay: finite and not negative; the peak above zero.
+        if !(self.lr > 0.0 && self.lr <= 10.0) {
+            return Err(Bad::new("lr", self.lr, "is outside (0, 10]"));
+        }
+        within("weight_decay", self.weight_decay, 0.0..=10.0)?;
+        within("warmup_lr", self.warmup_lr, 0.0..=10.0)?;
+        within("min_lr", self.min_lr, 0.0..=10.0)?;
+        if let Some(t) = self.bce_target_thresh {
+            within("bce_target_thresh", t, 0.0..=1.0)?;
+        }
+        within("smoothing", self.smoothing, 0.0..=0.99)?;
+        within("drop", self.drop, 0.0..=0.99)?;
+        within("drop_path", self.drop_path, 0.0..=0.99)?;
+        within("reprob", self.reprob, 0.0..=1.0)?;
+        within("mixup", self.mixup, 0.0..=100.0)?;
+        within("cutmix", self.cutmix, 0.0..=100.0)?;
+        within("mixup_prob", self.mixup_prob, 0.0..=1.0)?;
+        within("mixup_switch_prob", self.mixup_switch_prob, 0.0..=1.0)?;
+        if let Some(c) = self.clip_grad {
+            within("clip_grad", c, 0.0..=1e6)?;
+        }
+        if !(self.rsb.width > 0.0 && self.rsb.width <= 8.0) {
+            return Err(Bad::new("rsb.width", self.rsb.width, "is outside (0, 8]"));
+        }
+        within("rsb.eval_interval", self.rsb.eval_interval, 1..=100_000)?;
+        // The transforms, batch size and splits, checked as the loader will check them.
+        DataJobs::try_from(self).map_err(|e| Bad::new(e.key, e.value, e.problem))?;
         Ok(())
     }
 
@@ -406,5 +531,110 @@ mod tests {
         let sgd = text.replace("opt = \"lamb\"", "opt = \"sgd\"");
         let err = TrainConfig::parse(&sgd, "x.toml").expect_err("sgd");
         assert!(err.to_string().contains("opt = \"sgd\""), "{err}");
+    }
+
+    fn a1_text() -> String {
+        std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/a1.toml"),
+        )
+        .expect("a1.toml")
+    }
+
+    #[test]
+    fn bad_values_name_the_key_the_file_and_the_range() {
+        let text = a1_text();
+        for (from, to, want) in [
+            (
+                "crop_pct = 0.95",
+                "crop_pct = 1e-3",
+                "x.toml: crop_pct = 0.001 is outside 0.5..=1",
+            ),
+            (
+                "aa = \"rand-m7-mstd0.5-inc1\"",
+                "aa = \"rand-q7\"",
+                "x.toml: aa = \"rand-q7\" does not parse",
+            ),
+            (
+                "img_size = 224",
+                "img_size = 4",
+                "x.toml: img_size = 4 is outside 8..=2048",
+            ),
+            (
+                "test_img_size = 224",
+                "test_img_size = 100000",
+                "x.toml: rsb.test_img_size = 100000 is outside 8..=2048",
+            ),
+            (
+                "num_classes = 1000",
+                "num_classes = 0",
+                "x.toml: num_classes = 0 is outside 1..=1000000",
+            ),
+            (
+                "ratio = [0.75, 1.3333333333333333]",
+                "ratio = [1e-3, 1e-3]",
+                "x.toml: ratio = [0.001, 0.001] must satisfy 0.1 <= min <= max <= 10",
+            ),
+            (
+                "train_interpolation = \"random\"",
+                "train_interpolation = \"nearest\"",
+                "x.toml: train_interpolation = \"nearest\" is not allowed",
+            ),
+            (
+                "lr = 5e-3",
+                "lr = -1.0",
+                "x.toml: lr = -1 is outside (0, 10]",
+            ),
+            (
+                "model = \"resnet50\"",
+                "model = \"vit\"",
+                "x.toml: model = \"vit\"",
+            ),
+        ] {
+            assert!(text.contains(from), "{from}");
+            let bad = text.replacen(from, to, 1);
+            let e = TrainConfig::parse(&bad, "x.toml")
+                .expect_err(to)
+                .to_string();
+            assert!(e.starts_with(want), "{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file_and_bad_ones_are_named_by_flag() {
+        let text = a1_text();
+        let overrides = RecipeOverrides {
+            lr: Some(1e-3),
+            batch_size: Some(128),
+            world_size: Some(16),
+            epochs: Some(10),
+            aa: Some("none".into()),
+            ..RecipeOverrides::default()
+        };
+        let c = TrainConfig::parse_with(&text, "a1.toml", &overrides)
+            .expect("overridden")
+            .config;
+        assert_eq!((c.lr, c.batch_size, c.epochs), (1e-3, 128, 10));
+        assert_eq!((c.rsb.world_size, c.global_batch()), (16, 2048));
+        assert_eq!(c.aa, "none");
+        // Untouched keys keep the file's values.
+        assert_eq!((c.weight_decay, c.rsb.test_img_size), (0.01, 224));
+        let bad = RecipeOverrides {
+            crop_pct: Some(2.0),
+            ..RecipeOverrides::default()
+        };
+        let e = TrainConfig::parse_with(&text, "a1.toml", &bad).expect_err("crop_pct 2");
+        assert_eq!(
+            e.to_string(),
+            "a1.toml: --crop-pct 2 is outside 0.5..=1 (given on the command line)"
+        );
+        let bad = RecipeOverrides {
+            world_size: Some(0),
+            ..RecipeOverrides::default()
+        };
+        let e = TrainConfig::parse_with(&text, "a1.toml", &bad).expect_err("world 0");
+        assert!(
+            e.to_string().contains("--world-size 0 is outside 1..=4096"),
+            "{e}"
+        );
     }
 }

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use loader::batch::BatchMaker;
 use loader::job::{JobError, JobSpec};
-use loader::pipeline::Transform;
+use loader::transform::TransformSpec;
 use shard_tool::Dataset;
 
 /// A batch as the loader wrote it.
@@ -28,9 +28,6 @@ pub struct FedBatch {
 /// Errors of the feed.
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
-    /// Unknown transform name.
-    #[error("unknown transform '{0}': use a1, a2, a3 or eval")]
-    Transform(String),
     /// The shards could not be opened or read.
     #[error("{path}: {message}")]
     Shards {
@@ -64,7 +61,7 @@ impl Feed {
     /// Starts producing `steps` batches of `batch` images of split `train` from `shards`.
     pub fn spawn(
         shards: &Path,
-        transform_name: &str,
+        transform: TransformSpec,
         batch: usize,
         threads: usize,
         seed: u64,
@@ -74,9 +71,6 @@ impl Feed {
             path: shards.to_path_buf(),
             message,
         };
-        if Transform::named(transform_name).is_none() {
-            return Err(FeedError::Transform(transform_name.to_string()));
-        }
         // SAFETY: a packed dataset is read-only; nothing rewrites its files while we train.
         let dataset = unsafe { Dataset::open(shards) }.map_err(|e| shards_err(e.to_string()))?;
         let len = dataset
@@ -85,7 +79,7 @@ impl Feed {
             .len();
         let job = JobSpec::single(
             "train",
-            transform_name,
+            transform,
             seed,
             u32::try_from(batch).map_err(|_| shards_err(format!("batch {batch} too large")))?,
         );
@@ -97,7 +91,6 @@ impl Feed {
             },
             e => shards_err(e.to_string()),
         })?;
-        let transform = plan.transform();
         let (tx, batches) = bounded(2);
         let (recycle, returned) = bounded::<FedBatch>(4);
         let image_bytes = transform.image_bytes();
@@ -175,6 +168,10 @@ impl Drop for Feed {
 mod tests {
     use super::*;
 
+    fn a1() -> TransformSpec {
+        TransformSpec::preset("a1").expect("a preset")
+    }
+
     #[test]
     fn feeds_deterministic_a1_batches_from_packed_shards() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -192,7 +189,7 @@ mod tests {
         let options = shard_tool::PackOptions::new(&shards);
         shard_tool::pack(&src, &options, &mut |_| {}).expect("pack");
         let run = || {
-            let feed = Feed::spawn(&shards, "a1", 4, 2, 7, 3).expect("feed");
+            let feed = Feed::spawn(&shards, a1(), 4, 2, 7, 3).expect("feed");
             assert_eq!(feed.img_size, 224);
             let mut got = Vec::new();
             while let Some(b) = feed.next() {
@@ -216,7 +213,7 @@ mod tests {
 
     #[test]
     fn missing_shards_name_the_directory() {
-        let err = Feed::spawn(Path::new("/nonexistent/shards"), "a1", 4, 1, 0, 1)
+        let err = Feed::spawn(Path::new("/nonexistent/shards"), a1(), 4, 1, 0, 1)
             .err()
             .expect("error");
         assert!(err.to_string().contains("/nonexistent/shards"), "{err}");

@@ -1,24 +1,32 @@
 //! rsb's trainer: timm's ResNet and the "ResNet strikes back" training step on burn.
 //!
-//! Built so far: the model ([`resnet`], with PyTorch's [`batch_norm`]), the per-batch
-//! ingredients ([`normalize`], [`mixup`], [`loss`]), timm's optimizer ([`lamb`]) and LR
-//! schedule ([`schedule`]), one training step ([`step`]), its benchmark ([`bench`]), the
-//! device-against-device check ([`numerics`]), the recipes as timm-named TOML ([`config`])
-//! and weights as safetensors with timm's names ([`weights`]); batches from the loader core in
-//! process ([`feed`]); the whole run ([`train`]: batches from the loader daemon's rings or a
-//! loader in this process, evaluation, JSONL metrics, atomic [`checkpoint`]s and exact resume), and its curves as a PNG ([`plot`]).
+//! - The recipe: [`config`] (timm-named TOML, every value checked when read) and
+//!   [`overrides`] (timm's `train.py` flags over it).
+//! - The model: [`resnet`], with PyTorch's [`batch_norm`]; [`weights`] as safetensors with
+//!   timm's names.
+//! - One step: [`normalize`], [`mixup`], [`loss`], timm's [`lamb`] and LR [`schedule`], put
+//!   together in [`step`]; [`bench`] times it, [`numerics`] compares devices.
+//! - The run: [`data`] (the loader's jobs and splits, checked before the model is built),
+//!   [`train`] (steps, evaluation, checkpoints, exact resume), [`eval`], [`metrics`]
+//!   (`metrics.jsonl`), [`checkpoint`], [`plot`].
+//! - [`feed`]: batches from the loader core in this process, for `trainer bench --shards`.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod batch_norm;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod device;
+pub mod eval;
 pub mod feed;
 pub mod lamb;
 pub mod loss;
+pub mod metrics;
 pub mod mixup;
 pub mod normalize;
 pub mod numerics;
+pub mod overrides;
 pub mod plot;
 pub mod resnet;
 pub mod schedule;

@@ -1,8 +1,33 @@
-//! timm's `BinaryCrossEntropy` (RECIPE.md §2.5): optional strict target threshold, then
-//! `binary_cross_entropy_with_logits` averaged over all B × C elements.
+//! The training losses train.py chooses between: timm's `BinaryCrossEntropy` (RECIPE.md §2.5:
+//! optional strict target threshold, then `binary_cross_entropy_with_logits` averaged over all
+//! B × C elements) and `SoftTargetCrossEntropy`.
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::softplus;
+
+/// The training loss, as train.py picks it from `--bce-loss` and `--bce-target-thresh`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LossKind {
+    /// timm's `BinaryCrossEntropy`, targets thresholded when `target_thresh` is set (the
+    /// recipes).
+    Bce {
+        /// `--bce-target-thresh`.
+        target_thresh: Option<f64>,
+    },
+    /// Cross-entropy against the dense (mixed, smoothed) targets: timm's
+    /// `SoftTargetCrossEntropy`, which with Mixup off equals its `LabelSmoothingCrossEntropy`.
+    CrossEntropy,
+}
+
+impl LossKind {
+    /// The loss of `logits` against dense (mixed, smoothed) `targets`, both `[B, C]`.
+    pub fn of(self, logits: Tensor<2>, targets: Tensor<2>) -> Tensor<1> {
+        match self {
+            LossKind::Bce { target_thresh } => bce_with_logits(logits, targets, target_thresh),
+            LossKind::CrossEntropy => soft_target_cross_entropy(logits, targets),
+        }
+    }
+}
 
 /// Mean BCE of `logits` against dense `targets` (both `[B, C]`). With `threshold`, targets
 /// become `targets > threshold` (timm's `--bce-target-thresh`).

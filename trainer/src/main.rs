@@ -6,10 +6,13 @@ use anyhow::{Context, Result};
 use burn::module::Module;
 use clap::{Args, Parser, Subcommand};
 use trainer::bench::{self, BenchOptions};
+use trainer::data::{DataJobs, DataSource, check_splits};
 use trainer::device::{DeviceKind, Precision};
+use trainer::metrics::Metric;
 use trainer::numerics;
+use trainer::overrides::RecipeOverrides;
 use trainer::resnet::ResNetConfig;
-use trainer::train::{DataSource, Event, Metric, TrainOptions};
+use trainer::train::{Event, TrainOptions};
 
 /// Trains ResNets with timm's "ResNet strikes back" recipes on burn.
 #[derive(Parser)]
@@ -86,10 +89,13 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         img_size: usize,
     },
-    /// Read a recipe (configs/a1.toml, ...), report ignored timm keys, print it resolved.
+    /// Read a recipe (configs/a1.toml, ...) with timm's flags over it, check every value,
+    /// report ignored timm keys, print it resolved with its global batch.
     Config {
         /// The TOML file.
         path: std::path::PathBuf,
+        #[command(flatten)]
+        overrides: RecipeOverrides,
     },
 }
 
@@ -161,7 +167,7 @@ struct BenchArgs {
     shards: Option<std::path::PathBuf>,
     /// Loader transform with --shards (a1, a2, a3, eval); it sets the image size.
     #[arg(long, default_value = "a1")]
-    transform: String,
+    transform: loader::TransformSpec,
     /// Loader worker threads with --shards (timm's --workers).
     #[arg(long, short = 'j', default_value_t = 4)]
     workers: usize,
@@ -227,6 +233,8 @@ struct TrainArgs {
     /// a fresh initialization. Ignored with --resume, whose checkpoint holds the weights.
     #[arg(long)]
     init_from: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    overrides: RecipeOverrides,
 }
 
 #[derive(Args)]
@@ -241,6 +249,8 @@ struct EvalArgs {
     /// Loader worker threads with --shards (0: one per core).
     #[arg(short = 'j', long, default_value_t = 0)]
     workers: u32,
+    #[command(flatten)]
+    overrides: RecipeOverrides,
 }
 
 #[derive(Args)]
@@ -331,7 +341,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 source: match a.shards {
                     Some(path) => bench::BatchSource::Shards {
                         path,
-                        transform: a.transform.clone(),
+                        transform: a.transform,
                         threads: a.workers,
                     },
                     None => bench::BatchSource::Synthetic,
@@ -405,8 +415,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Config { path } => {
-            let loaded = trainer::config::TrainConfig::load(&path)?;
+        Command::Config { path, overrides } => {
+            let loaded = trainer::config::TrainConfig::load_with(&path, &overrides)?;
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");
             }
@@ -474,8 +484,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn load_recipe(path: &std::path::Path) -> Result<trainer::config::TrainConfig> {
-    let loaded = trainer::config::TrainConfig::load(path)?;
+fn load_recipe(
+    path: &std::path::Path,
+    overrides: &RecipeOverrides,
+) -> Result<trainer::config::TrainConfig> {
+    let loaded = trainer::config::TrainConfig::load_with(path, overrides)?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }
@@ -483,7 +496,7 @@ fn load_recipe(path: &std::path::Path) -> Result<trainer::config::TrainConfig> {
 }
 
 fn train(a: TrainArgs) -> Result<ExitCode> {
-    let config = load_recipe(&a.config)?;
+    let config = load_recipe(&a.config, &a.overrides)?;
     let options = TrainOptions {
         config,
         data: a.data.source(a.workers),
@@ -549,8 +562,10 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
 }
 
 fn eval(a: EvalArgs) -> Result<ExitCode> {
-    let config = load_recipe(&a.config)?;
+    let config = load_recipe(&a.config, &a.overrides)?;
+    let jobs = DataJobs::try_from(&config)?;
     let batches = a.data.source(a.workers).open()?;
+    check_splits(batches.socket(), &jobs, config.num_classes)?;
     let device = burn::tensor::Device::flex().autodiff();
     let model = trainer::train::model_config(&config)?.init(&device)?;
     let model = if a.weights.is_dir() {
@@ -558,7 +573,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     } else {
         trainer::weights::import(model, &a.weights)?
     };
-    let m = trainer::train::evaluate(&model, &device, batches.socket(), &config, 0, 0)?;
+    let m = trainer::eval::evaluate(&model, &device, batches.socket(), &jobs.eval, 0, 0)?;
     if let Metric::Eval {
         top1,
         top5,

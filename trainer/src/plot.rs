@@ -14,7 +14,7 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::train::Metric;
+use crate::metrics::Metric;
 
 /// Errors of `trainer plot`.
 #[derive(Debug, thiserror::Error)]

@@ -5,24 +5,10 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 
 use crate::lamb::TimmLamb;
-use crate::loss::{bce_with_logits, soft_target_cross_entropy};
+use crate::loss::LossKind;
 use crate::mixup::{MixupConfig, labels_tensor};
 use crate::normalize::{BatchError, normalize, upload_pixels};
 use crate::resnet::ResNet;
-
-/// The training loss, as train.py picks it from `--bce-loss` and `--bce-target-thresh`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum LossKind {
-    /// timm's `BinaryCrossEntropy`, targets thresholded when `target_thresh` is set (the
-    /// recipes).
-    Bce {
-        /// `--bce-target-thresh`.
-        target_thresh: Option<f64>,
-    },
-    /// Cross-entropy against the dense (mixed, smoothed) targets: timm's
-    /// `SoftTargetCrossEntropy`, which with Mixup off equals its `LabelSmoothingCrossEntropy`.
-    CrossEntropy,
-}
 
 /// Model, optimizer and the per-batch ingredients of a recipe.
 pub struct TrainStep {
@@ -59,6 +45,17 @@ pub enum StepError {
     /// The mixing parameters could not be drawn.
     #[error(transparent)]
     Mixup(#[from] crate::mixup::MixupError),
+    /// A label the model has no class for (burn's one-hot would panic on it).
+    #[error(
+        "label {label} in the batch is not below num_classes = {num_classes}; the dataset and \
+         the recipe disagree (an unlabelled split, or another dataset's classes)"
+    )]
+    Label {
+        /// The label.
+        label: u32,
+        /// The model's classes.
+        num_classes: usize,
+    },
     /// An earlier step panicked half-way and lost the model.
     #[error("the model was lost by an earlier failed step")]
     Poisoned,
@@ -73,6 +70,10 @@ impl TrainStep {
         lr: f64,
         device: &Device,
     ) -> Result<Tensor<1>, StepError> {
+        let num_classes = self.mixup.num_classes;
+        if let Some(&label) = batch.labels.iter().find(|&&l| l as usize >= num_classes) {
+            return Err(StepError::Label { label, num_classes });
+        }
         let [_, h, w] = batch.shape;
         let params = self.mixup.draw(self.seed, batch.step, h, w)?;
         let pixels = upload_pixels(batch.pixels.to_vec(), batch.shape, device)?;
@@ -80,10 +81,7 @@ impl TrainStep {
         let targets = params.targets(labels_tensor(batch.labels, device), &self.mixup);
         let model = self.model.as_ref().ok_or(StepError::Poisoned)?;
         let logits = model.forward(x);
-        let loss = match self.loss {
-            LossKind::Bce { target_thresh } => bce_with_logits(logits, targets, target_thresh),
-            LossKind::CrossEntropy => soft_target_cross_entropy(logits, targets),
-        };
+        let loss = self.loss.of(logits, targets);
         let grads = GradientsParams::from_grads(loss.backward(), model);
         // The optimizer takes the model by value: a clone would keep the old parameters alive
         // and stop in-place updates, so move it out and back.

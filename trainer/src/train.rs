@@ -1,87 +1,36 @@
 //! `trainer train`: a recipe's whole run. Batches come from the loader daemon's ring (`--loader
 //! SOCKET`) or from a loader started inside this process on the shards (`--shards DIR`, the
-//! same rings and protocol); each step is [`TrainStep`] at the schedule's LR; evaluation on
-//! the val split every `eval_interval` epochs; atomic checkpoints ([`checkpoint`]) at the end of
-//! every epoch and every `checkpoint_interval` steps; one JSON line per step and per eval in
-//! `OUT/metrics.jsonl`.
+//! same rings and protocol; see [`crate::data`]); each step is [`TrainStep`] at the schedule's
+//! LR; evaluation ([`crate::eval`]) on the val split every `eval_interval` epochs; atomic
+//! checkpoints ([`checkpoint`]) at the end of every epoch and every `checkpoint_interval`
+//! steps; one JSON line per step and per eval in `OUT/metrics.jsonl` ([`crate::metrics`]); the
+//! resolved recipe in `OUT/recipe.toml`.
+//!
+//! Everything that can be checked before the model is built is: the recipe's values (when it
+//! was read), the output directory, and the loader's splits against `num_classes`.
 //!
 //! Resuming is exact: the data stream restarts at the checkpoint's (epoch, step), Mixup/CutMix
 //! draws are keyed by the step, and the backend's generator (drop-path masks) is reseeded from
 //! (seed, step) before every step, so the steps after a resume repeat an uninterrupted run's.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::Module;
-use burn::tensor::Device;
 use loader::client::{Client, ClientOptions};
-use loader::job::{JobSpec, Position, TransformOverrides};
-use loader::server::{LocalServer, ServeConfig};
-use serde::{Deserialize, Serialize};
+use loader::job::Position;
 
 use crate::checkpoint::{self, RunState};
 use crate::config::TrainConfig;
+use crate::data::{DataError, DataJobs, DataSource, check_splits};
 use crate::device::{DeviceKind, Precision};
+use crate::eval::{EvalError, evaluate};
 use crate::lamb::{LambOptions, TimmLamb};
-use crate::normalize::{normalize, upload_pixels};
+use crate::metrics::{Metric, MetricsError, open_metrics, write_metric};
 use crate::resnet::{ResNet, ResNetConfig};
 use crate::step::{HostBatch, TrainStep};
 
-/// Where batches come from.
-#[derive(Debug, Clone)]
-pub enum DataSource {
-    /// A loader started in this process on these shards, with this many worker threads.
-    Shards {
-        /// Dataset directory made by `shard-tool pack`.
-        dir: PathBuf,
-        /// Worker threads (0: one per core).
-        workers: u32,
-    },
-    /// A running `loader serve` daemon.
-    Loader {
-        /// Its socket.
-        socket: PathBuf,
-    },
-}
-
-impl DataSource {
-    /// Starts the in-process loader where this source is one; returns where to connect.
-    pub fn open(&self) -> Result<Batches, TrainError> {
-        match self {
-            DataSource::Shards { dir, workers } => {
-                let server = LocalServer::start(ServeConfig {
-                    shards: Some(dir.clone()),
-                    workers: *workers,
-                    ..ServeConfig::default()
-                })
-                .map_err(|e| TrainError::Loader(e.to_string()))?;
-                Ok(Batches {
-                    socket: server.socket().to_path_buf(),
-                    _local: Some(server),
-                })
-            }
-            DataSource::Loader { socket } => Ok(Batches {
-                socket: socket.clone(),
-                _local: None,
-            }),
-        }
-    }
-}
-
-/// An opened [`DataSource`]: the socket to connect to, and the in-process loader behind it
-/// (stopped when this is dropped).
-pub struct Batches {
-    socket: PathBuf,
-    _local: Option<LocalServer>,
-}
-
-impl Batches {
-    /// The loader's socket.
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-}
+/// The resolved recipe of a run, beside its checkpoints (timm writes `args.yaml`).
+pub const RECIPE_FILE: &str = "recipe.toml";
 
 /// Settings of a run besides the recipe.
 #[derive(Debug, Clone)]
@@ -115,9 +64,12 @@ pub enum TrainError {
     /// with it.
     #[error("{0}")]
     Out(String),
-    /// The loader.
-    #[error("loader: {0}")]
-    Loader(String),
+    /// The loader or its splits.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// An evaluation.
+    #[error(transparent)]
+    Eval(#[from] EvalError),
     /// The device.
     #[error(transparent)]
     Device(#[from] crate::device::DeviceError),
@@ -134,55 +86,8 @@ pub enum TrainError {
     #[error("--init-from: {0}")]
     InitFrom(#[from] crate::weights::WeightsError),
     /// Writing metrics.
-    #[error("{path}: {source}")]
-    Metrics {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-}
-
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Metric {
-    /// After each optimizer step.
-    Step {
-        /// Steps done (this one included).
-        step: u64,
-        /// Epoch of the batch.
-        epoch: u32,
-        /// BCE (or CE) loss of the batch.
-        loss: f64,
-        /// Learning rate used.
-        lr: f64,
-        /// Samples per second of this step (data wait included).
-        samples_per_s: f64,
-        /// Seconds this step waited for its batch.
-        data_wait_s: f64,
-    },
-    /// After each evaluation.
-    Eval {
-        /// Steps done.
-        step: u64,
-        /// Epochs done.
-        epoch: u32,
-        /// Top-1 accuracy, percent.
-        top1: f64,
-        /// Top-5 accuracy, percent.
-        top5: f64,
-        /// Images evaluated.
-        samples: u64,
-    },
-}
-
-impl Metric {
-    fn step(&self) -> u64 {
-        match self {
-            Metric::Step { step, .. } | Metric::Eval { step, .. } => *step,
-        }
-    }
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// What the run reports as it goes (for a progress bar).
@@ -215,54 +120,6 @@ pub fn model_config(config: &TrainConfig) -> Result<ResNetConfig, TrainError> {
         small_stem: config.rsb.small_stem,
         drop_path_rate: config.drop_path,
         zero_init_last: true,
-    })
-}
-
-/// The loader job of the recipe's training transform, every setting explicit.
-pub fn train_job(config: &TrainConfig) -> Result<JobSpec, TrainError> {
-    let u32_of = |key: &str, v: usize| {
-        u32::try_from(v).map_err(|_| TrainError::Recipe(format!("{key} = {v} is too large")))
-    };
-    Ok(JobSpec {
-        split: config.rsb.train_split.clone(),
-        // The base name matters not: every setting is overridden from the recipe.
-        transform: "a3".into(),
-        seed: config.seed,
-        world_size: 1,
-        rank: 0,
-        batch_size: u32_of("batch_size", config.batch_size)?,
-        overrides: TransformOverrides {
-            img_size: Some(u32_of("img_size", config.img_size)?),
-            scale: Some(config.scale),
-            ratio: Some(config.ratio),
-            hflip: Some(config.hflip),
-            aa: Some(config.aa.clone()),
-            interpolation: Some(config.train_interpolation.clone()),
-            crop_pct: None,
-            aug_repeats: Some(u32_of("aug_repeats", config.aug_repeats)?),
-        },
-    })
-}
-
-/// The loader job of the recipe's evaluation (`test_img_size`, `crop_pct`, `interpolation`).
-pub fn eval_job(config: &TrainConfig) -> Result<JobSpec, TrainError> {
-    Ok(JobSpec {
-        split: config.rsb.val_split.clone(),
-        transform: "eval".into(),
-        seed: config.seed,
-        world_size: 1,
-        rank: 0,
-        batch_size: u32::try_from(config.batch_size)
-            .map_err(|_| TrainError::Recipe("batch_size is too large".into()))?,
-        overrides: TransformOverrides {
-            img_size: Some(
-                u32::try_from(config.rsb.test_img_size)
-                    .map_err(|_| TrainError::Recipe("test_img_size is too large".into()))?,
-            ),
-            crop_pct: Some(config.crop_pct),
-            interpolation: Some(config.interpolation.clone()),
-            ..Default::default()
-        },
     })
 }
 
@@ -302,10 +159,9 @@ pub fn train(
 ) -> Result<Option<Metric>, TrainError> {
     let config = &options.config;
     check_recipe(config)?;
+    let jobs = DataJobs::try_from(config).map_err(|e| TrainError::Recipe(e.to_string()))?;
     let recipe_text =
         toml::to_string(config).map_err(|e| TrainError::Recipe(format!("serializing: {e}")))?;
-    std::fs::create_dir_all(&options.out)
-        .map_err(|e| TrainError::Out(format!("{}: {e}", options.out.display())))?;
     let existing = checkpoint::latest(&options.out);
     if existing.is_some() && !options.resume {
         return Err(TrainError::Out(format!(
@@ -315,9 +171,14 @@ pub fn train(
         )));
     }
 
-    // The loader: in this process on the shards, or the daemon.
+    // The loader: in this process on the shards, or the daemon. Its splits must fit the
+    // recipe before a model is built.
     let batches = options.data.open()?;
     let socket = batches.socket().to_path_buf();
+    check_splits(&socket, &jobs, config.num_classes)?;
+    std::fs::create_dir_all(&options.out)
+        .map_err(|e| TrainError::Out(format!("{}: {e}", options.out.display())))?;
+    write_recipe(&options.out, &recipe_text)?;
 
     let device = options.device.device(options.precision)?.autodiff();
     device.seed(config.seed);
@@ -371,13 +232,13 @@ pub fn train(
     let mut client = Client::connect(ClientOptions {
         socket: socket.clone(),
         job_id: format!("train-{}", std::process::id()),
-        job: train_job(config)?,
+        job: jobs.train.clone(),
         start: state.next,
         epochs: Some(epochs),
         slots: None,
         reconnect_timeout: std::time::Duration::from_secs(300),
     })
-    .map_err(|e| TrainError::Loader(e.to_string()))?;
+    .map_err(DataError::from)?;
     let spe = client.steps_per_epoch();
     let all_steps = spe * u64::from(epochs);
     let total_steps = options.max_steps.map_or(all_steps, |m| m.min(all_steps));
@@ -394,10 +255,7 @@ pub fn train(
     let mut t_prev = Instant::now();
     while steps_done < total_steps {
         let t_wait = Instant::now();
-        let Some(batch) = client
-            .next_batch()
-            .map_err(|e| TrainError::Loader(e.to_string()))?
-        else {
+        let Some(batch) = client.next_batch().map_err(DataError::from)? else {
             break;
         };
         let data_wait_s = t_wait.elapsed().as_secs_f64();
@@ -437,7 +295,7 @@ pub fn train(
                 || next.epoch == epochs))
             || last
         {
-            let m = evaluate(model, &device, &socket, config, steps_done, next.epoch)?;
+            let m = evaluate(model, &device, &socket, &jobs.eval, steps_done, next.epoch)?;
             write_metric(&mut metrics, &metrics_path, &m)?;
             on_event(Event::Metric(m.clone()));
             last_eval = Some(m);
@@ -455,94 +313,15 @@ pub fn train(
     Ok(last_eval)
 }
 
-/// Top-1 and top-5 of `model` (eval mode) on the recipe's val split.
-pub fn evaluate(
-    model: &ResNet,
-    device: &Device,
-    socket: &Path,
-    config: &TrainConfig,
-    step: u64,
-    epoch: u32,
-) -> Result<Metric, TrainError> {
-    let valid = model.valid();
-    let inner = device.clone().inner();
-    let mut client = Client::connect(ClientOptions {
-        socket: socket.to_path_buf(),
-        job_id: format!("eval-{}", std::process::id()),
-        job: eval_job(config)?,
-        start: Position::default(),
-        epochs: Some(1),
-        slots: None,
-        reconnect_timeout: std::time::Duration::from_secs(300),
-    })
-    .map_err(|e| TrainError::Loader(e.to_string()))?;
-    let side = config.rsb.test_img_size;
-    let (mut top1, mut top5, mut n) = (0u64, 0u64, 0u64);
-    while let Some(batch) = client
-        .next_batch()
-        .map_err(|e| TrainError::Loader(e.to_string()))?
-    {
-        let pixels = upload_pixels(batch.images().to_vec(), [batch.count, side, side], &inner)
-            .map_err(crate::step::StepError::from)?;
-        let logits = valid.forward(normalize(pixels));
-        let [rows, classes] = logits.dims();
-        let values: Vec<f32> = logits
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec()
-            .map_err(|e| TrainError::Loader(format!("reading logits: {e:?}")))?;
-        for (row, &label) in values.chunks_exact(classes).zip(batch.labels()).take(rows) {
-            let own = row
-                .get(label as usize)
-                .copied()
-                .unwrap_or(f32::NEG_INFINITY);
-            // Rank of the true class: how many classes score higher (ties count against).
-            let above = row.iter().filter(|&&v| v > own).count();
-            top1 += u64::from(above < 1);
-            top5 += u64::from(above < 5);
-        }
-        n += batch.count as u64;
-    }
-    let pct = |k: u64| 100.0 * k as f64 / n.max(1) as f64;
-    Ok(Metric::Eval {
-        step,
-        epoch,
-        top1: pct(top1),
-        top5: pct(top5),
-        samples: n,
-    })
-}
-
-/// Opens `metrics.jsonl` for appending, first dropping lines past `steps_done` (written by a
-/// run that died after its last checkpoint: they are about to be redone).
-fn open_metrics(path: &Path, steps_done: u64) -> Result<std::fs::File, TrainError> {
-    let err = |source| TrainError::Metrics {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Ok(text) = std::fs::read_to_string(path) {
-        let kept: String = text
-            .lines()
-            .filter(|l| serde_json::from_str::<Metric>(l).is_ok_and(|m| m.step() <= steps_done))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let tmp = path.with_extension("jsonl.tmp");
-        std::fs::write(&tmp, kept).map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(err)?;
-    }
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(err)
-}
-
-fn write_metric(file: &mut std::fs::File, path: &Path, m: &Metric) -> Result<(), TrainError> {
-    let line = serde_json::to_string(m).unwrap_or_default();
-    writeln!(file, "{line}").map_err(|source| TrainError::Metrics {
-        path: path.to_path_buf(),
-        source,
-    })
+/// Writes the resolved recipe to `OUT/recipe.toml` (atomically: a temporary file, renamed).
+fn write_recipe(out: &Path, text: &str) -> Result<(), TrainError> {
+    let path = out.join(RECIPE_FILE);
+    let tmp = out.join(format!("{RECIPE_FILE}.tmp"));
+    let header = "# The resolved recipe of this run: the --config file with the command line's \
+                  overrides applied.\n";
+    std::fs::write(&tmp, format!("{header}{text}"))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| TrainError::Out(format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]
@@ -554,27 +333,5 @@ mod tests {
         assert_ne!(step_seed(0, 1), step_seed(0, 2));
         assert_ne!(step_seed(1, 1), step_seed(2, 1));
         assert_eq!(step_seed(7, 9), step_seed(7, 9));
-    }
-
-    #[test]
-    fn metrics_past_the_checkpoint_are_dropped_on_resume() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metrics.jsonl");
-        let mut f = open_metrics(&path, 0).unwrap();
-        for step in 1..=5 {
-            let m = Metric::Step {
-                step,
-                epoch: 0,
-                loss: 1.0,
-                lr: 0.1,
-                samples_per_s: 1.0,
-                data_wait_s: 0.0,
-            };
-            write_metric(&mut f, &path, &m).unwrap();
-        }
-        drop(f);
-        drop(open_metrics(&path, 3).unwrap());
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text.lines().count(), 3, "{text}");
     }
 }

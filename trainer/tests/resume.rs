@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use loader::job::Position;
 use trainer::checkpoint;
 use trainer::config::TrainConfig;
+use trainer::data::DataSource;
 use trainer::device::{DeviceKind, Precision};
-use trainer::train::{DataSource, Metric, TrainOptions, train};
+use trainer::metrics::Metric;
+use trainer::train::{TrainOptions, train};
 
 /// A 3-class dataset of 90 + 12 small images, packed.
 fn dataset(dir: &Path) -> PathBuf {

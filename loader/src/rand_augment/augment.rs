@@ -9,8 +9,8 @@ apply. Every draw comes from the caller's stream, so the result depends only on
 
 use rand::Rng;
 
-use crate::crop::{Interpolation, InterpolationChoice};
 use crate::decode::RgbImage;
+use crate::interpolation::{Interpolation, InterpolationChoice};
 use crate::rand_augment::config::{MAX_LAYERS, OPS, Op, OpArg, RandAugmentConfig, level_arg};
 use crate::rand_augment::{geometry, ops};
 

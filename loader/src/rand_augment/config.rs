@@ -9,6 +9,7 @@ timm's quirk is kept: `inc` tests the truthiness of the value *string*, so `inc0
 the increasing list. Unlike timm, a section without a value is an error, not ignored.
 */
 
+use std::fmt;
 use std::str::FromStr;
 
 use rand::Rng;
@@ -19,8 +20,10 @@ pub const MAX_LAYERS: u32 = 16;
 /// timm's `_LEVEL_DENOM`: magnitudes are on a 0..10 scale.
 pub const LEVEL_DENOM: f64 = 10.0;
 
-/// A parsed RandAugment configuration.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// A parsed RandAugment configuration; its text form (serde, [`fmt::Display`]) is timm's
+/// grammar, so recipes and requests carry `rand-m7-mstd0.5-inc1` as timm users write it.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct RandAugmentConfig {
     /// `m`: magnitude on the 0..10 scale.
     pub magnitude: f64,
@@ -104,6 +107,47 @@ impl FromStr for RandAugmentConfig {
             }
         }
         Ok(c)
+    }
+}
+
+impl fmt::Display for RandAugmentConfig {
+    /// timm's grammar, default sections left out: what [`FromStr`] reads back to this value.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = RandAugmentConfig::default();
+        write!(f, "rand-m{}", self.magnitude)?;
+        if self.num_layers != d.num_layers {
+            write!(f, "-n{}", self.num_layers)?;
+        }
+        if self.magnitude_std == f64::INFINITY {
+            // timm reads any mstd above 100 as "uniform in [0, m]".
+            f.write_str("-mstd101")?;
+        } else if self.magnitude_std != d.magnitude_std {
+            write!(f, "-mstd{}", self.magnitude_std)?;
+        }
+        if self.magnitude_max != d.magnitude_max {
+            write!(f, "-mmax{}", self.magnitude_max)?;
+        }
+        if self.increasing {
+            f.write_str("-inc1")?;
+        }
+        if self.prob != d.prob {
+            write!(f, "-p{}", self.prob)?;
+        }
+        Ok(())
+    }
+}
+
+impl TryFrom<String> for RandAugmentConfig {
+    type Error = ParseError;
+
+    fn try_from(text: String) -> Result<Self, ParseError> {
+        text.parse()
+    }
+}
+
+impl From<RandAugmentConfig> for String {
+    fn from(c: RandAugmentConfig) -> String {
+        c.to_string()
     }
 }
 
@@ -280,6 +324,24 @@ pub fn level_value(op: Op, m: f64, increasing: bool, negative: bool) -> OpArg {
 mod tests {
     use super::*;
     use crate::rng::{Purpose, stream};
+
+    #[test]
+    fn the_text_form_reads_back_to_the_same_config() {
+        for text in [
+            "rand-m7-mstd0.5-inc1",
+            "rand-m6-mstd0.5-inc1",
+            "rand-m9",
+            "rand-m9-n3-mstd101-mmax12-inc1-p0.7",
+            "rand-m0-n0-p0",
+        ] {
+            let c: RandAugmentConfig = text.parse().unwrap();
+            assert_eq!(c.to_string(), text);
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(json, format!("\"{text}\""));
+            assert_eq!(serde_json::from_str::<RandAugmentConfig>(&json).unwrap(), c);
+        }
+        assert!(serde_json::from_str::<RandAugmentConfig>("\"rand-q3\"").is_err());
+    }
 
     #[test]
     fn parses_the_recipes_and_timms_keys() {

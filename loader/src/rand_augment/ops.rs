@@ -281,7 +281,7 @@ mod tests {
     use crate::testutil::{case_lines, golden_dir, png};
 
     fn apply(op: &str, arg: &str, img: &mut RgbImage) {
-        use crate::crop::Interpolation;
+        use crate::interpolation::Interpolation;
         use crate::rand_augment::geometry;
 
         let int = || arg.parse::<u32>().unwrap();

@@ -14,7 +14,8 @@ The crop is not copied: the horizontal pass reads the crop box straight out of t
 image, which gives the same result as Pillow's `crop()` followed by `resize()`.
 */
 
-use crate::crop::{CropBox, Interpolation};
+use crate::crop::CropBox;
+use crate::interpolation::Interpolation;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -395,7 +396,7 @@ impl Resampler {
         }
         self.temp = temp;
         if flip && !need_h {
-            crate::eval_transform::flip_horizontal(out, out_width);
+            crate::flip::flip_horizontal(out, out_width);
         }
     }
 }
@@ -583,7 +584,7 @@ mod tests {
                 fast.resize(&pixels, w as usize, crop, out_size, f, &mut b);
                 assert!(a == b, "{w}x{h} {crop:?} -> {out_size:?} {f:?}");
                 // The flip folded into the pass is the flip of the result.
-                crate::eval_transform::flip_horizontal(&mut a, out_size.0);
+                crate::flip::flip_horizontal(&mut a, out_size.0);
                 for r in [&mut scalar, &mut fast] {
                     r.resize_and_flip(&pixels, w as usize, crop, out_size, f, true, &mut b);
                     assert!(a == b, "flipped: {w}x{h} {crop:?} -> {out_size:?} {f:?}");

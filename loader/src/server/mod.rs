@@ -33,7 +33,8 @@ use tokio::sync::mpsc;
 
 use crate::job::{JobPlan, JobSpec, Position};
 use crate::protocol::{
-    self, ClientStats, MemoryUse, ProtocolError, Reply, Request, Stats, check_preamble, encode,
+    self, ClientStats, MemoryUse, ProtocolError, Reply, Request, SplitInfo, Stats, check_preamble,
+    encode,
 };
 use crate::ring::{Ring, RingLayout};
 
@@ -70,6 +71,16 @@ pub enum ServeError {
         source: std::io::Error,
     },
     /// A setting is out of range.
+    #[error("{key} = {value} is outside {allowed}")]
+    Setting {
+        /// The config key.
+        key: &'static str,
+        /// The value given.
+        value: String,
+        /// The range it must lie in.
+        allowed: String,
+    },
+    /// Anything else about the config.
     #[error("config: {0}")]
     Config(String),
 }
@@ -130,6 +141,46 @@ impl Default for ServeConfig {
     }
 }
 
+impl ServeConfig {
+    /// Checks every number against what the daemon can run (a timeout of `inf` would panic
+    /// where it becomes a `Duration`; zero clients would serve nobody).
+    ///
+    /// # Errors
+    /// [`ServeError::Setting`] naming the first key out of range.
+    pub fn validate(&self) -> Result<(), ServeError> {
+        // Debug, not Display: `1e300` rather than its 301 digits.
+        fn check<T: PartialOrd + std::fmt::Debug>(
+            key: &'static str,
+            value: T,
+            range: std::ops::RangeInclusive<T>,
+        ) -> Result<(), ServeError> {
+            if range.contains(&value) {
+                Ok(())
+            } else {
+                Err(ServeError::Setting {
+                    key,
+                    value: format!("{value:?}"),
+                    allowed: format!("{:?}..={:?}", range.start(), range.end()),
+                })
+            }
+        }
+        check("workers", self.workers, 0..=1024)?;
+        check("max_slots", self.max_slots, 1..=1024)?;
+        check("slots", self.slots, 1..=self.max_slots)?;
+        check("max_ring_bytes", self.max_ring_bytes, 1 << 20..=1 << 40)?;
+        check("max_clients", self.max_clients, 1..=4096)?;
+        check("socket_mode", self.socket_mode, 0..=0o777)?;
+        // NaN is outside every range.
+        check(
+            "handshake_timeout_s",
+            self.handshake_timeout_s,
+            0.1..=3600.0,
+        )?;
+        check("group_wait_s", self.group_wait_s, 0.0..=3600.0)?;
+        Ok(())
+    }
+}
+
 /// Where `serve` listens and `status` looks by default: `$RUNTIME_DIRECTORY/loader.sock` (set
 /// by systemd's `RuntimeDirectory=`), else `$XDG_RUNTIME_DIR/rsb/loader.sock`, else
 /// `/run/rsb/loader.sock`.
@@ -157,6 +208,8 @@ struct Shared {
     config: ServeConfig,
     workers: u32,
     dataset: Arc<Dataset>,
+    /// Each split's size and labels, read once at start.
+    splits: BTreeMap<String, SplitInfo>,
     started: Instant,
     samples: AtomicU64,
     /// Images decoded (fewer than samples where repeats share a decode).
@@ -184,13 +237,8 @@ impl Server {
     /// Opens the dataset and binds the socket (replacing a stale one). Must run inside a tokio
     /// runtime.
     pub fn bind(mut config: ServeConfig) -> Result<Server, ServeError> {
+        config.validate()?;
         let shards = config.shards.clone().ok_or(ServeError::NoShards)?;
-        if config.slots == 0 || config.slots > config.max_slots {
-            return Err(ServeError::Config(format!(
-                "slots = {} must be between 1 and max_slots = {}",
-                config.slots, config.max_slots
-            )));
-        }
         for name in &config.allow_groups {
             match nix::unistd::Group::from_name(name) {
                 Ok(Some(g)) => config.allow_gids.push(g.gid.as_raw()),
@@ -209,6 +257,11 @@ impl Server {
             path: shards.clone(),
             source,
         })?;
+        let splits = dataset
+            .splits()
+            .iter()
+            .map(|split| (split.name().to_owned(), SplitInfo::of(&dataset, split)))
+            .collect();
         let socket = config.socket.clone().unwrap_or_else(default_socket);
         let listener = bind_socket(&socket, config.socket_mode)?;
         let workers = match config.workers {
@@ -220,6 +273,7 @@ impl Server {
                 config,
                 workers,
                 dataset: Arc::new(dataset),
+                splits,
                 started: Instant::now(),
                 samples: AtomicU64::new(0),
                 decoded: AtomicU64::new(0),
@@ -461,6 +515,12 @@ impl Shared {
         }
     }
 
+    /// The dataset's split names, for messages.
+    fn split_names(&self) -> String {
+        let names: Vec<&str> = self.splits.keys().map(String::as_str).collect();
+        names.join(", ")
+    }
+
     fn update_client(&self, id: u64, f: impl FnOnce(&mut ClientStats)) {
         if let Ok(mut c) = self.clients.lock()
             && let Some(client) = c.get_mut(&id)
@@ -582,6 +642,19 @@ async fn handshake(
             send_welcome(stream, &session).await?;
             Ok(Some(session))
         }
+        Request::Describe { split } => {
+            let info = shared.splits.get(&split).ok_or_else(|| {
+                Refusal(format!(
+                    "no split {split:?} in this dataset (it has {})",
+                    shared.split_names()
+                ))
+            })?;
+            stream
+                .write_all(&encode(&Reply::Split(info.clone())))
+                .await
+                .map_err(ProtocolError::from)?;
+            Ok(None)
+        }
         Request::Bye => Ok(None),
         other => Err(out_of_order(&other, "hello")),
     }
@@ -612,6 +685,7 @@ fn out_of_order(got: &Request, expected: &str) -> Refusal {
         Request::Hello { .. } => "hello",
         Request::Release { .. } => "release",
         Request::Stats => "stats",
+        Request::Describe { .. } => "describe",
         Request::Bye => "bye",
     };
     Refusal(format!("out-of-order message {name} (expected {expected})"))
@@ -632,7 +706,7 @@ async fn send_welcome(stream: &mut UnixStream, session: &Session) -> Result<(), 
     let frame = encode(&Reply::Welcome {
         layout: session.layout,
         steps_per_epoch: session.plan.steps_per_epoch(),
-        records: session.records,
+        split: session.split.clone(),
     });
     let Some(ring) = session.ring.as_ref() else {
         return Err(Refusal("internal: ring already handed over".into()));
@@ -668,7 +742,7 @@ struct Session {
     job_id: String,
     plan: JobPlan,
     layout: RingLayout,
-    records: u64,
+    split: SplitInfo,
     start: Position,
     epochs: Option<u32>,
     ring: Option<Ring>,
@@ -694,13 +768,17 @@ impl Session {
                 config.max_clients
             )));
         }
-        let split = shared
-            .dataset
-            .split(&job.split)
-            .map_err(|e| Refusal(format!("split {:?}: {e}", job.split)))?;
-        let records = split.len();
+        // The same check the client ran, before anything is looked up or allocated.
+        job.validate().map_err(|e| Refusal(format!("job: {e}")))?;
+        let split = shared.splits.get(&job.split).cloned().ok_or_else(|| {
+            Refusal(format!(
+                "no split {:?} in this dataset (it has {})",
+                job.split,
+                shared.split_names()
+            ))
+        })?;
         let plan = job
-            .plan(records)
+            .plan(split.records)
             .map_err(|e| Refusal(format!("job: {e}")))?;
         if start.step >= plan.steps_per_epoch() {
             return Err(Refusal(format!(
@@ -761,7 +839,7 @@ impl Session {
             job_id,
             plan,
             layout,
-            records,
+            split,
             start,
             epochs,
             ring: Some(ring),

@@ -393,8 +393,9 @@ mod tests {
     use shard_tool::{PackOptions, pack};
 
     use crate::client::{self, Client, ClientOptions};
-    use crate::job::{JobSpec, Position, TransformOverrides};
+    use crate::job::{JobSpec, Position};
     use crate::server::{LocalServer, ServeConfig};
+    use crate::transform::TransformSpec;
 
     fn shards(dir: &Path) -> std::path::PathBuf {
         let spec = TreeSpec {
@@ -419,6 +420,13 @@ mod tests {
             ..ServeConfig::default()
         })
         .unwrap()
+    }
+
+    fn a1_at_32px() -> TransformSpec {
+        let Some(TransformSpec::Train(t)) = TransformSpec::preset("a1") else {
+            panic!("a1 is a train transform")
+        };
+        TransformSpec::Train(crate::transform::TrainTransform { img_size: 32, ..t })
     }
 
     /// Ranks `ranks` of a 3-rank A1 job, each on its own thread from step 0: the bytes of its
@@ -446,15 +454,11 @@ mod tests {
                             job_id: job_id.to_string(),
                             job: JobSpec {
                                 split: "train".into(),
-                                transform: "a1".into(),
+                                transform: a1_at_32px(),
                                 seed: 5,
                                 world_size: 3,
                                 rank,
                                 batch_size: 6,
-                                overrides: TransformOverrides {
-                                    img_size: Some(32),
-                                    ..TransformOverrides::default()
-                                },
                             },
                             start: Position { epoch: 0, step },
                             epochs: None,

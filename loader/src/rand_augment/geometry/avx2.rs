@@ -14,8 +14,8 @@ TranslateY, whose points fall on whole source rows or columns (see there).
 use std::arch::x86_64::*;
 
 use super::floor_c;
-use crate::crop::Interpolation;
 use crate::decode::RgbImage;
+use crate::interpolation::Interpolation;
 
 /// Bytes one load reads from a row (four RGB pixels use 12 of them).
 const LOAD: usize = 16;

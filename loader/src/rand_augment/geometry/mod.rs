@@ -13,8 +13,8 @@ The samplers here are the portable reference; on x86-64 CPUs with AVX2, `avx2` r
 floating-point operations several lanes at a time, and tests hold both to the same bytes.
 */
 
-use crate::crop::Interpolation;
 use crate::decode::RgbImage;
+use crate::interpolation::Interpolation;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
