@@ -112,31 +112,16 @@ impl JobSpec {
     ///
     /// # Errors
     /// The first setting out of range, by timm's flag name.
-    pub fn validate(&self) -> Result<(), JobError> {
+    pub fn validate(&self) -> Result<(), SettingError> {
         self.transform.validate()?;
-        if !BATCH_SIZE.contains(&self.batch_size) {
-            return Err(SettingError::new(
-                "batch_size",
-                self.batch_size,
-                format!("is outside {}..={}", BATCH_SIZE.start(), BATCH_SIZE.end()),
-            )
-            .into());
-        }
-        if !WORLD_SIZE.contains(&self.world_size) {
-            return Err(SettingError::new(
-                "world_size",
-                self.world_size,
-                format!("is outside {}..={}", WORLD_SIZE.start(), WORLD_SIZE.end()),
-            )
-            .into());
-        }
+        SettingError::within("batch_size", self.batch_size, BATCH_SIZE)?;
+        SettingError::within("world_size", self.world_size, WORLD_SIZE)?;
         if self.rank >= self.world_size {
             return Err(SettingError::new(
                 "rank",
                 self.rank,
                 format!("is not below world_size = {}", self.world_size),
-            )
-            .into());
+            ));
         }
         Ok(())
     }
@@ -295,6 +280,10 @@ mod tests {
             .plan(1000)
             .unwrap_err();
         assert_eq!(e.to_string(), "batch_size = 0 is outside 1..=8192");
+        let e = JobSpec::single("train", preset("a3"), 1, 9000)
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.to_string(), "batch_size = 9000 is outside 1..=8192");
         let e = JobSpec::single("train", preset("a3"), 1, 2000)
             .plan(1000)
             .unwrap_err();

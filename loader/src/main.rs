@@ -21,7 +21,7 @@ use loader::pipeline::Worker;
 use loader::rand_augment::{Op, OpArg, RandAugment, level_value};
 use loader::resample::Resampler;
 use loader::server::{ServeConfig, Server, default_socket};
-use loader::transform::{TrainTransform, TransformSpec};
+use loader::transform::{TrainTransform, TransformSpec, parse_aa};
 use sha2::{Digest, Sha256};
 use shard_tool::Dataset;
 use zune_core::bit_depth::BitDepth;
@@ -197,8 +197,7 @@ impl TryFrom<&TransformArgs> for TransformSpec {
                 }
                 let aa = match a.aa.as_deref() {
                     None => t.aa,
-                    Some("" | "none") => None,
-                    Some(text) => Some(text.parse().map_err(|e| UsageError(format!("--aa: {e}")))?),
+                    Some(text) => parse_aa(text).map_err(UsageError::flag)?,
                 };
                 TransformSpec::Train(TrainTransform {
                     img_size: a.img_size.unwrap_or(t.img_size),
@@ -819,9 +818,19 @@ struct BenchArgs {
 }
 
 fn bench(run: &BenchArgs) -> Result<()> {
+    // The one-rank job every measurement of this run reads (`--ranks` splits it).
+    let batch_size = u32::try_from(run.batch_size)
+        .map_err(|_| UsageError(format!("--batch-size {} is too large", run.batch_size)))?;
+    let spec = JobSpec::single(
+        &run.split,
+        TransformSpec::try_from(&run.transform)?,
+        run.seed,
+        batch_size,
+    );
+    spec.validate().map_err(UsageError::flag)?;
     let mut ratios = Vec::new();
     for _ in 0..run.repeat.max(1) {
-        if let Some(ratio) = bench_once(run)? {
+        if let Some(ratio) = bench_once(run, &spec)? {
             ratios.push(ratio);
         }
     }
@@ -838,11 +847,10 @@ fn bench(run: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// One bench run; returns ring / in-process with `--ring`.
-fn bench_once(run: &BenchArgs) -> Result<Option<f64>> {
+/// One bench run of `spec`; returns ring / in-process with `--ring`.
+fn bench_once(run: &BenchArgs, spec: &JobSpec) -> Result<Option<f64>> {
     let shards = run.shards.as_path();
     let mut stdout = std::io::stdout().lock();
-    let transform_spec = TransformSpec::try_from(&run.transform)?;
     let (threads, samples, batch_size, split_name, seed) = (
         run.threads,
         run.samples,
@@ -850,13 +858,7 @@ fn bench_once(run: &BenchArgs) -> Result<Option<f64>> {
         run.split.as_str(),
         run.seed,
     );
-    let spec = JobSpec::single(
-        split_name,
-        transform_spec,
-        seed,
-        u32::try_from(batch_size).context("--batch-size too large")?,
-    );
-    let (dataset, plan) = open_job(shards, &spec)?;
+    let (dataset, plan) = open_job(shards, spec)?;
     let transform = plan.transform();
     let split = dataset.split(split_name)?;
     // The batches from --start-step of epoch 0 on, across epochs as a trainer reads them.
@@ -1003,7 +1005,7 @@ fn bench_once(run: &BenchArgs) -> Result<Option<f64>> {
     )?;
     let mut ratio = None;
     if run.ring {
-        let ring_rate = bench_ring(run, &positions)?;
+        let ring_rate = bench_ring(run, spec, &positions)?;
         writeln!(
             stdout,
             "  through the daemon's ring into this process (daemon in its own process, same \
@@ -1013,7 +1015,7 @@ fn bench_once(run: &BenchArgs) -> Result<Option<f64>> {
         ratio = Some(ring_rate / rate);
     }
     if let Some(n) = run.ranks {
-        bench_ranks(run, n, &mut stdout)?;
+        bench_ranks(run, spec, n, &mut stdout)?;
     }
     for (p, d) in digests {
         writeln!(stdout, "  epoch {} step {} sha256 {d}", p.epoch, p.step)?;
@@ -1044,11 +1046,11 @@ fn decode_only_rate(split: &shard_tool::Split, records: &[u64], threads: usize) 
 
 /// `bench --ranks N`: the ranks of one job made alone, then together; same threads, same
 /// steps; checks that both give the same bytes.
-fn bench_ranks(run: &BenchArgs, n: u32, out: &mut impl Write) -> Result<()> {
-    let (dataset, first) = open_job(&run.shards, &rank_spec(run, n, 0)?)?;
+fn bench_ranks(run: &BenchArgs, spec: &JobSpec, n: u32, out: &mut impl Write) -> Result<()> {
+    let (dataset, first) = open_job(&run.shards, &rank_spec(spec, n, 0)?)?;
     let split = dataset.split(&run.split)?;
     let plans = (0..n)
-        .map(|rank| Ok(rank_spec(run, n, rank)?.plan(split.len())?))
+        .map(|rank| Ok(rank_spec(spec, n, rank)?.plan(split.len())?))
         .collect::<Result<Vec<_>>>()?;
     let transform = first.transform();
     let orders: Vec<_> = plans.iter().map(|p| p.sampler().epoch(0)).collect();
@@ -1132,19 +1134,15 @@ fn bench_ranks(run: &BenchArgs, n: u32, out: &mut impl Write) -> Result<()> {
     Ok(())
 }
 
-/// Rank `rank` of an `n`-rank job of the bench's transform.
-fn rank_spec(run: &BenchArgs, n: u32, rank: u32) -> Result<JobSpec> {
-    if n == 0 {
-        bail!("--ranks must be at least 1");
-    }
-    let mut spec = JobSpec::single(
-        &run.split,
-        TransformSpec::try_from(&run.transform)?,
-        run.seed,
-        u32::try_from(run.batch_size).context("--batch-size too large")?,
-    );
-    spec.world_size = n;
-    spec.rank = rank;
+/// Rank `rank` of an `n`-rank job of the bench's one-rank `spec`.
+fn rank_spec(spec: &JobSpec, n: u32, rank: u32) -> Result<JobSpec> {
+    let spec = JobSpec {
+        world_size: n,
+        rank,
+        ..spec.clone()
+    };
+    spec.validate()
+        .map_err(|e| UsageError(format!("--ranks {n}: {e}")))?;
     Ok(spec)
 }
 
@@ -1160,7 +1158,7 @@ fn batch_digest(images: &[u8], labels: &[u32]) -> String {
 
 /// Starts `loader serve` as a child process on a private socket, reads the same batches through
 /// its ring, and returns the samples/s (first batch not timed, as in-process).
-fn bench_ring(run: &BenchArgs, positions: &[Position]) -> Result<f64> {
+fn bench_ring(run: &BenchArgs, spec: &JobSpec, positions: &[Position]) -> Result<f64> {
     let dir = std::env::temp_dir().join(format!("rsb-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let socket = dir.join("loader.sock");
@@ -1179,12 +1177,7 @@ fn bench_ring(run: &BenchArgs, positions: &[Position]) -> Result<f64> {
         let mut client = Client::connect(ClientOptions {
             socket: socket.clone(),
             job_id: "bench".into(),
-            job: JobSpec::single(
-                &run.split,
-                TransformSpec::try_from(&run.transform)?,
-                run.seed,
-                run.batch_size as u32,
-            ),
+            job: spec.clone(),
             start: positions.first().copied().unwrap_or_default(),
             epochs: None,
             slots: None,

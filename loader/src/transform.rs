@@ -30,8 +30,8 @@ pub const IMG_SIZE: RangeInclusive<u32> = 8..=2048;
 pub const CROP_PCT: RangeInclusive<f64> = 0.5..=1.0;
 /// RandomResizedCrop aspect ratios accepted (`ratio`, both ends); timm's default is 3/4..4/3.
 pub const RATIO: RangeInclusive<f64> = 0.1..=10.0;
-/// Most repeated-augmentation copies per image (`aug_repeats`); the recipes use 3.
-pub const MAX_AUG_REPEATS: u32 = 16;
+/// Repeated-augmentation copies per image accepted (`aug_repeats`); the recipes use 3.
+pub const AUG_REPEATS: RangeInclusive<u32> = 0..=16;
 
 /// The names [`TransformSpec::preset`] knows.
 pub const PRESETS: [&str; 4] = ["a1", "a2", "a3", "eval"];
@@ -56,6 +56,39 @@ impl SettingError {
             value: value.to_string(),
             problem: problem.into(),
         }
+    }
+
+    /// Checks that `value` of `key` lies in `range`; NaN lies in none. Values and bounds are
+    /// written in Rust's debug form, so `1e300` stays short and `inf`, `NaN` read as such.
+    ///
+    /// # Errors
+    /// `key = value is outside start..=end`.
+    pub fn within<T: PartialOrd + fmt::Debug>(
+        key: &'static str,
+        value: T,
+        range: RangeInclusive<T>,
+    ) -> Result<(), SettingError> {
+        if range.contains(&value) {
+            return Ok(());
+        }
+        Err(SettingError {
+            key,
+            value: format!("{value:?}"),
+            problem: format!("is outside {:?}..={:?}", range.start(), range.end()),
+        })
+    }
+}
+
+/// timm's `--aa` text: `none` (or empty) for no RandAugment, else its grammar.
+///
+/// # Errors
+/// The text does not parse, named under the key `aa`.
+pub fn parse_aa(text: &str) -> Result<Option<RandAugmentConfig>, SettingError> {
+    match text {
+        "" | "none" => Ok(None),
+        text => text.parse().map(Some).map_err(|e| {
+            SettingError::new("aa", format!("{text:?}"), format!("does not parse: {e}"))
+        }),
     }
 }
 
@@ -174,14 +207,7 @@ impl TransformSpec {
     /// # Errors
     /// The first setting out of range, by timm's flag name.
     pub fn validate(&self) -> Result<(), SettingError> {
-        let size = self.img_size();
-        if !IMG_SIZE.contains(&size) {
-            return Err(SettingError::new(
-                "img_size",
-                size,
-                format!("is outside {}..={}", IMG_SIZE.start(), IMG_SIZE.end()),
-            ));
-        }
+        SettingError::within("img_size", self.img_size(), IMG_SIZE)?;
         match self {
             TransformSpec::Train(t) => {
                 let [lo, hi] = t.scale;
@@ -204,13 +230,7 @@ impl TransformSpec {
                         ),
                     ));
                 }
-                if !(0.0..=1.0).contains(&t.hflip) {
-                    return Err(SettingError::new(
-                        "hflip",
-                        t.hflip,
-                        "is not a probability in 0..=1",
-                    ));
-                }
+                SettingError::within("hflip", t.hflip, 0.0..=1.0)?;
                 if let Some(aa) = &t.aa {
                     if !(0.0..=1.0).contains(&aa.prob) {
                         return Err(SettingError::new(
@@ -230,23 +250,9 @@ impl TransformSpec {
                         ));
                     }
                 }
-                if t.aug_repeats > MAX_AUG_REPEATS {
-                    return Err(SettingError::new(
-                        "aug_repeats",
-                        t.aug_repeats,
-                        format!("is outside 0..={MAX_AUG_REPEATS}"),
-                    ));
-                }
+                SettingError::within("aug_repeats", t.aug_repeats, AUG_REPEATS)?;
             }
-            TransformSpec::Eval(e) => {
-                if !CROP_PCT.contains(&e.crop_pct) {
-                    return Err(SettingError::new(
-                        "crop_pct",
-                        e.crop_pct,
-                        format!("is outside {}..={}", CROP_PCT.start(), CROP_PCT.end()),
-                    ));
-                }
-            }
+            TransformSpec::Eval(e) => SettingError::within("crop_pct", e.crop_pct, CROP_PCT)?,
         }
         Ok(())
     }
@@ -352,7 +358,10 @@ mod tests {
             (train(&|t| t.ratio = [1e-3, 1e-3]), "ratio = [0.001, 0.001]"),
             (train(&|t| t.ratio = [1e3, 1e3]), "0.1 <= min <= max <= 10"),
             (train(&|t| t.ratio = [f64::NAN, 1.0]), "ratio = [NaN, 1]"),
-            (train(&|t| t.hflip = 1.5), "hflip = 1.5"),
+            (
+                train(&|t| t.hflip = 1.5),
+                "hflip = 1.5 is outside 0.0..=1.0",
+            ),
             (
                 train(&|t| t.aa = Some("rand-m9-p2".parse().unwrap())),
                 "aa = rand-m9-p2 has p outside",
@@ -361,7 +370,10 @@ mod tests {
                 train(&|t| t.aa = Some("rand-m9-mmax20".parse().unwrap())),
                 "has mmax above 10",
             ),
-            (train(&|t| t.aug_repeats = 100), "aug_repeats = 100"),
+            (
+                train(&|t| t.aug_repeats = 100),
+                "aug_repeats = 100 is outside 0..=16",
+            ),
         ];
         for (e, want) in cases {
             assert!(e.to_string().contains(want), "{e} lacks {want:?}");
@@ -375,7 +387,7 @@ mod tests {
             .validate()
         };
         let e = eval(1e-3).unwrap_err();
-        assert_eq!(e.to_string(), "crop_pct = 0.001 is outside 0.5..=1");
+        assert_eq!(e.to_string(), "crop_pct = 0.001 is outside 0.5..=1.0");
         assert!(eval(f64::INFINITY).is_err() && eval(1.01).is_err());
         assert!(eval(0.875).is_ok());
     }

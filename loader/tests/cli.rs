@@ -85,7 +85,7 @@ fn augment_applies_ops_and_explains_bad_arguments() {
         ),
         (
             &["--op", "eval", "--crop-pct", "1e-3"],
-            "--crop-pct 0.001 is outside 0.5..=1",
+            "--crop-pct 0.001 is outside 0.5..=1.0",
         ),
         (
             &["--op", "resized-crop"],
@@ -176,13 +176,16 @@ fn bad_client_flags_are_refused_before_connecting() {
         ),
         (
             &["--transform", "eval", "--crop-pct", "1e-3"],
-            "--crop-pct 0.001 is outside 0.5..=1",
+            "--crop-pct 0.001 is outside 0.5..=1.0",
         ),
         (
             &["--ratio", "1e-3", "1e-3"],
             "--ratio [0.001, 0.001] must satisfy 0.1 <= min <= max <= 10",
         ),
-        (&["--aa", "rand-q9"], "--aa: RandAugment config `rand-q9`"),
+        (
+            &["--aa", "rand-q9"],
+            "--aa \"rand-q9\" does not parse: RandAugment config `rand-q9`",
+        ),
         (&["-b", "0"], "batch_size = 0 is outside 1..=8192"),
         (
             &["--world-size", "2", "--rank", "2"],

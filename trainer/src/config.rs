@@ -13,6 +13,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use loader::transform::SettingError;
+
 use crate::data::DataJobs;
 use crate::loss::LossKind;
 use crate::mixup::MixupConfig;
@@ -213,40 +215,6 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
-/// A value out of range: the key, what it holds, what is wrong.
-struct Bad {
-    key: String,
-    value: String,
-    problem: String,
-}
-
-impl Bad {
-    fn new(key: &str, value: impl std::fmt::Display, problem: impl Into<String>) -> Bad {
-        Bad {
-            key: key.to_owned(),
-            value: value.to_string(),
-            problem: problem.into(),
-        }
-    }
-}
-
-/// Checks that `value` lies in `range` (NaN never does).
-fn within<T: PartialOrd + std::fmt::Display>(
-    key: &str,
-    value: T,
-    range: std::ops::RangeInclusive<T>,
-) -> Result<(), Bad> {
-    if range.contains(&value) {
-        Ok(())
-    } else {
-        Err(Bad::new(
-            key,
-            value,
-            format!("is outside {}..={}", range.start(), range.end()),
-        ))
-    }
-}
-
 impl TrainConfig {
     /// Reads a recipe file.
     ///
@@ -325,7 +293,7 @@ impl TrainConfig {
             if given.iter().any(|(key, _)| *key == bad.key) {
                 invalid(format!(
                     "{} {} {} (given on the command line)",
-                    RecipeOverrides::flag(&bad.key),
+                    RecipeOverrides::flag(bad.key),
                     bad.value,
                     bad.problem
                 ))
@@ -337,12 +305,12 @@ impl TrainConfig {
     }
 
     /// Values rsb cannot run, named with the allowed range or choices.
-    fn check(&self) -> Result<(), Bad> {
-        let one_of = |key: &str, value: &str, allowed: &[&str]| {
+    fn check(&self) -> Result<(), SettingError> {
+        let one_of = |key: &'static str, value: &str, allowed: &[&str]| {
             if allowed.contains(&value) {
                 Ok(())
             } else {
-                Err(Bad::new(
+                Err(SettingError::new(
                     key,
                     format!("{value:?}"),
                     format!("is not supported; use one of {allowed:?}"),
@@ -353,16 +321,16 @@ impl TrainConfig {
         one_of("sched", &self.sched, &["cosine"])?;
         one_of("mixup_mode", &self.mixup_mode, &["batch"])?;
         crate::resnet::timm_depth(&self.model).map_err(|_| {
-            Bad::new(
+            SettingError::new(
                 "model",
                 format!("{:?}", self.model),
                 "is not one of resnet18, resnet34, resnet50, resnet101, resnet152",
             )
         })?;
-        within("num_classes", self.num_classes, 1..=1_000_000)?;
-        within("epochs", self.epochs, 1..=100_000)?;
+        SettingError::within("num_classes", self.num_classes, 1..=1_000_000)?;
+        SettingError::within("epochs", self.epochs, 1..=100_000)?;
         if self.warmup_epochs > self.epochs {
-            return Err(Bad::new(
+            return Err(SettingError::new(
                 "warmup_epochs",
                 self.warmup_epochs,
                 format!(
@@ -371,35 +339,39 @@ impl TrainConfig {
                 ),
             ));
         }
-        within("cooldown_epochs", self.cooldown_epochs, 0..=100_000)?;
-        within("rsb.world_size", self.rsb.world_size, 1..=4096)?;
+        SettingError::within("cooldown_epochs", self.cooldown_epochs, 0..=100_000)?;
+        SettingError::within("rsb.world_size", self.rsb.world_size, 1..=4096)?;
         // Learning rates and decay: finite and not negative; the peak above zero.
         if !(self.lr > 0.0 && self.lr <= 10.0) {
-            return Err(Bad::new("lr", self.lr, "is outside (0, 10]"));
+            return Err(SettingError::new("lr", self.lr, "is outside (0, 10]"));
         }
-        within("weight_decay", self.weight_decay, 0.0..=10.0)?;
-        within("warmup_lr", self.warmup_lr, 0.0..=10.0)?;
-        within("min_lr", self.min_lr, 0.0..=10.0)?;
+        SettingError::within("weight_decay", self.weight_decay, 0.0..=10.0)?;
+        SettingError::within("warmup_lr", self.warmup_lr, 0.0..=10.0)?;
+        SettingError::within("min_lr", self.min_lr, 0.0..=10.0)?;
         if let Some(t) = self.bce_target_thresh {
-            within("bce_target_thresh", t, 0.0..=1.0)?;
+            SettingError::within("bce_target_thresh", t, 0.0..=1.0)?;
         }
-        within("smoothing", self.smoothing, 0.0..=0.99)?;
-        within("drop", self.drop, 0.0..=0.99)?;
-        within("drop_path", self.drop_path, 0.0..=0.99)?;
-        within("reprob", self.reprob, 0.0..=1.0)?;
-        within("mixup", self.mixup, 0.0..=100.0)?;
-        within("cutmix", self.cutmix, 0.0..=100.0)?;
-        within("mixup_prob", self.mixup_prob, 0.0..=1.0)?;
-        within("mixup_switch_prob", self.mixup_switch_prob, 0.0..=1.0)?;
+        SettingError::within("smoothing", self.smoothing, 0.0..=0.99)?;
+        SettingError::within("drop", self.drop, 0.0..=0.99)?;
+        SettingError::within("drop_path", self.drop_path, 0.0..=0.99)?;
+        SettingError::within("reprob", self.reprob, 0.0..=1.0)?;
+        SettingError::within("mixup", self.mixup, 0.0..=100.0)?;
+        SettingError::within("cutmix", self.cutmix, 0.0..=100.0)?;
+        SettingError::within("mixup_prob", self.mixup_prob, 0.0..=1.0)?;
+        SettingError::within("mixup_switch_prob", self.mixup_switch_prob, 0.0..=1.0)?;
         if let Some(c) = self.clip_grad {
-            within("clip_grad", c, 0.0..=1e6)?;
+            SettingError::within("clip_grad", c, 0.0..=1e6)?;
         }
         if !(self.rsb.width > 0.0 && self.rsb.width <= 8.0) {
-            return Err(Bad::new("rsb.width", self.rsb.width, "is outside (0, 8]"));
+            return Err(SettingError::new(
+                "rsb.width",
+                self.rsb.width,
+                "is outside (0, 8]",
+            ));
         }
-        within("rsb.eval_interval", self.rsb.eval_interval, 1..=100_000)?;
+        SettingError::within("rsb.eval_interval", self.rsb.eval_interval, 1..=100_000)?;
         // The transforms, batch size and splits, checked as the loader will check them.
-        DataJobs::try_from(self).map_err(|e| Bad::new(e.key, e.value, e.problem))?;
+        DataJobs::try_from(self)?;
         Ok(())
     }
 
@@ -547,7 +519,7 @@ mod tests {
             (
                 "crop_pct = 0.95",
                 "crop_pct = 1e-3",
-                "x.toml: crop_pct = 0.001 is outside 0.5..=1",
+                "x.toml: crop_pct = 0.001 is outside 0.5..=1.0",
             ),
             (
                 "aa = \"rand-m7-mstd0.5-inc1\"",
@@ -625,7 +597,7 @@ mod tests {
         let e = TrainConfig::parse_with(&text, "a1.toml", &bad).expect_err("crop_pct 2");
         assert_eq!(
             e.to_string(),
-            "a1.toml: --crop-pct 2 is outside 0.5..=1 (given on the command line)"
+            "a1.toml: --crop-pct 2.0 is outside 0.5..=1.0 (given on the command line)"
         );
         let bad = RecipeOverrides {
             world_size: Some(0),

@@ -3,13 +3,16 @@
 //! the recipe is read), and the check of a split's labels against the recipe, made before any
 //! model is built.
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use loader::client::{self, ClientError};
 use loader::eval_transform::EvalTransform;
+use loader::interpolation::UnknownInterpolation;
+use loader::job::BATCH_SIZE;
 use loader::protocol::SplitInfo;
-use loader::server::{LocalServer, ServeConfig};
-use loader::transform::{SettingError, TrainTransform};
+use loader::server::{LocalServer, ServeConfig, ServeError};
+use loader::transform::{AUG_REPEATS, IMG_SIZE, SettingError, TrainTransform, parse_aa};
 use loader::{JobSpec, TransformSpec};
 
 use crate::config::TrainConfig;
@@ -17,18 +20,15 @@ use crate::config::TrainConfig;
 /// Errors about the data of a run.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    /// The loader could not be started or reached, or refused.
-    #[error("loader: {0}")]
-    Loader(String),
+    /// The loader in this process could not be started.
+    #[error("starting the loader in this process")]
+    Serve(#[from] ServeError),
+    /// The loader could not be reached, or refused (the message names its socket).
+    #[error(transparent)]
+    Client(#[from] ClientError),
     /// A split does not fit the recipe.
     #[error("{0}")]
     Split(String),
-}
-
-impl From<ClientError> for DataError {
-    fn from(e: ClientError) -> DataError {
-        DataError::Loader(e.to_string())
-    }
 }
 
 /// Where batches come from.
@@ -57,8 +57,7 @@ impl DataSource {
                     shards: Some(dir.clone()),
                     workers: *workers,
                     ..ServeConfig::default()
-                })
-                .map_err(|e| DataError::Loader(e.to_string()))?;
+                })?;
                 Ok(Batches {
                     socket: server.socket().to_path_buf(),
                     _local: Some(server),
@@ -101,85 +100,66 @@ impl TryFrom<&TrainConfig> for DataJobs {
 
     /// Both jobs, checked as the daemon will check them; errors name the recipe's key.
     fn try_from(c: &TrainConfig) -> Result<DataJobs, SettingError> {
-        let u32_of = |key: &'static str, v: usize, range: &str| {
-            u32::try_from(v).map_err(|_| SettingError::new(key, v, format!("is outside {range}")))
+        let batch_size = to_u32("batch_size", c.batch_size, BATCH_SIZE)?;
+        let unknown = |key, text: &str, e: UnknownInterpolation| {
+            SettingError::new(key, format!("{text:?}"), format!("is not allowed: {e}"))
         };
-        let sizes = format!(
-            "{}..={}",
-            loader::transform::IMG_SIZE.start(),
-            loader::transform::IMG_SIZE.end()
-        );
-        let aa = match c.aa.as_str() {
-            "" | "none" => None,
-            text => Some(
-                text.parse()
-                    .map_err(|e: loader::rand_augment::config::ParseError| {
-                        SettingError::new("aa", format!("{text:?}"), format!("does not parse: {e}"))
-                    })?,
-            ),
-        };
-        let train_interpolation = c.train_interpolation.parse().map_err(
-            |e: loader::interpolation::UnknownInterpolation| {
-                SettingError::new(
-                    "train_interpolation",
-                    format!("{:?}", c.train_interpolation),
-                    format!("is not allowed: {e}"),
-                )
-            },
-        )?;
-        let interpolation =
-            c.interpolation
-                .parse()
-                .map_err(|e: loader::interpolation::UnknownInterpolation| {
-                    SettingError::new(
-                        "interpolation",
-                        format!("{:?}", c.interpolation),
-                        format!("is not allowed: {e}"),
-                    )
-                })?;
-        let batch_size = u32_of("batch_size", c.batch_size, "1..=8192")?;
         let train = JobSpec::single(
             &c.rsb.train_split,
             TransformSpec::Train(TrainTransform {
-                img_size: u32_of("img_size", c.img_size, &sizes)?,
+                img_size: to_u32("img_size", c.img_size, IMG_SIZE)?,
                 scale: c.scale,
                 ratio: c.ratio,
                 hflip: c.hflip,
-                aa,
-                train_interpolation,
-                aug_repeats: u32_of("aug_repeats", c.aug_repeats, "0..=16")?,
+                aa: parse_aa(&c.aa)?,
+                train_interpolation: c
+                    .train_interpolation
+                    .parse()
+                    .map_err(|e| unknown("train_interpolation", &c.train_interpolation, e))?,
+                aug_repeats: to_u32("aug_repeats", c.aug_repeats, AUG_REPEATS)?,
             }),
             c.seed,
             batch_size,
         );
-        train.validate().map_err(|e| job_key(e, "img_size"))?;
+        train.validate()?;
         let eval = JobSpec::single(
             &c.rsb.val_split,
             TransformSpec::Eval(EvalTransform {
-                img_size: u32_of("rsb.test_img_size", c.rsb.test_img_size, &sizes)?,
+                img_size: to_u32("rsb.test_img_size", c.rsb.test_img_size, IMG_SIZE)?,
                 crop_pct: c.crop_pct,
-                interpolation,
+                interpolation: c
+                    .interpolation
+                    .parse()
+                    .map_err(|e| unknown("interpolation", &c.interpolation, e))?,
             }),
             c.seed,
             batch_size,
         );
-        eval.validate()
-            .map_err(|e| job_key(e, "rsb.test_img_size"))?;
+        // The eval transform's `img_size` is the recipe's `rsb.test_img_size`.
+        eval.validate().map_err(|mut e| {
+            if e.key == "img_size" {
+                e.key = "rsb.test_img_size";
+            }
+            e
+        })?;
         Ok(DataJobs { train, eval })
     }
 }
 
-/// A job's error under the recipe's key: the eval transform's `img_size` is the recipe's
-/// `rsb.test_img_size`.
-fn job_key(e: loader::job::JobError, img_size_key: &'static str) -> SettingError {
-    match e {
-        loader::job::JobError::Setting(mut s) => {
-            if s.key == "img_size" {
-                s.key = img_size_key;
-            }
-            s
-        }
-        other => SettingError::new("batch_size", "?", other.to_string()),
+/// A recipe count as the loader's `u32`, within `range` (a value too large for `u32` is out of
+/// it too, and reported as given).
+fn to_u32(
+    key: &'static str,
+    value: usize,
+    range: RangeInclusive<u32>,
+) -> Result<u32, SettingError> {
+    match u32::try_from(value) {
+        Ok(v) => SettingError::within(key, v, range).map(|()| v),
+        Err(_) => Err(SettingError::new(
+            key,
+            value,
+            format!("is outside {:?}..={:?}", range.start(), range.end()),
+        )),
     }
 }
 

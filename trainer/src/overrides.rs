@@ -14,187 +14,148 @@ use serde::Serialize;
 pub struct RecipeOverrides {
     /// timm model name (resnet18, resnet34, resnet50, resnet101, resnet152).
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// Classes of the classifier.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub num_classes: Option<usize>,
     /// Training resolution.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub img_size: Option<usize>,
     /// Evaluation center-crop fraction.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub crop_pct: Option<f64>,
     /// Epochs (the cosine period).
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub epochs: Option<u64>,
     /// Images per rank and step (the global batch is this × --world-size).
     #[arg(short = 'b', long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
     /// Optimizer (lamb).
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub opt: Option<String>,
     /// Peak learning rate.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,
     /// LR schedule (cosine).
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub sched: Option<String>,
     /// Change the LR every step rather than every epoch [true when given without a value].
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub sched_on_updates: Option<bool>,
     /// Weight decay.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub weight_decay: Option<f64>,
     /// Linear warmup epochs.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub warmup_epochs: Option<u64>,
     /// LR at the start of the warmup.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub warmup_lr: Option<f64>,
     /// LR at the end of the cosine.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub min_lr: Option<f64>,
     /// Epochs at min_lr after the cosine.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub cooldown_epochs: Option<u64>,
     /// Binary cross-entropy loss [true when given without a value].
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub bce_loss: Option<bool>,
     /// BCE target threshold.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub bce_target_thresh: Option<f64>,
     /// Label smoothing.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub smoothing: Option<f64>,
     /// Dropout before the classifier.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub drop: Option<f64>,
     /// Stochastic depth rate.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub drop_path: Option<f64>,
     /// Repeated-augmentation copies per image (0: none).
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub aug_repeats: Option<usize>,
     /// Gradient clipping norm.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub clip_grad: Option<f64>,
     /// Horizontal flip probability.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub hflip: Option<f64>,
     /// RandomResizedCrop area range.
     #[arg(long, num_args = 2, value_names = ["MIN", "MAX"])]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub scale: Option<Vec<f64>>,
     /// RandomResizedCrop aspect-ratio range.
     #[arg(long, num_args = 2, value_names = ["MIN", "MAX"])]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio: Option<Vec<f64>>,
     /// RandAugment (timm's grammar, e.g. rand-m9-mstd0.5-inc1; `none` for off).
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub aa: Option<String>,
     /// Random erasing probability.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub reprob: Option<f64>,
     /// Mixup alpha (0: off).
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub mixup: Option<f64>,
     /// CutMix alpha (0: off).
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub cutmix: Option<f64>,
     /// Probability that a batch is mixed.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub mixup_prob: Option<f64>,
     /// Probability of CutMix rather than Mixup when both are on.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub mixup_switch_prob: Option<f64>,
     /// How mixing pairs images (batch).
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub mixup_mode: Option<String>,
     /// Keep an EMA of the weights [true when given without a value].
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub model_ema: Option<bool>,
     /// Mixed precision [true when given without a value].
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub amp: Option<bool>,
     /// Training resize filter (random, bilinear, bicubic).
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub train_interpolation: Option<String>,
     /// Evaluation resize filter (bilinear, bicubic).
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub interpolation: Option<String>,
     /// Seed of everything.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// rsb.world_size: ranks of the global batch.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none", rename = "rsb.world_size")]
+    #[serde(rename = "rsb.world_size")]
     pub world_size: Option<usize>,
     /// rsb.test_img_size: evaluation resolution.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none", rename = "rsb.test_img_size")]
+    #[serde(rename = "rsb.test_img_size")]
     pub test_img_size: Option<usize>,
     /// rsb.width: channel multiplier of the model.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none", rename = "rsb.width")]
+    #[serde(rename = "rsb.width")]
     pub width: Option<f64>,
     /// rsb.eval_interval: evaluate every this many epochs.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none", rename = "rsb.eval_interval")]
+    #[serde(rename = "rsb.eval_interval")]
     pub eval_interval: Option<u64>,
     /// rsb.checkpoint_interval: also checkpoint every this many steps (0: per epoch only).
     #[arg(long)]
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        rename = "rsb.checkpoint_interval"
-    )]
+    #[serde(rename = "rsb.checkpoint_interval")]
     pub checkpoint_interval: Option<u64>,
     /// rsb.train_split: the split to train on.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none", rename = "rsb.train_split")]
+    #[serde(rename = "rsb.train_split")]
     pub train_split: Option<String>,
     /// rsb.val_split: the split to evaluate on.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none", rename = "rsb.val_split")]
+    #[serde(rename = "rsb.val_split")]
     pub val_split: Option<String>,
 }
 
 impl RecipeOverrides {
-    /// The flags given, as (recipe key, value): `lr`, `rsb.world_size`, ...
+    /// The flags given, as (recipe key, value): `lr`, `rsb.world_size`, ... TOML has no null,
+    /// so the serializer leaves the flags not given out.
     pub fn entries(&self) -> Vec<(String, toml::Value)> {
         match toml::Value::try_from(self) {
             Ok(toml::Value::Table(t)) => t.into_iter().collect(),

@@ -56,7 +56,7 @@ fn bad_values_in_the_file_or_on_the_command_line_exit_2_naming_them() {
         (
             "crop_pct = 0.875",
             "crop_pct = 1e-3",
-            "crop_pct = 0.001 is outside 0.5..=1",
+            "crop_pct = 0.001 is outside 0.5..=1.0",
         ),
         (
             "img_size = 32",
@@ -101,7 +101,7 @@ fn bad_values_in_the_file_or_on_the_command_line_exit_2_naming_them() {
     let flag_cases: [(&[&str], &str); 5] = [
         (
             &["--crop-pct", "1e-3"],
-            "--crop-pct 0.001 is outside 0.5..=1",
+            "--crop-pct 0.001 is outside 0.5..=1.0",
         ),
         (
             &["--num-classes", "0"],

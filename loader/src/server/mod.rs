@@ -37,6 +37,7 @@ use crate::protocol::{
     encode,
 };
 use crate::ring::{Ring, RingLayout};
+use crate::transform::SettingError;
 
 mod producer;
 
@@ -71,15 +72,8 @@ pub enum ServeError {
         source: std::io::Error,
     },
     /// A setting is out of range.
-    #[error("{key} = {value} is outside {allowed}")]
-    Setting {
-        /// The config key.
-        key: &'static str,
-        /// The value given.
-        value: String,
-        /// The range it must lie in.
-        allowed: String,
-    },
+    #[error(transparent)]
+    Setting(#[from] SettingError),
     /// Anything else about the config.
     #[error("config: {0}")]
     Config(String),
@@ -146,37 +140,22 @@ impl ServeConfig {
     /// where it becomes a `Duration`; zero clients would serve nobody).
     ///
     /// # Errors
-    /// [`ServeError::Setting`] naming the first key out of range.
+    /// [`ServeError::Setting`] naming the first key out of range (values in Rust's debug
+    /// form: `1e300`, not its 301 digits).
     pub fn validate(&self) -> Result<(), ServeError> {
-        // Debug, not Display: `1e300` rather than its 301 digits.
-        fn check<T: PartialOrd + std::fmt::Debug>(
-            key: &'static str,
-            value: T,
-            range: std::ops::RangeInclusive<T>,
-        ) -> Result<(), ServeError> {
-            if range.contains(&value) {
-                Ok(())
-            } else {
-                Err(ServeError::Setting {
-                    key,
-                    value: format!("{value:?}"),
-                    allowed: format!("{:?}..={:?}", range.start(), range.end()),
-                })
-            }
-        }
-        check("workers", self.workers, 0..=1024)?;
-        check("max_slots", self.max_slots, 1..=1024)?;
-        check("slots", self.slots, 1..=self.max_slots)?;
-        check("max_ring_bytes", self.max_ring_bytes, 1 << 20..=1 << 40)?;
-        check("max_clients", self.max_clients, 1..=4096)?;
-        check("socket_mode", self.socket_mode, 0..=0o777)?;
+        SettingError::within("workers", self.workers, 0..=1024)?;
+        SettingError::within("max_slots", self.max_slots, 1..=1024)?;
+        SettingError::within("slots", self.slots, 1..=self.max_slots)?;
+        SettingError::within("max_ring_bytes", self.max_ring_bytes, 1 << 20..=1 << 40)?;
+        SettingError::within("max_clients", self.max_clients, 1..=4096)?;
+        SettingError::within("socket_mode", self.socket_mode, 0..=0o777)?;
         // NaN is outside every range.
-        check(
+        SettingError::within(
             "handshake_timeout_s",
             self.handshake_timeout_s,
             0.1..=3600.0,
         )?;
-        check("group_wait_s", self.group_wait_s, 0.0..=3600.0)?;
+        SettingError::within("group_wait_s", self.group_wait_s, 0.0..=3600.0)?;
         Ok(())
     }
 }
