@@ -247,28 +247,13 @@ fn produce_with_fallback(
 
 #[cfg(test)]
 mod tests {
-    use shard_tool::synth::{self, TreeSpec};
-    use shard_tool::{Dataset, PackOptions, pack};
+    use shard_tool::Dataset;
 
     use super::*;
     use crate::sampler::{Sampler, SamplerConfig};
 
     fn dataset() -> (tempfile::TempDir, Dataset) {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = TreeSpec {
-            classes: 4,
-            train_per_class: 70,
-            val_per_class: 0,
-            size: 48,
-            odd_files: false,
-        };
-        synth::write_tree(&dir.path().join("src"), &spec).unwrap();
-        let mut o = PackOptions::new(dir.path().join("out"));
-        o.threads = 2;
-        pack(&dir.path().join("src"), &o, &mut |_| {}).unwrap();
-        // SAFETY: the dataset is not modified while open.
-        let ds = unsafe { Dataset::open(&dir.path().join("out")) }.unwrap();
-        (dir, ds)
+        crate::testutil::opened(4, 70, 48)
     }
 
     /// One rank, 3 repeats, shuffled.

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 
+use crate::frame::FrameReader;
 use crate::job::{JobSpec, Position};
 use crate::protocol::{self, ProtocolError, Reply, Request, SplitInfo, Stats};
 use crate::ring::{RingError, RingLayout, RingView, SlotRef};
@@ -74,6 +75,8 @@ pub struct ClientOptions {
 /// One open stream.
 struct Connection {
     stream: UnixStream,
+    /// Replies read past the last one returned stay here.
+    frames: FrameReader<Reply>,
     ring: RingView,
     steps_per_epoch: u64,
     split: SplitInfo,
@@ -179,7 +182,7 @@ impl Client {
                     self.conn.insert(self.reconnect()?)
                 }
             };
-            match protocol::read_frame::<Reply>(&mut conn.stream) {
+            match conn.frames.read(&mut conn.stream) {
                 Ok(Reply::BatchReady {
                     slot,
                     position,
@@ -262,11 +265,12 @@ impl Client {
 /// Connects and exchanges preambles.
 fn handshake(socket: &Path) -> Result<UnixStream, ClientError> {
     let mut stream = UnixStream::connect(socket).map_err(ProtocolError::from)?;
-    stream
-        .write_all(&protocol::preamble())
-        .map_err(ProtocolError::from)?;
+    // The daemon sends its preamble first, even to a peer it then refuses and closes on: ours
+    // may fail to go out while its preamble and error frame are there to read.
+    let sent = stream.write_all(&protocol::preamble());
     let mut p = [0u8; 12];
-    std::io::Read::read_exact(&mut stream, &mut p).map_err(ProtocolError::from)?;
+    std::io::Read::read_exact(&mut stream, &mut p)
+        .map_err(|e| ProtocolError::from(sent.err().unwrap_or(e)))?;
     protocol::check_preamble(&p)?;
     Ok(stream)
 }
@@ -274,7 +278,8 @@ fn handshake(socket: &Path) -> Result<UnixStream, ClientError> {
 /// One connection attempt: handshake, hello, welcome with the ring's descriptor.
 fn open(o: &ClientOptions, start: Position) -> Result<Connection, ClientError> {
     let mut stream = handshake(&o.socket)?;
-    protocol::write_frame(
+    // As in `ask`: a refusal may already be waiting when the write fails.
+    let sent = protocol::write_frame(
         &mut stream,
         &Request::Hello {
             job_id: o.job_id.clone(),
@@ -283,8 +288,12 @@ fn open(o: &ClientOptions, start: Position) -> Result<Connection, ClientError> {
             epochs: o.epochs,
             slots: o.slots,
         },
-    )?;
-    let (reply, fd) = read_frame_with_fd(&mut stream)?;
+    );
+    let mut frames = FrameReader::default();
+    let (reply, fd) = match read_with_fd(&mut stream, &mut frames) {
+        Ok(read) => read,
+        Err(e) => return Err(sent.err().map_or(e, ClientError::from)),
+    };
     match (reply, fd) {
         (
             Reply::Welcome {
@@ -296,6 +305,7 @@ fn open(o: &ClientOptions, start: Position) -> Result<Connection, ClientError> {
         ) => Ok(Connection {
             ring: RingView::attach(fd, layout)?,
             stream,
+            frames,
             steps_per_epoch,
             split,
         }),
@@ -311,12 +321,17 @@ fn open(o: &ClientOptions, start: Position) -> Result<Connection, ClientError> {
     }
 }
 
-/// Reads one frame, taking the descriptor that may ride on its first bytes.
-fn read_frame_with_fd(stream: &mut UnixStream) -> Result<(Reply, Option<OwnedFd>), ClientError> {
-    let mut prefix = [0u8; 4];
+/// Reads one reply, taking the descriptor that rides on its first bytes: `recvmsg` brings in
+/// the first bytes (the kernel ends that read with the message that carried the descriptor),
+/// the frame codec the rest.
+fn read_with_fd(
+    stream: &mut UnixStream,
+    frames: &mut FrameReader<Reply>,
+) -> Result<(Reply, Option<OwnedFd>), ClientError> {
+    let mut first = [0u8; 4096];
     let mut cmsg = nix::cmsg_space!([RawFd; 2]);
     let (got, fds) = {
-        let mut iov = [IoSliceMut::new(&mut prefix)];
+        let mut iov = [IoSliceMut::new(&mut first)];
         let msg = recvmsg::<()>(
             stream.as_raw_fd(),
             &mut iov,
@@ -341,9 +356,8 @@ fn read_frame_with_fd(stream: &mut UnixStream) -> Result<(Reply, Option<OwnedFd>
     if got == 0 {
         return Err(ProtocolError::Io(std::io::ErrorKind::UnexpectedEof.into()).into());
     }
-    std::io::Read::read_exact(stream, &mut prefix[got..]).map_err(ProtocolError::from)?;
-    let len = protocol::frame_len(prefix)?;
-    let reply = protocol::read_body(stream, len)?;
+    frames.buffer().extend_from_slice(&first[..got]);
+    let reply = frames.read(stream)?;
     // Extra descriptors (there should be none) are closed on drop.
     Ok((reply, fds.into_iter().next()))
 }
@@ -351,8 +365,12 @@ fn read_frame_with_fd(stream: &mut UnixStream) -> Result<(Reply, Option<OwnedFd>
 /// One request on a connection of its own, and the daemon's one reply (`stats`, `describe`).
 fn ask(socket: &Path, request: &Request) -> Result<Reply, ClientError> {
     let mut stream = handshake(socket)?;
-    protocol::write_frame(&mut stream, request)?;
-    let reply = protocol::read_frame::<Reply>(&mut stream)?;
+    // A daemon that refuses us may have closed already, its error frame waiting in our
+    // receive buffer: a failed write is the error only if no reply can be read.
+    let sent = protocol::write_frame(&mut stream, request);
+    let reply = FrameReader::<Reply>::default()
+        .read(&mut stream)
+        .map_err(|e| sent.err().unwrap_or(e))?;
     let _ = protocol::write_frame(&mut stream, &Request::Bye);
     match reply {
         Reply::Error { message } => Err(ClientError::Refused {

@@ -14,6 +14,8 @@ The data core:
 - [`crop`]: RandomResizedCrop parameters exactly as timm draws them.
 - [`interpolation`]: the resize filters by timm's names.
 - [`decode`]: JPEG → RGB into reused buffers.
+- [`cpu`]: [`cpu::CpuExt`], the one type that decides which kernels (AVX2 or portable) the
+  resize, the geometry samplers and the blends run; `--cpu-ext none` caps it.
 - [`resample`]: Pillow's antialiased bilinear/bicubic resize, bit for bit (AVX2 kernels where the
   CPU has them, tested against the portable reference).
 - [`eval_transform`]: timm's eval resize + center crop.
@@ -22,11 +24,17 @@ The data core:
   against Pillow) and the per-image driver.
 - [`pipeline`]: the per-thread [`pipeline::Worker`] that draws each sample's stream and runs a
   transform, decoding a record once for all of its repeats.
+- [`bench`]: `loader bench`, the loader's rate against the decode-only rate of the same
+  records, measured in the same run.
 - [`batch`]: fills batches on several threads, bit-identical whatever the thread count.
+- [`stream`]: the one loop from a job to its batches (positions, sample orders, fills, ids,
+  reports), used by the daemon's producer, `loader bench` and the trainer's in-process feed.
 
 The daemon and its clients:
 - [`ring`]: the shared-memory ring of batch slots.
-- [`protocol`]: the socket's frames and messages.
+- [`protocol`]: the socket's messages.
+- [`frame`]: the one frame codec (length prefix, JSON, an explicit "incomplete") every reader
+  of the socket shares.
 - [`server`]: `loader serve` (one producer per job group, peer checks, systemd).
 - [`client`]: attach to a daemon and read batches in place, with exact resume.
 
@@ -53,11 +61,14 @@ assert!(crop.left + crop.width <= 500);
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod batch;
+pub mod bench;
 pub mod client;
+pub mod cpu;
 pub mod crop;
 pub mod decode;
 pub mod eval_transform;
 pub mod flip;
+pub mod frame;
 pub mod interpolation;
 pub mod job;
 pub mod pipeline;
@@ -68,6 +79,7 @@ pub mod ring;
 pub mod rng;
 pub mod sampler;
 pub mod server;
+pub mod stream;
 #[cfg(test)]
 mod testutil;
 pub mod transform;

@@ -55,6 +55,23 @@ impl std::ops::AddAssign for StageTimes {
     }
 }
 
+impl std::ops::Sub for StageTimes {
+    type Output = StageTimes;
+
+    /// The times between two snapshots (`later - earlier`).
+    fn sub(self, o: StageTimes) -> StageTimes {
+        StageTimes {
+            decode: self.decode.saturating_sub(o.decode),
+            resize: self.resize.saturating_sub(o.resize),
+            flip: self.flip.saturating_sub(o.flip),
+            rand_augment: self.rand_augment.saturating_sub(o.rand_augment),
+            write: self.write.saturating_sub(o.write),
+            decoded: self.decoded.saturating_sub(o.decoded),
+            samples: self.samples.saturating_sub(o.samples),
+        }
+    }
+}
+
 /// Everything one thread needs to turn records into output images.
 pub struct Worker {
     transform: TransformSpec,

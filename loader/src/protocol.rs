@@ -29,9 +29,8 @@ Anything malformed, oversized or out of order gets an `error` frame and the conn
 closed; the daemon never panics on input and keeps serving its other clients.
 */
 
-use std::io::{Read, Write};
+use std::io::Write;
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::job::{JobSpec, Position};
@@ -291,29 +290,7 @@ pub fn check_preamble(p: &[u8; 12]) -> Result<(), ProtocolError> {
     Ok(())
 }
 
-/// A message as a frame: length prefix and JSON.
-pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
-    // Serialising these plain structs to a Vec cannot fail.
-    let json = serde_json::to_vec(msg).unwrap_or_default();
-    let mut frame = Vec::with_capacity(4 + json.len());
-    frame.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&json);
-    frame
-}
-
-/// Checks a frame's length prefix.
-pub fn frame_len(prefix: [u8; 4]) -> Result<usize, ProtocolError> {
-    let len = u32::from_le_bytes(prefix) as usize;
-    if len > MAX_FRAME {
-        return Err(ProtocolError::Oversized(len));
-    }
-    Ok(len)
-}
-
-/// Parses a frame's body.
-pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
-    serde_json::from_slice(body).map_err(|e| ProtocolError::Malformed(e.to_string()))
-}
+pub use crate::frame::encode;
 
 /// Writes one frame (blocking).
 pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), ProtocolError> {
@@ -321,23 +298,14 @@ pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), Prot
     Ok(())
 }
 
-/// Reads one frame (blocking).
-pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> Result<T, ProtocolError> {
-    let mut prefix = [0u8; 4];
-    r.read_exact(&mut prefix)?;
-    read_body(r, frame_len(prefix)?)
-}
-
-/// Reads the body of a frame whose `len` is known (blocking).
-pub fn read_body<T: DeserializeOwned>(r: &mut impl Read, len: usize) -> Result<T, ProtocolError> {
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
-    decode(&body)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::FrameReader;
+
+    fn read_frame<T: serde::de::DeserializeOwned>(mut bytes: &[u8]) -> Result<T, ProtocolError> {
+        FrameReader::default().read(&mut bytes)
+    }
 
     #[test]
     fn messages_round_trip_through_frames() {
@@ -363,7 +331,7 @@ mod tests {
         ];
         for m in msgs {
             let frame = encode(&m);
-            let back: Request = read_frame(&mut &frame[..]).unwrap();
+            let back: Request = read_frame(&frame[..]).unwrap();
             assert_eq!(back, m);
         }
         let r = Reply::BatchReady {
@@ -372,7 +340,7 @@ mod tests {
             count: 64,
             replaced: vec![(3, 4)],
         };
-        assert_eq!(read_frame::<Reply>(&mut &encode(&r)[..]).unwrap(), r);
+        assert_eq!(read_frame::<Reply>(&encode(&r)[..]).unwrap(), r);
     }
 
     #[test]
@@ -380,7 +348,7 @@ mod tests {
         let mut big = (MAX_FRAME as u32 + 1).to_le_bytes().to_vec();
         big.extend_from_slice(&[b'x'; 16]);
         assert!(matches!(
-            read_frame::<Request>(&mut &big[..]),
+            read_frame::<Request>(&big[..]),
             Err(ProtocolError::Oversized(_))
         ));
         for body in [
@@ -395,7 +363,7 @@ mod tests {
             frame.extend_from_slice(body);
             assert!(
                 matches!(
-                    read_frame::<Request>(&mut &frame[..]),
+                    read_frame::<Request>(&frame[..]),
                     Err(ProtocolError::Malformed(_))
                 ),
                 "{body:?}"
@@ -403,7 +371,7 @@ mod tests {
         }
         // A short frame is an I/O error (end of stream).
         assert!(matches!(
-            read_frame::<Request>(&mut &[5u8, 0, 0, 0, b'{'][..]),
+            read_frame::<Request>(&[5u8, 0, 0, 0, b'{'][..]),
             Err(ProtocolError::Io(_))
         ));
         let mut p = preamble();

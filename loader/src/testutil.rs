@@ -1,4 +1,4 @@
-//! Helpers shared by the unit tests: the committed Pillow goldens.
+//! Helpers shared by the unit tests: packed synthetic datasets, the committed Pillow goldens.
 
 use std::path::{Path, PathBuf};
 
@@ -6,6 +6,30 @@ use zune_core::bytestream::ZCursor;
 use zune_png::PngDecoder;
 
 use crate::decode::RgbImage;
+
+/// `classes` × `per_class` synthetic train JPEGs of `size` px, packed into `dir/shards`.
+pub fn packed(dir: &Path, classes: u32, per_class: u32, size: u32) -> PathBuf {
+    let spec = shard_tool::synth::TreeSpec {
+        classes,
+        train_per_class: per_class,
+        val_per_class: 0,
+        size,
+        odd_files: false,
+    };
+    shard_tool::synth::write_tree(&dir.join("src"), &spec).unwrap();
+    let out = dir.join("shards");
+    shard_tool::pack(&dir.join("src"), &shard_tool::PackOptions::new(&out), &mut |_| {}).unwrap();
+    out
+}
+
+/// [`packed`], opened (the directory lives as long as the returned guard).
+pub fn opened(classes: u32, per_class: u32, size: u32) -> (tempfile::TempDir, shard_tool::Dataset) {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = packed(dir.path(), classes, per_class, size);
+    // SAFETY: the dataset is not modified while open.
+    let ds = unsafe { shard_tool::Dataset::open(&shards) }.unwrap();
+    (dir, ds)
+}
 
 /// `loader/tests/golden`, where `make_golden.py` writes.
 pub fn golden_dir() -> PathBuf {

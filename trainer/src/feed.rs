@@ -1,6 +1,6 @@
-//! Batches from the loader core, in process: a producer thread opens the shards, samples with
-//! the recipe's sampler (repeated augmentation for A1/A2), augments with `threads` workers and
-//! hands uint8 NHWC batches over a bounded channel, two ahead of the trainer. Buffers come back
+//! Batches from the loader core, in process: a producer thread runs the loader's
+//! [`BatchStream`] (the recipe's sampler, repeated augmentation for A1/A2, `threads` workers)
+//! and hands uint8 NHWC batches over a bounded channel, two ahead of the trainer. Buffers come back
 //! through a second channel, so the steady state allocates nothing.
 //!
 //! `trainer bench --shards` uses it to time the step against the loader core alone; `trainer
@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
-use loader::batch::BatchMaker;
-use loader::job::{JobError, JobSpec};
+use loader::job::{JobError, JobSpec, Position};
+use loader::stream::{BatchStream, Target};
 use loader::transform::TransformSpec;
 use shard_tool::Dataset;
 
@@ -96,41 +96,38 @@ impl Feed {
         let image_bytes = transform.image_bytes();
         let path = shards.to_path_buf();
         let producer = std::thread::spawn(move || {
-            let mut maker = BatchMaker::new(transform, seed, threads);
             let Ok(split) = dataset.split("train") else {
                 return;
             };
-            let steps_per_epoch = plan.steps_per_epoch();
-            let (mut epoch, mut order) = (0u32, plan.sampler().epoch(0));
+            // The loader's one batch loop; this thread only moves buffers.
+            let mut stream = BatchStream::single(plan, threads);
+            let mut at = Position::default();
             for step in 0..steps {
-                let e = (step / steps_per_epoch) as u32;
-                if e != epoch {
-                    epoch = e;
-                    order = plan.sampler().epoch(epoch);
-                }
                 let mut out = returned.try_recv().unwrap_or_else(|_| FedBatch {
                     pixels: vec![0; batch * image_bytes],
                     labels: vec![0; batch],
                     step,
                 });
                 out.step = step;
-                let report = maker.fill(
-                    split,
-                    epoch,
-                    plan.batch(&order, step % steps_per_epoch),
-                    &mut out.pixels,
-                    &mut out.labels,
-                );
-                if !report.replaced.is_empty() {
+                let target = Target {
+                    rank: 0,
+                    at,
+                    images: &mut out.pixels,
+                    labels: &mut out.labels,
+                    ids: None,
+                };
+                let filled = stream.fill(split, vec![target]);
+                let replaced: Vec<(u32, u32)> = filled.replaced().collect();
+                if !replaced.is_empty() {
                     eprintln!(
-                        "warning: {}: records replaced after decode errors: {:?}",
-                        path.display(),
-                        report.replaced
+                        "warning: {}: records replaced after decode errors: {replaced:?}",
+                        path.display()
                     );
                 }
                 if tx.send(Ok(out)).is_err() {
                     return;
                 }
+                at = stream.next(at);
             }
         });
         Ok(Feed {

@@ -7,6 +7,8 @@ caller.
 The geometric ops are in [`super::geometry`]; the golden test here covers all fifteen.
 */
 
+#[cfg(target_arch = "x86_64")]
+use crate::cpu::CpuExt;
 use crate::decode::RgbImage;
 
 /// Per-channel 256-bin histograms.
@@ -168,8 +170,8 @@ fn blend_with(img: &mut RgbImage, factor: f64, degenerate: &[u8]) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked on the line above).
+    if CpuExt::current().has_avx2() {
+        // SAFETY: a `CpuExt` with AVX2 is only made on a CPU that has it.
         unsafe { blend_values_avx2(&mut img.pixels, degenerate, alpha) };
         return;
     }
@@ -227,8 +229,8 @@ pub fn sharpness(img: &mut RgbImage, factor: f64, scratch: &mut Vec<u8>) {
 /// +0.5, clamped and truncated). The one-pixel border is copied unchanged.
 fn smooth(img: &RgbImage, out: &mut Vec<u8>) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked on the line above).
+    if CpuExt::current().has_avx2() {
+        // SAFETY: a `CpuExt` with AVX2 is only made on a CPU that has it.
         unsafe { smooth_avx2(img, out) };
         return;
     }

@@ -14,6 +14,7 @@ The crop is not copied: the horizontal pass reads the crop box straight out of t
 image, which gives the same result as Pillow's `crop()` followed by `resize()`.
 */
 
+use crate::cpu::CpuExt;
 use crate::crop::CropBox;
 use crate::interpolation::Interpolation;
 
@@ -201,31 +202,11 @@ fn vertical_pass(
     }
 }
 
-/// The pass implementations this CPU runs: all give the same bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kernels {
-    /// Portable Rust, the reference.
-    Scalar,
-    /// AVX2 (x86-64 CPUs since 2013), detected at run time.
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-}
-
-impl Kernels {
-    /// The fastest kernels this CPU supports.
-    fn detect() -> Kernels {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            return Kernels::Avx2;
-        }
-        Kernels::Scalar
-    }
-}
-
 /// A reusable resampler: weights and the intermediate image are kept between calls.
 #[derive(Debug, Clone)]
 pub struct Resampler {
-    kernels: Kernels,
+    /// The kernels' extensions (all give the same bytes).
+    kernels: CpuExt,
     horizontal: Coefficients,
     #[cfg(target_arch = "x86_64")]
     packed: avx2::PackedWeights,
@@ -236,7 +217,7 @@ pub struct Resampler {
 
 impl Default for Resampler {
     fn default() -> Resampler {
-        Resampler::with_kernels(Kernels::detect())
+        Resampler::with_kernels(CpuExt::current())
     }
 }
 
@@ -249,10 +230,10 @@ impl Resampler {
     /// A resampler that runs the portable reference kernels whatever the CPU: the baseline
     /// the SIMD kernels are tested and timed against.
     pub fn portable() -> Resampler {
-        Resampler::with_kernels(Kernels::Scalar)
+        Resampler::with_kernels(CpuExt::NONE)
     }
 
-    fn with_kernels(kernels: Kernels) -> Resampler {
+    fn with_kernels(kernels: CpuExt) -> Resampler {
         Resampler {
             kernels,
             horizontal: Coefficients::default(),
@@ -266,24 +247,24 @@ impl Resampler {
 
     /// The horizontal pass with this resampler's kernels and current weights.
     fn horizontal_pass(&self, src: View<'_>, rows: std::ops::Range<usize>, dst: &mut [u8]) {
-        match self.kernels {
-            Kernels::Scalar => horizontal_pass(src, rows, &self.horizontal, dst),
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Kernels::Avx2` is only chosen when the CPU has AVX2.
-            Kernels::Avx2 => unsafe {
-                avx2::horizontal_pass(src, rows, &self.horizontal, &self.packed, dst)
-            },
+        #[cfg(target_arch = "x86_64")]
+        if self.kernels.has_avx2() {
+            // SAFETY: a `CpuExt` with AVX2 is only made on a CPU that has it.
+            unsafe { avx2::horizontal_pass(src, rows, &self.horizontal, &self.packed, dst) };
+            return;
         }
+        horizontal_pass(src, rows, &self.horizontal, dst);
     }
 
     /// The vertical pass with this resampler's kernels and current weights.
     fn vertical_pass(&mut self, src: View<'_>, shift: usize, dst: &mut [u8]) {
-        match self.kernels {
-            Kernels::Scalar => vertical_pass(src, shift, &self.vertical, dst, &mut self.acc),
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Kernels::Avx2` is only chosen when the CPU has AVX2.
-            Kernels::Avx2 => unsafe { avx2::vertical_pass(src, shift, &self.vertical, dst) },
+        #[cfg(target_arch = "x86_64")]
+        if self.kernels.has_avx2() {
+            // SAFETY: a `CpuExt` with AVX2 is only made on a CPU that has it.
+            unsafe { avx2::vertical_pass(src, shift, &self.vertical, dst) };
+            return;
         }
+        vertical_pass(src, shift, &self.vertical, dst, &mut self.acc);
     }
 
     /// Resizes `crop` of the RGB image `src` (`src_width` pixels per row) to
@@ -348,8 +329,8 @@ impl Resampler {
                 self.horizontal.mirror();
             }
             #[cfg(target_arch = "x86_64")]
-            if self.kernels == Kernels::Avx2 {
-                // SAFETY: `Kernels::Avx2` is only chosen when the CPU has AVX2.
+            if self.kernels.has_avx2() {
+                // SAFETY: a `CpuExt` with AVX2 is only made on a CPU that has it.
                 unsafe { self.packed.pack(&self.horizontal) };
             }
         }
@@ -539,10 +520,7 @@ mod tests {
         // run the vertical pass first), busy pixels with hard edges so bicubic overshoots.
         let mut scalar = Resampler::portable();
         let mut fast = Resampler::new();
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            assert_eq!(fast.kernels, Kernels::Avx2);
-        }
+        assert_eq!(fast.kernels, crate::cpu::CpuExt::detect());
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let mut cases = 0;
         for _ in 0..150 {

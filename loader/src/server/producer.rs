@@ -15,16 +15,15 @@ batch, and form a new group (or go on alone).
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::Shared;
-use crate::batch::{BatchMaker, BatchOut, STEPS_PER_FILL};
+use crate::batch::STEPS_PER_FILL;
 use crate::job::{JobPlan, Position};
 use crate::ring::{Ring, SlotMeta};
-use crate::sampler::Sample;
+use crate::stream::{BatchStream, Target};
 
 /// What the producer tells a connection.
 pub(super) enum Event {
@@ -156,7 +155,7 @@ fn start(shared: &Arc<Shared>, epochs: Option<u32>, mut members: Vec<Member>) {
         shared.workers * n
     );
     for m in &members {
-        shared.update_client(m.id, |c| c.group = n);
+        shared.counters.update_client(m.id, |c| c.group = n);
     }
     let ids: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
     let producer = Producer {
@@ -173,7 +172,7 @@ fn start(shared: &Arc<Shared>, epochs: Option<u32>, mut members: Vec<Member>) {
     }
 }
 
-/// Fills the rings of a group's clients, on its own thread (plus the batch maker's workers).
+/// Fills the rings of a group's clients, on its own thread (plus the stream's workers).
 struct Producer {
     shared: Arc<Shared>,
     members: Vec<Member>,
@@ -182,24 +181,25 @@ struct Producer {
 
 impl Producer {
     fn run(mut self) {
-        let Some(first) = self.members.first() else {
+        let plans: Vec<JobPlan> = self.members.iter().map(|m| m.plan.clone()).collect();
+        let Some(first) = plans.first() else {
             return;
         };
-        let spec = first.plan.spec().clone();
-        let (plan, transform) = (first.plan.clone(), first.plan.transform());
-        let Ok(split) = self.shared.dataset.split(&spec.split) else {
+        let Ok(split) = self.shared.dataset.split(&first.spec().split) else {
             return;
         };
         let threads = self.shared.workers as usize * self.members.len();
-        let mut maker = BatchMaker::new(transform, spec.seed, threads);
+        let mut stream = match BatchStream::new(plans, threads) {
+            Ok(stream) => stream,
+            Err(e) => {
+                // Cannot happen for one group key; the members' connections close.
+                tracing::error!("producer: {e}");
+                return;
+            }
+        };
         let Some(mut at) = self.members.iter().map(|m| m.start).min() else {
             return;
         };
-        let mut epoch_samples: Vec<(u32, Vec<Sample>)> = self
-            .members
-            .iter()
-            .map(|_| (u32::MAX, Vec::new()))
-            .collect();
         let mut sequence = vec![0u64; self.members.len()];
         // Slots taken for a later step that not every client could match yet.
         let mut spare: Vec<Vec<u32>> = vec![Vec::new(); self.members.len()];
@@ -214,32 +214,20 @@ impl Producer {
             // backpressure stops the workers here. Later steps of the same epoch join the fill
             // while their slots are free already. A client that has gone ends the group.
             let mut steps: Vec<(Position, Vec<Option<u32>>)> = Vec::new();
-            match self.take_slots(at, &mut spare, true) {
-                Ok(Some(slots)) => steps.push((at, slots)),
-                Ok(None) => continue,
-                Err(id) => return self.left(id),
-            }
-            while steps.len() < STEPS_PER_FILL {
-                let next = plan.next(steps[steps.len() - 1].0);
-                if next.epoch != at.epoch {
-                    break;
-                }
-                match self.take_slots(next, &mut spare, false) {
-                    Ok(Some(slots)) => steps.push((next, slots)),
+            for (k, position) in stream.run(at, STEPS_PER_FILL).into_iter().enumerate() {
+                match self.take_slots(position, &mut spare, k == 0) {
+                    Ok(Some(slots)) => steps.push((position, slots)),
                     Ok(None) => break,
                     Err(id) => return self.left(id),
                 }
             }
-            for (i, (m, cached)) in self.members.iter().zip(&mut epoch_samples).enumerate() {
-                let wanted = steps.iter().any(|(_, slots)| slots[i].is_some());
-                if wanted && cached.0 != at.epoch {
-                    *cached = (at.epoch, m.plan.sampler().epoch(at.epoch));
-                }
+            if steps.is_empty() {
+                continue;
             }
-            let before = maker.times();
-            let mut outs = Vec::new();
-            // (step, member, slot, the slot's ids, samples) per batch, in the order of `outs`.
+            // (step, member, slot) per target, and each slot's meta, in the targets' order.
             let mut written = Vec::new();
+            let mut metas = Vec::new();
+            let mut targets = Vec::new();
             for (i, m) in self.members.iter_mut().enumerate() {
                 let mine: Vec<(usize, u32)> = steps
                     .iter()
@@ -248,75 +236,51 @@ impl Producer {
                     .collect();
                 let numbers: Vec<u32> = mine.iter().map(|&(_, slot)| slot).collect();
                 for ((k, slot), s) in mine.into_iter().zip(m.ring.slots_mut(&numbers)) {
-                    let position = steps[k].0;
-                    let samples = m.plan.batch(&epoch_samples[i].1, position.step);
-                    for (id, sample) in s.ids.iter_mut().zip(samples) {
-                        *id = sample.index;
-                    }
-                    *s.meta = SlotMeta::new(
-                        position.epoch,
-                        position.step,
-                        samples.len() as u32,
-                        sequence[i],
-                    );
-                    sequence[i] += 1;
-                    outs.push(BatchOut {
-                        samples,
+                    written.push((k, i, slot));
+                    metas.push(s.meta);
+                    targets.push(Target {
+                        rank: i,
+                        at: steps[k].0,
                         images: s.images,
                         labels: s.labels,
+                        ids: Some(s.ids),
                     });
-                    written.push((k, i, slot, s.ids, samples.len()));
                 }
             }
-            let reports = maker.fill_many(split, at.epoch, outs);
-            let t = maker.times();
-            let shared = &self.shared;
-            let stages = [
-                t.decode - before.decode,
-                t.resize - before.resize,
-                t.flip - before.flip,
-                t.rand_augment - before.rand_augment,
-                t.write - before.write,
-            ];
-            for (acc, d) in shared.stage_ns.iter().zip(stages) {
-                acc.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
-            }
+            let filled = stream.fill(split, targets);
+            let counters = &self.shared.counters;
             // Counted as written, with the decodes, whatever happens to the announcements.
-            let written_samples: usize = written.iter().map(|w| w.4).sum();
-            shared
-                .samples
-                .fetch_add(written_samples as u64, Ordering::Relaxed);
-            shared
-                .decoded
-                .fetch_add(t.decoded - before.decoded, Ordering::Relaxed);
+            counters.add_fill(&filled.times);
             let mut done = Vec::with_capacity(written.len());
-            for ((k, i, slot, ids, count), report) in written.into_iter().zip(reports) {
-                for (from, to) in &report.replaced {
-                    ids.iter_mut()
-                        .filter(|id| **id == *from)
-                        .for_each(|id| *id = *to);
-                }
-                done.push((k, i, slot, count, report.replaced));
+            for (((k, i, slot), meta), batch) in written.into_iter().zip(metas).zip(filled.batches)
+            {
+                let position = steps[k].0;
+                *meta = SlotMeta::new(
+                    position.epoch,
+                    position.step,
+                    batch.count as u32,
+                    sequence[i],
+                );
+                sequence[i] += 1;
+                done.push((k, i, slot, batch));
             }
             // Announced step by step, each step's ranks in order, as one step at a time would.
             done.sort_by_key(|d| (d.0, d.1));
             let mut gone = None;
-            for (k, i, slot, count, replaced) in done {
-                shared
-                    .decode_errors
-                    .fetch_add(replaced.len() as u64, Ordering::Relaxed);
+            for (k, i, slot, batch) in done {
+                counters.add_decode_errors(batch.replaced.len() as u64);
                 let position = steps[k].0;
-                let next = plan.next(position);
+                let next = stream.next(position);
                 let m = &self.members[i];
-                shared.update_client(m.id, |c| {
+                counters.update_client(m.id, |c| {
                     c.next = next;
-                    c.samples += count as u64;
+                    c.samples += batch.count as u64;
                 });
                 let ready = Event::Ready {
                     slot,
                     position,
-                    count: count as u32,
-                    replaced,
+                    count: batch.count as u32,
+                    replaced: batch.replaced,
                 };
                 let sent = m.events.blocking_send(ready).is_ok()
                     && (next.epoch == position.epoch
@@ -331,7 +295,7 @@ impl Producer {
             if let Some(id) = gone {
                 return self.left(id);
             }
-            at = plan.next(steps[steps.len() - 1].0);
+            at = stream.next(steps[steps.len() - 1].0);
         }
     }
 
@@ -389,8 +353,6 @@ impl Producer {
 mod tests {
     use std::path::Path;
 
-    use shard_tool::synth::{self, TreeSpec};
-    use shard_tool::{PackOptions, pack};
 
     use crate::client::{self, Client, ClientOptions};
     use crate::job::{JobSpec, Position};
@@ -398,18 +360,8 @@ mod tests {
     use crate::transform::TransformSpec;
 
     fn shards(dir: &Path) -> std::path::PathBuf {
-        let spec = TreeSpec {
-            // timm's repeated-augmentation sampler needs 256 records.
-            classes: 3,
-            train_per_class: 90,
-            val_per_class: 0,
-            size: 32,
-            odd_files: false,
-        };
-        synth::write_tree(&dir.join("src"), &spec).unwrap();
-        let out = dir.join("shards");
-        pack(&dir.join("src"), &PackOptions::new(&out), &mut |_| {}).unwrap();
-        out
+        // timm's repeated-augmentation sampler needs 256 records.
+        crate::testutil::packed(dir, 3, 90, 32)
     }
 
     fn daemon(shards: &Path, group_wait_s: f64) -> LocalServer {

@@ -13,6 +13,7 @@ The samplers here are the portable reference; on x86-64 CPUs with AVX2, `avx2` r
 floating-point operations several lanes at a time, and tests hold both to the same bytes.
 */
 
+use crate::cpu::CpuExt;
 use crate::decode::RgbImage;
 use crate::interpolation::Interpolation;
 
@@ -170,22 +171,18 @@ pub fn affine(
     fill: [u8; 3],
     scratch: &mut RgbImage,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    let simd = std::arch::is_x86_feature_detected!("avx2");
-    #[cfg(not(target_arch = "x86_64"))]
-    let simd = false;
-    affine_with(img, m, filter, fill, scratch, simd);
+    affine_with(img, m, filter, fill, scratch, CpuExt::current());
 }
 
-/// [`affine`], with the AVX2 samplers where `simd` (which the CPU must then have) or the
-/// portable ones, the reference.
+/// [`affine`], with the AVX2 samplers where `ext` has AVX2 (a `CpuExt` that says so is made
+/// only on a CPU that has it) or the portable ones, the reference.
 fn affine_with(
     img: &mut RgbImage,
     m: [f64; 6],
     filter: Interpolation,
     fill: [u8; 3],
     scratch: &mut RgbImage,
-    simd: bool,
+    ext: CpuExt,
 ) {
     // The source moves to `scratch` (no copy); every output pixel is written below, so what
     // `img`'s buffer held before is never read.
@@ -194,7 +191,7 @@ fn affine_with(
     std::mem::swap(&mut scratch.pixels, &mut img.pixels);
     img.pixels.resize(scratch.pixels.len(), 0);
     #[cfg(target_arch = "x86_64")]
-    if simd {
+    if ext.has_avx2() {
         if let [1.0, 0.0, 0.0, factor, 1.0, 0.0] = m {
             // ShearY is ShearX of the transposed image, transposed back, bit for bit: with
             // `xin = u` exactly its horizontal fraction is zero, so each output is one 1-D
@@ -207,17 +204,16 @@ fn affine_with(
             img.width = scratch.width;
             img.height = scratch.height;
             let sheared_x = [1.0, factor, 0.0, 0.0, 1.0, 0.0];
-            // SAFETY: callers pass `simd` only when the CPU has AVX2.
+            // SAFETY: `ext` says the CPU has AVX2, and only detection makes such a value.
             unsafe { avx2::affine_rows(img, scratch, sheared_x, filter, fill) };
             transpose(img, scratch);
             std::mem::swap(img, scratch);
             return;
         }
-        // SAFETY: callers pass `simd` only when the CPU has AVX2.
+        // SAFETY: `ext` says the CPU has AVX2, and only detection makes such a value.
         unsafe { avx2::affine_rows(img, scratch, m, filter, fill) };
         return;
     }
-    debug_assert!(!simd);
     let w = img.width as usize;
     for (y, row) in img.pixels.chunks_exact_mut(w * 3).enumerate() {
         let v = y as f64 + 0.5;
@@ -446,8 +442,8 @@ mod tests {
             };
             for f in [Interpolation::Bilinear, Interpolation::Bicubic] {
                 let (mut simd, mut portable) = (src.clone(), src.clone());
-                affine_with(&mut simd, m, f, FILL, &mut scratch, true);
-                affine_with(&mut portable, m, f, FILL, &mut scratch, false);
+                affine_with(&mut simd, m, f, FILL, &mut scratch, CpuExt::detect());
+                affine_with(&mut portable, m, f, FILL, &mut scratch, CpuExt::NONE);
                 assert!(simd == portable, "{w}x{h} {m:?} {f:?}");
             }
         }

@@ -1,0 +1,591 @@
+/*!
+`loader bench`: the loader's rate on packed shards against baselines measured in the same run.
+
+The batches are made by the same [`BatchStream`] the daemon's producer runs, a few steps of one
+epoch per fill as the producer fills them when its client keeps up, so the in-process rate and
+the daemon's compare the same work. The baseline is the decode-only rate of the same records on
+the same threads, timed before and after (its mean, so that drift of the machine's speed weighs
+on both sides alike). Optional parts: the same batches through a `loader serve` child process
+and its ring (`--ring`), and the ranks of one job made alone and together (`--ranks`).
+*/
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use shard_tool::{Dataset, Split};
+
+use crate::batch::STEPS_PER_FILL;
+use crate::client::{Client, ClientError, ClientOptions};
+use crate::cpu::CpuExt;
+use crate::decode::{Decoder, RgbImage};
+use crate::job::{JobError, JobPlan, JobSpec, Position};
+use crate::pipeline::StageTimes;
+use crate::stream::{BatchStream, StreamError, Target};
+use crate::transform::SettingError;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Dataset directory made by `shard-tool pack`.
+    pub shards: PathBuf,
+    /// The one-rank job every measurement reads (`ranks` splits it).
+    pub job: JobSpec,
+    /// Worker threads.
+    pub threads: usize,
+    /// Samples to produce, rounded down to whole batches (at least one), across epochs.
+    pub samples: usize,
+    /// First step of epoch 0, as after a restart there.
+    pub start_step: u64,
+    /// Print the SHA-256 of every batch.
+    pub digests: bool,
+    /// Also read the batches through a daemon: this `loader` binary, started as `serve`.
+    pub ring: Option<PathBuf>,
+    /// Also measure this many ranks of one job, alone and together.
+    pub ranks: Option<u32>,
+}
+
+/// Errors of a bench run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The dataset did not open or lacks the split.
+    #[error("{path}: {source}")]
+    Dataset {
+        /// Its directory.
+        path: PathBuf,
+        /// Why.
+        source: shard_tool::Error,
+    },
+    /// The job does not fit the split.
+    #[error("{path} split {split}: {source}")]
+    Plan {
+        /// The dataset directory.
+        path: PathBuf,
+        /// The split.
+        split: String,
+        /// Why.
+        source: JobError,
+    },
+    /// The rank count is out of range for the job.
+    #[error("--ranks {ranks}: {source}")]
+    Ranks {
+        /// The rank count asked.
+        ranks: u32,
+        /// Why.
+        source: SettingError,
+    },
+    /// The first step is past the first epoch.
+    #[error("--start-step {start} is past epoch 0's {steps} steps")]
+    StartStep {
+        /// The step asked.
+        start: u64,
+        /// Steps per epoch.
+        steps: u64,
+    },
+    /// `--ranks` would run past the epoch.
+    #[error(
+        "--ranks {ranks}: {steps} steps per rank go past the epoch's {available}; use fewer --samples"
+    )]
+    RanksPastEpoch {
+        /// The rank count.
+        ranks: u32,
+        /// Steps the measurement needs.
+        steps: usize,
+        /// Steps in an epoch.
+        available: u64,
+    },
+    /// The ranks' batches made together differ from those made alone.
+    #[error("--ranks {0}: the ranks' batches differ between alone and together")]
+    RanksDiffer(u32),
+    /// The plans could not share a stream.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// The daemon could not be started.
+    #[error("starting `{exe} serve` for the ring measurement: {source}")]
+    Daemon {
+        /// The binary.
+        exe: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Reading through the daemon failed.
+    #[error("reading through the daemon: {0}")]
+    Client(#[from] ClientError),
+    /// The daemon stopped before the last batch.
+    #[error("the daemon finished before the last batch")]
+    FinishedEarly,
+    /// Writing the report failed.
+    #[error("writing the report: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl BenchError {
+    /// Whether the error is in the options rather than the machine or the data (exit status 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            BenchError::Ranks { .. }
+                | BenchError::StartStep { .. }
+                | BenchError::RanksPastEpoch { .. }
+        )
+    }
+}
+
+/// Runs the measurements of `options` once, writing the report to `out`; returns ring /
+/// in-process when the ring was measured.
+///
+/// # Errors
+/// [`BenchError`].
+pub fn run(options: &BenchOptions, out: &mut impl Write) -> Result<Option<f64>, BenchError> {
+    let (dataset, plan) = open_job(&options.shards, &options.job)?;
+    let split = split_of(&dataset, options)?;
+    let spe = plan.steps_per_epoch();
+    if options.start_step >= spe {
+        return Err(BenchError::StartStep {
+            start: options.start_step,
+            steps: spe,
+        });
+    }
+    let batch_size = options.job.batch_size as usize;
+    let threads = options.threads.max(1);
+    let mut stream = BatchStream::single(plan, threads);
+    let transform = stream.transform();
+    let image_bytes = transform.image_bytes();
+    // The batches from --start-step of epoch 0 on, across epochs as a trainer reads them.
+    let batches = (options.samples / batch_size).max(1);
+    let mut positions = vec![Position {
+        epoch: 0,
+        step: options.start_step,
+    }];
+    while positions.len() < batches {
+        positions.push(stream.next(positions[positions.len() - 1]));
+    }
+    // Room for one fill of STEPS_PER_FILL steps; its pages faulted in now, as a daemon's ring
+    // is after its first pass, so that the timed run does not pay them.
+    let mut images = vec![1u8; STEPS_PER_FILL * batch_size * image_bytes];
+    let mut labels = vec![0u32; STEPS_PER_FILL * batch_size];
+    // The records the run reads; the decode-only baseline reads the same ones.
+    let used: Vec<u64> = positions
+        .iter()
+        .flat_map(|&p| stream.samples(0, p).to_vec())
+        .map(|s| u64::from(s.index))
+        .collect::<BTreeSet<u64>>()
+        .into_iter()
+        .collect();
+    // Both timed runs start with every record's pages mapped and cached, as in a trainer's
+    // steady state (the first epoch maps them). Then one warm-up batch (buffers), not timed.
+    let mut touched = 0u8;
+    for &index in &used {
+        if let Ok(r) = split.get(index) {
+            touched ^= r.data.iter().step_by(4096).fold(0, |a, &b| a ^ b);
+        }
+    }
+    std::hint::black_box(touched);
+    stream.fill(
+        split,
+        vec![Target {
+            rank: 0,
+            at: positions[0],
+            images: &mut images,
+            labels: &mut labels,
+            ids: None,
+        }],
+    );
+    let decode_before = decode_only_rate(split, &used, threads);
+    let mut digests = Vec::new();
+    let mut times = StageTimes::default();
+    let (t0, c0) = (Instant::now(), cpu_time());
+    let mut at = positions[0];
+    let mut left = positions.len();
+    while left > 0 {
+        let run = stream.run(at, STEPS_PER_FILL.min(left));
+        let targets = images
+            .chunks_mut(batch_size * image_bytes)
+            .zip(labels.chunks_mut(batch_size))
+            .zip(&run)
+            .map(|((images, labels), &at)| Target {
+                rank: 0,
+                at,
+                images,
+                labels,
+                ids: None,
+            })
+            .collect();
+        let filled = stream.fill(split, targets);
+        times += filled.times;
+        let replaced: Vec<(u32, u32)> = filled.replaced().collect();
+        if !replaced.is_empty() {
+            writeln!(
+                out,
+                "  warning: records replaced after decode errors: {replaced:?}"
+            )?;
+        }
+        if options.digests {
+            for (k, (&p, batch)) in run.iter().zip(&filled.batches).enumerate() {
+                let images = &images[k * batch_size * image_bytes..][..batch.count * image_bytes];
+                let labels = &labels[k * batch_size..][..batch.count];
+                digests.push((p, batch_digest(images, labels)));
+            }
+        }
+        left -= run.len();
+        at = stream.next(run[run.len() - 1]);
+    }
+    let (wall, cpu) = (t0.elapsed(), cpu_time() - c0);
+    let rate = times.samples as f64 / wall.as_secs_f64();
+    let decode_rate = (decode_before + decode_only_rate(split, &used, threads)) / 2.0;
+
+    let per = |d: Duration| d.as_secs_f64() * 1e3 / times.samples.max(1) as f64;
+    writeln!(
+        out,
+        "loader bench: {} on {} ({} records), {threads} thread(s), {} kernels, {} samples in {} batches of {batch_size}",
+        transform,
+        options.shards.display(),
+        split.len(),
+        CpuExt::current().name(),
+        times.samples,
+        batches
+    )?;
+    writeln!(
+        out,
+        "  samples/s {rate:.1} ({:.1} per thread); {} decodes for {} samples",
+        rate / threads as f64,
+        times.decoded,
+        times.samples
+    )?;
+    writeln!(
+        out,
+        "  per sample (ms, summed over threads): decode {:.3}, crop+resize {:.3}, flip {:.3} \
+         (its draw; the resize writes the mirror), RandAugment {:.3}, output write {:.3}",
+        per(times.decode),
+        per(times.resize),
+        per(times.flip),
+        per(times.rand_augment),
+        per(times.write)
+    )?;
+    writeln!(
+        out,
+        "  CPU use {:.0} % of {threads} core(s) ({:.2} s CPU in {:.2} s)",
+        100.0 * cpu.as_secs_f64() / wall.as_secs_f64() / threads as f64,
+        cpu.as_secs_f64(),
+        wall.as_secs_f64()
+    )?;
+    writeln!(
+        out,
+        "  decode-only: {decode_rate:.1} images/s (timed before and after) on the same {} records and threads; \
+         samples/s / decode-only images/s = {:.2}",
+        used.len(),
+        rate / decode_rate
+    )?;
+    let mut ratio = None;
+    if let Some(exe) = &options.ring {
+        let ring_rate = ring_rate(options, exe, &positions)?;
+        writeln!(
+            out,
+            "  through the daemon's ring into this process (daemon in its own process, same \
+             threads): samples/s {ring_rate:.1}; ring / in-process = {:.3}",
+            ring_rate / rate
+        )?;
+        ratio = Some(ring_rate / rate);
+    }
+    if let Some(n) = options.ranks {
+        ranks(options, n, out)?;
+    }
+    for (p, d) in digests {
+        writeln!(out, "  epoch {} step {} sha256 {d}", p.epoch, p.step)?;
+    }
+    Ok(ratio)
+}
+
+/// SHA-256 of a batch: its images, then its labels as little-endian u32 (what `bench
+/// --digests` and `fetch --digests` print, so that runs compare byte for byte).
+pub fn batch_digest(images: &[u8], labels: &[u32]) -> String {
+    let mut h = Sha256::new();
+    h.update(images);
+    for l in labels {
+        h.update(l.to_le_bytes());
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// User plus system CPU time of this process.
+pub fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given, which lives on this stack frame.
+    let usage = unsafe {
+        let mut u = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Opens the dataset at `shards` and resolves `spec` against its split.
+///
+/// # Errors
+/// [`BenchError::Dataset`] or [`BenchError::Plan`].
+pub fn open_job(shards: &Path, spec: &JobSpec) -> Result<(Dataset, JobPlan), BenchError> {
+    let dataset_err = |source| BenchError::Dataset {
+        path: shards.to_path_buf(),
+        source,
+    };
+    // SAFETY: benchmarks and previews only read, and nothing writes a finished dataset.
+    let dataset = unsafe { Dataset::open(shards) }.map_err(dataset_err)?;
+    let len = dataset.split(&spec.split).map_err(dataset_err)?.len();
+    let plan = spec.plan(len).map_err(|source| BenchError::Plan {
+        path: shards.to_path_buf(),
+        split: spec.split.clone(),
+        source,
+    })?;
+    Ok((dataset, plan))
+}
+
+/// The job's split of `dataset`.
+fn split_of<'a>(dataset: &'a Dataset, options: &BenchOptions) -> Result<&'a Split, BenchError> {
+    dataset
+        .split(&options.job.split)
+        .map_err(|source| BenchError::Dataset {
+            path: options.shards.clone(),
+            source,
+        })
+}
+
+/// Images/s decoding `records` of `split` and nothing else, on `threads` threads.
+fn decode_only_rate(split: &Split, records: &[u64], threads: usize) -> f64 {
+    let next = AtomicUsize::new(0);
+    let t = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| {
+                let (decoder, mut img) = (Decoder::default(), RgbImage::default());
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&index) = records.get(i) else { return };
+                    if let Ok(r) = split.get(index) {
+                        let _ = decoder.decode_into(r.data, &mut img);
+                    }
+                }
+            });
+        }
+    });
+    records.len() as f64 / t.elapsed().as_secs_f64()
+}
+
+/// `--ranks N`: the ranks of one job made alone (one fill per rank), then together (one fill
+/// per step), same threads and steps; both must give the same bytes.
+fn ranks(options: &BenchOptions, n: u32, out: &mut impl Write) -> Result<(), BenchError> {
+    let specs = (0..n)
+        .map(|rank| {
+            let spec = JobSpec {
+                world_size: n,
+                rank,
+                ..options.job.clone()
+            };
+            spec.validate()
+                .map(|()| spec)
+                .map_err(|source| BenchError::Ranks { ranks: n, source })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (dataset, _) = open_job(&options.shards, &specs[0])?;
+    let split = split_of(&dataset, options)?;
+    let plans = specs
+        .iter()
+        .map(|s| {
+            s.plan(split.len()).map_err(|source| BenchError::Plan {
+                path: options.shards.clone(),
+                split: s.split.clone(),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let b = options.job.batch_size as usize;
+    // Steps per rank, plus one untimed warm-up step.
+    let steps = (options.samples / (b * n as usize)).max(1) + 1;
+    let available = plans[0].steps_per_epoch();
+    if steps as u64 > available {
+        return Err(BenchError::RanksPastEpoch {
+            ranks: n,
+            steps,
+            available,
+        });
+    }
+    let bytes = options.job.transform.image_bytes();
+    let mut images = vec![vec![0u8; b * bytes]; n as usize];
+    let mut labels = vec![vec![0u32; b]; n as usize];
+    let mut alone = BatchStream::new(plans.clone(), options.threads)?;
+    let (mut t_alone, mut decoded_alone) = (Duration::ZERO, 0);
+    for step in 0..steps {
+        let t0 = Instant::now();
+        let mut decoded = 0;
+        for target in step_targets(&mut images, &mut labels, step) {
+            decoded += alone.fill(split, vec![target]).times.decoded;
+        }
+        if step > 0 {
+            t_alone += t0.elapsed();
+            decoded_alone += decoded;
+        }
+    }
+    let last_alone: Vec<String> = (0..n as usize)
+        .map(|r| batch_digest(&images[r], &labels[r]))
+        .collect();
+
+    let mut together = BatchStream::new(plans, options.threads)?;
+    let (mut t_together, mut decoded_together) = (Duration::ZERO, 0);
+    for step in 0..steps {
+        let t0 = Instant::now();
+        let filled = together.fill(split, step_targets(&mut images, &mut labels, step));
+        if step > 0 {
+            t_together += t0.elapsed();
+            decoded_together += filled.times.decoded;
+        }
+    }
+    let same = (0..n as usize).all(|r| batch_digest(&images[r], &labels[r]) == last_alone[r]);
+    if !same {
+        return Err(BenchError::RanksDiffer(n));
+    }
+    let samples = ((steps - 1) * b * n as usize) as f64;
+    let (rate_alone, rate_together) = (
+        samples / t_alone.as_secs_f64(),
+        samples / t_together.as_secs_f64(),
+    );
+    writeln!(
+        out,
+        "  {n} ranks of one job ({} steps of {b} per rank, {} thread(s)): alone {rate_alone:.1} \
+         samples/s ({decoded_alone} decodes), together {rate_together:.1} samples/s \
+         ({decoded_together} decodes), same bytes; together / alone = {:.2}",
+        steps - 1,
+        options.threads,
+        rate_together / rate_alone
+    )?;
+    Ok(())
+}
+
+/// Every rank's batch at `step` of epoch 0, into `images` and `labels` (one buffer per rank).
+fn step_targets<'a>(
+    images: &'a mut [Vec<u8>],
+    labels: &'a mut [Vec<u32>],
+    step: usize,
+) -> Vec<Target<'a>> {
+    images
+        .iter_mut()
+        .zip(labels.iter_mut())
+        .enumerate()
+        .map(|(rank, (images, labels))| Target {
+            rank,
+            at: Position {
+                epoch: 0,
+                step: step as u64,
+            },
+            images,
+            labels,
+            ids: None,
+        })
+        .collect()
+}
+
+/// Starts `exe serve` on a private socket, reads the batches at `positions` through its ring,
+/// and returns the samples/s (first batch not timed, as in-process).
+fn ring_rate(
+    options: &BenchOptions,
+    exe: &Path,
+    positions: &[Position],
+) -> Result<f64, BenchError> {
+    let dir = std::env::temp_dir().join(format!("rsb-bench-{}", std::process::id()));
+    let daemon_err = |source| BenchError::Daemon {
+        exe: exe.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(daemon_err)?;
+    let socket = dir.join("loader.sock");
+    let mut daemon = std::process::Command::new(exe)
+        .arg("serve")
+        .arg("--shards")
+        .arg(&options.shards)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--workers")
+        .arg(options.threads.to_string())
+        .arg("--cpu-ext")
+        .arg(CpuExt::current().name())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(daemon_err)?;
+    let result = (|| -> Result<f64, BenchError> {
+        let mut client = Client::connect(ClientOptions {
+            socket: socket.clone(),
+            job_id: "bench".into(),
+            job: options.job.clone(),
+            start: positions.first().copied().unwrap_or_default(),
+            epochs: None,
+            slots: None,
+            reconnect_timeout: Duration::from_secs(30),
+        })?;
+        // Warm-up batch, as in-process.
+        drop(client.next_batch()?);
+        let t0 = Instant::now();
+        let mut samples = 0;
+        for _ in positions.iter().skip(1) {
+            let batch = client.next_batch()?.ok_or(BenchError::FinishedEarly)?;
+            // Touch one byte per page, as an upload would read them.
+            let sum: u64 = batch
+                .images()
+                .iter()
+                .step_by(4096)
+                .map(|&b| u64::from(b))
+                .sum();
+            std::hint::black_box(sum);
+            samples += batch.count;
+        }
+        Ok(samples as f64 / t0.elapsed().as_secs_f64())
+    })();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+
+    use super::*;
+    use crate::transform::TransformSpec;
+
+    #[test]
+    fn a_run_reports_its_rate_and_the_digests_of_a_restart_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = crate::testutil::packed(dir.path(), 3, 90, 40);
+        let options = |start_step, samples| BenchOptions {
+            shards: shards.clone(),
+            job: JobSpec::single("train", TransformSpec::preset("a3").unwrap(), 1, 16),
+            threads: 2,
+            samples,
+            start_step,
+            digests: true,
+            ring: None,
+            ranks: Some(2),
+        };
+        let report = |o: &BenchOptions| {
+            let mut out = Vec::new();
+            run(o, &mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        // 270 records without repeats: 16 batches of 16; 6 batches from step 14 cross into
+        // epoch 1.
+        let whole = report(&options(14, 96));
+        assert!(whole.contains("samples/s"), "{whole}");
+        assert!(whole.contains("2 ranks of one job"), "{whole}");
+        assert!(whole.contains("epoch 1 step 3 sha256"), "{whole}");
+        let restarted = report(&options(15, 16 * 5));
+        let digests = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.contains("sha256"))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(digests(&restarted), digests(&whole)[1..]);
+        let past = run(&options(16, 16), &mut Vec::new()).unwrap_err();
+        assert!(past.is_usage(), "{past}");
+    }
+}

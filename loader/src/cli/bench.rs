@@ -1,0 +1,106 @@
+//! `loader bench`: the flags of [`loader::bench`] and its repeats.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use loader::bench::{BenchError, BenchOptions};
+use loader::job::JobSpec;
+use loader::transform::TransformSpec;
+
+use super::{TransformArgs, UsageError};
+
+/// Settings of one `loader bench` run.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Dataset directory made by `shard-tool pack`.
+    pub shards: PathBuf,
+    #[command(flatten)]
+    pub transform: TransformArgs,
+    /// Worker threads.
+    #[arg(short = 'j', long, default_value_t = 1)]
+    pub threads: usize,
+    /// Samples to produce (rounded down to whole batches), across epochs if need be.
+    #[arg(long, default_value_t = 1536)]
+    pub samples: usize,
+    /// Samples per batch.
+    #[arg(short = 'b', long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Split to read.
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// timm's --seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// First step (batch) of the run, as after a restart at that step.
+    #[arg(long, default_value_t = 0)]
+    pub start_step: u64,
+    /// Print the SHA-256 of every batch (images and labels), to compare runs.
+    #[arg(long)]
+    pub digests: bool,
+    /// Also read the same batches through a `loader serve` daemon (started as a child
+    /// process with the same threads) and report the ratio to the in-process rate.
+    #[arg(long)]
+    pub ring: bool,
+    /// Also measure N ranks of one job (world size N, same threads): each rank's batches made
+    /// alone, then the ranks' batches of each step made together as the daemon does for a
+    /// job group (one decode for the copies that repeated augmentation spreads over ranks).
+    #[arg(long, value_name = "N")]
+    pub ranks: Option<u32>,
+    /// Run everything this many times (in-process then --ring, alternating) and, with --ring,
+    /// print the median ratio: one run of a few seconds is at the mercy of machine noise.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+}
+
+/// Runs the bench `--repeat` times; with `--ring`, prints the median ratio.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let batch_size = u32::try_from(args.batch_size)
+        .map_err(|_| UsageError(format!("--batch-size {} is too large", args.batch_size)))?;
+    let job = JobSpec::single(
+        &args.split,
+        TransformSpec::try_from(&args.transform)?,
+        args.seed,
+        batch_size,
+    );
+    job.validate().map_err(UsageError::flag)?;
+    let ring = if args.ring {
+        Some(std::env::current_exe().context("finding the loader binary for --ring")?)
+    } else {
+        None
+    };
+    let options = BenchOptions {
+        shards: args.shards.clone(),
+        job,
+        threads: args.threads,
+        samples: args.samples,
+        start_step: args.start_step,
+        digests: args.digests,
+        ring,
+        ranks: args.ranks,
+    };
+    let mut ratios = Vec::new();
+    for _ in 0..args.repeat.max(1) {
+        let ratio = loader::bench::run(&options, &mut std::io::stdout().lock()).map_err(
+            |e: BenchError| -> anyhow::Error {
+                if e.is_usage() {
+                    UsageError(e.to_string()).into()
+                } else {
+                    e.into()
+                }
+            },
+        )?;
+        ratios.extend(ratio);
+    }
+    if ratios.len() > 1 {
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios[ratios.len() / 2];
+        let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+        println!(
+            "ring / in-process over {} repeats: {} (sorted); median {median:.3}",
+            ratios.len(),
+            shown.join(", ")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! `loader serve`: the daemon, from a config file and flags.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use loader::server::{ServeConfig, Server};
+
+use super::UsageError;
+
+/// `loader serve` flags; each overrides the config file's key of the same name.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// TOML config (keys: shards, socket, workers, slots, max_slots, max_ring_bytes,
+    /// max_clients, memory_budget_bytes, allow_uids, allow_gids, allow_groups, socket_mode,
+    /// handshake_timeout_s, group_wait_s; see configs/loader.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Dataset directory made by `shard-tool pack`.
+    #[arg(long)]
+    pub shards: Option<PathBuf>,
+    /// Socket path (default: $RUNTIME_DIRECTORY/loader.sock, $XDG_RUNTIME_DIR/rsb/loader.sock
+    /// or /run/rsb/loader.sock).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Worker threads per client (default: one per core).
+    #[arg(short = 'j', long)]
+    pub workers: Option<u32>,
+    /// Ring slots per client when the client does not ask (default 8).
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// Allow this user id to connect (repeatable; default: the daemon's own uid).
+    #[arg(long = "allow-uid")]
+    pub allow_uids: Vec<u32>,
+    /// Allow this group id to connect (repeatable).
+    #[arg(long = "allow-gid")]
+    pub allow_gids: Vec<u32>,
+}
+
+/// Serves until SIGTERM or Ctrl-C.
+pub fn run(args: ServeArgs) -> Result<()> {
+    let origin = args.config.as_ref().map_or_else(
+        || "loader serve".to_owned(),
+        |p| format!("{} (or its flag)", p.display()),
+    );
+    let mut config: ServeConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text)
+                .map_err(|e| UsageError(format!("{}: {}", path.display(), e.message())))?
+        }
+        None => ServeConfig::default(),
+    };
+    if let Some(s) = args.shards {
+        config.shards = Some(s);
+    }
+    if let Some(s) = args.socket {
+        config.socket = Some(s);
+    }
+    if let Some(w) = args.workers {
+        config.workers = w;
+    }
+    if let Some(s) = args.slots {
+        config.slots = s;
+    }
+    if !args.allow_uids.is_empty() {
+        config.allow_uids = args.allow_uids;
+    }
+    if !args.allow_gids.is_empty() {
+        config.allow_gids = args.allow_gids;
+    }
+    config
+        .validate()
+        .map_err(|e| UsageError(format!("{origin}: {e}")))?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shards = config.shards.clone();
+        let server = Server::bind(config)?;
+        println!("{}", server.socket().display());
+        tracing::info!(
+            "serving {} on {}",
+            shards.unwrap_or_default().display(),
+            server.socket().display()
+        );
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("shutting down");
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        };
+        server.run(shutdown).await;
+        Ok(())
+    })
+}

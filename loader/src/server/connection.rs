@@ -1,0 +1,317 @@
+//! One accepted connection: its frames (the shared [`FrameCodec`]), the peer check, the
+//! handshake, and the typed refusals the daemon sends as `error` frames.
+
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf, UCred};
+use tokio_util::codec::FramedRead;
+
+use super::Shared;
+use super::config::ServeConfig;
+use super::session::Session;
+use crate::frame::{FrameCodec, encode};
+use crate::job::JobError;
+use crate::protocol::{self, ProtocolError, Reply, Request};
+use crate::ring::RingError;
+
+/// Why the daemon closed a connection; sent to the peer as an `error` frame.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Refusal {
+    /// The socket failed, or the peer sent something that is not a message.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// The peer was too slow.
+    #[error("{0} within {1:?}")]
+    Timeout(&'static str, Duration),
+    /// The kernel gave no credentials.
+    #[error("peer credentials unavailable")]
+    NoCredentials,
+    /// The peer's uid and groups are not allowed.
+    #[error(
+        "uid {uid} / gid {gid} is not allowed by this loader (allow_uids, allow_gids in its \
+         config)"
+    )]
+    NotAllowed {
+        /// The peer's uid.
+        uid: u32,
+        /// Its primary gid.
+        gid: u32,
+    },
+    /// Every connection permit is taken.
+    #[error("the loader serves its maximum of {0} connections (max_clients); try again later")]
+    Busy(u32),
+    /// The job is invalid or does not fit its split.
+    #[error("job: {0}")]
+    Job(#[from] JobError),
+    /// The split does not exist.
+    #[error("no split {split:?} in this dataset (it has {have})")]
+    NoSplit {
+        /// The split asked for.
+        split: String,
+        /// The dataset's splits.
+        have: String,
+    },
+    /// The start is past the epoch.
+    #[error("start step {step} is past the epoch's {steps} steps")]
+    StartPastEpoch {
+        /// The step asked.
+        step: u64,
+        /// Steps per epoch.
+        steps: u64,
+    },
+    /// Too many or no slots.
+    #[error("{asked} slots asked, this loader allows 1 to {max}")]
+    Slots {
+        /// Slots asked.
+        asked: u32,
+        /// `max_slots`.
+        max: u32,
+    },
+    /// The ring could not be made.
+    #[error("ring: {0}")]
+    Ring(#[from] RingError),
+    /// A message out of turn.
+    #[error("out-of-order message {got} (expected {expected})")]
+    OutOfOrder {
+        /// What came.
+        got: &'static str,
+        /// What was expected.
+        expected: &'static str,
+    },
+    /// A release of a slot the client does not hold.
+    #[error("release of slot {0}, which the client does not hold")]
+    NotHeld(u32),
+    /// A broken invariant of the daemon itself.
+    #[error("internal: {0}")]
+    Internal(&'static str),
+}
+
+impl Refusal {
+    /// `got` where `expected` was due.
+    pub(super) fn out_of_order(got: &Request, expected: &'static str) -> Refusal {
+        let got = match got {
+            Request::Hello { .. } => "hello",
+            Request::Release { .. } => "release",
+            Request::Stats => "stats",
+            Request::Describe { .. } => "describe",
+            Request::Bye => "bye",
+        };
+        Refusal::OutOfOrder { got, expected }
+    }
+}
+
+/// A connection's two halves: requests in through the frame codec, replies out.
+pub(super) struct Connection {
+    requests: FramedRead<OwnedReadHalf, FrameCodec<Request>>,
+    replies: OwnedWriteHalf,
+}
+
+impl Connection {
+    /// The connection over `stream`, and its peer's credentials.
+    fn new(stream: UnixStream) -> (Connection, Option<UCred>) {
+        let cred = stream.peer_cred().ok();
+        let (rd, wr) = stream.into_split();
+        let conn = Connection {
+            requests: FramedRead::new(rd, FrameCodec::default()),
+            replies: wr,
+        };
+        (conn, cred)
+    }
+
+    /// The next request; `None` when the peer closed between frames. Cancel-safe (the codec
+    /// keeps a partial frame for the next call), so it can wait inside `select!`.
+    pub(super) async fn read(&mut self) -> Result<Option<Request>, ProtocolError> {
+        self.requests.next().await.transpose()
+    }
+
+    /// Sends `reply`.
+    pub(super) async fn write(&mut self, reply: &Reply) -> Result<(), ProtocolError> {
+        self.replies.write_all(&encode(reply)).await?;
+        Ok(())
+    }
+
+    /// Sends `reply` with `fd` as SCM_RIGHTS on its first byte (the welcome and its ring).
+    pub(super) async fn write_with_fd(
+        &mut self,
+        reply: &Reply,
+        fd: BorrowedFd<'_>,
+    ) -> Result<(), ProtocolError> {
+        let frame = encode(reply);
+        let stream: &UnixStream = self.replies.as_ref();
+        let raw = stream.as_raw_fd();
+        let sent = stream
+            .async_io(Interest::WRITABLE, || {
+                let fds = [fd.as_raw_fd()];
+                let cmsgs = [ControlMessage::ScmRights(&fds)];
+                sendmsg::<()>(
+                    raw,
+                    &[IoSlice::new(&frame)],
+                    &cmsgs,
+                    MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            })
+            .await?;
+        self.replies.write_all(&frame[sent..]).await?;
+        Ok(())
+    }
+
+    /// Sends `refusal` as an error frame; the peer may be gone already, which changes nothing.
+    pub(super) async fn refuse(&mut self, refusal: &Refusal) {
+        let _ = self
+            .write(&Reply::Error {
+                message: refusal.to_string(),
+            })
+            .await;
+    }
+}
+
+/// Serves one accepted connection to its end.
+pub(super) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
+    let id = shared.next_id();
+    let (mut conn, cred) = Connection::new(stream);
+    let refusal = match handshake(&shared, &mut conn, cred, id).await {
+        // The session has sent its own error frame, if any.
+        Ok(Some(session)) => session.serve(&mut conn).await.err(),
+        Ok(None) => None,
+        Err(refusal) => {
+            conn.refuse(&refusal).await;
+            Some(refusal)
+        }
+    };
+    shared.counters.remove_client(id);
+    if let Some(refusal) = refusal {
+        shared.counters.add_refused();
+        tracing::debug!("connection {id} ({cred:?}) refused: {refusal}");
+    }
+}
+
+/// Refuses a connection accepted while every permit is taken: our preamble, so that the peer
+/// can read the error frame, then the error.
+pub(super) async fn refuse_busy(shared: Arc<Shared>, stream: UnixStream) {
+    let (mut conn, _) = Connection::new(stream);
+    let refusal = Refusal::Busy(shared.config.max_clients);
+    let timeout = shared.handshake_timeout();
+    let _ = tokio::time::timeout(timeout, async {
+        if conn.replies.write_all(&protocol::preamble()).await.is_ok() {
+            conn.refuse(&refusal).await;
+        }
+    })
+    .await;
+    shared.counters.add_refused();
+}
+
+/// Checks the peer, exchanges preambles and reads the first message. Returns the session to
+/// run, or `None` for a stats or describe connection that has been answered.
+async fn handshake(
+    shared: &Arc<Shared>,
+    conn: &mut Connection,
+    cred: Option<UCred>,
+    id: u64,
+) -> Result<Option<Session>, Refusal> {
+    let config = &shared.config;
+    let timeout = shared.handshake_timeout();
+    // Our preamble first, so that even a refused peer can read the error frame that follows.
+    tokio::time::timeout(timeout, conn.replies.write_all(&protocol::preamble()))
+        .await
+        .map_err(|_| Refusal::Timeout("the peer reading our preamble", timeout))?
+        .map_err(ProtocolError::from)?;
+    let cred = cred.ok_or(Refusal::NoCredentials)?;
+    if !peer_allowed(config, cred.uid(), cred.gid()) {
+        tracing::warn!(
+            "refused pid {:?} uid {} gid {}: not in allow_uids {:?} or allow_gids {:?}",
+            cred.pid(),
+            cred.uid(),
+            cred.gid(),
+            config.allow_uids,
+            config.allow_gids
+        );
+        return Err(Refusal::NotAllowed {
+            uid: cred.uid(),
+            gid: cred.gid(),
+        });
+    }
+    let first = tokio::time::timeout(timeout, async {
+        let mut p = [0u8; 12];
+        // Nothing is buffered before the preamble: read it from the socket itself.
+        conn.requests
+            .get_mut()
+            .read_exact(&mut p)
+            .await
+            .map_err(ProtocolError::from)?;
+        protocol::check_preamble(&p)?;
+        conn.read().await
+    })
+    .await
+    .map_err(|_| Refusal::Timeout("no hello", timeout))??;
+    let Some(first) = first else {
+        return Ok(None);
+    };
+    match first {
+        Request::Stats => {
+            let mut request = Request::Stats;
+            // A status connection: answer stats until bye or close.
+            loop {
+                match request {
+                    Request::Stats => conn.write(&Reply::Stats(shared.stats())).await?,
+                    Request::Bye => return Ok(None),
+                    other => return Err(Refusal::out_of_order(&other, "a status connection")),
+                }
+                request = match conn.read().await {
+                    Ok(Some(r)) => r,
+                    Ok(None) | Err(ProtocolError::Io(_)) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                };
+            }
+        }
+        Request::Hello {
+            job_id,
+            job,
+            start,
+            epochs,
+            slots,
+        } => {
+            let mut session = Session::open(shared, id, cred, job_id, *job, start, epochs, slots)?;
+            session.welcome(conn).await?;
+            Ok(Some(session))
+        }
+        Request::Describe { split } => {
+            let info = shared.splits.get(&split).ok_or_else(|| Refusal::NoSplit {
+                split,
+                have: shared.split_names(),
+            })?;
+            conn.write(&Reply::Split(info.clone())).await?;
+            Ok(None)
+        }
+        Request::Bye => Ok(None),
+        other => Err(Refusal::out_of_order(&other, "hello")),
+    }
+}
+
+/// Whether the peer's uid, primary gid or one of its user's supplementary groups is allowed.
+fn peer_allowed(config: &ServeConfig, uid: u32, gid: u32) -> bool {
+    if config.allow_uids.contains(&uid) || config.allow_gids.contains(&gid) {
+        return true;
+    }
+    // SO_PEERCRED carries only the primary group; trainers are often in `rsb` as a
+    // supplementary group, so look the user's groups up.
+    let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) else {
+        return false;
+    };
+    let Ok(name) = std::ffi::CString::new(user.name) else {
+        return false;
+    };
+    nix::unistd::getgrouplist(&name, user.gid).is_ok_and(|groups| {
+        groups
+            .iter()
+            .any(|g| config.allow_gids.contains(&g.as_raw()))
+    })
+}

@@ -1,0 +1,231 @@
+//! The listening socket: binding it (replacing a stale one, never a live one), accepting with
+//! a permit per connection, and the accept loop of [`Server`].
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shard_tool::Dataset;
+use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
+
+use super::config::{ServeConfig, ServeError, default_socket, gib};
+use super::producer::Groups;
+use super::stats::Counters;
+use super::{Shared, connection};
+use crate::protocol::{SplitInfo, Stats};
+
+/// A bound, not yet serving daemon.
+pub struct Server {
+    shared: Arc<Shared>,
+    listener: UnixListener,
+    socket: PathBuf,
+    /// One per connection, taken at accept: `max_clients`.
+    permits: Arc<Semaphore>,
+}
+
+impl Server {
+    /// Opens the dataset and binds the socket (replacing a stale one). Must run inside a tokio
+    /// runtime.
+    pub fn bind(mut config: ServeConfig) -> Result<Server, ServeError> {
+        config.validate()?;
+        let shards = config.shards.clone().ok_or(ServeError::NoShards)?;
+        for name in &config.allow_groups {
+            match nix::unistd::Group::from_name(name) {
+                Ok(Some(g)) => config.allow_gids.push(g.gid.as_raw()),
+                _ => {
+                    return Err(ServeError::Config(format!(
+                        "allow_groups: no group named {name:?} on this system"
+                    )));
+                }
+            }
+        }
+        if config.allow_uids.is_empty() && config.allow_gids.is_empty() {
+            config.allow_uids.push(nix::unistd::geteuid().as_raw());
+        }
+        // SAFETY: shards are read-only once packed; the daemon never writes them.
+        let dataset = unsafe { Dataset::open(&shards) }.map_err(|source| ServeError::Dataset {
+            path: shards.clone(),
+            source,
+        })?;
+        let splits = dataset
+            .splits()
+            .iter()
+            .map(|split| (split.name().to_owned(), SplitInfo::of(&dataset, split)))
+            .collect();
+        let socket = config.socket.clone().unwrap_or_else(default_socket);
+        let listener = bind_socket(&socket, config.socket_mode)?;
+        let workers = match config.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            n => n,
+        };
+        let budget = config.memory_budget();
+        tracing::info!(
+            "rings: at most {} connections × {} = {}, within the memory budget of {} ({})",
+            config.max_clients,
+            gib(config.max_ring_bytes),
+            gib(u64::from(config.max_clients) * config.max_ring_bytes),
+            gib(budget.bytes),
+            budget.source()
+        );
+        let permits = Arc::new(Semaphore::new(config.max_clients as usize));
+        Ok(Server {
+            shared: Arc::new(Shared {
+                config,
+                workers,
+                dataset: Arc::new(dataset),
+                splits,
+                groups: Mutex::new(Groups::default()),
+                counters: Counters::new(),
+                next_id: AtomicU64::new(0),
+            }),
+            listener,
+            socket,
+            permits,
+        })
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// A snapshot of the statistics.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Serves until `shutdown` completes, then removes the socket. Connections in progress are
+    /// dropped with the runtime.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let shared = Arc::clone(&self.shared);
+        let ticker = {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move { shared.counters.tick(shared.workers).await })
+        };
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    // The permit is taken before the handshake, so that peers that never say hello
+                    // count against `max_clients` too; it is released when the connection ends.
+                    Ok((stream, _)) => match Arc::clone(&self.permits).try_acquire_owned() {
+                        Ok(permit) => {
+                            let shared = Arc::clone(&shared);
+                            tokio::spawn(async move {
+                                connection::serve(shared, stream).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => {
+                            tokio::spawn(connection::refuse_busy(Arc::clone(&shared), stream));
+                        }
+                    },
+                    // Out of descriptors and the like: wait instead of spinning.
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                () = &mut shutdown => break,
+            }
+        }
+        ticker.abort();
+        if let Err(e) = std::fs::remove_file(&self.socket) {
+            tracing::warn!("removing {}: {e}", self.socket.display());
+        }
+    }
+}
+
+pub(super) fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
+    let err = |source| ServeError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(ServeError::NotASocket(path.to_path_buf()));
+        }
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ServeError::InUse(path.to_path_buf()));
+            }
+            // Left by a daemon that was killed: nobody listens on it.
+            std::fs::remove_file(path).map_err(err)?;
+        }
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_that_never_says_hello_holds_a_permit_and_the_next_one_is_told_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = crate::testutil::packed(dir.path(), 2, 3, 16);
+        let server = crate::server::LocalServer::start(ServeConfig {
+            shards: Some(shards),
+            max_clients: 1,
+            ..ServeConfig::default()
+        })
+        .unwrap();
+        let silent = std::os::unix::net::UnixStream::connect(server.socket()).unwrap();
+        let e = crate::client::stats(server.socket())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("maximum of 1 connections (max_clients)"), "{e}");
+        // Its permit comes back when it leaves.
+        drop(silent);
+        let t0 = std::time::Instant::now();
+        let stats = loop {
+            match crate::client::stats(server.socket()) {
+                Ok(stats) => break stats,
+                Err(_) => assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "no permit came back"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(stats.refused >= 1);
+    }
+
+    #[test]
+    fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let live = bind_socket(&path, 0o660).unwrap();
+            assert!(matches!(
+                bind_socket(&path, 0o660),
+                Err(ServeError::InUse(_))
+            ));
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o660);
+            drop(live);
+            // The file is left behind, as after a kill -9: nobody listens, so it is replaced.
+            assert!(path.exists());
+            bind_socket(&path, 0o600).unwrap();
+            std::fs::remove_file(&path).unwrap();
+            std::fs::write(&path, b"not a socket").unwrap();
+            assert!(matches!(
+                bind_socket(&path, 0o660),
+                Err(ServeError::NotASocket(_))
+            ));
+        });
+    }
+}

@@ -1,0 +1,96 @@
+//! [`LocalServer`]: the daemon on a thread of the calling process.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::config::{ServeConfig, ServeError};
+use super::listener::Server;
+
+/// A daemon on a thread of this process: a one-machine trainer (`trainer train --shards`) gets
+/// the same rings and protocol as from `loader serve`, without a second process. Stops when
+/// dropped.
+pub struct LocalServer {
+    socket: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LocalServer {
+    /// Binds `config`'s socket (default: a private path under the temporary directory) and
+    /// serves on a background thread.
+    pub fn start(mut config: ServeConfig) -> Result<LocalServer, ServeError> {
+        if config.socket.is_none() {
+            let dir = std::env::temp_dir().join(format!(
+                "rsb-loader-{}-{}",
+                std::process::id(),
+                LOCAL_SERVERS.fetch_add(1, Ordering::Relaxed)
+            ));
+            config.socket = Some(dir.join("loader.sock"));
+        }
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("loader".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(ServeError::Config(format!(
+                            "starting the async runtime: {e}"
+                        ))));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match Server::bind(config) {
+                        Ok(server) => {
+                            let _ = ready_tx.send(Ok(server.socket().to_path_buf()));
+                            server
+                                .run(async {
+                                    let _ = stopped.await;
+                                })
+                                .await;
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                });
+            })
+            .map_err(|e| ServeError::Config(format!("starting the loader thread: {e}")))?;
+        let socket = ready_rx
+            .recv()
+            .map_err(|_| ServeError::Config("the loader thread stopped at start".into()))??;
+        Ok(LocalServer {
+            socket,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// The socket clients connect to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(dir) = self.socket.parent() {
+            // Only the private directory made in `start` is empty now; others stay.
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Numbers the private sockets of [`LocalServer`]s of this process.
+static LOCAL_SERVERS: AtomicU64 = AtomicU64::new(0);
