@@ -1,6 +1,7 @@
 /*!
-Where a [`TransformSpec`] runs: per-thread workers that draw each sample's random stream and
-apply timm's stages (its `transforms_factory.py` order).
+Where a [`TransformSpec`] runs. A [`Transformer`] is the transform made runnable (timm's
+`transforms_factory.py`: the stages and their order), knowing nothing of samplers; a [`Worker`]
+decodes a record and hands the transformer each sample's keyed random stream.
 
 Train: RandomResizedCrop → horizontal flip → RandAugment (timm's primary and secondary stages;
 with `--aa` set there is no colour jitter, and `--reprob 0` means no random erasing).
@@ -72,16 +73,98 @@ impl std::ops::Sub for StageTimes {
     }
 }
 
-/// Everything one thread needs to turn records into output images.
-pub struct Worker {
+/// A [`TransformSpec`] made runnable on one thread: the resampler, RandAugment and the buffers
+/// it reuses. It knows no sampler and no seed: it is given a decoded image and the random
+/// stream to draw from, and draws in timm's order (crop, interpolation, flip, RandAugment).
+pub struct Transformer {
     transform: TransformSpec,
-    seed: u64,
-    decoder: Decoder,
     resampler: Resampler,
     rand_augment: Option<RandAugment>,
-    decoded: RgbImage,
     work: RgbImage,
     applied: Vec<Applied>,
+}
+
+impl Transformer {
+    /// The runnable form of `transform`.
+    pub fn new(transform: TransformSpec) -> Transformer {
+        let rand_augment = match transform {
+            TransformSpec::Train(t) => t.aa.map(|c| RandAugment::new(c, t.train_interpolation)),
+            TransformSpec::Eval(_) => None,
+        };
+        Transformer {
+            transform,
+            resampler: Resampler::new(),
+            rand_augment,
+            work: RgbImage::default(),
+            applied: Vec::new(),
+        }
+    }
+
+    /// Writes `img` transformed into `out` (`transform.image_bytes()` long), drawing from
+    /// `rng` (untouched by the eval transform), and adds the stage times to `times`.
+    pub fn apply(
+        &mut self,
+        img: &RgbImage,
+        rng: &mut impl Rng,
+        out: &mut [u8],
+        times: &mut StageTimes,
+    ) {
+        let size = self.transform.img_size();
+        let side = size as usize;
+        let t0 = Instant::now();
+        match self.transform {
+            TransformSpec::Eval(e) => {
+                e.apply(img, &mut self.resampler, &mut self.work, out);
+                times.resize += t0.elapsed();
+            }
+            TransformSpec::Train(t) => {
+                let crop = CropBox::sample(rng, img.width, img.height, &t.rrc());
+                let filter = t.train_interpolation.sample(rng);
+                // The flip is drawn after the crop, as timm draws it, and applied by the
+                // resize itself (its horizontal pass writes the columns back to front).
+                let t1 = Instant::now();
+                let flip = rng.random::<f64>() < t.hflip;
+                let flip_time = t1.elapsed();
+                times.flip += flip_time;
+                self.work.width = size;
+                self.work.height = size;
+                self.work.pixels.resize(side * side * 3, 0);
+                self.resampler.resize_and_flip(
+                    &img.pixels,
+                    img.width as usize,
+                    crop,
+                    (side, side),
+                    filter,
+                    flip,
+                    &mut self.work.pixels,
+                );
+                let t2 = Instant::now();
+                times.resize += t2 - t0 - flip_time;
+                if let Some(ra) = &mut self.rand_augment {
+                    ra.apply(&mut self.work, rng, &mut self.applied);
+                }
+                let t3 = Instant::now();
+                times.rand_augment += t3 - t2;
+                out[..side * side * 3].copy_from_slice(&self.work.pixels);
+                times.write += t3.elapsed();
+            }
+        }
+        times.samples += 1;
+    }
+
+    /// The RandAugment ops applied to the last image (for `loader preview`).
+    pub fn last_ops(&self) -> &[Applied] {
+        &self.applied
+    }
+}
+
+/// Everything one thread needs to turn records into output images: the decoder, and each
+/// sample's random stream, keyed by (seed, epoch, position, repeat) (DESIGN.md invariant 1).
+pub struct Worker {
+    seed: u64,
+    decoder: Decoder,
+    decoded: RgbImage,
+    transformer: Transformer,
     /// Stage times so far.
     pub times: StageTimes,
 }
@@ -89,19 +172,11 @@ pub struct Worker {
 impl Worker {
     /// A worker for `transform` with augmentation streams keyed by `seed`.
     pub fn new(transform: TransformSpec, seed: u64) -> Worker {
-        let rand_augment = match transform {
-            TransformSpec::Train(t) => t.aa.map(|c| RandAugment::new(c, t.train_interpolation)),
-            TransformSpec::Eval(_) => None,
-        };
         Worker {
-            transform,
             seed,
             decoder: Decoder::default(),
-            resampler: Resampler::new(),
-            rand_augment,
             decoded: RgbImage::default(),
-            work: RgbImage::default(),
-            applied: Vec::new(),
+            transformer: Transformer::new(transform),
             times: StageTimes::default(),
         }
     }
@@ -123,67 +198,22 @@ impl Worker {
         self.times.decode += t0.elapsed();
         self.times.decoded += 1;
         for (sample, out) in samples.iter().zip(outs.iter_mut()) {
-            self.augment(epoch, *sample, out);
+            let mut rng = stream(
+                self.seed,
+                Purpose::Augment,
+                epoch,
+                sample.position,
+                sample.repeat,
+            );
+            self.transformer
+                .apply(&self.decoded, &mut rng, out, &mut self.times);
         }
         Ok(())
     }
 
-    fn augment(&mut self, epoch: u32, sample: Sample, out: &mut [u8]) {
-        let size = self.transform.img_size();
-        let side = size as usize;
-        let img = &self.decoded;
-        let t0 = Instant::now();
-        match self.transform {
-            TransformSpec::Eval(e) => {
-                e.apply(img, &mut self.resampler, &mut self.work, out);
-                self.times.resize += t0.elapsed();
-                self.times.samples += 1;
-            }
-            TransformSpec::Train(t) => {
-                let mut rng = stream(
-                    self.seed,
-                    Purpose::Augment,
-                    epoch,
-                    sample.position,
-                    sample.repeat,
-                );
-                let crop = CropBox::sample(&mut rng, img.width, img.height, &t.rrc());
-                let filter = t.train_interpolation.sample(&mut rng);
-                // The flip is drawn after the crop, as timm draws it, and applied by the
-                // resize itself (its horizontal pass writes the columns back to front).
-                let t1 = Instant::now();
-                let flip = rng.random::<f64>() < t.hflip;
-                let flip_time = t1.elapsed();
-                self.times.flip += flip_time;
-                self.work.width = size;
-                self.work.height = size;
-                self.work.pixels.resize(side * side * 3, 0);
-                self.resampler.resize_and_flip(
-                    &img.pixels,
-                    img.width as usize,
-                    crop,
-                    (side, side),
-                    filter,
-                    flip,
-                    &mut self.work.pixels,
-                );
-                let t2 = Instant::now();
-                self.times.resize += t2 - t0 - flip_time;
-                if let Some(ra) = &mut self.rand_augment {
-                    ra.apply(&mut self.work, &mut rng, &mut self.applied);
-                }
-                let t3 = Instant::now();
-                self.times.rand_augment += t3 - t2;
-                out[..side * side * 3].copy_from_slice(&self.work.pixels);
-                self.times.write += t3.elapsed();
-                self.times.samples += 1;
-            }
-        }
-    }
-
     /// The RandAugment ops applied to the last sample produced (for `loader preview`).
     pub fn last_ops(&self) -> &[Applied] {
-        &self.applied
+        self.transformer.last_ops()
     }
 }
 

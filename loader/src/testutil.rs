@@ -18,7 +18,12 @@ pub fn packed(dir: &Path, classes: u32, per_class: u32, size: u32) -> PathBuf {
     };
     shard_tool::synth::write_tree(&dir.join("src"), &spec).unwrap();
     let out = dir.join("shards");
-    shard_tool::pack(&dir.join("src"), &shard_tool::PackOptions::new(&out), &mut |_| {}).unwrap();
+    shard_tool::pack(
+        &dir.join("src"),
+        &shard_tool::PackOptions::new(&out),
+        &mut |_| {},
+    )
+    .unwrap();
     out
 }
 

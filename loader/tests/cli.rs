@@ -147,6 +147,12 @@ fn bad_daemon_settings_are_refused_by_name_before_serving() {
         ("slots = 0", "slots = 0 is outside 1..=32"),
         ("max_clients = 0", "max_clients = 0 is outside 1..=4096"),
         ("slot = 4", "unknown field `slot`"),
+        // 64 GiB of rings against a 1 GiB budget.
+        (
+            "max_clients = 64\nmax_ring_bytes = 1073741824\nmemory_budget_bytes = 1073741824",
+            "max_clients × max_ring_bytes = 64 × 1.0 GiB = 64.0 GiB is over the rings' memory \
+             budget of 1.0 GiB (memory_budget_bytes)",
+        ),
     ] {
         serve_with(dir.path(), line)
             .code(2)

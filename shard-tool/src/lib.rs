@@ -44,6 +44,8 @@ pub mod manifest;
 mod pack;
 pub mod reader;
 pub mod record;
+mod report;
+mod resume;
 pub mod synth;
 mod verify;
 pub mod writer;
@@ -53,8 +55,9 @@ pub use layout::LayoutOptions;
 pub use manifest::Manifest;
 pub use pack::{
     DEFAULT_MAX_FILE_BYTES, DEFAULT_SHARD_SIZE, IN_FLIGHT_BYTES, PackEvent, PackOptions,
-    PackSummary, pack, report, shuffled_order,
+    PackSummary, pack, shuffled_order,
 };
 pub use reader::{Dataset, Record, Split};
 pub use record::NO_LABEL;
+pub use report::report;
 pub use verify::{Problem, VerifyReport, total_bytes, verify};

@@ -29,8 +29,9 @@ use crate::layout::{LayoutOptions, Skipped, SourceSplit, SourceTree, discover};
 use crate::manifest::{
     FORMAT_NAME, MANIFEST_FILE, Manifest, PackedWith, REPORT_FILE, ShardSum, SplitManifest,
 };
-use crate::reader::{map, read_shard_footer};
-use crate::record::{FORMAT_VERSION, IndexEntry, NO_LABEL, flags, shard_file_name};
+use crate::record::{FORMAT_VERSION, IndexEntry, NO_LABEL, flags};
+use crate::report::report;
+use crate::resume;
 use crate::writer::{ShardSummary, ShardWriter, remove_stale_tmp, write_atomic, write_index};
 
 /// Default target size of a shard file.
@@ -293,9 +294,11 @@ enum Outcome {
 }
 
 /// Everything gathered about one split while packing it.
-struct SplitState {
-    shards: Vec<ShardSummary>,
-    entries: Vec<IndexEntry>,
+pub(crate) struct SplitState {
+    /// The shards written so far, in order.
+    pub(crate) shards: Vec<ShardSummary>,
+    /// Their records' index entries, in position order.
+    pub(crate) entries: Vec<IndexEntry>,
 }
 
 fn pack_split(
@@ -307,7 +310,7 @@ fn pack_split(
 ) -> Result<SplitManifest> {
     let order = shuffled_order(split, options.seed);
     let n = order.len() as u64;
-    let mut state = resume(&options.out, &split.name, fingerprint, on_event)?;
+    let mut state = resume::resume(&options.out, &split.name, fingerprint, on_event)?;
     let start = state.shards.last().map_or(0, |s| s.footer.end_position);
     let bytes_of = |range: std::ops::Range<u64>| -> u64 {
         range.map(|p| split.files[order[p as usize]].size).sum()
@@ -347,83 +350,6 @@ fn pack_split(
     let shard_count = state.shards.len() as u32;
     let index = write_index(&options.out, &split.name, &state.entries, shard_count)?;
     Ok(split_manifest(tree, split, state, index))
-}
-
-/// Loads the shards of an interrupted run that are complete and belong to this pack.
-fn resume(
-    out: &Path,
-    split: &str,
-    fingerprint: &str,
-    on_event: &mut dyn FnMut(PackEvent<'_>),
-) -> Result<SplitState> {
-    let mut state = SplitState {
-        shards: Vec::new(),
-        entries: Vec::new(),
-    };
-    let mut expected_start = 0;
-    for shard in 0u32.. {
-        let path = out.join(shard_file_name(split, shard));
-        if !path.exists() {
-            break;
-        }
-        // SAFETY: nothing else writes this file; the map is dropped before this function
-        // returns or the file is removed.
-        let footer = unsafe { map(&path) }.and_then(|m| read_shard_footer(&m).at(&path));
-        let footer = match footer {
-            Ok(f) if f.fingerprint != fingerprint => {
-                return Err(Error::Mismatch(format!(
-                    "{} was written by a pack with other files or options (fingerprint {}, \
-                     now {fingerprint}); choose another --out or delete the directory",
-                    path.display(),
-                    f.fingerprint
-                )));
-            }
-            Ok(f) if f.split == split && f.shard == shard && f.first_position == expected_start => {
-                f
-            }
-            other => {
-                let why = match other {
-                    Err(e) => format!("{e:#}"),
-                    Ok(_) => "its positions do not follow the previous shard".into(),
-                };
-                remove_from(out, split, shard)?;
-                on_event(PackEvent::Warning(&format!(
-                    "{}: {why}; it and later shards of {split} will be packed again",
-                    path.display()
-                )));
-                break;
-            }
-        };
-        let sum = crate::manifest::file_sum(&path)?;
-        state
-            .entries
-            .extend(footer.records.iter().map(|r| index_entry(shard, r)));
-        expected_start = footer.end_position;
-        state.shards.push(ShardSummary { footer, sum });
-    }
-    Ok(state)
-}
-
-fn index_entry(shard: u32, r: &crate::record::FooterRecord) -> IndexEntry {
-    let mut e = <IndexEntry as zerocopy::FromZeros>::new_zeroed();
-    e.offset.set(r.offset);
-    e.shard.set(shard);
-    e.len.set(r.len);
-    e.label.set(r.label);
-    e.crc.set(r.crc);
-    e
-}
-
-/// Removes shard `from` of `split` and every later one.
-fn remove_from(out: &Path, split: &str, from: u32) -> Result<()> {
-    for shard in from.. {
-        let path = out.join(shard_file_name(split, shard));
-        if !path.exists() {
-            return Ok(());
-        }
-        fs::remove_file(&path).at(&path)?;
-    }
-    Ok(())
 }
 
 fn worker(
@@ -647,77 +573,4 @@ fn split_manifest(
     m.transcoded.sort_by(|a, b| a.path.cmp(&b.path));
     m.rejected.sort_by(|a, b| a.path.cmp(&b.path));
     m
-}
-
-/// The human-readable report: counts per split, then every file that was not stored as a plain
-/// RGB JPEG kept as is. `limit` caps each list (for a terminal); `None` lists everything (for
-/// `report.txt`).
-pub fn report(manifest: &Manifest, limit: Option<usize>) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "rsb pack report: {} ({} classes)\n",
-        manifest.source_root,
-        manifest.classes.len()
-    );
-    for split in &manifest.splits {
-        let _ = writeln!(
-            s,
-            "{}: {} image files, {} stored ({} as is, {} PNG converted, {} CMYK converted, \
-             {} downscaled; {} grayscale), {} rejected, {} non-image files ignored",
-            split.name,
-            split.source_files,
-            split.records,
-            split.kept_as_is,
-            split.transcoded_png,
-            split.transcoded_cmyk,
-            split.resized,
-            split.grayscale,
-            split.rejected.len(),
-            split.ignored.len()
-        );
-        let gray: Vec<(&str, &str)> = split
-            .grayscale_files
-            .iter()
-            .map(|p| {
-                (
-                    p.as_str(),
-                    "grayscale JPEG kept as is (readers expand it to RGB)",
-                )
-            })
-            .collect();
-        let lists = [
-            ("kept", gray),
-            ("converted", pairs(&split.transcoded)),
-            ("REJECTED", pairs(&split.rejected)),
-            ("ignored", pairs(&split.ignored)),
-        ];
-        for (what, list) in lists {
-            let shown = limit.unwrap_or(usize::MAX);
-            for (path, reason) in list.iter().take(shown) {
-                let _ = writeln!(s, "  {what}: {path}: {reason}");
-            }
-            if list.len() > shown {
-                let _ = writeln!(
-                    s,
-                    "  ... {} more {what} (see report.txt)",
-                    list.len() - shown
-                );
-            }
-        }
-    }
-    let quality = manifest.options.image.transcode_quality;
-    let _ = writeln!(
-        s,
-        "\nConverted files are baseline 4:4:4 RGB JPEGs at quality {quality}; every other stored \
-         record holds the source file's bytes unchanged."
-    );
-    s
-}
-
-fn pairs(list: &[Skipped]) -> Vec<(&str, &str)> {
-    list.iter()
-        .map(|i| (i.path.as_str(), i.reason.as_str()))
-        .collect()
 }

@@ -52,9 +52,20 @@ pub enum ServeError {
         /// The budget.
         budget: MemoryBudget,
     },
-    /// Anything else about the config.
-    #[error("config: {0}")]
-    Config(String),
+    /// A group of `allow_groups` does not exist here.
+    #[error("allow_groups: no group named {0:?} on this system")]
+    NoGroup(String),
+    /// The in-process daemon's thread or runtime could not start.
+    #[error("starting the in-process loader's {what}: {source}")]
+    Start {
+        /// Thread or runtime.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The in-process daemon's thread ended before saying whether it was serving.
+    #[error("the in-process loader's thread stopped at start")]
+    Stopped,
 }
 
 /// The daemon's settings: `configs/loader.toml`, overridden by `loader serve` flags.

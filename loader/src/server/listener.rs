@@ -35,11 +35,7 @@ impl Server {
         for name in &config.allow_groups {
             match nix::unistd::Group::from_name(name) {
                 Ok(Some(g)) => config.allow_gids.push(g.gid.as_raw()),
-                _ => {
-                    return Err(ServeError::Config(format!(
-                        "allow_groups: no group named {name:?} on this system"
-                    )));
-                }
+                _ => return Err(ServeError::NoGroup(name.clone())),
             }
         }
         if config.allow_uids.is_empty() && config.allow_gids.is_empty() {

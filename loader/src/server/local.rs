@@ -38,9 +38,10 @@ impl LocalServer {
                 {
                     Ok(r) => r,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(ServeError::Config(format!(
-                            "starting the async runtime: {e}"
-                        ))));
+                        let _ = ready_tx.send(Err(ServeError::Start {
+                            what: "async runtime",
+                            source: e,
+                        }));
                         return;
                     }
                 };
@@ -60,10 +61,11 @@ impl LocalServer {
                     }
                 });
             })
-            .map_err(|e| ServeError::Config(format!("starting the loader thread: {e}")))?;
-        let socket = ready_rx
-            .recv()
-            .map_err(|_| ServeError::Config("the loader thread stopped at start".into()))??;
+            .map_err(|source| ServeError::Start {
+                what: "thread",
+                source,
+            })?;
+        let socket = ready_rx.recv().map_err(|_| ServeError::Stopped)??;
         Ok(LocalServer {
             socket,
             stop: Some(stop),

@@ -353,7 +353,6 @@ impl Producer {
 mod tests {
     use std::path::Path;
 
-
     use crate::client::{self, Client, ClientOptions};
     use crate::job::{JobSpec, Position};
     use crate::server::{LocalServer, ServeConfig};

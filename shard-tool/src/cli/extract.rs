@@ -1,0 +1,124 @@
+//! `shard-tool extract`: records back as files, byte for byte.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use shard_tool::Dataset;
+
+/// `shard-tool extract` flags.
+#[derive(Args)]
+#[command(group = clap::ArgGroup::new("which").required(true))]
+pub struct ExtractArgs {
+    /// Dataset directory.
+    pub dir: PathBuf,
+    /// Global record index within --split.
+    #[arg(long, group = "which")]
+    pub index: Option<u64>,
+    /// Source path relative to the packed root, e.g. train/n01440764/n01440764_10026.JPEG.
+    #[arg(long, group = "which")]
+    pub name: Option<String>,
+    /// Every record of every split, written under --out (a directory) at its source path:
+    /// the packed tree back, converted files as the JPEGs they became.
+    #[arg(long, group = "which")]
+    pub all: bool,
+    /// Split of --index.
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// File to write (a directory with --all).
+    #[arg(short, long)]
+    pub out: PathBuf,
+}
+
+/// Writes the record(s).
+pub fn run(args: ExtractArgs, quiet: bool) -> Result<ExitCode> {
+    let dir = &args.dir;
+    // SAFETY: `extract` only reads, and nothing writes a finished dataset.
+    let dataset =
+        unsafe { Dataset::open(dir) }.with_context(|| format!("opening {}", dir.display()))?;
+    if args.all {
+        return extract_all(&dataset, &args.out, quiet);
+    }
+    let record = match (&args.index, &args.name) {
+        (Some(i), _) => dataset.split(&args.split)?.get(*i)?,
+        (None, Some(name)) => find_by_name(&dataset, name)?,
+        (None, None) => bail!("give --index N, --name PATH or --all"),
+    };
+    if !record.checksum_ok() {
+        bail!(
+            "record {} ({}) fails its checksum; run `shard-tool verify {}`",
+            record.index,
+            record.path,
+            dir.display()
+        );
+    }
+    std::fs::write(&args.out, record.data)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    if !quiet {
+        eprintln!(
+            "wrote {} bytes of record {} ({}, label {}, {}x{}) to {}",
+            record.data.len(),
+            record.index,
+            record.path,
+            record.label,
+            record.width,
+            record.height,
+            args.out.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every record of every split under `out`, at its source path.
+fn extract_all(dataset: &Dataset, out: &Path, quiet: bool) -> Result<ExitCode> {
+    let mut written = 0u64;
+    for split in dataset.splits() {
+        for i in 0..split.len() {
+            let r = split.get(i)?;
+            if !r.checksum_ok() {
+                bail!(
+                    "{} record {i} ({}) fails its checksum",
+                    split.name(),
+                    r.path
+                );
+            }
+            // Paths come from the file: never let one climb out of --out.
+            let rel = Path::new(r.path);
+            if rel.is_absolute() || rel.components().any(|c| c.as_os_str() == "..") {
+                bail!(
+                    "{} record {i} has an unsafe path {:?}",
+                    split.name(),
+                    r.path
+                );
+            }
+            let path = out.join(rel);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            std::fs::write(&path, r.data).with_context(|| format!("writing {}", path.display()))?;
+            written += 1;
+        }
+    }
+    if !quiet {
+        eprintln!("wrote {written} records under {}", out.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The record whose source path is `name`.
+fn find_by_name<'a>(dataset: &'a Dataset, name: &str) -> Result<shard_tool::Record<'a>> {
+    let name = name.trim_start_matches("./");
+    for split in dataset.splits() {
+        for i in 0..split.len() {
+            let r = split.get(i)?;
+            if r.path == name {
+                return Ok(r);
+            }
+        }
+    }
+    bail!(
+        "no record has source path {name} (paths are relative to the packed root, e.g. train/<class>/<file>)"
+    )
+}

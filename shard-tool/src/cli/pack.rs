@@ -1,0 +1,177 @@
+//! `shard-tool pack`: an image folder tree into shards, with progress and a report.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use bytesize::ByteSize;
+use clap::Args;
+use indicatif::ProgressBar;
+use shard_tool::image::{DEFAULT_MAX_PIXELS, DEFAULT_TRANSCODE_QUALITY, ImageOptions};
+use shard_tool::{LayoutOptions, PackEvent, PackOptions};
+
+use super::{default_threads, progress_bar, say};
+
+/// Exit status of a pack that finished but could not store every image file.
+const EXIT_REJECTS: u8 = 3;
+
+/// `shard-tool pack` flags.
+#[derive(Args)]
+pub struct PackArgs {
+    /// Source root holding train/, val/ and/or test/.
+    pub root: PathBuf,
+    /// Output directory (created if missing).
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// Worker threads (default: all cores).
+    #[arg(short = 'j', long, default_value_t = default_threads())]
+    pub threads: usize,
+    /// Target shard file size (e.g. 1GiB, 256MiB).
+    #[arg(long, default_value = "1GiB")]
+    pub shard_size: ByteSize,
+    /// Seed of the pack-time shuffle (recorded in the manifest).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Downscale images whose longer side exceeds N pixels and re-encode them (FFCV's
+    /// speed trick; changes pixels, so off by default; recorded in the manifest).
+    #[arg(long, value_name = "N", help_heading = "Image options")]
+    pub max_side: Option<u32>,
+    /// JPEG quality of images downscaled by --max-side.
+    #[arg(long, default_value_t = 90, help_heading = "Image options")]
+    pub quality: u8,
+    /// JPEG quality of PNG and CMYK sources converted to RGB JPEG (4:4:4, baseline).
+    #[arg(long, default_value_t = DEFAULT_TRANSCODE_QUALITY, help_heading = "Image options")]
+    pub transcode_quality: u8,
+    /// Reject images with more pixels than this (default: Pillow's decompression-bomb error
+    /// threshold, so nothing is stored that timm could not open).
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, help_heading = "Image options")]
+    pub max_pixels: u64,
+    /// Reject files larger than this without reading them.
+    #[arg(long, default_value = "256MiB", help_heading = "Image options")]
+    pub max_file_size: ByteSize,
+    /// Labels of a flat val/: Kaggle LOC_val_solution.csv or devkit
+    /// ILSVRC2012_validation_ground_truth.txt (default: looked for in ROOT and ROOT/val).
+    #[arg(long, value_name = "FILE", help_heading = "Validation labels")]
+    pub val_labels: Option<PathBuf>,
+    /// The devkit's synset table as text, one wnid per line in ILSVRC2012_ID order (needed
+    /// with the devkit ground truth, whose IDs are not class indices; see the README).
+    #[arg(long, value_name = "FILE", help_heading = "Validation labels")]
+    pub devkit_synsets: Option<PathBuf>,
+}
+
+impl TryFrom<PackArgs> for PackOptions {
+    type Error = anyhow::Error;
+
+    fn try_from(a: PackArgs) -> Result<PackOptions> {
+        let mut o = PackOptions::new(a.out);
+        o.threads = a.threads;
+        o.shard_size = a.shard_size.as_u64();
+        o.seed = a.seed;
+        o.max_file_bytes = a.max_file_size.as_u64();
+        o.image = ImageOptions {
+            max_pixels: a.max_pixels,
+            max_side: a.max_side,
+            quality: a.quality,
+            transcode_quality: a.transcode_quality,
+        };
+        o.layout = LayoutOptions {
+            val_labels: a.val_labels,
+            devkit_synsets: a.devkit_synsets,
+        };
+        Ok(o)
+    }
+}
+
+/// Packs and prints the summary; exit status 3 when some image files could not be stored.
+pub fn run(args: PackArgs, quiet: bool) -> Result<ExitCode> {
+    let root = args.root.clone();
+    let options = PackOptions::try_from(args)?;
+    let started = Instant::now();
+    let mut bar = ProgressBar::hidden();
+    let mut bytes_done = 0u64;
+    let (mut done_files_at_start, mut done_bytes_at_start) = (0u64, 0u64);
+    let mut split_start = Instant::now();
+    let mut on_event = |event: PackEvent<'_>| match event {
+        PackEvent::SplitStarted {
+            split,
+            files,
+            done_files,
+            done_bytes,
+            ..
+        } => {
+            bar.finish_and_clear();
+            bar = progress_bar(files, quiet);
+            bar.set_prefix(split.to_owned());
+            bar.set_position(done_files);
+            if done_files > 0 && !quiet {
+                say(
+                    &bar,
+                    format!(
+                        "{split}: resuming after {done_files} files already in finished shards"
+                    ),
+                );
+            }
+            bytes_done = done_bytes;
+            (done_files_at_start, done_bytes_at_start) = (done_files, done_bytes);
+            split_start = Instant::now();
+            bar.reset_eta();
+        }
+        PackEvent::FileDone { bytes } => {
+            bytes_done += bytes;
+            bar.inc(1);
+            if bar.position().is_multiple_of(64) {
+                let secs = split_start.elapsed().as_secs_f64().max(1e-3);
+                let images = (bar.position() - done_files_at_start) as f64;
+                bar.set_message(format!(
+                    "{:.0} images/s, {:.1} MB/s",
+                    images / secs,
+                    (bytes_done - done_bytes_at_start) as f64 / secs / 1e6
+                ));
+            }
+        }
+        PackEvent::Rejected { path, reason } => {
+            if !quiet {
+                say(&bar, format!("rejected: {path}: {reason}"));
+            }
+        }
+        PackEvent::Warning(w) => {
+            if !quiet {
+                say(&bar, format!("warning: {w}"));
+            }
+        }
+    };
+    let summary = shard_tool::pack(&root, &options, &mut on_event)
+        .with_context(|| format!("packing {} into {}", root.display(), options.out.display()))?;
+    bar.finish_and_clear();
+    let m = &summary.manifest;
+    if !quiet {
+        if summary.already_complete {
+            eprintln!(
+                "{} already holds this finished pack (fingerprint {}); nothing to do",
+                options.out.display(),
+                m.fingerprint
+            );
+        } else {
+            let files: u64 = m.splits.iter().map(|s| s.source_files).sum();
+            let secs = started.elapsed().as_secs_f64();
+            eprintln!(
+                "packed {files} image files in {secs:.1} s ({:.0} files/s) with {} threads",
+                files as f64 / secs.max(1e-9),
+                options.threads
+            );
+        }
+        eprint!("{}", shard_tool::report(m, Some(20)));
+        eprintln!("dataset: {}", options.out.display());
+    }
+    let rejected = summary.rejected();
+    if rejected > 0 {
+        eprintln!(
+            "{rejected} image file(s) could not be stored; the dataset is complete without them \
+             (listed in {}/report.txt)",
+            options.out.display()
+        );
+        return Ok(ExitCode::from(EXIT_REJECTS));
+    }
+    Ok(ExitCode::SUCCESS)
+}

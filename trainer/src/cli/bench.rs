@@ -1,0 +1,101 @@
+//! `trainer bench`: the training step's speed on synthetic or loader batches.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use trainer::bench::{self, BenchOptions};
+use trainer::device::{DeviceKind, Precision};
+
+use super::ModelArgs;
+
+/// `trainer bench` flags.
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceKind,
+    /// Float type of parameters and activations.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: Precision,
+    /// Images per step (timm's --batch-size).
+    #[arg(long, short = 'b', default_value_t = 256)]
+    pub batch: usize,
+    /// Square image side (timm's --img-size).
+    #[arg(long, default_value_t = 224)]
+    pub img_size: usize,
+    /// Untimed steps first: kernel compilation and autotuning happen here.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Seed of weights, pixels and mixing.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print the report as one JSON line.
+    #[arg(long)]
+    pub json: bool,
+    /// Take batches from the loader core on these packed shards (pipeline speed) instead of
+    /// synthetic ones held in memory (pure step speed).
+    #[arg(long)]
+    pub shards: Option<std::path::PathBuf>,
+    /// Loader transform with --shards (a1, a2, a3, eval); it sets the image size.
+    #[arg(long, default_value = "a1")]
+    pub transform: loader::TransformSpec,
+    /// Loader worker threads with --shards (timm's --workers).
+    #[arg(long, short = 'j', default_value_t = 4)]
+    pub workers: usize,
+}
+
+/// Runs the bench and prints its report.
+pub fn run(a: BenchArgs) -> Result<ExitCode> {
+    let options = BenchOptions {
+        device: a.device,
+        precision: a.dtype,
+        model: a.model.config()?,
+        batch: a.batch,
+        img_size: a.img_size,
+        warmup: a.warmup,
+        steps: a.steps,
+        seed: a.seed,
+        source: match a.shards {
+            Some(path) => bench::BatchSource::Shards {
+                path,
+                transform: a.transform,
+                threads: a.workers,
+            },
+            None => bench::BatchSource::Synthetic,
+        },
+    };
+    let r = bench::run(&options).context("benchmark failed")?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{} {} {} batch {} at {}px: {:.2} steps/s, {:.1} samples/s \
+             (warm-up {:.1} s, {} timed steps in {:.2} s of which {:.2} s waiting for \
+             data, loss {:.4}, device memory {}; batches: {})",
+            a.model.model,
+            r.device,
+            r.precision,
+            r.batch,
+            r.img_size,
+            r.steps_per_s,
+            r.samples_per_s,
+            r.warmup_s,
+            r.steps,
+            r.timed_s,
+            r.data_wait_s,
+            r.last_loss,
+            r.device_bytes_reserved.map_or("n/a".into(), |b| format!(
+                "{:.2} GiB",
+                b as f64 / (1u64 << 30) as f64
+            )),
+            r.source,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,35 @@
+//! `trainer config`: a recipe resolved, with timm's flags over it, and its global batch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+use trainer::config::TrainConfig;
+use trainer::overrides::RecipeOverrides;
+
+/// `trainer config` flags.
+#[derive(Args)]
+pub struct ConfigArgs {
+    /// The TOML file.
+    pub path: PathBuf,
+    #[command(flatten)]
+    pub overrides: RecipeOverrides,
+}
+
+/// Prints the resolved recipe.
+pub fn run(a: ConfigArgs) -> Result<ExitCode> {
+    let ConfigArgs { path, overrides } = a;
+    let loaded = TrainConfig::load_with(&path, &overrides)?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    print!("{}", toml::to_string(&loaded.config)?);
+    println!(
+        "# global batch {} = batch_size {} x rsb.world_size {}",
+        loaded.config.global_batch(),
+        loaded.config.batch_size,
+        loaded.config.rsb.world_size
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,94 @@
+//! The `trainer` binary's subcommands, one module each, and the flags they share: the model
+//! (timm's `--model` and CPU-sized variants), where batches come from, and the recipe.
+
+use anyhow::Result;
+use clap::Args;
+use trainer::config::TrainConfig;
+use trainer::data::DataSource;
+use trainer::overrides::RecipeOverrides;
+use trainer::resnet::ResNetConfig;
+
+pub mod bench;
+pub mod check_device;
+pub mod config;
+pub mod eval;
+pub mod export;
+pub mod info;
+pub mod logits;
+pub mod plot;
+pub mod train;
+
+/// Which model (timm's `--model`, plus CPU-sized variants).
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// timm model name: resnet18, resnet34, resnet50, resnet101, resnet152.
+    #[arg(long, default_value = "resnet50")]
+    pub model: String,
+    /// timm's --num-classes.
+    #[arg(long, default_value_t = 1000)]
+    pub num_classes: usize,
+    /// Channel multiplier (1.0 = timm's model).
+    #[arg(long, default_value_t = 1.0)]
+    pub width: f64,
+    /// 3×3 stride-1 stem without max-pool, for 32×32 images.
+    #[arg(long)]
+    pub small_stem: bool,
+    /// timm's --drop-path.
+    #[arg(long, default_value_t = 0.0)]
+    pub drop_path: f64,
+}
+
+impl ModelArgs {
+    /// The ResNet these flags name.
+    pub fn config(&self) -> Result<ResNetConfig> {
+        let depth = trainer::resnet::timm_depth(&self.model)?;
+        Ok(ResNetConfig {
+            depth,
+            num_classes: self.num_classes,
+            width: self.width,
+            small_stem: self.small_stem,
+            drop_path_rate: self.drop_path,
+            zero_init_last: true,
+        })
+    }
+}
+
+/// Where batches come from (one of the two).
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct DataArgs {
+    /// Socket of a running `loader serve` daemon.
+    #[arg(long)]
+    pub loader: Option<std::path::PathBuf>,
+    /// Packed shards, read by a loader started inside this process.
+    #[arg(long)]
+    pub shards: Option<std::path::PathBuf>,
+}
+
+impl DataArgs {
+    /// The source these flags name; `workers` for an in-process loader.
+    pub fn source(&self, workers: u32) -> DataSource {
+        match (&self.loader, &self.shards) {
+            (Some(socket), _) => DataSource::Loader {
+                socket: socket.clone(),
+            },
+            (None, Some(dir)) => DataSource::Shards {
+                dir: dir.clone(),
+                workers,
+            },
+            // clap's group makes one of the two required.
+            (None, None) => DataSource::Loader {
+                socket: loader::server::default_socket(),
+            },
+        }
+    }
+}
+
+/// The recipe at `path` with timm's flags over it, its warnings printed.
+pub fn load_recipe(path: &std::path::Path, overrides: &RecipeOverrides) -> Result<TrainConfig> {
+    let loaded = TrainConfig::load_with(path, overrides)?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(loaded.config)
+}

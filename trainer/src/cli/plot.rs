@@ -1,0 +1,63 @@
+//! `trainer plot`: a run's curves into a PNG.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+
+/// `trainer plot` flags.
+#[derive(Args)]
+pub struct PlotArgs {
+    /// The run's --out directory, or a metrics.jsonl file.
+    pub run: PathBuf,
+    /// The PNG to write [default: RUN/curves.png, or next to the metrics file].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Title above the panels [default: the run's directory name].
+    #[arg(long)]
+    pub title: Option<String>,
+    /// Image width in pixels.
+    #[arg(long, default_value_t = 1200)]
+    pub width: u32,
+    /// Image height in pixels.
+    #[arg(long, default_value_t = 800)]
+    pub height: u32,
+}
+
+/// Draws the curves.
+pub fn run(a: PlotArgs) -> Result<ExitCode> {
+    let PlotArgs {
+        run,
+        out,
+        title,
+        width,
+        height,
+    } = a;
+    let metrics = if run.is_dir() {
+        run.join("metrics.jsonl")
+    } else {
+        run.clone()
+    };
+    let dir = metrics.parent().map_or_else(
+        || std::path::PathBuf::from("."),
+        std::path::Path::to_path_buf,
+    );
+    let out = out.unwrap_or_else(|| dir.join("curves.png"));
+    let title = title.unwrap_or_else(|| {
+        let name = dir.canonicalize().unwrap_or(dir.clone());
+        name.file_name()
+            .map_or_else(|| "run".to_string(), |n| n.to_string_lossy().into_owned())
+    });
+    let summary = trainer::plot::plot(&metrics, &out, &title, width, height)?;
+    let top1 = summary
+        .last_top1
+        .map_or_else(String::new, |t| format!("; last top-1 {t:.2} %"));
+    println!(
+        "wrote {} ({} steps, {} evaluation(s){top1})",
+        out.display(),
+        summary.steps,
+        summary.evals
+    );
+    Ok(ExitCode::SUCCESS)
+}
