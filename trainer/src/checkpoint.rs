@@ -12,6 +12,7 @@ use loader::job::Position;
 use serde::{Deserialize, Serialize};
 
 use crate::lamb::TimmLamb;
+use crate::ranks::{RankStats, RanksError};
 use crate::resnet::ResNet;
 
 /// Errors writing or reading a checkpoint.
@@ -33,6 +34,9 @@ pub enum CheckpointError {
         /// Why.
         message: String,
     },
+    /// The ranks' BN statistics.
+    #[error(transparent)]
+    Ranks(#[from] RanksError),
     /// `state.json` is not what this build writes.
     #[error("{path}: {message}")]
     State {
@@ -67,11 +71,16 @@ const LATEST: &str = "latest";
 /// Checkpoints kept (the newest and the one before, in case the newest is being read).
 const KEEP: usize = 2;
 
-/// Writes a checkpoint under `out` and points `out/latest` at it.
+/// Every rank's BN running statistics, in a checkpoint of a run with several ranks.
+pub const RANKS_FILE: &str = "ranks.safetensors";
+
+/// Writes a checkpoint under `out` and points `out/latest` at it; `ranks`, the ranks' own BN
+/// statistics of a run with several (mid-epoch they differ from the model's).
 pub fn save(
     out: &Path,
     model: &ResNet,
     optimizer: &TimmLamb,
+    ranks: Option<&RankStats>,
     state: &RunState,
 ) -> Result<PathBuf, CheckpointError> {
     let name = format!("ckpt-{:010}", state.steps_done);
@@ -103,7 +112,13 @@ pub fn save(
         message: e.to_string(),
     })?;
     std::fs::write(&state_path, json).map_err(io(&state_path))?;
-    for f in [&model_path, &opt_path, &state_path] {
+    let mut files = vec![model_path, opt_path, state_path];
+    if let Some(ranks) = ranks {
+        let path = dir.join(RANKS_FILE);
+        ranks.save(&path)?;
+        files.push(path);
+    }
+    for f in &files {
         File::open(f).and_then(|f| f.sync_all()).map_err(io(f))?;
     }
     sync_dir(&dir)?;
@@ -164,6 +179,21 @@ pub fn load_model(dir: &Path, model: ResNet) -> Result<ResNet, CheckpointError> 
             path: path.clone(),
             message: format!("{e:?}"),
         })
+}
+
+/// Loads the ranks' BN statistics of checkpoint `dir`, for `world_size` ranks of `model`.
+pub fn load_ranks(
+    dir: &Path,
+    model: &ResNet,
+    world_size: usize,
+    device: &burn::tensor::Device,
+) -> Result<RankStats, CheckpointError> {
+    Ok(RankStats::load(
+        &dir.join(RANKS_FILE),
+        model,
+        world_size,
+        device,
+    )?)
 }
 
 /// Loads a checkpoint's optimizer state into `optimizer`, which must have been built for the

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use loader::client::{self, ClientError};
 use loader::eval_transform::EvalTransform;
 use loader::interpolation::UnknownInterpolation;
-use loader::job::BATCH_SIZE;
+use loader::job::{BATCH_SIZE, WORLD_SIZE};
 use loader::protocol::SplitInfo;
 use loader::server::{LocalServer, ServeConfig, ServeError};
 use loader::transform::{AUG_REPEATS, IMG_SIZE, SettingError, TrainTransform, parse_aa};
@@ -122,6 +122,20 @@ impl TryFrom<&TrainConfig> for DataJobs {
             batch_size,
         );
         train.validate()?;
+        // Every rank's job must pass the daemon's check too.
+        let world = to_u32("rsb.world_size", c.rsb.world_size, WORLD_SIZE)?;
+        JobSpec {
+            world_size: world,
+            rank: world - 1,
+            ..train.clone()
+        }
+        .validate()
+        .map_err(|mut e| {
+            if e.key == "world_size" {
+                e.key = "rsb.world_size";
+            }
+            e
+        })?;
         let eval = JobSpec::single(
             &c.rsb.val_split,
             TransformSpec::Eval(EvalTransform {
@@ -143,6 +157,19 @@ impl TryFrom<&TrainConfig> for DataJobs {
             e
         })?;
         Ok(DataJobs { train, eval })
+    }
+}
+
+impl DataJobs {
+    /// The training job of rank `rank` of `world_size` (what timm's rank gets: its slice of
+    /// the repeated-augmentation sampler, `batch_size` images per step).
+    pub fn train_rank(&self, world_size: usize, rank: usize) -> JobSpec {
+        JobSpec {
+            // Checked against the loader's bounds when the recipe was read.
+            world_size: u32::try_from(world_size).unwrap_or(u32::MAX),
+            rank: u32::try_from(rank).unwrap_or(u32::MAX),
+            ..self.train.clone()
+        }
     }
 }
 

@@ -7,7 +7,8 @@
 //! - One step: [`normalize`], [`mixup`], [`loss`], timm's [`lamb`] and LR [`schedule`], put
 //!   together in [`step`]; [`bench`] times it, [`numerics`] compares devices.
 //! - The run: [`data`] (the loader's jobs and splits, checked before the model is built),
-//!   [`train`] (steps, evaluation, checkpoints, exact resume), [`eval`], [`metrics`]
+//!   [`ranks`] (the recipe's `world_size` ranks run one after another on one device, timm's
+//!   DDP semantics), [`train`] (steps, evaluation, checkpoints, exact resume), [`eval`], [`metrics`]
 //!   (`metrics.jsonl`), [`checkpoint`], [`plot`].
 //! - [`feed`]: batches from the loader core in this process, for `trainer bench --shards`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -28,6 +29,7 @@ pub mod normalize;
 pub mod numerics;
 pub mod overrides;
 pub mod plot;
+pub mod ranks;
 pub mod resnet;
 pub mod schedule;
 pub mod step;

@@ -320,6 +320,27 @@ impl ResNet {
         let _ = self.valid();
     }
 
+    /// Every block, stage by stage.
+    fn blocks(&self) -> impl Iterator<Item = &Block> {
+        self.layer1
+            .iter()
+            .chain(&self.layer2)
+            .chain(&self.layer3)
+            .chain(&self.layer4)
+    }
+
+    /// Every batch norm, in module order (stem, then each block's `bn1`, `bn2`, `bn3`, and its
+    /// downsample's): the layers whose running statistics each rank keeps its own of.
+    pub fn batch_norms(&self) -> Vec<&BatchNorm> {
+        let mut all = vec![&self.bn1];
+        for block in self.blocks() {
+            all.extend([&block.bn1, &block.bn2]);
+            all.extend(&block.bn3);
+            all.extend(block.downsample.as_ref().map(|d| &d.bn));
+        }
+        all
+    }
+
     /// Calls `f` for every trainable parameter (every float parameter but the BN running
     /// statistics), in module order.
     pub fn for_each_trainable(&self, f: impl FnMut(TrainableParam<'_>)) {
@@ -358,13 +379,7 @@ impl ResNet {
         if let Some(pool) = &self.maxpool {
             x = pool.forward(x);
         }
-        for block in self
-            .layer1
-            .iter()
-            .chain(&self.layer2)
-            .chain(&self.layer3)
-            .chain(&self.layer4)
-        {
+        for block in self.blocks() {
             x = block.forward(x);
         }
         let x = adaptive_avg_pool2d(x, [1, 1]).flatten::<2>(1, 3);
@@ -385,6 +400,20 @@ mod tests {
         assert_eq!(model.trainable_params(), 25_557_032);
         // The running mean and variance of every BN channel are buffers, not parameters.
         assert_eq!(model.num_params(), 25_557_032 + 2 * 26_560);
+    }
+
+    #[test]
+    fn every_batch_norm_is_listed_once() {
+        let model = ResNetConfig::resnet50()
+            .init(&Device::flex())
+            .expect("valid config");
+        let channels: usize = model
+            .batch_norms()
+            .iter()
+            .map(|bn| bn.running_mean.value().dims()[0])
+            .sum();
+        assert_eq!(channels, 26_560, "the BN channels of ResNet-50");
+        assert_eq!(model.batch_norms().len(), 53);
     }
 
     #[test]

@@ -70,24 +70,51 @@ impl TrainStep {
         lr: f64,
         device: &Device,
     ) -> Result<Tensor<1>, StepError> {
+        let (loss, grads) = self.grads(batch, self.seed, 1, device)?;
+        self.apply(lr, grads)?;
+        Ok(loss)
+    }
+
+    /// The loss of one rank's batch and its gradients, the loss divided by `ranks` before the
+    /// backward pass, so that the gradients of `ranks` ranks sum to their mean (what DDP's
+    /// all-reduce gives each rank). `seed` keys this rank's Mixup/CutMix draws (timm seeds
+    /// each rank with `seed + rank`). The returned loss is not divided.
+    pub fn grads(
+        &self,
+        batch: &HostBatch<'_>,
+        seed: u64,
+        ranks: usize,
+        device: &Device,
+    ) -> Result<(Tensor<1>, GradientsParams), StepError> {
         let num_classes = self.mixup.num_classes;
         if let Some(&label) = batch.labels.iter().find(|&&l| l as usize >= num_classes) {
             return Err(StepError::Label { label, num_classes });
         }
         let [_, h, w] = batch.shape;
-        let params = self.mixup.draw(self.seed, batch.step, h, w)?;
+        let params = self.mixup.draw(seed, batch.step, h, w)?;
         let pixels = upload_pixels(batch.pixels.to_vec(), batch.shape, device)?;
         let x = normalize(params.mix_pixels(pixels));
         let targets = params.targets(labels_tensor(batch.labels, device), &self.mixup);
         let model = self.model.as_ref().ok_or(StepError::Poisoned)?;
         let logits = model.forward(x);
         let loss = self.loss.of(logits, targets);
-        let grads = GradientsParams::from_grads(loss.backward(), model);
+        // One rank: no division at all, so a one-rank run is bit for bit what it was.
+        let backward = if ranks > 1 {
+            loss.clone().div_scalar(ranks as f64).backward()
+        } else {
+            loss.backward()
+        };
+        let grads = GradientsParams::from_grads(backward, model);
+        Ok((loss.detach(), grads))
+    }
+
+    /// One LAMB step at learning rate `lr` with `grads`.
+    pub fn apply(&mut self, lr: f64, grads: GradientsParams) -> Result<(), StepError> {
         // The optimizer takes the model by value: a clone would keep the old parameters alive
         // and stop in-place updates, so move it out and back.
         let model = self.model.take().ok_or(StepError::Poisoned)?;
         self.model = Some(self.optimizer.step(lr, model, grads));
-        Ok(loss.detach())
+        Ok(())
     }
 
     /// The model as it stands.

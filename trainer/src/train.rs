@@ -26,6 +26,7 @@ use crate::device::{DeviceKind, Precision};
 use crate::eval::{EvalError, evaluate};
 use crate::lamb::{LambOptions, TimmLamb};
 use crate::metrics::{Metric, MetricsError, open_metrics, write_metric};
+use crate::ranks::VirtualRanks;
 use crate::resnet::{ResNet, ResNetConfig};
 use crate::step::{HostBatch, TrainStep};
 
@@ -226,20 +227,46 @@ pub fn train(
         loss: config.loss(),
         seed: config.seed,
     };
+    let world = config.rsb.world_size.max(1);
+    let mut ranks = {
+        let model = step.model().ok_or(crate::step::StepError::Poisoned)?;
+        match &existing {
+            Some(dir) if world > 1 => VirtualRanks {
+                stats: checkpoint::load_ranks(dir, model, world, &device)?,
+            },
+            _ => VirtualRanks::new(model, world),
+        }
+    };
     let schedule = config.schedule();
     let epochs = u32::try_from(config.epochs + config.cooldown_epochs)
         .map_err(|_| TrainError::Recipe("epochs too large".into()))?;
-    let mut client = Client::connect(ClientOptions {
-        socket: socket.clone(),
-        job_id: format!("train-{}", std::process::id()),
-        job: jobs.train.clone(),
-        start: state.next,
-        epochs: Some(epochs),
-        slots: None,
-        reconnect_timeout: std::time::Duration::from_secs(300),
-    })
-    .map_err(DataError::from)?;
-    let spe = client.steps_per_epoch();
+    // One loader stream per rank: rank r of a `world_size`-rank job, all under one job id, so
+    // the daemon serves them as one group and decodes each image once for all its copies.
+    let job_id = format!("train-{}", std::process::id());
+    let mut clients = (0..world)
+        .map(|rank| {
+            Client::connect(ClientOptions {
+                socket: socket.clone(),
+                job_id: job_id.clone(),
+                job: jobs.train_rank(world, rank),
+                start: state.next,
+                epochs: Some(epochs),
+                slots: None,
+                reconnect_timeout: std::time::Duration::from_secs(300),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(DataError::from)?;
+    // timm's samplers give every rank the same number of batches; a rank with fewer would
+    // leave the others waiting for it forever under DDP.
+    let spe = clients.first().map_or(0, Client::steps_per_epoch);
+    if let Some(c) = clients.iter().find(|c| c.steps_per_epoch() != spe) {
+        return Err(TrainError::Recipe(format!(
+            "the loader gives rank 0 {spe} batches per epoch and another rank {}; every rank \
+             must get as many",
+            c.steps_per_epoch()
+        )));
+    }
     let all_steps = spe * u64::from(epochs);
     let total_steps = options.max_steps.map_or(all_steps, |m| m.min(all_steps));
     on_event(Event::Started {
@@ -255,22 +282,45 @@ pub fn train(
     let mut t_prev = Instant::now();
     while steps_done < total_steps {
         let t_wait = Instant::now();
-        let Some(batch) = client.next_batch().map_err(DataError::from)? else {
+        let mut held = Vec::with_capacity(world);
+        for client in &mut clients {
+            match client.next_batch().map_err(DataError::from)? {
+                Some(batch) => held.push(batch),
+                None => break,
+            }
+        }
+        if held.len() < world {
             break;
-        };
+        }
         let data_wait_s = t_wait.elapsed().as_secs_f64();
-        let at = batch.position;
+        let at = held[0].position;
+        if let Some(b) = held.iter().find(|b| b.position != at) {
+            return Err(TrainError::Recipe(format!(
+                "rank batches out of step: rank 0 at {at:?}, another at {:?}",
+                b.position
+            )));
+        }
         let lr = schedule.lr(u64::from(at.epoch), at.step, spe);
-        device.seed(step_seed(config.seed, steps_done));
-        let host = HostBatch {
-            pixels: batch.images(),
-            shape: [batch.count, side, side],
-            labels: batch.labels(),
-            step: steps_done,
-        };
-        let loss = step.run(&host, lr, &device)?;
-        drop(batch);
-        let loss = f64::from(loss.into_scalar::<f32>());
+        let hosts: Vec<HostBatch<'_>> = held
+            .iter()
+            .map(|batch| HostBatch {
+                pixels: batch.images(),
+                shape: [batch.count, side, side],
+                labels: batch.labels(),
+                step: steps_done,
+            })
+            .collect();
+        // Each rank's drop-path masks: timm seeds rank r with seed + r.
+        let mut reseed =
+            |rank: usize| device.seed(step_seed(config.seed + rank as u64, steps_done));
+        let losses = ranks.step(&mut step, &hosts, lr, &device, &mut reseed)?;
+        drop(hosts);
+        drop(held);
+        let loss = losses
+            .into_iter()
+            .map(|l| f64::from(l.into_scalar::<f32>()))
+            .sum::<f64>()
+            / world as f64;
         steps_done += 1;
         let now = Instant::now();
         let m = Metric::Step {
@@ -278,7 +328,7 @@ pub fn train(
             epoch: at.epoch,
             loss,
             lr,
-            samples_per_s: config.batch_size as f64 / (now - t_prev).as_secs_f64(),
+            samples_per_s: config.global_batch() as f64 / (now - t_prev).as_secs_f64(),
             data_wait_s,
         };
         t_prev = now;
@@ -290,6 +340,10 @@ pub fn train(
         let last = steps_done == total_steps;
         let interval = config.rsb.checkpoint_interval;
         let model = step.model().ok_or(crate::step::StepError::Poisoned)?;
+        if epoch_done {
+            // timm's `--dist-bn reduce` before its end-of-epoch evaluation.
+            ranks.stats.reduce(model);
+        }
         if (epoch_done
             && (u64::from(next.epoch) % config.rsb.eval_interval.max(1) == 0
                 || next.epoch == epochs))
@@ -306,7 +360,9 @@ pub fn train(
                 next,
                 config: recipe_text.clone(),
             };
-            let dir = checkpoint::save(&options.out, model, &step.optimizer, &state)?;
+            // One rank's statistics are the model's own: the file is only for several.
+            let stats = (world > 1).then_some(&ranks.stats);
+            let dir = checkpoint::save(&options.out, model, &step.optimizer, stats, &state)?;
             on_event(Event::Checkpoint(dir));
         }
     }

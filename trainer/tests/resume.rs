@@ -2,72 +2,28 @@
 //! generator, which the unit tests (on parallel threads of one process) would otherwise draw
 //! from at the same time.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use loader::job::Position;
 use trainer::checkpoint;
-use trainer::config::TrainConfig;
-use trainer::data::DataSource;
-use trainer::device::{DeviceKind, Precision};
 use trainer::metrics::Metric;
 use trainer::train::{TrainOptions, train};
 
-/// A 3-class dataset of 90 + 12 small images, packed.
-fn dataset(dir: &Path) -> PathBuf {
-    let src = dir.join("src");
-    let shards = dir.join("shards");
-    let spec = shard_tool::synth::TreeSpec {
-        classes: 3,
-        train_per_class: 30,
-        val_per_class: 4,
-        size: 24,
-        odd_files: false,
-    };
-    shard_tool::synth::write_tree(&src, &spec).unwrap();
-    shard_tool::pack(&src, &shard_tool::PackOptions::new(&shards), &mut |_| {}).unwrap();
-    shards
-}
-
-fn tiny_recipe() -> TrainConfig {
-    let text = include_str!("../../configs/smoke.toml");
-    let mut c = TrainConfig::parse(text, "smoke.toml").unwrap().config;
-    c.num_classes = 3;
-    c.img_size = 16;
-    c.rsb.test_img_size = 16;
-    c.batch_size = 4;
-    c.rsb.width = 0.125;
-    // Exercise the reseeded generator: drop-path masks must repeat after a resume.
-    c.drop_path = 0.1;
-    c
-}
-
-fn losses(out: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| match serde_json::from_str(l).unwrap() {
-            Metric::Step { step, loss, .. } => Some((step, loss)),
-            Metric::Eval { .. } => None,
-        })
-        .collect()
-}
+mod common;
+use common::{dataset, losses, tiny_recipe};
 
 #[test]
 fn a_run_resumed_from_its_checkpoint_repeats_the_uninterrupted_losses() {
     let dir = tempfile::tempdir().unwrap();
     let shards = dataset(dir.path());
-    let options = |out: &str, max_steps, resume| TrainOptions {
-        init_from: None,
-        config: tiny_recipe(),
-        data: DataSource::Shards {
-            dir: shards.clone(),
-            workers: 2,
-        },
-        out: dir.path().join(out),
-        resume,
-        device: DeviceKind::Cpu,
-        precision: Precision::F32,
-        max_steps: Some(max_steps),
+    let options = |out: &str, max_steps, resume| {
+        common::options(
+            tiny_recipe(),
+            &shards,
+            dir.path().join(out),
+            max_steps,
+            resume,
+        )
     };
     let last = train(&options("whole", 5, false), &mut |_| {}).unwrap();
     assert!(

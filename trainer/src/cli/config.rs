@@ -25,11 +25,18 @@ pub fn run(a: ConfigArgs) -> Result<ExitCode> {
         eprintln!("warning: {w}");
     }
     print!("{}", toml::to_string(&loaded.config)?);
+    let c = &loaded.config;
     println!(
         "# global batch {} = batch_size {} x rsb.world_size {}",
-        loaded.config.global_batch(),
-        loaded.config.batch_size,
-        loaded.config.rsb.world_size
+        c.global_batch(),
+        c.batch_size,
+        c.rsb.world_size
+    );
+    println!(
+        "# ranks: {} on one device, one after another per step (virtual ranks: gradients \
+         averaged over all, BN statistics per rank, reduced at each epoch end); each rank's BN \
+         normalizes over its own {} images",
+        c.rsb.world_size, c.batch_size
     );
     Ok(ExitCode::SUCCESS)
 }
