@@ -313,3 +313,62 @@ fn malformed_messages_do_not_disturb_a_well_behaved_client() {
         .unwrap();
     assert!(refused as usize >= messages / 2, "{text}");
 }
+
+#[test]
+fn each_virtual_rank_trains_on_what_loader_fetch_gives_that_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = dataset(dir.path());
+    let socket = dir.path().join("loader.sock");
+    let _daemon = Daemon::start(&shards, &socket, &[]);
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke.toml");
+    let out = Command::new(bin_dir().join("trainer"))
+        .arg("train")
+        .arg("--config")
+        .arg(&recipe)
+        .arg("--loader")
+        .arg(&socket)
+        .arg("--out")
+        .arg(dir.path().join("run"))
+        .args(["--num-classes", "4", "-b", "4", "--world-size", "2"])
+        .args(["--max-steps", "2", "--digests"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for rank in 0..2 {
+        // configs/smoke.toml's training transform and seed, as loader flags.
+        let fetched = Command::new(bin_dir().join("loader"))
+            .arg("fetch")
+            .arg("--socket")
+            .arg(&socket)
+            .args([
+                "--transform",
+                "a3",
+                "--img-size",
+                "32",
+                "--scale",
+                "0.35",
+                "1",
+            ])
+            .args(["--ratio", "0.75", "1.3333333333333333", "--hflip", "0.5"])
+            .args([
+                "--aa",
+                "rand-m6-mstd0.5-inc1",
+                "--train-interpolation",
+                "bilinear",
+            ])
+            .args(["--aug-repeats", "0", "--seed", "0", "-b", "4"])
+            .args(["--world-size", "2", "--rank", &rank.to_string()])
+            .args(["--steps", "2", "--digests"])
+            .output()
+            .unwrap();
+        assert!(fetched.status.success(), "{fetched:?}");
+        let want = digests(&String::from_utf8_lossy(&fetched.stdout));
+        let got: Vec<String> = digests(&stdout)
+            .into_iter()
+            .filter_map(|l| l.strip_prefix(&format!("rank {rank} ")).map(str::to_owned))
+            .collect();
+        assert_eq!(want.len(), 2);
+        assert_eq!(got, want, "rank {rank}");
+    }
+}

@@ -14,8 +14,9 @@ use crate::device::{DeviceKind, Precision};
 use crate::feed::Feed;
 use crate::lamb::{LambOptions, TimmLamb};
 use crate::mixup::MixupConfig;
+use crate::ranks::VirtualRanks;
 use crate::resnet::ResNetConfig;
-use crate::step::{HostBatch, TrainStep};
+use crate::step::{HostBatch, StepError, TrainStep};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -26,8 +27,10 @@ pub struct BenchOptions {
     pub precision: Precision,
     /// The model.
     pub model: ResNetConfig,
-    /// Images per step.
+    /// Images per step and rank.
     pub batch: usize,
+    /// Virtual ranks per step (see [`crate::ranks`]): `ranks × batch` images per step.
+    pub ranks: usize,
     /// Square image side.
     pub img_size: usize,
     /// Untimed steps first (compilation, autotune).
@@ -63,8 +66,10 @@ pub struct BenchReport {
     pub device: String,
     /// `f32` or `bf16`.
     pub precision: String,
-    /// Images per step.
+    /// Images per step and rank.
     pub batch: usize,
+    /// Virtual ranks per step.
+    pub ranks: usize,
     /// Square image side.
     pub img_size: usize,
     /// Timed steps.
@@ -105,6 +110,9 @@ pub enum BenchError {
     /// The device failed while executing.
     #[error("device execution failed: {0}")]
     Execution(String),
+    /// Virtual ranks with loader batches (only synthetic ones are supported).
+    #[error("--world-size above 1 runs on synthetic batches only (without --shards)")]
+    RanksWithShards,
 }
 
 fn sync(device: &Device) -> Result<(), BenchError> {
@@ -129,6 +137,11 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         },
         seed: options.seed,
     };
+    let ranks = options.ranks.max(1);
+    if ranks > 1 && !matches!(options.source, BatchSource::Synthetic) {
+        return Err(BenchError::RanksWithShards);
+    }
+    let mut virtual_ranks = VirtualRanks::new(step.model().ok_or(StepError::Poisoned)?, ranks);
     let total = (options.warmup + options.steps) as u64;
     let feed = match &options.source {
         BatchSource::Synthetic => None,
@@ -153,7 +166,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     let batches: Vec<(Vec<u8>, Vec<u32>)> = if feed.is_some() {
         Vec::new()
     } else {
-        (0..4)
+        (0..4.max(ranks))
             .map(|_| {
                 let mut pixels = vec![0u8; pixels_per_batch];
                 rng.fill(pixels.as_mut_slice());
@@ -184,14 +197,19 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
                 feed.recycle(fed);
                 l
             } else {
-                let (pixels, labels) = &batches[i % batches.len()];
-                let batch = HostBatch {
-                    pixels,
-                    shape,
-                    labels,
-                    step: i as u64,
-                };
-                step.run(&batch, 1e-3, &device)?
+                let hosts: Vec<HostBatch<'_>> = (0..ranks)
+                    .map(|r| {
+                        let (pixels, labels) = &batches[(i * ranks + r) % batches.len()];
+                        HostBatch {
+                            pixels,
+                            shape,
+                            labels,
+                            step: i as u64,
+                        }
+                    })
+                    .collect();
+                let losses = virtual_ranks.step(&mut step, &hosts, 1e-3, &device, &mut |_| {})?;
+                losses.into_iter().next().ok_or(StepError::Poisoned)?
             };
             loss = Some(l);
         }
@@ -210,12 +228,13 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         device: options.device.to_string(),
         precision: format!("{:?}", options.precision).to_lowercase(),
         batch: options.batch,
+        ranks,
         img_size,
         steps: options.steps,
         warmup_s,
         timed_s,
         steps_per_s,
-        samples_per_s: steps_per_s * options.batch as f64,
+        samples_per_s: steps_per_s * (options.batch * ranks) as f64,
         source: match &options.source {
             BatchSource::Synthetic => "synthetic".into(),
             BatchSource::Shards {
@@ -248,6 +267,7 @@ mod tests {
                 zero_init_last: true,
             },
             batch: 4,
+            ranks: 1,
             img_size: 16,
             warmup: 1,
             steps: 2,
@@ -258,5 +278,11 @@ mod tests {
         assert!(report.last_loss.is_finite(), "{report:?}");
         assert!(report.samples_per_s > 0.0);
         assert_eq!(report.samples_per_s, report.steps_per_s * 4.0);
+        let two = run(&BenchOptions {
+            ranks: 2,
+            ..options
+        })
+        .expect("bench");
+        assert_eq!(two.samples_per_s, two.steps_per_s * 8.0);
     }
 }

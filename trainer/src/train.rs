@@ -53,6 +53,9 @@ pub struct TrainOptions {
     /// Start a new run from these timm-named safetensors weights (timm's `--initial-checkpoint`
     /// role) instead of a fresh initialization; unused when resuming.
     pub init_from: Option<PathBuf>,
+    /// Report the SHA-256 of every rank's batch ([`Event::Batch`]), as `loader fetch
+    /// --digests` prints them, to check what each rank trained on.
+    pub digests: bool,
 }
 
 /// Errors of a run.
@@ -109,6 +112,15 @@ pub enum Event {
     Metric(Metric),
     /// A checkpoint was written.
     Checkpoint(PathBuf),
+    /// A rank's batch, with [`TrainOptions::digests`].
+    Batch {
+        /// The rank.
+        rank: usize,
+        /// Its position.
+        position: Position,
+        /// SHA-256 of its images and labels ([`loader::bench::batch_digest`]).
+        sha256: String,
+    },
 }
 
 /// The model a recipe names.
@@ -299,6 +311,15 @@ pub fn train(
                 "rank batches out of step: rank 0 at {at:?}, another at {:?}",
                 b.position
             )));
+        }
+        if options.digests {
+            for (rank, batch) in held.iter().enumerate() {
+                on_event(Event::Batch {
+                    rank,
+                    position: batch.position,
+                    sha256: loader::bench::batch_digest(batch.images(), batch.labels()),
+                });
+            }
         }
         let lr = schedule.lr(u64::from(at.epoch), at.step, spe);
         let hosts: Vec<HostBatch<'_>> = held

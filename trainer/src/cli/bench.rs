@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// Loader worker threads with --shards (timm's --workers).
     #[arg(long, short = 'j', default_value_t = 4)]
     pub workers: usize,
+    /// Virtual ranks of -b images each (synthetic batches): measures one rank of
+    /// world-size × b images, then world-size ranks of b, and prints the ratio.
+    #[arg(long, default_value_t = 1)]
+    pub world_size: usize,
 }
 
 /// Runs the bench and prints its report.
@@ -57,11 +61,12 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         precision: a.dtype,
         model: a.model.config()?,
         batch: a.batch,
+        ranks: 1,
         img_size: a.img_size,
         warmup: a.warmup,
         steps: a.steps,
         seed: a.seed,
-        source: match a.shards {
+        source: match a.shards.clone() {
             Some(path) => bench::BatchSource::Shards {
                 path,
                 transform: a.transform,
@@ -70,18 +75,47 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             None => bench::BatchSource::Synthetic,
         },
     };
-    let r = bench::run(&options).context("benchmark failed")?;
+    if a.world_size <= 1 {
+        report(&a, &bench::run(&options).context("benchmark failed")?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The same global batch both ways, in one run.
+    let one = bench::run(&BenchOptions {
+        batch: a.batch * a.world_size,
+        ..options.clone()
+    })
+    .context("benchmark failed")?;
+    report(&a, &one)?;
+    let ranks = bench::run(&BenchOptions {
+        ranks: a.world_size,
+        ..options
+    })
+    .context("benchmark failed")?;
+    report(&a, &ranks)?;
+    println!(
+        "{} virtual ranks of {} / one rank of {}: {:.3} (samples/s)",
+        a.world_size,
+        a.batch,
+        a.batch * a.world_size,
+        ranks.samples_per_s / one.samples_per_s
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints one report.
+fn report(a: &BenchArgs, r: &bench::BenchReport) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{} {} {} batch {} at {}px: {:.2} steps/s, {:.1} samples/s \
+            "{} {} {} batch {} x {} rank(s) at {}px: {:.2} steps/s, {:.1} samples/s \
              (warm-up {:.1} s, {} timed steps in {:.2} s of which {:.2} s waiting for \
              data, loss {:.4}, device memory {}; batches: {})",
             a.model.model,
             r.device,
             r.precision,
             r.batch,
+            r.ranks,
             r.img_size,
             r.steps_per_s,
             r.samples_per_s,
@@ -97,5 +131,5 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             r.source,
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -42,6 +42,10 @@ pub struct TrainArgs {
     /// a fresh initialization. Ignored with --resume, whose checkpoint holds the weights.
     #[arg(long)]
     pub init_from: Option<std::path::PathBuf>,
+    /// Print the SHA-256 of every rank's batch (`rank R epoch E step S sha256 D`), to compare
+    /// with `loader fetch --digests --world-size W --rank R` of the same job.
+    #[arg(long)]
+    pub digests: bool,
     #[command(flatten)]
     pub overrides: RecipeOverrides,
 }
@@ -58,6 +62,7 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         precision: a.dtype,
         max_steps: a.max_steps,
         init_from: a.init_from.clone(),
+        digests: a.digests,
     };
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
@@ -105,6 +110,14 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
             "eval after epoch {epoch}: top-1 {top1:.2} %, top-5 {top5:.2} % ({samples} images)"
         )),
         Event::Checkpoint(dir) => bar.println(format!("checkpoint {}", dir.display())),
+        Event::Batch {
+            rank,
+            position,
+            sha256,
+        } => println!(
+            "rank {rank} epoch {} step {} sha256 {sha256}",
+            position.epoch, position.step
+        ),
     })?;
     bar.finish();
     if let Some(Metric::Eval { top1, top5, .. }) = last {

@@ -59,6 +59,7 @@ pub fn options(
         device: DeviceKind::Cpu,
         precision: Precision::F32,
         max_steps: Some(max_steps),
+        digests: false,
     }
 }
 
