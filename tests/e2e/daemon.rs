@@ -372,3 +372,89 @@ fn each_virtual_rank_trains_on_what_loader_fetch_gives_that_rank() {
         assert_eq!(got, want, "rank {rank}");
     }
 }
+
+/// (step, loss) lines of a run's metrics.jsonl.
+fn step_losses(out: &Path) -> Vec<(u64, String)> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"step\""))
+        // A line cut by the kill is not a step (the resume rewrites the file from its
+        // checkpoint).
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v["step"].as_u64()?, v["loss"].to_string())))
+        .collect()
+}
+
+#[test]
+fn kill_9_of_a_four_rank_run_mid_epoch_then_resume_gives_the_uninterrupted_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = dataset(dir.path());
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke.toml");
+    let train = |out: &Path, steps: u32, extra: &[&str]| {
+        let mut c = Command::new(bin_dir().join("trainer"));
+        c.arg("train")
+            .arg("--config")
+            .arg(&recipe)
+            .arg("--shards")
+            .arg(&shards)
+            .arg("--out")
+            .arg(out)
+            .args([
+                "--num-classes",
+                "4",
+                "-b",
+                "4",
+                "--world-size",
+                "4",
+                "--width",
+                "0.125",
+            ])
+            .args([
+                "--img-size",
+                "16",
+                "--test-img-size",
+                "16",
+                "--drop-path",
+                "0.1",
+            ])
+            .args(["--checkpoint-interval", "1", "-j", "1"])
+            .args(["--max-steps", &steps.to_string()])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    };
+    let whole = dir.path().join("whole");
+    assert!(train(&whole, 6, &[]).status().unwrap().success());
+    let whole_losses = step_losses(&whole);
+    assert_eq!(whole_losses.len(), 6);
+
+    // Killed once its checkpoint of step 3 (of the epoch's 17) is complete: the kill lands
+    // wherever the next step is.
+    let split = dir.path().join("split");
+    let mut child = train(&split, 6, &[]).spawn().unwrap();
+    let t0 = Instant::now();
+    while !split.join("ckpt-0000000003/state.json").exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "no checkpoint of step 3"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run finished before the kill"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = step_losses(&split).len();
+    assert!(
+        (3..6).contains(&before),
+        "{before} steps written before the kill"
+    );
+    assert!(train(&split, 6, &["--resume"]).status().unwrap().success());
+    assert_eq!(step_losses(&split), whole_losses);
+}
