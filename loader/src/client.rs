@@ -21,6 +21,10 @@ use crate::job::{JobSpec, Position};
 use crate::protocol::{self, ProtocolError, Reply, Request, SplitInfo, Stats};
 use crate::ring::{RingError, RingLayout, RingView, SlotRef};
 
+/// How long a daemon has for each step of a handshake (connect, preamble, welcome or reply).
+/// The daemon answers at once when it runs; this bounds a stopped or wedged one.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Errors of the client.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -36,6 +40,17 @@ pub enum ClientError {
         waited: Duration,
         /// The last error seen.
         last: String,
+    },
+    /// The daemon accepted but did not answer a step of the handshake in time (stopped,
+    /// wedged, or out of descriptors).
+    #[error(
+        "the loader on {socket} did not answer within {waited:?}; is it stopped or overloaded?"
+    )]
+    Timeout {
+        /// The socket.
+        socket: PathBuf,
+        /// How long it had.
+        waited: Duration,
     },
     /// The daemon refused the request.
     #[error("the loader on {socket} refused: {message}")]
@@ -245,7 +260,9 @@ impl Client {
         loop {
             match open(o, self.next) {
                 Ok(c) => return Ok(c),
-                Err(ClientError::Protocol(ProtocolError::Io(e))) => {
+                Err(
+                    e @ (ClientError::Protocol(ProtocolError::Io(_)) | ClientError::Timeout { .. }),
+                ) => {
                     if t0.elapsed() >= o.reconnect_timeout {
                         return Err(ClientError::Unreachable {
                             socket: o.socket.clone(),
@@ -264,15 +281,55 @@ impl Client {
 
 /// Connects and exchanges preambles.
 fn handshake(socket: &Path) -> Result<UnixStream, ClientError> {
-    let mut stream = UnixStream::connect(socket).map_err(ProtocolError::from)?;
+    handshake_within(socket, HANDSHAKE_TIMEOUT)
+}
+
+/// [`handshake`], each step of it (connect, preamble, and until the caller clears the
+/// timeouts, the replies) bounded by `timeout`.
+fn handshake_within(socket: &Path, timeout: Duration) -> Result<UnixStream, ClientError> {
+    let mut stream = connect_within(socket, timeout).map_err(|e| timed_out(e, socket, timeout))?;
     // The daemon sends its preamble first, even to a peer it then refuses and closes on: ours
     // may fail to go out while its preamble and error frame are there to read.
     let sent = stream.write_all(&protocol::preamble());
     let mut p = [0u8; 12];
     std::io::Read::read_exact(&mut stream, &mut p)
-        .map_err(|e| ProtocolError::from(sent.err().unwrap_or(e)))?;
+        .map_err(|e| timed_out(sent.err().unwrap_or(e), socket, timeout))?;
     protocol::check_preamble(&p)?;
     Ok(stream)
+}
+
+/// An I/O error of a handshake step, as [`ClientError::Timeout`] where the step ran out of
+/// time.
+fn timed_out(e: std::io::Error, socket: &Path, timeout: Duration) -> ClientError {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::Timeout {
+            socket: socket.to_path_buf(),
+            waited: timeout,
+        },
+        _ => ProtocolError::from(e).into(),
+    }
+}
+
+/// A connection to `socket` whose connect, reads and writes give up after `timeout`: a
+/// stopped daemon (its backlog full, or nobody reading) is an error, not a hang.
+fn connect_within(socket: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    use nix::sys::socket::{self as sock, AddressFamily, SockFlag, SockType, UnixAddr, sockopt};
+    let fd = sock::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let tv = nix::sys::time::TimeVal::new(
+        timeout.as_secs() as nix::sys::time::time_t,
+        timeout.subsec_micros() as nix::sys::time::suseconds_t,
+    );
+    // Linux bounds a blocking connect to a full backlog by the send timeout.
+    sock::setsockopt(&fd, sockopt::SendTimeout, &tv)?;
+    sock::setsockopt(&fd, sockopt::ReceiveTimeout, &tv)?;
+    let addr = UnixAddr::new(socket)?;
+    sock::connect(fd.as_raw_fd(), &addr)?;
+    Ok(UnixStream::from(fd))
 }
 
 /// One connection attempt: handshake, hello, welcome with the ring's descriptor.
@@ -292,8 +349,17 @@ fn open(o: &ClientOptions, start: Position) -> Result<Connection, ClientError> {
     let mut frames = FrameReader::default();
     let (reply, fd) = match read_with_fd(&mut stream, &mut frames) {
         Ok(read) => read,
+        Err(ClientError::Protocol(ProtocolError::Io(e))) if sent.is_ok() => {
+            return Err(timed_out(e, &o.socket, HANDSHAKE_TIMEOUT));
+        }
         Err(e) => return Err(sent.err().map_or(e, ClientError::from)),
     };
+    // Batches may take long to come (a slow producer, a group waiting for its ranks): the
+    // stream itself has no timeout.
+    stream
+        .set_read_timeout(None)
+        .and_then(|()| stream.set_write_timeout(None))
+        .map_err(ProtocolError::from)?;
     match (reply, fd) {
         (
             Reply::Welcome {
@@ -368,9 +434,13 @@ fn ask(socket: &Path, request: &Request) -> Result<Reply, ClientError> {
     // A daemon that refuses us may have closed already, its error frame waiting in our
     // receive buffer: a failed write is the error only if no reply can be read.
     let sent = protocol::write_frame(&mut stream, request);
-    let reply = FrameReader::<Reply>::default()
-        .read(&mut stream)
-        .map_err(|e| sent.err().unwrap_or(e))?;
+    let reply = match FrameReader::<Reply>::default().read(&mut stream) {
+        Ok(reply) => reply,
+        Err(ProtocolError::Io(e)) if sent.is_ok() => {
+            return Err(timed_out(e, socket, HANDSHAKE_TIMEOUT));
+        }
+        Err(e) => return Err(sent.err().unwrap_or(e).into()),
+    };
     let _ = protocol::write_frame(&mut stream, &Request::Bye);
     match reply {
         Reply::Error { message } => Err(ClientError::Refused {
@@ -398,5 +468,42 @@ pub fn describe(socket: &Path, split: &str) -> Result<SplitInfo, ClientError> {
     match ask(socket, &request)? {
         Reply::Split(info) => Ok(info),
         other => Err(ProtocolError::Malformed(format!("expected a split, got {other:?}")).into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_daemon_that_never_answers_is_a_timeout_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("stopped.sock");
+        // Bound and listening, never accepting: what a stopped daemon looks like.
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let t0 = Instant::now();
+        let e = handshake_within(&socket, Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(e, ClientError::Timeout { .. }), "{e}");
+        assert!(e.to_string().contains("did not answer within"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        // The reconnecting client gives up after its own timeout, naming the socket.
+        let options = ClientOptions {
+            socket: socket.clone(),
+            job_id: "t".into(),
+            job: JobSpec::single(
+                "train",
+                crate::transform::TransformSpec::preset("a3").unwrap(),
+                0,
+                8,
+            ),
+            start: Position::default(),
+            epochs: None,
+            slots: None,
+            reconnect_timeout: Duration::from_millis(100),
+        };
+        let t0 = Instant::now();
+        let e = Client::connect(options).err().unwrap();
+        assert!(matches!(e, ClientError::Unreachable { .. }), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(30));
     }
 }

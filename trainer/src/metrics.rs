@@ -26,11 +26,14 @@ pub enum Metric {
         step: u64,
         /// Epoch of the batch.
         epoch: u32,
-        /// BCE (or CE) loss of the batch.
+        /// BCE (or CE) loss of the batch: the mean over the ranks' batches.
         loss: f64,
         /// Learning rate used.
         lr: f64,
-        /// Samples per second of this step (data wait included).
+        /// Images of the step over all ranks (`batch_size × world_size`; older files lack it).
+        #[serde(default)]
+        global_batch: usize,
+        /// Samples per second of this step over all ranks (data wait included).
         samples_per_s: f64,
         /// Seconds this step waited for its batch.
         data_wait_s: f64,
@@ -107,6 +110,7 @@ mod tests {
                 epoch: 0,
                 loss: 1.0,
                 lr: 0.1,
+                global_batch: 4,
                 samples_per_s: 1.0,
                 data_wait_s: 0.0,
             };

@@ -395,6 +395,7 @@ mod tests {
                 epoch: (step / 50) as u32,
                 loss: 0.7 * (-(step as f64) / 80.0).exp() + 0.05 * ((step as f64) * 0.7).sin(),
                 lr: 1e-3 * (step as f64 / steps as f64),
+                global_batch: 64,
                 samples_per_s: 60.0 + (step % 7) as f64,
                 data_wait_s: 0.0,
             });

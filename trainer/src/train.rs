@@ -349,6 +349,7 @@ pub fn train(
             epoch: at.epoch,
             loss,
             lr,
+            global_batch: config.global_batch(),
             samples_per_s: config.global_batch() as f64 / (now - t_prev).as_secs_f64(),
             data_wait_s,
         };

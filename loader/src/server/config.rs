@@ -103,6 +103,9 @@ pub struct ServeConfig {
     pub socket_mode: u32,
     /// Seconds a new connection has to say hello.
     pub handshake_timeout_s: f64,
+    /// Seconds a status connection (`loader status`, monitoring) may stay silent before the
+    /// daemon closes it, so idle ones cannot pile up to `max_clients`.
+    pub idle_timeout_s: f64,
     /// Seconds the first rank of a job waits for the job's other ranks before its batches
     /// start; ranks that attach together share decodes (see `server::producer`).
     pub group_wait_s: f64,
@@ -126,6 +129,7 @@ impl Default for ServeConfig {
             allow_groups: Vec::new(),
             socket_mode: 0o660,
             handshake_timeout_s: 10.0,
+            idle_timeout_s: 60.0,
             group_wait_s: 5.0,
         }
     }
@@ -152,6 +156,7 @@ impl ServeConfig {
             0.1..=3600.0,
         )?;
         SettingError::within("group_wait_s", self.group_wait_s, 0.0..=3600.0)?;
+        SettingError::within("idle_timeout_s", self.idle_timeout_s, 0.1..=86400.0)?;
         SettingError::within("memory_budget_bytes", self.memory_budget_bytes, 0..=1 << 50)?;
         let budget = self.memory_budget();
         if u64::from(self.max_clients) * self.max_ring_bytes > budget.bytes {

@@ -265,10 +265,14 @@ async fn handshake(
                     Request::Bye => return Ok(None),
                     other => return Err(Refusal::out_of_order(&other, "a status connection")),
                 }
-                request = match conn.read().await {
-                    Ok(Some(r)) => r,
-                    Ok(None) | Err(ProtocolError::Io(_)) => return Ok(None),
-                    Err(e) => return Err(e.into()),
+                let idle = shared.idle_timeout();
+                request = match tokio::time::timeout(idle, conn.read()).await {
+                    Err(_) => {
+                        return Err(Refusal::Timeout("no request on a status connection", idle));
+                    }
+                    Ok(Ok(Some(r))) => r,
+                    Ok(Ok(None) | Err(ProtocolError::Io(_))) => return Ok(None),
+                    Ok(Err(e)) => return Err(e.into()),
                 };
             }
         }

@@ -197,6 +197,41 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_status_connection_is_closed_with_a_reason() {
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let shards = crate::testutil::packed(dir.path(), 2, 3, 16);
+        let server = crate::server::LocalServer::start(ServeConfig {
+            shards: Some(shards),
+            idle_timeout_s: 0.2,
+            ..ServeConfig::default()
+        })
+        .unwrap();
+        let mut s = std::os::unix::net::UnixStream::connect(server.socket()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&crate::protocol::preamble()).unwrap();
+        crate::protocol::write_frame(&mut s, &crate::protocol::Request::Stats).unwrap();
+        let mut p = [0u8; 12];
+        s.read_exact(&mut p).unwrap();
+        let mut frames = crate::frame::FrameReader::<crate::protocol::Reply>::default();
+        assert!(matches!(
+            frames.read(&mut s).unwrap(),
+            crate::protocol::Reply::Stats(_)
+        ));
+        // Silent from here on: the daemon says why and closes.
+        match frames.read(&mut s).unwrap() {
+            crate::protocol::Reply::Error { message } => {
+                assert!(
+                    message.contains("no request on a status connection"),
+                    "{message}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(frames.read(&mut s).is_err(), "still open");
+    }
+
+    #[test]
     fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");

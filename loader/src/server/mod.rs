@@ -72,6 +72,12 @@ impl Shared {
         Duration::from_secs_f64(self.config.handshake_timeout_s.clamp(0.1, 3600.0))
     }
 
+    /// How long a status connection may stay silent.
+    fn idle_timeout(&self) -> Duration {
+        // validate() bounds it to 0.1..=86400 s.
+        Duration::from_secs_f64(self.config.idle_timeout_s.clamp(0.1, 86_400.0))
+    }
+
     /// The dataset's split names, for messages.
     fn split_names(&self) -> String {
         let names: Vec<&str> = self.splits.keys().map(String::as_str).collect();
