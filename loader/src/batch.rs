@@ -8,7 +8,9 @@ sample, so the bytes of a batch depend neither on the thread count nor on which 
 filled together (DESIGN.md invariant 1).
 
 A record that does not decode (only possible if a shard changed after `verify`) is counted and
-replaced by the next record of the split that decodes, deterministically (invariant 3).
+replaced by the next record of the split that decodes, deterministically (invariant 3). If no
+record of the split decodes, the batch is reported unfilled: never stale pixels under real
+labels.
 */
 
 use std::collections::HashMap;
@@ -33,6 +35,9 @@ pub const STEPS_PER_FILL: usize = 4;
 pub struct FillReport {
     /// Records that failed to decode and were replaced, as (split index, replacement index).
     pub replaced: Vec<(u32, u32)>,
+    /// Records for which no record of the split decodes: their images were not written
+    /// (the batch is not usable, and the caller must say so).
+    pub unfilled: Vec<u32>,
 }
 
 /// Makes batches with a fixed set of per-thread workers.
@@ -152,9 +157,10 @@ impl BatchMaker {
         }
         let next = AtomicUsize::new(0);
         let replaced = Mutex::new(vec![Vec::new(); count]);
+        let unfilled = Mutex::new(vec![Vec::new(); count]);
         std::thread::scope(|scope| {
             for worker in &mut self.workers {
-                let (slots, next, replaced) = (&slots, &next, &replaced);
+                let (slots, next, replaced, unfilled) = (&slots, &next, &replaced, &unfilled);
                 let (samples, batch_of) = (&samples, &batch_of);
                 scope.spawn(move || {
                     loop {
@@ -167,7 +173,18 @@ impl BatchMaker {
                         };
                         let group = &samples[range.clone()];
                         let wanted = group[0].index;
-                        let used = produce_with_fallback(worker, split, epoch, group, outs);
+                        let Some(used) = produce_with_fallback(worker, split, epoch, group, outs)
+                        else {
+                            for l in labels.iter_mut() {
+                                **l = shard_tool::NO_LABEL;
+                            }
+                            if let Ok(mut u) = unfilled.lock() {
+                                for &b in &batch_of[range] {
+                                    u[b].push(wanted);
+                                }
+                            }
+                            continue;
+                        };
                         let label = split.label(u64::from(used)).unwrap_or(shard_tool::NO_LABEL);
                         for l in labels.iter_mut() {
                             **l = label;
@@ -187,13 +204,20 @@ impl BatchMaker {
             .into_inner()
             .unwrap_or_default()
             .into_iter()
-            .map(|mut r| {
-                r.sort_unstable();
-                r.dedup();
-                FillReport { replaced: r }
+            .zip(unfilled.into_inner().unwrap_or_default())
+            .map(|(r, u)| FillReport {
+                replaced: sorted_unique(r),
+                unfilled: sorted_unique(u),
             })
             .collect()
     }
+}
+
+/// `v` sorted, each value once.
+fn sorted_unique<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// One batch's part of [`BatchMaker::fill_many`].
@@ -223,14 +247,14 @@ type GroupOutputs<'s, 'a> = (
 );
 
 /// Produces `group` from its record, or from the next record that decodes; returns the record
-/// index used. Gives up (leaving the outputs as they were) after trying every record.
+/// index used, or `None` (the outputs left as they were) when no record of the split decodes.
 fn produce_with_fallback(
     worker: &mut Worker,
     split: &Split,
     epoch: u32,
     group: &[Sample],
     outs: &mut [&mut [u8]],
-) -> u32 {
+) -> Option<u32> {
     let len = split.len().max(1);
     let first = u64::from(group[0].index);
     for k in 0..len {
@@ -239,10 +263,10 @@ fn produce_with_fallback(
             continue;
         };
         if worker.produce(record.data, epoch, group, outs).is_ok() {
-            return index as u32;
+            return Some(index as u32);
         }
     }
-    group[0].index
+    None
 }
 
 #[cfg(test)]

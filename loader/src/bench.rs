@@ -100,6 +100,14 @@ pub enum BenchError {
     /// The ranks' batches made together differ from those made alone.
     #[error("--ranks {0}: the ranks' batches differ between alone and together")]
     RanksDiffer(u32),
+    /// No record of the split decodes.
+    #[error("{path}: no record of split {split} decodes; run `shard-tool verify` on it")]
+    Unfillable {
+        /// The dataset directory.
+        path: PathBuf,
+        /// The split.
+        split: String,
+    },
     /// The plans could not share a stream.
     #[error(transparent)]
     Stream(#[from] StreamError),
@@ -215,6 +223,12 @@ pub fn run(options: &BenchOptions, out: &mut impl Write) -> Result<Option<f64>, 
             })
             .collect();
         let filled = stream.fill(split, targets);
+        if filled.failed() {
+            return Err(BenchError::Unfillable {
+                path: options.shards.clone(),
+                split: options.job.split.clone(),
+            });
+        }
         times += filled.times;
         let replaced: Vec<(u32, u32)> = filled.replaced().collect();
         if !replaced.is_empty() {

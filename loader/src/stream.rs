@@ -63,6 +63,8 @@ pub struct Written {
     pub count: usize,
     /// Records that did not decode, with the records that replaced them, as (wanted, used).
     pub replaced: Vec<(u32, u32)>,
+    /// Records for which no record of the split decodes: the batch was not made.
+    pub unfilled: Vec<u32>,
 }
 
 /// What one [`BatchStream::fill`] did.
@@ -78,6 +80,11 @@ impl Filled {
     /// Every replacement of the fill, for a warning.
     pub fn replaced(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
         self.batches.iter().flat_map(|b| b.replaced.iter().copied())
+    }
+
+    /// Whether a batch could not be made (no record of the split decodes).
+    pub fn failed(&self) -> bool {
+        self.batches.iter().any(|b| !b.unfilled.is_empty())
     }
 }
 
@@ -258,6 +265,7 @@ impl BatchStream {
                 batches[i] = Written {
                     count: samples.len(),
                     replaced: report.replaced,
+                    unfilled: report.unfilled,
                 };
             }
         }
@@ -369,6 +377,23 @@ mod tests {
                 assert_eq!(*label, split.label(u64::from(*id)).unwrap());
             }
         }
+    }
+
+    #[test]
+    fn a_split_where_nothing_decodes_reports_the_batch_unfilled() {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = crate::testutil::packed(dir.path(), 3, 90, 40);
+        crate::testutil::break_every_record(&shards);
+        // SAFETY: the dataset is not modified while open.
+        let ds = unsafe { Dataset::open(&shards) }.unwrap();
+        let split = ds.split("train").unwrap();
+        let mut stream = BatchStream::single(plan(1, 0, split.len()), 2);
+        let (got, filled) = fill(&mut stream, split, &[(0, Position::default())]);
+        assert!(filled.failed());
+        // A1 repeats each image 3 times: 8 samples of 3 records.
+        assert_eq!(filled.batches[0].unfilled.len(), 3);
+        // No label claims an image that was not written.
+        assert!(got[0].1.iter().all(|&l| l == shard_tool::NO_LABEL));
     }
 
     #[test]

@@ -27,6 +27,23 @@ pub fn packed(dir: &Path, classes: u32, per_class: u32, size: u32) -> PathBuf {
     out
 }
 
+/// Makes every record of the packed dataset at `shards` undecodable: each JPEG's start-of-image
+/// marker is overwritten in the shard files (the index and footers stay intact).
+pub fn break_every_record(shards: &Path) {
+    for entry in std::fs::read_dir(shards).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rsb") {
+            let mut bytes = std::fs::read(&path).unwrap();
+            for i in 0..bytes.len().saturating_sub(2) {
+                if bytes[i..i + 3] == [0xFF, 0xD8, 0xFF] {
+                    bytes[i..i + 3].copy_from_slice(&[0, 0, 0]);
+                }
+            }
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
+}
+
 /// [`packed`], opened (the directory lives as long as the returned guard).
 pub fn opened(classes: u32, per_class: u32, size: u32) -> (tempfile::TempDir, shard_tool::Dataset) {
     let dir = tempfile::tempdir().unwrap();

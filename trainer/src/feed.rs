@@ -117,6 +117,13 @@ impl Feed {
                     ids: None,
                 };
                 let filled = stream.fill(split, vec![target]);
+                if filled.failed() {
+                    let _ = tx.send(Err(FeedError::Shards {
+                        path: path.clone(),
+                        message: "no record of split train decodes; run `shard-tool verify`".into(),
+                    }));
+                    return;
+                }
                 let replaced: Vec<(u32, u32)> = filled.replaced().collect();
                 if !replaced.is_empty() {
                     eprintln!(

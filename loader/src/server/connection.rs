@@ -88,6 +88,9 @@ pub(super) enum Refusal {
     /// A release of a slot the client does not hold.
     #[error("release of slot {0}, which the client does not hold")]
     NotHeld(u32),
+    /// The job's producer could not make a batch; the job ends (the client must not retry).
+    #[error("{0}")]
+    Failed(String),
     /// A broken invariant of the daemon itself.
     #[error("internal: {0}")]
     Internal(&'static str),

@@ -38,6 +38,8 @@ pub(super) enum Event {
     EndOfEpoch(u32),
     /// Every epoch asked for has been produced.
     Finished,
+    /// A batch could not be made: the job ends with this message.
+    Failed(String),
 }
 
 /// One client's part of a producer.
@@ -248,6 +250,22 @@ impl Producer {
                 }
             }
             let filled = stream.fill(split, targets);
+            if filled.failed() {
+                let at = steps[0].0;
+                let message = format!(
+                    "no record of split {:?} decodes ({} tried) for the batch at epoch {} step \
+                     {}; the dataset is damaged: run `shard-tool verify` on it",
+                    split.name(),
+                    split.len(),
+                    at.epoch,
+                    at.step
+                );
+                tracing::error!("{message}");
+                for m in &self.members {
+                    let _ = m.events.blocking_send(Event::Failed(message.clone()));
+                }
+                return;
+            }
             let counters = &self.shared.counters;
             // Counted as written, with the decodes, whatever happens to the announcements.
             counters.add_fill(&filled.times);
@@ -430,6 +448,36 @@ mod tests {
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         })
+    }
+
+    #[test]
+    fn a_batch_that_cannot_be_made_ends_the_job_with_an_error_not_stale_pixels() {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = shards(dir.path());
+        crate::testutil::break_every_record(&shards);
+        let server = daemon(&shards, 0.0);
+        let mut client = Client::connect(ClientOptions {
+            socket: server.socket().to_path_buf(),
+            job_id: "broken".into(),
+            job: JobSpec::single("train", a1_at_32px(), 5, 6),
+            start: Position::default(),
+            epochs: None,
+            slots: Some(2),
+            reconnect_timeout: std::time::Duration::from_secs(10),
+        })
+        .unwrap();
+        let e = client.next_batch().err().expect("an error, not a batch");
+        assert!(
+            matches!(e, client::ClientError::Refused { .. }),
+            "refused, so the client does not retry: {e}"
+        );
+        assert!(
+            e.to_string()
+                .contains("no record of split \"train\" decodes"),
+            "{e}"
+        );
+        // The daemon serves on.
+        client::stats(server.socket()).unwrap();
     }
 
     #[test]

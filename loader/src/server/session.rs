@@ -176,6 +176,7 @@ impl Session {
                         finished = true;
                         if let Err(e) = conn.write(&Reply::Finished).await { break Err(e.into()); }
                     }
+                    Some(Event::Failed(message)) => break Err(Refusal::Failed(message)),
                     // After `finished` the producer has nothing more to do: a normal end.
                     None if finished => break Ok(()),
                     // Another client of its group left: close without an error, so that this
