@@ -18,6 +18,8 @@ use crate::transform::{SettingError, TransformSpec};
 pub const BATCH_SIZE: RangeInclusive<u32> = 1..=8192;
 /// Ranks of one job that the loader accepts (`world_size`).
 pub const WORLD_SIZE: RangeInclusive<u32> = 1..=4096;
+/// Most epochs a job may run or start at (A1 runs 600).
+pub const MAX_EPOCHS: u32 = 100_000;
 
 /// Errors in a job's settings.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +77,8 @@ impl Position {
     pub fn next(self, steps_per_epoch: u64) -> Position {
         if self.step + 1 >= steps_per_epoch {
             Position {
-                epoch: self.epoch + 1,
+                // Requests are bounded far below (MAX_EPOCHS); never wrap to epoch 0.
+                epoch: self.epoch.saturating_add(1),
                 step: 0,
             }
         } else {

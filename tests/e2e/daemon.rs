@@ -458,3 +458,26 @@ fn kill_9_of_a_four_rank_run_mid_epoch_then_resume_gives_the_uninterrupted_losse
     assert!(train(&split, 6, &["--resume"]).status().unwrap().success());
     assert_eq!(step_losses(&split), whole_losses);
 }
+
+#[test]
+fn sighup_stops_the_daemon_and_removes_its_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = dataset(dir.path());
+    let socket = dir.path().join("loader.sock");
+    let mut daemon = Daemon::start(&shards, &socket, &[]);
+    let status = Command::new("kill")
+        .args(["-HUP", &daemon.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let t0 = Instant::now();
+    while daemon.child.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "still running after SIGHUP"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!socket.exists(), "the socket was left behind");
+    assert!(daemon.log().contains("shutting down"), "{}", daemon.log());
+}

@@ -95,11 +95,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
             server.socket().display()
         );
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        // A closed terminal (SIGHUP) stops the daemon as cleanly as SIGTERM: its socket is
+        // removed, not left behind.
+        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => {}
+                _ = hangup.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
             tracing::info!("shutting down");

@@ -58,6 +58,14 @@ pub(super) enum Refusal {
         /// The dataset's splits.
         have: String,
     },
+    /// The start is at or past the job's last epoch.
+    #[error("start epoch {epoch} is not below the job's {epochs} epochs")]
+    StartPastEnd {
+        /// The epoch asked.
+        epoch: u32,
+        /// Epochs of the job (or the loader's maximum).
+        epochs: u32,
+    },
     /// The start is past the epoch.
     #[error("start step {step} is past the epoch's {steps} steps")]
     StartPastEpoch {
@@ -264,7 +272,10 @@ async fn handshake(
             // A status connection: answer stats until bye or close.
             loop {
                 match request {
-                    Request::Stats => conn.write(&Reply::Stats(shared.stats())).await?,
+                    Request::Stats => {
+                        conn.write(&Reply::Stats(shared.stats_for(cred.uid())))
+                            .await?
+                    }
                     Request::Bye => return Ok(None),
                     other => return Err(Refusal::out_of_order(&other, "a status connection")),
                 }

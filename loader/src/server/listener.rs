@@ -197,6 +197,44 @@ mod tests {
     }
 
     #[test]
+    fn a_start_at_or_past_the_last_epoch_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = crate::testutil::packed(dir.path(), 2, 3, 16);
+        let server = crate::server::LocalServer::start(ServeConfig {
+            shards: Some(shards),
+            ..ServeConfig::default()
+        })
+        .unwrap();
+        let connect = |epoch, epochs| {
+            crate::client::Client::connect(crate::client::ClientOptions {
+                socket: server.socket().to_path_buf(),
+                job_id: "j".into(),
+                job: crate::job::JobSpec::single(
+                    "train",
+                    crate::transform::TransformSpec::preset("eval").unwrap(),
+                    0,
+                    2,
+                ),
+                start: crate::job::Position { epoch, step: 0 },
+                epochs,
+                slots: Some(1),
+                reconnect_timeout: Duration::from_secs(5),
+            })
+            .err()
+            .map(|e| e.to_string())
+        };
+        // Epoch u32::MAX would wrap to epoch 0 after its last batch.
+        let e = connect(u32::MAX, None).unwrap();
+        assert!(e.contains("start epoch 4294967295 is not below"), "{e}");
+        let e = connect(3, Some(3)).unwrap();
+        assert!(
+            e.contains("start epoch 3 is not below the job's 3 epochs"),
+            "{e}"
+        );
+        assert_eq!(connect(2, Some(3)), None);
+    }
+
+    #[test]
     fn an_idle_status_connection_is_closed_with_a_reason() {
         use std::io::{Read, Write};
         let dir = tempfile::tempdir().unwrap();

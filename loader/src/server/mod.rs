@@ -61,6 +61,13 @@ impl Shared {
         self.counters.snapshot(self.workers)
     }
 
+    /// The statistics as peer `uid` may see them: every client for root and for the daemon's
+    /// own user, otherwise only that user's (job ids, pids and uids are not everyone's
+    /// business on a shared machine).
+    fn stats_for(&self, uid: u32) -> Stats {
+        visible_to(self.stats(), uid, nix::unistd::geteuid().as_raw())
+    }
+
     /// The id of a new connection.
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -82,5 +89,39 @@ impl Shared {
     fn split_names(&self) -> String {
         let names: Vec<&str> = self.splits.keys().map(String::as_str).collect();
         names.join(", ")
+    }
+}
+
+/// `stats` as peer `uid` may see them, on a daemon running as `own`.
+fn visible_to(mut stats: Stats, uid: u32, own: u32) -> Stats {
+    if uid != 0 && uid != own {
+        stats.clients.retain(|c| c.uid == uid);
+    }
+    stats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ClientStats;
+
+    #[test]
+    fn users_see_their_own_clients_and_root_sees_all() {
+        let client = |uid| ClientStats {
+            uid,
+            ..ClientStats::default()
+        };
+        let stats = Stats {
+            clients: vec![client(1000), client(1001), client(1000)],
+            ..Stats::default()
+        };
+        let uids = |s: Stats| s.clients.iter().map(|c| c.uid).collect::<Vec<_>>();
+        assert_eq!(uids(visible_to(stats.clone(), 1000, 500)), [1000, 1000]);
+        assert_eq!(
+            uids(visible_to(stats.clone(), 1002, 500)),
+            Vec::<u32>::new()
+        );
+        assert_eq!(uids(visible_to(stats.clone(), 0, 500)).len(), 3);
+        assert_eq!(uids(visible_to(stats, 500, 500)).len(), 3);
     }
 }

@@ -72,12 +72,13 @@ pub(super) struct Groups {
     generation: u64,
 }
 
-/// The clients of one group share this key: job id, job without the rank, epochs.
-pub(super) fn group_key(job_id: &str, plan: &JobPlan, epochs: Option<u32>) -> String {
+/// The clients of one group share this key: their uid (a user cannot join, and stall, another
+/// user's job), job id, job without the rank, epochs.
+pub(super) fn group_key(uid: u32, job_id: &str, plan: &JobPlan, epochs: Option<u32>) -> String {
     let mut spec = plan.spec().clone();
     spec.rank = 0;
     let spec = serde_json::to_string(&spec).unwrap_or_default();
-    format!("{job_id}\u{0}{spec}\u{0}{epochs:?}")
+    format!("{uid}\u{0}{job_id}\u{0}{spec}\u{0}{epochs:?}")
 }
 
 /// Adds `member` to its job's group, and starts the group's producer once all `world_size`

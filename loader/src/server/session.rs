@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::Shared;
 use super::connection::{Connection, Refusal};
 use super::producer::{self, Event, Member};
-use crate::job::{JobError, JobPlan, JobSpec, Position};
+use crate::job::{JobError, JobPlan, JobSpec, MAX_EPOCHS, Position};
 use crate::protocol::{ClientStats, ProtocolError, Reply, Request, SplitInfo};
 use crate::ring::{Ring, RingLayout};
 
@@ -18,6 +18,8 @@ use crate::ring::{Ring, RingLayout};
 pub(super) struct Session {
     shared: Arc<Shared>,
     id: u64,
+    /// The peer's uid: only its own jobs' groups can it join.
+    uid: u32,
     job_id: String,
     plan: JobPlan,
     layout: RingLayout,
@@ -52,6 +54,13 @@ impl Session {
                 have: shared.split_names(),
             })?;
         let plan = job.plan(split.records)?;
+        let last = epochs.unwrap_or(MAX_EPOCHS).min(MAX_EPOCHS);
+        if start.epoch >= last {
+            return Err(Refusal::StartPastEnd {
+                epoch: start.epoch,
+                epochs: last,
+            });
+        }
         if start.step >= plan.steps_per_epoch() {
             return Err(Refusal::StartPastEpoch {
                 step: start.step,
@@ -104,6 +113,7 @@ impl Session {
         Ok(Session {
             shared: Arc::clone(shared),
             id,
+            uid: cred.uid(),
             job_id,
             plan,
             layout,
@@ -150,7 +160,7 @@ impl Session {
             free: free_rx,
             events: event_tx,
         };
-        let key = producer::group_key(&self.job_id, &self.plan, self.epochs);
+        let key = producer::group_key(self.uid, &self.job_id, &self.plan, self.epochs);
         let wait = Duration::from_secs_f64(self.shared.config.group_wait_s.max(0.0));
         producer::join(&self.shared, key, self.epochs, member, wait);
 
@@ -201,7 +211,8 @@ impl Session {
                         }
                     }
                     Ok(Some(Request::Stats)) => {
-                        if let Err(e) = conn.write(&Reply::Stats(self.shared.stats())).await {
+                        let stats = self.shared.stats_for(self.uid);
+                        if let Err(e) = conn.write(&Reply::Stats(stats)).await {
                             break Err(e.into());
                         }
                     }
