@@ -7,8 +7,8 @@ to threads dynamically, but every sample's output place and random stream are fi
 sample, so the bytes of a batch depend neither on the thread count nor on which batches were
 filled together (DESIGN.md invariant 1).
 
-A record that does not decode (only possible if a shard changed after `verify`) is counted and
-replaced by the next record of the split that decodes, deterministically (invariant 3). If no
+A record whose bytes fail their CRC-32C, or that does not decode (only possible if a shard
+changed after `verify`), is counted and replaced by the next record of the split that decodes, deterministically (invariant 3). If no
 record of the split decodes, the batch is reported unfilled: never stale pixels under real
 labels.
 */
@@ -44,6 +44,7 @@ pub struct FillReport {
 pub struct BatchMaker {
     transform: TransformSpec,
     workers: Vec<Worker>,
+    check_crc: bool,
 }
 
 impl BatchMaker {
@@ -54,7 +55,15 @@ impl BatchMaker {
             workers: (0..threads.max(1))
                 .map(|_| Worker::new(transform, seed))
                 .collect(),
+            check_crc: true,
         }
+    }
+
+    /// Whether each record's CRC-32C is checked before it is decoded (the default): a changed
+    /// byte of a JPEG often still decodes, into other pixels, so without the check it would
+    /// train silently. Off only to measure what the check costs (`loader bench --no-crc`).
+    pub fn set_check_crc(&mut self, on: bool) {
+        self.check_crc = on;
     }
 
     /// The transform.
@@ -158,6 +167,7 @@ impl BatchMaker {
         let next = AtomicUsize::new(0);
         let replaced = Mutex::new(vec![Vec::new(); count]);
         let unfilled = Mutex::new(vec![Vec::new(); count]);
+        let check_crc = self.check_crc;
         std::thread::scope(|scope| {
             for worker in &mut self.workers {
                 let (slots, next, replaced, unfilled) = (&slots, &next, &replaced, &unfilled);
@@ -173,7 +183,8 @@ impl BatchMaker {
                         };
                         let group = &samples[range.clone()];
                         let wanted = group[0].index;
-                        let Some(used) = produce_with_fallback(worker, split, epoch, group, outs)
+                        let Some(used) =
+                            produce_with_fallback(worker, split, epoch, group, outs, check_crc)
                         else {
                             for l in labels.iter_mut() {
                                 **l = shard_tool::NO_LABEL;
@@ -246,14 +257,16 @@ type GroupOutputs<'s, 'a> = (
     &'s mut [&'a mut u32],
 );
 
-/// Produces `group` from its record, or from the next record that decodes; returns the record
-/// index used, or `None` (the outputs left as they were) when no record of the split decodes.
+/// Produces `group` from its record, or from the next record that decodes (and, with
+/// `check_crc`, matches its checksum); returns the record index used, or `None` (the outputs
+/// left as they were) when no record of the split does.
 fn produce_with_fallback(
     worker: &mut Worker,
     split: &Split,
     epoch: u32,
     group: &[Sample],
     outs: &mut [&mut [u8]],
+    check_crc: bool,
 ) -> Option<u32> {
     let len = split.len().max(1);
     let first = u64::from(group[0].index);
@@ -262,6 +275,9 @@ fn produce_with_fallback(
         let Ok(record) = split.get(index) else {
             continue;
         };
+        if check_crc && !record.checksum_ok() {
+            continue;
+        }
         if worker.produce(record.data, epoch, group, outs).is_ok() {
             return Some(index as u32);
         }
@@ -381,6 +397,42 @@ mod tests {
             assert!(images[rank] == *want_images, "rank {rank}: pixels differ");
             assert_eq!(labels[rank], *want_labels, "rank {rank}");
         }
+    }
+
+    #[test]
+    fn a_record_whose_bytes_changed_is_replaced_not_decoded_into_other_pixels() {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = crate::testutil::packed(dir.path(), 4, 70, 48);
+        let (index, at) = {
+            // SAFETY: dropped before the file changes.
+            let ds = unsafe { Dataset::open(&shards) }.unwrap();
+            let split = ds.split("train").unwrap();
+            let e = *split.entry(5).unwrap();
+            assert_eq!(e.shard.get(), 0);
+            // A byte of the entropy-coded data, well inside the JPEG.
+            (
+                5u32,
+                (e.offset.get() + u64::from(e.len.get()) - 40) as usize,
+            )
+        };
+        let path = shards.join("train-00000.rsb");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[at] ^= 0x10;
+        std::fs::write(&path, bytes).unwrap();
+        // SAFETY: not modified from here on.
+        let ds = unsafe { Dataset::open(&shards) }.unwrap();
+        let split = ds.split("train").unwrap();
+        let t = TransformSpec::preset("eval").unwrap();
+        let sample = Sample {
+            index,
+            position: 0,
+            repeat: 0,
+        };
+        let mut images = vec![0u8; t.image_bytes()];
+        let mut labels = vec![0u32; 1];
+        let report = BatchMaker::new(t, 1, 1).fill(split, 0, &[sample], &mut images, &mut labels);
+        assert_eq!(report.replaced, [(5, 6)], "the damaged record is replaced");
+        assert_eq!(labels[0], split.label(6).unwrap());
     }
 
     #[test]

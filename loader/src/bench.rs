@@ -46,6 +46,8 @@ pub struct BenchOptions {
     pub ring: Option<PathBuf>,
     /// Also measure this many ranks of one job, alone and together.
     pub ranks: Option<u32>,
+    /// Skip each record's CRC-32C check (to measure its cost).
+    pub no_crc: bool,
 }
 
 /// Errors of a bench run.
@@ -160,6 +162,7 @@ pub fn run(options: &BenchOptions, out: &mut impl Write) -> Result<Option<f64>, 
     let batch_size = options.job.batch_size as usize;
     let threads = options.threads.max(1);
     let mut stream = BatchStream::single(plan, threads);
+    stream.set_check_crc(!options.no_crc);
     let transform = stream.transform();
     let image_bytes = transform.image_bytes();
     // The batches from --start-step of epoch 0 on, across epochs as a trainer reads them.
@@ -254,11 +257,16 @@ pub fn run(options: &BenchOptions, out: &mut impl Write) -> Result<Option<f64>, 
     let per = |d: Duration| d.as_secs_f64() * 1e3 / times.samples.max(1) as f64;
     writeln!(
         out,
-        "loader bench: {} on {} ({} records), {threads} thread(s), {} kernels, {} samples in {} batches of {batch_size}",
+        "loader bench: {} on {} ({} records), {threads} thread(s), {} kernels, CRC {}, {} samples in {} batches of {batch_size}",
         transform,
         options.shards.display(),
         split.len(),
         CpuExt::current().name(),
+        if options.no_crc {
+            "unchecked"
+        } else {
+            "checked"
+        },
         times.samples,
         batches
     )?;
@@ -579,6 +587,7 @@ mod tests {
             digests: true,
             ring: None,
             ranks: Some(2),
+            no_crc: false,
         };
         let report = |o: &BenchOptions| {
             let mut out = Vec::new();

@@ -178,6 +178,12 @@ impl BatchStream {
         *self.maker.transform()
     }
 
+    /// Whether records' checksums are checked before decoding (see
+    /// [`BatchMaker::set_check_crc`]).
+    pub fn set_check_crc(&mut self, on: bool) {
+        self.maker.set_check_crc(on);
+    }
+
     /// Stage times of every fill so far.
     pub fn times(&self) -> StageTimes {
         self.maker.times()

@@ -51,6 +51,9 @@ pub struct BenchArgs {
     /// print the median ratio: one run of a few seconds is at the mercy of machine noise.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
+    /// Skip the CRC-32C check of each record before its decode (to measure what it costs).
+    #[arg(long)]
+    pub no_crc: bool,
 }
 
 /// Runs the bench `--repeat` times; with `--ring`, prints the median ratio.
@@ -78,6 +81,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         digests: args.digests,
         ring,
         ranks: args.ranks,
+        no_crc: args.no_crc,
     };
     let mut ratios = Vec::new();
     for _ in 0..args.repeat.max(1) {

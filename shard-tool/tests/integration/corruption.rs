@@ -124,3 +124,41 @@ fn damaged_index_truncated_shard_and_missing_files_are_reported() {
     let stdout = verify_output(&out);
     assert!(stdout.contains("val-00000.rsb"), "{stdout}");
 }
+
+#[test]
+fn an_index_changed_after_packing_does_not_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = packed(dir.path());
+    let index = out.join("train.idx");
+    // Every entry a copy of entry 0 (its header intact): each record still parses, and a
+    // reader that trusted the index would serve one image all epoch.
+    let mut bytes = fs::read(&index).unwrap();
+    let header = shard_tool::record::INDEX_HEADER_LEN;
+    let entry = shard_tool::record::INDEX_ENTRY_LEN;
+    let first = bytes[header..header + entry].to_vec();
+    for chunk in bytes[header..].chunks_exact_mut(entry) {
+        chunk.copy_from_slice(&first);
+    }
+    fs::write(&index, bytes).unwrap();
+    // SAFETY: nothing changes the files while this runs.
+    let e = unsafe { Dataset::open(&out) }.err().unwrap();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    assert!(
+        text.contains("train.idx") && text.contains("XXH3"),
+        "{text}"
+    );
+    // And the tools say so.
+    shard_tool()
+        .arg("inspect")
+        .arg(&out)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains(
+            "the index was changed after packing",
+        ));
+}
