@@ -297,7 +297,14 @@ async fn handshake(
             epochs,
             slots,
         } => {
-            let mut session = Session::open(shared, id, cred, job_id, *job, start, epochs, slots)?;
+            // Making the ring populates its pages (gigabytes for large batches): off the async
+            // runtime, so that the daemon's other connections are answered meanwhile.
+            let opener = Arc::clone(shared);
+            let mut session = tokio::task::spawn_blocking(move || {
+                Session::open(&opener, id, cred, job_id, *job, start, epochs, slots)
+            })
+            .await
+            .map_err(|_| Refusal::Internal("opening the session failed"))??;
             session.welcome(conn).await?;
             Ok(Some(session))
         }
