@@ -90,6 +90,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// The message with every cause after it (`path: cause: cause`), for one line of a report:
+    /// `Display` alone shows only the outermost context.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
+    }
+
     /// Wraps `self` with the path it concerns.
     pub(crate) fn with_path(self, path: impl Into<PathBuf>) -> Error {
         Error::WithPath {

@@ -7,7 +7,6 @@ reproduce the data: class names in index order, counts, the options and seed use
 XXH3-64 of every shard and index file.
 */
 
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
@@ -134,13 +133,13 @@ impl Manifest {
     /// [`Error::Incomplete`] when the file is missing, a JSON or version error otherwise.
     pub fn load(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir.is_dir() => {
-                return Err(Error::Incomplete.with_path(dir));
-            }
-            Err(e) => return Err(Error::Io(e).with_path(&path)),
-        };
+        if !path.exists() && dir.is_dir() {
+            return Err(Error::Incomplete.with_path(dir));
+        }
+        let mut text = String::new();
+        crate::reader::open_regular(&path)?
+            .read_to_string(&mut text)
+            .at(&path)?;
         let manifest: Manifest = serde_json::from_str(&text).at(&path)?;
         if manifest.format != FORMAT_NAME {
             return Err(Error::BadMagic { what: "manifest" }.with_path(&path));
@@ -152,7 +151,34 @@ impl Manifest {
             }
             .with_path(&path));
         }
+        manifest.check_files().at(&path)?;
         Ok(manifest)
+    }
+
+    /// Every file the manifest names is a plain name inside the dataset directory (no `/`,
+    /// no `..`: a manifest must not make a reader open `../../etc/passwd`), and none is named
+    /// twice (a manifest listing every shard twice would verify, and serve, each record twice).
+    fn check_files(&self) -> Result<()> {
+        let mut seen = std::collections::BTreeSet::new();
+        let files = self.splits.iter().flat_map(|s| {
+            std::iter::once(&s.index.file).chain(s.shards.iter().map(|h| &h.sum.file))
+        });
+        for name in files {
+            let plain = !name.is_empty()
+                && name != "."
+                && name != ".."
+                && !name.contains('/')
+                && !name.contains('\0');
+            if !plain {
+                return Err(Error::Corrupt(format!(
+                    "the manifest names {name:?}, which is not a file of the dataset directory"
+                )));
+            }
+            if !seen.insert(name.as_str()) {
+                return Err(Error::Corrupt(format!("the manifest names {name:?} twice")));
+            }
+        }
+        Ok(())
     }
 
     /// The split called `name`.
@@ -181,7 +207,7 @@ impl Manifest {
 /// # Errors
 /// I/O errors with the path.
 pub fn file_sum(path: &Path) -> Result<FileSum> {
-    let mut file = File::open(path).at(path)?;
+    let mut file = crate::reader::open_regular(path)?;
     let mut hasher = Xxh3::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut bytes = 0u64;

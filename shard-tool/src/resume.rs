@@ -45,7 +45,7 @@ pub(crate) fn resume(
             }
             other => {
                 let why = match other {
-                    Err(e) => format!("{e:#}"),
+                    Err(e) => e.chain(),
                     Ok(_) => "its positions do not follow the previous shard".into(),
                 };
                 remove_from(out, split, shard)?;

@@ -120,14 +120,14 @@ fn verify_split(
                     index_file,
                     format!("{} entries, the manifest says {}", e.len(), split.records),
                 )),
-                Err(e) => report.problems.push(problem(index_file, format!("{e:#}"))),
+                Err(e) => report.problems.push(problem(index_file, e.chain())),
             }
             if report.problems.iter().any(|p| p.file == *index_file) {
                 index = None;
             }
         }
-        (Err(e), _) => report.problems.push(problem(index_file, format!("{e:#}"))),
-        (_, Err(e)) => report.problems.push(problem(index_file, format!("{e:#}"))),
+        (Err(e), _) => report.problems.push(problem(index_file, e.chain())),
+        (_, Err(e)) => report.problems.push(problem(index_file, e.chain())),
     }
 
     // Global index of each shard's first record, from the manifest's counts.
@@ -218,24 +218,24 @@ impl ShardCheck<'_> {
                 );
             }
             Ok(_) => {}
-            Err(e) => return self.push(None, None, format!("{e:#}")),
+            Err(e) => return self.push(None, None, e.chain()),
         }
         // SAFETY: `verify` only reads; the dataset's files are not written after packing.
         let map: Mmap = match unsafe { map(&path) } {
             Ok(m) => m,
-            Err(e) => return self.push(None, None, format!("{e:#}")),
+            Err(e) => return self.push(None, None, e.chain()),
         };
         let footer_end = match read_shard_header(&map) {
             Ok(h) => h.footer_offset.get(),
             Err(e) => {
-                self.push(None, None, format!("header: {e:#}"));
+                self.push(None, None, format!("header: {}", e.chain()));
                 map.len() as u64
             }
         };
         let footer = match read_shard_footer(&map) {
             Ok(f) => Some(f),
             Err(e) => {
-                self.push(None, None, format!("footer: {e:#}"));
+                self.push(None, None, format!("footer: {}", e.chain()));
                 None
             }
         };
@@ -302,7 +302,7 @@ impl ShardCheck<'_> {
                 continue;
             };
             let what = match parse_record(bytes) {
-                Err(e) => Some(format!("{e:#}")),
+                Err(e) => Some(e.chain()),
                 Ok(r) if !r.checksum_ok() => Some(format!(
                     "CRC-32C mismatch at bytes {offset}..{cursor} (the record's bytes changed)"
                 )),

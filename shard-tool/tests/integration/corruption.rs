@@ -162,3 +162,78 @@ fn an_index_changed_after_packing_does_not_open() {
             "the index was changed after packing",
         ));
 }
+
+/// `out`'s manifest, changed by `edit`.
+fn edit_manifest(out: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = out.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut m);
+    fs::write(&path, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+}
+
+#[test]
+fn a_manifest_naming_files_outside_the_dataset_or_twice_is_refused() {
+    for (edit, want) in [
+        (
+            Box::new(|m: &mut serde_json::Value| {
+                m["splits"][0]["shards"][0]["file"] = "../../etc/passwd".into();
+            }) as Box<dyn FnOnce(&mut serde_json::Value)>,
+            "\"../../etc/passwd\", which is not a file of the dataset directory",
+        ),
+        (
+            Box::new(|m: &mut serde_json::Value| {
+                let shards = m["splits"][0]["shards"].as_array_mut().unwrap();
+                let again = shards.clone();
+                shards.extend(again);
+            }),
+            "twice",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = packed(dir.path());
+        edit_manifest(&out, edit);
+        for tool in ["verify", "inspect"] {
+            shard_tool()
+                .arg(tool)
+                .arg(&out)
+                .timeout(std::time::Duration::from_secs(20))
+                .assert()
+                .failure()
+                .stderr(predicates::str::contains(want));
+        }
+    }
+}
+
+#[test]
+fn a_fifo_or_a_device_in_place_of_a_dataset_file_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = packed(dir.path());
+    let shard = out.join("val-00000.rsb");
+    fs::remove_file(&shard).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&shard)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // verify reports the file among its problems; the readers refuse to open the dataset.
+    let stdout = verify_output(&out);
+    assert!(
+        stdout.contains("val-00000.rsb") && stdout.contains("not a regular file"),
+        "{stdout}"
+    );
+    shard_tool()
+        .arg("inspect")
+        .arg(&out)
+        .timeout(std::time::Duration::from_secs(20))
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("not a regular file"));
+    fs::remove_file(&shard).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &shard).unwrap();
+    let stdout = verify_output(&out);
+    assert!(
+        stdout.contains("val-00000.rsb") && stdout.contains("not a regular file"),
+        "{stdout}"
+    );
+}
