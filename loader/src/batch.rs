@@ -38,6 +38,8 @@ pub struct FillReport {
     /// Records for which no record of the split decodes: their images were not written
     /// (the batch is not usable, and the caller must say so).
     pub unfilled: Vec<u32>,
+    /// The fill was stopped before the batch was complete (see [`BatchMaker::fill_many_or_stop`]).
+    pub stopped: bool,
 }
 
 /// Makes batches with a fixed set of per-thread workers.
@@ -116,6 +118,19 @@ impl BatchMaker {
         epoch: u32,
         batches: Vec<BatchOut<'_>>,
     ) -> Vec<FillReport> {
+        self.fill_many_or_stop(split, epoch, batches, &|| false)
+    }
+
+    /// [`BatchMaker::fill_many`], given up as soon as `stop` says so: every worker asks before
+    /// each image, so a daemon whose client has gone stops within one image's time instead of
+    /// finishing batches nobody will read. The reports of a stopped fill say so.
+    pub fn fill_many_or_stop(
+        &mut self,
+        split: &Split,
+        epoch: u32,
+        batches: Vec<BatchOut<'_>>,
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Vec<FillReport> {
         let n = self.transform.image_bytes();
         let count = batches.len();
         // Every sample with its record's group, groups numbered in order of first appearance.
@@ -168,12 +183,18 @@ impl BatchMaker {
         let replaced = Mutex::new(vec![Vec::new(); count]);
         let unfilled = Mutex::new(vec![Vec::new(); count]);
         let check_crc = self.check_crc;
+        let stopped = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|scope| {
             for worker in &mut self.workers {
                 let (slots, next, replaced, unfilled) = (&slots, &next, &replaced, &unfilled);
+                let stopped = &stopped;
                 let (samples, batch_of) = (&samples, &batch_of);
                 scope.spawn(move || {
                     loop {
+                        if stopped.load(Ordering::Relaxed) || stop() {
+                            stopped.store(true, Ordering::Relaxed);
+                            return;
+                        }
                         let g = next.fetch_add(1, Ordering::Relaxed);
                         let Some(slot) = slots.get(g) else { return };
                         let Some((range, outs, labels)) =
@@ -219,6 +240,7 @@ impl BatchMaker {
             .map(|(r, u)| FillReport {
                 replaced: sorted_unique(r),
                 unfilled: sorted_unique(u),
+                stopped: stopped.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -433,6 +455,29 @@ mod tests {
         let report = BatchMaker::new(t, 1, 1).fill(split, 0, &[sample], &mut images, &mut labels);
         assert_eq!(report.replaced, [(5, 6)], "the damaged record is replaced");
         assert_eq!(labels[0], split.label(6).unwrap());
+    }
+
+    #[test]
+    fn a_fill_told_to_stop_gives_up_within_an_image() {
+        let (_dir, ds) = dataset();
+        let split = ds.split("train").unwrap();
+        let samples = repeat_sampler(split, 3).epoch(0);
+        let t = TransformSpec::preset("a1").unwrap();
+        let mut m = BatchMaker::new(t, 3, 2);
+        let mut images = vec![0u8; 24 * t.image_bytes()];
+        let mut labels = vec![0u32; 24];
+        let asked = AtomicUsize::new(0);
+        // The client "leaves" after 3 questions.
+        let stop = || asked.fetch_add(1, Ordering::Relaxed) >= 3;
+        let out = BatchOut {
+            samples: &samples[..24],
+            images: &mut images,
+            labels: &mut labels,
+        };
+        let reports = m.fill_many_or_stop(split, 0, vec![out], &stop);
+        assert!(reports[0].stopped);
+        // 24 samples are 8 images; at most the 3 asked about (and one per worker racing) ran.
+        assert!(m.times().decoded <= 4, "{} decodes", m.times().decoded);
     }
 
     #[test]

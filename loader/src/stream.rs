@@ -65,6 +65,8 @@ pub struct Written {
     pub replaced: Vec<(u32, u32)>,
     /// Records for which no record of the split decodes: the batch was not made.
     pub unfilled: Vec<u32>,
+    /// The fill was stopped before this batch was complete.
+    pub stopped: bool,
 }
 
 /// What one [`BatchStream::fill`] did.
@@ -85,6 +87,11 @@ impl Filled {
     /// Whether a batch could not be made (no record of the split decodes).
     pub fn failed(&self) -> bool {
         self.batches.iter().any(|b| !b.unfilled.is_empty())
+    }
+
+    /// Whether the fill was stopped before every batch was complete.
+    pub fn stopped(&self) -> bool {
+        self.batches.iter().any(|b| b.stopped)
     }
 }
 
@@ -224,6 +231,17 @@ impl BatchStream {
     /// # Panics
     /// If a target's buffers are shorter than its batch.
     pub fn fill(&mut self, split: &Split, targets: Vec<Target<'_>>) -> Filled {
+        self.fill_or_stop(split, targets, &|| false)
+    }
+
+    /// [`BatchStream::fill`], given up as soon as `stop` says so (the daemon's client has
+    /// gone); see [`BatchMaker::fill_many_or_stop`].
+    pub fn fill_or_stop(
+        &mut self,
+        split: &Split,
+        targets: Vec<Target<'_>>,
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Filled {
         let before = self.maker.times();
         let mut batches = vec![Written::default(); targets.len()];
         let mut epochs: Vec<u32> = targets.iter().map(|t| t.at.epoch).collect();
@@ -257,7 +275,7 @@ impl BatchStream {
                     labels: t.labels,
                 });
             }
-            let reports = self.maker.fill_many(split, epoch, outs);
+            let reports = self.maker.fill_many_or_stop(split, epoch, outs, stop);
             for ((i, samples, out), report) in ids.into_iter().zip(reports) {
                 if let Some(out) = out {
                     for (id, s) in out.iter_mut().zip(samples) {
@@ -272,6 +290,7 @@ impl BatchStream {
                     count: samples.len(),
                     replaced: report.replaced,
                     unfilled: report.unfilled,
+                    stopped: report.stopped,
                 };
             }
         }

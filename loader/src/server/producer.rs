@@ -227,6 +227,13 @@ impl Producer {
             if steps.is_empty() {
                 continue;
             }
+            // A client that leaves mid-fill stops the workers within an image, not after the
+            // batches nobody will read.
+            let watch: Vec<(u64, mpsc::Sender<Event>)> = self
+                .members
+                .iter()
+                .map(|m| (m.id, m.events.clone()))
+                .collect();
             // (step, member, slot) per target, and each slot's meta, in the targets' order.
             let mut written = Vec::new();
             let mut metas = Vec::new();
@@ -250,7 +257,12 @@ impl Producer {
                     });
                 }
             }
-            let filled = stream.fill(split, targets);
+            let gone = || watch.iter().any(|(_, events)| events.is_closed());
+            let filled = stream.fill_or_stop(split, targets, &gone);
+            if filled.stopped() {
+                let id = watch.iter().find(|(_, e)| e.is_closed()).map(|(id, _)| *id);
+                return self.left(id.unwrap_or_default());
+            }
             if filled.failed() {
                 let at = steps[0].0;
                 let message = format!(
