@@ -52,6 +52,20 @@ pub enum ClientError {
         /// How long it had.
         waited: Duration,
     },
+    /// After a reconnect the daemon serves another dataset (or another pack of it).
+    #[error(
+        "the loader on {socket} now serves another split (index XXH3 {now}, was {was}): the \
+         positions of this stream would name other batches; restart the daemon on the dataset \
+         this run started with"
+    )]
+    DatasetChanged {
+        /// The socket.
+        socket: PathBuf,
+        /// The identity at first connection.
+        was: String,
+        /// The identity now.
+        now: String,
+    },
     /// The daemon refused the request.
     #[error("the loader on {socket} refused: {message}")]
     Refused {
@@ -101,6 +115,8 @@ struct Connection {
 pub struct Client {
     options: ClientOptions,
     conn: Option<Connection>,
+    /// The split's identity when the client first connected; a reconnect must find the same.
+    fingerprint: String,
     /// The next batch the caller will receive.
     next: Position,
     reconnects: u32,
@@ -152,10 +168,13 @@ impl Client {
             next: options.start,
             options,
             conn: None,
+            fingerprint: String::new(),
             reconnects: 0,
             finished: false,
         };
-        client.conn = Some(client.reconnect()?);
+        let conn = client.reconnect()?;
+        client.fingerprint = conn.split.fingerprint.clone();
+        client.conn = Some(conn);
         Ok(client)
     }
 
@@ -194,7 +213,17 @@ impl Client {
                 Some(c) => c,
                 None => {
                     self.reconnects += 1;
-                    self.conn.insert(self.reconnect()?)
+                    let conn = self.reconnect()?;
+                    // A daemon restarted on another pack (even of the same size) would serve
+                    // other batches under the same positions: refuse, do not train on them.
+                    if conn.split.fingerprint != self.fingerprint {
+                        return Err(ClientError::DatasetChanged {
+                            socket: self.options.socket.clone(),
+                            was: self.fingerprint.clone(),
+                            now: conn.split.fingerprint.clone(),
+                        });
+                    }
+                    self.conn.insert(conn)
                 }
             };
             match conn.frames.read(&mut conn.stream) {
@@ -474,6 +503,50 @@ pub fn describe(socket: &Path, split: &str) -> Result<SplitInfo, ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reconnect_to_a_daemon_serving_another_pack_is_refused() {
+        use crate::server::{LocalServer, ServeConfig};
+        let dir = tempfile::tempdir().unwrap();
+        // The same record count, other pixels.
+        let first = crate::testutil::packed(&dir.path().join("a"), 2, 10, 24);
+        let second = crate::testutil::packed(&dir.path().join("b"), 2, 10, 32);
+        let socket = dir.path().join("loader.sock");
+        let serve = |shards: &Path| {
+            LocalServer::start(ServeConfig {
+                shards: Some(shards.to_path_buf()),
+                socket: Some(socket.clone()),
+                workers: 1,
+                ..ServeConfig::default()
+            })
+            .unwrap()
+        };
+        let daemon = serve(&first);
+        let mut client = Client::connect(ClientOptions {
+            socket: socket.clone(),
+            job_id: "j".into(),
+            job: JobSpec::single(
+                "train",
+                crate::transform::TransformSpec::preset("eval").unwrap(),
+                0,
+                4,
+            ),
+            start: Position::default(),
+            epochs: None,
+            slots: Some(2),
+            reconnect_timeout: Duration::from_secs(20),
+        })
+        .unwrap();
+        drop(client.next_batch().unwrap());
+        drop(daemon);
+        let _daemon = serve(&second);
+        // Batches the first daemon announced before it stopped are still good to read; the
+        // reconnect that follows them is refused.
+        let e = (0..10)
+            .find_map(|_| client.next_batch().err())
+            .expect("refused");
+        assert!(matches!(e, ClientError::DatasetChanged { .. }), "{e}");
+    }
 
     #[test]
     fn a_daemon_that_never_answers_is_a_timeout_not_a_hang() {

@@ -39,7 +39,7 @@ use crate::ring::RingLayout;
 /// First bytes each side sends.
 pub const MAGIC: [u8; 8] = *b"RSBLOAD\0";
 /// Protocol version; both sides must agree.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 64 * 1024;
 
@@ -155,6 +155,10 @@ pub struct SplitInfo {
     pub labels: Option<[u32; 2]>,
     /// Records without a label (a flat `test/` folder).
     pub unlabelled: u64,
+    /// The split's identity: the XXH3 of its index (every record's order, place, label and
+    /// CRC), from the manifest. A client that reconnects, or a run that resumes, refuses a
+    /// split whose identity changed: its positions would name other batches.
+    pub fingerprint: String,
 }
 
 impl SplitInfo {
@@ -167,6 +171,11 @@ impl SplitInfo {
             classes: u32::try_from(dataset.manifest().classes.len()).unwrap_or(u32::MAX),
             labels: None,
             unlabelled: 0,
+            fingerprint: dataset
+                .manifest()
+                .split(split.name())
+                .map(|m| m.index.xxh3.clone())
+                .unwrap_or_default(),
         };
         for i in 0..split.len() {
             match split.label(i) {

@@ -64,6 +64,10 @@ pub struct RunState {
     pub next: Position,
     /// The recipe the run was started with, as TOML; a resume with another recipe is refused.
     pub config: String,
+    /// The training split's identity (its index XXH3, from the loader); a resume on another
+    /// pack is refused. Absent in checkpoints of earlier builds.
+    #[serde(default)]
+    pub dataset: Option<String>,
 }
 
 /// Name of the symlink to the newest complete checkpoint.

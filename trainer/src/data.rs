@@ -251,6 +251,7 @@ mod tests {
             classes,
             labels,
             unlabelled,
+            fingerprint: "0123456789abcdef".into(),
         }
     }
 

@@ -225,6 +225,7 @@ pub fn train(
                 steps_done: 0,
                 next: Position::default(),
                 config: recipe_text.clone(),
+                dataset: None,
             };
             (model, optimizer, state)
         }
@@ -269,6 +270,20 @@ pub fn train(
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(DataError::from)?;
+    // The positions of the checkpoint name batches of the split it was trained on.
+    let dataset = clients
+        .first()
+        .and_then(Client::split)
+        .map(|s| s.fingerprint.clone())
+        .unwrap_or_default();
+    if let Some(was) = state.dataset.as_ref().filter(|was| **was != dataset) {
+        return Err(TrainError::Out(format!(
+            "{} was trained on another pack of split {:?} (index XXH3 {was}, the loader now \
+             serves {dataset}); resume with the dataset the run started with",
+            options.out.display(),
+            jobs.train.split
+        )));
+    }
     // timm's samplers give every rank the same number of batches; a rank with fewer would
     // leave the others waiting for it forever under DDP.
     let spe = clients.first().map_or(0, Client::steps_per_epoch);
@@ -381,6 +396,7 @@ pub fn train(
                 steps_done,
                 next,
                 config: recipe_text.clone(),
+                dataset: Some(dataset.clone()),
             };
             // One rank's statistics are the model's own: the file is only for several.
             let stats = (world > 1).then_some(&ranks.stats);

@@ -45,6 +45,14 @@ fn a_run_resumed_from_its_checkpoint_repeats_the_uninterrupted_losses() {
     let state = checkpoint::read_state(&latest).unwrap();
     assert_eq!(state.steps_done, 5);
     assert_eq!(state.next, Position { epoch: 0, step: 5 });
+    assert!(state.dataset.is_some());
+
+    // The same run resumed on another pack of the same size is refused.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = common::dataset_sized(other_dir.path(), 32);
+    let on_other = common::options(tiny_recipe(), &other, dir.path().join("split"), 6, true);
+    let err = train(&on_other, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("another pack"), "{err}");
 
     // --init-from: weights equal to the run's own initialization give its first loss exactly;
     // the trained weights give another one.

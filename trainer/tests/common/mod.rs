@@ -11,13 +11,18 @@ use trainer::train::TrainOptions;
 
 /// A 3-class dataset of 90 + 12 small images, packed.
 pub fn dataset(dir: &Path) -> PathBuf {
+    dataset_sized(dir, 24)
+}
+
+/// [`dataset`] with images of `size` pixels (the same records, other pixels).
+pub fn dataset_sized(dir: &Path, size: u32) -> PathBuf {
     let src = dir.join("src");
     let shards = dir.join("shards");
     let spec = shard_tool::synth::TreeSpec {
         classes: 3,
         train_per_class: 30,
         val_per_class: 4,
-        size: 24,
+        size,
         odd_files: false,
     };
     shard_tool::synth::write_tree(&src, &spec).unwrap();
