@@ -217,6 +217,9 @@ pub struct Stats {
     pub refused: u64,
     /// The daemon's resident memory.
     pub memory: MemoryUse,
+    /// Bytes all rings together may take (`memory_budget_bytes`, or half of the machine's
+    /// memory).
+    pub memory_budget: u64,
     /// The clients being served.
     pub clients: Vec<ClientStats>,
 }

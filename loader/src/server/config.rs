@@ -90,6 +90,9 @@ pub struct ServeConfig {
     /// Most connections at once, of any kind (a semaphore taken at accept: a connection that
     /// never says hello holds one until `handshake_timeout_s`).
     pub max_clients: u32,
+    /// Most connections one user (peer uid) may hold at once, so that one user cannot take
+    /// every `max_clients` permit on a shared machine; 0: no per-user limit.
+    pub max_clients_per_uid: u32,
     /// Bytes all rings together may take (`max_clients × max_ring_bytes` must fit); 0: half of
     /// the machine's physical memory.
     pub memory_budget_bytes: u64,
@@ -124,6 +127,7 @@ impl Default for ServeConfig {
             max_ring_bytes: 512 << 20,
             max_clients: 16,
             memory_budget_bytes: 0,
+            max_clients_per_uid: 0,
             allow_uids: Vec::new(),
             allow_gids: Vec::new(),
             allow_groups: Vec::new(),
@@ -148,6 +152,11 @@ impl ServeConfig {
         SettingError::within("slots", self.slots, 1..=self.max_slots)?;
         SettingError::within("max_ring_bytes", self.max_ring_bytes, 1 << 20..=1 << 40)?;
         SettingError::within("max_clients", self.max_clients, 1..=4096)?;
+        SettingError::within(
+            "max_clients_per_uid",
+            self.max_clients_per_uid,
+            0..=self.max_clients,
+        )?;
         SettingError::within("socket_mode", self.socket_mode, 0..=0o777)?;
         // NaN is outside every range.
         SettingError::within(

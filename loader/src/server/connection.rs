@@ -47,6 +47,17 @@ pub(super) enum Refusal {
     /// Every connection permit is taken.
     #[error("the loader serves its maximum of {0} connections (max_clients); try again later")]
     Busy(u32),
+    /// The peer's user has its share of connections.
+    #[error(
+        "uid {uid} has its maximum of {max} connections to this loader (max_clients_per_uid); \
+         close some or try again later"
+    )]
+    UserBusy {
+        /// The peer's uid.
+        uid: u32,
+        /// `max_clients_per_uid`.
+        max: u32,
+    },
     /// The job is invalid or does not fit its split.
     #[error("job: {0}")]
     Job(#[from] JobError),
@@ -207,9 +218,8 @@ pub(super) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
 
 /// Refuses a connection accepted while every permit is taken: our preamble, so that the peer
 /// can read the error frame, then the error.
-pub(super) async fn refuse_busy(shared: Arc<Shared>, stream: UnixStream) {
+pub(super) async fn refuse_busy(shared: Arc<Shared>, stream: UnixStream, refusal: Refusal) {
     let (mut conn, _) = Connection::new(stream);
-    let refusal = Refusal::Busy(shared.config.max_clients);
     let timeout = shared.handshake_timeout();
     let _ = tokio::time::timeout(timeout, async {
         if conn.replies.write_all(&protocol::preamble()).await.is_ok() {

@@ -12,6 +12,7 @@ use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 
 use super::config::{ServeConfig, ServeError, default_socket, gib};
+use super::connection::Refusal;
 use super::producer::Groups;
 use super::stats::Counters;
 use super::{Shared, connection};
@@ -76,6 +77,8 @@ impl Server {
                 groups: Mutex::new(Groups::default()),
                 counters: Counters::new(),
                 next_id: AtomicU64::new(0),
+                memory_budget: budget.bytes,
+                per_uid: Arc::new(Mutex::new(std::collections::HashMap::new())),
             }),
             listener,
             socket,
@@ -107,18 +110,31 @@ impl Server {
                 accepted = self.listener.accept() => match accepted {
                     // The permit is taken before the handshake, so that peers that never say hello
                     // count against `max_clients` too; it is released when the connection ends.
-                    Ok((stream, _)) => match Arc::clone(&self.permits).try_acquire_owned() {
-                        Ok(permit) => {
-                            let shared = Arc::clone(&shared);
-                            tokio::spawn(async move {
-                                connection::serve(shared, stream).await;
-                                drop(permit);
-                            });
+                    Ok((stream, _)) => {
+                        // A peer without credentials is refused at its handshake.
+                        let user = match stream.peer_cred() {
+                            Ok(cred) => shared.user_permit(cred.uid()).map(Some),
+                            Err(_) => Ok(None),
+                        };
+                        match (Arc::clone(&self.permits).try_acquire_owned(), user) {
+                            (Ok(permit), Ok(user)) => {
+                                let shared = Arc::clone(&shared);
+                                tokio::spawn(async move {
+                                    connection::serve(shared, stream).await;
+                                    drop((permit, user));
+                                });
+                            }
+                            (Err(_), _) => {
+                                let busy = Refusal::Busy(shared.config.max_clients);
+                                let shared = Arc::clone(&shared);
+                                tokio::spawn(connection::refuse_busy(shared, stream, busy));
+                            }
+                            (Ok(_), Err(busy)) => {
+                                let shared = Arc::clone(&shared);
+                                tokio::spawn(connection::refuse_busy(shared, stream, busy));
+                            }
                         }
-                        Err(_) => {
-                            tokio::spawn(connection::refuse_busy(Arc::clone(&shared), stream));
-                        }
-                    },
+                    }
                     // Out of descriptors and the like: wait instead of spinning.
                     Err(e) => {
                         tracing::warn!("accept failed: {e}");
@@ -194,6 +210,40 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         };
         assert!(stats.refused >= 1);
+        // `loader status` shows the rings' budget.
+        assert_eq!(
+            stats.memory_budget,
+            ServeConfig::default().memory_budget().bytes
+        );
+    }
+
+    #[test]
+    fn one_user_cannot_hold_more_than_its_share_of_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = crate::testutil::packed(dir.path(), 2, 3, 16);
+        let server = crate::server::LocalServer::start(ServeConfig {
+            shards: Some(shards),
+            max_clients_per_uid: 1,
+            ..ServeConfig::default()
+        })
+        .unwrap();
+        let silent = std::os::unix::net::UnixStream::connect(server.socket()).unwrap();
+        let e = crate::client::stats(server.socket())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("connections to this loader (max_clients_per_uid)"),
+            "{e}"
+        );
+        drop(silent);
+        let t0 = std::time::Instant::now();
+        while crate::client::stats(server.socket()).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the user's permit never came back"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[test]

@@ -53,12 +53,38 @@ struct Shared {
     groups: Mutex<producer::Groups>,
     counters: stats::Counters,
     next_id: AtomicU64,
+    /// Bytes all rings together may take.
+    memory_budget: u64,
+    /// Open connections per peer uid (for `max_clients_per_uid`).
+    per_uid: Arc<Mutex<std::collections::HashMap<u32, u32>>>,
+}
+
+/// One of a user's `max_clients_per_uid` connections; given back when dropped.
+struct UserPermit {
+    uid: u32,
+    counts: Arc<Mutex<std::collections::HashMap<u32, u32>>>,
+}
+
+impl Drop for UserPermit {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.counts.lock()
+            && let Some(n) = counts.get_mut(&self.uid)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.uid);
+            }
+        }
+    }
 }
 
 impl Shared {
     /// A snapshot of the statistics.
     fn stats(&self) -> Stats {
-        self.counters.snapshot(self.workers)
+        Stats {
+            memory_budget: self.memory_budget,
+            ..self.counters.snapshot(self.workers)
+        }
     }
 
     /// The statistics as peer `uid` may see them: every client for root and for the daemon's
@@ -66,6 +92,25 @@ impl Shared {
     /// business on a shared machine).
     fn stats_for(&self, uid: u32) -> Stats {
         visible_to(self.stats(), uid, nix::unistd::geteuid().as_raw())
+    }
+
+    /// One of user `uid`'s connections, or the refusal when it has `max_clients_per_uid`
+    /// (0: no per-user limit).
+    fn user_permit(&self, uid: u32) -> Result<UserPermit, connection::Refusal> {
+        let max = self.config.max_clients_per_uid;
+        let mut counts = self
+            .per_uid
+            .lock()
+            .map_err(|_| connection::Refusal::Internal("per-user counts poisoned"))?;
+        let n = counts.entry(uid).or_insert(0);
+        if max > 0 && *n >= max {
+            return Err(connection::Refusal::UserBusy { uid, max });
+        }
+        *n += 1;
+        Ok(UserPermit {
+            uid,
+            counts: Arc::clone(&self.per_uid),
+        })
     }
 
     /// The id of a new connection.

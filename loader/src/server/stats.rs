@@ -114,6 +114,8 @@ impl Counters {
             ],
             refused: self.refused.load(Ordering::Relaxed),
             memory: MemoryUse::of_this_process(),
+            // Filled in by the daemon, which knows its budget.
+            memory_budget: 0,
             clients: self
                 .clients
                 .lock()
