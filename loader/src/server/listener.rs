@@ -181,16 +181,26 @@ pub(super) fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, ServeE
 mod tests {
     use super::*;
 
+    /// A daemon in this process on a tiny dataset under `dir`, with `config`'s settings.
+    fn daemon(dir: &Path, config: ServeConfig) -> crate::server::LocalServer {
+        let shards = crate::testutil::packed(dir, 2, 3, 16);
+        crate::server::LocalServer::start(ServeConfig {
+            shards: Some(shards),
+            ..config
+        })
+        .unwrap()
+    }
+
     #[test]
     fn a_peer_that_never_says_hello_holds_a_permit_and_the_next_one_is_told_why() {
         let dir = tempfile::tempdir().unwrap();
-        let shards = crate::testutil::packed(dir.path(), 2, 3, 16);
-        let server = crate::server::LocalServer::start(ServeConfig {
-            shards: Some(shards),
-            max_clients: 1,
-            ..ServeConfig::default()
-        })
-        .unwrap();
+        let server = daemon(
+            dir.path(),
+            ServeConfig {
+                max_clients: 1,
+                ..ServeConfig::default()
+            },
+        );
         let silent = std::os::unix::net::UnixStream::connect(server.socket()).unwrap();
         let e = crate::client::stats(server.socket())
             .unwrap_err()
@@ -220,13 +230,13 @@ mod tests {
     #[test]
     fn one_user_cannot_hold_more_than_its_share_of_connections() {
         let dir = tempfile::tempdir().unwrap();
-        let shards = crate::testutil::packed(dir.path(), 2, 3, 16);
-        let server = crate::server::LocalServer::start(ServeConfig {
-            shards: Some(shards),
-            max_clients_per_uid: 1,
-            ..ServeConfig::default()
-        })
-        .unwrap();
+        let server = daemon(
+            dir.path(),
+            ServeConfig {
+                max_clients_per_uid: 1,
+                ..ServeConfig::default()
+            },
+        );
         let silent = std::os::unix::net::UnixStream::connect(server.socket()).unwrap();
         let e = crate::client::stats(server.socket())
             .unwrap_err()
@@ -249,12 +259,12 @@ mod tests {
     #[test]
     fn a_start_at_or_past_the_last_epoch_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let shards = crate::testutil::packed(dir.path(), 2, 3, 16);
-        let server = crate::server::LocalServer::start(ServeConfig {
-            shards: Some(shards),
-            ..ServeConfig::default()
-        })
-        .unwrap();
+        let server = daemon(
+            dir.path(),
+            ServeConfig {
+                ..ServeConfig::default()
+            },
+        );
         let connect = |epoch, epochs| {
             crate::client::Client::connect(crate::client::ClientOptions {
                 socket: server.socket().to_path_buf(),
@@ -288,13 +298,13 @@ mod tests {
     fn an_idle_status_connection_is_closed_with_a_reason() {
         use std::io::{Read, Write};
         let dir = tempfile::tempdir().unwrap();
-        let shards = crate::testutil::packed(dir.path(), 2, 3, 16);
-        let server = crate::server::LocalServer::start(ServeConfig {
-            shards: Some(shards),
-            idle_timeout_s: 0.2,
-            ..ServeConfig::default()
-        })
-        .unwrap();
+        let server = daemon(
+            dir.path(),
+            ServeConfig {
+                idle_timeout_s: 0.2,
+                ..ServeConfig::default()
+            },
+        );
         let mut s = std::os::unix::net::UnixStream::connect(server.socket()).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(&crate::protocol::preamble()).unwrap();
