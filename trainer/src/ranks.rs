@@ -252,15 +252,21 @@ impl VirtualRanks {
         reseed: &mut dyn FnMut(usize),
     ) -> Result<Vec<Tensor<1>>, StepError> {
         let world = self.world_size();
+        if batches.len() != world {
+            return Err(StepError::Ranks {
+                batches: batches.len(),
+                ranks: world,
+            });
+        }
         if world == 1 {
             // The plain step, untouched: one rank is bit for bit a run without ranks.
-            let batch = batches.first().ok_or(StepError::Poisoned)?;
+            let batch = &batches[0];
             reseed(0);
             return Ok(vec![step.run(batch, lr, device)?]);
         }
         let mut sum = GradientsAccumulator::<ResNet>::new();
         let mut losses = Vec::with_capacity(world);
-        for (r, batch) in batches.iter().enumerate().take(world) {
+        for (r, batch) in batches.iter().enumerate() {
             let model = step.model().ok_or(StepError::Poisoned)?;
             self.stats.swap_in(model, r);
             reseed(r);
@@ -497,6 +503,35 @@ mod tests {
             .sum();
         let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
         (params, (num / den.max(1e-30)).sqrt())
+    }
+
+    #[test]
+    fn a_step_with_fewer_batches_than_ranks_is_an_error() {
+        let device = Device::flex().autodiff();
+        let config = recipe();
+        let model = tiny(&device);
+        let mut step = TrainStep {
+            optimizer: TimmLamb::new(&LambOptions::timm(config.weight_decay), &model),
+            model: Some(model),
+            mixup: config.mixup_config(),
+            loss: config.loss(),
+            seed: 0,
+        };
+        let mut ranks = VirtualRanks::new(step.model().expect("model"), 2);
+        let data = batches(3);
+        let one = [host(&data[0][0], 0)];
+        let e = ranks.step(&mut step, &one, 1e-3, &device, &mut |_| {});
+        assert!(
+            matches!(
+                e,
+                Err(StepError::Ranks {
+                    batches: 1,
+                    ranks: 2
+                })
+            ),
+            "{:?}",
+            e.err()
+        );
     }
 
     #[test]

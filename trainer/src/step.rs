@@ -56,6 +56,14 @@ pub enum StepError {
         /// The model's classes.
         num_classes: usize,
     },
+    /// A step over ranks was given another number of batches than it has ranks.
+    #[error("{batches} batches for a step of {ranks} ranks")]
+    Ranks {
+        /// Batches given.
+        batches: usize,
+        /// Ranks of the run.
+        ranks: usize,
+    },
     /// An earlier step panicked half-way and lost the model.
     #[error("the model was lost by an earlier failed step")]
     Poisoned,
