@@ -90,11 +90,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) if e.chain().any(|c| c.is::<UsageError>()) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", shard_tool::one_line(e.chain()));
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", shard_tool::one_line(e.chain()));
             ExitCode::FAILURE
         }
     }

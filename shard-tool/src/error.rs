@@ -93,14 +93,10 @@ impl Error {
     /// The message with every cause after it (`path: cause: cause`), for one line of a report:
     /// `Display` alone shows only the outermost context.
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        text
+        one_line(std::iter::successors(
+            Some(self as &(dyn std::error::Error + 'static)),
+            |e| e.source(),
+        ))
     }
 
     /// Wraps `self` with the path it concerns.
@@ -121,6 +117,26 @@ impl Error {
     }
 }
 
+/// An error and its causes (`anyhow::Error::chain`, or `source()` followed) on one line,
+/// `context: cause: cause`, each said once. Both styles of error meet in one chain: those whose
+/// message is only their context (the cause follows), and those that end their message with
+/// their cause (`"{path}: {source}"`); after the latter the cause is not repeated.
+pub fn one_line<'a>(
+    chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
+    let mut text = String::new();
+    for e in chain {
+        let msg = e.to_string();
+        if text.is_empty() {
+            text = msg;
+        } else if !text.ends_with(&msg) {
+            text.push_str(": ");
+            text.push_str(&msg);
+        }
+    }
+    text
+}
+
 /// Adds a path to the error of an I/O result.
 pub(crate) trait PathContext<T> {
     /// Wraps the error with `path`.
@@ -135,3 +151,31 @@ impl<T, E: Into<Error>> PathContext<T> for Result<T, E> {
 
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that ends its message with its cause, as `"{path}: {source}"` does.
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: {source}")]
+    struct Quoting {
+        path: String,
+        source: Error,
+    }
+
+    #[test]
+    fn a_cause_is_said_once_whichever_style_the_errors_use() {
+        let inner = Error::Config("no split `val`".into()).with_path("/data/x");
+        assert_eq!(inner.chain(), "/data/x: no split `val`");
+        let outer = Quoting {
+            path: "bench".into(),
+            source: inner,
+        };
+        let chain =
+            std::iter::successors(Some(&outer as &(dyn std::error::Error + 'static)), |e| {
+                e.source()
+            });
+        assert_eq!(one_line(chain), "bench: /data/x: no split `val`");
+    }
+}

@@ -34,7 +34,7 @@ pub const SPLIT_NAMES: [&str; 3] = ["train", "val", "test"];
 /// File extensions (lower case) that count as images, as timm's `IMG_EXTENSIONS`.
 pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 
-/// Where to find labels for a flat validation folder.
+/// Where to find labels for a flat validation folder, and which symbolic links to follow.
 #[derive(Debug, Clone, Default)]
 pub struct LayoutOptions {
     /// Kaggle `LOC_val_solution.csv` or devkit `ILSVRC2012_validation_ground_truth.txt`; found
@@ -42,6 +42,10 @@ pub struct LayoutOptions {
     pub val_labels: Option<PathBuf>,
     /// The devkit's synset table as text: one wnid per line, line *k* = ILSVRC2012_ID *k*.
     pub devkit_synsets: Option<PathBuf>,
+    /// Follow symbolic links that lead out of the root. Off by default: a link planted in a
+    /// shared dataset folder would otherwise copy any file the packing user can read into
+    /// shards that everyone who trains on them can read.
+    pub follow_external_symlinks: bool,
 }
 
 /// A source tree, resolved into splits of labelled files.
@@ -49,6 +53,9 @@ pub struct LayoutOptions {
 pub struct SourceTree {
     /// Root that was scanned; file paths are relative to it.
     pub root: PathBuf,
+    /// The root's canonical path when every file read must resolve inside it (`None` when
+    /// [`LayoutOptions::follow_external_symlinks`] is set).
+    pub confine: Option<PathBuf>,
     /// Class names in class-index order.
     pub classes: Vec<String>,
     /// Splits found, in [`SPLIT_NAMES`] order.
@@ -155,9 +162,14 @@ pub fn discover(root: &Path, options: &LayoutOptions) -> Result<SourceTree> {
         )));
     }
 
+    let confine = if options.follow_external_symlinks {
+        None
+    } else {
+        Some(fs::canonicalize(root).at(root)?)
+    };
     let mut listings = Vec::new();
     for name in &present {
-        listings.push((*name, list_split(root, name)?));
+        listings.push((*name, list_split(root, name, confine.as_deref())?));
     }
 
     // Class list: the train split's folders, else the first split that has folders.
@@ -183,6 +195,7 @@ pub fn discover(root: &Path, options: &LayoutOptions) -> Result<SourceTree> {
     }
     Ok(SourceTree {
         root: root.to_path_buf(),
+        confine,
         classes,
         splits,
         warnings,
@@ -199,15 +212,18 @@ struct Listing {
     ignored: Vec<Skipped>,
 }
 
-fn list_split(root: &Path, split: &str) -> Result<Listing> {
+fn list_split(root: &Path, split: &str, confine: Option<&Path>) -> Result<Listing> {
     let dir = root.join(split);
+    if let Some(inside) = confine {
+        check_inside(&dir, inside)?;
+    }
     let mut listing = Listing {
         class_dirs: BTreeMap::new(),
         flat: Vec::new(),
         ignored: Vec::new(),
     };
     let mut class_dirs = Vec::new();
-    for (name, path, kind) in sorted_entries(&dir)? {
+    for (name, path, kind) in sorted_entries(&dir, confine)? {
         let rel = format!("{split}/{name}");
         match kind {
             Kind::Dir => class_dirs.push((name, path, rel)),
@@ -233,7 +249,7 @@ fn list_split(root: &Path, split: &str) -> Result<Listing> {
                     };
                     let mut files = Vec::new();
                     let mut ignored = Vec::new();
-                    let walked = walk_images(path, rel, &mut files, &mut ignored);
+                    let walked = walk_images(path, rel, confine, &mut files, &mut ignored);
                     if let Ok(mut slot) = results[i].lock() {
                         *slot = Some(walked.map(|()| (files, ignored)));
                     }
@@ -259,10 +275,29 @@ enum Kind {
     File(u64),
 }
 
+/// Whether `path` (a symlink, or a directory reached through one) resolves inside `root`
+/// (canonical); the error names the link, where it leads, and the flag that accepts it.
+pub(crate) fn check_inside(path: &Path, root: &Path) -> Result<()> {
+    let real = fs::canonicalize(path).at(path)?;
+    if real.starts_with(root) {
+        return Ok(());
+    }
+    Err(Error::Layout(format!(
+        "a symbolic link to {}, outside the tree being packed ({}): pack reads only files \
+         inside its root, so that a link planted in a dataset folder cannot copy another file \
+         into the shards; replace the link by what it points to, or pass \
+         --follow-external-symlinks if you trust every link in this tree",
+        real.display(),
+        root.display()
+    ))
+    .with_path(path))
+}
+
 /// Directory entries sorted by name (byte order, as Python's `sorted` on names), with
-/// symlinks followed. Names that are not UTF-8 are reported as an error naming the directory.
-/// Costs one `stat` per file and none per directory (the entry type comes from `readdir`).
-fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf, Kind)>> {
+/// symlinks followed (those that leave `confine`, when given, are an error). Names that are
+/// not UTF-8 are reported as an error naming the directory. Costs one `stat` per file and none
+/// per directory (the entry type comes from `readdir`).
+fn sorted_entries(dir: &Path, confine: Option<&Path>) -> Result<Vec<(String, PathBuf, Kind)>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).at(dir)? {
         let entry = entry.at(dir)?;
@@ -276,6 +311,9 @@ fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf, Kind)>> {
         let file_type = entry.file_type().at(&path)?;
         // Symlinks are followed, as os.walk(followlinks=True) in torchvision does.
         let meta = if file_type.is_symlink() {
+            if let Some(root) = confine {
+                check_inside(&path, root)?;
+            }
             Some(fs::metadata(&path).at(&path)?)
         } else if file_type.is_dir() {
             None
@@ -295,13 +333,14 @@ fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf, Kind)>> {
 fn walk_images(
     dir: &Path,
     rel: &str,
+    confine: Option<&Path>,
     files: &mut Vec<(String, u64)>,
     ignored: &mut Vec<Skipped>,
 ) -> Result<()> {
-    for (name, path, kind) in sorted_entries(dir)? {
+    for (name, path, kind) in sorted_entries(dir, confine)? {
         let child = format!("{rel}/{name}");
         match kind {
-            Kind::Dir => walk_images(&path, &child, files, ignored)?,
+            Kind::Dir => walk_images(&path, &child, confine, files, ignored)?,
             Kind::File(size) => classify_file(child, size, files, ignored),
         }
     }
@@ -531,6 +570,38 @@ mod tests {
         let p = root.join(rel);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(p, b"x").unwrap();
+    }
+
+    #[test]
+    fn a_symlink_out_of_the_tree_is_refused_unless_asked_for_and_one_inside_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, outside) = (dir.path().join("data"), dir.path().join("secret"));
+        touch(&root, "train/a/1.jpg");
+        touch(&root, "train/b/1.jpg");
+        touch(&outside, "key.jpg");
+        // Inside the tree: a file and a class folder reached through links.
+        std::os::unix::fs::symlink(root.join("train/a/1.jpg"), root.join("train/a/2.jpg")).unwrap();
+        std::os::unix::fs::symlink(root.join("train/b"), root.join("train/c")).unwrap();
+        let tree = discover(&root, &LayoutOptions::default()).unwrap();
+        assert_eq!(tree.splits[0].files.len(), 4);
+
+        for (link, target) in [
+            ("train/a/3.jpg", outside.join("key.jpg")),
+            ("train/d", outside.clone()),
+        ] {
+            std::os::unix::fs::symlink(&target, root.join(link)).unwrap();
+            let err = discover(&root, &LayoutOptions::default()).unwrap_err();
+            let text = err.chain();
+            assert!(text.contains(link), "{text}");
+            assert!(text.contains("--follow-external-symlinks"), "{text}");
+            let followed = LayoutOptions {
+                follow_external_symlinks: true,
+                ..LayoutOptions::default()
+            };
+            let tree = discover(&root, &followed).unwrap();
+            assert!(tree.confine.is_none());
+            fs::remove_file(root.join(link)).unwrap();
+        }
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub mod synth;
 mod verify;
 pub mod writer;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, one_line};
 pub use layout::LayoutOptions;
 pub use manifest::Manifest;
 pub use pack::{

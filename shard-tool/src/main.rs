@@ -85,7 +85,7 @@ fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", shard_tool::one_line(err.chain()));
             ExitCode::FAILURE
         }
     }

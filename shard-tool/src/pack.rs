@@ -329,8 +329,12 @@ fn pack_split(
         std::thread::scope(|scope| {
             for _ in 0..options.threads {
                 let (job_rx, out_tx) = (job_rx.clone(), out_tx.clone());
-                let (root, order) = (&tree.root, &order);
-                scope.spawn(move || worker(root, split, order, options, job_rx, out_tx));
+                let files = Files {
+                    root: &tree.root,
+                    confine: tree.confine.as_deref(),
+                };
+                let order = &order;
+                scope.spawn(move || worker(files, split, order, options, job_rx, out_tx));
             }
             drop(out_tx);
             // The writer owns `job_tx`; dropping it (on success or error) lets workers exit.
@@ -352,8 +356,17 @@ fn pack_split(
     Ok(split_manifest(tree, split, state, index))
 }
 
+/// Where a worker reads source files from.
+#[derive(Clone, Copy)]
+struct Files<'a> {
+    root: &'a Path,
+    /// Every file read must resolve inside this canonical path (see
+    /// [`LayoutOptions::follow_external_symlinks`]).
+    confine: Option<&'a Path>,
+}
+
 fn worker(
-    root: &Path,
+    files: Files<'_>,
     split: &SourceSplit,
     order: &[usize],
     options: &PackOptions,
@@ -363,15 +376,21 @@ fn worker(
     let mut checker = ImageChecker::new(options.image);
     for position in jobs {
         let file = &split.files[order[position as usize]];
-        let outcome = load_and_check(&root.join(&file.path), options, &mut checker);
+        let path = files.root.join(&file.path);
+        let outcome = load_and_check(&path, files.confine, options, &mut checker);
         if out.send((position, outcome)).is_err() {
             return;
         }
     }
 }
 
-fn load_and_check(path: &Path, options: &PackOptions, checker: &mut ImageChecker) -> Outcome {
-    let bytes = match read_limited(path, options.max_file_bytes) {
+fn load_and_check(
+    path: &Path,
+    confine: Option<&Path>,
+    options: &PackOptions,
+    checker: &mut ImageChecker,
+) -> Outcome {
+    let bytes = match read_limited(path, confine, options.max_file_bytes) {
         Ok(Ok(b)) => b,
         Ok(Err(len)) => {
             return Outcome::Rejected(format!(
@@ -394,11 +413,39 @@ fn load_and_check(path: &Path, options: &PackOptions, checker: &mut ImageChecker
 }
 
 /// Reads a whole file with one open and one `fstat`, unless it is larger than `limit`
-/// (then `Ok(Err(length))`, without reading it).
-fn read_limited(path: &Path, limit: u64) -> std::io::Result<std::result::Result<Vec<u8>, u64>> {
+/// (then `Ok(Err(length))`, without reading it). Anything but a regular file (a FIFO, which
+/// would block the pack forever, a device, a socket) is an error, and so is a file that,
+/// opened, turns out to lie outside `confine`: checking the opened descriptor, not the path,
+/// leaves no window to swap a file for a link after the listing was checked.
+fn read_limited(
+    path: &Path,
+    confine: Option<&Path>,
+    limit: u64,
+) -> std::io::Result<std::result::Result<Vec<u8>, u64>> {
     use std::io::Read;
-    let mut file = fs::File::open(path)?;
-    let len = file.metadata()?.len();
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other(
+            "not a regular file (a FIFO, device or socket)",
+        ));
+    }
+    if let Some(root) = confine {
+        let real = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+        if !real.starts_with(root) {
+            return Err(std::io::Error::other(format!(
+                "resolves to {}, outside the tree being packed (--follow-external-symlinks \
+                 accepts such links)",
+                real.display()
+            )));
+        }
+    }
+    let len = meta.len();
     if len > limit {
         return Ok(Err(len));
     }
@@ -573,4 +620,30 @@ fn split_manifest(
     m.transcoded.sort_by(|a, b| a.path.cmp(&b.path));
     m.rejected.sort_by(|a, b| a.path.cmp(&b.path));
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking_and_a_file_outside_the_root_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(dir.path()).unwrap().join("data");
+        fs::create_dir_all(&root).unwrap();
+        let fifo = root.join("x.JPEG");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = read_limited(&fifo, None, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+
+        // As if a file listed inside the tree had been swapped for a link after the listing.
+        fs::write(dir.path().join("secret"), b"key").unwrap();
+        let link = root.join("y.JPEG");
+        std::os::unix::fs::symlink(dir.path().join("secret"), &link).unwrap();
+        let err = read_limited(&link, Some(&root), 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("outside the tree"), "{err}");
+        assert_eq!(read_limited(&link, None, 1 << 20).unwrap().unwrap(), b"key");
+    }
 }

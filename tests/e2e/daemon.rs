@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use super::bin_dir;
 
 /// A 4-class synthetic dataset packed into `dir/shards`.
-fn dataset(dir: &Path) -> PathBuf {
+pub(crate) fn dataset(dir: &Path) -> PathBuf {
     let st = bin_dir().join("shard-tool");
     let run = |args: &[&str]| {
         let out = Command::new(&st).args(args).output().unwrap();
@@ -43,13 +43,13 @@ fn dataset(dir: &Path) -> PathBuf {
 }
 
 /// A `loader serve` child process; killed when dropped.
-struct Daemon {
-    child: Child,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
     stderr: PathBuf,
 }
 
 impl Daemon {
-    fn start(shards: &Path, socket: &Path, extra: &[&str]) -> Daemon {
+    pub(crate) fn start(shards: &Path, socket: &Path, extra: &[&str]) -> Daemon {
         let stderr = socket.with_extension(format!("{}.log", rand::random::<u32>()));
         let child = Command::new(bin_dir().join("loader"))
             .arg("serve")
@@ -63,19 +63,33 @@ impl Daemon {
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
+        let mut daemon = Daemon { child, stderr };
         let t0 = Instant::now();
         while UnixStream::connect(socket).is_err() {
+            let exited = daemon.child.try_wait().unwrap();
             assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "daemon did not start"
+                exited.is_none() && t0.elapsed() < Duration::from_secs(30),
+                "daemon did not start ({exited:?}): {}",
+                daemon.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Daemon { child, stderr }
+        daemon
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Panics unless the daemon is still running and has logged no panic.
+    pub(crate) fn assert_alive(&mut self) {
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "the daemon died: {}",
+            self.log()
+        );
+        let log = self.log();
+        assert!(!log.contains("panicked"), "{log}");
     }
 }
 
@@ -291,13 +305,7 @@ fn malformed_messages_do_not_disturb_a_well_behaved_client() {
     eprintln!(
         "{messages} malformed conversations; the good client read its batches {good_runs} times"
     );
-    assert!(
-        daemon.child.try_wait().unwrap().is_none(),
-        "the daemon died: {}",
-        daemon.log()
-    );
-    let log = daemon.log();
-    assert!(!log.contains("panicked"), "{log}");
+    daemon.assert_alive();
     // The daemon still answers, and counted the refusals.
     let status = Command::new(bin_dir().join("loader"))
         .args(["status", "--json", "--socket"])

@@ -136,15 +136,18 @@ pub(super) struct Connection {
 }
 
 impl Connection {
-    /// The connection over `stream`, and its peer's credentials.
-    fn new(stream: UnixStream) -> (Connection, Option<UCred>) {
-        let cred = stream.peer_cred().ok();
+    /// The connection over `stream`, and its peer.
+    fn new(stream: UnixStream) -> (Connection, Peer) {
+        let peer = Peer {
+            cred: stream.peer_cred().ok(),
+            groups: peer_groups(&stream),
+        };
         let (rd, wr) = stream.into_split();
         let conn = Connection {
             requests: FramedRead::new(rd, FrameCodec::default()),
             replies: wr,
         };
-        (conn, cred)
+        (conn, peer)
     }
 
     /// The next request; `None` when the peer closed between frames. Cancel-safe (the codec
@@ -196,11 +199,55 @@ impl Connection {
     }
 }
 
+/// Who is at the other end of a connection, as the kernel says.
+#[derive(Debug)]
+struct Peer {
+    /// SO_PEERCRED: pid, uid and primary gid.
+    cred: Option<UCred>,
+    /// SO_PEERGROUPS: the peer process's supplementary groups (`None` before Linux 4.13).
+    groups: Option<Vec<u32>>,
+}
+
+/// `SO_PEERGROUPS` (asm-generic value, as on x86-64 and aarch64; libc does not export it).
+const SO_PEERGROUPS: libc::c_int = 59;
+
+/// The supplementary groups of the process at the other end of `stream`, as the kernel
+/// recorded them at connect: what the process holds, not what the user database says now.
+fn peer_groups(stream: &UnixStream) -> Option<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    // NGROUPS_MAX is 65536; start small and grow once if the kernel says it needs more.
+    let mut groups = vec![0 as libc::gid_t; 64];
+    for _ in 0..2 {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: `groups` is valid for `len` bytes and outlives the call; the kernel writes at
+        // most `len` bytes and sets `len` to what it wrote (or needs, with ERANGE).
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(n);
+            return Some(groups);
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) {
+            return None;
+        }
+        groups.resize(n.max(groups.len() + 1), 0);
+    }
+    None
+}
+
 /// Serves one accepted connection to its end.
 pub(super) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
     let id = shared.next_id();
-    let (mut conn, cred) = Connection::new(stream);
-    let refusal = match handshake(&shared, &mut conn, cred, id).await {
+    let (mut conn, peer) = Connection::new(stream);
+    let refusal = match handshake(&shared, &mut conn, &peer, id).await {
         // The session has sent its own error frame, if any.
         Ok(Some(session)) => session.serve(&mut conn).await.err(),
         Ok(None) => None,
@@ -212,7 +259,7 @@ pub(super) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
     shared.counters.remove_client(id);
     if let Some(refusal) = refusal {
         shared.counters.add_refused();
-        tracing::debug!("connection {id} ({cred:?}) refused: {refusal}");
+        tracing::debug!("connection {id} ({peer:?}) refused: {refusal}");
     }
 }
 
@@ -235,7 +282,7 @@ pub(super) async fn refuse_busy(shared: Arc<Shared>, stream: UnixStream, refusal
 async fn handshake(
     shared: &Arc<Shared>,
     conn: &mut Connection,
-    cred: Option<UCred>,
+    peer: &Peer,
     id: u64,
 ) -> Result<Option<Session>, Refusal> {
     let config = &shared.config;
@@ -245,8 +292,8 @@ async fn handshake(
         .await
         .map_err(|_| Refusal::Timeout("the peer reading our preamble", timeout))?
         .map_err(ProtocolError::from)?;
-    let cred = cred.ok_or(Refusal::NoCredentials)?;
-    if !peer_allowed(config, cred.uid(), cred.gid()) {
+    let cred = peer.cred.ok_or(Refusal::NoCredentials)?;
+    if !peer_allowed(config, cred.uid(), cred.gid(), peer.groups.as_deref()) {
         tracing::warn!(
             "refused pid {:?} uid {} gid {}: not in allow_uids {:?} or allow_gids {:?}",
             cred.pid(),
@@ -331,13 +378,19 @@ async fn handshake(
     }
 }
 
-/// Whether the peer's uid, primary gid or one of its user's supplementary groups is allowed.
-fn peer_allowed(config: &ServeConfig, uid: u32, gid: u32) -> bool {
+/// Whether the peer's uid, primary gid or one of its supplementary groups is allowed.
+fn peer_allowed(config: &ServeConfig, uid: u32, gid: u32, groups: Option<&[u32]>) -> bool {
     if config.allow_uids.contains(&uid) || config.allow_gids.contains(&gid) {
         return true;
     }
     // SO_PEERCRED carries only the primary group; trainers are often in `rsb` as a
-    // supplementary group, so look the user's groups up.
+    // supplementary group. The process's own groups (SO_PEERGROUPS) decide: a user removed
+    // from the group in /etc/group but whose process still holds it is still in it, as for
+    // files, and one added after logging in is not yet.
+    if let Some(groups) = groups {
+        return groups.iter().any(|g| config.allow_gids.contains(g));
+    }
+    // Kernels before 4.13: the user database is the best there is.
     let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) else {
         return false;
     };
@@ -349,4 +402,40 @@ fn peer_allowed(config: &ServeConfig, uid: u32, gid: u32) -> bool {
             .iter()
             .any(|g| config.allow_gids.contains(&g.as_raw()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_peers_groups_are_those_its_process_holds() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut ours: Vec<u32> = nix::unistd::getgroups()
+            .unwrap()
+            .iter()
+            .map(|g| g.as_raw())
+            .collect();
+        let mut theirs = peer_groups(&a).expect("SO_PEERGROUPS (Linux 4.13+)");
+        ours.sort_unstable();
+        theirs.sort_unstable();
+        assert_eq!(theirs, ours);
+    }
+
+    #[test]
+    fn a_supplementary_group_admits_only_when_the_process_holds_it() {
+        let config = ServeConfig {
+            allow_gids: vec![4242],
+            ..ServeConfig::default()
+        };
+        let (uid, gid) = (5000, 5000);
+        assert!(peer_allowed(&config, uid, gid, Some(&[7, 4242])));
+        assert!(!peer_allowed(&config, uid, gid, Some(&[7])));
+        assert!(peer_allowed(&config, uid, 4242, Some(&[])));
+        let by_uid = ServeConfig {
+            allow_uids: vec![uid],
+            ..ServeConfig::default()
+        };
+        assert!(peer_allowed(&by_uid, uid, gid, Some(&[])));
+    }
 }

@@ -58,6 +58,11 @@ pub struct PackArgs {
     /// with the devkit ground truth, whose IDs are not class indices; see the README).
     #[arg(long, value_name = "FILE", help_heading = "Validation labels")]
     pub devkit_synsets: Option<PathBuf>,
+    /// Follow symbolic links that lead out of ROOT (by default such a link is an error naming
+    /// it: a link planted in a shared dataset folder would copy any file you can read into
+    /// shards others read).
+    #[arg(long)]
+    pub follow_external_symlinks: bool,
 }
 
 impl TryFrom<PackArgs> for PackOptions {
@@ -78,6 +83,7 @@ impl TryFrom<PackArgs> for PackOptions {
         o.layout = LayoutOptions {
             val_labels: a.val_labels,
             devkit_synsets: a.devkit_synsets,
+            follow_external_symlinks: a.follow_external_symlinks,
         };
         Ok(o)
     }

@@ -1,9 +1,9 @@
 //! `kill -9` during a pack, then the same command again: a complete dataset, byte-identical to
 //! an uninterrupted pack.
 //!
-//! To kill at a known point without racing the packer, one source file is a FIFO: the
-//! single worker blocks opening it, with the shards before it finished and the current one
-//! half-written, and is killed there with SIGKILL.
+//! To kill at a known point without racing the packer, the test stops it (SIGSTOP) whenever
+//! it sees shards finished and one half-written, checks that this is still so while it is
+//! frozen, and only then kills it with SIGKILL (else lets it go on and looks again).
 
 use std::fs;
 use std::path::Path;
@@ -53,14 +53,12 @@ fn kill_9_mid_pack_then_rerun_completes_an_identical_dataset() {
     };
     synth::write_tree(&src, &spec).unwrap();
 
-    // The file at 3/4 of train's pack order becomes a FIFO.
+    // The file at 3/4 of train's pack order is empty: rejected, in both packs.
     let tree = layout::discover(&src, &LayoutOptions::default()).unwrap();
     let train = &tree.splits[0];
     let order = shuffled_order(train, 42);
     let victim = src.join(&train.files[order[order.len() * 3 / 4]].path);
-    fs::remove_file(&victim).unwrap();
-    let status = Command::new("mkfifo").arg(&victim).status().unwrap();
-    assert!(status.success());
+    fs::write(&victim, b"").unwrap();
 
     let out = dir.path().join("out");
     let mut child = shard_tool_std()
@@ -68,31 +66,35 @@ fn kill_9_mid_pack_then_rerun_completes_an_identical_dataset() {
         .arg("--quiet")
         .spawn()
         .unwrap();
-    // Wait until the packer is stuck on the FIFO: nothing changes in `out` for a while.
+    let pid = child.id().to_string();
+    let signal = |name: &str| {
+        let ok = Command::new("kill").args([name, &pid]).status().unwrap();
+        assert!(ok.success());
+    };
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut last = (Vec::new(), Vec::new());
-    let mut still_since = Instant::now();
     loop {
         assert!(
             Instant::now() < deadline,
-            "the packer never blocked on the FIFO"
+            "never saw two shards done and one half-written"
         );
         assert!(
             child.try_wait().unwrap().is_none(),
-            "the packer exited early"
+            "the packer finished before the kill"
         );
-        std::thread::sleep(Duration::from_millis(50));
-        let now = if out.exists() {
+        let (done, tmp) = if out.exists() {
             listing(&out)
         } else {
             Default::default()
         };
-        if now != last {
-            last = now;
-            still_since = Instant::now();
-        } else if !last.0.is_empty() && still_since.elapsed() > Duration::from_millis(700) {
-            break;
+        if done.len() >= 2 && tmp.len() == 1 {
+            signal("-STOP");
+            let (done, tmp) = listing(&out);
+            if done.len() >= 2 && tmp.len() == 1 {
+                break;
+            }
+            signal("-CONT");
         }
+        std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -107,9 +109,6 @@ fn kill_9_mid_pack_then_rerun_completes_an_identical_dataset() {
         .failure()
         .stderr(predicates::str::contains("did not finish"));
 
-    // The FIFO becomes a (rejected) empty file: same size, same fingerprint.
-    fs::remove_file(&victim).unwrap();
-    fs::write(&victim, b"").unwrap();
     let resumed = shard_tool()
         .args(pack_args(&src, &out, "1"))
         .assert()

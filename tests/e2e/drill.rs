@@ -1,0 +1,409 @@
+//! The hardening drill: a hundred clients that leave the daemon in every way a careless or
+//! hostile one can, while a well-behaved trainer keeps reading. The daemon must stay up, the good
+//! client must keep getting its batches, every bad request must get an error frame, and the
+//! daemon's threads and memory must come back to where they were before the drill.
+//!
+//! Figures (the good client's batch rate before and during the drill, `stats` latency, RSS and
+//! threads before, at the peak and after) are printed; run with `--nocapture` to see them.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use loader::client::{Client, ClientOptions};
+use loader::frame::FrameReader;
+use loader::protocol::{self, Reply, Request};
+use loader::transform::{TrainTransform, TransformSpec};
+use loader::{JobSpec, Position};
+
+use super::daemon::{Daemon, dataset};
+
+/// The daemon's threads and resident memory, from `/proc/PID/status`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Footprint {
+    threads: u64,
+    anon: u64,
+    shmem: u64,
+}
+
+impl Footprint {
+    fn of(pid: u32) -> Footprint {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Footprint {
+            threads: field("Threads:"),
+            anon: field("RssAnon:") * 1024,
+            shmem: field("RssShmem:") * 1024,
+        }
+    }
+
+    fn max(self, o: Footprint) -> Footprint {
+        Footprint {
+            threads: self.threads.max(o.threads),
+            anon: self.anon.max(o.anon),
+            shmem: self.shmem.max(o.shmem),
+        }
+    }
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1 << 20) as f64
+}
+
+/// A1's transform at `img_size`.
+fn a1(img_size: u32) -> TransformSpec {
+    let Some(TransformSpec::Train(t)) = TransformSpec::preset("a1") else {
+        panic!("a1 is a train transform")
+    };
+    TransformSpec::Train(TrainTransform { img_size, ..t })
+}
+
+fn options(socket: &Path, job_id: &str, job: JobSpec, slots: u32) -> ClientOptions {
+    ClientOptions {
+        socket: socket.to_path_buf(),
+        job_id: job_id.into(),
+        job,
+        start: Position::default(),
+        epochs: None,
+        slots: Some(slots),
+        reconnect_timeout: Duration::from_secs(20),
+    }
+}
+
+/// Heap the daemon may keep after the drill (the allocator's free lists, tokio's buffers); a
+/// producer or ring left behind is far more (a large ring is 77 MB, a worker's buffers ~1 MB).
+const SLACK: u64 = 16 << 20;
+
+/// The ways the drill's clients leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leave {
+    /// Half a hello frame, then the end of its stream.
+    MidHandshake,
+    /// Connect and say nothing, not even the preamble.
+    Silent,
+    /// Take one batch while the producer fills the others, then close.
+    MidFill,
+    /// A hello at epoch `u32::MAX` (where a position would wrap): must be refused.
+    WrappedPosition,
+    /// Map a large ring (and have it populated), then close without reading a batch.
+    LargeRing,
+    /// A hello whose crop ratio passes the parser but no producer can honour: must be refused.
+    ImpossibleCrop,
+}
+
+const KINDS: [Leave; 6] = [
+    Leave::MidHandshake,
+    Leave::Silent,
+    Leave::MidFill,
+    Leave::WrappedPosition,
+    Leave::LargeRing,
+    Leave::ImpossibleCrop,
+];
+
+/// Says no more and waits until the daemon has closed the connection, so that a drill thread
+/// has one connection at a time (a flood of connections from one uid is what `max_clients` and
+/// `max_clients_per_uid` refuse; the drill is about how clients leave).
+fn until_closed(mut s: UnixStream) {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut sink = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut sink).unwrap();
+}
+
+/// Sends `hello` over a raw connection and returns the daemon's first reply.
+fn raw_hello(socket: &Path, hello: &Request) -> Reply {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&protocol::preamble()).unwrap();
+    protocol::write_frame(&mut s, hello).unwrap();
+    let mut preamble = [0u8; 12];
+    std::io::Read::read_exact(&mut s, &mut preamble).unwrap();
+    FrameReader::<Reply>::default().read(&mut s).unwrap()
+}
+
+fn hello(job: JobSpec, start: Position) -> Request {
+    Request::Hello {
+        job_id: "drill".into(),
+        job: Box::new(job),
+        start,
+        epochs: None,
+        slots: Some(2),
+    }
+}
+
+/// One client that leaves in the way `how`; panics if the daemon answered wrongly.
+fn leave(socket: &Path, how: Leave, i: usize) {
+    let small = JobSpec::single("train", a1(32), i as u64, 8);
+    match how {
+        Leave::MidHandshake => {
+            let mut s = UnixStream::connect(socket).unwrap();
+            let frame = protocol::encode(&hello(small, Position::default()));
+            s.write_all(&protocol::preamble()).unwrap();
+            s.write_all(&frame[..frame.len() / 2]).unwrap();
+            until_closed(s);
+        }
+        Leave::Silent => until_closed(UnixStream::connect(socket).unwrap()),
+        Leave::MidFill => {
+            let mut c = Client::connect(options(socket, "drill-fill", small, 4)).unwrap();
+            drop(c.next_batch().unwrap().unwrap());
+        }
+        Leave::WrappedPosition => {
+            let start = Position {
+                epoch: u32::MAX,
+                step: u64::MAX,
+            };
+            let reply = raw_hello(socket, &hello(small, start));
+            assert!(
+                matches!(&reply, Reply::Error { message } if message.contains("epoch")),
+                "{reply:?}"
+            );
+        }
+        Leave::LargeRing => {
+            let big = JobSpec::single("train", a1(224), i as u64, 64);
+            let c = Client::connect(options(socket, "drill-ring", big, 8)).unwrap();
+            drop(c);
+        }
+        Leave::ImpossibleCrop => {
+            let Some(TransformSpec::Train(t)) = TransformSpec::preset("a1") else {
+                unreachable!()
+            };
+            let ratio = if i.is_multiple_of(2) {
+                [1e3, 1e3]
+            } else {
+                [1e-3, 1e-3]
+            };
+            let bad = TransformSpec::Train(TrainTransform { ratio, ..t });
+            let reply = raw_hello(
+                socket,
+                &hello(JobSpec::single("train", bad, 1, 8), Position::default()),
+            );
+            assert!(
+                matches!(&reply, Reply::Error { message } if message.contains("ratio")),
+                "{reply:?}"
+            );
+        }
+    }
+}
+
+/// Batch arrival times of the good client, and whether it should go on.
+struct GoodClient {
+    times: Mutex<Vec<Instant>>,
+    stop: AtomicBool,
+}
+
+impl GoodClient {
+    fn run(&self, socket: &Path) {
+        let job = JobSpec::single("train", a1(64), 11, 8);
+        let mut c = Client::connect(options(socket, "good", job, 4)).unwrap();
+        while !self.stop.load(Ordering::SeqCst) {
+            let b = c.next_batch().unwrap().unwrap();
+            assert_eq!(b.count, 8);
+            drop(b);
+            self.times.lock().unwrap().push(Instant::now());
+        }
+        assert_eq!(c.reconnects(), 0, "the good client lost its connection");
+    }
+
+    /// Batches per second between `a` and `b`.
+    fn rate(&self, a: Instant, b: Instant) -> f64 {
+        let n = self
+            .times
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|&&t| t >= a && t < b)
+            .count();
+        n as f64 / (b - a).as_secs_f64()
+    }
+}
+
+/// Each kind of leaving is its own phase, repeated until it has lasted this long (and sent at
+/// least its share of the hundred), so the good client's rate during it can be measured.
+const PHASE: Duration = Duration::from_secs(2);
+/// At least this many clients in all.
+const CLIENTS: usize = 100;
+/// Misbehaving clients at once.
+const AT_ONCE: usize = 4;
+
+/// One phase of the drill: its kind, how many clients left that way, and its span.
+struct Phase {
+    how: Leave,
+    clients: usize,
+    from: Instant,
+    to: Instant,
+}
+
+/// Clients leaving in the way `how`, `AT_ONCE` at a time, for at least `PHASE`.
+fn phase(socket: &Path, how: Leave) -> Phase {
+    let from = Instant::now();
+    let per = CLIENTS.div_ceil(KINDS.len()).div_ceil(AT_ONCE);
+    let clients: usize = std::thread::scope(|attack| {
+        let handles: Vec<_> = (0..AT_ONCE)
+            .map(|t| {
+                attack.spawn(move || {
+                    let mut n = 0;
+                    while n < per || from.elapsed() < PHASE {
+                        leave(socket, how, t + AT_ONCE * n);
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    Phase {
+        how,
+        clients,
+        from,
+        to: Instant::now(),
+    }
+}
+
+#[test]
+fn a_hundred_clients_that_leave_in_every_way_leave_no_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = dataset(dir.path());
+    let socket = dir.path().join("loader.sock");
+    let config = dir.path().join("loader.toml");
+    // Rings up to 128 MiB (a large ring here is 8 slots of 64 images at 224 px, 77 MB) and a
+    // budget that fits 16 of them whatever this machine's memory.
+    std::fs::write(
+        &config,
+        "max_ring_bytes = 134217728\nmax_clients = 16\nmemory_budget_bytes = 2147483648\n\
+         handshake_timeout_s = 2.0\nallow_groups = []\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(&shards, &socket, &["--config", config.to_str().unwrap()]);
+    let pid = daemon.child.id();
+    let idle = Footprint::of(pid);
+
+    let good = GoodClient {
+        times: Mutex::new(Vec::new()),
+        stop: AtomicBool::new(false),
+    };
+    let worst_stats = Mutex::new(Duration::ZERO);
+    let peak = Mutex::new(Footprint::default());
+    let drilling = AtomicBool::new(true);
+    let (before, calm, phases, after_drill) = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| good.run(&socket));
+        // Let it settle, then take the baseline with the good client attached.
+        std::thread::sleep(Duration::from_secs(1));
+        let t_calm = Instant::now();
+        std::thread::sleep(PHASE);
+        let calm = (t_calm, Instant::now());
+        let before = Footprint::of(pid);
+        *peak.lock().unwrap() = before;
+        let watcher = scope.spawn(|| {
+            while drilling.load(Ordering::SeqCst) {
+                let t = Instant::now();
+                loader::client::stats(&socket).unwrap();
+                let took = t.elapsed();
+                let mut w = worst_stats.lock().unwrap();
+                *w = (*w).max(took);
+                drop(w);
+                let mut p = peak.lock().unwrap();
+                *p = p.max(Footprint::of(pid));
+                drop(p);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let phases: Vec<Phase> = KINDS.iter().map(|&how| phase(&socket, how)).collect();
+        drilling.store(false, Ordering::SeqCst);
+        watcher.join().unwrap();
+        // The good client reads on for one more phase, for its rate after the drill.
+        let t_done = Instant::now();
+        std::thread::sleep(PHASE);
+        let after_drill = (t_done, Instant::now());
+        good.stop.store(true, Ordering::SeqCst);
+        reader.join().unwrap();
+        (before, calm, phases, after_drill)
+    });
+    let peak = *peak.lock().unwrap();
+
+    // The good client has left too: wait for the daemon to come back to where it was before
+    // any client (tokio's blocking threads linger 10 s after their last task).
+    let settle = Instant::now();
+    let back = |now: Footprint| {
+        now.threads <= idle.threads && now.shmem <= idle.shmem && now.anon <= idle.anon + SLACK
+    };
+    let after = loop {
+        let now = Footprint::of(pid);
+        if back(now) || settle.elapsed() > Duration::from_secs(30) {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let settled_in = settle.elapsed();
+
+    let calm_rate = good.rate(calm.0, calm.1);
+    let mut table = format!(
+        "drill: {} clients, {AT_ONCE} at once, one phase per way of leaving\n\
+         phase                clients  good client batches/s  vs calm\n\
+         calm                       0  {calm_rate:>21.1}     1.00\n",
+        phases.iter().map(|p| p.clients).sum::<usize>()
+    );
+    for p in &phases {
+        let r = good.rate(p.from, p.to);
+        table += &format!(
+            "{:<20} {:>7}  {r:>21.1}  {:>7.2}\n",
+            format!("{:?}", p.how),
+            p.clients,
+            r / calm_rate
+        );
+    }
+    let r = good.rate(after_drill.0, after_drill.1);
+    table += &format!(
+        "after                      0  {r:>21.1}  {:>7.2}\n",
+        r / calm_rate
+    );
+    eprintln!(
+        "{table}slowest `stats` answer during the drill: {} ms\n\
+         daemon     threads  anon MiB  rings MiB\n\
+         idle       {:>7}  {:>8.1}  {:>9.1}   (no client yet)\n\
+         calm       {:>7}  {:>8.1}  {:>9.1}   (the good client attached)\n\
+         peak       {:>7}  {:>8.1}  {:>9.1}\n\
+         after      {:>7}  {:>8.1}  {:>9.1}   (every client gone, {:.1} s after the last left)",
+        worst_stats.lock().unwrap().as_millis(),
+        idle.threads,
+        mib(idle.anon),
+        mib(idle.shmem),
+        before.threads,
+        mib(before.anon),
+        mib(before.shmem),
+        peak.threads,
+        mib(peak.anon),
+        mib(peak.shmem),
+        after.threads,
+        mib(after.anon),
+        mib(after.shmem),
+        settled_in.as_secs_f64(),
+    );
+    let mut daemon = daemon;
+    daemon.assert_alive();
+    for p in &phases {
+        assert!(
+            good.rate(p.from, p.to) > 0.0,
+            "the good client got no batch while clients left by {:?}",
+            p.how
+        );
+    }
+    assert!(
+        peak.shmem > before.shmem,
+        "the drill never mapped a large ring: it tests nothing"
+    );
+    assert!(
+        back(after),
+        "the daemon did not come back to where it was before any client: {idle:?} → {after:?}"
+    );
+    let status = loader::client::stats(&socket).unwrap();
+    assert!(status.clients.is_empty(), "{:?}", status.clients);
+}
