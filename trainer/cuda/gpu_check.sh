@@ -36,7 +36,11 @@ part torch_bf16 45 python3 trainer/benches/torch_step.py --dtype bf16 --batch 25
 part bench_f32 100 "$t" bench --device cuda --dtype f32 --batch 256 --warmup 3 --steps 10 --json
 part torch_f32 40 python3 trainer/benches/torch_step.py --dtype f32 --batch 256 --warmup 5 --steps 20
 part check_bf16 40 "$t" check-device --device cuda --dtype bf16 --tolerance 5e-2 --batch 8 --img-size 64
+# (g) The ranks: 2 virtual ranks of 64 against one rank of 128, then the same 2 ranks through a
+# one-GPU DistributedContext (NCCL all-reduce in backward, as --devices on several GPUs).
+part ranks_nccl 120 "$t" bench --device cuda --batch 64 --world-size 2 --distributed --warmup 2 --steps 5
 echo "=== summary"
 grep -h '^{' "$out"/bench_*.log "$out"/torch_*.log 2>/dev/null
 grep -h "worst" "$out"/check_*.log 2>/dev/null
 grep -h '"relative"' "$out"/timm_logits.log 2>/dev/null
+grep -h "ranks of\|DistributedContext" "$out"/ranks_nccl.log 2>/dev/null

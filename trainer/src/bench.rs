@@ -15,6 +15,7 @@ use crate::feed::Feed;
 use crate::lamb::{LambOptions, TimmLamb};
 use crate::mixup::MixupConfig;
 use crate::ranks::VirtualRanks;
+use crate::replicas::{Collective, Replicas};
 use crate::resnet::ResNetConfig;
 use crate::step::{HostBatch, StepError, TrainStep};
 
@@ -31,6 +32,9 @@ pub struct BenchOptions {
     pub batch: usize,
     /// Virtual ranks per step (see [`crate::ranks`]): `ranks × batch` images per step.
     pub ranks: usize,
+    /// Run the ranks through [`Replicas`] on the one device with this collective instead of
+    /// plain virtual ranks (with `Nccl`: a one-GPU `DistributedContext`, to check that path).
+    pub collective: Option<Collective>,
     /// Square image side.
     pub img_size: usize,
     /// Untimed steps first (compilation, autotune).
@@ -113,6 +117,12 @@ pub enum BenchError {
     /// Virtual ranks with loader batches (only synthetic ones are supported).
     #[error("--world-size above 1 runs on synthetic batches only (without --shards)")]
     RanksWithShards,
+    /// NCCL cannot be loaded.
+    #[error(transparent)]
+    Nccl(#[from] crate::replicas::PlacementError),
+    /// NCCL asked of a device without it.
+    #[error("--distributed needs a CUDA device (NCCL); the CPU backend has no collectives")]
+    NoCollectives,
 }
 
 fn sync(device: &Device) -> Result<(), BenchError> {
@@ -128,7 +138,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     let model = options.model.init(&device)?;
     // A1's optimizer: timm's Lamb with weight decay 0.01.
     let optimizer = TimmLamb::new(&LambOptions::timm(0.01), &model);
-    let mut step = TrainStep {
+    let step = TrainStep {
         model: Some(model),
         optimizer,
         mixup: MixupConfig::a1(options.model.num_classes),
@@ -142,6 +152,35 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         return Err(BenchError::RanksWithShards);
     }
     let mut virtual_ranks = VirtualRanks::new(step.model().ok_or(StepError::Poisoned)?, ranks);
+    let mut step = Some(step);
+    let mut replicas = match options.collective {
+        Some(Collective::Nccl) if options.device == DeviceKind::Cpu => {
+            return Err(BenchError::NoCollectives);
+        }
+        Some(collective) if ranks > 1 => {
+            #[cfg(feature = "cuda")]
+            if collective == Collective::Nccl {
+                crate::replicas::check_nccl()?;
+            }
+            let step = step.take().ok_or(StepError::Poisoned)?;
+            let stats = std::mem::replace(
+                &mut virtual_ranks,
+                VirtualRanks::new(step.model().ok_or(StepError::Poisoned)?, 1),
+            )
+            .stats;
+            let lamb = |m: &crate::resnet::ResNet| -> Result<TimmLamb, BenchError> {
+                Ok(TimmLamb::new(&LambOptions::timm(0.01), m))
+            };
+            Some(Replicas::new(
+                step,
+                stats,
+                std::slice::from_ref(&device),
+                collective,
+                &lamb,
+            )?)
+        }
+        _ => None,
+    };
     let total = (options.warmup + options.steps) as u64;
     let feed = match &options.source {
         BatchSource::Synthetic => None,
@@ -193,7 +232,10 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
                     labels: &fed.labels,
                     step: fed.step,
                 };
-                let l = step.run(&batch, 1e-3, &device)?;
+                let l = step
+                    .as_mut()
+                    .ok_or(StepError::Poisoned)?
+                    .run(&batch, 1e-3, &device)?;
                 feed.recycle(fed);
                 l
             } else {
@@ -208,7 +250,13 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
                         }
                     })
                     .collect();
-                let losses = virtual_ranks.step(&mut step, &hosts, 1e-3, &device, &mut |_| {})?;
+                let losses = match (&mut replicas, step.as_mut()) {
+                    (Some(r), _) => r.step(&hosts, 1e-3, &|_, _| {})?,
+                    (None, Some(step)) => {
+                        virtual_ranks.step(step, &hosts, 1e-3, &device, &mut |_| {})?
+                    }
+                    (None, None) => return Err(StepError::Poisoned.into()),
+                };
                 losses.into_iter().next().ok_or(StepError::Poisoned)?
             };
             loss = Some(l);
@@ -268,6 +316,7 @@ mod tests {
             },
             batch: 4,
             ranks: 1,
+            collective: None,
             img_size: 16,
             warmup: 1,
             steps: 2,
@@ -280,9 +329,25 @@ mod tests {
         assert_eq!(report.samples_per_s, report.steps_per_s * 4.0);
         let two = run(&BenchOptions {
             ranks: 2,
-            ..options
+            ..options.clone()
         })
         .expect("bench");
         assert_eq!(two.samples_per_s, two.steps_per_s * 8.0);
+        // The same ranks through the replicas' code (sums met on the host: the CPU has no
+        // NCCL) train the same.
+        let replicated = run(&BenchOptions {
+            ranks: 2,
+            collective: Some(Collective::Host),
+            ..options.clone()
+        })
+        .expect("bench");
+        let diff = (replicated.last_loss - two.last_loss).abs() / two.last_loss.abs();
+        assert!(diff < 1e-5, "{} vs {}", replicated.last_loss, two.last_loss);
+        let nccl = run(&BenchOptions {
+            ranks: 2,
+            collective: Some(Collective::Nccl),
+            ..options
+        });
+        assert!(matches!(nccl, Err(BenchError::NoCollectives)));
     }
 }

@@ -110,22 +110,29 @@ impl DeviceKind {
 /// Whether the dynamic loader finds the NVIDIA driver, as cudarc will look for it.
 #[cfg(feature = "cuda")]
 fn driver_loadable() -> bool {
-    ["libcuda.so.1", "libcuda.so"].iter().any(|name| {
-        let Ok(name) = std::ffi::CString::new(*name) else {
-            return false;
-        };
-        // SAFETY: dlopen with a valid C string; the handle is only tested and closed. Loading
-        // libcuda runs no code of ours.
-        unsafe {
-            let handle = libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
-            if handle.is_null() {
-                false
-            } else {
-                libc::dlclose(handle);
-                true
-            }
+    ["libcuda.so.1", "libcuda.so"]
+        .iter()
+        .any(|name| library_loadable(name))
+}
+
+/// Whether the dynamic loader finds the shared library `name` (cudarc loads the driver, NVRTC
+/// and NCCL at run time, and panics on a worker thread when one is missing).
+#[cfg(feature = "cuda")]
+pub(crate) fn library_loadable(name: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: dlopen with a valid C string; the handle is only tested and closed. Loading these
+    // libraries runs no code of ours.
+    unsafe {
+        let handle = libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
+        if handle.is_null() {
+            false
+        } else {
+            libc::dlclose(handle);
+            true
         }
-    })
+    }
 }
 
 #[cfg(test)]

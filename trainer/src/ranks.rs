@@ -10,8 +10,8 @@
 //! running statistics are averaged over the ranks (timm's `--dist-bn reduce`, its default)
 //! before evaluation. One rank is exactly the plain step.
 //!
-//! Several devices in one process (NCCL) slot in where [`VirtualRanks::step`] sums the ranks'
-//! gradients: each device would run its share of the ranks and all-reduce the sum.
+//! Several devices in one process ([`crate::replicas`]) each run their share of the ranks with
+//! [`VirtualRanks::grads`] and sum the devices' sums.
 
 use std::path::Path;
 
@@ -48,8 +48,9 @@ pub enum RanksError {
 }
 
 /// The BN running statistics of every rank: `[rank][layer] = (running_mean, running_var)`.
+#[derive(Clone)]
 pub struct RankStats {
-    ranks: Vec<Vec<(Tensor<1>, Tensor<1>)>>,
+    pub(crate) ranks: Vec<Vec<(Tensor<1>, Tensor<1>)>>,
 }
 
 /// The model's running statistics as they stand (settled).
@@ -264,20 +265,41 @@ impl VirtualRanks {
             reseed(0);
             return Ok(vec![step.run(batch, lr, device)?]);
         }
+        let (losses, grads) = self.grads(step, batches, 0, world, device, reseed)?;
+        step.apply(lr, grads)?;
+        Ok(losses)
+    }
+
+    /// The gradients of this device's ranks, summed, each rank's loss divided by `world` (the
+    /// ranks of every device): ranks `first .. first + batches.len()` of the run, `batches[i]`
+    /// being rank `first + i`'s. Summed over every device, they are the mean over all ranks.
+    /// Returns each rank's loss and the sum.
+    ///
+    /// # Errors
+    /// [`StepError`] of any rank.
+    pub fn grads(
+        &mut self,
+        step: &TrainStep,
+        batches: &[HostBatch<'_>],
+        first: usize,
+        world: usize,
+        device: &Device,
+        reseed: &mut dyn FnMut(usize),
+    ) -> Result<(Vec<Tensor<1>>, burn::optim::GradientsParams), StepError> {
         let mut sum = GradientsAccumulator::<ResNet>::new();
-        let mut losses = Vec::with_capacity(world);
-        for (r, batch) in batches.iter().enumerate() {
+        let mut losses = Vec::with_capacity(batches.len());
+        for (i, batch) in batches.iter().enumerate() {
+            let rank = first + i;
             let model = step.model().ok_or(StepError::Poisoned)?;
-            self.stats.swap_in(model, r);
-            reseed(r);
-            let (loss, grads) = step.grads(batch, step.seed + r as u64, world, device)?;
+            self.stats.swap_in(model, i);
+            reseed(rank);
+            let (loss, grads) = step.grads(batch, step.seed + rank as u64, world, device)?;
             let model = step.model().ok_or(StepError::Poisoned)?;
-            self.stats.swap_out(model, r);
+            self.stats.swap_out(model, i);
             sum.accumulate(model, grads);
             losses.push(loss);
         }
-        step.apply(lr, sum.grads())?;
-        Ok(losses)
+        Ok((losses, sum.grads()))
     }
 }
 
@@ -412,14 +434,15 @@ mod tests {
         worst
     }
 
-    /// Runs the virtual ranks and a reference of `WORLD` separate models for `STEPS` steps;
-    /// returns the largest relative difference of the parameters, and of rank 2's BN running
-    /// mean of the last layer.
-    fn virtual_against_separate(steps: usize, break_averaging: bool) -> (f64, f64) {
+    /// Steps of rank batches: `[step][rank] = (pixels, labels)`.
+    type Batches = Vec<Vec<(Vec<u8>, Vec<u32>)>>;
+
+    /// The smoke recipe's model at a quarter of its width (to keep the tests short), on the
+    /// CPU, with the recipe and every step's batches.
+    fn small_run() -> (Device, TrainConfig, ResNet, Batches) {
         let device = Device::flex().autodiff();
         device.seed(3);
         let config = recipe();
-        // The smoke recipe's model at a quarter of its width, to keep the test short.
         let model_cfg = ResNetConfig {
             drop_path_rate: 0.0,
             width: config.rsb.width / 4.0,
@@ -427,6 +450,14 @@ mod tests {
         };
         let initial = model_cfg.init(&device).expect("model");
         let data = batches(config.num_classes as u32);
+        (device, config, initial, data)
+    }
+
+    /// Runs the virtual ranks and a reference of `WORLD` separate models for `STEPS` steps;
+    /// returns the largest relative difference of the parameters, and of rank 2's BN running
+    /// mean of the last layer.
+    fn virtual_against_separate(steps: usize, break_averaging: bool) -> (f64, f64) {
+        let (device, config, initial, data) = small_run();
         let lamb = |m: &ResNet| TimmLamb::new(&LambOptions::timm(config.weight_decay), m);
         let lr = 2e-3;
 
@@ -495,14 +526,75 @@ mod tests {
                 .try_to_vec::<f32>()
                 .expect("f32")
         };
-        let (a, b) = (last(model), last(&copies[2]));
-        let num: f64 = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| f64::from(x - y).powi(2))
-            .sum();
+        (params, relative(&last(model), &last(&copies[2])))
+    }
+
+    /// Relative L2 difference of two flat vectors.
+    fn relative(a: &[f32], b: &[f32]) -> f64 {
+        let num: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
         let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
-        (params, (num / den.max(1e-30)).sqrt())
+        (num / den.max(1e-30)).sqrt()
+    }
+
+    #[test]
+    fn two_devices_of_two_ranks_train_what_one_device_of_four_virtual_ranks_trains() {
+        use crate::replicas::{Collective, Replicas};
+        let (device, config, initial, data) = small_run();
+        let lamb = |m: &ResNet| TimmLamb::new(&LambOptions::timm(config.weight_decay), m);
+        let make = |m: ResNet| TrainStep {
+            optimizer: lamb(&m),
+            model: Some(m),
+            mixup: config.mixup_config(),
+            loss: config.loss(),
+            seed: config.seed,
+        };
+        let lr = 2e-3;
+
+        let mut one = make(deep_copy(&initial));
+        let mut ranks = VirtualRanks::new(one.model().expect("model"), WORLD);
+        // The CPU twice: two replicas, two ranks each, their sums met through the host.
+        let first = make(deep_copy(&initial));
+        let stats = RankStats::new(first.model().expect("model"), WORLD);
+        let mut two = Replicas::new::<StepError>(
+            first,
+            stats,
+            &[device.clone(), device.clone()],
+            Collective::Host,
+            &|m| Ok(lamb(m)),
+        )
+        .expect("replicas");
+        for (s, per_rank) in data.iter().enumerate() {
+            let hosts: Vec<HostBatch<'_>> = per_rank.iter().map(|b| host(b, s as u64)).collect();
+            let a = ranks
+                .step(&mut one, &hosts, lr, &device, &mut |_| {})
+                .expect("one device");
+            let b = two.step(&hosts, lr, &|_, _| {}).expect("two devices");
+            let loss = |l: Vec<Tensor<1>>| -> Vec<f32> {
+                l.into_iter().map(|t| t.into_scalar::<f32>()).collect()
+            };
+            assert!(
+                relative(&loss(b), &loss(a)) < 1e-5,
+                "step {s}: losses differ"
+            );
+        }
+        let params = worst_relative(
+            one.model().expect("model"),
+            two.primary().model().expect("model"),
+        );
+        assert!(params < 1e-5, "parameters differ by {params:e}");
+        // Rank 3 trained on the second replica: its statistics are those of rank 3 on one
+        // device, and so are every rank's after the reduction.
+        let flat = |t: &Tensor<1>| t.to_data().try_to_vec::<f32>().expect("f32");
+        let all = two.all_stats().expect("stats");
+        for r in [0, 3] {
+            let diff = relative(&flat(&all.ranks[r][5].1), &flat(&ranks.stats.ranks[r][5].1));
+            assert!(diff < 1e-5, "rank {r}'s BN variance differs by {diff:e}");
+        }
+        ranks.stats.reduce(one.model().expect("model"));
+        two.reduce_bn().expect("reduce");
+        let all = two.all_stats().expect("stats");
+        let diff = relative(&flat(&all.ranks[2][5].0), &flat(&ranks.stats.ranks[2][5].0));
+        assert!(diff < 1e-5, "reduced BN mean differs by {diff:e}");
     }
 
     #[test]

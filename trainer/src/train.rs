@@ -27,8 +27,9 @@ use crate::eval::{EvalError, evaluate};
 use crate::lamb::{LambOptions, TimmLamb};
 use crate::metrics::{Metric, MetricsError, open_metrics, write_metric};
 use crate::ranks::VirtualRanks;
+use crate::replicas::{Collective, Placement, Replicas};
 use crate::resnet::{ResNet, ResNetConfig};
-use crate::step::{HostBatch, TrainStep};
+use crate::step::{HostBatch, StepError, TrainStep};
 
 /// The resolved recipe of a run, beside its checkpoints (timm writes `args.yaml`).
 pub const RECIPE_FILE: &str = "recipe.toml";
@@ -44,8 +45,9 @@ pub struct TrainOptions {
     pub out: PathBuf,
     /// Continue from `out`'s latest checkpoint (start fresh if there is none).
     pub resume: bool,
-    /// Device.
-    pub device: DeviceKind,
+    /// Devices: one, or several CUDA devices that share the recipe's ranks
+    /// ([`crate::replicas`]); the first evaluates and saves.
+    pub devices: Vec<DeviceKind>,
     /// Float precision.
     pub precision: Precision,
     /// Stop after this many steps in all (the schedule still spans the recipe's epochs).
@@ -92,6 +94,9 @@ pub enum TrainError {
     /// Writing metrics.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// The ranks do not fit the devices.
+    #[error(transparent)]
+    Placement(#[from] crate::replicas::PlacementError),
 }
 
 /// What the run reports as it goes (for a progress bar).
@@ -193,7 +198,18 @@ pub fn train(
         .map_err(|e| TrainError::Out(format!("{}: {e}", options.out.display())))?;
     write_recipe(&options.out, &recipe_text)?;
 
-    let device = options.device.device(options.precision)?.autodiff();
+    let world = config.rsb.world_size.max(1);
+    let placement = Placement::new(world, &options.devices)?;
+    #[cfg(feature = "cuda")]
+    if placement.devices.len() > 1 {
+        crate::replicas::check_nccl()?;
+    }
+    let devices = placement
+        .devices
+        .iter()
+        .map(|d| Ok(d.device(options.precision)?.autodiff()))
+        .collect::<Result<Vec<_>, TrainError>>()?;
+    let device = devices[0].clone();
     device.seed(config.seed);
     let model_cfg = model_config(config)?;
     let model = model_cfg.init(&device)?;
@@ -233,22 +249,42 @@ pub fn train(
     let metrics_path = options.out.join("metrics.jsonl");
     let mut metrics = open_metrics(&metrics_path, state.steps_done)?;
 
-    let mut step = TrainStep {
+    let step = TrainStep {
         model: Some(model),
         optimizer,
         mixup: config.mixup_config(),
         loss: config.loss(),
         seed: config.seed,
     };
-    let world = config.rsb.world_size.max(1);
-    let mut ranks = {
-        let model = step.model().ok_or(crate::step::StepError::Poisoned)?;
+    let ranks = {
+        let model = step.model().ok_or(StepError::Poisoned)?;
         match &existing {
             Some(dir) if world > 1 => VirtualRanks {
                 stats: checkpoint::load_ranks(dir, model, world, &device)?,
             },
             _ => VirtualRanks::new(model, world),
         }
+    };
+    let mut engine = if devices.len() == 1 {
+        Engine::One {
+            step: Box::new(step),
+            ranks,
+        }
+    } else {
+        // Every replica's LAMB starts where the checkpoint's (or a fresh one) does.
+        let optimizer = |model: &ResNet| -> Result<TimmLamb, TrainError> {
+            Ok(match &existing {
+                Some(dir) => checkpoint::load_optimizer(dir, lamb(model))?,
+                None => lamb(model),
+            })
+        };
+        Engine::Many(Replicas::new(
+            step,
+            ranks.stats,
+            &devices,
+            Collective::Nccl,
+            &optimizer,
+        )?)
     };
     let schedule = config.schedule();
     let epochs = u32::try_from(config.epochs + config.cooldown_epochs)
@@ -347,9 +383,18 @@ pub fn train(
             })
             .collect();
         // Each rank's drop-path masks: timm seeds rank r with seed + r.
-        let mut reseed =
-            |rank: usize| device.seed(step_seed(config.seed + rank as u64, steps_done));
-        let losses = ranks.step(&mut step, &hosts, lr, &device, &mut reseed)?;
+        let seed_of = |rank: usize| step_seed(config.seed + rank as u64, steps_done);
+        let losses = match &mut engine {
+            Engine::One { step, ranks } => {
+                let mut reseed = |rank: usize| device.seed(seed_of(rank));
+                ranks.step(step, &hosts, lr, &device, &mut reseed)?
+            }
+            Engine::Many(replicas) => {
+                replicas.step(&hosts, lr, &|d: &burn::tensor::Device, rank| {
+                    d.seed(seed_of(rank));
+                })?
+            }
+        };
         drop(hosts);
         drop(held);
         let loss = losses
@@ -376,11 +421,11 @@ pub fn train(
         let epoch_done = next.epoch != at.epoch;
         let last = steps_done == total_steps;
         let interval = config.rsb.checkpoint_interval;
-        let model = step.model().ok_or(crate::step::StepError::Poisoned)?;
         if epoch_done {
             // timm's `--dist-bn reduce` before its end-of-epoch evaluation.
-            ranks.stats.reduce(model);
+            engine.reduce_bn()?;
         }
+        let model = engine.step().model().ok_or(StepError::Poisoned)?;
         if (epoch_done
             && (u64::from(next.epoch) % config.rsb.eval_interval.max(1) == 0
                 || next.epoch == epochs))
@@ -399,12 +444,57 @@ pub fn train(
                 dataset: Some(dataset.clone()),
             };
             // One rank's statistics are the model's own: the file is only for several.
-            let stats = (world > 1).then_some(&ranks.stats);
-            let dir = checkpoint::save(&options.out, model, &step.optimizer, stats, &state)?;
+            let stats = if world > 1 {
+                Some(engine.all_stats()?)
+            } else {
+                None
+            };
+            let optimizer = &engine.step().optimizer;
+            let dir = checkpoint::save(&options.out, model, optimizer, stats.as_ref(), &state)?;
             on_event(Event::Checkpoint(dir));
         }
     }
     Ok(last_eval)
+}
+
+/// The ranks of a run and where they train.
+enum Engine {
+    /// One device: the ranks as virtual ranks.
+    One {
+        step: Box<TrainStep>,
+        ranks: VirtualRanks,
+    },
+    /// Several devices, each with its share of the ranks.
+    Many(Replicas),
+}
+
+impl Engine {
+    /// The step whose model is evaluated and saved (the first device's).
+    fn step(&self) -> &TrainStep {
+        match self {
+            Engine::One { step, .. } => step,
+            Engine::Many(r) => r.primary(),
+        }
+    }
+
+    /// timm's `--dist-bn reduce` over every rank.
+    fn reduce_bn(&mut self) -> Result<(), StepError> {
+        match self {
+            Engine::One { step, ranks } => {
+                ranks.stats.reduce(step.model().ok_or(StepError::Poisoned)?);
+                Ok(())
+            }
+            Engine::Many(r) => r.reduce_bn(),
+        }
+    }
+
+    /// Every rank's BN statistics, for a checkpoint.
+    fn all_stats(&self) -> Result<crate::ranks::RankStats, StepError> {
+        match self {
+            Engine::One { ranks, .. } => Ok(ranks.stats.clone()),
+            Engine::Many(r) => r.all_stats(),
+        }
+    }
 }
 
 /// Writes the resolved recipe to `OUT/recipe.toml` (atomically: a temporary file, renamed).

@@ -52,6 +52,11 @@ pub struct BenchArgs {
     /// world-size × b images, then world-size ranks of b, and prints the ratio.
     #[arg(long, default_value_t = 1)]
     pub world_size: usize,
+    /// With --world-size: also run the same ranks through a one-GPU DistributedContext
+    /// (NCCL all-reduce in backward, as `trainer train --devices` does on several GPUs) and
+    /// print its speed and last loss against the virtual ranks'. CUDA only.
+    #[arg(long, requires = "world_size")]
+    pub distributed: bool,
 }
 
 /// Runs the bench and prints its report.
@@ -62,6 +67,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         model: a.model.config()?,
         batch: a.batch,
         ranks: 1,
+        collective: None,
         img_size: a.img_size,
         warmup: a.warmup,
         steps: a.steps,
@@ -88,10 +94,27 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     report(&a, &one)?;
     let ranks = bench::run(&BenchOptions {
         ranks: a.world_size,
-        ..options
+        ..options.clone()
     })
     .context("benchmark failed")?;
     report(&a, &ranks)?;
+    if a.distributed {
+        let nccl = bench::run(&BenchOptions {
+            ranks: a.world_size,
+            collective: Some(trainer::replicas::Collective::Nccl),
+            ..options
+        })
+        .context("the DistributedContext run failed")?;
+        report(&a, &nccl)?;
+        println!(
+            "{} ranks through a one-GPU DistributedContext / as virtual ranks: {:.3} \
+             (samples/s); last loss {:.6} / {:.6}",
+            a.world_size,
+            nccl.samples_per_s / ranks.samples_per_s,
+            nccl.last_loss,
+            ranks.last_loss
+        );
+    }
     println!(
         "{} virtual ranks of {} / one rank of {}: {:.3} (samples/s)",
         a.world_size,

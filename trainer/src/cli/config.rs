@@ -6,20 +6,35 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 use trainer::config::TrainConfig;
+use trainer::device::DeviceKind;
 use trainer::overrides::RecipeOverrides;
+use trainer::replicas::Placement;
 
 /// `trainer config` flags.
 #[derive(Args)]
 pub struct ConfigArgs {
     /// The TOML file.
     pub path: PathBuf,
+    /// The devices the run would use (as `trainer train --devices`), to see how the ranks
+    /// are placed.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "LIST",
+        default_value = "cpu"
+    )]
+    pub devices: Vec<DeviceKind>,
     #[command(flatten)]
     pub overrides: RecipeOverrides,
 }
 
 /// Prints the resolved recipe.
 pub fn run(a: ConfigArgs) -> Result<ExitCode> {
-    let ConfigArgs { path, overrides } = a;
+    let ConfigArgs {
+        path,
+        devices,
+        overrides,
+    } = a;
     let loaded = TrainConfig::load_with(&path, &overrides)?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
@@ -32,11 +47,7 @@ pub fn run(a: ConfigArgs) -> Result<ExitCode> {
         c.batch_size,
         c.rsb.world_size
     );
-    println!(
-        "# ranks: {} on one device, one after another per step (virtual ranks: gradients \
-         averaged over all, BN statistics per rank, reduced at each epoch end); each rank's BN \
-         normalizes over its own {} images",
-        c.rsb.world_size, c.batch_size
-    );
+    let placement = Placement::new(c.rsb.world_size, &devices)?;
+    println!("# {}", placement.describe(c.batch_size));
     Ok(ExitCode::SUCCESS)
 }

@@ -26,8 +26,14 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: bool,
     /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", conflicts_with = "devices")]
     pub device: DeviceKind,
+    /// Several GPUs of this machine that share the recipe's rsb.world_size ranks, e.g.
+    /// cuda:0,cuda:1,cuda:2,cuda:3 (their count must divide the ranks; each runs its share one
+    /// after another per step; gradients are summed by NCCL, which must be loadable as
+    /// libnccl.so). Checkpoints do not depend on the device count: --resume may change it.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub devices: Vec<DeviceKind>,
     /// Float type of parameters and activations.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Precision,
@@ -58,7 +64,11 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         data: a.data.source(a.workers),
         out: a.out.clone(),
         resume: a.resume,
-        device: a.device,
+        devices: if a.devices.is_empty() {
+            vec![a.device]
+        } else {
+            a.devices.clone()
+        },
         precision: a.dtype,
         max_steps: a.max_steps,
         init_from: a.init_from.clone(),

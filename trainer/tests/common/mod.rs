@@ -61,7 +61,7 @@ pub fn options(
         },
         out,
         resume,
-        device: DeviceKind::Cpu,
+        devices: vec![DeviceKind::Cpu],
         precision: Precision::F32,
         max_steps: Some(max_steps),
         digests: false,
