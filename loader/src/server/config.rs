@@ -109,6 +109,11 @@ pub struct ServeConfig {
     /// Seconds a status connection (`loader status`, monitoring) may stay silent before the
     /// daemon closes it, so idle ones cannot pile up to `max_clients`.
     pub idle_timeout_s: f64,
+    /// Seconds a trainer may hold every slot of its ring without releasing one before the
+    /// daemon closes its stream. Its client reconnects at its next batch, at the same position,
+    /// so a slow trainer (a long evaluation) loses a reconnect and nothing else; a stuck one
+    /// stops holding a ring and a connection.
+    pub stall_timeout_s: f64,
     /// Seconds the first rank of a job waits for the job's other ranks before its batches
     /// start; ranks that attach together share decodes (see `server::producer`).
     pub group_wait_s: f64,
@@ -134,6 +139,7 @@ impl Default for ServeConfig {
             socket_mode: 0o660,
             handshake_timeout_s: 10.0,
             idle_timeout_s: 60.0,
+            stall_timeout_s: 1800.0,
             group_wait_s: 5.0,
         }
     }
@@ -166,6 +172,7 @@ impl ServeConfig {
         )?;
         SettingError::within("group_wait_s", self.group_wait_s, 0.0..=3600.0)?;
         SettingError::within("idle_timeout_s", self.idle_timeout_s, 0.1..=86400.0)?;
+        SettingError::within("stall_timeout_s", self.stall_timeout_s, 0.1..=604_800.0)?;
         SettingError::within("memory_budget_bytes", self.memory_budget_bytes, 0..=1 << 50)?;
         let budget = self.memory_budget();
         if u64::from(self.max_clients) * self.max_ring_bytes > budget.bytes {

@@ -245,6 +245,24 @@ mod tests {
         assert!(stats.refused >= 1);
     }
 
+    /// A client of 2-image eval batches through a one-slot ring, from the start, forever.
+    fn one_slot(server: &crate::server::LocalServer) -> crate::client::ClientOptions {
+        crate::client::ClientOptions {
+            socket: server.socket().to_path_buf(),
+            job_id: "j".into(),
+            job: crate::job::JobSpec::single(
+                "train",
+                crate::transform::TransformSpec::preset("eval").unwrap(),
+                0,
+                2,
+            ),
+            start: crate::job::Position::default(),
+            epochs: None,
+            slots: Some(1),
+            reconnect_timeout: Duration::from_secs(5),
+        }
+    }
+
     #[test]
     fn a_start_at_or_past_the_last_epoch_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -256,18 +274,9 @@ mod tests {
         );
         let connect = |epoch, epochs| {
             crate::client::Client::connect(crate::client::ClientOptions {
-                socket: server.socket().to_path_buf(),
-                job_id: "j".into(),
-                job: crate::job::JobSpec::single(
-                    "train",
-                    crate::transform::TransformSpec::preset("eval").unwrap(),
-                    0,
-                    2,
-                ),
                 start: crate::job::Position { epoch, step: 0 },
                 epochs,
-                slots: Some(1),
-                reconnect_timeout: Duration::from_secs(5),
+                ..one_slot(&server)
             })
             .err()
             .map(|e| e.to_string())
@@ -281,6 +290,35 @@ mod tests {
             "{e}"
         );
         assert_eq!(connect(2, Some(3)), None);
+    }
+
+    #[test]
+    fn a_stream_whose_client_holds_every_slot_too_long_is_closed_and_resumes_where_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = daemon(
+            dir.path(),
+            ServeConfig {
+                stall_timeout_s: 0.3,
+                ..ServeConfig::default()
+            },
+        );
+        let mut client = crate::client::Client::connect(one_slot(&server)).unwrap();
+        let ids = |b: crate::client::Batch<'_>| (b.position, b.ids().to_vec());
+        let first = client.next_batch().unwrap().map(ids).unwrap();
+        // A trainer that stops reading (a long evaluation): its one slot stays full.
+        let held = client.next_batch().unwrap().unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let stats = crate::client::stats(server.socket()).unwrap();
+        assert!(stats.clients.is_empty(), "the stream was not closed");
+        let second = ids(held);
+        let third = client.next_batch().unwrap().map(ids).unwrap();
+        assert_eq!(client.reconnects(), 1);
+        assert_eq!(first.0.step, 0);
+        assert_eq!(second.0.step, 1);
+        assert_eq!(
+            third.0.step, 2,
+            "the stream did not resume at the next batch"
+        );
     }
 
     #[test]

@@ -130,6 +130,12 @@ impl Shared {
         Duration::from_secs_f64(self.config.idle_timeout_s.clamp(0.1, 86_400.0))
     }
 
+    /// How long a stream may hold every slot without releasing one.
+    fn stall_timeout(&self) -> Duration {
+        // validate() bounds it to 0.1..=604800 s.
+        Duration::from_secs_f64(self.config.stall_timeout_s.clamp(0.1, 604_800.0))
+    }
+
     /// The dataset's split names, for messages.
     fn split_names(&self) -> String {
         let names: Vec<&str> = self.splits.keys().map(String::as_str).collect();

@@ -167,11 +167,28 @@ impl Session {
         let counters = &self.shared.counters;
         let mut held = vec![false; slots as usize];
         let mut finished = false;
+        let stall = self.shared.stall_timeout();
+        // Since when the client has held every slot and released none.
+        let mut stalled_since: Option<tokio::time::Instant> = None;
         let result = loop {
+            let deadline = stalled_since.map(|t| t + stall);
             tokio::select! {
+                () = sleep_until_some(deadline) => {
+                    // No error frame: the client library reconnects on a closed stream and asks
+                    // for its next batch, so a slow trainer only pays a reconnect.
+                    tracing::info!(
+                        "client {}: held all {slots} slots for {stall:?} without releasing one; \
+                         closing its stream (stall_timeout_s)",
+                        self.id
+                    );
+                    break Ok(());
+                }
                 event = events.recv() => match event {
                     Some(Event::Ready { slot, position, count, replaced }) => {
                         held[slot as usize] = true;
+                        if stalled_since.is_none() && held.iter().all(|h| *h) {
+                            stalled_since = Some(tokio::time::Instant::now());
+                        }
                         let full = held.iter().filter(|h| **h).count() as u32;
                         counters.update_client(self.id, |c| c.slots_full = full);
                         let r = Reply::BatchReady { slot, position, count, replaced };
@@ -202,6 +219,7 @@ impl Session {
                         match held.get_mut(slot as usize) {
                             Some(h) if *h => {
                                 *h = false;
+                                stalled_since = None;
                                 let full = held.iter().filter(|h| **h).count() as u32;
                                 counters.update_client(self.id, |c| c.slots_full = full);
                                 // The producer may have ended (finished); nothing waits then.
@@ -232,5 +250,13 @@ impl Session {
         // Dropping the channels stops the producer after its current batch.
         tracing::info!("client {} closed", self.id);
         result
+    }
+}
+
+/// Waits until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
