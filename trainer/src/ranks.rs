@@ -239,7 +239,6 @@ impl VirtualRanks {
 
     /// One optimizer step over every rank's batch (`batches[r]` is rank r's): each rank's
     /// gradients with its own BN statistics and mixing draws, their mean, one LAMB step.
-    /// `reseed(r)` runs before rank r's forward (the device generator of its drop-path masks).
     /// Returns each rank's loss.
     ///
     /// # Errors
@@ -250,7 +249,6 @@ impl VirtualRanks {
         batches: &[HostBatch<'_>],
         lr: f64,
         device: &Device,
-        reseed: &mut dyn FnMut(usize),
     ) -> Result<Vec<Tensor<1>>, StepError> {
         let world = self.world_size();
         if batches.len() != world {
@@ -262,10 +260,9 @@ impl VirtualRanks {
         if world == 1 {
             // The plain step, untouched: one rank is bit for bit a run without ranks.
             let batch = &batches[0];
-            reseed(0);
             return Ok(vec![step.run(batch, lr, device)?]);
         }
-        let (losses, grads) = self.grads(step, batches, 0, world, device, reseed)?;
+        let (losses, grads) = self.grads(step, batches, 0, world, device)?;
         step.apply(lr, grads)?;
         Ok(losses)
     }
@@ -284,7 +281,6 @@ impl VirtualRanks {
         first: usize,
         world: usize,
         device: &Device,
-        reseed: &mut dyn FnMut(usize),
     ) -> Result<(Vec<Tensor<1>>, burn::optim::GradientsParams), StepError> {
         let mut sum = GradientsAccumulator::<ResNet>::new();
         let mut losses = Vec::with_capacity(batches.len());
@@ -292,7 +288,6 @@ impl VirtualRanks {
             let rank = first + i;
             let model = step.model().ok_or(StepError::Poisoned)?;
             self.stats.swap_in(model, i);
-            reseed(rank);
             let (loss, grads) = step.grads(batch, step.seed + rank as u64, world, device)?;
             let model = step.model().ok_or(StepError::Poisoned)?;
             self.stats.swap_out(model, i);
@@ -437,14 +432,14 @@ mod tests {
     /// Steps of rank batches: `[step][rank] = (pixels, labels)`.
     type Batches = Vec<Vec<(Vec<u8>, Vec<u32>)>>;
 
-    /// The smoke recipe's model at a quarter of its width (to keep the tests short), on the
-    /// CPU, with the recipe and every step's batches.
-    fn small_run() -> (Device, TrainConfig, ResNet, Batches) {
+    /// The smoke recipe's model at a quarter of its width (to keep the tests short) with
+    /// `drop_path_rate`, on the CPU, with the recipe and every step's batches.
+    fn small_run(drop_path_rate: f64) -> (Device, TrainConfig, ResNet, Batches) {
         let device = Device::flex().autodiff();
         device.seed(3);
         let config = recipe();
         let model_cfg = ResNetConfig {
-            drop_path_rate: 0.0,
+            drop_path_rate,
             width: config.rsb.width / 4.0,
             ..crate::train::model_config(&config).expect("model")
         };
@@ -457,7 +452,7 @@ mod tests {
     /// returns the largest relative difference of the parameters, and of rank 2's BN running
     /// mean of the last layer.
     fn virtual_against_separate(steps: usize, break_averaging: bool) -> (f64, f64) {
-        let (device, config, initial, data) = small_run();
+        let (device, config, initial, data) = small_run(0.0);
         let lamb = |m: &ResNet| TimmLamb::new(&LambOptions::timm(config.weight_decay), m);
         let lr = 2e-3;
 
@@ -473,9 +468,7 @@ mod tests {
         let mut ranks = VirtualRanks::new(step.model().expect("model"), WORLD);
         for (s, per_rank) in data.iter().enumerate().take(steps) {
             let hosts: Vec<HostBatch<'_>> = per_rank.iter().map(|b| host(b, s as u64)).collect();
-            ranks
-                .step(&mut step, &hosts, lr, &device, &mut |_| {})
-                .expect("step");
+            ranks.step(&mut step, &hosts, lr, &device).expect("step");
         }
 
         // Reference: one model per rank, each with its own BN statistics, the same parameters.
@@ -539,7 +532,7 @@ mod tests {
     #[test]
     fn two_devices_of_two_ranks_train_what_one_device_of_four_virtual_ranks_trains() {
         use crate::replicas::{Collective, Replicas};
-        let (device, config, initial, data) = small_run();
+        let (device, config, initial, data) = small_run(0.0);
         let lamb = |m: &ResNet| TimmLamb::new(&LambOptions::timm(config.weight_decay), m);
         let make = |m: ResNet| TrainStep {
             optimizer: lamb(&m),
@@ -566,9 +559,9 @@ mod tests {
         for (s, per_rank) in data.iter().enumerate() {
             let hosts: Vec<HostBatch<'_>> = per_rank.iter().map(|b| host(b, s as u64)).collect();
             let a = ranks
-                .step(&mut one, &hosts, lr, &device, &mut |_| {})
+                .step(&mut one, &hosts, lr, &device)
                 .expect("one device");
-            let b = two.step(&hosts, lr, &|_, _| {}).expect("two devices");
+            let b = two.step(&hosts, lr).expect("two devices");
             let loss = |l: Vec<Tensor<1>>| -> Vec<f32> {
                 l.into_iter().map(|t| t.into_scalar::<f32>()).collect()
             };
@@ -612,7 +605,7 @@ mod tests {
         let mut ranks = VirtualRanks::new(step.model().expect("model"), 2);
         let data = batches(3);
         let one = [host(&data[0][0], 0)];
-        let e = ranks.step(&mut step, &one, 1e-3, &device, &mut |_| {});
+        let e = ranks.step(&mut step, &one, 1e-3, &device);
         assert!(
             matches!(
                 e,

@@ -323,9 +323,8 @@ impl Replicas {
         self.world
     }
 
-    /// One optimizer step over every rank's batch (`batches[r]` is rank r's); `reseed(device,
-    /// rank)` seeds `device`'s generator before rank `rank`'s forward. Returns each rank's
-    /// loss, in rank order.
+    /// One optimizer step over every rank's batch (`batches[r]` is rank r's). Returns each
+    /// rank's loss, in rank order.
     ///
     /// # Errors
     /// [`StepError`] of any rank, or a batch count other than the rank count.
@@ -333,7 +332,6 @@ impl Replicas {
         &mut self,
         batches: &[HostBatch<'_>],
         lr: f64,
-        reseed: &(dyn Fn(&Device, usize) + Sync),
     ) -> Result<Vec<Tensor<1>>, StepError> {
         if batches.len() != self.world {
             return Err(StepError::Ranks {
@@ -350,12 +348,7 @@ impl Replicas {
                     .iter_mut()
                     .map(|p| {
                         let mine = &batches[p.first..p.first + p.ranks.world_size()];
-                        scope.spawn(move || {
-                            let device = p.device.clone();
-                            let mut seed = |rank: usize| reseed(&device, rank);
-                            p.ranks
-                                .grads(&p.step, mine, p.first, world, &device, &mut seed)
-                        })
+                        scope.spawn(move || p.ranks.grads(&p.step, mine, p.first, world, &p.device))
                     })
                     .collect();
                 handles

@@ -10,7 +10,8 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::module::adaptive_avg_pool2d;
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::batch_norm::BatchNorm;
@@ -243,7 +244,8 @@ impl Block {
         }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    /// `masks`: the key of this block's drop-path draws (see [`ResNet::forward_with`]).
+    fn forward(&self, x: Tensor<4>, masks: Option<u64>) -> Tensor<4> {
         let shortcut = match &self.downsample {
             Some(d) => d.bn.forward(d.conv.forward(x.clone())),
             None => x.clone(),
@@ -253,20 +255,38 @@ impl Block {
         if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
             y = bn3.forward(conv3.forward(relu(y)));
         }
-        relu(drop_path(y, self.drop_path) + shortcut)
+        relu(drop_path(y, self.drop_path, masks) + shortcut)
     }
 }
 
 /// timm's `drop_path`: in training, zero the whole branch of a sample with probability `p` and
-/// scale the kept ones by `1 / (1 - p)`.
-fn drop_path(x: Tensor<4>, p: f64) -> Tensor<4> {
+/// scale the kept ones by `1 / (1 - p)`. With `key`, the samples' draws come from a generator
+/// seeded by it on the host; without, from the backend's.
+fn drop_path(x: Tensor<4>, p: f64, key: Option<u64>) -> Tensor<4> {
     if p <= 0.0 || !x.device().is_autodiff() {
         return x;
     }
     let keep = 1.0 - p;
     let [n, _, _, _] = x.dims();
-    let mask = Tensor::<4>::random([n, 1, 1, 1], Distribution::Bernoulli(keep), &x.device());
+    let mask = match key {
+        Some(key) => {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(key);
+            let values: Vec<f32> = (0..n)
+                .map(|_| if rng.random_bool(keep) { 1.0 } else { 0.0 })
+                .collect();
+            Tensor::<4>::from_data(TensorData::new(values, [n, 1, 1, 1]), &x.device())
+        }
+        None => Tensor::<4>::random([n, 1, 1, 1], Distribution::Bernoulli(keep), &x.device()),
+    };
     x * mask.div_scalar(keep)
+}
+
+/// A fixed mix of two numbers (splitmix64's finalizer): keys of independent draws.
+pub fn mix_key(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// What [`ResNet::for_each_trainable`] tells about a parameter.
@@ -375,12 +395,20 @@ impl ResNet {
 
     /// Logits `[N, classes]` of normalized images `[N, 3, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.forward_with(x, None)
+    }
+
+    /// [`ResNet::forward`], with the drop-path draws of training keyed by `masks`: block i
+    /// draws its samples' masks on the host from `mix_key(masks, i)`, so they depend on the key
+    /// alone, not on the backend's generator, which every thread and device of the process
+    /// shares (a rank's masks are then the same on one device or several, and after a resume).
+    pub fn forward_with(&self, x: Tensor<4>, masks: Option<u64>) -> Tensor<2> {
         let mut x = relu(self.bn1.forward(self.conv1.forward(x)));
         if let Some(pool) = &self.maxpool {
             x = pool.forward(x);
         }
-        for block in self.blocks() {
-            x = block.forward(x);
+        for (i, block) in self.blocks().enumerate() {
+            x = block.forward(x, masks.map(|k| mix_key(k, i as u64)));
         }
         let x = adaptive_avg_pool2d(x, [1, 1]).flatten::<2>(1, 3);
         self.fc.forward(x)
@@ -390,6 +418,37 @@ impl ResNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keyed_drop_path_masks_depend_on_the_key_alone() {
+        let device = Device::flex().autodiff();
+        let model = ResNetConfig {
+            depth: 18,
+            num_classes: 4,
+            width: 0.125,
+            small_stem: true,
+            drop_path_rate: 0.5,
+            zero_init_last: false,
+        }
+        .init(&device)
+        .expect("valid config");
+        let x = Tensor::<4>::ones([8, 3, 16, 16], &device);
+        let run = |key| {
+            model
+                .forward_with(x.clone(), Some(key))
+                .to_data()
+                .try_to_vec::<f32>()
+                .expect("f32")
+        };
+        let a = run(mix_key(1, 2));
+        // The backend's generator moves (other threads and devices draw from it too).
+        device.seed(99);
+        let _ = Tensor::<1>::random([64], Distribution::Default, &device);
+        assert_eq!(run(mix_key(1, 2)), a);
+        assert_ne!(run(mix_key(1, 3)), a);
+        assert_ne!(mix_key(0, 1), mix_key(0, 2));
+        assert_ne!(mix_key(1, 1), mix_key(2, 1));
+    }
 
     #[test]
     fn resnet50_has_timms_parameter_count() {

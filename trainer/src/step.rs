@@ -8,7 +8,7 @@ use crate::lamb::TimmLamb;
 use crate::loss::LossKind;
 use crate::mixup::{MixupConfig, labels_tensor};
 use crate::normalize::{BatchError, normalize, upload_pixels};
-use crate::resnet::ResNet;
+use crate::resnet::{ResNet, mix_key};
 
 /// Model, optimizer and the per-batch ingredients of a recipe.
 pub struct TrainStep {
@@ -86,7 +86,8 @@ impl TrainStep {
     /// The loss of one rank's batch and its gradients, the loss divided by `ranks` before the
     /// backward pass, so that the gradients of `ranks` ranks sum to their mean (what DDP's
     /// all-reduce gives each rank). `seed` keys this rank's Mixup/CutMix draws (timm seeds
-    /// each rank with `seed + rank`). The returned loss is not divided.
+    /// each rank with `seed + rank`) and, with the step, its drop-path masks. The returned loss
+    /// is not divided.
     pub fn grads(
         &self,
         batch: &HostBatch<'_>,
@@ -104,7 +105,7 @@ impl TrainStep {
         let x = normalize(params.mix_pixels(pixels));
         let targets = params.targets(labels_tensor(batch.labels, device), &self.mixup);
         let model = self.model.as_ref().ok_or(StepError::Poisoned)?;
-        let logits = model.forward(x);
+        let logits = model.forward_with(x, Some(mix_key(seed, batch.step)));
         let loss = self.loss.of(logits, targets);
         // One rank: no division at all, so a one-rank run is bit for bit what it was.
         let backward = if ranks > 1 {

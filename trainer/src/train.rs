@@ -9,9 +9,9 @@
 //! Everything that can be checked before the model is built is: the recipe's values (when it
 //! was read), the output directory, and the loader's splits against `num_classes`.
 //!
-//! Resuming is exact: the data stream restarts at the checkpoint's (epoch, step), Mixup/CutMix
-//! draws are keyed by the step, and the backend's generator (drop-path masks) is reseeded from
-//! (seed, step) before every step, so the steps after a resume repeat an uninterrupted run's.
+//! Resuming is exact: the data stream restarts at the checkpoint's (epoch, step), and each
+//! rank's Mixup/CutMix and drop-path draws are keyed by (seed + rank, step) alone, so the steps
+//! after a resume repeat an uninterrupted run's.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -159,15 +159,6 @@ fn check_recipe(config: &TrainConfig) -> Result<(), TrainError> {
         }
     }
     Ok(())
-}
-
-/// The generator seed of step `step` (drop-path masks): a fixed mix of the run's seed and the
-/// step, so a resumed run draws what the uninterrupted one drew.
-fn step_seed(seed: u64, step: u64) -> u64 {
-    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Runs (or resumes) a recipe; returns the last evaluation.
@@ -382,18 +373,10 @@ pub fn train(
                 step: steps_done,
             })
             .collect();
-        // Each rank's drop-path masks: timm seeds rank r with seed + r.
-        let seed_of = |rank: usize| step_seed(config.seed + rank as u64, steps_done);
+        // Each rank's Mixup/CutMix and drop-path draws are keyed by (seed + rank, step).
         let losses = match &mut engine {
-            Engine::One { step, ranks } => {
-                let mut reseed = |rank: usize| device.seed(seed_of(rank));
-                ranks.step(step, &hosts, lr, &device, &mut reseed)?
-            }
-            Engine::Many(replicas) => {
-                replicas.step(&hosts, lr, &|d: &burn::tensor::Device, rank| {
-                    d.seed(seed_of(rank));
-                })?
-            }
+            Engine::One { step, ranks } => ranks.step(step, &hosts, lr, &device)?,
+            Engine::Many(replicas) => replicas.step(&hosts, lr)?,
         };
         drop(hosts);
         drop(held);
@@ -506,16 +489,4 @@ fn write_recipe(out: &Path, text: &str) -> Result<(), TrainError> {
     std::fs::write(&tmp, format!("{header}{text}"))
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|e| TrainError::Out(format!("{}: {e}", path.display())))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn step_seeds_differ_by_step_and_seed() {
-        assert_ne!(step_seed(0, 1), step_seed(0, 2));
-        assert_ne!(step_seed(1, 1), step_seed(2, 1));
-        assert_eq!(step_seed(7, 9), step_seed(7, 9));
-    }
 }
