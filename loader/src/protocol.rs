@@ -230,7 +230,9 @@ pub struct Stats {
 pub struct MemoryUse {
     /// Heap, stacks, decode buffers (`RssAnon`).
     pub anon: u64,
-    /// The clients' rings (`RssShmem`).
+    /// The clients' rings as far as the workers have written them (`RssShmem`): a ring's
+    /// memory is allocated whole when its client connects, and its pages enter this figure as
+    /// its slots are first filled.
     pub shmem: u64,
     /// Mapped files: the binary and the shard pages read so far, which are the kernel's page
     /// cache, shared and reclaimable (`RssFile`).

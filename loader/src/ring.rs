@@ -21,7 +21,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use memmap2::{Mmap, MmapMut};
-use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+use nix::fcntl::{FallocateFlags, FcntlArg, SealFlag, fallocate, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use serde::{Deserialize, Serialize};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -232,7 +232,8 @@ pub struct Ring {
 
 impl Ring {
     /// Creates the memory file, sizes and seals it, maps it and writes the header. The memory
-    /// is allocated at once (populated), so the daemon's size does not creep up while it runs.
+    /// is allocated at once, so the daemon's size does not creep up while it runs and a
+    /// shortage is an error here, not a SIGBUS in a worker.
     pub fn create(layout: RingLayout, max_bytes: u64) -> Result<Ring, RingError> {
         layout.check(max_bytes)?;
         let fd = memfd_create(
@@ -243,10 +244,18 @@ impl Ring {
         let file = File::from(fd);
         file.set_len(layout.total_bytes())
             .map_err(sys("sizing the ring"))?;
+        // The pages are allocated in the file, not faulted into this process's mapping
+        // (MAP_POPULATE): populating holds the process's memory-map lock for as long as the
+        // kernel zeroes the ring (40 ms for 73 MB here), and every allocation of every other
+        // client's workers waits on that lock. Mapping them is then a cheap minor fault per
+        // 64 KiB, on first write.
+        let len = libc::off_t::try_from(layout.total_bytes())
+            .map_err(|_| RingError::Layout(format!("{} bytes", layout.total_bytes())))?;
+        fallocate(&file, FallocateFlags::empty(), 0, len)
+            .map_err(nix_sys("allocating the ring's memory"))?;
         // SAFETY: the memory file is this process's own and sealed against resizing below, so
-        // the mapping can never point past the file's end. Populated up front: the ring's
-        // memory is resident from the start (a fixed cost, not a slow first epoch).
-        let mut map = unsafe { memmap2::MmapOptions::new().populate().map_mut(&file) }
+        // the mapping can never point past the file's end.
+        let mut map = unsafe { memmap2::MmapOptions::new().map_mut(&file) }
             .map_err(sys("mapping the ring"))?;
         // Clients get the same descriptor: no resizing, and no writes through any mapping made
         // after this one (so a client cannot scribble on slots the daemon is filling).

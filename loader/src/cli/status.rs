@@ -55,7 +55,7 @@ pub fn run(args: &StatusArgs) -> Result<()> {
     let mb = |b: u64| b as f64 / (1 << 20) as f64;
     writeln!(
         out,
-        "  memory: {:.1} MiB anonymous, {:.1} MiB rings (shared memory; budget {:.1} MiB), \
+        "  memory: {:.1} MiB anonymous, {:.1} MiB of rings written (shared memory; budget {:.1} MiB), \
          {:.1} MiB mapped files (binary and shard pages: page cache)",
         mb(s.memory.anon),
         mb(s.memory.shmem),

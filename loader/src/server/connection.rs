@@ -355,7 +355,13 @@ async fn handshake(
             slots,
         } => {
             // Making the ring populates its pages (gigabytes for large batches): off the async
-            // runtime, so that the daemon's other connections are answered meanwhile.
+            // runtime, so that the daemon's other connections are answered meanwhile, and one
+            // at a time, so that it takes one core at most.
+            let _build = shared
+                .ring_builds
+                .acquire()
+                .await
+                .map_err(|_| Refusal::Internal("the daemon is stopping"))?;
             let opener = Arc::clone(shared);
             let mut session = tokio::task::spawn_blocking(move || {
                 Session::open(&opener, id, cred, job_id, *job, start, epochs, slots)

@@ -79,6 +79,7 @@ impl Server {
                 next_id: AtomicU64::new(0),
                 memory_budget: budget.bytes,
                 per_uid: Arc::new(Mutex::new(std::collections::HashMap::new())),
+                ring_builds: tokio::sync::Semaphore::new(1),
             }),
             listener,
             socket,

@@ -57,6 +57,10 @@ struct Shared {
     memory_budget: u64,
     /// Open connections per peer uid (for `max_clients_per_uid`).
     per_uid: Arc<Mutex<std::collections::HashMap<u32, u32>>>,
+    /// One ring is made at a time: populating its pages is the kernel zeroing up to
+    /// `max_ring_bytes`, and clients that connect together (or over and over) must not take
+    /// every core from the producers of the clients already served.
+    ring_builds: tokio::sync::Semaphore,
 }
 
 /// One of a user's `max_clients_per_uid` connections; given back when dropped.
