@@ -17,7 +17,7 @@ use crate::mixup::MixupConfig;
 use crate::ranks::VirtualRanks;
 use crate::replicas::{Collective, Replicas};
 use crate::resnet::ResNetConfig;
-use crate::step::{HostBatch, StepError, TrainStep};
+use crate::step::{HostBatch, PhaseTimes, StepError, TrainStep};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -94,6 +94,11 @@ pub struct BenchReport {
     pub last_loss: f64,
     /// Bytes the device's allocator holds at the end, where the backend reports it.
     pub device_bytes_reserved: Option<u64>,
+    /// Milliseconds per step in each phase, from a few more steps with the device synchronized
+    /// after each phase (one rank only; `None` with virtual ranks).
+    pub phases_ms: Option<crate::step::PhaseTimes>,
+    /// Steps the phases were measured over.
+    pub phase_steps: usize,
 }
 
 /// Errors of a bench run.
@@ -181,7 +186,9 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         }
         _ => None,
     };
-    let total = (options.warmup + options.steps) as u64;
+    // The steps timed, then (one rank) up to 5 more with the phases timed apart.
+    let phase_steps = if ranks == 1 { options.steps.min(5) } else { 0 };
+    let total = (options.warmup + options.steps + phase_steps) as u64;
     let feed = match &options.source {
         BatchSource::Synthetic => None,
         BatchSource::Shards {
@@ -216,59 +223,83 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
             })
             .collect()
     };
-    // Returns the last loss and the seconds spent waiting for the loader.
-    let mut run_steps = |from: usize, count: usize| -> Result<(f64, f64), BenchError> {
-        let (mut loss, mut wait) = (None, 0.0f64);
-        for i in from..from + count {
-            let l = if let Some(feed) = &feed {
-                let t = Instant::now();
-                let fed = feed.next().ok_or_else(|| {
-                    BenchError::Execution("the loader stopped before the last step".into())
-                })??;
-                wait += t.elapsed().as_secs_f64();
-                let batch = HostBatch {
-                    pixels: &fed.pixels,
-                    shape,
-                    labels: &fed.labels,
-                    step: fed.step,
-                };
-                let l = step
-                    .as_mut()
-                    .ok_or(StepError::Poisoned)?
-                    .run(&batch, 1e-3, &device)?;
-                feed.recycle(fed);
-                l
-            } else {
-                let hosts: Vec<HostBatch<'_>> = (0..ranks)
-                    .map(|r| {
-                        let (pixels, labels) = &batches[(i * ranks + r) % batches.len()];
-                        HostBatch {
-                            pixels,
-                            shape,
-                            labels,
-                            step: i as u64,
+    let mut phases = PhaseTimes::default();
+    // Returns the last loss and the seconds spent waiting for the loader; with `profile`, adds
+    // each phase's time to `phases`.
+    let mut run_steps =
+        |from: usize, count: usize, profile: bool| -> Result<(f64, f64), BenchError> {
+            let (mut loss, mut wait) = (None, 0.0f64);
+            for i in from..from + count {
+                let l = if let Some(feed) = &feed {
+                    let t = Instant::now();
+                    let fed = feed.next().ok_or_else(|| {
+                        BenchError::Execution("the loader stopped before the last step".into())
+                    })??;
+                    wait += t.elapsed().as_secs_f64();
+                    let batch = HostBatch {
+                        pixels: &fed.pixels,
+                        shape,
+                        labels: &fed.labels,
+                        step: fed.step,
+                    };
+                    let l = step.as_mut().ok_or(StepError::Poisoned)?.run_timed(
+                        &batch,
+                        1e-3,
+                        &device,
+                        profile.then_some(&mut phases),
+                    )?;
+                    feed.recycle(fed);
+                    l
+                } else {
+                    let hosts: Vec<HostBatch<'_>> = (0..ranks)
+                        .map(|r| {
+                            let (pixels, labels) = &batches[(i * ranks + r) % batches.len()];
+                            HostBatch {
+                                pixels,
+                                shape,
+                                labels,
+                                step: i as u64,
+                            }
+                        })
+                        .collect();
+                    let losses = match (&mut replicas, step.as_mut()) {
+                        (None, Some(step)) if ranks == 1 => {
+                            let t = profile.then_some(&mut phases);
+                            vec![step.run_timed(&hosts[0], 1e-3, &device, t)?]
                         }
-                    })
-                    .collect();
-                let losses = match (&mut replicas, step.as_mut()) {
-                    (Some(r), _) => r.step(&hosts, 1e-3)?,
-                    (None, Some(step)) => virtual_ranks.step(step, &hosts, 1e-3, &device)?,
-                    (None, None) => return Err(StepError::Poisoned.into()),
+                        (Some(r), _) => r.step(&hosts, 1e-3)?,
+                        (None, Some(step)) => virtual_ranks.step(step, &hosts, 1e-3, &device)?,
+                        (None, None) => return Err(StepError::Poisoned.into()),
+                    };
+                    losses.into_iter().next().ok_or(StepError::Poisoned)?
                 };
-                losses.into_iter().next().ok_or(StepError::Poisoned)?
-            };
-            loss = Some(l);
-        }
-        sync(&device)?;
-        let loss = loss.map_or(f64::NAN, |l| f64::from(l.into_scalar::<f32>()));
-        Ok((loss, wait))
-    };
+                loss = Some(l);
+            }
+            sync(&device)?;
+            let loss = loss.map_or(f64::NAN, |l| f64::from(l.into_scalar::<f32>()));
+            Ok((loss, wait))
+        };
     let start = Instant::now();
-    run_steps(0, options.warmup)?;
+    run_steps(0, options.warmup, false)?;
     let warmup_s = start.elapsed().as_secs_f64();
     let start = Instant::now();
-    let (last_loss, data_wait_s) = run_steps(options.warmup, options.steps)?;
+    let (last_loss, data_wait_s) = run_steps(options.warmup, options.steps, false)?;
     let timed_s = start.elapsed().as_secs_f64();
+    // The phases, apart: synchronizing after each costs the overlap the timed steps had.
+    if phase_steps > 0 {
+        run_steps(options.warmup + options.steps, phase_steps, true)?;
+    }
+    let phases_ms = (phase_steps > 0).then(|| {
+        let p = phases.per(phase_steps);
+        PhaseTimes {
+            upload: p.upload * 1e3,
+            mix: p.mix * 1e3,
+            forward: p.forward * 1e3,
+            loss: p.loss * 1e3,
+            backward: p.backward * 1e3,
+            optimizer: p.optimizer * 1e3,
+        }
+    });
     let steps_per_s = options.steps as f64 / timed_s;
     Ok(BenchReport {
         device: options.device.to_string(),
@@ -292,6 +323,8 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         data_wait_s,
         last_loss,
         device_bytes_reserved: device.memory_pool_usage().map(|u| u.bytes_reserved),
+        phases_ms,
+        phase_steps,
     })
 }
 
@@ -325,12 +358,16 @@ mod tests {
         assert!(report.last_loss.is_finite(), "{report:?}");
         assert!(report.samples_per_s > 0.0);
         assert_eq!(report.samples_per_s, report.steps_per_s * 4.0);
+        let phases = report.phases_ms.expect("one rank times its phases");
+        assert!(phases.forward > 0.0 && phases.backward > 0.0, "{phases:?}");
+        assert_eq!(report.phase_steps, 2);
         let two = run(&BenchOptions {
             ranks: 2,
             ..options.clone()
         })
         .expect("bench");
         assert_eq!(two.samples_per_s, two.steps_per_s * 8.0);
+        assert!(two.phases_ms.is_none());
         // The same ranks through the replicas' code (sums met on the host: the CPU has no
         // NCCL). That they train the same is `ranks::tests`' check, on one initial model: two
         // runs here draw their weights from the backend's generator, which the tests running

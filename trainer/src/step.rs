@@ -36,6 +36,67 @@ pub struct HostBatch<'a> {
     pub step: u64,
 }
 
+/// Seconds a step spent in each phase, summed over the steps timed. The device is synchronized
+/// after each phase, which costs the overlap between phases: measure speed without it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct PhaseTimes {
+    /// The uint8 batch to the device, widened to floats.
+    pub upload: f64,
+    /// Mixup/CutMix, normalization and the mixed targets.
+    pub mix: f64,
+    /// The model's forward pass.
+    pub forward: f64,
+    /// The loss.
+    pub loss: f64,
+    /// The backward pass and the gradients' collection.
+    pub backward: f64,
+    /// LAMB (with its global-norm clip).
+    pub optimizer: f64,
+}
+
+impl PhaseTimes {
+    /// Every phase divided by `n` (per step).
+    pub fn per(self, n: usize) -> PhaseTimes {
+        let n = n.max(1) as f64;
+        PhaseTimes {
+            upload: self.upload / n,
+            mix: self.mix / n,
+            forward: self.forward / n,
+            loss: self.loss / n,
+            backward: self.backward / n,
+            optimizer: self.optimizer / n,
+        }
+    }
+}
+
+/// Adds each phase's time to a [`PhaseTimes`], when there is one to fill.
+struct Clock<'a> {
+    times: Option<&'a mut PhaseTimes>,
+    device: &'a Device,
+    last: std::time::Instant,
+}
+
+impl<'a> Clock<'a> {
+    fn new(times: Option<&'a mut PhaseTimes>, device: &'a Device) -> Clock<'a> {
+        Clock {
+            times,
+            device,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Ends a phase: waits for the device, adds the time since the last lap to `pick`'s field.
+    fn lap(&mut self, pick: fn(&mut PhaseTimes) -> &mut f64) {
+        if let Some(times) = self.times.as_deref_mut() {
+            // A failed sync shows up again at the step's own read-back.
+            let _ = self.device.sync();
+            let now = std::time::Instant::now();
+            *pick(times) += (now - self.last).as_secs_f64();
+            self.last = now;
+        }
+    }
+}
+
 /// Errors of a step.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
@@ -78,8 +139,21 @@ impl TrainStep {
         lr: f64,
         device: &Device,
     ) -> Result<Tensor<1>, StepError> {
-        let (loss, grads) = self.grads(batch, self.seed, 1, device)?;
+        self.run_timed(batch, lr, device, None)
+    }
+
+    /// [`TrainStep::run`], adding each phase's time to `times` when given (see [`PhaseTimes`]).
+    pub fn run_timed(
+        &mut self,
+        batch: &HostBatch<'_>,
+        lr: f64,
+        device: &Device,
+        mut times: Option<&mut PhaseTimes>,
+    ) -> Result<Tensor<1>, StepError> {
+        let (loss, grads) = self.grads_timed(batch, self.seed, 1, device, times.as_deref_mut())?;
+        let mut clock = Clock::new(times, device);
         self.apply(lr, grads)?;
+        clock.lap(|t| &mut t.optimizer);
         Ok(loss)
     }
 
@@ -95,18 +169,35 @@ impl TrainStep {
         ranks: usize,
         device: &Device,
     ) -> Result<(Tensor<1>, GradientsParams), StepError> {
+        self.grads_timed(batch, seed, ranks, device, None)
+    }
+
+    /// [`TrainStep::grads`], adding each phase's time to `times` when given.
+    fn grads_timed(
+        &self,
+        batch: &HostBatch<'_>,
+        seed: u64,
+        ranks: usize,
+        device: &Device,
+        times: Option<&mut PhaseTimes>,
+    ) -> Result<(Tensor<1>, GradientsParams), StepError> {
         let num_classes = self.mixup.num_classes;
         if let Some(&label) = batch.labels.iter().find(|&&l| l as usize >= num_classes) {
             return Err(StepError::Label { label, num_classes });
         }
         let [_, h, w] = batch.shape;
         let params = self.mixup.draw(seed, batch.step, h, w)?;
+        let mut clock = Clock::new(times, device);
         let pixels = upload_pixels(batch.pixels.to_vec(), batch.shape, device)?;
+        clock.lap(|t| &mut t.upload);
         let x = normalize(params.mix_pixels(pixels));
         let targets = params.targets(labels_tensor(batch.labels, device), &self.mixup);
+        clock.lap(|t| &mut t.mix);
         let model = self.model.as_ref().ok_or(StepError::Poisoned)?;
         let logits = model.forward_with(x, Some(mix_key(seed, batch.step)));
+        clock.lap(|t| &mut t.forward);
         let loss = self.loss.of(logits, targets);
+        clock.lap(|t| &mut t.loss);
         // One rank: no division at all, so a one-rank run is bit for bit what it was.
         let backward = if ranks > 1 {
             loss.clone().div_scalar(ranks as f64).backward()
@@ -114,6 +205,7 @@ impl TrainStep {
             loss.backward()
         };
         let grads = GradientsParams::from_grads(backward, model);
+        clock.lap(|t| &mut t.backward);
         Ok((loss.detach(), grads))
     }
 

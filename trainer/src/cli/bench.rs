@@ -153,6 +153,15 @@ fn report(a: &BenchArgs, r: &bench::BenchReport) -> Result<()> {
             )),
             r.source,
         );
+        if let Some(p) = &r.phases_ms {
+            let total = p.upload + p.mix + p.forward + p.loss + p.backward + p.optimizer;
+            println!(
+                "  per step, ms ({} more steps, the device synchronized after each phase): \
+                 upload {:.1}, mix {:.1}, forward {:.1}, loss {:.1}, backward {:.1}, \
+                 optimizer {:.1} (sum {total:.1})",
+                r.phase_steps, p.upload, p.mix, p.forward, p.loss, p.backward, p.optimizer
+            );
+        }
     }
     Ok(())
 }
