@@ -13,7 +13,8 @@ use super::UsageError;
 pub struct ServeArgs {
     /// TOML config (keys: shards, socket, workers, slots, max_slots, max_ring_bytes,
     /// max_clients, max_clients_per_uid, memory_budget_bytes, allow_uids, allow_gids, allow_groups, socket_mode,
-    /// handshake_timeout_s, idle_timeout_s, stall_timeout_s, group_wait_s; see configs/loader.toml).
+    /// handshake_timeout_s, idle_timeout_s, stall_timeout_s, ring_bytes_per_s_per_uid,
+    /// group_wait_s; see configs/loader.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Dataset directory made by `shard-tool pack`.

@@ -114,6 +114,11 @@ pub struct ServeConfig {
     /// so a slow trainer (a long evaluation) loses a reconnect and nothing else; a stuck one
     /// stops holding a ring and a connection.
     pub stall_timeout_s: f64,
+    /// Ring bytes per second one uid may allocate (0: no limit), after a burst of the whole
+    /// memory budget; a hello waits up to 5 s for its share, or is refused. Allocating a ring is
+    /// the kernel zeroing it: a user who connects and leaves over and over must not take the
+    /// cores of everyone's producers.
+    pub ring_bytes_per_s_per_uid: u64,
     /// Seconds the first rank of a job waits for the job's other ranks before its batches
     /// start; ranks that attach together share decodes (see `server::producer`).
     pub group_wait_s: f64,
@@ -140,6 +145,7 @@ impl Default for ServeConfig {
             handshake_timeout_s: 10.0,
             idle_timeout_s: 60.0,
             stall_timeout_s: 1800.0,
+            ring_bytes_per_s_per_uid: 1 << 30,
             group_wait_s: 5.0,
         }
     }
@@ -173,6 +179,11 @@ impl ServeConfig {
         SettingError::within("group_wait_s", self.group_wait_s, 0.0..=3600.0)?;
         SettingError::within("idle_timeout_s", self.idle_timeout_s, 0.1..=86400.0)?;
         SettingError::within("stall_timeout_s", self.stall_timeout_s, 0.1..=604_800.0)?;
+        SettingError::within(
+            "ring_bytes_per_s_per_uid",
+            self.ring_bytes_per_s_per_uid,
+            0..=1 << 40,
+        )?;
         SettingError::within("memory_budget_bytes", self.memory_budget_bytes, 0..=1 << 50)?;
         let budget = self.memory_budget();
         if u64::from(self.max_clients) * self.max_ring_bytes > budget.bytes {

@@ -58,6 +58,18 @@ pub(super) enum Refusal {
         /// `max_clients_per_uid`.
         max: u32,
     },
+    /// The user makes rings faster than `ring_bytes_per_s_per_uid` allows, by more than a
+    /// few seconds' worth.
+    #[error(
+        "uid {uid} is allocating rings faster than this loader allows ({rate} bytes/s, \
+         ring_bytes_per_s_per_uid); try again in a few seconds"
+    )]
+    RingRate {
+        /// The peer's uid.
+        uid: u32,
+        /// `ring_bytes_per_s_per_uid`.
+        rate: u64,
+    },
     /// The job is invalid or does not fit its split.
     #[error("job: {0}")]
     Job(#[from] JobError),
@@ -354,14 +366,8 @@ async fn handshake(
             epochs,
             slots,
         } => {
-            // Making the ring populates its pages (gigabytes for large batches): off the async
-            // runtime, so that the daemon's other connections are answered meanwhile, and one
-            // at a time, so that it takes one core at most.
-            let _build = shared
-                .ring_builds
-                .acquire()
-                .await
-                .map_err(|_| Refusal::Internal("the daemon is stopping"))?;
+            // Making the ring allocates its pages (gigabytes for large batches): off the async
+            // runtime, so that the daemon's other connections are answered meanwhile.
             let opener = Arc::clone(shared);
             let mut session = tokio::task::spawn_blocking(move || {
                 Session::open(&opener, id, cred, job_id, *job, start, epochs, slots)

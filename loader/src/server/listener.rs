@@ -79,7 +79,8 @@ impl Server {
                 next_id: AtomicU64::new(0),
                 memory_budget: budget.bytes,
                 per_uid: Arc::new(Mutex::new(std::collections::HashMap::new())),
-                ring_builds: tokio::sync::Semaphore::new(1),
+                ring_builds: Mutex::new(()),
+                ring_rates: Mutex::new(std::collections::HashMap::new()),
             }),
             listener,
             socket,
@@ -320,6 +321,57 @@ mod tests {
             third.0.step, 2,
             "the stream did not resume at the next batch"
         );
+    }
+
+    #[test]
+    fn a_user_who_makes_rings_too_fast_waits_for_them_then_is_refused() {
+        // A burst of 2 MiB, then `rate`; each one-slot ring here is 2 × 224² × 3 bytes and a
+        // page or two: 0.3 MB.
+        let limited = |dir: &Path, rate: u64| {
+            daemon(
+                dir,
+                ServeConfig {
+                    max_clients: 2,
+                    max_ring_bytes: 1 << 20,
+                    memory_budget_bytes: 2 << 20,
+                    ring_bytes_per_s_per_uid: rate,
+                    ..ServeConfig::default()
+                },
+            )
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let server = limited(dir.path(), 1 << 20);
+        let ring = {
+            let c = crate::client::Client::connect(one_slot(&server)).unwrap();
+            c.layout().unwrap().total_bytes()
+        };
+        let t0 = std::time::Instant::now();
+        let rings = 12;
+        for _ in 1..rings {
+            drop(crate::client::Client::connect(one_slot(&server)).unwrap());
+        }
+        // Whatever the machine's speed, no faster than the rate after the burst.
+        let least = (rings * ring).saturating_sub(2 << 20) as f64 / f64::from(1 << 20);
+        let took = t0.elapsed().as_secs_f64();
+        assert!(
+            took >= least * 0.9,
+            "{rings} rings in {took:.2} s, the rate allows {least:.2}"
+        );
+
+        // At 64 KiB/s, once the burst is spent, a 3-slot ring is 14 s away: refused at once.
+        let dir = tempfile::tempdir().unwrap();
+        let server = limited(dir.path(), 64 << 10);
+        for _ in 0..6 {
+            drop(crate::client::Client::connect(one_slot(&server)).unwrap());
+        }
+        let e = crate::client::Client::connect(crate::client::ClientOptions {
+            slots: Some(3),
+            ..one_slot(&server)
+        })
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("ring_bytes_per_s_per_uid"), "{e}");
     }
 
     #[test]

@@ -57,11 +57,24 @@ struct Shared {
     memory_budget: u64,
     /// Open connections per peer uid (for `max_clients_per_uid`).
     per_uid: Arc<Mutex<std::collections::HashMap<u32, u32>>>,
-    /// One ring is made at a time: populating its pages is the kernel zeroing up to
-    /// `max_ring_bytes`, and clients that connect together (or over and over) must not take
-    /// every core from the producers of the clients already served.
-    ring_builds: tokio::sync::Semaphore,
+    /// One ring is made at a time: allocating it is the kernel zeroing up to `max_ring_bytes`,
+    /// and clients that connect together (or over and over) must not take every core from the
+    /// producers of the clients already served.
+    ring_builds: Mutex<()>,
+    /// Ring bytes each uid may still allocate without waiting (`ring_bytes_per_s_per_uid`).
+    ring_rates: Mutex<std::collections::HashMap<u32, RingRate>>,
 }
+
+/// A token bucket of ring bytes: refilled at the configured rate, up to the memory budget (so a
+/// whole job can attach at once), spent by each ring made.
+struct RingRate {
+    available: f64,
+    at: std::time::Instant,
+}
+
+/// The longest a hello waits for its ring bytes; past it the hello is refused (the client's own
+/// handshake timeout is 10 s).
+const MAX_RING_WAIT: Duration = Duration::from_secs(5);
 
 /// One of a user's `max_clients_per_uid` connections; given back when dropped.
 struct UserPermit {
@@ -115,6 +128,38 @@ impl Shared {
             uid,
             counts: Arc::clone(&self.per_uid),
         })
+    }
+
+    /// Spends `bytes` of `uid`'s ring allocation rate: how long to wait before making the ring
+    /// (zero while the burst lasts), or a refusal when that is longer than [`MAX_RING_WAIT`].
+    fn ring_wait(&self, uid: u32, bytes: u64) -> Result<Duration, connection::Refusal> {
+        let rate = self.config.ring_bytes_per_s_per_uid as f64;
+        if rate <= 0.0 {
+            return Ok(Duration::ZERO);
+        }
+        let burst = self.memory_budget as f64;
+        let now = std::time::Instant::now();
+        let mut rates = self
+            .ring_rates
+            .lock()
+            .map_err(|_| connection::Refusal::Internal("ring rates poisoned"))?;
+        let bucket = rates.entry(uid).or_insert(RingRate {
+            available: burst,
+            at: now,
+        });
+        let refilled = bucket.available + rate * (now - bucket.at).as_secs_f64();
+        let left = refilled.min(burst) - bytes as f64;
+        let wait = Duration::from_secs_f64((-left / rate).max(0.0));
+        if wait > MAX_RING_WAIT {
+            return Err(connection::Refusal::RingRate {
+                uid,
+                rate: self.config.ring_bytes_per_s_per_uid,
+            });
+        }
+        // The bytes are reserved now, so the next hello waits behind this one.
+        bucket.available = left;
+        bucket.at = now;
+        Ok(wait)
     }
 
     /// The id of a new connection.

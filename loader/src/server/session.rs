@@ -82,7 +82,16 @@ impl Session {
             width: side,
             channels: 3,
         };
-        let ring = Ring::create(layout, config.max_ring_bytes)?;
+        layout.check(config.max_ring_bytes)?;
+        // This user's share of the rate at which rings are made, then one ring at a time.
+        std::thread::sleep(shared.ring_wait(cred.uid(), layout.total_bytes())?);
+        let ring = {
+            let _one = shared
+                .ring_builds
+                .lock()
+                .map_err(|_| Refusal::Internal("ring builds poisoned"))?;
+            Ring::create(layout, config.max_ring_bytes)?
+        };
         shared.counters.add_client(
             id,
             ClientStats {
