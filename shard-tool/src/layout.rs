@@ -46,6 +46,23 @@ pub struct LayoutOptions {
     /// shared dataset folder would otherwise copy any file the packing user can read into
     /// shards that everyone who trains on them can read.
     pub follow_external_symlinks: bool,
+    /// How class folders map to class indices.
+    pub class_order: ClassOrder,
+}
+
+/// How class folder names become class indices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClassOrder {
+    /// `numbers` when every class folder is a number written without leading zeros (ImageNet-V2's
+    /// `0` … `999`), else `names`.
+    #[default]
+    Auto,
+    /// The folder names sorted as strings, as torchvision's ImageFolder and timm (`n01440764`
+    /// … for ImageNet). For numbered folders this gives `0, 1, 10, 100, …`: wrong labels.
+    Names,
+    /// Folder `N` is class `N` (ImageNet-V2: the number is the class's index in ImageNet's
+    /// sorted-wnid order); a missing number keeps its index, empty.
+    Numbers,
 }
 
 /// A source tree, resolved into splits of labelled files.
@@ -58,6 +75,8 @@ pub struct SourceTree {
     pub confine: Option<PathBuf>,
     /// Class names in class-index order.
     pub classes: Vec<String>,
+    /// Whether class folders were read as numbers ([`ClassOrder::Numbers`]).
+    pub numbered_classes: bool,
     /// Splits found, in [`SPLIT_NAMES`] order.
     pub splits: Vec<SourceSplit>,
     /// Things worth telling the user that are not errors (e.g. an empty class folder).
@@ -177,17 +196,18 @@ pub fn discover(root: &Path, options: &LayoutOptions) -> Result<SourceTree> {
         .iter()
         .find(|(n, _)| *n == "train")
         .or_else(|| listings.iter().find(|(_, l)| !l.class_dirs.is_empty()));
-    let classes: Vec<String> = match class_source {
+    let names: Vec<String> = match class_source {
         Some((_, l)) => l.class_dirs.keys().cloned().collect(),
         None => Vec::new(),
     };
+    let mut warnings = Vec::new();
+    let (classes, numbered_classes) = class_list(names, options.class_order, &mut warnings)?;
     let class_index: HashMap<&str, u32> = classes
         .iter()
         .enumerate()
         .map(|(i, c)| (c.as_str(), i as u32))
         .collect();
 
-    let mut warnings = Vec::new();
     let mut splits = Vec::new();
     for (name, listing) in &listings {
         let split = resolve_split(root, name, listing, &class_index, options, &mut warnings)?;
@@ -197,9 +217,62 @@ pub fn discover(root: &Path, options: &LayoutOptions) -> Result<SourceTree> {
         root: root.to_path_buf(),
         confine,
         classes,
+        numbered_classes,
         splits,
         warnings,
     })
+}
+
+/// Folder `N`'s number, when its name is a number written the one way (no sign, no leading zero).
+fn folder_number(name: &str) -> Option<u32> {
+    name.parse::<u32>().ok().filter(|n| n.to_string() == name)
+}
+
+/// The class list in index order from the class folder names (sorted as strings), and whether
+/// they were read as numbers.
+fn class_list(
+    names: Vec<String>,
+    order: ClassOrder,
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<String>, bool)> {
+    let numbers: Option<Vec<u32>> = names.iter().map(|n| folder_number(n)).collect();
+    let numbers = match (order, numbers) {
+        (ClassOrder::Names, _) => return Ok((names, false)),
+        (ClassOrder::Auto, None) => return Ok((names, false)),
+        (_, Some(n)) if n.is_empty() => return Ok((names, false)),
+        (ClassOrder::Numbers, None) => {
+            let odd = names.iter().find(|n| folder_number(n).is_none());
+            return Err(Error::Layout(format!(
+                "--class-order numbers: class folder {:?} is not a number (0, 1, 2, ... without \
+                 leading zeros)",
+                odd.map_or("", |s| s.as_str())
+            )));
+        }
+        (_, Some(n)) => n,
+    };
+    // Folder names are bounded by what a directory holds; a class count is not unbounded.
+    let max = numbers.iter().copied().max().unwrap_or(0);
+    if max >= 1_000_000 {
+        return Err(Error::Layout(format!(
+            "class folder {max}: numbered class folders must be below 1000000 (pass \
+             --class-order names to sort them as names instead)"
+        )));
+    }
+    let missing: Vec<u32> = (0..=max).filter(|i| !numbers.contains(i)).collect();
+    if !missing.is_empty() {
+        warnings.push(format!(
+            "numbered class folders: {} of 0..={max} missing ({}{}); their indices stay, empty",
+            missing.len(),
+            missing
+                .iter()
+                .take(10)
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            if missing.len() > 10 { ", ..." } else { "" }
+        ));
+    }
+    Ok(((0..=max).map(|i| i.to_string()).collect(), true))
 }
 
 /// What a split folder holds before labels are resolved.
@@ -570,6 +643,62 @@ mod tests {
         let p = root.join(rel);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(p, b"x").unwrap();
+    }
+
+    #[test]
+    fn numbered_class_folders_are_indexed_by_number_as_imagenet_v2_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        // As ImageNet-V2: folders 0 … 11 (string order would be 0, 1, 10, 11, 2, …).
+        for class in 0..12 {
+            touch(dir.path(), &format!("test/{class}/a.jpeg"));
+        }
+        let label_of = |tree: &SourceTree, folder: u32| {
+            let path = format!("test/{folder}/a.jpeg");
+            tree.splits[0]
+                .files
+                .iter()
+                .find(|f| f.path == path)
+                .unwrap()
+                .label
+        };
+        let tree = discover(dir.path(), &LayoutOptions::default()).unwrap();
+        assert!(tree.numbered_classes);
+        for folder in 0..12 {
+            assert_eq!(label_of(&tree, folder), folder);
+        }
+        // What ImageFolder's string sort gives, and why it is wrong here.
+        let names = LayoutOptions {
+            class_order: ClassOrder::Names,
+            ..LayoutOptions::default()
+        };
+        let tree = discover(dir.path(), &names).unwrap();
+        assert!(!tree.numbered_classes);
+        assert_eq!(label_of(&tree, 2), 4);
+        assert_eq!(label_of(&tree, 10), 2);
+
+        // A missing number keeps its index; a name that is not a number is an error when
+        // numbers are asked for, and names otherwise.
+        fs::remove_dir_all(dir.path().join("test/5")).unwrap();
+        let tree = discover(dir.path(), &LayoutOptions::default()).unwrap();
+        assert_eq!(tree.classes.len(), 12);
+        assert_eq!(label_of(&tree, 11), 11);
+        assert!(
+            tree.warnings
+                .iter()
+                .any(|w| w.contains("1 of 0..=11 missing (5)"))
+        );
+        touch(dir.path(), "test/07/a.jpeg");
+        let numbers = LayoutOptions {
+            class_order: ClassOrder::Numbers,
+            ..LayoutOptions::default()
+        };
+        let err = discover(dir.path(), &numbers).unwrap_err().chain();
+        assert!(err.contains("\"07\" is not a number"), "{err}");
+        assert!(
+            !discover(dir.path(), &LayoutOptions::default())
+                .unwrap()
+                .numbered_classes
+        );
     }
 
     #[test]

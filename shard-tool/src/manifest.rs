@@ -61,6 +61,14 @@ pub struct PackedWith {
     pub image: ImageOptions,
     /// Filter used when `max_side` downscales.
     pub resize_filter: String,
+    /// How class folders became class indices (`names`, or `numbers` for ImageNet-V2's
+    /// numbered folders); absent in manifests written before it was recorded: `names`.
+    #[serde(default = "names")]
+    pub class_order: String,
+}
+
+fn names() -> String {
+    "names".into()
 }
 
 /// One split.

@@ -236,6 +236,11 @@ pub fn pack(
             shard_size: options.shard_size,
             image: options.image,
             resize_filter: "lanczos3 (fast_image_resize)".into(),
+            class_order: if tree.numbered_classes {
+                "numbers: class folder N is class N (ImageNet-V2's layout)".into()
+            } else {
+                "names: class folders sorted as strings (ImageFolder's order)".into()
+            },
         },
         classes: tree.classes.clone(),
         splits,

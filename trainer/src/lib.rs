@@ -30,6 +30,7 @@ pub mod numerics;
 pub mod overrides;
 pub mod plot;
 pub mod ranks;
+pub mod real;
 pub mod replicas;
 pub mod resnet;
 pub mod schedule;

@@ -63,6 +63,11 @@ pub struct PackArgs {
     /// shards others read).
     #[arg(long)]
     pub follow_external_symlinks: bool,
+    /// How class folders become class indices: auto (numbers when every class folder is one,
+    /// as ImageNet-V2's 0 … 999, else names), names (sorted as strings, as ImageFolder and
+    /// timm), numbers (folder N is class N). Recorded in the manifest.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub class_order: shard_tool::layout::ClassOrder,
 }
 
 impl TryFrom<PackArgs> for PackOptions {
@@ -84,6 +89,7 @@ impl TryFrom<PackArgs> for PackOptions {
             val_labels: a.val_labels,
             devkit_synsets: a.devkit_synsets,
             follow_external_symlinks: a.follow_external_symlinks,
+            class_order: a.class_order,
         };
         Ok(o)
     }
