@@ -414,7 +414,15 @@ pub fn train(
                 || next.epoch == epochs))
             || last
         {
-            let m = evaluate(model, &device, &socket, &jobs.eval, steps_done, next.epoch)?;
+            let m = evaluate(
+                model,
+                &device,
+                &socket,
+                &jobs.eval,
+                steps_done,
+                next.epoch,
+                &mut |_, _| {},
+            )?;
             write_metric(&mut metrics, &metrics_path, &m)?;
             on_event(Event::Metric(m.clone()));
             last_eval = Some(m);

@@ -185,3 +185,107 @@ fn a_dataset_that_does_not_fit_the_recipe_is_refused_before_the_model_is_built()
         "nothing is written for a refused run"
     );
 }
+
+/// A tree whose `val/` holds ImageNet validation file names, 2 per class of 10.
+fn val_named(dir: &Path) -> PathBuf {
+    let src = dir.join("val-src");
+    for class in 0..10u32 {
+        let folder = src.join("val").join(format!("n{class:08}"));
+        std::fs::create_dir_all(&folder).unwrap();
+        for k in 0..2u32 {
+            let number = class * 2 + k + 1;
+            let jpeg = shard_tool::synth::class_image(class, k, 32, 32);
+            std::fs::write(
+                folder.join(format!("ILSVRC2012_val_{number:08}.JPEG")),
+                jpeg,
+            )
+            .unwrap();
+        }
+    }
+    let shards = dir.join("val-rsb");
+    shard_tool::pack(&src, &shard_tool::PackOptions::new(&shards), &mut |_| {}).unwrap();
+    shards
+}
+
+/// ImageNet-V2's layout: `test/0` … `test/9`.
+fn numbered(dir: &Path) -> PathBuf {
+    let src = dir.join("v2-src");
+    for class in 0..10u32 {
+        let folder = src.join("test").join(class.to_string());
+        std::fs::create_dir_all(&folder).unwrap();
+        let jpeg = shard_tool::synth::class_image(class, 0, 32, 32);
+        std::fs::write(folder.join("a.jpeg"), jpeg).unwrap();
+    }
+    let shards = dir.join("v2-rsb");
+    shard_tool::pack(&src, &shard_tool::PackOptions::new(&shards), &mut |_| {}).unwrap();
+    shards
+}
+
+#[test]
+fn eval_reports_every_set_in_one_table_with_real_where_the_names_are_imagenets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (val, v2) = (val_named(dir.path()), numbered(dir.path()));
+    let weights = dir.path().join("w.safetensors");
+    trainer()
+        .args([
+            "export",
+            "--model",
+            "resnet18",
+            "--num-classes",
+            "10",
+            "--width",
+            "0.25",
+        ])
+        .args(["--small-stem"])
+        .arg(&weights)
+        .assert()
+        .success();
+    // ReaL, 50,000 entries: images 1 and 3 accept every class (always right), the others have
+    // no label (not counted).
+    let entries: Vec<&str> = (1..=50_000)
+        .map(|i| match i {
+            1 | 3 => "[0,1,2,3,4,5,6,7,8,9]",
+            _ => "[]",
+        })
+        .collect();
+    let real = dir.path().join("real.json");
+    std::fs::write(&real, format!("[{}]", entries.join(","))).unwrap();
+    let eval = |extra: &[&str]| {
+        let mut c = trainer();
+        c.args(["eval", "--config"])
+            .arg(configs().join("smoke.toml"))
+            .arg("--set")
+            .arg(format!("val={}", val.display()))
+            .arg("--set")
+            .arg(format!("v2={}:test", v2.display()))
+            .arg(&weights)
+            .args(extra);
+        c
+    };
+    let out = eval(&["--real-labels", real.to_str().unwrap(), "--json"])
+        .assert()
+        .success();
+    let scores: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let sets = scores.as_array().unwrap();
+    assert_eq!(sets.len(), 2, "{scores}");
+    assert_eq!(sets[0]["name"], "val");
+    assert_eq!(sets[0]["images"], 20);
+    // Only images 1 and 3 count, and any prediction is right for them.
+    assert_eq!(sets[0]["real"]["images"], 2, "{scores}");
+    assert_eq!(sets[0]["real"]["top1"], 100.0);
+    assert_eq!(sets[1]["name"], "v2");
+    assert_eq!(sets[1]["split"], "test");
+    assert_eq!(sets[1]["images"], 10);
+    assert!(
+        sets[1]["real"].is_null(),
+        "no ImageNet names in V2: {scores}"
+    );
+    // The text table, and the refusals.
+    eval(&[]).assert().success().stdout(contains("ReaL top-1"));
+    let short = dir.path().join("short.json");
+    std::fs::write(&short, "[[1], [2]]").unwrap();
+    eval(&["--real-labels", short.to_str().unwrap()])
+        .assert()
+        .code(2)
+        .stderr(contains("has 2 entries"));
+}
