@@ -53,7 +53,8 @@ pub struct TrainOptions {
     /// Stop after this many steps in all (the schedule still spans the recipe's epochs).
     pub max_steps: Option<u64>,
     /// Start a new run from these timm-named safetensors weights (timm's `--initial-checkpoint`
-    /// role) instead of a fresh initialization; unused when resuming.
+    /// role) instead of a fresh initialization; unused when resuming. A classifier of another
+    /// class count is re-initialized (fine-tuning on another label set), all else loads strictly.
     pub init_from: Option<PathBuf>,
     /// Report the SHA-256 of every rank's batch ([`Event::Batch`]), as `loader fetch
     /// --digests` prints them, to check what each rank trained on.
@@ -117,6 +118,8 @@ pub enum Event {
     Metric(Metric),
     /// A checkpoint was written.
     Checkpoint(PathBuf),
+    /// Something the user should know about the run, said once.
+    Note(String),
     /// A rank's batch, with [`TrainOptions::digests`].
     Batch {
         /// The rank.
@@ -224,7 +227,20 @@ pub fn train(
         }
         None => {
             let model = match &options.init_from {
-                Some(path) => crate::weights::import(model, path)?,
+                Some(path) => {
+                    let (model, renewed) = crate::weights::import_backbone(model, path)?;
+                    if !renewed.is_empty() {
+                        on_event(Event::Note(format!(
+                            "--init-from {}: its classifier has another class count than \
+                             num_classes = {}; {} keep their fresh initialization, every other \
+                             tensor is the file's",
+                            path.display(),
+                            config.num_classes,
+                            renewed.join(" and ")
+                        )));
+                    }
+                    model
+                }
                 None => model,
             };
             let optimizer = lamb(&model);

@@ -74,32 +74,68 @@ pub fn export(model: &ResNet, path: &Path) -> Result<(), WeightsError> {
 }
 
 /// Loads timm-named weights from `path` into `model`; every tensor of the model must be there.
-pub fn import(mut model: ResNet, path: &Path) -> Result<ResNet, WeightsError> {
+pub fn import(model: ResNet, path: &Path) -> Result<ResNet, WeightsError> {
+    load(model, path, false).map(|(model, _)| model)
+}
+
+/// The classifier's tensors, which fine-tuning on another label set replaces.
+const HEAD: [&str; 2] = ["fc.weight", "fc.bias"];
+
+/// Loads timm-named weights to fine-tune on another label set (timm's `--pretrained` with
+/// another `--num-classes`, as the paper's transfer runs do): every tensor strictly, except
+/// the classifier when its class count differs from the model's, which keeps the model's fresh
+/// initialization. Returns the model and the tensors so re-initialized (empty when the counts
+/// match).
+pub fn import_backbone(model: ResNet, path: &Path) -> Result<(ResNet, Vec<String>), WeightsError> {
+    load(model, path, true)
+}
+
+fn load(
+    mut model: ResNet,
+    path: &Path,
+    new_head: bool,
+) -> Result<(ResNet, Vec<String>), WeightsError> {
     let mut store = SafetensorsStore::from_file(path)
         .with_from_adapter(PyTorchToBurnAdapter)
         .remap(from_timm())
-        .allow_partial(true);
+        .allow_partial(true)
+        // Shape mismatches come back in the result, to be judged below, not as burn's error.
+        .validate(false);
     let result = model
         .load_from(&mut store)
         .map_err(|e| WeightsError::Store {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-    if !result.missing.is_empty() || !result.errors.is_empty() {
+    // A classifier of another shape is the one difference fine-tuning expects.
+    let (head, errors): (Vec<_>, Vec<_>) = result.errors.iter().partition(|e| {
+        new_head
+            && matches!(e, burn::store::ApplyError::ShapeMismatch { path, .. }
+                if HEAD.contains(&path.as_str()))
+    });
+    if !result.missing.is_empty() || !errors.is_empty() {
         let first = result
             .missing
             .first()
             .map(|(p, _)| format!("missing {p}"))
-            .or_else(|| result.errors.first().map(|e| format!("{e:?}")))
+            .or_else(|| errors.first().map(|e| format!("{e:?}")))
             .unwrap_or_default();
         return Err(WeightsError::Mismatch {
             path: path.display().to_string(),
             missing: result.missing.len(),
-            errors: result.errors.len(),
+            errors: errors.len(),
             first,
         });
     }
-    Ok(model)
+    let mut renewed: Vec<String> = head
+        .iter()
+        .filter_map(|e| match e {
+            burn::store::ApplyError::ShapeMismatch { path, .. } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    renewed.sort();
+    Ok((model, renewed))
 }
 
 #[cfg(test)]
@@ -185,6 +221,48 @@ mod tests {
         assert_ne!(values(&a), values(&b));
         let b = import(b, &path).expect("import");
         assert!(values(&a) == values(&b), "round trip changed a value");
+    }
+
+    #[test]
+    fn fine_tuning_on_other_classes_keeps_the_backbone_and_renews_only_the_head() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pretrained.safetensors");
+        let config = |num_classes| ResNetConfig {
+            depth: 18,
+            width: 0.125,
+            num_classes,
+            ..ResNetConfig::resnet50()
+        };
+        let device = Device::flex();
+        device.seed(1);
+        let pretrained = config(10).init(&device).expect("config");
+        export(&pretrained, &path).expect("export");
+        device.seed(2);
+        let fresh = config(5).init(&device).expect("config");
+        let fresh_values = values(&fresh);
+        // Strictly, a 5-class model does not take a 10-class file.
+        let err = import(fresh.clone(), &path).expect_err("strict");
+        assert!(err.to_string().contains("does not fit this model"), "{err}");
+        let (tuned, renewed) = import_backbone(fresh, &path).expect("backbone");
+        assert_eq!(renewed, ["fc.bias", "fc.weight"]);
+        let (tuned, pre) = (values(&tuned), values(&pretrained));
+        // The visitor's order ends with fc.weight, fc.bias: all before them is the backbone's.
+        let n = tuned.len();
+        assert_eq!(
+            tuned[..n - 2],
+            pre[..n - 2],
+            "the backbone is the pretrained one"
+        );
+        assert_eq!(
+            tuned[n - 2..],
+            fresh_values[n - 2..],
+            "the head keeps its fresh weights"
+        );
+        // Same class count: nothing renewed, everything loaded.
+        let (same, renewed) =
+            import_backbone(config(10).init(&device).expect("config"), &path).expect("same");
+        assert!(renewed.is_empty());
+        assert!(values(&same) == pre);
     }
 
     #[test]

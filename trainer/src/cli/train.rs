@@ -45,7 +45,9 @@ pub struct TrainArgs {
     pub workers: u32,
     /// Start from timm-named safetensors weights (from `timm`'s
     /// `safetensors.torch.save_file(model.state_dict(), ...)` or `trainer export`) instead of
-    /// a fresh initialization. Ignored with --resume, whose checkpoint holds the weights.
+    /// a fresh initialization. A classifier with another class count than the recipe's
+    /// num_classes is re-initialized (fine-tuning on another label set; said once); every other
+    /// tensor must fit. Ignored with --resume, whose checkpoint holds the weights.
     #[arg(long)]
     pub init_from: Option<std::path::PathBuf>,
     /// Print the SHA-256 of every rank's batch (`rank R epoch E step S sha256 D`), to compare
@@ -120,6 +122,7 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
             "eval after epoch {epoch}: top-1 {top1:.2} %, top-5 {top5:.2} % ({samples} images)"
         )),
         Event::Checkpoint(dir) => bar.println(format!("checkpoint {}", dir.display())),
+        Event::Note(text) => bar.println(format!("note: {text}")),
         Event::Batch {
             rank,
             position,
