@@ -228,7 +228,7 @@ pub fn train(
         None => {
             let model = match &options.init_from {
                 Some(path) => {
-                    let (model, renewed) = crate::weights::import_backbone(model, path)?;
+                    let (model, renewed) = init_from(model, path, &device)?;
                     if !renewed.is_empty() {
                         on_event(Event::Note(format!(
                             "--init-from {}: its classifier has another class count than \
@@ -462,6 +462,26 @@ pub fn train(
         }
     }
     Ok(last_eval)
+}
+
+/// `model` with the weights of `path`: timm-named safetensors, or a checkpoint directory of
+/// another run (its own recipe builds the model its weights fit); a classifier of another class
+/// count stays freshly initialized. Returns the tensors so kept.
+fn init_from(
+    model: ResNet,
+    path: &Path,
+    device: &burn::tensor::Device,
+) -> Result<(ResNet, Vec<String>), TrainError> {
+    if !path.is_dir() {
+        return Ok(crate::weights::import_backbone(model, path)?);
+    }
+    let state = checkpoint::read_state(path)?;
+    let origin = path.join("state.json");
+    let recipe = TrainConfig::parse(&state.config, &origin.display().to_string())
+        .map_err(|e| TrainError::Recipe(format!("--init-from {}: {e}", path.display())))?
+        .config;
+    let theirs = checkpoint::load_model(path, model_config(&recipe)?.init(device)?)?;
+    Ok(crate::weights::backbone_from(model, &theirs, path)?)
 }
 
 /// The ranks of a run and where they train.

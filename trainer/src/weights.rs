@@ -90,12 +90,37 @@ pub fn import_backbone(model: ResNet, path: &Path) -> Result<(ResNet, Vec<String
     load(model, path, true)
 }
 
-fn load(
+/// [`import_backbone`] from a model in memory (a checkpoint's), through the same timm-named
+/// safetensors bytes a file would hold; `name` says where it came from in errors.
+pub fn backbone_from(
+    model: ResNet,
+    from: &ResNet,
+    name: &Path,
+) -> Result<(ResNet, Vec<String>), WeightsError> {
+    from.settle_running_stats();
+    let err = |e: String| WeightsError::Store {
+        path: name.display().to_string(),
+        message: e,
+    };
+    let mut out = SafetensorsStore::from_bytes(None)
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .remap(to_timm());
+    from.save_into(&mut out).map_err(|e| err(e.to_string()))?;
+    let bytes = out.get_bytes().map_err(|e| err(e.to_string()))?;
+    load_store(model, SafetensorsStore::from_bytes(Some(bytes)), name, true)
+}
+
+fn load(model: ResNet, path: &Path, new_head: bool) -> Result<(ResNet, Vec<String>), WeightsError> {
+    load_store(model, SafetensorsStore::from_file(path), path, new_head)
+}
+
+fn load_store(
     mut model: ResNet,
+    store: SafetensorsStore,
     path: &Path,
     new_head: bool,
 ) -> Result<(ResNet, Vec<String>), WeightsError> {
-    let mut store = SafetensorsStore::from_file(path)
+    let mut store = store
         .with_from_adapter(PyTorchToBurnAdapter)
         .remap(from_timm())
         .allow_partial(true)
@@ -243,8 +268,13 @@ mod tests {
         // Strictly, a 5-class model does not take a 10-class file.
         let err = import(fresh.clone(), &path).expect_err("strict");
         assert!(err.to_string().contains("does not fit this model"), "{err}");
-        let (tuned, renewed) = import_backbone(fresh, &path).expect("backbone");
+        let (tuned, renewed) = import_backbone(fresh.clone(), &path).expect("backbone");
         assert_eq!(renewed, ["fc.bias", "fc.weight"]);
+        // From a model in memory (a checkpoint's), the same.
+        let (from_memory, renewed) =
+            backbone_from(fresh, &pretrained, Path::new("ckpt")).expect("from memory");
+        assert_eq!(renewed, ["fc.bias", "fc.weight"]);
+        assert!(values(&from_memory) == values(&tuned));
         let (tuned, pre) = (values(&tuned), values(&pretrained));
         // The visitor's order ends with fc.weight, fc.bias: all before them is the backbone's.
         let n = tuned.len();
