@@ -16,6 +16,7 @@
 pub mod batch_norm;
 pub mod bench;
 pub mod checkpoint;
+pub mod compare;
 pub mod config;
 pub mod data;
 pub mod device;

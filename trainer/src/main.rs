@@ -30,6 +30,9 @@ enum Command {
     /// Draw a run's curves (loss, learning rate, top-1/top-5, samples/s) from its
     /// metrics.jsonl into a PNG.
     Plot(cli::plot::PlotArgs),
+    /// Several runs side by side: their loss and top-1 curves in one PNG (one color per run)
+    /// and a table of their final loss, top-1, top-5 and best top-1.
+    Compare(cli::compare::CompareArgs),
     /// Time the full training step (upload uint8, Mixup/CutMix, normalize, forward, BCE,
     /// backward, timm's LAMB) on synthetic batches held in memory.
     Bench(cli::bench::BenchArgs),
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Train(a) => cli::train::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Plot(a) => cli::plot::run(a),
+        Command::Compare(a) => cli::compare::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::CheckDevice(a) => cli::check_device::run(a),
         Command::Info(a) => cli::info::run(a),

@@ -89,9 +89,9 @@ pub fn read_metrics(path: &Path) -> Result<Vec<Metric>, PlotError> {
     Ok(metrics)
 }
 
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 
-fn register_font() -> Result<(), PlotError> {
+pub(crate) fn register_font() -> Result<(), PlotError> {
     // Once per process; a failure is remembered, not retried as a success.
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| {
@@ -106,12 +106,12 @@ fn register_font() -> Result<(), PlotError> {
     }
 }
 
-fn draw_error<E: std::fmt::Debug>(e: E) -> PlotError {
+pub(crate) fn draw_error<E: std::fmt::Debug>(e: E) -> PlotError {
     PlotError::Draw(format!("{e:?}"))
 }
 
 /// Moving average over a window of `w` points (shorter at the start).
-fn moving_average(points: &[(f64, f64)], w: usize) -> Vec<(f64, f64)> {
+pub(crate) fn moving_average(points: &[(f64, f64)], w: usize) -> Vec<(f64, f64)> {
     let mut sum = 0.0;
     let mut out = Vec::with_capacity(points.len());
     for (i, &(x, y)) in points.iter().enumerate() {
@@ -125,7 +125,7 @@ fn moving_average(points: &[(f64, f64)], w: usize) -> Vec<(f64, f64)> {
 }
 
 /// `[lo, hi]` of the values, widened a little and never empty.
-fn range(values: impl Iterator<Item = f64>, floor_zero: bool) -> std::ops::Range<f64> {
+pub(crate) fn range(values: impl Iterator<Item = f64>, floor_zero: bool) -> std::ops::Range<f64> {
     let (mut lo, mut hi) = values
         .filter(|v| v.is_finite())
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
@@ -150,10 +150,10 @@ fn range(values: impl Iterator<Item = f64>, floor_zero: bool) -> std::ops::Range
     })..hi + pad
 }
 
-type Chart<'a, 'b> =
+pub(crate) type Chart<'a, 'b> =
     ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
-fn plain(v: &f64) -> String {
+pub(crate) fn plain(v: &f64) -> String {
     format!("{v:.1}")
 }
 
@@ -162,7 +162,7 @@ fn scientific(v: &f64) -> String {
 }
 
 /// One panel's axes over `step` on x, with its caption and grid drawn.
-fn panel<'a, 'b>(
+pub(crate) fn panel<'a, 'b>(
     area: &'a DrawingArea<BitMapBackend<'b>, Shift>,
     caption: impl AsRef<str>,
     x: std::ops::Range<f64>,
@@ -188,7 +188,7 @@ fn panel<'a, 'b>(
 }
 
 /// The box naming a panel's series.
-fn legend<'a, 'b: 'a>(
+pub(crate) fn legend<'a, 'b: 'a>(
     chart: &mut Chart<'a, 'b>,
     position: SeriesLabelPosition,
 ) -> Result<(), PlotError> {

@@ -10,6 +10,7 @@ use trainer::resnet::ResNetConfig;
 
 pub mod bench;
 pub mod check_device;
+pub mod compare;
 pub mod config;
 pub mod eval;
 pub mod export;
