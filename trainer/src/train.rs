@@ -56,6 +56,9 @@ pub struct TrainOptions {
     /// role) instead of a fresh initialization; unused when resuming. A classifier of another
     /// class count is re-initialized (fine-tuning on another label set), all else loads strictly.
     pub init_from: Option<PathBuf>,
+    /// With `init_from`: keep the model's freshly initialized classifier even when the class
+    /// counts match (a new head for a new label set, as the paper's transfer runs use).
+    pub new_head: bool,
     /// Report the SHA-256 of every rank's batch ([`Event::Batch`]), as `loader fetch
     /// --digests` prints them, to check what each rank trained on.
     pub digests: bool,
@@ -228,15 +231,24 @@ pub fn train(
         None => {
             let model = match &options.init_from {
                 Some(path) => {
-                    let (model, renewed) = init_from(model, path, &device)?;
-                    if !renewed.is_empty() {
+                    let fresh_head = options.new_head.then(|| model.fc.clone());
+                    let (mut model, renewed) = init_from(model, path, &device)?;
+                    let why = match (renewed.is_empty(), fresh_head) {
+                        (false, _) => Some(format!(
+                            "its classifier has another class count than num_classes = {}",
+                            config.num_classes
+                        )),
+                        (true, Some(fc)) => {
+                            model.fc = fc;
+                            Some("--new-head".to_string())
+                        }
+                        (true, None) => None,
+                    };
+                    if let Some(why) = why {
                         on_event(Event::Note(format!(
-                            "--init-from {}: its classifier has another class count than \
-                             num_classes = {}; {} keep their fresh initialization, every other \
-                             tensor is the file's",
+                            "--init-from {}: {why}; fc.weight and fc.bias keep their fresh \
+                             initialization, every other tensor is the file's",
                             path.display(),
-                            config.num_classes,
-                            renewed.join(" and ")
                         )));
                     }
                     model

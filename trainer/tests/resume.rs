@@ -82,4 +82,23 @@ fn a_run_resumed_from_its_checkpoint_repeats_the_uninterrupted_losses() {
         other[0].1, whole[0].1,
         "trained weights gave the initial loss"
     );
+    // A checkpoint directory gives what its weights as a file give.
+    assert_eq!(from("init-dir", &latest), other);
+    // --new-head: the same weights but the classifier's fresh initialization, said once.
+    let mut notes = Vec::new();
+    let o = TrainOptions {
+        init_from: Some(latest.clone()),
+        new_head: true,
+        ..options("init-new-head", 1, false)
+    };
+    train(&o, &mut |e| {
+        if let trainer::train::Event::Note(n) = e {
+            notes.push(n)
+        }
+    })
+    .unwrap();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].contains("--new-head"), "{notes:?}");
+    let renewed = losses(&dir.path().join("init-new-head"));
+    assert_ne!(renewed[0].1, other[0].1, "the head was not renewed");
 }

@@ -50,6 +50,10 @@ pub struct TrainArgs {
     /// tensor must fit. Ignored with --resume, whose checkpoint holds the weights.
     #[arg(long)]
     pub init_from: Option<std::path::PathBuf>,
+    /// With --init-from: a new classifier (freshly initialized) even when the class counts
+    /// match, for fine-tuning on another label set of the same size.
+    #[arg(long, requires = "init_from")]
+    pub new_head: bool,
     /// Print the SHA-256 of every rank's batch (`rank R epoch E step S sha256 D`), to compare
     /// with `loader fetch --digests --world-size W --rank R` of the same job.
     #[arg(long)]
@@ -74,6 +78,7 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         precision: a.dtype,
         max_steps: a.max_steps,
         init_from: a.init_from.clone(),
+        new_head: a.new_head,
         digests: a.digests,
     };
     let bar = indicatif::ProgressBar::new(0);

@@ -54,6 +54,7 @@ pub fn options(
 ) -> TrainOptions {
     TrainOptions {
         init_from: None,
+        new_head: false,
         config,
         data: DataSource::Shards {
             dir: shards.to_path_buf(),
