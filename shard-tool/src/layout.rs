@@ -258,7 +258,11 @@ fn class_list(
              --class-order names to sort them as names instead)"
         )));
     }
-    let missing: Vec<u32> = (0..=max).filter(|i| !numbers.contains(i)).collect();
+    let mut present = vec![false; max as usize + 1];
+    for &n in &numbers {
+        present[n as usize] = true;
+    }
+    let missing: Vec<u32> = (0..=max).filter(|&i| !present[i as usize]).collect();
     if !missing.is_empty() {
         warnings.push(format!(
             "numbered class folders: {} of 0..={max} missing ({}{}); their indices stay, empty",

@@ -289,17 +289,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     if phase_steps > 0 {
         run_steps(options.warmup + options.steps, phase_steps, true)?;
     }
-    let phases_ms = (phase_steps > 0).then(|| {
-        let p = phases.per(phase_steps);
-        PhaseTimes {
-            upload: p.upload * 1e3,
-            mix: p.mix * 1e3,
-            forward: p.forward * 1e3,
-            loss: p.loss * 1e3,
-            backward: p.backward * 1e3,
-            optimizer: p.optimizer * 1e3,
-        }
-    });
+    let phases_ms = (phase_steps > 0).then(|| phases.scaled(1e3 / phase_steps as f64));
     let steps_per_s = options.steps as f64 / timed_s;
     Ok(BenchReport {
         device: options.device.to_string(),

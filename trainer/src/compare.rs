@@ -7,8 +7,8 @@ use plotters::prelude::*;
 
 use crate::metrics::Metric;
 use crate::plot::{
-    FONT, PlotError, draw_error, legend, moving_average, panel, plain, range, read_metrics,
-    register_font, write_png,
+    FONT, PlotError, draw_error, legend, metrics_file, moving_average, panel, plain, range,
+    read_metrics, register_font, write_png,
 };
 
 /// One run's final figures.
@@ -28,15 +28,6 @@ pub struct RunSummary {
     pub top5: Option<f64>,
     /// The best top-1 of any evaluation.
     pub best_top1: Option<f64>,
-}
-
-/// A run's metrics file: `RUN/metrics.jsonl`, or the file itself.
-fn metrics_file(run: &Path) -> PathBuf {
-    if run.is_dir() {
-        run.join("metrics.jsonl")
-    } else {
-        run.to_path_buf()
-    }
 }
 
 /// The run's name in the table and legend: its directory's.

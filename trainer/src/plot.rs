@@ -53,6 +53,15 @@ pub enum PlotError {
     },
 }
 
+/// A run's metrics file: `RUN/metrics.jsonl` for a run directory, else `run` itself.
+pub fn metrics_file(run: &Path) -> PathBuf {
+    if run.is_dir() {
+        run.join("metrics.jsonl")
+    } else {
+        run.to_path_buf()
+    }
+}
+
 /// What was drawn, for the command's report.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlotSummary {

@@ -55,16 +55,15 @@ pub struct PhaseTimes {
 }
 
 impl PhaseTimes {
-    /// Every phase divided by `n` (per step).
-    pub fn per(self, n: usize) -> PhaseTimes {
-        let n = n.max(1) as f64;
+    /// Every phase multiplied by `k` (`1e3 / steps`: milliseconds per step).
+    pub fn scaled(self, k: f64) -> PhaseTimes {
         PhaseTimes {
-            upload: self.upload / n,
-            mix: self.mix / n,
-            forward: self.forward / n,
-            loss: self.loss / n,
-            backward: self.backward / n,
-            optimizer: self.optimizer / n,
+            upload: self.upload * k,
+            mix: self.mix * k,
+            forward: self.forward * k,
+            loss: self.loss * k,
+            backward: self.backward * k,
+            optimizer: self.optimizer * k,
         }
     }
 }

@@ -34,11 +34,7 @@ pub fn run(a: PlotArgs) -> Result<ExitCode> {
         width,
         height,
     } = a;
-    let metrics = if run.is_dir() {
-        run.join("metrics.jsonl")
-    } else {
-        run.clone()
-    };
+    let metrics = trainer::plot::metrics_file(&run);
     let dir = metrics.parent().map_or_else(
         || std::path::PathBuf::from("."),
         std::path::Path::to_path_buf,
