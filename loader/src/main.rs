@@ -99,3 +99,14 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap checks a command's flags (a name used twice, a bad default) only when that
+    /// subcommand is parsed; this checks every subcommand's at once.
+    #[test]
+    fn every_subcommand_has_consistent_flags() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -21,7 +21,7 @@ does. Image files are those whose extension timm accepts (`.jpg`, `.jpeg`, `.png
 everything else is listed as ignored, never dropped silently.
 */
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -48,6 +48,52 @@ pub struct LayoutOptions {
     pub follow_external_symlinks: bool,
     /// How class folders map to class indices.
     pub class_order: ClassOrder,
+    /// Another dataset's classes: class folders are looked up in its list (numbered folders
+    /// index it), so a dataset whose classes are a subset of ImageNet's keeps ImageNet's
+    /// indices (`--classes-from`).
+    pub classes_from: Option<ClassList>,
+}
+
+/// Class names in index order, taken from a packed dataset's manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassList {
+    /// The names; index *k* is class *k*.
+    pub names: Vec<String>,
+    /// Where they come from, for messages and the manifest.
+    pub origin: String,
+}
+
+impl ClassList {
+    /// The classes of the dataset packed in `path` (its directory, or its `manifest.json`).
+    ///
+    /// # Errors
+    /// The manifest's errors, naming the file.
+    pub fn from_dataset(path: &Path) -> Result<ClassList> {
+        let dir = if path.is_file() {
+            path.parent().unwrap_or(path)
+        } else {
+            path
+        };
+        if !dir.join(crate::manifest::MANIFEST_FILE).is_file() {
+            return Err(Error::Layout(format!(
+                "{} is not a packed dataset (no {}): give the --out directory of a finished \
+                 `shard-tool pack`",
+                dir.display(),
+                crate::manifest::MANIFEST_FILE
+            )));
+        }
+        let manifest = crate::manifest::Manifest::load(dir)?;
+        if manifest.classes.is_empty() {
+            return Err(Error::Layout(format!(
+                "{}: that dataset has no classes to take",
+                path.display()
+            )));
+        }
+        Ok(ClassList {
+            names: manifest.classes,
+            origin: dir.display().to_string(),
+        })
+    }
 }
 
 /// How class folder names become class indices.
@@ -77,6 +123,8 @@ pub struct SourceTree {
     pub classes: Vec<String>,
     /// Whether class folders were read as numbers ([`ClassOrder::Numbers`]).
     pub numbered_classes: bool,
+    /// The dataset whose class list was used ([`LayoutOptions::classes_from`]).
+    pub classes_from: Option<String>,
     /// Splits found, in [`SPLIT_NAMES`] order.
     pub splits: Vec<SourceSplit>,
     /// Things worth telling the user that are not errors (e.g. an empty class folder).
@@ -201,11 +249,25 @@ pub fn discover(root: &Path, options: &LayoutOptions) -> Result<SourceTree> {
         None => Vec::new(),
     };
     let mut warnings = Vec::new();
-    let (classes, numbered_classes) = class_list(names, options.class_order, &mut warnings)?;
+    let (classes, numbered_classes) = match &options.classes_from {
+        Some(list) => classes_from(&names, options.class_order, list, &mut warnings)?,
+        None => class_list(names.clone(), options.class_order, &mut warnings)?,
+    };
+    // Numbered folders under another dataset's names: folder `N` is that list's class N.
+    let numbered_folders: Vec<String> = if numbered_classes && options.classes_from.is_some() {
+        names.clone()
+    } else {
+        Vec::new()
+    };
     let class_index: HashMap<&str, u32> = classes
         .iter()
         .enumerate()
         .map(|(i, c)| (c.as_str(), i as u32))
+        .chain(
+            numbered_folders
+                .iter()
+                .filter_map(|n| Some((n.as_str(), folder_number(n)?))),
+        )
         .collect();
 
     let mut splits = Vec::new();
@@ -218,9 +280,77 @@ pub fn discover(root: &Path, options: &LayoutOptions) -> Result<SourceTree> {
         confine,
         classes,
         numbered_classes,
+        classes_from: options.classes_from.as_ref().map(|l| l.origin.clone()),
         splits,
         warnings,
     })
+}
+
+/// The class list of `list` with every class folder checked against it: a name must be one
+/// of its classes, a number (numbered folders, as ImageNet-V2's) one of its indices.
+fn classes_from(
+    names: &[String],
+    order: ClassOrder,
+    list: &ClassList,
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<String>, bool)> {
+    let numbers: Option<Vec<u32>> = names.iter().map(|n| folder_number(n)).collect();
+    let numbered = match (order, &numbers) {
+        (ClassOrder::Names, _) => false,
+        (ClassOrder::Numbers, None) => {
+            return Err(Error::Layout(
+                "--class-order numbers: some class folders are not numbers".into(),
+            ));
+        }
+        (_, Some(n)) => !n.is_empty(),
+        (ClassOrder::Auto, None) => false,
+    };
+    let unknown: Vec<&str> = match (&numbers, numbered) {
+        (Some(numbers), true) => names
+            .iter()
+            .zip(numbers)
+            .filter(|(_, n)| **n as usize >= list.names.len())
+            .map(|(name, _)| name.as_str())
+            .collect(),
+        _ => {
+            let known: HashSet<&str> = list.names.iter().map(String::as_str).collect();
+            names
+                .iter()
+                .map(String::as_str)
+                .filter(|n| !known.contains(n))
+                .collect()
+        }
+    };
+    if !unknown.is_empty() {
+        let what = if numbered {
+            format!("beyond its {} class indices", list.names.len())
+        } else {
+            format!("not among its {} classes", list.names.len())
+        };
+        return Err(Error::Layout(format!(
+            "--classes-from {}: {} class folder(s) {what}: {}{} (the classes keep that \
+             dataset's indices, so each folder must be one of them)",
+            list.origin,
+            unknown.len(),
+            unknown
+                .iter()
+                .take(5)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", "),
+            if unknown.len() > 5 { ", ..." } else { "" }
+        )));
+    }
+    if names.len() < list.names.len() {
+        warnings.push(format!(
+            "--classes-from {}: {} of its {} classes have a folder here; the others keep \
+             their indices, empty",
+            list.origin,
+            names.len(),
+            list.names.len()
+        ));
+    }
+    Ok((list.names.clone(), numbered))
 }
 
 /// Folder `N`'s number, when its name is a number written the one way (no sign, no leading zero).
@@ -703,6 +833,77 @@ mod tests {
                 .unwrap()
                 .numbered_classes
         );
+    }
+
+    #[test]
+    fn classes_from_another_dataset_keep_its_indices() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = ClassList {
+            names: ["n0", "n1", "n2", "n3"].map(String::from).to_vec(),
+            origin: "imagenet-rsb".into(),
+        };
+        let from = LayoutOptions {
+            classes_from: Some(list.clone()),
+            ..LayoutOptions::default()
+        };
+        // A subset, with a flat val/ labelled by wnid through a Kaggle CSV.
+        touch(dir.path(), "train/n3/a.jpg");
+        touch(dir.path(), "train/n1/b.jpg");
+        touch(dir.path(), "val/v1.JPEG");
+        fs::write(
+            dir.path().join("LOC_val_solution.csv"),
+            "ImageId,PredictionString\nv1,n3 1 2 3 4\n",
+        )
+        .unwrap();
+        let tree = discover(dir.path(), &from).unwrap();
+        assert_eq!(tree.classes, list.names);
+        let labels: Vec<(&str, u32)> = tree
+            .splits
+            .iter()
+            .flat_map(|s| s.files.iter().map(|f| (f.path.as_str(), f.label)))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("train/n1/b.jpg", 1),
+                ("train/n3/a.jpg", 3),
+                ("val/v1.JPEG", 3)
+            ]
+        );
+        assert!(
+            tree.warnings
+                .iter()
+                .any(|w| w.contains("2 of its 4 classes have a folder here")),
+            "{:?}",
+            tree.warnings
+        );
+        // Without the list the same folders would be classes 0 and 1.
+        let own = discover(dir.path(), &LayoutOptions::default()).unwrap();
+        assert_eq!(own.classes, ["n1", "n3"]);
+        // A folder that is not one of its classes is named.
+        touch(dir.path(), "train/cat/c.jpg");
+        let err = discover(dir.path(), &from).unwrap_err().chain();
+        assert!(
+            err.contains("imagenet-rsb: 1 class folder(s) not among its 4 classes: cat"),
+            "{err}"
+        );
+
+        // Numbered folders (ImageNet-V2) index the list.
+        let v2 = tempfile::tempdir().unwrap();
+        touch(v2.path(), "test/2/a.jpeg");
+        touch(v2.path(), "test/0/b.jpeg");
+        let tree = discover(v2.path(), &from).unwrap();
+        assert!(tree.numbered_classes);
+        assert_eq!(tree.classes, list.names);
+        let labels: Vec<(&str, u32)> = tree.splits[0]
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), f.label))
+            .collect();
+        assert_eq!(labels, [("test/0/b.jpeg", 0), ("test/2/a.jpeg", 2)]);
+        touch(v2.path(), "test/4/c.jpeg");
+        let err = discover(v2.path(), &from).unwrap_err().chain();
+        assert!(err.contains("beyond its 4 class indices: 4"), "{err}");
     }
 
     #[test]

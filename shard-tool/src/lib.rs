@@ -42,6 +42,7 @@ pub mod image;
 pub mod layout;
 pub mod manifest;
 mod pack;
+pub mod progress;
 pub mod reader;
 pub mod record;
 mod report;

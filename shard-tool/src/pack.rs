@@ -236,10 +236,17 @@ pub fn pack(
             shard_size: options.shard_size,
             image: options.image,
             resize_filter: "lanczos3 (fast_image_resize)".into(),
-            class_order: if tree.numbered_classes {
-                "numbers: class folder N is class N (ImageNet-V2's layout)".into()
-            } else {
-                "names: class folders sorted as strings (ImageFolder's order)".into()
+            class_order: match (&tree.classes_from, tree.numbered_classes) {
+                (Some(from), true) => format!(
+                    "numbers, classes from {from}: class folder N is that dataset's class N"
+                ),
+                (Some(from), false) => {
+                    format!("classes from {from}: each class folder keeps that dataset's index")
+                }
+                (None, true) => "numbers: class folder N is class N (ImageNet-V2's layout)".into(),
+                (None, false) => {
+                    "names: class folders sorted as strings (ImageFolder's order)".into()
+                }
             },
         },
         classes: tree.classes.clone(),

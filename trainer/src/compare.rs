@@ -105,10 +105,12 @@ pub fn render(
                 .collect()
         })
         .collect();
+    // A little room right of the last step, so its evaluation's points are drawn whole.
     let last = losses
         .iter()
         .flat_map(|l| l.last().map(|p| p.0))
-        .fold(1.0f64, f64::max);
+        .fold(1.0f64, f64::max)
+        * 1.03;
     let mut buffer = vec![255u8; width as usize * height as usize * 3];
     {
         let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
@@ -134,13 +136,10 @@ pub fn render(
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
         }
         legend(&mut chart, SeriesLabelPosition::UpperRight)?;
-        let mut chart = panel(
-            &panels[1],
-            "evaluation top-1, %",
-            0.0..last,
-            0.0..100.0,
-            plain,
-        )?;
+        // Fitted to the runs' values: runs a point apart are what a comparison is for.
+        let top1 = range(evals.iter().flatten().map(|p| p.1), false);
+        let top1 = top1.start.max(0.0)..top1.end.min(100.0);
+        let mut chart = panel(&panels[1], "evaluation top-1, %", 0.0..last, top1, plain)?;
         for (i, ((name, _), points)) in runs.iter().zip(&evals).enumerate() {
             let color = Palette99::pick(i).filled();
             chart
@@ -154,7 +153,8 @@ pub fn render(
                 .draw_series(points.iter().map(|&p| Circle::new(p, 3, color)))
                 .map_err(draw_error)?;
         }
-        legend(&mut chart, SeriesLabelPosition::LowerRight)?;
+        // Top-1 rises to the right: the upper left stays clear of the points.
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         root.present().map_err(draw_error)?;
     }
     Ok(buffer)

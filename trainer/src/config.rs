@@ -253,6 +253,21 @@ impl TrainConfig {
         origin: &str,
         overrides: &RecipeOverrides,
     ) -> Result<Loaded, ConfigError> {
+        Self::parse_varied(text, origin, overrides, &[])
+    }
+
+    /// Parses recipe text, applies `overrides`, then `varied` (recipe key, value) pairs: one
+    /// combination of a study's `--vary` values ([`crate::study`]), named `--vary KEY=VALUE`
+    /// in messages.
+    ///
+    /// # Errors
+    /// As [`TrainConfig::load_with`].
+    pub fn parse_varied(
+        text: &str,
+        origin: &str,
+        overrides: &RecipeOverrides,
+        varied: &[(String, toml::Value)],
+    ) -> Result<Loaded, ConfigError> {
         let invalid = |message: String| ConfigError::Invalid {
             path: origin.to_string(),
             message,
@@ -268,7 +283,7 @@ impl TrainConfig {
             }
         }
         let given = overrides.entries();
-        for (key, value) in &given {
+        for (key, value) in given.iter().chain(varied) {
             match key.strip_prefix("rsb.") {
                 Some(sub) => {
                     let rsb = table
@@ -290,7 +305,9 @@ impl TrainConfig {
             .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
         config.check().map_err(|bad| {
             // A value from the command line is named by its flag, one from the file by its key.
-            if given.iter().any(|(key, _)| *key == bad.key) {
+            if let Some((key, value)) = varied.iter().find(|(key, _)| *key == bad.key) {
+                invalid(format!("--vary {key}={value} {}", bad.problem))
+            } else if given.iter().any(|(key, _)| *key == bad.key) {
                 invalid(format!(
                     "{} {} {} (given on the command line)",
                     RecipeOverrides::flag(bad.key),
@@ -482,6 +499,19 @@ mod tests {
             assert_eq!(c.num_classes, 10, "{name}");
         }
         assert_eq!(recipe("cifar10.toml").rsb.val_split, "test");
+    }
+
+    #[test]
+    fn the_transfer_recipe_is_a1s_with_deits_fine_tuning_values() {
+        let (t, a1) = (recipe("transfer-cifar10.toml"), recipe("a1.toml"));
+        // deit#45: 224 px, global batch 768, 1000 epochs, no stochastic depth or erasing.
+        assert_eq!((t.img_size, t.global_batch(), t.epochs), (224, 768, 1000));
+        assert_eq!((t.drop_path, t.reprob, t.num_classes), (0.0, 0.0, 10));
+        // The rest is A1's, the weight decay included.
+        assert_eq!(t.weight_decay, a1.weight_decay);
+        assert_eq!((&t.aa, t.mixup, t.cutmix), (&a1.aa, a1.mixup, a1.cutmix));
+        assert_eq!((t.bce_loss, t.aug_repeats), (a1.bce_loss, a1.aug_repeats));
+        assert!(t.lr < a1.lr);
     }
 
     #[test]

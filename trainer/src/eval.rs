@@ -152,7 +152,7 @@ impl std::str::FromStr for EvalSet {
 }
 
 /// What one set gave.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SetScore {
     /// The set's name.
     pub name: String,
@@ -172,7 +172,7 @@ pub struct SetScore {
 }
 
 /// ReaL accuracies of one set.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RealSummary {
     /// Images counted (a ReaL file name with a non-empty list).
     pub images: u64,

@@ -36,5 +36,6 @@ pub mod replicas;
 pub mod resnet;
 pub mod schedule;
 pub mod step;
+pub mod study;
 pub mod train;
 pub mod weights;

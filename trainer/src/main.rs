@@ -33,6 +33,11 @@ enum Command {
     /// Several runs side by side: their loss and top-1 curves in one PNG (one color per run)
     /// and a table of their final loss, top-1, top-5 and best top-1.
     Compare(cli::compare::CompareArgs),
+    /// A study: every combination of --vary values (seed=0,1,2, lr=..., any recipe key) as
+    /// its own run under --out, then a table (mean ± std, min, max per eval set and metric,
+    /// runs that differ only in seed grouped) and a plot with one point per run. Running it
+    /// again resumes unfinished runs and reuses finished ones.
+    Study(cli::study::StudyArgs),
     /// Time the full training step (upload uint8, Mixup/CutMix, normalize, forward, BCE,
     /// backward, timm's LAMB) on synthetic batches held in memory.
     Bench(cli::bench::BenchArgs),
@@ -57,6 +62,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => cli::eval::run(a),
         Command::Plot(a) => cli::plot::run(a),
         Command::Compare(a) => cli::compare::run(a),
+        Command::Study(a) => cli::study::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::CheckDevice(a) => cli::check_device::run(a),
         Command::Info(a) => cli::info::run(a),
@@ -70,5 +76,16 @@ fn main() -> ExitCode {
             eprintln!("error: {}", shard_tool::one_line(e.chain()));
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks a command's flags (a name used twice, a bad default) only when that
+    /// subcommand is parsed; this checks every subcommand's at once.
+    #[test]
+    fn every_subcommand_has_consistent_flags() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -34,13 +34,3 @@ pub fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
-
-/// Prints a line above a live bar, or plainly when the bar is hidden (not a terminal, or
-/// `--quiet`), where `ProgressBar::println` would print nothing.
-pub fn say(bar: &ProgressBar, line: String) {
-    if bar.is_hidden() {
-        eprintln!("{line}");
-    } else {
-        bar.println(line);
-    }
-}

@@ -11,7 +11,9 @@ use indicatif::ProgressBar;
 use shard_tool::image::{DEFAULT_MAX_PIXELS, DEFAULT_TRANSCODE_QUALITY, ImageOptions};
 use shard_tool::{LayoutOptions, PackEvent, PackOptions};
 
-use super::{default_threads, progress_bar, say};
+use shard_tool::progress::say;
+
+use super::{default_threads, progress_bar};
 
 /// Exit status of a pack that finished but could not store every image file.
 const EXIT_REJECTS: u8 = 3;
@@ -68,6 +70,13 @@ pub struct PackArgs {
     /// timm), numbers (folder N is class N). Recorded in the manifest.
     #[arg(long, value_enum, default_value = "auto")]
     pub class_order: shard_tool::layout::ClassOrder,
+    /// Take the class list from another packed dataset (its directory or manifest.json):
+    /// each class folder keeps that dataset's index, e.g. a 200-class subset of ImageNet
+    /// packed with --classes-from imagenet-rsb is labelled 0..999 as a model trained on
+    /// imagenet-rsb predicts; numbered folders (ImageNet-V2) index its list. A folder that
+    /// is not one of its classes is an error. Recorded in the manifest.
+    #[arg(long, value_name = "DATASET")]
+    pub classes_from: Option<PathBuf>,
 }
 
 impl TryFrom<PackArgs> for PackOptions {
@@ -90,6 +99,12 @@ impl TryFrom<PackArgs> for PackOptions {
             devkit_synsets: a.devkit_synsets,
             follow_external_symlinks: a.follow_external_symlinks,
             class_order: a.class_order,
+            classes_from: a
+                .classes_from
+                .as_deref()
+                .map(shard_tool::layout::ClassList::from_dataset)
+                .transpose()
+                .context("--classes-from")?,
         };
         Ok(o)
     }

@@ -276,3 +276,80 @@ fn flat_val_with_kaggle_labels_and_an_unopened_dataset() {
         .success()
         .stdout(predicates::str::contains("val: 3 records"));
 }
+
+#[test]
+fn a_subset_packed_with_classes_from_keeps_the_full_datasets_labels() {
+    let (full_src, sub_src, out) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    small_tree(full_src.path(), false);
+    // The subset: only the last class's folder, as a downstream set of one ImageNet class.
+    let class = "class_002";
+    let from = full_src.path().join("val").join(class);
+    let to = sub_src.path().join("val").join(class);
+    fs::create_dir_all(&to).unwrap();
+    for entry in fs::read_dir(&from).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+    let (full, sub) = (out.path().join("full"), out.path().join("sub"));
+    shard_tool()
+        .arg("pack")
+        .arg(full_src.path())
+        .arg("--out")
+        .arg(&full)
+        .assert()
+        .success();
+    shard_tool()
+        .arg("pack")
+        .arg(sub_src.path())
+        .arg("--out")
+        .arg(&sub)
+        .arg("--classes-from")
+        .arg(full.join("manifest.json"))
+        .assert()
+        .success();
+    let (full_m, sub_m) = (
+        Manifest::load(&full).unwrap(),
+        Manifest::load(&sub).unwrap(),
+    );
+    assert_eq!(sub_m.classes, full_m.classes);
+    assert!(
+        sub_m.options.class_order.starts_with("classes from"),
+        "{}",
+        sub_m.options.class_order
+    );
+    // Every record of the subset has the full dataset's index of its class.
+    // SAFETY: nothing writes the dataset while it is open.
+    let dataset = unsafe { Dataset::open(&sub) }.unwrap();
+    let val = dataset.split("val").unwrap();
+    assert_eq!(val.len(), 2);
+    for i in 0..val.len() {
+        assert_eq!(val.get(i).unwrap().label, 2);
+    }
+    // Packed on its own, the same folder would be class 0.
+    let own = out.path().join("own");
+    shard_tool()
+        .arg("pack")
+        .arg(sub_src.path())
+        .arg("--out")
+        .arg(&own)
+        .assert()
+        .success();
+    assert_eq!(Manifest::load(&own).unwrap().classes, [class]);
+    // A dataset that is not packed is named.
+    shard_tool()
+        .arg("pack")
+        .arg(sub_src.path())
+        .arg("--out")
+        .arg(out.path().join("never"))
+        .arg("--classes-from")
+        .arg(sub_src.path())
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains(
+            "is not a packed dataset (no manifest.json)",
+        ));
+}

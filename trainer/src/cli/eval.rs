@@ -10,7 +10,7 @@ use trainer::data::{DataJobs, DataSource, check_splits};
 use trainer::metrics::Metric;
 use trainer::overrides::RecipeOverrides;
 
-use super::load_recipe;
+use super::{SetArgs, load_recipe};
 
 /// `trainer eval` flags.
 #[derive(Args)]
@@ -30,16 +30,8 @@ pub struct EvalArgs {
     /// Loader worker threads with --shards or --set (0: one per core).
     #[arg(short = 'j', long, default_value_t = 0)]
     pub workers: u32,
-    /// An evaluation set, NAME=DIR or NAME=DIR:SPLIT (default split: the recipe's
-    /// rsb.val_split), e.g. --set val=imagenet-rsb:val --set v2=imagenetv2-rsb:test;
-    /// repeatable. Each is read by a loader in this process with the recipe's eval transform.
-    #[arg(long = "set", value_name = "NAME=DIR[:SPLIT]")]
-    pub sets: Vec<trainer::eval::EvalSet>,
-    /// ImageNet-ReaL's real.json (50,000 lists of correct classes, github.com/google-research/
-    /// reassessed-imagenet): adds ReaL top-1/top-5 over each set's ILSVRC2012_val_* images
-    /// whose list is not empty, counted as timm's RealLabelsImagenet does.
-    #[arg(long, value_name = "FILE")]
-    pub real_labels: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub sets: SetArgs,
     /// Print the table as one JSON line.
     #[arg(long)]
     pub json: bool,
@@ -53,7 +45,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     let jobs = DataJobs::try_from(&config)?;
     // Sets: those named, else the recipe's val split of --shards; through a daemon
     // (--loader) only the plain accuracies, the daemon's file names being out of reach.
-    let sets = match (&a.sets[..], &a.shards) {
+    let sets = match (&a.sets.sets[..], &a.shards) {
         ([], Some(dir)) => vec![trainer::eval::EvalSet {
             name: config.rsb.val_split.clone(),
             dir: dir.clone(),
@@ -63,7 +55,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     };
     let batches = match (&a.loader, sets.is_empty()) {
         (Some(socket), true) => {
-            if a.real_labels.is_some() {
+            if a.sets.real_labels.is_some() {
                 anyhow::bail!(
                     "--real-labels needs the images' file names: evaluate packed shards \
                      (--shards DIR or --set NAME=DIR) rather than through --loader"
@@ -115,6 +107,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let real = a
+        .sets
         .real_labels
         .as_deref()
         .map(|path| {

@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::Args;
 use trainer::config::TrainConfig;
 use trainer::data::DataSource;
+use trainer::device::{DeviceKind, Precision};
 use trainer::overrides::RecipeOverrides;
 use trainer::resnet::ResNetConfig;
 
@@ -17,6 +18,7 @@ pub mod export;
 pub mod info;
 pub mod logits;
 pub mod plot;
+pub mod study;
 pub mod train;
 
 /// Which model (timm's `--model`, plus CPU-sized variants).
@@ -83,6 +85,52 @@ impl DataArgs {
             },
         }
     }
+}
+
+/// Where a run trains, in what precision, and for how long (`trainer train` and `study`).
+#[derive(Args, Clone)]
+pub struct RunArgs {
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", conflicts_with = "devices")]
+    pub device: DeviceKind,
+    /// Several GPUs of this machine that share the recipe's rsb.world_size ranks, e.g.
+    /// cuda:0,cuda:1,cuda:2,cuda:3 (their count must divide the ranks; each runs its share one
+    /// after another per step; gradients are summed by NCCL, which must be loadable as
+    /// libnccl.so). Checkpoints do not depend on the device count: --resume may change it.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub devices: Vec<DeviceKind>,
+    /// Float type of parameters and activations.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: Precision,
+    /// Stop after this many steps in all (the LR schedule still spans the recipe's epochs).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+}
+
+impl RunArgs {
+    /// The devices named: --devices, else --device.
+    pub fn devices(&self) -> Vec<DeviceKind> {
+        if self.devices.is_empty() {
+            vec![self.device]
+        } else {
+            self.devices.clone()
+        }
+    }
+}
+
+/// Extra evaluation sets, with ImageNet-ReaL's labels (`trainer eval` and `study`).
+#[derive(Args, Clone)]
+pub struct SetArgs {
+    /// An evaluation set, NAME=DIR or NAME=DIR:SPLIT (default split: the recipe's
+    /// rsb.val_split), e.g. --set val=imagenet-rsb:val --set v2=imagenetv2-rsb:test;
+    /// repeatable. Each is read by a loader in this process with the recipe's eval transform.
+    #[arg(long = "set", value_name = "NAME=DIR[:SPLIT]")]
+    pub sets: Vec<trainer::eval::EvalSet>,
+    /// ImageNet-ReaL's real.json (50,000 lists of correct classes, github.com/google-research/
+    /// reassessed-imagenet): adds ReaL top-1/top-5 over each set's ILSVRC2012_val_* images
+    /// whose list is not empty, counted as timm's RealLabelsImagenet does.
+    #[arg(long, value_name = "FILE")]
+    pub real_labels: Option<std::path::PathBuf>,
 }
 
 /// The recipe at `path` with timm's flags over it, its warnings printed.

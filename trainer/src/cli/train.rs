@@ -4,12 +4,12 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use trainer::device::{DeviceKind, Precision};
+use shard_tool::progress::say;
 use trainer::metrics::Metric;
 use trainer::overrides::RecipeOverrides;
 use trainer::train::{Event, TrainOptions};
 
-use super::{DataArgs, load_recipe};
+use super::{DataArgs, RunArgs, load_recipe};
 
 /// `trainer train` flags.
 #[derive(Args)]
@@ -25,21 +25,8 @@ pub struct TrainArgs {
     /// Continue the run in --out from its latest checkpoint (starts fresh if it has none).
     #[arg(long)]
     pub resume: bool,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu", conflicts_with = "devices")]
-    pub device: DeviceKind,
-    /// Several GPUs of this machine that share the recipe's rsb.world_size ranks, e.g.
-    /// cuda:0,cuda:1,cuda:2,cuda:3 (their count must divide the ranks; each runs its share one
-    /// after another per step; gradients are summed by NCCL, which must be loadable as
-    /// libnccl.so). Checkpoints do not depend on the device count: --resume may change it.
-    #[arg(long, value_delimiter = ',', value_name = "LIST")]
-    pub devices: Vec<DeviceKind>,
-    /// Float type of parameters and activations.
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: Precision,
-    /// Stop after this many steps in all (the LR schedule still spans the recipe's epochs).
-    #[arg(long)]
-    pub max_steps: Option<u64>,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Loader worker threads with --shards (0: one per core).
     #[arg(short = 'j', long, default_value_t = 0)]
     pub workers: u32,
@@ -70,17 +57,26 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         data: a.data.source(a.workers),
         out: a.out.clone(),
         resume: a.resume,
-        devices: if a.devices.is_empty() {
-            vec![a.device]
-        } else {
-            a.devices.clone()
-        },
-        precision: a.dtype,
-        max_steps: a.max_steps,
+        devices: a.run.devices(),
+        precision: a.run.dtype,
+        max_steps: a.run.max_steps,
         init_from: a.init_from.clone(),
         new_head: a.new_head,
         digests: a.digests,
     };
+    let bar = progress_bar()?;
+    let last = trainer::train::train(&options, &mut |e| {
+        report(&bar, &options.config.model, &options.out, e);
+    })?;
+    bar.finish();
+    if let Some(Metric::Eval { top1, top5, .. }) = last {
+        println!("final: top-1 {top1:.2} %, top-5 {top5:.2} %");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The bar a run's steps advance.
+pub fn progress_bar() -> Result<indicatif::ProgressBar> {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -88,7 +84,13 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         )?
         .progress_chars("=> "),
     );
-    let last = trainer::train::train(&options, &mut |e| match e {
+    Ok(bar)
+}
+
+/// Shows one event of the run of `model` in `out`: steps move the bar, evaluations,
+/// checkpoints and notes are printed above it.
+pub fn report(bar: &indicatif::ProgressBar, model: &str, out: &std::path::Path, e: Event) {
+    match e {
         Event::Started {
             start_step,
             total_steps,
@@ -97,12 +99,14 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         } => {
             bar.set_length(total_steps);
             bar.set_position(start_step);
-            bar.println(format!(
-                "{} ({params} trainable parameters), {steps_per_epoch} steps per epoch, steps \
-                 {start_step}..{total_steps}; metrics in {}",
-                options.config.model,
-                options.out.join("metrics.jsonl").display()
-            ));
+            say(
+                bar,
+                format!(
+                    "{model} ({params} trainable parameters), {steps_per_epoch} steps per epoch, \
+                 steps {start_step}..{total_steps}; metrics in {}",
+                    out.join("metrics.jsonl").display()
+                ),
+            );
         }
         Event::Metric(Metric::Step {
             step,
@@ -112,10 +116,14 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
             samples_per_s,
             ..
         }) => {
+            let text = format!("epoch {epoch} loss {loss:.4} lr {lr:.2e} {samples_per_s:.1} img/s");
+            // Without a terminal (a log file), a line for every fiftieth of the run.
+            let total = bar.length().unwrap_or(0);
+            if bar.is_hidden() && (step % (total / 50).max(1) == 0 || step == total) {
+                eprintln!("step {step}/{total} {text}");
+            }
             bar.set_position(step);
-            bar.set_message(format!(
-                "epoch {epoch} loss {loss:.4} lr {lr:.2e} {samples_per_s:.1} img/s"
-            ));
+            bar.set_message(text);
         }
         Event::Metric(Metric::Eval {
             epoch,
@@ -123,11 +131,14 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
             top5,
             samples,
             ..
-        }) => bar.println(format!(
-            "eval after epoch {epoch}: top-1 {top1:.2} %, top-5 {top5:.2} % ({samples} images)"
-        )),
-        Event::Checkpoint(dir) => bar.println(format!("checkpoint {}", dir.display())),
-        Event::Note(text) => bar.println(format!("note: {text}")),
+        }) => say(
+            bar,
+            format!(
+                "eval after epoch {epoch}: top-1 {top1:.2} %, top-5 {top5:.2} % ({samples} images)"
+            ),
+        ),
+        Event::Checkpoint(dir) => say(bar, format!("checkpoint {}", dir.display())),
+        Event::Note(text) => say(bar, format!("note: {text}")),
         Event::Batch {
             rank,
             position,
@@ -136,10 +147,5 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
             "rank {rank} epoch {} step {} sha256 {sha256}",
             position.epoch, position.step
         ),
-    })?;
-    bar.finish();
-    if let Some(Metric::Eval { top1, top5, .. }) = last {
-        println!("final: top-1 {top1:.2} %, top-5 {top5:.2} %");
     }
-    Ok(ExitCode::SUCCESS)
 }
