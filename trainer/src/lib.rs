@@ -9,7 +9,7 @@
 //! - The run: [`data`] (the loader's jobs and splits, checked before the model is built),
 //!   [`ranks`] (the recipe's `world_size` ranks run one after another on one device, timm's
 //!   DDP semantics), [`train`] (steps, evaluation, checkpoints, exact resume), [`eval`], [`metrics`]
-//!   (`metrics.jsonl`), [`checkpoint`], [`plot`].
+//!   (`metrics.jsonl`), [`checkpoint`], [`plot`]; several runs: [`compare`], [`study`].
 //! - [`feed`]: batches from the loader core in this process, for `trainer bench --shards`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
