@@ -3,16 +3,17 @@
 
 Per step: upload a uint8 NHWC batch from pinned host memory, widen and normalize, timm's Mixup
 (mixup 0.2 / cutmix 1.0, switch 0.5, smoothing 0.1, on the GPU), resnet50 in channels_last,
-BinaryCrossEntropy(target_threshold=0.2), backward, timm's Lamb. Precision: f32, or bf16 by
-autocast (PyTorch's usual mixed precision: f32 master weights). Eager, and torch.compile with
+BinaryCrossEntropy(target_threshold=0.2), backward, timm's Lamb. Precision (as `trainer bench
+--dtype`): f32; amp, bf16 by autocast (timm's --amp: f32 master weights, what the recipes use);
+bf16, the model and batch in bfloat16 without autocast (pure). Eager, and torch.compile with
 --compile.
 
 On the CPU (--device cpu --threads N) there is nothing to upload (the widening is "upload"),
-no autocast (f32 only), and --phases adds the milliseconds per step of each phase (upload, mix,
+f32 by default, and --phases adds the milliseconds per step of each phase (upload, mix,
 forward, loss, backward, optimizer), timed like `trainer bench`'s: these steps come after the
 timed ones. --width and --small-stem build the same narrowed ResNets as `trainer bench`.
 
-Usage: python3 torch_step.py --batch 256 --dtype bf16 [--compile] [--steps 20 --warmup 5]
+Usage: python3 torch_step.py --batch 256 --dtype amp [--compile] [--steps 20 --warmup 5]
        python3 torch_step.py --device cpu --threads 2 --model resnet18 --width 0.125 --small-stem \
            --img-size 32 --num-classes 10 --batch 64 --phases
 Prints one JSON line per run.
@@ -32,7 +33,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--dtype", choices=["f32", "bf16"], default=None, help="default: bf16 on CUDA, f32 on the CPU")
+    p.add_argument("--dtype", choices=["f32", "amp", "bf16"], default=None,
+                   help="f32; amp (autocast bf16, f32 weights); bf16 (pure). Default: amp on CUDA, f32 on the CPU")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--steps", type=int, default=20)
@@ -50,32 +52,33 @@ def main():
     dev = torch.device(a.device)
     if a.threads:
         torch.set_num_threads(a.threads)
-    a.dtype = a.dtype or ("bf16" if cuda else "f32")
-    if not cuda and a.dtype != "f32":
-        p.error("on the CPU only --dtype f32 (no autocast)")
+    a.dtype = a.dtype or ("amp" if cuda else "f32")
     # f32 means f32: no TF32 in convolutions or matmuls (burn's f32 does not use it either).
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = True
     model = make_model(a).to(dev).to(memory_format=torch.channels_last)
+    # Pure bf16: parameters, optimizer state and activations all bfloat16.
+    cast = torch.bfloat16 if a.dtype == "bf16" else torch.float32
+    model = model.to(cast)
     model.train()
     opt = timm.optim.create_optimizer_v2(model, "lamb", lr=1e-3, weight_decay=0.01)
     mixup = timm.data.Mixup(mixup_alpha=0.2, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5,
                             label_smoothing=0.1, num_classes=a.num_classes)
     loss_fn = timm.loss.BinaryCrossEntropy(target_threshold=0.2)
-    mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1) * 255
-    inv_std = 1 / (torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1) * 255)
+    mean = (torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1) * 255).to(cast)
+    inv_std = (1 / (torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1) * 255)).to(cast)
     g = torch.Generator().manual_seed(0)
     pin = (lambda t: t.pin_memory()) if cuda else (lambda t: t)
     batches = [(pin(torch.randint(0, 256, (a.batch, a.img_size, a.img_size, 3), dtype=torch.uint8, generator=g)),
                 pin(torch.randint(0, a.num_classes, (a.batch,), generator=g))) for _ in range(4)]
-    autocast = torch.autocast(a.device, dtype=torch.bfloat16, enabled=a.dtype == "bf16")
+    autocast = torch.autocast(a.device, dtype=torch.bfloat16, enabled=a.dtype == "amp")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     phases = dict(upload=0.0, mix=0.0, forward=0.0, loss=0.0, backward=0.0, optimizer=0.0)
 
     def forward_loss(x, y):
         with autocast:
-            return loss_fn(model(x), y)
+            return loss_fn(model(x).float(), y)
 
     fwd = torch.compile(forward_loss) if a.compile else forward_loss
 
@@ -90,7 +93,7 @@ def main():
                 t[0] = now
 
         pixels, labels = batches[i % len(batches)]
-        x = pixels.to(dev, non_blocking=True).permute(0, 3, 1, 2).float()
+        x = pixels.to(dev, non_blocking=True).permute(0, 3, 1, 2).to(cast)
         y = labels.to(dev, non_blocking=True)
         lap("upload")
         x = (x - mean) * inv_std
@@ -105,7 +108,8 @@ def main():
                 out = model(x)
             lap("forward")
             with autocast:
-                loss = loss_fn(out, y)
+                # The loss in f32 (autocast's choice for BCE; pure bf16's logits widened).
+                loss = loss_fn(out.float(), y)
             lap("loss")
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on a GPU host, from the repository root, with the bundle that trainer/cuda/build.sh
 # made in target/gpu-bundle/: our logits against timm's on the same weights, CUDA-vs-CPU
-# numerics, then our A1 step against PyTorch + timm's on the same card, both precisions. Each part has its own time limit so that one slow part
+# numerics, then our A1 step against PyTorch + timm's on the same card in f32, amp and bf16. Each part has its own time limit so that one slow part
 # cannot eat the others. Results: stdout, and $OUT (or /tmp/gpu-out) for the full logs.
 set -uo pipefail
 out=${OUT:-/tmp/gpu-out}
@@ -31,11 +31,18 @@ part timm_logits 60 bash -c "'$t' export --no-zero-init-last '$work/w.safetensor
     '$t' logits --weights '$work/w.safetensors' > '$work/ours.json' && \
     python3 trainer/benches/timm_logits.py '$work/w.safetensors' '$work/ours.json'"
 part check_f32 70 "$t" check-device --device cuda --batch 8 --img-size 64
-part bench_bf16 120 "$t" bench --device cuda --dtype bf16 --batch 256 --warmup 3 --steps 10 --json
+# (c) The A1 step at batch 256: amp (the recipes' precision; PyTorch's autocast, eager and
+# compiled), then pure bf16 and f32. Ratios: ours / torch's samples/s in the summary lines.
+part bench_amp 120 "$t" bench --device cuda --dtype amp --batch 256 --warmup 3 --steps 10 --json
+part torch_amp 45 python3 trainer/benches/torch_step.py --dtype amp --batch 256 --warmup 5 --steps 20
+part torch_amp_compile 90 python3 trainer/benches/torch_step.py --dtype amp --compile --batch 256 --warmup 5 --steps 20
+part bench_bf16 100 "$t" bench --device cuda --dtype bf16 --batch 256 --warmup 3 --steps 10 --json
 part torch_bf16 45 python3 trainer/benches/torch_step.py --dtype bf16 --batch 256 --warmup 5 --steps 20
 part bench_f32 100 "$t" bench --device cuda --dtype f32 --batch 256 --warmup 3 --steps 10 --json
 part torch_f32 40 python3 trainer/benches/torch_step.py --dtype f32 --batch 256 --warmup 5 --steps 20
+# (a) bf16 against f32; amp against the CPU's amp (the same roundings: only the arithmetic differs).
 part check_bf16 40 "$t" check-device --device cuda --dtype bf16 --tolerance 5e-2 --batch 8 --img-size 64
+part check_amp 40 "$t" check-device --device cuda --dtype amp --reference-dtype amp --tolerance 5e-2 --batch 8 --img-size 64
 # (g) The ranks: 2 virtual ranks of 64 against one rank of 128, then the same 2 ranks through a
 # one-GPU DistributedContext (NCCL all-reduce in backward, as --devices on several GPUs).
 part ranks_nccl 120 "$t" bench --device cuda --batch 64 --world-size 2 --distributed --warmup 2 --steps 5

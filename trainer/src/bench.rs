@@ -140,7 +140,8 @@ fn sync(device: &Device) -> Result<(), BenchError> {
 pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     let device = options.device.device(options.precision)?.autodiff();
     device.seed(options.seed);
-    let model = options.model.init(&device)?;
+    let mut model = options.model.init(&device)?;
+    model.compute = options.precision.compute();
     // A1's optimizer: timm's Lamb with weight decay 0.01.
     let optimizer = TimmLamb::new(&LambOptions::timm(0.01), &model);
     let step = TrainStep {
@@ -293,7 +294,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     let steps_per_s = options.steps as f64 / timed_s;
     Ok(BenchReport {
         device: options.device.to_string(),
-        precision: format!("{:?}", options.precision).to_lowercase(),
+        precision: options.precision.name().to_owned(),
         batch: options.batch,
         ranks,
         img_size,

@@ -21,6 +21,56 @@ pub enum Precision {
     F32,
     /// bfloat16 parameters and activations (the device's default float type).
     Bf16,
+    /// timm's `--amp` in bf16: f32 parameters, gradients, optimizer state, batch norm and loss;
+    /// convolutions and the classifier in bf16 ([`crate::amp`]). A recipe's `amp = true`.
+    Amp,
+}
+
+impl Precision {
+    /// The float type convolutions and matmuls compute in, when it is not the parameters'.
+    pub fn compute(self) -> Option<FloatDType> {
+        match self {
+            Precision::Amp => Some(crate::amp::COMPUTE),
+            Precision::F32 | Precision::Bf16 => None,
+        }
+    }
+
+    /// The precision of a run: `--dtype` when given, else the recipe's `amp` (amp, or f32);
+    /// with a line to say once when the two disagree or what amp does on the CPU.
+    pub fn resolve(
+        dtype: Option<Precision>,
+        recipe_amp: bool,
+        device: DeviceKind,
+    ) -> (Precision, Option<String>) {
+        let precision = dtype.unwrap_or(if recipe_amp {
+            Precision::Amp
+        } else {
+            Precision::F32
+        });
+        let note = match (dtype, recipe_amp, precision, device) {
+            (Some(d), true, _, _) if d != Precision::Amp => Some(format!(
+                "the recipe says amp = true; --dtype {} trains in pure {} instead",
+                d.name(),
+                d.name()
+            )),
+            (_, _, Precision::Amp, DeviceKind::Cpu) => Some(
+                "amp on the CPU: convolutions and the classifier round to bf16 as on a GPU, but \
+                 burn-flex computes them in f32 and converts, so amp is no faster here"
+                    .into(),
+            ),
+            _ => None,
+        };
+        (precision, note)
+    }
+
+    /// As `--dtype` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::Amp => "amp",
+        }
+    }
 }
 
 /// Errors choosing a device.

@@ -13,6 +13,7 @@
 //! - [`feed`]: batches from the loader core in this process, for `trainer bench --shards`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod amp;
 pub mod batch_norm;
 pub mod bench;
 pub mod checkpoint;

@@ -138,7 +138,8 @@ fn run(model: &ResNet, x: &TensorData, labels: &[u32], classes: usize, device: &
 /// Builds `config` on `reference` (seeded; use `zero_init_last: false`, or the gradients of
 /// the residual branches are all zero), copies it to `target`, runs both on one random
 /// batch of `[batch, 3, size, size]` and returns every difference. Both devices must record
-/// gradients (`.autodiff()`).
+/// gradients (`.autodiff()`). `compute`: the float type the (reference, target) models'
+/// convolutions and classifier compute in (amp, [`crate::amp`]).
 pub fn compare_devices(
     config: &ResNetConfig,
     batch: usize,
@@ -146,10 +147,12 @@ pub fn compare_devices(
     seed: u64,
     reference: &Device,
     target: &Device,
+    compute: [Option<FloatDType>; 2],
 ) -> Result<Vec<Difference>, crate::resnet::ConfigError> {
     reference.seed(seed);
-    let a = config.init(reference)?;
-    let b = copy_params(&a, config.init(target)?);
+    let mut a = config.init(reference)?;
+    let mut b = copy_params(&a, config.init(target)?);
+    (a.compute, b.compute) = (compute[0], compute[1]);
     let x = Tensor::<4>::random(
         [batch, 3, size, size],
         Distribution::Normal(0.0, 1.0),
@@ -205,11 +208,42 @@ mod tests {
     #[test]
     fn same_backend_after_copy_is_bit_identical() {
         let device = Device::flex().autodiff();
-        let diffs = compare_devices(&small(), 2, 8, 3, &device, &device).expect("config");
+        let diffs =
+            compare_devices(&small(), 2, 8, 3, &device, &device, [None; 2]).expect("config");
         assert!(diffs.len() >= 8, "{diffs:?}");
         for d in diffs.into_iter().skip(1) {
             assert_eq!(d.relative, 0.0, "{d:?}");
             assert!(d.reference_norm > 0.0, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn amp_against_f32_differs_by_bf16_rounding_only() {
+        let device = Device::flex().autodiff();
+        let diffs = compare_devices(
+            &small(),
+            4,
+            16,
+            3,
+            &device,
+            &device,
+            [None, Some(crate::amp::COMPUTE)],
+        )
+        .expect("config");
+        // Logits in f32 (the master type); forward and loss as close as bf16's 8-bit mantissa
+        // allows. Gradients of the early convolutions differ by tens of percent, as under
+        // PyTorch's autocast: timm's resnet18 (zero_init_last off), 64 images of 32 px, BCE,
+        // autocast bf16 against f32 on the CPU, torch 2.15: logits 0.041, conv1.weight 0.41,
+        // bn1.weight 0.46, layer1.0.conv1.weight 0.40, layer4.1.conv2.weight 0.23,
+        // fc.weight 0.0086 (relative). BN's backward cancels most of each gradient.
+        assert!(diffs[0].name.contains("F32 vs F32"), "{}", diffs[0].name);
+        let bound = |name: &str| match name {
+            "logits/train" | "logits/eval" => 5e-2,
+            "loss" | "grad/fc.weight" => 2e-2,
+            _ => 0.6,
+        };
+        for d in diffs.iter().skip(1) {
+            assert!(d.relative > 0.0 && d.relative < bound(&d.name), "{d:?}");
         }
     }
 

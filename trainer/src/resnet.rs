@@ -10,10 +10,11 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::module::adaptive_avg_pool2d;
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, FloatDType, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::amp;
 use crate::batch_norm::BatchNorm;
 
 /// Which ResNet to build.
@@ -144,6 +145,7 @@ impl ResNetConfig {
             layer4,
             // PyTorch's default Linear initialization, which timm leaves in place.
             fc: LinearConfig::new(in_ch, self.num_classes).init(device),
+            compute: None,
         };
         // burn draws a parameter's values lazily, when it is first read; draw them all now, in
         // module order, so that a seed gives the same weights whatever reads them first (a
@@ -245,15 +247,16 @@ impl Block {
     }
 
     /// `masks`: the key of this block's drop-path draws (see [`ResNet::forward_with`]).
-    fn forward(&self, x: Tensor<4>, masks: Option<u64>) -> Tensor<4> {
+    /// `compute`: the convolutions' float type ([`crate::amp`]).
+    fn forward(&self, x: Tensor<4>, masks: Option<u64>, compute: Option<FloatDType>) -> Tensor<4> {
         let shortcut = match &self.downsample {
-            Some(d) => d.bn.forward(d.conv.forward(x.clone())),
+            Some(d) => d.bn.forward(amp::conv(&d.conv, x.clone(), compute)),
             None => x.clone(),
         };
-        let y = relu(self.bn1.forward(self.conv1.forward(x)));
-        let mut y = self.bn2.forward(self.conv2.forward(y));
+        let y = relu(self.bn1.forward(amp::conv(&self.conv1, x, compute)));
+        let mut y = self.bn2.forward(amp::conv(&self.conv2, y, compute));
         if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
-            y = bn3.forward(conv3.forward(relu(y)));
+            y = bn3.forward(amp::conv(conv3, relu(y), compute));
         }
         relu(drop_path(y, self.drop_path, masks) + shortcut)
     }
@@ -321,6 +324,10 @@ pub struct ResNet {
     pub layer4: Vec<Block>,
     /// Classifier.
     pub fc: Linear,
+    /// The float type the convolutions and the classifier compute in ([`crate::amp`]);
+    /// `None`: the parameters' own. Not saved: a run's precision is set each time it starts.
+    #[module(skip)]
+    pub compute: Option<FloatDType>,
 }
 
 impl ResNet {
@@ -403,15 +410,15 @@ impl ResNet {
     /// alone, not on the backend's generator, which every thread and device of the process
     /// shares (a rank's masks are then the same on one device or several, and after a resume).
     pub fn forward_with(&self, x: Tensor<4>, masks: Option<u64>) -> Tensor<2> {
-        let mut x = relu(self.bn1.forward(self.conv1.forward(x)));
+        let mut x = relu(self.bn1.forward(amp::conv(&self.conv1, x, self.compute)));
         if let Some(pool) = &self.maxpool {
             x = pool.forward(x);
         }
         for (i, block) in self.blocks().enumerate() {
-            x = block.forward(x, masks.map(|k| mix_key(k, i as u64)));
+            x = block.forward(x, masks.map(|k| mix_key(k, i as u64)), self.compute);
         }
         let x = adaptive_avg_pool2d(x, [1, 1]).flatten::<2>(1, 3);
-        self.fc.forward(x)
+        amp::linear(&self.fc, x, self.compute)
     }
 }
 

@@ -48,8 +48,9 @@ pub struct TrainOptions {
     /// Devices: one, or several CUDA devices that share the recipe's ranks
     /// ([`crate::replicas`]); the first evaluates and saves.
     pub devices: Vec<DeviceKind>,
-    /// Float precision.
-    pub precision: Precision,
+    /// Float precision: `--dtype` when given; `None`: the recipe's `amp` decides
+    /// ([`Precision::resolve`]).
+    pub precision: Option<Precision>,
     /// Stop after this many steps in all (the schedule still spans the recipe's epochs).
     pub max_steps: Option<u64>,
     /// Start a new run from these timm-named safetensors weights (timm's `--initial-checkpoint`
@@ -201,10 +202,14 @@ pub fn train(
     if placement.devices.len() > 1 {
         crate::replicas::check_nccl()?;
     }
+    let (precision, note) = Precision::resolve(options.precision, config.amp, placement.devices[0]);
+    if let Some(note) = note {
+        on_event(Event::Note(note));
+    }
     let devices = placement
         .devices
         .iter()
-        .map(|d| Ok(d.device(options.precision)?.autodiff()))
+        .map(|d| Ok(d.device(precision)?.autodiff()))
         .collect::<Result<Vec<_>, TrainError>>()?;
     let device = devices[0].clone();
     device.seed(config.seed);
@@ -214,7 +219,7 @@ pub fn train(
     // The optimizer's groups are keyed by parameter id: build it after the checkpoint's ids
     // are in place.
     let lamb = |model: &ResNet| TimmLamb::new(&LambOptions::timm(config.weight_decay), model);
-    let (model, optimizer, state) = match &existing {
+    let (mut model, optimizer, state) = match &existing {
         Some(dir) => {
             let state = checkpoint::read_state(dir)?;
             if state.config != recipe_text {
@@ -265,6 +270,7 @@ pub fn train(
             (model, optimizer, state)
         }
     };
+    model.compute = precision.compute();
     let metrics_path = options.out.join("metrics.jsonl");
     let mut metrics = open_metrics(&metrics_path, state.steps_done)?;
 

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 use predicates::str::contains;
 
+mod common;
+
 fn trainer() -> Command {
     let mut c = Command::cargo_bin("trainer").unwrap();
     // A refusal must come at once, not after a model build or a loader's reconnect timeout.
@@ -288,4 +290,34 @@ fn eval_reports_every_set_in_one_table_with_real_where_the_names_are_imagenets()
         .assert()
         .code(2)
         .stderr(contains("has 2 entries"));
+}
+
+#[test]
+fn amp_from_the_recipe_or_the_flags_is_said_once_with_what_it_does_on_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = three_classes(dir.path());
+    let train = |out: &str, flags: &[&str]| {
+        let assert = trainer()
+            .args(["train", "--config"])
+            .arg(configs().join("smoke.toml"))
+            .arg("--shards")
+            .arg(&shards)
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .args(common::TINY_FLAGS)
+            .args(["--max-steps", "1", "-j", "1"])
+            .args(flags)
+            .assert()
+            .success();
+        String::from_utf8_lossy(&assert.get_output().stderr).into_owned()
+    };
+    let amp = train("amp", &["--amp"]);
+    assert_eq!(amp.matches("amp on the CPU").count(), 1, "{amp}");
+    let pure = train("pure", &["--amp", "--dtype", "f32"]);
+    assert!(
+        pure.contains("the recipe says amp = true; --dtype f32 trains in pure f32 instead"),
+        "{pure}"
+    );
+    let plain = train("plain", &[]);
+    assert!(!plain.contains("amp"), "{plain}");
 }

@@ -2,13 +2,11 @@
 //! interrupted run resumes, finished runs and their extra-set scores are reused, a run of
 //! another recipe is refused, and the table groups seeds as replicates.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use assert_cmd::Command;
 use predicates::str::contains;
 
-// The test files share `common`; this one uses its dataset and losses only.
-#[allow(dead_code)]
 mod common;
 
 fn trainer() -> Command {
@@ -19,25 +17,6 @@ fn trainer() -> Command {
 
 fn smoke() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke.toml")
-}
-
-/// The smoke recipe shrunk to the 3-class test dataset: 16 px, an eighth of the width,
-/// 4 images per rank.
-const TINY: [&str; 10] = [
-    "--num-classes",
-    "3",
-    "--img-size",
-    "16",
-    "--test-img-size",
-    "16",
-    "-b",
-    "4",
-    "--width",
-    "0.125",
-];
-
-fn losses(run: &Path) -> Vec<(u64, f64)> {
-    common::losses(run)
 }
 
 #[test]
@@ -56,7 +35,7 @@ fn a_seed_study_runs_resumes_reuses_and_groups_its_seeds() {
             .arg(format!("again={}:val", shards.display()))
             .arg("--out")
             .arg(&study)
-            .args(TINY)
+            .args(common::TINY_FLAGS)
             .args(extra);
         c
     };
@@ -68,7 +47,7 @@ fn a_seed_study_runs_resumes_reuses_and_groups_its_seeds() {
         .arg(&shards)
         .args(["-j", "2", "--max-steps", "1", "--seed", "0", "--out"])
         .arg(study.join("seed=0"))
-        .args(TINY)
+        .args(common::TINY_FLAGS)
         .assert()
         .success();
 
@@ -118,7 +97,10 @@ fn a_seed_study_runs_resumes_reuses_and_groups_its_seeds() {
     let mean = (score(&runs[0], "val", "top1") + score(&runs[1], "val", "top1")) / 2.0;
     assert!((val_top1["stats"]["mean"].as_f64().unwrap() - mean).abs() < 1e-9);
     // The seed reached the runs: their losses differ.
-    let (a, b) = (losses(&study.join("seed=0")), losses(&study.join("seed=1")));
+    let (a, b) = (
+        common::losses(&study.join("seed=0")),
+        common::losses(&study.join("seed=1")),
+    );
     assert_eq!((a.len(), b.len()), (2, 2));
     assert_ne!(a, b, "seed 0 and seed 1 trained alike");
     for file in ["study.txt", "study.json", "study.png"] {

@@ -17,7 +17,7 @@ pub struct BenchArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
-    /// Float type of parameters and activations.
+    /// Float types: f32, bf16 (everything), amp (f32 weights, bf16 convolutions and classifier).
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Precision,
     /// Images per step (timm's --batch-size).

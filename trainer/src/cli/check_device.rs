@@ -18,10 +18,15 @@ pub struct CheckArgs {
     /// Device under test.
     #[arg(long, default_value = "cuda")]
     pub device: DeviceKind,
-    /// Reference device (always f32).
+    /// Reference device.
     #[arg(long, default_value = "cpu")]
     pub reference: DeviceKind,
-    /// Float type on the device under test.
+    /// Float types on the reference (f32, or amp to compare amp with amp: the same bf16
+    /// roundings, so only the devices' arithmetic differs).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub reference_dtype: Precision,
+    /// Float types on the device under test: f32, bf16 (everything), amp (f32 weights, bf16
+    /// convolutions and classifier); the reference is f32.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Precision,
     /// Images in the batch.
@@ -46,13 +51,26 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
         zero_init_last: false,
         ..a.model.config()?
     };
-    let reference = a.reference.device(Precision::F32)?.autodiff();
+    let reference = a.reference.device(a.reference_dtype)?.autodiff();
     let target = a.device.device(a.dtype)?.autodiff();
-    let diffs =
-        numerics::compare_devices(&config, a.batch, a.img_size, a.seed, &reference, &target)?;
+    let diffs = numerics::compare_devices(
+        &config,
+        a.batch,
+        a.img_size,
+        a.seed,
+        &reference,
+        &target,
+        [a.reference_dtype.compute(), a.dtype.compute()],
+    )?;
     println!(
-        "{} batch {} at {}px, {} {:?} against {} f32 (relative = |a-b|/|a|):",
-        a.model.model, a.batch, a.img_size, a.device, a.dtype, a.reference
+        "{} batch {} at {}px, {} {} against {} {} (relative = |a-b|/|a|):",
+        a.model.model,
+        a.batch,
+        a.img_size,
+        a.device,
+        a.dtype.name(),
+        a.reference,
+        a.reference_dtype.name()
     );
     let mut worst = 0.0f64;
     for d in &diffs {

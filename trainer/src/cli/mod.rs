@@ -99,9 +99,11 @@ pub struct RunArgs {
     /// libnccl.so). Checkpoints do not depend on the device count: --resume may change it.
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub devices: Vec<DeviceKind>,
-    /// Float type of parameters and activations.
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: Precision,
+    /// Float types: f32; bf16 (everything, the weights too); amp (timm's --amp in bf16: f32
+    /// weights, gradients and optimizer state, bf16 convolutions and classifier, f32 batch
+    /// norm and loss). Default: amp when the recipe says amp = true, else f32.
+    #[arg(long, value_enum)]
+    pub dtype: Option<Precision>,
     /// Stop after this many steps in all (the LR schedule still spans the recipe's epochs).
     #[arg(long)]
     pub max_steps: Option<u64>,

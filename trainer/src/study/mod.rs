@@ -241,8 +241,8 @@ pub struct StudyOptions {
     pub data: DataSource,
     /// Devices of each run ([`crate::train::TrainOptions::devices`]).
     pub devices: Vec<DeviceKind>,
-    /// Float precision.
-    pub precision: Precision,
+    /// Float precision (`None`: each run's recipe decides, as in [`TrainOptions::precision`]).
+    pub precision: Option<Precision>,
     /// Steps per run at most.
     pub max_steps: Option<u64>,
     /// Extra eval sets, each scored on every run's last checkpoint.
@@ -458,7 +458,8 @@ fn score_sets(
             out.extend(set_scores(&c.score));
             continue;
         }
-        let device = o.devices[0].device(o.precision)?.autodiff();
+        let (precision, _) = Precision::resolve(o.precision, config.amp, o.devices[0]);
+        let device = o.devices[0].device(precision)?.autodiff();
         if model.is_none() {
             let latest =
                 checkpoint::latest(dir).ok_or_else(|| StudyError::NoFinalEval(dir.into()))?;
@@ -472,7 +473,9 @@ fn score_sets(
                     name: name.to_owned(),
                     source: Box::new(e.into()),
                 })?;
-            model = Some(checkpoint::load_model(&latest, fresh)?);
+            let mut loaded = checkpoint::load_model(&latest, fresh)?;
+            loaded.compute = precision.compute();
+            model = Some(loaded);
         }
         let Some(m) = model.as_ref() else { continue };
         let jobs = DataJobs::try_from(config).map_err(|e| StudyError::Run {

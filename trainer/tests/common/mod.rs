@@ -1,5 +1,7 @@
 //! What the run tests share: a small packed dataset, the tiny smoke recipe, the options of a
 //! run, and the losses a run wrote.
+// Each test file compiles this module on its own and uses a part of it.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
@@ -63,7 +65,7 @@ pub fn options(
         out,
         resume,
         devices: vec![DeviceKind::Cpu],
-        precision: Precision::F32,
+        precision: Some(Precision::F32),
         max_steps: Some(max_steps),
         digests: false,
     }
@@ -80,3 +82,18 @@ pub fn losses(out: &Path) -> Vec<(u64, f64)> {
         })
         .collect()
 }
+
+/// `trainer` flags that shrink the smoke recipe to [`dataset`]: 3 classes, 16 px, an eighth of
+/// the width, 4 images per rank (as [`tiny_recipe`], without its drop-path).
+pub const TINY_FLAGS: [&str; 10] = [
+    "--num-classes",
+    "3",
+    "--img-size",
+    "16",
+    "--test-img-size",
+    "16",
+    "-b",
+    "4",
+    "--width",
+    "0.125",
+];
