@@ -1,8 +1,11 @@
 /*!
 The client library: attach to a loader daemon and read batches in place.
 
-[`Client::next_batch`] returns a [`Batch`] that borrows the ring slot; dropping it releases the
-slot to the daemon. If the daemon goes away (a crash, `kill -9`, a restart by systemd), the
+[`Client::next_batch`] returns a [`Batch`] that holds the ring slot; dropping it releases the
+slot to the daemon. A batch owns what it needs (the ring's mapping, the way to the daemon), so
+it may be moved to another thread or handed to a device upload that drops it when the copy is
+done ([`Batch`] is `Send + 'static`); the caller must hold fewer batches than the ring has
+slots, or the daemon has nowhere to put the next one. If the daemon goes away (a crash, `kill -9`, a restart by systemd), the
 client reconnects with backoff and asks for the batch it has not yet consumed, so the stream it
 sees is exactly the uninterrupted one (DESIGN.md invariant 1). Blocking std I/O: the trainer
 reads one batch at a time, and the daemon is already working ahead on the other slots.
@@ -12,6 +15,7 @@ use std::io::{IoSliceMut, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
@@ -103,10 +107,13 @@ pub struct ClientOptions {
 
 /// One open stream.
 struct Connection {
+    /// Replies are read here.
     stream: UnixStream,
+    /// The same socket, for the releases that batches send when dropped (on any thread).
+    releases: Arc<Mutex<UnixStream>>,
     /// Replies read past the last one returned stay here.
     frames: FrameReader<Reply>,
-    ring: RingView,
+    ring: Arc<RingView>,
     steps_per_epoch: u64,
     split: SplitInfo,
 }
@@ -124,10 +131,10 @@ pub struct Client {
 }
 
 /// A batch in a ring slot; released to the daemon when dropped.
-pub struct Batch<'a> {
-    stream: &'a mut UnixStream,
+pub struct Batch {
+    ring: Arc<RingView>,
+    releases: Arc<Mutex<UnixStream>>,
     slot: u32,
-    data: SlotRef<'a>,
     /// The batch's position.
     pub position: Position,
     /// Samples in it.
@@ -136,28 +143,50 @@ pub struct Batch<'a> {
     pub replaced: Vec<(u32, u32)>,
 }
 
-impl Batch<'_> {
+impl Batch {
+    /// The slot's contents ([`Client::next_batch`] checked that the slot exists).
+    fn data(&self) -> Option<SlotRef<'_>> {
+        self.ring.slot(self.slot)
+    }
+
     /// `count` images, NHWC uint8.
     pub fn images(&self) -> &[u8] {
-        let per = self.data.images.len() / self.data.labels.len().max(1);
-        &self.data.images[..per * self.count]
+        self.data().map_or(&[], |d| {
+            let per = d.images.len() / d.labels.len().max(1);
+            &d.images[..per * self.count]
+        })
     }
 
     /// One label per image.
     pub fn labels(&self) -> &[u32] {
-        &self.data.labels[..self.count]
+        self.data().map_or(&[], |d| &d.labels[..self.count])
     }
 
     /// The record each image was made from.
     pub fn ids(&self) -> &[u32] {
-        &self.data.ids[..self.count]
+        self.data().map_or(&[], |d| &d.ids[..self.count])
+    }
+
+    /// The whole ring this batch lies in (every slot): what a GPU runtime registers once as
+    /// page-locked memory so that each batch can be copied to the device without staging.
+    pub fn ring_memory(&self) -> &[u8] {
+        self.ring.memory()
+    }
+
+    /// The ring's mapping itself, for a holder that must outlive every batch of it (one that
+    /// registered the memory with a GPU runtime unregisters it before the last holder unmaps).
+    pub fn ring(&self) -> Arc<RingView> {
+        Arc::clone(&self.ring)
     }
 }
 
-impl Drop for Batch<'_> {
+impl Drop for Batch {
     fn drop(&mut self) {
-        // If the daemon is gone the release is moot: the next call reconnects.
-        let _ = protocol::write_frame(self.stream, &Request::Release { slot: self.slot });
+        // If the daemon is gone the release is moot: the next call reconnects. A poisoned lock
+        // means another release panicked mid-write; the stream is then past saving anyway.
+        if let Ok(mut stream) = self.releases.lock() {
+            let _ = protocol::write_frame(&mut *stream, &Request::Release { slot: self.slot });
+        }
     }
 }
 
@@ -204,7 +233,7 @@ impl Client {
     }
 
     /// The next batch, or `None` once the requested epochs are done.
-    pub fn next_batch(&mut self) -> Result<Option<Batch<'_>>, ClientError> {
+    pub fn next_batch(&mut self) -> Result<Option<Batch>, ClientError> {
         if self.finished {
             return Ok(None);
         }
@@ -265,16 +294,12 @@ impl Client {
             .conn
             .as_mut()
             .ok_or_else(|| ProtocolError::Malformed("connection lost".into()))?;
-        let data = conn
-            .ring
-            .slot(slot)
-            .ok_or_else(|| ProtocolError::Malformed(format!("slot {slot}")))?;
         let batch_size = conn.ring.layout().batch_size as usize;
         self.next = position.next(conn.steps_per_epoch);
         Ok(Some(Batch {
-            stream: &mut conn.stream,
+            ring: Arc::clone(&conn.ring),
+            releases: Arc::clone(&conn.releases),
             slot,
-            data,
             position,
             count: (count as usize).min(batch_size),
             replaced,
@@ -398,7 +423,8 @@ fn open(o: &ClientOptions, start: Position) -> Result<Connection, ClientError> {
             },
             Some(fd),
         ) => Ok(Connection {
-            ring: RingView::attach(fd, layout)?,
+            ring: Arc::new(RingView::attach(fd, layout)?),
+            releases: Arc::new(Mutex::new(stream.try_clone().map_err(ProtocolError::from)?)),
             stream,
             frames,
             steps_per_epoch,

@@ -385,6 +385,11 @@ impl RingView {
         &self.layout
     }
 
+    /// The whole mapping: header and every slot.
+    pub fn memory(&self) -> &[u8] {
+        &self.map[..]
+    }
+
     /// Slot `slot`, or `None` if out of range.
     pub fn slot(&self, slot: u32) -> Option<SlotRef<'_>> {
         if slot >= self.layout.slots {

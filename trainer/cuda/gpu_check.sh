@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs on a GPU host, from the repository root, with the bundle that trainer/cuda/build.sh
 # made in target/gpu-bundle/: our logits against timm's on the same weights, CUDA-vs-CPU
-# numerics, then our A1 step against PyTorch + timm's on the same card in f32, amp and bf16. Each part has its own time limit so that one slow part
-# cannot eat the others. Results: stdout, and $OUT (or /tmp/gpu-out) for the full logs.
+# numerics, our A1 step against PyTorch + timm's on the same card in amp, bf16 and f32, the
+# upload from the loader's ring, device memory over 200 steps, 300 steps of A3, the ranks.
+# Each part has its own time limit so that one slow part cannot eat the others. Results: stdout, and $OUT (or /tmp/gpu-out) for the full logs.
 set -uo pipefail
 out=${OUT:-/tmp/gpu-out}
 mkdir -p "$out"
@@ -27,27 +28,52 @@ part() { # name seconds command...
     echo "=== $name: rc=$rc in $(( ($(date +%s%N) - s) / 1000000 )) ms"
 }
 # Same weights, same probe batch: our eval logits (CPU) against timm's in float64.
-part timm_logits 60 bash -c "'$t' export --no-zero-init-last '$work/w.safetensors' && \
+# The run has 600 s at most: the parts come in the order they matter, each with its own cap,
+# so that a slow or failing one costs only itself and what the outer limit cuts is the least
+# needed. Data for (d) and (f): target/gpu-data/imagenet-192 (trainer/cuda/gpu_data.sh; carry it).
+data=target/gpu-data/imagenet-192
+# (b) Same weights, same probe batch: our eval logits (CPU) against timm's in float64.
+part timm_logits 30 bash -c "'$t' export --no-zero-init-last '$work/w.safetensors' && \
     '$t' logits --weights '$work/w.safetensors' > '$work/ours.json' && \
     python3 trainer/benches/timm_logits.py '$work/w.safetensors' '$work/ours.json'"
-part check_f32 70 "$t" check-device --device cuda --batch 8 --img-size 64
-# (c) The A1 step at batch 256: amp (the recipes' precision; PyTorch's autocast, eager and
-# compiled), then pure bf16 and f32. Ratios: ours / torch's samples/s in the summary lines.
-part bench_amp 120 "$t" bench --device cuda --dtype amp --batch 256 --warmup 3 --steps 10 --json
-part torch_amp 45 python3 trainer/benches/torch_step.py --dtype amp --batch 256 --warmup 5 --steps 20
-part torch_amp_compile 90 python3 trainer/benches/torch_step.py --dtype amp --compile --batch 256 --warmup 5 --steps 20
-part bench_bf16 100 "$t" bench --device cuda --dtype bf16 --batch 256 --warmup 3 --steps 10 --json
-part torch_bf16 45 python3 trainer/benches/torch_step.py --dtype bf16 --batch 256 --warmup 5 --steps 20
-part bench_f32 100 "$t" bench --device cuda --dtype f32 --batch 256 --warmup 3 --steps 10 --json
-part torch_f32 40 python3 trainer/benches/torch_step.py --dtype f32 --batch 256 --warmup 5 --steps 20
-# (a) bf16 against f32; amp against the CPU's amp (the same roundings: only the arithmetic differs).
-part check_bf16 40 "$t" check-device --device cuda --dtype bf16 --tolerance 5e-2 --batch 8 --img-size 64
-part check_amp 40 "$t" check-device --device cuda --dtype amp --reference-dtype amp --tolerance 5e-2 --batch 8 --img-size 64
+# (a) CUDA against the CPU: f32; amp against the CPU's amp (the same roundings: only the
+# arithmetic differs); pure bf16 against f32.
+part check_f32 40 "$t" check-device --device cuda --batch 8 --img-size 64
+part check_amp 25 "$t" check-device --device cuda --dtype amp --reference-dtype amp --tolerance 5e-2 --batch 8 --img-size 64
+part check_bf16 20 "$t" check-device --device cuda --dtype bf16 --tolerance 5e-2 --batch 8 --img-size 64
+# (c) The A1 step at batch 256 in amp (the recipes' precision) against PyTorch's autocast,
+# eager and compiled. Ratios: ours / torch's samples/s in the summary lines.
+part bench_amp 90 "$t" bench --device cuda --dtype amp --batch 256 --warmup 3 --steps 10 --json
+part torch_amp 35 python3 trainer/benches/torch_step.py --dtype amp --batch 256 --warmup 5 --steps 20
+part torch_amp_compile 60 python3 trainer/benches/torch_step.py --dtype amp --compile --batch 256 --warmup 5 --steps 20
+# (d) The upload: batches through the loader's ring, each slot page-locked and copied by DMA
+# (host copies 0 MB per step) against the loader core's batches in process memory (our copy
+# plus cubecl's pinned staging).
+if [[ -d $data ]]; then
+    part upload_ring 45 "$t" bench --device cuda --dtype amp --batch 256 --shards "$data" --transform a3 -j 12 --ring --warmup 3 --steps 20
+    part upload_copied 40 "$t" bench --device cuda --dtype amp --batch 256 --shards "$data" --transform a3 -j 12 --warmup 3 --steps 20
+fi
+# (e) Device memory after 200 steps against after 20 (burn #5212: memory growing in training).
+part memory_200 50 "$t" bench --device cuda --dtype amp --batch 256 --warmup 3 --steps 200 --json
+# (f) configs/a3.toml at 160 px, 300 steps on one GPU through the in-process loader's rings
+# (one rank of 256), the loss going down: first and last lines of its metrics.
+if [[ -d $data ]]; then
+    part a3_300 90 "$t" train --config configs/a3.toml --shards "$data" -j 12 --device cuda \
+        --world-size 1 --val-split train --eval-interval 50 --max-steps 300 --out "$work/a3"
+    cp "$work/a3/metrics.jsonl" "$out/a3_metrics.jsonl" 2>/dev/null
+fi
 # (g) The ranks: 2 virtual ranks of 64 against one rank of 128, then the same 2 ranks through a
 # one-GPU DistributedContext (NCCL all-reduce in backward, as --devices on several GPUs).
-part ranks_nccl 120 "$t" bench --device cuda --batch 64 --world-size 2 --distributed --warmup 2 --steps 5
+part ranks_nccl 45 "$t" bench --device cuda --batch 64 --world-size 2 --distributed --warmup 2 --steps 5
+# (c, continued) Pure bf16 and f32, both sides.
+part bench_bf16 45 "$t" bench --device cuda --dtype bf16 --batch 256 --warmup 3 --steps 10 --json
+part torch_bf16 25 python3 trainer/benches/torch_step.py --dtype bf16 --batch 256 --warmup 5 --steps 20
+part bench_f32 45 "$t" bench --device cuda --dtype f32 --batch 256 --warmup 3 --steps 10 --json
+part torch_f32 25 python3 trainer/benches/torch_step.py --dtype f32 --batch 256 --warmup 5 --steps 20
 echo "=== summary"
-grep -h '^{' "$out"/bench_*.log "$out"/torch_*.log 2>/dev/null
+grep -h '^{' "$out"/bench_*.log "$out"/torch_*.log "$out"/memory_200.log 2>/dev/null
+grep -h "host copies" "$out"/upload_*.log 2>/dev/null
 grep -h "worst" "$out"/check_*.log 2>/dev/null
 grep -h '"relative"' "$out"/timm_logits.log 2>/dev/null
 grep -h "ranks of\|DistributedContext" "$out"/ranks_nccl.log 2>/dev/null
+[[ -f $out/a3_metrics.jsonl ]] && grep '"kind":"step"' "$out/a3_metrics.jsonl" | sed -n '1p;$p' 

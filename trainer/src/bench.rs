@@ -4,6 +4,7 @@
 //! a uint8 batch, mixes, normalizes, runs forward, BCE, backward and timm's LAMB. The first
 //! steps (kernel compilation, autotuning) are timed apart from the steady state.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::Device;
@@ -18,6 +19,7 @@ use crate::ranks::VirtualRanks;
 use crate::replicas::{Collective, Replicas};
 use crate::resnet::ResNetConfig;
 use crate::step::{HostBatch, PhaseTimes, StepError, TrainStep};
+use crate::upload::{Pixels, Uploader};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -52,6 +54,16 @@ pub struct BenchOptions {
 pub enum BatchSource {
     /// Random uint8 batches made once and held in memory: pure training-step speed.
     Synthetic,
+    /// The loader's rings and client, a loader started in process on packed shards: the
+    /// trainer's own path, each slot shared with its upload without a host copy.
+    Ring {
+        /// Dataset directory made by `shard-tool pack`.
+        path: std::path::PathBuf,
+        /// Loader transform; sets the image size.
+        transform: loader::TransformSpec,
+        /// Loader worker threads.
+        threads: usize,
+    },
     /// The loader core in process, on packed shards: pipeline speed.
     Shards {
         /// Dataset directory made by `shard-tool pack`.
@@ -92,6 +104,13 @@ pub struct BenchReport {
     pub data_wait_s: f64,
     /// Loss of the last step (a sanity check: finite).
     pub last_loss: f64,
+    /// Bytes copied on the host per timed step on the way to the device, by us and by the
+    /// backend's staging, the DMA itself not counted ([`crate::upload`]).
+    pub host_bytes_per_step: f64,
+    /// Bytes of pixels per step, for scale.
+    pub pixel_bytes_per_step: usize,
+    /// What the upload had to say (a ring that could not be page-locked).
+    pub upload_note: Option<String>,
     /// Bytes the device's allocator holds at the end, where the backend reports it.
     pub device_bytes_reserved: Option<u64>,
     /// Milliseconds per step in each phase, from a few more steps with the device synchronized
@@ -144,6 +163,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     model.compute = options.precision.compute();
     // A1's optimizer: timm's Lamb with weight decay 0.01.
     let optimizer = TimmLamb::new(&LambOptions::timm(0.01), &model);
+    let upload = Arc::new(Uploader::new(options.device));
     let step = TrainStep {
         model: Some(model),
         optimizer,
@@ -152,6 +172,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
             target_thresh: Some(0.2),
         },
         seed: options.seed,
+        upload: Arc::clone(&upload),
     };
     let ranks = options.ranks.max(1);
     if ranks > 1 && !matches!(options.source, BatchSource::Synthetic) {
@@ -191,7 +212,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     let phase_steps = if ranks == 1 { options.steps.min(5) } else { 0 };
     let total = (options.warmup + options.steps + phase_steps) as u64;
     let feed = match &options.source {
-        BatchSource::Synthetic => None,
+        BatchSource::Synthetic | BatchSource::Ring { .. } => None,
         BatchSource::Shards {
             path,
             transform,
@@ -205,12 +226,49 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
             total,
         )?),
     };
-    let img_size = feed.as_ref().map_or(options.img_size, |f| f.img_size);
+    // The ring: a loader in this process serving the shards, read as the trainer reads.
+    let ring = match &options.source {
+        BatchSource::Ring {
+            path,
+            transform,
+            threads,
+        } => {
+            let batch_size = u32::try_from(options.batch)
+                .map_err(|_| BenchError::Execution(format!("batch {}", options.batch)))?;
+            let batches = crate::data::DataSource::Shards {
+                dir: path.clone(),
+                workers: u32::try_from(*threads).unwrap_or(u32::MAX),
+            }
+            .open()
+            .map_err(|e| BenchError::Execution(e.to_string()))?;
+            let client = loader::client::Client::connect(loader::client::ClientOptions {
+                socket: batches.socket().to_path_buf(),
+                job_id: format!("bench-{}", std::process::id()),
+                job: loader::JobSpec::single("train", *transform, options.seed, batch_size),
+                start: loader::job::Position::default(),
+                epochs: None,
+                slots: None,
+                reconnect_timeout: std::time::Duration::from_secs(30),
+            })
+            .map_err(|e| BenchError::Execution(e.to_string()))?;
+            Some((
+                batches,
+                std::cell::RefCell::new(client),
+                transform.img_size() as usize,
+            ))
+        }
+        _ => None,
+    };
+    let img_size = match (&feed, &ring) {
+        (Some(f), _) => f.img_size,
+        (None, Some((_, _, side))) => *side,
+        (None, None) => options.img_size,
+    };
     let shape = [options.batch, img_size, img_size];
     // Synthetic: a few distinct batches so that nothing is cached between steps.
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
     let pixels_per_batch = options.batch * img_size * img_size * 3;
-    let batches: Vec<(Vec<u8>, Vec<u32>)> = if feed.is_some() {
+    let batches: Vec<(Vec<u8>, Vec<u32>)> = if feed.is_some() || ring.is_some() {
         Vec::new()
     } else {
         (0..4.max(ranks))
@@ -231,14 +289,37 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         |from: usize, count: usize, profile: bool| -> Result<(f64, f64), BenchError> {
             let (mut loss, mut wait) = (None, 0.0f64);
             for i in from..from + count {
-                let l = if let Some(feed) = &feed {
+                let l = if let Some((_, client, _)) = &ring {
+                    let t = Instant::now();
+                    let slot = client
+                        .borrow_mut()
+                        .next_batch()
+                        .map_err(|e| BenchError::Execution(e.to_string()))?
+                        .ok_or_else(|| {
+                            BenchError::Execution("the loader stopped before the last step".into())
+                        })?;
+                    wait += t.elapsed().as_secs_f64();
+                    let slot = Arc::new(slot);
+                    let batch = HostBatch {
+                        pixels: Pixels::Slot(Arc::clone(&slot)),
+                        shape,
+                        labels: slot.labels(),
+                        step: i as u64,
+                    };
+                    step.as_mut().ok_or(StepError::Poisoned)?.run_timed(
+                        &batch,
+                        1e-3,
+                        &device,
+                        profile.then_some(&mut phases),
+                    )?
+                } else if let Some(feed) = &feed {
                     let t = Instant::now();
                     let fed = feed.next().ok_or_else(|| {
                         BenchError::Execution("the loader stopped before the last step".into())
                     })??;
                     wait += t.elapsed().as_secs_f64();
                     let batch = HostBatch {
-                        pixels: &fed.pixels,
+                        pixels: Pixels::Host(&fed.pixels),
                         shape,
                         labels: &fed.labels,
                         step: fed.step,
@@ -256,7 +337,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
                         .map(|r| {
                             let (pixels, labels) = &batches[(i * ranks + r) % batches.len()];
                             HostBatch {
-                                pixels,
+                                pixels: Pixels::Host(pixels),
                                 shape,
                                 labels,
                                 step: i as u64,
@@ -284,8 +365,10 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     run_steps(0, options.warmup, false)?;
     let warmup_s = start.elapsed().as_secs_f64();
     let start = Instant::now();
+    let copied_before = upload.host_bytes_copied().0;
     let (last_loss, data_wait_s) = run_steps(options.warmup, options.steps, false)?;
     let timed_s = start.elapsed().as_secs_f64();
+    let copied = upload.host_bytes_copied().0 - copied_before;
     // The phases, apart: synchronizing after each costs the overlap the timed steps had.
     if phase_steps > 0 {
         run_steps(options.warmup + options.steps, phase_steps, true)?;
@@ -305,6 +388,14 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         samples_per_s: steps_per_s * (options.batch * ranks) as f64,
         source: match &options.source {
             BatchSource::Synthetic => "synthetic".into(),
+            BatchSource::Ring {
+                path,
+                transform,
+                threads,
+            } => format!(
+                "{} through the loader's ring ({transform}, {threads} loader threads)",
+                path.display()
+            ),
             BatchSource::Shards {
                 path,
                 transform,
@@ -313,6 +404,9 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         },
         data_wait_s,
         last_loss,
+        host_bytes_per_step: copied as f64 / options.steps.max(1) as f64,
+        pixel_bytes_per_step: pixels_per_batch * ranks,
+        upload_note: upload.take_note(),
         device_bytes_reserved: device.memory_pool_usage().map(|u| u.bytes_reserved),
         phases_ms,
         phase_steps,
@@ -352,6 +446,9 @@ mod tests {
         let phases = report.phases_ms.expect("one rank times its phases");
         assert!(phases.forward > 0.0 && phases.backward > 0.0, "{phases:?}");
         assert_eq!(report.phase_steps, 2);
+        // Synthetic batches are the caller's: one host copy of their pixels per step.
+        assert_eq!(report.pixel_bytes_per_step, 4 * 16 * 16 * 3);
+        assert_eq!(report.host_bytes_per_step, 3072.0);
         let two = run(&BenchOptions {
             ranks: 2,
             ..options.clone()

@@ -2,6 +2,7 @@
 //! `validate`: resize, center crop, plain logits, the true class's rank).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::module::Module;
 use burn::tensor::Device;
@@ -11,8 +12,19 @@ use loader::job::Position;
 
 use crate::data::DataError;
 use crate::metrics::Metric;
-use crate::normalize::{BatchError, normalize, upload_pixels};
+use crate::normalize::{BatchError, normalize};
 use crate::resnet::ResNet;
+use crate::upload::{Pixels, Uploader};
+
+/// What is evaluated, where, and how its batches reach the device.
+pub struct Target<'a> {
+    /// The model (its eval-mode copy is what runs).
+    pub model: &'a ResNet,
+    /// Its device.
+    pub device: &'a Device,
+    /// The batches' way there.
+    pub upload: &'a Uploader,
+}
 
 /// Errors of an evaluation.
 #[derive(Debug, thiserror::Error)]
@@ -40,16 +52,15 @@ pub enum EvalError {
 /// telling `on_image` each image's record id and its five best classes, best first (for other
 /// label sets, such as ImageNet-ReaL's).
 pub fn evaluate(
-    model: &ResNet,
-    device: &Device,
+    target: &Target<'_>,
     socket: &Path,
     job: &JobSpec,
     step: u64,
     epoch: u32,
     on_image: &mut dyn FnMut(u32, &[u32]),
 ) -> Result<Metric, EvalError> {
-    let valid = model.valid();
-    let inner = device.clone().inner();
+    let valid = target.model.valid();
+    let inner = target.device.clone().inner();
     let mut client = Client::connect(ClientOptions {
         socket: socket.to_path_buf(),
         job_id: format!("eval-{}", std::process::id()),
@@ -63,7 +74,11 @@ pub fn evaluate(
     let side = job.transform.img_size() as usize;
     let (mut top1, mut top5, mut n) = (0u64, 0u64, 0u64);
     while let Some(batch) = client.next_batch().map_err(DataError::from)? {
-        let pixels = upload_pixels(batch.images().to_vec(), [batch.count, side, side], &inner)?;
+        let batch = Arc::new(batch);
+        let shape = [batch.count, side, side];
+        let pixels = target
+            .upload
+            .upload(&Pixels::Slot(Arc::clone(&batch)), shape, &inner)?;
         let logits = valid.forward(normalize(pixels));
         let [rows, classes] = logits.dims();
         let values: Vec<f32> = logits
@@ -199,10 +214,8 @@ impl From<crate::real::RealScore> for RealSummary {
 ///
 /// # Errors
 /// [`EvalError`] naming the set's directory or split.
-#[allow(clippy::too_many_arguments)]
 pub fn evaluate_set(
-    model: &ResNet,
-    device: &Device,
+    target: &Target<'_>,
     set: &EvalSet,
     job: &JobSpec,
     default_split: &str,
@@ -237,22 +250,14 @@ pub fn evaluate_set(
         .split(&split_name)
         .map_err(|e| dataset_err(e.chain()))?;
     let mut score = real.map(|_| crate::real::RealScore::default());
-    let m = evaluate(
-        model,
-        device,
-        batches.socket(),
-        &job,
-        0,
-        0,
-        &mut |id, best| {
-            if let (Some(real), Some(score)) = (real, score.as_mut())
-                && let Ok(record) = split.get(u64::from(id))
-                && let Some(labels) = real.of_file(record.path)
-            {
-                score.add(best, labels);
-            }
-        },
-    )?;
+    let m = evaluate(target, batches.socket(), &job, 0, 0, &mut |id, best| {
+        if let (Some(real), Some(score)) = (real, score.as_mut())
+            && let Ok(record) = split.get(u64::from(id))
+            && let Some(labels) = real.of_file(record.path)
+        {
+            score.add(best, labels);
+        }
+    })?;
     let Metric::Eval {
         top1,
         top5,

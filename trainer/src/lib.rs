@@ -39,4 +39,5 @@ pub mod schedule;
 pub mod step;
 pub mod study;
 pub mod train;
+pub mod upload;
 pub mod weights;

@@ -3,7 +3,7 @@
 //! The bytes cross to the device as uint8 (a quarter of f32's traffic); the widening,
 //! the layout change and timm's ImageNet normalization run there.
 
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bytes, DType, Device, Int, Tensor, TensorData};
 
 /// timm's `IMAGENET_DEFAULT_MEAN`, in 0..255 units.
 pub const MEAN: [f32; 3] = [0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0];
@@ -29,9 +29,10 @@ pub enum BatchError {
     },
 }
 
-/// Uploads `[n, h, w, 3]` uint8 pixels and returns `[n, 3, h, w]` floats still in 0..255.
+/// Uploads `[n, h, w, 3]` uint8 pixels and returns `[n, 3, h, w]` floats still in 0..255
+/// ([`crate::upload`] decides how the bytes are held).
 pub fn upload_pixels(
-    bytes: Vec<u8>,
+    bytes: Bytes,
     [n, h, w]: [usize; 3],
     device: &Device,
 ) -> Result<Tensor<4>, BatchError> {
@@ -45,7 +46,7 @@ pub fn upload_pixels(
             w,
         });
     }
-    let data = TensorData::from_bytes_vec(bytes, [n, h, w, 3], DType::U8);
+    let data = TensorData::from_bytes(bytes, [n, h, w, 3], DType::U8);
     // Passing the dtype keeps the upload at one byte per value.
     let pixels = Tensor::<4, Int>::from_data(data, (device, DType::U8));
     Ok(pixels.float().permute([0, 3, 1, 2]))
@@ -70,7 +71,7 @@ mod tests {
         let bytes: Vec<u8> = (0..2u8)
             .flat_map(|n| (0..2u8).flat_map(move |x| [10 * n + x, 100, 200]))
             .collect();
-        let x = upload_pixels(bytes, [2, 1, 2], &device).expect("shape");
+        let x = upload_pixels(Bytes::from_bytes_vec(bytes), [2, 1, 2], &device).expect("shape");
         assert_eq!(x.dims(), [2, 3, 1, 2]);
         let y: Vec<f32> = normalize(x).into_data().try_to_vec::<f32>().expect("f32");
         // NCHW: sample 1, channel 0, x = 1 is index 1*6 + 0*2 + 1.
@@ -82,7 +83,12 @@ mod tests {
 
     #[test]
     fn wrong_size_is_an_error_naming_the_shape() {
-        let err = upload_pixels(vec![0; 5], [1, 1, 2], &Device::flex()).expect_err("5 bytes");
+        let err = upload_pixels(
+            Bytes::from_bytes_vec(vec![0; 5]),
+            [1, 1, 2],
+            &Device::flex(),
+        )
+        .expect_err("5 bytes");
         assert!(err.to_string().contains("[1, 1, 2, 3]"), "{err}");
     }
 }

@@ -308,8 +308,11 @@ mod tests {
 
     use super::*;
     use crate::config::TrainConfig;
+    use crate::device::DeviceKind;
     use crate::lamb::{LambOptions, TimmLamb};
     use crate::resnet::ResNetConfig;
+    use crate::upload::{Pixels, Uploader};
+    use std::sync::Arc;
 
     const WORLD: usize = 4;
     const BATCH: usize = 8;
@@ -340,7 +343,7 @@ mod tests {
 
     fn host<'a>(b: &'a (Vec<u8>, Vec<u32>), step: u64) -> HostBatch<'a> {
         HostBatch {
-            pixels: &b.0,
+            pixels: Pixels::Host(&b.0),
             shape: [BATCH, SIDE, SIDE],
             labels: &b.1,
             step,
@@ -464,6 +467,7 @@ mod tests {
             mixup: config.mixup_config(),
             loss: config.loss(),
             seed: config.seed,
+            upload: Arc::new(Uploader::new(DeviceKind::Cpu)),
         };
         let mut ranks = VirtualRanks::new(step.model().expect("model"), WORLD);
         for (s, per_rank) in data.iter().enumerate().take(steps) {
@@ -486,6 +490,7 @@ mod tests {
                         mixup: config.mixup_config(),
                         loss: config.loss(),
                         seed: config.seed,
+                        upload: Arc::new(Uploader::new(DeviceKind::Cpu)),
                     };
                     one.grads(&host(b, s as u64), config.seed + r as u64, 1, &device)
                         .expect("grads")
@@ -540,6 +545,7 @@ mod tests {
             mixup: config.mixup_config(),
             loss: config.loss(),
             seed: config.seed,
+            upload: Arc::new(Uploader::new(DeviceKind::Cpu)),
         };
         let lr = 2e-3;
 
@@ -601,6 +607,7 @@ mod tests {
             mixup: config.mixup_config(),
             loss: config.loss(),
             seed: 0,
+            upload: Arc::new(Uploader::new(DeviceKind::Cpu)),
         };
         let mut ranks = VirtualRanks::new(step.model().expect("model"), 2);
         let data = batches(3);

@@ -24,6 +24,7 @@
 //! exchanged at start-up, then the same per-backward all-reduce.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
@@ -283,6 +284,7 @@ impl Replicas {
                         mixup: first.mixup.clone(),
                         loss: first.loss,
                         seed: first.seed,
+                        upload: Arc::clone(&first.upload),
                     }
                 }
             };

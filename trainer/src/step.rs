@@ -1,14 +1,17 @@
 //! One training step of the recipes, everything after the loader: upload uint8 pixels,
 //! Mixup/CutMix, normalize, forward, BCE (or cross-entropy), backward, timm's LAMB.
 
+use std::sync::Arc;
+
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 
 use crate::lamb::TimmLamb;
 use crate::loss::LossKind;
 use crate::mixup::{MixupConfig, labels_tensor};
-use crate::normalize::{BatchError, normalize, upload_pixels};
+use crate::normalize::{BatchError, normalize};
 use crate::resnet::{ResNet, mix_key};
+use crate::upload::{Pixels, Uploader};
 
 /// Model, optimizer and the per-batch ingredients of a recipe.
 pub struct TrainStep {
@@ -22,12 +25,15 @@ pub struct TrainStep {
     pub loss: LossKind,
     /// Seed of the mixing draws.
     pub seed: u64,
+    /// The pixels' way to the device (shared by the replicas of a run: one registry of
+    /// page-locked rings, one count of host copies).
+    pub upload: Arc<Uploader>,
 }
 
 /// A host batch as the loader hands it over.
 pub struct HostBatch<'a> {
     /// `[n, h, w, 3]` uint8 pixels.
-    pub pixels: &'a [u8],
+    pub pixels: Pixels<'a>,
     /// `[n, h, w]`.
     pub shape: [usize; 3],
     /// Class of each image.
@@ -187,7 +193,7 @@ impl TrainStep {
         let [_, h, w] = batch.shape;
         let params = self.mixup.draw(seed, batch.step, h, w)?;
         let mut clock = Clock::new(times, device);
-        let pixels = upload_pixels(batch.pixels.to_vec(), batch.shape, device)?;
+        let pixels = self.upload.upload(&batch.pixels, batch.shape, device)?;
         clock.lap(|t| &mut t.upload);
         let x = normalize(params.mix_pixels(pixels));
         let targets = params.targets(labels_tensor(batch.labels, device), &self.mixup);

@@ -14,6 +14,7 @@
 //! after a resume repeat an uninterrupted run's.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use loader::client::{Client, ClientOptions};
@@ -23,13 +24,14 @@ use crate::checkpoint::{self, RunState};
 use crate::config::TrainConfig;
 use crate::data::{DataError, DataJobs, DataSource, check_splits};
 use crate::device::{DeviceKind, Precision};
-use crate::eval::{EvalError, evaluate};
+use crate::eval::{EvalError, Target, evaluate};
 use crate::lamb::{LambOptions, TimmLamb};
 use crate::metrics::{Metric, MetricsError, open_metrics, write_metric};
 use crate::ranks::VirtualRanks;
 use crate::replicas::{Collective, Placement, Replicas};
 use crate::resnet::{ResNet, ResNetConfig};
 use crate::step::{HostBatch, StepError, TrainStep};
+use crate::upload::{Pixels, Uploader};
 
 /// The resolved recipe of a run, beside its checkpoints (timm writes `args.yaml`).
 pub const RECIPE_FILE: &str = "recipe.toml";
@@ -280,6 +282,7 @@ pub fn train(
         mixup: config.mixup_config(),
         loss: config.loss(),
         seed: config.seed,
+        upload: Arc::new(Uploader::new(placement.devices[0])),
     };
     let ranks = {
         let model = step.model().ok_or(StepError::Poisoned)?;
@@ -398,10 +401,12 @@ pub fn train(
             }
         }
         let lr = schedule.lr(u64::from(at.epoch), at.step, spe);
+        // Each slot is shared with its upload, which releases it once the copy is done.
+        let held: Vec<Arc<loader::client::Batch>> = held.into_iter().map(Arc::new).collect();
         let hosts: Vec<HostBatch<'_>> = held
             .iter()
             .map(|batch| HostBatch {
-                pixels: batch.images(),
+                pixels: Pixels::Slot(Arc::clone(batch)),
                 shape: [batch.count, side, side],
                 labels: batch.labels(),
                 step: steps_done,
@@ -414,6 +419,9 @@ pub fn train(
         };
         drop(hosts);
         drop(held);
+        if let Some(note) = engine.step().upload.take_note() {
+            on_event(Event::Note(note));
+        }
         let loss = losses
             .into_iter()
             .map(|l| f64::from(l.into_scalar::<f32>()))
@@ -448,9 +456,13 @@ pub fn train(
                 || next.epoch == epochs))
             || last
         {
-            let m = evaluate(
+            let target = Target {
                 model,
-                &device,
+                device: &device,
+                upload: &engine.step().upload,
+            };
+            let m = evaluate(
+                &target,
                 &socket,
                 &jobs.eval,
                 steps_done,

@@ -305,7 +305,7 @@ mod tests {
             },
         );
         let mut client = crate::client::Client::connect(one_slot(&server)).unwrap();
-        let ids = |b: crate::client::Batch<'_>| (b.position, b.ids().to_vec());
+        let ids = |b: crate::client::Batch| (b.position, b.ids().to_vec());
         let first = client.next_batch().unwrap().map(ids).unwrap();
         // A trainer that stops reading (a long evaluation): its one slot stays full.
         let held = client.next_batch().unwrap().unwrap();
@@ -321,6 +321,36 @@ mod tests {
             third.0.step, 2,
             "the stream did not resume at the next batch"
         );
+    }
+
+    #[test]
+    fn a_batch_dropped_on_another_thread_releases_its_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = daemon(dir.path(), ServeConfig::default());
+        let mut client = crate::client::Client::connect(one_slot(&server)).unwrap();
+        // As a device upload does: the batch goes to another thread, which drops it when done.
+        let batch = client.next_batch().unwrap().unwrap();
+        let first = batch.position;
+        // The images lie inside the memory a GPU runtime would register.
+        let (ring, images) = (
+            batch.ring_memory().as_ptr_range(),
+            batch.images().as_ptr_range(),
+        );
+        assert!(ring.start <= images.start && images.end <= ring.end);
+        assert!(!batch.images().is_empty());
+        std::thread::spawn(move || drop(batch)).join().unwrap();
+        // The ring has one slot: the next batch comes only if the release reached the daemon.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let next = client.next_batch().map(|b| b.map(|b| b.position));
+            let _ = tx.send(next.map_err(|e| e.to_string()));
+        });
+        let second = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("no batch after the release")
+            .unwrap()
+            .unwrap();
+        assert_eq!((first.step, second.step), (0, 1));
     }
 
     #[test]

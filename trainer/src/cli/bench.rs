@@ -42,6 +42,11 @@ pub struct BenchArgs {
     /// synthetic ones held in memory (pure step speed).
     #[arg(long)]
     pub shards: Option<std::path::PathBuf>,
+    /// With --shards: read the batches through the loader's ring and client, as `trainer
+    /// train` does (a loader started in this process), each slot shared with its upload
+    /// without a host copy, instead of the loader core's batches in process memory.
+    #[arg(long, requires = "shards")]
+    pub ring: bool,
     /// Loader transform with --shards (a1, a2, a3, eval); it sets the image size.
     #[arg(long, default_value = "a1")]
     pub transform: loader::TransformSpec,
@@ -72,13 +77,18 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         warmup: a.warmup,
         steps: a.steps,
         seed: a.seed,
-        source: match a.shards.clone() {
-            Some(path) => bench::BatchSource::Shards {
+        source: match (a.shards.clone(), a.ring) {
+            (Some(path), true) => bench::BatchSource::Ring {
                 path,
                 transform: a.transform,
                 threads: a.workers,
             },
-            None => bench::BatchSource::Synthetic,
+            (Some(path), false) => bench::BatchSource::Shards {
+                path,
+                transform: a.transform,
+                threads: a.workers,
+            },
+            (None, _) => bench::BatchSource::Synthetic,
         },
     };
     if a.world_size <= 1 {
@@ -153,6 +163,15 @@ fn report(a: &BenchArgs, r: &bench::BenchReport) -> Result<()> {
             )),
             r.source,
         );
+        println!(
+            "  host copies per step on the way to the device: {:.1} MB of {:.1} MB of pixels \
+             (our copy and the backend's staging; the DMA not counted)",
+            r.host_bytes_per_step / 1e6,
+            r.pixel_bytes_per_step as f64 / 1e6
+        );
+        if let Some(note) = &r.upload_note {
+            println!("  note: {note}");
+        }
         if let Some(p) = &r.phases_ms {
             let total = p.upload + p.mix + p.forward + p.loss + p.backward + p.optimizer;
             println!(

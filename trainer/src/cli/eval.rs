@@ -81,16 +81,15 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     } else {
         trainer::weights::import(model, &a.weights)?
     };
+    let upload = trainer::upload::Uploader::new(trainer::device::DeviceKind::Cpu);
+    let target = trainer::eval::Target {
+        model: &model,
+        device: &device,
+        upload: &upload,
+    };
     if let Some(batches) = batches {
-        let m = trainer::eval::evaluate(
-            &model,
-            &device,
-            batches.socket(),
-            &jobs.eval,
-            0,
-            0,
-            &mut |_, _| {},
-        )?;
+        let m =
+            trainer::eval::evaluate(&target, batches.socket(), &jobs.eval, 0, 0, &mut |_, _| {})?;
         if let Metric::Eval {
             top1,
             top5,
@@ -117,8 +116,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     let mut scores = Vec::with_capacity(sets.len());
     for set in &sets {
         let score = trainer::eval::evaluate_set(
-            &model,
-            &device,
+            &target,
             set,
             &jobs.eval,
             &config.rsb.val_split,

@@ -482,9 +482,14 @@ fn score_sets(
             name: name.to_owned(),
             source: Box::new(TrainError::Recipe(e.to_string())),
         })?;
+        let upload = crate::upload::Uploader::new(o.devices[0]);
+        let target = crate::eval::Target {
+            model: m,
+            device: &device,
+            upload: &upload,
+        };
         let score = evaluate_set(
-            m,
-            &device,
+            &target,
             set,
             &jobs.eval,
             &config.rsb.val_split,

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The data gpu_check.sh's upload (d) and A3 (f) parts read: the 1,000-image ImageNet sample of
+# ../shared/data, packed with its images downscaled to 192 px on the long side (13 MB, so it
+# travels with the bundle under the device's 64 MiB carry limit). Run from the repository root.
+set -euo pipefail
+shared=${1:-../shared/data}
+src=target/real-data/imagenet-sample
+if [[ ! -d $src/train ]]; then
+    mkdir -p target/real-data
+    tar -xf "$shared/imagenet-sample.tar" -C target/real-data
+fi
+cargo build --release --locked -p shard-tool
+target/release/shard-tool pack "$src" --max-side 192 --out target/gpu-data/imagenet-192
+du -sh target/gpu-data/imagenet-192
