@@ -200,6 +200,7 @@ mod tests {
                 global_batch: 64,
                 samples_per_s: 100.0,
                 data_wait_s: 0.0,
+                upload_s: 0.0,
             });
             if step % 50 == 0 {
                 out.push(Metric::Eval {

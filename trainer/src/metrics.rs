@@ -37,6 +37,10 @@ pub enum Metric {
         samples_per_s: f64,
         /// Seconds this step waited for its batch.
         data_wait_s: f64,
+        /// Seconds the host spent issuing this step's upload (copies on the host included;
+        /// the device's copy itself overlaps compute). Older files lack it.
+        #[serde(default)]
+        upload_s: f64,
     },
     /// After each evaluation.
     Eval {
@@ -113,6 +117,7 @@ mod tests {
                 global_batch: 4,
                 samples_per_s: 1.0,
                 data_wait_s: 0.0,
+                upload_s: 0.0,
             };
             write_metric(&mut f, &path, &m).unwrap();
         }

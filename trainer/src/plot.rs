@@ -407,6 +407,7 @@ mod tests {
                 global_batch: 64,
                 samples_per_s: 60.0 + (step % 7) as f64,
                 data_wait_s: 0.0,
+                upload_s: 0.0,
             });
             if step % 50 == 0 {
                 out.push(Metric::Eval {

@@ -371,6 +371,8 @@ pub fn train(
     let mut steps_done = state.steps_done;
     let mut last_eval = None;
     let mut t_prev = Instant::now();
+    let mut pending: Option<Issued> = None;
+    let mut issued_before = engine.step().upload.issuing_s();
     while steps_done < total_steps {
         let t_wait = Instant::now();
         let mut held = Vec::with_capacity(world);
@@ -422,30 +424,37 @@ pub fn train(
         if let Some(note) = engine.step().upload.take_note() {
             on_event(Event::Note(note));
         }
-        let loss = losses
-            .into_iter()
-            .map(|l| f64::from(l.into_scalar::<f32>()))
-            .sum::<f64>()
-            / world as f64;
+        let issuing = engine.step().upload.issuing_s();
         steps_done += 1;
-        let now = Instant::now();
-        let m = Metric::Step {
+        // Depth 2: the previous step's loss is read back now, with this step queued behind it,
+        // so the device never waits for the host to fetch, upload and issue the next batch.
+        let issued = Issued {
+            losses,
             step: steps_done,
             epoch: at.epoch,
-            loss,
             lr,
-            global_batch: config.global_batch(),
-            samples_per_s: config.global_batch() as f64 / (now - t_prev).as_secs_f64(),
             data_wait_s,
+            upload_s: issuing - issued_before,
         };
-        t_prev = now;
-        write_metric(&mut metrics, &metrics_path, &m)?;
-        on_event(Event::Metric(m));
+        issued_before = issuing;
+        if let Some(previous) = pending.replace(issued) {
+            let m = previous.read(config.global_batch(), &mut t_prev);
+            write_metric(&mut metrics, &metrics_path, &m)?;
+            on_event(Event::Metric(m));
+        }
 
         let next = at.next(spe);
         let epoch_done = next.epoch != at.epoch;
         let last = steps_done == total_steps;
         let interval = config.rsb.checkpoint_interval;
+        let checkpoint = epoch_done || last || (interval > 0 && steps_done % interval == 0);
+        // Before an evaluation or a checkpoint, every step's metric is written: a checkpoint
+        // never stands ahead of the metrics a resume keeps.
+        if checkpoint && let Some(p) = pending.take() {
+            let m = p.read(config.global_batch(), &mut t_prev);
+            write_metric(&mut metrics, &metrics_path, &m)?;
+            on_event(Event::Metric(m));
+        }
         if epoch_done {
             // timm's `--dist-bn reduce` before its end-of-epoch evaluation.
             engine.reduce_bn()?;
@@ -473,7 +482,7 @@ pub fn train(
             on_event(Event::Metric(m.clone()));
             last_eval = Some(m);
         }
-        if epoch_done || last || (interval > 0 && steps_done % interval == 0) {
+        if checkpoint {
             let state = RunState {
                 steps_done,
                 next,
@@ -491,7 +500,50 @@ pub fn train(
             on_event(Event::Checkpoint(dir));
         }
     }
+    // A stream that ended early leaves its last step unread.
+    if let Some(p) = pending.take() {
+        let m = p.read(config.global_batch(), &mut t_prev);
+        write_metric(&mut metrics, &metrics_path, &m)?;
+        on_event(Event::Metric(m));
+    }
     Ok(last_eval)
+}
+
+/// A step issued to the device whose loss is not read back yet.
+struct Issued {
+    losses: Vec<burn::tensor::Tensor<1>>,
+    step: u64,
+    epoch: u32,
+    lr: f64,
+    data_wait_s: f64,
+    upload_s: f64,
+}
+
+impl Issued {
+    /// Reads the loss back (waiting for the step to finish) and makes its metric; `t_prev` is
+    /// when the step before was read back.
+    fn read(self, global_batch: usize, t_prev: &mut Instant) -> Metric {
+        let ranks = self.losses.len().max(1);
+        let loss = self
+            .losses
+            .into_iter()
+            .map(|l| f64::from(l.into_scalar::<f32>()))
+            .sum::<f64>()
+            / ranks as f64;
+        let now = Instant::now();
+        let m = Metric::Step {
+            step: self.step,
+            epoch: self.epoch,
+            loss,
+            lr: self.lr,
+            global_batch,
+            samples_per_s: global_batch as f64 / (now - *t_prev).as_secs_f64(),
+            data_wait_s: self.data_wait_s,
+            upload_s: self.upload_s,
+        };
+        *t_prev = now;
+        m
+    }
 }
 
 /// `model` with the weights of `path`: timm-named safetensors, or a checkpoint directory of

@@ -55,6 +55,8 @@ pub struct Uploader {
     kind: DeviceKind,
     copied: AtomicU64,
     uploads: AtomicU64,
+    /// Nanoseconds spent issuing uploads on the host.
+    issuing_ns: AtomicU64,
     #[cfg(feature = "cuda")]
     pinned: pinned::Registry,
 }
@@ -66,6 +68,7 @@ impl Uploader {
             kind,
             copied: AtomicU64::new(0),
             uploads: AtomicU64::new(0),
+            issuing_ns: AtomicU64::new(0),
             #[cfg(feature = "cuda")]
             pinned: pinned::Registry::default(),
         }
@@ -78,6 +81,12 @@ impl Uploader {
             self.copied.load(Ordering::Relaxed),
             self.uploads.load(Ordering::Relaxed),
         )
+    }
+
+    /// Seconds spent on the host issuing uploads so far: our copy, the backend's staging copy
+    /// and the enqueueing (the device's copy runs behind, overlapped with compute).
+    pub fn issuing_s(&self) -> f64 {
+        self.issuing_ns.load(Ordering::Relaxed) as f64 * 1e-9
     }
 
     /// Something to say once about the uploads (a ring that could not be page-locked).
@@ -102,6 +111,7 @@ impl Uploader {
         shape: [usize; 3],
         device: &Device,
     ) -> Result<Tensor<4>, BatchError> {
+        let started = std::time::Instant::now();
         let len = pixels.bytes().len();
         let (bytes, ours) = match pixels {
             Pixels::Host(b) => (Bytes::from_bytes_vec(b.to_vec()), len),
@@ -116,6 +126,8 @@ impl Uploader {
         self.copied
             .fetch_add((ours + staged) as u64, Ordering::Relaxed);
         self.uploads.fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.issuing_ns.fetch_add(ns, Ordering::Relaxed);
         Ok(uploaded)
     }
 
