@@ -1,0 +1,55 @@
+//! The smallest reproduction of where the CPU step's time goes: one convolution, forward and
+//! forward + backward, on burn-flex, at the shapes of the CPU benchmarks' models. Its twin in
+//! PyTorch is `trainer/benches/conv_repro.py`; `trainer/benches/conv_repro.sh` runs both and
+//! prints the ratios.
+//!
+//! `cargo run --release -p trainer --example conv_repro` prints one JSON line per shape.
+
+use std::time::Instant;
+
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Distribution, Tensor};
+
+/// (name, batch, in channels, out channels, side, kernel, stride).
+pub const SHAPES: [(&str, usize, usize, usize, usize, usize, usize); 6] = [
+    ("r18/8 32px stage1 3x3", 64, 8, 8, 32, 3, 1),
+    ("r18/8 32px stage3 3x3", 64, 32, 32, 8, 3, 1),
+    ("r50 224px stem 7x7/2 b8", 8, 3, 64, 224, 7, 2),
+    ("r50 224px stage1 3x3 b8", 8, 64, 64, 56, 3, 1),
+    ("r50 224px stage1 1x1 b8", 8, 256, 64, 56, 1, 1),
+    ("r50 224px stage4 3x3 b8", 8, 512, 512, 7, 3, 1),
+];
+
+fn main() {
+    let device = Device::flex().autodiff();
+    device.seed(0);
+    for (name, n, cin, cout, side, k, stride) in SHAPES {
+        let x = Tensor::<4>::random([n, cin, side, side], Distribution::Default, &device)
+            .require_grad();
+        let w = Tensor::<4>::random([cout, cin, k, k], Distribution::Default, &device)
+            .require_grad();
+        let options = || ConvOptions::new([stride; 2], [k / 2; 2], [1, 1], 1);
+        let time = |backward: bool, reps: usize| {
+            let start = Instant::now();
+            for _ in 0..reps {
+                let y = conv2d(x.clone(), w.clone(), None, options());
+                if backward {
+                    let _ = y.sum().backward();
+                } else {
+                    let _ = y.sum().into_scalar::<f32>();
+                }
+            }
+            start.elapsed().as_secs_f64() * 1e3 / reps as f64
+        };
+        let reps = 5;
+        // Warm-up: allocations and first-touch page faults out of the timing.
+        time(true, 1);
+        let forward_ms = time(false, reps);
+        let step_ms = time(true, reps);
+        println!(
+            "{{\"framework\": \"burn-flex 0.22.1\", \"shape\": \"{name}\", \"forward_ms\": \
+             {forward_ms:.3}, \"forward_backward_ms\": {step_ms:.3}}}"
+        );
+    }
+}
