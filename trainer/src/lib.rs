@@ -4,8 +4,10 @@
 //!   [`overrides`] (timm's `train.py` flags over it).
 //! - The model: [`resnet`], with PyTorch's [`batch_norm`]; [`weights`] as safetensors with
 //!   timm's names.
-//! - One step: [`normalize`], [`mixup`], [`loss`], timm's [`lamb`] and LR [`schedule`], put
-//!   together in [`step`]; [`bench`] times it, [`numerics`] compares devices.
+//! - One step: [`upload`] (ring slots to the device without a host copy), [`normalize`],
+//!   [`mixup`], [`loss`], timm's [`lamb`] and LR [`schedule`], put together in [`step`], in
+//!   f32, bf16 or timm's mixed precision ([`amp`]); [`bench`] times it, [`numerics`] compares
+//!   devices.
 //! - The run: [`data`] (the loader's jobs and splits, checked before the model is built),
 //!   [`ranks`] (the recipe's `world_size` ranks run one after another on one device, timm's
 //!   DDP semantics), [`train`] (steps, evaluation, checkpoints, exact resume), [`eval`], [`metrics`]
