@@ -6,7 +6,7 @@
 //!   timm's names.
 //! - One step: [`upload`] (ring slots to the device without a host copy), [`normalize`],
 //!   [`mixup`], [`loss`], timm's [`lamb`] and LR [`schedule`], put together in [`step`], in
-//!   f32, bf16 or timm's mixed precision ([`amp`]); [`bench`] times it, [`numerics`] compares
+//!   f32, bf16 or timm's mixed precision ([`amp`]); [`bench`](mod@bench) times it, [`numerics`] compares
 //!   devices.
 //! - The run: [`data`] (the loader's jobs and splits, checked before the model is built),
 //!   [`ranks`] (the recipe's `world_size` ranks run one after another on one device, timm's
