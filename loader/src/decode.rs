@@ -39,6 +39,22 @@ pub enum DecodeError {
         /// Declared height.
         height: u32,
     },
+    /// So elongated that the eval resize (short side to `floor(img_size / crop_pct)`, the
+    /// aspect kept) would make an image above the decoder's pixel limit: a 1×60000 strip
+    /// would become 235×14 million pixels, gigabytes for a 224² center crop.
+    #[error(
+        "{width}x{height}: the eval resize would make it {resized_width}x{resized_height}, above the decoder's pixel limit"
+    )]
+    TooElongated {
+        /// Width.
+        width: u32,
+        /// Height.
+        height: u32,
+        /// Width after the resize.
+        resized_width: u32,
+        /// Height after the resize.
+        resized_height: u32,
+    },
 }
 
 /// A reusable JPEG decoder.
@@ -55,6 +71,11 @@ impl Default for Decoder {
 }
 
 impl Decoder {
+    /// The most pixels an image may have, decoded (or resized by the eval transform).
+    pub fn max_pixels(&self) -> u64 {
+        self.max_pixels
+    }
+
     /// A decoder that refuses images above `max_pixels`.
     pub fn new(max_pixels: u64) -> Decoder {
         let options = DecoderOptions::new_fast()

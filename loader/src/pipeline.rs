@@ -195,6 +195,18 @@ impl Worker {
     ) -> Result<(), DecodeError> {
         let t0 = Instant::now();
         self.decoder.decode_into(jpeg, &mut self.decoded)?;
+        if let TransformSpec::Eval(e) = self.transformer.transform {
+            let (width, height) = (self.decoded.width, self.decoded.height);
+            let (resized_width, resized_height) = e.resized_size(width, height);
+            if u64::from(resized_width) * u64::from(resized_height) > self.decoder.max_pixels() {
+                return Err(DecodeError::TooElongated {
+                    width,
+                    height,
+                    resized_width,
+                    resized_height,
+                });
+            }
+        }
         self.times.decode += t0.elapsed();
         self.times.decoded += 1;
         for (sample, out) in samples.iter().zip(outs.iter_mut()) {
@@ -222,6 +234,39 @@ mod tests {
     use shard_tool::synth;
 
     use super::*;
+
+    #[test]
+    fn an_image_the_eval_resize_would_blow_up_is_refused_not_resized() {
+        let t = TransformSpec::preset("eval").unwrap();
+        let mut w = Worker::new(t, 0);
+        let mut out = vec![0u8; t.image_bytes()];
+        let sample = [Sample {
+            index: 0,
+            position: 0,
+            repeat: 0,
+        }];
+        // 16,000 × 2: the short side to 235 would make 1.88 million × 235 pixels (442 M).
+        let strip = synth::class_image(1, 0, 16_000, 2);
+        let e = w.produce(&strip, 0, &sample, &mut [&mut out]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DecodeError::TooElongated {
+                    width: 16_000,
+                    height: 2,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains("above the decoder's pixel limit"),
+            "{e}"
+        );
+        // A wide image that stays within the limit is evaluated.
+        let wide = synth::class_image(1, 0, 4_000, 100);
+        w.produce(&wide, 0, &sample, &mut [&mut out]).unwrap();
+    }
 
     #[test]
     fn repeats_differ_and_the_same_key_gives_the_same_image() {

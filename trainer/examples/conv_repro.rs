@@ -27,8 +27,8 @@ fn main() {
     for (name, n, cin, cout, side, k, stride) in SHAPES {
         let x = Tensor::<4>::random([n, cin, side, side], Distribution::Default, &device)
             .require_grad();
-        let w = Tensor::<4>::random([cout, cin, k, k], Distribution::Default, &device)
-            .require_grad();
+        let w =
+            Tensor::<4>::random([cout, cin, k, k], Distribution::Default, &device).require_grad();
         let options = || ConvOptions::new([stride; 2], [k / 2; 2], [1, 1], 1);
         let time = |backward: bool, reps: usize| {
             let start = Instant::now();
