@@ -212,18 +212,17 @@ pub fn write_cached(dir: &Path, cached: &[CachedSet]) -> Result<(), StudyError> 
     )
 }
 
-/// Writes `bytes` to `path` through a temporary file renamed into place.
+/// Writes `bytes` to `path` through a temporary file, synced and renamed into place.
 ///
 /// # Errors
 /// [`StudyError::File`] naming the file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StudyError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| StudyError::File {
+    shard_tool::writer::write_atomic(path, |w| std::io::Write::write_all(w, bytes)).map_err(|e| {
+        StudyError::File {
             path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+            message: e.chain(),
+        }
+    })
 }
 
 /// What a study runs and where.
