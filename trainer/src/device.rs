@@ -22,7 +22,8 @@ pub enum Precision {
     /// bfloat16 parameters and activations (the device's default float type).
     Bf16,
     /// timm's `--amp` in bf16: f32 parameters, gradients, optimizer state, batch norm and loss;
-    /// convolutions and the classifier in bf16 ([`crate::amp`]). A recipe's `amp = true`.
+    /// convolutions and the classifier in bf16 (the trainer's `amp` module). A recipe's `amp =
+    /// true`.
     Amp,
 }
 
