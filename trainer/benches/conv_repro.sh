@@ -6,7 +6,7 @@ set -euo pipefail
 threads=${1:-2}
 cargo build --release --locked -p trainer --example conv_repro
 ours=$(RAYON_NUM_THREADS=$threads target/release/examples/conv_repro)
-theirs=$(python3 trainer/benches/conv_repro.py --threads "$threads")
+theirs=$(printf "%s\n" "$ours" | python3 trainer/benches/conv_repro.py --threads "$threads")
 python3 - "$ours" "$theirs" <<'PY'
 import json, sys
 ours = [json.loads(l) for l in sys.argv[1].splitlines()]

@@ -1,7 +1,7 @@
 //! The smallest reproduction of where the CPU step's time goes: one convolution, forward and
 //! forward + backward, on burn-flex, at the shapes of the CPU benchmarks' models. Its twin in
-//! PyTorch is `trainer/benches/conv_repro.py`; `trainer/benches/conv_repro.sh` runs both and
-//! prints the ratios.
+//! PyTorch is `trainer/benches/conv_repro.py`, which times the shapes this prints (the list
+//! lives here only); `trainer/benches/conv_repro.sh` runs both and prints the ratios.
 //!
 //! `cargo run --release -p trainer --example conv_repro` prints one JSON line per shape.
 
@@ -12,7 +12,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor};
 
 /// (name, batch, in channels, out channels, side, kernel, stride).
-pub const SHAPES: [(&str, usize, usize, usize, usize, usize, usize); 6] = [
+const SHAPES: [(&str, usize, usize, usize, usize, usize, usize); 6] = [
     ("r18/8 32px stage1 3x3", 64, 8, 8, 32, 3, 1),
     ("r18/8 32px stage3 3x3", 64, 32, 32, 8, 3, 1),
     ("r50 224px stem 7x7/2 b8", 8, 3, 64, 224, 7, 2),
@@ -48,8 +48,9 @@ fn main() {
         let forward_ms = time(false, reps);
         let step_ms = time(true, reps);
         println!(
-            "{{\"framework\": \"burn-flex 0.22.1\", \"shape\": \"{name}\", \"forward_ms\": \
-             {forward_ms:.3}, \"forward_backward_ms\": {step_ms:.3}}}"
+            "{{\"framework\": \"burn-flex 0.22.1\", \"shape\": \"{name}\", \"dims\": \
+             [{n}, {cin}, {cout}, {side}, {k}, {stride}], \"forward_ms\": {forward_ms:.3}, \
+             \"forward_backward_ms\": {step_ms:.3}}}"
         );
     }
 }
