@@ -606,13 +606,14 @@ impl Engine {
     }
 }
 
-/// Writes the resolved recipe to `OUT/recipe.toml` (atomically: a temporary file, renamed).
+/// Writes the resolved recipe to `OUT/recipe.toml` (atomically: a temporary file, synced,
+/// renamed).
 fn write_recipe(out: &Path, text: &str) -> Result<(), TrainError> {
     let path = out.join(RECIPE_FILE);
-    let tmp = out.join(format!("{RECIPE_FILE}.tmp"));
     let header = "# The resolved recipe of this run: the --config file with the command line's \
                   overrides applied.\n";
-    std::fs::write(&tmp, format!("{header}{text}"))
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| TrainError::Out(format!("{}: {e}", path.display())))
+    shard_tool::writer::write_atomic(&path, |w| {
+        std::io::Write::write_all(w, format!("{header}{text}").as_bytes())
+    })
+    .map_err(|e| TrainError::Out(e.chain()))
 }
