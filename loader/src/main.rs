@@ -69,8 +69,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = CpuExt::cap(cli.cpu_ext) {
-        eprintln!("error: {e}");
-        return ExitCode::from(2);
+        let e = anyhow::Error::new(UsageError(e.to_string()));
+        return shard_tool::console::fail(e.chain(), |_| false);
     }
     let result = match cli.command {
         Command::Preview(args) => cli::preview::run(&args),
@@ -82,21 +82,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        // A closed pipe (`loader preview ... | head`) is the reader's choice, not an error.
-        Err(e)
-            if e.downcast_ref::<std::io::Error>()
-                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
-        {
-            ExitCode::SUCCESS
-        }
-        Err(e) if e.chain().any(|c| c.is::<UsageError>()) => {
-            eprintln!("error: {}", shard_tool::one_line(e.chain()));
-            ExitCode::from(2)
-        }
-        Err(e) => {
-            eprintln!("error: {}", shard_tool::one_line(e.chain()));
-            ExitCode::FAILURE
-        }
+        Err(e) => shard_tool::console::fail(e.chain(), |_| false),
     }
 }
 

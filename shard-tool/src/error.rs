@@ -90,6 +90,24 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this error (not its causes) is about what the user handed the command: a tree
+    /// `pack` cannot read as a dataset, a directory that is not a finished pack of this
+    /// format, a split or record that does not exist, a bad option. Damage found in a
+    /// dataset and I/O failures are not.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Error::BadMagic { .. }
+                | Error::Version { .. }
+                | Error::Incomplete
+                | Error::Layout(_)
+                | Error::Mismatch(_)
+                | Error::OutOfRange { .. }
+                | Error::NoSplit { .. }
+                | Error::Config(_)
+        )
+    }
+
     /// The message with every cause after it (`path: cause: cause`), for one line of a report:
     /// `Display` alone shows only the outermost context.
     pub fn chain(&self) -> String {

@@ -37,12 +37,12 @@ assert!(record.data.starts_with(&[0xFF, 0xD8]));
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod bench;
+pub mod console;
 mod error;
 pub mod image;
 pub mod layout;
 pub mod manifest;
 mod pack;
-pub mod progress;
 pub mod reader;
 pub mod record;
 mod report;

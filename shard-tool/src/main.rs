@@ -43,11 +43,13 @@ enum Command {
     /// again keeps the finished shards and completes the job.
     ///
     /// Exit status: 0 every image stored; 3 the dataset is complete but some image files could
-    /// not be stored (see report.txt); 1 error, nothing usable written.
+    /// not be stored (see report.txt); 2 ROOT is not a tree pack can read (or OUT holds another
+    /// pack); 1 error at run time, nothing usable written.
     Pack(cli::pack::PackArgs),
     /// Check every checksum of a packed dataset; name every record that does not match.
     ///
-    /// Exit status: 0 intact; 1 damaged (each problem is printed) or unreadable.
+    /// Exit status: 0 intact; 1 damaged (each problem is printed) or unreadable; 2 not a
+    /// finished rsb pack.
     Verify(cli::verify::VerifyArgs),
     /// Show counts per split and class, sizes, and the options a dataset was packed with.
     Inspect(cli::inspect::InspectArgs),
@@ -66,7 +68,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
+    shard_tool::console::init_logging(match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        _ => "debug",
+    });
     let quiet = cli.quiet;
     let result = match cli.command {
         Command::Pack(args) => cli::pack::run(args, quiet),
@@ -76,35 +83,12 @@ fn main() -> ExitCode {
         Command::Synth(args) => cli::synth::run(args, quiet),
         Command::Bench(args) => cli::bench::run(args),
     };
-    match result {
-        Ok(code) => code,
-        Err(err) => {
-            if err
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-            {
-                return ExitCode::SUCCESS;
-            }
-            eprintln!("error: {}", shard_tool::one_line(err.chain()));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Log level from `-q`/`-v`, unless RUST_LOG says otherwise.
-fn init_logging(verbose: u8, quiet: bool) {
-    let level = match (quiet, verbose) {
-        (true, _) => "error",
-        (_, 0) => "warn",
-        (_, 1) => "info",
-        _ => "debug",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    result.unwrap_or_else(|e| {
+        shard_tool::console::fail(e.chain(), |e| {
+            e.downcast_ref::<shard_tool::Error>()
+                .is_some_and(shard_tool::Error::is_bad_input)
+        })
+    })
 }
 
 #[cfg(test)]

@@ -168,6 +168,9 @@ pub fn write_tree(root: &Path, spec: &TreeSpec) -> Result<u64> {
             for i in 0..per_class {
                 let path = dir.join(format!("{split}_{class:03}_{i:05}.jpg"));
                 let jpeg = class_image(class, offset + i, spec.size, spec.size);
+                // Not `write_atomic`: a synthetic tree is scratch input made again at will,
+                // and a sync per image would make the tests' thousands of images slow; a
+                // file cut short by a crash is what `pack` rejects anyway.
                 fs::write(&path, jpeg).at(&path)?;
                 written += 1;
             }
@@ -186,6 +189,7 @@ pub fn write_tree(root: &Path, spec: &TreeSpec) -> Result<u64> {
         ];
         for ((name, _), bytes) in ODD_FILES.iter().zip(contents) {
             let path = dir.join(name);
+            // As above: scratch input, not a file a user keeps.
             fs::write(&path, bytes).at(&path)?;
             written += 1;
         }

@@ -1,5 +1,6 @@
-//! `trainer`: train and evaluate ResNets with timm's recipes, benchmark the step, and check a
-//! GPU backend against the CPU. Each subcommand lives in its own module under `cli/`.
+//! `trainer`: train and evaluate ResNets with timm's recipes, look at runs, benchmark the step,
+//! and check a GPU backend against the CPU. Each subcommand lives in its own module under
+//! `cli/`.
 
 use std::process::ExitCode;
 
@@ -7,9 +8,12 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
-/// Trains ResNets with timm's "ResNet strikes back" recipes on burn.
+/// Trains ResNets with timm's "ResNet strikes back" recipes on burn, fed by rsb's loader.
+///
+/// `trainer <command> --help` explains a command and every flag; recipes are TOML files with
+/// timm's train.py names (configs/a1.toml, a2, a3, smoke, cifar10).
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(name = "trainer", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,46 +21,65 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train with a recipe (configs/a1.toml, configs/cifar10.toml, ...): batches from a
-    /// `loader serve` daemon (--loader) or a loader inside this process (--shards);
-    /// evaluation every `rsb.eval_interval` epochs; OUT/metrics.jsonl (one JSON line per step
-    /// and per eval); atomic checkpoints in OUT at each epoch end (and every
-    /// `rsb.checkpoint_interval` steps). After a crash, the same command with --resume
+    /// Train with a recipe, from a loader daemon or shards; resumable.
+    ///
+    /// Batches come from a `loader serve` daemon (--loader) or a loader inside this process
+    /// (--shards); evaluation every `rsb.eval_interval` epochs; OUT/metrics.jsonl holds one
+    /// JSON line per step and per evaluation; atomic checkpoints in OUT at each epoch end (and
+    /// every `rsb.checkpoint_interval` steps). After a crash, the same command with --resume
     /// continues exactly where the last checkpoint stands.
     Train(cli::train::TrainArgs),
-    /// Evaluate a checkpoint (OUT/latest or a ckpt-* directory) or timm-named safetensors on
-    /// the recipe's val split: top-1 and top-5 at rsb.test_img_size, crop_pct, interpolation.
+    /// Top-1/top-5 of a checkpoint or timm weights on the recipe's val split or other sets.
+    ///
+    /// The recipe's eval transform: rsb.test_img_size, crop_pct, interpolation. Several packed
+    /// sets (--set) in one table, with ImageNet-ReaL's labels (--real-labels) where the images
+    /// are ImageNet's validation images.
     Eval(cli::eval::EvalArgs),
-    /// Draw a run's curves (loss, learning rate, top-1/top-5, samples/s) from its
-    /// metrics.jsonl into a PNG.
+    /// Draw a run's curves into a PNG.
+    ///
+    /// Four panels from the run's metrics.jsonl: training loss, learning rate, top-1/top-5,
+    /// samples/s.
     Plot(cli::plot::PlotArgs),
-    /// Several runs side by side: their loss and top-1 curves in one PNG (one color per run)
-    /// and a table of their final loss, top-1, top-5 and best top-1.
+    /// Several runs side by side: their curves in one PNG, their final figures in a table.
+    ///
+    /// Loss and top-1 curves, one color per run; the table has each run's final loss, top-1,
+    /// top-5 and best top-1.
     Compare(cli::compare::CompareArgs),
-    /// A study: every combination of --vary values (seed=0,1,2, lr=..., any recipe key) as
-    /// its own run under --out, then a table (mean ± std, min, max per eval set and metric,
-    /// runs that differ only in seed grouped) and a plot with one point per run. Running it
-    /// again resumes unfinished runs and reuses finished ones.
+    /// Every combination of --vary values as a run, then mean ± std per setting.
+    ///
+    /// seed=0,1,2, lr=..., any recipe key. Every combination passes the recipe's checks
+    /// before the first run starts. Runs that differ only in their seed are grouped; the table
+    /// has mean ± std, min and max per eval set and metric, the plot one point per run.
+    /// Running it again resumes unfinished runs and reuses finished ones.
     Study(cli::study::StudyArgs),
-    /// Time the full training step (upload uint8, Mixup/CutMix, normalize, forward, BCE,
-    /// backward, timm's LAMB) on synthetic batches held in memory.
+    /// Time the full training step on synthetic or loader batches.
+    ///
+    /// Upload uint8, Mixup/CutMix, normalize, forward, BCE, backward, timm's LAMB; the steady
+    /// state apart from the warm-up (kernel compilation, autotuning), and each phase apart.
     Bench(cli::bench::BenchArgs),
-    /// Run one batch through the same weights on two devices and report how far logits, loss
-    /// and gradients differ; exit status 1 if any is over --tolerance.
+    /// One batch through the same weights on two devices: how far apart they are.
+    ///
+    /// Logits, loss and every parameter's gradient; exit status 1 if any relative difference
+    /// is over --tolerance.
     CheckDevice(cli::check_device::CheckArgs),
-    /// Print a model's structure facts (parameter count).
-    Info(cli::ModelArgs),
-    /// Write a freshly initialized model's weights as timm-named safetensors.
+    /// Print a model's parameter count.
+    Info(cli::info::InfoArgs),
+    /// Write a freshly initialized model as timm-named safetensors.
     Export(cli::export::ExportArgs),
-    /// Eval-mode logits of timm-named weights on the fixed probe batch of
-    /// `trainer/benches/timm_logits.py` (x[i] = sin(0.001·i)·2 in NCHW order), as JSON.
+    /// Eval-mode logits of timm-named weights on a fixed probe batch, as JSON.
+    ///
+    /// The probe is `trainer/benches/timm_logits.py`'s: x[i] = sin(0.001·i)·2 in NCHW order.
     Logits(cli::logits::LogitsArgs),
-    /// Read a recipe (configs/a1.toml, ...) with timm's flags over it, check every value,
-    /// report ignored timm keys, print it resolved with its global batch.
+    /// Check a recipe with timm's flags over it and print it resolved.
+    ///
+    /// The same checks `train` and `study` make: every value, the loader jobs it implies,
+    /// ignored timm keys reported; then the global batch and how the ranks fit the devices.
     Config(cli::config::ConfigArgs),
 }
 
 fn main() -> ExitCode {
+    // The in-process loader's warnings and errors (an image replaced, a worker's failure).
+    shard_tool::console::init_logging("warn");
     let result = match Cli::parse().command {
         Command::Train(a) => cli::train::run(a),
         Command::Eval(a) => cli::eval::run(a),
@@ -70,22 +93,32 @@ fn main() -> ExitCode {
         Command::Logits(a) => cli::logits::run(a),
         Command::Config(a) => cli::config::run(a),
     };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {}", shard_tool::one_line(e.chain()));
-            ExitCode::from(2)
-        }
-    }
+    result.unwrap_or_else(|e| shard_tool::console::fail(e.chain(), cli::is_bad_input))
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     /// clap checks a command's flags (a name used twice, a bad default) only when that
     /// subcommand is parsed; this checks every subcommand's at once.
     #[test]
     fn every_subcommand_has_consistent_flags() {
-        use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    /// `trainer --help` lists each command in one line, as cargo and ripgrep do; the
+    /// paragraphs are the command's own `--help`.
+    #[test]
+    fn the_command_list_is_one_line_each() {
+        let cli = super::Cli::command();
+        for sub in cli.get_subcommands() {
+            let about = sub.get_about().map(ToString::to_string).unwrap_or_default();
+            assert!(
+                !about.is_empty() && !about.contains('\n') && about.len() <= 90,
+                "{}: {about:?}",
+                sub.get_name()
+            );
+        }
     }
 }

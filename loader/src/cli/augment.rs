@@ -92,7 +92,7 @@ pub fn run(args: &AugmentArgs) -> Result<()> {
             };
             TransformSpec::Eval(t)
                 .validate()
-                .map_err(UsageError::flag)?;
+                .map_err(super::flag_error)?;
             let side = size as usize;
             let mut pixels = vec![0u8; side * side * 3];
             t.apply(

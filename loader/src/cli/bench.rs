@@ -66,7 +66,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         args.seed,
         batch_size,
     );
-    job.validate().map_err(UsageError::flag)?;
+    job.validate().map_err(super::flag_error)?;
     let ring = if args.ring {
         Some(std::env::current_exe().context("finding the loader binary for --ring")?)
     } else {

@@ -76,7 +76,7 @@ impl TryFrom<&TransformArgs> for TransformSpec {
                 }
                 let aa = match a.aa.as_deref() {
                     None => t.aa,
-                    Some(text) => parse_aa(text).map_err(UsageError::flag)?,
+                    Some(text) => parse_aa(text).map_err(flag_error)?,
                 };
                 TransformSpec::Train(TrainTransform {
                     img_size: a.img_size.unwrap_or(t.img_size),
@@ -108,27 +108,23 @@ impl TryFrom<&TransformArgs> for TransformSpec {
                 })
             }
         };
-        spec.validate().map_err(UsageError::flag)?;
+        spec.validate().map_err(flag_error)?;
         Ok(spec)
     }
 }
 
 /// A bad flag or config value: one line naming it and the allowed range, exit status 2, before
-/// any file is opened or connection made.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+/// any file is opened or connection made (the three binaries' one usage error).
+pub use shard_tool::console::Usage as UsageError;
 
-impl UsageError {
-    /// A transform setting out of range, named by its flag (`--crop-pct 0.001 is outside ...`).
-    pub fn flag(e: loader::transform::SettingError) -> UsageError {
-        UsageError(format!(
-            "--{} {} {}",
-            e.key.replace('_', "-"),
-            e.value,
-            e.problem
-        ))
-    }
+/// A transform setting out of range, named by its flag (`--crop-pct 0.001 is outside ...`).
+pub fn flag_error(e: loader::transform::SettingError) -> UsageError {
+    UsageError(format!(
+        "--{} {} {}",
+        e.key.replace('_', "-"),
+        e.value,
+        e.problem
+    ))
 }
 
 /// Seconds for a timeout flag: finite, not negative, at most a day.

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use shard_tool::Dataset;
+use shard_tool::console::Usage;
+use shard_tool::writer::write_atomic;
 
 /// `shard-tool extract` flags.
 #[derive(Args)]
@@ -43,7 +45,7 @@ pub fn run(args: ExtractArgs, quiet: bool) -> Result<ExitCode> {
     let record = match (&args.index, &args.name) {
         (Some(i), _) => dataset.split(&args.split)?.get(*i)?,
         (None, Some(name)) => find_by_name(&dataset, name)?,
-        (None, None) => bail!("give --index N, --name PATH or --all"),
+        (None, None) => return Err(Usage("give --index N, --name PATH or --all".into()).into()),
     };
     if !record.checksum_ok() {
         bail!(
@@ -53,7 +55,7 @@ pub fn run(args: ExtractArgs, quiet: bool) -> Result<ExitCode> {
             dir.display()
         );
     }
-    std::fs::write(&args.out, record.data)
+    write_atomic(&args.out, |w| std::io::Write::write_all(w, record.data))
         .with_context(|| format!("writing {}", args.out.display()))?;
     if !quiet {
         eprintln!(
@@ -97,7 +99,8 @@ fn extract_all(dataset: &Dataset, out: &Path, quiet: bool) -> Result<ExitCode> {
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("creating {}", parent.display()))?;
             }
-            std::fs::write(&path, r.data).with_context(|| format!("writing {}", path.display()))?;
+            write_atomic(&path, |w| std::io::Write::write_all(w, r.data))
+                .with_context(|| format!("writing {}", path.display()))?;
             written += 1;
         }
     }
@@ -118,7 +121,9 @@ fn find_by_name<'a>(dataset: &'a Dataset, name: &str) -> Result<shard_tool::Reco
             }
         }
     }
-    bail!(
-        "no record has source path {name} (paths are relative to the packed root, e.g. train/<class>/<file>)"
-    )
+    Err(Usage(format!(
+        "no record has source path {name} (paths are relative to the packed root, e.g. \
+         train/<class>/<file>)"
+    ))
+    .into())
 }

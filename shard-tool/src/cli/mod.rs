@@ -1,10 +1,7 @@
 //! The `shard-tool` binary's subcommands, one module each, and what they share: the thread
 //! default and the progress bars.
 
-use std::io::IsTerminal;
-use std::time::Duration;
-
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 
 pub mod bench;
 pub mod extract;
@@ -20,17 +17,9 @@ pub fn default_threads() -> usize {
 
 /// A bar of `len` steps on stderr; hidden with `--quiet` or when stderr is not a terminal.
 pub fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>6} [{bar:32}] {human_pos}/{human_len} {msg} ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
+    shard_tool::console::bar(
+        len,
+        "{prefix:>6} [{bar:32}] {human_pos}/{human_len} {msg} ETA {eta}",
+        quiet,
+    )
 }

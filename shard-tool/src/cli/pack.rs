@@ -11,7 +11,7 @@ use indicatif::ProgressBar;
 use shard_tool::image::{DEFAULT_MAX_PIXELS, DEFAULT_TRANSCODE_QUALITY, ImageOptions};
 use shard_tool::{LayoutOptions, PackEvent, PackOptions};
 
-use shard_tool::progress::say;
+use shard_tool::console::say;
 
 use super::{default_threads, progress_bar};
 

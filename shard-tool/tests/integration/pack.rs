@@ -339,7 +339,7 @@ fn a_subset_packed_with_classes_from_keeps_the_full_datasets_labels() {
         .assert()
         .success();
     assert_eq!(Manifest::load(&own).unwrap().classes, [class]);
-    // A dataset that is not packed is named.
+    // A dataset that is not packed is named, as bad input (exit status 2).
     shard_tool()
         .arg("pack")
         .arg(sub_src.path())
@@ -348,7 +348,7 @@ fn a_subset_packed_with_classes_from_keeps_the_full_datasets_labels() {
         .arg("--classes-from")
         .arg(sub_src.path())
         .assert()
-        .code(1)
+        .code(2)
         .stderr(predicates::str::contains(
             "is not a packed dataset (no manifest.json)",
         ));

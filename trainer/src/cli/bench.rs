@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use trainer::bench::{self, BenchOptions};
-use trainer::device::{DeviceKind, Precision};
+use trainer::diagnostics::bench::{self, BenchOptions};
+use trainer::model::{DeviceKind, Precision};
 
 use super::ModelArgs;
 
@@ -14,8 +14,8 @@ use super::ModelArgs;
 pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    /// flex (burn's CPU backend; `cpu` is the same), cuda or cuda:N.
+    #[arg(long, default_value = "flex")]
     pub device: DeviceKind,
     /// Float types: f32, bf16 (everything), amp (f32 weights, bf16 convolutions and classifier).
     #[arg(long, value_enum, default_value = "f32")]
@@ -111,7 +111,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     if a.distributed {
         let nccl = bench::run(&BenchOptions {
             ranks: a.world_size,
-            collective: Some(trainer::replicas::Collective::Nccl),
+            collective: Some(trainer::ranks::replicas::Collective::Nccl),
             ..options
         })
         .context("the DistributedContext run failed")?;

@@ -4,9 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use trainer::device::{DeviceKind, Precision};
-use trainer::numerics;
-use trainer::resnet::ResNetConfig;
+use trainer::diagnostics::device_check;
+use trainer::model::{DeviceKind, Precision, ResNetConfig};
 
 use super::ModelArgs;
 
@@ -19,7 +18,7 @@ pub struct CheckArgs {
     #[arg(long, default_value = "cuda")]
     pub device: DeviceKind,
     /// Reference device.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "flex")]
     pub reference: DeviceKind,
     /// Float types on the reference (f32, or amp to compare amp with amp: the same bf16
     /// roundings, so only the devices' arithmetic differs).
@@ -53,7 +52,7 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
     };
     let reference = a.reference.device(a.reference_dtype)?.autodiff();
     let target = a.device.device(a.dtype)?.autodiff();
-    let diffs = numerics::compare_devices(
+    let diffs = device_check::compare_devices(
         &config,
         a.batch,
         a.img_size,

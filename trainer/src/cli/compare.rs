@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 /// `trainer compare` flags.
@@ -29,7 +29,7 @@ pub struct CompareArgs {
 /// Draws the runs and prints their table.
 pub fn run(a: CompareArgs) -> Result<ExitCode> {
     let table =
-        trainer::compare::compare(&a.runs, &a.out, a.width, a.height).context("comparing runs")?;
+        trainer::report::compare::compare(&a.runs, &a.out, a.width, a.height)?;
     if a.json {
         println!("{}", serde_json::to_string(&table)?);
         return Ok(ExitCode::SUCCESS);

@@ -5,10 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use trainer::config::TrainConfig;
-use trainer::device::DeviceKind;
-use trainer::overrides::RecipeOverrides;
-use trainer::replicas::Placement;
+use trainer::model::DeviceKind;
+use trainer::ranks::replicas::Placement;
+
+use super::load_recipe;
+use super::recipe_flags::RecipeFlags;
 
 /// `trainer config` flags.
 #[derive(Args)]
@@ -21,33 +22,24 @@ pub struct ConfigArgs {
         long,
         value_delimiter = ',',
         value_name = "LIST",
-        default_value = "cpu"
+        default_value = "flex"
     )]
     pub devices: Vec<DeviceKind>,
     #[command(flatten)]
-    pub overrides: RecipeOverrides,
+    pub recipe: RecipeFlags,
 }
 
 /// Prints the resolved recipe.
 pub fn run(a: ConfigArgs) -> Result<ExitCode> {
-    let ConfigArgs {
-        path,
-        devices,
-        overrides,
-    } = a;
-    let loaded = TrainConfig::load_with(&path, &overrides)?;
-    for w in &loaded.warnings {
-        eprintln!("warning: {w}");
-    }
-    print!("{}", toml::to_string(&loaded.config)?);
-    let c = &loaded.config;
+    let c = load_recipe(&a.path, &a.recipe)?;
+    print!("{}", c.to_toml());
     println!(
         "# global batch {} = batch_size {} x rsb.world_size {}",
         c.global_batch(),
         c.batch_size,
         c.rsb.world_size
     );
-    let placement = Placement::new(c.rsb.world_size, &devices)?;
+    let placement = Placement::new(c.rsb.world_size, &a.devices)?;
     println!("# {}", placement.describe(c.batch_size));
     Ok(ExitCode::SUCCESS)
 }

@@ -6,11 +6,16 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use trainer::data::{DataJobs, DataSource, check_splits};
-use trainer::metrics::Metric;
-use trainer::overrides::RecipeOverrides;
+use trainer::data::DataSource;
+use trainer::data::source::check_splits;
+use trainer::eval::real::{RealLabels, VAL_IMAGES};
+use trainer::eval::{EvalSet, SetScore, evaluate, evaluate_set};
+use trainer::model::Precision;
+use trainer::recipe::{DataJobs, TrainConfig};
+use trainer::run::{OnDevice, Weights};
 
-use super::{SetArgs, load_recipe};
+use super::recipe_flags::RecipeFlags;
+use super::{DeviceArgs, SetArgs, load_recipe, usage};
 
 /// `trainer eval` flags.
 #[derive(Args)]
@@ -27,6 +32,8 @@ pub struct EvalArgs {
     pub shards: Option<std::path::PathBuf>,
     /// A checkpoint directory (e.g. runs/x/latest) or a .safetensors file with timm's names.
     pub weights: std::path::PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Loader worker threads with --shards or --set (0: one per core).
     #[arg(short = 'j', long, default_value_t = 0)]
     pub workers: u32,
@@ -36,87 +43,49 @@ pub struct EvalArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub overrides: RecipeOverrides,
+    pub recipe: RecipeFlags,
 }
 
 /// Evaluates and prints the accuracies.
 pub fn run(a: EvalArgs) -> Result<ExitCode> {
-    let config = load_recipe(&a.config, &a.overrides)?;
-    let jobs = DataJobs::try_from(&config)?;
+    let config = load_recipe(&a.config, &a.recipe)?;
+    let jobs = config.jobs()?;
     // Sets: those named, else the recipe's val split of --shards; through a daemon
     // (--loader) only the plain accuracies, the daemon's file names being out of reach.
     let sets = match (&a.sets.sets[..], &a.shards) {
-        ([], Some(dir)) => vec![trainer::eval::EvalSet {
+        ([], Some(dir)) => vec![EvalSet {
             name: config.rsb.val_split.clone(),
             dir: dir.clone(),
             split: None,
         }],
         (sets, _) => sets.to_vec(),
     };
-    let batches = match (&a.loader, sets.is_empty()) {
-        (Some(socket), true) => {
-            if a.sets.real_labels.is_some() {
-                anyhow::bail!(
-                    "--real-labels needs the images' file names: evaluate packed shards \
-                     (--shards DIR or --set NAME=DIR) rather than through --loader"
-                );
-            }
-            let batches = DataSource::Loader {
-                socket: socket.clone(),
-            }
-            .open()?;
-            check_splits(batches.socket(), &jobs, config.num_classes)?;
-            Some(batches)
+    if sets.is_empty() {
+        let Some(socket) = &a.loader else {
+            return Err(usage(
+                "name what to evaluate: --set NAME=DIR[:SPLIT] (repeatable), --shards DIR or \
+                 --loader SOCKET",
+            ));
+        };
+        if a.sets.real_labels.is_some() {
+            return Err(usage(
+                "--real-labels needs the images' file names: evaluate packed shards (--shards \
+                 DIR or --set NAME=DIR) rather than through --loader",
+            ));
         }
-        (None, true) => anyhow::bail!(
-            "name what to evaluate: --set NAME=DIR[:SPLIT] (repeatable), --shards DIR or \
-             --loader SOCKET"
-        ),
-        (_, false) => None,
-    };
-    let device = burn::tensor::Device::flex().autodiff();
-    let model = trainer::train::model_config(&config)?.init(&device)?;
-    let model = if a.weights.is_dir() {
-        trainer::checkpoint::load_model(&a.weights, model)?
-    } else {
-        trainer::weights::import(model, &a.weights)?
-    };
-    let upload = trainer::upload::Uploader::new(trainer::device::DeviceKind::Cpu);
-    let target = trainer::eval::Target {
-        model: &model,
-        device: &device,
-        upload: &upload,
-    };
-    if let Some(batches) = batches {
-        let m =
-            trainer::eval::evaluate(&target, batches.socket(), &jobs.eval, 0, 0, &mut |_, _| {})?;
-        if let Metric::Eval {
-            top1,
-            top5,
-            samples,
-            ..
-        } = m
-        {
-            println!(
-                "{}: top-1 {top1:.2} %, top-5 {top5:.2} % on {samples} images of {}",
-                a.weights.display(),
-                config.rsb.val_split
-            );
-        }
-        return Ok(ExitCode::SUCCESS);
+        return through_daemon(&a, &config, &jobs, socket);
     }
     let real = a
         .sets
         .real_labels
         .as_deref()
-        .map(|path| {
-            trainer::real::RealLabels::load(path, trainer::real::VAL_IMAGES, config.num_classes)
-        })
+        .map(|path| RealLabels::load(path, VAL_IMAGES, config.num_classes))
         .transpose()?;
+    let on = load(&a, &config)?;
     let mut scores = Vec::with_capacity(sets.len());
     for set in &sets {
-        let score = trainer::eval::evaluate_set(
-            &target,
+        let score = evaluate_set(
+            &on.target(),
             set,
             &jobs.eval,
             &config.rsb.val_split,
@@ -130,24 +99,67 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     if a.json {
         println!("{}", serde_json::to_string(&scores)?);
     } else {
-        println!("{}:", a.weights.display());
-        println!(
-            "{:<10} {:<8} {:>8} {:>8} {:>8} {:>11} {:>11} {:>12}",
-            "set", "split", "images", "top-1", "top-5", "ReaL top-1", "ReaL top-5", "ReaL images"
-        );
-        for s in &scores {
-            let (r1, r5, rn) = s.real.map_or(("-".into(), "-".into(), "-".into()), |r| {
-                (
-                    format!("{:.2}", r.top1),
-                    format!("{:.2}", r.top5),
-                    r.images.to_string(),
-                )
-            });
-            println!(
-                "{:<10} {:<8} {:>8} {:>8.2} {:>8.2} {r1:>11} {r5:>11} {rn:>12}",
-                s.name, s.split, s.images, s.top1, s.top5
-            );
-        }
+        print_table(&a.weights, &scores);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The weights on the device, in the recipe's precision unless --dtype says otherwise.
+fn load(a: &EvalArgs, config: &TrainConfig) -> Result<OnDevice> {
+    let (precision, _) = Precision::resolve(a.device.dtype, config.amp, a.device.device);
+    let weights = Weights::at(&a.weights);
+    Ok(OnDevice::load(
+        &config.model(),
+        a.device.device,
+        precision,
+        config.seed,
+        Some(&weights),
+    )?)
+}
+
+/// The recipe's val split through a running daemon: one line.
+fn through_daemon(
+    a: &EvalArgs,
+    config: &TrainConfig,
+    jobs: &DataJobs,
+    socket: &std::path::Path,
+) -> Result<ExitCode> {
+    let batches = DataSource::Loader {
+        socket: socket.to_path_buf(),
+    }
+    .open()?;
+    check_splits(batches.socket(), &jobs.splits(), config.num_classes)?;
+    let on = load(a, config)?;
+    let acc = evaluate(&on.target(), batches.socket(), &jobs.eval, &mut |_, _| {})?;
+    println!(
+        "{}: top-1 {:.2} %, top-5 {:.2} % on {} images of {}",
+        a.weights.display(),
+        acc.top1,
+        acc.top5,
+        acc.samples,
+        config.rsb.val_split
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One row per set.
+fn print_table(weights: &std::path::Path, scores: &[SetScore]) {
+    println!("{}:", weights.display());
+    println!(
+        "{:<10} {:<8} {:>8} {:>8} {:>8} {:>11} {:>11} {:>12}",
+        "set", "split", "images", "top-1", "top-5", "ReaL top-1", "ReaL top-5", "ReaL images"
+    );
+    for s in scores {
+        let (r1, r5, rn) = s.real.map_or(("-".into(), "-".into(), "-".into()), |r| {
+            (
+                format!("{:.2}", r.top1),
+                format!("{:.2}", r.top5),
+                r.images.to_string(),
+            )
+        });
+        println!(
+            "{:<10} {:<8} {:>8} {:>8.2} {:>8.2} {r1:>11} {r5:>11} {rn:>12}",
+            s.name, s.split, s.images, s.top1, s.top5
+        );
+    }
 }

@@ -5,15 +5,18 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use trainer::resnet::ResNetConfig;
+use trainer::model::{Precision, ResNetConfig, timm_weights};
+use trainer::run::OnDevice;
 
-use super::ModelArgs;
+use super::{DeviceArgs, ModelArgs};
 
 /// `trainer export` flags.
 #[derive(Args)]
 pub struct ExportArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Seed of the initialization.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -27,24 +30,17 @@ pub struct ExportArgs {
 
 /// Initializes and writes the weights.
 pub fn run(a: ExportArgs) -> Result<ExitCode> {
-    let ExportArgs {
-        model,
-        seed,
-        no_zero_init_last,
-        out,
-    } = a;
     let config = ResNetConfig {
-        zero_init_last: !no_zero_init_last,
-        ..model.config()?
+        zero_init_last: !a.no_zero_init_last,
+        ..a.model.config()?
     };
-    let device = burn::tensor::Device::flex();
-    device.seed(seed);
-    let net = config.init(&device)?;
-    trainer::weights::export(&net, &out)?;
+    let precision = a.device.dtype.unwrap_or(Precision::F32);
+    let on = OnDevice::load(&config, a.device.device, precision, a.seed, None)?;
+    timm_weights::export(&on.model, &a.out)?;
     println!(
         "wrote {} ({} parameters)",
-        out.display(),
-        net.trainable_params()
+        a.out.display(),
+        on.model.trainable_params()
     );
     Ok(ExitCode::SUCCESS)
 }

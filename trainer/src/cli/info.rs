@@ -4,18 +4,30 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use burn::module::Module;
+use clap::Args;
+use trainer::model::Precision;
+use trainer::run::OnDevice;
 
-use super::ModelArgs;
+use super::{DeviceArgs, ModelArgs};
+
+/// `trainer info` flags.
+#[derive(Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
 
 /// Prints the counts.
-pub fn run(m: ModelArgs) -> Result<ExitCode> {
-    let config = m.config()?;
-    let model = config.init(&burn::tensor::Device::flex())?;
+pub fn run(a: InfoArgs) -> Result<ExitCode> {
+    let precision = a.device.dtype.unwrap_or(Precision::F32);
+    let on = OnDevice::load(&a.model.config()?, a.device.device, precision, 0, None)?;
     println!(
         "{}: {} trainable parameters ({} values with the BN running statistics)",
-        m.model,
-        model.trainable_params(),
-        model.num_params()
+        a.model.model,
+        on.model.trainable_params(),
+        on.model.num_params()
     );
     Ok(ExitCode::SUCCESS)
 }

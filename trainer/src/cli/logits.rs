@@ -4,16 +4,21 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use burn::module::Module;
 use clap::Args;
+use trainer::model::Precision;
+use trainer::run::{OnDevice, Weights};
 
-use super::ModelArgs;
+use super::{DeviceArgs, ModelArgs};
 
 /// `trainer logits` flags.
 #[derive(Args)]
 pub struct LogitsArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// safetensors weights (timm names).
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Weights: timm-named safetensors, or a run's checkpoint directory.
     #[arg(long)]
     pub weights: PathBuf,
     /// Images in the probe batch.
@@ -26,23 +31,25 @@ pub struct LogitsArgs {
 
 /// Prints the logits as JSON.
 pub fn run(a: LogitsArgs) -> Result<ExitCode> {
-    let LogitsArgs {
-        model,
-        weights,
-        batch,
-        img_size,
-    } = a;
-    let device = burn::tensor::Device::flex();
-    let net = trainer::weights::import(model.config()?.init(&device)?, &weights)?;
-    let n = batch * 3 * img_size * img_size;
-    let probe: Vec<f32> = (0..n)
+    let precision = a.device.dtype.unwrap_or(Precision::F32);
+    let weights = Weights::at(&a.weights);
+    let on = OnDevice::load(&a.model.config()?, a.device.device, precision, 0, Some(&weights))?;
+    let (batch, side) = (a.batch, a.img_size);
+    let probe: Vec<f32> = (0..batch * 3 * side * side)
         .map(|i| ((i as f64) * 0.001).sin() as f32 * 2.0)
         .collect();
+    // Eval mode: the model's copy without gradient recording (batch norm's running statistics).
+    let valid = on.model.valid();
     let x = burn::tensor::Tensor::<4>::from_data(
-        burn::tensor::TensorData::new(probe, [batch, 3, img_size, img_size]),
-        &device,
+        burn::tensor::TensorData::new(probe, [batch, 3, side, side]),
+        &on.device.clone().inner(),
     );
-    let logits: Vec<f32> = net.forward(x).into_data().iter::<f32>().collect();
+    let logits: Vec<f32> = valid
+        .forward(x)
+        .into_data()
+        .convert::<f32>()
+        .iter::<f32>()
+        .collect();
     println!("{}", serde_json::to_string(&logits)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -1,13 +1,13 @@
-//! The `trainer` binary's subcommands, one module each, and the flags they share: the model
-//! (timm's `--model` and CPU-sized variants), where batches come from, and the recipe.
+//! The `trainer` binary's subcommands, one module each, and what they share: the model flags
+//! (timm's `--model` and CPU-sized variants), where batches come from, the device, the recipe
+//! with timm's flags over it ([`recipe_flags`]), and how a run's progress is shown
+//! ([`progress`]).
 
 use anyhow::Result;
 use clap::Args;
-use trainer::config::TrainConfig;
 use trainer::data::DataSource;
-use trainer::device::{DeviceKind, Precision};
-use trainer::overrides::RecipeOverrides;
-use trainer::resnet::ResNetConfig;
+use trainer::model::{DeviceKind, Precision, ResNetConfig};
+use trainer::recipe::TrainConfig;
 
 pub mod bench;
 pub mod check_device;
@@ -18,8 +18,12 @@ pub mod export;
 pub mod info;
 pub mod logits;
 pub mod plot;
+pub mod progress;
+pub mod recipe_flags;
 pub mod study;
 pub mod train;
+
+use recipe_flags::RecipeFlags;
 
 /// Which model (timm's `--model`, plus CPU-sized variants).
 #[derive(Args, Clone)]
@@ -44,7 +48,8 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// The ResNet these flags name.
     pub fn config(&self) -> Result<ResNetConfig> {
-        let depth = trainer::resnet::timm_depth(&self.model)?;
+        let depth = trainer::model::resnet::timm_depth(&self.model)
+            .map_err(|e| anyhow::Error::new(Usage(e.to_string())))?;
         Ok(ResNetConfig {
             depth,
             num_classes: self.num_classes,
@@ -87,11 +92,25 @@ impl DataArgs {
     }
 }
 
+/// The device a command runs its model on, and its float types.
+#[derive(Args, Clone)]
+pub struct DeviceArgs {
+    /// flex (burn's CPU backend; `cpu` is the same), cuda or cuda:N (a build with the cuda
+    /// feature).
+    #[arg(long, default_value = "flex")]
+    pub device: DeviceKind,
+    /// Float types: f32; bf16 (everything, the weights too); amp (timm's --amp in bf16: f32
+    /// weights, bf16 convolutions and classifier, f32 batch norm). Default: amp when the
+    /// recipe says amp = true, else f32.
+    #[arg(long, value_enum)]
+    pub dtype: Option<Precision>,
+}
+
 /// Where a run trains, in what precision, and for how long (`trainer train` and `study`).
 #[derive(Args, Clone)]
 pub struct RunArgs {
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu", conflicts_with = "devices")]
+    /// flex (burn's CPU backend; `cpu` is the same), cuda or cuda:N.
+    #[arg(long, default_value = "flex", conflicts_with = "devices")]
     pub device: DeviceKind,
     /// Several GPUs of this machine that share the recipe's rsb.world_size ranks, e.g.
     /// cuda:0,cuda:1,cuda:2,cuda:3 (their count must divide the ranks; each runs its share one
@@ -135,11 +154,42 @@ pub struct SetArgs {
     pub real_labels: Option<std::path::PathBuf>,
 }
 
-/// The recipe at `path` with timm's flags over it, its warnings printed.
-pub fn load_recipe(path: &std::path::Path, overrides: &RecipeOverrides) -> Result<TrainConfig> {
-    let loaded = TrainConfig::load_with(path, overrides)?;
+/// The recipe at `path` with timm's flags over it, through the recipe's gate; its warnings
+/// printed.
+///
+/// # Errors
+/// The gate's refusal (exit status 2, [`is_bad_input`]).
+pub fn load_recipe(path: &std::path::Path, flags: &RecipeFlags) -> Result<TrainConfig> {
+    let loaded = TrainConfig::load(path, &flags.overrides())?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }
     Ok(loaded.config)
+}
+
+/// Bad usage or bad input: exit status 2 (the three binaries' one usage error).
+pub use shard_tool::console::Usage;
+
+/// `e` as a [`Usage`] error, its message kept.
+pub fn usage(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(Usage(e.to_string()))
+}
+
+/// Whether an error of the trainer's library is about what the user handed the command
+/// (exit status 2) rather than a failure at run time (1): a recipe, a dataset or a split that
+/// does not fit it, a weights or labels file, a run directory of another run.
+pub fn is_bad_input(e: &(dyn std::error::Error + 'static)) -> bool {
+    use trainer::eval::EvalError;
+    use trainer::report::study::StudyError;
+    use trainer::run::{TrainError, WeightsError};
+    e.is::<trainer::recipe::RecipeError>()
+        || e.is::<trainer::eval::real::RealError>()
+        || e.is::<trainer::model::timm_weights::TimmWeightsError>()
+        || e.is::<trainer::ranks::replicas::PlacementError>()
+        || e.downcast_ref::<trainer::data::DataError>()
+            .is_some_and(trainer::data::DataError::is_bad_input)
+        || e.downcast_ref::<EvalError>().is_some_and(EvalError::is_bad_input)
+        || e.downcast_ref::<WeightsError>().is_some_and(WeightsError::is_bad_input)
+        || e.downcast_ref::<TrainError>().is_some_and(TrainError::is_bad_input)
+        || e.downcast_ref::<StudyError>().is_some_and(StudyError::is_bad_input)
 }

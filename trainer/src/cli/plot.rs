@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
+use trainer::run::RunDir;
 
 /// `trainer plot` flags.
 #[derive(Args)]
@@ -27,25 +28,10 @@ pub struct PlotArgs {
 
 /// Draws the curves.
 pub fn run(a: PlotArgs) -> Result<ExitCode> {
-    let PlotArgs {
-        run,
-        out,
-        title,
-        width,
-        height,
-    } = a;
-    let metrics = trainer::plot::metrics_file(&run);
-    let dir = metrics.parent().map_or_else(
-        || std::path::PathBuf::from("."),
-        std::path::Path::to_path_buf,
-    );
-    let out = out.unwrap_or_else(|| dir.join("curves.png"));
-    let title = title.unwrap_or_else(|| {
-        let name = dir.canonicalize().unwrap_or(dir.clone());
-        name.file_name()
-            .map_or_else(|| "run".to_string(), |n| n.to_string_lossy().into_owned())
-    });
-    let summary = trainer::plot::plot(&metrics, &out, &title, width, height)?;
+    let run = RunDir::named(&a.run);
+    let out = a.out.unwrap_or_else(|| run.curves());
+    let title = a.title.unwrap_or_else(|| run.name());
+    let summary = trainer::report::curves::plot(&run, &out, &title, a.width, a.height)?;
     let top1 = summary
         .last_top1
         .map_or_else(String::new, |t| format!("; last top-1 {t:.2} %"));

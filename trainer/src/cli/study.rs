@@ -2,14 +2,13 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
-use trainer::overrides::RecipeOverrides;
-use trainer::study::{RunStatus, StudyEvent, StudyOptions, Vary};
+use shard_tool::console::say;
+use trainer::report::study::{RunStatus, StudyEvent, StudyOptions, Vary};
 
-use shard_tool::progress::say;
-
-use super::train::{progress_bar, report};
+use super::progress::{report, run_bar};
+use super::recipe_flags::RecipeFlags;
 use super::{DataArgs, RunArgs, SetArgs};
 
 /// `trainer study` flags.
@@ -50,14 +49,14 @@ pub struct StudyArgs {
     #[arg(long, default_value_t = 500)]
     pub plot_height: u32,
     #[command(flatten)]
-    pub overrides: RecipeOverrides,
+    pub recipe: RecipeFlags,
 }
 
 /// Runs the study and prints its table.
 pub fn run(a: StudyArgs) -> Result<ExitCode> {
     let options = StudyOptions {
         recipe: a.config.clone(),
-        overrides: a.overrides.clone(),
+        overrides: a.recipe.overrides(),
         varies: a.vary.clone(),
         out: a.out.clone(),
         data: a.data.source(a.workers),
@@ -69,14 +68,15 @@ pub fn run(a: StudyArgs) -> Result<ExitCode> {
         workers: a.workers,
         plot_size: (a.plot_width, a.plot_height),
     };
-    let mut bar = progress_bar()?;
+    let mut bar = run_bar();
     let mut model = String::new();
-    let mut dir = a.out.clone();
-    let study = trainer::study::run_study(&options, &mut |e| match e {
+    let mut metrics = a.out.clone();
+    let study = trainer::report::study::run_study(&options, &mut |e| match e {
         StudyEvent::Run {
             index,
             of,
             name,
+            dir,
             model: m,
             status,
         } => {
@@ -90,30 +90,27 @@ pub fn run(a: StudyArgs) -> Result<ExitCode> {
                 }
             };
             eprintln!("run {index}/{of} {name}: {what}");
-            dir = a.out.join(name);
+            metrics = dir.metrics();
             // A fresh bar per run; the previous one is done.
-            if let Ok(b) = progress_bar() {
-                bar = b;
-            }
+            bar = run_bar();
         }
-        StudyEvent::Train(e) => report(&bar, &model, &dir, e),
+        StudyEvent::Train(e) => report(&bar, &model, &metrics, e),
         StudyEvent::Scored { name, set, cached } => {
             let how = if cached { " (kept from before)" } else { "" };
             say(&bar, format!("{name}: scored on --set {set}{how}"));
         }
-    })
-    .context("study")?;
+    })?;
     bar.finish_and_clear();
     if a.json {
         println!("{}", serde_json::to_string(&study)?);
         return Ok(ExitCode::SUCCESS);
     }
-    print!("{}", trainer::study::format_table(&study.rows));
+    print!("{}", trainer::report::study::format_table(&study.rows));
     println!(
         "{} runs; table in {}, plot in {}",
         study.runs.len(),
-        a.out.join(trainer::study::TABLE_FILE).display(),
-        a.out.join(trainer::study::PLOT_FILE).display()
+        a.out.join(trainer::report::study::TABLE_FILE).display(),
+        a.out.join(trainer::report::study::PLOT_FILE).display()
     );
     Ok(ExitCode::SUCCESS)
 }

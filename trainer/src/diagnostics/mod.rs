@@ -1,0 +1,5 @@
+//! Measurements of the trainer itself: the training step's speed ([`bench`], `trainer bench`)
+//! and one batch on two devices compared ([`device_check`], `trainer check-device`).
+
+pub mod bench;
+pub mod device_check;

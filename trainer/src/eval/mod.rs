@@ -1,0 +1,170 @@
+//! Evaluation: top-1 and top-5 of a model in eval mode on the loader's eval batches (timm's
+//! `validate`: resize, center crop, plain logits, the true class's rank), on a run's val split
+//! or on other packed sets ([`sets`]), with ImageNet-ReaL's labels ([`real`]).
+
+pub mod real;
+pub mod sets;
+
+pub use sets::{EvalSet, RealSummary, SetScore, evaluate_set};
+
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::module::Module;
+use burn::tensor::Device;
+use loader::JobSpec;
+use loader::client::{Client, ClientOptions};
+use loader::job::Position;
+
+use crate::data::normalize::{BatchError, normalize};
+use crate::data::source::DataError;
+use crate::data::upload::{Pixels, Uploader};
+use crate::model::ResNet;
+
+/// What is evaluated, where, and how its batches reach the device.
+pub struct Target<'a> {
+    /// The model (its eval-mode copy is what runs).
+    pub model: &'a ResNet,
+    /// Its device.
+    pub device: &'a Device,
+    /// The batches' way there.
+    pub upload: &'a Uploader,
+}
+
+/// Errors of an evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// The loader.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// A batch that does not match its shape.
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    /// The logits could not be read back.
+    #[error("reading logits: {0}")]
+    Logits(String),
+    /// A set's dataset could not be opened for its file names.
+    #[error("{dir}: {message}")]
+    Dataset {
+        /// The set's dataset directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        message: String,
+    },
+}
+
+impl EvalError {
+    /// Whether the user's input is at fault: a set that is not a packed dataset or does not
+    /// fit the recipe.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            EvalError::Data(e) => e.is_bad_input(),
+            EvalError::Dataset { .. } => true,
+            EvalError::Batch(_) | EvalError::Logits(_) => false,
+        }
+    }
+}
+
+/// What an evaluation gave.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Accuracy {
+    /// Top-1, percent.
+    pub top1: f64,
+    /// Top-5, percent.
+    pub top5: f64,
+    /// Images evaluated.
+    pub samples: u64,
+}
+
+/// Top-1 and top-5 of `model` (eval mode) on the batches of `job` (the recipe's eval job),
+/// telling `on_image` each image's record id and its five best classes, best first (for other
+/// label sets, such as ImageNet-ReaL's).
+///
+/// # Errors
+/// [`EvalError`]: the loader, a batch that does not fit its shape, logits that cannot be read.
+pub fn evaluate(
+    target: &Target<'_>,
+    socket: &Path,
+    job: &JobSpec,
+    on_image: &mut dyn FnMut(u32, &[u32]),
+) -> Result<Accuracy, EvalError> {
+    let valid = target.model.valid();
+    let inner = target.device.clone().inner();
+    let mut client = Client::connect(ClientOptions {
+        socket: socket.to_path_buf(),
+        job_id: format!("eval-{}", std::process::id()),
+        job: job.clone(),
+        start: Position::default(),
+        epochs: Some(1),
+        slots: None,
+        reconnect_timeout: std::time::Duration::from_secs(300),
+    })
+    .map_err(DataError::from)?;
+    let side = job.transform.img_size() as usize;
+    let (mut top1, mut top5, mut n) = (0u64, 0u64, 0u64);
+    while let Some(batch) = client.next_batch().map_err(DataError::from)? {
+        let batch = Arc::new(batch);
+        let shape = [batch.count, side, side];
+        let pixels = target
+            .upload
+            .upload(&Pixels::Slot(Arc::clone(&batch)), shape, &inner)?;
+        let logits = valid.forward(normalize(pixels));
+        let [rows, classes] = logits.dims();
+        let values: Vec<f32> = logits
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .map_err(|e| EvalError::Logits(format!("{e:?}")))?;
+        let rows_of = values
+            .chunks_exact(classes)
+            .zip(batch.labels())
+            .zip(batch.ids());
+        for ((row, &label), &id) in rows_of.take(rows) {
+            on_image(id, &best5(row));
+            let own = row
+                .get(label as usize)
+                .copied()
+                .unwrap_or(f32::NEG_INFINITY);
+            // Rank of the true class: how many classes score higher (ties count against).
+            let above = row.iter().filter(|&&v| v > own).count();
+            top1 += u64::from(above < 1);
+            top5 += u64::from(above < 5);
+        }
+        n += batch.count as u64;
+    }
+    let pct = |k: u64| 100.0 * k as f64 / n.max(1) as f64;
+    drop(client);
+    Ok(Accuracy {
+        top1: pct(top1),
+        top5: pct(top5),
+        samples: n,
+    })
+}
+
+/// The five best classes of one row of logits, best first (ties: the lower index first, as
+/// `torch.topk` on CPU gives them).
+pub fn best5(row: &[f32]) -> [u32; 5] {
+    let mut best: [(f32, u32); 5] = [(f32::NEG_INFINITY, u32::MAX); 5];
+    for (i, &v) in row.iter().enumerate() {
+        if v > best[4].0 {
+            best[4] = (v, i as u32);
+            let mut k = 4;
+            while k > 0 && best[k].0 > best[k - 1].0 {
+                best.swap(k, k - 1);
+                k -= 1;
+            }
+        }
+    }
+    best.map(|(_, i)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top5_is_best_first_and_sets_parse() {
+        let row = [0.1, 3.0, -1.0, 3.0, 2.0, 0.5, 7.0];
+        assert_eq!(best5(&row), [6, 1, 3, 4, 5]);
+    }
+}

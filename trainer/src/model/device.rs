@@ -1,0 +1,216 @@
+//! Which device a model runs on: `flex` (burn's flex CPU backend; `cpu` is the same) or
+//! `cuda[:N]` (the `cuda` feature), and in which float types.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::{Device, FloatDType};
+
+/// A device named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// burn's flex CPU backend, on all cores (`flex`, or `cpu`).
+    Flex,
+    /// An NVIDIA GPU by index.
+    Cuda(usize),
+}
+
+/// Floating-point precision of parameters and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    /// 32-bit floats everywhere.
+    F32,
+    /// bfloat16 parameters and activations (the device's default float type).
+    Bf16,
+    /// timm's `--amp` in bf16: f32 parameters, gradients, optimizer state, batch norm and loss;
+    /// convolutions and the classifier in bf16 (the trainer's `amp` module). A recipe's `amp =
+    /// true`.
+    Amp,
+}
+
+impl Precision {
+    /// The float type convolutions and matmuls compute in, when it is not the parameters'.
+    pub fn compute(self) -> Option<FloatDType> {
+        match self {
+            Precision::Amp => Some(crate::model::amp::COMPUTE),
+            Precision::F32 | Precision::Bf16 => None,
+        }
+    }
+
+    /// The precision of a run: `--dtype` when given, else the recipe's `amp` (amp, or f32);
+    /// with a line to say once when the two disagree or what amp does on the CPU.
+    pub fn resolve(
+        dtype: Option<Precision>,
+        recipe_amp: bool,
+        device: DeviceKind,
+    ) -> (Precision, Option<String>) {
+        let precision = dtype.unwrap_or(if recipe_amp {
+            Precision::Amp
+        } else {
+            Precision::F32
+        });
+        let note = match (dtype, recipe_amp, precision, device) {
+            (Some(d), true, _, _) if d != Precision::Amp => Some(format!(
+                "the recipe says amp = true; --dtype {} trains in pure {} instead",
+                d.name(),
+                d.name()
+            )),
+            (_, _, Precision::Amp, DeviceKind::Flex) => Some(
+                "amp on the CPU: convolutions and the classifier round to bf16 as on a GPU, but \
+                 burn-flex computes them in f32 and converts, so amp is no faster here"
+                    .into(),
+            ),
+            _ => None,
+        };
+        (precision, note)
+    }
+
+    /// As `--dtype` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::Amp => "amp",
+        }
+    }
+}
+
+/// Errors choosing a device.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// Not `cpu`, `cuda` or `cuda:N`.
+    #[error("unknown device '{0}': use flex (or cpu), cuda or cuda:N")]
+    Parse(String),
+    /// CUDA asked of a build without it.
+    #[error(
+        "this trainer was built without CUDA support; build it with trainer/cuda/build.sh \
+         (cargo build --features cuda) to use '{0}'"
+    )]
+    NoCuda(DeviceKind),
+    /// No NVIDIA driver library on this machine.
+    #[error(
+        "{0}: the NVIDIA driver library (libcuda.so.1) cannot be loaded; is this a GPU machine \
+         with the driver installed, and is its directory on LD_LIBRARY_PATH?"
+    )]
+    NoDriver(DeviceKind),
+    /// The backend refused the precision.
+    #[error("device {device} cannot use {precision:?}: {reason}")]
+    Precision {
+        /// The device.
+        device: DeviceKind,
+        /// What was asked.
+        precision: Precision,
+        /// burn's reason.
+        reason: String,
+    },
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceKind::Flex => f.write_str("flex"),
+            DeviceKind::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl FromStr for DeviceKind {
+    type Err = DeviceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "flex" | "cpu" => Ok(DeviceKind::Flex),
+            "cuda" => Ok(DeviceKind::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse().ok())
+                .map(DeviceKind::Cuda)
+                .ok_or_else(|| DeviceError::Parse(s.to_string())),
+        }
+    }
+}
+
+impl DeviceKind {
+    /// The device without gradient recording, with `precision` as its default float type.
+    pub fn device(self, precision: Precision) -> Result<Device, DeviceError> {
+        let mut device = match self {
+            DeviceKind::Flex => Device::flex(),
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda(i) => {
+                // cubecl panics on a worker thread when the driver is missing; say it plainly.
+                if !driver_loadable() {
+                    return Err(DeviceError::NoDriver(self));
+                }
+                Device::cuda(i)
+            }
+            #[cfg(not(feature = "cuda"))]
+            DeviceKind::Cuda(_) => return Err(DeviceError::NoCuda(self)),
+        };
+        if precision == Precision::Bf16 {
+            device
+                .configure(FloatDType::BF16)
+                .map_err(|e| DeviceError::Precision {
+                    device: self,
+                    precision,
+                    reason: format!("{e:?}"),
+                })?;
+        }
+        Ok(device)
+    }
+}
+
+/// Whether the dynamic loader finds the NVIDIA driver, as cudarc will look for it.
+#[cfg(feature = "cuda")]
+fn driver_loadable() -> bool {
+    ["libcuda.so.1", "libcuda.so"]
+        .iter()
+        .any(|name| library_loadable(name))
+}
+
+/// Whether the dynamic loader finds the shared library `name` (cudarc loads the driver, NVRTC
+/// and NCCL at run time, and panics on a worker thread when one is missing).
+#[cfg(feature = "cuda")]
+pub(crate) fn library_loadable(name: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: dlopen with a valid C string; the handle is only tested and closed. Loading these
+    // libraries runs no code of ours.
+    unsafe {
+        let handle = libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
+        if handle.is_null() {
+            false
+        } else {
+            libc::dlclose(handle);
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_names() {
+        assert_eq!("cpu".parse::<DeviceKind>().ok(), Some(DeviceKind::Flex));
+        assert_eq!("flex".parse::<DeviceKind>().ok(), Some(DeviceKind::Flex));
+        assert_eq!(DeviceKind::Flex.to_string(), "flex");
+        assert_eq!("cuda".parse::<DeviceKind>().ok(), Some(DeviceKind::Cuda(0)));
+        assert_eq!(
+            "cuda:3".parse::<DeviceKind>().ok(),
+            Some(DeviceKind::Cuda(3))
+        );
+        let err = "gpu".parse::<DeviceKind>().expect_err("not a device");
+        assert!(err.to_string().contains("flex (or cpu), cuda or cuda:N"));
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_says_how_to_build_it() {
+        let err = DeviceKind::Cuda(0)
+            .device(Precision::F32)
+            .expect_err("no cuda");
+        assert!(err.to_string().contains("trainer/cuda/build.sh"), "{err}");
+    }
+}

@@ -1,0 +1,547 @@
+//! timm's ResNet (v1.5: the stride sits on the 3×3 convolution, 1×1 projection shortcuts,
+//! 7×7 stem and max-pool), with timm's initialization and stochastic depth.
+//!
+//! Field names follow timm's state dict (`conv1`, `bn1`, `layer1.0.conv2`, `fc`, ...), so that
+//! exported weights load into `timm.create_model("resnet50")` with only the adapter's renames.
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::module::adaptive_avg_pool2d;
+use burn::tensor::{Device, Distribution, FloatDType, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::model::amp;
+use crate::model::batch_norm::BatchNorm;
+
+/// Which ResNet to build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResNetConfig {
+    /// 18, 34 (basic blocks), 50, 101 or 152 (bottlenecks).
+    pub depth: usize,
+    /// Classes of the final layer (1000 for ImageNet).
+    pub num_classes: usize,
+    /// Multiplies every channel count (1.0 = timm's model); for CPU-sized runs.
+    pub width: f64,
+    /// 3×3 stride-1 stem without max-pool, for 32×32 images (CIFAR); timm's is 7×7/2 + pool.
+    pub small_stem: bool,
+    /// timm's `drop_path_rate`: block i of n drops its residual branch with probability
+    /// `rate * i / (n - 1)`.
+    pub drop_path_rate: f64,
+    /// timm's `zero_init_last`: the last BN γ of each block starts at 0, so that every block
+    /// starts as the identity.
+    pub zero_init_last: bool,
+}
+
+/// Errors in a [`ResNetConfig`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A depth that timm does not define.
+    #[error("ResNet depth {0} is not one of 18, 34, 50, 101, 152")]
+    Depth(usize),
+    /// A width multiplier that leaves no channels.
+    #[error("width multiplier {0} must be positive and finite")]
+    Width(f64),
+    /// A model name that is not one of timm's ResNets.
+    #[error("model \"{0}\": use resnet18, resnet34, resnet50, resnet101 or resnet152")]
+    Model(String),
+}
+
+/// The depth of timm's model `name` (`resnet50` → 50).
+pub fn timm_depth(name: &str) -> Result<usize, ConfigError> {
+    name.strip_prefix("resnet")
+        .and_then(|d| d.parse().ok())
+        .filter(|d| matches!(d, 18 | 34 | 50 | 101 | 152))
+        .ok_or_else(|| ConfigError::Model(name.to_string()))
+}
+
+impl ResNetConfig {
+    /// timm's `resnet50`: 1000 classes, full width, ImageNet stem, no stochastic depth.
+    pub fn resnet50() -> Self {
+        ResNetConfig {
+            depth: 50,
+            num_classes: 1000,
+            width: 1.0,
+            small_stem: false,
+            drop_path_rate: 0.0,
+            zero_init_last: true,
+        }
+    }
+
+    /// Blocks per stage and whether they are bottlenecks.
+    fn layout(&self) -> Result<([usize; 4], bool), ConfigError> {
+        Ok(match self.depth {
+            18 => ([2, 2, 2, 2], false),
+            34 => ([3, 4, 6, 3], false),
+            50 => ([3, 4, 6, 3], true),
+            101 => ([3, 4, 23, 3], true),
+            152 => ([3, 8, 36, 3], true),
+            d => return Err(ConfigError::Depth(d)),
+        })
+    }
+
+    fn channels(&self, base: usize) -> usize {
+        ((base as f64 * self.width).round() as usize).max(1)
+    }
+
+    /// Builds the model with timm's initialization on `device`.
+    pub fn init(&self, device: &Device) -> Result<ResNet, ConfigError> {
+        let (blocks, bottleneck) = self.layout()?;
+        if !(self.width.is_finite() && self.width > 0.0) {
+            return Err(ConfigError::Width(self.width));
+        }
+        let expansion = if bottleneck { 4 } else { 1 };
+        let stem = self.channels(64);
+        let (conv1, maxpool) = if self.small_stem {
+            (conv(3, stem, 3, 1, device), None)
+        } else {
+            let pool = MaxPool2dConfig::new([3, 3])
+                .with_strides([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init();
+            (conv(3, stem, 7, 2, device), Some(pool))
+        };
+        let total: usize = blocks.iter().sum();
+        let mut index = 0;
+        let mut in_ch = stem;
+        let mut layers: Vec<Vec<Block>> = Vec::with_capacity(4);
+        for (stage, &count) in blocks.iter().enumerate() {
+            let width = self.channels(64 << stage);
+            let stride = if stage == 0 { 1 } else { 2 };
+            let mut layer = Vec::with_capacity(count);
+            for i in 0..count {
+                let rate = if total > 1 {
+                    self.drop_path_rate * index as f64 / (total - 1) as f64
+                } else {
+                    0.0
+                };
+                let s = if i == 0 { stride } else { 1 };
+                layer.push(Block::new(
+                    in_ch,
+                    width,
+                    [s, if bottleneck { 4 } else { 1 }],
+                    self.zero_init_last,
+                    rate,
+                    device,
+                ));
+                in_ch = width * expansion;
+                index += 1;
+            }
+            layers.push(layer);
+        }
+        let [layer1, layer2, layer3, layer4]: [Vec<Block>; 4] = layers
+            .try_into()
+            .map_err(|_| ConfigError::Depth(self.depth))?;
+        let model = ResNet {
+            conv1,
+            bn1: BatchNorm::new(stem, false, device),
+            maxpool,
+            layer1,
+            layer2,
+            layer3,
+            layer4,
+            // PyTorch's default Linear initialization, which timm leaves in place.
+            fc: LinearConfig::new(in_ch, self.num_classes).init(device),
+            compute: None,
+        };
+        // burn draws a parameter's values lazily, when it is first read; draw them all now, in
+        // module order, so that a seed gives the same weights whatever reads them first (a
+        // forward pass, an export, an import that overwrites only some).
+        struct Draw;
+        impl ModuleVisitor for Draw {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let _ = param.val();
+            }
+        }
+        model.visit(&mut Draw);
+        Ok(model)
+    }
+}
+
+/// timm's `kaiming_normal_(mode='fan_out', nonlinearity='relu')`, no bias.
+fn conv(in_ch: usize, out_ch: usize, kernel: usize, stride: usize, device: &Device) -> Conv2d {
+    let pad = kernel / 2;
+    Conv2dConfig::new([in_ch, out_ch], [kernel, kernel])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+        .with_bias(false)
+        .with_initializer(Initializer::KaimingNormal {
+            gain: 2f64.sqrt(),
+            fan_out_only: true,
+        })
+        .init(device)
+}
+
+/// The 1×1 projection shortcut where shape changes (timm: `downsample.0` conv, `downsample.1` BN).
+#[derive(Module, Debug)]
+pub struct Downsample {
+    /// 1×1 convolution with the block's stride.
+    pub conv: Conv2d,
+    /// Its batch norm.
+    pub bn: BatchNorm,
+}
+
+/// A basic block (two 3×3) or a bottleneck (1×1, 3×3 with the stride, 1×1 ×4).
+#[derive(Module, Debug)]
+pub struct Block {
+    /// First convolution (3×3 basic, 1×1 bottleneck).
+    pub conv1: Conv2d,
+    /// Its batch norm.
+    pub bn1: BatchNorm,
+    /// 3×3 convolution carrying the stride.
+    pub conv2: Conv2d,
+    /// Its batch norm (zero γ in a basic block).
+    pub bn2: BatchNorm,
+    /// Bottleneck's expanding 1×1.
+    pub conv3: Option<Conv2d>,
+    /// Its batch norm (zero γ).
+    pub bn3: Option<BatchNorm>,
+    /// Projection shortcut, where the shape changes.
+    pub downsample: Option<Downsample>,
+    /// Probability of dropping the residual branch for a sample in training.
+    pub drop_path: f64,
+}
+
+impl Block {
+    /// `[stride, expansion]`: expansion 4 builds a bottleneck, 1 a basic block.
+    fn new(
+        in_ch: usize,
+        width: usize,
+        [stride, expansion]: [usize; 2],
+        zero_last: bool,
+        drop_path: f64,
+        device: &Device,
+    ) -> Self {
+        let bottleneck = expansion == 4;
+        let out_ch = width * expansion;
+        let downsample = (stride != 1 || in_ch != out_ch).then(|| Downsample {
+            conv: conv(in_ch, out_ch, 1, stride, device),
+            bn: BatchNorm::new(out_ch, false, device),
+        });
+        if bottleneck {
+            Block {
+                conv1: conv(in_ch, width, 1, 1, device),
+                bn1: BatchNorm::new(width, false, device),
+                conv2: conv(width, width, 3, stride, device),
+                bn2: BatchNorm::new(width, false, device),
+                conv3: Some(conv(width, out_ch, 1, 1, device)),
+                bn3: Some(BatchNorm::new(out_ch, zero_last, device)),
+                downsample,
+                drop_path,
+            }
+        } else {
+            Block {
+                conv1: conv(in_ch, width, 3, stride, device),
+                bn1: BatchNorm::new(width, false, device),
+                conv2: conv(width, width, 3, 1, device),
+                bn2: BatchNorm::new(width, zero_last, device),
+                conv3: None,
+                bn3: None,
+                downsample,
+                drop_path,
+            }
+        }
+    }
+
+    /// `masks`: the key of this block's drop-path draws (see [`ResNet::forward_with`]).
+    /// `compute`: the convolutions' float type ([`crate::model::amp`]).
+    fn forward(&self, x: Tensor<4>, masks: Option<u64>, compute: Option<FloatDType>) -> Tensor<4> {
+        let shortcut = match &self.downsample {
+            Some(d) => d.bn.forward(amp::conv(&d.conv, x.clone(), compute)),
+            None => x.clone(),
+        };
+        let y = relu(self.bn1.forward(amp::conv(&self.conv1, x, compute)));
+        let mut y = self.bn2.forward(amp::conv(&self.conv2, y, compute));
+        if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
+            y = bn3.forward(amp::conv(conv3, relu(y), compute));
+        }
+        relu(drop_path(y, self.drop_path, masks) + shortcut)
+    }
+}
+
+/// timm's `drop_path`: in training, zero the whole branch of a sample with probability `p` and
+/// scale the kept ones by `1 / (1 - p)`. With `key`, the samples' draws come from a generator
+/// seeded by it on the host; without, from the backend's.
+fn drop_path(x: Tensor<4>, p: f64, key: Option<u64>) -> Tensor<4> {
+    if p <= 0.0 || !x.device().is_autodiff() {
+        return x;
+    }
+    let keep = 1.0 - p;
+    let [n, _, _, _] = x.dims();
+    let mask = match key {
+        Some(key) => {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(key);
+            let values: Vec<f32> = (0..n)
+                .map(|_| if rng.random_bool(keep) { 1.0 } else { 0.0 })
+                .collect();
+            Tensor::<4>::from_data(TensorData::new(values, [n, 1, 1, 1]), &x.device())
+        }
+        None => Tensor::<4>::random([n, 1, 1, 1], Distribution::Bernoulli(keep), &x.device()),
+    };
+    x * mask.div_scalar(keep)
+}
+
+/// A fixed mix of two numbers (splitmix64's finalizer): keys of independent draws.
+pub fn mix_key(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// What [`ResNet::for_each_trainable`] tells about a parameter.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainableParam<'a> {
+    /// burn's id (the key of gradients and optimizer state).
+    pub id: ParamId,
+    /// Its field name (`weight`, `bias`, `gamma`, ...).
+    pub name: &'a str,
+    /// Tensor rank.
+    pub rank: usize,
+    /// Number of values.
+    pub elements: usize,
+}
+
+/// A ResNet; see the module documentation.
+#[derive(Module, Debug)]
+pub struct ResNet {
+    /// Stem convolution.
+    pub conv1: Conv2d,
+    /// Stem batch norm.
+    pub bn1: BatchNorm,
+    /// Stem max-pool (absent with the small stem).
+    pub maxpool: Option<MaxPool2d>,
+    /// Stage 1 (stride 1).
+    pub layer1: Vec<Block>,
+    /// Stage 2 (stride 2).
+    pub layer2: Vec<Block>,
+    /// Stage 3 (stride 2).
+    pub layer3: Vec<Block>,
+    /// Stage 4 (stride 2).
+    pub layer4: Vec<Block>,
+    /// Classifier.
+    pub fc: Linear,
+    /// The float type the convolutions and the classifier compute in ([`crate::model::amp`]);
+    /// `None`: the parameters' own. Not saved: a run's precision is set each time it starts.
+    #[module(skip)]
+    pub compute: Option<FloatDType>,
+}
+
+impl ResNet {
+    /// Parameters the optimizer trains: burn's `num_params` also counts the BN running
+    /// statistics, which timm keeps as buffers.
+    pub fn trainable_params(&self) -> usize {
+        let mut total = 0;
+        self.for_each_trainable(|p| total += p.elements);
+        total
+    }
+
+    /// Folds the BN running-statistics update of the last training forward into the values a
+    /// file store reads. burn's `RunningState` keeps each thread's newest update pending until
+    /// the next forward (or `valid()`), while visitors, saving included, read the settled value:
+    /// without this a checkpoint or an export lags one step behind.
+    pub fn settle_running_stats(&self) {
+        let _ = self.valid();
+    }
+
+    /// Every block, stage by stage.
+    fn blocks(&self) -> impl Iterator<Item = &Block> {
+        self.layer1
+            .iter()
+            .chain(&self.layer2)
+            .chain(&self.layer3)
+            .chain(&self.layer4)
+    }
+
+    /// Every batch norm, in module order (stem, then each block's `bn1`, `bn2`, `bn3`, and its
+    /// downsample's): the layers whose running statistics each rank keeps its own of.
+    pub fn batch_norms(&self) -> Vec<&BatchNorm> {
+        let mut all = vec![&self.bn1];
+        for block in self.blocks() {
+            all.extend([&block.bn1, &block.bn2]);
+            all.extend(&block.bn3);
+            all.extend(block.downsample.as_ref().map(|d| &d.bn));
+        }
+        all
+    }
+
+    /// Calls `f` for every trainable parameter (every float parameter but the BN running
+    /// statistics), in module order.
+    pub fn for_each_trainable(&self, f: impl FnMut(TrainableParam<'_>)) {
+        struct Walk<F> {
+            path: Vec<String>,
+            f: F,
+        }
+        impl<F: FnMut(TrainableParam<'_>)> ModuleVisitor for Walk<F> {
+            fn enter_module(&mut self, name: &str, _container: &str) {
+                self.path.push(name.to_string());
+            }
+            fn exit_module(&mut self, _name: &str, _container: &str) {
+                self.path.pop();
+            }
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let name = self.path.last().map_or("", String::as_str);
+                if !matches!(name, "running_mean" | "running_var") {
+                    (self.f)(TrainableParam {
+                        id: param.id,
+                        name,
+                        rank: D,
+                        elements: param.lazy_shape().num_elements(),
+                    });
+                }
+            }
+        }
+        self.visit(&mut Walk {
+            path: Vec::new(),
+            f,
+        });
+    }
+
+    /// Logits `[N, classes]` of normalized images `[N, 3, H, W]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.forward_with(x, None)
+    }
+
+    /// [`ResNet::forward`], with the drop-path draws of training keyed by `masks`: block i
+    /// draws its samples' masks on the host from `mix_key(masks, i)`, so they depend on the key
+    /// alone, not on the backend's generator, which every thread and device of the process
+    /// shares (a rank's masks are then the same on one device or several, and after a resume).
+    pub fn forward_with(&self, x: Tensor<4>, masks: Option<u64>) -> Tensor<2> {
+        let mut x = relu(self.bn1.forward(amp::conv(&self.conv1, x, self.compute)));
+        if let Some(pool) = &self.maxpool {
+            x = pool.forward(x);
+        }
+        for (i, block) in self.blocks().enumerate() {
+            x = block.forward(x, masks.map(|k| mix_key(k, i as u64)), self.compute);
+        }
+        let x = adaptive_avg_pool2d(x, [1, 1]).flatten::<2>(1, 3);
+        amp::linear(&self.fc, x, self.compute)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_drop_path_masks_depend_on_the_key_alone() {
+        let device = Device::flex().autodiff();
+        let model = ResNetConfig {
+            depth: 18,
+            num_classes: 4,
+            width: 0.125,
+            small_stem: true,
+            drop_path_rate: 0.5,
+            zero_init_last: false,
+        }
+        .init(&device)
+        .expect("valid config");
+        let x = Tensor::<4>::ones([8, 3, 16, 16], &device);
+        let run = |key| {
+            model
+                .forward_with(x.clone(), Some(key))
+                .to_data()
+                .try_to_vec::<f32>()
+                .expect("f32")
+        };
+        let a = run(mix_key(1, 2));
+        // The backend's generator moves (other threads and devices draw from it too).
+        device.seed(99);
+        let _ = Tensor::<1>::random([64], Distribution::Default, &device);
+        assert_eq!(run(mix_key(1, 2)), a);
+        assert_ne!(run(mix_key(1, 3)), a);
+        assert_ne!(mix_key(0, 1), mix_key(0, 2));
+        assert_ne!(mix_key(1, 1), mix_key(2, 1));
+    }
+
+    #[test]
+    fn resnet50_has_timms_parameter_count() {
+        let model = ResNetConfig::resnet50()
+            .init(&Device::flex())
+            .expect("valid config");
+        // timm: sum(p.numel() for p in create_model('resnet50').parameters())
+        assert_eq!(model.trainable_params(), 25_557_032);
+        // The running mean and variance of every BN channel are buffers, not parameters.
+        assert_eq!(model.num_params(), 25_557_032 + 2 * 26_560);
+    }
+
+    #[test]
+    fn every_batch_norm_is_listed_once() {
+        let model = ResNetConfig::resnet50()
+            .init(&Device::flex())
+            .expect("valid config");
+        let channels: usize = model
+            .batch_norms()
+            .iter()
+            .map(|bn| bn.running_mean.value().dims()[0])
+            .sum();
+        assert_eq!(channels, 26_560, "the BN channels of ResNet-50");
+        assert_eq!(model.batch_norms().len(), 53);
+    }
+
+    #[test]
+    fn resnet18_has_timms_parameter_count() {
+        let config = ResNetConfig {
+            depth: 18,
+            ..ResNetConfig::resnet50()
+        };
+        let model = config.init(&Device::flex()).expect("valid config");
+        assert_eq!(model.trainable_params(), 11_689_512);
+    }
+
+    #[test]
+    fn unknown_depth_is_an_error() {
+        let config = ResNetConfig {
+            depth: 42,
+            ..ResNetConfig::resnet50()
+        };
+        assert!(matches!(
+            config.init(&Device::flex()),
+            Err(ConfigError::Depth(42))
+        ));
+    }
+
+    #[test]
+    fn timm_model_names_give_their_depth_and_others_are_named_in_the_error() {
+        assert_eq!(timm_depth("resnet50").ok(), Some(50));
+        assert_eq!(timm_depth("resnet18").ok(), Some(18));
+        for bad in ["resnet51", "vit_base", "resnet"] {
+            let err = timm_depth(bad).expect_err(bad).to_string();
+            assert!(err.contains(bad) && err.contains("resnet152"), "{err}");
+        }
+    }
+
+    #[test]
+    fn small_model_gives_logits_of_the_right_shape() {
+        let config = ResNetConfig {
+            depth: 18,
+            num_classes: 10,
+            width: 0.25,
+            small_stem: true,
+            drop_path_rate: 0.1,
+            zero_init_last: true,
+        };
+        let device = Device::flex().autodiff();
+        let model = config.init(&device).expect("valid config");
+        let x = Tensor::<4>::random([2, 3, 16, 16], Distribution::Default, &device);
+        let y = model.forward(x);
+        assert_eq!(y.dims(), [2, 10]);
+    }
+
+    #[test]
+    fn last_batch_norm_of_each_block_starts_at_zero() {
+        let model = ResNetConfig::resnet50()
+            .init(&Device::flex())
+            .expect("valid config");
+        for block in model.layer1.iter().chain(&model.layer4) {
+            let bn3 = block.bn3.as_ref().expect("bottleneck");
+            let sum: f32 = bn3.gamma.val().abs().sum().into_scalar();
+            assert_eq!(sum, 0.0);
+            let sum1: f32 = block.bn1.gamma.val().sum().into_scalar();
+            assert!(sum1 > 0.0);
+        }
+    }
+}

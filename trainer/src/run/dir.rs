@@ -1,0 +1,251 @@
+//! A run directory (`trainer train --out RUN`) and every file in it, in one place, as cargo's
+//! `Layout` owns the paths inside `target/`:
+//!
+//! | file | what | written by |
+//! |---|---|---|
+//! | `recipe.toml` | the resolved recipe (timm writes `args.yaml`) | [`RunDir::write_recipe`] |
+//! | `metrics.jsonl` | one line per step and per evaluation | [`RunDir::metrics_log`] |
+//! | `ckpt-<step>/` | a checkpoint ([`Checkpoint`]) | [`RunDir::save_checkpoint`] |
+//! | `latest` | symlink to the newest complete checkpoint | [`RunDir::save_checkpoint`] |
+//! | `eval-sets.json` | a study's scores on extra eval sets | [`RunDir::write_set_scores`] |
+//! | `curves.png` | `trainer plot`'s default output | [`RunDir::curves`] |
+//!
+//! Every file is written atomically (a temporary file, synced, renamed into place; the
+//! `latest` link by a rename over the old one), so a run killed at any instant leaves each file
+//! whole, old or new. Nothing else in the trainer spells these names.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{Checkpoint, CheckpointError, Contents};
+use super::metrics::{Metric, MetricsError, MetricsLog, read_metrics};
+use crate::eval::SetScore;
+
+const RECIPE_FILE: &str = "recipe.toml";
+const METRICS_FILE: &str = "metrics.jsonl";
+const LATEST: &str = "latest";
+const SETS_FILE: &str = "eval-sets.json";
+const CURVES_FILE: &str = "curves.png";
+/// Checkpoints kept (the newest and the one before, in case the newest is being read).
+const KEEP: usize = 2;
+
+/// Errors of a run directory's files other than checkpoints and metrics.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct RunDirError {
+    /// The file.
+    pub path: PathBuf,
+    /// Why.
+    pub message: String,
+}
+
+/// A run's scores on an extra eval set, and what they were computed from
+/// (`eval-sets.json`), so a study run again does not evaluate a finished run again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachedSet {
+    /// The set as given (`NAME=DIR[:SPLIT]`), with the ReaL file if any.
+    pub spec: String,
+    /// The run's steps when it was evaluated.
+    pub steps: u64,
+    /// The score.
+    pub score: SetScore,
+}
+
+/// A run directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    /// The run directory `root` (it need not exist yet).
+    pub fn new(root: impl Into<PathBuf>) -> RunDir {
+        RunDir { root: root.into() }
+    }
+
+    /// The run a user names: its directory, or its `metrics.jsonl` file (`trainer plot` and
+    /// `compare` take either).
+    pub fn named(path: &Path) -> RunDir {
+        if path.is_file() && path.file_name().is_some_and(|n| n == METRICS_FILE) {
+            RunDir::new(path.parent().unwrap_or(Path::new(".")))
+        } else {
+            RunDir::new(path)
+        }
+    }
+
+    /// Its directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory's name (for titles and tables): its last component, resolved.
+    pub fn name(&self) -> String {
+        let full = self.root.canonicalize().unwrap_or_else(|_| self.root.clone());
+        full.file_name()
+            .map_or_else(|| "run".to_string(), |n| n.to_string_lossy().into_owned())
+    }
+
+    /// Creates the directory (and its parents).
+    ///
+    /// # Errors
+    /// [`RunDirError`] naming it.
+    pub fn create(&self) -> Result<(), RunDirError> {
+        std::fs::create_dir_all(&self.root).map_err(|e| RunDirError {
+            path: self.root.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Writes the resolved recipe to `recipe.toml`.
+    ///
+    /// # Errors
+    /// [`RunDirError`] naming the file.
+    pub fn write_recipe(&self, text: &str) -> Result<(), RunDirError> {
+        let header = "# The resolved recipe of this run: the --config file with the command \
+                      line's overrides applied.\n";
+        self.write(RECIPE_FILE, format!("{header}{text}").as_bytes())
+    }
+
+    /// `metrics.jsonl`.
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join(METRICS_FILE)
+    }
+
+    /// Every line of `metrics.jsonl`.
+    ///
+    /// # Errors
+    /// [`MetricsError`] naming the file (and the line that is not a metric).
+    pub fn read_metrics(&self) -> Result<Vec<Metric>, MetricsError> {
+        read_metrics(&self.metrics())
+    }
+
+    /// `metrics.jsonl` open for appending, cut back to `steps_done` steps.
+    ///
+    /// # Errors
+    /// [`MetricsError`] naming the file.
+    pub fn metrics_log(&self, steps_done: u64) -> Result<MetricsLog, MetricsError> {
+        MetricsLog::open(&self.metrics(), steps_done)
+    }
+
+    /// The newest complete checkpoint, if any.
+    pub fn latest(&self) -> Option<Checkpoint> {
+        let target = std::fs::read_link(self.root.join(LATEST)).ok()?;
+        Some(Checkpoint::at(self.root.join(target)))
+    }
+
+    /// Writes a checkpoint after `contents.state.steps_done` steps, points `latest` at it,
+    /// and removes all but the newest [`KEEP`] checkpoints.
+    ///
+    /// # Errors
+    /// [`CheckpointError`] naming the file.
+    pub fn save_checkpoint(&self, contents: &Contents<'_>) -> Result<Checkpoint, CheckpointError> {
+        let name = Checkpoint::name(contents.state.steps_done);
+        let checkpoint = Checkpoint::write(&self.root.join(&name), contents)?;
+        self.point_latest_at(&name)?;
+        self.prune(&name)?;
+        Ok(checkpoint)
+    }
+
+    /// Switches `latest` to `name` atomically: a new symlink, renamed over the old one.
+    fn point_latest_at(&self, name: &str) -> Result<(), CheckpointError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CheckpointError::Io { path, source }
+        };
+        let tmp = self
+            .root
+            .join(format!("{LATEST}.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(name, &tmp).map_err(io(&tmp))?;
+        let latest = self.root.join(LATEST);
+        std::fs::rename(&tmp, &latest).map_err(io(&latest))?;
+        File::open(&self.root)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.root))
+    }
+
+    /// Removes all but the newest [`KEEP`] checkpoints (never `current`).
+    fn prune(&self, current: &str) -> Result<(), CheckpointError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CheckpointError::Io { path, source }
+        };
+        let mut names: Vec<String> = std::fs::read_dir(&self.root)
+            .map_err(io(&self.root))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| Checkpoint::is_name(n))
+            .collect();
+        names.sort();
+        let excess = names.len().saturating_sub(KEEP);
+        for n in names.into_iter().take(excess).filter(|n| n != current) {
+            let p = self.root.join(n);
+            std::fs::remove_dir_all(&p).map_err(io(&p))?;
+        }
+        Ok(())
+    }
+
+    /// The scores kept in `eval-sets.json` (none when it is missing or unreadable: a score
+    /// that cannot be read is computed again, never trusted half-way).
+    pub fn set_scores(&self) -> Vec<CachedSet> {
+        std::fs::read(self.root.join(SETS_FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// Writes `eval-sets.json`.
+    ///
+    /// # Errors
+    /// [`RunDirError`] naming the file.
+    pub fn write_set_scores(&self, cached: &[CachedSet]) -> Result<(), RunDirError> {
+        // Plain numbers and strings always serialize.
+        let json = serde_json::to_vec_pretty(cached).unwrap_or_default();
+        self.write(SETS_FILE, &json)
+    }
+
+    /// Where `trainer plot` draws the run's curves by default.
+    pub fn curves(&self) -> PathBuf {
+        self.root.join(CURVES_FILE)
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<(), RunDirError> {
+        write_file(&self.root.join(name), bytes)
+    }
+}
+
+/// Writes `bytes` to `path` atomically (shard-tool's `write_atomic`: a temporary file, synced,
+/// renamed into place, the directory synced): the one way the trainer writes a whole file.
+///
+/// # Errors
+/// [`RunDirError`] naming the file.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), RunDirError> {
+    shard_tool::writer::write_atomic(path, |w| std::io::Write::write_all(w, bytes)).map_err(|e| {
+        RunDirError {
+            path: path.to_path_buf(),
+            message: e.chain(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_is_named_by_its_directory_or_its_metrics_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path().join("r1"));
+        run.create().unwrap();
+        std::fs::write(run.metrics(), "").unwrap();
+        assert_eq!(RunDir::named(&run.metrics()), run);
+        assert_eq!(RunDir::named(run.root()), run);
+        assert_eq!(run.name(), "r1");
+        assert!(run.latest().is_none());
+        run.write_recipe("lr = 1.0\n").unwrap();
+        let text = std::fs::read_to_string(run.root().join(RECIPE_FILE)).unwrap();
+        assert!(text.ends_with("lr = 1.0\n"), "{text}");
+        assert!(run.set_scores().is_empty());
+    }
+}

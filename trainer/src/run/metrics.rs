@@ -1,0 +1,191 @@
+//! `metrics.jsonl`, a run's record: one JSON line per step and per evaluation, appended as the
+//! run goes and cut back to the checkpoint on resume, so the file always tells one
+//! uninterrupted run. This module owns the format: writing ([`MetricsLog`]) and reading
+//! ([`read_metrics`]); [`RunDir`](super::RunDir) owns where the file is.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors of a metrics file.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// Reading or writing the file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A line is not a metrics record.
+    #[error("{path}:{line}: not a metrics line ({source}); is this a trainer metrics.jsonl?")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// serde's message.
+        source: serde_json::Error,
+    },
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Metric {
+    /// After each optimizer step.
+    Step {
+        /// Steps done (this one included).
+        step: u64,
+        /// Epoch of the batch.
+        epoch: u32,
+        /// BCE (or CE) loss of the batch: the mean over the ranks' batches.
+        loss: f64,
+        /// Learning rate used.
+        lr: f64,
+        /// Images of the step over all ranks (`batch_size × world_size`; older files lack it).
+        #[serde(default)]
+        global_batch: usize,
+        /// Samples per second of this step over all ranks (data wait included).
+        samples_per_s: f64,
+        /// Seconds this step waited for its batch.
+        data_wait_s: f64,
+        /// Seconds the host spent issuing this step's upload (copies on the host included;
+        /// the device's copy itself overlaps compute). Older files lack it.
+        #[serde(default)]
+        upload_s: f64,
+    },
+    /// After each evaluation.
+    Eval {
+        /// Steps done.
+        step: u64,
+        /// Epochs done.
+        epoch: u32,
+        /// Top-1 accuracy, percent.
+        top1: f64,
+        /// Top-5 accuracy, percent.
+        top5: f64,
+        /// Images evaluated.
+        samples: u64,
+    },
+}
+
+impl Metric {
+    /// Steps done when the line was written.
+    pub fn step(&self) -> u64 {
+        match self {
+            Metric::Step { step, .. } | Metric::Eval { step, .. } => *step,
+        }
+    }
+}
+
+/// A run's metrics file, open for appending.
+pub struct MetricsLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl MetricsLog {
+    /// Opens `path` for appending, first dropping lines past `steps_done` (written by a run
+    /// that died after its last checkpoint: they are about to be redone). The file is cut back
+    /// through a temporary file renamed into place, so a crash leaves either version whole.
+    ///
+    /// # Errors
+    /// [`MetricsError::Io`] naming the file.
+    pub fn open(path: &Path, steps_done: u64) -> Result<MetricsLog, MetricsError> {
+        let err = |source| MetricsError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let kept: String = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<Metric>(l).is_ok_and(|m| m.step() <= steps_done)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            shard_tool::writer::write_atomic(path, |w| w.write_all(kept.as_bytes()))
+                .map_err(|e| err(std::io::Error::other(e.chain())))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(err)?;
+        Ok(MetricsLog {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Appends one line.
+    ///
+    /// # Errors
+    /// [`MetricsError::Io`] naming the file.
+    pub fn append(&mut self, m: &Metric) -> Result<(), MetricsError> {
+        // A metric of plain numbers always serializes.
+        let line = serde_json::to_string(m).unwrap_or_default();
+        writeln!(self.file, "{line}").map_err(|source| MetricsError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// Reads a metrics file, every line in order.
+///
+/// # Errors
+/// [`MetricsError`] naming the file, and the line that is not a metric.
+pub fn read_metrics(path: &Path) -> Result<Vec<Metric>, MetricsError> {
+    let io = |source| MetricsError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut metrics = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(io)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let metric: Metric = serde_json::from_str(&line).map_err(|source| MetricsError::Parse {
+            path: path.to_path_buf(),
+            line: i + 1,
+            source,
+        })?;
+        metrics.push(metric);
+    }
+    Ok(metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_past_the_checkpoint_are_dropped_on_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let mut log = MetricsLog::open(&path, 0).unwrap();
+        for step in 1..=5 {
+            let m = Metric::Step {
+                step,
+                epoch: 0,
+                loss: 1.0,
+                lr: 0.1,
+                global_batch: 4,
+                samples_per_s: 1.0,
+                data_wait_s: 0.0,
+                upload_s: 0.0,
+            };
+            log.append(&m).unwrap();
+        }
+        drop(log);
+        drop(MetricsLog::open(&path, 3).unwrap());
+        let read = read_metrics(&path).unwrap();
+        assert_eq!(read.iter().map(Metric::step).collect::<Vec<_>>(), [1, 2, 3]);
+    }
+}

@@ -1,0 +1,680 @@
+//! `trainer train`: a recipe's whole run. Batches come from the loader daemon's ring (`--loader
+//! SOCKET`) or from a loader started inside this process on the shards (`--shards DIR`, the
+//! same rings and protocol; see [`crate::data::source`]); the recipe's ranks take each step
+//! ([`crate::ranks::World`]) at the schedule's LR; evaluation ([`crate::eval`]) on the val split
+//! every `eval_interval` epochs; atomic checkpoints ([`checkpoint`]) at the end of every epoch
+//! and every `checkpoint_interval` steps; one JSON line per step and per eval in
+//! `metrics.jsonl` ([`metrics`]); the resolved recipe in `recipe.toml`. [`RunDir`] owns every
+//! file of a run; [`weights`] is the one way weights reach a device.
+//!
+//! Everything that can be checked before the model is built is: the recipe's values (when it
+//! was read, by the recipe's gate), the output directory, and the loader's splits against
+//! `num_classes`.
+//!
+//! Resuming is exact: the data stream restarts at the checkpoint's (epoch, step), and each
+//! rank's Mixup/CutMix and drop-path draws are keyed by (seed + rank, step) alone, so the steps
+//! after a resume repeat an uninterrupted run's.
+
+pub mod checkpoint;
+mod dir;
+pub mod metrics;
+mod timing;
+pub mod weights;
+
+pub use checkpoint::{Checkpoint, CheckpointError, RunState};
+pub use dir::{CachedSet, RunDir, RunDirError, write_file};
+pub use weights::{OnDevice, Weights, WeightsError};
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::tensor::Device;
+use loader::client::{Batch, Client, ClientOptions};
+use loader::job::Position;
+
+use crate::data::source::{Batches, DataError, DataSource, check_splits};
+use crate::data::upload::{Pixels, Uploader};
+use crate::eval::{EvalError, Target, evaluate};
+use crate::model::{DeviceKind, Precision, ResNet};
+use crate::optim::lamb::{LambOptions, TimmLamb};
+use crate::ranks::World;
+use crate::ranks::replicas::{Collective, Placement, PlacementError, Replicas};
+use crate::ranks::virtual_ranks::VirtualRanks;
+use crate::recipe::{DataJobs, TrainConfig};
+use crate::step::{HostBatch, StepError, TrainStep};
+use checkpoint::Contents;
+use metrics::{Metric, MetricsError, MetricsLog};
+use timing::Issued;
+
+/// Settings of a run besides the recipe.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// The recipe (read through the recipe's gate).
+    pub config: TrainConfig,
+    /// Batches.
+    pub data: DataSource,
+    /// The run directory: recipe, metrics, checkpoints.
+    pub out: RunDir,
+    /// Continue from `out`'s latest checkpoint (start fresh if there is none).
+    pub resume: bool,
+    /// Devices: one, or several CUDA devices that share the recipe's ranks
+    /// ([`crate::ranks::replicas`]); the first evaluates and saves.
+    pub devices: Vec<DeviceKind>,
+    /// Float precision: `--dtype` when given; `None`: the recipe's `amp` decides
+    /// ([`Precision::resolve`]).
+    pub precision: Option<Precision>,
+    /// Stop after this many steps in all (the schedule still spans the recipe's epochs).
+    pub max_steps: Option<u64>,
+    /// Start a new run from these weights (timm's `--initial-checkpoint` role) instead of a
+    /// fresh initialization; unused when resuming. A classifier of another class count is
+    /// re-initialized (fine-tuning on another label set), all else loads strictly.
+    pub init_from: Option<Weights>,
+    /// With `init_from`: keep the model's freshly initialized classifier even when the class
+    /// counts match (a new head for a new label set, as the paper's transfer runs use).
+    pub new_head: bool,
+    /// Report the SHA-256 of every rank's batch ([`Event::Batch`]), as `loader fetch
+    /// --digests` prints them, to check what each rank trained on.
+    pub digests: bool,
+}
+
+/// Errors of a run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The output directory holds a run and `--resume` was not given, or belongs to another
+    /// recipe or dataset.
+    #[error("{0}")]
+    Out(String),
+    /// The loader's stream does not fit the run.
+    #[error("{0}")]
+    Stream(String),
+    /// The loader or its splits.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// An evaluation.
+    #[error(transparent)]
+    Eval(#[from] EvalError),
+    /// The device.
+    #[error(transparent)]
+    Device(#[from] crate::model::device::DeviceError),
+    /// The model.
+    #[error(transparent)]
+    Model(#[from] crate::model::resnet::ConfigError),
+    /// A step.
+    #[error(transparent)]
+    Step(#[from] StepError),
+    /// A checkpoint.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// `init_from` weights that do not load.
+    #[error("--init-from: {0}")]
+    InitFrom(#[from] WeightsError),
+    /// Writing metrics.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// The run directory.
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
+    /// The ranks do not fit the devices.
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
+}
+
+impl TrainError {
+    /// Whether the user's input is at fault (the output directory, the dataset, the weights
+    /// to start from), as opposed to a failure while running: what exits with status 2.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            TrainError::Out(_) | TrainError::Placement(_) => true,
+            TrainError::Data(e) => e.is_bad_input(),
+            TrainError::Eval(e) => e.is_bad_input(),
+            TrainError::Checkpoint(e) => e.is_bad_input(),
+            TrainError::InitFrom(e) => e.is_bad_input(),
+            TrainError::Stream(_)
+            | TrainError::Device(_)
+            | TrainError::Model(_)
+            | TrainError::Step(_)
+            | TrainError::Metrics(_)
+            | TrainError::RunDir(_) => false,
+        }
+    }
+}
+
+/// What the run reports as it goes (for a progress bar).
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The run is set up.
+    Started {
+        /// First step (steps done before: non-zero after a resume).
+        start_step: u64,
+        /// Last step of the run.
+        total_steps: u64,
+        /// Batches per epoch.
+        steps_per_epoch: u64,
+        /// Trainable parameters.
+        params: usize,
+    },
+    /// A metric line was written.
+    Metric(Metric),
+    /// A checkpoint was written.
+    Checkpoint(Checkpoint),
+    /// Something the user should know about the run, said once.
+    Note(String),
+    /// A rank's batch, with [`TrainOptions::digests`].
+    Batch {
+        /// The rank.
+        rank: usize,
+        /// Its position.
+        position: Position,
+        /// SHA-256 of its images and labels ([`loader::bench::batch_digest`]).
+        sha256: String,
+    },
+}
+
+/// Runs (or resumes) a recipe; returns the last evaluation.
+///
+/// # Errors
+/// [`TrainError`]: everything that can be checked before the model is built is checked first
+/// (the output directory, the loader and its splits); a failure later leaves the last
+/// checkpoint for `--resume`.
+pub fn train(
+    options: &TrainOptions,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Option<Metric>, TrainError> {
+    let mut run = Run::set_up(options, on_event)?;
+    run.train(on_event)
+}
+
+/// A run set up: the loader's streams open, the model and its ranks on their devices.
+struct Run<'a> {
+    options: &'a TrainOptions,
+    jobs: DataJobs,
+    recipe_text: String,
+    world: World,
+    clients: Vec<Client>,
+    /// The training split's identity, stored in each checkpoint.
+    dataset: String,
+    steps_per_epoch: u64,
+    total_steps: u64,
+    steps_done: u64,
+    metrics: MetricsLog,
+    last_eval: Option<Metric>,
+    /// Keeps an in-process loader alive for the run; declared last, so it stops after the
+    /// clients of its streams are dropped.
+    batches: Batches,
+}
+
+/// Where a run starts: the model with its weights, its optimizer and its position.
+struct Start {
+    model: ResNet,
+    optimizer: TimmLamb,
+    state: RunState,
+}
+
+impl<'a> Run<'a> {
+    /// Everything before the first step, the cheap checks first.
+    fn set_up(
+        options: &'a TrainOptions,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Run<'a>, TrainError> {
+        let config = &options.config;
+        let jobs = config.jobs().map_err(|e| TrainError::Out(e.to_string()))?;
+        let recipe_text = config.to_toml();
+        let existing = options.out.latest();
+        if existing.is_some() && !options.resume {
+            return Err(TrainError::Out(format!(
+                "{} already holds a run's checkpoints; pass --resume to continue it, or choose \
+                 another --out",
+                options.out.root().display()
+            )));
+        }
+        // The loader: in this process on the shards, or the daemon. Its splits must fit the
+        // recipe before a model is built.
+        let batches = options.data.open()?;
+        check_splits(batches.socket(), &jobs.splits(), config.num_classes)?;
+        options.out.create()?;
+        options.out.write_recipe(&recipe_text)?;
+
+        let world_size = config.rsb.world_size.max(1);
+        let placement = Placement::new(world_size, &options.devices)?;
+        #[cfg(feature = "cuda")]
+        if placement.devices.len() > 1 {
+            crate::ranks::replicas::check_nccl()?;
+        }
+        let (precision, note) =
+            Precision::resolve(options.precision, config.amp, placement.devices[0]);
+        if let Some(note) = note {
+            on_event(Event::Note(note));
+        }
+        let devices = placement
+            .devices
+            .iter()
+            .map(|d| Ok(d.device(precision)?.autodiff()))
+            .collect::<Result<Vec<_>, TrainError>>()?;
+        devices[0].seed(config.seed);
+        let start = start(options, existing.as_ref(), &recipe_text, &devices[0], on_event)?;
+        let params = start.model.trainable_params();
+        let mut model = start.model;
+        model.compute = precision.compute();
+        let metrics = options.out.metrics_log(start.state.steps_done)?;
+        let step = TrainStep {
+            model: Some(model),
+            optimizer: start.optimizer,
+            mixup: config.mixup_config(),
+            loss: config.loss(),
+            seed: config.seed,
+            upload: Arc::new(Uploader::new(placement.devices[0])),
+        };
+        let world = world(step, existing.as_ref(), config, &devices)?;
+        let clients = connect(batches.socket(), &jobs, world_size, &start.state, config)?;
+        let dataset = check_dataset(&clients, &start.state, options, &jobs)?;
+        let steps_per_epoch = steps_per_epoch(&clients)?;
+        let all_steps = steps_per_epoch * u64::from(config.total_epochs());
+        let total_steps = options.max_steps.map_or(all_steps, |m| m.min(all_steps));
+        on_event(Event::Started {
+            start_step: start.state.steps_done,
+            total_steps,
+            steps_per_epoch,
+            params,
+        });
+        Ok(Run {
+            options,
+            jobs,
+            recipe_text,
+            world,
+            clients,
+            dataset,
+            steps_per_epoch,
+            total_steps,
+            steps_done: start.state.steps_done,
+            metrics,
+            last_eval: None,
+            batches,
+        })
+    }
+
+    /// The loop: a step per batch of every rank, each step's loss read back after the next
+    /// step is issued (depth 2), evaluations and checkpoints where the recipe puts them.
+    fn train(&mut self, on_event: &mut dyn FnMut(Event)) -> Result<Option<Metric>, TrainError> {
+        let mut pending: Option<Issued> = None;
+        while self.steps_done < self.total_steps {
+            let began = Instant::now();
+            if let Some(p) = pending.as_mut() {
+                p.end_at(began);
+            }
+            let Some(held) = self.next_batches()? else {
+                break;
+            };
+            let data_wait_s = began.elapsed().as_secs_f64();
+            let at = held[0].position;
+            if self.options.digests {
+                report_digests(&held, on_event);
+            }
+            let issued = self.step(held, at, began, data_wait_s, on_event)?;
+            // Depth 2: the previous step's loss is read back now, with this step queued behind
+            // it, so the device never waits for the host to fetch, upload and issue the next
+            // batch.
+            if let Some(previous) = pending.replace(issued) {
+                self.write_step(previous, on_event)?;
+            }
+            let next = at.next(self.steps_per_epoch);
+            let epoch_done = next.epoch != at.epoch;
+            let last = self.steps_done == self.total_steps;
+            let interval = self.options.config.rsb.checkpoint_interval;
+            let checkpoint =
+                epoch_done || last || (interval > 0 && self.steps_done % interval == 0);
+            // Before an evaluation or a checkpoint, every step's metric is written: a
+            // checkpoint never stands ahead of the metrics a resume keeps.
+            if checkpoint && let Some(p) = pending.take() {
+                self.write_step(p, on_event)?;
+            }
+            if epoch_done {
+                // timm's `--dist-bn reduce` before its end-of-epoch evaluation.
+                self.world.reduce_bn()?;
+            }
+            if (epoch_done && self.evaluates_after(next.epoch)) || last {
+                self.evaluate(next.epoch, on_event)?;
+            }
+            if checkpoint {
+                self.checkpoint(next, on_event)?;
+            }
+        }
+        // A stream that ended early leaves its last step unread.
+        if let Some(p) = pending.take() {
+            self.write_step(p, on_event)?;
+        }
+        Ok(self.last_eval.take())
+    }
+
+    /// One batch from every rank's stream, all at one position; `None` when a stream ended.
+    fn next_batches(&mut self) -> Result<Option<Vec<Batch>>, TrainError> {
+        let mut held = Vec::with_capacity(self.clients.len());
+        for client in &mut self.clients {
+            match client.next_batch().map_err(DataError::from)? {
+                Some(batch) => held.push(batch),
+                None => return Ok(None),
+            }
+        }
+        let at = held[0].position;
+        if let Some(b) = held.iter().find(|b| b.position != at) {
+            return Err(TrainError::Stream(format!(
+                "rank batches out of step: rank 0 at {at:?}, another at {:?}",
+                b.position
+            )));
+        }
+        Ok(Some(held))
+    }
+
+    /// Issues one step on every rank's batch at `at`; the step is not read back.
+    fn step(
+        &mut self,
+        held: Vec<Batch>,
+        at: Position,
+        began: Instant,
+        data_wait_s: f64,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Issued, TrainError> {
+        let config = &self.options.config;
+        let lr = config
+            .schedule()
+            .lr(u64::from(at.epoch), at.step, self.steps_per_epoch);
+        let issued_before = self.world.primary().upload.issuing_s();
+        // Each slot is shared with its upload, which releases it once the copy is done.
+        let held: Vec<Arc<Batch>> = held.into_iter().map(Arc::new).collect();
+        let hosts: Vec<HostBatch<'_>> = held
+            .iter()
+            .map(|batch| HostBatch {
+                pixels: Pixels::Slot(Arc::clone(batch)),
+                shape: [batch.count, config.img_size, config.img_size],
+                labels: batch.labels(),
+                step: self.steps_done,
+            })
+            .collect();
+        // Each rank's Mixup/CutMix and drop-path draws are keyed by (seed + rank, step).
+        let losses = self.world.step(&hosts, lr)?;
+        drop(hosts);
+        drop(held);
+        let upload = &self.world.primary().upload;
+        if let Some(note) = upload.take_note() {
+            on_event(Event::Note(note));
+        }
+        self.steps_done += 1;
+        Ok(Issued {
+            losses,
+            step: self.steps_done,
+            epoch: at.epoch,
+            lr,
+            data_wait_s,
+            upload_s: upload.issuing_s() - issued_before,
+            began,
+            ended: None,
+        })
+    }
+
+    /// Reads a step back and writes its line.
+    fn write_step(
+        &mut self,
+        issued: Issued,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<(), TrainError> {
+        let m = issued.read(self.options.config.global_batch());
+        self.metrics.append(&m)?;
+        on_event(Event::Metric(m));
+        Ok(())
+    }
+
+    /// Whether the recipe evaluates at the end of epoch `epochs_done` (every `eval_interval`
+    /// epochs, and after the last).
+    fn evaluates_after(&self, epochs_done: u32) -> bool {
+        let config = &self.options.config;
+        u64::from(epochs_done) % config.rsb.eval_interval.max(1) == 0
+            || epochs_done == config.total_epochs()
+    }
+
+    /// Evaluates the primary model on the val split and writes the line.
+    fn evaluate(&mut self, epoch: u32, on_event: &mut dyn FnMut(Event)) -> Result<(), TrainError> {
+        let step = self.world.primary();
+        let target = Target {
+            model: step.model().ok_or(StepError::Poisoned)?,
+            device: self.world.device(),
+            upload: &step.upload,
+        };
+        let a = evaluate(
+            &target,
+            self.batches.socket(),
+            &self.jobs.eval,
+            &mut |_, _| {},
+        )?;
+        let m = Metric::Eval {
+            step: self.steps_done,
+            epoch,
+            top1: a.top1,
+            top5: a.top5,
+            samples: a.samples,
+        };
+        self.metrics.append(&m)?;
+        on_event(Event::Metric(m.clone()));
+        self.last_eval = Some(m);
+        Ok(())
+    }
+
+    /// Writes a checkpoint whose next batch is `next`.
+    fn checkpoint(&mut self, next: Position, on_event: &mut dyn FnMut(Event)) -> Result<(), TrainError> {
+        let state = RunState {
+            steps_done: self.steps_done,
+            next,
+            config: self.recipe_text.clone(),
+            dataset: Some(self.dataset.clone()),
+        };
+        // One rank's statistics are the model's own: the file is only for several.
+        let stats = if self.clients.len() > 1 {
+            Some(self.world.all_stats()?)
+        } else {
+            None
+        };
+        let step = self.world.primary();
+        let saved = self.options.out.save_checkpoint(&Contents {
+            model: step.model().ok_or(StepError::Poisoned)?,
+            optimizer: &step.optimizer,
+            ranks: stats.as_ref(),
+            state: &state,
+        })?;
+        on_event(Event::Checkpoint(saved));
+        Ok(())
+    }
+}
+
+/// The model, optimizer and position a run starts from: the checkpoint's when resuming, else
+/// fresh (with `--init-from`'s weights).
+fn start(
+    options: &TrainOptions,
+    existing: Option<&Checkpoint>,
+    recipe_text: &str,
+    device: &Device,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Start, TrainError> {
+    let config = &options.config;
+    let model = config.model().init(device)?;
+    // The optimizer's groups are keyed by parameter id: build it after the checkpoint's ids
+    // are in place.
+    let lamb = |model: &ResNet| TimmLamb::new(&LambOptions::timm(config.weight_decay), model);
+    if let Some(checkpoint) = existing {
+        let state = checkpoint.state()?;
+        if state.config != recipe_text {
+            return Err(TrainError::Out(format!(
+                "{} was written with another recipe; resume with the same config file (or \
+                 start a new --out)",
+                checkpoint.dir().display()
+            )));
+        }
+        let model = checkpoint.load_model(model)?;
+        let optimizer = checkpoint.load_optimizer(lamb(&model))?;
+        return Ok(Start {
+            model,
+            optimizer,
+            state,
+        });
+    }
+    let model = match &options.init_from {
+        Some(weights) => init_from(model, weights, options, device, on_event)?,
+        None => model,
+    };
+    Ok(Start {
+        optimizer: lamb(&model),
+        model,
+        state: RunState {
+            steps_done: 0,
+            next: Position::default(),
+            config: recipe_text.to_owned(),
+            dataset: None,
+        },
+    })
+}
+
+/// `model` with the backbone of `weights` (`--init-from`), its classifier renewed where the
+/// class counts differ or `--new-head` asks; said once.
+fn init_from(
+    model: ResNet,
+    weights: &Weights,
+    options: &TrainOptions,
+    device: &Device,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<ResNet, TrainError> {
+    let fresh_head = options.new_head.then(|| model.fc.clone());
+    let (mut model, renewed) = weights.load_backbone(model, device)?;
+    let why = match (renewed.is_empty(), fresh_head) {
+        (false, _) => Some(format!(
+            "its classifier has another class count than num_classes = {}",
+            options.config.num_classes
+        )),
+        (true, Some(fc)) => {
+            model.fc = fc;
+            Some("--new-head".to_string())
+        }
+        (true, None) => None,
+    };
+    if let Some(why) = why {
+        on_event(Event::Note(format!(
+            "--init-from {}: {why}; fc.weight and fc.bias keep their fresh initialization, \
+             every other tensor is the file's",
+            weights.path().display(),
+        )));
+    }
+    Ok(model)
+}
+
+/// The recipe's ranks over `devices`, each starting from the checkpoint's state where there
+/// is one.
+fn world(
+    step: TrainStep,
+    existing: Option<&Checkpoint>,
+    config: &TrainConfig,
+    devices: &[Device],
+) -> Result<World, TrainError> {
+    let world_size = config.rsb.world_size.max(1);
+    let ranks = {
+        let model = step.model().ok_or(StepError::Poisoned)?;
+        match existing {
+            Some(c) if world_size > 1 => VirtualRanks {
+                stats: c.load_ranks(model, world_size, &devices[0])?,
+            },
+            _ => VirtualRanks::new(model, world_size),
+        }
+    };
+    if devices.len() == 1 {
+        return Ok(World::One {
+            step: Box::new(step),
+            ranks,
+            device: devices[0].clone(),
+        });
+    }
+    // Every replica's LAMB starts where the checkpoint's (or a fresh one) does.
+    let optimizer = |model: &ResNet| -> Result<TimmLamb, TrainError> {
+        let fresh = TimmLamb::new(&LambOptions::timm(config.weight_decay), model);
+        Ok(match existing {
+            Some(c) => c.load_optimizer(fresh)?,
+            None => fresh,
+        })
+    };
+    Ok(World::Many(Replicas::new(
+        step,
+        ranks.stats,
+        devices,
+        Collective::Nccl,
+        &optimizer,
+    )?))
+}
+
+/// One loader stream per rank: rank r of a `world_size`-rank job, all under one job id, so the
+/// daemon serves them as one group and decodes each image once for all its copies.
+fn connect(
+    socket: &std::path::Path,
+    jobs: &DataJobs,
+    world_size: usize,
+    state: &RunState,
+    config: &TrainConfig,
+) -> Result<Vec<Client>, TrainError> {
+    let job_id = format!("train-{}", std::process::id());
+    (0..world_size)
+        .map(|rank| {
+            Client::connect(ClientOptions {
+                socket: socket.to_path_buf(),
+                job_id: job_id.clone(),
+                job: jobs.train_rank(world_size, rank),
+                start: state.next,
+                epochs: Some(config.total_epochs()),
+                slots: None,
+                reconnect_timeout: std::time::Duration::from_secs(300),
+            })
+            .map_err(|e| TrainError::Data(DataError::from(e)))
+        })
+        .collect()
+}
+
+/// The training split's identity; a resume on another pack than the checkpoint's is refused
+/// (its positions name batches of the split it was trained on).
+fn check_dataset(
+    clients: &[Client],
+    state: &RunState,
+    options: &TrainOptions,
+    jobs: &DataJobs,
+) -> Result<String, TrainError> {
+    let dataset = clients
+        .first()
+        .and_then(Client::split)
+        .map(|s| s.fingerprint.clone())
+        .unwrap_or_default();
+    if let Some(was) = state.dataset.as_ref().filter(|was| **was != dataset) {
+        return Err(TrainError::Out(format!(
+            "{} was trained on another pack of split {:?} (index XXH3 {was}, the loader now \
+             serves {dataset}); resume with the dataset the run started with",
+            options.out.root().display(),
+            jobs.train.split
+        )));
+    }
+    Ok(dataset)
+}
+
+/// Batches per epoch, the same for every rank: timm's samplers give every rank as many, and a
+/// rank with fewer would leave the others waiting for it forever under DDP.
+fn steps_per_epoch(clients: &[Client]) -> Result<u64, TrainError> {
+    let spe = clients.first().map_or(0, Client::steps_per_epoch);
+    if let Some(c) = clients.iter().find(|c| c.steps_per_epoch() != spe) {
+        return Err(TrainError::Stream(format!(
+            "the loader gives rank 0 {spe} batches per epoch and another rank {}; every rank \
+             must get as many",
+            c.steps_per_epoch()
+        )));
+    }
+    Ok(spe)
+}
+
+/// Each rank's batch digest, as `loader fetch --digests` prints it.
+fn report_digests(held: &[Batch], on_event: &mut dyn FnMut(Event)) {
+    for (rank, batch) in held.iter().enumerate() {
+        on_event(Event::Batch {
+            rank,
+            position: batch.position,
+            sha256: loader::bench::batch_digest(batch.images(), batch.labels()),
+        });
+    }
+}

@@ -1,0 +1,323 @@
+//! The `trainer` binary's front door: timm's flags over a recipe, and every bad value refused
+//! with one line naming it and exit status 2, before a model is built or a loader reached.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use predicates::str::contains;
+
+use crate::common;
+
+fn trainer() -> Command {
+    let mut c = Command::cargo_bin("trainer").unwrap();
+    // A refusal must come at once, not after a model build or a loader's reconnect timeout.
+    c.timeout(std::time::Duration::from_secs(60));
+    c
+}
+
+fn configs() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs")
+}
+
+/// `configs/smoke.toml` with `from` replaced by `to`, written to `dir/bad.toml`.
+fn smoke_with(dir: &Path, from: &str, to: &str) -> PathBuf {
+    let text = std::fs::read_to_string(configs().join("smoke.toml")).unwrap();
+    assert!(text.contains(from), "{from}");
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    path
+}
+
+#[test]
+fn config_prints_the_recipe_with_the_flags_applied() {
+    trainer()
+        .arg("config")
+        .arg(configs().join("a1.toml"))
+        .args(["--batch-size", "128", "--world-size", "16"])
+        .assert()
+        .success()
+        .stdout(contains("batch_size = 128"))
+        .stdout(contains("world_size = 16"))
+        .stdout(contains(
+            "# global batch 2048 = batch_size 128 x rsb.world_size 16",
+        ));
+}
+
+#[test]
+fn bad_values_in_the_file_or_on_the_command_line_exit_2_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens here: a refusal that came after a connection attempt would name the
+    // socket, not the value.
+    let socket = dir.path().join("no-loader.sock");
+    let file_cases = [
+        (
+            "aa = \"rand-m6-mstd0.5-inc1\"",
+            "aa = \"rand-m6-x\"",
+            "aa = \"rand-m6-x\" does not parse",
+        ),
+        (
+            "crop_pct = 0.875",
+            "crop_pct = 1e-3",
+            "crop_pct = 0.001 is outside 0.5..=1.0",
+        ),
+        (
+            "img_size = 32",
+            "img_size = 3",
+            "img_size = 3 is outside 8..=2048",
+        ),
+        (
+            "test_img_size = 32",
+            "test_img_size = 0",
+            "rsb.test_img_size = 0 is outside 8..=2048",
+        ),
+        (
+            "num_classes = 10",
+            "num_classes = 0",
+            "num_classes = 0 is outside 1..=1000000",
+        ),
+        (
+            "ratio = [0.75, 1.3333333333333333]",
+            "ratio = [1e3, 1e3]",
+            "ratio = [1000, 1000]",
+        ),
+        (
+            "lr = 4e-3",
+            "lr = 4e-3\nlr_base = 0.1",
+            "unknown field `lr_base`",
+        ),
+    ];
+    for (from, to, want) in file_cases {
+        let bad = smoke_with(dir.path(), from, to);
+        trainer()
+            .args(["train", "--config"])
+            .arg(&bad)
+            .arg("--loader")
+            .arg(&socket)
+            .arg("--out")
+            .arg(dir.path().join("run"))
+            .assert()
+            .code(2)
+            .stderr(contains("bad.toml"))
+            .stderr(contains(want));
+    }
+    let flag_cases: [(&[&str], &str); 5] = [
+        (
+            &["--crop-pct", "1e-3"],
+            "--crop-pct 0.001 is outside 0.5..=1.0",
+        ),
+        (
+            &["--num-classes", "0"],
+            "--num-classes 0 is outside 1..=1000000",
+        ),
+        (&["--aa", "rand-q1"], "--aa \"rand-q1\" does not parse"),
+        (
+            &["--img-size", "99999"],
+            "--img-size 99999 is outside 8..=2048",
+        ),
+        (&["--lr-base", "0.1"], "unexpected argument '--lr-base'"),
+    ];
+    for (flags, want) in flag_cases {
+        trainer()
+            .args(["train", "--config"])
+            .arg(configs().join("smoke.toml"))
+            .arg("--loader")
+            .arg(&socket)
+            .args(flags)
+            .assert()
+            .code(2)
+            .stderr(contains(want));
+    }
+    assert!(
+        !dir.path().join("run").exists(),
+        "nothing is written for a bad recipe"
+    );
+}
+
+/// A 3-class tree with a flat, unlabelled `test/` folder, packed.
+fn three_classes(dir: &Path) -> PathBuf {
+    let src = dir.join("src");
+    let spec = shard_tool::synth::TreeSpec {
+        classes: 3,
+        train_per_class: 4,
+        val_per_class: 2,
+        size: 24,
+        odd_files: false,
+    };
+    shard_tool::synth::write_tree(&src, &spec).unwrap();
+    std::fs::create_dir_all(src.join("test")).unwrap();
+    for i in 0..4 {
+        let jpeg = shard_tool::synth::class_image(i, 0, 24, 24);
+        std::fs::write(src.join("test").join(format!("t{i}.jpg")), jpeg).unwrap();
+    }
+    let shards = dir.join("shards");
+    shard_tool::pack(&src, &shard_tool::PackOptions::new(&shards), &mut |_| {}).unwrap();
+    shards
+}
+
+#[test]
+fn a_dataset_that_does_not_fit_the_recipe_is_refused_before_the_model_is_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = three_classes(dir.path());
+    let run = |flags: &[&str]| {
+        trainer()
+            .args(["train", "--config"])
+            .arg(configs().join("smoke.toml"))
+            .arg("--shards")
+            .arg(&shards)
+            .arg("--out")
+            .arg(dir.path().join("run"))
+            .args(flags)
+            .assert()
+            .code(2)
+    };
+    // smoke.toml says 10 classes; the dataset has 3.
+    run(&[]).stderr(contains(
+        "the dataset has 3 classes (its manifest) and the recipe says num_classes = 10; set \
+         num_classes = 3 in the recipe or pass --num-classes 3",
+    ));
+    // The flat test/ folder has no labels: burn's one-hot would have panicked on them.
+    run(&["--num-classes", "3", "--train-split", "test"]).stderr(contains(
+        "split \"test\" (rsb.train_split) has 4 of its 4 records without a label",
+    ));
+    run(&["--num-classes", "3", "--val-split", "nope"]).stderr(contains(
+        "no split \"nope\" in this dataset (it has test, train, val)",
+    ));
+    assert!(
+        !dir.path().join("run").exists(),
+        "nothing is written for a refused run"
+    );
+}
+
+/// A tree whose `val/` holds ImageNet validation file names, 2 per class of 10.
+fn val_named(dir: &Path) -> PathBuf {
+    let src = dir.join("val-src");
+    for class in 0..10u32 {
+        let folder = src.join("val").join(format!("n{class:08}"));
+        std::fs::create_dir_all(&folder).unwrap();
+        for k in 0..2u32 {
+            let number = class * 2 + k + 1;
+            let jpeg = shard_tool::synth::class_image(class, k, 32, 32);
+            std::fs::write(
+                folder.join(format!("ILSVRC2012_val_{number:08}.JPEG")),
+                jpeg,
+            )
+            .unwrap();
+        }
+    }
+    let shards = dir.join("val-rsb");
+    shard_tool::pack(&src, &shard_tool::PackOptions::new(&shards), &mut |_| {}).unwrap();
+    shards
+}
+
+/// ImageNet-V2's layout: `test/0` … `test/9`.
+fn numbered(dir: &Path) -> PathBuf {
+    let src = dir.join("v2-src");
+    for class in 0..10u32 {
+        let folder = src.join("test").join(class.to_string());
+        std::fs::create_dir_all(&folder).unwrap();
+        let jpeg = shard_tool::synth::class_image(class, 0, 32, 32);
+        std::fs::write(folder.join("a.jpeg"), jpeg).unwrap();
+    }
+    let shards = dir.join("v2-rsb");
+    shard_tool::pack(&src, &shard_tool::PackOptions::new(&shards), &mut |_| {}).unwrap();
+    shards
+}
+
+#[test]
+fn eval_reports_every_set_in_one_table_with_real_where_the_names_are_imagenets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (val, v2) = (val_named(dir.path()), numbered(dir.path()));
+    let weights = dir.path().join("w.safetensors");
+    trainer()
+        .args([
+            "export",
+            "--model",
+            "resnet18",
+            "--num-classes",
+            "10",
+            "--width",
+            "0.25",
+        ])
+        .args(["--small-stem"])
+        .arg(&weights)
+        .assert()
+        .success();
+    // ReaL, 50,000 entries: images 1 and 3 accept every class (always right), the others have
+    // no label (not counted).
+    let entries: Vec<&str> = (1..=50_000)
+        .map(|i| match i {
+            1 | 3 => "[0,1,2,3,4,5,6,7,8,9]",
+            _ => "[]",
+        })
+        .collect();
+    let real = dir.path().join("real.json");
+    std::fs::write(&real, format!("[{}]", entries.join(","))).unwrap();
+    let eval = |extra: &[&str]| {
+        let mut c = trainer();
+        c.args(["eval", "--config"])
+            .arg(configs().join("smoke.toml"))
+            .arg("--set")
+            .arg(format!("val={}", val.display()))
+            .arg("--set")
+            .arg(format!("v2={}:test", v2.display()))
+            .arg(&weights)
+            .args(extra);
+        c
+    };
+    let out = eval(&["--real-labels", real.to_str().unwrap(), "--json"])
+        .assert()
+        .success();
+    let scores: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let sets = scores.as_array().unwrap();
+    assert_eq!(sets.len(), 2, "{scores}");
+    assert_eq!(sets[0]["name"], "val");
+    assert_eq!(sets[0]["images"], 20);
+    // Only images 1 and 3 count, and any prediction is right for them.
+    assert_eq!(sets[0]["real"]["images"], 2, "{scores}");
+    assert_eq!(sets[0]["real"]["top1"], 100.0);
+    assert_eq!(sets[1]["name"], "v2");
+    assert_eq!(sets[1]["split"], "test");
+    assert_eq!(sets[1]["images"], 10);
+    assert!(
+        sets[1]["real"].is_null(),
+        "no ImageNet names in V2: {scores}"
+    );
+    // The text table, and the refusals.
+    eval(&[]).assert().success().stdout(contains("ReaL top-1"));
+    let short = dir.path().join("short.json");
+    std::fs::write(&short, "[[1], [2]]").unwrap();
+    eval(&["--real-labels", short.to_str().unwrap()])
+        .assert()
+        .code(2)
+        .stderr(contains("has 2 entries"));
+}
+
+#[test]
+fn amp_from_the_recipe_or_the_flags_is_said_once_with_what_it_does_on_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = three_classes(dir.path());
+    let train = |out: &str, flags: &[&str]| {
+        let assert = trainer()
+            .args(["train", "--config"])
+            .arg(configs().join("smoke.toml"))
+            .arg("--shards")
+            .arg(&shards)
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .args(common::TINY_FLAGS)
+            .args(["--max-steps", "1", "-j", "1"])
+            .args(flags)
+            .assert()
+            .success();
+        String::from_utf8_lossy(&assert.get_output().stderr).into_owned()
+    };
+    let amp = train("amp", &["--amp"]);
+    assert_eq!(amp.matches("amp on the CPU").count(), 1, "{amp}");
+    let pure = train("pure", &["--amp", "--dtype", "f32"]);
+    assert!(
+        pure.contains("the recipe says amp = true; --dtype f32 trains in pure f32 instead"),
+        "{pure}"
+    );
+    let plain = train("plain", &[]);
+    assert!(!plain.contains("amp"), "{plain}");
+}

@@ -1,0 +1,12 @@
+//! The trainer's integration tests, one binary (one link of burn instead of one per file):
+//! the binary's front door ([`cli`]), golden values from timm and torch ([`golden`]), runs
+//! with several ranks ([`ranks`]), exact resume ([`resume`]), studies ([`study`]) and the
+//! upload from a ring slot ([`upload`]); [`common`] is what they share.
+
+mod cli;
+mod common;
+mod golden;
+mod ranks;
+mod resume;
+mod study;
+mod upload;

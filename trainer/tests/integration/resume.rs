@@ -1,0 +1,100 @@
+//! Exact resume, in a process of its own: model initialization draws from burn's process-wide
+//! generator, which the unit tests (on parallel threads of one process) would otherwise draw
+//! from at the same time.
+
+use std::path::Path;
+
+use loader::job::Position;
+use trainer::run::metrics::Metric;
+use trainer::run::{RunDir, TrainOptions, Weights, train};
+
+use crate::common;
+use common::{dataset, losses, tiny_recipe};
+
+#[test]
+fn a_run_resumed_from_its_checkpoint_repeats_the_uninterrupted_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = dataset(dir.path());
+    let options = |out: &str, max_steps, resume| {
+        common::options(
+            tiny_recipe(),
+            &shards,
+            dir.path().join(out),
+            max_steps,
+            resume,
+        )
+    };
+    let last = train(&options("whole", 5, false), &mut |_| {}).unwrap();
+    assert!(
+        matches!(last, Some(Metric::Eval { samples: 12, .. })),
+        "{last:?}"
+    );
+    let whole = losses(&dir.path().join("whole"));
+    assert_eq!(whole.len(), 5);
+    assert!(whole.iter().all(|(_, l)| l.is_finite()));
+
+    train(&options("split", 2, false), &mut |_| {}).unwrap();
+    // A second start without --resume must not overwrite the run.
+    let err = train(&options("split", 5, false), &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("--resume"), "{err}");
+    train(&options("split", 5, true), &mut |_| {}).unwrap();
+    let split = losses(&dir.path().join("split"));
+    assert_eq!(split, whole, "losses after the resume differ");
+    let latest = RunDir::new(dir.path().join("split")).latest().unwrap();
+    let state = latest.state().unwrap();
+    assert_eq!(state.steps_done, 5);
+    assert_eq!(state.next, Position { epoch: 0, step: 5 });
+    assert!(state.dataset.is_some());
+
+    // The same run resumed on another pack of the same size is refused.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = common::dataset_sized(other_dir.path(), 32);
+    let on_other = common::options(tiny_recipe(), &other, dir.path().join("split"), 6, true);
+    let err = train(&on_other, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("another pack"), "{err}");
+
+    // --init-from: weights equal to the run's own initialization give its first loss exactly;
+    // the trained weights give another one.
+    let device = burn::tensor::Device::flex().autodiff();
+    let config = tiny_recipe();
+    device.seed(config.seed);
+    let initial = config.model().init(&device).unwrap();
+    let initial_path = dir.path().join("initial.safetensors");
+    trainer::model::timm_weights::export(&initial, &initial_path).unwrap();
+    let from = |name: &str, weights: &Path| {
+        let o = TrainOptions {
+            init_from: Some(Weights::at(weights)),
+            ..options(name, 1, false)
+        };
+        train(&o, &mut |_| {}).unwrap();
+        losses(&dir.path().join(name))
+    };
+    assert_eq!(from("init", &initial_path), whole[..1]);
+    let trained = latest.load_model(initial).unwrap();
+    let trained_path = dir.path().join("trained.safetensors");
+    trainer::model::timm_weights::export(&trained, &trained_path).unwrap();
+    let other = from("init-trained", &trained_path);
+    assert_ne!(
+        other[0].1, whole[0].1,
+        "trained weights gave the initial loss"
+    );
+    // A checkpoint directory gives what its weights as a file give.
+    assert_eq!(from("init-dir", latest.dir()), other);
+    // --new-head: the same weights but the classifier's fresh initialization, said once.
+    let mut notes = Vec::new();
+    let o = TrainOptions {
+        init_from: Some(Weights::Checkpoint(latest.clone())),
+        new_head: true,
+        ..options("init-new-head", 1, false)
+    };
+    train(&o, &mut |e| {
+        if let trainer::run::Event::Note(n) = e {
+            notes.push(n)
+        }
+    })
+    .unwrap();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].contains("--new-head"), "{notes:?}");
+    let renewed = losses(&dir.path().join("init-new-head"));
+    assert_ne!(renewed[0].1, other[0].1, "the head was not renewed");
+}
