@@ -185,7 +185,7 @@ impl Drop for Batch {
         // If the daemon is gone the release is moot: the next call reconnects. A poisoned lock
         // means another release panicked mid-write; the stream is then past saving anyway.
         if let Ok(mut stream) = self.releases.lock() {
-            let _ = protocol::write_frame(&mut *stream, &Request::Release { slot: self.slot });
+            let _ = crate::frame::write_frame(&mut *stream, &Request::Release { slot: self.slot });
         }
     }
 }
@@ -390,7 +390,7 @@ fn connect_within(socket: &Path, timeout: Duration) -> std::io::Result<UnixStrea
 fn open(o: &ClientOptions, start: Position) -> Result<Connection, ClientError> {
     let mut stream = handshake(&o.socket)?;
     // As in `ask`: a refusal may already be waiting when the write fails.
-    let sent = protocol::write_frame(
+    let sent = crate::frame::write_frame(
         &mut stream,
         &Request::Hello {
             job_id: o.job_id.clone(),
@@ -488,7 +488,7 @@ fn ask(socket: &Path, request: &Request) -> Result<Reply, ClientError> {
     let mut stream = handshake(socket)?;
     // A daemon that refuses us may have closed already, its error frame waiting in our
     // receive buffer: a failed write is the error only if no reply can be read.
-    let sent = protocol::write_frame(&mut stream, request);
+    let sent = crate::frame::write_frame(&mut stream, request);
     let reply = match FrameReader::<Reply>::default().read(&mut stream) {
         Ok(reply) => reply,
         Err(ProtocolError::Io(e)) if sent.is_ok() => {
@@ -496,7 +496,7 @@ fn ask(socket: &Path, request: &Request) -> Result<Reply, ClientError> {
         }
         Err(e) => return Err(sent.err().unwrap_or(e).into()),
     };
-    let _ = protocol::write_frame(&mut stream, &Request::Bye);
+    let _ = crate::frame::write_frame(&mut stream, &Request::Bye);
     match reply {
         Reply::Error { message } => Err(ClientError::Refused {
             socket: socket.to_path_buf(),

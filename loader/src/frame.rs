@@ -1,6 +1,6 @@
 /*!
 The one frame codec of the socket protocol: a u32 little-endian length, at most
-[`MAX_FRAME`](crate::protocol::MAX_FRAME), then that many bytes of JSON.
+[`MAX_FRAME`], then that many bytes of JSON.
 
 [`FrameCodec`] is a `tokio_util` codec: `decode` returns `Ok(None)` while a frame is
 incomplete and never consumes part of one, so every reader shares it whatever brings the bytes
@@ -9,7 +9,7 @@ client ([`FrameReader`]), and the client's read of the welcome whose first bytes
 ring's descriptor from `recvmsg` ([`FrameReader::buffer`]).
 */
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::marker::PhantomData;
 
 use bytes::BytesMut;
@@ -17,7 +17,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec, LengthDelimitedCodecError};
 
-use crate::protocol::{MAX_FRAME, ProtocolError};
+use crate::protocol::ProtocolError;
+
+/// Largest frame either side accepts.
+pub const MAX_FRAME: usize = 64 * 1024;
 
 /// Frames in, messages of type `In` out; any serialisable message in, frames out.
 #[derive(Debug)]
@@ -55,7 +58,10 @@ impl<In: DeserializeOwned> Decoder for FrameCodec<In> {
                 let len = buf
                     .get(..4)
                     .map_or(0, |p| u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as usize);
-                ProtocolError::Oversized(len)
+                ProtocolError::Oversized {
+                    len,
+                    max: MAX_FRAME,
+                }
             } else {
                 e.into()
             }
@@ -75,7 +81,10 @@ impl<In, Out: Serialize> Encoder<&Out> for FrameCodec<In> {
     fn encode(&mut self, msg: &Out, dst: &mut BytesMut) -> Result<(), ProtocolError> {
         let json = serde_json::to_vec(msg).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
         if json.len() > MAX_FRAME {
-            return Err(ProtocolError::Oversized(json.len()));
+            return Err(ProtocolError::Oversized {
+                len: json.len(),
+                max: MAX_FRAME,
+            });
         }
         self.frames.encode(&json[..], dst)?;
         Ok(())
@@ -134,6 +143,15 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     buf.to_vec()
 }
 
+/// Writes one message as one frame (blocking).
+///
+/// # Errors
+/// [`ProtocolError::Io`].
+pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), ProtocolError> {
+    w.write_all(&encode(msg))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,7 +189,7 @@ mod tests {
         let mut big = BytesMut::from(&(MAX_FRAME as u32 + 1).to_le_bytes()[..]);
         assert!(matches!(
             FrameCodec::<Request>::default().decode(&mut big),
-            Err(ProtocolError::Oversized(_))
+            Err(ProtocolError::Oversized { .. })
         ));
     }
 }

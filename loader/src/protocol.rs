@@ -3,7 +3,7 @@ The loader's wire protocol on its Unix socket.
 
 A connection starts with a 12-byte preamble from each side: the magic `RSBLOAD\0` and the
 protocol version (u32, little-endian); a mismatch ends the connection with an error. After it,
-every message is a frame: a u32 little-endian length (at most [`MAX_FRAME`]) and that many bytes
+every message is a frame: a u32 little-endian length (at most [`MAX_FRAME`](crate::frame::MAX_FRAME)) and that many bytes
 of JSON, one object tagged by `"type"`. The traffic is a few small messages per batch, so JSON
 costs nothing measurable and can be read with `socat`.
 
@@ -29,8 +29,6 @@ Anything malformed, oversized or out of order gets an `error` frame and the conn
 closed; the daemon never panics on input and keeps serving its other clients.
 */
 
-use std::io::Write;
-
 use serde::{Deserialize, Serialize};
 
 use crate::job::{JobSpec, Position};
@@ -40,8 +38,6 @@ use crate::ring::RingLayout;
 pub const MAGIC: [u8; 8] = *b"RSBLOAD\0";
 /// Protocol version; both sides must agree.
 pub const VERSION: u32 = 4;
-/// Largest frame either side accepts.
-pub const MAX_FRAME: usize = 64 * 1024;
 
 /// Errors reading or writing the protocol.
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +54,14 @@ pub enum ProtocolError {
         /// The peer's version.
         theirs: u32,
     },
-    /// A frame longer than [`MAX_FRAME`].
-    #[error("frame of {0} bytes is over the {MAX_FRAME}-byte limit")]
-    Oversized(usize),
+    /// A frame longer than the limit ([`MAX_FRAME`](crate::frame::MAX_FRAME)).
+    #[error("frame of {len} bytes is over the {max}-byte limit")]
+    Oversized {
+        /// The frame's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A frame that is not a valid message.
     #[error("malformed message: {0}")]
     Malformed(String),
@@ -304,18 +305,10 @@ pub fn check_preamble(p: &[u8; 12]) -> Result<(), ProtocolError> {
     Ok(())
 }
 
-pub use crate::frame::encode;
-
-/// Writes one frame (blocking).
-pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), ProtocolError> {
-    w.write_all(&encode(msg))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::FrameReader;
+    use crate::frame::{FrameReader, MAX_FRAME, encode};
 
     fn read_frame<T: serde::de::DeserializeOwned>(mut bytes: &[u8]) -> Result<T, ProtocolError> {
         FrameReader::default().read(&mut bytes)
@@ -363,7 +356,7 @@ mod tests {
         big.extend_from_slice(&[b'x'; 16]);
         assert!(matches!(
             read_frame::<Request>(&big[..]),
-            Err(ProtocolError::Oversized(_))
+            Err(ProtocolError::Oversized { .. })
         ));
         for body in [
             &b"{}"[..],

@@ -26,6 +26,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, PathContext, Result};
+use crate::manifest::Skipped;
 use crate::record::NO_LABEL;
 
 /// Split folder names `pack` looks for, in the order they are packed.
@@ -192,15 +193,6 @@ pub struct SourceFile {
     pub label: u32,
     /// Size in bytes when scanned.
     pub size: u64,
-}
-
-/// A file that is not packed, and why.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Skipped {
-    /// Path relative to the root.
-    pub path: String,
-    /// Why.
-    pub reason: String,
 }
 
 /// Scans `root` and resolves its splits and labels.

@@ -42,6 +42,7 @@ mod error;
 pub mod image;
 pub mod layout;
 pub mod manifest;
+mod open;
 mod pack;
 pub mod reader;
 pub mod record;

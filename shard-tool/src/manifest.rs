@@ -15,8 +15,17 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::error::{Error, PathContext, Result};
 use crate::image::ImageOptions;
-use crate::layout::Skipped;
 use crate::record::FORMAT_VERSION;
+
+/// A file that is not packed, and why (the manifest's lists of transcoded, rejected and
+/// ignored files).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Skipped {
+    /// Path relative to the root.
+    pub path: String,
+    /// Why.
+    pub reason: String,
+}
 
 /// File name of the manifest inside a dataset directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -145,7 +154,7 @@ impl Manifest {
             return Err(Error::Incomplete.with_path(dir));
         }
         let mut text = String::new();
-        crate::reader::open_regular(&path)?
+        crate::open::open_regular(&path)?
             .read_to_string(&mut text)
             .at(&path)?;
         let manifest: Manifest = serde_json::from_str(&text).at(&path)?;
@@ -215,7 +224,7 @@ impl Manifest {
 /// # Errors
 /// I/O errors with the path.
 pub fn file_sum(path: &Path) -> Result<FileSum> {
-    let mut file = crate::reader::open_regular(path)?;
+    let mut file = crate::open::open_regular(path)?;
     let mut hasher = Xxh3::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut bytes = 0u64;

@@ -25,14 +25,14 @@ use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 use crate::error::{Error, PathContext, Result};
 use crate::image::{Checked, ImageChecker, ImageOptions, Rejection, Stored};
-use crate::layout::{LayoutOptions, Skipped, SourceSplit, SourceTree, discover};
+use crate::layout::{LayoutOptions, SourceSplit, SourceTree, discover};
 use crate::manifest::{
-    FORMAT_NAME, MANIFEST_FILE, Manifest, PackedWith, REPORT_FILE, ShardSum, SplitManifest,
+    FORMAT_NAME, MANIFEST_FILE, Manifest, PackedWith, REPORT_FILE, ShardSum, Skipped, SplitManifest,
 };
-use crate::record::{FORMAT_VERSION, IndexEntry, NO_LABEL, flags};
+use crate::record::{FORMAT_VERSION, NO_LABEL, flags};
 use crate::report::report;
-use crate::resume;
-use crate::writer::{ShardSummary, ShardWriter, remove_stale_tmp, write_atomic, write_index};
+use crate::resume::{self, SplitState};
+use crate::writer::{ShardWriter, remove_stale_tmp, write_atomic, write_index};
 
 /// Default target size of a shard file.
 pub const DEFAULT_SHARD_SIZE: u64 = 1 << 30;
@@ -305,14 +305,6 @@ enum Outcome {
     Rejected(String),
 }
 
-/// Everything gathered about one split while packing it.
-pub(crate) struct SplitState {
-    /// The shards written so far, in order.
-    pub(crate) shards: Vec<ShardSummary>,
-    /// Their records' index entries, in position order.
-    pub(crate) entries: Vec<IndexEntry>,
-}
-
 fn pack_split(
     tree: &SourceTree,
     split: &SourceSplit,
@@ -322,7 +314,9 @@ fn pack_split(
 ) -> Result<SplitManifest> {
     let order = shuffled_order(split, options.seed);
     let n = order.len() as u64;
-    let mut state = resume::resume(&options.out, &split.name, fingerprint, on_event)?;
+    let mut state = resume::resume(&options.out, &split.name, fingerprint, &mut |w| {
+        on_event(PackEvent::Warning(w));
+    })?;
     let start = state.shards.last().map_or(0, |s| s.footer.end_position);
     let bytes_of = |range: std::ops::Range<u64>| -> u64 {
         range.map(|p| split.files[order[p as usize]].size).sum()
@@ -497,14 +491,6 @@ fn write_in_order(
     issue(&mut next_job, start, &mut in_flight);
     let mut shard_no = state.shards.len() as u32;
     let mut writer = ShardWriter::create(out, &split.name, shard_no, start, fingerprint)?;
-    // A full shard is finished (fsync, rename, checksum) on its own thread while the next one
-    // fills; at most one is finishing at a time.
-    let mut finishing: Option<std::thread::JoinHandle<Result<ShardSummary>>> = None;
-    let join = |handle: std::thread::JoinHandle<Result<ShardSummary>>| {
-        handle
-            .join()
-            .map_err(|_| Error::Config("the thread finishing a shard panicked".into()))?
-    };
     let mut pending: BTreeMap<u64, Outcome> = BTreeMap::new();
     let mut next = start;
     while next < n {
@@ -549,9 +535,6 @@ fn write_in_order(
         }
     }
     drop(jobs);
-    if let Some(handle) = finishing.take() {
-        state.shards.push(join(handle)?);
-    }
     if !writer.is_empty() {
         state.shards.push(writer.finish(n)?);
     }

@@ -13,7 +13,6 @@ Corruption at rest is not a safety problem: every read is bounds-checked and mal
 become errors.
 */
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::{Advice, Mmap};
@@ -21,6 +20,7 @@ use zerocopy::FromBytes;
 
 use crate::error::{Error, PathContext, Result};
 use crate::manifest::{Manifest, SplitManifest};
+use crate::open::map;
 use crate::record::{
     FORMAT_VERSION, INDEX_ENTRY_LEN, INDEX_HEADER_LEN, INDEX_MAGIC, IndexEntry, IndexHeader,
     NO_LABEL, RECORD_HEADER_LEN, RECORD_MAGIC, RecordHeader, SHARD_HEADER_LEN, SHARD_MAGIC,
@@ -392,30 +392,4 @@ pub fn index_entries(bytes: &[u8]) -> Result<&[IndexEntry]> {
     read_index_header(bytes)?;
     <[IndexEntry]>::ref_from_bytes(&bytes[INDEX_HEADER_LEN..])
         .map_err(|_| Error::Corrupt("index entries are misaligned".into()))
-}
-
-/// Maps `path` read-only.
-///
-/// # Safety
-/// The file must not be modified or truncated while the map is alive.
-pub(crate) unsafe fn map(path: &Path) -> Result<Mmap> {
-    let file = open_regular(path)?;
-    // SAFETY: the caller guarantees the file stays unchanged while mapped.
-    unsafe { Mmap::map(&file) }.at(path)
-}
-
-/// Opens `path` for reading if it is a regular file. A FIFO would block the opener until
-/// some writer came, and a device (`/dev/zero`) never ends: neither is a dataset file, so
-/// both are errors at once (the open itself does not block: `O_NONBLOCK`).
-pub(crate) fn open_regular(path: &Path) -> Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .at(path)?;
-    if !file.metadata().at(path)?.is_file() {
-        return Err(Error::Corrupt("not a regular file".into()).with_path(path));
-    }
-    Ok(file)
 }

@@ -1,8 +1,8 @@
 //! `report.txt` and the summary `pack` prints: counts per split, then every file that was not
 //! stored as a plain RGB JPEG kept as is, with the reason.
 
-use crate::layout::Skipped;
 use crate::manifest::Manifest;
+use crate::manifest::Skipped;
 
 /// The human-readable report: counts per split, then every file that was not stored as a plain
 /// RGB JPEG kept as is. `limit` caps each list (for a terminal); `None` lists everything (for

@@ -6,17 +6,27 @@ use std::fs;
 use std::path::Path;
 
 use crate::error::{Error, PathContext, Result};
-use crate::pack::{PackEvent, SplitState};
-use crate::reader::{map, read_shard_footer};
+use crate::open::map;
+use crate::reader::read_shard_footer;
 use crate::record::{IndexEntry, shard_file_name};
 use crate::writer::ShardSummary;
 
-/// Loads the shards of an interrupted run that are complete and belong to this pack.
+/// Everything gathered about one split while packing it: what an interrupted run left,
+/// then what this run adds.
+pub(crate) struct SplitState {
+    /// The shards written so far, in order.
+    pub(crate) shards: Vec<ShardSummary>,
+    /// Their records' index entries, in position order.
+    pub(crate) entries: Vec<IndexEntry>,
+}
+
+/// Loads the shards of an interrupted run that are complete and belong to this pack; says
+/// through `warn` which shards are packed again.
 pub(crate) fn resume(
     out: &Path,
     split: &str,
     fingerprint: &str,
-    on_event: &mut dyn FnMut(PackEvent<'_>),
+    warn: &mut dyn FnMut(&str),
 ) -> Result<SplitState> {
     let mut state = SplitState {
         shards: Vec::new(),
@@ -49,10 +59,10 @@ pub(crate) fn resume(
                     Ok(_) => "its positions do not follow the previous shard".into(),
                 };
                 remove_from(out, split, shard)?;
-                on_event(PackEvent::Warning(&format!(
+                warn(&format!(
                     "{}: {why}; it and later shards of {split} will be packed again",
                     path.display()
-                )));
+                ));
                 break;
             }
         };

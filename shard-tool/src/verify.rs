@@ -16,7 +16,8 @@ use memmap2::Mmap;
 
 use crate::error::Result;
 use crate::manifest::{Manifest, SplitManifest, file_sum};
-use crate::reader::{index_entries, map, parse_record, read_shard_footer, read_shard_header};
+use crate::open::map;
+use crate::reader::{index_entries, parse_record, read_shard_footer, read_shard_header};
 use crate::record::{IndexEntry, SHARD_HEADER_LEN, ShardFooter};
 
 /// One thing that is wrong.

@@ -136,7 +136,7 @@ fn raw_hello(socket: &Path, hello: &Request) -> Reply {
     let mut s = UnixStream::connect(socket).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.write_all(&protocol::preamble()).unwrap();
-    protocol::write_frame(&mut s, hello).unwrap();
+    loader::frame::write_frame(&mut s, hello).unwrap();
     let mut preamble = [0u8; 12];
     std::io::Read::read_exact(&mut s, &mut preamble).unwrap();
     FrameReader::<Reply>::default().read(&mut s).unwrap()
@@ -158,7 +158,7 @@ fn leave(socket: &Path, how: Leave, i: usize) {
     match how {
         Leave::MidHandshake => {
             let mut s = UnixStream::connect(socket).unwrap();
-            let frame = protocol::encode(&hello(small, Position::default()));
+            let frame = loader::frame::encode(&hello(small, Position::default()));
             s.write_all(&protocol::preamble()).unwrap();
             s.write_all(&frame[..frame.len() / 2]).unwrap();
             until_closed(s);

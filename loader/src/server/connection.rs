@@ -1,9 +1,9 @@
-//! One accepted connection: its frames (the shared [`FrameCodec`]), the peer check, the
-//! handshake, and the typed refusals the daemon sends as `error` frames.
+//! One accepted connection: its frames (the shared [`FrameCodec`]), who the peer is, and the
+//! typed refusals the daemon sends as `error` frames. What the daemon does with a connection
+//! is the handler's ([`super::handler`]).
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -13,9 +13,6 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf, UCred};
 use tokio_util::codec::FramedRead;
 
-use super::Shared;
-use super::config::ServeConfig;
-use super::session::Session;
 use crate::frame::{FrameCodec, encode};
 use crate::job::JobError;
 use crate::protocol::{self, ProtocolError, Reply, Request};
@@ -149,7 +146,7 @@ pub(super) struct Connection {
 
 impl Connection {
     /// The connection over `stream`, and its peer.
-    fn new(stream: UnixStream) -> (Connection, Peer) {
+    pub(super) fn new(stream: UnixStream) -> (Connection, Peer) {
         let peer = Peer {
             cred: stream.peer_cred().ok(),
             groups: peer_groups(&stream),
@@ -160,6 +157,21 @@ impl Connection {
             replies: wr,
         };
         (conn, peer)
+    }
+
+    /// Sends our preamble (magic and version), before any frame.
+    pub(super) async fn write_preamble(&mut self) -> Result<(), ProtocolError> {
+        self.replies.write_all(&protocol::preamble()).await?;
+        Ok(())
+    }
+
+    /// Reads and checks the peer's preamble, then its first request.
+    pub(super) async fn read_preamble(&mut self) -> Result<Option<Request>, ProtocolError> {
+        let mut p = [0u8; 12];
+        // Nothing is buffered before the preamble: read it from the socket itself.
+        self.requests.get_mut().read_exact(&mut p).await?;
+        protocol::check_preamble(&p)?;
+        self.read().await
     }
 
     /// The next request; `None` when the peer closed between frames. Cancel-safe (the codec
@@ -213,11 +225,11 @@ impl Connection {
 
 /// Who is at the other end of a connection, as the kernel says.
 #[derive(Debug)]
-struct Peer {
+pub(super) struct Peer {
     /// SO_PEERCRED: pid, uid and primary gid.
-    cred: Option<UCred>,
+    pub(super) cred: Option<UCred>,
     /// SO_PEERGROUPS: the peer process's supplementary groups (`None` before Linux 4.13).
-    groups: Option<Vec<u32>>,
+    pub(super) groups: Option<Vec<u32>>,
 }
 
 /// `SO_PEERGROUPS` (asm-generic value, as on x86-64 and aarch64; libc does not export it).
@@ -255,167 +267,6 @@ fn peer_groups(stream: &UnixStream) -> Option<Vec<u32>> {
     None
 }
 
-/// Serves one accepted connection to its end.
-pub(super) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
-    let id = shared.next_id();
-    let (mut conn, peer) = Connection::new(stream);
-    let refusal = match handshake(&shared, &mut conn, &peer, id).await {
-        // The session has sent its own error frame, if any.
-        Ok(Some(session)) => session.serve(&mut conn).await.err(),
-        Ok(None) => None,
-        Err(refusal) => {
-            conn.refuse(&refusal).await;
-            Some(refusal)
-        }
-    };
-    shared.counters.remove_client(id);
-    if let Some(refusal) = refusal {
-        shared.counters.add_refused();
-        tracing::debug!("connection {id} ({peer:?}) refused: {refusal}");
-    }
-}
-
-/// Refuses a connection accepted while every permit is taken: our preamble, so that the peer
-/// can read the error frame, then the error.
-pub(super) async fn refuse_busy(shared: Arc<Shared>, stream: UnixStream, refusal: Refusal) {
-    let (mut conn, _) = Connection::new(stream);
-    let timeout = shared.handshake_timeout();
-    let _ = tokio::time::timeout(timeout, async {
-        if conn.replies.write_all(&protocol::preamble()).await.is_ok() {
-            conn.refuse(&refusal).await;
-        }
-    })
-    .await;
-    shared.counters.add_refused();
-}
-
-/// Checks the peer, exchanges preambles and reads the first message. Returns the session to
-/// run, or `None` for a stats or describe connection that has been answered.
-async fn handshake(
-    shared: &Arc<Shared>,
-    conn: &mut Connection,
-    peer: &Peer,
-    id: u64,
-) -> Result<Option<Session>, Refusal> {
-    let config = &shared.config;
-    let timeout = shared.handshake_timeout();
-    // Our preamble first, so that even a refused peer can read the error frame that follows.
-    tokio::time::timeout(timeout, conn.replies.write_all(&protocol::preamble()))
-        .await
-        .map_err(|_| Refusal::Timeout("the peer reading our preamble", timeout))?
-        .map_err(ProtocolError::from)?;
-    let cred = peer.cred.ok_or(Refusal::NoCredentials)?;
-    if !peer_allowed(config, cred.uid(), cred.gid(), peer.groups.as_deref()) {
-        tracing::warn!(
-            "refused pid {:?} uid {} gid {}: not in allow_uids {:?} or allow_gids {:?}",
-            cred.pid(),
-            cred.uid(),
-            cred.gid(),
-            config.allow_uids,
-            config.allow_gids
-        );
-        return Err(Refusal::NotAllowed {
-            uid: cred.uid(),
-            gid: cred.gid(),
-        });
-    }
-    let first = tokio::time::timeout(timeout, async {
-        let mut p = [0u8; 12];
-        // Nothing is buffered before the preamble: read it from the socket itself.
-        conn.requests
-            .get_mut()
-            .read_exact(&mut p)
-            .await
-            .map_err(ProtocolError::from)?;
-        protocol::check_preamble(&p)?;
-        conn.read().await
-    })
-    .await
-    .map_err(|_| Refusal::Timeout("no hello", timeout))??;
-    let Some(first) = first else {
-        return Ok(None);
-    };
-    match first {
-        Request::Stats => {
-            let mut request = Request::Stats;
-            // A status connection: answer stats until bye or close.
-            loop {
-                match request {
-                    Request::Stats => {
-                        conn.write(&Reply::Stats(shared.stats_for(cred.uid())))
-                            .await?
-                    }
-                    Request::Bye => return Ok(None),
-                    other => return Err(Refusal::out_of_order(&other, "a status connection")),
-                }
-                let idle = shared.idle_timeout();
-                request = match tokio::time::timeout(idle, conn.read()).await {
-                    Err(_) => {
-                        return Err(Refusal::Timeout("no request on a status connection", idle));
-                    }
-                    Ok(Ok(Some(r))) => r,
-                    Ok(Ok(None) | Err(ProtocolError::Io(_))) => return Ok(None),
-                    Ok(Err(e)) => return Err(e.into()),
-                };
-            }
-        }
-        Request::Hello {
-            job_id,
-            job,
-            start,
-            epochs,
-            slots,
-        } => {
-            // Making the ring allocates its pages (gigabytes for large batches): off the async
-            // runtime, so that the daemon's other connections are answered meanwhile.
-            let opener = Arc::clone(shared);
-            let mut session = tokio::task::spawn_blocking(move || {
-                Session::open(&opener, id, cred, job_id, *job, start, epochs, slots)
-            })
-            .await
-            .map_err(|_| Refusal::Internal("opening the session failed"))??;
-            session.welcome(conn).await?;
-            Ok(Some(session))
-        }
-        Request::Describe { split } => {
-            let info = shared.splits.get(&split).ok_or_else(|| Refusal::NoSplit {
-                split,
-                have: shared.split_names(),
-            })?;
-            conn.write(&Reply::Split(info.clone())).await?;
-            Ok(None)
-        }
-        Request::Bye => Ok(None),
-        other => Err(Refusal::out_of_order(&other, "hello")),
-    }
-}
-
-/// Whether the peer's uid, primary gid or one of its supplementary groups is allowed.
-fn peer_allowed(config: &ServeConfig, uid: u32, gid: u32, groups: Option<&[u32]>) -> bool {
-    if config.allow_uids.contains(&uid) || config.allow_gids.contains(&gid) {
-        return true;
-    }
-    // SO_PEERCRED carries only the primary group; trainers are often in `rsb` as a
-    // supplementary group. The process's own groups (SO_PEERGROUPS) decide: a user removed
-    // from the group in /etc/group but whose process still holds it is still in it, as for
-    // files, and one added after logging in is not yet.
-    if let Some(groups) = groups {
-        return groups.iter().any(|g| config.allow_gids.contains(g));
-    }
-    // Kernels before 4.13: the user database is the best there is.
-    let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) else {
-        return false;
-    };
-    let Ok(name) = std::ffi::CString::new(user.name) else {
-        return false;
-    };
-    nix::unistd::getgrouplist(&name, user.gid).is_ok_and(|groups| {
-        groups
-            .iter()
-            .any(|g| config.allow_gids.contains(&g.as_raw()))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,22 +283,5 @@ mod tests {
         ours.sort_unstable();
         theirs.sort_unstable();
         assert_eq!(theirs, ours);
-    }
-
-    #[test]
-    fn a_supplementary_group_admits_only_when_the_process_holds_it() {
-        let config = ServeConfig {
-            allow_gids: vec![4242],
-            ..ServeConfig::default()
-        };
-        let (uid, gid) = (5000, 5000);
-        assert!(peer_allowed(&config, uid, gid, Some(&[7, 4242])));
-        assert!(!peer_allowed(&config, uid, gid, Some(&[7])));
-        assert!(peer_allowed(&config, uid, 4242, Some(&[])));
-        let by_uid = ServeConfig {
-            allow_uids: vec![uid],
-            ..ServeConfig::default()
-        };
-        assert!(peer_allowed(&by_uid, uid, gid, Some(&[])));
     }
 }

@@ -15,7 +15,7 @@ use super::config::{ServeConfig, ServeError, default_socket, gib};
 use super::connection::Refusal;
 use super::producer::Groups;
 use super::stats::Counters;
-use super::{Shared, connection};
+use super::{Shared, handler};
 use crate::protocol::{SplitInfo, Stats};
 
 /// A bound, not yet serving daemon.
@@ -122,18 +122,18 @@ impl Server {
                             (Ok(permit), Ok(user)) => {
                                 let shared = Arc::clone(&shared);
                                 tokio::spawn(async move {
-                                    connection::serve(shared, stream).await;
+                                    handler::serve(shared, stream).await;
                                     drop((permit, user));
                                 });
                             }
                             (Err(_), _) => {
                                 let busy = Refusal::Busy(shared.config.max_clients);
                                 let shared = Arc::clone(&shared);
-                                tokio::spawn(connection::refuse_busy(shared, stream, busy));
+                                tokio::spawn(handler::refuse_busy(shared, stream, busy));
                             }
                             (Ok(_), Err(busy)) => {
                                 let shared = Arc::clone(&shared);
-                                tokio::spawn(connection::refuse_busy(shared, stream, busy));
+                                tokio::spawn(handler::refuse_busy(shared, stream, busy));
                             }
                         }
                     }
@@ -418,7 +418,7 @@ mod tests {
         let mut s = std::os::unix::net::UnixStream::connect(server.socket()).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(&crate::protocol::preamble()).unwrap();
-        crate::protocol::write_frame(&mut s, &crate::protocol::Request::Stats).unwrap();
+        crate::frame::write_frame(&mut s, &crate::protocol::Request::Stats).unwrap();
         let mut p = [0u8; 12];
         s.read_exact(&mut p).unwrap();
         let mut frames = crate::frame::FrameReader::<crate::protocol::Reply>::default();

@@ -11,8 +11,9 @@ that is the backpressure, and the bound on memory (DESIGN.md invariant 4).
 
 By role, as mini-redis is laid out: [`config`](ServeConfig) (settings, checks, memory
 budget), `listener` ([`Server`]: the socket, a permit per connection), `local`
-([`LocalServer`]), `connection` (frames, peer check, handshake, typed refusals), `session` (one
-client's job, ring and relay), `producer` (job groups and the threads that fill their rings
+([`LocalServer`]), `connection` (frames, who the peer is, typed refusals), `handler` (what the daemon
+does with a connection: the peer check, the handshake, then a status answer or a session),
+`session` (one client's job, ring and relay), `producer` (job groups and the threads that fill their rings
 through the [`BatchStream`](crate::stream::BatchStream)), `stats` (counters, `loader status`,
 systemd's tick).
 
@@ -32,6 +33,7 @@ use crate::protocol::{SplitInfo, Stats};
 
 mod config;
 mod connection;
+mod handler;
 mod listener;
 mod local;
 mod producer;

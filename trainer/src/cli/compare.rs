@@ -28,8 +28,7 @@ pub struct CompareArgs {
 
 /// Draws the runs and prints their table.
 pub fn run(a: CompareArgs) -> Result<ExitCode> {
-    let table =
-        trainer::report::compare::compare(&a.runs, &a.out, a.width, a.height)?;
+    let table = trainer::report::compare::compare(&a.runs, &a.out, a.width, a.height)?;
     if a.json {
         println!("{}", serde_json::to_string(&table)?);
         return Ok(ExitCode::SUCCESS);

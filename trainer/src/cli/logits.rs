@@ -33,7 +33,13 @@ pub struct LogitsArgs {
 pub fn run(a: LogitsArgs) -> Result<ExitCode> {
     let precision = a.device.dtype.unwrap_or(Precision::F32);
     let weights = Weights::at(&a.weights);
-    let on = OnDevice::load(&a.model.config()?, a.device.device, precision, 0, Some(&weights))?;
+    let on = OnDevice::load(
+        &a.model.config()?,
+        a.device.device,
+        precision,
+        0,
+        Some(&weights),
+    )?;
     let (batch, side) = (a.batch, a.img_size);
     let probe: Vec<f32> = (0..batch * 3 * side * side)
         .map(|i| ((i as f64) * 0.001).sin() as f32 * 2.0)

@@ -7,7 +7,6 @@ use loader::client::{self, ClientError};
 use loader::protocol::SplitInfo;
 use loader::server::{LocalServer, ServeConfig, ServeError};
 
-
 /// Errors about the data of a run.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {

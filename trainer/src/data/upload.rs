@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use burn::tensor::{AllocationProperty, Bytes, Device, Tensor};
 use loader::client::Batch;
 
-use crate::model::device::DeviceKind;
 use crate::data::normalize::{BatchError, upload_pixels};
+use crate::model::device::DeviceKind;
 
 /// Where a step's pixels are.
 pub enum Pixels<'a> {

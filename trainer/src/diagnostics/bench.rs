@@ -290,7 +290,12 @@ impl Bench {
 
     /// Runs steps `from .. from + count`; the last loss and the seconds spent waiting for
     /// the loader. With `profile`, adds each phase's time to `self.phases`.
-    fn steps(&mut self, from: usize, count: usize, profile: bool) -> Result<(f64, f64), BenchError> {
+    fn steps(
+        &mut self,
+        from: usize,
+        count: usize,
+        profile: bool,
+    ) -> Result<(f64, f64), BenchError> {
         let (mut loss, mut wait) = (None, 0.0f64);
         for i in from..from + count {
             let (l, w) = self.one(i, profile)?;
@@ -415,7 +420,14 @@ fn open_batches(
             transform,
             threads,
         } => {
-            let feed = Feed::spawn(path, *transform, options.batch, *threads, options.seed, total)?;
+            let feed = Feed::spawn(
+                path,
+                *transform,
+                options.batch,
+                *threads,
+                options.seed,
+                total,
+            )?;
             let side = feed.img_size;
             Ok((Batches::Feed(feed), side))
         }

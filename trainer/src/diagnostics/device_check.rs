@@ -7,9 +7,9 @@
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Device, Distribution, FloatDType, Tensor, TensorData};
 
+use crate::model::resnet::{ResNet, ResNetConfig};
 use crate::step::loss::bce_with_logits;
 use crate::step::mixup::labels_tensor;
-use crate::model::resnet::{ResNet, ResNetConfig};
 
 /// One compared quantity.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -68,8 +68,8 @@ mod tests {
     use burn::optim::GradientsParams;
     use burn::tensor::{DType, Device, Distribution};
 
-    use crate::optim::lamb::{LambOptions, TimmLamb};
     use crate::model::resnet::{ResNet, ResNetConfig};
+    use crate::optim::lamb::{LambOptions, TimmLamb};
 
     fn tiny(device: &Device) -> ResNet {
         ResNetConfig {

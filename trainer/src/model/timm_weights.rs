@@ -86,7 +86,10 @@ const HEAD: [&str; 2] = ["fc.weight", "fc.bias"];
 /// the classifier when its class count differs from the model's, which keeps the model's fresh
 /// initialization. Returns the model and the tensors so re-initialized (empty when the counts
 /// match).
-pub fn import_backbone(model: ResNet, path: &Path) -> Result<(ResNet, Vec<String>), TimmWeightsError> {
+pub fn import_backbone(
+    model: ResNet,
+    path: &Path,
+) -> Result<(ResNet, Vec<String>), TimmWeightsError> {
     load(model, path, true)
 }
 
@@ -110,7 +113,11 @@ pub fn backbone_from(
     load_store(model, SafetensorsStore::from_bytes(Some(bytes)), name, true)
 }
 
-fn load(model: ResNet, path: &Path, new_head: bool) -> Result<(ResNet, Vec<String>), TimmWeightsError> {
+fn load(
+    model: ResNet,
+    path: &Path,
+    new_head: bool,
+) -> Result<(ResNet, Vec<String>), TimmWeightsError> {
     load_store(model, SafetensorsStore::from_file(path), path, new_head)
 }
 

@@ -31,9 +31,9 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 
 use crate::model::device::DeviceKind;
+use crate::model::resnet::ResNet;
 use crate::optim::lamb::TimmLamb;
 use crate::ranks::virtual_ranks::{RankStats, VirtualRanks};
-use crate::model::resnet::ResNet;
 use crate::step::{HostBatch, StepError, TrainStep};
 
 /// Errors placing ranks on devices.

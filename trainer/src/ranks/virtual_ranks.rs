@@ -307,11 +307,11 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
-    use crate::recipe::TrainConfig;
-    use crate::model::device::DeviceKind;
-    use crate::optim::lamb::{LambOptions, TimmLamb};
-    use crate::model::resnet::ResNetConfig;
     use crate::data::upload::{Pixels, Uploader};
+    use crate::model::device::DeviceKind;
+    use crate::model::resnet::ResNetConfig;
+    use crate::optim::lamb::{LambOptions, TimmLamb};
+    use crate::recipe::TrainConfig;
     use std::sync::Arc;
 
     const WORLD: usize = 4;
@@ -322,7 +322,9 @@ mod tests {
     /// The smoke recipe: Mixup/CutMix, BCE, LAMB, as the ranks will train it.
     fn recipe() -> TrainConfig {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke.toml");
-        TrainConfig::load(&path, &crate::recipe::Overrides::none()).expect("smoke recipe").config
+        TrainConfig::load(&path, &crate::recipe::Overrides::none())
+            .expect("smoke recipe")
+            .config
     }
 
     /// The batches of every step and rank: `[step][rank] = (pixels, labels)`.

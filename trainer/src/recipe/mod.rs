@@ -449,7 +449,8 @@ mod tests {
         )
         .expect("a1.toml");
         let with_workers = format!("workers = 8\n{text}");
-        let loaded = TrainConfig::parse(&with_workers, "x.toml", &Overrides::none()).expect("timm key accepted");
+        let loaded = TrainConfig::parse(&with_workers, "x.toml", &Overrides::none())
+            .expect("timm key accepted");
         assert_eq!(loaded.warnings.len(), 1);
         assert!(loaded.warnings[0].contains("`workers`"));
         let typo = format!("weight_decai = 0.1\n{text}");

@@ -45,8 +45,11 @@ impl Overrides {
     /// These overrides, then `entries` from `origin`.
     pub fn then(&self, entries: Vec<(String, toml::Value)>, origin: Origin) -> Overrides {
         let mut out = self.clone();
-        out.entries
-            .extend(entries.into_iter().map(|(key, value)| Override { key, value, origin }));
+        out.entries.extend(
+            entries
+                .into_iter()
+                .map(|(key, value)| Override { key, value, origin }),
+        );
         out
     }
 

@@ -124,7 +124,10 @@ type Area<'b> = DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>;
 
 /// Every run's loss, one color each.
 fn loss_panel(area: &Area<'_>, series: &[Series<'_>], last: f64) -> Result<(), DrawError> {
-    let y = range(series.iter().flat_map(|s| s.loss.iter().map(|p| p.1)), false);
+    let y = range(
+        series.iter().flat_map(|s| s.loss.iter().map(|p| p.1)),
+        false,
+    );
     let mut chart = panel(area, "training loss (moving mean)", 0.0..last, y, plain)?;
     for (i, s) in series.iter().enumerate() {
         let color = Palette99::pick(i).stroke_width(2);
@@ -140,7 +143,10 @@ fn loss_panel(area: &Area<'_>, series: &[Series<'_>], last: f64) -> Result<(), D
 /// Every run's evaluations, fitted to their values: runs a point apart are what a comparison
 /// is for.
 fn top1_panel(area: &Area<'_>, series: &[Series<'_>], last: f64) -> Result<(), DrawError> {
-    let top1 = range(series.iter().flat_map(|s| s.top1.iter().map(|p| p.1)), false);
+    let top1 = range(
+        series.iter().flat_map(|s| s.top1.iter().map(|p| p.1)),
+        false,
+    );
     let top1 = top1.start.max(0.0)..top1.end.min(100.0);
     let mut chart = panel(area, "evaluation top-1, %", 0.0..last, top1, plain)?;
     for (i, s) in series.iter().enumerate() {

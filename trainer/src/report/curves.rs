@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 
 use super::draw::{
-    Chart, DrawError, FONT, draw_error, legend, moving_average, panel, plain, range,
-    register_font, scientific, write_png,
+    Chart, DrawError, FONT, draw_error, legend, moving_average, panel, plain, range, register_font,
+    scientific, write_png,
 };
 use crate::run::RunDir;
 use crate::run::metrics::{Metric, MetricsError};
@@ -359,8 +359,14 @@ mod tests {
         let mut text = std::fs::read_to_string(&metrics).expect("read");
         text.push_str("{\"kind\": \"step\", \"loss\": \n");
         std::fs::write(&metrics, text).expect("write");
-        let err = plot(&RunDir::named(&metrics), &dir.path().join("x.png"), "t", 300, 200)
-            .expect_err("bad line");
+        let err = plot(
+            &RunDir::named(&metrics),
+            &dir.path().join("x.png"),
+            "t",
+            300,
+            200,
+        )
+        .expect_err("bad line");
         let msg = err.to_string();
         assert!(msg.contains("metrics.jsonl:3"), "{msg}");
         assert!(!dir.path().join("x.png").exists());
@@ -371,8 +377,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let metrics = dir.path().join("metrics.jsonl");
         std::fs::write(&metrics, "").expect("write");
-        let err = plot(&RunDir::named(&metrics), &dir.path().join("x.png"), "t", 300, 200)
-            .expect_err("empty");
+        let err = plot(
+            &RunDir::named(&metrics),
+            &dir.path().join("x.png"),
+            "t",
+            300,
+            200,
+        )
+        .expect_err("empty");
         assert!(err.to_string().contains("no training steps"), "{err}");
     }
 }

@@ -142,7 +142,10 @@ impl Checkpoint {
     ///
     /// # Errors
     /// [`CheckpointError`] naming the file.
-    pub(super) fn write(dir: &Path, contents: &Contents<'_>) -> Result<Checkpoint, CheckpointError> {
+    pub(super) fn write(
+        dir: &Path,
+        contents: &Contents<'_>,
+    ) -> Result<Checkpoint, CheckpointError> {
         // A directory of this name can only be from a run killed while writing it.
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(io(dir))?;
@@ -167,10 +170,11 @@ impl Checkpoint {
                 message: format!("{e:?}"),
             })?;
         let state_path = dir.join(STATE_FILE);
-        let json = serde_json::to_vec_pretty(contents.state).map_err(|e| CheckpointError::State {
-            path: state_path.clone(),
-            message: e.to_string(),
-        })?;
+        let json =
+            serde_json::to_vec_pretty(contents.state).map_err(|e| CheckpointError::State {
+                path: state_path.clone(),
+                message: e.to_string(),
+            })?;
         shard_tool::writer::write_atomic(&state_path, |w| std::io::Write::write_all(w, &json))
             .map_err(|e| CheckpointError::State {
                 path: state_path.clone(),
@@ -185,7 +189,9 @@ impl Checkpoint {
         for f in &files {
             File::open(f).and_then(|f| f.sync_all()).map_err(io(f))?;
         }
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
         Ok(Checkpoint::at(dir))
     }
 

@@ -82,7 +82,10 @@ impl RunDir {
 
     /// The directory's name (for titles and tables): its last component, resolved.
     pub fn name(&self) -> String {
-        let full = self.root.canonicalize().unwrap_or_else(|_| self.root.clone());
+        let full = self
+            .root
+            .canonicalize()
+            .unwrap_or_else(|_| self.root.clone());
         full.file_name()
             .map_or_else(|| "run".to_string(), |n| n.to_string_lossy().into_owned())
     }

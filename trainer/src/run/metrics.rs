@@ -102,9 +102,7 @@ impl MetricsLog {
         if let Ok(text) = std::fs::read_to_string(path) {
             let kept: String = text
                 .lines()
-                .filter(|l| {
-                    serde_json::from_str::<Metric>(l).is_ok_and(|m| m.step() <= steps_done)
-                })
+                .filter(|l| serde_json::from_str::<Metric>(l).is_ok_and(|m| m.step() <= steps_done))
                 .map(|l| format!("{l}\n"))
                 .collect();
             shard_tool::writer::write_atomic(path, |w| w.write_all(kept.as_bytes()))

@@ -251,7 +251,13 @@ impl<'a> Run<'a> {
             .map(|d| Ok(d.device(precision)?.autodiff()))
             .collect::<Result<Vec<_>, TrainError>>()?;
         devices[0].seed(config.seed);
-        let start = start(options, existing.as_ref(), &recipe_text, &devices[0], on_event)?;
+        let start = start(
+            options,
+            existing.as_ref(),
+            &recipe_text,
+            &devices[0],
+            on_event,
+        )?;
         let params = start.model.trainable_params();
         let mut model = start.model;
         model.compute = precision.compute();
@@ -458,7 +464,11 @@ impl<'a> Run<'a> {
     }
 
     /// Writes a checkpoint whose next batch is `next`.
-    fn checkpoint(&mut self, next: Position, on_event: &mut dyn FnMut(Event)) -> Result<(), TrainError> {
+    fn checkpoint(
+        &mut self,
+        next: Position,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<(), TrainError> {
         let state = RunState {
             steps_done: self.steps_done,
             next,

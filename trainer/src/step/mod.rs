@@ -9,12 +9,12 @@ use std::sync::Arc;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 
+use crate::data::normalize::{BatchError, normalize};
+use crate::data::upload::{Pixels, Uploader};
+use crate::model::resnet::{ResNet, mix_key};
 use crate::optim::lamb::TimmLamb;
 use crate::step::loss::LossKind;
 use crate::step::mixup::{MixupConfig, labels_tensor};
-use crate::data::normalize::{BatchError, normalize};
-use crate::model::resnet::{ResNet, mix_key};
-use crate::data::upload::{Pixels, Uploader};
 
 /// Model, optimizer and the per-batch ingredients of a recipe.
 pub struct TrainStep {

@@ -13,12 +13,12 @@ use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
-use trainer::recipe::TrainConfig;
-use trainer::optim::lamb::{LambOptions, TimmLamb};
-use trainer::step::loss::{bce_with_logits, soft_target_cross_entropy};
-use trainer::step::mixup::{MixParams, MixupConfig};
 use trainer::model::resnet::{ResNet, ResNetConfig};
 use trainer::model::timm_weights;
+use trainer::optim::lamb::{LambOptions, TimmLamb};
+use trainer::recipe::TrainConfig;
+use trainer::step::loss::{bce_with_logits, soft_target_cross_entropy};
+use trainer::step::mixup::{MixParams, MixupConfig};
 
 fn golden(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

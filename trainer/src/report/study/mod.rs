@@ -8,7 +8,6 @@
 //! — seeds are the replicates — into a table (mean ± sample std, min, max per eval set and
 //! metric) and a PNG with one point per run.
 
-
 mod plan;
 mod plot;
 mod table;
@@ -17,17 +16,17 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::DataSource;
 use crate::eval::real::{RealError, RealLabels, VAL_IMAGES};
 use crate::eval::{EvalError, EvalSet, evaluate_set};
 use crate::model::{DeviceKind, Precision};
 use crate::recipe::{Overrides, RecipeError, TrainConfig};
+use crate::report::draw::{DrawError, write_png};
 use crate::run::metrics::{Metric, MetricsError};
 use crate::run::{
-    CachedSet, CheckpointError, OnDevice, RunDir, RunDirError, TrainError, TrainOptions,
-    Weights, WeightsError, train, write_file,
+    CachedSet, CheckpointError, OnDevice, RunDir, RunDirError, TrainError, TrainOptions, Weights,
+    WeightsError, train, write_file,
 };
-use crate::data::DataSource;
-use crate::report::draw::{DrawError, write_png};
 
 pub use plan::{Combination, Vary, plan};
 pub use plot::render;
