@@ -16,7 +16,7 @@ use loader::transform::TransformSpec;
 use shard_tool::Dataset;
 
 /// A batch as the loader wrote it.
-pub struct FedBatch {
+pub(crate) struct FedBatch {
     /// `[n, size, size, 3]` uint8 pixels.
     pub pixels: Vec<u8>,
     /// One class per image.
@@ -49,7 +49,7 @@ pub enum FeedError {
 }
 
 /// The running producer.
-pub struct Feed {
+pub(crate) struct Feed {
     batches: Receiver<Result<FedBatch, FeedError>>,
     recycle: Sender<FedBatch>,
     producer: Option<JoinHandle<()>>,
@@ -151,7 +151,7 @@ impl Feed {
     }
 
     /// Hands a batch's buffers back for reuse.
-    pub fn recycle(&self, batch: FedBatch) {
+    pub(crate) fn recycle(&self, batch: FedBatch) {
         // A full recycle queue only means a fresh allocation later.
         let _ = self.recycle.try_send(batch);
     }

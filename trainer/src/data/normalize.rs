@@ -6,9 +6,9 @@
 use burn::tensor::{Bytes, DType, Device, Int, Tensor, TensorData};
 
 /// timm's `IMAGENET_DEFAULT_MEAN`, in 0..255 units.
-pub const MEAN: [f32; 3] = [0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0];
+pub(crate) const MEAN: [f32; 3] = [0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0];
 /// timm's `IMAGENET_DEFAULT_STD`, in 0..255 units.
-pub const STD: [f32; 3] = [0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0];
+pub(crate) const STD: [f32; 3] = [0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0];
 
 /// Errors of a host batch.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +31,7 @@ pub enum BatchError {
 
 /// Uploads `[n, h, w, 3]` uint8 pixels and returns `[n, 3, h, w]` floats still in 0..255
 /// ([`crate::data::upload`] decides how the bytes are held).
-pub fn upload_pixels(
+pub(crate) fn upload_pixels(
     bytes: Bytes,
     [n, h, w]: [usize; 3],
     device: &Device,

@@ -85,12 +85,12 @@ impl Uploader {
 
     /// Seconds spent on the host issuing uploads so far: our copy, the backend's staging copy
     /// and the enqueueing (the device's copy runs behind, overlapped with compute).
-    pub fn issuing_s(&self) -> f64 {
+    pub(crate) fn issuing_s(&self) -> f64 {
         self.issuing_ns.load(Ordering::Relaxed) as f64 * 1e-9
     }
 
     /// Something to say once about the uploads (a ring that could not be page-locked).
-    pub fn take_note(&self) -> Option<String> {
+    pub(crate) fn take_note(&self) -> Option<String> {
         #[cfg(feature = "cuda")]
         {
             self.pinned.take_note()

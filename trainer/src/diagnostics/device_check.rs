@@ -26,7 +26,7 @@ pub struct Difference {
 
 /// Copies every float parameter of `from` into `to` (same architecture), onto `to`'s devices
 /// and in their default float type.
-pub fn copy_params(from: &ResNet, to: ResNet) -> ResNet {
+pub(crate) fn copy_params(from: &ResNet, to: ResNet) -> ResNet {
     struct Collect(Vec<TensorData>);
     impl ModuleVisitor for Collect {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {

@@ -143,7 +143,7 @@ pub fn evaluate(
 
 /// The five best classes of one row of logits, best first (ties: the lower index first, as
 /// `torch.topk` on CPU gives them).
-pub fn best5(row: &[f32]) -> [u32; 5] {
+pub(crate) fn best5(row: &[f32]) -> [u32; 5] {
     let mut best: [(f32, u32); 5] = [(f32::NEG_INFINITY, u32::MAX); 5];
     for (i, &v) in row.iter().enumerate() {
         if v > best[4].0 {

@@ -99,7 +99,7 @@ impl RealLabels {
 
     /// The labels of the validation image a record was packed from, by its file name
     /// (`ILSVRC2012_val_00000001.JPEG`, in any folder); `None` for another name.
-    pub fn of_file(&self, path: &str) -> Option<&[u32]> {
+    pub(crate) fn of_file(&self, path: &str) -> Option<&[u32]> {
         let name = path.rsplit('/').next()?;
         let number: usize = name
             .strip_prefix("ILSVRC2012_val_")?
@@ -115,7 +115,7 @@ impl RealLabels {
 
 /// ReaL accuracy as timm counts it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RealScore {
+pub(crate) struct RealScore {
     /// Images with a non-empty ReaL list.
     pub counted: u64,
     /// Of those, how many have their top-1 prediction in the list.
@@ -127,7 +127,7 @@ pub struct RealScore {
 impl RealScore {
     /// Adds one image: its predictions, best first, and its ReaL labels. An empty list (no
     /// label fits the image) is not counted.
-    pub fn add(&mut self, predictions: &[u32], labels: &[u32]) {
+    pub(crate) fn add(&mut self, predictions: &[u32], labels: &[u32]) {
         if labels.is_empty() {
             return;
         }
@@ -138,12 +138,12 @@ impl RealScore {
     }
 
     /// Top-1 in percent (NaN before any image is counted).
-    pub fn top1_percent(&self) -> f64 {
+    pub(crate) fn top1_percent(&self) -> f64 {
         100.0 * self.top1 as f64 / self.counted as f64
     }
 
     /// Top-5 in percent.
-    pub fn top5_percent(&self) -> f64 {
+    pub(crate) fn top5_percent(&self) -> f64 {
         100.0 * self.top5 as f64 / self.counted as f64
     }
 }

@@ -18,10 +18,10 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{FloatDType, Tensor};
 
 /// The float type parameters and activations are kept in between the computing ops.
-pub const MASTER: FloatDType = FloatDType::F32;
+pub(crate) const MASTER: FloatDType = FloatDType::F32;
 
 /// The dtype the convolutions and matmuls of an amp model compute in.
-pub const COMPUTE: FloatDType = FloatDType::BF16;
+pub(crate) const COMPUTE: FloatDType = FloatDType::BF16;
 
 /// `c` applied to `x`, computing in `compute` when given (output in [`MASTER`]).
 pub fn conv(c: &Conv2d, x: Tensor<4>, compute: Option<FloatDType>) -> Tensor<4> {

@@ -10,9 +10,9 @@ use burn::tensor::module::{batch_norm, batch_norm_train};
 use burn::tensor::{Device, Tensor};
 
 /// PyTorch's defaults, which timm's ResNet keeps.
-pub const EPSILON: f64 = 1e-5;
+pub(crate) const EPSILON: f64 = 1e-5;
 /// Weight of the new batch statistic in the running average (PyTorch's `momentum`).
-pub const MOMENTUM: f64 = 0.1;
+pub(crate) const MOMENTUM: f64 = 0.1;
 
 /// `BatchNorm2d` over `[N, C, H, W]`: batch statistics on a device that records gradients,
 /// running statistics otherwise.

@@ -285,7 +285,7 @@ fn drop_path(x: Tensor<4>, p: f64, key: Option<u64>) -> Tensor<4> {
 }
 
 /// A fixed mix of two numbers (splitmix64's finalizer): keys of independent draws.
-pub fn mix_key(a: u64, b: u64) -> u64 {
+pub(crate) fn mix_key(a: u64, b: u64) -> u64 {
     let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -343,7 +343,7 @@ impl ResNet {
     /// file store reads. burn's `RunningState` keeps each thread's newest update pending until
     /// the next forward (or `valid()`), while visitors, saving included, read the settled value:
     /// without this a checkpoint or an export lags one step behind.
-    pub fn settle_running_stats(&self) {
+    pub(crate) fn settle_running_stats(&self) {
         let _ = self.valid();
     }
 
@@ -358,7 +358,7 @@ impl ResNet {
 
     /// Every batch norm, in module order (stem, then each block's `bn1`, `bn2`, `bn3`, and its
     /// downsample's): the layers whose running statistics each rank keeps its own of.
-    pub fn batch_norms(&self) -> Vec<&BatchNorm> {
+    pub(crate) fn batch_norms(&self) -> Vec<&BatchNorm> {
         let mut all = vec![&self.bn1];
         for block in self.blocks() {
             all.extend([&block.bn1, &block.bn2]);
@@ -409,7 +409,7 @@ impl ResNet {
     /// draws its samples' masks on the host from `mix_key(masks, i)`, so they depend on the key
     /// alone, not on the backend's generator, which every thread and device of the process
     /// shares (a rank's masks are then the same on one device or several, and after a resume).
-    pub fn forward_with(&self, x: Tensor<4>, masks: Option<u64>) -> Tensor<2> {
+    pub(crate) fn forward_with(&self, x: Tensor<4>, masks: Option<u64>) -> Tensor<2> {
         let mut x = relu(self.bn1.forward(amp::conv(&self.conv1, x, self.compute)));
         if let Some(pool) = &self.maxpool {
             x = pool.forward(x);

@@ -86,7 +86,7 @@ const HEAD: [&str; 2] = ["fc.weight", "fc.bias"];
 /// the classifier when its class count differs from the model's, which keeps the model's fresh
 /// initialization. Returns the model and the tensors so re-initialized (empty when the counts
 /// match).
-pub fn import_backbone(
+pub(crate) fn import_backbone(
     model: ResNet,
     path: &Path,
 ) -> Result<(ResNet, Vec<String>), TimmWeightsError> {
@@ -95,7 +95,7 @@ pub fn import_backbone(
 
 /// [`import_backbone`] from a model in memory (a checkpoint's), through the same timm-named
 /// safetensors bytes a file would hold; `name` says where it came from in errors.
-pub fn backbone_from(
+pub(crate) fn backbone_from(
     model: ResNet,
     from: &ResNet,
     name: &Path,

@@ -50,7 +50,7 @@ pub struct TimmLamb {
 
 /// Ids of the parameters timm puts in its no-decay group: rank ≤ 1 (its rule is
 /// `p.ndim <= 1 or name.endswith(".bias")`, and every bias here has rank 1).
-pub fn no_decay_params(model: &ResNet) -> Vec<ParamId> {
+pub(crate) fn no_decay_params(model: &ResNet) -> Vec<ParamId> {
     let mut ids = Vec::new();
     model.for_each_trainable(|p| {
         if p.rank <= 1 || p.name == "bias" {
@@ -90,7 +90,7 @@ impl TimmLamb {
     /// Writes the optimizer state (moments and step counts, keyed by parameter id) to a
     /// burnpack file; load it into an optimizer for a model whose parameter ids were restored
     /// from the same checkpoint.
-    pub fn save(&self, path: &std::path::Path) -> Result<(), burn::store::RecordError> {
+    pub(crate) fn save(&self, path: &std::path::Path) -> Result<(), burn::store::RecordError> {
         self.inner.save(path)
     }
 
@@ -112,7 +112,7 @@ impl TimmLamb {
 
 /// Divides every gradient by `max(‖g‖ / max_norm, 1)`, ‖g‖ over all of `model`'s gradients.
 /// Stays on the device: no value is read back.
-pub fn clip_global_norm(model: &ResNet, grads: GradientsParams, max_norm: f64) -> GradientsParams {
+pub(crate) fn clip_global_norm(model: &ResNet, grads: GradientsParams, max_norm: f64) -> GradientsParams {
     struct SumSquares<'a> {
         grads: &'a GradientsParams,
         total: Option<Tensor<1>>,

@@ -36,7 +36,7 @@ impl CosineSchedule {
     }
 
     /// The LR at (possibly fractional) epoch `t`.
-    pub fn lr_at(&self, t: f64) -> f64 {
+    pub(crate) fn lr_at(&self, t: f64) -> f64 {
         if t < self.warmup_epochs {
             return self.warmup_lr + t * (self.lr - self.warmup_lr) / self.warmup_epochs;
         }

@@ -12,7 +12,7 @@ use replicas::Replicas;
 use virtual_ranks::{RankStats, VirtualRanks};
 
 /// The ranks of a run and where they train.
-pub enum World {
+pub(crate) enum World {
     /// One device: the ranks as virtual ranks.
     One {
         /// The step (model, optimizer, mixing).
@@ -52,7 +52,7 @@ impl World {
     ///
     /// # Errors
     /// [`StepError`]; [`StepError::Ranks`] for a world of several ranks or devices.
-    pub fn step_timed(
+    pub(crate) fn step_timed(
         &mut self,
         batch: &HostBatch<'_>,
         lr: f64,
@@ -76,7 +76,7 @@ impl World {
     }
 
     /// The step whose model is evaluated and saved (the first device's).
-    pub fn primary(&self) -> &TrainStep {
+    pub(crate) fn primary(&self) -> &TrainStep {
         match self {
             World::One { step, .. } => step,
             World::Many(r) => r.primary(),
@@ -95,7 +95,7 @@ impl World {
     ///
     /// # Errors
     /// [`StepError::Poisoned`] when a failed step lost the model.
-    pub fn reduce_bn(&mut self) -> Result<(), StepError> {
+    pub(crate) fn reduce_bn(&mut self) -> Result<(), StepError> {
         match self {
             World::One { step, ranks, .. } => {
                 ranks.stats.reduce(step.model().ok_or(StepError::Poisoned)?);
@@ -109,7 +109,7 @@ impl World {
     ///
     /// # Errors
     /// [`StepError::Poisoned`] when a failed step lost the model.
-    pub fn all_stats(&self) -> Result<RankStats, StepError> {
+    pub(crate) fn all_stats(&self) -> Result<RankStats, StepError> {
         match self {
             World::One { ranks, .. } => Ok(ranks.stats.clone()),
             World::Many(r) => r.all_stats(),

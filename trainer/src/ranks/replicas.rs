@@ -153,7 +153,7 @@ impl Placement {
 /// # Errors
 /// [`PlacementError::Nccl`] saying what was found and the link that fixes it.
 #[cfg(feature = "cuda")]
-pub fn check_nccl() -> Result<(), PlacementError> {
+pub(crate) fn check_nccl() -> Result<(), PlacementError> {
     use crate::model::device::library_loadable;
     // cudarc's candidates on 64-bit Linux for CUDA 12 and 13; NCCL's own soname, .so.2, is
     // not among them.
@@ -202,7 +202,7 @@ struct Replica {
 }
 
 /// The replicas of a run on several devices; replica 0's model is the one evaluated and saved.
-pub struct Replicas {
+pub(crate) struct Replicas {
     parts: Vec<Replica>,
     world: usize,
     collective: Collective,
@@ -407,7 +407,7 @@ impl Replicas {
     ///
     /// # Errors
     /// [`StepError::Poisoned`] if a replica lost its model.
-    pub fn reduce_bn(&mut self) -> Result<(), StepError> {
+    pub(crate) fn reduce_bn(&mut self) -> Result<(), StepError> {
         let mut all = self.all_stats()?;
         let first = &self.parts[0];
         let model = first.step.model().ok_or(StepError::Poisoned)?;
@@ -438,7 +438,7 @@ impl Replicas {
     ///
     /// # Errors
     /// [`StepError::Poisoned`] if a replica lost its model.
-    pub fn all_stats(&self) -> Result<RankStats, StepError> {
+    pub(crate) fn all_stats(&self) -> Result<RankStats, StepError> {
         let device = &self.parts[0].device;
         let ranks = self
             .parts
@@ -454,12 +454,12 @@ impl Replicas {
     }
 
     /// The first replica's step: its model is evaluated and saved, its optimizer saved.
-    pub fn primary(&self) -> &TrainStep {
+    pub(crate) fn primary(&self) -> &TrainStep {
         &self.parts[0].step
     }
 
     /// The first replica's device.
-    pub fn primary_device(&self) -> &Device {
+    pub(crate) fn primary_device(&self) -> &Device {
         &self.parts[0].device
     }
 }

@@ -49,7 +49,7 @@ pub enum RanksError {
 
 /// The BN running statistics of every rank: `[rank][layer] = (running_mean, running_var)`.
 #[derive(Clone)]
-pub struct RankStats {
+pub(crate) struct RankStats {
     pub(crate) ranks: Vec<Vec<(Tensor<1>, Tensor<1>)>>,
 }
 
@@ -77,7 +77,7 @@ impl RankStats {
     }
 
     /// Puts rank `rank`'s statistics into the model (its next training forward updates them).
-    pub fn swap_in(&self, model: &ResNet, rank: usize) {
+    pub(crate) fn swap_in(&self, model: &ResNet, rank: usize) {
         if let Some(stats) = self.ranks.get(rank) {
             for (bn, (mean, var)) in model.batch_norms().iter().zip(stats) {
                 bn.running_mean.update(mean.clone());
@@ -89,7 +89,7 @@ impl RankStats {
     }
 
     /// Takes the model's statistics back as rank `rank`'s (after its forward).
-    pub fn swap_out(&mut self, model: &ResNet, rank: usize) {
+    pub(crate) fn swap_out(&mut self, model: &ResNet, rank: usize) {
         if let Some(slot) = self.ranks.get_mut(rank) {
             *slot = model_stats(model);
         }
@@ -125,7 +125,7 @@ impl RankStats {
     }
 
     /// Writes every rank's statistics to `path` (safetensors: `rank{r}.bn{l}.mean`/`.var`).
-    pub fn save(&self, path: &Path) -> Result<(), RanksError> {
+    pub(crate) fn save(&self, path: &Path) -> Result<(), RanksError> {
         let err = |message: String| RanksError::File {
             path: path.display().to_string(),
             message,
@@ -219,7 +219,7 @@ impl RankStats {
 }
 
 /// The ranks of a run on one device.
-pub struct VirtualRanks {
+pub(crate) struct VirtualRanks {
     /// Their BN running statistics.
     pub stats: RankStats,
 }

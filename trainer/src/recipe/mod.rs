@@ -298,7 +298,7 @@ impl TrainConfig {
     }
 
     /// Epochs of the run: the cosine's and the cooldown's.
-    pub fn total_epochs(&self) -> u32 {
+    pub(crate) fn total_epochs(&self) -> u32 {
         // Both are checked to be at most 100,000 (check.rs).
         u32::try_from(self.epochs + self.cooldown_epochs).unwrap_or(u32::MAX)
     }
@@ -341,7 +341,7 @@ impl TrainConfig {
     }
 
     /// The Mixup/CutMix settings train.py passes to timm's `Mixup`.
-    pub fn mixup_config(&self) -> MixupConfig {
+    pub(crate) fn mixup_config(&self) -> MixupConfig {
         MixupConfig {
             mixup_alpha: self.mixup,
             cutmix_alpha: self.cutmix,

@@ -33,7 +33,7 @@ pub struct RunSummary {
 }
 
 /// The figures of one run.
-pub fn summarize(name: &str, metrics: &[Metric]) -> RunSummary {
+pub(crate) fn summarize(name: &str, metrics: &[Metric]) -> RunSummary {
     let steps: Vec<(u64, u32, f64)> = metrics
         .iter()
         .filter_map(|m| match *m {

@@ -150,7 +150,7 @@ pub(crate) fn legend<'a, 'b: 'a>(
 ///
 /// # Errors
 /// [`DrawError::Write`] naming the file.
-pub fn write_png(
+pub(crate) fn write_png(
     path: &std::path::Path,
     rgb: &[u8],
     width: u32,

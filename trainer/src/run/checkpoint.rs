@@ -104,7 +104,7 @@ pub struct Checkpoint {
 }
 
 /// What a checkpoint holds, to be written.
-pub struct Contents<'a> {
+pub(crate) struct Contents<'a> {
     /// The model (its BN statistics are settled before it is written).
     pub model: &'a ResNet,
     /// LAMB's state.
@@ -238,7 +238,7 @@ impl Checkpoint {
     ///
     /// # Errors
     /// [`CheckpointError::Record`] naming the file.
-    pub fn load_optimizer(&self, optimizer: TimmLamb) -> Result<TimmLamb, CheckpointError> {
+    pub(crate) fn load_optimizer(&self, optimizer: TimmLamb) -> Result<TimmLamb, CheckpointError> {
         let path = self.dir.join(OPTIMIZER_FILE);
         optimizer.load(&path).map_err(|e| CheckpointError::Record {
             path: path.clone(),
@@ -255,7 +255,7 @@ impl Checkpoint {
     ///
     /// # Errors
     /// [`CheckpointError::Ranks`] when the file does not fit the model or the rank count.
-    pub fn load_ranks(
+    pub(crate) fn load_ranks(
         &self,
         model: &ResNet,
         world_size: usize,

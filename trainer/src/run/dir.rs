@@ -76,7 +76,7 @@ impl RunDir {
     }
 
     /// Its directory.
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
@@ -105,7 +105,7 @@ impl RunDir {
     ///
     /// # Errors
     /// [`RunDirError`] naming the file.
-    pub fn write_recipe(&self, text: &str) -> Result<(), RunDirError> {
+    pub(crate) fn write_recipe(&self, text: &str) -> Result<(), RunDirError> {
         let header = "# The resolved recipe of this run: the --config file with the command \
                       line's overrides applied.\n";
         self.write(RECIPE_FILE, format!("{header}{text}").as_bytes())
@@ -120,7 +120,7 @@ impl RunDir {
     ///
     /// # Errors
     /// [`MetricsError`] naming the file (and the line that is not a metric).
-    pub fn read_metrics(&self) -> Result<Vec<Metric>, MetricsError> {
+    pub(crate) fn read_metrics(&self) -> Result<Vec<Metric>, MetricsError> {
         read_metrics(&self.metrics())
     }
 
@@ -128,7 +128,7 @@ impl RunDir {
     ///
     /// # Errors
     /// [`MetricsError`] naming the file.
-    pub fn metrics_log(&self, steps_done: u64) -> Result<MetricsLog, MetricsError> {
+    pub(crate) fn metrics_log(&self, steps_done: u64) -> Result<MetricsLog, MetricsError> {
         MetricsLog::open(&self.metrics(), steps_done)
     }
 
@@ -143,7 +143,7 @@ impl RunDir {
     ///
     /// # Errors
     /// [`CheckpointError`] naming the file.
-    pub fn save_checkpoint(&self, contents: &Contents<'_>) -> Result<Checkpoint, CheckpointError> {
+    pub(crate) fn save_checkpoint(&self, contents: &Contents<'_>) -> Result<Checkpoint, CheckpointError> {
         let name = Checkpoint::name(contents.state.steps_done);
         let checkpoint = Checkpoint::write(&self.root.join(&name), contents)?;
         self.point_latest_at(&name)?;
@@ -202,7 +202,7 @@ impl RunDir {
     ///
     /// # Errors
     /// [`RunDirError`] naming the file.
-    pub fn write_set_scores(&self, cached: &[CachedSet]) -> Result<(), RunDirError> {
+    pub(crate) fn write_set_scores(&self, cached: &[CachedSet]) -> Result<(), RunDirError> {
         // Plain numbers and strings always serialize.
         let json = serde_json::to_vec_pretty(cached).unwrap_or_default();
         self.write(SETS_FILE, &json)

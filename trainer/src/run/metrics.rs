@@ -82,7 +82,7 @@ impl Metric {
 }
 
 /// A run's metrics file, open for appending.
-pub struct MetricsLog {
+pub(crate) struct MetricsLog {
     path: PathBuf,
     file: std::fs::File,
 }
@@ -123,7 +123,7 @@ impl MetricsLog {
     ///
     /// # Errors
     /// [`MetricsError::Io`] naming the file.
-    pub fn append(&mut self, m: &Metric) -> Result<(), MetricsError> {
+    pub(crate) fn append(&mut self, m: &Metric) -> Result<(), MetricsError> {
         // A metric of plain numbers always serializes.
         let line = serde_json::to_string(m).unwrap_or_default();
         writeln!(self.file, "{line}").map_err(|source| MetricsError::Io {
@@ -137,7 +137,7 @@ impl MetricsLog {
 ///
 /// # Errors
 /// [`MetricsError`] naming the file, and the line that is not a metric.
-pub fn read_metrics(path: &Path) -> Result<Vec<Metric>, MetricsError> {
+pub(crate) fn read_metrics(path: &Path) -> Result<Vec<Metric>, MetricsError> {
     let io = |source| MetricsError::Io {
         path: path.to_path_buf(),
         source,

@@ -36,7 +36,7 @@ pub(super) struct Issued {
 
 impl Issued {
     /// The loop starts waiting for the next batch at `now`: this step's interval ends.
-    pub fn end_at(&mut self, now: Instant) {
+    pub(crate) fn end_at(&mut self, now: Instant) {
         self.ended.get_or_insert(now);
     }
 

@@ -77,7 +77,7 @@ impl Weights {
     ///
     /// # Errors
     /// [`WeightsError`] naming the file.
-    pub fn load_into(&self, model: ResNet) -> Result<ResNet, WeightsError> {
+    pub(crate) fn load_into(&self, model: ResNet) -> Result<ResNet, WeightsError> {
         Ok(match self {
             Weights::Checkpoint(c) => c.load_model(model)?,
             Weights::Timm(path) => timm_weights::import(model, path)?,
@@ -91,7 +91,7 @@ impl Weights {
     ///
     /// # Errors
     /// [`WeightsError`] naming the file.
-    pub fn load_backbone(
+    pub(crate) fn load_backbone(
         &self,
         model: ResNet,
         device: &Device,

@@ -157,7 +157,7 @@ impl MixParams {
 }
 
 /// Labels on `device` from host `u32`s.
-pub fn labels_tensor(labels: &[u32], device: &Device) -> Tensor<1, Int> {
+pub(crate) fn labels_tensor(labels: &[u32], device: &Device) -> Tensor<1, Int> {
     let values: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
     Tensor::<1, Int>::from_data(
         burn::tensor::TensorData::new(values, [labels.len()]),

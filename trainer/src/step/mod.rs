@@ -17,7 +17,7 @@ use crate::step::loss::LossKind;
 use crate::step::mixup::{MixupConfig, labels_tensor};
 
 /// Model, optimizer and the per-batch ingredients of a recipe.
-pub struct TrainStep {
+pub(crate) struct TrainStep {
     /// The model being trained (on an autodiff device); `None` only if a step panicked.
     pub model: Option<ResNet>,
     /// Its optimizer.
@@ -34,7 +34,7 @@ pub struct TrainStep {
 }
 
 /// A host batch as the loader hands it over.
-pub struct HostBatch<'a> {
+pub(crate) struct HostBatch<'a> {
     /// `[n, h, w, 3]` uint8 pixels.
     pub pixels: Pixels<'a>,
     /// `[n, h, w]`.
@@ -65,7 +65,7 @@ pub struct PhaseTimes {
 
 impl PhaseTimes {
     /// Every phase multiplied by `k` (`1e3 / steps`: milliseconds per step).
-    pub fn scaled(self, k: f64) -> PhaseTimes {
+    pub(crate) fn scaled(self, k: f64) -> PhaseTimes {
         PhaseTimes {
             upload: self.upload * k,
             mix: self.mix * k,
@@ -151,7 +151,7 @@ impl TrainStep {
     }
 
     /// [`TrainStep::run`], adding each phase's time to `times` when given (see [`PhaseTimes`]).
-    pub fn run_timed(
+    pub(crate) fn run_timed(
         &mut self,
         batch: &HostBatch<'_>,
         lr: f64,
@@ -218,7 +218,7 @@ impl TrainStep {
     }
 
     /// One LAMB step at learning rate `lr` with `grads`.
-    pub fn apply(&mut self, lr: f64, grads: GradientsParams) -> Result<(), StepError> {
+    pub(crate) fn apply(&mut self, lr: f64, grads: GradientsParams) -> Result<(), StepError> {
         // The optimizer takes the model by value: a clone would keep the old parameters alive
         // and stop in-place updates, so move it out and back.
         let model = self.model.take().ok_or(StepError::Poisoned)?;

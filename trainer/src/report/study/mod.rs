@@ -143,7 +143,7 @@ pub enum RunStatus {
 ///
 /// # Errors
 /// [`StudyError::OtherRecipe`] when the directory holds a run of another recipe.
-pub fn run_status(
+pub(crate) fn run_status(
     dir: &RunDir,
     name: &str,
     config: &TrainConfig,
@@ -177,7 +177,7 @@ pub fn run_status(
 ///
 /// # Errors
 /// [`StudyError::NoFinalEval`] if the last step was not evaluated.
-pub fn val_scores(
+pub(crate) fn val_scores(
     dir: &RunDir,
     val_split: &str,
     steps_done: u64,
@@ -268,7 +268,7 @@ pub enum StudyEvent<'a> {
 /// The study's file names in its directory.
 pub const TABLE_FILE: &str = "study.txt";
 /// See [`TABLE_FILE`].
-pub const JSON_FILE: &str = "study.json";
+pub(crate) const JSON_FILE: &str = "study.json";
 /// See [`TABLE_FILE`].
 pub const PLOT_FILE: &str = "study.png";
 
