@@ -92,7 +92,11 @@ impl Batches {
 ///
 /// # Errors
 /// [`DataError::Split`], saying what to change.
-pub(crate) fn check_split(info: &SplitInfo, num_classes: usize, key: &str) -> Result<(), DataError> {
+pub(crate) fn check_split(
+    info: &SplitInfo,
+    num_classes: usize,
+    key: &str,
+) -> Result<(), DataError> {
     let name = &info.name;
     if info.unlabelled > 0 {
         return Err(DataError::Split(format!(

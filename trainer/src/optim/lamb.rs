@@ -112,7 +112,11 @@ impl TimmLamb {
 
 /// Divides every gradient by `max(‖g‖ / max_norm, 1)`, ‖g‖ over all of `model`'s gradients.
 /// Stays on the device: no value is read back.
-pub(crate) fn clip_global_norm(model: &ResNet, grads: GradientsParams, max_norm: f64) -> GradientsParams {
+pub(crate) fn clip_global_norm(
+    model: &ResNet,
+    grads: GradientsParams,
+    max_norm: f64,
+) -> GradientsParams {
     struct SumSquares<'a> {
         grads: &'a GradientsParams,
         total: Option<Tensor<1>>,

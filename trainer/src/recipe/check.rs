@@ -27,7 +27,7 @@ impl TrainConfig {
         if let Some(c) = self.clip_grad {
             return Err(SettingError::new(
                 "clip_grad",
-                c,
+                format!("{c:?}"),
                 "is not supported: timm's Lamb clips the global gradient norm at 1.0 inside, \
                  and the recipes set no clip_grad; remove the key",
             ));

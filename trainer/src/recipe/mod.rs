@@ -250,7 +250,7 @@ impl TrainConfig {
             message,
         };
         let mut table: BTreeMap<String, toml::Value> =
-            toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+            toml::from_str(text).map_err(|e| invalid(toml_error(&e, text)))?;
         let mut warnings = Vec::new();
         for key in TIMM_NOT_IMPLEMENTED {
             if table.remove(*key).is_some() {
@@ -278,7 +278,7 @@ impl TrainConfig {
         let value = toml::Value::Table(table.into_iter().collect());
         let config: TrainConfig = value
             .try_into()
-            .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+            .map_err(|e: toml::de::Error| invalid(toml_error(&e, text)))?;
         config
             .check()
             .map_err(|bad| invalid(overrides.describe(&bad)))?;
@@ -358,6 +358,21 @@ impl TrainConfig {
     /// Only for a recipe built by hand that the gate would refuse.
     pub fn jobs(&self) -> Result<DataJobs, SettingError> {
         DataJobs::try_from(self)
+    }
+}
+
+/// toml's error on one line: its message, and where in `text` when it knows (its own
+/// `Display` draws the line with a caret over several lines).
+fn toml_error(e: &toml::de::Error, text: &str) -> String {
+    let message = e.message().trim().replace('\n', "; ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
     }
 }
 
@@ -458,6 +473,16 @@ mod tests {
         assert!(
             err.to_string().contains("x.toml") && err.to_string().contains("weight_decai"),
             "{err}"
+        );
+        let broken = format!("{text}\nlr = [\n");
+        let err = TrainConfig::parse(&broken, "x.toml", &Overrides::none()).expect_err("toml");
+        let lines = text.lines().count();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "x.toml: line {}, column 7: unclosed array, expected `]`",
+                lines + 2
+            )
         );
         let sgd = text.replace("opt = \"lamb\"", "opt = \"sgd\"");
         let err = TrainConfig::parse(&sgd, "x.toml", &Overrides::none()).expect_err("sgd");

@@ -120,7 +120,7 @@ impl RunDir {
     ///
     /// # Errors
     /// [`MetricsError`] naming the file (and the line that is not a metric).
-    pub(crate) fn read_metrics(&self) -> Result<Vec<Metric>, MetricsError> {
+    pub fn read_metrics(&self) -> Result<Vec<Metric>, MetricsError> {
         read_metrics(&self.metrics())
     }
 
@@ -143,7 +143,10 @@ impl RunDir {
     ///
     /// # Errors
     /// [`CheckpointError`] naming the file.
-    pub(crate) fn save_checkpoint(&self, contents: &Contents<'_>) -> Result<Checkpoint, CheckpointError> {
+    pub(crate) fn save_checkpoint(
+        &self,
+        contents: &Contents<'_>,
+    ) -> Result<Checkpoint, CheckpointError> {
         let name = Checkpoint::name(contents.state.steps_done);
         let checkpoint = Checkpoint::write(&self.root.join(&name), contents)?;
         self.point_latest_at(&name)?;

@@ -1,6 +1,7 @@
 //! What the run tests share: a small packed dataset, the tiny smoke recipe, the options of a
 //! run, and the losses a run wrote.
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use trainer::data::DataSource;
 use trainer::model::{DeviceKind, Precision};
@@ -96,3 +97,13 @@ pub const TINY_FLAGS: [&str; 10] = [
     "--width",
     "0.125",
 ];
+
+/// burn's random generator is process-wide, and every test of this binary runs on a thread of
+/// one process: a test that seeds it and initializes a model (or draws from it at all) holds
+/// this for its whole length, so that no other test draws in between and runs that must repeat
+/// each other exactly (resume, ranks) do.
+pub fn burn_rng() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    // A test that failed while holding it leaves nothing half-done in the generator.
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

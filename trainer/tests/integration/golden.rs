@@ -20,6 +20,8 @@ use trainer::recipe::TrainConfig;
 use trainer::step::loss::{bce_with_logits, soft_target_cross_entropy};
 use trainer::step::mixup::{MixParams, MixupConfig};
 
+use crate::common;
+
 fn golden(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("golden")
@@ -96,6 +98,7 @@ fn exported(model: &ResNet) -> BTreeMap<String, (Vec<usize>, Vec<f64>)> {
 
 #[test]
 fn timms_state_dict_round_trips_bit_exactly() {
+    let _rng = common::burn_rng();
     let model = tiny_resnet50(&Device::flex());
     let theirs = read_tensors(&golden("resnet50_w16.safetensors"));
     let ours = exported(&model);
@@ -120,6 +123,7 @@ fn timms_state_dict_round_trips_bit_exactly() {
 
 #[test]
 fn eval_logits_equal_timms() {
+    let _rng = common::burn_rng();
     let device = Device::flex();
     let model = tiny_resnet50(&device);
     let want = &read_tensors(&golden("forward.safetensors"))["eval.logits"].1;
@@ -131,6 +135,7 @@ fn eval_logits_equal_timms() {
 
 #[test]
 fn train_mode_logits_and_running_statistics_equal_timms() {
+    let _rng = common::burn_rng();
     let device = Device::flex().autodiff();
     let model = tiny_resnet50(&device);
     let golden = read_tensors(&golden("forward.safetensors"));
@@ -262,6 +267,7 @@ fn as_gradients(
 
 #[test]
 fn one_hundred_lamb_steps_equal_timms_lamb() {
+    let _rng = common::burn_rng();
     let device = Device::flex().autodiff();
     let mut model = tiny_resnet50(&device);
     let want = read_tensors(&golden("lamb100.safetensors"));
@@ -338,6 +344,7 @@ fn recipe(name: &str) -> TrainConfig {
 
 #[test]
 fn lr_schedules_equal_timms_cosine_scheduler_at_every_epoch() {
+    let _rng = common::burn_rng();
     let text = std::fs::read_to_string(golden("schedule.json")).expect("schedule.json");
     let golden: Schedules = serde_json::from_str(&text).expect("json");
     for (name, want) in [("a1", golden.a1), ("a2", golden.a2), ("a3", golden.a3)] {
@@ -402,6 +409,7 @@ struct MixupCase {
 
 #[test]
 fn mixup_cutmix_targets_and_bce_equal_timms() {
+    let _rng = common::burn_rng();
     let text = std::fs::read_to_string(golden("mixup.json")).expect("mixup.json");
     let g: MixupGolden = serde_json::from_str(&text).expect("json");
     let device = Device::flex();

@@ -1,7 +1,8 @@
 //! The trainer's integration tests, one binary (one link of burn instead of one per file):
 //! the binary's front door ([`cli`]), golden values from timm and torch ([`golden`]), runs
 //! with several ranks ([`ranks`]), exact resume ([`resume`]), studies ([`study`]) and the
-//! upload from a ring slot ([`upload`]); [`common`] is what they share.
+//! upload from a ring slot ([`upload`]), each step's own time ([`timing`]); [`common`] is what
+//! they share.
 
 mod cli;
 mod common;
@@ -9,4 +10,5 @@ mod golden;
 mod ranks;
 mod resume;
 mod study;
+mod timing;
 mod upload;

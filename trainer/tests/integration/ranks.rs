@@ -1,4 +1,4 @@
-//! Virtual ranks through the whole run, in a process of its own (model initialization draws
+//! Virtual ranks through the whole run (holding [`crate::common::burn_rng`]: model initialization draws
 //! from burn's process-wide generator): 4 ranks cross an epoch end (BN statistics reduced,
 //! evaluation), and a run resumed mid-epoch from its checkpoint repeats the uninterrupted
 //! losses.
@@ -19,6 +19,7 @@ fn recipe() -> TrainConfig {
 
 #[test]
 fn four_ranks_cross_an_epoch_and_resume_mid_epoch_exactly() {
+    let _rng = common::burn_rng();
     let dir = tempfile::tempdir().unwrap();
     let shards = dataset(dir.path());
     let options = |out: &str, max_steps, resume| {

@@ -1,6 +1,5 @@
-//! Exact resume, in a process of its own: model initialization draws from burn's process-wide
-//! generator, which the unit tests (on parallel threads of one process) would otherwise draw
-//! from at the same time.
+//! Exact resume. Model initialization draws from burn's process-wide generator: every test
+//! here holds [`common::burn_rng`], so that no other test of this binary draws meanwhile.
 
 use std::path::Path;
 
@@ -13,6 +12,7 @@ use common::{dataset, losses, tiny_recipe};
 
 #[test]
 fn a_run_resumed_from_its_checkpoint_repeats_the_uninterrupted_losses() {
+    let _rng = common::burn_rng();
     let dir = tempfile::tempdir().unwrap();
     let shards = dataset(dir.path());
     let options = |out: &str, max_steps, resume| {

@@ -16,6 +16,7 @@ use crate::common;
 
 #[test]
 fn a_slot_is_uploaded_without_a_host_copy_and_released_after_its_last_holder() {
+    let _rng = common::burn_rng();
     let dir = tempfile::tempdir().unwrap();
     let shards = common::dataset(dir.path());
     let config = common::tiny_recipe();
