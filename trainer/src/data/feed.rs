@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
-use loader::job::{JobError, JobSpec, Position};
+use loader::job::{JobError, JobPlan, JobSpec, Position};
 use loader::stream::{BatchStream, Target};
 use loader::transform::TransformSpec;
 use shard_tool::Dataset;
@@ -93,50 +93,16 @@ impl Feed {
         })?;
         let (tx, batches) = bounded(2);
         let (recycle, returned) = bounded::<FedBatch>(4);
-        let image_bytes = transform.image_bytes();
-        let path = shards.to_path_buf();
-        let producer = std::thread::spawn(move || {
-            let Ok(split) = dataset.split("train") else {
-                return;
-            };
-            // The loader's one batch loop; this thread only moves buffers.
-            let mut stream = BatchStream::single(plan, threads);
-            let mut at = Position::default();
-            for step in 0..steps {
-                let mut out = returned.try_recv().unwrap_or_else(|_| FedBatch {
-                    pixels: vec![0; batch * image_bytes],
-                    labels: vec![0; batch],
-                    step,
-                });
-                out.step = step;
-                let target = Target {
-                    rank: 0,
-                    at,
-                    images: &mut out.pixels,
-                    labels: &mut out.labels,
-                    ids: None,
-                };
-                let filled = stream.fill(split, vec![target]);
-                if filled.failed() {
-                    let _ = tx.send(Err(FeedError::Shards {
-                        path: path.clone(),
-                        message: "no record of split train decodes; run `shard-tool verify`".into(),
-                    }));
-                    return;
-                }
-                let replaced: Vec<(u32, u32)> = filled.replaced().collect();
-                if !replaced.is_empty() {
-                    eprintln!(
-                        "warning: {}: records replaced after decode errors: {replaced:?}",
-                        path.display()
-                    );
-                }
-                if tx.send(Ok(out)).is_err() {
-                    return;
-                }
-                at = stream.next(at);
-            }
-        });
+        let producer = Producer {
+            dataset,
+            plan,
+            threads,
+            steps,
+            batch,
+            image_bytes: transform.image_bytes(),
+            path: shards.to_path_buf(),
+        };
+        let producer = std::thread::spawn(move || producer.run(&tx, &returned));
         Ok(Feed {
             batches,
             recycle,
@@ -154,6 +120,64 @@ impl Feed {
     pub(crate) fn recycle(&self, batch: FedBatch) {
         // A full recycle queue only means a fresh allocation later.
         let _ = self.recycle.try_send(batch);
+    }
+}
+
+/// What the producer thread fills batches from.
+struct Producer {
+    dataset: Dataset,
+    plan: JobPlan,
+    threads: usize,
+    steps: u64,
+    batch: usize,
+    image_bytes: usize,
+    path: std::path::PathBuf,
+}
+
+impl Producer {
+    /// Fills `steps` batches into buffers taken back from `returned` (or new ones) and sends
+    /// them on `tx`, until the last, a split that does not decode, or a closed channel.
+    fn run(self, tx: &Sender<Result<FedBatch, FeedError>>, returned: &Receiver<FedBatch>) {
+        let Ok(split) = self.dataset.split("train") else {
+            return;
+        };
+        // The loader's one batch loop; this thread only moves buffers.
+        let mut stream = BatchStream::single(self.plan, self.threads);
+        let mut at = Position::default();
+        for step in 0..self.steps {
+            let mut out = returned.try_recv().unwrap_or_else(|_| FedBatch {
+                pixels: vec![0; self.batch * self.image_bytes],
+                labels: vec![0; self.batch],
+                step,
+            });
+            out.step = step;
+            let target = Target {
+                rank: 0,
+                at,
+                images: &mut out.pixels,
+                labels: &mut out.labels,
+                ids: None,
+            };
+            let filled = stream.fill(split, vec![target]);
+            if filled.failed() {
+                let _ = tx.send(Err(FeedError::Shards {
+                    path: self.path.clone(),
+                    message: "no record of split train decodes; run `shard-tool verify`".into(),
+                }));
+                return;
+            }
+            let replaced: Vec<(u32, u32)> = filled.replaced().collect();
+            if !replaced.is_empty() {
+                eprintln!(
+                    "warning: {}: records replaced after decode errors: {replaced:?}",
+                    self.path.display()
+                );
+            }
+            if tx.send(Ok(out)).is_err() {
+                return;
+            }
+            at = stream.next(at);
+        }
     }
 }
 

@@ -234,23 +234,7 @@ impl<'a> Run<'a> {
         options.out.create()?;
         options.out.write_recipe(&recipe_text)?;
 
-        let world_size = config.rsb.world_size.max(1);
-        let placement = Placement::new(world_size, &options.devices)?;
-        #[cfg(feature = "cuda")]
-        if placement.devices.len() > 1 {
-            crate::ranks::replicas::check_nccl()?;
-        }
-        let (precision, note) =
-            Precision::resolve(options.precision, config.amp, placement.devices[0]);
-        if let Some(note) = note {
-            on_event(Event::Note(note));
-        }
-        let devices = placement
-            .devices
-            .iter()
-            .map(|d| Ok(d.device(precision)?.autodiff()))
-            .collect::<Result<Vec<_>, TrainError>>()?;
-        devices[0].seed(config.seed);
+        let (devices, kinds, precision) = open_devices(options, on_event)?;
         let start = start(
             options,
             existing.as_ref(),
@@ -268,9 +252,10 @@ impl<'a> Run<'a> {
             mixup: config.mixup_config(),
             loss: config.loss(),
             seed: config.seed,
-            upload: Arc::new(Uploader::new(placement.devices[0])),
+            upload: Arc::new(Uploader::new(kinds[0])),
         };
         let world = world(step, existing.as_ref(), config, &devices)?;
+        let world_size = config.rsb.world_size.max(1);
         let clients = connect(batches.socket(), &jobs, world_size, &start.state, config)?;
         let dataset = check_dataset(&clients, &start.state, options, &jobs)?;
         let steps_per_epoch = steps_per_epoch(&clients)?;
@@ -491,6 +476,31 @@ impl<'a> Run<'a> {
         on_event(Event::Checkpoint(saved));
         Ok(())
     }
+}
+
+/// The run's devices (with gradient recording, the first seeded with the recipe's seed), their
+/// kinds, and the float types they use: the recipe's ranks placed on `options.devices`.
+fn open_devices(
+    options: &TrainOptions,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<(Vec<Device>, Vec<DeviceKind>, Precision), TrainError> {
+    let config = &options.config;
+    let placement = Placement::new(config.rsb.world_size.max(1), &options.devices)?;
+    #[cfg(feature = "cuda")]
+    if placement.devices.len() > 1 {
+        crate::ranks::replicas::check_nccl()?;
+    }
+    let (precision, note) = Precision::resolve(options.precision, config.amp, placement.devices[0]);
+    if let Some(note) = note {
+        on_event(Event::Note(note));
+    }
+    let devices = placement
+        .devices
+        .iter()
+        .map(|d| Ok(d.device(precision)?.autodiff()))
+        .collect::<Result<Vec<_>, TrainError>>()?;
+    devices[0].seed(config.seed);
+    Ok((devices, placement.devices, precision))
 }
 
 /// The model, optimizer and position a run starts from: the checkpoint's when resuming, else
