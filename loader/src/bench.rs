@@ -25,7 +25,7 @@ use crate::decode::{Decoder, RgbImage};
 use crate::job::{JobError, JobPlan, JobSpec, Position};
 use crate::pipeline::StageTimes;
 use crate::stream::{BatchStream, StreamError, Target};
-use crate::transform::SettingError;
+use crate::transform::{SettingError, TransformSpec};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -159,14 +159,12 @@ pub fn run(options: &BenchOptions, out: &mut impl Write) -> Result<Option<f64>, 
             steps: spe,
         });
     }
-    let batch_size = options.job.batch_size as usize;
     let threads = options.threads.max(1);
     let mut stream = BatchStream::single(plan, threads);
     stream.set_check_crc(!options.no_crc);
-    let transform = stream.transform();
-    let image_bytes = transform.image_bytes();
+    let mut fills = Fills::new(options, &stream);
     // The batches from --start-step of epoch 0 on, across epochs as a trainer reads them.
-    let batches = (options.samples / batch_size).max(1);
+    let batches = (options.samples / fills.batch_size).max(1);
     let mut positions = vec![Position {
         epoch: 0,
         step: options.start_step,
@@ -174,10 +172,6 @@ pub fn run(options: &BenchOptions, out: &mut impl Write) -> Result<Option<f64>, 
     while positions.len() < batches {
         positions.push(stream.next(positions[positions.len() - 1]));
     }
-    // Room for one fill of STEPS_PER_FILL steps; its pages faulted in now, as a daemon's ring
-    // is after its first pass, so that the timed run does not pay them.
-    let mut images = vec![1u8; STEPS_PER_FILL * batch_size * image_bytes];
-    let mut labels = vec![0u32; STEPS_PER_FILL * batch_size];
     // The records the run reads; the decode-only baseline reads the same ones.
     let used: Vec<u64> = positions
         .iter()
@@ -186,121 +180,23 @@ pub fn run(options: &BenchOptions, out: &mut impl Write) -> Result<Option<f64>, 
         .collect::<BTreeSet<u64>>()
         .into_iter()
         .collect();
-    // Both timed runs start with every record's pages mapped and cached, as in a trainer's
-    // steady state (the first epoch maps them). Then one warm-up batch (buffers), not timed.
-    let mut touched = 0u8;
-    for &index in &used {
-        if let Ok(r) = split.get(index) {
-            touched ^= r.data.iter().step_by(4096).fold(0, |a, &b| a ^ b);
-        }
-    }
-    std::hint::black_box(touched);
-    stream.fill(
-        split,
-        vec![Target {
-            rank: 0,
-            at: positions[0],
-            images: &mut images,
-            labels: &mut labels,
-            ids: None,
-        }],
-    );
+    warm_up(split, &used, &mut stream, &mut fills, positions[0]);
     let decode_before = decode_only_rate(split, &used, threads);
-    let mut digests = Vec::new();
-    let mut times = StageTimes::default();
     let (t0, c0) = (Instant::now(), cpu_time());
-    let mut at = positions[0];
-    let mut left = positions.len();
-    while left > 0 {
-        let run = stream.run(at, STEPS_PER_FILL.min(left));
-        let targets = images
-            .chunks_mut(batch_size * image_bytes)
-            .zip(labels.chunks_mut(batch_size))
-            .zip(&run)
-            .map(|((images, labels), &at)| Target {
-                rank: 0,
-                at,
-                images,
-                labels,
-                ids: None,
-            })
-            .collect();
-        let filled = stream.fill(split, targets);
-        if filled.failed() {
-            return Err(BenchError::Unfillable {
-                path: options.shards.clone(),
-                split: options.job.split.clone(),
-            });
-        }
-        times += filled.times;
-        let replaced: Vec<(u32, u32)> = filled.replaced().collect();
-        if !replaced.is_empty() {
-            writeln!(
-                out,
-                "  warning: records replaced after decode errors: {replaced:?}"
-            )?;
-        }
-        if options.digests {
-            for (k, (&p, batch)) in run.iter().zip(&filled.batches).enumerate() {
-                let images = &images[k * batch_size * image_bytes..][..batch.count * image_bytes];
-                let labels = &labels[k * batch_size..][..batch.count];
-                digests.push((p, batch_digest(images, labels)));
-            }
-        }
-        left -= run.len();
-        at = stream.next(run[run.len() - 1]);
-    }
+    let timed = fills.all(options, split, &mut stream, &positions, out)?;
     let (wall, cpu) = (t0.elapsed(), cpu_time() - c0);
-    let rate = times.samples as f64 / wall.as_secs_f64();
     let decode_rate = (decode_before + decode_only_rate(split, &used, threads)) / 2.0;
-
-    let per = |d: Duration| d.as_secs_f64() * 1e3 / times.samples.max(1) as f64;
-    writeln!(
-        out,
-        "loader bench: {} on {} ({} records), {threads} thread(s), {} kernels, CRC {}, {} samples in {} batches of {batch_size}",
-        transform,
-        options.shards.display(),
-        split.len(),
-        CpuExt::current().name(),
-        if options.no_crc {
-            "unchecked"
-        } else {
-            "checked"
-        },
-        times.samples,
-        batches
-    )?;
-    writeln!(
-        out,
-        "  samples/s {rate:.1} ({:.1} per thread); {} decodes for {} samples",
-        rate / threads as f64,
-        times.decoded,
-        times.samples
-    )?;
-    writeln!(
-        out,
-        "  per sample (ms, summed over threads): decode {:.3}, crop+resize {:.3}, flip {:.3} \
-         (its draw; the resize writes the mirror), RandAugment {:.3}, output write {:.3}",
-        per(times.decode),
-        per(times.resize),
-        per(times.flip),
-        per(times.rand_augment),
-        per(times.write)
-    )?;
-    writeln!(
-        out,
-        "  CPU use {:.0} % of {threads} core(s) ({:.2} s CPU in {:.2} s)",
-        100.0 * cpu.as_secs_f64() / wall.as_secs_f64() / threads as f64,
-        cpu.as_secs_f64(),
-        wall.as_secs_f64()
-    )?;
-    writeln!(
-        out,
-        "  decode-only: {decode_rate:.1} images/s (timed before and after) on the same {} records and threads; \
-         samples/s / decode-only images/s = {:.2}",
-        used.len(),
-        rate / decode_rate
-    )?;
+    let measured = Measured {
+        transform: stream.transform(),
+        records: split.len(),
+        batches,
+        used: used.len(),
+        times: &timed.times,
+        wall,
+        cpu,
+        decode_rate,
+    };
+    let rate = measured.report(options, threads, fills.batch_size, out)?;
     let mut ratio = None;
     if let Some(exe) = &options.ring {
         let ring_rate = ring_rate(options, exe, &positions)?;
@@ -315,10 +211,204 @@ pub fn run(options: &BenchOptions, out: &mut impl Write) -> Result<Option<f64>, 
     if let Some(n) = options.ranks {
         ranks(options, n, out)?;
     }
-    for (p, d) in digests {
+    for (p, d) in timed.digests {
         writeln!(out, "  epoch {} step {} sha256 {d}", p.epoch, p.step)?;
     }
     Ok(ratio)
+}
+
+/// Both timed runs start with every record's pages mapped and cached, as in a trainer's steady
+/// state (the first epoch maps them); then one warm-up batch (buffers), not timed.
+fn warm_up(
+    split: &Split,
+    used: &[u64],
+    stream: &mut BatchStream,
+    fills: &mut Fills,
+    first: Position,
+) {
+    let mut touched = 0u8;
+    for &index in used {
+        if let Ok(r) = split.get(index) {
+            touched ^= r.data.iter().step_by(4096).fold(0, |a, &b| a ^ b);
+        }
+    }
+    std::hint::black_box(touched);
+    stream.fill(
+        split,
+        vec![Target {
+            rank: 0,
+            at: first,
+            images: &mut fills.images,
+            labels: &mut fills.labels,
+            ids: None,
+        }],
+    );
+}
+
+/// Room for one fill of [`STEPS_PER_FILL`] steps, reused by every fill.
+struct Fills {
+    images: Vec<u8>,
+    labels: Vec<u32>,
+    batch_size: usize,
+    image_bytes: usize,
+}
+
+/// What the timed fills gave.
+struct Timed {
+    times: StageTimes,
+    /// Each batch's SHA-256, with `--digests`.
+    digests: Vec<(Position, String)>,
+}
+
+impl Fills {
+    fn new(options: &BenchOptions, stream: &BatchStream) -> Fills {
+        let batch_size = options.job.batch_size as usize;
+        let image_bytes = stream.transform().image_bytes();
+        // Its pages faulted in now (ones, not zeros), as a daemon's ring is after its first
+        // pass, so that the timed run does not pay them.
+        Fills {
+            images: vec![1u8; STEPS_PER_FILL * batch_size * image_bytes],
+            labels: vec![0u32; STEPS_PER_FILL * batch_size],
+            batch_size,
+            image_bytes,
+        }
+    }
+
+    /// Fills every batch of `positions`, [`STEPS_PER_FILL`] at a time (the timed run).
+    fn all(
+        &mut self,
+        options: &BenchOptions,
+        split: &Split,
+        stream: &mut BatchStream,
+        positions: &[Position],
+        out: &mut impl Write,
+    ) -> Result<Timed, BenchError> {
+        let (batch_size, image_bytes) = (self.batch_size, self.image_bytes);
+        let mut timed = Timed {
+            times: StageTimes::default(),
+            digests: Vec::new(),
+        };
+        let mut at = positions[0];
+        let mut left = positions.len();
+        while left > 0 {
+            let run = stream.run(at, STEPS_PER_FILL.min(left));
+            let targets = self
+                .images
+                .chunks_mut(batch_size * image_bytes)
+                .zip(self.labels.chunks_mut(batch_size))
+                .zip(&run)
+                .map(|((images, labels), &at)| Target {
+                    rank: 0,
+                    at,
+                    images,
+                    labels,
+                    ids: None,
+                })
+                .collect();
+            let filled = stream.fill(split, targets);
+            if filled.failed() {
+                return Err(BenchError::Unfillable {
+                    path: options.shards.clone(),
+                    split: options.job.split.clone(),
+                });
+            }
+            timed.times += filled.times;
+            let replaced: Vec<(u32, u32)> = filled.replaced().collect();
+            if !replaced.is_empty() {
+                writeln!(
+                    out,
+                    "  warning: records replaced after decode errors: {replaced:?}"
+                )?;
+            }
+            if options.digests {
+                for (k, (&p, batch)) in run.iter().zip(&filled.batches).enumerate() {
+                    let images =
+                        &self.images[k * batch_size * image_bytes..][..batch.count * image_bytes];
+                    let labels = &self.labels[k * batch_size..][..batch.count];
+                    timed.digests.push((p, batch_digest(images, labels)));
+                }
+            }
+            left -= run.len();
+            at = stream.next(run[run.len() - 1]);
+        }
+        Ok(timed)
+    }
+}
+
+/// The timed run's figures, for the report.
+struct Measured<'a> {
+    transform: TransformSpec,
+    records: u64,
+    batches: usize,
+    used: usize,
+    times: &'a StageTimes,
+    wall: Duration,
+    cpu: Duration,
+    decode_rate: f64,
+}
+
+impl Measured<'_> {
+    /// Writes the report's lines; returns the samples/s.
+    fn report(
+        &self,
+        options: &BenchOptions,
+        threads: usize,
+        batch_size: usize,
+        out: &mut impl Write,
+    ) -> Result<f64, BenchError> {
+        let times = self.times;
+        let wall = self.wall.as_secs_f64();
+        let rate = times.samples as f64 / wall;
+        let per = |d: Duration| d.as_secs_f64() * 1e3 / times.samples.max(1) as f64;
+        let crc = if options.no_crc {
+            "unchecked"
+        } else {
+            "checked"
+        };
+        writeln!(
+            out,
+            "loader bench: {} on {} ({} records), {threads} thread(s), {} kernels, CRC {crc}, \
+             {} samples in {} batches of {batch_size}",
+            self.transform,
+            options.shards.display(),
+            self.records,
+            CpuExt::current().name(),
+            times.samples,
+            self.batches
+        )?;
+        writeln!(
+            out,
+            "  samples/s {rate:.1} ({:.1} per thread); {} decodes for {} samples",
+            rate / threads as f64,
+            times.decoded,
+            times.samples
+        )?;
+        writeln!(
+            out,
+            "  per sample (ms, summed over threads): decode {:.3}, crop+resize {:.3}, flip {:.3} \
+             (its draw; the resize writes the mirror), RandAugment {:.3}, output write {:.3}",
+            per(times.decode),
+            per(times.resize),
+            per(times.flip),
+            per(times.rand_augment),
+            per(times.write)
+        )?;
+        writeln!(
+            out,
+            "  CPU use {:.0} % of {threads} core(s) ({:.2} s CPU in {wall:.2} s)",
+            100.0 * self.cpu.as_secs_f64() / wall / threads as f64,
+            self.cpu.as_secs_f64(),
+        )?;
+        writeln!(
+            out,
+            "  decode-only: {:.1} images/s (timed before and after) on the same {} records and \
+             threads; samples/s / decode-only images/s = {:.2}",
+            self.decode_rate,
+            self.used,
+            rate / self.decode_rate
+        )?;
+        Ok(rate)
+    }
 }
 
 /// SHA-256 of a batch: its images, then its labels as little-endian u32 (what `bench

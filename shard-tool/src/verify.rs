@@ -89,48 +89,11 @@ fn verify_split(
     on_bytes: &(dyn Fn(u64) + Sync),
     report: &mut VerifyReport,
 ) {
-    let problem = |file: &str, what: String| Problem {
-        split: split.name.clone(),
-        file: file.to_owned(),
-        record: None,
-        source: None,
-        what,
-    };
-    let index_file = &split.index.file;
-    let index_path = dir.join(index_file);
+    let index_path = dir.join(&split.index.file);
     // The index is only trusted if its checksum matches; otherwise footers locate records.
     // SAFETY: `verify` only reads; the dataset's files are not written after packing.
     let index_map = unsafe { map(&index_path) };
-    let mut index: Option<&[IndexEntry]> = None;
-    match (&index_map, file_sum(&index_path)) {
-        (Ok(m), Ok(sum)) => {
-            on_bytes(sum.bytes);
-            report.bytes += sum.bytes;
-            if sum.xxh3 != split.index.xxh3 {
-                report.problems.push(problem(
-                    index_file,
-                    format!(
-                        "XXH3 {} does not match the manifest's {}",
-                        sum.xxh3, split.index.xxh3
-                    ),
-                ));
-            }
-            match index_entries(m) {
-                Ok(e) if e.len() as u64 == split.records => index = Some(e),
-                Ok(e) => report.problems.push(problem(
-                    index_file,
-                    format!("{} entries, the manifest says {}", e.len(), split.records),
-                )),
-                Err(e) => report.problems.push(problem(index_file, e.chain())),
-            }
-            if report.problems.iter().any(|p| p.file == *index_file) {
-                index = None;
-            }
-        }
-        (Err(e), _) => report.problems.push(problem(index_file, e.chain())),
-        (_, Err(e)) => report.problems.push(problem(index_file, e.chain())),
-    }
-
+    let index = trusted_index(split, &index_map, &index_path, on_bytes, report);
     // Global index of each shard's first record, from the manifest's counts.
     let mut first = Vec::with_capacity(split.shards.len());
     let mut total = 0;
@@ -180,6 +143,65 @@ fn verify_split(
     report.problems.extend(found);
 }
 
+/// The split's index entries when its file matches the manifest (checksum and count); else
+/// `None`, each problem added to `report`.
+fn trusted_index<'a>(
+    split: &SplitManifest,
+    index_map: &'a Result<Mmap>,
+    index_path: &Path,
+    on_bytes: &(dyn Fn(u64) + Sync),
+    report: &mut VerifyReport,
+) -> Option<&'a [IndexEntry]> {
+    let index_file = &split.index.file;
+    let problem = |what: String| Problem {
+        split: split.name.clone(),
+        file: index_file.to_owned(),
+        record: None,
+        source: None,
+        what,
+    };
+    let m = match (index_map, file_sum(index_path)) {
+        (Ok(m), Ok(sum)) => {
+            on_bytes(sum.bytes);
+            report.bytes += sum.bytes;
+            if sum.xxh3 != split.index.xxh3 {
+                report.problems.push(problem(format!(
+                    "XXH3 {} does not match the manifest's {}",
+                    sum.xxh3, split.index.xxh3
+                )));
+            }
+            m
+        }
+        (Err(e), _) => {
+            report.problems.push(problem(e.chain()));
+            return None;
+        }
+        (_, Err(e)) => {
+            report.problems.push(problem(e.chain()));
+            return None;
+        }
+    };
+    let index = match index_entries(m) {
+        Ok(e) if e.len() as u64 == split.records => Some(e),
+        Ok(e) => {
+            report.problems.push(problem(format!(
+                "{} entries, the manifest says {}",
+                e.len(),
+                split.records
+            )));
+            None
+        }
+        Err(e) => {
+            report.problems.push(problem(e.chain()));
+            None
+        }
+    };
+    if report.problems.iter().any(|p| p.file == *index_file) {
+        return None;
+    }
+    index
+}
+
 /// The checks of one shard file.
 struct ShardCheck<'a> {
     split: &'a SplitManifest,
@@ -205,6 +227,28 @@ impl ShardCheck<'_> {
     }
 
     fn run(&mut self, dir: &Path, index: Option<&[IndexEntry]>) {
+        let Some((map, footer_end, footer)) = self.open(dir) else {
+            return;
+        };
+        let Some(locations) = self.locations(index, &footer) else {
+            return;
+        };
+        let mut cursor = SHARD_HEADER_LEN as u64;
+        for (local, &location) in locations.iter().enumerate() {
+            cursor = self.check_record(&map, &footer, local, location, cursor);
+        }
+        if cursor != footer_end {
+            self.push(
+                None,
+                None,
+                format!("records end at byte {cursor}, the footer starts at {footer_end}"),
+            );
+        }
+    }
+
+    /// The shard file checked whole and mapped, where its footer starts, and the footer if it
+    /// reads; `None` when the file cannot be read at all (said as a problem).
+    fn open(&mut self, dir: &Path) -> Option<(Mmap, u64, Option<ShardFooter>)> {
         let expected = self.split.shards[self.shard].clone();
         let path = dir.join(&expected.sum.file);
         match file_sum(&path) {
@@ -219,12 +263,18 @@ impl ShardCheck<'_> {
                 );
             }
             Ok(_) => {}
-            Err(e) => return self.push(None, None, e.chain()),
+            Err(e) => {
+                self.push(None, None, e.chain());
+                return None;
+            }
         }
         // SAFETY: `verify` only reads; the dataset's files are not written after packing.
         let map: Mmap = match unsafe { map(&path) } {
             Ok(m) => m,
-            Err(e) => return self.push(None, None, e.chain()),
+            Err(e) => {
+                self.push(None, None, e.chain());
+                return None;
+            }
         };
         let footer_end = match read_shard_header(&map) {
             Ok(h) => h.footer_offset.get(),
@@ -240,8 +290,17 @@ impl ShardCheck<'_> {
                 None
             }
         };
-        // Where each record should be: the index if trusted, else the footer.
-        let locations: Vec<(u64, u64, u32, u32)> = match (index, &footer) {
+        Some((map, footer_end, footer))
+    }
+
+    /// Where each record should be, (offset, length, label, CRC): the index if trusted, else
+    /// the footer; `None` when neither is intact (said as a problem).
+    fn locations(
+        &mut self,
+        index: Option<&[IndexEntry]>,
+        footer: &Option<ShardFooter>,
+    ) -> Option<Vec<Location>> {
+        let locations: Vec<Location> = match (index, footer) {
             (Some(entries), _) => entries
                 .iter()
                 .map(|e| {
@@ -259,86 +318,91 @@ impl ShardCheck<'_> {
                 .map(|r| (r.offset, u64::from(r.len), r.label, r.crc))
                 .collect(),
             (None, None) => {
-                return self.push(
+                self.push(
                     None,
                     None,
                     "neither the index nor the footer is intact: records cannot be located".into(),
                 );
+                return None;
             }
         };
-        if locations.len() as u64 != expected.records {
+        let expected = self.split.shards[self.shard].records;
+        if locations.len() as u64 != expected {
             self.push(
                 None,
                 None,
-                format!(
-                    "{} records, the manifest says {}",
-                    locations.len(),
-                    expected.records
-                ),
+                format!("{} records, the manifest says {expected}", locations.len()),
             );
         }
-        let mut cursor = SHARD_HEADER_LEN as u64;
-        for (local, &(offset, len, label, crc)) in locations.iter().enumerate() {
-            self.records += 1;
-            let global = self.first + local as u64;
-            let source = footer_source(&footer, local);
-            if offset != cursor {
-                self.push(
-                    Some(global),
-                    source.clone(),
-                    format!("starts at byte {offset}, the previous record ends at {cursor}"),
-                );
-            }
-            cursor = offset.saturating_add(len);
-            let bytes = usize::try_from(offset)
-                .ok()
-                .zip(usize::try_from(cursor).ok())
-                .and_then(|(a, b)| map.get(a..b));
-            let Some(bytes) = bytes else {
-                self.push(
-                    Some(global),
-                    source,
-                    "extends past the end of the file".into(),
-                );
-                continue;
-            };
-            let what = match parse_record(bytes) {
-                Err(e) => Some(e.chain()),
-                Ok(r) if !r.checksum_ok() => Some(format!(
-                    "CRC-32C mismatch at bytes {offset}..{cursor} (the record's bytes changed)"
-                )),
-                Ok(r) if r.label != label => Some(format!(
-                    "label {} in the record, {label} in the index",
-                    r.label
-                )),
-                Ok(_) => None,
-            };
-            let what = what.or_else(|| {
-                let footer_rec = footer.as_ref().and_then(|f| f.records.get(local))?;
-                let agree = footer_rec.offset == offset
-                    && u64::from(footer_rec.len) == len
-                    && footer_rec.crc == crc
-                    && footer_rec.label == label;
-                (!agree).then(|| "the index and the shard footer disagree".to_owned())
+        Some(locations)
+    }
+
+    /// Checks the record `local` of this shard at `location`, where the one before ended at
+    /// `cursor`; returns where it ends.
+    fn check_record(
+        &mut self,
+        map: &Mmap,
+        footer: &Option<ShardFooter>,
+        local: usize,
+        (offset, len, label, crc): Location,
+        cursor: u64,
+    ) -> u64 {
+        self.records += 1;
+        let global = self.first + local as u64;
+        let source = footer_source(footer, local);
+        if offset != cursor {
+            self.push(
+                Some(global),
+                source.clone(),
+                format!("starts at byte {offset}, the previous record ends at {cursor}"),
+            );
+        }
+        let end = offset.saturating_add(len);
+        let bytes = usize::try_from(offset)
+            .ok()
+            .zip(usize::try_from(end).ok())
+            .and_then(|(a, b)| map.get(a..b));
+        let Some(bytes) = bytes else {
+            self.push(
+                Some(global),
+                source,
+                "extends past the end of the file".into(),
+            );
+            return end;
+        };
+        let what = match parse_record(bytes) {
+            Err(e) => Some(e.chain()),
+            Ok(r) if !r.checksum_ok() => Some(format!(
+                "CRC-32C mismatch at bytes {offset}..{end} (the record's bytes changed)"
+            )),
+            Ok(r) if r.label != label => Some(format!(
+                "label {} in the record, {label} in the index",
+                r.label
+            )),
+            Ok(_) => None,
+        };
+        let what = what.or_else(|| {
+            let footer_rec = footer.as_ref().and_then(|f| f.records.get(local))?;
+            let agree = footer_rec.offset == offset
+                && u64::from(footer_rec.len) == len
+                && footer_rec.crc == crc
+                && footer_rec.label == label;
+            (!agree).then(|| "the index and the shard footer disagree".to_owned())
+        });
+        if let Some(what) = what {
+            let source = source.or_else(|| {
+                parse_record(bytes)
+                    .ok()
+                    .map(|r| format!("{} (as stored)", r.path))
             });
-            if let Some(what) = what {
-                let source = source.or_else(|| {
-                    parse_record(bytes)
-                        .ok()
-                        .map(|r| format!("{} (as stored)", r.path))
-                });
-                self.push(Some(global), source, what);
-            }
+            self.push(Some(global), source, what);
         }
-        if cursor != footer_end {
-            self.push(
-                None,
-                None,
-                format!("records end at byte {cursor}, the footer starts at {footer_end}"),
-            );
-        }
+        end
     }
 }
+
+/// Where a record should be: (offset, length, label, CRC-32C).
+type Location = (u64, u64, u32, u32);
 
 fn footer_source(footer: &Option<ShardFooter>, local: usize) -> Option<String> {
     footer

@@ -17,13 +17,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shard_tool::Split;
 use tokio::sync::mpsc;
 
 use super::Shared;
 use crate::batch::STEPS_PER_FILL;
 use crate::job::{JobPlan, Position};
 use crate::ring::{Ring, SlotMeta};
-use crate::stream::{BatchStream, Target};
+use crate::stream::{BatchStream, Target, Written};
 
 /// What the producer tells a connection.
 pub(super) enum Event {
@@ -182,16 +183,30 @@ struct Producer {
     epochs: Option<u32>,
 }
 
+/// The steps of one fill: each with a slot of every client that wants it (`None` for the
+/// others).
+type Steps = Vec<(Position, Vec<Option<u32>>)>;
+
+/// Why a producer stops before its last epoch.
+enum Stop {
+    /// Client `id` has gone: the group ends.
+    Left(u64),
+    /// The batches cannot be made; the members were told.
+    Failed,
+}
+
 impl Producer {
     fn run(mut self) {
         let plans: Vec<JobPlan> = self.members.iter().map(|m| m.plan.clone()).collect();
         let Some(first) = plans.first() else {
             return;
         };
-        let Ok(split) = self.shared.dataset.split(&first.spec().split) else {
+        // Its own handle on the dataset: the split borrows it while `self` changes.
+        let shared = Arc::clone(&self.shared);
+        let Ok(split) = shared.dataset.split(&first.spec().split) else {
             return;
         };
-        let threads = self.shared.workers as usize * self.members.len();
+        let threads = shared.workers as usize * self.members.len();
         let mut stream = match BatchStream::new(plans, threads) {
             Ok(stream) => stream,
             Err(e) => {
@@ -213,120 +228,155 @@ impl Producer {
                 }
                 return;
             }
-            // The first step waits for a free slot from every client that wants it:
-            // backpressure stops the workers here. Later steps of the same epoch join the fill
-            // while their slots are free already. A client that has gone ends the group.
-            let mut steps: Vec<(Position, Vec<Option<u32>>)> = Vec::new();
-            for (k, position) in stream.run(at, STEPS_PER_FILL).into_iter().enumerate() {
-                match self.take_slots(position, &mut spare, k == 0) {
-                    Ok(Some(slots)) => steps.push((position, slots)),
-                    Ok(None) => break,
-                    Err(id) => return self.left(id),
-                }
+            let steps = match self.steps(&stream, at, &mut spare) {
+                Ok(steps) if steps.is_empty() => continue,
+                Ok(steps) => steps,
+                Err(id) => return self.left(id),
+            };
+            match self.fill(&mut stream, split, &steps, &mut sequence) {
+                Ok(()) => at = stream.next(steps[steps.len() - 1].0),
+                Err(Stop::Left(id)) => return self.left(id),
+                Err(Stop::Failed) => return,
             }
-            if steps.is_empty() {
-                continue;
+        }
+    }
+
+    /// The steps of the next fill from `at`. The first step waits for a free slot from every
+    /// client that wants it: backpressure stops the workers here. Later steps of the same
+    /// epoch join the fill while their slots are free already. `Err(id)`: client `id` has
+    /// gone, which ends the group.
+    fn steps(
+        &self,
+        stream: &BatchStream,
+        at: Position,
+        spare: &mut [Vec<u32>],
+    ) -> Result<Steps, u64> {
+        let mut steps = Vec::new();
+        for (k, position) in stream.run(at, STEPS_PER_FILL).into_iter().enumerate() {
+            match self.take_slots(position, spare, k == 0)? {
+                Some(slots) => steps.push((position, slots)),
+                None => break,
             }
-            // A client that leaves mid-fill stops the workers within an image, not after the
-            // batches nobody will read.
-            let watch: Vec<(u64, mpsc::Sender<Event>)> = self
-                .members
+        }
+        Ok(steps)
+    }
+
+    /// Fills `steps` into the members' slots, writes each slot's meta, and announces them.
+    fn fill(
+        &mut self,
+        stream: &mut BatchStream,
+        split: &Split,
+        steps: &Steps,
+        sequence: &mut [u64],
+    ) -> Result<(), Stop> {
+        // A client that leaves mid-fill stops the workers within an image, not after the
+        // batches nobody will read.
+        let watch: Vec<(u64, mpsc::Sender<Event>)> = self
+            .members
+            .iter()
+            .map(|m| (m.id, m.events.clone()))
+            .collect();
+        // (step, member, slot) per target, and each slot's meta, in the targets' order.
+        let mut written = Vec::new();
+        let mut metas = Vec::new();
+        let mut targets = Vec::new();
+        for (i, m) in self.members.iter_mut().enumerate() {
+            let mine: Vec<(usize, u32)> = steps
                 .iter()
-                .map(|m| (m.id, m.events.clone()))
+                .enumerate()
+                .filter_map(|(k, (_, slots))| slots[i].map(|slot| (k, slot)))
                 .collect();
-            // (step, member, slot) per target, and each slot's meta, in the targets' order.
-            let mut written = Vec::new();
-            let mut metas = Vec::new();
-            let mut targets = Vec::new();
-            for (i, m) in self.members.iter_mut().enumerate() {
-                let mine: Vec<(usize, u32)> = steps
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(k, (_, slots))| slots[i].map(|slot| (k, slot)))
-                    .collect();
-                let numbers: Vec<u32> = mine.iter().map(|&(_, slot)| slot).collect();
-                for ((k, slot), s) in mine.into_iter().zip(m.ring.slots_mut(&numbers)) {
-                    written.push((k, i, slot));
-                    metas.push(s.meta);
-                    targets.push(Target {
-                        rank: i,
-                        at: steps[k].0,
-                        images: s.images,
-                        labels: s.labels,
-                        ids: Some(s.ids),
-                    });
-                }
-            }
-            let gone = || watch.iter().any(|(_, events)| events.is_closed());
-            let filled = stream.fill_or_stop(split, targets, &gone);
-            if filled.stopped() {
-                let id = watch.iter().find(|(_, e)| e.is_closed()).map(|(id, _)| *id);
-                return self.left(id.unwrap_or_default());
-            }
-            if filled.failed() {
-                let at = steps[0].0;
-                let message = format!(
-                    "no record of split {:?} decodes ({} tried) for the batch at epoch {} step \
-                     {}; the dataset is damaged: run `shard-tool verify` on it",
-                    split.name(),
-                    split.len(),
-                    at.epoch,
-                    at.step
-                );
-                tracing::error!("{message}");
-                for m in &self.members {
-                    let _ = m.events.blocking_send(Event::Failed(message.clone()));
-                }
-                return;
-            }
-            let counters = &self.shared.counters;
-            // Counted as written, with the decodes, whatever happens to the announcements.
-            counters.add_fill(&filled.times);
-            let mut done = Vec::with_capacity(written.len());
-            for (((k, i, slot), meta), batch) in written.into_iter().zip(metas).zip(filled.batches)
-            {
-                let position = steps[k].0;
-                *meta = SlotMeta::new(
-                    position.epoch,
-                    position.step,
-                    batch.count as u32,
-                    sequence[i],
-                );
-                sequence[i] += 1;
-                done.push((k, i, slot, batch));
-            }
-            // Announced step by step, each step's ranks in order, as one step at a time would.
-            done.sort_by_key(|d| (d.0, d.1));
-            let mut gone = None;
-            for (k, i, slot, batch) in done {
-                counters.add_decode_errors(batch.replaced.len() as u64);
-                let position = steps[k].0;
-                let next = stream.next(position);
-                let m = &self.members[i];
-                counters.update_client(m.id, |c| {
-                    c.next = next;
-                    c.samples += batch.count as u64;
+            let numbers: Vec<u32> = mine.iter().map(|&(_, slot)| slot).collect();
+            for ((k, slot), s) in mine.into_iter().zip(m.ring.slots_mut(&numbers)) {
+                written.push((k, i, slot));
+                metas.push(s.meta);
+                targets.push(Target {
+                    rank: i,
+                    at: steps[k].0,
+                    images: s.images,
+                    labels: s.labels,
+                    ids: Some(s.ids),
                 });
-                let ready = Event::Ready {
-                    slot,
-                    position,
-                    count: batch.count as u32,
-                    replaced: batch.replaced,
-                };
-                let sent = m.events.blocking_send(ready).is_ok()
-                    && (next.epoch == position.epoch
-                        || m.events
-                            .blocking_send(Event::EndOfEpoch(position.epoch))
-                            .is_ok());
-                if !sent {
-                    gone = Some(m.id);
-                    break;
-                }
             }
-            if let Some(id) = gone {
-                return self.left(id);
-            }
-            at = stream.next(steps[steps.len() - 1].0);
+        }
+        let gone = || watch.iter().any(|(_, events)| events.is_closed());
+        let filled = stream.fill_or_stop(split, targets, &gone);
+        if filled.stopped() {
+            let id = watch.iter().find(|(_, e)| e.is_closed()).map(|(id, _)| *id);
+            return Err(Stop::Left(id.unwrap_or_default()));
+        }
+        if filled.failed() {
+            self.failed(split, steps[0].0);
+            return Err(Stop::Failed);
+        }
+        // Counted as written, with the decodes, whatever happens to the announcements.
+        self.shared.counters.add_fill(&filled.times);
+        let mut done = Vec::with_capacity(written.len());
+        for (((k, i, slot), meta), batch) in written.into_iter().zip(metas).zip(filled.batches) {
+            let position = steps[k].0;
+            *meta = SlotMeta::new(
+                position.epoch,
+                position.step,
+                batch.count as u32,
+                sequence[i],
+            );
+            sequence[i] += 1;
+            done.push((k, i, slot, batch));
+        }
+        // Announced step by step, each step's ranks in order, as one step at a time would.
+        done.sort_by_key(|d| (d.0, d.1));
+        for (k, i, slot, batch) in done {
+            self.announce(stream, i, slot, steps[k].0, batch)
+                .map_err(Stop::Left)?;
+        }
+        Ok(())
+    }
+
+    /// Tells member `i` that `slot` holds the batch at `position` (and that its epoch ended,
+    /// after its last batch); `Err(id)` when the member has gone.
+    fn announce(
+        &self,
+        stream: &BatchStream,
+        i: usize,
+        slot: u32,
+        position: Position,
+        batch: Written,
+    ) -> Result<(), u64> {
+        let counters = &self.shared.counters;
+        counters.add_decode_errors(batch.replaced.len() as u64);
+        let next = stream.next(position);
+        let m = &self.members[i];
+        counters.update_client(m.id, |c| {
+            c.next = next;
+            c.samples += batch.count as u64;
+        });
+        let ready = Event::Ready {
+            slot,
+            position,
+            count: batch.count as u32,
+            replaced: batch.replaced,
+        };
+        let sent = m.events.blocking_send(ready).is_ok()
+            && (next.epoch == position.epoch
+                || m.events
+                    .blocking_send(Event::EndOfEpoch(position.epoch))
+                    .is_ok());
+        if sent { Ok(()) } else { Err(m.id) }
+    }
+
+    /// No record of the split decodes for the batch at `at`: every member is told why.
+    fn failed(&self, split: &Split, at: Position) {
+        let message = format!(
+            "no record of split {:?} decodes ({} tried) for the batch at epoch {} step {}; the \
+             dataset is damaged: run `shard-tool verify` on it",
+            split.name(),
+            split.len(),
+            at.epoch,
+            at.step
+        );
+        tracing::error!("{message}");
+        for m in &self.members {
+            let _ = m.events.blocking_send(Event::Failed(message.clone()));
         }
     }
 
