@@ -124,6 +124,10 @@ impl BatchMaker {
     /// [`BatchMaker::fill_many`], given up as soon as `stop` says so: every worker asks before
     /// each image, so a daemon whose client has gone stops within one image's time instead of
     /// finishing batches nobody will read. The reports of a stopped fill say so.
+    // One function of ~120 lines on purpose: the grouping hands each worker disjoint `&mut`
+    // borrows of the callers' buffers, and those borrows, the scoped threads and the reports
+    // they fill must live in one scope; split apart, each piece would take half a dozen of
+    // them as arguments. It is the loader's hot loop, covered by the digest tests.
     pub fn fill_many_or_stop(
         &mut self,
         split: &Split,

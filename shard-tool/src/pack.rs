@@ -219,7 +219,31 @@ pub fn pack(
         splits.push(pack_split(&tree, split, options, &fingerprint, on_event)?);
     }
 
-    let manifest = Manifest {
+    let manifest = manifest(root, &tree, options, fingerprint, splits);
+    tracing::debug!(elapsed = ?started.elapsed(), "all splits packed");
+    let report_path = out.join(REPORT_FILE);
+    write_atomic(&report_path, |w| {
+        std::io::Write::write_all(w, report(&manifest, None).as_bytes())
+    })?;
+    let manifest_path = out.join(MANIFEST_FILE);
+    let json = serde_json::to_vec_pretty(&manifest).at(&manifest_path)?;
+    write_atomic(&manifest_path, |w| std::io::Write::write_all(w, &json))?;
+    tracing::debug!(elapsed = ?started.elapsed(), "manifest written");
+    Ok(PackSummary {
+        manifest,
+        already_complete: false,
+    })
+}
+
+/// The manifest of a finished pack of `tree`.
+fn manifest(
+    root: &Path,
+    tree: &SourceTree,
+    options: &PackOptions,
+    fingerprint: String,
+    splits: Vec<SplitManifest>,
+) -> Manifest {
+    Manifest {
         format: FORMAT_NAME.into(),
         version: FORMAT_VERSION,
         created_by: concat!("shard-tool ", env!("CARGO_PKG_VERSION")).into(),
@@ -251,20 +275,7 @@ pub fn pack(
         },
         classes: tree.classes.clone(),
         splits,
-    };
-    tracing::debug!(elapsed = ?started.elapsed(), "all splits packed");
-    let report_path = out.join(REPORT_FILE);
-    write_atomic(&report_path, |w| {
-        std::io::Write::write_all(w, report(&manifest, None).as_bytes())
-    })?;
-    let manifest_path = out.join(MANIFEST_FILE);
-    let json = serde_json::to_vec_pretty(&manifest).at(&manifest_path)?;
-    write_atomic(&manifest_path, |w| std::io::Write::write_all(w, &json))?;
-    tracing::debug!(elapsed = ?started.elapsed(), "manifest written");
-    Ok(PackSummary {
-        manifest,
-        already_complete: false,
-    })
+    }
 }
 
 /// A hash of everything that decides the output bytes: format, options and the source list.

@@ -292,6 +292,9 @@ impl Resampler {
     ///
     /// # Panics
     /// As [`Resampler::resize`].
+    // ~90 lines on purpose: the two passes share their scratch buffers and the per-crop
+    // coefficients, and read in the order of Pillow's `ImagingResample`
+    // (`libImaging/Resample.c`), which is what a reader checks them against.
     #[allow(clippy::too_many_arguments)] // resize's arguments plus the flip, as timm applies them
     pub fn resize_and_flip(
         &mut self,

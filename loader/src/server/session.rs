@@ -1,6 +1,7 @@
 //! One client's stream: its job checked and planned, its ring made, the welcome, and the relay
 //! between its producer and its connection (batches out, releases in).
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,48 +42,7 @@ impl Session {
         epochs: Option<u32>,
         slots: Option<u32>,
     ) -> Result<Session, Refusal> {
-        let config = &shared.config;
-        // The same check the client ran, before anything is looked up or allocated. (The
-        // connection already holds one of the `max_clients` permits, taken at accept.)
-        job.validate().map_err(JobError::from)?;
-        let split = shared
-            .splits
-            .get(&job.split)
-            .cloned()
-            .ok_or_else(|| Refusal::NoSplit {
-                split: job.split.clone(),
-                have: shared.split_names(),
-            })?;
-        let plan = job.plan(split.records)?;
-        let last = epochs.unwrap_or(MAX_EPOCHS).min(MAX_EPOCHS);
-        if start.epoch >= last {
-            return Err(Refusal::StartPastEnd {
-                epoch: start.epoch,
-                epochs: last,
-            });
-        }
-        if start.step >= plan.steps_per_epoch() {
-            return Err(Refusal::StartPastEpoch {
-                step: start.step,
-                steps: plan.steps_per_epoch(),
-            });
-        }
-        let slots = slots.unwrap_or(config.slots);
-        if slots == 0 || slots > config.max_slots {
-            return Err(Refusal::Slots {
-                asked: slots,
-                max: config.max_slots,
-            });
-        }
-        let side = plan.transform().img_size();
-        let layout = RingLayout {
-            slots,
-            batch_size: job.batch_size,
-            height: side,
-            width: side,
-            channels: 3,
-        };
-        layout.check(config.max_ring_bytes)?;
+        let (split, plan, layout) = check(shared, &job, start, epochs, slots)?;
         // This user's share of the rate at which rings are made, then one ring at a time.
         std::thread::sleep(shared.ring_wait(cred.uid(), layout.total_bytes())?);
         let ring = {
@@ -90,7 +50,7 @@ impl Session {
                 .ring_builds
                 .lock()
                 .map_err(|_| Refusal::Internal("ring builds poisoned"))?;
-            Ring::create(layout, config.max_ring_bytes)?
+            Ring::create(layout, shared.config.max_ring_bytes)?
         };
         shared.counters.add_client(
             id,
@@ -101,7 +61,7 @@ impl Session {
                 uid: cred.uid(),
                 next: start,
                 slots_full: 0,
-                slots,
+                slots: layout.slots,
                 samples: 0,
                 group: 0,
             },
@@ -116,7 +76,7 @@ impl Session {
             job.batch_size,
             start.epoch,
             start.step,
-            slots,
+            layout.slots,
             layout.total_bytes() >> 20
         );
         Ok(Session {
@@ -173,15 +133,17 @@ impl Session {
         let wait = Duration::from_secs_f64(self.shared.config.group_wait_s.max(0.0));
         producer::join(&self.shared, key, self.epochs, member, wait);
 
-        let counters = &self.shared.counters;
-        let mut held = vec![false; slots as usize];
-        let mut finished = false;
+        let mut relay = Relay {
+            session: &self,
+            held: vec![false; slots as usize],
+            finished: false,
+            stalled_since: None,
+            free: free_tx,
+        };
         let stall = self.shared.stall_timeout();
-        // Since when the client has held every slot and released none.
-        let mut stalled_since: Option<tokio::time::Instant> = None;
         let result = loop {
-            let deadline = stalled_since.map(|t| t + stall);
-            tokio::select! {
+            let deadline = relay.stalled_since.map(|t| t + stall);
+            let flow = tokio::select! {
                 () = sleep_until_some(deadline) => {
                     // No error frame: the client library reconnects on a closed stream and asks
                     // for its next batch, so a slow trainer only pays a reconnect.
@@ -190,67 +152,14 @@ impl Session {
                          closing its stream (stall_timeout_s)",
                         self.id
                     );
-                    break Ok(());
+                    ControlFlow::Break(Ok(()))
                 }
-                event = events.recv() => match event {
-                    Some(Event::Ready { slot, position, count, replaced }) => {
-                        held[slot as usize] = true;
-                        if stalled_since.is_none() && held.iter().all(|h| *h) {
-                            stalled_since = Some(tokio::time::Instant::now());
-                        }
-                        let full = held.iter().filter(|h| **h).count() as u32;
-                        counters.update_client(self.id, |c| c.slots_full = full);
-                        let r = Reply::BatchReady { slot, position, count, replaced };
-                        if let Err(e) = conn.write(&r).await { break Err(e.into()); }
-                    }
-                    Some(Event::EndOfEpoch(epoch)) => {
-                        if let Err(e) = conn.write(&Reply::EndOfEpoch { epoch }).await {
-                            break Err(e.into());
-                        }
-                    }
-                    Some(Event::Finished) => {
-                        finished = true;
-                        if let Err(e) = conn.write(&Reply::Finished).await { break Err(e.into()); }
-                    }
-                    Some(Event::Failed(message)) => break Err(Refusal::Failed(message)),
-                    // After `finished` the producer has nothing more to do: a normal end.
-                    None if finished => break Ok(()),
-                    // Another client of its group left: close without an error, so that this
-                    // client reconnects at its next batch and a new group forms.
-                    None => {
-                        tracing::info!("client {}: its group ended; closing so it reconnects", self.id);
-                        break Ok(());
-                    }
-                },
+                event = events.recv() => relay.event(event, conn).await,
                 // Cancel-safe: a partial frame stays in the codec's buffer.
-                request = conn.read() => match request {
-                    Ok(Some(Request::Release { slot })) => {
-                        match held.get_mut(slot as usize) {
-                            Some(h) if *h => {
-                                *h = false;
-                                stalled_since = None;
-                                let full = held.iter().filter(|h| **h).count() as u32;
-                                counters.update_client(self.id, |c| c.slots_full = full);
-                                // The producer may have ended (finished); nothing waits then.
-                                let _ = free_tx.send(slot);
-                            }
-                            _ => break Err(Refusal::NotHeld(slot)),
-                        }
-                    }
-                    Ok(Some(Request::Stats)) => {
-                        let stats = self.shared.stats_for(self.uid);
-                        if let Err(e) = conn.write(&Reply::Stats(stats)).await {
-                            break Err(e.into());
-                        }
-                    }
-                    Ok(Some(Request::Bye)) => break Ok(()),
-                    Ok(Some(other)) => {
-                        break Err(Refusal::out_of_order(&other, "release, stats or bye"))
-                    }
-                    // The client went away (a restart, or done): not an error.
-                    Err(ProtocolError::Io(_)) | Ok(None) => break Ok(()),
-                    Err(e) => break Err(e.into()),
-                },
+                request = conn.read() => relay.request(request, conn).await,
+            };
+            if let ControlFlow::Break(result) = flow {
+                break result;
             }
         };
         if let Err(refusal) = &result {
@@ -259,6 +168,167 @@ impl Session {
         // Dropping the channels stops the producer after its current batch.
         tracing::info!("client {} closed", self.id);
         result
+    }
+}
+
+/// Checks a hello against the daemon's splits and limits, before anything is allocated: the
+/// split, the job's plan and the ring it needs.
+fn check(
+    shared: &Shared,
+    job: &JobSpec,
+    start: Position,
+    epochs: Option<u32>,
+    slots: Option<u32>,
+) -> Result<(SplitInfo, JobPlan, RingLayout), Refusal> {
+    let config = &shared.config;
+    // The same check the client ran, before anything is looked up or allocated. (The
+    // connection already holds one of the `max_clients` permits, taken at accept.)
+    job.validate().map_err(JobError::from)?;
+    let split = shared
+        .splits
+        .get(&job.split)
+        .cloned()
+        .ok_or_else(|| Refusal::NoSplit {
+            split: job.split.clone(),
+            have: shared.split_names(),
+        })?;
+    let plan = job.plan(split.records)?;
+    let last = epochs.unwrap_or(MAX_EPOCHS).min(MAX_EPOCHS);
+    if start.epoch >= last {
+        return Err(Refusal::StartPastEnd {
+            epoch: start.epoch,
+            epochs: last,
+        });
+    }
+    if start.step >= plan.steps_per_epoch() {
+        return Err(Refusal::StartPastEpoch {
+            step: start.step,
+            steps: plan.steps_per_epoch(),
+        });
+    }
+    let slots = slots.unwrap_or(config.slots);
+    if slots == 0 || slots > config.max_slots {
+        return Err(Refusal::Slots {
+            asked: slots,
+            max: config.max_slots,
+        });
+    }
+    let side = plan.transform().img_size();
+    let layout = RingLayout {
+        slots,
+        batch_size: job.batch_size,
+        height: side,
+        width: side,
+        channels: 3,
+    };
+    layout.check(config.max_ring_bytes)?;
+    Ok((split, plan, layout))
+}
+
+/// What happens next in a relay: go on, or end the session with this result.
+type Flow = ControlFlow<Result<(), Refusal>>;
+
+/// A session's relay between its producer and its connection: which slots the client holds.
+struct Relay<'a> {
+    session: &'a Session,
+    held: Vec<bool>,
+    finished: bool,
+    /// Since when the client has held every slot and released none.
+    stalled_since: Option<tokio::time::Instant>,
+    /// Slots back to the producer.
+    free: crossbeam_channel::Sender<u32>,
+}
+
+impl Relay<'_> {
+    /// The producer's `event` to the client.
+    async fn event(&mut self, event: Option<Event>, conn: &mut Connection) -> Flow {
+        let reply = match event {
+            Some(Event::Ready {
+                slot,
+                position,
+                count,
+                replaced,
+            }) => {
+                self.held[slot as usize] = true;
+                if self.stalled_since.is_none() && self.held.iter().all(|h| *h) {
+                    self.stalled_since = Some(tokio::time::Instant::now());
+                }
+                self.count_full();
+                Reply::BatchReady {
+                    slot,
+                    position,
+                    count,
+                    replaced,
+                }
+            }
+            Some(Event::EndOfEpoch(epoch)) => Reply::EndOfEpoch { epoch },
+            Some(Event::Finished) => {
+                self.finished = true;
+                Reply::Finished
+            }
+            Some(Event::Failed(message)) => {
+                return ControlFlow::Break(Err(Refusal::Failed(message)));
+            }
+            // After `finished` the producer has nothing more to do: a normal end.
+            None if self.finished => return ControlFlow::Break(Ok(())),
+            // Another client of its group left: close without an error, so that this client
+            // reconnects at its next batch and a new group forms.
+            None => {
+                tracing::info!(
+                    "client {}: its group ended; closing so it reconnects",
+                    self.session.id
+                );
+                return ControlFlow::Break(Ok(()));
+            }
+        };
+        match conn.write(&reply).await {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => ControlFlow::Break(Err(e.into())),
+        }
+    }
+
+    /// The client's `request`.
+    async fn request(
+        &mut self,
+        request: Result<Option<Request>, ProtocolError>,
+        conn: &mut Connection,
+    ) -> Flow {
+        match request {
+            Ok(Some(Request::Release { slot })) => match self.held.get_mut(slot as usize) {
+                Some(h) if *h => {
+                    *h = false;
+                    self.stalled_since = None;
+                    self.count_full();
+                    // The producer may have ended (finished); nothing waits then.
+                    let _ = self.free.send(slot);
+                    ControlFlow::Continue(())
+                }
+                _ => ControlFlow::Break(Err(Refusal::NotHeld(slot))),
+            },
+            Ok(Some(Request::Stats)) => {
+                let stats = self.session.shared.stats_for(self.session.uid);
+                match conn.write(&Reply::Stats(stats)).await {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(e) => ControlFlow::Break(Err(e.into())),
+                }
+            }
+            Ok(Some(Request::Bye)) => ControlFlow::Break(Ok(())),
+            Ok(Some(other)) => {
+                ControlFlow::Break(Err(Refusal::out_of_order(&other, "release, stats or bye")))
+            }
+            // The client went away (a restart, or done): not an error.
+            Err(ProtocolError::Io(_)) | Ok(None) => ControlFlow::Break(Ok(())),
+            Err(e) => ControlFlow::Break(Err(e.into())),
+        }
+    }
+
+    /// `loader status`'s count of the slots the client holds.
+    fn count_full(&self) {
+        let full = self.held.iter().filter(|h| **h).count() as u32;
+        self.session
+            .shared
+            .counters
+            .update_client(self.session.id, |c| c.slots_full = full);
     }
 }
 

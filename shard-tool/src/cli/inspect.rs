@@ -52,63 +52,75 @@ pub fn run(args: &InspectArgs) -> Result<ExitCode> {
     };
     writeln!(stdout, "classes   {}{first_last}", m.classes.len())?;
     for (split, sm) in dataset.splits().iter().zip(&m.splits) {
-        let shard_bytes: u64 = sm.shards.iter().map(|s| s.sum.bytes).sum();
+        write_split(&mut stdout, split, sm, &m.classes, all_classes)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One split's counts, and its classes' (every class's with `all_classes`).
+fn write_split(
+    stdout: &mut impl Write,
+    split: &shard_tool::Split,
+    sm: &shard_tool::manifest::SplitManifest,
+    classes: &[String],
+    all_classes: bool,
+) -> Result<()> {
+    let shard_bytes: u64 = sm.shards.iter().map(|s| s.sum.bytes).sum();
+    writeln!(
+        stdout,
+        "\n{}: {} records in {} shard(s), {} on disk, {} of images (mean {}); layout: {}",
+        sm.name,
+        sm.records,
+        sm.shards.len(),
+        ByteSize(shard_bytes),
+        ByteSize(sm.image_bytes),
+        ByteSize(sm.image_bytes / sm.records.max(1)),
+        sm.layout
+    )?;
+    writeln!(
+        stdout,
+        "  as is {}, PNG converted {}, CMYK converted {}, downscaled {}, grayscale {}, \
+         rejected {}, ignored {}",
+        sm.kept_as_is,
+        sm.transcoded_png,
+        sm.transcoded_cmyk,
+        sm.resized,
+        sm.grayscale,
+        sm.rejected.len(),
+        sm.ignored.len()
+    )?;
+    // Counted from the index, not copied from the manifest, so this shows what is stored.
+    let mut per_class = vec![0u64; classes.len()];
+    let mut unlabelled = 0u64;
+    for i in 0..split.len() {
+        match split.label(i)? {
+            NO_LABEL => unlabelled += 1,
+            l => match per_class.get_mut(l as usize) {
+                Some(c) => *c += 1,
+                None => bail!("{} record {i} has label {l}, past the class list", sm.name),
+            },
+        }
+    }
+    if unlabelled > 0 {
+        writeln!(stdout, "  unlabelled {unlabelled}")?;
+    }
+    if split.len() > unlabelled && !per_class.is_empty() {
+        let (min_i, min) = extreme(&per_class, |a, b| a < b);
+        let (max_i, max) = extreme(&per_class, |a, b| a > b);
         writeln!(
             stdout,
-            "\n{}: {} records in {} shard(s), {} on disk, {} of images (mean {}); layout: {}",
-            sm.name,
-            sm.records,
-            sm.shards.len(),
-            ByteSize(shard_bytes),
-            ByteSize(sm.image_bytes),
-            ByteSize(sm.image_bytes / sm.records.max(1)),
-            sm.layout
+            "  per class: min {min} ({}), max {max} ({}), mean {:.1}",
+            classes[min_i],
+            classes[max_i],
+            (split.len() - unlabelled) as f64 / per_class.len() as f64
         )?;
-        writeln!(
-            stdout,
-            "  as is {}, PNG converted {}, CMYK converted {}, downscaled {}, grayscale {}, \
-             rejected {}, ignored {}",
-            sm.kept_as_is,
-            sm.transcoded_png,
-            sm.transcoded_cmyk,
-            sm.resized,
-            sm.grayscale,
-            sm.rejected.len(),
-            sm.ignored.len()
-        )?;
-        // Counted from the index, not copied from the manifest, so this shows what is stored.
-        let mut per_class = vec![0u64; m.classes.len()];
-        let mut unlabelled = 0u64;
-        for i in 0..split.len() {
-            match split.label(i)? {
-                NO_LABEL => unlabelled += 1,
-                l => match per_class.get_mut(l as usize) {
-                    Some(c) => *c += 1,
-                    None => bail!("{} record {i} has label {l}, past the class list", sm.name),
-                },
-            }
-        }
-        if unlabelled > 0 {
-            writeln!(stdout, "  unlabelled {unlabelled}")?;
-        }
-        if split.len() > unlabelled && !per_class.is_empty() {
-            let (min_i, min) = extreme(&per_class, |a, b| a < b);
-            let (max_i, max) = extreme(&per_class, |a, b| a > b);
-            writeln!(
-                stdout,
-                "  per class: min {min} ({}), max {max} ({}), mean {:.1}",
-                m.classes[min_i],
-                m.classes[max_i],
-                (split.len() - unlabelled) as f64 / per_class.len() as f64
-            )?;
-            if all_classes {
-                for (name, n) in m.classes.iter().zip(&per_class) {
-                    writeln!(stdout, "    {name} {n}")?;
-                }
+        if all_classes {
+            for (name, n) in classes.iter().zip(&per_class) {
+                writeln!(stdout, "    {name} {n}")?;
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// The index and value of the best of `v` by `better`.

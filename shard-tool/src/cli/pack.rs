@@ -115,62 +115,16 @@ pub fn run(args: PackArgs, quiet: bool) -> Result<ExitCode> {
     let root = args.root.clone();
     let options = PackOptions::try_from(args)?;
     let started = Instant::now();
-    let mut bar = ProgressBar::hidden();
-    let mut bytes_done = 0u64;
-    let (mut done_files_at_start, mut done_bytes_at_start) = (0u64, 0u64);
-    let mut split_start = Instant::now();
-    let mut on_event = |event: PackEvent<'_>| match event {
-        PackEvent::SplitStarted {
-            split,
-            files,
-            done_files,
-            done_bytes,
-            ..
-        } => {
-            bar.finish_and_clear();
-            bar = progress_bar(files, quiet);
-            bar.set_prefix(split.to_owned());
-            bar.set_position(done_files);
-            if done_files > 0 && !quiet {
-                say(
-                    &bar,
-                    format!(
-                        "{split}: resuming after {done_files} files already in finished shards"
-                    ),
-                );
-            }
-            bytes_done = done_bytes;
-            (done_files_at_start, done_bytes_at_start) = (done_files, done_bytes);
-            split_start = Instant::now();
-            bar.reset_eta();
-        }
-        PackEvent::FileDone { bytes } => {
-            bytes_done += bytes;
-            bar.inc(1);
-            if bar.position().is_multiple_of(64) {
-                let secs = split_start.elapsed().as_secs_f64().max(1e-3);
-                let images = (bar.position() - done_files_at_start) as f64;
-                bar.set_message(format!(
-                    "{:.0} images/s, {:.1} MB/s",
-                    images / secs,
-                    (bytes_done - done_bytes_at_start) as f64 / secs / 1e6
-                ));
-            }
-        }
-        PackEvent::Rejected { path, reason } => {
-            if !quiet {
-                say(&bar, format!("rejected: {path}: {reason}"));
-            }
-        }
-        PackEvent::Warning(w) => {
-            if !quiet {
-                say(&bar, format!("warning: {w}"));
-            }
-        }
+    let mut progress = Progress {
+        bar: ProgressBar::hidden(),
+        quiet,
+        bytes_done: 0,
+        at_start: (0, 0),
+        split_start: Instant::now(),
     };
-    let summary = shard_tool::pack(&root, &options, &mut on_event)
+    let summary = shard_tool::pack(&root, &options, &mut |e| progress.show(e))
         .with_context(|| format!("packing {} into {}", root.display(), options.out.display()))?;
-    bar.finish_and_clear();
+    progress.bar.finish_and_clear();
     let m = &summary.manifest;
     if !quiet {
         if summary.already_complete {
@@ -201,4 +155,68 @@ pub fn run(args: PackArgs, quiet: bool) -> Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_REJECTS));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A pack's progress: a bar per split, its rate, and the lines said above it.
+struct Progress {
+    bar: ProgressBar,
+    quiet: bool,
+    bytes_done: u64,
+    /// Files and bytes already in finished shards when the split started (a resumed pack).
+    at_start: (u64, u64),
+    split_start: Instant,
+}
+
+impl Progress {
+    fn show(&mut self, event: PackEvent<'_>) {
+        match event {
+            PackEvent::SplitStarted {
+                split,
+                files,
+                done_files,
+                done_bytes,
+                ..
+            } => {
+                self.bar.finish_and_clear();
+                self.bar = progress_bar(files, self.quiet);
+                self.bar.set_prefix(split.to_owned());
+                self.bar.set_position(done_files);
+                if done_files > 0 && !self.quiet {
+                    say(
+                        &self.bar,
+                        format!(
+                            "{split}: resuming after {done_files} files already in finished shards"
+                        ),
+                    );
+                }
+                self.bytes_done = done_bytes;
+                self.at_start = (done_files, done_bytes);
+                self.split_start = Instant::now();
+                self.bar.reset_eta();
+            }
+            PackEvent::FileDone { bytes } => {
+                self.bytes_done += bytes;
+                self.bar.inc(1);
+                if self.bar.position().is_multiple_of(64) {
+                    let secs = self.split_start.elapsed().as_secs_f64().max(1e-3);
+                    let images = (self.bar.position() - self.at_start.0) as f64;
+                    self.bar.set_message(format!(
+                        "{:.0} images/s, {:.1} MB/s",
+                        images / secs,
+                        (self.bytes_done - self.at_start.1) as f64 / secs / 1e6
+                    ));
+                }
+            }
+            PackEvent::Rejected { path, reason } => {
+                if !self.quiet {
+                    say(&self.bar, format!("rejected: {path}: {reason}"));
+                }
+            }
+            PackEvent::Warning(w) => {
+                if !self.quiet {
+                    say(&self.bar, format!("warning: {w}"));
+                }
+            }
+        }
+    }
 }

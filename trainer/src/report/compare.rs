@@ -198,24 +198,17 @@ mod tests {
     fn run(steps: u64, rate: f64, top: f64) -> Vec<Metric> {
         let mut out = Vec::new();
         for step in 1..=steps {
-            out.push(Metric::Step {
+            let loss = (-(step as f64) * rate).exp();
+            out.push(Metric::test_step(
                 step,
-                epoch: ((step - 1) / 50) as u32,
-                loss: (-(step as f64) * rate).exp(),
-                lr: 1e-3,
-                global_batch: 64,
-                samples_per_s: 100.0,
-                data_wait_s: 0.0,
-                upload_s: 0.0,
-            });
+                ((step - 1) / 50) as u32,
+                loss,
+                1e-3,
+                100.0,
+            ));
             if step % 50 == 0 {
-                out.push(Metric::Eval {
-                    step,
-                    epoch: (step / 50) as u32,
-                    top1: top * step as f64 / steps as f64,
-                    top5: 100.0,
-                    samples: 10,
-                });
+                let top1 = top * step as f64 / steps as f64;
+                out.push(Metric::test_eval(step, (step / 50) as u32, top1, 100.0, 10));
             }
         }
         out

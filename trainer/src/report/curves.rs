@@ -258,27 +258,27 @@ mod tests {
     fn synthetic_run(steps: u64) -> Vec<Metric> {
         let mut out = Vec::new();
         for step in 1..=steps {
-            out.push(Metric::Step {
+            let (x, epoch) = (step as f64, (step / 50) as u32);
+            let loss = 0.7 * (-x / 80.0).exp() + 0.05 * (x * 0.7).sin();
+            let lr = 1e-3 * (x / steps as f64);
+            out.push(Metric::test_step(
                 step,
-                epoch: (step / 50) as u32,
-                loss: 0.7 * (-(step as f64) / 80.0).exp() + 0.05 * ((step as f64) * 0.7).sin(),
-                lr: 1e-3 * (step as f64 / steps as f64),
-                global_batch: 64,
-                samples_per_s: 60.0 + (step % 7) as f64,
-                data_wait_s: 0.0,
-                upload_s: 0.0,
-            });
+                epoch,
+                loss,
+                lr,
+                60.0 + (step % 7) as f64,
+            ));
             if step % 50 == 0 {
-                out.push(Metric::Eval {
-                    step,
-                    epoch: (step / 50) as u32,
-                    top1: step as f64 / 3.0,
-                    top5: step as f64 / 2.5,
-                    samples: 100,
-                });
+                out.push(Metric::test_eval(step, epoch, x / 3.0, x / 2.5, 100));
             }
         }
         out
+    }
+
+    /// `plot` of the run of `metrics` into a small `x.png` beside it.
+    fn small_plot(metrics: &Path) -> Result<PlotSummary, PlotError> {
+        let out = metrics.with_file_name("x.png");
+        plot(&RunDir::named(metrics), &out, "t", 300, 200)
     }
 
     fn write_jsonl(path: &Path, metrics: &[Metric]) {
@@ -359,14 +359,7 @@ mod tests {
         let mut text = std::fs::read_to_string(&metrics).expect("read");
         text.push_str("{\"kind\": \"step\", \"loss\": \n");
         std::fs::write(&metrics, text).expect("write");
-        let err = plot(
-            &RunDir::named(&metrics),
-            &dir.path().join("x.png"),
-            "t",
-            300,
-            200,
-        )
-        .expect_err("bad line");
+        let err = small_plot(&metrics).expect_err("bad line");
         let msg = err.to_string();
         assert!(msg.contains("metrics.jsonl:3"), "{msg}");
         assert!(!dir.path().join("x.png").exists());
@@ -377,14 +370,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let metrics = dir.path().join("metrics.jsonl");
         std::fs::write(&metrics, "").expect("write");
-        let err = plot(
-            &RunDir::named(&metrics),
-            &dir.path().join("x.png"),
-            "t",
-            300,
-            200,
-        )
-        .expect_err("empty");
+        let err = small_plot(&metrics).expect_err("empty");
         assert!(err.to_string().contains("no training steps"), "{err}");
     }
 }

@@ -81,6 +81,40 @@ impl Metric {
     }
 }
 
+#[cfg(test)]
+impl Metric {
+    /// A step line for tests: `global_batch` 64, no data wait or upload.
+    pub(crate) fn test_step(
+        step: u64,
+        epoch: u32,
+        loss: f64,
+        lr: f64,
+        samples_per_s: f64,
+    ) -> Metric {
+        Metric::Step {
+            step,
+            epoch,
+            loss,
+            lr,
+            global_batch: 64,
+            samples_per_s,
+            data_wait_s: 0.0,
+            upload_s: 0.0,
+        }
+    }
+
+    /// An evaluation line for tests.
+    pub(crate) fn test_eval(step: u64, epoch: u32, top1: f64, top5: f64, samples: u64) -> Metric {
+        Metric::Eval {
+            step,
+            epoch,
+            top1,
+            top5,
+            samples,
+        }
+    }
+}
+
 /// A run's metrics file, open for appending.
 pub(crate) struct MetricsLog {
     path: PathBuf,

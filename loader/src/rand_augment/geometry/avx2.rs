@@ -239,6 +239,10 @@ fn one_pixel(
 /// their own source row, when the four points are inside, their taps need no clamping and
 /// fall on consecutive source pixels, or when all four are outside (the fill); false (nothing
 /// written) otherwise.
+// ~100 lines on purpose: one AVX2 kernel, its loads, multiplies and stores in the order the
+// CPU runs them; split, the pieces would pass `__m256i` values through calls the compiler
+// may not inline across `target_feature`, and the portable code in `mod.rs` is its readable
+// reference (the tests hold the two byte for byte equal).
 #[inline]
 #[target_feature(enable = "avx2")]
 fn four_along_row(
@@ -365,6 +369,7 @@ fn store_planes(rgb: [__m256d; 3], out: &mut [u8]) {
 /// Output row `y` (into `row`) of a vertical translation: every byte of it is the same
 /// combination of the same source rows. False (nothing written) where the taps' rows need
 /// clamping; a row whose point lies outside the image is the fill.
+// ~80 lines on purpose, as `four_along_row`: one AVX2 kernel, read against `mod.rs`.
 #[inline]
 #[target_feature(enable = "avx2")]
 fn shifted_row(
