@@ -29,11 +29,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write a PNG grid of augmented samples (the first samples of an epoch, as the trainer
-    /// would get them) and list the RandAugment ops applied to each.
+    /// Write a PNG grid of augmented samples and list the RandAugment ops of each.
+    ///
+    /// The first samples of an epoch, as the trainer would get them.
     Preview(cli::preview::PreviewArgs),
-    /// Measure the loader on packed shards: samples/s, time per stage, CPU use, and the
-    /// decode-only rate of the same records on the same threads.
+    /// Measure the loader on packed shards: samples/s, time per stage, CPU use.
+    ///
+    /// With the decode-only rate of the same records on the same threads, for scale.
     ///
     /// Transforms: a1/a2 (RRC 224, flip, rand-m7-mstd0.5-inc1, 3 repeats), a3 (160,
     /// rand-m6-mstd0.5-inc1, no repeats), eval (224, crop 0.95, bicubic).
@@ -46,12 +48,14 @@ enum Command {
     /// connection), stops cleanly on SIGTERM or Ctrl-C, removing its socket. Under systemd
     /// (Type=notify) it reports READY, a STATUS line and WATCHDOG pings.
     Serve(cli::serve::ServeArgs),
-    /// Show what a running daemon is doing: clients, samples/s, ring occupancy, per-stage
-    /// times, decode errors.
+    /// Show what a running daemon is doing: clients, samples/s, rings, decode errors.
+    ///
+    /// Per client: its job, rank, position and ring occupancy; per stage: the time per sample.
     Status(cli::status::StatusArgs),
-    /// Read batches from a running daemon as a trainer would: samples/s, and optionally the
-    /// SHA-256 of every batch (to compare with `bench --digests` or another run). Reconnects
-    /// and resumes at the next batch if the daemon restarts.
+    /// Read batches from a running daemon as a trainer would: samples/s, digests.
+    ///
+    /// Optionally the SHA-256 of every batch (to compare with `bench --digests` or another
+    /// run). Reconnects and resumes at the next batch if the daemon restarts.
     Fetch(cli::fetch::FetchArgs),
     /// Apply one transform with explicit parameters to IN (JPEG or PNG) and write OUT.png.
     ///
@@ -94,5 +98,20 @@ mod tests {
     fn every_subcommand_has_consistent_flags() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    /// `loader --help` lists each command in one line, as cargo and ripgrep do; the
+    /// paragraphs are the command's own `--help`.
+    #[test]
+    fn the_command_list_is_one_line_each() {
+        use clap::CommandFactory;
+        for sub in super::Cli::command().get_subcommands() {
+            let about = sub.get_about().map(ToString::to_string).unwrap_or_default();
+            assert!(
+                !about.is_empty() && !about.contains('\n') && about.len() <= 90,
+                "{}: {about:?}",
+                sub.get_name()
+            );
+        }
     }
 }

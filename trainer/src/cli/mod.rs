@@ -177,9 +177,13 @@ pub fn usage(e: impl std::fmt::Display) -> anyhow::Error {
 
 /// Whether an error of the trainer's library is about what the user handed the command
 /// (exit status 2) rather than a failure at run time (1): a recipe, a dataset or a split that
-/// does not fit it, a weights or labels file, a run directory of another run.
+/// does not fit it, a weights or labels file, a run directory of another run, a device this
+/// build cannot give. Each library error says which of its kinds are (`is_bad_input`), since a
+/// transparent wrapper hides its cause from the chain.
 pub fn is_bad_input(e: &(dyn std::error::Error + 'static)) -> bool {
+    use trainer::diagnostics::bench::BenchError;
     use trainer::eval::EvalError;
+    use trainer::model::device::DeviceError;
     use trainer::report::study::StudyError;
     use trainer::run::{TrainError, WeightsError};
     e.is::<trainer::recipe::RecipeError>()
@@ -196,4 +200,8 @@ pub fn is_bad_input(e: &(dyn std::error::Error + 'static)) -> bool {
             .is_some_and(TrainError::is_bad_input)
         || e.downcast_ref::<StudyError>()
             .is_some_and(StudyError::is_bad_input)
+        || e.downcast_ref::<DeviceError>()
+            .is_some_and(DeviceError::is_bad_input)
+        || e.downcast_ref::<BenchError>()
+            .is_some_and(BenchError::is_bad_input)
 }

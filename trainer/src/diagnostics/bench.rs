@@ -152,6 +152,22 @@ pub enum BenchError {
     NoCollectives,
 }
 
+impl BenchError {
+    /// Whether the user asked for what cannot be measured (flags that do not go together, a
+    /// device this build or backend cannot give), rather than a failure while measuring.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            BenchError::Device(e) => e.is_bad_input(),
+            BenchError::RanksWithShards | BenchError::NoCollectives => true,
+            BenchError::Config(_)
+            | BenchError::Step(_)
+            | BenchError::Feed(_)
+            | BenchError::Execution(_)
+            | BenchError::Nccl(_) => false,
+        }
+    }
+}
+
 fn sync(device: &Device) -> Result<(), BenchError> {
     device
         .sync()
@@ -237,9 +253,10 @@ enum Batches {
     Synthetic(Vec<(Vec<u8>, Vec<u32>)>),
     /// The loader core in this process.
     Feed(Feed),
-    /// The loader's ring, from a loader in this process (kept alive by `_loader`).
+    /// The loader's ring, from a loader in this process (kept alive by `_loader`); boxed, the
+    /// client being much larger than the other variants.
     Ring {
-        client: Client,
+        client: Box<Client>,
         _loader: crate::data::source::Batches,
     },
 }
@@ -459,7 +476,7 @@ fn open_batches(
             let side = transform.img_size() as usize;
             Ok((
                 Batches::Ring {
-                    client,
+                    client: Box::new(client),
                     _loader: loader,
                 },
                 side,

@@ -105,6 +105,15 @@ pub enum DeviceError {
     },
 }
 
+impl DeviceError {
+    /// Whether the user asked for what this build or backend cannot give (a device name, CUDA
+    /// in a build without it, a float type the backend refuses), rather than the machine
+    /// failing (no driver).
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, DeviceError::NoDriver(_))
+    }
+}
+
 impl fmt::Display for DeviceKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -129,8 +129,8 @@ impl TrainError {
             TrainError::Eval(e) => e.is_bad_input(),
             TrainError::Checkpoint(e) => e.is_bad_input(),
             TrainError::InitFrom(e) => e.is_bad_input(),
+            TrainError::Device(e) => e.is_bad_input(),
             TrainError::Stream(_)
-            | TrainError::Device(_)
             | TrainError::Model(_)
             | TrainError::Step(_)
             | TrainError::Metrics(_)
@@ -312,7 +312,7 @@ impl<'a> Run<'a> {
             let last = self.steps_done == self.total_steps;
             let interval = self.options.config.rsb.checkpoint_interval;
             let checkpoint =
-                epoch_done || last || (interval > 0 && self.steps_done % interval == 0);
+                epoch_done || last || (interval > 0 && self.steps_done.is_multiple_of(interval));
             // Before an evaluation or a checkpoint, every step's metric is written: a
             // checkpoint never stands ahead of the metrics a resume keeps.
             if checkpoint && let Some(p) = pending.take() {

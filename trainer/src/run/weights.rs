@@ -39,7 +39,7 @@ impl WeightsError {
         match self {
             WeightsError::Checkpoint(e) => e.is_bad_input(),
             WeightsError::Timm(_) | WeightsError::Model(_) => true,
-            WeightsError::Device(_) => false,
+            WeightsError::Device(e) => e.is_bad_input(),
         }
     }
 }
