@@ -24,7 +24,7 @@ The data core:
   against Pillow) and the per-image driver.
 - [`pipeline`]: the per-thread [`pipeline::Worker`] that draws each sample's stream and runs a
   transform, decoding a record once for all of its repeats.
-- [`bench`]: `loader bench`, the loader's rate against the decode-only rate of the same
+- [`bench`](mod@bench): `loader bench`, the loader's rate against the decode-only rate of the same
   records, measured in the same run.
 - [`batch`]: fills batches on several threads, bit-identical whatever the thread count.
 - [`stream`]: the one loop from a job to its batches (positions, sample orders, fills, ids,

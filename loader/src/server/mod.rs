@@ -1,9 +1,9 @@
 /*!
 The loader daemon: a Unix socket, one shared-memory ring per client, one producer per job
-group (the ranks of a job that attach together; see [`producer`]).
+group (the ranks of a job that attach together; see `producer`).
 
 Each accepted connection is checked (SO_PEERCRED against the allowed uids and gids), shakes
-hands (preamble, hello), and gets its own [`Ring`] whose descriptor travels with the `welcome`
+hands (preamble, hello), and gets its own [`Ring`](crate::ring::Ring) whose descriptor travels with the `welcome`
 frame. A producer thread then fills free slots in (epoch, step) order with a
 [`BatchMaker`](crate::batch::BatchMaker) writing straight into the shared memory, and announces
 each one; the client's `release` returns the slot. When every slot is full the producer waits:

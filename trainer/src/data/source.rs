@@ -125,7 +125,7 @@ pub(crate) fn check_split(
 }
 
 /// What the loader at `socket` says of each of `splits` (a split's name and the recipe key
-/// that chose it), each checked with [`check_split`].
+/// that chose it), each checked with `check_split`.
 ///
 /// # Errors
 /// A split that is missing, unlabelled or does not match `num_classes`.

@@ -37,7 +37,7 @@ pub struct BenchOptions {
     pub batch: usize,
     /// Virtual ranks per step (see [`crate::ranks::virtual_ranks`]): `ranks × batch` images per step.
     pub ranks: usize,
-    /// Run the ranks through [`Replicas`] on the one device with this collective instead of
+    /// Run the ranks through the ranks' `Replicas` on the one device with this collective instead of
     /// plain virtual ranks (with `Nccl`: a one-GPU `DistributedContext`, to check that path).
     pub collective: Option<Collective>,
     /// Square image side.

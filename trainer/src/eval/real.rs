@@ -2,7 +2,7 @@
 //! of 50,000 lists, entry i holding the classes that are correct for
 //! `ILSVRC2012_val_{i+1:08d}.JPEG` (several, one, or none). timm's `RealLabelsImagenet` counts
 //! a prediction correct when its top-1 (top-k: any of its first k) is in the image's list, over
-//! the images whose list is not empty; [`RealScore`] does the same.
+//! the images whose list is not empty; `RealScore` does the same.
 
 use std::path::{Path, PathBuf};
 

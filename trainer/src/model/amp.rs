@@ -23,7 +23,7 @@ pub(crate) const MASTER: FloatDType = FloatDType::F32;
 /// The dtype the convolutions and matmuls of an amp model compute in.
 pub(crate) const COMPUTE: FloatDType = FloatDType::BF16;
 
-/// `c` applied to `x`, computing in `compute` when given (output in [`MASTER`]).
+/// `c` applied to `x`, computing in `compute` when given (output in `MASTER`, f32).
 pub fn conv(c: &Conv2d, x: Tensor<4>, compute: Option<FloatDType>) -> Tensor<4> {
     let Some(dtype) = compute else {
         return c.forward(x);
@@ -48,7 +48,7 @@ pub fn conv(c: &Conv2d, x: Tensor<4>, compute: Option<FloatDType>) -> Tensor<4> 
     .cast(MASTER)
 }
 
-/// `l` applied to `x`, computing in `compute` when given (output in [`MASTER`]).
+/// `l` applied to `x`, computing in `compute` when given (output in `MASTER`, f32).
 pub fn linear(l: &Linear, x: Tensor<2>, compute: Option<FloatDType>) -> Tensor<2> {
     let Some(dtype) = compute else {
         return l.forward(x);

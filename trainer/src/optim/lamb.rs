@@ -94,7 +94,7 @@ impl TimmLamb {
         self.inner.save(path)
     }
 
-    /// Reads the state written by [`TimmLamb::save`].
+    /// Reads the state written by `TimmLamb::save` (a checkpoint's).
     pub fn load(mut self, path: &std::path::Path) -> Result<Self, burn::store::RecordError> {
         self.inner = self.inner.load(path)?;
         Ok(self)

@@ -1,6 +1,6 @@
 //! The recipe's `world_size` ranks with timm's DDP semantics, on the devices a run has: one
 //! after another on one device ([`virtual_ranks`]), or shared by several GPUs of this process
-//! ([`replicas`]); [`World`] is either, as `trainer train` drives it.
+//! ([`replicas`]); `World` is either, as `trainer train` drives it.
 
 pub mod replicas;
 pub mod virtual_ranks;

@@ -1,5 +1,5 @@
 //! The recipe's ranks on several devices of one process: one model replica per device, each
-//! running its share of the ranks as virtual ranks ([`VirtualRanks::grads`]), the devices'
+//! running its share of the ranks as virtual ranks (`VirtualRanks::grads`), the devices'
 //! gradient sums added together, then the same LAMB step on every replica (as DDP: every rank
 //! holds the same parameters and applies the same averaged gradient).
 //!

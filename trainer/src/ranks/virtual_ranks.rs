@@ -4,14 +4,14 @@
 //! Per step, rank r takes its own loader batch (rank r of the job, so the copies that
 //! repeated augmentation makes land on different ranks), draws its own Mixup/CutMix with
 //! `seed + r` and its own drop-path masks, and normalises with its own batch statistics while
-//! updating its own BN running statistics ([`RankStats`]). The ranks' gradients are averaged
+//! updating its own BN running statistics (`RankStats`). The ranks' gradients are averaged
 //! (each loss divided by `world_size` before its backward pass, the gradients summed) and LAMB
 //! takes one step with the mean, as DDP's all-reduce gives every rank. At each epoch end the
 //! running statistics are averaged over the ranks (timm's `--dist-bn reduce`, its default)
 //! before evaluation. One rank is exactly the plain step.
 //!
 //! Several devices in one process ([`crate::ranks::replicas`]) each run their share of the ranks with
-//! [`VirtualRanks::grads`] and sum the devices' sums.
+//! `VirtualRanks::grads` and sum the devices' sums.
 
 use std::path::Path;
 

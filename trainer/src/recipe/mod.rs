@@ -9,7 +9,7 @@
 //! This module is the recipe's one gate: every command that takes a recipe (`trainer config`,
 //! `train`, `eval`, `study` for each of its combinations) reads it through
 //! [`TrainConfig::load`] or [`TrainConfig::parse`], which refuse every value the trainer cannot
-//! run ([`check`]), the loader jobs it implies included ([`DataJobs`], with the daemon's own
+//! run (`check.rs`), the loader jobs it implies included ([`DataJobs`], with the daemon's own
 //! checks). A typo fails in the first second, naming the key (or flag), the file and the
 //! allowed range, not hours in, and before any model is built.
 

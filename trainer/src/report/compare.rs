@@ -225,7 +225,7 @@ mod tests {
                 .iter()
                 .map(|m| serde_json::to_string(m).expect("json") + "\n")
                 .collect();
-            std::fs::write(d.join("metrics.jsonl"), text).expect("write");
+            std::fs::write(RunDir::new(&d).metrics(), text).expect("write");
             runs.push(d);
         }
         let out = dir.path().join("compare.png");
@@ -258,7 +258,7 @@ mod tests {
         // A run without steps is named.
         let empty = dir.path().join("empty");
         std::fs::create_dir_all(&empty).expect("dir");
-        std::fs::write(empty.join("metrics.jsonl"), "").expect("write");
+        std::fs::write(RunDir::new(&empty).metrics(), "").expect("write");
         let e = compare(&[empty], &out, 900, 500).unwrap_err().to_string();
         assert!(e.contains("no training steps"), "{e}");
     }

@@ -2,7 +2,7 @@
 //! step, and its moving average), learning rate, evaluation top-1/top-5, and throughput.
 //!
 //! Drawn with plotters into an RGB buffer, text in the embedded DejaVu Sans (no system fonts
-//! needed), written atomically ([`write_png`]).
+//! needed), written atomically (`draw::write_png`).
 
 use std::path::{Path, PathBuf};
 
@@ -301,9 +301,9 @@ mod tests {
     #[test]
     fn a_run_becomes_a_png_with_every_curve_drawn() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let metrics = dir.path().join("metrics.jsonl");
+        let metrics = RunDir::new(dir.path()).metrics();
         write_jsonl(&metrics, &synthetic_run(200));
-        let out = dir.path().join("curves.png");
+        let out = RunDir::new(dir.path()).curves();
         let summary = plot(&RunDir::named(&metrics), &out, "test run", 900, 600).expect("plot");
         assert_eq!(
             summary,
@@ -352,7 +352,7 @@ mod tests {
     #[test]
     fn a_bad_line_is_reported_with_its_file_and_number() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let metrics = dir.path().join("metrics.jsonl");
+        let metrics = RunDir::new(dir.path()).metrics();
         let mut run = synthetic_run(3);
         run.truncate(2);
         write_jsonl(&metrics, &run);
@@ -368,7 +368,7 @@ mod tests {
     #[test]
     fn an_empty_run_is_an_error_not_a_blank_image() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let metrics = dir.path().join("metrics.jsonl");
+        let metrics = RunDir::new(dir.path()).metrics();
         std::fs::write(&metrics, "").expect("write");
         let err = small_plot(&metrics).expect_err("empty");
         assert!(err.to_string().contains("no training steps"), "{err}");

@@ -1,7 +1,7 @@
 //! `metrics.jsonl`, a run's record: one JSON line per step and per evaluation, appended as the
 //! run goes and cut back to the checkpoint on resume, so the file always tells one
-//! uninterrupted run. This module owns the format: writing ([`MetricsLog`]) and reading
-//! ([`read_metrics`]); [`RunDir`](super::RunDir) owns where the file is.
+//! uninterrupted run. This module owns the format: writing (`MetricsLog`) and reading
+//! (`read_metrics`); [`RunDir`](super::RunDir) owns where the file is.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -200,7 +200,7 @@ mod tests {
     #[test]
     fn metrics_past_the_checkpoint_are_dropped_on_resume() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metrics.jsonl");
+        let path = dir.path().join("a-metrics-file.jsonl");
         let mut log = MetricsLog::open(&path, 0).unwrap();
         for step in 1..=5 {
             let m = Metric::Step {

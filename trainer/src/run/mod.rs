@@ -1,7 +1,7 @@
 //! `trainer train`: a recipe's whole run. Batches come from the loader daemon's ring (`--loader
 //! SOCKET`) or from a loader started inside this process on the shards (`--shards DIR`, the
 //! same rings and protocol; see [`crate::data::source`]); the recipe's ranks take each step
-//! ([`crate::ranks::World`]) at the schedule's LR; evaluation ([`crate::eval`]) on the val split
+//! (`crate::ranks::World`) at the schedule's LR; evaluation ([`crate::eval`]) on the val split
 //! every `eval_interval` epochs; atomic checkpoints ([`checkpoint`]) at the end of every epoch
 //! and every `checkpoint_interval` steps; one JSON line per step and per eval in
 //! `metrics.jsonl` ([`metrics`]); the resolved recipe in `recipe.toml`. [`RunDir`] owns every

@@ -73,7 +73,7 @@ pub fn options(
 
 /// (step, loss) of every step the run in `out` wrote.
 pub fn losses(out: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
+    std::fs::read_to_string(RunDir::new(out).metrics())
         .unwrap()
         .lines()
         .filter_map(|l| match serde_json::from_str(l).unwrap() {

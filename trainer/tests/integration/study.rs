@@ -108,7 +108,7 @@ fn a_seed_study_runs_resumes_reuses_and_groups_its_seeds() {
     }
 
     // Again: nothing is trained or evaluated twice.
-    let before = std::fs::read(study.join("seed=1/metrics.jsonl")).unwrap();
+    let before = std::fs::read(trainer::run::RunDir::new(study.join("seed=1")).metrics()).unwrap();
     command(&[])
         .assert()
         .success()
@@ -116,7 +116,7 @@ fn a_seed_study_runs_resumes_reuses_and_groups_its_seeds() {
         .stderr(contains("seed=1: scored on --set again (kept from before)"))
         .stdout(contains("all runs"));
     assert_eq!(
-        std::fs::read(study.join("seed=1/metrics.jsonl")).unwrap(),
+        std::fs::read(trainer::run::RunDir::new(study.join("seed=1")).metrics()).unwrap(),
         before
     );
 
