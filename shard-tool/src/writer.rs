@@ -307,9 +307,12 @@ fn tmp_path(path: &Path) -> PathBuf {
 /// Renames `tmp` to `path` and fsyncs the directory so the rename survives a power cut.
 fn commit(tmp: &Path, path: &Path) -> Result<()> {
     fs::rename(tmp, path).at(path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir).and_then(|d| d.sync_all()).at(dir)?;
-    }
+    // A bare file name (`out.png`) has the empty path as its parent: the current directory.
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)?;
     Ok(())
 }
 

@@ -3,21 +3,16 @@
 //!
 //! The data flow of a run, one folder per box:
 //!
-//! - [`recipe`]: the TOML file with timm's `train.py` names, the flags over it, and the one
-//!   gate every command's recipe passes (the loader jobs it implies included).
-//! - [`data`]: where batches come from (a `loader serve` daemon, or a loader in this process),
-//!   and a ring slot's way to the device.
-//! - [`model`]: timm's ResNet, PyTorch's batch norm, timm's mixed precision, timm-named weights,
-//!   and the devices a model runs on.
-//! - [`step`]: one training step: normalize, Mixup/CutMix, forward, BCE, backward.
+//! - [`recipe`]: the TOML with timm's names, the flags over it, and the one gate it passes.
+//! - [`data`]: the loader (a daemon, or one in this process) and a slot's way to the device.
+//! - [`model`]: timm's ResNet, batch norm, amp, timm-named weights, device kinds.
+//! - [`step`]: one training step: Mixup/CutMix, forward, BCE, backward.
 //! - [`optim`]: timm's LAMB and its warmup + cosine LR schedule.
-//! - [`ranks`]: the recipe's `world_size` ranks on one device or several, with DDP's semantics.
-//! - [`eval`]: top-1/top-5 on a split, other packed sets, ImageNet-ReaL's labels.
-//! - [`run`]: `trainer train`: the run directory and everything in it (recipe, metrics,
-//!   checkpoints), the loop, exact resume, and the one way weights reach a device.
-//! - [`report`]: a run's curves, several runs compared, studies of many runs.
-//! - [`diagnostics`]: the step's speed (`trainer bench`) and two devices compared
-//!   (`trainer check-device`).
+//! - [`ranks`]: the recipe's `world_size` ranks on one device or several, as DDP.
+//! - [`eval`]: top-1/top-5 on a split or other packed sets, ImageNet-ReaL's labels.
+//! - [`run`]: `trainer train`: the run directory and its files, the loop, exact resume.
+//! - [`report`]: a run's curves, runs compared, studies of many runs.
+//! - [`diagnostics`]: the step's speed and two devices compared.
 //!
 //! # Example
 //!

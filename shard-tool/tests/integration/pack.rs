@@ -159,6 +159,18 @@ fn extract_writes_the_stored_bytes_by_index_and_by_name() {
         .arg(&file)
         .assert()
         .success();
+    // A bare file name is written in the current directory (its parent is the empty path).
+    shard_tool()
+        .current_dir(out.path())
+        .arg("extract")
+        .arg(out.path())
+        .args(["--split", "val", "--index", "0", "--out", "bare.jpg"])
+        .assert()
+        .success();
+    assert_eq!(
+        fs::read(out.path().join("bare.jpg")).unwrap(),
+        fs::read(&file).unwrap()
+    );
     let all = out.path().join("all");
     shard_tool()
         .arg("extract")
@@ -184,7 +196,7 @@ fn extract_writes_the_stored_bytes_by_index_and_by_name() {
         .args(["--split", "val", "--index", "99", "--out"])
         .arg(&file)
         .assert()
-        .failure()
+        .code(2)
         .stderr(predicates::str::contains("split `val` has 6 records"));
 }
 

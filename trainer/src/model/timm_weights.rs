@@ -58,19 +58,29 @@ fn from_timm() -> KeyRemapper {
         .unwrap_or_default()
 }
 
-/// Writes `model`'s parameters and BN statistics to `path` under timm's names.
+/// Writes `model`'s parameters and BN statistics to `path` under timm's names, atomically (a
+/// temporary file, synced, renamed into place: an interrupted export never leaves a truncated
+/// file where weights were).
 pub fn export(model: &ResNet, path: &Path) -> Result<(), TimmWeightsError> {
+    let err = |message: String| TimmWeightsError::Store {
+        path: path.display().to_string(),
+        message,
+    };
+    let bytes = timm_bytes(model).map_err(err)?;
+    shard_tool::writer::write_atomic(path, |w| std::io::Write::write_all(w, &bytes))
+        .map_err(|e| err(e.chain()))
+}
+
+/// `model`'s parameters and BN statistics as the bytes of a timm-named safetensors file.
+fn timm_bytes(model: &ResNet) -> Result<Vec<u8>, String> {
     model.settle_running_stats();
-    let mut store = SafetensorsStore::from_file(path)
+    let mut out = SafetensorsStore::from_bytes(None)
         .with_to_adapter(BurnToPyTorchAdapter)
-        .remap(to_timm())
-        .overwrite(true);
-    model
-        .save_into(&mut store)
-        .map_err(|e| TimmWeightsError::Store {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })
+        .remap(to_timm());
+    model.save_into(&mut out).map_err(|e| e.to_string())?;
+    out.get_bytes()
+        .map(|b| b.to_vec())
+        .map_err(|e| e.to_string())
 }
 
 /// Loads timm-named weights from `path` into `model`; every tensor of the model must be there.
@@ -100,17 +110,16 @@ pub(crate) fn backbone_from(
     from: &ResNet,
     name: &Path,
 ) -> Result<(ResNet, Vec<String>), TimmWeightsError> {
-    from.settle_running_stats();
-    let err = |e: String| TimmWeightsError::Store {
+    let bytes = timm_bytes(from).map_err(|message| TimmWeightsError::Store {
         path: name.display().to_string(),
-        message: e,
-    };
-    let mut out = SafetensorsStore::from_bytes(None)
-        .with_to_adapter(BurnToPyTorchAdapter)
-        .remap(to_timm());
-    from.save_into(&mut out).map_err(|e| err(e.to_string()))?;
-    let bytes = out.get_bytes().map_err(|e| err(e.to_string()))?;
-    load_store(model, SafetensorsStore::from_bytes(Some(bytes)), name, true)
+        message,
+    })?;
+    load_store(
+        model,
+        SafetensorsStore::from_bytes(Some(bytes.into())),
+        name,
+        true,
+    )
 }
 
 fn load(
