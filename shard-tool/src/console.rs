@@ -77,3 +77,16 @@ pub fn fail<'a>(
         ExitCode::FAILURE
     }
 }
+
+/// The subcommands of `cmd` whose summary is missing, spans lines or is over 90 characters:
+/// `--help` lists each command in one line, as cargo and ripgrep do, and the paragraphs are
+/// the command's own `--help` (a test of each binary checks this is empty).
+pub fn commands_not_one_line(cmd: &clap::Command) -> Vec<String> {
+    cmd.get_subcommands()
+        .filter_map(|sub| {
+            let about = sub.get_about().map(ToString::to_string).unwrap_or_default();
+            let fits = !about.is_empty() && !about.contains('\n') && about.len() <= 90;
+            (!fits).then(|| format!("{}: {about:?}", sub.get_name()))
+        })
+        .collect()
+}

@@ -34,9 +34,6 @@ pub struct EvalArgs {
     pub weights: std::path::PathBuf,
     #[command(flatten)]
     pub device: DeviceArgs,
-    /// Loader worker threads with --shards or --set (0: one per core).
-    #[arg(short = 'j', long, default_value_t = 0)]
-    pub workers: u32,
     #[command(flatten)]
     pub sets: SetArgs,
     /// Print the table as one JSON line.
@@ -90,7 +87,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             &jobs.eval,
             &config.rsb.val_split,
             config.num_classes,
-            a.workers,
+            a.sets.workers,
             real.as_ref(),
         )
         .with_context(|| format!("evaluating --set {}", set.name))?;

@@ -139,9 +139,13 @@ impl RunArgs {
     }
 }
 
-/// Extra evaluation sets, with ImageNet-ReaL's labels (`trainer eval` and `study`).
+/// Extra evaluation sets, with ImageNet-ReaL's labels, and the loader threads that read them
+/// (`trainer eval` and `study`).
 #[derive(Args, Clone)]
 pub struct SetArgs {
+    /// Loader worker threads for --shards and the sets (0: one per core).
+    #[arg(short = 'j', long, default_value_t = 0)]
+    pub workers: u32,
     /// An evaluation set, NAME=DIR or NAME=DIR:SPLIT (default split: the recipe's
     /// rsb.val_split), e.g. --set val=imagenet-rsb:val --set v2=imagenetv2-rsb:test;
     /// repeatable. Each is read by a loader in this process with the recipe's eval transform.

@@ -32,9 +32,6 @@ pub struct StudyArgs {
     pub data: DataArgs,
     #[command(flatten)]
     pub run: RunArgs,
-    /// Loader worker threads with --shards and for the extra sets (0: one per core).
-    #[arg(short = 'j', long, default_value_t = 0)]
-    pub workers: u32,
     /// Extra sets scored on every run's last checkpoint (the recipe's val split is always
     /// scored: each run's last evaluation).
     #[command(flatten)]
@@ -59,13 +56,13 @@ pub fn run(a: StudyArgs) -> Result<ExitCode> {
         overrides: a.recipe.overrides(),
         varies: a.vary.clone(),
         out: a.out.clone(),
-        data: a.data.source(a.workers),
+        data: a.data.source(a.sets.workers),
         devices: a.run.devices(),
         precision: a.run.dtype,
         max_steps: a.run.max_steps,
         sets: a.sets.sets.clone(),
         real_labels: a.sets.real_labels.clone(),
-        workers: a.workers,
+        workers: a.sets.workers,
         plot_size: (a.plot_width, a.plot_height),
     };
     let mut bar = run_bar();
