@@ -78,15 +78,22 @@ pub fn fail<'a>(
     }
 }
 
-/// The subcommands of `cmd` whose summary is missing, spans lines or is over 90 characters:
-/// `--help` lists each command in one line, as cargo and ripgrep do, and the paragraphs are
-/// the command's own `--help` (a test of each binary checks this is empty).
-pub fn commands_not_one_line(cmd: &clap::Command) -> Vec<String> {
-    cmd.get_subcommands()
+/// Checks a binary's command line, for its tests: clap's own checks of every subcommand's
+/// flags (a name used twice, a bad default), which clap makes only when that subcommand is
+/// parsed, and that `--help` lists each command in one line, as cargo and ripgrep do (the
+/// paragraphs are the command's own `--help`).
+///
+/// # Panics
+/// When a check fails, naming the subcommand.
+pub fn assert_commands(cmd: clap::Command) {
+    let long: Vec<String> = cmd
+        .get_subcommands()
         .filter_map(|sub| {
             let about = sub.get_about().map(ToString::to_string).unwrap_or_default();
             let fits = !about.is_empty() && !about.contains('\n') && about.len() <= 90;
             (!fits).then(|| format!("{}: {about:?}", sub.get_name()))
         })
-        .collect()
+        .collect();
+    assert!(long.is_empty(), "not one line in --help: {long:?}");
+    cmd.debug_assert();
 }

@@ -114,12 +114,7 @@ pub(crate) fn backbone_from(
         path: name.display().to_string(),
         message,
     })?;
-    load_store(
-        model,
-        SafetensorsStore::from_bytes(Some(bytes.into())),
-        name,
-        true,
-    )
+    load_store(model, SafetensorsStore::from_bytes(Some(bytes)), name, true)
 }
 
 fn load(
