@@ -488,30 +488,8 @@ fn decode_only_rate(split: &Split, records: &[u64], threads: usize) -> f64 {
 /// `--ranks N`: the ranks of one job made alone (one fill per rank), then together (one fill
 /// per step), same threads and steps; both must give the same bytes.
 fn ranks(options: &BenchOptions, n: u32, out: &mut impl Write) -> Result<(), BenchError> {
-    let specs = (0..n)
-        .map(|rank| {
-            let spec = JobSpec {
-                world_size: n,
-                rank,
-                ..options.job.clone()
-            };
-            spec.validate()
-                .map(|()| spec)
-                .map_err(|source| BenchError::Ranks { ranks: n, source })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let (dataset, _) = open_job(&options.shards, &specs[0])?;
+    let (dataset, plans) = rank_plans(options, n)?;
     let split = split_of(&dataset, options)?;
-    let plans = specs
-        .iter()
-        .map(|s| {
-            s.plan(split.len()).map_err(|source| BenchError::Plan {
-                path: options.shards.clone(),
-                split: s.split.clone(),
-                source,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
     let b = options.job.batch_size as usize;
     // Steps per rank, plus one untimed warm-up step.
     let steps = (options.samples / (b * n as usize)).max(1) + 1;
@@ -572,6 +550,35 @@ fn ranks(options: &BenchOptions, n: u32, out: &mut impl Write) -> Result<(), Ben
         rate_together / rate_alone
     )?;
     Ok(())
+}
+
+/// The plans of the `n` ranks of `options.job`, each checked, and the dataset they read.
+fn rank_plans(options: &BenchOptions, n: u32) -> Result<(Dataset, Vec<JobPlan>), BenchError> {
+    let specs = (0..n)
+        .map(|rank| {
+            let spec = JobSpec {
+                world_size: n,
+                rank,
+                ..options.job.clone()
+            };
+            spec.validate()
+                .map(|()| spec)
+                .map_err(|source| BenchError::Ranks { ranks: n, source })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (dataset, _) = open_job(&options.shards, &specs[0])?;
+    let records = split_of(&dataset, options)?.len();
+    let plans = specs
+        .iter()
+        .map(|s| {
+            s.plan(records).map_err(|source| BenchError::Plan {
+                path: options.shards.clone(),
+                split: s.split.clone(),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((dataset, plans))
 }
 
 /// Every rank's batch at `step` of epoch 0, into `images` and `labels` (one buffer per rank).

@@ -65,20 +65,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         let decode = bench::decode_only(&files, args.threads);
         drop(files);
 
-        let out = args.scratch.join(format!("round-{round}"));
-        if out.exists() {
-            std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
-        }
-        // Start each pack with no dirty pages of earlier rounds left for it to wait on.
-        let _ = std::process::Command::new("sync").status();
-        let mut options = PackOptions::new(&out);
-        options.threads = args.threads;
-        let had_reset = bench::reset_peak_rss();
-        let start = Instant::now();
-        let summary = shard_tool::pack(&args.root, &options, &mut |_| {})?;
-        let elapsed = start.elapsed();
-        let peak = bench::peak_rss().filter(|_| had_reset).unwrap_or(0);
-        let packed: u64 = summary.manifest.splits.iter().map(|s| s.source_files).sum();
+        let (packed, elapsed, peak) = pack_round(&args, round)?;
         let pack_rate = packed as f64 / elapsed.as_secs_f64();
         writeln!(
             stdout,
@@ -109,4 +96,24 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         ByteSize(bound.peak_memory_bound())
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Packs the tree into a fresh scratch directory: the files packed, the time it took, and the
+/// pack's peak RSS (0 where it cannot be measured).
+fn pack_round(args: &BenchArgs, round: u32) -> Result<(u64, std::time::Duration, u64)> {
+    let out = args.scratch.join(format!("round-{round}"));
+    if out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
+    }
+    // Start each pack with no dirty pages of earlier rounds left for it to wait on.
+    let _ = std::process::Command::new("sync").status();
+    let mut options = PackOptions::new(&out);
+    options.threads = args.threads;
+    let had_reset = bench::reset_peak_rss();
+    let start = Instant::now();
+    let summary = shard_tool::pack(&args.root, &options, &mut |_| {})?;
+    let elapsed = start.elapsed();
+    let peak = bench::peak_rss().filter(|_| had_reset).unwrap_or(0);
+    let packed: u64 = summary.manifest.splits.iter().map(|s| s.source_files).sum();
+    Ok((packed, elapsed, peak))
 }
