@@ -86,7 +86,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => shard_tool::console::fail(e.chain(), |_| false),
+        Err(e) => shard_tool::console::fail(e.chain(), |e| {
+            e.downcast_ref::<loader::server::ServeError>()
+                .is_some_and(loader::server::ServeError::is_bad_input)
+        }),
     }
 }
 

@@ -68,6 +68,23 @@ pub enum ServeError {
     Stopped,
 }
 
+impl ServeError {
+    /// Whether what the user handed the daemon is at fault (no or no usable dataset, a socket
+    /// path taken, a setting out of range), rather than the machine at run time.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            ServeError::NoShards
+                | ServeError::Dataset { .. }
+                | ServeError::InUse(_)
+                | ServeError::NotASocket(_)
+                | ServeError::Setting(_)
+                | ServeError::OverBudget { .. }
+                | ServeError::NoGroup(_)
+        )
+    }
+}
+
 /// The daemon's settings: `configs/loader.toml`, overridden by `loader serve` flags.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

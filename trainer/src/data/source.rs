@@ -22,13 +22,14 @@ pub enum DataError {
 }
 
 impl DataError {
-    /// Whether the user's input is at fault (a split that does not fit the recipe, a request
-    /// the loader refused) rather than the loader at run time.
+    /// Whether the user's input is at fault (shards that are not a dataset, a split that does
+    /// not fit the recipe, a request the loader refused) rather than the loader at run time.
     pub fn is_bad_input(&self) -> bool {
-        matches!(
-            self,
-            DataError::Split(_) | DataError::Client(ClientError::Refused { .. })
-        )
+        match self {
+            DataError::Serve(e) => e.is_bad_input(),
+            DataError::Split(_) | DataError::Client(ClientError::Refused { .. }) => true,
+            DataError::Client(_) => false,
+        }
     }
 }
 
