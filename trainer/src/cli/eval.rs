@@ -106,7 +106,7 @@ fn load(a: &EvalArgs, config: &TrainConfig) -> Result<OnDevice> {
     let (precision, _) = Precision::resolve(a.device.dtype, config.amp, a.device.device);
     let weights = Weights::at(&a.weights);
     Ok(OnDevice::load(
-        &config.model(),
+        &config.model()?,
         a.device.device,
         precision,
         config.seed,

@@ -446,7 +446,7 @@ mod tests {
         let model_cfg = ResNetConfig {
             drop_path_rate,
             width: config.rsb.width / 4.0,
-            ..config.model()
+            ..config.model().expect("model")
         };
         let initial = model_cfg.init(&device).expect("model");
         let data = batches(config.num_classes as u32);

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use loader::transform::SettingError;
 
-use crate::model::resnet::{ResNetConfig, timm_depth};
+use crate::model::resnet::{ConfigError, ResNetConfig, timm_depth};
 use crate::optim::schedule::CosineSchedule;
 use crate::step::loss::LossKind;
 use crate::step::mixup::MixupConfig;
@@ -305,16 +305,18 @@ impl TrainConfig {
 
     /// The model the recipe names (timm's `create_model(model, num_classes, drop_path_rate)`,
     /// at `rsb.width` with `rsb.small_stem`).
-    pub fn model(&self) -> ResNetConfig {
-        ResNetConfig {
-            // Checked by the gate: a recipe that was read names one of timm's ResNets.
-            depth: timm_depth(&self.model).unwrap_or(50),
+    ///
+    /// # Errors
+    /// Only for a recipe built by hand that names no timm ResNet (the gate refuses it).
+    pub fn model(&self) -> Result<ResNetConfig, ConfigError> {
+        Ok(ResNetConfig {
+            depth: timm_depth(&self.model)?,
             num_classes: self.num_classes,
             width: self.rsb.width,
             small_stem: self.rsb.small_stem,
             drop_path_rate: self.drop_path,
             zero_init_last: true,
-        }
+        })
     }
 
     /// The LR schedule train.py builds from these keys.

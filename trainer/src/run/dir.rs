@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{Checkpoint, CheckpointError, Contents};
+use super::checkpoint::{Checkpoint, CheckpointError, Contents, io};
 use super::metrics::{Metric, MetricsError, MetricsLog, read_metrics};
 use crate::eval::SetScore;
 
@@ -156,10 +156,6 @@ impl RunDir {
 
     /// Switches `latest` to `name` atomically: a new symlink, renamed over the old one.
     fn point_latest_at(&self, name: &str) -> Result<(), CheckpointError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| CheckpointError::Io { path, source }
-        };
         let tmp = self
             .root
             .join(format!("{LATEST}.tmp-{}", std::process::id()));
@@ -174,10 +170,6 @@ impl RunDir {
 
     /// Removes all but the newest [`KEEP`] checkpoints (never `current`).
     fn prune(&self, current: &str) -> Result<(), CheckpointError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| CheckpointError::Io { path, source }
-        };
         let mut names: Vec<String> = std::fs::read_dir(&self.root)
             .map_err(io(&self.root))?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())

@@ -513,7 +513,7 @@ fn start(
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Start, TrainError> {
     let config = &options.config;
-    let model = config.model().init(device)?;
+    let model = config.model()?.init(device)?;
     // The optimizer's groups are keyed by parameter id: build it after the checkpoint's ids
     // are in place.
     let lamb = |model: &ResNet| TimmLamb::new(&LambOptions::timm(config.weight_decay), model);

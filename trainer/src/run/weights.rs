@@ -99,7 +99,7 @@ impl Weights {
         match self {
             Weights::Timm(path) => Ok(timm_weights::import_backbone(model, path)?),
             Weights::Checkpoint(c) => {
-                let theirs = c.load_model(c.recipe()?.model().init(device)?)?;
+                let theirs = c.load_model(c.recipe()?.model()?.init(device)?)?;
                 Ok(timm_weights::backbone_from(model, &theirs, c.dir())?)
             }
         }

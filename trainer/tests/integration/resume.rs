@@ -58,7 +58,7 @@ fn a_run_resumed_from_its_checkpoint_repeats_the_uninterrupted_losses() {
     let device = burn::tensor::Device::flex().autodiff();
     let config = tiny_recipe();
     device.seed(config.seed);
-    let initial = config.model().init(&device).unwrap();
+    let initial = config.model().unwrap().init(&device).unwrap();
     let initial_path = dir.path().join("initial.safetensors");
     trainer::model::timm_weights::export(&initial, &initial_path).unwrap();
     let from = |name: &str, weights: &Path| {

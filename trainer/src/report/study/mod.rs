@@ -493,8 +493,12 @@ fn load_last(o: &StudyOptions, run: &ScoredRun<'_>) -> Result<OnDevice, StudyErr
         .latest()
         .ok_or_else(|| StudyError::NoFinalEval(run.dir.root().to_path_buf()))?;
     let (precision, _) = Precision::resolve(o.precision, run.config.amp, o.devices[0]);
+    let model = run.config.model().map_err(|e| StudyError::Weights {
+        name: run.name.to_owned(),
+        source: Box::new(e.into()),
+    })?;
     OnDevice::load(
-        &run.config.model(),
+        &model,
         o.devices[0],
         precision,
         run.config.seed,
