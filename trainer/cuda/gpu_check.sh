@@ -36,11 +36,31 @@ data=target/gpu-data/imagenet-192
 part timm_logits 30 bash -c "'$t' export --no-zero-init-last '$work/w.safetensors' && \
     '$t' logits --weights '$work/w.safetensors' > '$work/ours.json' && \
     python3 trainer/benches/timm_logits.py '$work/w.safetensors' '$work/ours.json'"
-# (a) CUDA against the CPU: f32; amp against the CPU's amp (the same roundings: only the
-# arithmetic differs); pure bf16 against f32.
-part check_f32 40 "$t" check-device --device cuda --batch 8 --img-size 64
-part check_amp 25 "$t" check-device --device cuda --dtype amp --reference-dtype amp --tolerance 5e-2 --batch 8 --img-size 64
-part check_bf16 20 "$t" check-device --device cuda --dtype bf16 --tolerance 5e-2 --batch 8 --img-size 64
+# (a) CUDA against the CPU, the matrix trainer/cuda/standin.sh runs on cube-cpu: forward, every
+# gradient, every BN statistic and one LAMB step, for ResNet-18 at eighth width (32 px) and
+# ResNet-50 (64 px); f32; amp against the CPU's amp (the same roundings: only the arithmetic
+# differs); pure bf16 against bf16.
+r18="--model resnet18 --width 0.125 --small-stem --num-classes 10 --img-size 32 --batch 16"
+r50="--model resnet50 --img-size 64 --batch 8"
+part check_r50_f32 40 "$t" check-device --device cuda $r50 --json
+part check_r50_amp 25 "$t" check-device --device cuda --dtype amp --reference-dtype amp --tolerance 5e-2 $r50 --json
+part check_r50_bf16 20 "$t" check-device --device cuda --dtype bf16 --reference-dtype bf16 --tolerance 5e-2 $r50 --json
+part check_r18_f32 20 "$t" check-device --device cuda $r18 --json
+part check_r18_amp 20 "$t" check-device --device cuda --dtype amp --reference-dtype amp --tolerance 5e-2 $r18 --json
+part check_r18_bf16 20 "$t" check-device --device cuda --dtype bf16 --reference-dtype bf16 --tolerance 5e-2 $r18 --json
+# (a2) configs/smoke.toml, 10 steps from the same initial weights and batches (the in-process
+# loader on gpu_data.sh's smoke dataset) on CUDA and on the CPU: the losses side by side.
+smoke=target/gpu-data/smoke
+if [[ -d $smoke ]]; then
+    part smoke_flex 40 "$t" train --config configs/smoke.toml --shards "$smoke" -j 8 --device flex --max-steps 10 --out "$work/smoke_flex"
+    part smoke_cuda 40 "$t" train --config configs/smoke.toml --shards "$smoke" -j 8 --device cuda --max-steps 10 --out "$work/smoke_cuda"
+    python3 -c '
+import json, sys
+l = lambda r: [json.loads(x)["loss"] for x in open(r + "/metrics.jsonl") if "\"step\"" in x]
+a, b = l(sys.argv[1]), l(sys.argv[2])
+for i, (x, y) in enumerate(zip(a, b)): print(f"smoke step {i + 1}: flex {x:.7f} cuda {y:.7f} relative {abs(x - y) / abs(x):.1e}")
+' "$work/smoke_flex" "$work/smoke_cuda" > "$out/smoke.txt" 2>&1
+fi
 # (c) The A1 step at batch 256 in amp (the recipes' precision) against PyTorch's autocast,
 # eager and compiled. Ratios: ours / torch's samples/s in the summary lines.
 part bench_amp 90 "$t" bench --device cuda --dtype amp --batch 256 --warmup 3 --steps 17 --json
@@ -73,7 +93,9 @@ part torch_f32 25 python3 trainer/benches/torch_step.py --dtype f32 --batch 256 
 echo "=== summary"
 grep -h '^{' "$out"/bench_*.log "$out"/torch_*.log "$out"/memory_200.log 2>/dev/null
 grep -h "host copies" "$out"/upload_*.log 2>/dev/null
-grep -h "worst" "$out"/check_*.log 2>/dev/null
+grep -h '^{"' "$out"/check_*.log 2>/dev/null
+grep -h "cannot use" "$out"/check_*.log 2>/dev/null
+cat "$out/smoke.txt" 2>/dev/null
 grep -h '"relative"' "$out"/timm_logits.log 2>/dev/null
 grep -h "ranks of\|DistributedContext" "$out"/ranks_nccl.log 2>/dev/null
 [[ -f $out/a3_metrics.jsonl ]] && grep '"kind":"step"' "$out/a3_metrics.jsonl" | sed -n '1p;$p' 

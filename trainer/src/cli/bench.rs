@@ -14,7 +14,7 @@ use super::ModelArgs;
 pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// flex (burn's CPU backend; `cpu` is the same), cuda or cuda:N.
+    /// flex (burn's CPU backend; `cpu` is the same), cuda or cuda:N, cube-cpu.
     #[arg(long, default_value = "flex")]
     pub device: DeviceKind,
     /// Float types: f32, bf16 (everything), amp (f32 weights, bf16 convolutions and classifier).

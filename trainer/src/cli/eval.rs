@@ -128,6 +128,20 @@ fn through_daemon(
     check_splits(batches.socket(), &jobs.splits(), config.num_classes)?;
     let on = load(a, config)?;
     let acc = evaluate(&on.target(), batches.socket(), &jobs.eval, &mut |_, _| {})?;
+    if a.json {
+        // The shape --set prints: one set, the daemon's split.
+        let score = SetScore {
+            name: config.rsb.val_split.clone(),
+            dir: socket.display().to_string(),
+            split: config.rsb.val_split.clone(),
+            images: acc.samples,
+            top1: acc.top1,
+            top5: acc.top5,
+            real: None,
+        };
+        println!("{}", serde_json::to_string(&[score])?);
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "{}: top-1 {:.2} %, top-5 {:.2} % on {} images of {}",
         a.weights.display(),

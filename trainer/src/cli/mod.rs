@@ -96,7 +96,7 @@ impl DataArgs {
 #[derive(Args, Clone)]
 pub struct DeviceArgs {
     /// flex (burn's CPU backend; `cpu` is the same), cuda or cuda:N (a build with the cuda
-    /// feature).
+    /// feature), cube-cpu (the CUDA backend's kernels on this CPU; the cube-cpu feature).
     #[arg(long, default_value = "flex")]
     pub device: DeviceKind,
     /// Float types: f32; bf16 (everything, the weights too); amp (timm's --amp in bf16: f32
@@ -109,7 +109,8 @@ pub struct DeviceArgs {
 /// Where a run trains, in what precision, and for how long (`trainer train` and `study`).
 #[derive(Args, Clone)]
 pub struct RunArgs {
-    /// flex (burn's CPU backend; `cpu` is the same), cuda or cuda:N.
+    /// flex (burn's CPU backend; `cpu` is the same), cuda or cuda:N, cube-cpu (the CUDA
+    /// backend's kernels on this CPU, a stand-in for a GPU; slow to start).
     #[arg(long, default_value = "flex", conflicts_with = "devices")]
     pub device: DeviceKind,
     /// Several GPUs of this machine that share the recipe's rsb.world_size ranks, e.g.

@@ -146,10 +146,12 @@ impl Uploader {
     }
 
     /// Bytes the backend copies on the host before the DMA: CUDA stages what is not pinned
-    /// (cubecl-server's rule); burn-flex keeps the bytes it is given.
+    /// (cubecl-server's rule); burn-flex keeps the bytes it is given; the CubeCL CPU runtime
+    /// copies them into a buffer of its own memory pool (its server's `write`).
     fn staged(&self, len: usize, property: AllocationProperty) -> usize {
         match self.kind {
             DeviceKind::Flex => 0,
+            DeviceKind::CubeCpu => len,
             #[cfg(feature = "cuda")]
             DeviceKind::Cuda(_) => {
                 if cubecl_server::command::Staging::of(len, property).through_pinned {

@@ -16,7 +16,7 @@ use loader::client::{Client, ClientOptions};
 use crate::data::feed::Feed;
 use crate::data::upload::{Pixels, Uploader};
 use crate::model::resnet::ResNetConfig;
-use crate::model::{DeviceKind, Precision};
+use crate::model::{DeviceKind, Precision, seeded};
 use crate::optim::lamb::{LambOptions, TimmLamb};
 use crate::ranks::World;
 use crate::ranks::replicas::{Collective, Replicas};
@@ -148,8 +148,11 @@ pub enum BenchError {
     #[error(transparent)]
     Nccl(#[from] crate::ranks::replicas::PlacementError),
     /// NCCL asked of a device without it.
-    #[error("--distributed needs a CUDA device (NCCL); the CPU backend has no collectives")]
-    NoCollectives,
+    #[error(
+        "--distributed needs a CUDA device (NCCL); {0} has no collectives (flex has none; \
+         cube-cpu's CubeCL server refuses an all-reduce with NoDeviceTransport)"
+    )]
+    NoCollectives(DeviceKind),
 }
 
 impl BenchError {
@@ -158,7 +161,7 @@ impl BenchError {
     pub fn is_bad_input(&self) -> bool {
         match self {
             BenchError::Device(e) => e.is_bad_input(),
-            BenchError::RanksWithShards | BenchError::NoCollectives => true,
+            BenchError::RanksWithShards | BenchError::NoCollectives(_) => true,
             BenchError::Config(_)
             | BenchError::Step(_)
             | BenchError::Feed(_)
@@ -277,8 +280,7 @@ struct Bench {
 impl Bench {
     fn new(options: &BenchOptions, ranks: usize, total: u64) -> Result<Bench, BenchError> {
         let device = options.device.device(options.precision)?.autodiff();
-        device.seed(options.seed);
-        let mut model = options.model.init(&device)?;
+        let mut model = seeded::init(&options.model, options.device, &device, options.seed)?;
         model.compute = options.precision.compute();
         let upload = Arc::new(Uploader::new(options.device));
         let step = TrainStep {
@@ -397,8 +399,8 @@ fn world(
 ) -> Result<World, BenchError> {
     let stats = VirtualRanks::new(step.model().ok_or(StepError::Poisoned)?, ranks).stats;
     let collective = match options.collective {
-        Some(Collective::Nccl) if options.device == DeviceKind::Flex => {
-            return Err(BenchError::NoCollectives);
+        Some(Collective::Nccl) if !options.device.has_collectives() => {
+            return Err(BenchError::NoCollectives(options.device));
         }
         Some(collective) if ranks > 1 => collective,
         _ => {
@@ -560,6 +562,9 @@ mod tests {
             collective: Some(Collective::Nccl),
             ..options
         });
-        assert!(matches!(nccl, Err(BenchError::NoCollectives)));
+        assert!(matches!(
+            nccl,
+            Err(BenchError::NoCollectives(DeviceKind::Flex))
+        ));
     }
 }

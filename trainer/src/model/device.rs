@@ -1,5 +1,7 @@
-//! Which device a model runs on: `flex` (burn's flex CPU backend; `cpu` is the same) or
-//! `cuda[:N]` (the `cuda` feature), and in which float types.
+//! Which device a model runs on: `flex` (burn's flex CPU backend; `cpu` is the same),
+//! `cuda[:N]` (the `cuda` feature) or `cube-cpu` (the `cube-cpu` feature: the CUDA backend's
+//! CubeCL kernels compiled for the CPU, a stand-in that runs the GPU's code path here), and in
+//! which float types.
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,6 +15,10 @@ pub enum DeviceKind {
     Flex,
     /// An NVIDIA GPU by index.
     Cuda(usize),
+    /// burn's CubeCL CPU runtime: the kernels, fusion, autotune and memory manager the CUDA
+    /// backend runs, compiled by LLVM for this CPU. Slow to start (kernels compile on first
+    /// use), for checking the GPU's code path where there is no GPU.
+    CubeCpu,
 }
 
 /// Floating-point precision of parameters and activations.
@@ -55,9 +61,9 @@ impl Precision {
                 d.name(),
                 d.name()
             )),
-            (_, _, Precision::Amp, DeviceKind::Flex) => Some(
+            (_, _, Precision::Amp, DeviceKind::Flex | DeviceKind::CubeCpu) => Some(
                 "amp on the CPU: convolutions and the classifier round to bf16 as on a GPU, but \
-                 burn-flex computes them in f32 and converts, so amp is no faster here"
+                 the CPU computes them in f32 and converts, so amp is no faster here"
                     .into(),
             ),
             _ => None,
@@ -78,8 +84,8 @@ impl Precision {
 /// Errors choosing a device.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    /// Not `cpu`, `cuda` or `cuda:N`.
-    #[error("unknown device '{0}': use flex (or cpu), cuda or cuda:N")]
+    /// Not `flex`, `cpu`, `cuda`, `cuda:N` or `cube-cpu`.
+    #[error("unknown device '{0}': use flex (or cpu), cuda, cuda:N or cube-cpu")]
     Parse(String),
     /// CUDA asked of a build without it.
     #[error(
@@ -87,6 +93,12 @@ pub enum DeviceError {
          (cargo build --features cuda) to use '{0}'"
     )]
     NoCuda(DeviceKind),
+    /// The CubeCL CPU stand-in asked of a build without it.
+    #[error(
+        "this trainer was built without the CubeCL CPU runtime; build it with \
+         trainer/cuda/build.sh (cargo build --features cube-cpu) to use 'cube-cpu'"
+    )]
+    NoCubeCpu,
     /// No NVIDIA driver library on this machine.
     #[error(
         "{0}: the NVIDIA driver library (libcuda.so.1) cannot be loaded; is this a GPU machine \
@@ -119,6 +131,7 @@ impl fmt::Display for DeviceKind {
         match self {
             DeviceKind::Flex => f.write_str("flex"),
             DeviceKind::Cuda(i) => write!(f, "cuda:{i}"),
+            DeviceKind::CubeCpu => f.write_str("cube-cpu"),
         }
     }
 }
@@ -130,6 +143,7 @@ impl FromStr for DeviceKind {
         match s {
             "flex" | "cpu" => Ok(DeviceKind::Flex),
             "cuda" => Ok(DeviceKind::Cuda(0)),
+            "cube-cpu" => Ok(DeviceKind::CubeCpu),
             _ => s
                 .strip_prefix("cuda:")
                 .and_then(|i| i.parse().ok())
@@ -140,6 +154,13 @@ impl FromStr for DeviceKind {
 }
 
 impl DeviceKind {
+    /// Whether its backend can all-reduce across devices (burn's `DistributedContext`): NCCL on
+    /// CUDA. flex has no collectives; the CubeCL CPU runtime has one device and its server
+    /// answers an all-reduce with cubecl's `NoDeviceTransport`.
+    pub fn has_collectives(self) -> bool {
+        matches!(self, DeviceKind::Cuda(_))
+    }
+
     /// The device without gradient recording, with `precision` as its default float type.
     pub fn device(self, precision: Precision) -> Result<Device, DeviceError> {
         let mut device = match self {
@@ -154,7 +175,25 @@ impl DeviceKind {
             }
             #[cfg(not(feature = "cuda"))]
             DeviceKind::Cuda(_) => return Err(DeviceError::NoCuda(self)),
+            #[cfg(feature = "cube-cpu")]
+            DeviceKind::CubeCpu => Device::cpu(),
+            #[cfg(not(feature = "cube-cpu"))]
+            DeviceKind::CubeCpu => return Err(DeviceError::NoCubeCpu),
         };
+        // A float type the backend cannot compute in would fail deep inside an op (a panic);
+        // refuse it here, naming it (the CubeCL CPU runtime has no bf16: LLVM has no bfloat).
+        let wanted = match precision {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(FloatDType::BF16),
+            Precision::Amp => precision.compute(),
+        };
+        if let Some(dtype) = wanted.filter(|d| !device.supports_dtype(*d)) {
+            return Err(DeviceError::Precision {
+                device: self,
+                precision,
+                reason: format!("the backend has no {dtype:?} type to compute in"),
+            });
+        }
         if precision == Precision::Bf16 {
             device
                 .configure(FloatDType::BF16)
@@ -165,6 +204,18 @@ impl DeviceKind {
                 })?;
         }
         Ok(device)
+    }
+}
+
+/// The device the backend-sensitive unit tests run on: `RSB_TEST_DEVICE` (default `flex`).
+/// trainer/cuda/standin.sh runs them again with `cube-cpu`, in a build with that feature.
+#[cfg(test)]
+pub(crate) fn under_test() -> DeviceKind {
+    match std::env::var("RSB_TEST_DEVICE") {
+        Ok(name) => name
+            .parse()
+            .unwrap_or_else(|e| panic!("RSB_TEST_DEVICE={name}: {e}")),
+        Err(_) => DeviceKind::Flex,
     }
 }
 
@@ -210,8 +261,16 @@ mod tests {
             "cuda:3".parse::<DeviceKind>().ok(),
             Some(DeviceKind::Cuda(3))
         );
+        assert_eq!(
+            "cube-cpu".parse::<DeviceKind>().ok(),
+            Some(DeviceKind::CubeCpu)
+        );
+        assert_eq!(DeviceKind::CubeCpu.to_string(), "cube-cpu");
         let err = "gpu".parse::<DeviceKind>().expect_err("not a device");
-        assert!(err.to_string().contains("flex (or cpu), cuda or cuda:N"));
+        assert!(
+            err.to_string()
+                .contains("flex (or cpu), cuda, cuda:N or cube-cpu")
+        );
     }
 
     #[cfg(not(feature = "cuda"))]
@@ -221,5 +280,14 @@ mod tests {
             .device(Precision::F32)
             .expect_err("no cuda");
         assert!(err.to_string().contains("trainer/cuda/build.sh"), "{err}");
+    }
+
+    #[cfg(not(feature = "cube-cpu"))]
+    #[test]
+    fn cube_cpu_without_the_feature_says_how_to_build_it() {
+        let err = DeviceKind::CubeCpu
+            .device(Precision::F32)
+            .expect_err("no cube-cpu");
+        assert!(err.to_string().contains("--features cube-cpu"), "{err}");
     }
 }

@@ -61,7 +61,7 @@ pub enum PlacementError {
     /// Several devices on a backend without collectives.
     #[error(
         "--devices: several devices need NCCL, which only the CUDA backend has; on the CPU \
-         run the ranks as virtual ranks on one device (--device cpu)"
+         (flex or cube-cpu) run the ranks as virtual ranks on one device (--device)"
     )]
     NoCollectives,
     /// NCCL is not where cudarc looks for it.
@@ -106,7 +106,7 @@ impl Placement {
                 suggest,
             });
         }
-        if n > 1 && devices.contains(&DeviceKind::Flex) {
+        if n > 1 && devices.iter().any(|d| !d.has_collectives()) {
             return Err(PlacementError::NoCollectives);
         }
         Ok(Placement {

@@ -308,7 +308,7 @@ mod tests {
 
     use super::*;
     use crate::data::upload::{Pixels, Uploader};
-    use crate::model::device::DeviceKind;
+    use crate::model::device::{DeviceKind, under_test};
     use crate::model::resnet::ResNetConfig;
     use crate::optim::lamb::{LambOptions, TimmLamb};
     use crate::recipe::TrainConfig;
@@ -440,7 +440,10 @@ mod tests {
     /// The smoke recipe's model at a quarter of its width (to keep the tests short) with
     /// `drop_path_rate`, on the CPU, with the recipe and every step's batches.
     fn small_run(drop_path_rate: f64) -> (Device, TrainConfig, ResNet, Batches) {
-        let device = Device::flex().autodiff();
+        let device = under_test()
+            .device(crate::model::Precision::F32)
+            .expect("RSB_TEST_DEVICE")
+            .autodiff();
         device.seed(3);
         let config = recipe();
         let model_cfg = ResNetConfig {
@@ -469,7 +472,7 @@ mod tests {
             mixup: config.mixup_config(),
             loss: config.loss(),
             seed: config.seed,
-            upload: Arc::new(Uploader::new(DeviceKind::Flex)),
+            upload: Arc::new(Uploader::new(under_test())),
         };
         let mut ranks = VirtualRanks::new(step.model().expect("model"), WORLD);
         for (s, per_rank) in data.iter().enumerate().take(steps) {
@@ -492,7 +495,7 @@ mod tests {
                         mixup: config.mixup_config(),
                         loss: config.loss(),
                         seed: config.seed,
-                        upload: Arc::new(Uploader::new(DeviceKind::Flex)),
+                        upload: Arc::new(Uploader::new(under_test())),
                     };
                     one.grads(&host(b, s as u64), config.seed + r as u64, 1, &device)
                         .expect("grads")
@@ -547,7 +550,7 @@ mod tests {
             mixup: config.mixup_config(),
             loss: config.loss(),
             seed: config.seed,
-            upload: Arc::new(Uploader::new(DeviceKind::Flex)),
+            upload: Arc::new(Uploader::new(under_test())),
         };
         let lr = 2e-3;
 

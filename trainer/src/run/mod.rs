@@ -35,7 +35,7 @@ use loader::job::Position;
 use crate::data::source::{Batches, DataError, DataSource, check_splits};
 use crate::data::upload::{Pixels, Uploader};
 use crate::eval::{EvalError, Target, evaluate};
-use crate::model::{DeviceKind, Precision, ResNet};
+use crate::model::{DeviceKind, Precision, ResNet, seeded};
 use crate::optim::lamb::{LambOptions, TimmLamb};
 use crate::ranks::World;
 use crate::ranks::replicas::{Collective, Placement, PlacementError, Replicas};
@@ -239,7 +239,7 @@ impl<'a> Run<'a> {
             options,
             existing.as_ref(),
             &recipe_text,
-            &devices[0],
+            (kinds[0], &devices[0]),
             on_event,
         )?;
         let params = start.model.trainable_params();
@@ -509,11 +509,11 @@ fn start(
     options: &TrainOptions,
     existing: Option<&Checkpoint>,
     recipe_text: &str,
-    device: &Device,
+    (kind, device): (DeviceKind, &Device),
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Start, TrainError> {
     let config = &options.config;
-    let model = config.model()?.init(device)?;
+    let model = seeded::init(&config.model()?, kind, device, config.seed)?;
     // The optimizer's groups are keyed by parameter id: build it after the checkpoint's ids
     // are in place.
     let lamb = |model: &ResNet| TimmLamb::new(&LambOptions::timm(config.weight_decay), model);

@@ -13,7 +13,7 @@ use crate::eval::Target;
 use crate::model::device::DeviceError;
 use crate::model::resnet::ConfigError;
 use crate::model::timm_weights::{self, TimmWeightsError};
-use crate::model::{DeviceKind, Precision, ResNet, ResNetConfig};
+use crate::model::{DeviceKind, Precision, ResNet, ResNetConfig, seeded};
 
 /// Errors loading weights or opening the device they go to.
 #[derive(Debug, thiserror::Error)]
@@ -134,8 +134,7 @@ impl OnDevice {
         weights: Option<&Weights>,
     ) -> Result<OnDevice, WeightsError> {
         let device = kind.device(precision)?.autodiff();
-        device.seed(seed);
-        let mut model = config.init(&device)?;
+        let mut model = seeded::init(config, kind, &device, seed)?;
         if let Some(weights) = weights {
             model = weights.load_into(model)?;
         }
