@@ -14,7 +14,9 @@
 #      2 replicas summed through the host, the --devices orchestration) on cube-cpu; and what
 #      --distributed (NCCL in backward) says on a backend without collectives.
 #
-# Run it before committing a change under trainer/src (trainer/README.md). Needs what
+# Run it before committing a change under trainer/src (README "The GPU's code path on the CPU").
+# Not yet on 2 cores: part 2's first step stalls in cubecl's matmul autotune (the README's
+# table: a barrier kernel at 50 s a launch), so only part 1 finishes here today. Needs what
 # build.sh needs (Debian's LLVM 22); builds target/dist/trainer with `cuda,cube-cpu` when it is
 # missing or stale. Kernels compile on first use and cubecl keeps them, with its autotune
 # results, in target/environment/: the first run on a machine pays for that (see the README).
