@@ -22,7 +22,8 @@
 # results, in target/environment/: the first run on a machine pays for that (see the README).
 #
 # Environment: RSB_STANDIN_OUT (default target/standin) for logs and runs; RSB_STANDIN_STEPS to
-# cut the smoke runs short (default: the whole recipe).
+# cut the smoke runs short (default: the whole recipe); RSB_STANDIN_PART_LIMIT, seconds per part
+# (default 3600).
 # Exit status: 0 when every check passed, 1 otherwise (the summary says which).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -30,6 +31,9 @@ cd "$root"
 source "$root/trainer/cuda/llvm_env.sh"
 out=${RSB_STANDIN_OUT:-target/standin}
 steps=${RSB_STANDIN_STEPS:-}
+# Each part's limit in seconds (a first compile of new shapes takes tens of minutes here; a
+# stall must not hold the script forever): exit status 124 marks a part cut off.
+limit=${RSB_STANDIN_PART_LIMIT:-3600}
 rm -rf "$out" && mkdir -p "$out"
 failed=()
 
@@ -45,7 +49,7 @@ part() { # name command... : runs it, keeps its log, says how it ended and how l
     local name=$1; shift
     echo "=== $name"
     local s=$(date +%s)
-    "$@" > "$out/$name.log" 2>&1
+    timeout "$limit" "$@" > "$out/$name.log" 2>&1
     local rc=$?
     tail -n 6 "$out/$name.log"
     echo "=== $name: rc=$rc in $(( $(date +%s) - s )) s"
