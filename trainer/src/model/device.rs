@@ -61,9 +61,9 @@ impl Precision {
                 d.name(),
                 d.name()
             )),
-            (_, _, Precision::Amp, DeviceKind::Flex | DeviceKind::CubeCpu) => Some(
+            (_, _, Precision::Amp, DeviceKind::Flex) => Some(
                 "amp on the CPU: convolutions and the classifier round to bf16 as on a GPU, but \
-                 the CPU computes them in f32 and converts, so amp is no faster here"
+                 burn-flex computes them in f32 and converts, so amp is no faster here"
                     .into(),
             ),
             _ => None,
@@ -181,7 +181,8 @@ impl DeviceKind {
             DeviceKind::CubeCpu => return Err(DeviceError::NoCubeCpu),
         };
         // A float type the backend cannot compute in would fail deep inside an op (a panic);
-        // refuse it here, naming it (the CubeCL CPU runtime has no bf16: LLVM has no bfloat).
+        // refuse it here, naming it. (burn-cpu's docs say its runtime drops bf16, but
+        // cubecl-cpu 0.11.3 registers it and it runs: the backend's own answer decides.)
         let wanted = match precision {
             Precision::F32 => None,
             Precision::Bf16 => Some(FloatDType::BF16),

@@ -478,8 +478,9 @@ impl<'a> Run<'a> {
     }
 }
 
-/// The run's devices (with gradient recording, the first seeded with the recipe's seed), their
-/// kinds, and the float types they use: the recipe's ranks placed on `options.devices`.
+/// The run's devices (with gradient recording; `start` seeds the first as it draws the
+/// model), their kinds, and the float types they use: the recipe's ranks placed on
+/// `options.devices`.
 fn open_devices(
     options: &TrainOptions,
     on_event: &mut dyn FnMut(Event),
@@ -499,7 +500,6 @@ fn open_devices(
         .iter()
         .map(|d| Ok(d.device(precision)?.autodiff()))
         .collect::<Result<Vec<_>, TrainError>>()?;
-    devices[0].seed(config.seed);
     Ok((devices, placement.devices, precision))
 }
 
