@@ -87,14 +87,35 @@ pub enum Error {
     /// Invalid options (from a builder or a command line).
     #[error("{0}")]
     Config(String),
+    /// A path that had to be a regular file (to read, or to replace) is something else.
+    #[error("is {kind}, not a regular file")]
+    NotRegular {
+        /// What it is: "a directory", "a FIFO", "a character device", ...
+        kind: &'static str,
+    },
+    /// A file larger than its kind allows.
+    #[error("{what} of {size} bytes is over the limit of {cap} bytes")]
+    TooLarge {
+        /// The kind of file ("a recipe", "a labels file", ...).
+        what: &'static str,
+        /// Its size, or what was read of it before the limit stopped the read.
+        size: u64,
+        /// The limit for its kind.
+        cap: u64,
+    },
 }
 
 impl Error {
-    /// Whether this error (not its causes) is about what the user handed the command: a tree
+    /// Whether this error (through the path or record it is wrapped in, not its causes) is about what the user handed the command: a tree
     /// `pack` cannot read as a dataset, a directory that is not a finished pack of this
     /// format, a split or record that does not exist, a bad option. Damage found in a
     /// dataset and I/O failures are not.
     pub fn is_bad_input(&self) -> bool {
+        // A path or record is context: the error inside decides (its box hides it from a
+        // downcast of the chain).
+        if let Error::WithPath { source, .. } | Error::WithRecord { source, .. } = self {
+            return source.is_bad_input();
+        }
         matches!(
             self,
             Error::BadMagic { .. }
@@ -105,6 +126,8 @@ impl Error {
                 | Error::OutOfRange { .. }
                 | Error::NoSplit { .. }
                 | Error::Config(_)
+                | Error::NotRegular { .. }
+                | Error::TooLarge { .. }
         )
     }
 
@@ -115,6 +138,15 @@ impl Error {
             Some(self as &(dyn std::error::Error + 'static)),
             |e| e.source(),
         ))
+    }
+
+    /// The chain without the path it is about (for a caller whose own message names the
+    /// path already).
+    pub fn reason(&self) -> String {
+        match self {
+            Error::WithPath { source, .. } => source.chain(),
+            e => e.chain(),
+        }
     }
 
     /// Wraps `self` with the path it concerns.

@@ -29,6 +29,9 @@ use crate::error::{Error, PathContext, Result};
 use crate::manifest::Skipped;
 use crate::record::NO_LABEL;
 
+/// The largest validation labels or synsets file read (ImageNet's are 2 MB at most).
+const LABELS_MAX_BYTES: u64 = 64 * crate::user_file::MIB;
+
 /// Split folder names `pack` looks for, in the order they are packed.
 pub const SPLIT_NAMES: [&str; 3] = ["train", "val", "test"];
 
@@ -658,7 +661,9 @@ fn resolve_flat_val(
                 ))
             })?,
     };
-    let text = fs::read_to_string(&labels_path).at(&labels_path)?;
+    // ImageNet's are 2 MB (LOC_val_solution.csv) and 0.3 MB (the devkit's ground truth).
+    let text =
+        crate::user_file::read_string_capped(&labels_path, LABELS_MAX_BYTES, "a labels file")?;
     // Image stem (e.g. ILSVRC2012_val_00000001) → wnid.
     let by_stem: HashMap<String, String> = if text.starts_with("ImageId") {
         split.layout = SplitLayout::KaggleCsv(labels_path.clone());
@@ -672,7 +677,11 @@ fn resolve_flat_val(
                 labels_path.display()
             ))
         })?;
-        let synsets = fs::read_to_string(&synsets_path).at(&synsets_path)?;
+        let synsets = crate::user_file::read_string_capped(
+            &synsets_path,
+            LABELS_MAX_BYTES,
+            "a synsets file",
+        )?;
         split.layout = SplitLayout::Devkit {
             ground_truth: labels_path.clone(),
             synsets: synsets_path.clone(),

@@ -49,6 +49,7 @@ pub mod record;
 mod report;
 mod resume;
 pub mod synth;
+pub mod user_file;
 mod verify;
 pub mod writer;
 

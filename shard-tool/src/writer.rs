@@ -277,14 +277,18 @@ pub fn write_index(
     file_sum(&path)
 }
 
-/// Writes `path` through a temporary file, fsync and rename.
+/// Writes `path` through a temporary file, fsync and rename: the one way rsb writes a whole
+/// file. `path` must be absent, a regular file or a symlink (which the new file replaces); a
+/// directory, device, FIFO or socket is refused before anything is written
+/// ([`crate::user_file::check_write_target`]).
 ///
 /// # Errors
-/// I/O errors with the path.
+/// [`Error::NotRegular`] and I/O errors, with the path.
 pub fn write_atomic(
     path: &Path,
     fill: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
 ) -> Result<()> {
+    crate::user_file::check_write_target(path)?;
     let tmp = tmp_path(path);
     let mut w = BufWriter::new(File::create(&tmp).at(&tmp)?);
     fill(&mut w).at(&tmp)?;

@@ -78,6 +78,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: the first statement of `main`: no other thread exists yet to read the
+    // environment while it changes.
+    unsafe { trainer::model::device::pin_default_device() };
     // The in-process loader's warnings and errors (an image replaced, a worker's failure).
     shard_tool::console::init_logging("warn");
     let result = match Cli::parse().command {

@@ -12,7 +12,8 @@ use zune_png::{PngDecoder, PngEncoder};
 
 /// Reads a JPEG (through the loader's decoder) or a PNG (as RGB, alpha dropped).
 pub fn read_image(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes =
+        shard_tool::user_file::read_capped(path, shard_tool::DEFAULT_MAX_FILE_BYTES, "an image")?;
     if bytes.starts_with(b"\x89PNG") {
         let options = DecoderOptions::default().png_set_strip_to_8bit(true);
         let mut d = PngDecoder::new_with_options(ZCursor::new(&bytes[..]), options);

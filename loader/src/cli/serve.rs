@@ -46,8 +46,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
     );
     let mut config: ServeConfig = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
+            // A service config is a page of TOML; 1 MiB bounds a path that is something else.
+            let text = shard_tool::user_file::read_string_capped(
+                path,
+                shard_tool::user_file::MIB,
+                "a loader config",
+            )
+            .map_err(|e| UsageError(e.chain()))?;
             toml::from_str(&text)
                 .map_err(|e| UsageError(format!("{}: {}", path.display(), e.message())))?
         }

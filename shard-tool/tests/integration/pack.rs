@@ -198,6 +198,24 @@ fn extract_writes_the_stored_bytes_by_index_and_by_name() {
         .assert()
         .code(2)
         .stderr(predicates::str::contains("split `val` has 6 records"));
+    // The target must be a file: a directory or a device is refused (exit 2), not renamed over
+    // (as root, `--out /dev/null` would have replaced the machine's /dev/null).
+    for (target, said) in [
+        (all.as_path(), "is a directory, not a regular file"),
+        (
+            Path::new("/dev/null"),
+            "/dev/null: is a character device, not a regular file",
+        ),
+    ] {
+        shard_tool()
+            .arg("extract")
+            .arg(out.path())
+            .args(["--split", "val", "--index", "0", "--out"])
+            .arg(target)
+            .assert()
+            .code(2)
+            .stderr(predicates::str::contains(said));
+    }
 }
 
 #[test]

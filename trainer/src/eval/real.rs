@@ -12,13 +12,13 @@ pub const VAL_IMAGES: usize = 50_000;
 /// Errors reading a ReaL file.
 #[derive(Debug, thiserror::Error)]
 pub enum RealError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
+    /// The file could not be read (missing, not a regular file, over 64 MiB: ReaL's is 1.3 MB).
+    #[error("{path}: {message}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        message: String,
     },
     /// Not a JSON list of lists of class indices.
     #[error("{path}: not ReaL's real.json (a JSON list of lists of class indices): {message}")]
@@ -68,9 +68,14 @@ impl RealLabels {
     /// # Errors
     /// [`RealError`] naming the file and what is wrong.
     pub fn load(path: &Path, expected: usize, classes: usize) -> Result<RealLabels, RealError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RealError::Read {
+        let text = shard_tool::user_file::read_string_capped(
+            path,
+            64 * shard_tool::user_file::MIB,
+            "a ReaL labels file",
+        )
+        .map_err(|e| RealError::Read {
             path: path.to_path_buf(),
-            source,
+            message: e.reason(),
         })?;
         let per_image: Vec<Vec<u32>> =
             serde_json::from_str(&text).map_err(|e| RealError::Format {
@@ -156,6 +161,20 @@ mod tests {
         let path = dir.join("real.json");
         std::fs::write(&path, text).expect("write");
         path
+    }
+
+    #[test]
+    fn a_device_is_refused_not_read_forever() {
+        // The drill's example: `trainer eval --real-labels /dev/zero` reached 9 GB in 6 s.
+        let err = RealLabels::load(Path::new("/dev/zero"), 4, 10).expect_err("a device");
+        assert_eq!(
+            err.to_string(),
+            "/dev/zero: is a character device, not a regular file"
+        );
+        let dir = tempfile::tempdir().expect("dir");
+        let big = file(dir.path(), &" ".repeat(65 << 20));
+        let err = RealLabels::load(&big, 4, 10).expect_err("too big");
+        assert!(err.to_string().contains("over the limit"), "{err}");
     }
 
     #[test]

@@ -176,7 +176,10 @@ impl DeviceKind {
             #[cfg(not(feature = "cuda"))]
             DeviceKind::Cuda(_) => return Err(DeviceError::NoCuda(self)),
             #[cfg(feature = "cube-cpu")]
-            DeviceKind::CubeCpu => Device::cpu(),
+            DeviceKind::CubeCpu => {
+                crate::model::cube_cpu::one_sample_autotune();
+                Device::cpu()
+            }
             #[cfg(not(feature = "cube-cpu"))]
             DeviceKind::CubeCpu => return Err(DeviceError::NoCubeCpu),
         };
@@ -206,6 +209,23 @@ impl DeviceKind {
         }
         Ok(device)
     }
+}
+
+/// Makes burn's default device flex for this process, whatever backends the build holds.
+///
+/// The trainer names every device it uses; only burn itself falls back on `Device::default()`,
+/// which picks CUDA first in a build with the `cuda` feature (then cube-cpu, then flex). One
+/// such place is on every resume: burn-optim 0.22.1's `ModuleOptimizer::load_record` builds the
+/// optimizer state there, to move it to each parameter's device at the next step. In a CUDA
+/// build that opened a CUDA context on GPU 0 for a run on flex, `cube-cpu` or `cuda:3`, and
+/// panicked where there is no driver (found by trainer/cuda/standin.sh: `--resume` on
+/// cube-cpu). On flex the state is host memory, moved once to the run's device.
+///
+/// # Safety
+/// Changes the process environment: call it before any other thread exists (first in `main`).
+pub unsafe fn pin_default_device() {
+    // SAFETY: the caller guarantees no other thread reads or writes the environment now.
+    unsafe { std::env::set_var("BURN_DEVICE", "flex") };
 }
 
 /// The device the backend-sensitive unit tests run on: `RSB_TEST_DEVICE` (default `flex`).

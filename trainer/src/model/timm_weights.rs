@@ -117,12 +117,25 @@ pub(crate) fn backbone_from(
     load_store(model, SafetensorsStore::from_bytes(Some(bytes)), name, true)
 }
 
+/// The largest weights file read: timm's largest ResNet in float64 is under 1 GB.
+pub const WEIGHTS_MAX_BYTES: u64 = 4 * shard_tool::user_file::GIB;
+
 fn load(
     model: ResNet,
     path: &Path,
     new_head: bool,
 ) -> Result<(ResNet, Vec<String>), TimmWeightsError> {
-    load_store(model, SafetensorsStore::from_file(path), path, new_head)
+    let bytes = shard_tool::user_file::read_capped(path, WEIGHTS_MAX_BYTES, "a weights file")
+        .map_err(|e| TimmWeightsError::Store {
+            path: path.display().to_string(),
+            message: e.reason(),
+        })?;
+    load_store(
+        model,
+        SafetensorsStore::from_bytes(Some(bytes)),
+        path,
+        new_head,
+    )
 }
 
 fn load_store(

@@ -166,7 +166,10 @@ impl RankStats {
             path: name.clone(),
             message,
         };
-        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        // BN statistics of every rank: kilobytes to a few megabytes.
+        let bytes =
+            shard_tool::user_file::read_capped(path, shard_tool::user_file::GIB, "a ranks file")
+                .map_err(|e| err(e.reason()))?;
         let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(e.to_string()))?;
         let shapes: Vec<usize> = model
             .batch_norms()
@@ -576,10 +579,8 @@ mod tests {
             let loss = |l: Vec<Tensor<1>>| -> Vec<f32> {
                 l.into_iter().map(|t| t.into_scalar::<f32>()).collect()
             };
-            assert!(
-                relative(&loss(b), &loss(a)) < 1e-5,
-                "step {s}: losses differ"
-            );
+            let diff = relative(&loss(b), &loss(a));
+            assert!(diff < 1e-5, "step {s}: losses differ by {diff:e}");
         }
         let params = worst_relative(
             one.model().expect("model"),

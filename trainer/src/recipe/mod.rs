@@ -199,13 +199,13 @@ const TIMM_NOT_IMPLEMENTED: &[&str] = &[
 /// Errors reading a recipe: each names the file (and the key or flag of a bad value).
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    /// The file could not be read (missing, not a regular file, over [`RECIPE_MAX_BYTES`]).
+    #[error("cannot read {path}: {message}")]
     Read {
         /// The file.
         path: String,
         /// Why.
-        source: std::io::Error,
+        message: String,
     },
     /// Not TOML, a missing key, an unknown key, a wrong type or a value the trainer cannot run.
     #[error("{path}: {message}")]
@@ -226,6 +226,22 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
+/// The largest recipe file read: a recipe is a page of TOML (A1's is 2 KB).
+pub const RECIPE_MAX_BYTES: u64 = shard_tool::user_file::MIB;
+
+/// Reads a recipe file the user named: a regular file of at most [`RECIPE_MAX_BYTES`].
+///
+/// # Errors
+/// [`RecipeError::Read`] naming the file and why.
+pub fn read_recipe(path: &Path) -> Result<String, RecipeError> {
+    shard_tool::user_file::read_string_capped(path, RECIPE_MAX_BYTES, "a recipe").map_err(|e| {
+        RecipeError::Read {
+            path: path.display().to_string(),
+            message: e.reason(),
+        }
+    })
+}
+
 impl TrainConfig {
     /// Reads a recipe file and applies `overrides` over it.
     ///
@@ -233,10 +249,7 @@ impl TrainConfig {
     /// [`RecipeError`] naming the file, and the key (or the flag) and allowed range of a bad
     /// value.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Loaded, RecipeError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = read_recipe(path)?;
         Self::parse(&text, &path.display().to_string(), overrides)
     }
 

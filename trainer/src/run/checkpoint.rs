@@ -76,6 +76,17 @@ pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError 
     }
 }
 
+/// Checks a checkpoint file burn will read by its path: a regular file (a FIFO would block the
+/// load, a device would never end it) of at most 16 GiB (ResNet-50's weights and LAMB state
+/// in f32 are 300 MB).
+fn checked(path: &Path) -> Result<(), CheckpointError> {
+    shard_tool::user_file::check_regular(path, 16 * shard_tool::user_file::GIB, "a checkpoint file")
+        .map_err(|e| CheckpointError::Record {
+            path: path.to_path_buf(),
+            message: e.reason(),
+        })
+}
+
 /// Where a run stands, stored beside the weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -202,7 +213,13 @@ impl Checkpoint {
     /// [`CheckpointError`] naming `state.json`.
     pub fn state(&self) -> Result<RunState, CheckpointError> {
         let path = self.dir.join(STATE_FILE);
-        let text = std::fs::read(&path).map_err(io(&path))?;
+        // A state.json is a few hundred bytes; 1 MiB bounds a file that is something else.
+        let text =
+            shard_tool::user_file::read_capped(&path, shard_tool::user_file::MIB, "a run state")
+                .map_err(|e| CheckpointError::State {
+                    path: path.clone(),
+                    message: e.reason(),
+                })?;
         serde_json::from_slice(&text).map_err(|e| CheckpointError::State {
             path,
             message: e.to_string(),
@@ -226,6 +243,7 @@ impl Checkpoint {
     /// [`CheckpointError::Record`] naming the file.
     pub fn load_model(&self, model: ResNet) -> Result<ResNet, CheckpointError> {
         let path = self.dir.join(MODEL_FILE);
+        checked(&path)?;
         model
             .try_load_file(&path)
             .map_err(|e| CheckpointError::Record {
@@ -241,6 +259,7 @@ impl Checkpoint {
     /// [`CheckpointError::Record`] naming the file.
     pub(crate) fn load_optimizer(&self, optimizer: TimmLamb) -> Result<TimmLamb, CheckpointError> {
         let path = self.dir.join(OPTIMIZER_FILE);
+        checked(&path)?;
         optimizer.load(&path).map_err(|e| CheckpointError::Record {
             path: path.clone(),
             message: format!("{e:?}"),

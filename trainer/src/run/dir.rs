@@ -187,10 +187,14 @@ impl RunDir {
     /// The scores kept in `eval-sets.json` (none when it is missing or unreadable: a score
     /// that cannot be read is computed again, never trusted half-way).
     pub fn set_scores(&self) -> Vec<CachedSet> {
-        std::fs::read(self.root.join(SETS_FILE))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default()
+        shard_tool::user_file::read_capped(
+            &self.root.join(SETS_FILE),
+            16 * shard_tool::user_file::MIB,
+            "a scores file",
+        )
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
     }
 
     /// Writes `eval-sets.json`.

@@ -3,7 +3,7 @@
 //! uninterrupted run. This module owns the format: writing (`MetricsLog`) and reading
 //! (`read_metrics`); [`RunDir`](super::RunDir) owns where the file is.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -133,7 +133,9 @@ impl MetricsLog {
             path: path.to_path_buf(),
             source,
         };
-        if let Ok(text) = std::fs::read_to_string(path) {
+        // Absent on a first run; anything there must be a metrics file this run can read.
+        if std::fs::symlink_metadata(path).is_ok() {
+            let text = read_text(path)?;
             let kept: String = text
                 .lines()
                 .filter(|l| serde_json::from_str::<Metric>(l).is_ok_and(|m| m.step() <= steps_done))
@@ -167,23 +169,32 @@ impl MetricsLog {
     }
 }
 
+/// The largest metrics file read back: A1 on ImageNet writes about 375 000 step lines of
+/// ~200 bytes (75 MB); 1 GiB leaves room for longer runs and bounds what is not a metrics file.
+pub const METRICS_MAX_BYTES: u64 = shard_tool::user_file::GIB;
+
+/// A metrics file's text: a regular file of at most [`METRICS_MAX_BYTES`].
+fn read_text(path: &Path) -> Result<String, MetricsError> {
+    shard_tool::user_file::read_string_capped(path, METRICS_MAX_BYTES, "a metrics file").map_err(
+        |e| MetricsError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.reason()),
+        },
+    )
+}
+
 /// Reads a metrics file, every line in order.
 ///
 /// # Errors
 /// [`MetricsError`] naming the file, and the line that is not a metric.
 pub(crate) fn read_metrics(path: &Path) -> Result<Vec<Metric>, MetricsError> {
-    let io = |source| MetricsError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(io)?;
+    let text = read_text(path)?;
     let mut metrics = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(io)?;
+    for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let metric: Metric = serde_json::from_str(&line).map_err(|source| MetricsError::Parse {
+        let metric: Metric = serde_json::from_str(line).map_err(|source| MetricsError::Parse {
             path: path.to_path_buf(),
             line: i + 1,
             source,

@@ -423,3 +423,71 @@ fn amp_from_the_recipe_or_the_flags_is_said_once_with_what_it_does_on_the_cpu() 
     let plain = train("plain", &[]);
     assert!(!plain.contains("amp"), "{plain}");
 }
+
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+#[test]
+fn a_path_that_is_not_a_regular_file_is_refused_naming_what_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    // A recipe: /dev/zero would be read forever, a FIFO would block the open.
+    for (path, what) in [
+        (
+            Path::new("/dev/zero"),
+            "is a character device, not a regular file",
+        ),
+        (fifo.as_path(), "is a FIFO, not a regular file"),
+    ] {
+        let (code, stderr) = refusal(trainer().arg("config").arg(path).assert());
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains(what) && stderr.contains(&*path.to_string_lossy()),
+            "{stderr}"
+        );
+    }
+    // A recipe of a megabyte and more is not a recipe.
+    let big = dir.path().join("big.toml");
+    std::fs::write(&big, vec![b'#'; 2 << 20]).unwrap();
+    let (code, stderr) = refusal(trainer().arg("config").arg(&big).assert());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("a recipe of 2097152 bytes is over the limit"),
+        "{stderr}"
+    );
+    // Metrics to plot, and the PNG's target: neither is read from, or renamed over, a FIFO.
+    let piped = dir.path().join("piped");
+    std::fs::create_dir(&piped).unwrap();
+    mkfifo(&piped.join("metrics.jsonl"));
+    let (_, stderr) = refusal(trainer().arg("plot").arg(&piped).assert().failure());
+    assert!(stderr.contains("is a FIFO, not a regular file"), "{stderr}");
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::write(
+        run.join("metrics.jsonl"),
+        "{\"kind\":\"step\",\"step\":1,\"epoch\":0,\"loss\":0.7,\"lr\":0.001,\"global_batch\":8,\
+         \"samples_per_s\":10.0,\"data_wait_s\":0.0,\"upload_s\":0.0}\n",
+    )
+    .unwrap();
+    let (_, stderr) = refusal(
+        trainer()
+            .arg("plot")
+            .arg(&run)
+            .arg("--out")
+            .arg(&fifo)
+            .assert()
+            .failure(),
+    );
+    assert!(stderr.contains("is a FIFO, not a regular file"), "{stderr}");
+    let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_fifo(&kind),
+        "the FIFO was replaced"
+    );
+}

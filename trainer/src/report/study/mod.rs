@@ -296,10 +296,7 @@ pub fn run_study(
     o: &StudyOptions,
     on_event: &mut dyn FnMut(StudyEvent<'_>),
 ) -> Result<StudyReport, StudyError> {
-    let text = std::fs::read_to_string(&o.recipe).map_err(|source| RecipeError::Read {
-        path: o.recipe.display().to_string(),
-        source,
-    })?;
+    let text = crate::recipe::read_recipe(&o.recipe)?;
     let origin = o.recipe.display().to_string();
     let combos = plan(&text, &origin, &o.overrides, &o.varies)?;
     let real = o
