@@ -415,7 +415,7 @@ fn load_and_check(
                 options.max_file_bytes
             ));
         }
-        Err(e) => return Outcome::Rejected(Rejection::Read(e.to_string()).to_string()),
+        Err(e) => return Outcome::Rejected(Rejection::Read(e.reason()).to_string()),
     };
     // A decoder bug on a hostile file must cost one file, not the pack.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| checker.check(&bytes)));
@@ -431,44 +431,32 @@ fn load_and_check(
 
 /// Reads a whole file with one open and one `fstat`, unless it is larger than `limit`
 /// (then `Ok(Err(length))`, without reading it). Anything but a regular file (a FIFO, which
-/// would block the pack forever, a device, a socket) is an error, and so is a file that,
-/// opened, turns out to lie outside `confine`: checking the opened descriptor, not the path,
-/// leaves no window to swap a file for a link after the listing was checked.
+/// would block the pack forever, a device, a socket) is an error
+/// ([`crate::user_file::open_regular`]), and so is a file that, opened, turns out to lie
+/// outside `confine`: checking the opened descriptor, not the path, leaves no window to swap a
+/// file for a link after the listing was checked.
 fn read_limited(
     path: &Path,
     confine: Option<&Path>,
     limit: u64,
-) -> std::io::Result<std::result::Result<Vec<u8>, u64>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
+) -> Result<std::result::Result<Vec<u8>, u64>> {
     use std::os::unix::io::AsRawFd;
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::other(
-            "not a regular file (a FIFO, device or socket)",
-        ));
-    }
+    let (file, len) = crate::user_file::open_sized(path)?;
     if let Some(root) = confine {
-        let real = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+        let real = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).at(path)?;
         if !real.starts_with(root) {
-            return Err(std::io::Error::other(format!(
+            return Err(Error::Io(std::io::Error::other(format!(
                 "resolves to {}, outside the tree being packed (--follow-external-symlinks \
                  accepts such links)",
                 real.display()
-            )));
+            )))
+            .with_path(path));
         }
     }
-    let len = meta.len();
     if len > limit {
         return Ok(Err(len));
     }
-    let mut bytes = Vec::with_capacity(len as usize);
-    file.read_to_end(&mut bytes)?;
-    Ok(Ok(bytes))
+    crate::user_file::read_to_cap(file, len, path, limit, "an image").map(Ok)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -642,14 +630,14 @@ mod tests {
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let err = read_limited(&fifo, None, 1 << 20).unwrap_err();
-        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert!(err.reason().contains("not a regular file"), "{err:?}");
 
         // As if a file listed inside the tree had been swapped for a link after the listing.
         fs::write(dir.path().join("secret"), b"key").unwrap();
         let link = root.join("y.JPEG");
         std::os::unix::fs::symlink(dir.path().join("secret"), &link).unwrap();
         let err = read_limited(&link, Some(&root), 1 << 20).unwrap_err();
-        assert!(err.to_string().contains("outside the tree"), "{err}");
+        assert!(err.reason().contains("outside the tree"), "{err:?}");
         assert_eq!(read_limited(&link, None, 1 << 20).unwrap().unwrap(), b"key");
     }
 }

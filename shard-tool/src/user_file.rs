@@ -48,6 +48,11 @@ fn kind(file_type: fs::FileType) -> Option<&'static str> {
 /// # Errors
 /// [`Error::NotRegular`] or the I/O error, with the path.
 pub fn open_regular(path: &Path) -> Result<File> {
+    open_sized(path).map(|(file, _)| file)
+}
+
+/// [`open_regular`], with the file's size from the same `fstat`.
+pub(crate) fn open_sized(path: &Path) -> Result<(File, u64)> {
     let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
@@ -57,7 +62,7 @@ pub fn open_regular(path: &Path) -> Result<File> {
     if let Some(kind) = kind(meta.file_type()) {
         return Err(Error::NotRegular { kind }.with_path(path));
     }
-    Ok(file)
+    Ok((file, meta.len()))
 }
 
 /// Reads the whole regular file `path`, refusing it when it holds more than `cap` bytes
@@ -67,12 +72,33 @@ pub fn open_regular(path: &Path) -> Result<File> {
 /// # Errors
 /// [`Error::NotRegular`], [`Error::TooLarge`] or the I/O error, with the path.
 pub fn read_capped(path: &Path, cap: u64, what: &'static str) -> Result<Vec<u8>> {
-    let file = open_regular(path)?;
-    let size = file.metadata().at(path)?.len();
+    let (file, size) = open_sized(path)?;
+    check_size(size, path, cap, what)?;
+    read_to_cap(file, size, path, cap, what)
+}
+
+/// Refuses a `size` over `cap`.
+fn check_size(size: u64, path: &Path, cap: u64, what: &'static str) -> Result<()> {
     if size > cap {
         return Err(Error::TooLarge { what, size, cap }.with_path(path));
     }
-    let mut bytes = Vec::with_capacity(size as usize);
+    Ok(())
+}
+
+/// Reads the opened regular `file` (`size` bytes by its `fstat`) to its end, stopping past
+/// `cap` bytes (a file that grows, or reports no size as `/proc` files do, is refused there,
+/// not read on).
+///
+/// # Errors
+/// [`Error::TooLarge`] or the I/O error, with the path.
+pub(crate) fn read_to_cap(
+    file: File,
+    size: u64,
+    path: &Path,
+    cap: u64,
+    what: &'static str,
+) -> Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(size.min(cap) as usize);
     file.take(cap + 1).read_to_end(&mut bytes).at(path)?;
     if bytes.len() as u64 > cap {
         return Err(Error::TooLarge {
@@ -92,11 +118,7 @@ pub fn read_capped(path: &Path, cap: u64, what: &'static str) -> Result<Vec<u8>>
 /// # Errors
 /// [`Error::NotRegular`], [`Error::TooLarge`] or the I/O error, with the path.
 pub fn check_regular(path: &Path, cap: u64, what: &'static str) -> Result<()> {
-    let size = open_regular(path)?.metadata().at(path)?.len();
-    if size > cap {
-        return Err(Error::TooLarge { what, size, cap }.with_path(path));
-    }
-    Ok(())
+    check_size(open_sized(path)?.1, path, cap, what)
 }
 
 /// [`read_capped`] as UTF-8 text.
