@@ -43,11 +43,11 @@ part timm_logits 30 bash -c "'$t' export --no-zero-init-last '$work/w.safetensor
 r18="--model resnet18 --width 0.125 --small-stem --num-classes 10 --img-size 32 --batch 16"
 r50="--model resnet50 --img-size 64 --batch 8"
 part check_r50_f32 40 "$t" check-device --device cuda $r50 --json
-part check_r50_amp 25 "$t" check-device --device cuda --dtype amp --reference-dtype amp --tolerance 5e-2 $r50 --json
-part check_r50_bf16 20 "$t" check-device --device cuda --dtype bf16 --reference-dtype bf16 --tolerance 5e-2 $r50 --json
+part check_r50_amp 25 "$t" check-device --device cuda --dtype amp --reference-dtype amp $r50 --json
+part check_r50_bf16 20 "$t" check-device --device cuda --dtype bf16 --reference-dtype bf16 $r50 --json
 part check_r18_f32 20 "$t" check-device --device cuda $r18 --json
-part check_r18_amp 20 "$t" check-device --device cuda --dtype amp --reference-dtype amp --tolerance 5e-2 $r18 --json
-part check_r18_bf16 20 "$t" check-device --device cuda --dtype bf16 --reference-dtype bf16 --tolerance 5e-2 $r18 --json
+part check_r18_amp 20 "$t" check-device --device cuda --dtype amp --reference-dtype amp $r18 --json
+part check_r18_bf16 20 "$t" check-device --device cuda --dtype bf16 --reference-dtype bf16 $r18 --json
 # (a2) configs/smoke.toml, 10 steps from the same initial weights and batches (the in-process
 # loader on gpu_data.sh's smoke dataset) on CUDA and on the CPU: the losses side by side.
 smoke=target/gpu-data/smoke

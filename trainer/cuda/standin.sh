@@ -60,28 +60,23 @@ expect() { # name: records a failed check
 }
 
 # 1. One batch on both devices (check_devices, called twice: ResNet-18 first, ResNet-50 last,
-# its first run being the longest compile). f32 must agree to float rounding. amp and bf16
-# compare against flex's amp and bf16, the same roundings: where the two compute differently
-# (cubecl rounds inside its matmul), per-tensor gradient differences reach 1 on BN parameters
-# that cancel to near zero, so the forward, the statistics and all gradients together are
-# judged; a refused dtype must be a line and exit status 2, not a crash.
+# its first run being the longest compile). amp and bf16 compare against flex's amp and bf16,
+# the same roundings. check-device judges each figure against the rounding floor (the
+# reference against itself with its input moved by one rounding of the compute type): a
+# difference within 4x the floor is the model's conditioning, one where the floor reaches 1 is
+# noise (nothing to judge: ResNet-50 at random init in bf16); exit 1 only for a difference
+# beyond both. A refused dtype must be a line and exit status 2, not a crash.
 check_devices() { # name model-flags...
     local name=$1; shift
-    part "check_${name}_f32" "$t" check-device --device cube-cpu "$@" --json --tolerance 1e-3 \
+    part "check_${name}_f32" "$t" check-device --device cube-cpu "$@" --json \
         || expect "check_${name}_f32"
     for dtype in amp bf16; do
         part "check_${name}_$dtype" "$t" check-device --device cube-cpu "$@" --json \
-            --dtype "$dtype" --reference-dtype "$dtype" --tolerance 5e-2
+            --dtype "$dtype" --reference-dtype "$dtype"
         local rc=$?
         if [[ $rc -eq 2 ]] && grep -q "cannot use" "$out/check_${name}_$dtype.log"; then
             echo "$dtype on cube-cpu: refused with a line"
-        elif ! python3 -c '
-import json, sys
-d = json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])
-bounds = {"logits/train": 5e-2, "logits/eval": 5e-2, "stat": 5e-2, "grads (all)": 0.5}
-over = {k: d[k] for k, b in bounds.items() if not float(d[k]) <= b}
-print("over:", over) if over else None
-sys.exit(1 if over else 0)' "$out/check_${name}_$dtype.log"; then
+        elif [[ $rc -ne 0 ]]; then
             expect "check_${name}_$dtype"
         fi
     done

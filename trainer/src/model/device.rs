@@ -43,6 +43,15 @@ impl Precision {
         }
     }
 
+    /// Machine epsilon of the type the convolutions round to (f32's 2⁻²³, bf16's 2⁻⁷): the
+    /// relative size of the smallest change a rounding of theirs makes.
+    pub fn epsilon(self) -> f64 {
+        match self {
+            Precision::F32 => f64::from(f32::EPSILON),
+            Precision::Bf16 | Precision::Amp => 2f64.powi(-7),
+        }
+    }
+
     /// The precision of a run: `--dtype` when given, else the recipe's `amp` (amp, or f32);
     /// with a line to say once when the two disagree or what amp does on the CPU.
     pub fn resolve(

@@ -491,3 +491,29 @@ fn a_path_that_is_not_a_regular_file_is_refused_naming_what_it_is() {
         "the FIFO was replaced"
     );
 }
+
+#[test]
+fn check_device_judges_against_the_rounding_floor_and_says_it() {
+    // flex against flex: every difference is zero, and each figure carries its floor (the
+    // reference against itself with its input moved by one rounding), which is above zero.
+    let out = trainer()
+        .args(["check-device", "--device", "flex", "--model", "resnet18"])
+        .args(["--width", "0.125", "--small-stem", "--num-classes", "10"])
+        .args(["--img-size", "16", "--batch", "4", "--json"])
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    let json: serde_json::Value = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .expect("a JSON line");
+    assert_eq!(json["over"], 0, "{stdout}");
+    assert_eq!(json["worst"], 0.0, "{stdout}");
+    for key in ["floor logits/train", "floor grads (all)", "floor grad"] {
+        let floor = json[key].as_f64().unwrap_or(f64::NAN);
+        assert!(floor > 0.0 && floor < 1e-3, "{key}: {stdout}");
+    }
+    assert!(stdout.contains("floor"), "{stdout}");
+}
