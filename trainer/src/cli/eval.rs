@@ -93,6 +93,9 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         .with_context(|| format!("evaluating --set {}", set.name))?;
         scores.push(score);
     }
+    for s in &scores {
+        say_non_finite(&s.name, s.non_finite, s.images);
+    }
     if a.json {
         println!("{}", serde_json::to_string(&scores)?);
     } else {
@@ -105,13 +108,17 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
 fn load(a: &EvalArgs, config: &TrainConfig) -> Result<OnDevice> {
     let (precision, _) = Precision::resolve(a.device.dtype, config.amp, a.device.device);
     let weights = Weights::at(&a.weights);
-    Ok(OnDevice::load(
+    let on = OnDevice::load(
         &config.model()?,
         a.device.device,
         precision,
         config.seed,
         Some(&weights),
-    )?)
+    )?;
+    if let Some(note) = &on.note {
+        eprintln!("note: {}: {note}", a.weights.display());
+    }
+    Ok(on)
 }
 
 /// The recipe's val split through a running daemon: one line.
@@ -128,6 +135,7 @@ fn through_daemon(
     check_splits(batches.socket(), &jobs.splits(), config.num_classes)?;
     let on = load(a, config)?;
     let acc = evaluate(&on.target(), batches.socket(), &jobs.eval, &mut |_, _| {})?;
+    say_non_finite(&config.rsb.val_split, acc.non_finite, acc.samples);
     if a.json {
         // The shape --set prints: one set, the daemon's split.
         let score = SetScore {
@@ -137,6 +145,7 @@ fn through_daemon(
             images: acc.samples,
             top1: acc.top1,
             top5: acc.top5,
+            non_finite: acc.non_finite,
             real: None,
         };
         println!("{}", serde_json::to_string(&[score])?);
@@ -171,6 +180,16 @@ fn print_table(weights: &std::path::Path, scores: &[SetScore]) {
         println!(
             "{:<10} {:<8} {:>8} {:>8.2} {:>8.2} {r1:>11} {r5:>11} {rn:>12}",
             s.name, s.split, s.images, s.top1, s.top5
+        );
+    }
+}
+
+/// A line on stderr when some images' logits were NaN or infinite (counted wrong).
+fn say_non_finite(set: &str, non_finite: u64, images: u64) {
+    if non_finite > 0 {
+        eprintln!(
+            "warning: {set}: {non_finite} of {images} images had NaN or infinite logits, \
+             counted wrong (weights from a diverged run, or an overflow in --dtype bf16)"
         );
     }
 }

@@ -40,6 +40,9 @@ pub fn run(a: LogitsArgs) -> Result<ExitCode> {
         0,
         Some(&weights),
     )?;
+    if let Some(note) = &on.note {
+        eprintln!("note: {}: {note}", a.weights.display());
+    }
     let (batch, side) = (a.batch, a.img_size);
     let probe: Vec<f32> = (0..batch * 3 * side * side)
         .map(|i| ((i as f64) * 0.001).sin() as f32 * 2.0)

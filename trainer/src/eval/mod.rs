@@ -74,6 +74,8 @@ pub struct Accuracy {
     pub top5: f64,
     /// Images evaluated.
     pub samples: u64,
+    /// Of them, images whose logits held a NaN or an infinity (counted wrong).
+    pub non_finite: u64,
 }
 
 /// Top-1 and top-5 of `model` (eval mode) on the batches of `job` (the recipe's eval job),
@@ -101,7 +103,7 @@ pub fn evaluate(
     })
     .map_err(DataError::from)?;
     let side = job.transform.img_size() as usize;
-    let (mut top1, mut top5, mut n) = (0u64, 0u64, 0u64);
+    let (mut top1, mut top5, mut n, mut non_finite) = (0u64, 0u64, 0u64, 0u64);
     while let Some(batch) = client.next_batch().map_err(DataError::from)? {
         let batch = Arc::new(batch);
         let shape = [batch.count, side, side];
@@ -120,13 +122,13 @@ pub fn evaluate(
             .zip(batch.labels())
             .zip(batch.ids());
         for ((row, &label), &id) in rows_of.take(rows) {
+            let Some(above) = rank(row, label) else {
+                // No prediction: wrong for every label set, ReaL's included.
+                non_finite += 1;
+                on_image(id, &[]);
+                continue;
+            };
             on_image(id, &best5(row));
-            let own = row
-                .get(label as usize)
-                .copied()
-                .unwrap_or(f32::NEG_INFINITY);
-            // Rank of the true class: how many classes score higher (ties count against).
-            let above = row.iter().filter(|&&v| v > own).count();
             top1 += u64::from(above < 1);
             top5 += u64::from(above < 5);
         }
@@ -138,7 +140,21 @@ pub fn evaluate(
         top1: pct(top1),
         top5: pct(top5),
         samples: n,
+        non_finite,
     })
+}
+
+/// The rank of class `label` in `row`: how many classes score strictly higher.
+/// `None` when the row holds a NaN or an infinity: a NaN is never "above" the label's score,
+/// so all-NaN logits would rank every label first (weights gone NaN once scored top-1 100 %);
+/// such a row predicts nothing and is counted wrong, as timm's `accuracy` would not count it
+/// right either.
+pub(crate) fn rank(row: &[f32], label: u32) -> Option<usize> {
+    if row.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let own = row.get(label as usize).copied()?;
+    Some(row.iter().filter(|&&v| v > own).count())
 }
 
 /// The five best classes of one row of logits, best first (ties: the lower index first, as
@@ -161,6 +177,18 @@ pub(crate) fn best5(row: &[f32]) -> [u32; 5] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_row_with_a_nan_or_an_infinity_ranks_nothing() {
+        assert_eq!(rank(&[0.1, 0.9, 0.3], 1), Some(0));
+        assert_eq!(rank(&[0.1, 0.9, 0.3], 2), Some(1));
+        // Only a strictly higher score ranks above the label.
+        assert_eq!(rank(&[0.5, 0.5], 1), Some(0));
+        assert_eq!(rank(&[f32::NAN; 3], 0), None);
+        assert_eq!(rank(&[0.1, f32::NAN, 0.3], 2), None);
+        assert_eq!(rank(&[0.1, f32::INFINITY, 0.3], 1), None);
+        assert_eq!(rank(&[0.1, 0.2], 7), None, "a label past the classes");
+    }
 
     #[test]
     fn top5_is_best_first_and_sets_parse() {

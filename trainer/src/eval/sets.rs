@@ -59,6 +59,10 @@ pub struct SetScore {
     pub top1: f64,
     /// Top-5 in percent.
     pub top5: f64,
+    /// Images whose logits held a NaN or an infinity, counted wrong (absent from files
+    /// written before it was counted).
+    #[serde(default)]
+    pub non_finite: u64,
     /// ImageNet-ReaL, over this set's images named `ILSVRC2012_val_*.JPEG` whose ReaL list is
     /// not empty (`None` without a ReaL file).
     pub real: Option<RealSummary>,
@@ -143,6 +147,7 @@ pub fn evaluate_set(
         images: accuracy.samples,
         top1: accuracy.top1,
         top5: accuracy.top5,
+        non_finite: accuracy.non_finite,
         real: score.filter(|s| s.counted > 0).map(RealSummary::from),
     })
 }

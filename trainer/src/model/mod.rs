@@ -9,6 +9,7 @@ pub mod batch_norm;
 #[cfg(feature = "cube-cpu")]
 pub mod cube_cpu;
 pub mod device;
+pub mod float_types;
 pub mod resnet;
 pub mod seeded;
 pub mod timm_weights;

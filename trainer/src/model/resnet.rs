@@ -368,6 +368,32 @@ impl ResNet {
         all
     }
 
+    /// How many values of the parameters and BN statistics are NaN or infinite: counted on
+    /// the device, one number read back.
+    pub fn non_finite_values(&self) -> u64 {
+        struct Count(Option<Tensor<1, burn::tensor::Int>>);
+        impl ModuleVisitor for Count {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let bad = param
+                    .val()
+                    .is_finite()
+                    .bool_not()
+                    .int()
+                    .sum()
+                    .cast(burn::tensor::IntDType::I64);
+                self.0 = Some(match self.0.take() {
+                    Some(total) => total + bad,
+                    None => bad,
+                });
+            }
+        }
+        let mut count = Count(None);
+        self.visit(&mut count);
+        count
+            .0
+            .map_or(0, |total| total.into_scalar::<i64>().max(0) as u64)
+    }
+
     /// Calls `f` for every trainable parameter (every float parameter but the BN running
     /// statistics), in module order.
     pub fn for_each_trainable(&self, f: impl FnMut(TrainableParam<'_>)) {

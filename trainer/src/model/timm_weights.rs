@@ -11,9 +11,11 @@
 use std::path::Path;
 
 use burn::store::{
-    BurnToPyTorchAdapter, KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore,
+    BurnToPyTorchAdapter, FloatCastAdapter, KeyRemapper, ModuleAdapter, ModuleSnapshot,
+    PyTorchToBurnAdapter, SafetensorsStore,
 };
 
+use crate::model::float_types::{self, FloatTypesError};
 use crate::model::resnet::ResNet;
 
 /// Errors of weight files.
@@ -26,6 +28,14 @@ pub enum TimmWeightsError {
         path: String,
         /// burn-store's message.
         message: String,
+    },
+    /// A tensor no model takes: not a float, or not finite.
+    #[error("{path}: {source}")]
+    Types {
+        /// The file.
+        path: String,
+        /// Which tensor, and what is wrong with it.
+        source: FloatTypesError,
     },
     /// The file does not fit the model.
     #[error(
@@ -83,9 +93,22 @@ fn timm_bytes(model: &ResNet) -> Result<Vec<u8>, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A model given a file's weights, and what that took beyond copying.
+#[derive(Debug)]
+pub struct Imported {
+    /// The model.
+    pub model: ResNet,
+    /// Tensors that kept the model's fresh initialization (fine-tuning's new classifier).
+    pub renewed: Vec<String>,
+    /// A line to say once: the file's float types cast to the model's
+    /// ([`float_types::FloatTypes::note`]).
+    pub note: Option<String>,
+}
+
 /// Loads timm-named weights from `path` into `model`; every tensor of the model must be there.
-pub fn import(model: ResNet, path: &Path) -> Result<ResNet, TimmWeightsError> {
-    load(model, path, false).map(|(model, _)| model)
+/// Tensors in F16, BF16 or F64 are cast to the model's float type (said in the note).
+pub fn import(model: ResNet, path: &Path) -> Result<Imported, TimmWeightsError> {
+    load(model, path, false)
 }
 
 /// The classifier's tensors, which fine-tuning on another label set replaces.
@@ -96,10 +119,7 @@ const HEAD: [&str; 2] = ["fc.weight", "fc.bias"];
 /// the classifier when its class count differs from the model's, which keeps the model's fresh
 /// initialization. Returns the model and the tensors so re-initialized (empty when the counts
 /// match).
-pub(crate) fn import_backbone(
-    model: ResNet,
-    path: &Path,
-) -> Result<(ResNet, Vec<String>), TimmWeightsError> {
+pub(crate) fn import_backbone(model: ResNet, path: &Path) -> Result<Imported, TimmWeightsError> {
     load(model, path, true)
 }
 
@@ -109,43 +129,41 @@ pub(crate) fn backbone_from(
     model: ResNet,
     from: &ResNet,
     name: &Path,
-) -> Result<(ResNet, Vec<String>), TimmWeightsError> {
+) -> Result<Imported, TimmWeightsError> {
     let bytes = timm_bytes(from).map_err(|message| TimmWeightsError::Store {
         path: name.display().to_string(),
         message,
     })?;
-    load_store(model, SafetensorsStore::from_bytes(Some(bytes)), name, true)
+    load_store(model, bytes, name, true)
 }
 
 /// The largest weights file read: timm's largest ResNet in float64 is under 1 GB.
 pub const WEIGHTS_MAX_BYTES: u64 = 4 * shard_tool::user_file::GIB;
 
-fn load(
-    model: ResNet,
-    path: &Path,
-    new_head: bool,
-) -> Result<(ResNet, Vec<String>), TimmWeightsError> {
+fn load(model: ResNet, path: &Path, new_head: bool) -> Result<Imported, TimmWeightsError> {
     let bytes = shard_tool::user_file::read_capped(path, WEIGHTS_MAX_BYTES, "a weights file")
         .map_err(|e| TimmWeightsError::Store {
             path: path.display().to_string(),
             message: e.reason(),
         })?;
-    load_store(
-        model,
-        SafetensorsStore::from_bytes(Some(bytes)),
-        path,
-        new_head,
-    )
+    load_store(model, bytes, path, new_head)
 }
 
+/// `model` with the weights of `bytes` (safetensors, timm's names), checked first: every
+/// tensor a float, every value finite; each cast to the model's float type.
 fn load_store(
     mut model: ResNet,
-    store: SafetensorsStore,
+    bytes: Vec<u8>,
     path: &Path,
     new_head: bool,
-) -> Result<(ResNet, Vec<String>), TimmWeightsError> {
-    let mut store = store
-        .with_from_adapter(PyTorchToBurnAdapter)
+) -> Result<Imported, TimmWeightsError> {
+    let types = float_types::check(&bytes).map_err(|source| TimmWeightsError::Types {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let dtype = model.fc.weight.val().dtype();
+    let mut store = SafetensorsStore::from_bytes(Some(bytes))
+        .with_from_adapter(PyTorchToBurnAdapter.chain(FloatCastAdapter::to(dtype)))
         .remap(from_timm())
         .allow_partial(true)
         // Shape mismatches come back in the result, to be judged below, not as burn's error.
@@ -184,7 +202,11 @@ fn load_store(
         })
         .collect();
     renewed.sort();
-    Ok((model, renewed))
+    Ok(Imported {
+        model,
+        renewed,
+        note: types.note(dtype),
+    })
 }
 
 #[cfg(test)]
@@ -268,7 +290,7 @@ mod tests {
         device.seed(2);
         let b = ResNetConfig::resnet50().init(&device).expect("config");
         assert_ne!(values(&a), values(&b));
-        let b = import(b, &path).expect("import");
+        let b = import(b, &path).expect("import").model;
         assert!(values(&a) == values(&b), "round trip changed a value");
     }
 
@@ -292,11 +314,18 @@ mod tests {
         // Strictly, a 5-class model does not take a 10-class file.
         let err = import(fresh.clone(), &path).expect_err("strict");
         assert!(err.to_string().contains("does not fit this model"), "{err}");
-        let (tuned, renewed) = import_backbone(fresh.clone(), &path).expect("backbone");
+        let Imported {
+            model: tuned,
+            renewed,
+            ..
+        } = import_backbone(fresh.clone(), &path).expect("backbone");
         assert_eq!(renewed, ["fc.bias", "fc.weight"]);
         // From a model in memory (a checkpoint's), the same.
-        let (from_memory, renewed) =
-            backbone_from(fresh, &pretrained, Path::new("ckpt")).expect("from memory");
+        let Imported {
+            model: from_memory,
+            renewed,
+            ..
+        } = backbone_from(fresh, &pretrained, Path::new("ckpt")).expect("from memory");
         assert_eq!(renewed, ["fc.bias", "fc.weight"]);
         assert!(values(&from_memory) == values(&tuned));
         let (tuned, pre) = (values(&tuned), values(&pretrained));
@@ -313,8 +342,11 @@ mod tests {
             "the head keeps its fresh weights"
         );
         // Same class count: nothing renewed, everything loaded.
-        let (same, renewed) =
-            import_backbone(config(10).init(&device).expect("config"), &path).expect("same");
+        let Imported {
+            model: same,
+            renewed,
+            ..
+        } = import_backbone(config(10).init(&device).expect("config"), &path).expect("same");
         assert!(renewed.is_empty());
         assert!(values(&same) == pre);
     }
@@ -337,5 +369,107 @@ mod tests {
         };
         let err = import(other.init(&device).expect("config"), &path).expect_err("mismatch");
         assert!(err.to_string().contains("does not fit this model"), "{err}");
+    }
+
+    /// How an f32 value is written in another type.
+    type Encode = fn(f32) -> Vec<u8>;
+
+    /// `path`'s float tensors re-encoded by `to` as `dtype` into `out`; others kept.
+    fn retyped(path: &Path, out: &Path, dtype: safetensors::Dtype, to: Encode) {
+        let bytes = std::fs::read(path).expect("file");
+        let file = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+        let tensors: Vec<(String, Vec<usize>, safetensors::Dtype, Vec<u8>)> = file
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                let data: Vec<u8> = view
+                    .data()
+                    .chunks_exact(4)
+                    .flat_map(|b| to(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                    .collect();
+                (name, view.shape().to_vec(), dtype, data)
+            })
+            .collect();
+        let views: Vec<_> = tensors
+            .iter()
+            .map(|(name, shape, dtype, data)| {
+                let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data);
+                (name.clone(), view.expect("view"))
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, out).expect("write");
+    }
+
+    #[test]
+    fn weights_in_f16_bf16_or_f64_load_cast_and_run_and_non_finite_ones_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("w.safetensors");
+        let config = ResNetConfig {
+            depth: 18,
+            width: 0.125,
+            num_classes: 10,
+            ..ResNetConfig::resnet50()
+        };
+        let device = Device::flex();
+        device.seed(1);
+        let a = config.init(&device).expect("config");
+        export(&a, &path).expect("export");
+        let x = Tensor::<4>::random([2, 3, 32, 32], burn::tensor::Distribution::Default, &device);
+        let logits = |m: &ResNet| -> Vec<f32> {
+            m.valid()
+                .forward(x.clone())
+                .into_data()
+                .iter::<f32>()
+                .collect()
+        };
+        let want = logits(&a);
+        let cases: [(&str, safetensors::Dtype, Encode, f32); 3] = [
+            (
+                "F64",
+                safetensors::Dtype::F64,
+                |v| f64::from(v).to_le_bytes().to_vec(),
+                0.0,
+            ),
+            (
+                "F16",
+                safetensors::Dtype::F16,
+                |v| burn::tensor::f16::from_f32(v).to_le_bytes().to_vec(),
+                2e-2,
+            ),
+            (
+                "BF16",
+                safetensors::Dtype::BF16,
+                |v| burn::tensor::bf16::from_f32(v).to_le_bytes().to_vec(),
+                5e-2,
+            ),
+        ];
+        for (name, dtype, to, tolerance) in cases {
+            let typed = dir.path().join(format!("{name}.safetensors"));
+            retyped(&path, &typed, dtype, to);
+            device.seed(2);
+            let imported = import(config.init(&device).expect("config"), &typed).expect(name);
+            let note = imported.note.expect("the cast is said");
+            assert!(note.contains(&format!("tensors {name}")), "{note}");
+            // Every parameter is the model's type again: the forward runs (a file's F16 once
+            // reached the first convolution and panicked), as close as the type allows.
+            let got = logits(&imported.model);
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| (g - w).abs() / w.abs().max(1.0))
+                .fold(0.0f32, f32::max);
+            assert!(worst <= tolerance, "{name}: {worst}");
+        }
+        // NaN weights are refused by name, not evaluated.
+        let nan = dir.path().join("nan.safetensors");
+        retyped(&path, &nan, safetensors::Dtype::F32, |_| {
+            f32::NAN.to_le_bytes().to_vec()
+        });
+        let err = import(config.init(&device).expect("config"), &nan).expect_err("NaN");
+        let text = err.to_string();
+        assert!(
+            text.contains("nan.safetensors: tensor ") && text.contains("NaN or infinite"),
+            "{text}"
+        );
     }
 }

@@ -117,6 +117,19 @@ pub enum TrainError {
     /// The ranks do not fit the devices.
     #[error(transparent)]
     Placement(#[from] PlacementError),
+    /// The loss or the weights went NaN or infinite: the run stopped there.
+    #[error(
+        "step {step}: {what}; training stopped. {last_good} What usually helps: a lower --lr \
+         or a longer --warmup-epochs, --clip-grad 1, or --dtype f32 where amp was on"
+    )]
+    Diverged {
+        /// The step (1-based, as `metrics.jsonl` counts).
+        step: u64,
+        /// What was found.
+        what: String,
+        /// Where to go on from.
+        last_good: String,
+    },
 }
 
 impl TrainError {
@@ -134,7 +147,8 @@ impl TrainError {
             | TrainError::Model(_)
             | TrainError::Step(_)
             | TrainError::Metrics(_)
-            | TrainError::RunDir(_) => false,
+            | TrainError::RunDir(_)
+            | TrainError::Diverged { .. } => false,
         }
     }
 }
@@ -408,6 +422,12 @@ impl<'a> Run<'a> {
         on_event: &mut dyn FnMut(Event),
     ) -> Result<(), TrainError> {
         let m = issued.read(self.options.config.global_batch());
+        if let Metric::Step { step, loss, .. } = m
+            && !loss.is_finite()
+        {
+            // Not written: every line of metrics.jsonl stays one the trainer reads back.
+            return Err(self.diverged(step, format!("the loss is {loss}")));
+        }
         self.metrics.append(&m)?;
         on_event(Event::Metric(m));
         Ok(())
@@ -435,6 +455,13 @@ impl<'a> Run<'a> {
             &self.jobs.eval,
             &mut |_, _| {},
         )?;
+        if a.non_finite > 0 {
+            on_event(Event::Note(format!(
+                "evaluation after step {}: {} of {} images had NaN or infinite logits, counted \
+                 wrong",
+                self.steps_done, a.non_finite, a.samples
+            )));
+        }
         let m = Metric::Eval {
             step: self.steps_done,
             epoch,
@@ -446,6 +473,25 @@ impl<'a> Run<'a> {
         on_event(Event::Metric(m.clone()));
         self.last_eval = Some(m);
         Ok(())
+    }
+
+    /// The error that stops a run at `step`, naming the checkpoint to go on from.
+    fn diverged(&self, step: u64, what: String) -> TrainError {
+        let last_good = match self.options.out.latest() {
+            Some(c) => format!(
+                "The last checkpoint, {} (step {}), holds finite weights: --resume goes on \
+                 from it (metrics.jsonl holds no NaN line).",
+                c.dir().display(),
+                c.state()
+                    .map_or_else(|_| "?".to_string(), |s| s.steps_done.to_string())
+            ),
+            None => "No checkpoint was written before it.".to_string(),
+        };
+        TrainError::Diverged {
+            step,
+            what,
+            last_good,
+        }
     }
 
     /// Writes a checkpoint whose next batch is `next`.
@@ -467,8 +513,16 @@ impl<'a> Run<'a> {
             None
         };
         let step = self.world.primary();
+        let model = step.model().ok_or(StepError::Poisoned)?;
+        // A finite loss does not vouch for the update that followed it: the weights are
+        // checked before they become the checkpoint a resume would trust.
+        let non_finite = model.non_finite_values();
+        if non_finite > 0 {
+            let what = format!("{non_finite} weights are NaN or infinite after it");
+            return Err(self.diverged(self.steps_done, what));
+        }
         let saved = self.options.out.save_checkpoint(&Contents {
-            model: step.model().ok_or(StepError::Poisoned)?,
+            model,
             optimizer: &step.optimizer,
             ranks: stats.as_ref(),
             state: &state,
@@ -560,7 +614,14 @@ fn init_from(
     on_event: &mut dyn FnMut(Event),
 ) -> Result<ResNet, TrainError> {
     let fresh_head = options.new_head.then(|| model.fc.clone());
-    let (mut model, renewed) = weights.load_backbone(model, device)?;
+    let imported = weights.load_backbone(model, device)?;
+    if let Some(note) = imported.note {
+        on_event(Event::Note(format!(
+            "--init-from {}: {note}",
+            weights.path().display()
+        )));
+    }
+    let (mut model, renewed) = (imported.model, imported.renewed);
     let why = match (renewed.is_empty(), fresh_head) {
         (false, _) => Some(format!(
             "its classifier has another class count than num_classes = {}",

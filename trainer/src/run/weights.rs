@@ -12,7 +12,7 @@ use crate::data::upload::Uploader;
 use crate::eval::Target;
 use crate::model::device::DeviceError;
 use crate::model::resnet::ConfigError;
-use crate::model::timm_weights::{self, TimmWeightsError};
+use crate::model::timm_weights::{self, Imported, TimmWeightsError};
 use crate::model::{DeviceKind, Precision, ResNet, ResNetConfig, seeded};
 
 /// Errors loading weights or opening the device they go to.
@@ -73,21 +73,28 @@ impl Weights {
     }
 
     /// `model` with every tensor of these weights; a tensor missing or of another shape is
-    /// an error.
+    /// an error. With it, a line to say once when the file's float types were cast.
     ///
     /// # Errors
     /// [`WeightsError`] naming the file.
-    pub(crate) fn load_into(&self, model: ResNet) -> Result<ResNet, WeightsError> {
+    pub(crate) fn load_into(
+        &self,
+        model: ResNet,
+    ) -> Result<(ResNet, Option<String>), WeightsError> {
         Ok(match self {
-            Weights::Checkpoint(c) => c.load_model(model)?,
-            Weights::Timm(path) => timm_weights::import(model, path)?,
+            Weights::Checkpoint(c) => (c.load_model(model)?, None),
+            Weights::Timm(path) => {
+                let imported = timm_weights::import(model, path)?;
+                (imported.model, imported.note)
+            }
         })
     }
 
     /// `model` with these weights for fine-tuning on another label set (timm's
     /// `--initial-checkpoint` role): every tensor strictly, except a classifier of another
     /// class count, which keeps `model`'s fresh initialization. A checkpoint's model is built
-    /// from its own recipe on `device` first. Returns the tensors so kept.
+    /// from its own recipe on `device` first. Returns the tensors so kept, and what loading
+    /// cast.
     ///
     /// # Errors
     /// [`WeightsError`] naming the file.
@@ -95,7 +102,7 @@ impl Weights {
         &self,
         model: ResNet,
         device: &Device,
-    ) -> Result<(ResNet, Vec<String>), WeightsError> {
+    ) -> Result<Imported, WeightsError> {
         match self {
             Weights::Timm(path) => Ok(timm_weights::import_backbone(model, path)?),
             Weights::Checkpoint(c) => {
@@ -118,6 +125,8 @@ pub struct OnDevice {
     pub precision: Precision,
     /// The pixels' way to it.
     pub upload: Uploader,
+    /// A line to say once about the weights (their float types cast on load).
+    pub note: Option<String>,
 }
 
 impl OnDevice {
@@ -135,8 +144,9 @@ impl OnDevice {
     ) -> Result<OnDevice, WeightsError> {
         let device = kind.device(precision)?.autodiff();
         let mut model = seeded::init(config, kind, &device, seed)?;
+        let mut note = None;
         if let Some(weights) = weights {
-            model = weights.load_into(model)?;
+            (model, note) = weights.load_into(model)?;
         }
         model.compute = precision.compute();
         Ok(OnDevice {
@@ -144,6 +154,7 @@ impl OnDevice {
             device,
             precision,
             upload: Uploader::new(kind),
+            note,
         })
     }
 

@@ -517,3 +517,154 @@ fn check_device_judges_against_the_rounding_floor_and_says_it() {
     }
     assert!(stdout.contains("floor"), "{stdout}");
 }
+
+/// `from`'s tensors written to `to`: those named `only` (all, when `None`) as `dtype`, each
+/// f32 value through `encode`; the others as they were.
+fn retyped(
+    from: &Path,
+    to: &Path,
+    only: Option<&str>,
+    dtype: safetensors::Dtype,
+    encode: fn(f32) -> Vec<u8>,
+) {
+    let bytes = std::fs::read(from).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            if only.is_some_and(|o| o != name) {
+                return (
+                    name,
+                    view.dtype(),
+                    view.shape().to_vec(),
+                    view.data().to_vec(),
+                );
+            }
+            let data = view
+                .data()
+                .chunks_exact(4)
+                .flat_map(|b| encode(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                .collect();
+            (name, dtype, view.shape().to_vec(), data)
+        })
+        .collect();
+    let views: Vec<_> = tensors
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data);
+            (name.clone(), view.unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, to).unwrap();
+}
+
+#[test]
+fn weights_of_any_float_type_timm_saves_are_cast_and_said_others_refused_by_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = [
+        "--model",
+        "resnet18",
+        "--num-classes",
+        "10",
+        "--width",
+        "0.125",
+    ];
+    let weights = dir.path().join("w.safetensors");
+    trainer()
+        .arg("export")
+        .args(model)
+        .arg(&weights)
+        .assert()
+        .success();
+    let logits = |w: &Path| {
+        let out = trainer()
+            .arg("logits")
+            .args(model)
+            .arg("--weights")
+            .arg(w)
+            .assert()
+            .success();
+        let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+        let json: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+        (json, stderr)
+    };
+    let (want, quiet) = logits(&weights);
+    assert!(!quiet.contains("cast"), "{quiet}");
+    // What `model.half()` / `.double()` then `save_file` writes: taken, said once, and F64
+    // of F32 values gives the same logits exactly.
+    let double = dir.path().join("double.safetensors");
+    retyped(&weights, &double, None, safetensors::Dtype::F64, |v| {
+        f64::from(v).to_le_bytes().to_vec()
+    });
+    let (got, said) = logits(&double);
+    assert_eq!(got, want);
+    assert_eq!(said.matches("cast to the model's F32").count(), 1, "{said}");
+    let half = dir.path().join("half.safetensors");
+    retyped(&weights, &half, None, safetensors::Dtype::F16, |v| {
+        burn::tensor::f16::from_f32(v).to_le_bytes().to_vec()
+    });
+    let (_, said) = logits(&half);
+    assert!(said.contains("tensors F16"), "{said}");
+    // Integers hold no weights: refused naming a tensor and its type, exit 2, no panic.
+    let ints = dir.path().join("ints.safetensors");
+    retyped(&weights, &ints, None, safetensors::Dtype::I32, |v| {
+        (v as i32).to_le_bytes().to_vec()
+    });
+    let (code, stderr) = refusal(
+        trainer()
+            .arg("logits")
+            .args(model)
+            .arg("--weights")
+            .arg(&ints)
+            .assert()
+            .failure(),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ints.safetensors: tensor ") && stderr.contains(" is I32;"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn logits_that_overflow_count_as_wrong_and_are_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let val = val_named(dir.path());
+    let weights = dir.path().join("w.safetensors");
+    trainer()
+        .args(["export", "--model", "resnet18", "--num-classes", "10"])
+        .args(["--width", "0.25", "--small-stem"])
+        .arg(&weights)
+        .assert()
+        .success();
+    // Finite weights (the file is accepted) whose classifier overflows f32: every logit row
+    // holds an infinity or a NaN. Counted as right, a NaN row once gave top-1 100 %.
+    let huge = dir.path().join("huge.safetensors");
+    retyped(
+        &weights,
+        &huge,
+        Some("fc.weight"),
+        safetensors::Dtype::F32,
+        |v| (v.signum() * 3e38).to_le_bytes().to_vec(),
+    );
+    let out = trainer()
+        .args(["eval", "--config"])
+        .arg(configs().join("smoke.toml"))
+        .arg("--set")
+        .arg(format!("val={}", val.display()))
+        .arg(&huge)
+        .arg("--json")
+        .assert()
+        .success();
+    let scores: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(scores[0]["images"], 20, "{scores}");
+    assert_eq!(scores[0]["non_finite"], 20, "{scores}");
+    assert_eq!(scores[0]["top1"], 0.0, "{scores}");
+    assert_eq!(scores[0]["top5"], 0.0, "{scores}");
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        stderr.contains("val: 20 of 20 images had NaN or infinite logits, counted wrong"),
+        "{stderr}"
+    );
+}

@@ -72,7 +72,9 @@ fn tiny_resnet50(device: &Device) -> ResNet {
         zero_init_last: true,
     };
     let model = config.init(device).expect("config");
-    timm_weights::import(model, &golden("resnet50_w16.safetensors")).expect("golden weights load")
+    timm_weights::import(model, &golden("resnet50_w16.safetensors"))
+        .expect("golden weights load")
+        .model
 }
 
 /// The probe batch of `make_golden.py` and `trainer logits`: x[i] = 2·sin(0.001·i), NCHW.

@@ -98,3 +98,52 @@ fn a_run_resumed_from_its_checkpoint_repeats_the_uninterrupted_losses() {
     let renewed = losses(&dir.path().join("init-new-head"));
     assert_ne!(renewed[0].1, other[0].1, "the head was not renewed");
 }
+
+#[test]
+fn a_diverged_run_stops_at_its_first_non_finite_value_leaving_a_good_checkpoint() {
+    let _rng = common::burn_rng();
+    let dir = tempfile::tempdir().unwrap();
+    let shards = dataset(dir.path());
+    // LAMB at the recipe's largest learning rate, no warm-up: each step multiplies the
+    // weights (the trust ratio scales the step to them) until f32 overflows.
+    let mut config = tiny_recipe();
+    config.lr = 10.0;
+    config.warmup_epochs = 0;
+    config.rsb.checkpoint_interval = 2;
+    let out = dir.path().join("diverged");
+    let options = common::options(config.clone(), &shards, out.clone(), 200, false);
+    let mut notes = Vec::new();
+    let err = train(&options, &mut |e| {
+        if let trainer::run::Event::Note(n) = e {
+            notes.push(n)
+        }
+    })
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, trainer::run::TrainError::Diverged { .. }),
+        "{text}"
+    );
+    assert!(text.contains("training stopped"), "{text}");
+    assert!(text.contains("What usually helps: a lower --lr"), "{text}");
+    // Every line the run wrote reads back, every loss finite: no `null` for plot, compare,
+    // study or a resume to trip on.
+    let written = losses(&out);
+    assert!(
+        !written.is_empty() && written.len() < 200,
+        "{}",
+        written.len()
+    );
+    assert!(written.iter().all(|(_, l)| l.is_finite()), "{written:?}");
+    // The checkpoint the message names is the run's latest, and its weights are finite.
+    let latest = RunDir::new(&out)
+        .latest()
+        .expect("a checkpoint before the divergence");
+    assert!(text.contains(&latest.dir().display().to_string()), "{text}");
+    let device = burn::tensor::Device::flex().autodiff();
+    let model = latest
+        .load_model(config.model().unwrap().init(&device).unwrap())
+        .unwrap();
+    assert_eq!(model.non_finite_values(), 0);
+    assert!(latest.state().unwrap().steps_done <= written.last().unwrap().0);
+}
