@@ -36,6 +36,25 @@ pub fn say(bar: &ProgressBar, line: impl Into<String>) {
     }
 }
 
+/// `name` (a record's path, a class name, anything a dataset or a file system supplies) safe
+/// to print on a terminal: control characters (escape sequences, newlines, carriage returns)
+/// as Rust's `\u{1b}`, `\n`, `\r` escapes; everything else, non-ASCII letters included, as
+/// it is.
+pub fn escaped(name: &str) -> std::borrow::Cow<'_, str> {
+    if !name.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let mut out = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Installs the binary's log subscriber on stderr: `default` (`warn`, `info`, ...) unless
 /// `RUST_LOG` says otherwise. Libraries only emit events; this is for `main`.
 pub fn init_logging(default: &str) {
@@ -96,4 +115,17 @@ pub fn assert_commands(cmd: clap::Command) {
         .collect();
     assert!(long.is_empty(), "not one line in --help: {long:?}");
     cmd.debug_assert();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_escaped_only_where_a_terminal_would_obey_them() {
+        assert_eq!(escaped("n01440764/a.JPEG"), "n01440764/a.JPEG");
+        assert_eq!(escaped("été/ü.jpg"), "été/ü.jpg");
+        assert_eq!(escaped("a\x1b[2Jb.jpg"), "a\\u{1b}[2Jb.jpg");
+        assert_eq!(escaped("two\nlines\r.jpg"), "two\\nlines\\r.jpg");
+    }
 }

@@ -66,6 +66,15 @@ pub enum Error {
     /// The output directory holds work from a different pack.
     #[error("{0}")]
     Mismatch(String),
+    /// Another `pack` holds the output directory's lock.
+    #[error(
+        "another `shard-tool pack` ({holder}) is writing this directory; wait for it to \
+         finish, or stop it (a stopped pack resumes where it was)"
+    )]
+    Locked {
+        /// Who holds it, as it wrote itself into the lock file (`pid 1234`).
+        holder: String,
+    },
     /// A record index past the end of its split.
     #[error("record index {index} is out of range: split `{split}` has {len} records")]
     OutOfRange {
@@ -123,6 +132,7 @@ impl Error {
                 | Error::Incomplete
                 | Error::Layout(_)
                 | Error::Mismatch(_)
+                | Error::Locked { .. }
                 | Error::OutOfRange { .. }
                 | Error::NoSplit { .. }
                 | Error::Config(_)

@@ -57,7 +57,7 @@ pub use error::{Error, Result, one_line};
 pub use layout::LayoutOptions;
 pub use manifest::Manifest;
 pub use pack::{
-    DEFAULT_MAX_FILE_BYTES, DEFAULT_SHARD_SIZE, IN_FLIGHT_BYTES, PackEvent, PackOptions,
+    DEFAULT_MAX_FILE_BYTES, DEFAULT_SHARD_SIZE, IN_FLIGHT_BYTES, LOCK_FILE, PackEvent, PackOptions,
     PackSummary, pack, shuffled_order,
 };
 pub use reader::{Dataset, Record, Split};

@@ -187,6 +187,9 @@ pub fn pack(
     let fingerprint = fingerprint(&tree, options);
     let out = &options.out;
     fs::create_dir_all(out).at(out)?;
+    // Held until the pack returns: two packers on one --out would each remove the other's
+    // unfinished files as stale.
+    let _lock = lock_out(out)?;
 
     match Manifest::load(out) {
         Ok(manifest) if manifest.fingerprint == fingerprint => {
@@ -233,6 +236,47 @@ pub fn pack(
         manifest,
         already_complete: false,
     })
+}
+
+/// The lock file in a pack's output directory.
+pub const LOCK_FILE: &str = ".pack.lock";
+
+/// Takes `out`'s pack lock (an exclusive `flock` on [`LOCK_FILE`], released when the file
+/// closes, even when the process is killed), writing our pid into it for a second packer's
+/// message. The file stays: removing it would let a third packer lock a new file while a
+/// second still waits on the old one.
+fn lock_out(out: &Path) -> Result<fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = out.join(LOCK_FILE);
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .at(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            // A pid is a few bytes; a lock file is never trusted for more.
+            let _ = (&mut file).take(64).read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(Error::Locked {
+                holder: if holder.is_empty() {
+                    "pid unknown".to_string()
+                } else {
+                    crate::console::escaped(holder).into_owned()
+                },
+            })
+            .at(out);
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(Error::Io(e)).at(&path),
+    }
+    file.set_len(0).at(&path)?;
+    file.rewind().at(&path)?;
+    write!(file, "pid {}", std::process::id()).at(&path)?;
+    Ok(file)
 }
 
 /// The manifest of a finished pack of `tree`.

@@ -1,6 +1,7 @@
 //! `report.txt` and the summary `pack` prints: counts per split, then every file that was not
 //! stored as a plain RGB JPEG kept as is, with the reason.
 
+use crate::console::escaped;
 use crate::manifest::Manifest;
 use crate::manifest::Skipped;
 
@@ -51,7 +52,7 @@ pub fn report(manifest: &Manifest, limit: Option<usize>) -> String {
         for (what, list) in lists {
             let shown = limit.unwrap_or(usize::MAX);
             for (path, reason) in list.iter().take(shown) {
-                let _ = writeln!(s, "  {what}: {path}: {reason}");
+                let _ = writeln!(s, "  {what}: {}: {}", escaped(path), escaped(reason));
             }
             if list.len() > shown {
                 let _ = writeln!(

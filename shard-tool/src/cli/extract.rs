@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use shard_tool::Dataset;
-use shard_tool::console::Usage;
+use shard_tool::console::{Usage, escaped};
 use shard_tool::writer::write_atomic;
 
 /// `shard-tool extract` flags.
@@ -51,7 +51,7 @@ pub fn run(args: ExtractArgs, quiet: bool) -> Result<ExitCode> {
         bail!(
             "record {} ({}) fails its checksum; run `shard-tool verify {}`",
             record.index,
-            record.path,
+            escaped(record.path),
             dir.display()
         );
     }
@@ -62,7 +62,7 @@ pub fn run(args: ExtractArgs, quiet: bool) -> Result<ExitCode> {
             "wrote {} bytes of record {} ({}, label {}, {}x{}) to {}",
             record.data.len(),
             record.index,
-            record.path,
+            escaped(record.path),
             record.label,
             record.width,
             record.height,
@@ -82,7 +82,7 @@ fn extract_all(dataset: &Dataset, out: &Path, quiet: bool) -> Result<ExitCode> {
                 bail!(
                     "{} record {i} ({}) fails its checksum",
                     split.name(),
-                    r.path
+                    escaped(r.path)
                 );
             }
             // Paths come from the file: never let one climb out of --out.
@@ -91,7 +91,7 @@ fn extract_all(dataset: &Dataset, out: &Path, quiet: bool) -> Result<ExitCode> {
                 bail!(
                     "{} record {i} has an unsafe path {:?}",
                     split.name(),
-                    r.path
+                    escaped(r.path)
                 );
             }
             let path = out.join(rel);

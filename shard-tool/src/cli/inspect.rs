@@ -1,5 +1,6 @@
 //! `shard-tool inspect`: counts per split and class, sizes, and the pack's options.
 
+use shard_tool::console::escaped;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,7 +34,7 @@ pub fn run(args: &InspectArgs) -> Result<ExitCode> {
         "format    {} v{}, written by {}, fingerprint {}",
         m.format, m.version, m.created_by, m.fingerprint
     )?;
-    writeln!(stdout, "source    {}", m.source_root)?;
+    writeln!(stdout, "source    {}", escaped(&m.source_root))?;
     let o = &m.options;
     writeln!(
         stdout,
@@ -47,7 +48,7 @@ pub fn run(args: &InspectArgs) -> Result<ExitCode> {
         o.image.max_pixels
     )?;
     let first_last = match (m.classes.first(), m.classes.last()) {
-        (Some(a), Some(b)) => format!(" ({a} .. {b})"),
+        (Some(a), Some(b)) => format!(" ({} .. {})", escaped(a), escaped(b)),
         _ => String::new(),
     };
     writeln!(stdout, "classes   {}{first_last}", m.classes.len())?;
@@ -110,13 +111,13 @@ fn write_split(
         writeln!(
             stdout,
             "  per class: min {min} ({}), max {max} ({}), mean {:.1}",
-            classes[min_i],
-            classes[max_i],
+            escaped(&classes[min_i]),
+            escaped(&classes[max_i]),
             (split.len() - unlabelled) as f64 / per_class.len() as f64
         )?;
         if all_classes {
             for (name, n) in classes.iter().zip(&per_class) {
-                writeln!(stdout, "    {name} {n}")?;
+                writeln!(stdout, "    {} {n}", escaped(name))?;
             }
         }
     }

@@ -11,7 +11,7 @@ use indicatif::ProgressBar;
 use shard_tool::image::{DEFAULT_MAX_PIXELS, DEFAULT_TRANSCODE_QUALITY, ImageOptions};
 use shard_tool::{LayoutOptions, PackEvent, PackOptions};
 
-use shard_tool::console::say;
+use shard_tool::console::{escaped, say};
 
 use super::{default_threads, progress_bar};
 
@@ -209,7 +209,10 @@ impl Progress {
             }
             PackEvent::Rejected { path, reason } => {
                 if !self.quiet {
-                    say(&self.bar, format!("rejected: {path}: {reason}"));
+                    say(
+                        &self.bar,
+                        format!("rejected: {}: {}", escaped(path), escaped(reason)),
+                    );
                 }
             }
             PackEvent::Warning(w) => {

@@ -1,5 +1,6 @@
 //! `shard-tool verify`: every checksum of a packed dataset.
 
+use shard_tool::console::escaped;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,7 +35,7 @@ pub fn run(args: &VerifyArgs, quiet: bool) -> Result<ExitCode> {
         .with_context(|| format!("verifying {}", dir.display()))?;
     bar.finish_and_clear();
     for p in &report.problems {
-        writeln!(stdout, "MISMATCH {p}")?;
+        writeln!(stdout, "MISMATCH {}", escaped(&p.to_string()))?;
     }
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let summary = format!(

@@ -383,3 +383,82 @@ fn a_subset_packed_with_classes_from_keeps_the_full_datasets_labels() {
             "is not a packed dataset (no manifest.json)",
         ));
 }
+
+/// `shard-tool pack SRC --out OUT`.
+fn pack_into(src: &Path, out: &Path) -> assert_cmd::Command {
+    let mut cmd = shard_tool();
+    cmd.arg("pack").arg(src).arg("--out").arg(out);
+    cmd
+}
+
+#[test]
+fn names_with_control_characters_reach_the_terminal_escaped() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    small_tree(src.path(), false);
+    // A file name that would clear the screen, and a class name with a newline in it.
+    let class = src.path().join("train/evil\nclass");
+    fs::create_dir_all(&class).unwrap();
+    let jpeg = synth::class_image(0, 0, 24, 24);
+    fs::write(class.join("a\x1b[2J.jpg"), &jpeg).unwrap();
+    fs::write(src.path().join("train/class_000/b\x1b]0;x\x07.jpg"), &jpeg).unwrap();
+    pack_into(src.path(), out.path()).assert().success();
+    let name = "train/evil\nclass/a\x1b[2J.jpg";
+    let extracted = shard_tool()
+        .arg("extract")
+        .arg(out.path())
+        .args(["--name", name, "--out"])
+        .arg(out.path().join("x.jpg"))
+        .assert()
+        .success();
+    let stderr = String::from_utf8_lossy(&extracted.get_output().stderr).to_string();
+    assert!(
+        !stderr.contains('\x1b') && !stderr.contains("evil\n"),
+        "{stderr:?}"
+    );
+    assert!(
+        stderr.contains("train/evil\\nclass/a\\u{1b}[2J.jpg"),
+        "{stderr:?}"
+    );
+    let inspected = shard_tool()
+        .arg("inspect")
+        .arg(out.path())
+        .arg("--classes")
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&inspected.get_output().stdout).to_string();
+    assert!(stdout.contains("evil\\nclass"), "{stdout:?}");
+    assert!(!stdout.contains("evil\n"), "{stdout:?}");
+}
+
+#[test]
+fn a_second_packer_on_one_out_is_refused_naming_the_first() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    small_tree(src.path(), false);
+    // The first packer, as it holds the directory: the lock taken, its pid written.
+    let lock = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(out.path().join(shard_tool::LOCK_FILE))
+        .unwrap();
+    lock.try_lock().unwrap();
+    std::io::Write::write_all(&mut &lock, b"pid 4242").unwrap();
+    let second = pack_into(src.path(), out.path()).assert().code(2);
+    let stderr = String::from_utf8_lossy(&second.get_output().stderr).to_string();
+    assert!(
+        stderr.contains("another `shard-tool pack` (pid 4242) is writing this directory"),
+        "{stderr}"
+    );
+    assert!(!out.path().join("manifest.json").exists());
+    // Released (the first one ended, or was killed: the kernel drops a dead process's lock),
+    // the directory is packed, and the lock file names the last packer.
+    drop(lock);
+    pack_into(src.path(), out.path()).assert().success();
+    let holder = fs::read_to_string(out.path().join(shard_tool::LOCK_FILE)).unwrap();
+    assert!(holder.starts_with("pid "), "{holder}");
+    // SAFETY: nothing writes the pack while the test reads it.
+    unsafe { Dataset::open(out.path()) }.unwrap();
+}

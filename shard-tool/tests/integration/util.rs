@@ -56,7 +56,8 @@ pub fn tree_digest(dir: &Path, skip: &[&str]) -> Vec<(String, String)> {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if skip.contains(&name.as_str()) {
+        // The pack lock holds the last packer's pid, not the dataset.
+        if skip.contains(&name.as_str()) || name == shard_tool::LOCK_FILE {
             continue;
         }
         out.push((name, sha256(&std::fs::read(&path).unwrap())));
