@@ -11,6 +11,7 @@ use loader::decode::RgbImage;
 use loader::job::JobSpec;
 use loader::pipeline::Worker;
 use loader::transform::TransformSpec;
+use shard_tool::console::escaped;
 
 use super::TransformArgs;
 use super::png::write_png;
@@ -84,7 +85,7 @@ pub fn run(args: &PreviewArgs) -> Result<()> {
                 std::slice::from_ref(s),
                 &mut [&mut tile[..]],
             )
-            .with_context(|| format!("record {} ({})", s.index, record.path))?;
+            .with_context(|| format!("record {} ({})", s.index, escaped(record.path)))?;
         let (gx, gy) = ((i % cols) * side, (i / cols) * side);
         for y in 0..side {
             let dst = ((gy + y) * cols * side + gx) * 3;
