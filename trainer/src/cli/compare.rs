@@ -18,11 +18,11 @@ pub struct CompareArgs {
     /// Print the table as one JSON line.
     #[arg(long)]
     pub json: bool,
-    /// Image width in pixels.
-    #[arg(long, default_value_t = 1200)]
+    /// Image width in pixels (200 to 8192: a PNG of 8192² is 200 MB in memory).
+    #[arg(long, default_value_t = 1200, value_parser = clap::value_parser!(u32).range(200..=8192))]
     pub width: u32,
-    /// Image height in pixels.
-    #[arg(long, default_value_t = 600)]
+    /// Image height in pixels (200 to 8192).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(200..=8192))]
     pub height: u32,
 }
 

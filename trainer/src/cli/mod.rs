@@ -50,14 +50,18 @@ impl ModelArgs {
     pub fn config(&self) -> Result<ResNetConfig> {
         let depth = trainer::model::resnet::timm_depth(&self.model)
             .map_err(|e| anyhow::Error::new(Usage(e.to_string())))?;
-        Ok(ResNetConfig {
+        let config = ResNetConfig {
             depth,
             num_classes: self.num_classes,
             width: self.width,
             small_stem: self.small_stem,
             drop_path_rate: self.drop_path,
             zero_init_last: true,
-        })
+        };
+        config
+            .check()
+            .map_err(|e| anyhow::Error::new(Usage(e.to_string())))?;
+        Ok(config)
     }
 }
 

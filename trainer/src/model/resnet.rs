@@ -42,9 +42,15 @@ pub enum ConfigError {
     /// A depth that timm does not define.
     #[error("ResNet depth {0} is not one of 18, 34, 50, 101, 152")]
     Depth(usize),
-    /// A width multiplier that leaves no channels.
-    #[error("width multiplier {0} must be positive and finite")]
+    /// A width multiplier outside the recipe's bounds.
+    #[error("width multiplier {0} is outside (0, 8] (1.0 is timm's model)")]
     Width(f64),
+    /// A class count outside the recipe's bounds.
+    #[error("num_classes {0} is outside 1..=1000000")]
+    Classes(usize),
+    /// A stochastic-depth rate that is not a probability below 1.
+    #[error("drop_path rate {0} is outside [0, 1)")]
+    DropPath(f64),
     /// A model name that is not one of timm's ResNets.
     #[error("model \"{0}\": use resnet18, resnet34, resnet50, resnet101 or resnet152")]
     Model(String),
@@ -87,12 +93,30 @@ impl ResNetConfig {
         ((base as f64 * self.width).round() as usize).max(1)
     }
 
-    /// Builds the model with timm's initialization on `device`.
-    pub fn init(&self, device: &Device) -> Result<ResNet, ConfigError> {
-        let (blocks, bottleneck) = self.layout()?;
-        if !(self.width.is_finite() && self.width > 0.0) {
+    /// Checks the configuration against the recipe's bounds (`recipe::check` has the same):
+    /// a width of 1e9 would ask for terabytes, 0 classes would build a model that predicts
+    /// nothing.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the value.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.layout()?;
+        if !(self.width > 0.0 && self.width <= 8.0) {
             return Err(ConfigError::Width(self.width));
         }
+        if !(1..=1_000_000).contains(&self.num_classes) {
+            return Err(ConfigError::Classes(self.num_classes));
+        }
+        if !(0.0..1.0).contains(&self.drop_path_rate) {
+            return Err(ConfigError::DropPath(self.drop_path_rate));
+        }
+        Ok(())
+    }
+
+    /// Builds the model with timm's initialization on `device`.
+    pub fn init(&self, device: &Device) -> Result<ResNet, ConfigError> {
+        self.check()?;
+        let (blocks, bottleneck) = self.layout()?;
         let expansion = if bottleneck { 4 } else { 1 };
         let stem = self.channels(64);
         let (conv1, maxpool) = if self.small_stem {

@@ -668,3 +668,34 @@ fn logits_that_overflow_count_as_wrong_and_are_said() {
         "{stderr}"
     );
 }
+
+#[test]
+fn model_and_image_sizes_outside_their_bounds_are_refused_before_any_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("w.safetensors");
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["export", "--width", "1e9"],
+            "width multiplier 1000000000 is outside (0, 8]",
+        ),
+        (
+            &["export", "--num-classes", "0"],
+            "num_classes 0 is outside 1..=1000000",
+        ),
+        (
+            &["logits", "--drop-path", "1.5", "--weights", "w"],
+            "drop_path rate 1.5 is outside [0, 1)",
+        ),
+        (&["plot", "run", "--width", "100000"], "100000"),
+        (&["compare", "a", "b", "--height", "100000"], "100000"),
+    ];
+    for (args, want) in cases {
+        let mut c = trainer();
+        c.args(args);
+        if args[0] == "export" {
+            c.arg(&out);
+        }
+        c.assert().code(2).stderr(contains(want));
+    }
+    assert!(!out.exists(), "nothing was written");
+}
