@@ -259,7 +259,6 @@ impl<'a> Run<'a> {
         let params = start.model.trainable_params();
         let mut model = start.model;
         model.compute = precision.compute();
-        let metrics = options.out.metrics_log(start.state.steps_done)?;
         let step = TrainStep {
             model: Some(model),
             optimizer: start.optimizer,
@@ -275,6 +274,11 @@ impl<'a> Run<'a> {
         let steps_per_epoch = steps_per_epoch(&clients)?;
         let all_steps = steps_per_epoch * u64::from(config.total_epochs());
         let total_steps = options.max_steps.map_or(all_steps, |m| m.min(all_steps));
+        if let Some(checkpoint) = &existing {
+            check_state(&start.state, checkpoint, steps_per_epoch, all_steps)?;
+        }
+        // After the state is trusted: opening the log drops its lines past `steps_done`.
+        let metrics = options.out.metrics_log(start.state.steps_done)?;
         on_event(Event::Started {
             start_step: start.state.steps_done,
             total_steps,
@@ -555,6 +559,34 @@ fn open_devices(
         .map(|d| Ok(d.device(precision)?.autodiff()))
         .collect::<Result<Vec<_>, TrainError>>()?;
     Ok((devices, placement.devices, precision))
+}
+
+/// A checkpoint's `state.json` checked against itself and the run: its step count must be
+/// where its next batch is (at the run's steps per epoch) and within the recipe's steps. A
+/// state that says otherwise was edited or damaged; trusted, `steps_done = u64::MAX` once
+/// "resumed" a run without training a step, and a count behind its position would have cut
+/// `metrics.jsonl`.
+fn check_state(
+    state: &RunState,
+    checkpoint: &Checkpoint,
+    steps_per_epoch: u64,
+    all_steps: u64,
+) -> Result<(), TrainError> {
+    let at = u64::from(state.next.epoch)
+        .checked_mul(steps_per_epoch)
+        .and_then(|s| s.checked_add(state.next.step));
+    if at == Some(state.steps_done) && state.steps_done <= all_steps {
+        return Ok(());
+    }
+    Err(TrainError::Out(format!(
+        "{}: steps_done {} does not fit next = epoch {}, step {} at {steps_per_epoch} steps per \
+         epoch ({all_steps} in the recipe); the file was edited or damaged: resume from another \
+         ckpt-* of the run (point `latest` at it) or start a new --out",
+        checkpoint.dir().join("state.json").display(),
+        state.steps_done,
+        state.next.epoch,
+        state.next.step,
+    )))
 }
 
 /// The model, optimizer and position a run starts from: the checkpoint's when resuming, else

@@ -147,3 +147,38 @@ fn a_diverged_run_stops_at_its_first_non_finite_value_leaving_a_good_checkpoint(
     assert_eq!(model.non_finite_values(), 0);
     assert!(latest.state().unwrap().steps_done <= written.last().unwrap().0);
 }
+
+#[test]
+fn a_state_json_that_contradicts_itself_is_refused_and_the_metrics_kept() {
+    let _rng = common::burn_rng();
+    let dir = tempfile::tempdir().unwrap();
+    let shards = dataset(dir.path());
+    let out = dir.path().join("run");
+    let options =
+        |max_steps, resume| common::options(tiny_recipe(), &shards, out.clone(), max_steps, resume);
+    train(&options(2, false), &mut |_| {}).unwrap();
+    let before = std::fs::read_to_string(RunDir::new(&out).metrics()).unwrap();
+    let state_file = RunDir::new(&out).latest().unwrap().dir().join("state.json");
+    let original = std::fs::read_to_string(&state_file).unwrap();
+    assert!(original.contains("\"steps_done\": 2,"), "{original}");
+    // The u64::MAX (it "resumed" and exited 0 having done nothing), and a count behind
+    // its position (which would have cut metrics.jsonl to nothing).
+    for bad in ["18446744073709551615", "0"] {
+        let edited = original.replace("\"steps_done\": 2,", &format!("\"steps_done\": {bad},"));
+        std::fs::write(&state_file, edited).unwrap();
+        let err = train(&options(5, true), &mut |_| {}).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!(
+                "steps_done {bad} does not fit next = epoch 0, step 2"
+            )),
+            "{text}"
+        );
+        assert!(err.is_bad_input(), "{text}");
+        let after = std::fs::read_to_string(RunDir::new(&out).metrics()).unwrap();
+        assert_eq!(after, before, "metrics.jsonl changed");
+    }
+    std::fs::write(&state_file, original).unwrap();
+    train(&options(3, true), &mut |_| {}).unwrap();
+    assert_eq!(losses(&out).len(), 3);
+}
