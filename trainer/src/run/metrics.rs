@@ -29,6 +29,16 @@ pub enum MetricsError {
         /// serde's message.
         source: serde_json::Error,
     },
+    /// A line whose numbers no run writes.
+    #[error("{path}:{line}: {what}; this line was not written by a trainer run")]
+    Value {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// Which value, and its bounds.
+        what: String,
+    },
 }
 
 /// One line of `metrics.jsonl`.
@@ -73,6 +83,48 @@ pub enum Metric {
 }
 
 impl Metric {
+    /// Whether its numbers are ones a run writes: a finite loss (a run stops at the first
+    /// that is not), finite non-negative rates and times, accuracies in 0..=100. Read back, a
+    /// top-1 of 1e308 would otherwise top a `compare` table or a `study` ranking.
+    ///
+    /// # Errors
+    /// The value and its bounds.
+    pub fn check(&self) -> Result<(), String> {
+        let non_negative = |name: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{name} {v:?} is not a finite number ≥ 0"))
+            }
+        };
+        match *self {
+            Metric::Step {
+                loss,
+                lr,
+                samples_per_s,
+                data_wait_s,
+                upload_s,
+                ..
+            } => {
+                if !loss.is_finite() {
+                    return Err(format!("loss {loss:?} is not finite"));
+                }
+                non_negative("lr", lr)?;
+                non_negative("samples_per_s", samples_per_s)?;
+                non_negative("data_wait_s", data_wait_s)?;
+                non_negative("upload_s", upload_s)
+            }
+            Metric::Eval { top1, top5, .. } => {
+                for (name, v) in [("top1", top1), ("top5", top5)] {
+                    if !(0.0..=100.0).contains(&v) {
+                        return Err(format!("{name} {v:?} is outside 0..=100"));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Steps done when the line was written.
     pub fn step(&self) -> u64 {
         match self {
@@ -199,6 +251,11 @@ pub(crate) fn read_metrics(path: &Path) -> Result<Vec<Metric>, MetricsError> {
             line: i + 1,
             source,
         })?;
+        metric.check().map_err(|what| MetricsError::Value {
+            path: path.to_path_buf(),
+            line: i + 1,
+            what,
+        })?;
         metrics.push(metric);
     }
     Ok(metrics)
@@ -207,6 +264,34 @@ pub(crate) fn read_metrics(path: &Path) -> Result<Vec<Metric>, MetricsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_with_numbers_no_run_writes_are_refused_naming_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let step = r#"{"kind":"step","step":1,"epoch":0,"loss":0.7,"lr":0.001,"samples_per_s":10.0,"data_wait_s":0.0}"#;
+        let cases = [
+            (
+                r#"{"kind":"eval","step":1,"epoch":1,"top1":1e308,"top5":50.0,"samples":8}"#,
+                "top1 1e308 is outside 0..=100",
+            ),
+            (
+                r#"{"kind":"eval","step":1,"epoch":1,"top1":50.0,"top5":-1.0,"samples":8}"#,
+                "top5 -1.0 is outside 0..=100",
+            ),
+            (
+                r#"{"kind":"step","step":2,"epoch":0,"loss":0.7,"lr":-1.0,"samples_per_s":10.0,"data_wait_s":0.0}"#,
+                "lr -1.0 is not a finite number",
+            ),
+        ];
+        for (line, want) in cases {
+            std::fs::write(&path, format!("{step}\n{line}\n")).unwrap();
+            let err = read_metrics(&path).unwrap_err().to_string();
+            assert!(err.contains(":2: ") && err.contains(want), "{err}");
+        }
+        std::fs::write(&path, format!("{step}\n")).unwrap();
+        assert_eq!(read_metrics(&path).unwrap().len(), 1);
+    }
 
     #[test]
     fn metrics_past_the_checkpoint_are_dropped_on_resume() {
