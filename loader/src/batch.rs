@@ -42,6 +42,59 @@ pub struct FillReport {
     pub stopped: bool,
 }
 
+/// What a fill's workers ask before each image: whether to go on and, where several fills share
+/// the cores, when. The daemon's gate waits for the client's fair share of the decode turns
+/// (`server::share`) and says stop when the client has gone; a plain closure `|| stop` is a
+/// gate that never waits.
+pub trait Gate: Sync {
+    /// Blocks until the worker may make its next image: `true`, and the worker holds a turn
+    /// until it calls [`Gate::leave`] or [`Gate::pass`]; `false`, and the fill stops (no turn
+    /// is held).
+    fn enter(&self) -> bool;
+    /// The worker has made the image it entered for.
+    fn leave(&self) {}
+    /// The worker has made its image and wants to make another: it keeps its turn unless
+    /// someone with a smaller share waits for one, and then waits as [`Gate::enter`] does
+    /// (a worker that let go of its turn and asked again would lose it, every image, to
+    /// whoever waited at that instant). Returns as `enter`.
+    fn pass(&self) -> bool {
+        self.leave();
+        self.enter()
+    }
+}
+
+impl<F: Fn() -> bool + Sync> Gate for F {
+    fn enter(&self) -> bool {
+        !self()
+    }
+}
+
+/// A worker's turn of a [`Gate`], left when dropped (a panicking worker gives it back too).
+struct Turn<'g> {
+    gate: &'g dyn Gate,
+    held: bool,
+}
+
+impl Turn<'_> {
+    /// Takes a turn, or passes on the one held; `false`: stop, and none is held.
+    fn next(&mut self) -> bool {
+        self.held = if self.held {
+            self.gate.pass()
+        } else {
+            self.gate.enter()
+        };
+        self.held
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            self.gate.leave();
+        }
+    }
+}
+
 /// Makes batches with a fixed set of per-thread workers.
 pub struct BatchMaker {
     transform: TransformSpec,
@@ -121,9 +174,11 @@ impl BatchMaker {
         self.fill_many_or_stop(split, epoch, batches, &|| false)
     }
 
-    /// [`BatchMaker::fill_many`], given up as soon as `stop` says so: every worker asks before
-    /// each image, so a daemon whose client has gone stops within one image's time instead of
-    /// finishing batches nobody will read. The reports of a stopped fill say so.
+    /// [`BatchMaker::fill_many`], each image made when `gate` lets it and given up as soon as
+    /// it says stop: every worker asks before each image, so a daemon whose client has gone
+    /// stops within one image's time instead of finishing batches nobody will read, and the
+    /// fills of several clients share the cores image by image. The reports of a stopped fill
+    /// say so.
     // One function of ~120 lines on purpose: the grouping hands each worker disjoint `&mut`
     // borrows of the callers' buffers, and those borrows, the scoped threads and the reports
     // they fill must live in one scope; split apart, each piece would take half a dozen of
@@ -133,7 +188,7 @@ impl BatchMaker {
         split: &Split,
         epoch: u32,
         batches: Vec<BatchOut<'_>>,
-        stop: &(dyn Fn() -> bool + Sync),
+        gate: &dyn Gate,
     ) -> Vec<FillReport> {
         let n = self.transform.image_bytes();
         let count = batches.len();
@@ -194,8 +249,9 @@ impl BatchMaker {
                 let stopped = &stopped;
                 let (samples, batch_of) = (&samples, &batch_of);
                 scope.spawn(move || {
+                    let mut turn = Turn { gate, held: false };
                     loop {
-                        if stopped.load(Ordering::Relaxed) || stop() {
+                        if stopped.load(Ordering::Relaxed) || !turn.next() {
                             stopped.store(true, Ordering::Relaxed);
                             return;
                         }

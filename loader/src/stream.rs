@@ -14,7 +14,7 @@ walks an epoch itself, so a change to what makes batch (epoch, step) is made her
 
 use shard_tool::Split;
 
-use crate::batch::{BatchMaker, BatchOut};
+use crate::batch::{BatchMaker, BatchOut, Gate};
 use crate::job::{JobPlan, Position};
 use crate::pipeline::StageTimes;
 use crate::sampler::Sample;
@@ -234,13 +234,13 @@ impl BatchStream {
         self.fill_or_stop(split, targets, &|| false)
     }
 
-    /// [`BatchStream::fill`], given up as soon as `stop` says so (the daemon's client has
-    /// gone); see [`BatchMaker::fill_many_or_stop`].
+    /// [`BatchStream::fill`], each image made when `gate` lets it, given up as soon as it says
+    /// stop (the daemon's client has gone); see [`BatchMaker::fill_many_or_stop`].
     pub fn fill_or_stop(
         &mut self,
         split: &Split,
         targets: Vec<Target<'_>>,
-        stop: &(dyn Fn() -> bool + Sync),
+        gate: &dyn Gate,
     ) -> Filled {
         let before = self.maker.times();
         let mut batches = vec![Written::default(); targets.len()];
@@ -275,7 +275,7 @@ impl BatchStream {
                     labels: t.labels,
                 });
             }
-            let reports = self.maker.fill_many_or_stop(split, epoch, outs, stop);
+            let reports = self.maker.fill_many_or_stop(split, epoch, outs, gate);
             for ((i, samples, out), report) in ids.into_iter().zip(reports) {
                 if let Some(out) = out {
                     for (id, s) in out.iter_mut().zip(samples) {

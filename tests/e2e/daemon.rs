@@ -11,8 +11,13 @@ use rand::{Rng, SeedableRng};
 
 use super::bin_dir;
 
-/// A 4-class synthetic dataset packed into `dir/shards`.
+/// A 4-class synthetic dataset of 40 px images packed into `dir/shards`.
 pub(crate) fn dataset(dir: &Path) -> PathBuf {
+    dataset_of(dir, 40)
+}
+
+/// A 4-class synthetic dataset of `size` px images packed into `dir/shards`.
+pub(crate) fn dataset_of(dir: &Path, size: u32) -> PathBuf {
     let st = bin_dir().join("shard-tool");
     let run = |args: &[&str]| {
         let out = Command::new(&st).args(args).output().unwrap();
@@ -31,7 +36,7 @@ pub(crate) fn dataset(dir: &Path) -> PathBuf {
         "--val-per-class",
         "4",
         "--size",
-        "40",
+        &size.to_string(),
     ]);
     run(&[
         "pack",
@@ -120,6 +125,7 @@ fn digests(stdout: &str) -> Vec<String> {
 
 #[test]
 fn kill_9_of_the_daemon_mid_epoch_then_restart_gives_the_uninterrupted_batches() {
+    let _cores = super::shared_cores();
     let dir = tempfile::tempdir().unwrap();
     let shards = dataset(dir.path());
     let socket = dir.path().join("loader.sock");
@@ -157,6 +163,7 @@ fn kill_9_of_the_daemon_mid_epoch_then_restart_gives_the_uninterrupted_batches()
 
 #[test]
 fn a_uid_that_is_not_allowed_is_refused() {
+    let _cores = super::shared_cores();
     let dir = tempfile::tempdir().unwrap();
     let shards = dataset(dir.path());
     let socket = dir.path().join("loader.sock");
@@ -176,7 +183,8 @@ fn a_uid_that_is_not_allowed_is_refused() {
     assert!(!status.status.success());
 }
 
-fn nix_uid() -> u32 {
+/// This process's uid.
+pub(crate) fn nix_uid() -> u32 {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
         .unwrap()
@@ -261,10 +269,17 @@ fn misbehave(socket: &Path, rng: &mut impl Rng) {
 
 #[test]
 fn malformed_messages_do_not_disturb_a_well_behaved_client() {
+    let _cores = super::shared_cores();
     let dir = tempfile::tempdir().unwrap();
     let shards = dataset(dir.path());
     let socket = dir.path().join("loader.sock");
-    let mut daemon = Daemon::start(&shards, &socket, &["--slots", "2"]);
+    // An eighth of the conversations are valid hellos: at the default clients_per_s_per_uid
+    // (16) the 12,500 of them would take 13 minutes. This test is about messages; the rate has
+    // its own (server::listener's tests, drill.rs).
+    let config = dir.path().join("loader.toml");
+    std::fs::write(&config, "clients_per_s_per_uid = 0\n").unwrap();
+    let config = config.to_str().unwrap();
+    let mut daemon = Daemon::start(&shards, &socket, &["--slots", "2", "--config", config]);
     const STEPS: u32 = 12;
     let out = fetch(&socket, STEPS).output().unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -324,6 +339,7 @@ fn malformed_messages_do_not_disturb_a_well_behaved_client() {
 
 #[test]
 fn each_virtual_rank_trains_on_what_loader_fetch_gives_that_rank() {
+    let _cores = super::shared_cores();
     let dir = tempfile::tempdir().unwrap();
     let shards = dataset(dir.path());
     let socket = dir.path().join("loader.sock");
@@ -396,6 +412,7 @@ fn step_losses(out: &Path) -> Vec<(u64, String)> {
 
 #[test]
 fn kill_9_of_a_four_rank_run_mid_epoch_then_resume_gives_the_uninterrupted_losses() {
+    let _cores = super::shared_cores();
     let dir = tempfile::tempdir().unwrap();
     let shards = dataset(dir.path());
     let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke.toml");
@@ -469,6 +486,7 @@ fn kill_9_of_a_four_rank_run_mid_epoch_then_resume_gives_the_uninterrupted_losse
 
 #[test]
 fn sighup_stops_the_daemon_and_removes_its_socket() {
+    let _cores = super::shared_cores();
     let dir = tempfile::tempdir().unwrap();
     let shards = dataset(dir.path());
     let socket = dir.path().join("loader.sock");

@@ -8,6 +8,7 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +20,7 @@ use loader::protocol::{self, Reply, Request};
 use loader::transform::{TrainTransform, TransformSpec};
 use loader::{JobSpec, Position};
 
-use super::daemon::{Daemon, dataset};
+use super::daemon::{Daemon, dataset, dataset_of, nix_uid};
 
 /// The daemon's threads, rings and resident memory, from `/proc/PID`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -57,6 +58,26 @@ impl Footprint {
         }
     }
 
+    /// Whether the daemon is back where it was at `idle`: no more threads, no ring, its heap
+    /// within [`SLACK`].
+    fn is_back_to(self, idle: Footprint) -> bool {
+        self.threads <= idle.threads
+            && self.rings == 0
+            && self.shmem <= idle.shmem
+            && self.anon <= idle.anon + SLACK
+    }
+
+    /// One row of a drill's table under [`FOOTPRINT_HEADER`].
+    fn row(self, name: &str) -> String {
+        format!(
+            "{name:<10} {:>7}  {:>5}  {:>8.1}  {:>14.1}",
+            self.threads,
+            self.rings,
+            mib(self.anon),
+            mib(self.shmem)
+        )
+    }
+
     fn max(self, o: Footprint) -> Footprint {
         Footprint {
             threads: self.threads.max(o.threads),
@@ -64,6 +85,22 @@ impl Footprint {
             anon: self.anon.max(o.anon),
             shmem: self.shmem.max(o.shmem),
         }
+    }
+}
+
+/// The header of [`Footprint::row`]s.
+const FOOTPRINT_HEADER: &str = "daemon     threads  rings  anon MiB  ring pages MiB";
+
+/// Waits up to 30 s for the daemon `pid` to come back to `idle` (tokio's blocking threads
+/// linger 10 s after their last task); returns where it is and how long that took.
+fn settle(pid: u32, idle: Footprint) -> (Footprint, Duration) {
+    let from = Instant::now();
+    loop {
+        let now = Footprint::of(pid);
+        if now.is_back_to(idle) || from.elapsed() > Duration::from_secs(30) {
+            return (now, from.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -207,22 +244,45 @@ fn leave(socket: &Path, how: Leave, i: usize) {
 }
 
 /// Batch arrival times of the good client, and whether it should go on.
+#[derive(Default)]
 struct GoodClient {
     times: Mutex<Vec<Instant>>,
     stop: AtomicBool,
+    /// Time between two batches, as a trainer whose GPU sets the pace reads them (`None`: as
+    /// fast as they come).
+    pace: Mutex<Option<Duration>>,
 }
 
 impl GoodClient {
     fn run(&self, socket: &Path) {
         let job = JobSpec::single("train", a1(64), 11, 8);
         let mut c = Client::connect(options(socket, "good", job, 4)).unwrap();
+        let mut due = Instant::now();
         while !self.stop.load(Ordering::SeqCst) {
             let b = c.next_batch().unwrap().unwrap();
             assert_eq!(b.count, 8);
             drop(b);
-            self.times.lock().unwrap().push(Instant::now());
+            let now = Instant::now();
+            self.times.lock().unwrap().push(now);
+            if let Some(pace) = *self.pace.lock().unwrap() {
+                // A step that came late is not made up for: the GPU waited.
+                due = (due + pace).max(now);
+                std::thread::sleep(due - now);
+            }
         }
         assert_eq!(c.reconnects(), 0, "the good client lost its connection");
+    }
+
+    /// The lowest rate over any second between `a` and `b`, in steps of a tenth.
+    fn worst_second(&self, a: Instant, b: Instant) -> f64 {
+        let second = Duration::from_secs(1);
+        let mut worst = f64::INFINITY;
+        let mut t = a;
+        while t + second <= b {
+            worst = worst.min(self.rate(t, t + second));
+            t += second / 10;
+        }
+        worst
     }
 
     /// Batches per second between `a` and `b`.
@@ -297,6 +357,8 @@ fn phase(socket: &Path, how: Leave) -> Phase {
 
 #[test]
 fn a_hundred_clients_that_leave_in_every_way_leave_no_trace() {
+    // Its figures compare rates: no other test of this binary runs meanwhile.
+    let _cores = super::all_cores();
     let dir = tempfile::tempdir().unwrap();
     let shards = dataset(dir.path());
     let socket = dir.path().join("loader.sock");
@@ -313,10 +375,7 @@ fn a_hundred_clients_that_leave_in_every_way_leave_no_trace() {
     let pid = daemon.child.id();
     let idle = Footprint::of(pid);
 
-    let good = GoodClient {
-        times: Mutex::new(Vec::new()),
-        stop: AtomicBool::new(false),
-    };
+    let good = GoodClient::default();
     let worst_stats = Mutex::new(Duration::ZERO);
     let peak = Mutex::new(Footprint::default());
     let drilling = AtomicBool::new(true);
@@ -356,23 +415,8 @@ fn a_hundred_clients_that_leave_in_every_way_leave_no_trace() {
     });
     let peak = *peak.lock().unwrap();
 
-    // The good client has left too: wait for the daemon to come back to where it was before
-    // any client (tokio's blocking threads linger 10 s after their last task).
-    let settle = Instant::now();
-    let back = |now: Footprint| {
-        now.threads <= idle.threads
-            && now.rings == 0
-            && now.shmem <= idle.shmem
-            && now.anon <= idle.anon + SLACK
-    };
-    let after = loop {
-        let now = Footprint::of(pid);
-        if back(now) || settle.elapsed() > Duration::from_secs(30) {
-            break now;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let settled_in = settle.elapsed();
+    // The good client has left too: the daemon comes back to where it was before any client.
+    let (after, settled_in) = settle(pid, idle);
 
     let calm_rate = good.rate(calm.0, calm.1);
     let mut table = format!(
@@ -399,29 +443,13 @@ fn a_hundred_clients_that_leave_in_every_way_leave_no_trace() {
     );
     eprintln!(
         "{table}slowest `stats` answer during the drill: {} ms\n\
-         daemon     threads  rings  anon MiB  ring pages MiB\n\
-         idle       {:>7}  {:>5}  {:>8.1}  {:>14.1}   (no client yet)\n\
-         calm       {:>7}  {:>5}  {:>8.1}  {:>14.1}   (the good client attached)\n\
-         peak       {:>7}  {:>5}  {:>8.1}  {:>14.1}\n\
-         after      {:>7}  {:>5}  {:>8.1}  {:>14.1}   (every client gone, {:.1} s after the \
-         last left)",
+         {FOOTPRINT_HEADER}\n{}   (no client yet)\n{}   (the good client attached)\n{}\n{}   \
+         (every client gone, {:.1} s after the last left)",
         worst_stats.lock().unwrap().as_millis(),
-        idle.threads,
-        idle.rings,
-        mib(idle.anon),
-        mib(idle.shmem),
-        before.threads,
-        before.rings,
-        mib(before.anon),
-        mib(before.shmem),
-        peak.threads,
-        peak.rings,
-        mib(peak.anon),
-        mib(peak.shmem),
-        after.threads,
-        after.rings,
-        mib(after.anon),
-        mib(after.shmem),
+        idle.row("idle"),
+        before.row("calm"),
+        peak.row("peak"),
+        after.row("after"),
         settled_in.as_secs_f64(),
     );
     let mut daemon = daemon;
@@ -438,9 +466,158 @@ fn a_hundred_clients_that_leave_in_every_way_leave_no_trace() {
         "the drill never saw a ring besides the good client's: it tests nothing"
     );
     assert!(
-        back(after),
+        after.is_back_to(idle),
         "the daemon did not come back to where it was before any client: {idle:?} → {after:?}"
     );
     let status = loader::client::stats(&socket).unwrap();
     assert!(status.clients.is_empty(), "{:?}", status.clients);
+}
+
+/// The uid the other user's clients run as (`nobody`).
+const OTHER_UID: u32 = 65534;
+/// The other user's connections that hold every slot of their rings.
+const HOLDERS: u32 = 14;
+/// Its threads that connect and leave in a loop.
+const CHURNERS: u32 = 4;
+/// How long it churns.
+const HOG: Duration = Duration::from_secs(6);
+
+#[test]
+fn one_user_holding_many_rings_and_churning_cannot_starve_another() {
+    // Its figures compare rates: no other test of this binary runs meanwhile.
+    let _cores = super::all_cores();
+    if nix_uid() != 0 {
+        eprintln!(
+            "skipped: the other user's clients must run under uid {OTHER_UID}, which needs root \
+             (this is uid {})",
+            nix_uid()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The other user reaches the socket through this directory.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    // Images large enough that each worker's decode buffers are ~1 MiB, as the heap a burst
+    // of clients leaves behind is mostly theirs (ImageNet's are up to 11 MiB).
+    let shards = dataset_of(dir.path(), 160);
+    let socket = dir.path().join("loader.sock");
+    let config = dir.path().join("loader.toml");
+    // RSB_DRILL_CONFIG adds lines to the daemon's config: "decode_turns = 4096" gives every
+    // worker its own turn and "clients_per_s_per_uid = 0" lifts the rate, for the figures of
+    // the daemon without them.
+    let extra = std::env::var("RSB_DRILL_CONFIG").unwrap_or_default();
+    std::fs::write(
+        &config,
+        format!(
+            "max_ring_bytes = 134217728\nmax_clients = 32\nmemory_budget_bytes = 4294967296\n\
+             handshake_timeout_s = 2.0\nallow_uids = [0, {OTHER_UID}]\nallow_groups = []\n\
+             socket_mode = 0o666\n{extra}\n"
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&shards, &socket, &["--config", config.to_str().unwrap()]);
+    let pid = daemon.child.id();
+    let idle = Footprint::of(pid);
+
+    let good = GoodClient::default();
+    let peak = Mutex::new(Footprint::default());
+    let watching = AtomicBool::new(true);
+    let (alone, calm, hog, other) = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| good.run(&socket));
+        std::thread::sleep(Duration::from_secs(1));
+        // What the daemon can give it, then a trainer that reads a third of that: its share
+        // of two users' is half.
+        let t_alone = Instant::now();
+        std::thread::sleep(PHASE);
+        let alone = (t_alone, Instant::now());
+        let capacity = good.rate(alone.0, alone.1);
+        *good.pace.lock().unwrap() = Some(Duration::from_secs_f64(3.0 / capacity));
+        std::thread::sleep(Duration::from_secs(1));
+        let t_calm = Instant::now();
+        std::thread::sleep(PHASE);
+        let calm = (t_calm, Instant::now());
+        let t_hog = Instant::now();
+        let other = std::process::Command::new(env!("CARGO_BIN_EXE_drill-client"))
+            .arg(&socket)
+            .args([HOLDERS, CHURNERS].map(|n| n.to_string()))
+            .arg(HOG.as_secs().to_string())
+            .uid(OTHER_UID)
+            .gid(OTHER_UID)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let watcher = scope.spawn(|| {
+            while watching.load(Ordering::SeqCst) {
+                let mut p = peak.lock().unwrap();
+                *p = p.max(Footprint::of(pid));
+                drop(p);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let other = other.wait_with_output().unwrap();
+        let hog = (t_hog, Instant::now());
+        watching.store(false, Ordering::SeqCst);
+        watcher.join().unwrap();
+        good.stop.store(true, Ordering::SeqCst);
+        reader.join().unwrap();
+        (alone, calm, hog, other)
+    });
+    let peak = *peak.lock().unwrap();
+    let stdout = String::from_utf8_lossy(&other.stdout);
+    assert!(
+        other.status.success(),
+        "drill-client: {stdout}\n{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("held {HOLDERS} rings")),
+        "{stdout}"
+    );
+
+    // Everyone has left: the daemon's threads, rings and heap come back to idle.
+    let (after, settled_in) = settle(pid, idle);
+    let alone_rate = good.rate(alone.0, alone.1);
+    let calm_rate = good.rate(calm.0, calm.1);
+    let hog_rate = good.rate(hog.0, hog.1);
+    let ratio = hog_rate / calm_rate;
+    let worst = good.worst_second(hog.0, hog.1);
+    eprintln!(
+        "one user against another ({}): uid {OTHER_UID} holds every slot of {HOLDERS} rings \
+         while {CHURNERS} threads connect and leave ({})\n\
+         good client (uid 0)                   batches/s  vs calm\n\
+         alone, as fast as it can              {alone_rate:>9.1}\n\
+         calm, reading a third of that         {calm_rate:>9.1}     1.00\n\
+         during, mean                          {hog_rate:>9.1}  {ratio:>7.2}\n\
+         during, worst second                  {worst:>9.1}  {:>7.2}\n\
+         {FOOTPRINT_HEADER}\n{}\n{}\n{}   ({:.1} s after everyone left)",
+        match extra.trim() {
+            "" => "the default config".to_string(),
+            e => e.replace('\n', ", "),
+        },
+        stdout.trim(),
+        worst / calm_rate,
+        idle.row("idle"),
+        peak.row("peak"),
+        after.row("after"),
+        settled_in.as_secs_f64(),
+    );
+    let mut daemon = daemon;
+    daemon.assert_alive();
+    assert!(
+        peak.rings > HOLDERS as u64,
+        "the other user's rings never all existed: it tests nothing"
+    );
+    assert!(
+        ratio >= 0.5,
+        "the good client fell to {ratio:.2}× its calm rate while another user hogged the daemon"
+    );
+    assert!(
+        after.is_back_to(idle),
+        "the daemon did not come back to where it was before any client: {idle:?} → {after:?}"
+    );
 }

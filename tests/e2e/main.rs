@@ -5,6 +5,23 @@ mod drill;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// The machine's cores, as the tests of this binary (run on parallel threads) take them: most
+/// share them, but the drills compare a client's rate before and during an attack, which
+/// another test's load would make a figure about that test.
+static CORES: RwLock<()> = RwLock::new(());
+
+/// The cores, shared with the other tests that share them.
+fn shared_cores() -> RwLockReadGuard<'static, ()> {
+    // A test that failed holding the lock says so itself; the others go on.
+    CORES.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The cores, with no other test of this binary running.
+fn all_cores() -> RwLockWriteGuard<'static, ()> {
+    CORES.write().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Directory of the binaries built for this test run (`target/debug`).
 fn bin_dir() -> PathBuf {
@@ -22,6 +39,7 @@ fn bin_dir() -> PathBuf {
 
 #[test]
 fn readme_main_job_runs_end_to_end() {
+    let _cores = shared_cores();
     let work = tempfile::tempdir().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo.sh");
     let output = Command::new("bash")

@@ -11,9 +11,9 @@ use super::UsageError;
 /// `loader serve` flags; each overrides the config file's key of the same name.
 #[derive(Args)]
 pub struct ServeArgs {
-    /// TOML config (keys: shards, socket, workers, slots, max_slots, max_ring_bytes,
+    /// TOML config (keys: shards, socket, workers, decode_turns, slots, max_slots, max_ring_bytes,
     /// max_clients, max_clients_per_uid, memory_budget_bytes, allow_uids, allow_gids, allow_groups, socket_mode,
-    /// handshake_timeout_s, idle_timeout_s, stall_timeout_s, ring_bytes_per_s_per_uid,
+    /// handshake_timeout_s, idle_timeout_s, stall_timeout_s, ring_bytes_per_s_per_uid, clients_per_s_per_uid,
     /// group_wait_s; see configs/loader.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -80,6 +80,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .validate()
         .map_err(|e| UsageError(format!("{origin}: {e}")))?;
     shard_tool::console::init_logging("info");
+    // Before the runtime's threads: see `server::trim`.
+    loader::server::single_arena();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -95,6 +95,11 @@ pub struct ServeConfig {
     pub socket: Option<PathBuf>,
     /// Worker threads per client (0: one per available core).
     pub workers: u32,
+    /// Images decoded at once over all clients (0: one per core, or `workers` if more). A
+    /// worker takes one of these turns per image; when clients wait, a free turn goes to the
+    /// user with the fewest running, then to that user's client with the fewest, so no user,
+    /// and no client of a user, takes more than its share of the cores (`server::share`).
+    pub decode_turns: u32,
     /// Ring slots when the client does not ask for a number. The default, twice
     /// [`crate::batch::STEPS_PER_FILL`], lets the producer fill whole multi-step calls while a
     /// client that keeps up still holds the previous ones (with 4, fills shrank to a step or
@@ -136,6 +141,12 @@ pub struct ServeConfig {
     /// the kernel zeroing it: a user who connects and leaves over and over must not take the
     /// cores of everyone's producers.
     pub ring_bytes_per_s_per_uid: u64,
+    /// Clients per second one uid may start (0: no limit), after a burst of `max_clients`
+    /// (a whole job attaches at once); a hello waits up to 5 s for its turn, or is refused.
+    /// Each client costs the daemon a ring, a producer and its first images whatever its
+    /// size: a user connecting and leaving in a loop with small rings must not take the cores
+    /// of everyone's producers either.
+    pub clients_per_s_per_uid: u32,
     /// Seconds the first rank of a job waits for the job's other ranks before its batches
     /// start; ranks that attach together share decodes (see `server::producer`).
     pub group_wait_s: f64,
@@ -147,6 +158,7 @@ impl Default for ServeConfig {
             shards: None,
             socket: None,
             workers: 0,
+            decode_turns: 0,
             slots: 2 * crate::batch::STEPS_PER_FILL as u32,
             max_slots: 32,
             // 8 slots of A1 at 256 per rank (308 MB) fit; 16 × 512 MiB = 8 GiB, which the
@@ -163,6 +175,7 @@ impl Default for ServeConfig {
             idle_timeout_s: 60.0,
             stall_timeout_s: 1800.0,
             ring_bytes_per_s_per_uid: 1 << 30,
+            clients_per_s_per_uid: 16,
             group_wait_s: 5.0,
         }
     }
@@ -177,6 +190,7 @@ impl ServeConfig {
     /// form: `1e300`, not its 301 digits).
     pub fn validate(&self) -> Result<(), ServeError> {
         SettingError::within("workers", self.workers, 0..=1024)?;
+        SettingError::within("decode_turns", self.decode_turns, 0..=4096)?;
         SettingError::within("max_slots", self.max_slots, 1..=1024)?;
         SettingError::within("slots", self.slots, 1..=self.max_slots)?;
         SettingError::within("max_ring_bytes", self.max_ring_bytes, 1 << 20..=1 << 40)?;
@@ -200,6 +214,11 @@ impl ServeConfig {
             "ring_bytes_per_s_per_uid",
             self.ring_bytes_per_s_per_uid,
             0..=1 << 40,
+        )?;
+        SettingError::within(
+            "clients_per_s_per_uid",
+            self.clients_per_s_per_uid,
+            0..=100_000,
         )?;
         SettingError::within("memory_budget_bytes", self.memory_budget_bytes, 0..=1 << 50)?;
         let budget = self.memory_budget();

@@ -67,6 +67,18 @@ pub(super) enum Refusal {
         /// `ring_bytes_per_s_per_uid`.
         rate: u64,
     },
+    /// The user starts clients faster than `clients_per_s_per_uid` allows, by more than a
+    /// few seconds' worth.
+    #[error(
+        "uid {uid} is starting clients faster than this loader allows ({rate} per second, \
+         clients_per_s_per_uid); try again in a few seconds"
+    )]
+    ClientRate {
+        /// The peer's uid.
+        uid: u32,
+        /// `clients_per_s_per_uid`.
+        rate: u32,
+    },
     /// The job is invalid or does not fit its split.
     #[error("job: {0}")]
     Job(#[from] JobError),

@@ -54,8 +54,9 @@ impl Server {
             .collect();
         let socket = config.socket.clone().unwrap_or_else(default_socket);
         let listener = bind_socket(&socket, config.socket_mode)?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         let workers = match config.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            0 => cores,
             n => n,
         };
         let budget = config.memory_budget();
@@ -68,10 +69,21 @@ impl Server {
             budget.source()
         );
         let permits = Arc::new(Semaphore::new(config.max_clients as usize));
+        // Every core, whatever share of them one client's workers are (8 ranks of 2 workers
+        // each on 16 cores fill with all 16).
+        let turns = match config.decode_turns {
+            0 => cores.max(workers) as usize,
+            n => n as usize,
+        };
+        tracing::info!(
+            "{turns} decode turns, shared fairly among users and then among each user's clients"
+        );
         Ok(Server {
             shared: Arc::new(Shared {
                 config,
                 workers,
+                shares: super::share::Shares::new(turns),
+                trim: super::trim::Trim::default(),
                 dataset: Arc::new(dataset),
                 splits,
                 groups: Mutex::new(Groups::default()),
@@ -105,6 +117,10 @@ impl Server {
         let ticker = {
             let shared = Arc::clone(&shared);
             tokio::spawn(async move { shared.counters.tick(shared.workers).await })
+        };
+        let trimmer = {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move { shared.trim.every_second().await })
         };
         tokio::pin!(shutdown);
         loop {
@@ -147,6 +163,7 @@ impl Server {
             }
         }
         ticker.abort();
+        trimmer.abort();
         if let Err(e) = std::fs::remove_file(&self.socket) {
             tracing::warn!("removing {}: {e}", self.socket.display());
         }
@@ -402,6 +419,27 @@ mod tests {
         .map(|e| e.to_string())
         .unwrap_or_default();
         assert!(e.contains("ring_bytes_per_s_per_uid"), "{e}");
+    }
+
+    #[test]
+    fn a_user_who_starts_clients_too_fast_waits_for_them() {
+        // A burst of max_clients (2), then 4 clients a second, however small their rings.
+        let dir = tempfile::tempdir().unwrap();
+        let server = daemon(
+            dir.path(),
+            ServeConfig {
+                max_clients: 2,
+                clients_per_s_per_uid: 4,
+                ..ServeConfig::default()
+            },
+        );
+        let t0 = std::time::Instant::now();
+        for _ in 0..6 {
+            drop(crate::client::Client::connect(one_slot(&server)).unwrap());
+        }
+        let took = t0.elapsed().as_secs_f64();
+        // Whatever the machine's speed, no faster than the rate after the burst: (6 - 2) / 4.
+        assert!(took >= 0.9, "6 clients in {took:.2} s, the rate allows 1.0");
     }
 
     #[test]

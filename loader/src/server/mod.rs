@@ -14,8 +14,9 @@ budget), `listener` ([`Server`]: the socket, a permit per connection), `local`
 ([`LocalServer`]), `connection` (frames, who the peer is, typed refusals), `handler` (what the daemon
 does with a connection: the peer check, the handshake, then a status answer or a session),
 `session` (one client's job, ring and relay), `producer` (job groups and the threads that fill their rings
-through the [`BatchStream`](crate::stream::BatchStream)), `stats` (counters, `loader status`,
-systemd's tick).
+through the [`BatchStream`](crate::stream::BatchStream)), `share` (the decode turns, shared
+fairly among users and their clients), `trim` (the heap of ended producers given back),
+`stats` (counters, `loader status`, systemd's tick).
 
 The async side (tokio) only moves small messages; all pixel work is on the producer's threads.
 Everything a peer sends is checked, and a bad message costs that peer its connection, never the
@@ -38,16 +39,23 @@ mod listener;
 mod local;
 mod producer;
 mod session;
+mod share;
 mod stats;
+mod trim;
 
 pub use config::{MemoryBudget, ServeConfig, ServeError, default_socket};
 pub use listener::Server;
 pub use local::LocalServer;
+pub use trim::single_arena;
 
 /// State shared by every connection and producer.
 struct Shared {
     config: ServeConfig,
     workers: u32,
+    /// The decode turns every producer's workers take, shared fairly.
+    shares: Arc<share::Shares>,
+    /// Gives the heap of ended clients back to the system.
+    trim: trim::Trim,
     dataset: Arc<Dataset>,
     /// Each split's size and labels, read once at start.
     splits: BTreeMap<String, SplitInfo>,
@@ -63,15 +71,29 @@ struct Shared {
     /// and clients that connect together (or over and over) must not take every core from the
     /// producers of the clients already served.
     ring_builds: Mutex<()>,
-    /// Ring bytes each uid may still allocate without waiting (`ring_bytes_per_s_per_uid`).
+    /// Ring bytes and clients each uid may still start without waiting
+    /// (`ring_bytes_per_s_per_uid`, `clients_per_s_per_uid`).
     ring_rates: Mutex<std::collections::HashMap<u32, RingRate>>,
 }
 
-/// A token bucket of ring bytes: refilled at the configured rate, up to the memory budget (so a
-/// whole job can attach at once), spent by each ring made.
+/// Two token buckets of one uid, spent by each ring made: bytes, refilled at
+/// `ring_bytes_per_s_per_uid` up to the memory budget, and clients, refilled at
+/// `clients_per_s_per_uid` up to `max_clients` (so a whole job can attach at once).
 struct RingRate {
-    available: f64,
+    bytes: f64,
+    clients: f64,
     at: std::time::Instant,
+}
+
+/// One token bucket's part of [`Shared::ring_wait`]: what is left after spending `cost` from
+/// `available` refilled at `rate` over `elapsed` seconds up to `burst`, and how long to wait
+/// for it (0: no limit).
+fn bucket(available: f64, rate: f64, burst: f64, elapsed: f64, cost: f64) -> (f64, Duration) {
+    if rate <= 0.0 {
+        return (available, Duration::ZERO);
+    }
+    let left = (available + rate * elapsed).min(burst) - cost;
+    (left, Duration::from_secs_f64((-left / rate).max(0.0)))
 }
 
 /// The longest a hello waits for its ring bytes; past it the hello is refused (the client's own
@@ -132,36 +154,53 @@ impl Shared {
         })
     }
 
-    /// Spends `bytes` of `uid`'s ring allocation rate: how long to wait before making the ring
-    /// (zero while the burst lasts), or a refusal when that is longer than [`MAX_RING_WAIT`].
+    /// Spends one client and `bytes` of `uid`'s rates of starting clients and allocating
+    /// rings: how long to wait before making the ring (zero while the bursts last), or a
+    /// refusal when that is longer than [`MAX_RING_WAIT`].
     fn ring_wait(&self, uid: u32, bytes: u64) -> Result<Duration, connection::Refusal> {
-        let rate = self.config.ring_bytes_per_s_per_uid as f64;
-        if rate <= 0.0 {
-            return Ok(Duration::ZERO);
-        }
-        let burst = self.memory_budget as f64;
+        let config = &self.config;
+        let (byte_rate, byte_burst) = (
+            config.ring_bytes_per_s_per_uid as f64,
+            self.memory_budget as f64,
+        );
+        let (client_rate, client_burst) = (
+            f64::from(config.clients_per_s_per_uid),
+            f64::from(config.max_clients),
+        );
         let now = std::time::Instant::now();
         let mut rates = self
             .ring_rates
             .lock()
             .map_err(|_| connection::Refusal::Internal("ring rates poisoned"))?;
-        let bucket = rates.entry(uid).or_insert(RingRate {
-            available: burst,
+        let rate = rates.entry(uid).or_insert(RingRate {
+            bytes: byte_burst,
+            clients: client_burst,
             at: now,
         });
-        let refilled = bucket.available + rate * (now - bucket.at).as_secs_f64();
-        let left = refilled.min(burst) - bytes as f64;
-        let wait = Duration::from_secs_f64((-left / rate).max(0.0));
-        if wait > MAX_RING_WAIT {
+        let elapsed = (now - rate.at).as_secs_f64();
+        let (bytes_left, bytes_wait) =
+            bucket(rate.bytes, byte_rate, byte_burst, elapsed, bytes as f64);
+        let (clients_left, clients_wait) =
+            bucket(rate.clients, client_rate, client_burst, elapsed, 1.0);
+        if bytes_wait > MAX_RING_WAIT {
             return Err(connection::Refusal::RingRate {
                 uid,
-                rate: self.config.ring_bytes_per_s_per_uid,
+                rate: config.ring_bytes_per_s_per_uid,
             });
         }
-        // The bytes are reserved now, so the next hello waits behind this one.
-        bucket.available = left;
-        bucket.at = now;
-        Ok(wait)
+        if clients_wait > MAX_RING_WAIT {
+            return Err(connection::Refusal::ClientRate {
+                uid,
+                rate: config.clients_per_s_per_uid,
+            });
+        }
+        // Reserved now, so the next hello waits behind this one.
+        *rate = RingRate {
+            bytes: bytes_left,
+            clients: clients_left,
+            at: now,
+        };
+        Ok(bytes_wait.max(clients_wait))
     }
 
     /// The id of a new connection.
@@ -206,6 +245,21 @@ fn visible_to(mut stats: Stats, uid: u32, own: u32) -> Stats {
 mod tests {
     use super::*;
     use crate::protocol::ClientStats;
+
+    #[test]
+    fn a_bucket_refills_at_its_rate_up_to_its_burst_and_says_how_long_to_wait() {
+        // 16 a second, a burst of 16: the 16 first are free, the 17th waits 1/16 s.
+        let (left, wait) = bucket(16.0, 16.0, 16.0, 0.0, 16.0);
+        assert_eq!((left, wait), (0.0, Duration::ZERO));
+        let (left, wait) = bucket(left, 16.0, 16.0, 0.0, 1.0);
+        assert_eq!((left, wait), (-1.0, Duration::from_secs_f64(1.0 / 16.0)));
+        // Ten idle seconds refill it to the burst, not beyond.
+        assert_eq!(bucket(-1.0, 16.0, 16.0, 10.0, 1.0).0, 15.0);
+        // 100 reserved at once: the last waits 100/16 s, past MAX_RING_WAIT (refused).
+        assert!(bucket(0.0, 16.0, 16.0, 0.0, 100.0).1 > MAX_RING_WAIT);
+        // Rate 0: no limit.
+        assert_eq!(bucket(0.0, 0.0, 16.0, 0.0, 1e9).1, Duration::ZERO);
+    }
 
     #[test]
     fn users_see_their_own_clients_and_root_sees_all() {

@@ -47,6 +47,8 @@ pub(super) enum Event {
 pub(super) struct Member {
     /// The connection's id (its line in `loader status`).
     pub id: u64,
+    /// The peer's uid, whose share of the decode turns the producer takes.
+    pub uid: u32,
     /// The job, for this client's rank.
     pub plan: JobPlan,
     /// First batch the client wants.
@@ -162,14 +164,21 @@ fn start(shared: &Arc<Shared>, epochs: Option<u32>, mut members: Vec<Member>) {
         shared.counters.update_client(m.id, |c| c.group = n);
     }
     let ids: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
+    // The members of a group share a uid (it is part of the group key).
+    let tenant = shared.shares.tenant(first.id, first.uid);
     let producer = Producer {
         shared: Arc::clone(shared),
         members,
         epochs,
+        tenant,
     };
     if let Err(e) = std::thread::Builder::new()
         .name(format!("producer-{}", ids.join("-")))
-        .spawn(move || producer.run())
+        .spawn(move || {
+            let shared = Arc::clone(&producer.shared);
+            producer.run();
+            shared.trim.released();
+        })
     {
         // The members went with the closure: their connections close, their clients retry.
         tracing::error!("starting a producer: {e}");
@@ -181,6 +190,8 @@ struct Producer {
     shared: Arc<Shared>,
     members: Vec<Member>,
     epochs: Option<u32>,
+    /// Its claim on the daemon's decode turns.
+    tenant: super::share::Tenant,
 }
 
 /// The steps of one fill: each with a slot of every client that wants it (`None` for the
@@ -300,7 +311,7 @@ impl Producer {
             }
         }
         let gone = || watch.iter().any(|(_, events)| events.is_closed());
-        let filled = stream.fill_or_stop(split, targets, &gone);
+        let filled = stream.fill_or_stop(split, targets, &self.tenant.gate(&gone));
         if filled.stopped() {
             let id = watch.iter().find(|(_, e)| e.is_closed()).map(|(id, _)| *id);
             return Err(Stop::Left(id.unwrap_or_default()));

@@ -123,6 +123,7 @@ impl Session {
             .ok_or(Refusal::Internal("ring already handed over"))?;
         let member = Member {
             id: self.id,
+            uid: self.uid,
             plan: self.plan.clone(),
             start: self.start,
             ring,
@@ -168,6 +169,13 @@ impl Session {
         // Dropping the channels stops the producer after its current batch.
         tracing::info!("client {} closed", self.id);
         result
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Its ring and buffers go now: the heap they leave is given back (`server::trim`).
+        self.shared.trim.released();
     }
 }
 

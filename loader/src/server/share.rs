@@ -1,0 +1,394 @@
+/*!
+Fair shares of the decode turns: no user, and no client of a user, takes more than its share of
+the cores while others wait.
+
+Every producer has its own worker threads, so without a rule the kernel shares the cores among
+threads: a user with fourteen producers gets fourteen times the cores of a user with one (the
+attack drill measured a well-behaved trainer at 0.065× its calm rate). Here the daemon holds
+`turns` decode turns (one per core by default) and a worker takes one before each image. When
+a turn comes free and workers wait, it goes to the user with the fewest turns running, then,
+among that user's producers, to the one with the fewest, then to the one served longest ago:
+max-min fairness, user first. A producer alone takes every turn, so one trainer is as fast as
+without shares; two users that both want more than half get half each; a user who wants less
+than its share gets all it wants.
+
+A turn is held for one image (a few milliseconds), so a new client waits at most that long for
+its first one.
+*/
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::batch::Gate;
+
+/// How often a waiting worker looks whether its client has gone.
+const RECHECK: Duration = Duration::from_millis(20);
+
+/// The daemon's decode turns and who holds and waits for them.
+pub(super) struct Shares {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Turns nobody holds.
+    free: usize,
+    /// Running turns per user.
+    users: HashMap<u32, usize>,
+    tenants: HashMap<u64, Tenancy>,
+    /// Counts hand-overs, for "served longest ago".
+    clock: u64,
+}
+
+/// One producer's part of the state.
+struct Tenancy {
+    uid: u32,
+    /// Turns its workers hold (those granted but not yet picked up included).
+    running: usize,
+    /// Its workers waiting for a turn.
+    waiting: usize,
+    /// Turns handed to it that a waiting worker has not picked up yet (≤ `waiting`).
+    granted: usize,
+    /// When it was last handed a turn.
+    served: u64,
+    wake: Arc<Condvar>,
+}
+
+impl Shares {
+    /// `turns` decode turns (at least one).
+    pub(super) fn new(turns: usize) -> Arc<Shares> {
+        Arc::new(Shares {
+            state: Mutex::new(State {
+                free: turns.max(1),
+                ..State::default()
+            }),
+        })
+    }
+
+    /// A producer of user `uid`, known as `id` (its first client's connection id).
+    pub(super) fn tenant(self: &Arc<Shares>, id: u64, uid: u32) -> Tenant {
+        if let Ok(mut s) = self.state.lock() {
+            s.tenants.insert(
+                id,
+                Tenancy {
+                    uid,
+                    running: 0,
+                    waiting: 0,
+                    granted: 0,
+                    served: 0,
+                    wake: Arc::new(Condvar::new()),
+                },
+            );
+        }
+        Tenant {
+            shares: Arc::clone(self),
+            id,
+            uid,
+        }
+    }
+
+    fn lock(&self) -> Option<MutexGuard<'_, State>> {
+        // A poisoned lock means a worker panicked while holding it; its producer is gone and
+        // the others go on without shares rather than stop.
+        self.state.lock().ok()
+    }
+}
+
+impl State {
+    /// Hands one turn to the waiting producer with the least share, or frees it.
+    fn hand_over(&mut self) {
+        let next = self
+            .tenants
+            .iter()
+            .filter(|(_, t)| t.waiting > t.granted)
+            .min_by_key(|(_, t)| {
+                let user = self.users.get(&t.uid).copied().unwrap_or(0);
+                (user, t.running, t.served)
+            })
+            .map(|(&id, _)| id);
+        let Some(id) = next else {
+            self.free += 1;
+            return;
+        };
+        self.clock += 1;
+        let clock = self.clock;
+        if let Some(t) = self.tenants.get_mut(&id) {
+            t.running += 1;
+            t.granted += 1;
+            t.served = clock;
+            *self.users.entry(t.uid).or_insert(0) += 1;
+            t.wake.notify_one();
+        }
+    }
+
+    /// A turn of producer `id` has ended.
+    fn give_back(&mut self, id: u64) {
+        // A producer that is not here holds no turn (it cannot: see `Tenant::drop`).
+        let Some(t) = self.tenants.get_mut(&id) else {
+            return;
+        };
+        t.running = t.running.saturating_sub(1);
+        let uid = t.uid;
+        if let Some(n) = self.users.get_mut(&uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.users.remove(&uid);
+            }
+        }
+        self.hand_over();
+    }
+}
+
+/// One producer's claim on the daemon's decode turns; it leaves the shares when dropped.
+pub(super) struct Tenant {
+    shares: Arc<Shares>,
+    id: u64,
+    uid: u32,
+}
+
+impl Tenant {
+    /// The [`Gate`] of one fill: a turn for each image, or stop as soon as `gone` says so.
+    pub(super) fn gate<'a>(&'a self, gone: &'a (dyn Fn() -> bool + Sync)) -> TenantGate<'a> {
+        TenantGate { tenant: self, gone }
+    }
+
+    /// Waits for a turn; `false` if `gone` said stop first.
+    fn take(&self, gone: &dyn Fn() -> bool) -> bool {
+        let Some(mut s) = self.shares.lock() else {
+            return !gone();
+        };
+        if s.free > 0 {
+            s.free -= 1;
+            if let Some(t) = s.tenants.get_mut(&self.id) {
+                t.running += 1;
+            }
+            *s.users.entry(self.uid).or_insert(0) += 1;
+            return true;
+        }
+        let Some(wake) = s.tenants.get_mut(&self.id).map(|t| {
+            t.waiting += 1;
+            Arc::clone(&t.wake)
+        }) else {
+            return !gone();
+        };
+        loop {
+            let granted = s.tenants.get_mut(&self.id).is_some_and(|t| {
+                let got = t.granted > 0;
+                if got {
+                    t.granted -= 1;
+                    t.waiting -= 1;
+                }
+                got
+            });
+            if granted {
+                return true;
+            }
+            if gone() {
+                if let Some(t) = s.tenants.get_mut(&self.id) {
+                    t.waiting -= 1;
+                }
+                return false;
+            }
+            s = match wake.wait_timeout(s, RECHECK) {
+                Ok((s, _)) => s,
+                Err(_) => return !gone(),
+            };
+        }
+    }
+
+    /// After an image: keeps the turn unless another producer that waits has a smaller
+    /// share (its user runs fewer turns, or, of the same user, it does), which then gets it;
+    /// this worker then waits as [`Tenant::take`] does.
+    fn pass(&self, gone: &dyn Fn() -> bool) -> bool {
+        {
+            let Some(mut s) = self.shares.lock() else {
+                return !gone();
+            };
+            let Some(mine) = s.tenants.get(&self.id) else {
+                return !gone();
+            };
+            // The shares as they would be without this turn: its user's and its own.
+            let user = s
+                .users
+                .get(&self.uid)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(1);
+            let own = (user, mine.running.saturating_sub(1));
+            let smaller = s.tenants.iter().any(|(&id, t)| {
+                let theirs = match t.uid == self.uid {
+                    true => user,
+                    false => s.users.get(&t.uid).copied().unwrap_or(0),
+                };
+                id != self.id && t.waiting > t.granted && (theirs, t.running) < own
+            });
+            if !smaller {
+                s.clock += 1;
+                let clock = s.clock;
+                if let Some(t) = s.tenants.get_mut(&self.id) {
+                    t.served = clock;
+                }
+                return true;
+            }
+            s.give_back(self.id);
+        }
+        self.take(gone)
+    }
+
+    /// Ends a turn taken by [`Tenant::take`].
+    fn give_back(&self) {
+        if let Some(mut s) = self.shares.lock() {
+            s.give_back(self.id);
+        }
+    }
+}
+
+impl Drop for Tenant {
+    fn drop(&mut self) {
+        let Some(mut s) = self.shares.lock() else {
+            return;
+        };
+        // Its workers are done (a fill's threads end before it returns); turns handed to it
+        // that nobody picked up go to the others.
+        if let Some(t) = s.tenants.remove(&self.id) {
+            for _ in 0..t.running {
+                if let Some(n) = s.users.get_mut(&t.uid) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        s.users.remove(&t.uid);
+                    }
+                }
+                s.hand_over();
+            }
+        }
+    }
+}
+
+/// A [`Tenant`]'s gate for one fill.
+pub(super) struct TenantGate<'a> {
+    tenant: &'a Tenant,
+    gone: &'a (dyn Fn() -> bool + Sync),
+}
+
+impl Gate for TenantGate<'_> {
+    fn enter(&self) -> bool {
+        !(self.gone)() && self.tenant.take(self.gone)
+    }
+
+    fn leave(&self) {
+        self.tenant.give_back();
+    }
+
+    fn pass(&self) -> bool {
+        if (self.gone)() {
+            self.tenant.give_back();
+            return false;
+        }
+        self.tenant.pass(self.gone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    use super::*;
+
+    /// `tenants` as (id, uid, threads), whose workers each hold a turn for 2 ms per image until
+    /// `run` is over; returns the images each tenant made.
+    fn contend(turns: usize, tenants: &[(u64, u32, usize)], run: Duration) -> Vec<usize> {
+        let shares = Shares::new(turns);
+        let stop = AtomicBool::new(false);
+        let counts: Vec<AtomicUsize> = tenants.iter().map(|_| AtomicUsize::new(0)).collect();
+        let held: Vec<Tenant> = tenants
+            .iter()
+            .map(|&(id, uid, _)| shares.tenant(id, uid))
+            .collect();
+        let in_use = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for ((tenant, &(_, _, threads)), count) in held.iter().zip(tenants).zip(&counts) {
+                for _ in 0..threads {
+                    let (stop, in_use) = (&stop, &in_use);
+                    scope.spawn(move || {
+                        let gone = || stop.load(Ordering::Relaxed);
+                        let gate = tenant.gate(&gone);
+                        // As a fill's worker does: a turn, then one pass per image.
+                        let mut go = gate.enter();
+                        while go {
+                            let now = in_use.fetch_add(1, Ordering::SeqCst) + 1;
+                            assert!(now <= turns, "{now} turns held of {turns}");
+                            std::thread::sleep(Duration::from_millis(2));
+                            in_use.fetch_sub(1, Ordering::SeqCst);
+                            count.fetch_add(1, Ordering::Relaxed);
+                            go = gate.pass();
+                        }
+                    });
+                }
+            }
+            std::thread::sleep(run);
+            stop.store(true, Ordering::Relaxed);
+        });
+        counts.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+    }
+
+    #[test]
+    fn a_user_with_many_producers_gets_the_share_of_a_user_with_one() {
+        // User 7 runs fourteen producers of four threads each, user 8 one of four: two turns,
+        // one each, whatever the thread counts.
+        let mut tenants: Vec<(u64, u32, usize)> = (0..14).map(|id| (id, 7, 4)).collect();
+        tenants.push((99, 8, 4));
+        let got = contend(2, &tenants, Duration::from_millis(600));
+        let many: usize = got[..14].iter().sum();
+        let one = got[14];
+        let ratio = one as f64 / many as f64;
+        assert!((0.7..=1.4).contains(&ratio), "user 8 {one}, user 7 {many}");
+    }
+
+    #[test]
+    fn producers_of_one_user_share_its_turns_and_a_lone_producer_takes_all() {
+        // Two producers of one user, with six threads and with two, and four turns: two each
+        // (max-min), so over time they make about as many images. Then one alone uses every
+        // turn.
+        let got = contend(4, &[(1, 5, 6), (2, 5, 2)], Duration::from_millis(600));
+        let ratio = got[0] as f64 / got[1] as f64;
+        assert!((0.7..=1.4).contains(&ratio), "{got:?}");
+        let shares = Shares::new(3);
+        let t = shares.tenant(1, 5);
+        let never = || false;
+        let gate = t.gate(&never);
+        assert!(gate.enter() && gate.enter() && gate.enter());
+        assert_eq!(shares.lock().map(|s| s.free), Some(0));
+        for _ in 0..3 {
+            gate.leave();
+        }
+        assert_eq!(shares.lock().map(|s| s.free), Some(3));
+    }
+
+    #[test]
+    fn a_waiting_worker_whose_client_left_stops_and_turns_of_a_dropped_producer_come_back() {
+        let shares = Shares::new(1);
+        let busy = shares.tenant(1, 5);
+        let never = || false;
+        assert!(busy.gate(&never).enter());
+        let waiting = shares.tenant(2, 6);
+        let left = AtomicBool::new(false);
+        let t0 = Instant::now();
+        std::thread::scope(|scope| {
+            let h = scope.spawn(|| {
+                let gone = || left.load(Ordering::Relaxed);
+                waiting.gate(&gone).enter()
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            left.store(true, Ordering::Relaxed);
+            assert!(!h.join().unwrap(), "a worker whose client left got a turn");
+        });
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        // The holder is dropped without giving its turn back (its fill panicked): the turn is
+        // free again for a new producer.
+        drop(busy);
+        let next = shares.tenant(3, 7);
+        assert!(next.gate(&never).enter());
+    }
+}
