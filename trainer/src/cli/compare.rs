@@ -19,15 +19,17 @@ pub struct CompareArgs {
     #[arg(long)]
     pub json: bool,
     /// Image width in pixels (200 to 8192: a PNG of 8192² is 200 MB in memory).
-    #[arg(long, default_value_t = 1200, value_parser = clap::value_parser!(u32).range(200..=8192))]
+    #[arg(long, default_value_t = 1200, value_parser = clap::value_parser!(u32).range(super::image_sides()))]
     pub width: u32,
     /// Image height in pixels (200 to 8192).
-    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(200..=8192))]
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(super::image_sides()))]
     pub height: u32,
 }
 
 /// Draws the runs and prints their table.
 pub fn run(a: CompareArgs) -> Result<ExitCode> {
+    // A FIFO or a device as --out is the user's mistake: said before the runs are read.
+    shard_tool::user_file::check_write_target(&a.out).map_err(|e| super::usage(e.chain()))?;
     let table = trainer::report::compare::compare(&a.runs, &a.out, a.width, a.height)?;
     if a.json {
         println!("{}", serde_json::to_string(&table)?);

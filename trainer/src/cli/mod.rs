@@ -179,6 +179,12 @@ pub fn load_recipe(path: &std::path::Path, flags: &RecipeFlags) -> Result<TrainC
 /// Bad usage or bad input: exit status 2 (the three binaries' one usage error).
 pub use shard_tool::console::Usage;
 
+/// [`trainer::report::draw::SIDES`], as clap's range for `--width` and `--height`.
+pub fn image_sides() -> std::ops::RangeInclusive<i64> {
+    let sides = trainer::report::draw::SIDES;
+    i64::from(*sides.start())..=i64::from(*sides.end())
+}
+
 /// `e` as a [`Usage`] error, its message kept.
 pub fn usage(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::Error::new(Usage(e.to_string()))

@@ -19,10 +19,10 @@ pub struct PlotArgs {
     #[arg(long)]
     pub title: Option<String>,
     /// Image width in pixels (200 to 8192: a PNG of 8192² is 200 MB in memory).
-    #[arg(long, default_value_t = 1200, value_parser = clap::value_parser!(u32).range(200..=8192))]
+    #[arg(long, default_value_t = 1200, value_parser = clap::value_parser!(u32).range(super::image_sides()))]
     pub width: u32,
     /// Image height in pixels (200 to 8192).
-    #[arg(long, default_value_t = 800, value_parser = clap::value_parser!(u32).range(200..=8192))]
+    #[arg(long, default_value_t = 800, value_parser = clap::value_parser!(u32).range(super::image_sides()))]
     pub height: u32,
 }
 
@@ -30,6 +30,8 @@ pub struct PlotArgs {
 pub fn run(a: PlotArgs) -> Result<ExitCode> {
     let run = RunDir::named(&a.run);
     let out = a.out.unwrap_or_else(|| run.curves());
+    // A FIFO or a device as --out is the user's mistake: said before the drawing.
+    shard_tool::user_file::check_write_target(&out).map_err(|e| super::usage(e.chain()))?;
     let title = a.title.unwrap_or_else(|| run.name());
     let summary = trainer::report::curves::plot(&run, &out, &title, a.width, a.height)?;
     let top1 = summary

@@ -7,8 +7,8 @@ use plotters::prelude::*;
 
 use super::curves::PlotError;
 use super::draw::{
-    DrawError, FONT, draw_error, legend, moving_average, panel, plain, range, register_font,
-    write_png,
+    DrawError, FONT, check_size, draw_error, legend, moving_average, panel, plain, range,
+    register_font, write_png,
 };
 use crate::run::RunDir;
 use crate::run::metrics::Metric;
@@ -65,12 +65,13 @@ pub(crate) fn summarize(name: &str, metrics: &[Metric]) -> RunSummary {
 /// Draws the runs into an RGB buffer of `width × height`: loss on the left, top-1 on the right.
 ///
 /// # Errors
-/// [`DrawError::Draw`].
+/// [`DrawError::Size`] for a side outside [`super::draw::SIDES`], [`DrawError::Draw`].
 pub fn render(
     runs: &[(String, Vec<Metric>)],
     width: u32,
     height: u32,
 ) -> Result<Vec<u8>, DrawError> {
+    check_size(width, height)?;
     register_font()?;
     let series: Vec<Series<'_>> = runs.iter().map(|(name, m)| Series::of(name, m)).collect();
     // A little room right of the last step, so its evaluation's points are drawn whole.

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 
 use super::draw::{
-    Chart, DrawError, FONT, draw_error, legend, moving_average, panel, plain, range, register_font,
-    scientific, write_png,
+    Chart, DrawError, FONT, check_size, draw_error, legend, moving_average, panel, plain, range,
+    register_font, scientific, write_png,
 };
 use crate::run::RunDir;
 use crate::run::metrics::{Metric, MetricsError};
@@ -89,13 +89,14 @@ impl Points {
 /// Draws `metrics` into an RGB buffer of `width × height`, four panels.
 ///
 /// # Errors
-/// [`PlotError::Draw`].
+/// [`PlotError::Draw`], also for a side outside [`super::draw::SIDES`].
 pub fn render(
     metrics: &[Metric],
     title: &str,
     width: u32,
     height: u32,
 ) -> Result<Vec<u8>, PlotError> {
+    check_size(width, height)?;
     register_font()?;
     let points = Points::of(metrics);
     let mut buffer = vec![255u8; width as usize * height as usize * 3];

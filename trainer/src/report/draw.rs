@@ -11,9 +11,21 @@ use plotters::style::FontStyle;
 
 use crate::run::write_file;
 
+/// The sides, in pixels, a report's PNG may have: below 200 nothing in it is legible, and an
+/// RGB buffer of 8192² is 200 MB (100000² was a 30 GB allocation, and an abort).
+pub const SIDES: std::ops::RangeInclusive<u32> = 200..=8192;
+
 /// Errors drawing or writing a PNG.
 #[derive(Debug, thiserror::Error)]
 pub enum DrawError {
+    /// A side outside [`SIDES`].
+    #[error("a {width}×{height} image: each side must be within 200..=8192 pixels")]
+    Size {
+        /// Asked width.
+        width: u32,
+        /// Asked height.
+        height: u32,
+    },
     /// plotters failed.
     #[error("drawing failed: {0}")]
     Draw(String),
@@ -43,6 +55,18 @@ pub(crate) fn register_font() -> Result<(), DrawError> {
         Err(DrawError::Draw(
             "the embedded DejaVu Sans font did not load".into(),
         ))
+    }
+}
+
+/// Refuses an image of a side outside [`SIDES`], before its buffer is allocated.
+///
+/// # Errors
+/// [`DrawError::Size`].
+pub(crate) fn check_size(width: u32, height: u32) -> Result<(), DrawError> {
+    if SIDES.contains(&width) && SIDES.contains(&height) {
+        Ok(())
+    } else {
+        Err(DrawError::Size { width, height })
     }
 }
 
@@ -175,6 +199,16 @@ pub(crate) fn write_png(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_sides_outside_200_to_8192_are_refused() {
+        assert!(check_size(1200, 800).is_ok());
+        assert!(check_size(200, 8192).is_ok());
+        for (w, h) in [(100_000, 100_000), (199, 800), (1200, 0), (8193, 200)] {
+            let e = check_size(w, h).unwrap_err().to_string();
+            assert!(e.contains(&format!("{w}×{h}")), "{e}");
+        }
+    }
 
     #[test]
     fn moving_average_is_exact_on_a_ramp() {

@@ -475,16 +475,21 @@ fn a_path_that_is_not_a_regular_file_is_refused_naming_what_it_is() {
          \"samples_per_s\":10.0,\"data_wait_s\":0.0,\"upload_s\":0.0}\n",
     )
     .unwrap();
-    let (_, stderr) = refusal(
-        trainer()
-            .arg("plot")
-            .arg(&run)
-            .arg("--out")
-            .arg(&fifo)
-            .assert()
-            .failure(),
-    );
-    assert!(stderr.contains("is a FIFO, not a regular file"), "{stderr}");
+    // Refused as the user's mistake (exit 2) before any drawing, by each command that writes
+    // a file the user names.
+    for args in [
+        vec!["plot".into(), run.clone().into_os_string(), "--out".into()],
+        vec![
+            "compare".into(),
+            run.clone().into_os_string(),
+            "--out".into(),
+        ],
+        vec!["export".into()],
+    ] {
+        let (code, stderr) = refusal(trainer().args(&args).arg(&fifo).assert().failure());
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("is a FIFO, not a regular file"), "{stderr}");
+    }
     let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
     assert!(
         std::os::unix::fs::FileTypeExt::is_fifo(&kind),

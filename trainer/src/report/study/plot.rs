@@ -3,15 +3,16 @@
 use plotters::prelude::*;
 
 use super::table::{REPLICATE_KEY, Row, RunResult, group_of, groups, table};
-use crate::report::draw::{DrawError, FONT, draw_error, range, register_font};
+use crate::report::draw::{DrawError, FONT, check_size, draw_error, range, register_font};
 
 /// Draws the study into an RGB buffer: one panel per eval set's top-1 (and ReaL top-1), the
 /// groups along x, one point per run (spread a little so seeds do not hide each other), the
 /// group's mean as a bar with ± one std.
 ///
 /// # Errors
-/// [`DrawError::Draw`].
+/// [`DrawError::Size`] for a side outside [`crate::report::draw::SIDES`], [`DrawError::Draw`].
 pub fn render(results: &[RunResult], width: u32, height: u32) -> Result<Vec<u8>, DrawError> {
+    check_size(width, height)?;
     register_font()?;
     let study = Study {
         results,
