@@ -113,7 +113,9 @@ pub struct ServeConfig {
     /// never says hello holds one until `handshake_timeout_s`).
     pub max_clients: u32,
     /// Most connections one user (peer uid) may hold at once, so that one user cannot take
-    /// every `max_clients` permit on a shared machine; 0: no per-user limit.
+    /// every `max_clients` permit on a shared machine; 0: three quarters of `max_clients`
+    /// (12 of 16: an 8-rank job and its evaluation fit). `max_clients` itself: no per-user
+    /// limit.
     pub max_clients_per_uid: u32,
     /// Bytes all rings together may take (`max_clients × max_ring_bytes` must fit); 0: half of
     /// the machine's physical memory.
@@ -182,6 +184,15 @@ impl Default for ServeConfig {
 }
 
 impl ServeConfig {
+    /// The connections one user may hold: `max_clients_per_uid`, or three quarters of
+    /// `max_clients` (at least one) when that is 0.
+    pub fn clients_per_uid(&self) -> u32 {
+        match self.max_clients_per_uid {
+            0 => (self.max_clients - self.max_clients / 4).max(1),
+            n => n,
+        }
+    }
+
     /// Checks every number against what the daemon can run (a timeout of `inf` would panic
     /// where it becomes a `Duration`; zero clients would serve nobody).
     ///

@@ -262,6 +262,13 @@ mod tests {
             "connections to this loader (max_clients_per_uid)",
         );
         assert!(stats.refused >= 1);
+        // By default, three quarters of the permits: one user cannot take them all.
+        assert_eq!(ServeConfig::default().clients_per_uid(), 12);
+        let one = ServeConfig {
+            max_clients: 1,
+            ..ServeConfig::default()
+        };
+        assert_eq!(one.clients_per_uid(), 1);
     }
 
     /// A client of 2-image eval batches through a one-slot ring, from the start, forever.

@@ -135,16 +135,16 @@ impl Shared {
         visible_to(self.stats(), uid, nix::unistd::geteuid().as_raw())
     }
 
-    /// One of user `uid`'s connections, or the refusal when it has `max_clients_per_uid`
-    /// (0: no per-user limit).
+    /// One of user `uid`'s connections, or the refusal when it has
+    /// [`ServeConfig::clients_per_uid`].
     fn user_permit(&self, uid: u32) -> Result<UserPermit, connection::Refusal> {
-        let max = self.config.max_clients_per_uid;
+        let max = self.config.clients_per_uid();
         let mut counts = self
             .per_uid
             .lock()
             .map_err(|_| connection::Refusal::Internal("per-user counts poisoned"))?;
         let n = counts.entry(uid).or_insert(0);
-        if max > 0 && *n >= max {
+        if *n >= max {
             return Err(connection::Refusal::UserBusy { uid, max });
         }
         *n += 1;

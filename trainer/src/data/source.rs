@@ -55,10 +55,13 @@ impl DataSource {
     pub fn open(&self) -> Result<Batches, DataError> {
         match self {
             DataSource::Shards { dir, workers } => {
+                let defaults = ServeConfig::default();
                 let server = LocalServer::start(ServeConfig {
                     shards: Some(dir.clone()),
                     workers: *workers,
-                    ..ServeConfig::default()
+                    // Its only user is this process: no per-user share of the connections.
+                    max_clients_per_uid: defaults.max_clients,
+                    ..defaults
                 })?;
                 Ok(Batches {
                     socket: server.socket().to_path_buf(),
