@@ -87,6 +87,16 @@ fn readme_main_job_runs_end_to_end() {
     );
     let after = std::fs::read_to_string(work.path().join("demo/status-after.txt")).unwrap();
     assert!(after.contains(" 0 connection(s) refused"), "{after}");
+    // timm's summary.csv: its header, and the one (partial) epoch trained.
+    let summary = std::fs::read_to_string(work.path().join("demo/run/summary.csv")).unwrap();
+    let lines: Vec<&str> = summary.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some("epoch,train_loss,eval_loss,eval_top1,eval_top5,lr"),
+        "{summary}"
+    );
+    assert_eq!(lines.len(), 2, "{summary}");
+    assert!(lines[1].starts_with("0,"), "{summary}");
     let metrics = std::fs::read_to_string(work.path().join("demo/run/metrics.jsonl")).unwrap();
     assert_eq!(
         metrics

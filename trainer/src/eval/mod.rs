@@ -76,6 +76,9 @@ pub struct Accuracy {
     pub samples: u64,
     /// Of them, images whose logits held a NaN or an infinity (counted wrong).
     pub non_finite: u64,
+    /// Mean cross-entropy of the logits against the labels (timm's `validate_loss_fn`), over
+    /// the images with finite logits; 0 when there were none.
+    pub loss: f64,
 }
 
 /// Top-1 and top-5 of `model` (eval mode) on the batches of `job` (the recipe's eval job),
@@ -104,6 +107,7 @@ pub fn evaluate(
     .map_err(DataError::from)?;
     let side = job.transform.img_size() as usize;
     let (mut top1, mut top5, mut n, mut non_finite) = (0u64, 0u64, 0u64, 0u64);
+    let mut loss_sum = 0.0f64;
     while let Some(batch) = client.next_batch().map_err(DataError::from)? {
         let batch = Arc::new(batch);
         let shape = [batch.count, side, side];
@@ -129,6 +133,7 @@ pub fn evaluate(
                 continue;
             };
             on_image(id, &best5(row));
+            loss_sum += cross_entropy(row, label);
             top1 += u64::from(above < 1);
             top5 += u64::from(above < 5);
         }
@@ -141,7 +146,17 @@ pub fn evaluate(
         top5: pct(top5),
         samples: n,
         non_finite,
+        loss: loss_sum / n.saturating_sub(non_finite).max(1) as f64,
     })
+}
+
+/// `-log softmax(row)[label]`, in f64 with the row's maximum subtracted (finite for any finite
+/// row); `row` is finite and holds `label` ([`rank`] checked both).
+fn cross_entropy(row: &[f32], label: u32) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+    let own = row.get(label as usize).copied().unwrap_or(0.0) as f64;
+    sum.ln() + max - own
 }
 
 /// The rank of class `label` in `row`: how many classes score strictly higher.
@@ -177,6 +192,15 @@ pub(crate) fn best5(row: &[f32]) -> [u32; 5] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cross_entropy_is_torchs_on_a_known_row() {
+        // torch.nn.functional.cross_entropy(torch.tensor([[2., 1., 0.1]]), torch.tensor([0]))
+        // = 0.4170299470424652; large logits do not overflow.
+        assert!((cross_entropy(&[2.0, 1.0, 0.1], 0) - 0.417_029_947).abs() < 1e-6);
+        assert!((cross_entropy(&[1000.0, 0.0], 1) - 1000.0).abs() < 1e-6);
+        assert!(cross_entropy(&[5.0, 5.0], 0) - std::f64::consts::LN_2 < 1e-12);
+    }
 
     #[test]
     fn a_row_with_a_nan_or_an_infinity_ranks_nothing() {

@@ -28,6 +28,7 @@ const METRICS_FILE: &str = "metrics.jsonl";
 const LATEST: &str = "latest";
 const SETS_FILE: &str = "eval-sets.json";
 const CURVES_FILE: &str = "curves.png";
+const SUMMARY_FILE: &str = "summary.csv";
 /// Checkpoints kept (the newest and the one before, in case the newest is being read).
 const KEEP: usize = 2;
 
@@ -205,6 +206,11 @@ impl RunDir {
         // Plain numbers and strings always serialize.
         let json = serde_json::to_vec_pretty(cached).unwrap_or_default();
         self.write(SETS_FILE, &json)
+    }
+
+    /// timm's `summary.csv`: one row per epoch (`run::summary`).
+    pub fn summary(&self) -> PathBuf {
+        self.root.join(SUMMARY_FILE)
     }
 
     /// Where `trainer plot` draws the run's curves by default.

@@ -79,6 +79,10 @@ pub enum Metric {
         top5: f64,
         /// Images evaluated.
         samples: u64,
+        /// Mean cross-entropy on the evaluated images (timm's `eval_loss`). Older files lack
+        /// it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        loss: Option<f64>,
     },
 }
 
@@ -114,13 +118,15 @@ impl Metric {
                 non_negative("data_wait_s", data_wait_s)?;
                 non_negative("upload_s", upload_s)
             }
-            Metric::Eval { top1, top5, .. } => {
+            Metric::Eval {
+                top1, top5, loss, ..
+            } => {
                 for (name, v) in [("top1", top1), ("top5", top5)] {
                     if !(0.0..=100.0).contains(&v) {
                         return Err(format!("{name} {v:?} is outside 0..=100"));
                     }
                 }
-                Ok(())
+                loss.map_or(Ok(()), |l| non_negative("loss", l))
             }
         }
     }
@@ -163,6 +169,7 @@ impl Metric {
             top1,
             top5,
             samples,
+            loss: None,
         }
     }
 }

@@ -18,6 +18,7 @@
 pub mod checkpoint;
 mod dir;
 pub mod metrics;
+pub mod summary;
 mod timing;
 pub mod weights;
 
@@ -343,6 +344,9 @@ impl<'a> Run<'a> {
             if (epoch_done && self.evaluates_after(next.epoch)) || last {
                 self.evaluate(next.epoch, on_event)?;
             }
+            if epoch_done || last {
+                self.write_summary(on_event);
+            }
             if checkpoint {
                 self.checkpoint(next, on_event)?;
             }
@@ -472,11 +476,26 @@ impl<'a> Run<'a> {
             top1: a.top1,
             top5: a.top5,
             samples: a.samples,
+            loss: Some(a.loss),
         };
         self.metrics.append(&m)?;
         on_event(Event::Metric(m.clone()));
         self.last_eval = Some(m);
         Ok(())
+    }
+
+    /// Rewrites timm's `summary.csv` from `metrics.jsonl`. A failure (a full disk) is a
+    /// warning: the summary is a view of the metrics, never worth the run.
+    fn write_summary(&self, on_event: &mut dyn FnMut(Event)) {
+        let out = &self.options.out;
+        let written = metrics::read_metrics(&out.metrics())
+            .map_err(|e| e.to_string())
+            .and_then(|m| summary::write(&out.summary(), &m));
+        if let Err(e) = written {
+            on_event(Event::Note(format!(
+                "warning: summary.csv not written: {e}"
+            )));
+        }
     }
 
     /// The error that stops a run at `step`, naming the checkpoint to go on from.

@@ -40,6 +40,12 @@ fn a_run_resumed_from_its_checkpoint_repeats_the_uninterrupted_losses() {
     train(&options("split", 5, true), &mut |_| {}).unwrap();
     let split = losses(&dir.path().join("split"));
     assert_eq!(split, whole, "losses after the resume differ");
+    // timm's summary.csv: rewritten from the metrics, so the resumed run's is the whole run's
+    // (one row for its one epoch, not one per start).
+    let summary = |run: &str| std::fs::read_to_string(dir.path().join(run).join("summary.csv"));
+    let whole_summary = summary("whole").unwrap();
+    assert_eq!(whole_summary.lines().count(), 2, "{whole_summary}");
+    assert_eq!(summary("split").unwrap(), whole_summary);
     let latest = RunDir::new(dir.path().join("split")).latest().unwrap();
     let state = latest.state().unwrap();
     assert_eq!(state.steps_done, 5);
