@@ -80,9 +80,14 @@ pub fn rows(metrics: &[Metric]) -> Vec<Row> {
 /// # Errors
 /// The CSV writer's error (none for numbers in memory, in practice).
 pub fn to_csv(metrics: &[Metric]) -> Result<Vec<u8>, csv::Error> {
-    let mut w = csv::Writer::from_writer(Vec::new());
+    // Python's csv module ends lines with CRLF: so does timm's file, and ours.
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(Vec::new());
     w.write_record(HEADER)?;
-    let number = |v: Option<f64>| v.map_or_else(String::new, |v| v.to_string());
+    // Rust's debug form of a float is Python's repr but for the exponent's zero padding
+    // (`10.0`, `0.375`; `1e-6` where timm writes `1e-06`): both read back as the same number.
+    let number = |v: Option<f64>| v.map_or_else(String::new, |v| format!("{v:?}"));
     for row in rows(metrics) {
         let (loss, top1, top5) = match row.eval {
             Some((loss, top1, top5)) => (loss, Some(top1), Some(top5)),
@@ -90,11 +95,11 @@ pub fn to_csv(metrics: &[Metric]) -> Result<Vec<u8>, csv::Error> {
         };
         w.write_record([
             row.epoch.to_string(),
-            row.train_loss.to_string(),
+            number(Some(row.train_loss)),
             number(loss),
             number(top1),
             number(top5),
-            row.lr.to_string(),
+            number(Some(row.lr)),
         ])?;
     }
     w.into_inner().map_err(|e| e.into_error().into())
@@ -131,13 +136,13 @@ mod tests {
             step(4, 1, 0.25, 0.5),
         ];
         let text = String::from_utf8(to_csv(&metrics).unwrap()).unwrap();
-        // What timm's train.py writes as its first line.
-        assert_eq!(
-            text.lines().next(),
-            Some("epoch,train_loss,eval_loss,eval_top1,eval_top5,lr")
+        // What timm's train.py writes as its first line, CRLF as Python's csv ends it.
+        assert!(
+            text.starts_with("epoch,train_loss,eval_loss,eval_top1,eval_top5,lr\r\n"),
+            "{text}"
         );
         let lines: Vec<&str> = text.lines().skip(1).collect();
-        assert_eq!(lines, ["0,0.5,2.5,10,50,0.25", "1,0.375,,,,0.5"]);
+        assert_eq!(lines, ["0,0.5,2.5,10.0,50.0,0.25", "1,0.375,,,,0.5"]);
     }
 
     #[test]
