@@ -243,6 +243,13 @@ fn leave(socket: &Path, how: Leave, i: usize) {
     }
 }
 
+/// Sleeps for a [`PHASE`] and returns its span, over which to count the good client's batches.
+fn phase_window() -> (Instant, Instant) {
+    let from = Instant::now();
+    std::thread::sleep(PHASE);
+    (from, Instant::now())
+}
+
 /// Batch arrival times of the good client, and whether it should go on.
 #[derive(Default)]
 struct GoodClient {
@@ -383,9 +390,7 @@ fn a_hundred_clients_that_leave_in_every_way_leave_no_trace() {
         let reader = scope.spawn(|| good.run(&socket));
         // Let it settle, then take the baseline with the good client attached.
         std::thread::sleep(Duration::from_secs(1));
-        let t_calm = Instant::now();
-        std::thread::sleep(PHASE);
-        let calm = (t_calm, Instant::now());
+        let calm = phase_window();
         let before = Footprint::of(pid);
         *peak.lock().unwrap() = before;
         let watcher = scope.spawn(|| {
@@ -406,9 +411,7 @@ fn a_hundred_clients_that_leave_in_every_way_leave_no_trace() {
         drilling.store(false, Ordering::SeqCst);
         watcher.join().unwrap();
         // The good client reads on for one more phase, for its rate after the drill.
-        let t_done = Instant::now();
-        std::thread::sleep(PHASE);
-        let after_drill = (t_done, Instant::now());
+        let after_drill = phase_window();
         good.stop.store(true, Ordering::SeqCst);
         reader.join().unwrap();
         (before, calm, phases, after_drill)
@@ -531,15 +534,11 @@ fn one_user_holding_many_rings_and_churning_cannot_starve_another() {
         std::thread::sleep(Duration::from_secs(1));
         // What the daemon can give it, then a trainer that reads a third of that: its share
         // of two users' is half.
-        let t_alone = Instant::now();
-        std::thread::sleep(PHASE);
-        let alone = (t_alone, Instant::now());
+        let alone = phase_window();
         let capacity = good.rate(alone.0, alone.1);
         *good.pace.lock().unwrap() = Some(Duration::from_secs_f64(3.0 / capacity));
         std::thread::sleep(Duration::from_secs(1));
-        let t_calm = Instant::now();
-        std::thread::sleep(PHASE);
-        let calm = (t_calm, Instant::now());
+        let calm = phase_window();
         let t_hog = Instant::now();
         let other = std::process::Command::new(env!("CARGO_BIN_EXE_drill-client"))
             .arg(&socket)

@@ -84,7 +84,6 @@ impl Shares {
         Tenant {
             shares: Arc::clone(self),
             id,
-            uid,
         }
     }
 
@@ -96,6 +95,29 @@ impl Shares {
 }
 
 impl State {
+    /// Producer `id` starts a turn (taken free or handed to it).
+    fn start(&mut self, id: u64) {
+        if let Some(t) = self.tenants.get_mut(&id) {
+            t.running += 1;
+            *self.users.entry(t.uid).or_insert(0) += 1;
+        }
+    }
+
+    /// One of user `uid`'s turns has ended.
+    fn end_for_user(&mut self, uid: u32) {
+        if let Some(n) = self.users.get_mut(&uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.users.remove(&uid);
+            }
+        }
+    }
+
+    /// Counts one more worker of producer `id` waiting; `false` if it is not here.
+    fn wait_for(&mut self, id: u64) -> bool {
+        self.tenants.get_mut(&id).map(|t| t.waiting += 1).is_some()
+    }
+
     /// Hands one turn to the waiting producer with the least share, or frees it.
     fn hand_over(&mut self) {
         let next = self
@@ -113,11 +135,10 @@ impl State {
         };
         self.clock += 1;
         let clock = self.clock;
+        self.start(id);
         if let Some(t) = self.tenants.get_mut(&id) {
-            t.running += 1;
             t.granted += 1;
             t.served = clock;
-            *self.users.entry(t.uid).or_insert(0) += 1;
             t.wake.notify_one();
         }
     }
@@ -130,12 +151,7 @@ impl State {
         };
         t.running = t.running.saturating_sub(1);
         let uid = t.uid;
-        if let Some(n) = self.users.get_mut(&uid) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.users.remove(&uid);
-            }
-        }
+        self.end_for_user(uid);
         self.hand_over();
     }
 }
@@ -144,7 +160,6 @@ impl State {
 pub(super) struct Tenant {
     shares: Arc<Shares>,
     id: u64,
-    uid: u32,
 }
 
 impl Tenant {
@@ -160,16 +175,43 @@ impl Tenant {
         };
         if s.free > 0 {
             s.free -= 1;
-            if let Some(t) = s.tenants.get_mut(&self.id) {
-                t.running += 1;
-            }
-            *s.users.entry(self.uid).or_insert(0) += 1;
+            s.start(self.id);
             return true;
         }
-        let Some(wake) = s.tenants.get_mut(&self.id).map(|t| {
-            t.waiting += 1;
-            Arc::clone(&t.wake)
-        }) else {
+        if !s.wait_for(self.id) {
+            return !gone();
+        }
+        self.granted(s, gone)
+    }
+
+    /// After an image: gives the turn back while waiting for one, so that it goes to the
+    /// waiting producer with the smallest share, this one included: the worker keeps it
+    /// unless another has less (a worker that let go first and then asked would lose it, every
+    /// image, to whoever waited at that instant).
+    fn pass(&self, gone: &dyn Fn() -> bool) -> bool {
+        let Some(mut s) = self.shares.lock() else {
+            return !gone();
+        };
+        // Nobody else waits (one trainer alone, the usual case): it keeps its turn without a
+        // hand-over and its wake-up.
+        let others = s
+            .tenants
+            .iter()
+            .any(|(&id, t)| id != self.id && t.waiting > t.granted);
+        if !others {
+            return true;
+        }
+        if !s.wait_for(self.id) {
+            return !gone();
+        }
+        s.give_back(self.id);
+        self.granted(s, gone)
+    }
+
+    /// Waits, as one of this producer's waiting workers, until a turn is handed to it: `true`;
+    /// or until `gone` says stop: `false`, and it no longer waits.
+    fn granted(&self, mut s: MutexGuard<'_, State>, gone: &dyn Fn() -> bool) -> bool {
+        let Some(wake) = s.tenants.get(&self.id).map(|t| Arc::clone(&t.wake)) else {
             return !gone();
         };
         loop {
@@ -197,45 +239,6 @@ impl Tenant {
         }
     }
 
-    /// After an image: keeps the turn unless another producer that waits has a smaller
-    /// share (its user runs fewer turns, or, of the same user, it does), which then gets it;
-    /// this worker then waits as [`Tenant::take`] does.
-    fn pass(&self, gone: &dyn Fn() -> bool) -> bool {
-        {
-            let Some(mut s) = self.shares.lock() else {
-                return !gone();
-            };
-            let Some(mine) = s.tenants.get(&self.id) else {
-                return !gone();
-            };
-            // The shares as they would be without this turn: its user's and its own.
-            let user = s
-                .users
-                .get(&self.uid)
-                .copied()
-                .unwrap_or(0)
-                .saturating_sub(1);
-            let own = (user, mine.running.saturating_sub(1));
-            let smaller = s.tenants.iter().any(|(&id, t)| {
-                let theirs = match t.uid == self.uid {
-                    true => user,
-                    false => s.users.get(&t.uid).copied().unwrap_or(0),
-                };
-                id != self.id && t.waiting > t.granted && (theirs, t.running) < own
-            });
-            if !smaller {
-                s.clock += 1;
-                let clock = s.clock;
-                if let Some(t) = s.tenants.get_mut(&self.id) {
-                    t.served = clock;
-                }
-                return true;
-            }
-            s.give_back(self.id);
-        }
-        self.take(gone)
-    }
-
     /// Ends a turn taken by [`Tenant::take`].
     fn give_back(&self) {
         if let Some(mut s) = self.shares.lock() {
@@ -253,12 +256,7 @@ impl Drop for Tenant {
         // that nobody picked up go to the others.
         if let Some(t) = s.tenants.remove(&self.id) {
             for _ in 0..t.running {
-                if let Some(n) = s.users.get_mut(&t.uid) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        s.users.remove(&t.uid);
-                    }
-                }
+                s.end_for_user(t.uid);
                 s.hand_over();
             }
         }

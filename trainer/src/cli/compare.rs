@@ -29,7 +29,7 @@ pub struct CompareArgs {
 /// Draws the runs and prints their table.
 pub fn run(a: CompareArgs) -> Result<ExitCode> {
     // A FIFO or a device as --out is the user's mistake: said before the runs are read.
-    shard_tool::user_file::check_write_target(&a.out).map_err(|e| super::usage(e.chain()))?;
+    super::check_out(&a.out)?;
     let table = trainer::report::compare::compare(&a.runs, &a.out, a.width, a.height)?;
     if a.json {
         println!("{}", serde_json::to_string(&table)?);

@@ -31,7 +31,7 @@ pub struct ExportArgs {
 /// Initializes and writes the weights.
 pub fn run(a: ExportArgs) -> Result<ExitCode> {
     // A FIFO or a device as OUT is the user's mistake: said before the model is built.
-    shard_tool::user_file::check_write_target(&a.out).map_err(|e| super::usage(e.chain()))?;
+    super::check_out(&a.out)?;
     let config = ResNetConfig {
         zero_init_last: !a.no_zero_init_last,
         ..a.model.config()?

@@ -185,6 +185,13 @@ pub fn image_sides() -> std::ops::RangeInclusive<i64> {
     i64::from(*sides.start())..=i64::from(*sides.end())
 }
 
+/// Refuses `path` as a command's output, before any work, where it is a FIFO, a device, a
+/// socket or a directory (the writer would refuse it too, but only after the work): the
+/// user's mistake, exit status 2.
+pub fn check_out(path: &std::path::Path) -> Result<()> {
+    shard_tool::user_file::check_write_target(path).map_err(|e| usage(e.chain()))
+}
+
 /// `e` as a [`Usage`] error, its message kept.
 pub fn usage(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::Error::new(Usage(e.to_string()))

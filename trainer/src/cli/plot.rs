@@ -31,7 +31,7 @@ pub fn run(a: PlotArgs) -> Result<ExitCode> {
     let run = RunDir::named(&a.run);
     let out = a.out.unwrap_or_else(|| run.curves());
     // A FIFO or a device as --out is the user's mistake: said before the drawing.
-    shard_tool::user_file::check_write_target(&out).map_err(|e| super::usage(e.chain()))?;
+    super::check_out(&out)?;
     let title = a.title.unwrap_or_else(|| run.name());
     let summary = trainer::report::curves::plot(&run, &out, &title, a.width, a.height)?;
     let top1 = summary
