@@ -2,7 +2,8 @@
 # Runs on a GPU host, from the repository root, with the bundle that trainer/cuda/build.sh
 # made in target/gpu-bundle/: our logits against timm's on the same weights, CUDA-vs-CPU
 # numerics, our A1 step against PyTorch + timm's on the same card in amp, bf16 and f32, the
-# upload from the loader's ring, device memory over 200 steps, 300 steps of A3, the ranks.
+# upload from the loader's ring, device memory over 200 steps, 300 steps of A3, the ranks, two
+# processes joined by MPI.
 # Each part has its own time limit so that one slow part cannot eat the others. Results: stdout, and $OUT (or /tmp/gpu-out) for the full logs.
 set -uo pipefail
 out=${OUT:-/tmp/gpu-out}
@@ -85,6 +86,24 @@ fi
 # (g) The ranks: 2 virtual ranks of 64 against one rank of 128, then the same 2 ranks through a
 # one-GPU DistributedContext (NCCL all-reduce in backward, as --devices on several GPUs).
 part ranks_nccl 45 "$t" bench --device cuda --batch 64 --world-size 2 --distributed --warmup 2 --steps 5
+# (h) Two processes on the one GPU joined by MPI (the bundle's Open MPI, the one the binary was
+# linked with, even where the host has another): the smoke recipe at 2 ranks, one per process, against one process of 2 virtual ranks
+# (the losses side by side), then the sum of ResNet-50's gradients between the 2 processes.
+if [[ -d $smoke ]]; then
+    if [[ -f $bundle/openmpi.tar.xz ]]; then
+        tar -C "$work" -xJf "$bundle/openmpi.tar.xz" && source trainer/cuda/openmpi_env.sh "$work/ompi"
+    fi
+    mpi="mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2"
+    part mpi_one 40 "$t" train --config configs/smoke.toml --shards "$smoke" -j 8 --device cuda --world-size 2 --max-steps 10 --out "$work/mpi_one"
+    part mpi_two 60 $mpi "$t" train --config configs/smoke.toml --shards "$smoke" -j 4 --device cuda --world-size 2 --max-steps 10 --out "$work/mpi_two"
+    python3 -c '
+import json, sys
+l = lambda r: [json.loads(x)["loss"] for x in open(r + "/metrics.jsonl") if "\"step\"" in x]
+a, b = l(sys.argv[1]), l(sys.argv[2])
+for i, (x, y) in enumerate(zip(a, b)): print(f"mpi step {i + 1}: one process {x:.7f} two {y:.7f} relative {abs(x - y) / abs(x):.1e}")
+' "$work/mpi_one" "$work/mpi_two" > "$out/mpi.txt" 2>&1
+    part mpi_all_reduce 40 $mpi "$t" bench --all-reduce --device cuda --model resnet50 --warmup 2 --steps 10
+fi
 # (c, continued) Pure bf16 and f32, both sides.
 part bench_bf16 45 "$t" bench --device cuda --dtype bf16 --batch 256 --warmup 3 --steps 10 --json
 part torch_bf16 25 python3 trainer/benches/torch_step.py --dtype bf16 --batch 256 --warmup 5 --steps 20
@@ -98,4 +117,6 @@ grep -h "cannot use" "$out"/check_*.log 2>/dev/null
 cat "$out/smoke.txt" 2>/dev/null
 grep -h '"relative"' "$out"/timm_logits.log 2>/dev/null
 grep -h "ranks of\|DistributedContext" "$out"/ranks_nccl.log 2>/dev/null
+cat "$out/mpi.txt" 2>/dev/null
+grep -h "summed over" "$out"/mpi_all_reduce.log 2>/dev/null
 [[ -f $out/a3_metrics.jsonl ]] && grep '"kind":"step"' "$out/a3_metrics.jsonl" | sed -n '1p;$p' 

@@ -62,6 +62,12 @@ pub struct BenchArgs {
     /// print its speed and last loss against the virtual ranks'. CUDA only.
     #[arg(long, requires = "world_size")]
     pub distributed: bool,
+    /// Instead of steps: time the sum of one step's gradients over the processes that
+    /// `mpirun -np P` (or srun) started, as `trainer train` makes it after every step (to host
+    /// memory, summed by MPI, back on the device), and the sum alone; --steps sums, after
+    /// --warmup. Needs a trainer built with the `mpi` feature.
+    #[arg(long, conflicts_with_all = ["shards", "distributed"])]
+    pub all_reduce: bool,
 }
 
 /// Runs the bench and prints its report.
@@ -91,6 +97,9 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             (None, _) => bench::BatchSource::Synthetic,
         },
     };
+    if a.all_reduce {
+        return all_reduce(&a, &options);
+    }
     if a.world_size <= 1 {
         report(&a, &bench::run(&options).context("benchmark failed")?)?;
         return Ok(ExitCode::SUCCESS);
@@ -132,6 +141,43 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         a.batch * a.world_size,
         ranks.samples_per_s / one.samples_per_s
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--all-reduce`: the sum's cost over the processes of this launch, printed by process 0.
+fn all_reduce(a: &BenchArgs, options: &BenchOptions) -> Result<ExitCode> {
+    let processes = trainer::ranks::processes::launched()?;
+    let device = options.device.device(options.precision)?;
+    let model = options.model.init(&device)?;
+    let r = trainer::diagnostics::all_reduce::measure(
+        &*processes,
+        &model,
+        &device,
+        a.warmup,
+        a.steps.max(1),
+    )?;
+    if processes.index() != 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{} {}: {} values ({:.1} MB of f32) summed over {} process(es) ({}): {:.1} ms per \
+             step with the way to host memory and back, {:.1} ms the sum alone ({:.2} GB/s \
+             bus bandwidth); median of {} sums",
+            a.model.model,
+            options.device,
+            r.values,
+            r.values as f64 * 4.0 / 1e6,
+            r.processes,
+            processes.describe(),
+            r.grads_ms,
+            r.sum_ms,
+            r.bus_gb_per_s,
+            r.calls
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -212,6 +212,8 @@ pub fn is_bad_input(e: &(dyn std::error::Error + 'static)) -> bool {
         || e.is::<trainer::eval::real::RealError>()
         || e.is::<trainer::model::timm_weights::TimmWeightsError>()
         || e.is::<trainer::ranks::replicas::PlacementError>()
+        || e.downcast_ref::<trainer::ranks::processes::ProcessError>()
+            .is_some_and(trainer::ranks::processes::ProcessError::is_bad_input)
         || e.downcast_ref::<trainer::data::DataError>()
             .is_some_and(trainer::data::DataError::is_bad_input)
         || e.downcast_ref::<EvalError>()

@@ -4,8 +4,11 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
+use std::rc::Rc;
+
+use trainer::ranks::processes::{ProcessPlacement, launched};
 use trainer::run::metrics::Metric;
-use trainer::run::{RunDir, TrainOptions, Weights};
+use trainer::run::{Event, RunDir, TrainOptions, Weights};
 
 use super::progress::{report, run_bar};
 use super::recipe_flags::RecipeFlags;
@@ -52,6 +55,8 @@ pub struct TrainArgs {
 
 /// Trains, printing each eval and checkpoint above the bar.
 pub fn run(a: TrainArgs) -> Result<ExitCode> {
+    // First: a process started among others by mpirun or srun joins them here.
+    let processes = launched()?;
     let config = load_recipe(&a.config, &a.recipe)?;
     let out = RunDir::new(&a.out);
     let options = TrainOptions {
@@ -65,14 +70,53 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         init_from: a.init_from.as_deref().map(Weights::at),
         new_head: a.new_head,
         digests: a.digests,
+        processes: Rc::clone(&processes),
     };
-    let bar = run_bar();
-    let last = trainer::run::train(&options, &mut |e| {
-        report(&bar, &options.config.model, &out.metrics(), e);
-    })?;
+    // Process 0 shows the run; every process prints its ranks' digests.
+    let lead = processes.index() == 0;
+    let bar = if lead {
+        run_bar()
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let result = trainer::run::train(&options, &mut |e| {
+        if lead || matches!(e, Event::Batch { .. }) {
+            report(&bar, &options.config.model, &out.metrics(), e);
+        }
+    });
+    let last = match result {
+        Ok(last) => last,
+        Err(e) if processes.count() > 1 => {
+            // The others would wait for this process in their next sum forever: one line
+            // saying which process and why, then the launcher ends them all.
+            bar.abandon();
+            let e = anyhow::Error::new(e);
+            eprintln!(
+                "error: process {} of {} (ranks {:?} of {}): {}",
+                processes.index(),
+                processes.count(),
+                ranks_of(&options),
+                options.config.rsb.world_size.max(1),
+                shard_tool::one_line(e.chain())
+            );
+            let code = if e.chain().any(super::is_bad_input) {
+                2
+            } else {
+                1
+            };
+            processes.abort(code)
+        }
+        Err(e) => return Err(e.into()),
+    };
     bar.finish();
     if let Some(Metric::Eval { top1, top5, .. }) = last {
         println!("final: top-1 {top1:.2} %, top-5 {top5:.2} %");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// This process's ranks, for its error line (empty where they do not fit the processes).
+fn ranks_of(options: &TrainOptions) -> std::ops::Range<usize> {
+    ProcessPlacement::new(options.config.rsb.world_size, &*options.processes)
+        .map_or(0..0, |p| p.ranks())
 }

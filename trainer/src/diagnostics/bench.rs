@@ -18,9 +18,9 @@ use crate::data::upload::{Pixels, Uploader};
 use crate::model::resnet::ResNetConfig;
 use crate::model::{DeviceKind, Precision, seeded};
 use crate::optim::lamb::{LambOptions, TimmLamb};
-use crate::ranks::World;
 use crate::ranks::replicas::{Collective, Replicas};
 use crate::ranks::virtual_ranks::VirtualRanks;
+use crate::ranks::{Devices, World};
 use crate::step::mixup::MixupConfig;
 use crate::step::{HostBatch, PhaseTimes, StepError, TrainStep};
 
@@ -153,6 +153,16 @@ pub enum BenchError {
          cube-cpu's CubeCL server refuses an all-reduce with NoDeviceTransport)"
     )]
     NoCollectives(DeviceKind),
+}
+
+impl From<crate::ranks::WorldError> for BenchError {
+    fn from(e: crate::ranks::WorldError) -> BenchError {
+        match e {
+            crate::ranks::WorldError::Step(e) => BenchError::Step(e),
+            // The bench's ranks are all in this process: no sum with others to fail.
+            crate::ranks::WorldError::Processes(e) => BenchError::Execution(e.to_string()),
+        }
+    }
 }
 
 impl BenchError {
@@ -404,11 +414,12 @@ fn world(
         }
         Some(collective) if ranks > 1 => collective,
         _ => {
-            return Ok(World::One {
+            let devices = Devices::One {
                 step: Box::new(step),
                 ranks: VirtualRanks { stats },
                 device: device.clone(),
-            });
+            };
+            return Ok(World::alone(devices, ranks));
         }
     };
     #[cfg(feature = "cuda")]
@@ -418,13 +429,15 @@ fn world(
     let lamb = |m: &crate::model::ResNet| -> Result<TimmLamb, BenchError> {
         Ok(TimmLamb::new(&LambOptions::timm(0.01), m))
     };
-    Ok(World::Many(Replicas::new(
+    let replicas = Replicas::new(
         step,
         stats,
+        (0, ranks),
         std::slice::from_ref(device),
         collective,
         &lamb,
-    )?))
+    )?;
+    Ok(World::alone(Devices::Many(replicas), ranks))
 }
 
 /// The bench's batches, opened, and their side.

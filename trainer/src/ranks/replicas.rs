@@ -20,8 +20,8 @@
 //!   needs no collectives: it is what runs on the CPU backend (which has none) and what the
 //!   tests check the orchestration with.
 //!
-//! Cross-node training (NCCL across machines) would replace only [`Collective`]: the unique id
-//! exchanged at start-up, then the same per-backward all-reduce.
+//! Across processes and nodes ([`crate::ranks::processes`]), the process's total is then
+//! summed with the other processes' (through host memory) and copied to every device.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -33,6 +33,8 @@ use burn::tensor::{Device, Tensor};
 use crate::model::device::DeviceKind;
 use crate::model::resnet::ResNet;
 use crate::optim::lamb::TimmLamb;
+use crate::ranks::WorldError;
+use crate::ranks::processes::{Processes, all_reduce_grads, divisor_below};
 use crate::ranks::virtual_ranks::{RankStats, VirtualRanks};
 use crate::step::{HostBatch, StepError, TrainStep};
 
@@ -96,14 +98,10 @@ impl Placement {
         }
         let world = world.max(1);
         if !world.is_multiple_of(n) {
-            let suggest = (1..=n)
-                .rev()
-                .find(|d| world.is_multiple_of(*d))
-                .unwrap_or(1);
             return Err(PlacementError::Uneven {
                 devices: n,
                 world,
-                suggest,
+                suggest: divisor_below(world, n),
             });
         }
         if n > 1 && devices.iter().any(|d| !d.has_collectives()) {
@@ -204,7 +202,10 @@ struct Replica {
 /// The replicas of a run on several devices; replica 0's model is the one evaluated and saved.
 pub(crate) struct Replicas {
     parts: Vec<Replica>,
+    /// Ranks of the run, of every process.
     world: usize,
+    /// This process's first rank.
+    offset: usize,
     collective: Collective,
     /// Keeps NCCL's communicators up while the replicas train.
     _context: Option<burn::tensor::distributed::DistributedContext>,
@@ -245,20 +246,21 @@ fn copy_grads(grads: &GradientsParams, model: &ResNet, device: &Device) -> Gradi
 
 impl Replicas {
     /// Replicas of `step`'s model on `devices` (autodiff devices; `devices[0]` is `step`'s),
-    /// starting from `stats`, every rank's BN statistics. `optimizer(model)` builds a replica's
-    /// LAMB (fresh, or loaded from the checkpoint the model came from).
+    /// starting from `stats`, the BN statistics of this process's ranks, `offset ..` of the
+    /// run's `world` ranks. `optimizer(model)` builds a replica's LAMB (fresh, or loaded from
+    /// the checkpoint the model came from).
     ///
     /// # Errors
     /// [`StepError`] when `step` has lost its model, or `optimizer`'s error.
     pub fn new<E: From<StepError>>(
         step: TrainStep,
         stats: RankStats,
+        (offset, world): (usize, usize),
         devices: &[Device],
         collective: Collective,
         optimizer: &dyn Fn(&ResNet) -> Result<TimmLamb, E>,
     ) -> Result<Replicas, E> {
-        let world = stats.world_size();
-        let per = world / devices.len().max(1);
+        let per = stats.world_size() / devices.len().max(1);
         let model = step.model().ok_or(StepError::Poisoned)?.clone();
         let context = (collective == Collective::Nccl).then(|| {
             burn::tensor::distributed::DistributedContext::init(
@@ -309,24 +311,26 @@ impl Replicas {
                 device: device.clone(),
                 step,
                 ranks,
-                first: d * per,
+                first: offset + d * per,
             });
         }
         Ok(Replicas {
             parts,
             world,
+            offset,
             collective,
             _context: context,
         })
     }
 
-    /// Ranks in all.
+    /// This process's ranks.
     pub fn world_size(&self) -> usize {
-        self.world
+        self.parts.iter().map(|p| p.ranks.world_size()).sum()
     }
 
-    /// One optimizer step over every rank's batch (`batches[r]` is rank r's). Returns each
-    /// rank's loss, in rank order.
+    /// One optimizer step over this process's ranks' batches (`batches[i]` is rank `offset +
+    /// i`'s), summed with the other `processes`' ranks. Returns each rank's loss, in rank
+    /// order.
     ///
     /// # Errors
     /// [`StepError`] of any rank, or a batch count other than the rank count.
@@ -334,13 +338,17 @@ impl Replicas {
         &mut self,
         batches: &[HostBatch<'_>],
         lr: f64,
-    ) -> Result<Vec<Tensor<1>>, StepError> {
-        if batches.len() != self.world {
+        processes: &dyn Processes,
+    ) -> Result<Vec<Tensor<1>>, WorldError> {
+        let mine = self.world_size();
+        if batches.len() != mine {
             return Err(StepError::Ranks {
                 batches: batches.len(),
-                ranks: self.world,
-            });
+                ranks: mine,
+            }
+            .into());
         }
+        let offset = self.offset;
         let world = self.world;
         // Every device at once: NCCL's all-reduces inside backward need all of them.
         let results: Vec<Result<(Vec<Tensor<1>>, GradientsParams), StepError>> =
@@ -349,7 +357,8 @@ impl Replicas {
                     .parts
                     .iter_mut()
                     .map(|p| {
-                        let mine = &batches[p.first..p.first + p.ranks.world_size()];
+                        let at = p.first - offset;
+                        let mine = &batches[at..at + p.ranks.world_size()];
                         scope.spawn(move || p.ranks.grads(&p.step, mine, p.first, world, &p.device))
                     })
                     .collect();
@@ -369,6 +378,21 @@ impl Replicas {
             // Each device's sum is already the sum over all devices.
             Collective::Nccl => sums,
             Collective::Host => self.add_on_host(sums)?,
+        };
+        // The process's total, summed with the other processes' and copied to every device.
+        let grads = if processes.count() > 1 {
+            let model = self.parts[0].step.model().ok_or(StepError::Poisoned)?;
+            let total = grads.into_iter().next().ok_or(StepError::Poisoned)?;
+            let total = all_reduce_grads(processes, total, model)?;
+            self.parts
+                .iter()
+                .map(|p| {
+                    let m = p.step.model().ok_or(StepError::Poisoned)?;
+                    Ok(copy_grads(&total, m, &p.device))
+                })
+                .collect::<Result<Vec<_>, StepError>>()?
+        } else {
+            grads
         };
         // Replicas that share a device (the tests' two on one CPU) update one after the other:
         // on cube-cpu, two threads updating from the same summed gradients on one device
@@ -417,16 +441,25 @@ impl Replicas {
             .collect()
     }
 
-    /// timm's `--dist-bn reduce` over every rank of every device: the mean of all ranks'
-    /// running statistics becomes every rank's and every replica's.
+    /// timm's `--dist-bn reduce` over every rank of every device and process (`world` ranks
+    /// in all): the mean of all ranks' running statistics becomes every rank's and every
+    /// replica's.
     ///
     /// # Errors
-    /// [`StepError::Poisoned`] if a replica lost its model.
-    pub(crate) fn reduce_bn(&mut self) -> Result<(), StepError> {
+    /// [`StepError::Poisoned`] if a replica lost its model; the sum's error.
+    pub(crate) fn reduce_bn(
+        &mut self,
+        processes: &dyn Processes,
+        world: usize,
+    ) -> Result<(), WorldError> {
         let mut all = self.all_stats()?;
         let first = &self.parts[0];
         let model = first.step.model().ok_or(StepError::Poisoned)?;
-        all.reduce(model);
+        if processes.count() > 1 {
+            all.reduce_across(model, processes, world)?;
+        } else {
+            all.reduce(model);
+        }
         let mean = all.ranks.swap_remove(0);
         for p in &mut self.parts {
             let k = p.ranks.world_size();
@@ -448,8 +481,8 @@ impl Replicas {
         Ok(())
     }
 
-    /// Every rank's BN statistics, on the first device, in rank order (what a checkpoint
-    /// holds, whatever the device count).
+    /// This process's ranks' BN statistics, on the first device, in rank order (what a
+    /// checkpoint holds, whatever the device count, with the other processes' ranks).
     ///
     /// # Errors
     /// [`StepError::Poisoned`] if a replica lost its model.

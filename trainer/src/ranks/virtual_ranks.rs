@@ -19,6 +19,7 @@ use burn::optim::GradientsAccumulator;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::model::resnet::ResNet;
+use crate::ranks::processes::{ProcessError, Processes, bytes_f32, f32_bytes};
 use crate::step::{HostBatch, StepError, TrainStep};
 
 /// Errors of the per-rank statistics file.
@@ -122,6 +123,115 @@ impl RankStats {
             r.clone_from(&mean);
         }
         self.swap_in(model, 0);
+    }
+
+    /// timm's `--dist-bn reduce` over the ranks of every process: this process's ranks'
+    /// statistics are summed, the sums added over the processes, divided by `world` (the ranks
+    /// of every process), and the mean becomes every rank's here and the model's.
+    ///
+    /// # Errors
+    /// [`ProcessError`] of the sum.
+    pub(crate) fn reduce_across(
+        &mut self,
+        model: &ResNet,
+        processes: &dyn Processes,
+        world: usize,
+    ) -> Result<(), ProcessError> {
+        let Some(first) = self.ranks.first() else {
+            return Ok(());
+        };
+        let device = first.first().map(|(m, _)| m.device());
+        let sizes: Vec<usize> = first.iter().map(|(m, _)| m.dims()[0]).collect();
+        // Per layer: the sum of the means, then of the variances, over this process's ranks.
+        let mut flat = Vec::new();
+        for l in 0..sizes.len() {
+            for var in [false, true] {
+                let mut sum = vec![0f32; sizes[l]];
+                for rank in &self.ranks {
+                    let (m, v) = &rank[l];
+                    let values = if var { v } else { m }.to_data().convert::<f32>();
+                    for (a, v) in sum.iter_mut().zip(values.iter::<f32>()) {
+                        *a += v;
+                    }
+                }
+                flat.extend(sum);
+            }
+        }
+        processes.all_reduce_sum(&mut flat)?;
+        let Some(device) = device else {
+            return Ok(());
+        };
+        let n = world.max(1) as f32;
+        let mut at = 0;
+        let mean: Vec<(Tensor<1>, Tensor<1>)> = sizes
+            .iter()
+            .map(|&size| {
+                let mut take = || {
+                    let values: Vec<f32> = flat[at..at + size].iter().map(|v| v / n).collect();
+                    at += size;
+                    Tensor::<1>::from_data(TensorData::new(values, [size]), &device)
+                };
+                (take(), take())
+            })
+            .collect();
+        for r in &mut self.ranks {
+            r.clone_from(&mean);
+        }
+        self.swap_in(model, 0);
+        Ok(())
+    }
+
+    /// Every rank of every process, in rank order (process 0's ranks first), on `device`:
+    /// what a checkpoint holds, whatever the process count.
+    ///
+    /// # Errors
+    /// [`ProcessError`] of the gather.
+    pub(crate) fn gather(
+        &self,
+        processes: &dyn Processes,
+        device: &Device,
+    ) -> Result<RankStats, ProcessError> {
+        if processes.count() <= 1 {
+            return Ok(self.clone());
+        }
+        let sizes: Vec<usize> = self
+            .ranks
+            .first()
+            .map(|r| r.iter().map(|(m, _)| m.dims()[0]).collect())
+            .unwrap_or_default();
+        let mut mine = Vec::new();
+        for rank in &self.ranks {
+            for (m, v) in rank {
+                for t in [m, v] {
+                    mine.extend(t.to_data().convert::<f32>().iter::<f32>());
+                }
+            }
+        }
+        let per_rank: usize = 2 * sizes.iter().sum::<usize>();
+        let mut ranks = Vec::new();
+        for bytes in processes.all_gather(&f32_bytes(&mine))? {
+            let values = bytes_f32(&bytes);
+            for rank in values.chunks_exact(per_rank.max(1)) {
+                let mut at = 0;
+                let mut layer = |size: usize| {
+                    let t = Tensor::<1>::from_data(
+                        TensorData::new(rank[at..at + size].to_vec(), [size]),
+                        device,
+                    );
+                    at += size;
+                    t
+                };
+                ranks.push(sizes.iter().map(|&n| (layer(n), layer(n))).collect());
+            }
+        }
+        Ok(RankStats { ranks })
+    }
+
+    /// Only ranks `range` of these (a process's share of a checkpoint's ranks).
+    pub(crate) fn keep(mut self, range: std::ops::Range<usize>) -> RankStats {
+        self.ranks.truncate(range.end);
+        self.ranks.drain(..range.start.min(self.ranks.len()));
+        self
     }
 
     /// Writes every rank's statistics to `path` (safetensors: `rank{r}.bn{l}.mean`/`.var`).
@@ -314,6 +424,7 @@ mod tests {
     use crate::model::device::{DeviceKind, under_test};
     use crate::model::resnet::ResNetConfig;
     use crate::optim::lamb::{LambOptions, TimmLamb};
+    use crate::ranks::processes::Alone;
     use crate::recipe::TrainConfig;
     use std::sync::Arc;
 
@@ -468,20 +579,7 @@ mod tests {
         let lr = 2e-3;
 
         // Under test.
-        let model = deep_copy(&initial);
-        let mut step = TrainStep {
-            optimizer: lamb(&model),
-            model: Some(model),
-            mixup: config.mixup_config(),
-            loss: config.loss(),
-            seed: config.seed,
-            upload: Arc::new(Uploader::new(under_test())),
-        };
-        let mut ranks = VirtualRanks::new(step.model().expect("model"), WORLD);
-        for (s, per_rank) in data.iter().enumerate().take(steps) {
-            let hosts: Vec<HostBatch<'_>> = per_rank.iter().map(|b| host(b, s as u64)).collect();
-            ranks.step(&mut step, &hosts, lr, &device).expect("step");
-        }
+        let (step, ranks) = one_device((&device, &config, &initial, &data), steps);
 
         // Reference: one model per rank, each with its own BN statistics, the same parameters.
         let mut copies: Vec<ResNet> = (0..WORLD).map(|_| deep_copy(&initial)).collect();
@@ -565,6 +663,7 @@ mod tests {
         let mut two = Replicas::new::<StepError>(
             first,
             stats,
+            (0, WORLD),
             &[device.clone(), device.clone()],
             Collective::Host,
             &|m| Ok(lamb(m)),
@@ -575,7 +674,7 @@ mod tests {
             let a = ranks
                 .step(&mut one, &hosts, lr, &device)
                 .expect("one device");
-            let b = two.step(&hosts, lr).expect("two devices");
+            let b = two.step(&hosts, lr, &Alone).expect("two devices");
             let loss = |l: Vec<Tensor<1>>| -> Vec<f32> {
                 l.into_iter().map(|t| t.into_scalar::<f32>()).collect()
             };
@@ -596,10 +695,155 @@ mod tests {
             assert!(diff < 1e-5, "rank {r}'s BN variance differs by {diff:e}");
         }
         ranks.stats.reduce(one.model().expect("model"));
-        two.reduce_bn().expect("reduce");
+        two.reduce_bn(&Alone, WORLD).expect("reduce");
         let all = two.all_stats().expect("stats");
         let diff = relative(&flat(&all.ranks[2][5].0), &flat(&ranks.stats.ranks[2][5].0));
         assert!(diff < 1e-5, "reduced BN mean differs by {diff:e}");
+    }
+
+    /// A process that takes part in every gather but leaves its gradients out of the sum.
+    #[derive(Debug)]
+    struct Deaf(crate::ranks::processes::ThreadGroup);
+
+    impl Processes for Deaf {
+        fn index(&self) -> usize {
+            self.0.index()
+        }
+        fn count(&self) -> usize {
+            self.0.count()
+        }
+        fn all_gather(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>, ProcessError> {
+            self.0.all_gather(mine)
+        }
+        fn all_reduce_sum(&self, values: &mut [f32]) -> Result<(), ProcessError> {
+            // Joins the round (so nobody waits), keeps its own values.
+            let mut ignored = values.to_vec();
+            self.0.all_reduce_sum(&mut ignored)
+        }
+        fn abort(&self, code: i32) -> ! {
+            std::process::exit(code)
+        }
+        fn describe(&self) -> String {
+            "deaf".into()
+        }
+    }
+
+    /// `processes` processes (threads) of `WORLD / processes` virtual ranks each, `steps`
+    /// steps, then the BN reduction: the parameters and every rank's BN statistics, as
+    /// process 0 gathers them. `deaf`: process 1 leaves the others' gradients out, and its
+    /// model is the one returned.
+    fn across_processes(
+        (device, config, initial, data): (&Device, &TrainConfig, &ResNet, &Batches),
+        steps: usize,
+        processes: usize,
+        deaf: bool,
+    ) -> (ResNet, RankStats) {
+        use crate::ranks::processes::{ProcessPlacement, ThreadGroup};
+        use crate::ranks::{Devices, World};
+        let lr = 2e-3;
+        let per = WORLD / processes;
+        let members = ThreadGroup::new(processes);
+        let handles: Vec<_> = members
+            .into_iter()
+            .map(|member| {
+                let model = deep_copy(initial);
+                let (device, config, data) = (device.clone(), config.clone(), data.clone());
+                std::thread::spawn(move || {
+                    let index = member.index();
+                    let processes: std::rc::Rc<dyn Processes> = if deaf && index == 1 {
+                        std::rc::Rc::new(Deaf(member))
+                    } else {
+                        std::rc::Rc::new(member)
+                    };
+                    let placement = ProcessPlacement::new(WORLD, &*processes).expect("placement");
+                    let step = fresh_step(&config, model);
+                    let mut world = World {
+                        devices: Devices::One {
+                            ranks: VirtualRanks::new(step.model().expect("model"), per),
+                            step: Box::new(step),
+                            device: device.clone(),
+                        },
+                        processes,
+                        placement,
+                    };
+                    for (s, per_rank) in data.iter().enumerate().take(steps) {
+                        let hosts: Vec<HostBatch<'_>> = per_rank[placement.ranks()]
+                            .iter()
+                            .map(|b| host(b, s as u64))
+                            .collect();
+                        world.step(&hosts, lr).expect("step");
+                    }
+                    let before = world.all_stats().expect("gather");
+                    world.reduce_bn().expect("reduce");
+                    let model = world.primary().model().expect("model").clone();
+                    (model, before)
+                })
+            })
+            .collect();
+        let mut results: Vec<(ResNet, RankStats)> = handles
+            .into_iter()
+            .map(|h| h.join().expect("process"))
+            .collect();
+        results.swap_remove(usize::from(deaf))
+    }
+
+    /// `model` with a fresh LAMB and the recipe's mixing and loss.
+    fn fresh_step(config: &TrainConfig, model: ResNet) -> TrainStep {
+        TrainStep {
+            optimizer: TimmLamb::new(&LambOptions::timm(config.weight_decay), &model),
+            model: Some(model),
+            mixup: config.mixup_config(),
+            loss: config.loss(),
+            seed: config.seed,
+            upload: Arc::new(Uploader::new(under_test())),
+        }
+    }
+
+    /// `WORLD` virtual ranks on one device from `initial`, after `steps` steps at LR 2e-3.
+    fn one_device(
+        (device, config, initial, data): (&Device, &TrainConfig, &ResNet, &Batches),
+        steps: usize,
+    ) -> (TrainStep, VirtualRanks) {
+        let mut step = fresh_step(config, deep_copy(initial));
+        let mut ranks = VirtualRanks::new(step.model().expect("model"), WORLD);
+        for (s, per_rank) in data.iter().enumerate().take(steps) {
+            let hosts: Vec<HostBatch<'_>> = per_rank.iter().map(|b| host(b, s as u64)).collect();
+            ranks.step(&mut step, &hosts, 2e-3, device).expect("step");
+        }
+        (step, ranks)
+    }
+
+    #[test]
+    fn two_and_four_processes_train_what_one_process_of_four_virtual_ranks_trains() {
+        let (device, config, initial, data) = small_run(0.0);
+        let run = (&device, &config, &initial, &data);
+        let (one, mut ranks) = one_device(run, STEPS as usize);
+        let flat = |t: &Tensor<1>| t.to_data().try_to_vec::<f32>().expect("f32");
+        let before = ranks.stats.clone();
+        ranks.stats.reduce(one.model().expect("model"));
+        for processes in [2, 4] {
+            let (model, stats) = across_processes(run, STEPS as usize, processes, false);
+            let params = worst_relative(&model, one.model().expect("model"));
+            eprintln!("{processes} processes: parameters {params:e} relative");
+            assert!(
+                params < 1e-5,
+                "{processes} processes: parameters differ by {params:e}"
+            );
+            // Every rank's own statistics before the reduction, and the reduced ones after.
+            for r in 0..WORLD {
+                let diff = relative(&flat(&stats.ranks[r][5].1), &flat(&before.ranks[r][5].1));
+                assert!(diff < 1e-5, "rank {r}'s BN variance differs by {diff:e}");
+            }
+            let bn = |m: &ResNet| flat(&m.batch_norms()[5].running_mean.value_sync());
+            let diff = relative(&bn(&model), &bn(one.model().expect("model")));
+            assert!(diff < 1e-5, "reduced BN mean differs by {diff:e}");
+        }
+        // The comparison can fail: a process whose sum leaves the other's gradients out.
+        let (model, _) = across_processes(run, 1, 2, true);
+        let (first, _) = one_device(run, 1);
+        let broken = worst_relative(&model, first.model().expect("model"));
+        eprintln!("one step with process 1's gradients left out: {broken:e} relative");
+        assert!(broken > 1e-3, "a missing sum went unnoticed ({broken:e})");
     }
 
     #[test]

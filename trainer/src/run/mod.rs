@@ -26,6 +26,7 @@ pub use checkpoint::{Checkpoint, CheckpointError, RunState};
 pub use dir::{CachedSet, RunDir, RunDirError, write_file};
 pub use weights::{OnDevice, Weights, WeightsError};
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -38,9 +39,10 @@ use crate::data::upload::{Pixels, Uploader};
 use crate::eval::{EvalError, Target, evaluate};
 use crate::model::{DeviceKind, Precision, ResNet, seeded};
 use crate::optim::lamb::{LambOptions, TimmLamb};
-use crate::ranks::World;
+use crate::ranks::processes::{ProcessError, ProcessPlacement, Processes, agree};
 use crate::ranks::replicas::{Collective, Placement, PlacementError, Replicas};
 use crate::ranks::virtual_ranks::VirtualRanks;
+use crate::ranks::{Devices, World};
 use crate::recipe::{DataJobs, TrainConfig};
 use crate::step::{HostBatch, StepError, TrainStep};
 use checkpoint::Contents;
@@ -76,6 +78,9 @@ pub struct TrainOptions {
     /// Report the SHA-256 of every rank's batch ([`Event::Batch`]), as `loader fetch
     /// --digests` prints them, to check what each rank trained on.
     pub digests: bool,
+    /// The run's processes ([`crate::ranks::processes`]): this one holds its share of the
+    /// ranks; process 0 writes the run directory.
+    pub processes: Rc<dyn Processes>,
 }
 
 /// Errors of a run.
@@ -118,6 +123,9 @@ pub enum TrainError {
     /// The ranks do not fit the devices.
     #[error(transparent)]
     Placement(#[from] PlacementError),
+    /// The ranks do not fit the processes, the processes disagree, or one left.
+    #[error(transparent)]
+    Processes(#[from] ProcessError),
     /// The loss or the weights went NaN or infinite: the run stopped there.
     #[error(
         "step {step}: {what}; training stopped. {last_good} What usually helps: a lower --lr \
@@ -133,6 +141,15 @@ pub enum TrainError {
     },
 }
 
+impl From<crate::ranks::WorldError> for TrainError {
+    fn from(e: crate::ranks::WorldError) -> TrainError {
+        match e {
+            crate::ranks::WorldError::Step(e) => TrainError::Step(e),
+            crate::ranks::WorldError::Processes(e) => TrainError::Processes(e),
+        }
+    }
+}
+
 impl TrainError {
     /// Whether the user's input is at fault (the output directory, the dataset, the weights
     /// to start from), as opposed to a failure while running: what exits with status 2.
@@ -144,6 +161,7 @@ impl TrainError {
             TrainError::Checkpoint(e) => e.is_bad_input(),
             TrainError::InitFrom(e) => e.is_bad_input(),
             TrainError::Device(e) => e.is_bad_input(),
+            TrainError::Processes(e) => e.is_bad_input(),
             TrainError::Stream(_)
             | TrainError::Model(_)
             | TrainError::Step(_)
@@ -211,7 +229,8 @@ struct Run<'a> {
     steps_per_epoch: u64,
     total_steps: u64,
     steps_done: u64,
-    metrics: MetricsLog,
+    /// Process 0's; the other processes write nothing to the run directory.
+    metrics: Option<MetricsLog>,
     last_eval: Option<Metric>,
     /// Keeps an in-process loader alive for the run; declared last, so it stops after the
     /// clients of its streams are dropped.
@@ -232,8 +251,11 @@ impl<'a> Run<'a> {
         on_event: &mut dyn FnMut(Event),
     ) -> Result<Run<'a>, TrainError> {
         let config = &options.config;
+        let processes = &*options.processes;
+        let placement = ProcessPlacement::new(config.rsb.world_size.max(1), processes)?;
         let jobs = config.jobs().map_err(|e| TrainError::Out(e.to_string()))?;
         let recipe_text = config.to_toml();
+        agree(processes, "the recipe", recipe_text.as_bytes())?;
         let existing = options.out.latest();
         if existing.is_some() && !options.resume {
             return Err(TrainError::Out(format!(
@@ -246,8 +268,18 @@ impl<'a> Run<'a> {
         // recipe before a model is built.
         let batches = options.data.open()?;
         check_splits(batches.socket(), &jobs.splits(), config.num_classes)?;
-        options.out.create()?;
-        options.out.write_recipe(&recipe_text)?;
+        let writes = processes.index() == 0;
+        if writes {
+            options.out.create()?;
+            options.out.write_recipe(&recipe_text)?;
+        }
+        if processes.count() > 1 {
+            on_event(Event::Note(format!(
+                "{}; ranks {:?} in this process",
+                processes.describe(),
+                placement.ranks()
+            )));
+        }
 
         let (devices, kinds, precision) = open_devices(options, on_event)?;
         let start = start(
@@ -268,18 +300,41 @@ impl<'a> Run<'a> {
             seed: config.seed,
             upload: Arc::new(Uploader::new(kinds[0])),
         };
-        let world = world(step, existing.as_ref(), config, &devices)?;
-        let world_size = config.rsb.world_size.max(1);
-        let clients = connect(batches.socket(), &jobs, world_size, &start.state, config)?;
+        let devices = world(step, existing.as_ref(), config, &devices, placement)?;
+        let world = World {
+            devices,
+            processes: Rc::clone(&options.processes),
+            placement,
+        };
+        let job_id = job_id(processes)?;
+        let clients = connect(
+            batches.socket(),
+            &jobs,
+            &job_id,
+            placement,
+            &start.state,
+            config,
+        )?;
         let dataset = check_dataset(&clients, &start.state, options, &jobs)?;
         let steps_per_epoch = steps_per_epoch(&clients)?;
+        // Every process must step as many times from the same place, or one would wait in a
+        // sum the others never join.
+        let start_at = format!(
+            "{} steps done, {steps_per_epoch} per epoch",
+            start.state.steps_done
+        );
+        agree(processes, "where the run starts", start_at.as_bytes())?;
         let all_steps = steps_per_epoch * u64::from(config.total_epochs());
         let total_steps = options.max_steps.map_or(all_steps, |m| m.min(all_steps));
         if let Some(checkpoint) = &existing {
             check_state(&start.state, checkpoint, steps_per_epoch, all_steps)?;
         }
         // After the state is trusted: opening the log drops its lines past `steps_done`.
-        let metrics = options.out.metrics_log(start.state.steps_done)?;
+        let metrics = if writes {
+            Some(options.out.metrics_log(start.state.steps_done)?)
+        } else {
+            None
+        };
         on_event(Event::Started {
             start_step: start.state.steps_done,
             total_steps,
@@ -317,7 +372,7 @@ impl<'a> Run<'a> {
             let data_wait_s = began.elapsed().as_secs_f64();
             let at = held[0].position;
             if self.options.digests {
-                report_digests(&held, on_event);
+                report_digests(&held, self.world.placement.ranks().start, on_event);
             }
             let issued = self.step(held, at, began, data_wait_s, on_event)?;
             // Depth 2: the previous step's loss is read back now, with this step queued behind
@@ -429,15 +484,17 @@ impl<'a> Run<'a> {
         issued: Issued,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<(), TrainError> {
-        let m = issued.read(self.options.config.global_batch());
+        let m = issued.read(self.options.config.global_batch(), &*self.world.processes)?;
         if let Metric::Step { step, loss, .. } = m
             && !loss.is_finite()
         {
             // Not written: every line of metrics.jsonl stays one the trainer reads back.
             return Err(self.diverged(step, format!("the loss is {loss}")));
         }
-        self.metrics.append(&m)?;
-        on_event(Event::Metric(m));
+        if let Some(metrics) = &mut self.metrics {
+            metrics.append(&m)?;
+            on_event(Event::Metric(m));
+        }
         Ok(())
     }
 
@@ -449,8 +506,12 @@ impl<'a> Run<'a> {
             || epochs_done == config.total_epochs()
     }
 
-    /// Evaluates the primary model on the val split and writes the line.
+    /// Evaluates the primary model on the val split and writes the line (process 0; the
+    /// others go on to the next step and wait for it there).
     fn evaluate(&mut self, epoch: u32, on_event: &mut dyn FnMut(Event)) -> Result<(), TrainError> {
+        let Some(metrics) = &mut self.metrics else {
+            return Ok(());
+        };
         let step = self.world.primary();
         let target = Target {
             model: step.model().ok_or(StepError::Poisoned)?,
@@ -478,7 +539,7 @@ impl<'a> Run<'a> {
             samples: a.samples,
             loss: Some(a.loss),
         };
-        self.metrics.append(&m)?;
+        metrics.append(&m)?;
         on_event(Event::Metric(m.clone()));
         self.last_eval = Some(m);
         Ok(())
@@ -487,6 +548,9 @@ impl<'a> Run<'a> {
     /// Rewrites timm's `summary.csv` from `metrics.jsonl`. A failure (a full disk) is a
     /// warning: the summary is a view of the metrics, never worth the run.
     fn write_summary(&self, on_event: &mut dyn FnMut(Event)) {
+        if self.metrics.is_none() {
+            return;
+        }
         let out = &self.options.out;
         let written = metrics::read_metrics(&out.metrics())
             .map_err(|e| e.to_string())
@@ -529,8 +593,9 @@ impl<'a> Run<'a> {
             config: self.recipe_text.clone(),
             dataset: Some(self.dataset.clone()),
         };
-        // One rank's statistics are the model's own: the file is only for several.
-        let stats = if self.clients.len() > 1 {
+        // One rank's statistics are the model's own: the file is only for several. Every
+        // process gathers them (a collective) and checks its weights (the same on all).
+        let stats = if self.world.placement.world > 1 {
             Some(self.world.all_stats()?)
         } else {
             None
@@ -543,6 +608,9 @@ impl<'a> Run<'a> {
         if non_finite > 0 {
             let what = format!("{non_finite} weights are NaN or infinite after it");
             return Err(self.diverged(self.steps_done, what));
+        }
+        if self.metrics.is_none() {
+            return Ok(());
         }
         let saved = self.options.out.save_checkpoint(&Contents {
             model,
@@ -694,26 +762,29 @@ fn init_from(
     Ok(model)
 }
 
-/// The recipe's ranks over `devices`, each starting from the checkpoint's state where there
-/// is one.
+/// This process's ranks (`placement`) over `devices`, each starting from the checkpoint's
+/// state where there is one.
 fn world(
     step: TrainStep,
     existing: Option<&Checkpoint>,
     config: &TrainConfig,
     devices: &[Device],
-) -> Result<World, TrainError> {
-    let world_size = config.rsb.world_size.max(1);
+    placement: ProcessPlacement,
+) -> Result<Devices, TrainError> {
+    let world_size = placement.world;
     let ranks = {
         let model = step.model().ok_or(StepError::Poisoned)?;
         match existing {
             Some(c) if world_size > 1 => VirtualRanks {
-                stats: c.load_ranks(model, world_size, &devices[0])?,
+                stats: c
+                    .load_ranks(model, world_size, &devices[0])?
+                    .keep(placement.ranks()),
             },
-            _ => VirtualRanks::new(model, world_size),
+            _ => VirtualRanks::new(model, placement.per_process()),
         }
     };
     if devices.len() == 1 {
-        return Ok(World::One {
+        return Ok(Devices::One {
             step: Box::new(step),
             ranks,
             device: devices[0].clone(),
@@ -727,31 +798,49 @@ fn world(
             None => fresh,
         })
     };
-    Ok(World::Many(Replicas::new(
+    Ok(Devices::Many(Replicas::new(
         step,
         ranks.stats,
+        (placement.ranks().start, world_size),
         devices,
         Collective::Nccl,
         &optimizer,
     )?))
 }
 
-/// One loader stream per rank: rank r of a `world_size`-rank job, all under one job id, so the
-/// daemon serves them as one group and decodes each image once for all its copies.
+/// The loader job's id, the same in every process of the run (process 0's), so that the
+/// processes of a node attach their ranks to one job of their node's daemon.
+fn job_id(processes: &dyn Processes) -> Result<String, TrainError> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mine = if processes.count() > 1 {
+        format!("train-{}-{nanos:08x}", std::process::id())
+    } else {
+        format!("train-{}", std::process::id())
+    };
+    let all = processes.all_gather(mine.as_bytes())?;
+    Ok(String::from_utf8_lossy(&all[0]).into_owned())
+}
+
+/// One loader stream per rank of this process: rank r of a `world_size`-rank job, all under
+/// one job id, so the daemon serves the ranks that reach it (all of them, or a node's) as one
+/// group and decodes each image once for all its copies.
 fn connect(
     socket: &std::path::Path,
     jobs: &DataJobs,
-    world_size: usize,
+    job_id: &str,
+    placement: ProcessPlacement,
     state: &RunState,
     config: &TrainConfig,
 ) -> Result<Vec<Client>, TrainError> {
-    let job_id = format!("train-{}", std::process::id());
-    (0..world_size)
+    placement
+        .ranks()
         .map(|rank| {
             Client::connect(ClientOptions {
                 socket: socket.to_path_buf(),
-                job_id: job_id.clone(),
-                job: jobs.train_rank(world_size, rank),
+                job_id: job_id.to_string(),
+                job: jobs.train_rank(placement.world, rank),
                 start: state.next,
                 epochs: Some(config.total_epochs()),
                 slots: None,
@@ -800,11 +889,12 @@ fn steps_per_epoch(clients: &[Client]) -> Result<u64, TrainError> {
     Ok(spe)
 }
 
-/// Each rank's batch digest, as `loader fetch --digests` prints it.
-fn report_digests(held: &[Batch], on_event: &mut dyn FnMut(Event)) {
-    for (rank, batch) in held.iter().enumerate() {
+/// Each rank's batch digest, as `loader fetch --digests` prints it; `held[i]` is rank
+/// `first + i`'s.
+fn report_digests(held: &[Batch], first: usize, on_event: &mut dyn FnMut(Event)) {
+    for (i, batch) in held.iter().enumerate() {
         on_event(Event::Batch {
-            rank,
+            rank: first + i,
             position: batch.position,
             sha256: loader::bench::batch_digest(batch.images(), batch.labels()),
         });

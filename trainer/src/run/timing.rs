@@ -13,6 +13,7 @@ use std::time::Instant;
 use burn::tensor::Tensor;
 
 use super::metrics::Metric;
+use crate::ranks::processes::{ProcessError, Processes};
 
 /// A step issued to the device whose loss is not read back yet.
 pub(super) struct Issued {
@@ -40,18 +41,32 @@ impl Issued {
         self.ended.get_or_insert(now);
     }
 
-    /// Reads the loss back (waiting for the step to finish) and makes its metric.
-    pub fn read(self, global_batch: usize) -> Metric {
-        let ranks = self.losses.len().max(1);
-        let loss = self
+    /// Reads the loss back (waiting for the step to finish) and makes its metric: the mean
+    /// loss over the ranks of every process (gathered, and added in rank order as one process
+    /// adds them).
+    ///
+    /// # Errors
+    /// [`ProcessError`] of the gather.
+    pub fn read(
+        self,
+        global_batch: usize,
+        processes: &dyn Processes,
+    ) -> Result<Metric, ProcessError> {
+        let mine: Vec<u8> = self
             .losses
             .into_iter()
-            .map(|l| f64::from(l.into_scalar::<f32>()))
-            .sum::<f64>()
-            / ranks as f64;
+            .flat_map(|l| f64::from(l.into_scalar::<f32>()).to_le_bytes())
+            .collect();
+        let all: Vec<f64> = processes
+            .all_gather(&mine)?
+            .concat()
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+            .collect();
+        let loss = all.iter().sum::<f64>() / all.len().max(1) as f64;
         let ended = self.ended.unwrap_or_else(Instant::now);
         let seconds = (ended - self.began).as_secs_f64().max(f64::MIN_POSITIVE);
-        Metric::Step {
+        Ok(Metric::Step {
             step: self.step,
             epoch: self.epoch,
             loss,
@@ -60,13 +75,14 @@ impl Issued {
             samples_per_s: global_batch as f64 / seconds,
             data_wait_s: self.data_wait_s,
             upload_s: self.upload_s,
-        }
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ranks::processes::Alone;
     use std::time::Duration;
 
     fn issued(began: Instant) -> Issued {
@@ -98,14 +114,14 @@ mod tests {
         // A second end (a later wait) does not move it.
         step.end_at(t0 + Duration::from_millis(900));
         std::thread::sleep(Duration::from_millis(20));
-        let r = rate(&step.read(10));
+        let r = rate(&step.read(10, &Alone).expect("one process"));
         assert!((r - 100.0).abs() < 1e-6, "{r}");
     }
 
     #[test]
     fn a_step_read_before_the_next_wait_ends_at_its_read() {
         let step = issued(Instant::now() - Duration::from_millis(200));
-        let r = rate(&step.read(10));
+        let r = rate(&step.read(10, &Alone).expect("one process"));
         assert!(r > 10.0 && r <= 50.0, "{r}");
     }
 }

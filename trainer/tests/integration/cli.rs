@@ -704,3 +704,25 @@ fn model_and_image_sizes_outside_their_bounds_are_refused_before_any_allocation(
     }
     assert!(!out.exists(), "nothing was written");
 }
+
+/// Started by mpirun as one of several processes, a trainer built without the `mpi` feature
+/// would train alone on the same ranks as every other: it refuses, naming the fix.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn several_processes_without_the_mpi_feature_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    trainer()
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .arg("train")
+        .arg("--config")
+        .arg(configs().join("smoke.toml"))
+        .arg("--shards")
+        .arg(dir.path())
+        .arg("--out")
+        .arg(dir.path().join("run"))
+        .assert()
+        .code(2)
+        .stderr(contains("one of 2 processes (OMPI_COMM_WORLD_SIZE=2)"))
+        .stderr(contains("--features mpi"));
+    assert!(!dir.path().join("run").exists());
+}

@@ -1,12 +1,14 @@
 //! The trainer's integration tests, one binary (one link of burn instead of one per file):
 //! the binary's front door ([`cli`]), golden values from timm and torch ([`golden`]), runs
-//! with several ranks ([`ranks`]), exact resume ([`resume`]), studies ([`study`]) and the
+//! with several ranks ([`ranks`]) and, with the `mpi` feature, several processes (`mpi`), exact resume ([`resume`]), studies ([`study`]) and the
 //! upload from a ring slot ([`upload`]), each step's own time ([`timing`]); [`common`] is what
 //! they share.
 
 mod cli;
 mod common;
 mod golden;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod ranks;
 mod resume;
 mod study;
