@@ -497,6 +497,21 @@ mod mpi_world {
         }
     }
 
+    /// Whether the MPI library sums device memory itself: Open MPI answers through
+    /// `MPIX_Query_cuda_support` (its mpi-ext.h); an MPI without that function cannot say.
+    fn cuda_aware() -> Option<bool> {
+        // SAFETY: dlsym with the default handle and a NUL-terminated name only looks the name up
+        // among the loaded libraries' symbols.
+        let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"MPIX_Query_cuda_support".as_ptr()) };
+        if f.is_null() {
+            return None;
+        }
+        // SAFETY: the symbol is Open MPI's `int MPIX_Query_cuda_support(void)`, which only reads
+        // how the library was built and configured.
+        let query: extern "C" fn() -> libc::c_int = unsafe { std::mem::transmute(f) };
+        Some(query() == 1)
+    }
+
     impl Processes for Mpi {
         fn index(&self) -> usize {
             usize::try_from(self.world.rank()).unwrap_or(0)
@@ -549,6 +564,11 @@ mod mpi_world {
         }
 
         fn describe(&self) -> String {
+            let cuda = match cuda_aware() {
+                Some(true) => "CUDA-aware, not used yet",
+                Some(false) => "not CUDA-aware",
+                None => "CUDA awareness unknown",
+            };
             let version = mpi::environment::library_version().unwrap_or_default();
             // "Open MPI v4.1.4, package: ..., ident: ...": its name and version.
             let library = version
@@ -559,8 +579,8 @@ mod mpi_world {
                 .to_string();
             let host = mpi::environment::processor_name().unwrap_or_default();
             format!(
-                "{} processes joined by {library} (this one: process {} on {host}); gradients \
-                 summed through host memory",
+                "{} processes joined by {library} ({cuda}; this one: process {} on {host}); \
+                 gradients summed through host memory",
                 self.count(),
                 self.index()
             )

@@ -1,8 +1,8 @@
 //! The recipe's ranks over several processes joined by MPI (`--features mpi`, Open MPI's
 //! `mpirun` on the loopback): the tiny smoke recipe at 4 ranks in 2 × 2 and 4 × 1 processes
 //! against one process of 4 virtual ranks (parameters, BN statistics, steps per epoch, every
-//! rank's batches); a process killed mid-epoch ends the others, and `--resume` repeats the
-//! uninterrupted run's losses. Every process reads one loader daemon (the test's), as the
+//! rank's batches), and a 2-process run resumed in 4 processes; a process killed mid-epoch ends
+//! the others, and `--resume` repeats the uninterrupted run's losses. Every process reads one loader daemon (the test's), as the
 //! processes of a node do. Skipped with a message where `mpirun` is not on the PATH.
 
 use std::collections::BTreeMap;
@@ -243,6 +243,35 @@ fn two_and_four_processes_train_what_one_process_of_four_ranks_trains() {
         // Only process 0 wrote the run: one line per step.
         assert_eq!(common::losses(&out_dir).len(), 10);
     }
+    // `--resume` with another process count: the 2-process run goes on in 4 processes, the
+    // one-process run alone, 5 more steps each.
+    let mut more = train_args(&socket, &dir.path().join("np2"), 15);
+    more.push("--resume".into());
+    run(4, &more);
+    let mut alone = train_args(&socket, &one_dir, 15);
+    alone.push("--resume".into());
+    run(0, &alone);
+    let (a, b) = (
+        common::losses(&dir.path().join("np2")),
+        common::losses(&one_dir),
+    );
+    assert_eq!(a.len(), 15);
+    for ((step, x), (_, y)) in a.iter().zip(&b) {
+        assert!(
+            (x - y).abs() <= 1e-5 * y.abs(),
+            "step {step}: loss {x} against {y}"
+        );
+    }
+    let (params, name) = worst(
+        &checkpoint(&dir.path().join("np2"), dir.path()).0,
+        &checkpoint(&one_dir, dir.path()).0,
+    );
+    eprintln!("resumed in 4 processes from 2: parameters {params:e} ({name}) after 15 steps");
+    assert!(
+        params < 1e-5,
+        "after the resume in 4 processes: {name} differs by {params:e}"
+    );
+
     // A process count that does not divide the ranks is refused before anything starts.
     let out = trainer(3, &train_args(&socket, &dir.path().join("np3"), 10))
         .output()
