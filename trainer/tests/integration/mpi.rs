@@ -286,6 +286,30 @@ fn two_and_four_processes_train_what_one_process_of_four_ranks_trains() {
         !dir.path().join("np3").exists(),
         "the refused run wrote its directory"
     );
+
+    // Processes started with different recipes (mpirun's `A : B`): a process says which it is
+    // and why, and the launch ends with exit status 2.
+    let args = train_args(&socket, &dir.path().join("mixed"), 10);
+    let out = trainer(1, &args)
+        .args([
+            "--lr",
+            "1e-3",
+            ":",
+            "-np",
+            "1",
+            env!("CARGO_BIN_EXE_trainer"),
+        ])
+        .args(&args)
+        .args(["--lr", "2e-3"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    // The first to fail aborts the launch, which may stop the other before it prints.
+    assert!(
+        stderr.contains(" of 2 (ranks ") && stderr.contains("the processes disagree on the recipe"),
+        "{stderr}"
+    );
 }
 
 /// The trainer processes `mpirun` (pid `parent`) started.
