@@ -3,7 +3,11 @@
 //! PyTorch is `trainer/benches/conv_repro.py`, which times the shapes this prints (the list
 //! lives here only); `trainer/benches/conv_repro.sh` runs both and prints the ratios.
 //!
-//! `cargo run --release -p trainer --example conv_repro` prints one JSON line per shape.
+//! Each shape is timed twice in the same run: burn-flex's own convolution, and the trainer's
+//! (`trainer::model::conv`, our CPU convolution with its own backward).
+//!
+//! `cargo run --release -p trainer --example conv_repro` prints one JSON line per shape and
+//! convolution.
 
 use std::time::Instant;
 
@@ -30,27 +34,33 @@ fn main() {
         let w =
             Tensor::<4>::random([cout, cin, k, k], Distribution::Default, &device).require_grad();
         let options = || ConvOptions::new([stride; 2], [k / 2; 2], [1, 1], 1);
-        let time = |backward: bool, reps: usize| {
-            let start = Instant::now();
-            for _ in 0..reps {
-                let y = conv2d(x.clone(), w.clone(), None, options());
-                if backward {
-                    let _ = y.sum().backward();
-                } else {
-                    let _ = y.sum().into_scalar::<f32>();
+        for (framework, ours) in [("burn-flex 0.22.1", false), ("rsb", true)] {
+            let time = |backward: bool, reps: usize| {
+                let start = Instant::now();
+                for _ in 0..reps {
+                    let y = if ours {
+                        trainer::model::conv::conv2d(x.clone(), w.clone(), None, options())
+                    } else {
+                        conv2d(x.clone(), w.clone(), None, options())
+                    };
+                    if backward {
+                        let _ = y.sum().backward();
+                    } else {
+                        let _ = y.sum().into_scalar::<f32>();
+                    }
                 }
-            }
-            start.elapsed().as_secs_f64() * 1e3 / reps as f64
-        };
-        let reps = 5;
-        // Warm-up: allocations and first-touch page faults out of the timing.
-        time(true, 1);
-        let forward_ms = time(false, reps);
-        let step_ms = time(true, reps);
-        println!(
-            "{{\"framework\": \"burn-flex 0.22.1\", \"shape\": \"{name}\", \"dims\": \
+                start.elapsed().as_secs_f64() * 1e3 / reps as f64
+            };
+            let reps = 5;
+            // Warm-up: allocations and first-touch page faults out of the timing.
+            time(true, 1);
+            let forward_ms = time(false, reps);
+            let step_ms = time(true, reps);
+            println!(
+                "{{\"framework\": \"{framework}\", \"shape\": \"{name}\", \"dims\": \
              [{n}, {cin}, {cout}, {side}, {k}, {stride}], \"forward_ms\": {forward_ms:.3}, \
              \"forward_backward_ms\": {step_ms:.3}}}"
-        );
+            );
+        }
     }
 }

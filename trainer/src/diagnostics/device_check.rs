@@ -484,19 +484,43 @@ mod tests {
     #[test]
     fn the_rounding_floor_of_a_small_model_is_rounding_noise() {
         let device = Device::flex().autodiff();
-        let floor = rounding_floor(&small(), 4, 16, 3, &device, None, f64::from(f32::EPSILON))
-            .expect("config");
-        let get = |name: &str| {
-            floor
+        // The median over three inputs: in one input of several, a ReLU's input lies within
+        // rounding distance of 0, and one ulp flips it (seed 3 with our CPU convolution: the
+        // gradients move by 2.6e-3, by 2e-6 in the other seeds and with burn's convolution).
+        let floors: Vec<_> = (1..=3)
+            .map(|seed| {
+                rounding_floor(
+                    &small(),
+                    4,
+                    16,
+                    seed,
+                    &device,
+                    None,
+                    f64::from(f32::EPSILON),
+                )
+                .expect("config")
+            })
+            .collect();
+        let median = |name: &str| {
+            let mut v: Vec<f64> = floors
                 .iter()
-                .find(|d| d.name == name)
-                .map(|d| d.relative)
-                .expect(name)
+                .map(|f| {
+                    f.iter()
+                        .find(|d| d.name == name)
+                        .map(|d| d.relative)
+                        .expect(name)
+                })
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v[1]
         };
         // One ulp of input moves an eighth-width ResNet-18 by rounding noise, not more.
-        for name in ["logits/train", "logits/eval", "loss", "grads (all)"] {
-            let f = get(name);
+        for name in ["logits/train", "logits/eval", "grads (all)"] {
+            let f = median(name);
             assert!(f > 0.0 && f < 1e-4, "{name}: {f}");
         }
+        // The loss, one mean over the batch, may round back to the same f32.
+        let loss = median("loss");
+        assert!((0.0..1e-4).contains(&loss), "loss: {loss}");
     }
 }

@@ -13,9 +13,10 @@
 
 use burn::nn::conv::Conv2d;
 use burn::nn::{Linear, PaddingConfig2d};
-use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{FloatDType, Tensor};
+
+use crate::model::conv::conv2d;
 
 /// The float type parameters and activations are kept in between the computing ops.
 pub(crate) const MASTER: FloatDType = FloatDType::F32;
@@ -23,14 +24,12 @@ pub(crate) const MASTER: FloatDType = FloatDType::F32;
 /// The dtype the convolutions and matmuls of an amp model compute in.
 pub(crate) const COMPUTE: FloatDType = FloatDType::BF16;
 
-/// `c` applied to `x`, computing in `compute` when given (output in `MASTER`, f32).
+/// `c` applied to `x`, computing in `compute` when given (output in `MASTER`, f32), through the
+/// model's one convolution function ([`crate::model::conv::conv2d`]).
 pub fn conv(c: &Conv2d, x: Tensor<4>, compute: Option<FloatDType>) -> Tensor<4> {
-    let Some(dtype) = compute else {
-        return c.forward(x);
-    };
     let PaddingConfig2d::Explicit(top, left, bottom, right) = c.padding else {
         // Every convolution of the model is built with explicit padding (`resnet::conv`);
-        // another kind computes in the master type, still correct.
+        // another kind is burn's layer in the master type, still correct.
         return c.forward(x);
     };
     let options = ConvOptions::new_with_padding(
@@ -39,10 +38,14 @@ pub fn conv(c: &Conv2d, x: Tensor<4>, compute: Option<FloatDType>) -> Tensor<4> 
         c.dilation,
         c.groups,
     );
+    let (weight, bias) = (c.weight.val(), c.bias.as_ref().map(|b| b.val()));
+    let Some(dtype) = compute else {
+        return conv2d(x, weight, bias, options);
+    };
     conv2d(
         x.cast(dtype),
-        c.weight.val().cast(dtype),
-        c.bias.as_ref().map(|b| b.val().cast(dtype)),
+        weight.cast(dtype),
+        bias.map(|b| b.cast(dtype)),
         options,
     )
     .cast(MASTER)

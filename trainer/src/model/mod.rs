@@ -1,11 +1,12 @@
 //! The network and where it runs: timm's ResNet ([`resnet`]) with PyTorch's batch norm
-//! ([`batch_norm`]), timm's mixed precision ([`amp`]), weights as timm-named safetensors
+//! ([`batch_norm`]), its convolution ([`conv`]: our own on the CPU), timm's mixed precision ([`amp`]), weights as timm-named safetensors
 //! ([`timm_weights`]), the device kinds and float types a model can use ([`device`]), the
 //! same initial weights on every device ([`seeded`]), and the CubeCL CPU runtime's settings
 //! for `--device cube-cpu` (`cube_cpu`, with the `cube-cpu` feature).
 
 pub mod amp;
 pub mod batch_norm;
+pub mod conv;
 #[cfg(feature = "cube-cpu")]
 pub mod cube_cpu;
 pub mod device;
