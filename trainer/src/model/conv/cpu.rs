@@ -228,6 +228,38 @@ fn per_image(g: &Geometry) -> bool {
     g.n >= rayon::current_num_threads()
 }
 
+/// `cols(X[img])` (taps × P): the image itself for a pointwise convolution, else its im2col in
+/// `cols` (grown once, then reused for every image of the thread).
+fn columns<'a>(g: &Geometry, x: &'a [f32], img: usize, cols: &'a mut Vec<f32>) -> &'a [f32] {
+    let xi = &x[img * g.image()..(img + 1) * g.image()];
+    if g.pointwise() {
+        return xi;
+    }
+    cols.resize(g.taps() * g.p(), 0.0);
+    im2col(g, xi, cols);
+    cols
+}
+
+/// `one(img, out, scratch, parallel)` for every image's `chunk` of `out`: images shared among
+/// the threads (each with its own scratch buffer), or one after another with `parallel` products.
+fn each_image(
+    g: &Geometry,
+    out: &mut [f32],
+    chunk: usize,
+    one: impl Fn(usize, &mut [f32], &mut Vec<f32>, bool) + Sync,
+) {
+    if per_image(g) {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each_init(Vec::new, |scratch, (img, o)| one(img, o, scratch, false));
+    } else {
+        let mut scratch = Vec::new();
+        for (img, o) in out.chunks_mut(chunk).enumerate() {
+            one(img, o, &mut scratch, true);
+        }
+    }
+}
+
 /// The forward convolution: `x` (N×C×H×W), `weight` (O×C×kh×kw), optional `bias` (O); returns
 /// N×O×OH×OW.
 pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
@@ -238,17 +270,9 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
         rs: taps,
         cs: 1,
     };
-    let one = |img: usize, out: &mut [f32], cols: &mut Vec<f32>, parallel: bool| {
-        let xi = &x[img * g.image()..(img + 1) * g.image()];
-        let cols: &[f32] = if g.pointwise() {
-            xi
-        } else {
-            cols.resize(taps * p, 0.0);
-            im2col(g, xi, cols);
-            cols
-        };
+    each_image(g, &mut y, g.out_image(), |img, out, cols, parallel| {
         let b = View {
-            data: cols,
+            data: columns(g, x, img, cols),
             rs: p,
             cs: 1,
         };
@@ -258,17 +282,7 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
                 row.iter_mut().for_each(|v| *v += b);
             }
         }
-    };
-    if per_image(g) {
-        y.par_chunks_mut(g.out_image())
-            .enumerate()
-            .for_each_init(Vec::new, |cols, (img, out)| one(img, out, cols, false));
-    } else {
-        let mut cols = Vec::new();
-        for (img, out) in y.chunks_mut(g.out_image()).enumerate() {
-            one(img, out, &mut cols, true);
-        }
-    }
+    });
     y
 }
 
@@ -277,14 +291,7 @@ pub fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (p, taps) = (g.p(), g.taps());
     // dW += dY[n] (O×P) · cols(X[n])ᵀ (P×taps).
     let add = |img: usize, dw: &mut [f32], cols: &mut Vec<f32>, accumulate: bool, parallel| {
-        let xi = &x[img * g.image()..(img + 1) * g.image()];
-        let cols: &[f32] = if g.pointwise() {
-            xi
-        } else {
-            cols.resize(taps * p, 0.0);
-            im2col(g, xi, cols);
-            cols
-        };
+        let cols = columns(g, x, img, cols);
         let a = View {
             data: &dy[img * g.out_image()..(img + 1) * g.out_image()],
             rs: p,
@@ -345,7 +352,7 @@ pub fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
         rs: 1,
         cs: taps,
     };
-    let one = |img: usize, out: &mut [f32], cols: &mut Vec<f32>, parallel: bool| {
+    each_image(g, &mut dx, g.image(), |img, out, cols, parallel| {
         let b = View {
             data: &dy[img * g.out_image()..(img + 1) * g.out_image()],
             rs: p,
@@ -358,17 +365,7 @@ pub fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
             matmul([taps, p, g.o], cols, false, wt, b, parallel);
             col2im(g, cols, out);
         }
-    };
-    if per_image(g) {
-        dx.par_chunks_mut(g.image())
-            .enumerate()
-            .for_each_init(Vec::new, |cols, (img, out)| one(img, out, cols, false));
-    } else {
-        let mut cols = Vec::new();
-        for (img, out) in dx.chunks_mut(g.image()).enumerate() {
-            one(img, out, &mut cols, true);
-        }
-    }
+    });
     dx
 }
 
