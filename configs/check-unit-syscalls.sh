@@ -4,8 +4,8 @@
 # The unit's SystemCallFilter= answers any other call with EPERM, which the daemon would see as
 # a failure in production only. This traces `loader serve` under strace while clients connect
 # the ways they do (a fetch through a ring, a group of ranks, status, one that leaves mid-fill,
-# SIGTERM), then checks every call it made against the filter as systemd expands it. Run it
-# after changing the daemon or the unit.
+# a Prometheus scrape of `metrics_listen`, SIGTERM), then checks every call it made against the
+# filter as systemd expands it. Run it after changing the daemon or the unit.
 #
 #   configs/check-unit-syscalls.sh [BIN_DIR]     (default target/debug; needs strace and
 #                                                  systemd-analyze)
@@ -26,7 +26,7 @@ trap 'kill "$serve" "${daemon:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 "$bin/shard-tool" pack "$work/src" --out "$work/shards" >/dev/null 2>&1
 sock="$work/loader.sock"
 strace -f -qq -o "$work/trace" "$bin/loader" serve --shards "$work/shards" --socket "$sock" -j 2 \
-  >"$work/serve.out" 2>"$work/serve.log" &
+  --metrics-listen 127.0.0.1:0 >"$work/serve.out" 2>"$work/serve.log" &
 serve=$!
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
 # strace forwards no signal: the daemon is its child.
@@ -41,6 +41,9 @@ done
 wait "${ranks[@]}"
 timeout 2 "$bin/loader" fetch --socket "$sock" --transform a1 -b 32 --steps 1000 >/dev/null 2>&1 || true
 "$bin/loader" status --socket "$sock" >/dev/null
+# The endpoint's port (0 above: any free one), from the daemon's start line.
+metrics=$(grep -oE 'http://[0-9.:]+/metrics' "$work/serve.log" | head -n 1)
+python3 -c 'import sys, urllib.request; assert b"loader_samples_total" in urllib.request.urlopen(sys.argv[1]).read()' "$metrics"
 sleep 1.5 # one trim after the producers ended
 kill -TERM "$daemon"
 wait "$serve" || true

@@ -46,6 +46,9 @@ pub struct BenchOptions {
     pub ring: Option<PathBuf>,
     /// Also measure this many ranks of one job, alone and together.
     pub ranks: Option<u32>,
+    /// With `ring`: read the batches again from a daemon serving Prometheus metrics, scraped
+    /// every [`SCRAPE_EVERY`], to measure what the metrics cost.
+    pub metrics: bool,
     /// Skip each record's CRC-32C check (to measure its cost).
     pub no_crc: bool,
 }
@@ -144,12 +147,24 @@ impl BenchError {
     }
 }
 
-/// Runs the measurements of `options` once, writing the report to `out`; returns ring /
-/// in-process when the ring was measured.
+/// How often `--metrics` scrapes the daemon: 150 times Prometheus' default interval (15 s).
+pub const SCRAPE_EVERY: Duration = Duration::from_millis(100);
+
+/// The ratios of one run, where measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Ratios {
+    /// Through the daemon's ring / in-process.
+    pub ring: Option<f64>,
+    /// Through a daemon whose metrics are scraped / through one without metrics.
+    pub metrics: Option<f64>,
+}
+
+/// Runs the measurements of `options` once, writing the report to `out`; returns the ratios
+/// measured.
 ///
 /// # Errors
 /// [`BenchError`].
-pub fn run(options: &BenchOptions, out: &mut impl Write) -> Result<Option<f64>, BenchError> {
+pub fn run(options: &BenchOptions, out: &mut impl Write) -> Result<Ratios, BenchError> {
     let (dataset, plan) = open_job(&options.shards, &options.job)?;
     let split = split_of(&dataset, options)?;
     let spe = plan.steps_per_epoch();
@@ -197,16 +212,27 @@ pub fn run(options: &BenchOptions, out: &mut impl Write) -> Result<Option<f64>, 
         decode_rate,
     };
     let rate = measured.report(options, threads, fills.batch_size, out)?;
-    let mut ratio = None;
+    let mut ratios = Ratios::default();
     if let Some(exe) = &options.ring {
-        let ring_rate = ring_rate(options, exe, &positions)?;
+        let without = ring_rate(options, exe, &positions, false)?;
         writeln!(
             out,
             "  through the daemon's ring into this process (daemon in its own process, same \
-             threads): samples/s {ring_rate:.1}; ring / in-process = {:.3}",
-            ring_rate / rate
+             threads): samples/s {without:.1}; ring / in-process = {:.3}",
+            without / rate
         )?;
-        ratio = Some(ring_rate / rate);
+        ratios.ring = Some(without / rate);
+        if options.metrics {
+            let with = ring_rate(options, exe, &positions, true)?;
+            writeln!(
+                out,
+                "  the same with the daemon's Prometheus endpoint on and scraped every {} ms: \
+                 samples/s {with:.1}; with / without metrics = {:.3}",
+                SCRAPE_EVERY.as_millis(),
+                with / without
+            )?;
+            ratios.metrics = Some(with / without);
+        }
     }
     if let Some(n) = options.ranks {
         ranks(options, n, out)?;
@@ -214,7 +240,7 @@ pub fn run(options: &BenchOptions, out: &mut impl Write) -> Result<Option<f64>, 
     for (p, d) in timed.digests {
         writeln!(out, "  epoch {} step {} sha256 {d}", p.epoch, p.step)?;
     }
-    Ok(ratio)
+    Ok(ratios)
 }
 
 /// Both timed runs start with every record's pages mapped and cached, as in a trainer's steady
@@ -605,11 +631,14 @@ fn step_targets<'a>(
 }
 
 /// Starts `exe serve` on a private socket, reads the batches at `positions` through its ring,
-/// and returns the samples/s (first batch not timed, as in-process).
+/// and returns the samples/s (first batch not timed, as in-process). With `metrics`, the
+/// daemon serves Prometheus metrics on loopback and a thread scrapes them every
+/// [`SCRAPE_EVERY`] while the batches are read.
 fn ring_rate(
     options: &BenchOptions,
     exe: &Path,
     positions: &[Position],
+    metrics: bool,
 ) -> Result<f64, BenchError> {
     let dir = std::env::temp_dir().join(format!("rsb-bench-{}", std::process::id()));
     let daemon_err = |source| BenchError::Daemon {
@@ -618,8 +647,26 @@ fn ring_rate(
     };
     std::fs::create_dir_all(&dir).map_err(daemon_err)?;
     let socket = dir.join("loader.sock");
-    let mut daemon = std::process::Command::new(exe)
-        .arg("serve")
+    // A free port: taken by the daemon a moment after this listener closes.
+    let endpoint = if metrics {
+        Some(
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(daemon_err)?,
+        )
+    } else {
+        None
+    };
+    let mut command = std::process::Command::new(exe);
+    if let Some(addr) = endpoint {
+        command
+            .arg("serve")
+            .arg("--metrics-listen")
+            .arg(addr.to_string());
+    } else {
+        command.arg("serve");
+    }
+    let mut daemon = command
         .arg("--shards")
         .arg(&options.shards)
         .arg("--socket")
@@ -643,6 +690,7 @@ fn ring_rate(
         })?;
         // Warm-up batch, as in-process.
         drop(client.next_batch()?);
+        let scraper = endpoint.map(Scraper::start);
         let t0 = Instant::now();
         let mut samples = 0;
         for _ in positions.iter().skip(1) {
@@ -657,12 +705,60 @@ fn ring_rate(
             std::hint::black_box(sum);
             samples += batch.count;
         }
-        Ok(samples as f64 / t0.elapsed().as_secs_f64())
+        let rate = samples as f64 / t0.elapsed().as_secs_f64();
+        if let Some(scraper) = scraper
+            && scraper.stop() == 0
+        {
+            return Err(BenchError::Daemon {
+                exe: exe.to_path_buf(),
+                source: std::io::Error::other("its metrics endpoint answered no scrape"),
+            });
+        }
+        Ok(rate)
     })();
     let _ = daemon.kill();
     let _ = daemon.wait();
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// A thread that scrapes a metrics endpoint every [`SCRAPE_EVERY`] until stopped.
+struct Scraper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl Scraper {
+    fn start(addr: std::net::SocketAddr) -> Scraper {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut answered = 0;
+            while !flag.load(Ordering::Relaxed) {
+                let scrape = || -> std::io::Result<bool> {
+                    let mut s = std::net::TcpStream::connect(addr)?;
+                    s.write_all(
+                        b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n",
+                    )?;
+                    let mut text = Vec::new();
+                    std::io::Read::read_to_end(&mut s, &mut text)?;
+                    Ok(text.starts_with(b"HTTP/1.1 200"))
+                };
+                if scrape().unwrap_or(false) {
+                    answered += 1;
+                }
+                std::thread::sleep(SCRAPE_EVERY);
+            }
+            answered
+        });
+        Scraper { stop, thread }
+    }
+
+    /// Stops it; returns the scrapes answered.
+    fn stop(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
 }
 
 #[cfg(test)]
@@ -683,6 +779,7 @@ mod tests {
             start_step,
             digests: true,
             ring: None,
+            metrics: false,
             ranks: Some(2),
             no_crc: false,
         };

@@ -72,6 +72,7 @@ pub mod frame;
 pub mod interpolation;
 pub mod job;
 pub mod pipeline;
+pub mod prometheus;
 pub mod protocol;
 pub mod rand_augment;
 pub mod resample;

@@ -281,6 +281,10 @@ pub struct ClientStats {
     /// Clients served by its producer, itself included (the ranks of its job that share
     /// decodes); 0 while it waits for them.
     pub group: u32,
+    /// Batches that arrived while the client held none: it had read every batch and was
+    /// waiting for the loader (a trainer the loader does not keep fed).
+    #[serde(default)]
+    pub waits: u64,
 }
 
 /// The 12 bytes each side sends first.

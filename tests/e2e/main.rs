@@ -97,6 +97,13 @@ fn readme_main_job_runs_end_to_end() {
     );
     assert_eq!(lines.len(), 2, "{summary}");
     assert!(lines[1].starts_with("0,"), "{summary}");
+    // TensorBoard: one event file for the run's one start.
+    let event_files: Vec<String> = std::fs::read_dir(work.path().join("demo/run"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("events.out.tfevents.000000000000."))
+        .collect();
+    assert_eq!(event_files.len(), 1, "{event_files:?}");
     let metrics = std::fs::read_to_string(work.path().join("demo/run/metrics.jsonl")).unwrap();
     assert_eq!(
         metrics

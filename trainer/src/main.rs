@@ -25,8 +25,10 @@ enum Command {
     ///
     /// Batches come from a `loader serve` daemon (--loader) or a loader inside this process
     /// (--shards); evaluation every `rsb.eval_interval` epochs; OUT/metrics.jsonl holds one
-    /// JSON line per step and per evaluation; atomic checkpoints in OUT at each epoch end (and
-    /// every `rsb.checkpoint_interval` steps). After a crash, the same command with --resume
+    /// JSON line per step and per evaluation, OUT/summary.csv timm's row per epoch, and OUT's
+    /// TensorBoard event files the same under timm's names (`tensorboard --logdir OUT`, or its
+    /// parent to see several runs); atomic checkpoints in OUT at each epoch end (and every
+    /// `rsb.checkpoint_interval` steps). After a crash, the same command with --resume
     /// continues exactly where the last checkpoint stands.
     Train(cli::train::TrainArgs),
     /// Top-1/top-5 of a checkpoint or timm weights on the recipe's val split or other sets.

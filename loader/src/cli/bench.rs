@@ -47,6 +47,11 @@ pub struct BenchArgs {
     /// job group (one decode for the copies that repeated augmentation spreads over ranks).
     #[arg(long, value_name = "N")]
     pub ranks: Option<u32>,
+    /// With --ring: read the batches once more from a daemon serving Prometheus metrics
+    /// (`metrics_listen` on loopback), scraped every 100 ms while they are read, and report
+    /// the ratio to the daemon without metrics: what the metrics cost.
+    #[arg(long, requires = "ring")]
+    pub metrics: bool,
     /// Run everything this many times (in-process then --ring, alternating) and, with --ring,
     /// print the median ratio: one run of a few seconds is at the mercy of machine noise.
     #[arg(long, default_value_t = 1)]
@@ -81,9 +86,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         digests: args.digests,
         ring,
         ranks: args.ranks,
+        metrics: args.metrics,
         no_crc: args.no_crc,
     };
-    let mut ratios = Vec::new();
+    let (mut ratios, mut metrics) = (Vec::new(), Vec::new());
     for _ in 0..args.repeat.max(1) {
         let ratio = loader::bench::run(&options, &mut std::io::stdout().lock()).map_err(
             |e: BenchError| -> anyhow::Error {
@@ -94,17 +100,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 }
             },
         )?;
-        ratios.extend(ratio);
+        ratios.extend(ratio.ring);
+        metrics.extend(ratio.metrics);
     }
-    if ratios.len() > 1 {
-        ratios.sort_by(f64::total_cmp);
-        let median = ratios[ratios.len() / 2];
-        let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
-        println!(
-            "ring / in-process over {} repeats: {} (sorted); median {median:.3}",
-            ratios.len(),
-            shown.join(", ")
-        );
+    for (what, mut ratios) in [
+        ("ring / in-process", ratios),
+        ("with / without metrics", metrics),
+    ] {
+        if ratios.len() > 1 {
+            ratios.sort_by(f64::total_cmp);
+            let median = ratios[ratios.len() / 2];
+            let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+            println!(
+                "{what} over {} repeats: {} (sorted); median {median:.3}",
+                ratios.len(),
+                shown.join(", ")
+            );
+        }
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ pub struct ServeArgs {
     /// TOML config (keys: shards, socket, workers, decode_turns, slots, max_slots, max_ring_bytes,
     /// max_clients, max_clients_per_uid, memory_budget_bytes, allow_uids, allow_gids, allow_groups, socket_mode,
     /// handshake_timeout_s, idle_timeout_s, stall_timeout_s, ring_bytes_per_s_per_uid, clients_per_s_per_uid,
-    /// group_wait_s; see configs/loader.toml).
+    /// group_wait_s, metrics_listen; see configs/loader.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Dataset directory made by `shard-tool pack`.
@@ -36,6 +36,12 @@ pub struct ServeArgs {
     /// Allow this group id to connect (repeatable).
     #[arg(long = "allow-gid")]
     pub allow_gids: Vec<u32>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464; port 0 picks a
+    /// free one, logged at start). Samples, decodes, decode errors, stage-time histograms,
+    /// clients and refusals by reason, ring bytes against the budget, each client's queue
+    /// depth and waits. Off by default; anyone who can reach ADDR can read them.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Serves until SIGTERM or Ctrl-C.
@@ -75,6 +81,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     if !args.allow_gids.is_empty() {
         config.allow_gids = args.allow_gids;
+    }
+    if let Some(addr) = args.metrics_listen {
+        config.metrics_listen = Some(addr);
     }
     config
         .validate()

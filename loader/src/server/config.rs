@@ -66,6 +66,9 @@ pub enum ServeError {
     /// The in-process daemon's thread ended before saying whether it was serving.
     #[error("the in-process loader's thread stopped at start")]
     Stopped,
+    /// The metrics endpoint (`metrics_listen`) could not listen.
+    #[error(transparent)]
+    Metrics(#[from] crate::prometheus::PrometheusError),
 }
 
 impl ServeError {
@@ -81,6 +84,7 @@ impl ServeError {
                 | ServeError::Setting(_)
                 | ServeError::OverBudget { .. }
                 | ServeError::NoGroup(_)
+                | ServeError::Metrics(_)
         )
     }
 }
@@ -152,6 +156,11 @@ pub struct ServeConfig {
     /// Seconds the first rank of a job waits for the job's other ranks before its batches
     /// start; ranks that attach together share decodes (see `server::producer`).
     pub group_wait_s: f64,
+    /// Where to serve Prometheus metrics over HTTP (`GET /metrics`), e.g. "127.0.0.1:9464";
+    /// unset: no endpoint. Anyone who can reach the address can read the metrics (job ids
+    /// included): keep it on loopback unless the scraper is elsewhere and the network is
+    /// trusted.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for ServeConfig {
@@ -179,6 +188,7 @@ impl Default for ServeConfig {
             ring_bytes_per_s_per_uid: 1 << 30,
             clients_per_s_per_uid: 16,
             group_wait_s: 5.0,
+            metrics_listen: None,
         }
     }
 }

@@ -137,6 +137,30 @@ pub(super) enum Refusal {
 }
 
 impl Refusal {
+    /// Its name, for the `reason` label of `loader_refused_total`: few values, whatever the
+    /// peer sent.
+    pub(super) fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Protocol(_) => "protocol",
+            Refusal::Timeout(..) => "timeout",
+            Refusal::NoCredentials => "no_credentials",
+            Refusal::NotAllowed { .. } => "not_allowed",
+            Refusal::Busy(_) => "busy",
+            Refusal::UserBusy { .. } => "user_busy",
+            Refusal::RingRate { .. } => "ring_rate",
+            Refusal::ClientRate { .. } => "client_rate",
+            Refusal::Job(_) => "job",
+            Refusal::NoSplit { .. } => "no_split",
+            Refusal::StartPastEnd { .. } | Refusal::StartPastEpoch { .. } => "start",
+            Refusal::Slots { .. } => "slots",
+            Refusal::Ring(_) => "ring",
+            Refusal::OutOfOrder { .. } => "out_of_order",
+            Refusal::NotHeld(_) => "not_held",
+            Refusal::Failed(_) => "failed",
+            Refusal::Internal(_) => "internal",
+        }
+    }
+
     /// `got` where `expected` was due.
     pub(super) fn out_of_order(got: &Request, expected: &'static str) -> Refusal {
         let got = match got {

@@ -28,7 +28,7 @@ pub(super) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
     };
     shared.counters.remove_client(id);
     if let Some(refusal) = refusal {
-        shared.counters.add_refused();
+        shared.counters.add_refused(refusal.reason());
         tracing::debug!("connection {id} ({peer:?}) refused: {refusal}");
     }
 }
@@ -44,7 +44,7 @@ pub(super) async fn refuse_busy(shared: Arc<Shared>, stream: UnixStream, refusal
         }
     })
     .await;
-    shared.counters.add_refused();
+    shared.counters.add_refused(refusal.reason());
 }
 
 /// Checks the peer, exchanges preambles and reads the first message. Returns the session to

@@ -25,6 +25,8 @@ pub struct Server {
     socket: PathBuf,
     /// One per connection, taken at accept: `max_clients`.
     permits: Arc<Semaphore>,
+    /// The Prometheus endpoint's socket (`metrics_listen`), bound with the Unix socket.
+    metrics: Option<std::net::TcpListener>,
 }
 
 impl Server {
@@ -52,6 +54,11 @@ impl Server {
             .iter()
             .map(|split| (split.name().to_owned(), SplitInfo::of(&dataset, split)))
             .collect();
+        // Before the Unix socket: a port that is taken fails the start with nothing to undo.
+        let metrics = config
+            .metrics_listen
+            .map(|addr| crate::prometheus::bind(addr, "metrics_listen"))
+            .transpose()?;
         let socket = config.socket.clone().unwrap_or_else(default_socket);
         let listener = bind_socket(&socket, config.socket_mode)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
@@ -97,7 +104,13 @@ impl Server {
             listener,
             socket,
             permits,
+            metrics,
         })
+    }
+
+    /// Where the Prometheus endpoint listens (`metrics_listen`; its port when that was 0).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The socket path.
@@ -112,8 +125,19 @@ impl Server {
 
     /// Serves until `shutdown` completes, then removes the socket. Connections in progress are
     /// dropped with the runtime.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         let shared = Arc::clone(&self.shared);
+        let exporter = self.metrics.take().map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!("Prometheus metrics on http://{addr}/metrics");
+            }
+            let metrics = Arc::new(super::metrics::DaemonMetrics::new(Arc::clone(&shared)));
+            tokio::spawn(async move {
+                if let Err(e) = crate::prometheus::serve(listener, metrics).await {
+                    tracing::warn!("{e}; the daemon goes on serving batches without it");
+                }
+            })
+        });
         let ticker = {
             let shared = Arc::clone(&shared);
             tokio::spawn(async move { shared.counters.tick(shared.workers).await })
@@ -164,6 +188,9 @@ impl Server {
         }
         ticker.abort();
         trimmer.abort();
+        if let Some(exporter) = exporter {
+            exporter.abort();
+        }
         if let Err(e) = std::fs::remove_file(&self.socket) {
             tracing::warn!("removing {}: {e}", self.socket.display());
         }

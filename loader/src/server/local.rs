@@ -11,6 +11,7 @@ use super::listener::Server;
 /// dropped.
 pub struct LocalServer {
     socket: PathBuf,
+    metrics: Option<std::net::SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -48,7 +49,8 @@ impl LocalServer {
                 runtime.block_on(async move {
                     match Server::bind(config) {
                         Ok(server) => {
-                            let _ = ready_tx.send(Ok(server.socket().to_path_buf()));
+                            let _ = ready_tx
+                                .send(Ok((server.socket().to_path_buf(), server.metrics_addr())));
                             server
                                 .run(async {
                                     let _ = stopped.await;
@@ -65,9 +67,10 @@ impl LocalServer {
                 what: "thread",
                 source,
             })?;
-        let socket = ready_rx.recv().map_err(|_| ServeError::Stopped)??;
+        let (socket, metrics) = ready_rx.recv().map_err(|_| ServeError::Stopped)??;
         Ok(LocalServer {
             socket,
+            metrics,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -76,6 +79,11 @@ impl LocalServer {
     /// The socket clients connect to.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// Where its Prometheus endpoint listens, with `metrics_listen`.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics
     }
 }
 

@@ -16,7 +16,8 @@ does with a connection: the peer check, the handshake, then a status answer or a
 `session` (one client's job, ring and relay), `producer` (job groups and the threads that fill their rings
 through the [`BatchStream`](crate::stream::BatchStream)), `share` (the decode turns, shared
 fairly among users and their clients), `trim` (the heap of ended producers given back),
-`stats` (counters, `loader status`, systemd's tick).
+`stats` (counters, `loader status`, systemd's tick), `metrics` (the same counters for
+Prometheus, on `metrics_listen`).
 
 The async side (tokio) only moves small messages; all pixel work is on the producer's threads.
 Everything a peer sends is checked, and a bad message costs that peer its connection, never the
@@ -37,6 +38,7 @@ mod connection;
 mod handler;
 mod listener;
 mod local;
+mod metrics;
 mod producer;
 mod session;
 mod share;

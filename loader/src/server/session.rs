@@ -52,6 +52,11 @@ impl Session {
                 .map_err(|_| Refusal::Internal("ring builds poisoned"))?;
             Ring::create(layout, shared.config.max_ring_bytes)?
         };
+        // Given back when the session drops.
+        shared
+            .counters
+            .ring_bytes
+            .inc_by(bytes_gauge(layout.total_bytes()));
         shared.counters.add_client(
             id,
             ClientStats {
@@ -64,6 +69,7 @@ impl Session {
                 slots: layout.slots,
                 samples: 0,
                 group: 0,
+                waits: 0,
             },
         );
         tracing::info!(
@@ -153,6 +159,7 @@ impl Session {
                          closing its stream (stall_timeout_s)",
                         self.id
                     );
+                    self.shared.counters.stall_closes.inc();
                     ControlFlow::Break(Ok(()))
                 }
                 event = events.recv() => relay.event(event, conn).await,
@@ -176,6 +183,10 @@ impl Drop for Session {
     fn drop(&mut self) {
         // Its ring and buffers go now: the heap they leave is given back (`server::trim`).
         self.shared.trim.released();
+        self.shared
+            .counters
+            .ring_bytes
+            .dec_by(bytes_gauge(self.layout.total_bytes()));
     }
 }
 
@@ -257,6 +268,14 @@ impl Relay<'_> {
                 count,
                 replaced,
             }) => {
+                // A batch that arrives while the client holds none: it had read everything
+                // and was (or soon would be) waiting for the loader.
+                if !self.held.iter().any(|h| *h) {
+                    self.session
+                        .shared
+                        .counters
+                        .update_client(self.session.id, |c| c.waits += 1);
+                }
                 self.held[slot as usize] = true;
                 if self.stalled_since.is_none() && self.held.iter().all(|h| *h) {
                     self.stalled_since = Some(tokio::time::Instant::now());
@@ -338,6 +357,11 @@ impl Relay<'_> {
             .counters
             .update_client(self.session.id, |c| c.slots_full = full);
     }
+}
+
+/// Ring bytes as the gauge's integer (a ring is at most `max_ring_bytes`, 1 TiB).
+fn bytes_gauge(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 /// Waits until `deadline`, or forever without one.

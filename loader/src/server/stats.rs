@@ -1,25 +1,63 @@
-//! What the daemon counts (samples, decodes, stage times, refusals, each client's progress),
-//! the snapshot `loader status` shows, and the once-a-second tick that keeps the recent rate
-//! and talks to systemd.
+//! What the daemon counts (samples, decodes, stage times, refusals, ring bytes, each client's
+//! progress), the snapshot `loader status` shows, and the once-a-second tick that keeps the
+//! recent rate and talks to systemd. The counters are `prometheus_client`'s, so the scrape
+//! endpoint (`server::metrics`) reads the same numbers `loader status` shows.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
 use crate::pipeline::StageTimes;
 use crate::protocol::{ClientStats, MemoryUse, Stats};
+
+/// The pipeline's stages, in `Stats::stage_ms`'s order.
+pub(super) const STAGES: [&str; 5] = ["decode", "resize", "flip", "rand_augment", "write"];
+
+/// A stage's label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct StageLabel {
+    /// One of [`STAGES`].
+    pub stage: &'static str,
+}
+
+/// Why a connection was refused (`Refusal::reason`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct ReasonLabel {
+    /// The refusal's name.
+    pub reason: &'static str,
+}
+
+/// A histogram of seconds per sample in one fill: 1 µs to about 0.5 s.
+fn per_sample_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1e-6, 2.0, 20))
+}
 
 /// The daemon's counters, shared by its connections and producers.
 pub(super) struct Counters {
     started: Instant,
-    samples: AtomicU64,
+    pub(super) samples: Counter,
     /// Images decoded (fewer than samples where repeats share a decode).
-    decoded: AtomicU64,
-    decode_errors: AtomicU64,
+    pub(super) decoded: Counter,
+    /// Records that failed to decode, each replaced by another record of the split.
+    pub(super) decode_errors: Counter,
     refused: AtomicU64,
+    /// Refused connections by reason.
+    pub(super) refused_by: Family<ReasonLabel, Counter>,
     /// Nanoseconds per stage, summed: decode, resize, flip, RandAugment, write.
     stage_ns: [AtomicU64; 5],
+    /// Seconds per sample of each stage, one observation per fill.
+    pub(super) stage_seconds: Family<StageLabel, Histogram, fn() -> Histogram>,
+    /// Bytes of the rings of the clients being served.
+    pub(super) ring_bytes: Gauge,
+    /// Streams closed because their client held every slot for `stall_timeout_s`.
+    pub(super) stall_closes: Counter,
     clients: Mutex<BTreeMap<u64, ClientStats>>,
     /// (time, samples) once a second, for the recent rate.
     history: Mutex<VecDeque<(Instant, u64)>>,
@@ -30,11 +68,15 @@ impl Counters {
     pub(super) fn new() -> Counters {
         Counters {
             started: Instant::now(),
-            samples: AtomicU64::new(0),
-            decoded: AtomicU64::new(0),
-            decode_errors: AtomicU64::new(0),
+            samples: Counter::default(),
+            decoded: Counter::default(),
+            decode_errors: Counter::default(),
             refused: AtomicU64::new(0),
+            refused_by: Family::default(),
             stage_ns: Default::default(),
+            stage_seconds: Family::new_with_constructor(per_sample_histogram),
+            ring_bytes: Gauge::default(),
+            stall_closes: Counter::default(),
             clients: Mutex::new(BTreeMap::new()),
             history: Mutex::new(VecDeque::new()),
         }
@@ -43,21 +85,28 @@ impl Counters {
     /// Adds one fill's samples, decodes and stage times.
     pub(super) fn add_fill(&self, t: &StageTimes) {
         let stages = [t.decode, t.resize, t.flip, t.rand_augment, t.write];
-        for (acc, d) in self.stage_ns.iter().zip(stages) {
+        let per_sample = 1.0 / t.samples.max(1) as f64;
+        for ((acc, d), stage) in self.stage_ns.iter().zip(stages).zip(STAGES) {
             acc.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+            if t.samples > 0 {
+                self.stage_seconds
+                    .get_or_create(&StageLabel { stage })
+                    .observe(d.as_secs_f64() * per_sample);
+            }
         }
-        self.samples.fetch_add(t.samples, Ordering::Relaxed);
-        self.decoded.fetch_add(t.decoded, Ordering::Relaxed);
+        self.samples.inc_by(t.samples);
+        self.decoded.inc_by(t.decoded);
     }
 
     /// Counts records replaced after decode errors.
     pub(super) fn add_decode_errors(&self, n: u64) {
-        self.decode_errors.fetch_add(n, Ordering::Relaxed);
+        self.decode_errors.inc_by(n);
     }
 
     /// Counts a refused connection.
-    pub(super) fn add_refused(&self) {
+    pub(super) fn add_refused(&self, reason: &'static str) {
         self.refused.fetch_add(1, Ordering::Relaxed);
+        self.refused_by.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// Starts showing client `id`.
@@ -85,7 +134,7 @@ impl Counters {
 
     /// A snapshot for `loader status`.
     pub(super) fn snapshot(&self, workers: u32) -> Stats {
-        let samples = self.samples.load(Ordering::Relaxed);
+        let samples = self.samples.get();
         let samples_per_s = self
             .history
             .lock()
@@ -103,8 +152,8 @@ impl Counters {
             workers,
             samples,
             samples_per_s,
-            decoded: self.decoded.load(Ordering::Relaxed),
-            decode_errors: self.decode_errors.load(Ordering::Relaxed),
+            decoded: self.decoded.get(),
+            decode_errors: self.decode_errors.get(),
             stage_ms: [
                 per(&self.stage_ns[0]),
                 per(&self.stage_ns[1]),
@@ -135,7 +184,7 @@ impl Counters {
                 let Ok(mut h) = self.history.lock() else {
                     return;
                 };
-                h.push_back((Instant::now(), self.samples.load(Ordering::Relaxed)));
+                h.push_back((Instant::now(), self.samples.get()));
                 if h.len() > 10 {
                     h.pop_front();
                 }

@@ -22,7 +22,7 @@ pub struct TrainArgs {
     pub config: std::path::PathBuf,
     #[command(flatten)]
     pub data: DataArgs,
-    /// Output directory (checkpoints, metrics.jsonl).
+    /// Output directory (checkpoints, metrics.jsonl, summary.csv, TensorBoard event files).
     #[arg(long, default_value = "runs/train")]
     pub out: std::path::PathBuf,
     /// Continue the run in --out from its latest checkpoint (starts fresh if it has none).
@@ -49,6 +49,12 @@ pub struct TrainArgs {
     /// with `loader fetch --digests --world-size W --rank R` of the same job.
     #[arg(long)]
     pub digests: bool,
+    /// Serve the run's Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9465; port
+    /// 0 picks a free one, said at start): steps, samples, step time and data wait
+    /// histograms, samples/s, loss, lr, the last evaluation, resident memory. Process 0 of
+    /// an MPI run serves them. A port that is taken stops the run before it starts.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub recipe: RecipeFlags,
 }
@@ -70,6 +76,7 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         init_from: a.init_from.as_deref().map(Weights::at),
         new_head: a.new_head,
         digests: a.digests,
+        metrics_listen: a.metrics_listen,
         processes: Rc::clone(&processes),
     };
     // Process 0 shows the run; every process prints its ranks' digests.

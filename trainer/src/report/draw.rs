@@ -184,15 +184,7 @@ pub(crate) fn write_png(
         path: path.to_path_buf(),
         message,
     };
-    let mut bytes = Vec::new();
-    let mut encoder = png::Encoder::new(&mut bytes, width, height);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header().map_err(|e| fail(e.to_string()))?;
-    writer
-        .write_image_data(rgb)
-        .map_err(|e| fail(e.to_string()))?;
-    writer.finish().map_err(|e| fail(e.to_string()))?;
+    let bytes = crate::run::preview::encode_png(rgb, width, height).map_err(fail)?;
     write_file(path, &bytes).map_err(|e| fail(e.message))
 }
 

@@ -9,10 +9,14 @@
 //! | `latest` | symlink to the newest complete checkpoint | [`RunDir::save_checkpoint`] |
 //! | `eval-sets.json` | a study's scores on extra eval sets | [`RunDir::write_set_scores`] |
 //! | `curves.png` | `trainer plot`'s default output | [`RunDir::curves`] |
+//! | `summary.csv` | timm's per-epoch summary | [`RunDir::summary`] |
+//! | `events.out.tfevents.*.rsb` | TensorBoard's event files, one per start | [`RunDir::event_file`] |
 //!
 //! Every file is written atomically (a temporary file, synced, renamed into place; the
 //! `latest` link by a rename over the old one), so a run killed at any instant leaves each file
-//! whole, old or new. Nothing else in the trainer spells these names.
+//! whole, old or new. The two that grow as the run goes, `metrics.jsonl` and the event files,
+//! are appended to, and cut back atomically to the checkpoint's steps when a run resumes (a
+//! torn last line or record is dropped then). Nothing else in the trainer spells these names.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -21,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{Checkpoint, CheckpointError, Contents, io};
 use super::metrics::{Metric, MetricsError, MetricsLog, read_metrics};
+use super::tensorboard::{EventFile, TensorBoardError};
 use crate::eval::SetScore;
 
 const RECIPE_FILE: &str = "recipe.toml";
@@ -131,6 +136,15 @@ impl RunDir {
     /// [`MetricsError`] naming the file.
     pub(crate) fn metrics_log(&self, steps_done: u64) -> Result<MetricsLog, MetricsError> {
         MetricsLog::open(&self.metrics(), steps_done)
+    }
+
+    /// A new TensorBoard event file for a start after `steps_done` steps, the files of earlier
+    /// starts cut back to them ([`EventFile::create`]).
+    ///
+    /// # Errors
+    /// [`TensorBoardError`] naming the file.
+    pub(crate) fn event_file(&self, steps_done: u64) -> Result<EventFile, TensorBoardError> {
+        EventFile::create(&self.root, steps_done)
     }
 
     /// The newest complete checkpoint, if any.

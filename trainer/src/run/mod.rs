@@ -18,7 +18,10 @@
 pub mod checkpoint;
 mod dir;
 pub mod metrics;
+pub mod preview;
+pub mod prometheus;
 pub mod summary;
+pub mod tensorboard;
 mod timing;
 pub mod weights;
 
@@ -47,6 +50,7 @@ use crate::recipe::{DataJobs, TrainConfig};
 use crate::step::{HostBatch, StepError, TrainStep};
 use checkpoint::Contents;
 use metrics::{Metric, MetricsError, MetricsLog};
+use tensorboard::{EventFile, TensorBoardError, recipe_markdown};
 use timing::Issued;
 
 /// Settings of a run besides the recipe.
@@ -78,6 +82,8 @@ pub struct TrainOptions {
     /// Report the SHA-256 of every rank's batch ([`Event::Batch`]), as `loader fetch
     /// --digests` prints them, to check what each rank trained on.
     pub digests: bool,
+    /// Serve the run's Prometheus metrics here ([`prometheus`]; process 0).
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// The run's processes ([`crate::ranks::processes`]): this one holds its share of the
     /// ranks; process 0 writes the run directory.
     pub processes: Rc<dyn Processes>,
@@ -117,6 +123,12 @@ pub enum TrainError {
     /// Writing metrics.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// The Prometheus endpoint (`--metrics-listen`) could not start.
+    #[error(transparent)]
+    Prometheus(#[from] loader::prometheus::PrometheusError),
+    /// Starting the TensorBoard event file (a failure later is a warning).
+    #[error("TensorBoard event file: {0}")]
+    TensorBoard(#[from] TensorBoardError),
     /// The run directory.
     #[error(transparent)]
     RunDir(#[from] RunDirError),
@@ -155,7 +167,7 @@ impl TrainError {
     /// to start from), as opposed to a failure while running: what exits with status 2.
     pub fn is_bad_input(&self) -> bool {
         match self {
-            TrainError::Out(_) | TrainError::Placement(_) => true,
+            TrainError::Out(_) | TrainError::Placement(_) | TrainError::Prometheus(_) => true,
             TrainError::Data(e) => e.is_bad_input(),
             TrainError::Eval(e) => e.is_bad_input(),
             TrainError::Checkpoint(e) => e.is_bad_input(),
@@ -166,6 +178,7 @@ impl TrainError {
             | TrainError::Model(_)
             | TrainError::Step(_)
             | TrainError::Metrics(_)
+            | TrainError::TensorBoard(_)
             | TrainError::RunDir(_)
             | TrainError::Diverged { .. } => false,
         }
@@ -231,6 +244,10 @@ struct Run<'a> {
     steps_done: u64,
     /// Process 0's; the other processes write nothing to the run directory.
     metrics: Option<MetricsLog>,
+    /// Process 0's TensorBoard events; dropped, with a warning, when a write fails.
+    tensorboard: Option<EventFile>,
+    /// Process 0's Prometheus metrics, with `--metrics-listen`.
+    prometheus: Option<prometheus::RunMetrics>,
     last_eval: Option<Metric>,
     /// Keeps an in-process loader alive for the run; declared last, so it stops after the
     /// clients of its streams are dropped.
@@ -269,6 +286,18 @@ impl<'a> Run<'a> {
         let batches = options.data.open()?;
         check_splits(batches.socket(), &jobs.splits(), config.num_classes)?;
         let writes = processes.index() == 0;
+        // Before anything is written: a port that is taken stops the run at once.
+        let prometheus = match options.metrics_listen.filter(|_| writes) {
+            Some(addr) => {
+                let metrics = prometheus::RunMetrics::new();
+                let bound = metrics.serve(addr)?;
+                on_event(Event::Note(format!(
+                    "Prometheus metrics on http://{bound}/metrics"
+                )));
+                Some(metrics)
+            }
+            None => None,
+        };
         if writes {
             options.out.create()?;
             options.out.write_recipe(&recipe_text)?;
@@ -330,10 +359,13 @@ impl<'a> Run<'a> {
             check_state(&start.state, checkpoint, steps_per_epoch, all_steps)?;
         }
         // After the state is trusted: opening the log drops its lines past `steps_done`.
-        let metrics = if writes {
-            Some(options.out.metrics_log(start.state.steps_done)?)
+        let (metrics, tensorboard) = if writes {
+            let steps_done = start.state.steps_done;
+            let mut events = options.out.event_file(steps_done)?;
+            events.text(steps_done, "recipe", &recipe_markdown(&recipe_text))?;
+            (Some(options.out.metrics_log(steps_done)?), Some(events))
         } else {
-            None
+            (None, None)
         };
         on_event(Event::Started {
             start_step: start.state.steps_done,
@@ -352,6 +384,8 @@ impl<'a> Run<'a> {
             total_steps,
             steps_done: start.state.steps_done,
             metrics,
+            tensorboard,
+            prometheus,
             last_eval: None,
             batches,
         })
@@ -373,6 +407,9 @@ impl<'a> Run<'a> {
             let at = held[0].position;
             if self.options.digests {
                 report_digests(&held, self.world.placement.ranks().start, on_event);
+            }
+            if self.steps_done == 0 {
+                self.record_preview(&held[0], on_event);
             }
             let issued = self.step(held, at, began, data_wait_s, on_event)?;
             // Depth 2: the previous step's loss is read back now, with this step queued behind
@@ -491,11 +528,53 @@ impl<'a> Run<'a> {
             // Not written: every line of metrics.jsonl stays one the trainer reads back.
             return Err(self.diverged(step, format!("the loss is {loss}")));
         }
-        if let Some(metrics) = &mut self.metrics {
-            metrics.append(&m)?;
-            on_event(Event::Metric(m));
+        self.record(m, on_event)
+    }
+
+    /// Writes a metric line (process 0): to `metrics.jsonl`, whose failure stops the run, and
+    /// to TensorBoard, whose failure is a warning (the events are a view of the metrics).
+    fn record(&mut self, m: Metric, on_event: &mut dyn FnMut(Event)) -> Result<(), TrainError> {
+        let Some(metrics) = &mut self.metrics else {
+            return Ok(());
+        };
+        metrics.append(&m)?;
+        if let Some(p) = &self.prometheus {
+            p.record(&m);
         }
+        let written = self.tensorboard.as_mut().map(|t| t.metric(&m));
+        self.tensorboard_written(written, on_event);
+        on_event(Event::Metric(m));
         Ok(())
+    }
+
+    /// Drops the event file after a failed write, saying so once.
+    fn tensorboard_written(
+        &mut self,
+        written: Option<Result<(), TensorBoardError>>,
+        on_event: &mut dyn FnMut(Event),
+    ) {
+        if let Some(Err(e)) = written {
+            self.tensorboard = None;
+            on_event(Event::Note(format!(
+                "warning: TensorBoard events stop here ({e}); training goes on, and \
+                 metrics.jsonl keeps every step"
+            )));
+        }
+    }
+
+    /// The first batch's images as a grid in TensorBoard (a fresh run's first step).
+    fn record_preview(&mut self, batch: &Batch, on_event: &mut dyn FnMut(Event)) {
+        let Some(events) = &mut self.tensorboard else {
+            return;
+        };
+        let grid = preview::grid(batch.images(), self.options.config.img_size);
+        let written = preview::encode_png(&grid.pixels, grid.width, grid.height)
+            .map_err(|message| TensorBoardError {
+                path: events.path().to_path_buf(),
+                message,
+            })
+            .and_then(|png| events.image(0, "train_samples", png, (grid.width, grid.height)));
+        self.tensorboard_written(Some(written), on_event);
     }
 
     /// Whether the recipe evaluates at the end of epoch `epochs_done` (every `eval_interval`
@@ -509,9 +588,9 @@ impl<'a> Run<'a> {
     /// Evaluates the primary model on the val split and writes the line (process 0; the
     /// others go on to the next step and wait for it there).
     fn evaluate(&mut self, epoch: u32, on_event: &mut dyn FnMut(Event)) -> Result<(), TrainError> {
-        let Some(metrics) = &mut self.metrics else {
+        if self.metrics.is_none() {
             return Ok(());
-        };
+        }
         let step = self.world.primary();
         let target = Target {
             model: step.model().ok_or(StepError::Poisoned)?,
@@ -539,10 +618,8 @@ impl<'a> Run<'a> {
             samples: a.samples,
             loss: Some(a.loss),
         };
-        metrics.append(&m)?;
-        on_event(Event::Metric(m.clone()));
-        self.last_eval = Some(m);
-        Ok(())
+        self.last_eval = Some(m.clone());
+        self.record(m, on_event)
     }
 
     /// Rewrites timm's `summary.csv` from `metrics.jsonl`. A failure (a full disk) is a

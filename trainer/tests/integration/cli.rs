@@ -284,6 +284,12 @@ fn a_dataset_that_does_not_fit_the_recipe_is_refused_before_the_model_is_built()
     run(&["--num-classes", "3", "--val-split", "nope"]).stderr(contains(
         "no split \"nope\" in this dataset (it has test, train, val)",
     ));
+    // A metrics port that is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    run(&["--num-classes", "3", "--metrics-listen", &addr]).stderr(contains(format!(
+        "cannot listen on {addr} for metrics: Address already in use"
+    )));
     assert!(
         !dir.path().join("run").exists(),
         "nothing is written for a refused run"

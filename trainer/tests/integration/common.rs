@@ -68,6 +68,7 @@ pub fn options(
         precision: Some(Precision::F32),
         max_steps: Some(max_steps),
         digests: false,
+        metrics_listen: None,
         processes: std::rc::Rc::new(trainer::ranks::processes::Alone),
     }
 }

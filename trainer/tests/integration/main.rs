@@ -12,5 +12,6 @@ mod mpi;
 mod ranks;
 mod resume;
 mod study;
+mod tensorboard;
 mod timing;
 mod upload;

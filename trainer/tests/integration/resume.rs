@@ -46,6 +46,19 @@ fn a_run_resumed_from_its_checkpoint_repeats_the_uninterrupted_losses() {
     let whole_summary = summary("whole").unwrap();
     assert_eq!(whole_summary.lines().count(), 2, "{whole_summary}");
     assert_eq!(summary("split").unwrap(), whole_summary);
+    // TensorBoard: the resumed run's events (two files, one per start) hold every step once,
+    // with the uninterrupted run's values. (Timings differ run to run; the split run also
+    // evaluated where its first start ended, as its metrics.jsonl says.)
+    let events = |run: &str| -> Vec<(i64, String, f32)> {
+        trainer::run::tensorboard::scalars(&dir.path().join(run))
+            .unwrap()
+            .into_iter()
+            .filter(|(_, tag, _)| tag == "train_loss" || tag == "lr")
+            .collect()
+    };
+    let whole_events = events("whole");
+    assert_eq!(whole_events.len(), 5 * 2, "{whole_events:?}");
+    assert_eq!(events("split"), whole_events);
     let latest = RunDir::new(dir.path().join("split")).latest().unwrap();
     let state = latest.state().unwrap();
     assert_eq!(state.steps_done, 5);

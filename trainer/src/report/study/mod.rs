@@ -360,6 +360,7 @@ fn finish_run(
             init_from: None,
             new_head: false,
             digests: false,
+            metrics_listen: None,
             processes: std::rc::Rc::new(crate::ranks::processes::Alone),
         };
         train(&options, &mut |e| on_event(StudyEvent::Train(e))).map_err(failed)?;
