@@ -306,32 +306,29 @@ pub fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     };
     let size = g.o * taps;
     if per_image(g) {
-        // Each thread sums its images into its own dW; the threads' sums are added at the end.
-        (0..g.n)
+        // Each of a fixed number of runs of consecutive images is summed into its own dW by one
+        // thread, and the runs' sums are added in order: the same bits on every call (a
+        // fold/reduce over rayon's adaptive splits adds in whatever order the threads steal
+        // work, and a run resumed from a checkpoint would part from the uninterrupted one).
+        let runs = rayon::current_num_threads().clamp(1, g.n.max(1));
+        let per = g.n.div_ceil(runs);
+        let sums: Vec<Vec<f32>> = (0..runs)
             .into_par_iter()
-            .fold(
-                || (Vec::new(), None::<Vec<f32>>),
-                |(mut cols, dw), img| {
-                    let dw = match dw {
-                        Some(mut dw) => {
-                            add(img, &mut dw, &mut cols, true, false);
-                            dw
-                        }
-                        None => {
-                            let mut dw = vec![0f32; size];
-                            add(img, &mut dw, &mut cols, false, false);
-                            dw
-                        }
-                    };
-                    (cols, Some(dw))
-                },
-            )
-            .filter_map(|(_, dw)| dw)
-            .reduce_with(|mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
+            .map(|run| {
+                let mut dw = vec![0f32; size];
+                let mut cols = Vec::new();
+                for (k, img) in (run * per..((run + 1) * per).min(g.n)).enumerate() {
+                    add(img, &mut dw, &mut cols, k > 0, false);
+                }
+                dw
             })
-            .unwrap_or_else(|| vec![0f32; size])
+            .collect();
+        let mut sums = sums.into_iter();
+        let mut dw = sums.next().unwrap_or_else(|| vec![0f32; size]);
+        for sum in sums {
+            dw.iter_mut().zip(&sum).for_each(|(a, b)| *a += b);
+        }
+        dw
     } else {
         let mut dw = vec![0f32; size];
         let mut cols = Vec::new();
@@ -523,5 +520,19 @@ mod tests {
         }
         let db = bias_grad(&g, &vec![1.0; plain.len()]);
         assert_eq!(db, vec![(g.n * p) as f32; g.o]);
+    }
+
+    #[test]
+    fn the_weight_gradient_of_many_images_is_the_same_bits_on_every_call() {
+        // Summed over threads: the order of the additions must not depend on which thread
+        // took which images (a resumed run repeats the uninterrupted one's bits).
+        let g = geometry(48, [8, 9, 9], 16, 3, 1, 1);
+        assert!(per_image(&g));
+        let x = random(g.n * g.image(), 7);
+        let dy = random(g.n * g.o * g.p(), 8);
+        let first = weight_grad(&g, &x, &dy);
+        for _ in 0..20 {
+            assert!(weight_grad(&g, &x, &dy) == first, "the bits moved");
+        }
     }
 }
