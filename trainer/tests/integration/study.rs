@@ -103,6 +103,20 @@ fn a_seed_study_runs_resumes_reuses_and_groups_its_seeds() {
     );
     assert_eq!((a.len(), b.len()), (2, 2));
     assert_ne!(a, b, "seed 0 and seed 1 trained alike");
+    // `tensorboard --logdir STUDY` shows the runs by folder name: each has its events, the
+    // resumed one in two files (one per start) holding each of its 2 steps once.
+    for (run, starts) in [("seed=0", 2), ("seed=1", 1)] {
+        let dir = study.join(run);
+        let files = trainer::run::tensorboard::event_files(&dir).unwrap();
+        assert_eq!(files.len(), starts, "{run}: {files:?}");
+        let steps: Vec<i64> = trainer::run::tensorboard::scalars(&dir)
+            .unwrap()
+            .into_iter()
+            .filter(|(_, tag, _)| tag == "train_loss")
+            .map(|(step, _, _)| step)
+            .collect();
+        assert_eq!(steps, [1, 2], "{run}");
+    }
     for file in ["study.txt", "study.json", "study.png"] {
         assert!(study.join(file).exists(), "{file}");
     }
