@@ -10,9 +10,12 @@ pub mod conv;
 #[cfg(feature = "cube-cpu")]
 pub mod cube_cpu;
 pub mod device;
+mod flex_slices;
 pub mod float_types;
 pub mod resnet;
 pub mod seeded;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod timm_weights;
 
 pub use device::{DeviceKind, Precision};

@@ -19,12 +19,12 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{
-    Autodiff, AutodiffBackend, Backend, Dispatch, DispatchDevice, Flex, TensorMetadata,
-    backend_extension,
+    Autodiff, AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension,
 };
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Tensor};
 
+use super::flex_slices::{is_flex, tensor, values};
 use cpu::Geometry;
 
 /// `conv2d(x, weight, bias, options)` as burn computes it, on our CPU convolution where it
@@ -60,13 +60,7 @@ fn ours_applies(
     weight: &Tensor<4>,
     options: &ConvOptions<2>,
 ) -> Option<([usize; 2], [usize; 2])> {
-    // Builds with CubeCL backends have more device kinds than this match names.
-    #[allow(unreachable_patterns)]
-    let flex = match x.device().as_dispatch() {
-        DispatchDevice::Flex(_) => true,
-        DispatchDevice::Autodiff(inner) => matches!(&**inner, DispatchDevice::Flex(_)),
-        _ => false,
-    };
+    let flex = is_flex(&x.device());
     let padding = options.padding.map(|(begin, _)| begin);
     let symmetric = options.padding.iter().all(|(begin, end)| begin == end);
     let plain = options.groups == 1 && options.dilation == [1, 1] && symmetric;
@@ -105,23 +99,6 @@ fn geometry(
         stride,
         padding,
     }
-}
-
-/// A flex tensor's f32 values in row-major order (copied only where it is not contiguous).
-fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
-    match t.as_slice::<f32>() {
-        Some(s) => std::borrow::Cow::Borrowed(s),
-        None => std::borrow::Cow::Owned(
-            t.to_contiguous()
-                .as_slice::<f32>()
-                .map(<[f32]>::to_vec)
-                .unwrap_or_default(),
-        ),
-    }
-}
-
-fn flex(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 /// Our CPU convolution as a burn backend extension: forward and both gradients, for burn-flex,
@@ -165,7 +142,7 @@ impl CpuConv for Flex {
         let g = geometry(&x, &weight, stride, padding);
         let y = cpu::forward(&g, &values(&x), &values(&weight), None);
         let [oh, ow] = g.out();
-        flex(y, [g.n, g.o, oh, ow])
+        tensor(y, [g.n, g.o, oh, ow])
     }
 
     fn cpu_conv2d_x_backward(
@@ -177,7 +154,7 @@ impl CpuConv for Flex {
     ) -> FlexTensor {
         let g = geometry(&x, &weight, stride, padding);
         let dx = cpu::input_grad(&g, &values(&weight), &values(&grad));
-        flex(dx, [g.n, g.c, g.h, g.w])
+        tensor(dx, [g.n, g.c, g.h, g.w])
     }
 
     fn cpu_conv2d_weight_backward(
@@ -189,7 +166,7 @@ impl CpuConv for Flex {
     ) -> FlexTensor {
         let g = geometry(&x, &weight, stride, padding);
         let dw = cpu::weight_grad(&g, &values(&x), &values(&grad));
-        flex(dw, [g.o, g.c, g.k[0], g.k[1]])
+        tensor(dw, [g.o, g.c, g.k[0], g.k[1]])
     }
 }
 
@@ -291,34 +268,8 @@ impl<B: CpuConv, C: CheckpointStrategy> CpuConv for Autodiff<B, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::testing::{random, relative};
     use burn::tensor::Device;
-
-    /// Largest relative L2 difference of two tensors.
-    fn relative<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f64 {
-        let a = a
-            .into_data()
-            .convert::<f64>()
-            .try_to_vec::<f64>()
-            .expect("f64");
-        let b = b
-            .into_data()
-            .convert::<f64>()
-            .try_to_vec::<f64>()
-            .expect("f64");
-        let num: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum();
-        let den: f64 = b.iter().map(|y| y * y).sum();
-        (num / den.max(1e-30)).sqrt()
-    }
-
-    /// A tensor of `shape` with values in -1..1 from `seed` (not burn's generator, which
-    /// the tests of this binary share).
-    fn random<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tensor<D> {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let n = shape.iter().product();
-        let values: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-        Tensor::from_data(TensorData::new(values, shape), device)
-    }
 
     /// Ours against burn's: the output, and the gradients of x, the weight and the bias of
     /// `<r, conv(x)>` for a random `r`.

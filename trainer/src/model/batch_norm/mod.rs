@@ -3,10 +3,16 @@
 //! burn's own `BatchNorm` updates its running variance with the biased (population) batch
 //! variance; PyTorch, and so timm, uses the unbiased one (`n / (n - 1)` times larger). The
 //! difference is what a model evaluates with after training, so we keep our own layer.
+//!
+//! In training on the CPU backend the batch statistics, the output and the gradients are our
+//! own ([`cpu`], plugged in by [`flex`]); elsewhere burn's `batch_norm_train`.
+
+pub mod cpu;
+pub mod flex;
 
 use burn::module::{Module, Param, RunningState};
 use burn::nn::Initializer;
-use burn::tensor::module::{batch_norm, batch_norm_train};
+use burn::tensor::module::batch_norm;
 use burn::tensor::{Device, Tensor};
 
 /// PyTorch's defaults, which timm's ResNet keeps.
@@ -66,18 +72,19 @@ impl BatchNorm {
         } else {
             1.0
         };
-        let out = batch_norm_train(x, self.gamma.val(), self.beta.val(), EPSILON);
+        let (output, batch_mean, batch_var) =
+            flex::train(x, self.gamma.val(), self.beta.val(), EPSILON);
         let mean = self.running_mean.value_sync().to_device(&device);
         let var = self.running_var.value_sync().to_device(&device);
         let mean = mean
             .mul_scalar(1.0 - MOMENTUM)
-            .add(out.mean.detach().mul_scalar(MOMENTUM));
+            .add(batch_mean.detach().mul_scalar(MOMENTUM));
         let var = var
             .mul_scalar(1.0 - MOMENTUM)
-            .add(out.variance.detach().mul_scalar(MOMENTUM * unbias));
+            .add(batch_var.detach().mul_scalar(MOMENTUM * unbias));
         self.running_mean.update(mean.detach());
         self.running_var.update(var.detach());
-        out.output
+        output
     }
 }
 
