@@ -411,6 +411,13 @@ impl ResNet {
                 });
             }
         }
+        // The visitor reads a running statistic's last synced value: the batch's update since
+        // (the one a checkpoint would save) is applied first, or a NaN batch variance would
+        // pass this check and land in the checkpoint.
+        for bn in self.batch_norms() {
+            let _ = bn.running_mean.value_sync();
+            let _ = bn.running_var.value_sync();
+        }
         let mut count = Count(None);
         self.visit(&mut count);
         count

@@ -32,35 +32,39 @@ impl Shape {
     }
 }
 
-/// `Σ f(i)` over `0..len`: eight f32 lanes (which the compiler vectorizes), added in f64
-/// at the end, in a fixed order.
-fn lanes(len: usize, f: impl Fn(usize) -> f32) -> f64 {
-    let mut acc = [0f32; 8];
+/// `Σ f(i)` over `0..len` in eight f64 lanes (which the compiler vectorizes), added in a fixed
+/// order. f64, because a diverging run's activations reach 1e19 and more: their squares
+/// overflow f32 long before the variance itself would, and an infinite variance normalizes
+/// to a finite output that hides the divergence from the loss.
+fn lanes(len: usize, f: impl Fn(usize) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
     let whole = len / 8 * 8;
     for i in (0..whole).step_by(8) {
         for (lane, a) in acc.iter_mut().enumerate() {
             *a += f(i + lane);
         }
     }
-    let tail: f64 = (whole..len).map(|i| f64::from(f(i))).sum();
-    acc.iter().map(|&a| f64::from(a)).sum::<f64>() + tail
+    let tail: f64 = (whole..len).map(&f).sum();
+    acc.iter().sum::<f64>() + tail
 }
 
 /// Per channel, the batch mean and the biased variance (what normalizes, and what burn's
-/// `batch_norm_train` returns): each plane summed in f32 lanes, the planes in f64, in a fixed
-/// order.
+/// `batch_norm_train` returns), summed in f64 in a fixed order.
 pub fn statistics(s: Shape, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let count = s.per_channel().max(1) as f64;
     (0..s.c)
         .into_par_iter()
         .map(|c| {
-            let sum: f64 = s.planes(x, c).map(|p| lanes(p.len(), |i| p[i])).sum();
-            let mean = (sum / count) as f32;
+            let sum: f64 = s
+                .planes(x, c)
+                .map(|p| lanes(p.len(), |i| f64::from(p[i])))
+                .sum();
+            let mean = sum / count;
             let squares: f64 = s
                 .planes(x, c)
-                .map(|p| lanes(p.len(), |i| (p[i] - mean) * (p[i] - mean)))
+                .map(|p| lanes(p.len(), |i| (f64::from(p[i]) - mean).powi(2)))
                 .sum();
-            (mean, (squares / count) as f32)
+            (mean as f32, (squares / count) as f32)
         })
         .unzip()
 }
@@ -109,11 +113,11 @@ pub fn parameter_grads(
     (0..s.c)
         .into_par_iter()
         .map(|c| {
-            let m = mean[c];
+            let m = f64::from(mean[c]);
             let (mut dg, mut db) = (0f64, 0f64);
             for (xp, dp) in s.planes(x, c).zip(s.planes(dy, c)) {
-                db += lanes(dp.len(), |i| dp[i]);
-                dg += lanes(dp.len(), |i| dp[i] * (xp[i] - m));
+                db += lanes(dp.len(), |i| f64::from(dp[i]));
+                dg += lanes(dp.len(), |i| f64::from(dp[i]) * (f64::from(xp[i]) - m));
             }
             ((dg * f64::from(inv[c])) as f32, db as f32)
         })
