@@ -24,6 +24,27 @@ pub struct RgbImage {
     pub pixels: Vec<u8>,
 }
 
+impl RgbImage {
+    /// A black grid of `cols × rows` square tiles of `side` pixels (a preview of samples).
+    pub fn grid(cols: usize, rows: usize, side: usize) -> RgbImage {
+        RgbImage {
+            width: u32::try_from(cols * side).unwrap_or(u32::MAX),
+            height: u32::try_from(rows * side).unwrap_or(u32::MAX),
+            pixels: vec![0u8; cols * rows * side * side * 3],
+        }
+    }
+
+    /// Copies `tile` (`side × side` RGB, as a batch holds each image) into tile `i` of a
+    /// [`RgbImage::grid`] of `cols` columns, counted row by row.
+    pub fn put_tile(&mut self, i: usize, cols: usize, side: usize, tile: &[u8]) {
+        let (gx, gy) = ((i % cols) * side, (i / cols) * side);
+        for (y, row) in tile.chunks_exact(side * 3).take(side).enumerate() {
+            let at = ((gy + y) * cols * side + gx) * 3;
+            self.pixels[at..at + side * 3].copy_from_slice(row);
+        }
+    }
+}
+
 /// Why a record did not decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

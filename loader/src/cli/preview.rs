@@ -69,11 +69,7 @@ pub fn run(args: &PreviewArgs) -> Result<()> {
         cols.clamp(1, samples.len().max(1)),
     );
     let rows = samples.len().div_ceil(cols);
-    let mut grid = RgbImage {
-        width: (cols * side) as u32,
-        height: (rows * side) as u32,
-        pixels: vec![0u8; cols * rows * side * side * 3],
-    };
+    let mut grid = RgbImage::grid(cols, rows, side);
     let mut worker = Worker::new(transform, seed);
     let mut tile = vec![0u8; transform.image_bytes()];
     for (i, s) in samples.iter().enumerate() {
@@ -86,12 +82,7 @@ pub fn run(args: &PreviewArgs) -> Result<()> {
                 &mut [&mut tile[..]],
             )
             .with_context(|| format!("record {} ({})", s.index, escaped(record.path)))?;
-        let (gx, gy) = ((i % cols) * side, (i / cols) * side);
-        for y in 0..side {
-            let dst = ((gy + y) * cols * side + gx) * 3;
-            grid.pixels[dst..dst + side * 3]
-                .copy_from_slice(&tile[y * side * 3..(y + 1) * side * 3]);
-        }
+        grid.put_tile(i, cols, side, &tile);
         let ops: Vec<String> = worker
             .last_ops()
             .iter()

@@ -217,11 +217,12 @@ mod tests {
         );
         assert_eq!(value(&before, "loader_clients"), Some(0.0), "{before}");
 
-        let mut client = crate::client::Client::connect(crate::client::ClientOptions {
+        // Job "scraped", batches of 4 of `split`, 2 slots.
+        let options = |split: &str| crate::client::ClientOptions {
             socket: server.socket().to_path_buf(),
             job_id: "scraped".into(),
             job: crate::job::JobSpec::single(
-                "train",
+                split,
                 crate::transform::TransformSpec::preset("a3").unwrap(),
                 0,
                 4,
@@ -230,8 +231,8 @@ mod tests {
             epochs: None,
             slots: Some(2),
             reconnect_timeout: Duration::from_secs(5),
-        })
-        .unwrap();
+        };
+        let mut client = crate::client::Client::connect(options("train")).unwrap();
         let mut read = 0;
         for _ in 0..3 {
             read += client.next_batch().unwrap().unwrap().count;
@@ -276,21 +277,7 @@ mod tests {
         );
 
         // A refused connection is counted by its reason.
-        let e = crate::client::Client::connect(crate::client::ClientOptions {
-            socket: server.socket().to_path_buf(),
-            job_id: "scraped".into(),
-            job: crate::job::JobSpec::single(
-                "no-such-split",
-                crate::transform::TransformSpec::preset("a3").unwrap(),
-                0,
-                4,
-            ),
-            start: crate::job::Position::default(),
-            epochs: None,
-            slots: Some(2),
-            reconnect_timeout: Duration::from_secs(5),
-        });
-        assert!(e.is_err());
+        assert!(crate::client::Client::connect(options("no-such-split")).is_err());
         drop(client);
         let t0 = std::time::Instant::now();
         let refused = r#"loader_refused_total{reason="no_split"}"#;

@@ -1,40 +1,25 @@
 //! The first batch's images as one PNG grid, for TensorBoard's Images tab: what the model is
 //! shown after the loader's augmentations (Mixup and CutMix come later, on the device).
 
+use loader::decode::RgbImage;
+
 /// The most images in the grid.
 pub const MAX_TILES: usize = 16;
 
-/// An RGB image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rgb {
-    /// Columns.
-    pub width: u32,
-    /// Rows.
-    pub height: u32,
-    /// Row-major RGB bytes.
-    pub pixels: Vec<u8>,
-}
-
 /// Up to [`MAX_TILES`] of `images` (NHWC `u8`, `side × side`, as the loader's ring holds them)
 /// in a square-ish grid, row by row.
-pub fn grid(images: &[u8], side: usize) -> Rgb {
+pub fn grid(images: &[u8], side: usize) -> RgbImage {
     let tile = side * side * 3;
+    if tile == 0 {
+        return RgbImage::default();
+    }
     let count = images.len().checked_div(tile).unwrap_or(0).min(MAX_TILES);
     let cols = (1..=count).find(|c| c * c >= count).unwrap_or(1);
-    let rows = count.div_ceil(cols).max(1);
-    let mut pixels = vec![0u8; rows * cols * tile];
+    let mut grid = RgbImage::grid(cols, count.div_ceil(cols).max(1), side);
     for (i, image) in images.chunks_exact(tile).take(count).enumerate() {
-        let (gx, gy) = ((i % cols) * side, (i / cols) * side);
-        for (y, row) in image.chunks_exact(side * 3).enumerate() {
-            let at = ((gy + y) * cols * side + gx) * 3;
-            pixels[at..at + side * 3].copy_from_slice(row);
-        }
+        grid.put_tile(i, cols, side, image);
     }
-    Rgb {
-        width: u32::try_from(cols * side).unwrap_or(u32::MAX),
-        height: u32::try_from(rows * side).unwrap_or(u32::MAX),
-        pixels,
-    }
+    grid
 }
 
 /// `rgb` (`width × height`, 8-bit RGB) as a PNG file's bytes.
