@@ -16,12 +16,15 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor};
 
 /// (name, batch, in channels, out channels, side, kernel, stride).
-const SHAPES: [(&str, usize, usize, usize, usize, usize, usize); 6] = [
+const SHAPES: [(&str, usize, usize, usize, usize, usize, usize); 9] = [
     ("r18/8 32px stage1 3x3", 64, 8, 8, 32, 3, 1),
     ("r18/8 32px stage3 3x3", 64, 32, 32, 8, 3, 1),
+    ("r18/8 32px stage4 3x3", 64, 64, 64, 4, 3, 1),
     ("r50 224px stem 7x7/2 b8", 8, 3, 64, 224, 7, 2),
     ("r50 224px stage1 3x3 b8", 8, 64, 64, 56, 3, 1),
     ("r50 224px stage1 1x1 b8", 8, 256, 64, 56, 1, 1),
+    ("r50 224px stage2 3x3 b8", 8, 128, 128, 28, 3, 1),
+    ("r50 224px stage3 3x3 b8", 8, 256, 256, 14, 3, 1),
     ("r50 224px stage4 3x3 b8", 8, 512, 512, 7, 3, 1),
 ];
 

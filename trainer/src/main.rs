@@ -83,6 +83,7 @@ fn main() -> ExitCode {
     // SAFETY: the first statement of `main`: no other thread exists yet to read the
     // environment while it changes.
     unsafe { trainer::model::device::pin_default_device() };
+    trainer::model::host_memory::keep_freed_memory();
     // The in-process loader's warnings and errors (an image replaced, a worker's failure).
     shard_tool::console::init_logging("warn");
     let result = match Cli::parse().command {

@@ -10,8 +10,9 @@ pub mod conv;
 #[cfg(feature = "cube-cpu")]
 pub mod cube_cpu;
 pub mod device;
-mod flex_slices;
+pub(crate) mod flex_slices;
 pub mod float_types;
+pub mod host_memory;
 pub mod resnet;
 pub mod seeded;
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! timm's `Lamb` (`timm/optim/lamb.py`, RECIPE.md): burn's per-tensor LAMB arithmetic, plus the
-//! two things burn's lacks.
+//! timm's `Lamb` (`timm/optim/lamb.py`, RECIPE.md): burn's per-tensor LAMB arithmetic (fused on
+//! the CPU backend: [`super::lamb_cpu`]), plus the two things burn's lacks.
 //!
 //! 1. The global gradient-norm clip inside the optimizer: all gradients are divided by
 //!    `max(‖g‖₂ / max_grad_norm, 1)`, the norm taken over every parameter together (burn only
@@ -12,9 +12,11 @@
 //! `‖p‖ / ‖update‖` (1 where either norm is 0), no trust clip.
 
 use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
-use burn::optim::{GradientsParams, LambConfig, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 
+use super::lamb_cpu::{FusedLamb, Hyper};
+use crate::model::flex_slices::is_flex;
 use crate::model::resnet::ResNet;
 
 /// timm's Lamb arguments (train.py flags in comments).
@@ -63,19 +65,19 @@ pub(crate) fn no_decay_params(model: &ResNet) -> Vec<ParamId> {
 impl TimmLamb {
     /// The optimizer for `model`'s parameters.
     pub fn new(options: &LambOptions, model: &ResNet) -> Self {
-        let base = LambConfig::new()
-            .with_beta_1(options.betas.0 as f32)
-            .with_beta_2(options.betas.1 as f32)
-            .with_epsilon(options.eps as f32);
-        let decay = base
-            .clone()
-            .with_weight_decay(options.weight_decay as f32)
-            .with_use_trust_ratio(options.weight_decay != 0.0)
-            .build();
-        let no_decay = base
-            .with_weight_decay(0.0)
-            .with_use_trust_ratio(false)
-            .build();
+        let base = Hyper {
+            beta_1: options.betas.0 as f32,
+            beta_2: options.betas.1 as f32,
+            epsilon: options.eps as f32,
+            weight_decay: options.weight_decay as f32,
+            trust_ratio: options.weight_decay != 0.0,
+        };
+        let decay = FusedLamb::new(base);
+        let no_decay = FusedLamb::new(Hyper {
+            weight_decay: 0.0,
+            trust_ratio: false,
+            ..base
+        });
         let inner = ModuleOptimizer::from(decay).with_group(
             ParamGroup::from_ids(no_decay_params(model)),
             no_decay,
@@ -111,7 +113,7 @@ impl TimmLamb {
 }
 
 /// Divides every gradient by `max(‖g‖ / max_norm, 1)`, ‖g‖ over all of `model`'s gradients.
-/// Stays on the device: no value is read back.
+/// On a GPU it stays on the device (no value is read back); on the CPU the divisor is read.
 pub(crate) fn clip_global_norm(
     model: &ResNet,
     grads: GradientsParams,
@@ -144,6 +146,17 @@ pub(crate) fn clip_global_norm(
             }
         }
     }
+    struct ScaleBy {
+        grads: GradientsParams,
+        divisor: f32,
+    }
+    impl ModuleVisitor for ScaleBy {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.remove::<D>(param.id) {
+                self.grads.register(param.id, g.div_scalar(self.divisor));
+            }
+        }
+    }
     let mut sum = SumSquares {
         grads: &grads,
         total: None,
@@ -153,6 +166,18 @@ pub(crate) fn clip_global_norm(
         return grads;
     };
     let divisor = total.sqrt().div_scalar(max_norm).clamp_min(1.0);
+    if is_flex(&divisor.device()) {
+        // On the CPU the value costs nothing to read: no division at all where the norm is
+        // within bounds (x / 1 is x), else one by a scalar (a broadcast tensor's division took
+        // a slower path in flex).
+        let divisor = divisor.into_scalar::<f32>();
+        if divisor == 1.0 {
+            return grads;
+        }
+        let mut scale = ScaleBy { grads, divisor };
+        model.visit(&mut scale);
+        return scale.grads;
+    }
     let mut scale = Scale { grads, divisor };
     model.visit(&mut scale);
     scale.grads

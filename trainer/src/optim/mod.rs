@@ -2,4 +2,5 @@
 //! `Lamb`, with its global gradient clip) and [`schedule`] (linear warmup, then cosine).
 
 pub mod lamb;
+pub mod lamb_cpu;
 pub mod schedule;

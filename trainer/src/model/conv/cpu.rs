@@ -7,82 +7,20 @@
 //! - weight gradient: `dW (O×K) = Σₙ dY[n] (O×P) · cols(X[n])ᵀ (P×K)`;
 //! - input gradient: `dX[n] = col2im(Wᵀ (K×O) · dY[n] (O×P))`.
 //!
-//! `cols` is im2col: row `(c, i, j)` holds the input pixel under kernel tap `(i, j)` for every
-//! output position, 0 where the tap falls in the padding. Every element of the buffer is written
-//! once per image (no zero-fill of the whole buffer first), and each thread keeps its buffer for
-//! all the images it takes. A 1×1 convolution of stride 1 without padding has `cols(X[n]) =
-//! X[n]` viewed as `C×P`: no im2col at all.
+//! `cols` is im2col ([`super::im2col`]). A 1×1 convolution of stride 1 without padding has
+//! `cols(X[n]) = X[n]` viewed as `C×P`: no im2col at all.
 //!
 //! Images are shared among rayon's threads when there are at least as many as threads, each
 //! image's products on one thread; with fewer images, one image at a time with the products
 //! spread over the threads.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
-/// The shapes of one convolution (groups 1, dilation 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Geometry {
-    /// Images.
-    pub n: usize,
-    /// Input channels.
-    pub c: usize,
-    /// Input height.
-    pub h: usize,
-    /// Input width.
-    pub w: usize,
-    /// Output channels.
-    pub o: usize,
-    /// Kernel height and width.
-    pub k: [usize; 2],
-    /// Stride.
-    pub stride: [usize; 2],
-    /// Zero padding on each side.
-    pub padding: [usize; 2],
-}
-
-impl Geometry {
-    /// Output height and width.
-    pub fn out(&self) -> [usize; 2] {
-        let side = |input: usize, k: usize, s: usize, p: usize| (input + 2 * p - k) / s + 1;
-        [
-            side(self.h, self.k[0], self.stride[0], self.padding[0]),
-            side(self.w, self.k[1], self.stride[1], self.padding[1]),
-        ]
-    }
-
-    /// Whether the shapes make a convolution (the kernel fits the padded input, no zero sizes).
-    pub fn is_valid(&self) -> bool {
-        let dims = [self.n, self.c, self.h, self.w, self.o, self.k[0], self.k[1]];
-        dims.iter().all(|&d| d > 0)
-            && self.stride.iter().all(|&s| s > 0)
-            && self.h + 2 * self.padding[0] >= self.k[0]
-            && self.w + 2 * self.padding[1] >= self.k[1]
-    }
-
-    /// Output positions per image.
-    fn p(&self) -> usize {
-        let [oh, ow] = self.out();
-        oh * ow
-    }
-
-    /// Rows of `cols`: input channels × kernel taps.
-    fn taps(&self) -> usize {
-        self.c * self.k[0] * self.k[1]
-    }
-
-    /// A 1×1 convolution of stride 1 without padding: the input is its own `cols`.
-    fn pointwise(&self) -> bool {
-        self.k == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
-    }
-
-    fn image(&self) -> usize {
-        self.c * self.h * self.w
-    }
-
-    fn out_image(&self) -> usize {
-        self.o * self.p()
-    }
-}
+pub use super::geometry::Geometry;
+use super::im2col::{col2im, im2col};
+use crate::model::flex_slices::{as_uninit, filled};
 
 /// A row-major matrix view for [`matmul`]: its data and (row, column) strides.
 #[derive(Clone, Copy)]
@@ -92,10 +30,20 @@ struct View<'a> {
     cs: usize,
 }
 
-/// `dst (m×n, row-major) = [dst +] a (m×k) · b (k×n)`.
+/// How a product's `m×n` destination is laid out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Element `(i, j)` at `i·n + j`.
+    RowMajor,
+    /// Element `(i, j)` at `j·m + i`.
+    ColumnMajor,
+}
+
+/// `dst (m×n) = [dst +] a (m×k) · b (k×n)`. `dst` may be uninitialized where `accumulate` is
+/// false (gemm then writes every element without reading any).
 fn matmul(
     [m, n, k]: [usize; 3],
-    dst: &mut [f32],
+    (dst, layout): (&mut [MaybeUninit<f32>], Layout),
     accumulate: bool,
     a: View<'_>,
     b: View<'_>,
@@ -110,17 +58,22 @@ fn matmul(
         gemm::Parallelism::None
     };
     let stride = |s: usize| s as isize;
+    let (dst_rs, dst_cs) = match layout {
+        Layout::RowMajor => (n, 1),
+        Layout::ColumnMajor => (1, m),
+    };
     // SAFETY: the three views cover every element the strides address (checked above in
     // debug builds, and by construction in every caller: the views are whole images, kernels
-    // or `cols` buffers of the geometry's sizes); `dst` is not aliased by `a` or `b`.
+    // or `cols` buffers of the geometry's sizes); `dst` is not aliased by `a` or `b`, and is
+    // read only when `accumulate` is set, which every caller does on initialized values.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
-            1,
-            stride(n),
+            dst.as_mut_ptr().cast::<f32>(),
+            stride(dst_cs),
+            stride(dst_rs),
             accumulate,
             a.data.as_ptr(),
             stride(a.cs),
@@ -135,91 +88,6 @@ fn matmul(
             false,
             parallelism,
         );
-    }
-}
-
-/// The range of output columns `ox` whose input column `ox·s + j - p` is inside `0..w`.
-fn inside(ow: usize, w: usize, s: usize, j: usize, p: usize) -> std::ops::Range<usize> {
-    // First ox with ox·s + j >= p; last with ox·s + j - p < w.
-    let first = p.saturating_sub(j).div_ceil(s);
-    let end = if w + p > j {
-        (w + p - j).div_ceil(s)
-    } else {
-        0
-    };
-    first.min(ow)..end.min(ow)
-}
-
-/// im2col of one image `x` (C×H×W) into `cols` (taps × P).
-fn im2col(g: &Geometry, x: &[f32], cols: &mut [f32]) {
-    let [oh, ow] = g.out();
-    let ([kh, kw], [sh, sw], [ph, pw]) = (g.k, g.stride, g.padding);
-    let p = oh * ow;
-    for c in 0..g.c {
-        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for i in 0..kh {
-            for j in 0..kw {
-                let row = (c * kh + i) * kw + j;
-                let dst = &mut cols[row * p..(row + 1) * p];
-                let cols_in = inside(ow, g.w, sw, j, pw);
-                for oy in 0..oh {
-                    let out = &mut dst[oy * ow..(oy + 1) * ow];
-                    let iy = (oy * sh + i).wrapping_sub(ph);
-                    if iy >= g.h {
-                        out.fill(0.0);
-                        continue;
-                    }
-                    if cols_in.is_empty() {
-                        out.fill(0.0);
-                        continue;
-                    }
-                    let src = &plane[iy * g.w..(iy + 1) * g.w];
-                    out[..cols_in.start].fill(0.0);
-                    out[cols_in.end..].fill(0.0);
-                    let first = cols_in.start * sw + j - pw;
-                    if sw == 1 {
-                        out[cols_in.clone()].copy_from_slice(&src[first..first + cols_in.len()]);
-                    } else {
-                        for (k, ox) in cols_in.clone().enumerate() {
-                            out[ox] = src[first + k * sw];
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// col2im: `dx` (C×H×W) becomes the sum of `cols` (taps × P) over the taps that read each pixel.
-fn col2im(g: &Geometry, cols: &[f32], dx: &mut [f32]) {
-    let [oh, ow] = g.out();
-    let ([kh, kw], [sh, sw], [ph, pw]) = (g.k, g.stride, g.padding);
-    let p = oh * ow;
-    dx.fill(0.0);
-    for c in 0..g.c {
-        let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for i in 0..kh {
-            for j in 0..kw {
-                let row = (c * kh + i) * kw + j;
-                let src = &cols[row * p..(row + 1) * p];
-                let cols_in = inside(ow, g.w, sw, j, pw);
-                if cols_in.is_empty() {
-                    continue;
-                }
-                for oy in 0..oh {
-                    let iy = (oy * sh + i).wrapping_sub(ph);
-                    if iy >= g.h {
-                        continue;
-                    }
-                    let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
-                    let from = &src[oy * ow..(oy + 1) * ow];
-                    let first = cols_in.start * sw + j - pw;
-                    for (k, ox) in cols_in.clone().enumerate() {
-                        dst[first + k * sw] += from[ox];
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -242,11 +110,15 @@ fn columns<'a>(g: &Geometry, x: &'a [f32], img: usize, cols: &'a mut Vec<f32>) -
 
 /// `one(img, out, scratch, parallel)` for every image's `chunk` of `out`: images shared among
 /// the threads (each with its own scratch buffer), or one after another with `parallel` products.
+///
+/// One product per image even at small planes: products over several images side by side
+/// (`len·P` columns, gathered and scattered around the product) measured slower at every
+/// ResNet shape tried, ResNet-18/8's 8×8 and 4×4 planes and ResNet-50's 7×7 included.
 fn each_image(
     g: &Geometry,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     chunk: usize,
-    one: impl Fn(usize, &mut [f32], &mut Vec<f32>, bool) + Sync,
+    one: impl Fn(usize, &mut [MaybeUninit<f32>], &mut Vec<f32>, bool) + Sync,
 ) {
     if per_image(g) {
         out.par_chunks_mut(chunk)
@@ -264,32 +136,56 @@ fn each_image(
 /// N×O×OH×OW.
 pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let (p, taps) = (g.p(), g.taps());
-    let mut y = vec![0f32; g.n * g.out_image()];
     let w = View {
         data: weight,
         rs: taps,
         cs: 1,
     };
-    each_image(g, &mut y, g.out_image(), |img, out, cols, parallel| {
-        let b = View {
-            data: columns(g, x, img, cols),
-            rs: p,
-            cs: 1,
-        };
-        matmul([g.o, p, taps], out, false, w, b, parallel);
-        if let Some(bias) = bias {
-            for (row, &b) in out.chunks_exact_mut(p).zip(bias) {
+    let fill = |y: &mut [MaybeUninit<f32>]| {
+        each_image(g, y, g.out_image(), |img, out, cols, parallel| {
+            let b = View {
+                data: columns(g, x, img, cols),
+                rs: p,
+                cs: 1,
+            };
+            matmul(
+                [g.o, p, taps],
+                (out, Layout::RowMajor),
+                false,
+                w,
+                b,
+                parallel,
+            );
+        });
+    };
+    // SAFETY: each image's product writes its whole O×P block of the output.
+    let mut y = unsafe { filled(g.n * g.out_image(), fill) };
+    if let Some(bias) = bias {
+        for image in y.chunks_exact_mut(g.out_image()) {
+            for (row, &b) in image.chunks_exact_mut(p).zip(bias) {
                 row.iter_mut().for_each(|v| *v += b);
             }
         }
-    });
+    }
     y
 }
 
 /// The weight's gradient (O×C×kh×kw) from the output's `dy` (N×O×OH×OW) and the input `x`.
 pub fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (p, taps) = (g.p(), g.taps());
-    // dW += dY[n] (O×P) · cols(X[n])ᵀ (P×taps).
+    // dW += dY[n] (O×P) · cols(X[n])ᵀ (P×taps). gemm computes a row-major destination as the
+    // transposed product, whose left operand is then `cols` read across its rows; packing that
+    // for its kernels took longer than the product itself where an image has many positions
+    // (a third of ResNet-18/8's convolution time). Summed column-major instead (element (o, r)
+    // at r·O + o, transposed once at the end), the operand it packs is dY; but where positions
+    // are few and taps many (ResNet-50's 7×7 planes of 4608 taps) that measured slower: the
+    // layout is chosen by that ratio (`conv_repro`, both ways, every ResNet shape).
+    let column = p * 8 >= taps;
+    let layout = if column {
+        Layout::ColumnMajor
+    } else {
+        Layout::RowMajor
+    };
     let add = |img: usize, dw: &mut [f32], cols: &mut Vec<f32>, accumulate: bool, parallel| {
         let cols = columns(g, x, img, cols);
         let a = View {
@@ -302,7 +198,9 @@ pub fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
             rs: 1,
             cs: p,
         };
-        matmul([g.o, taps, p], dw, accumulate, a, b, parallel);
+        // SAFETY: the product writes only f32 values.
+        let dw = unsafe { as_uninit(dw) };
+        matmul([g.o, taps, p], (dw, layout), accumulate, a, b, parallel);
     };
     let size = g.o * taps;
     if per_image(g) {
@@ -328,42 +226,71 @@ pub fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         for sum in sums {
             dw.iter_mut().zip(&sum).for_each(|(a, b)| *a += b);
         }
-        dw
+        if column {
+            row_major(&dw, [g.o, taps])
+        } else {
+            dw
+        }
     } else {
         let mut dw = vec![0f32; size];
         let mut cols = Vec::new();
         for img in 0..g.n {
             add(img, &mut dw, &mut cols, img > 0, true);
         }
-        dw
+        if column {
+            row_major(&dw, [g.o, taps])
+        } else {
+            dw
+        }
     }
+}
+
+/// A column-major `m×n` matrix in row-major order.
+fn row_major(t: &[f32], [m, n]: [usize; 2]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(m * n);
+    for i in 0..m {
+        out.extend(t[i..].iter().step_by(m).take(n));
+    }
+    out
 }
 
 /// The input's gradient (N×C×H×W) from the output's `dy` and the weight.
 pub fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
     let (p, taps) = (g.p(), g.taps());
-    let mut dx = vec![0f32; g.n * g.image()];
     // Wᵀ (taps×O): element (r, o) at weight[o·taps + r].
     let wt = View {
         data: weight,
         rs: 1,
         cs: taps,
     };
-    each_image(g, &mut dx, g.image(), |img, out, cols, parallel| {
-        let b = View {
-            data: &dy[img * g.out_image()..(img + 1) * g.out_image()],
-            rs: p,
-            cs: 1,
-        };
-        if g.pointwise() {
-            matmul([taps, p, g.o], out, false, wt, b, parallel);
-        } else {
-            cols.resize(taps * p, 0.0);
-            matmul([taps, p, g.o], cols, false, wt, b, parallel);
-            col2im(g, cols, out);
-        }
-    });
-    dx
+    let fill = |dx: &mut [MaybeUninit<f32>]| {
+        each_image(g, dx, g.image(), |img, out, cols, parallel| {
+            let b = View {
+                data: &dy[img * g.out_image()..(img + 1) * g.out_image()],
+                rs: p,
+                cs: 1,
+            };
+            if g.pointwise() {
+                matmul(
+                    [taps, p, g.o],
+                    (out, Layout::RowMajor),
+                    false,
+                    wt,
+                    b,
+                    parallel,
+                );
+            } else {
+                cols.resize(taps * p, 0.0);
+                // SAFETY: the product writes only f32 values.
+                let dst = (unsafe { as_uninit(cols) }, Layout::RowMajor);
+                matmul([taps, p, g.o], dst, false, wt, b, parallel);
+                col2im(g, cols, out);
+            }
+        });
+    };
+    // SAFETY: each image's block is written whole, by the product (taps = C for a pointwise
+    // convolution, P = H×W) or by col2im.
+    unsafe { filled(g.n * g.image(), fill) }
 }
 
 /// The bias's gradient (O): `dy` summed over images and positions.
@@ -383,15 +310,14 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    /// The convolution by its definition, in f64.
-    fn reference(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f64> {
+    /// Every `(y, x, w)` index triple the convolution multiplies (`y += x · w`), by its
+    /// definition.
+    fn products(g: &Geometry, mut f: impl FnMut(usize, usize, usize)) {
         let [oh, ow] = g.out();
-        let mut y = vec![0f64; g.n * g.o * oh * ow];
         for n in 0..g.n {
             for o in 0..g.o {
                 for oy in 0..oh {
                     for ox in 0..ow {
-                        let mut s = 0f64;
                         for c in 0..g.c {
                             for i in 0..g.k[0] {
                                 for j in 0..g.k[1] {
@@ -403,19 +329,33 @@ mod tests {
                                     {
                                         continue;
                                     }
-                                    let xv =
-                                        x[((n * g.c + c) * g.h + iy as usize) * g.w + ix as usize];
-                                    let wv = w[((o * g.c + c) * g.k[0] + i) * g.k[1] + j];
-                                    s += f64::from(xv) * f64::from(wv);
+                                    f(
+                                        ((n * g.o + o) * oh + oy) * ow + ox,
+                                        ((n * g.c + c) * g.h + iy as usize) * g.w + ix as usize,
+                                        ((o * g.c + c) * g.k[0] + i) * g.k[1] + j,
+                                    );
                                 }
                             }
                         }
-                        y[((n * g.o + o) * oh + oy) * ow + ox] = s;
                     }
                 }
             }
         }
-        y
+    }
+
+    /// The forward convolution, the input's gradient and the weight's by their definitions, in
+    /// f64.
+    fn reference(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32]) -> [Vec<f64>; 3] {
+        let [oh, ow] = g.out();
+        let mut y = vec![0f64; g.n * g.o * oh * ow];
+        let (mut dx, mut dw) = (vec![0f64; x.len()], vec![0f64; w.len()]);
+        let f = |v: f32| f64::from(v);
+        products(g, |yi, xi, wi| {
+            y[yi] += f(x[xi]) * f(w[wi]);
+            dx[xi] += f(dy[yi]) * f(w[wi]);
+            dw[wi] += f(dy[yi]) * f(x[xi]);
+        });
+        [y, dx, dw]
     }
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -454,8 +394,18 @@ mod tests {
         }
     }
 
-    const CASES: [Geometry; 6] = [
+    const CASES: [Geometry; 13] = [
         geometry(2, [3, 9, 7], 4, 3, 1, 1),
+        // Same width at stride 1: whole-run copies and sums, with wrapped columns (planes as
+        // narrow as the kernel's reach, and narrower).
+        geometry(2, [3, 4, 4], 3, 3, 1, 1),
+        geometry(1, [2, 1, 1], 3, 7, 1, 3),
+        geometry(2, [3, 4, 2], 2, 5, 1, 2),
+        geometry(1, [2, 2, 3], 2, 3, 1, 1),
+        // Several images, small planes.
+        geometry(7, [3, 4, 4], 5, 3, 1, 1),
+        geometry(5, [4, 3, 3], 6, 1, 1, 0),
+        geometry(6, [3, 5, 5], 4, 3, 2, 1),
         geometry(3, [2, 11, 10], 5, 7, 2, 3),
         geometry(1, [4, 5, 5], 3, 1, 1, 0),
         geometry(2, [4, 7, 6], 3, 1, 2, 0),
@@ -465,44 +415,31 @@ mod tests {
 
     #[test]
     fn forward_and_both_gradients_equal_the_definition() {
-        for (case, g) in CASES.iter().enumerate() {
-            assert!(g.is_valid());
-            let x = random(g.n * g.image(), case as u64);
-            let w = random(g.o * g.taps(), 100 + case as u64);
-            let y = forward(g, &x, &w, None);
-            let e = worst(&y, &reference(g, &x, &w));
-            assert!(e < 1e-6, "case {case} forward: {e:e}");
-            // The gradients are the forward's linear maps' adjoints: <dy, conv(x, w)> is linear
-            // in x and in w, so dX and dW are its derivatives; checked by finite sums against
-            // the definition (exact for a linear function).
-            let dy = random(y.len(), 200 + case as u64);
-            let dw = weight_grad(g, &x, &dy);
-            let dx = input_grad(g, &w, &dy);
-            let dot = |y: &[f64]| {
-                y.iter()
-                    .zip(&dy)
-                    .map(|(a, b)| a * f64::from(*b))
-                    .sum::<f64>()
-            };
-            // d<dy, conv(x, w)>/dw[k] = <dy, conv(x, e_k)>.
-            for k in [0, g.o * g.taps() / 2, g.o * g.taps() - 1] {
-                let mut e_k = vec![0f32; w.len()];
-                e_k[k] = 1.0;
-                let want = dot(&reference(g, &x, &e_k));
-                assert!(
-                    (f64::from(dw[k]) - want).abs() < 1e-4 * want.abs().max(1.0),
-                    "case {case} dW[{k}]"
-                );
-            }
-            for k in [0, x.len() / 2 + 1, x.len() - 1] {
-                let mut e_k = vec![0f32; x.len()];
-                e_k[k] = 1.0;
-                let want = dot(&reference(g, &e_k, &w));
-                assert!(
-                    (f64::from(dx[k]) - want).abs() < 1e-4 * want.abs().max(1.0),
-                    "case {case} dX[{k}]"
-                );
-            }
+        // One thread, two, and three (more threads than some cases have images: one image at
+        // a time, products over the threads).
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a thread pool");
+            pool.install(|| {
+                for (case, g) in CASES.iter().enumerate() {
+                    assert!(g.is_valid());
+                    let x = random(g.n * g.image(), case as u64);
+                    let w = random(g.o * g.taps(), 100 + case as u64);
+                    let dy = random(g.n * g.out_image(), 200 + case as u64);
+                    let [y_want, dx_want, dw_want] = reference(g, &x, &w, &dy);
+                    let checks = [
+                        ("forward", forward(g, &x, &w, None), y_want),
+                        ("input gradient", input_grad(g, &w, &dy), dx_want),
+                        ("weight gradient", weight_grad(g, &x, &dy), dw_want),
+                    ];
+                    for (what, ours, want) in checks {
+                        let e = worst(&ours, &want);
+                        assert!(e < 1e-6, "case {case}, {threads} threads, {what}: {e:e}");
+                    }
+                }
+            });
         }
     }
 

@@ -10,6 +10,8 @@
 //! on the CPU spent most of its time there (README, "Against PyTorch on the CPU").
 
 pub mod cpu;
+mod geometry;
+mod im2col;
 
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
