@@ -277,11 +277,14 @@ impl Block {
             Some(d) => d.bn.forward(amp::conv(&d.conv, x.clone(), compute)),
             None => x.clone(),
         };
-        let y = relu(self.bn1.forward(amp::conv(&self.conv1, x, compute)));
-        let mut y = self.bn2.forward(amp::conv(&self.conv2, y, compute));
-        if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
-            y = bn3.forward(amp::conv(conv3, relu(y), compute));
-        }
+        let y = self.bn1.forward_relu(amp::conv(&self.conv1, x, compute));
+        let y = match (&self.conv3, &self.bn3) {
+            (Some(conv3), Some(bn3)) => {
+                let y = self.bn2.forward_relu(amp::conv(&self.conv2, y, compute));
+                bn3.forward(amp::conv(conv3, y, compute))
+            }
+            _ => self.bn2.forward(amp::conv(&self.conv2, y, compute)),
+        };
         relu(drop_path(y, self.drop_path, masks) + shortcut)
     }
 }
@@ -467,7 +470,9 @@ impl ResNet {
     /// alone, not on the backend's generator, which every thread and device of the process
     /// shares (a rank's masks are then the same on one device or several, and after a resume).
     pub(crate) fn forward_with(&self, x: Tensor<4>, masks: Option<u64>) -> Tensor<2> {
-        let mut x = relu(self.bn1.forward(amp::conv(&self.conv1, x, self.compute)));
+        let mut x = self
+            .bn1
+            .forward_relu(amp::conv(&self.conv1, x, self.compute));
         if let Some(pool) = &self.maxpool {
             x = pool.forward(x);
         }

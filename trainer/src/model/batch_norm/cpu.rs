@@ -139,13 +139,29 @@ fn inverse_std(var: &[f32], epsilon: f64) -> Vec<f32> {
         .collect()
 }
 
-/// `(x − mean) / sqrt(var + ε) · γ + β`.
+/// Channel `c`'s output as `y = x · scale + shift`: the f32 operations [`normalize`] does,
+/// which the fused ReLU's backward pass repeats to find where the output was positive.
+fn scale_shift(c: usize, (gamma, beta): (&[f32], &[f32]), mean: &[f32], inv: &[f32]) -> (f32, f32) {
+    let scale = gamma[c] * inv[c];
+    (scale, beta[c] - mean[c] * scale)
+}
+
+/// Whether a ReLU passes `y` and its gradient: above 0, or NaN (flex's relu keeps NaN, so a
+/// diverging run's NaN reaches the loss).
+#[inline(always)]
+fn passes(y: f32) -> bool {
+    y > 0.0 || y.is_nan()
+}
+
+/// `(x − mean) / sqrt(var + ε) · γ + β`, then with `relu` the ReLU that follows batch norm in
+/// a ResNet, fused (one pass over the activation less, forward and backward).
 pub fn normalize(
     s: Shape,
     x: &[f32],
     (mean, var): (&[f32], &[f32]),
     (gamma, beta): (&[f32], &[f32]),
     epsilon: f64,
+    relu: bool,
 ) -> Vec<f32> {
     let inv = inverse_std(var, epsilon);
     let fill = |y: &mut [MaybeUninit<f32>]| {
@@ -153,14 +169,13 @@ pub fn normalize(
             .zip(x.par_chunks(s.hw.max(1)))
             .enumerate()
             .for_each(|(plane, (y, x))| {
-                let c = plane % s.c;
-                let scale = gamma[c] * inv[c];
-                let shift = beta[c] - mean[c] * scale;
+                let (scale, shift) = scale_shift(plane % s.c, (gamma, beta), mean, &inv);
                 simd(
                     #[inline(always)]
                     || {
                         for (y, &x) in y.iter_mut().zip(x) {
-                            y.write(x * scale + shift);
+                            let v = x * scale + shift;
+                            y.write(if relu && !passes(v) { 0.0 } else { v });
                         }
                     },
                 );
@@ -171,25 +186,36 @@ pub fn normalize(
 }
 
 /// Per channel, `Σ dy · x̂` (γ's gradient) and `Σ dy` (β's), where
-/// `x̂ = (x − mean) / sqrt(var + ε)`.
+/// `x̂ = (x − mean) / sqrt(var + ε)`. With `relu` (γ and β), `dy` is the gradient of the fused
+/// ReLU's output ([`normalize`]), zeroed where it did not pass.
 pub fn parameter_grads(
     s: Shape,
     x: &[f32],
-    dy: &[f32],
+    dy_all: &[f32],
     (mean, var): (&[f32], &[f32]),
     epsilon: f64,
+    relu: Option<(&[f32], &[f32])>,
 ) -> (Vec<f32>, Vec<f32>) {
     let inv = inverse_std(var, epsilon);
     (0..s.c)
         .into_par_iter()
         .map(|c| {
             let m = f64::from(mean[c]);
+            let (scale, shift) = relu.map_or((0.0, 0.0), |p| scale_shift(c, p, mean, &inv));
+            // x arrives as f64 from f32, so `x as f32` is x again, exactly.
+            let dy = |d: f64, x: f64| {
+                if relu.is_none() || passes(x as f32 * scale + shift) {
+                    d
+                } else {
+                    0.0
+                }
+            };
             let (mut dg, mut db) = (0f64, 0f64);
             simd(
                 #[inline(always)]
                 || {
-                    for (xp, dp) in s.planes(x, c).zip(s.planes(dy, c)) {
-                        let (g, b) = lanes2(dp, xp, |d, x| d * (x - m), |d, _| d);
+                    for (xp, dp) in s.planes(x, c).zip(s.planes(dy_all, c)) {
+                        let (g, b) = lanes2(dp, xp, |d, x| dy(d, x) * (x - m), dy);
                         dg += g;
                         db += b;
                     }
@@ -201,7 +227,8 @@ pub fn parameter_grads(
 }
 
 /// The input's gradient: `γ / sqrt(var + ε) · (dy − mean(dy) − x̂ · mean(dy · x̂))`, the means
-/// over each channel's N × H × W values, from [`parameter_grads`]'s sums.
+/// over each channel's N × H × W values, from [`parameter_grads`]'s sums. With `relu` (β), `dy`
+/// is masked as there.
 pub fn input_grad(
     s: Shape,
     (x, dy): (&[f32], &[f32]),
@@ -209,6 +236,7 @@ pub fn input_grad(
     gamma: &[f32],
     (dgamma, dbeta): (&[f32], &[f32]),
     epsilon: f64,
+    relu: Option<&[f32]>,
 ) -> Vec<f32> {
     let inv = inverse_std(var, epsilon);
     let count = s.per_channel().max(1) as f32;
@@ -219,11 +247,19 @@ pub fn input_grad(
             .for_each(|(plane, (dx, (x, dy)))| {
                 let c = plane % s.c;
                 let (mean_dy, mean_dy_xhat) = (dbeta[c] / count, dgamma[c] / count);
-                let (scale, mean, inv) = (gamma[c] * inv[c], mean[c], inv[c]);
+                let (scale, shift) = relu.map_or((gamma[c] * inv[c], 0.0), |beta| {
+                    scale_shift(c, (gamma, beta), mean, &inv)
+                });
+                let (mean, inv) = (mean[c], inv[c]);
                 simd(
                     #[inline(always)]
                     || {
                         for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                            let dy = if relu.is_none() || passes(x * scale + shift) {
+                                dy
+                            } else {
+                                0.0
+                            };
                             let xhat = (x - mean) * inv;
                             dx.write(scale * (dy - mean_dy - xhat * mean_dy_xhat));
                         }
@@ -273,7 +309,7 @@ mod tests {
         let r = random(x.len(), 4);
         let eps = 1e-5;
         let (mean, var) = statistics(s, &x);
-        let y = normalize(s, &x, (&mean, &var), (&gamma, &beta), eps);
+        let y = normalize(s, &x, (&mean, &var), (&gamma, &beta), eps, false);
         let ours: f64 = y
             .iter()
             .zip(&r)
@@ -285,8 +321,16 @@ mod tests {
             "{ours} vs {want}"
         );
         // Gradients against central differences of the f64 definition.
-        let (dgamma, dbeta) = parameter_grads(s, &x, &r, (&mean, &var), eps);
-        let dx = input_grad(s, (&x, &r), (&mean, &var), &gamma, (&dgamma, &dbeta), eps);
+        let (dgamma, dbeta) = parameter_grads(s, &x, &r, (&mean, &var), eps, None);
+        let dx = input_grad(
+            s,
+            (&x, &r),
+            (&mean, &var),
+            &gamma,
+            (&dgamma, &dbeta),
+            eps,
+            None,
+        );
         let h = 1e-3;
         let numeric = |f: &dyn Fn(f32) -> f64| (f(h) - f(-h)) / (2.0 * f64::from(h));
         for k in [0, 7, x.len() - 1] {

@@ -18,17 +18,32 @@ use burn::tensor::{DType, Tensor};
 use super::cpu::{self, Shape};
 use crate::model::flex_slices::{is_flex, tensor, values};
 
-/// Batch norm's training forward: the output, and the batch mean and biased variance per
-/// channel (for the running statistics), as burn's `batch_norm_train` returns them.
+/// How the output is made: ε, and whether the ReLU that follows is fused in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Norm {
+    /// Added to the variance.
+    pub epsilon: f64,
+    /// Whether the output passes through a ReLU (fused on the CPU; applied after elsewhere).
+    pub relu: bool,
+}
+
+/// Batch norm's training forward: the output (through a ReLU with `norm.relu`), and the batch
+/// mean and biased variance per channel (for the running statistics), as burn's
+/// `batch_norm_train` returns them.
 pub fn train(
     x: Tensor<4>,
     gamma: Tensor<1>,
     beta: Tensor<1>,
-    epsilon: f64,
+    norm: Norm,
 ) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
     if !ours_applies(&x, &gamma) {
-        let out = burn::tensor::module::batch_norm_train(x, gamma, beta, epsilon);
-        return (out.output, out.mean, out.variance);
+        let out = burn::tensor::module::batch_norm_train(x, gamma, beta, norm.epsilon);
+        let output = if norm.relu {
+            burn::tensor::activation::relu(out.output)
+        } else {
+            out.output
+        };
+        return (output, out.mean, out.variance);
     }
     let c = x.dims()[1];
     let stats: Tensor<2> = Tensor::from_dispatch(<Dispatch as CpuBatchNorm>::cpu_bn_stats(
@@ -39,7 +54,7 @@ pub fn train(
         gamma.into_dispatch(),
         beta.into_dispatch(),
         stats.clone().into_dispatch(),
-        epsilon,
+        norm,
     ));
     let mean = stats.clone().slice([0..1, 0..c]).reshape([c]);
     let variance = stats.slice([1..2, 0..c]).reshape([c]);
@@ -67,23 +82,26 @@ pub trait CpuBatchNorm: Backend {
     fn cpu_bn_stats(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// `x` normalized with its batch statistics `stats` ([`CpuBatchNorm::cpu_bn_stats`]),
-    /// scaled by `gamma` and shifted by `beta`. Differentiated as batch norm in training: the
-    /// statistics' dependence on `x` is in the backward pass.
+    /// scaled by `gamma` and shifted by `beta` (then through a ReLU with `norm.relu`).
+    /// Differentiated as batch norm in training: the statistics' dependence on `x` is in the
+    /// backward pass.
     fn cpu_bn_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         stats: FloatTensor<Self>,
-        epsilon: f64,
+        norm: Norm,
     ) -> FloatTensor<Self>;
 
     /// The gradients of `gamma` (row 0) and `beta` (row 1) from the output's gradient:
     /// `[2, C]`.
     fn cpu_bn_param_backward(
         x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
         stats: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        epsilon: f64,
+        norm: Norm,
     ) -> FloatTensor<Self>;
 
     /// The gradient of `x` from the output's gradient `grad` and the parameters' gradients
@@ -91,10 +109,11 @@ pub trait CpuBatchNorm: Backend {
     fn cpu_bn_x_backward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
         stats: FloatTensor<Self>,
         params: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        epsilon: f64,
+        norm: Norm,
     ) -> FloatTensor<Self>;
 }
 
@@ -117,7 +136,7 @@ impl CpuBatchNorm for Flex {
         gamma: FlexTensor,
         beta: FlexTensor,
         stats: FlexTensor,
-        epsilon: f64,
+        norm: Norm,
     ) -> FlexTensor {
         let s = shape(&x);
         let dims = x.shape().dims::<4>();
@@ -127,43 +146,57 @@ impl CpuBatchNorm for Flex {
             &values(&x),
             (&mean, &var),
             (&values(&gamma), &values(&beta)),
-            epsilon,
+            norm.epsilon,
+            norm.relu,
         );
         tensor(y, dims)
     }
 
     fn cpu_bn_param_backward(
         x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
         stats: FlexTensor,
         grad: FlexTensor,
-        epsilon: f64,
+        norm: Norm,
     ) -> FlexTensor {
         let s = shape(&x);
         let (mean, var) = rows(&stats);
-        let (dgamma, dbeta) =
-            cpu::parameter_grads(s, &values(&x), &values(&grad), (&mean, &var), epsilon);
+        let (gamma, beta) = (values(&gamma), values(&beta));
+        let relu = norm.relu.then_some((&gamma[..], &beta[..]));
+        let (dgamma, dbeta) = cpu::parameter_grads(
+            s,
+            &values(&x),
+            &values(&grad),
+            (&mean, &var),
+            norm.epsilon,
+            relu,
+        );
         tensor([dgamma, dbeta].concat(), [2, s.c])
     }
 
     fn cpu_bn_x_backward(
         x: FlexTensor,
         gamma: FlexTensor,
+        beta: FlexTensor,
         stats: FlexTensor,
         params: FlexTensor,
         grad: FlexTensor,
-        epsilon: f64,
+        norm: Norm,
     ) -> FlexTensor {
         let s = shape(&x);
         let dims = x.shape().dims::<4>();
         let (mean, var) = rows(&stats);
         let (dgamma, dbeta) = rows(&params);
+        let beta = values(&beta);
         let dx = cpu::input_grad(
             s,
             (&values(&x), &values(&grad)),
             (&mean, &var),
             &values(&gamma),
             (&dgamma, &dbeta),
-            epsilon,
+            norm.epsilon,
+            norm.relu.then_some(&beta[..]),
         );
         tensor(dx, dims)
     }
@@ -175,8 +208,8 @@ impl CpuBatchNorm for Flex {
 struct BatchNormBackward;
 
 impl<B: CpuBatchNorm> Backward<B, 3> for BatchNormBackward {
-    /// The checkpointed input and γ, the batch statistics, and ε.
-    type State = (NodeId, NodeId, B::FloatTensorPrimitive, f64);
+    /// The checkpointed input, γ and β, the batch statistics, and ε and the fused ReLU.
+    type State = ([NodeId; 3], B::FloatTensorPrimitive, Norm);
 
     fn backward(
         self,
@@ -186,11 +219,18 @@ impl<B: CpuBatchNorm> Backward<B, 3> for BatchNormBackward {
     ) {
         let [node_x, node_gamma, node_beta] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (x_state, gamma_state, stats, epsilon) = ops.state;
-        let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
-        let gamma = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(gamma_state);
+        let (states, stats, norm) = ops.state;
+        let [x, gamma, beta] =
+            states.map(|s| checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(s));
         // The input's gradient needs γ's and β's: computed once for all three.
-        let params = B::cpu_bn_param_backward(x.clone(), stats.clone(), grad.clone(), epsilon);
+        let params = B::cpu_bn_param_backward(
+            x.clone(),
+            gamma.clone(),
+            beta.clone(),
+            stats.clone(),
+            grad.clone(),
+            norm,
+        );
         let c = params.shape().dims::<2>()[1];
         let row = |r: usize| {
             B::float_reshape(
@@ -211,7 +251,7 @@ impl<B: CpuBatchNorm> Backward<B, 3> for BatchNormBackward {
             grads.register::<B>(node.id, row(1));
         }
         if let Some(node) = node_x {
-            let dx = B::cpu_bn_x_backward(x, gamma, stats, params, grad, epsilon);
+            let dx = B::cpu_bn_x_backward(x, gamma, beta, stats, params, grad, norm);
             grads.register::<B>(node.id, dx);
         }
     }
@@ -228,7 +268,7 @@ impl<B: CpuBatchNorm, C: CheckpointStrategy> CpuBatchNorm for Autodiff<B, C> {
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         stats: FloatTensor<Self>,
-        epsilon: f64,
+        norm: Norm,
     ) -> FloatTensor<Self> {
         let stats = Self::inner(stats);
         match BatchNormBackward
@@ -237,16 +277,19 @@ impl<B: CpuBatchNorm, C: CheckpointStrategy> CpuBatchNorm for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(mut prep) => {
-                let x_state = prep.checkpoint(&x);
-                let gamma_state = prep.checkpoint(&gamma);
+                let states = [
+                    prep.checkpoint(&x),
+                    prep.checkpoint(&gamma),
+                    prep.checkpoint(&beta),
+                ];
                 prep.finish(
-                    (x_state, gamma_state, stats.clone(), epsilon),
+                    (states, stats.clone(), norm),
                     B::cpu_bn_train(
                         x.into_primitive(),
                         gamma.into_primitive(),
                         beta.into_primitive(),
                         stats,
-                        epsilon,
+                        norm,
                     ),
                 )
             }
@@ -255,7 +298,7 @@ impl<B: CpuBatchNorm, C: CheckpointStrategy> CpuBatchNorm for Autodiff<B, C> {
                 gamma.into_primitive(),
                 beta.into_primitive(),
                 stats,
-                epsilon,
+                norm,
             )),
         }
     }
@@ -263,33 +306,29 @@ impl<B: CpuBatchNorm, C: CheckpointStrategy> CpuBatchNorm for Autodiff<B, C> {
     // The gradients themselves are not differentiated again (no second order).
     fn cpu_bn_param_backward(
         x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
         stats: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        epsilon: f64,
+        norm: Norm,
     ) -> FloatTensor<Self> {
-        Self::from_inner(B::cpu_bn_param_backward(
-            Self::inner(x),
-            Self::inner(stats),
-            Self::inner(grad),
-            epsilon,
-        ))
+        let [x, gamma, beta, stats, grad] = [x, gamma, beta, stats, grad].map(Self::inner);
+        Self::from_inner(B::cpu_bn_param_backward(x, gamma, beta, stats, grad, norm))
     }
 
     fn cpu_bn_x_backward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
         stats: FloatTensor<Self>,
         params: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        epsilon: f64,
+        norm: Norm,
     ) -> FloatTensor<Self> {
+        let [x, gamma, beta, stats, params, grad] =
+            [x, gamma, beta, stats, params, grad].map(Self::inner);
         Self::from_inner(B::cpu_bn_x_backward(
-            Self::inner(x),
-            Self::inner(gamma),
-            Self::inner(stats),
-            Self::inner(params),
-            Self::inner(grad),
-            epsilon,
+            x, gamma, beta, stats, params, grad, norm,
         ))
     }
 }
@@ -300,9 +339,9 @@ mod tests {
     use crate::model::testing::{random, relative};
     use burn::tensor::Device;
 
-    /// Ours against burn's `batch_norm_train`: the output, the statistics, and the gradients
-    /// of x, γ and β of `<r, bn(x)>` for a random `r`.
-    fn check(shape: [usize; 4]) {
+    /// Ours against burn's `batch_norm_train` (then burn's `relu` with `relu`): the output,
+    /// the statistics, and the gradients of x, γ and β of `<r, bn(x)>` for a random `r`.
+    fn check(shape: [usize; 4], relu: bool) {
         let device = Device::flex().autodiff();
         let c = shape[1];
         // Not centred and not of unit spread, as activations after a convolution are.
@@ -317,11 +356,20 @@ mod tests {
                 beta.clone().require_grad(),
             );
             let (y, mean, var) = if ours {
-                train(x.clone(), g.clone(), b.clone(), 1e-5)
+                let norm = Norm {
+                    epsilon: 1e-5,
+                    relu,
+                };
+                train(x.clone(), g.clone(), b.clone(), norm)
             } else {
                 let out =
                     burn::tensor::module::batch_norm_train(x.clone(), g.clone(), b.clone(), 1e-5);
-                (out.output, out.mean, out.variance)
+                let y = if relu {
+                    burn::tensor::activation::relu(out.output)
+                } else {
+                    out.output
+                };
+                (y, out.mean, out.variance)
             };
             let r = random(y.dims(), 4, &device);
             let grads = (y.clone() * r).sum().backward();
@@ -341,19 +389,21 @@ mod tests {
             ("beta gradient", relative(ours.5, theirs.5)),
         ];
         for (what, e) in parts {
-            assert!(e < 1e-5, "{shape:?}: {what} differs by {e:e}");
+            assert!(e < 1e-5, "{shape:?}, relu {relu}: {what} differs by {e:e}");
         }
     }
 
     #[test]
     fn forward_statistics_and_gradients_equal_burns_batch_norm() {
         // ResNets' shapes and odd ones: one position per plane, one image, planes of 1 to 112².
-        check([2, 3, 5, 7]);
-        check([8, 64, 7, 7]);
-        check([4, 16, 1, 1]);
-        check([1, 8, 9, 9]);
-        check([2, 4, 112, 112]);
-        check([16, 32, 4, 4]);
+        for relu in [false, true] {
+            check([2, 3, 5, 7], relu);
+            check([8, 64, 7, 7], relu);
+            check([4, 16, 1, 1], relu);
+            check([1, 8, 9, 9], relu);
+            check([2, 4, 112, 112], relu);
+            check([16, 32, 4, 4], relu);
+        }
     }
 
     #[test]
