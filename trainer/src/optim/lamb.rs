@@ -134,26 +134,23 @@ pub(crate) fn clip_global_norm(
             }
         }
     }
+    /// The clip's divisor: a value read on the CPU, or a tensor left on the device.
+    enum Divisor {
+        Value(f32),
+        Device(Box<Tensor<1>>),
+    }
     struct Scale {
         grads: GradientsParams,
-        divisor: Tensor<1>,
+        divisor: Divisor,
     }
     impl ModuleVisitor for Scale {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             if let Some(g) = self.grads.remove::<D>(param.id) {
-                let divisor = self.divisor.clone().reshape([1; D]);
-                self.grads.register(param.id, g / divisor);
-            }
-        }
-    }
-    struct ScaleBy {
-        grads: GradientsParams,
-        divisor: f32,
-    }
-    impl ModuleVisitor for ScaleBy {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(g) = self.grads.remove::<D>(param.id) {
-                self.grads.register(param.id, g.div_scalar(self.divisor));
+                let g = match &self.divisor {
+                    Divisor::Value(d) => g.div_scalar(*d),
+                    Divisor::Device(d) => g / (**d).clone().reshape([1; D]),
+                };
+                self.grads.register(param.id, g);
             }
         }
     }
@@ -166,18 +163,18 @@ pub(crate) fn clip_global_norm(
         return grads;
     };
     let divisor = total.sqrt().div_scalar(max_norm).clamp_min(1.0);
-    if is_flex(&divisor.device()) {
+    let divisor = if is_flex(&divisor.device()) {
         // On the CPU the value costs nothing to read: no division at all where the norm is
         // within bounds (x / 1 is x), else one by a scalar (a broadcast tensor's division took
         // a slower path in flex).
-        let divisor = divisor.into_scalar::<f32>();
-        if divisor == 1.0 {
+        let d = divisor.into_scalar::<f32>();
+        if d == 1.0 {
             return grads;
         }
-        let mut scale = ScaleBy { grads, divisor };
-        model.visit(&mut scale);
-        return scale.grads;
-    }
+        Divisor::Value(d)
+    } else {
+        Divisor::Device(Box::new(divisor))
+    };
     let mut scale = Scale { grads, divisor };
     model.visit(&mut scale);
     scale.grads

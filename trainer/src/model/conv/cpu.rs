@@ -19,7 +19,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 pub use super::geometry::Geometry;
-use super::im2col::{col2im, im2col};
+use super::im2col::{Reach, col2im, im2col};
 use crate::model::flex_slices::{as_uninit, filled};
 
 /// A row-major matrix view for [`matmul`]: its data and (row, column) strides.
@@ -98,13 +98,18 @@ fn per_image(g: &Geometry) -> bool {
 
 /// `cols(X[img])` (taps × P): the image itself for a pointwise convolution, else its im2col in
 /// `cols` (grown once, then reused for every image of the thread).
-fn columns<'a>(g: &Geometry, x: &'a [f32], img: usize, cols: &'a mut Vec<f32>) -> &'a [f32] {
+fn columns<'a>(
+    (g, reach): (&Geometry, &Reach),
+    x: &'a [f32],
+    img: usize,
+    cols: &'a mut Vec<f32>,
+) -> &'a [f32] {
     let xi = &x[img * g.image()..(img + 1) * g.image()];
     if g.pointwise() {
         return xi;
     }
     cols.resize(g.taps() * g.p(), 0.0);
-    im2col(g, xi, cols);
+    im2col(reach, xi, cols);
     cols
 }
 
@@ -136,6 +141,7 @@ fn each_image(
 /// N×O×OH×OW.
 pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let (p, taps) = (g.p(), g.taps());
+    let reach = Reach::new(g);
     let w = View {
         data: weight,
         rs: taps,
@@ -144,7 +150,7 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
     let fill = |y: &mut [MaybeUninit<f32>]| {
         each_image(g, y, g.out_image(), |img, out, cols, parallel| {
             let b = View {
-                data: columns(g, x, img, cols),
+                data: columns((g, &reach), x, img, cols),
                 rs: p,
                 cs: 1,
             };
@@ -173,6 +179,7 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
 /// The weight's gradient (O×C×kh×kw) from the output's `dy` (N×O×OH×OW) and the input `x`.
 pub fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (p, taps) = (g.p(), g.taps());
+    let reach = Reach::new(g);
     // dW += dY[n] (O×P) · cols(X[n])ᵀ (P×taps). gemm computes a row-major destination as the
     // transposed product, whose left operand is then `cols` read across its rows; packing that
     // for its kernels took longer than the product itself where an image has many positions
@@ -187,7 +194,7 @@ pub fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         Layout::RowMajor
     };
     let add = |img: usize, dw: &mut [f32], cols: &mut Vec<f32>, accumulate: bool, parallel| {
-        let cols = columns(g, x, img, cols);
+        let cols = columns((g, &reach), x, img, cols);
         let a = View {
             data: &dy[img * g.out_image()..(img + 1) * g.out_image()],
             rs: p,
@@ -257,6 +264,7 @@ fn row_major(t: &[f32], [m, n]: [usize; 2]) -> Vec<f32> {
 /// The input's gradient (N×C×H×W) from the output's `dy` and the weight.
 pub fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
     let (p, taps) = (g.p(), g.taps());
+    let reach = Reach::new(g);
     // Wᵀ (taps×O): element (r, o) at weight[o·taps + r].
     let wt = View {
         data: weight,
@@ -284,7 +292,7 @@ pub fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
                 // SAFETY: the product writes only f32 values.
                 let dst = (unsafe { as_uninit(cols) }, Layout::RowMajor);
                 matmul([taps, p, g.o], dst, false, wt, b, parallel);
-                col2im(g, cols, out);
+                col2im(&reach, cols, out);
             }
         });
     };

@@ -44,28 +44,48 @@ struct Tap<'a> {
     cols_in: &'a Range<usize>,
 }
 
-/// `f(tap)` for every row of `cols`, in order.
-#[inline(always)]
-fn each_tap(g: &Geometry, mut f: impl FnMut(Tap<'_>)) {
-    let [oh, ow] = g.out();
-    let rows_inside: Vec<_> = (0..g.k[0])
-        .map(|i| inside(oh, g.h, g.stride[0], i, g.padding[0]))
-        .collect();
-    // Per kernel column, once per call (two divisions each).
-    let cols_inside: Vec<_> = (0..g.k[1])
-        .map(|j| inside(ow, g.w, g.stride[1], j, g.padding[1]))
-        .collect();
-    for c in 0..g.c {
-        for (i, rows_in) in rows_inside.iter().enumerate() {
-            for (j, cols_in) in cols_inside.iter().enumerate() {
-                let row = (c * g.k[0] + i) * g.k[1] + j;
-                f(Tap {
-                    c,
-                    ij: [i, j],
-                    row,
-                    rows_in,
-                    cols_in,
-                });
+/// What im2col and col2im derive from a convolution's geometry, once per convolution rather
+/// than per image: per kernel row and column, the output rows and columns whose taps read
+/// inside the image (two divisions each), and whether the whole-run path applies.
+pub(super) struct Reach {
+    g: Geometry,
+    rows_inside: Vec<Range<usize>>,
+    cols_inside: Vec<Range<usize>>,
+    same: bool,
+}
+
+impl Reach {
+    /// The reach of `g`'s kernel taps.
+    pub(super) fn new(g: &Geometry) -> Reach {
+        let [oh, ow] = g.out();
+        Reach {
+            g: *g,
+            rows_inside: (0..g.k[0])
+                .map(|i| inside(oh, g.h, g.stride[0], i, g.padding[0]))
+                .collect(),
+            cols_inside: (0..g.k[1])
+                .map(|j| inside(ow, g.w, g.stride[1], j, g.padding[1]))
+                .collect(),
+            same: same_width_stride_one(g),
+        }
+    }
+
+    /// `f(tap)` for every row of `cols`, in order.
+    #[inline(always)]
+    fn each_tap(&self, mut f: impl FnMut(Tap<'_>)) {
+        let g = &self.g;
+        for c in 0..g.c {
+            for (i, rows_in) in self.rows_inside.iter().enumerate() {
+                for (j, cols_in) in self.cols_inside.iter().enumerate() {
+                    let row = (c * g.k[0] + i) * g.k[1] + j;
+                    f(Tap {
+                        c,
+                        ij: [i, j],
+                        row,
+                        rows_in,
+                        cols_in,
+                    });
+                }
             }
         }
     }
@@ -100,20 +120,21 @@ fn zero_outside(block: &mut [f32], ow: usize, cols_in: &Range<usize>) {
 }
 
 /// im2col of one image `x` (C×H×W) into `cols` (taps × P).
-pub(super) fn im2col(g: &Geometry, x: &[f32], cols: &mut [f32]) {
+pub(super) fn im2col(reach: &Reach, x: &[f32], cols: &mut [f32]) {
     // Compiled for the CPU's widest vectors (the crate itself targets baseline x86-64).
     pulp::Arch::new().dispatch(
         #[inline(always)]
-        || im2col_body(g, x, cols),
+        || im2col_body(reach, x, cols),
     )
 }
 
 #[inline(always)]
-fn im2col_body(g: &Geometry, x: &[f32], cols: &mut [f32]) {
+fn im2col_body(reach: &Reach, x: &[f32], cols: &mut [f32]) {
+    let g = &reach.g;
     let (p, [_, ow]) = (g.p(), g.out());
     let ([sh, sw], [ph, pw]) = (g.stride, g.padding);
-    let same = same_width_stride_one(g);
-    each_tap(g, |tap| {
+    let same = reach.same;
+    reach.each_tap(|tap| {
         let plane = &x[tap.c * g.h * g.w..(tap.c + 1) * g.h * g.w];
         let (rows_in, cols_in, [i, j]) = (tap.rows_in, tap.cols_in, tap.ij);
         let dst = &mut cols[tap.row * p..(tap.row + 1) * p];
@@ -153,20 +174,21 @@ fn im2col_body(g: &Geometry, x: &[f32], cols: &mut [f32]) {
 
 /// col2im: `dx` (C×H×W) becomes the sum of `cols` (taps × P) over the taps that read each
 /// pixel. `cols` is scratch: the entries of taps that fall in the padding are zeroed on the way.
-pub(super) fn col2im(g: &Geometry, cols: &mut [f32], dx: &mut [MaybeUninit<f32>]) {
+pub(super) fn col2im(reach: &Reach, cols: &mut [f32], dx: &mut [MaybeUninit<f32>]) {
     let dx = zeroed(dx);
     pulp::Arch::new().dispatch(
         #[inline(always)]
-        || col2im_body(g, cols, dx),
+        || col2im_body(reach, cols, dx),
     )
 }
 
 #[inline(always)]
-fn col2im_body(g: &Geometry, cols: &mut [f32], dx: &mut [f32]) {
+fn col2im_body(reach: &Reach, cols: &mut [f32], dx: &mut [f32]) {
+    let g = &reach.g;
     let (p, [_, ow]) = (g.p(), g.out());
     let ([sh, sw], [ph, pw]) = (g.stride, g.padding);
-    let same = same_width_stride_one(g);
-    each_tap(g, |tap| {
+    let same = reach.same;
+    reach.each_tap(|tap| {
         let plane = &mut dx[tap.c * g.h * g.w..(tap.c + 1) * g.h * g.w];
         let (rows_in, cols_in, [i, j]) = (tap.rows_in, tap.cols_in, tap.ij);
         if rows_in.is_empty() || cols_in.is_empty() {
