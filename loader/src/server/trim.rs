@@ -119,16 +119,19 @@ mod tests {
                 .unwrap_or(0)
                 * 1024
         };
-        // Threads that each touch 16 MiB in blocks below the mmap threshold, each followed by
+        // Threads that each touch 64 MiB in blocks below the mmap threshold, each followed by
         // a small block that outlives them (as the daemon's long-lived allocations do), and
-        // end: the freed blocks cannot merge, and glibc keeps them in their arenas.
+        // end: the freed blocks cannot merge, and glibc keeps them in their arenas. 256 MiB in
+        // all, so that what the binary's other tests allocate and free meanwhile (tens of MiB:
+        // with 16 MiB a thread it failed once in a full `.ci/run`: 31 MiB released of 64) cannot
+        // decide the outcome.
         let pins: Vec<Vec<Vec<u8>>> = std::thread::scope(|s| {
             let threads: Vec<_> = (0..4)
                 .map(|_| {
                     s.spawn(|| {
-                        let mut blocks = Vec::with_capacity(512);
-                        let mut pins = Vec::with_capacity(512);
-                        for _ in 0..512 {
+                        let mut blocks = Vec::with_capacity(2048);
+                        let mut pins = Vec::with_capacity(2048);
+                        for _ in 0..2048 {
                             blocks.push(vec![1u8; 32 << 10]);
                             pins.push(vec![1u8; 64]);
                         }
@@ -144,9 +147,10 @@ mod tests {
         let after = anon();
         drop(pins);
         if cfg!(all(target_os = "linux", target_env = "gnu")) {
-            // Other tests of this binary allocate meanwhile; most of the 64 MiB must go.
+            // Other tests of this binary allocate meanwhile; half of the 256 MiB must go (about
+            // 180 MiB does, alone or among them).
             assert!(
-                after + (32 << 20) <= before,
+                after + (128 << 20) <= before,
                 "{} MiB before the trim, {} MiB after",
                 before >> 20,
                 after >> 20

@@ -8,7 +8,6 @@ use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::relu;
 use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Device, Distribution, FloatDType, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
@@ -16,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::amp;
 use crate::model::batch_norm::BatchNorm;
+use crate::model::{max_pool, residual};
 
 /// Which ResNet to build.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -285,7 +285,7 @@ impl Block {
             }
             _ => self.bn2.forward(amp::conv(&self.conv2, y, compute)),
         };
-        relu(drop_path(y, self.drop_path, masks) + shortcut)
+        residual::add_relu(drop_path(y, self.drop_path, masks), shortcut)
     }
 }
 
@@ -474,7 +474,7 @@ impl ResNet {
             .bn1
             .forward_relu(amp::conv(&self.conv1, x, self.compute));
         if let Some(pool) = &self.maxpool {
-            x = pool.forward(x);
+            x = max_pool::max_pool2d(pool, x);
         }
         for (i, block) in self.blocks().enumerate() {
             x = block.forward(x, masks.map(|k| mix_key(k, i as u64)), self.compute);

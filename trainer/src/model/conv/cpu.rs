@@ -15,14 +15,15 @@
 //! spread over the threads.
 
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
 pub use super::geometry::Geometry;
 use super::im2col::{Reach, col2im, im2col};
-use crate::model::flex_slices::{as_uninit, filled};
+use crate::model::flex_slices::{as_uninit, filled, zeroed};
 
-/// A row-major matrix view for [`matmul`]: its data and (row, column) strides.
+/// A matrix view for [`matmul`]: its data and (row, column) strides.
 #[derive(Clone, Copy)]
 struct View<'a> {
     data: &'a [f32],
@@ -30,26 +31,36 @@ struct View<'a> {
     cs: usize,
 }
 
-/// How a product's `m×n` destination is laid out.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Layout {
-    /// Element `(i, j)` at `i·n + j`.
-    RowMajor,
-    /// Element `(i, j)` at `j·m + i`.
-    ColumnMajor,
+/// A product's destination: its data and (row, column) strides.
+struct Dst<'a> {
+    data: &'a mut [MaybeUninit<f32>],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Dst<'a> {
+    /// A whole `m×n` matrix, element `(i, j)` at `i·n + j`.
+    fn row_major(data: &'a mut [MaybeUninit<f32>], [_, n]: [usize; 2]) -> Dst<'a> {
+        Dst { data, rs: n, cs: 1 }
+    }
+
+    /// A whole `m×n` matrix, element `(i, j)` at `j·m + i`.
+    fn column_major(data: &'a mut [MaybeUninit<f32>], [m, _]: [usize; 2]) -> Dst<'a> {
+        Dst { data, rs: 1, cs: m }
+    }
 }
 
 /// `dst (m×n) = [dst +] a (m×k) · b (k×n)`. `dst` may be uninitialized where `accumulate` is
 /// false (gemm then writes every element without reading any).
 fn matmul(
     [m, n, k]: [usize; 3],
-    (dst, layout): (&mut [MaybeUninit<f32>], Layout),
+    dst: Dst<'_>,
     accumulate: bool,
     a: View<'_>,
     b: View<'_>,
     parallel: bool,
 ) {
-    debug_assert!(dst.len() >= m * n);
+    debug_assert!(m == 0 || n == 0 || dst.data.len() > (m - 1) * dst.rs + (n - 1) * dst.cs);
     debug_assert!(m == 0 || k == 0 || a.data.len() > (m - 1) * a.rs + (k - 1) * a.cs);
     debug_assert!(k == 0 || n == 0 || b.data.len() > (k - 1) * b.rs + (n - 1) * b.cs);
     let parallelism = if parallel {
@@ -58,22 +69,19 @@ fn matmul(
         gemm::Parallelism::None
     };
     let stride = |s: usize| s as isize;
-    let (dst_rs, dst_cs) = match layout {
-        Layout::RowMajor => (n, 1),
-        Layout::ColumnMajor => (1, m),
-    };
     // SAFETY: the three views cover every element the strides address (checked above in
-    // debug builds, and by construction in every caller: the views are whole images, kernels
-    // or `cols` buffers of the geometry's sizes); `dst` is not aliased by `a` or `b`, and is
-    // read only when `accumulate` is set, which every caller does on initialized values.
+    // debug builds, and by construction in every caller: the views are whole images, kernels,
+    // runs of an image's rows or `cols` buffers of the geometry's sizes); `dst` is not aliased
+    // by `a` or `b`, and is read only when `accumulate` is set, which every caller does on
+    // initialized values.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr().cast::<f32>(),
-            stride(dst_cs),
-            stride(dst_rs),
+            dst.data.as_mut_ptr().cast::<f32>(),
+            stride(dst.cs),
+            stride(dst.rs),
             accumulate,
             a.data.as_ptr(),
             stride(a.cs),
@@ -96,20 +104,40 @@ fn per_image(g: &Geometry) -> bool {
     g.n >= rayon::current_num_threads()
 }
 
-/// `cols(X[img])` (taps × P): the image itself for a pointwise convolution, else its im2col in
-/// `cols` (grown once, then reused for every image of the thread).
+/// About how many values of `cols` one tile of output rows holds: small enough to stay in a
+/// core's L2 cache between im2col writing it and the product reading it (and packing it).
+/// Measured with `conv_repro`: a whole image's `cols` (7 MB at ResNet-50's first stage) went
+/// through memory twice: a fifth of that convolution's forward.
+const TILE_VALUES: usize = 1 << 18;
+
+/// The runs of output rows that an image's products are taken over, one `cols` tile each: all
+/// of them for a pointwise convolution (no `cols` at all), else as many rows as fit `values`
+/// ([`TILE_VALUES`] but in tests; at least one row).
+fn tiles(g: &Geometry, values: usize) -> impl Iterator<Item = Range<usize>> {
+    let [oh, ow] = g.out();
+    let rows = if g.pointwise() {
+        oh
+    } else {
+        (values / (g.taps() * ow)).clamp(1, oh)
+    };
+    (0..oh).step_by(rows).map(move |r| r..(r + rows).min(oh))
+}
+
+/// `cols(X[img])` over the output rows `tile` (taps × the tile's positions): the image itself
+/// for a pointwise convolution, else its im2col in `cols` (grown once, then reused for every
+/// tile of the thread).
 fn columns<'a>(
     (g, reach): (&Geometry, &Reach),
     x: &'a [f32],
-    img: usize,
+    (img, tile): (usize, Range<usize>),
     cols: &'a mut Vec<f32>,
 ) -> &'a [f32] {
     let xi = &x[img * g.image()..(img + 1) * g.image()];
     if g.pointwise() {
         return xi;
     }
-    cols.resize(g.taps() * g.p(), 0.0);
-    im2col(reach, xi, cols);
+    cols.resize(g.taps() * tile.len() * g.out()[1], 0.0);
+    im2col(reach, xi, tile, cols);
     cols
 }
 
@@ -140,7 +168,18 @@ fn each_image(
 /// The forward convolution: `x` (N×C×H×W), `weight` (O×C×kh×kw), optional `bias` (O); returns
 /// N×O×OH×OW.
 pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    let (p, taps) = (g.p(), g.taps());
+    forward_tiled(g, x, weight, bias, TILE_VALUES)
+}
+
+/// [`forward`] over tiles of about `tile` values of `cols`.
+fn forward_tiled(
+    g: &Geometry,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    tile: usize,
+) -> Vec<f32> {
+    let (p, taps, ow) = (g.p(), g.taps(), g.out()[1]);
     let reach = Reach::new(g);
     let w = View {
         data: weight,
@@ -149,22 +188,23 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
     };
     let fill = |y: &mut [MaybeUninit<f32>]| {
         each_image(g, y, g.out_image(), |img, out, cols, parallel| {
-            let b = View {
-                data: columns((g, &reach), x, img, cols),
-                rs: p,
-                cs: 1,
-            };
-            matmul(
-                [g.o, p, taps],
-                (out, Layout::RowMajor),
-                false,
-                w,
-                b,
-                parallel,
-            );
+            for tile in tiles(g, tile) {
+                let (at, t) = (tile.start * ow, tile.len() * ow);
+                let b = View {
+                    data: columns((g, &reach), x, (img, tile), cols),
+                    rs: if g.pointwise() { p } else { t },
+                    cs: 1,
+                };
+                let dst = Dst {
+                    data: &mut out[at..],
+                    rs: p,
+                    cs: 1,
+                };
+                matmul([g.o, t, taps], dst, false, w, b, parallel);
+            }
         });
     };
-    // SAFETY: each image's product writes its whole O×P block of the output.
+    // SAFETY: each image's tiles' products write its whole O×P block of the output.
     let mut y = unsafe { filled(g.n * g.out_image(), fill) };
     if let Some(bias) = bias {
         for image in y.chunks_exact_mut(g.out_image()) {
@@ -178,7 +218,12 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
 
 /// The weight's gradient (O×C×kh×kw) from the output's `dy` (N×O×OH×OW) and the input `x`.
 pub fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let (p, taps) = (g.p(), g.taps());
+    weight_grad_tiled(g, x, dy, TILE_VALUES)
+}
+
+/// [`weight_grad`] over tiles of about `tile` values of `cols`.
+fn weight_grad_tiled(g: &Geometry, x: &[f32], dy: &[f32], tile: usize) -> Vec<f32> {
+    let (p, taps, ow) = (g.p(), g.taps(), g.out()[1]);
     let reach = Reach::new(g);
     // dW += dY[n] (O×P) · cols(X[n])ᵀ (P×taps). gemm computes a row-major destination as the
     // transposed product, whose left operand is then `cols` read across its rows; packing that
@@ -188,29 +233,33 @@ pub fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     // are few and taps many (ResNet-50's 7×7 planes of 4608 taps) that measured slower: the
     // layout is chosen by that ratio (`conv_repro`, both ways, every ResNet shape).
     let column = p * 8 >= taps;
-    let layout = if column {
-        Layout::ColumnMajor
-    } else {
-        Layout::RowMajor
-    };
-    let add = |img: usize, dw: &mut [f32], cols: &mut Vec<f32>, accumulate: bool, parallel| {
-        let cols = columns((g, &reach), x, img, cols);
-        let a = View {
-            data: &dy[img * g.out_image()..(img + 1) * g.out_image()],
-            rs: p,
-            cs: 1,
-        };
-        let b = View {
-            data: cols,
-            rs: 1,
-            cs: p,
-        };
-        // SAFETY: the product writes only f32 values.
-        let dw = unsafe { as_uninit(dw) };
-        matmul([g.o, taps, p], (dw, layout), accumulate, a, b, parallel);
+    let add = |img: usize, dw: &mut [f32], cols: &mut Vec<f32>, mut accumulate: bool, parallel| {
+        for tile in tiles(g, tile) {
+            let (at, t) = (tile.start * ow, tile.len() * ow);
+            let cols = columns((g, &reach), x, (img, tile), cols);
+            let a = View {
+                data: &dy[img * g.out_image() + at..(img + 1) * g.out_image()],
+                rs: p,
+                cs: 1,
+            };
+            let b = View {
+                data: cols,
+                rs: 1,
+                cs: if g.pointwise() { p } else { t },
+            };
+            // SAFETY: the product writes only f32 values.
+            let dw = unsafe { as_uninit(dw) };
+            let dst = if column {
+                Dst::column_major(dw, [g.o, taps])
+            } else {
+                Dst::row_major(dw, [g.o, taps])
+            };
+            matmul([g.o, taps, t], dst, accumulate, a, b, parallel);
+            accumulate = true;
+        }
     };
     let size = g.o * taps;
-    if per_image(g) {
+    let dw = if per_image(g) {
         // Each of a fixed number of runs of consecutive images is summed into its own dW by one
         // thread, and the runs' sums are added in order: the same bits on every call (a
         // fold/reduce over rayon's adaptive splits adds in whatever order the threads steal
@@ -233,22 +282,19 @@ pub fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         for sum in sums {
             dw.iter_mut().zip(&sum).for_each(|(a, b)| *a += b);
         }
-        if column {
-            row_major(&dw, [g.o, taps])
-        } else {
-            dw
-        }
+        dw
     } else {
         let mut dw = vec![0f32; size];
         let mut cols = Vec::new();
         for img in 0..g.n {
             add(img, &mut dw, &mut cols, img > 0, true);
         }
-        if column {
-            row_major(&dw, [g.o, taps])
-        } else {
-            dw
-        }
+        dw
+    };
+    if column {
+        row_major(&dw, [g.o, taps])
+    } else {
+        dw
     }
 }
 
@@ -263,7 +309,12 @@ fn row_major(t: &[f32], [m, n]: [usize; 2]) -> Vec<f32> {
 
 /// The input's gradient (N×C×H×W) from the output's `dy` and the weight.
 pub fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
-    let (p, taps) = (g.p(), g.taps());
+    input_grad_tiled(g, weight, dy, TILE_VALUES)
+}
+
+/// [`input_grad`] over tiles of about `tile` values of `cols`.
+fn input_grad_tiled(g: &Geometry, weight: &[f32], dy: &[f32], tile: usize) -> Vec<f32> {
+    let (p, taps, ow) = (g.p(), g.taps(), g.out()[1]);
     let reach = Reach::new(g);
     // Wᵀ (taps×O): element (r, o) at weight[o·taps + r].
     let wt = View {
@@ -273,31 +324,41 @@ pub fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
     };
     let fill = |dx: &mut [MaybeUninit<f32>]| {
         each_image(g, dx, g.image(), |img, out, cols, parallel| {
+            let dy = &dy[img * g.out_image()..(img + 1) * g.out_image()];
             let b = View {
-                data: &dy[img * g.out_image()..(img + 1) * g.out_image()],
+                data: dy,
                 rs: p,
                 cs: 1,
             };
             if g.pointwise() {
                 matmul(
                     [taps, p, g.o],
-                    (out, Layout::RowMajor),
+                    Dst::row_major(out, [taps, p]),
                     false,
                     wt,
                     b,
                     parallel,
                 );
-            } else {
-                cols.resize(taps * p, 0.0);
+                return;
+            }
+            let dx = zeroed(out);
+            for tile in tiles(g, tile) {
+                let (at, t) = (tile.start * ow, tile.len() * ow);
+                let b = View {
+                    data: &dy[at..],
+                    rs: p,
+                    cs: 1,
+                };
+                cols.resize(taps * t, 0.0);
                 // SAFETY: the product writes only f32 values.
-                let dst = (unsafe { as_uninit(cols) }, Layout::RowMajor);
-                matmul([taps, p, g.o], dst, false, wt, b, parallel);
-                col2im(&reach, cols, out);
+                let dst = Dst::row_major(unsafe { as_uninit(cols) }, [taps, t]);
+                matmul([taps, t, g.o], dst, false, wt, b, parallel);
+                col2im(&reach, cols, tile, dx);
             }
         });
     };
     // SAFETY: each image's block is written whole, by the product (taps = C for a pointwise
-    // convolution, P = H×W) or by col2im.
+    // convolution, P = H×W) or zeroed and then summed into by col2im.
     unsafe { filled(g.n * g.image(), fill) }
 }
 
@@ -437,14 +498,28 @@ mod tests {
                     let w = random(g.o * g.taps(), 100 + case as u64);
                     let dy = random(g.n * g.out_image(), 200 + case as u64);
                     let [y_want, dx_want, dw_want] = reference(g, &x, &w, &dy);
-                    let checks = [
-                        ("forward", forward(g, &x, &w, None), y_want),
-                        ("input gradient", input_grad(g, &w, &dy), dx_want),
-                        ("weight gradient", weight_grad(g, &x, &dy), dw_want),
-                    ];
-                    for (what, ours, want) in checks {
-                        let e = worst(&ours, &want);
-                        assert!(e < 1e-6, "case {case}, {threads} threads, {what}: {e:e}");
+                    // Whole images in one tile, one output row per tile, and a few rows.
+                    for tile in [TILE_VALUES, 1, 3 * g.taps() * g.out()[1] - 1] {
+                        let checks = [
+                            ("forward", forward_tiled(g, &x, &w, None, tile), &y_want),
+                            (
+                                "input gradient",
+                                input_grad_tiled(g, &w, &dy, tile),
+                                &dx_want,
+                            ),
+                            (
+                                "weight gradient",
+                                weight_grad_tiled(g, &x, &dy, tile),
+                                &dw_want,
+                            ),
+                        ];
+                        for (what, ours, want) in checks {
+                            let e = worst(&ours, want);
+                            assert!(
+                                e < 1e-6,
+                                "case {case}, {threads} threads, tiles of {tile}, {what}: {e:e}"
+                            );
+                        }
                     }
                 }
             });

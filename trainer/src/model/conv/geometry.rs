@@ -1,5 +1,22 @@
 //! The shapes of one convolution, and the sizes derived from them that the convolution's
-//! products ([`super::cpu`]) and its im2col ([`super::im2col`]) share.
+//! products ([`super::cpu`]) and its im2col ([`super::im2col`]) share, and the reach of a
+//! kernel tap, which max pooling ([`crate::model::max_pool`]) shares too.
+
+use std::ops::Range;
+
+/// The range of output columns `ox` (of `ow`) whose input column `ox·s + j - p` is inside
+/// `0..w`: for kernel column `j`, stride `s`, padding `p` (rows alike).
+#[inline]
+pub(crate) fn inside(ow: usize, w: usize, s: usize, j: usize, p: usize) -> Range<usize> {
+    // First ox with ox·s + j >= p; last with ox·s + j - p < w.
+    let first = p.saturating_sub(j).div_ceil(s);
+    let end = if w + p > j {
+        (w + p - j).div_ceil(s)
+    } else {
+        0
+    };
+    first.min(ow)..end.min(ow)
+}
 
 /// The shapes of one convolution (groups 1, dilation 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,24 +5,9 @@
 //! per output position: the input pixel under that tap, 0 where it falls in the padding. Every
 //! element is written once per image (no zero-fill of the whole buffer first).
 
-use std::mem::MaybeUninit;
 use std::ops::Range;
 
-use super::geometry::Geometry;
-use crate::model::flex_slices::zeroed;
-
-/// The range of output columns `ox` whose input column `ox·s + j - p` is inside `0..w`.
-#[inline]
-fn inside(ow: usize, w: usize, s: usize, j: usize, p: usize) -> Range<usize> {
-    // First ox with ox·s + j >= p; last with ox·s + j - p < w.
-    let first = p.saturating_sub(j).div_ceil(s);
-    let end = if w + p > j {
-        (w + p - j).div_ceil(s)
-    } else {
-        0
-    };
-    first.min(ow)..end.min(ow)
-}
+use super::geometry::{Geometry, inside};
 
 /// Whether each output row reads whole input rows shifted sideways: stride 1 and an output as
 /// wide as the input ("same" padding: 3×3 with padding 1). Then the taps of one row of `cols`
@@ -91,19 +76,28 @@ impl Reach {
     }
 }
 
-/// In the [`same_width_stride_one`] case, the part of the contiguous run under `tap` (output
-/// rows `rows_in`, a block of `block` values of `cols`) that falls inside the plane: how many
-/// of the block's first values fall before the plane (wrapped columns, like any value past its
-/// end), the plane offset where the rest starts, and how many values are inside.
-fn run(g: &Geometry, tap: &Tap<'_>, block: usize) -> (usize, usize, usize) {
-    let [i, j] = tap.ij;
-    let at = (tap.rows_in.start + i - g.padding[0]) * g.w + j;
+/// In the [`same_width_stride_one`] case, the part of the contiguous run under kernel tap
+/// `(i, j)` from output row `first_row` on (a block of `block` values of `cols`) that falls
+/// inside the plane: how many of the block's first values fall before the plane (wrapped
+/// columns, like any value past its end), the plane offset where the rest starts, and how many
+/// values are inside.
+fn run(g: &Geometry, first_row: usize, [i, j]: [usize; 2], block: usize) -> (usize, usize, usize) {
+    let at = (first_row + i - g.padding[0]) * g.w + j;
     let (skip, from) = (
         g.padding[1].saturating_sub(at),
         at.saturating_sub(g.padding[1]),
     );
     let plane = g.h * g.w;
     (skip, from, (block - skip).min(plane.saturating_sub(from)))
+}
+
+/// The output rows of `tile` whose taps read inside the image (`rows_in`), as rows of the tile
+/// (an empty range where there are none).
+#[inline(always)]
+fn within(rows_in: &Range<usize>, tile: &Range<usize>) -> Range<usize> {
+    let start = rows_in.start.max(tile.start);
+    let end = rows_in.end.min(tile.end).max(start);
+    start - tile.start..end - tile.start
 }
 
 /// The output columns outside `cols_in` of every output row in `block` (row length `ow`) set
@@ -119,34 +113,46 @@ fn zero_outside(block: &mut [f32], ow: usize, cols_in: &Range<usize>) {
     }
 }
 
-/// im2col of one image `x` (C×H×W) into `cols` (taps × P).
-pub(super) fn im2col(reach: &Reach, x: &[f32], cols: &mut [f32]) {
-    // Compiled for the CPU's widest vectors (the crate itself targets baseline x86-64).
-    pulp::Arch::new().dispatch(
+/// im2col of the output rows `tile` of one image `x` (C×H×W) into `cols` (taps × the tile's
+/// positions).
+pub(super) fn im2col(reach: &Reach, x: &[f32], tile: Range<usize>, cols: &mut [f32]) {
+    /// The call, for pulp's dispatch.
+    struct Op<'a>(&'a Reach, &'a [f32], Range<usize>, &'a mut [f32]);
+    // Compiled for the CPU's widest vectors (the crate itself targets baseline x86-64). A named
+    // type, not pulp's closure form: a closure reaches pulp's target-feature function through
+    // `FnOnce::call_once`, a shim LLVM left a call where the body is large (objdump: a
+    // trampoline, and the body compiled for baseline x86-64).
+    impl pulp::WithSimd for Op<'_> {
+        type Output = ();
         #[inline(always)]
-        || im2col_body(reach, x, cols),
-    )
+        fn with_simd<S: pulp::Simd>(self, _: S) {
+            im2col_body(self.0, self.1, &self.2, self.3)
+        }
+    }
+    pulp::Arch::new().dispatch(Op(reach, x, tile, cols))
 }
 
 #[inline(always)]
-fn im2col_body(reach: &Reach, x: &[f32], cols: &mut [f32]) {
+fn im2col_body(reach: &Reach, x: &[f32], tile: &Range<usize>, cols: &mut [f32]) {
     let g = &reach.g;
-    let (p, [_, ow]) = (g.p(), g.out());
+    let [_, ow] = g.out();
+    let p = tile.len() * ow;
     let ([sh, sw], [ph, pw]) = (g.stride, g.padding);
     let same = reach.same;
     reach.each_tap(|tap| {
         let plane = &x[tap.c * g.h * g.w..(tap.c + 1) * g.h * g.w];
-        let (rows_in, cols_in, [i, j]) = (tap.rows_in, tap.cols_in, tap.ij);
+        let (rows_in, cols_in, [i, j]) = (within(tap.rows_in, tile), tap.cols_in, tap.ij);
         let dst = &mut cols[tap.row * p..(tap.row + 1) * p];
         if rows_in.is_empty() || cols_in.is_empty() {
             dst.fill(0.0);
             return;
         }
+        let first_row = tile.start + rows_in.start;
         dst[..rows_in.start * ow].fill(0.0);
         dst[rows_in.end * ow..].fill(0.0);
         let block = &mut dst[rows_in.start * ow..rows_in.end * ow];
         if same {
-            let (skip, from, n) = run(g, &tap, block.len());
+            let (skip, from, n) = run(g, first_row, [i, j], block.len());
             if n > 0 {
                 block[skip..skip + n].copy_from_slice(&plane[from..from + n]);
             }
@@ -156,7 +162,7 @@ fn im2col_body(reach: &Reach, x: &[f32], cols: &mut [f32]) {
         }
         let first = cols_in.start * sw + j - pw;
         for (k, out) in block.chunks_exact_mut(ow).enumerate() {
-            let iy = (rows_in.start + k) * sh + i - ph;
+            let iy = (first_row + k) * sh + i - ph;
             let src = &plane[iy * g.w..(iy + 1) * g.w];
             out[..cols_in.start].fill(0.0);
             out[cols_in.end..].fill(0.0);
@@ -172,34 +178,42 @@ fn im2col_body(reach: &Reach, x: &[f32], cols: &mut [f32]) {
     });
 }
 
-/// col2im: `dx` (C×H×W) becomes the sum of `cols` (taps × P) over the taps that read each
-/// pixel. `cols` is scratch: the entries of taps that fall in the padding are zeroed on the way.
-pub(super) fn col2im(reach: &Reach, cols: &mut [f32], dx: &mut [MaybeUninit<f32>]) {
-    let dx = zeroed(dx);
-    pulp::Arch::new().dispatch(
+/// col2im of the output rows `tile`: `cols` (taps × the tile's positions), summed over the taps
+/// that read each pixel, is added to `dx` (C×H×W). `cols` is scratch: the entries of taps that
+/// fall in the padding are zeroed on the way.
+pub(super) fn col2im(reach: &Reach, cols: &mut [f32], tile: Range<usize>, dx: &mut [f32]) {
+    /// The call, for pulp's dispatch (a named type, as in [`im2col`]).
+    struct Op<'a>(&'a Reach, &'a mut [f32], Range<usize>, &'a mut [f32]);
+    impl pulp::WithSimd for Op<'_> {
+        type Output = ();
         #[inline(always)]
-        || col2im_body(reach, cols, dx),
-    )
+        fn with_simd<S: pulp::Simd>(self, _: S) {
+            col2im_body(self.0, self.1, &self.2, self.3)
+        }
+    }
+    pulp::Arch::new().dispatch(Op(reach, cols, tile, dx))
 }
 
 #[inline(always)]
-fn col2im_body(reach: &Reach, cols: &mut [f32], dx: &mut [f32]) {
+fn col2im_body(reach: &Reach, cols: &mut [f32], tile: &Range<usize>, dx: &mut [f32]) {
     let g = &reach.g;
-    let (p, [_, ow]) = (g.p(), g.out());
+    let [_, ow] = g.out();
+    let p = tile.len() * ow;
     let ([sh, sw], [ph, pw]) = (g.stride, g.padding);
     let same = reach.same;
     reach.each_tap(|tap| {
         let plane = &mut dx[tap.c * g.h * g.w..(tap.c + 1) * g.h * g.w];
-        let (rows_in, cols_in, [i, j]) = (tap.rows_in, tap.cols_in, tap.ij);
+        let (rows_in, cols_in, [i, j]) = (within(tap.rows_in, tile), tap.cols_in, tap.ij);
         if rows_in.is_empty() || cols_in.is_empty() {
             return;
         }
+        let first_row = tile.start + rows_in.start;
         let at = tap.row * p;
         let block = &mut cols[at + rows_in.start * ow..at + rows_in.end * ow];
         if same {
             // Padding taps add 0 (x + 0 is x): the run is summed whole.
             zero_outside(block, ow, cols_in);
-            let (skip, from, n) = run(g, &tap, block.len());
+            let (skip, from, n) = run(g, first_row, [i, j], block.len());
             if n > 0 {
                 for (d, s) in plane[from..from + n].iter_mut().zip(&block[skip..]) {
                     *d += s;
@@ -209,7 +223,7 @@ fn col2im_body(reach: &Reach, cols: &mut [f32], dx: &mut [f32]) {
         }
         let first = cols_in.start * sw + j - pw;
         for (k, from) in block.chunks_exact(ow).enumerate() {
-            let iy = (rows_in.start + k) * sh + i - ph;
+            let iy = (first_row + k) * sh + i - ph;
             let from = &from[cols_in.clone()];
             let dst = &mut plane[iy * g.w + first..(iy + 1) * g.w];
             if sw == 1 {

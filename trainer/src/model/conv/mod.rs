@@ -13,6 +13,8 @@ pub mod cpu;
 mod geometry;
 mod im2col;
 
+pub(crate) use geometry::inside;
+
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
