@@ -243,13 +243,13 @@ impl pulp::WithSimd for ForwardPlane<'_> {
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
         let ([h, w], window) = (self.hw, self.window);
-        let [oh, ow] = window.out([h, w]);
+        let [_, ow] = window.out([h, w]);
         let (split, hmax, best) = self.scratch;
         let phases = Phases::split(self.plane, w, window.stride[1], split);
         hmax.resize(h * ow, 0.0);
         best.resize(ow, 0.0);
         horizontal(&phases, [h, w], window, hmax);
-        for (oy, out) in self.out.chunks_exact_mut(ow).take(oh).enumerate() {
+        for (oy, out) in self.out.chunks_exact_mut(ow).enumerate() {
             vertical(hmax, h, window, oy, best);
             for (o, &b) in out.iter_mut().zip(best.iter()) {
                 o.write(b);

@@ -192,7 +192,7 @@ fn forward_tiled(
                 let (at, t) = (tile.start * ow, tile.len() * ow);
                 let b = View {
                     data: columns((g, &reach), x, (img, tile), cols),
-                    rs: if g.pointwise() { p } else { t },
+                    rs: t,
                     cs: 1,
                 };
                 let dst = Dst {
@@ -245,7 +245,7 @@ fn weight_grad_tiled(g: &Geometry, x: &[f32], dy: &[f32], tile: usize) -> Vec<f3
             let b = View {
                 data: cols,
                 rs: 1,
-                cs: if g.pointwise() { p } else { t },
+                cs: t,
             };
             // SAFETY: the product writes only f32 values.
             let dw = unsafe { as_uninit(dw) };
@@ -325,30 +325,21 @@ fn input_grad_tiled(g: &Geometry, weight: &[f32], dy: &[f32], tile: usize) -> Ve
     let fill = |dx: &mut [MaybeUninit<f32>]| {
         each_image(g, dx, g.image(), |img, out, cols, parallel| {
             let dy = &dy[img * g.out_image()..(img + 1) * g.out_image()];
-            let b = View {
-                data: dy,
+            // dY's columns of the tile's positions (O×t).
+            let dy_tile = |at: usize| View {
+                data: &dy[at..],
                 rs: p,
                 cs: 1,
             };
             if g.pointwise() {
-                matmul(
-                    [taps, p, g.o],
-                    Dst::row_major(out, [taps, p]),
-                    false,
-                    wt,
-                    b,
-                    parallel,
-                );
+                let dst = Dst::row_major(out, [taps, p]);
+                matmul([taps, p, g.o], dst, false, wt, dy_tile(0), parallel);
                 return;
             }
             let dx = zeroed(out);
             for tile in tiles(g, tile) {
                 let (at, t) = (tile.start * ow, tile.len() * ow);
-                let b = View {
-                    data: &dy[at..],
-                    rs: p,
-                    cs: 1,
-                };
+                let b = dy_tile(at);
                 cols.resize(taps * t, 0.0);
                 // SAFETY: the product writes only f32 values.
                 let dst = Dst::row_major(unsafe { as_uninit(cols) }, [taps, t]);
