@@ -640,13 +640,17 @@ fn ring_rate(
     positions: &[Position],
     metrics: bool,
 ) -> Result<f64, BenchError> {
-    let dir = std::env::temp_dir().join(format!("rsb-bench-{}", std::process::id()));
     let daemon_err = |source| BenchError::Daemon {
         exe: exe.to_path_buf(),
         source,
     };
-    std::fs::create_dir_all(&dir).map_err(daemon_err)?;
-    let socket = dir.join("loader.sock");
+    // A private folder of a random name (0700): a name under /tmp one could predict is one a
+    // neighbour could create first, and own.
+    let dir = tempfile::Builder::new()
+        .prefix("rsb-bench-")
+        .tempdir()
+        .map_err(daemon_err)?;
+    let socket = dir.path().join("loader.sock");
     // A free port: taken by the daemon a moment after this listener closes.
     let endpoint = if metrics {
         Some(
@@ -718,7 +722,7 @@ fn ring_rate(
     })();
     let _ = daemon.kill();
     let _ = daemon.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     result
 }
 

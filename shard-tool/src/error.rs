@@ -102,6 +102,13 @@ pub enum Error {
         /// What it is: "a directory", "a FIFO", "a character device", ...
         kind: &'static str,
     },
+    /// A name rsb writes (a checkpoint's directory) is taken by something rsb did not write
+    /// there, which it leaves alone.
+    #[error("is taken by {kind} that rsb did not write; move it away and run again")]
+    Occupied {
+        /// What is there: "a symlink", "a file", "a directory", ...
+        kind: &'static str,
+    },
     /// A file larger than its kind allows.
     #[error("{what} of {size} bytes is over the limit of {cap} bytes")]
     TooLarge {
@@ -137,6 +144,7 @@ impl Error {
                 | Error::NoSplit { .. }
                 | Error::Config(_)
                 | Error::NotRegular { .. }
+                | Error::Occupied { .. }
                 | Error::TooLarge { .. }
         )
     }

@@ -36,6 +36,7 @@ assert!(record.data.starts_with(&[0xFF, 0xD8]));
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod atomic;
 pub mod bench;
 pub mod console;
 mod error;

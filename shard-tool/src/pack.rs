@@ -23,6 +23,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
+use crate::atomic::{open_lock, remove_stale_temporaries, write_atomic};
 use crate::error::{Error, PathContext, Result};
 use crate::image::{Checked, ImageChecker, ImageOptions, Rejection, Stored};
 use crate::layout::{LayoutOptions, SourceSplit, SourceTree, discover};
@@ -32,7 +33,7 @@ use crate::manifest::{
 use crate::record::{FORMAT_VERSION, NO_LABEL, flags};
 use crate::report::report;
 use crate::resume::{self, SplitState};
-use crate::writer::{ShardWriter, remove_stale_tmp, write_atomic, write_index};
+use crate::writer::{ShardWriter, write_index};
 
 /// Default target size of a shard file.
 pub const DEFAULT_SHARD_SIZE: u64 = 1 << 30;
@@ -210,10 +211,11 @@ pub fn pack(
         Err(Error::WithPath { source, .. }) if matches!(*source, Error::Incomplete) => {}
         Err(e) => return Err(e),
     }
-    let stale = remove_stale_tmp(out)?;
+    let stale = remove_stale_temporaries(out)?;
     if stale > 0 {
         on_event(PackEvent::Warning(&format!(
-            "removed {stale} unfinished .tmp file(s) of an interrupted run"
+            "removed {stale} unfinished temporary file(s) (.*{}) of an interrupted run",
+            crate::atomic::TEMP_SUFFIX
         )));
     }
 
@@ -248,13 +250,7 @@ pub const LOCK_FILE: &str = ".pack.lock";
 fn lock_out(out: &Path) -> Result<fs::File> {
     use std::io::{Read, Seek, Write};
     let path = out.join(LOCK_FILE);
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .at(&path)?;
+    let mut file = open_lock(&path)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {

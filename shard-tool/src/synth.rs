@@ -18,6 +18,7 @@ use zune_core::colorspace::ColorSpace;
 use zune_core::options::EncoderOptions;
 use zune_png::PngEncoder;
 
+use crate::atomic::write_scratch;
 use crate::error::{Error, PathContext, Result};
 
 /// A JPEG of class `class` (any number; patterns repeat after 16 orientations), variant `index`.
@@ -171,7 +172,7 @@ pub fn write_tree(root: &Path, spec: &TreeSpec) -> Result<u64> {
                 // Not `write_atomic`: a synthetic tree is scratch input made again at will,
                 // and a sync per image would make the tests' thousands of images slow; a
                 // file cut short by a crash is what `pack` rejects anyway.
-                fs::write(&path, jpeg).at(&path)?;
+                write_scratch(&path, &jpeg)?;
                 written += 1;
             }
         }
@@ -190,7 +191,7 @@ pub fn write_tree(root: &Path, spec: &TreeSpec) -> Result<u64> {
         for ((name, _), bytes) in ODD_FILES.iter().zip(contents) {
             let path = dir.join(name);
             // As above: scratch input, not a file a user keeps.
-            fs::write(&path, bytes).at(&path)?;
+            write_scratch(&path, &bytes)?;
             written += 1;
         }
     }

@@ -5,7 +5,7 @@
 //! ends), a FIFO (an open that never returns), a socket, a directory, a file of gigabytes where
 //! kilobytes were meant. Reads open without blocking, check the opened descriptor (not the
 //! path, so nothing can be swapped in between) is a regular file, and stop at a cap suited to
-//! the kind of file. Writes ([`crate::writer::write_atomic`]) replace a regular file, a symlink
+//! the kind of file. Writes ([`crate::atomic::write_atomic`]) replace a regular file, a symlink
 //! (the link itself, as `rename` does) or nothing, and refuse a directory, device, FIFO or
 //! socket rather than rename a file over it.
 

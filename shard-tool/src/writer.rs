@@ -1,17 +1,20 @@
 /*!
 Writing shard and index files so that a crash never leaves one that looks whole.
 
-Every file is written under `<name>.tmp`, flushed and fsynced, then renamed to its final name,
-and the directory is fsynced. A shard's header (with its CRCs) is written last, into the
-placeholder at offset 0, so even a `.tmp` file that escaped cleanup would fail to open.
+Every file is written under a temporary name ([`crate::atomic`]: created exclusively, never a
+name a neighbour planted), flushed and fsynced, then renamed to its final name, and the
+directory is fsynced. A shard's header (with its CRCs) is written last, into the placeholder at
+offset 0, so even a temporary that escaped cleanup would fail to open.
 */
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use tempfile::NamedTempFile;
 use zerocopy::{FromZeros, IntoBytes};
 
+use crate::atomic::{commit, temporary_beside, write_atomic};
 use crate::error::{Error, PathContext, Result};
 use crate::manifest::{FileSum, file_sum};
 use crate::record::{
@@ -19,9 +22,6 @@ use crate::record::{
     RECORD_HEADER_LEN, RECORD_MAGIC, RecordHeader, Rejected, SHARD_HEADER_LEN, SHARD_MAGIC,
     ShardFooter, ShardHeader, index_file_name, shard_file_name,
 };
-
-/// Suffix of files being written.
-pub const TMP_SUFFIX: &str = "tmp";
 
 /// How many bytes a shard writer lets accumulate before a background `fdatasync`. Without it,
 /// a shard sits dirty in the page cache until the final fsync, which then stalls the pack while
@@ -75,8 +75,10 @@ pub struct ShardSummary {
 
 /// Appends records to one shard file.
 pub struct ShardWriter {
-    dir: PathBuf,
-    tmp: PathBuf,
+    /// The shard's final path.
+    path: PathBuf,
+    /// The temporary being written (removed if the writer is dropped unfinished).
+    tmp: NamedTempFile<()>,
     file: BufWriter<File>,
     offset: u64,
     /// Offset at the last background sync request.
@@ -86,7 +88,8 @@ pub struct ShardWriter {
 }
 
 impl ShardWriter {
-    /// Starts `dir/<split>-<shard>.rsb.tmp`, covering positions from `first_position`.
+    /// Starts a temporary for `dir/<split>-<shard>.rsb`, covering positions from
+    /// `first_position`.
     ///
     /// # Errors
     /// I/O errors with the path.
@@ -97,13 +100,14 @@ impl ShardWriter {
         first_position: u64,
         fingerprint: &str,
     ) -> Result<ShardWriter> {
-        let tmp = dir.join(format!("{}.{TMP_SUFFIX}", shard_file_name(split, shard)));
-        let raw = File::create(&tmp).at(&tmp)?;
-        let syncer = Syncer::start(&raw).at(&tmp)?;
+        let path = dir.join(shard_file_name(split, shard));
+        let (raw, tmp) = temporary_beside(&path)?.into_parts();
+        let tmp = NamedTempFile::from_parts((), tmp);
+        let syncer = Syncer::start(&raw).at(tmp.path())?;
         let mut file = BufWriter::with_capacity(1 << 20, raw);
-        file.write_all(&[0u8; SHARD_HEADER_LEN]).at(&tmp)?;
+        file.write_all(&[0u8; SHARD_HEADER_LEN]).at(tmp.path())?;
         Ok(ShardWriter {
-            dir: dir.to_path_buf(),
+            path,
             tmp,
             file,
             offset: SHARD_HEADER_LEN as u64,
@@ -166,9 +170,9 @@ impl ShardWriter {
         let len32 = u32::try_from(len)
             .map_err(|_| Error::Config(format!("record larger than 4 GiB: {path}")))?;
 
-        self.file.write_all(header.as_bytes()).at(&self.tmp)?;
-        self.file.write_all(path.as_bytes()).at(&self.tmp)?;
-        self.file.write_all(data).at(&self.tmp)?;
+        self.file.write_all(header.as_bytes()).at(self.tmp.path())?;
+        self.file.write_all(path.as_bytes()).at(self.tmp.path())?;
+        self.file.write_all(data).at(self.tmp.path())?;
         let offset = self.offset;
         self.offset += len as u64;
         self.footer.records.push(FooterRecord {
@@ -182,7 +186,7 @@ impl ShardWriter {
         });
         self.footer.end_position = position + 1;
         if self.offset - self.synced_at >= SYNC_CHUNK {
-            self.file.flush().at(&self.tmp)?;
+            self.file.flush().at(self.tmp.path())?;
             self.syncer.request();
             self.synced_at = self.offset;
         }
@@ -212,8 +216,8 @@ impl ShardWriter {
     /// I/O and JSON errors with the path.
     pub fn finish(mut self, end_position: u64) -> Result<ShardSummary> {
         self.footer.end_position = end_position;
-        let footer = serde_json::to_vec(&self.footer).at(&self.tmp)?;
-        self.file.write_all(&footer).at(&self.tmp)?;
+        let footer = serde_json::to_vec(&self.footer).at(self.tmp.path())?;
+        self.file.write_all(&footer).at(self.tmp.path())?;
 
         let mut header = ShardHeader::new_zeroed();
         header.magic = SHARD_MAGIC;
@@ -232,19 +236,17 @@ impl ShardWriter {
             .file
             .into_inner()
             .map_err(|e| Error::Io(e.into_error()))
-            .at(&self.tmp)?;
-        file.seek(SeekFrom::Start(0)).at(&self.tmp)?;
-        file.write_all(header.as_bytes()).at(&self.tmp)?;
+            .at(self.tmp.path())?;
+        file.seek(SeekFrom::Start(0)).at(self.tmp.path())?;
+        file.write_all(header.as_bytes()).at(self.tmp.path())?;
         let started = std::time::Instant::now();
-        self.syncer.stop().at(&self.tmp)?;
-        file.sync_all().at(&self.tmp)?;
+        self.syncer.stop().at(self.tmp.path())?;
+        file.sync_all().at(self.tmp.path())?;
         drop(file);
         let synced = started.elapsed();
-        let name = shard_file_name(&self.footer.split, self.footer.shard);
-        let path = self.dir.join(&name);
-        commit(&self.tmp, &path)?;
-        let sum = file_sum(&path)?;
-        tracing::debug!(shard = %name, ?synced, total = ?started.elapsed(), "shard finished");
+        commit(self.tmp, &self.path)?;
+        let sum = file_sum(&self.path)?;
+        tracing::debug!(shard = %self.path.display(), ?synced, total = ?started.elapsed(), "shard finished");
         Ok(ShardSummary {
             footer: self.footer,
             sum,
@@ -275,63 +277,4 @@ pub fn write_index(
         w.write_all(entries.as_bytes())
     })?;
     file_sum(&path)
-}
-
-/// Writes `path` through a temporary file, fsync and rename: the one way rsb writes a whole
-/// file. `path` must be absent, a regular file or a symlink (which the new file replaces); a
-/// directory, device, FIFO or socket is refused before anything is written
-/// ([`crate::user_file::check_write_target`]).
-///
-/// # Errors
-/// [`Error::NotRegular`] and I/O errors, with the path.
-pub fn write_atomic(
-    path: &Path,
-    fill: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
-) -> Result<()> {
-    crate::user_file::check_write_target(path)?;
-    let tmp = tmp_path(path);
-    let mut w = BufWriter::new(File::create(&tmp).at(&tmp)?);
-    fill(&mut w).at(&tmp)?;
-    let file = w
-        .into_inner()
-        .map_err(|e| Error::Io(e.into_error()))
-        .at(&tmp)?;
-    file.sync_all().at(&tmp)?;
-    drop(file);
-    commit(&tmp, path)
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".");
-    name.push(TMP_SUFFIX);
-    path.with_file_name(name)
-}
-
-/// Renames `tmp` to `path` and fsyncs the directory so the rename survives a power cut.
-fn commit(tmp: &Path, path: &Path) -> Result<()> {
-    fs::rename(tmp, path).at(path)?;
-    // A bare file name (`out.png`) has the empty path as its parent: the current directory.
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    File::open(dir).and_then(|d| d.sync_all()).at(dir)?;
-    Ok(())
-}
-
-/// Removes leftover `*.tmp` files of an interrupted run from `dir`; returns how many.
-///
-/// # Errors
-/// I/O errors with the path.
-pub fn remove_stale_tmp(dir: &Path) -> Result<usize> {
-    let mut removed = 0;
-    for entry in fs::read_dir(dir).at(dir)? {
-        let path = entry.at(dir)?.path();
-        if path.extension().is_some_and(|e| e == TMP_SUFFIX) {
-            fs::remove_file(&path).at(&path)?;
-            removed += 1;
-        }
-    }
-    Ok(removed)
 }

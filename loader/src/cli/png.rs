@@ -59,6 +59,6 @@ pub fn write_png(path: &Path, image: &RgbImage) -> Result<()> {
         .encode(&mut out)
         .map_err(|e| anyhow::anyhow!("{e:?}"))
         .with_context(|| format!("encoding {}", path.display()))?;
-    shard_tool::writer::write_atomic(path, |w| std::io::Write::write_all(w, &out))
+    shard_tool::atomic::write_atomic(path, |w| std::io::Write::write_all(w, &out))
         .with_context(|| format!("writing {}", path.display()))
 }

@@ -1,7 +1,7 @@
 //! The listening socket: binding it (replacing a stale one, never a live one), accepting with
 //! a permit per connection, and the accept loop of [`Server`].
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -219,13 +219,23 @@ pub(super) fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, ServeE
         Err(_) => {}
     }
     let listener = UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    // By name but never through a symlink: a user who can write the socket's folder could
+    // swap a link to a file of ours in after the bind, and a chmod that followed it would
+    // give that file the socket's mode.
+    nix::sys::stat::fchmodat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        nix::sys::stat::Mode::from_bits_truncate(mode as nix::libc::mode_t),
+        nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| err(e.into()))?;
     Ok(listener)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     /// A daemon in this process on a tiny dataset under `dir`, with `config`'s settings.
     fn daemon(dir: &Path, config: ServeConfig) -> crate::server::LocalServer {

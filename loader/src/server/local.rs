@@ -1,7 +1,6 @@
 //! [`LocalServer`]: the daemon on a thread of the calling process.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::config::{ServeConfig, ServeError};
 use super::listener::Server;
@@ -11,6 +10,8 @@ use super::listener::Server;
 /// dropped.
 pub struct LocalServer {
     socket: PathBuf,
+    /// The private folder made for the socket when the config named none (removed on drop).
+    private: Option<tempfile::TempDir>,
     metrics: Option<std::net::SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -20,13 +21,19 @@ impl LocalServer {
     /// Binds `config`'s socket (default: a private path under the temporary directory) and
     /// serves on a background thread.
     pub fn start(mut config: ServeConfig) -> Result<LocalServer, ServeError> {
+        let mut private = None;
         if config.socket.is_none() {
-            let dir = std::env::temp_dir().join(format!(
-                "rsb-loader-{}-{}",
-                std::process::id(),
-                LOCAL_SERVERS.fetch_add(1, Ordering::Relaxed)
-            ));
-            config.socket = Some(dir.join("loader.sock"));
+            // A random name, made 0700 by us: under a name one could predict, a neighbour
+            // could have made the folder first, own it, and swap in a socket of their own.
+            let dir = tempfile::Builder::new()
+                .prefix("rsb-loader-")
+                .tempdir()
+                .map_err(|source| ServeError::Start {
+                    what: "private socket folder",
+                    source,
+                })?;
+            config.socket = Some(dir.path().join("loader.sock"));
+            private = Some(dir);
         }
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -70,6 +77,7 @@ impl LocalServer {
         let (socket, metrics) = ready_rx.recv().map_err(|_| ServeError::Stopped)??;
         Ok(LocalServer {
             socket,
+            private,
             metrics,
             stop: Some(stop),
             thread: Some(thread),
@@ -95,12 +103,7 @@ impl Drop for LocalServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        if let Some(dir) = self.socket.parent() {
-            // Only the private directory made in `start` is empty now; others stay.
-            let _ = std::fs::remove_dir(dir);
-        }
+        // The private folder made in `start`, if any; a folder the config named stays.
+        drop(self.private.take());
     }
 }
-
-/// Numbers the private sockets of [`LocalServer`]s of this process.
-static LOCAL_SERVERS: AtomicU64 = AtomicU64::new(0);

@@ -23,7 +23,8 @@ pub struct BenchArgs {
     /// Rounds; the best of each is reported.
     #[arg(long, default_value_t = 2)]
     pub rounds: u32,
-    /// Scratch directory for the pack outputs (removed at the end).
+    /// Directory to pack into: each run packs into a new private folder inside it
+    /// (`bench-pack-XXXXXX`), removed at the end; nothing else in it is touched.
     #[arg(long, default_value = "target/bench-pack")]
     pub scratch: PathBuf,
 }
@@ -57,6 +58,13 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
     }
     let (mut best_decode, mut best_pack, mut pack_peak) = (0f64, 0f64, 0u64);
+    std::fs::create_dir_all(&args.scratch)
+        .with_context(|| format!("creating {}", args.scratch.display()))?;
+    // Our own folder: the scratch directory a user names may hold anything.
+    let scratch = tempfile::Builder::new()
+        .prefix("bench-pack-")
+        .tempdir_in(&args.scratch)
+        .with_context(|| format!("creating a folder in {}", args.scratch.display()))?;
     for round in 1..=args.rounds {
         let files: Vec<Vec<u8>> = paths
             .iter()
@@ -65,7 +73,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         let decode = bench::decode_only(&files, args.threads);
         drop(files);
 
-        let (packed, elapsed, peak) = pack_round(&args, round)?;
+        let (packed, elapsed, peak) = pack_round(&args, scratch.path(), round)?;
         let pack_rate = packed as f64 / elapsed.as_secs_f64();
         writeln!(
             stdout,
@@ -82,8 +90,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         best_pack = best_pack.max(pack_rate);
         pack_peak = pack_peak.max(peak);
     }
-    std::fs::remove_dir_all(&args.scratch)
-        .with_context(|| format!("removing {}", args.scratch.display()))?;
+    let scratch_path = scratch.path().to_path_buf();
+    scratch
+        .close()
+        .with_context(|| format!("removing {}", scratch_path.display()))?;
     let mut bound = PackOptions::new(".");
     bound.threads = args.threads;
     writeln!(
@@ -100,11 +110,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
 
 /// Packs the tree into a fresh scratch directory: the files packed, the time it took, and the
 /// pack's peak RSS (0 where it cannot be measured).
-fn pack_round(args: &BenchArgs, round: u32) -> Result<(u64, std::time::Duration, u64)> {
-    let out = args.scratch.join(format!("round-{round}"));
-    if out.exists() {
-        std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
-    }
+fn pack_round(
+    args: &BenchArgs,
+    scratch: &std::path::Path,
+    round: u32,
+) -> Result<(u64, std::time::Duration, u64)> {
+    let out = scratch.join(format!("round-{round}"));
     // Start each pack with no dirty pages of earlier rounds left for it to wait on.
     let _ = std::process::Command::new("sync").status();
     let mut options = PackOptions::new(&out);

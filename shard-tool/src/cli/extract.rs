@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use shard_tool::Dataset;
+use shard_tool::atomic::write_atomic;
 use shard_tool::console::{Usage, escaped};
-use shard_tool::writer::write_atomic;
 
 /// `shard-tool extract` flags.
 #[derive(Args)]

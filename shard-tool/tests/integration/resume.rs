@@ -24,7 +24,7 @@ fn pack_args(src: &Path, out: &Path, threads: &str) -> Vec<std::ffi::OsString> {
     args
 }
 
-/// Names of finished shard files and unfinished `.tmp` files in `out`.
+/// Names of finished shard files and unfinished temporaries (`.*.rsb-tmp`) in `out`.
 fn listing(out: &Path) -> (Vec<String>, Vec<String>) {
     let mut done = Vec::new();
     let mut tmp = Vec::new();
@@ -32,7 +32,7 @@ fn listing(out: &Path) -> (Vec<String>, Vec<String>) {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
         if name.ends_with(".rsb") {
             done.push(name);
-        } else if name.ends_with(".tmp") {
+        } else if name.ends_with(shard_tool::atomic::TEMP_SUFFIX) {
             tmp.push(name);
         }
     }
@@ -115,7 +115,7 @@ fn kill_9_mid_pack_then_rerun_completes_an_identical_dataset() {
         .code(3);
     let stderr = String::from_utf8_lossy(&resumed.get_output().stderr).into_owned();
     assert!(
-        stderr.contains("removed 1 unfinished .tmp file"),
+        stderr.contains("removed 1 unfinished temporary file"),
         "{stderr}"
     );
     assert!(stderr.contains("empty file (0 bytes)"), "{stderr}");

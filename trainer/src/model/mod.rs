@@ -1,7 +1,7 @@
 //! The network and where it runs: timm's ResNet ([`resnet`]) with PyTorch's batch norm
 //! ([`batch_norm`]), its convolution ([`conv`]), stem pooling ([`max_pool`]) and residual
 //! joins ([`residual`]), each our own on the CPU, timm's mixed precision ([`amp`]), weights
-//! as timm-named safetensors ([`timm_weights`]), the device kinds and float types a model can use ([`device`]), the
+//! as timm-named safetensors ([`timm_weights`], read header first by [`safetensors_file`]), the device kinds and float types a model can use ([`device`]), the
 //! same initial weights on every device ([`seeded`]), and the CubeCL CPU runtime's settings
 //! for `--device cube-cpu` (`cube_cpu`, with the `cube-cpu` feature).
 
@@ -17,6 +17,7 @@ pub mod host_memory;
 pub mod max_pool;
 pub mod residual;
 pub mod resnet;
+pub mod safetensors_file;
 pub mod seeded;
 #[cfg(test)]
 pub(crate) mod testing;

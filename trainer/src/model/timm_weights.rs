@@ -77,7 +77,7 @@ pub fn export(model: &ResNet, path: &Path) -> Result<(), TimmWeightsError> {
         message,
     };
     let bytes = timm_bytes(model).map_err(err)?;
-    shard_tool::writer::write_atomic(path, |w| std::io::Write::write_all(w, &bytes))
+    shard_tool::atomic::write_atomic(path, |w| std::io::Write::write_all(w, &bytes))
         .map_err(|e| err(e.chain()))
 }
 
@@ -141,10 +141,10 @@ pub(crate) fn backbone_from(
 pub const WEIGHTS_MAX_BYTES: u64 = 4 * shard_tool::user_file::GIB;
 
 fn load(model: ResNet, path: &Path, new_head: bool) -> Result<Imported, TimmWeightsError> {
-    let bytes = shard_tool::user_file::read_capped(path, WEIGHTS_MAX_BYTES, "a weights file")
-        .map_err(|e| TimmWeightsError::Store {
+    let bytes = super::safetensors_file::read_checked(path, WEIGHTS_MAX_BYTES, "a weights file")
+        .map_err(|message| TimmWeightsError::Store {
             path: path.display().to_string(),
-            message: e.reason(),
+            message,
         })?;
     load_store(model, bytes, path, new_head)
 }

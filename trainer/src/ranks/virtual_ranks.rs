@@ -277,9 +277,12 @@ impl RankStats {
             message,
         };
         // BN statistics of every rank: kilobytes to a few megabytes.
-        let bytes =
-            shard_tool::user_file::read_capped(path, shard_tool::user_file::GIB, "a ranks file")
-                .map_err(|e| err(e.reason()))?;
+        let bytes = crate::model::safetensors_file::read_checked(
+            path,
+            shard_tool::user_file::GIB,
+            "a ranks file",
+        )
+        .map_err(err)?;
         let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(e.to_string()))?;
         let shapes: Vec<usize> = model
             .batch_norms()

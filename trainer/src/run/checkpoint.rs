@@ -10,6 +10,8 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use shard_tool::atomic::StagedDir;
+
 use burn::module::Module;
 use loader::job::Position;
 use serde::{Deserialize, Serialize};
@@ -65,6 +67,20 @@ impl CheckpointError {
                 | CheckpointError::Recipe(_)
                 | CheckpointError::Ranks(_)
         )
+    }
+}
+
+/// An error staging or publishing checkpoint directory `dir`, as a checkpoint error naming it.
+fn placing(dir: &Path) -> impl FnOnce(shard_tool::Error) -> CheckpointError + '_ {
+    move |e| match e {
+        shard_tool::Error::WithPath { path, source } => CheckpointError::Io {
+            path,
+            source: std::io::Error::other(source.chain()),
+        },
+        e => CheckpointError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::other(e.chain()),
+        },
     }
 }
 
@@ -144,13 +160,32 @@ impl Checkpoint {
         format!("ckpt-{steps_done:010}")
     }
 
-    /// Whether `name` is a checkpoint directory's name.
-    pub(super) fn is_name(name: &str) -> bool {
-        name.starts_with("ckpt-")
+    /// The steps of the checkpoint named `name`, if it is exactly a name
+    /// [`Checkpoint::name`] writes (`ckpt-0000000042`, not `ckpt-42` or `ckpt-0000000042-best`).
+    pub(super) fn steps_of(name: &str) -> Option<u64> {
+        let digits = name.strip_prefix("ckpt-")?;
+        let steps: u64 = digits
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| digits.parse().ok())??;
+        (Checkpoint::name(steps) == name).then_some(steps)
     }
 
-    /// Writes `contents` into directory `dir` (replacing what a run killed while writing it
-    /// left there), every file synced.
+    /// Whether `dir` is a checkpoint rsb wrote: a directory (not a link to one) holding the
+    /// marker every checkpoint has, its `state.json`. Only such a directory is ever replaced or
+    /// pruned.
+    pub(super) fn is_ours(dir: &Path) -> bool {
+        let is = |p: &Path, dir: bool| {
+            std::fs::symlink_metadata(p).is_ok_and(|m| if dir { m.is_dir() } else { m.is_file() })
+        };
+        is(dir, true) && is(&dir.join(STATE_FILE), false)
+    }
+
+    /// Writes `contents` as checkpoint directory `dir`, every file synced. The files are
+    /// written into a private staging directory ([`StagedDir`]) that becomes `dir` whole, so
+    /// no one can plant a link where burn will write, and a run killed while writing leaves
+    /// no `dir`. An older checkpoint of ours at `dir` (from a run killed before its `latest`
+    /// moved) is replaced; anything else there is refused.
     ///
     /// # Errors
     /// [`CheckpointError`] naming the file.
@@ -158,12 +193,9 @@ impl Checkpoint {
         dir: &Path,
         contents: &Contents<'_>,
     ) -> Result<Checkpoint, CheckpointError> {
-        // A directory of this name can only be from a run killed while writing it.
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(io(dir))?;
-        }
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let model_path = dir.join(MODEL_FILE);
+        let staged = StagedDir::new(dir).map_err(placing(dir))?;
+        let at = staged.path();
+        let model_path = at.join(MODEL_FILE);
         contents.model.settle_running_stats();
         contents
             .model
@@ -173,7 +205,7 @@ impl Checkpoint {
                 path: model_path.clone(),
                 message: format!("{e:?}"),
             })?;
-        let opt_path = dir.join(OPTIMIZER_FILE);
+        let opt_path = at.join(OPTIMIZER_FILE);
         contents
             .optimizer
             .save(&opt_path)
@@ -181,29 +213,28 @@ impl Checkpoint {
                 path: opt_path.clone(),
                 message: format!("{e:?}"),
             })?;
-        let state_path = dir.join(STATE_FILE);
-        let json =
-            serde_json::to_vec_pretty(contents.state).map_err(|e| CheckpointError::State {
-                path: state_path.clone(),
-                message: e.to_string(),
-            })?;
-        shard_tool::writer::write_atomic(&state_path, |w| std::io::Write::write_all(w, &json))
-            .map_err(|e| CheckpointError::State {
-                path: state_path.clone(),
-                message: e.chain(),
-            })?;
         let mut files = vec![model_path, opt_path];
         if let Some(ranks) = contents.ranks {
-            let path = dir.join(RANKS_FILE);
+            let path = at.join(RANKS_FILE);
             ranks.save(&path)?;
             files.push(path);
         }
         for f in &files {
             File::open(f).and_then(|f| f.sync_all()).map_err(io(f))?;
         }
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
+        // The marker, last: a directory holding it is a whole checkpoint.
+        let state_path = at.join(STATE_FILE);
+        let json =
+            serde_json::to_vec_pretty(contents.state).map_err(|e| CheckpointError::State {
+                path: state_path.clone(),
+                message: e.to_string(),
+            })?;
+        shard_tool::atomic::write_atomic(&state_path, |w| std::io::Write::write_all(w, &json))
+            .map_err(|e| CheckpointError::State {
+                path: state_path.clone(),
+                message: e.chain(),
+            })?;
+        staged.publish(Checkpoint::is_ours).map_err(placing(dir))?;
         Ok(Checkpoint::at(dir))
     }
 

@@ -13,12 +13,14 @@
 //! | `events.out.tfevents.*.rsb` | TensorBoard's event files, one per start | [`RunDir::event_file`] |
 //!
 //! Every file is written atomically (a temporary file, synced, renamed into place; the
-//! `latest` link by a rename over the old one), so a run killed at any instant leaves each file
-//! whole, old or new. The two that grow as the run goes, `metrics.jsonl` and the event files,
+//! `latest` link by a rename over the old one; a checkpoint as a private directory renamed
+//! into place), so a run killed at any instant leaves each file whole, old or new. Every
+//! temporary is created exclusively under a random name ([`shard_tool::atomic`]): a run folder
+//! others can write into is no way to make the trainer write through a planted link. Pruning
+//! removes only checkpoints by their exact name and marker; anything else is left alone. The two that grow as the run goes, `metrics.jsonl` and the event files,
 //! are appended to, and cut back atomically to the checkpoint's steps when a run resumes (a
 //! torn last line or record is dropped then). Nothing else in the trainer spells these names.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -46,6 +48,10 @@ pub struct RunDirError {
     /// Why.
     pub message: String,
 }
+
+/// The entries of a run directory named like checkpoints: (steps, name) of those rsb wrote,
+/// oldest first, and the names of the others.
+type Checkpoints = (Vec<(u64, String)>, Vec<String>);
 
 /// A run's scores on an extra eval set, and what they were computed from
 /// (`eval-sets.json`), so a study run again does not evaluate a finished run again.
@@ -169,34 +175,103 @@ impl RunDir {
         Ok(checkpoint)
     }
 
-    /// Switches `latest` to `name` atomically: a new symlink, renamed over the old one.
+    /// Switches `latest` to `name` atomically: a new symlink under a random name
+    /// ([`shard_tool::atomic::make_beside`]), renamed over the old one.
     fn point_latest_at(&self, name: &str) -> Result<(), CheckpointError> {
-        let tmp = self
-            .root
-            .join(format!("{LATEST}.tmp-{}", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(name, &tmp).map_err(io(&tmp))?;
         let latest = self.root.join(LATEST);
-        std::fs::rename(&tmp, &latest).map_err(io(&latest))?;
-        File::open(&self.root)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.root))
+        let shard = |e: shard_tool::Error| CheckpointError::Io {
+            path: latest.clone(),
+            source: std::io::Error::other(e.reason()),
+        };
+        let link =
+            shard_tool::atomic::make_beside(&latest, |p| std::os::unix::fs::symlink(name, p))
+                .map_err(shard)?;
+        shard_tool::atomic::commit(link, &latest).map_err(shard)?;
+        Ok(())
     }
 
-    /// Removes all but the newest [`KEEP`] checkpoints (never `current`).
+    /// The checkpoints rsb wrote in this run directory ([`Checkpoint::steps_of`] and
+    /// [`Checkpoint::is_ours`]), oldest first, and every other entry whose name starts like a
+    /// checkpoint's (a user's `ckpt-best/`, a link), which rsb leaves alone.
+    fn checkpoints(&self) -> Result<Checkpoints, CheckpointError> {
+        let mut ours = Vec::new();
+        let mut others = Vec::new();
+        for entry in std::fs::read_dir(&self.root).map_err(io(&self.root))? {
+            let entry = entry.map_err(io(&self.root))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("ckpt-") {
+                continue;
+            }
+            match Checkpoint::steps_of(&name) {
+                Some(steps) if Checkpoint::is_ours(&entry.path()) => ours.push((steps, name)),
+                _ => others.push(name),
+            }
+        }
+        ours.sort();
+        others.sort();
+        Ok((ours, others))
+    }
+
+    /// Removes all but the newest [`KEEP`] checkpoints rsb wrote here (never `current`, nor
+    /// the one `latest` points at). Nothing else is touched: a directory is pruned only when
+    /// its name is exactly one [`Checkpoint::name`] writes and it holds a checkpoint's marker.
     fn prune(&self, current: &str) -> Result<(), CheckpointError> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.root)
-            .map_err(io(&self.root))?
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| Checkpoint::is_name(n))
-            .collect();
-        names.sort();
-        let excess = names.len().saturating_sub(KEEP);
-        for n in names.into_iter().take(excess).filter(|n| n != current) {
+        let latest = std::fs::read_link(self.root.join(LATEST)).ok();
+        let (ours, _) = self.checkpoints()?;
+        let excess = ours.len().saturating_sub(KEEP);
+        for (_, n) in ours.into_iter().take(excess) {
+            if n == current || latest.as_deref() == Some(Path::new(&n)) {
+                continue;
+            }
             let p = self.root.join(n);
             std::fs::remove_dir_all(&p).map_err(io(&p))?;
         }
         Ok(())
+    }
+
+    /// Readies the directory for a run (called once, before it writes): removes what a run of
+    /// this user killed mid-write left (the staging directories of checkpoints and the
+    /// temporaries of the files the run writes, by their exact temporary names), and returns
+    /// one warning for each entry that looks like a checkpoint but is not one rsb wrote, so
+    /// the user knows pruning will leave it alone.
+    ///
+    /// # Errors
+    /// [`CheckpointError`] naming the entry that cannot be read or removed.
+    pub(crate) fn tidy(&self) -> Result<Vec<String>, CheckpointError> {
+        let uid = shard_tool::atomic::current_uid();
+        for entry in std::fs::read_dir(&self.root).map_err(io(&self.root))? {
+            let entry = entry.map_err(io(&self.root))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(made_for) = shard_tool::atomic::temporary_name_of(&name) else {
+                continue;
+            };
+            let trainers = Checkpoint::steps_of(made_for).is_some()
+                || [RECIPE_FILE, METRICS_FILE, LATEST, SUMMARY_FILE].contains(&made_for)
+                || super::tensorboard::is_event_file_name(made_for);
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if !trainers || std::os::unix::fs::MetadataExt::uid(&meta) != uid {
+                continue;
+            }
+            if meta.is_dir() {
+                std::fs::remove_dir_all(&path).map_err(io(&path))?;
+            } else {
+                std::fs::remove_file(&path).map_err(io(&path))?;
+            }
+        }
+        let (_, others) = self.checkpoints()?;
+        Ok(others
+            .into_iter()
+            .map(|n| {
+                format!(
+                    "{}: not a checkpoint this trainer wrote (its name or its state.json marker \
+                     differs); left alone, never pruned",
+                    self.root.join(n).display()
+                )
+            })
+            .collect())
     }
 
     /// The scores kept in `eval-sets.json` (none when it is missing or unreadable: a score
@@ -243,7 +318,7 @@ impl RunDir {
 /// # Errors
 /// [`RunDirError`] naming the file.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), RunDirError> {
-    shard_tool::writer::write_atomic(path, |w| std::io::Write::write_all(w, bytes)).map_err(|e| {
+    shard_tool::atomic::write_atomic(path, |w| std::io::Write::write_all(w, bytes)).map_err(|e| {
         RunDirError {
             path: path.to_path_buf(),
             message: e.chain(),

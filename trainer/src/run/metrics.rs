@@ -3,7 +3,7 @@
 //! uninterrupted run. This module owns the format: writing (`MetricsLog`) and reading
 //! (`read_metrics`); [`RunDir`](super::RunDir) owns where the file is.
 
-use std::io::Write;
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -88,7 +88,8 @@ pub enum Metric {
 
 impl Metric {
     /// Whether its numbers are ones a run writes: a finite loss (a run stops at the first
-    /// that is not), finite non-negative rates and times, accuracies in 0..=100. Read back, a
+    /// that is not), finite non-negative rates and times, accuracies in 0..=100 with top-5 at
+    /// least top-1. Read back, a
     /// top-1 of 1e308 would otherwise top a `compare` table or a `study` ranking.
     ///
     /// # Errors
@@ -125,6 +126,11 @@ impl Metric {
                     if !(0.0..=100.0).contains(&v) {
                         return Err(format!("{name} {v:?} is outside 0..=100"));
                     }
+                }
+                // The five best classes include the best one: over the same images, top-5
+                // can never be below top-1.
+                if top5 < top1 {
+                    return Err(format!("top5 {top5:?} is below top1 {top1:?}"));
                 }
                 loss.map_or(Ok(()), |l| non_negative("loss", l))
             }
@@ -182,8 +188,11 @@ pub(crate) struct MetricsLog {
 
 impl MetricsLog {
     /// Opens `path` for appending, first dropping lines past `steps_done` (written by a run
-    /// that died after its last checkpoint: they are about to be redone). The file is cut back
-    /// through a temporary file renamed into place, so a crash leaves either version whole.
+    /// that died after its last checkpoint: they are about to be redone). The file is always
+    /// written anew through a temporary renamed into place (a crash leaves either version
+    /// whole), and the lines that follow go to that new file through the descriptor the
+    /// rename kept: never to whatever a neighbour put at the name. The old file is read a
+    /// line at a time.
     ///
     /// # Errors
     /// [`MetricsError::Io`] naming the file.
@@ -193,21 +202,38 @@ impl MetricsLog {
             source,
         };
         // Absent on a first run; anything there must be a metrics file this run can read.
-        if std::fs::symlink_metadata(path).is_ok() {
-            let text = read_text(path)?;
-            let kept: String = text
-                .lines()
-                .filter(|l| serde_json::from_str::<Metric>(l).is_ok_and(|m| m.step() <= steps_done))
-                .map(|l| format!("{l}\n"))
-                .collect();
-            shard_tool::writer::write_atomic(path, |w| w.write_all(kept.as_bytes()))
-                .map_err(|e| err(std::io::Error::other(e.chain())))?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(err)?;
+        let old = match std::fs::symlink_metadata(path) {
+            Ok(_) => Some(open_text(path)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(err(e)),
+        };
+        let mut read_error = None;
+        let file = shard_tool::atomic::write_atomic_open(path, |w| {
+            let Some(old) = old else { return Ok(()) };
+            let mut lines = Lines::new(old);
+            while let Some(line) = lines.next_line().transpose() {
+                let line = match line {
+                    Ok(line) => line,
+                    Err(e) => {
+                        read_error = Some(e.to_string());
+                        return Err(e);
+                    }
+                };
+                if let Some(l) = line.text()
+                    && serde_json::from_str::<Metric>(l)
+                        .is_ok_and(|m| m.check().is_ok() && m.step() <= steps_done)
+                {
+                    w.write_all(l.as_bytes())?;
+                    w.write_all(b"\n")?;
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| {
+            err(std::io::Error::other(
+                read_error.unwrap_or_else(|| e.chain()),
+            ))
+        })?;
         Ok(MetricsLog {
             path: path.to_path_buf(),
             file,
@@ -228,39 +254,130 @@ impl MetricsLog {
     }
 }
 
-/// The largest metrics file read back: A1 on ImageNet writes about 375 000 step lines of
-/// ~200 bytes (75 MB); 1 GiB leaves room for longer runs and bounds what is not a metrics file.
-pub const METRICS_MAX_BYTES: u64 = shard_tool::user_file::GIB;
+/// The longest line read as a metric: ours are about 200 bytes; a longer line is not one, and
+/// is skipped without being held in memory.
+pub const MAX_LINE_BYTES: usize = 64 << 10;
 
-/// A metrics file's text: a regular file of at most [`METRICS_MAX_BYTES`].
-fn read_text(path: &Path) -> Result<String, MetricsError> {
-    shard_tool::user_file::read_string_capped(path, METRICS_MAX_BYTES, "a metrics file").map_err(
-        |e| MetricsError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e.reason()),
-        },
-    )
+/// A line of a metrics file, as [`Lines`] reads it.
+pub(crate) enum Line {
+    /// Its text, without the newline.
+    Text(String),
+    /// A line over [`MAX_LINE_BYTES`] or not UTF-8: not a metrics line.
+    Unreadable(&'static str),
 }
 
-/// Reads a metrics file, every line in order.
+impl Line {
+    /// Its text, if it is one.
+    fn text(&self) -> Option<&str> {
+        match self {
+            Line::Text(t) => Some(t),
+            Line::Unreadable(_) => None,
+        }
+    }
+}
+
+/// A metrics file's lines, one at a time: memory is bounded by [`MAX_LINE_BYTES`], whatever
+/// the file holds.
+pub(crate) struct Lines<R> {
+    reader: R,
+    buf: Vec<u8>,
+}
+
+impl<R: std::io::BufRead> Lines<R> {
+    /// Lines of `reader`.
+    pub(crate) fn new(reader: R) -> Lines<R> {
+        Lines {
+            reader,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next line, `None` at the end.
+    ///
+    /// # Errors
+    /// The read's I/O error.
+    pub(crate) fn next_line(&mut self) -> std::io::Result<Option<Line>> {
+        self.buf.clear();
+        let limit = MAX_LINE_BYTES as u64 + 1;
+        let n = (&mut self.reader)
+            .take(limit)
+            .read_until(b'\n', &mut self.buf)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if self.buf.last() == Some(&b'\n') {
+            self.buf.pop();
+        } else if self.buf.len() > MAX_LINE_BYTES {
+            // Skip the rest of the line without keeping it.
+            loop {
+                let chunk = self.reader.fill_buf()?;
+                if chunk.is_empty() {
+                    break;
+                }
+                match chunk.iter().position(|&b| b == b'\n') {
+                    Some(i) => {
+                        self.reader.consume(i + 1);
+                        break;
+                    }
+                    None => {
+                        let len = chunk.len();
+                        self.reader.consume(len);
+                    }
+                }
+            }
+            return Ok(Some(Line::Unreadable("longer than 64 KiB")));
+        }
+        Ok(Some(match std::str::from_utf8(&self.buf) {
+            Ok(text) => Line::Text(text.to_owned()),
+            Err(_) => Line::Unreadable("not UTF-8"),
+        }))
+    }
+}
+
+/// A metrics file open for reading a line at a time: a regular file (never a FIFO or device).
+fn open_text(path: &Path) -> Result<std::io::BufReader<std::fs::File>, MetricsError> {
+    shard_tool::user_file::open_regular(path)
+        .map(std::io::BufReader::new)
+        .map_err(|e| MetricsError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.reason()),
+        })
+}
+
+/// Reads a metrics file, every line in order, a line at a time.
 ///
 /// # Errors
 /// [`MetricsError`] naming the file, and the line that is not a metric.
 pub(crate) fn read_metrics(path: &Path) -> Result<Vec<Metric>, MetricsError> {
-    let text = read_text(path)?;
+    let mut lines = Lines::new(open_text(path)?);
     let mut metrics = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    let mut number = 0;
+    while let Some(line) = lines.next_line().map_err(|source| MetricsError::Io {
+        path: path.to_path_buf(),
+        source,
+    })? {
+        number += 1;
+        let line = match line {
+            Line::Text(text) => text,
+            Line::Unreadable(why) => {
+                return Err(MetricsError::Value {
+                    path: path.to_path_buf(),
+                    line: number,
+                    what: format!("the line is {why}"),
+                });
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let metric: Metric = serde_json::from_str(line).map_err(|source| MetricsError::Parse {
+        let metric: Metric = serde_json::from_str(&line).map_err(|source| MetricsError::Parse {
             path: path.to_path_buf(),
-            line: i + 1,
+            line: number,
             source,
         })?;
         metric.check().map_err(|what| MetricsError::Value {
             path: path.to_path_buf(),
-            line: i + 1,
+            line: number,
             what,
         })?;
         metrics.push(metric);
@@ -289,6 +406,10 @@ mod tests {
             (
                 r#"{"kind":"step","step":2,"epoch":0,"loss":0.7,"lr":-1.0,"samples_per_s":10.0,"data_wait_s":0.0}"#,
                 "lr -1.0 is not a finite number",
+            ),
+            (
+                r#"{"kind":"eval","step":1,"epoch":1,"top1":60.0,"top5":50.0,"samples":8}"#,
+                "top5 50.0 is below top1 60.0",
             ),
         ];
         for (line, want) in cases {
@@ -322,5 +443,50 @@ mod tests {
         drop(MetricsLog::open(&path, 3).unwrap());
         let read = read_metrics(&path).unwrap();
         assert_eq!(read.iter().map(Metric::step).collect::<Vec<_>>(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_line_too_long_to_be_a_metric_is_named_and_never_held_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let step = |n: u64| {
+            format!(
+                r#"{{"kind":"step","step":{n},"epoch":0,"loss":0.7,"lr":0.001,"samples_per_s":10.0,"data_wait_s":0.0}}"#
+            )
+        };
+        let long = "x".repeat(4 * MAX_LINE_BYTES);
+        std::fs::write(&path, format!("{}\n{long}\n{}\n", step(1), step(2))).unwrap();
+        let err = read_metrics(&path).unwrap_err().to_string();
+        assert!(err.contains(":2: the line is longer than 64 KiB"), "{err}");
+        // A resume drops it and keeps the lines around it.
+        drop(MetricsLog::open(&path, 5).unwrap());
+        let read = read_metrics(&path).unwrap();
+        assert_eq!(read.iter().map(Metric::step).collect::<Vec<_>>(), [1, 2]);
+        // The reader's buffer never held the long line.
+        let mut lines = Lines::new(std::io::BufReader::new(long.as_bytes()));
+        assert!(matches!(
+            lines.next_line().unwrap(),
+            Some(Line::Unreadable(_))
+        ));
+        assert!(
+            lines.buf.capacity() <= 2 * MAX_LINE_BYTES + 64,
+            "{}",
+            lines.buf.capacity()
+        );
+        assert!(lines.next_line().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_resume_appends_to_the_file_it_wrote_not_to_a_link_planted_at_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let mut log = MetricsLog::open(&path, 0).unwrap();
+        log.append(&Metric::test_step(1, 0, 1.0, 0.1, 1.0)).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
+        assert_eq!(read_metrics(&path).unwrap().len(), 1);
     }
 }

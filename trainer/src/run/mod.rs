@@ -300,6 +300,9 @@ impl<'a> Run<'a> {
         };
         if writes {
             options.out.create()?;
+            for warning in options.out.tidy()? {
+                on_event(Event::Note(warning));
+            }
             options.out.write_recipe(&recipe_text)?;
         }
         if processes.count() > 1 {

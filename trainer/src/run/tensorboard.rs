@@ -13,14 +13,16 @@
 //! in `metrics.jsonl` (1-based; an evaluation at the steps done before it).
 //!
 //! Resuming: each process start writes a new file, named so that files sort in the order they
-//! were written (`events.out.tfevents.<start step>.<unix seconds>.rsb`; TensorBoard reads a
-//! folder's files in name order). Files of earlier starts are cut back to the steps the
+//! were written (`events.out.tfevents.<start step>.<unix seconds>.<nanoseconds>.rsb`;
+//! TensorBoard reads a folder's files in name order), created exclusively so that a name one
+//! could predict and plant is never written through. Files are read back a record at a time,
+//! every length checked against the file ([`Records`]). Files of earlier starts are cut back to the steps the
 //! checkpoint holds, as `metrics.jsonl` is, so every step appears once. The new file opens with
 //! a `SessionLog START` at the first new step, as PyTorch's `SummaryWriter(purge_step=...)`
 //! writes: a TensorBoard that read the old file's later steps before the cut purges them.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::metrics::Metric;
@@ -181,9 +183,13 @@ const START: i32 = 1;
 /// `tfevents`.
 const PREFIX: &str = "events.out.tfevents.";
 const SUFFIX: &str = ".rsb";
-/// The largest event file read back to cut it: A1 on ImageNet writes about 375 000 steps of
-/// five scalars (about 60 MB).
-const MAX_BYTES: u64 = shard_tool::user_file::GIB;
+/// The largest record read back: ours are a few scalars, the recipe's text and one PNG of a
+/// batch's first images (under 1 MB at 224 px); a length above this is a damaged record.
+const MAX_RECORD_BYTES: u64 = 64 << 20;
+/// A TFRecord's length and its CRC.
+const HEADER_BYTES: u64 = 12;
+/// The CRC after a TFRecord's data.
+const FOOTER_BYTES: u64 = 4;
 
 /// The masked CRC-32C TFRecords carry (TensorFlow's `crc32c::Mask`).
 fn masked_crc(bytes: &[u8]) -> u32 {
@@ -202,31 +208,81 @@ fn record(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The events of a file's bytes, up to the first record that is torn (a process killed while
-/// writing it) or damaged: what TensorBoard itself would read.
-fn decode_records(bytes: &[u8]) -> Vec<Event> {
-    let mut events = Vec::new();
-    let mut rest = bytes;
-    while rest.len() >= 12 {
-        let (len_bytes, after) = rest.split_at(8);
-        let len = u64::from_le_bytes(len_bytes.try_into().unwrap_or_default());
-        let Ok(len) = usize::try_from(len) else { break };
-        let crc = u32::from_le_bytes(after[..4].try_into().unwrap_or_default());
-        if crc != masked_crc(len_bytes) || after.len() < 4 + len.saturating_add(4) {
-            break;
+/// An event file's records, read one at a time: memory is bounded by one record (at most
+/// [`MAX_RECORD_BYTES`]), never by the file, and every length is checked against what is left
+/// of the file before anything is read or allocated. Reading stops at the first record that is
+/// torn (a process killed while writing it) or damaged, as TensorBoard's own reader does.
+pub struct Records<R> {
+    reader: R,
+    /// Bytes of the file not read yet.
+    left: u64,
+    /// The last record read, framing included.
+    frame: Vec<u8>,
+}
+
+impl<R: Read> Records<R> {
+    /// The records of `reader`, which holds `len` bytes.
+    pub fn new(reader: R, len: u64) -> Records<R> {
+        Records {
+            reader,
+            left: len,
+            frame: Vec::new(),
         }
-        let data = &after[4..4 + len];
-        let data_crc = u32::from_le_bytes(after[4 + len..8 + len].try_into().unwrap_or_default());
-        if data_crc != masked_crc(data) {
-            break;
-        }
-        let Ok(event) = <Event as prost::Message>::decode(data) else {
-            break;
-        };
-        events.push(event);
-        rest = &after[8 + len..];
     }
-    events
+
+    /// The next whole record's event and its bytes as framed in the file; `None` at the end
+    /// or at the first torn or damaged record.
+    pub fn next_record(&mut self) -> Option<(Event, &[u8])> {
+        if self.left < HEADER_BYTES {
+            return None;
+        }
+        let mut header = [0u8; HEADER_BYTES as usize];
+        self.reader.read_exact(&mut header).ok()?;
+        let (len_bytes, crc) = header.split_at(8);
+        if crc != masked_crc(len_bytes).to_le_bytes() {
+            return None;
+        }
+        let len = u64::from_le_bytes(len_bytes.try_into().ok()?);
+        let framed = HEADER_BYTES.checked_add(len)?.checked_add(FOOTER_BYTES)?;
+        if len > MAX_RECORD_BYTES || framed > self.left {
+            return None;
+        }
+        self.left -= framed;
+        // Both bounds hold: `framed` is at most 64 MiB and 16 bytes.
+        let framed = usize::try_from(framed).ok()?;
+        self.frame.clear();
+        self.frame.extend_from_slice(&header);
+        self.frame.resize(framed, 0);
+        self.reader
+            .read_exact(&mut self.frame[HEADER_BYTES as usize..])
+            .ok()?;
+        let (data, data_crc) = self.frame[HEADER_BYTES as usize..].split_at(framed - 16);
+        if data_crc != masked_crc(data).to_le_bytes() {
+            return None;
+        }
+        let event = <Event as prost::Message>::decode(data).ok()?;
+        Some((event, &self.frame))
+    }
+}
+
+/// The records of the event file `path`: a regular file (never a FIFO or device), read
+/// through a buffer.
+///
+/// # Errors
+/// [`TensorBoardError`] naming the file that cannot be opened.
+fn open_records(path: &Path) -> Result<Records<BufReader<File>>, TensorBoardError> {
+    let file = shard_tool::user_file::open_regular(path).map_err(|e| TensorBoardError {
+        path: path.to_path_buf(),
+        message: e.reason(),
+    })?;
+    let len = file
+        .metadata()
+        .map_err(|e| TensorBoardError {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?
+        .len();
+    Ok(Records::new(BufReader::new(file), len))
 }
 
 /// Reads an event file: its events up to the first torn or damaged record.
@@ -234,14 +290,17 @@ fn decode_records(bytes: &[u8]) -> Vec<Event> {
 /// # Errors
 /// [`TensorBoardError`] naming the file that cannot be read.
 pub fn read_events(path: &Path) -> Result<Vec<Event>, TensorBoardError> {
-    let bytes =
-        shard_tool::user_file::read_capped(path, MAX_BYTES, "an event file").map_err(|e| {
-            TensorBoardError {
-                path: path.to_path_buf(),
-                message: e.reason(),
-            }
-        })?;
-    Ok(decode_records(&bytes))
+    let mut records = open_records(path)?;
+    let mut events = Vec::new();
+    while let Some((event, _)) = records.next_record() {
+        events.push(event);
+    }
+    Ok(events)
+}
+
+/// Whether `name` is one of our event files' names.
+pub(crate) fn is_event_file_name(name: &str) -> bool {
+    name.starts_with(PREFIX) && name.ends_with(SUFFIX)
 }
 
 /// The event files of ours in `dir`, in the order they were written.
@@ -253,7 +312,7 @@ pub fn event_files(dir: &Path) -> Result<Vec<PathBuf>, TensorBoardError> {
         })?
         .filter_map(|e| {
             let name = e.ok()?.file_name().into_string().ok()?;
-            (name.starts_with(PREFIX) && name.ends_with(SUFFIX)).then(|| dir.join(name))
+            is_event_file_name(&name).then(|| dir.join(name))
         })
         .collect();
     files.sort();
@@ -267,7 +326,8 @@ pub fn event_files(dir: &Path) -> Result<Vec<PathBuf>, TensorBoardError> {
 pub fn scalars(dir: &Path) -> Result<Vec<(i64, String, f32)>, TensorBoardError> {
     let mut out = Vec::new();
     for path in event_files(dir)? {
-        for event in read_events(&path)? {
+        let mut records = open_records(&path)?;
+        while let Some((event, _)) = records.next_record() {
             let Some(What::Summary(summary)) = event.what else {
                 continue;
             };
@@ -279,6 +339,34 @@ pub fn scalars(dir: &Path) -> Result<Vec<(i64, String, f32)>, TensorBoardError> 
         }
     }
     Ok(out)
+}
+
+/// Creates this start's event file in `dir`, exclusively ([`shard_tool::atomic::create_new`]):
+/// a name someone planted (a link to a file of ours, a FIFO) is never opened, and the next
+/// name is tried. Names sort in the order files were made: the start's steps, then the time
+/// to the nanosecond.
+fn new_file(dir: &Path, steps_done: u64) -> Result<(PathBuf, File), TensorBoardError> {
+    let mut last = None;
+    for attempt in 0..64u64 {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let (seconds, nanos) = (since.as_secs(), u64::from(since.subsec_nanos()) + attempt);
+        let path = dir.join(format!(
+            "{PREFIX}{steps_done:012}.{seconds:010}.{nanos:010}{SUFFIX}"
+        ));
+        match shard_tool::atomic::create_new(&path) {
+            Ok(file) => return Ok((path, file)),
+            Err(e) => last = Some(e.chain()),
+        }
+    }
+    Err(TensorBoardError {
+        path: dir.to_path_buf(),
+        message: format!(
+            "no new event file could be made: {}",
+            last.unwrap_or_default()
+        ),
+    })
 }
 
 /// Seconds since the Unix epoch, now.
@@ -304,26 +392,31 @@ impl EventFile {
     pub fn create(dir: &Path, steps_done: u64) -> Result<EventFile, TensorBoardError> {
         let kept = |e: &Event| u64::try_from(e.step).is_ok_and(|s| s <= steps_done);
         for path in event_files(dir)? {
-            let events = read_events(&path)?;
-            if events.iter().all(kept) {
+            // A first pass finds whether anything is past the checkpoint; only then is the file
+            // rewritten, record by record, into its temporary.
+            let mut records = open_records(&path)?;
+            let mut whole = true;
+            while let Some((event, _)) = records.next_record() {
+                whole &= kept(&event);
+            }
+            if whole {
                 continue;
             }
-            let bytes: Vec<u8> = events
-                .iter()
-                .filter(|e| kept(e))
-                .flat_map(|e| record(&prost::Message::encode_to_vec(e)))
-                .collect();
-            super::write_file(&path, &bytes).map_err(|e| TensorBoardError {
-                path: e.path,
-                message: e.message,
+            let mut records = open_records(&path)?;
+            shard_tool::atomic::write_atomic(&path, |w| {
+                while let Some((event, frame)) = records.next_record() {
+                    if kept(&event) {
+                        w.write_all(frame)?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| TensorBoardError {
+                path: path.clone(),
+                message: e.reason(),
             })?;
         }
-        let seconds = now() as u64;
-        let path = dir.join(format!("{PREFIX}{steps_done:012}.{seconds:010}{SUFFIX}"));
-        let file = File::create(&path).map_err(|e| TensorBoardError {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let (path, file) = new_file(dir, steps_done)?;
         let mut events = EventFile {
             path,
             file: BufWriter::new(file),
@@ -480,6 +573,98 @@ mod tests {
 
     fn scalars(dir: &Path) -> Vec<(i64, String, f32)> {
         super::scalars(dir).unwrap()
+    }
+
+    fn decode_records(bytes: &[u8]) -> Vec<Event> {
+        let mut records = Records::new(bytes, bytes.len() as u64);
+        std::iter::from_fn(|| records.next_record().map(|(e, _)| e)).collect()
+    }
+
+    /// A record header declaring `len` bytes, with a valid length CRC.
+    fn header(len: u64) -> Vec<u8> {
+        let len = len.to_le_bytes();
+        let mut out = len.to_vec();
+        out.extend_from_slice(&masked_crc(&len).to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn a_declared_length_past_the_file_or_the_bound_ends_the_reading_without_reading_it() {
+        let good = record(&prost::Message::encode_to_vec(&Event {
+            wall_time: 1.0,
+            step: 1,
+            what: Some(What::FileVersion(FILE_VERSION.into())),
+        }));
+        for len in [
+            u64::MAX,
+            u64::MAX - 11,
+            u64::MAX - 15,
+            MAX_RECORD_BYTES + 1,
+            1 << 40,
+            100,
+        ] {
+            let mut bytes = good.clone();
+            bytes.extend(header(len));
+            bytes.extend([0u8; 40]);
+            assert_eq!(decode_records(&bytes).len(), 1, "declared length {len}");
+        }
+    }
+
+    #[test]
+    fn reading_holds_one_record_never_the_file() {
+        // A "file" of 2^40 bytes of empty records (the 64 MB file that took 4.2 GB when it
+        // was decoded whole, and far more): each record is pulled from the reader only when
+        // it is asked for.
+        struct Endless {
+            record: Vec<u8>,
+            at: usize,
+            pulled: u64,
+        }
+        impl Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(self.record.len() - self.at);
+                buf[..n].copy_from_slice(&self.record[self.at..self.at + n]);
+                self.at = (self.at + n) % self.record.len();
+                self.pulled += n as u64;
+                Ok(n)
+            }
+        }
+        let empty = record(&[]);
+        let mut records = Records::new(
+            Endless {
+                record: empty.clone(),
+                at: 0,
+                pulled: 0,
+            },
+            1 << 40,
+        );
+        for k in 1..=1000u64 {
+            let (event, frame) = records.next_record().unwrap();
+            assert_eq!((event.step, frame), (0, &empty[..]));
+            assert_eq!(records.reader.pulled, k * empty.len() as u64);
+        }
+    }
+
+    #[test]
+    fn a_planted_link_or_fifo_at_the_next_event_files_name_is_never_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        // Every name of the coming seconds, as the earlier naming made them, planted.
+        let now = now() as u64;
+        for s in now..now + 5 {
+            let name = format!("{PREFIX}{:012}.{s:010}{SUFFIX}", 0);
+            std::os::unix::fs::symlink(&victim, dir.path().join(name)).unwrap();
+        }
+        let mut file = EventFile::create(dir.path(), 0).unwrap();
+        file.scalars(1, &[("lr", 0.1)]).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(!std::fs::symlink_metadata(file.path()).unwrap().is_symlink());
+        // A resume reads the planted links as event files it cannot parse: none is
+        // rewritten through, and the victim is untouched.
+        drop(file);
+        EventFile::create(dir.path(), 0).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The trainer's integration tests, one binary (one link of burn instead of one per file):
 //! the binary's front door ([`cli`]), golden values from timm and torch ([`golden`]), runs
-//! with several ranks ([`ranks`]) and, with the `mpi` feature, several processes (`mpi`), exact resume ([`resume`]), studies ([`study`]) and the
+//! with several ranks ([`ranks`]) and, with the `mpi` feature, several processes (`mpi`), exact resume ([`resume`]), a run folder a neighbour writes into ([`neighbours`]), studies ([`study`]) and the
 //! upload from a ring slot ([`upload`]), each step's own time ([`timing`]); [`common`] is what
 //! they share.
 
@@ -9,6 +9,7 @@ mod common;
 mod golden;
 #[cfg(feature = "mpi")]
 mod mpi;
+mod neighbours;
 mod ranks;
 mod resume;
 mod study;
