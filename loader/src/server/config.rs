@@ -101,7 +101,7 @@ pub struct ServeConfig {
     pub workers: u32,
     /// Images decoded at once over all clients (0: one per core, or `workers` if more). A
     /// worker takes one of these turns per image; when clients wait, a free turn goes to the
-    /// user with the fewest running, then to that user's client with the fewest, so no user,
+    /// user given the fewest so far, then to that user's client given the fewest, so no user,
     /// and no client of a user, takes more than its share of the cores (`server::share`).
     pub decode_turns: u32,
     /// Ring slots when the client does not ask for a number. The default, twice

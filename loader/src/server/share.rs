@@ -5,12 +5,18 @@ the cores while others wait.
 Every producer has its own worker threads, so without a rule the kernel shares the cores among
 threads: a user with fourteen producers gets fourteen times the cores of a user with one (the
 attack drill measured a well-behaved trainer at 0.065× its calm rate). Here the daemon holds
-`turns` decode turns (one per core by default) and a worker takes one before each image. When
-a turn comes free and workers wait, it goes to the user with the fewest turns running, then,
-among that user's producers, to the one with the fewest, then to the one served longest ago:
-max-min fairness, user first. A producer alone takes every turn, so one trainer is as fast as
-without shares; two users that both want more than half get half each; a user who wants less
-than its share gets all it wants.
+`turns` decode turns (one per core by default) and a worker takes one before each image.
+
+Who gets a turn that comes free while workers wait is decided by service over time, not by who
+holds turns at that instant: every user counts the turns (images) it has been given, and the
+waiting user with the fewest goes first; among that user's producers, the one with the fewest;
+then the one served longest ago. Counting at the instant fails where it matters most: with one
+turn, the user handing it back holds none at the moment it is handed over, every user ties at
+zero, and turns went round the *producers* (a user with twelve rings took 12/13). Counted over
+time, two users that both want more than an equal share get it whatever their producer and
+thread counts; a user who wants less gets all it wants. A user (or producer) that was idle
+joins at the count of the least-served active one, so a pause banks no credit to flood the
+others with later: max-min fairness, user first, then producer.
 
 A turn is held for one image (a few milliseconds), so a new client waits at most that long for
 its first one.
@@ -34,8 +40,8 @@ pub(super) struct Shares {
 struct State {
     /// Turns nobody holds.
     free: usize,
-    /// Running turns per user.
-    users: HashMap<u32, usize>,
+    /// Turns each user has been given, from the count it joined at.
+    users: HashMap<u32, u64>,
     tenants: HashMap<u64, Tenancy>,
     /// Counts hand-overs, for "served longest ago".
     clock: u64,
@@ -50,9 +56,18 @@ struct Tenancy {
     waiting: usize,
     /// Turns handed to it that a waiting worker has not picked up yet (≤ `waiting`).
     granted: usize,
+    /// Turns it has been given, from the count it joined at.
+    given: u64,
     /// When it was last handed a turn.
     served: u64,
     wake: Arc<Condvar>,
+}
+
+impl Tenancy {
+    /// Whether it holds or wants a turn.
+    fn active(&self) -> bool {
+        self.running > 0 || self.waiting > 0
+    }
 }
 
 impl Shares {
@@ -69,6 +84,7 @@ impl Shares {
     /// A producer of user `uid`, known as `id` (its first client's connection id).
     pub(super) fn tenant(self: &Arc<Shares>, id: u64, uid: u32) -> Tenant {
         if let Ok(mut s) = self.state.lock() {
+            s.users.entry(uid).or_insert(0);
             s.tenants.insert(
                 id,
                 Tenancy {
@@ -76,6 +92,7 @@ impl Shares {
                     running: 0,
                     waiting: 0,
                     granted: 0,
+                    given: 0,
                     served: 0,
                     wake: Arc::new(Condvar::new()),
                 },
@@ -95,30 +112,66 @@ impl Shares {
 }
 
 impl State {
-    /// Producer `id` starts a turn (taken free or handed to it).
+    /// Producer `id` is about to hold or want a turn: if it (or its user) was idle, it joins
+    /// at the count of the least-served active producer of its user (or active user), so an
+    /// idle spell banks no credit and a newcomer does not wait behind everyone's past.
+    fn wake_up(&mut self, id: u64) {
+        let Some(t) = self.tenants.get(&id) else {
+            return;
+        };
+        if t.active() {
+            return;
+        }
+        let uid = t.uid;
+        let user_active = self.tenants.values().any(|o| o.uid == uid && o.active());
+        if !user_active {
+            let floor = self
+                .tenants
+                .values()
+                .filter(|o| o.uid != uid && o.active())
+                .filter_map(|o| self.users.get(&o.uid).copied())
+                .min();
+            if let (Some(floor), Some(given)) = (floor, self.users.get_mut(&uid)) {
+                *given = (*given).max(floor);
+            }
+        }
+        let floor = self
+            .tenants
+            .iter()
+            .filter(|(o, t)| **o != id && t.uid == uid && t.active())
+            .map(|(_, t)| t.given)
+            .min();
+        if let (Some(floor), Some(t)) = (floor, self.tenants.get_mut(&id)) {
+            t.given = t.given.max(floor);
+        }
+    }
+
+    /// Producer `id` starts a turn (taken free, kept, or handed to it): one more image given
+    /// to it and to its user.
     fn start(&mut self, id: u64) {
         if let Some(t) = self.tenants.get_mut(&id) {
             t.running += 1;
+            t.given += 1;
             *self.users.entry(t.uid).or_insert(0) += 1;
         }
     }
 
-    /// One of user `uid`'s turns has ended.
-    fn end_for_user(&mut self, uid: u32) {
-        if let Some(n) = self.users.get_mut(&uid) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.users.remove(&uid);
-            }
+    /// Producer `id` keeps the turn it holds for its next image: counted as given again.
+    fn keep(&mut self, id: u64) {
+        if let Some(t) = self.tenants.get_mut(&id) {
+            t.given += 1;
+            *self.users.entry(t.uid).or_insert(0) += 1;
         }
     }
 
     /// Counts one more worker of producer `id` waiting; `false` if it is not here.
     fn wait_for(&mut self, id: u64) -> bool {
+        self.wake_up(id);
         self.tenants.get_mut(&id).map(|t| t.waiting += 1).is_some()
     }
 
-    /// Hands one turn to the waiting producer with the least share, or frees it.
+    /// Hands one turn to the waiting producer with the least share, or frees it: the user
+    /// given the fewest turns, its producer given the fewest, the one served longest ago.
     fn hand_over(&mut self) {
         let next = self
             .tenants
@@ -126,7 +179,7 @@ impl State {
             .filter(|(_, t)| t.waiting > t.granted)
             .min_by_key(|(_, t)| {
                 let user = self.users.get(&t.uid).copied().unwrap_or(0);
-                (user, t.running, t.served)
+                (user, t.given, t.served)
             })
             .map(|(&id, _)| id);
         let Some(id) = next else {
@@ -150,8 +203,6 @@ impl State {
             return;
         };
         t.running = t.running.saturating_sub(1);
-        let uid = t.uid;
-        self.end_for_user(uid);
         self.hand_over();
     }
 }
@@ -175,6 +226,7 @@ impl Tenant {
         };
         if s.free > 0 {
             s.free -= 1;
+            s.wake_up(self.id);
             s.start(self.id);
             return true;
         }
@@ -199,6 +251,7 @@ impl Tenant {
             .iter()
             .any(|(&id, t)| id != self.id && t.waiting > t.granted);
         if !others {
+            s.keep(self.id);
             return true;
         }
         if !s.wait_for(self.id) {
@@ -256,8 +309,10 @@ impl Drop for Tenant {
         // that nobody picked up go to the others.
         if let Some(t) = s.tenants.remove(&self.id) {
             for _ in 0..t.running {
-                s.end_for_user(t.uid);
                 s.hand_over();
+            }
+            if !s.tenants.values().any(|o| o.uid == t.uid) {
+                s.users.remove(&t.uid);
             }
         }
     }
@@ -342,6 +397,65 @@ mod tests {
         let one = got[14];
         let ratio = one as f64 / many as f64;
         assert!((0.7..=1.4).contains(&ratio), "user 8 {one}, user 7 {many}");
+    }
+
+    #[test]
+    fn every_user_gets_its_share_at_one_two_and_four_turns() {
+        // Users that each want more than an equal share, with very different producer and
+        // thread counts: 12 rings of 2 threads, 1 ring of 4 threads, 4 rings of 3 threads.
+        // Every user must make its equal share of the images, within 10 %.
+        let users: [(u32, u64, usize); 3] = [(7, 12, 2), (8, 1, 4), (9, 4, 3)];
+        let mut table = String::from("turns users shares (images per user / equal share)\n");
+        for turns in [1, 2, 4] {
+            for n in [2, 3] {
+                let mut tenants = Vec::new();
+                for &(uid, producers, threads) in &users[..n] {
+                    for p in 0..producers {
+                        tenants.push((u64::from(uid) * 100 + p, uid, threads));
+                    }
+                }
+                let got = contend(turns, &tenants, Duration::from_millis(900));
+                let per_user: Vec<usize> = users[..n]
+                    .iter()
+                    .map(|&(uid, ..)| {
+                        tenants
+                            .iter()
+                            .zip(&got)
+                            .filter(|((_, u, _), _)| *u == uid)
+                            .map(|(_, c)| c)
+                            .sum()
+                    })
+                    .collect();
+                let equal = per_user.iter().sum::<usize>() as f64 / n as f64;
+                let shares: Vec<f64> = per_user.iter().map(|&c| c as f64 / equal).collect();
+                table.push_str(&format!("{turns} {n} {shares:.3?} {per_user:?}\n"));
+                assert!(
+                    shares.iter().all(|s| (0.9..=1.1).contains(s)),
+                    "{turns} turns, {n} users: {shares:.3?} ({per_user:?})\n{table}"
+                );
+            }
+        }
+        eprintln!("{table}");
+    }
+
+    #[test]
+    fn a_user_that_was_idle_joins_at_the_others_count_not_its_own() {
+        let shares = Shares::new(1);
+        let busy = shares.tenant(1, 5);
+        let never = || false;
+        let gate = busy.gate(&never);
+        assert!(gate.enter());
+        for _ in 0..1000 {
+            assert!(gate.pass());
+        }
+        // User 6 arrives after user 5 was given 1001 turns: it is not owed 1001 of them.
+        let late = shares.tenant(2, 6);
+        let s = shares.lock().map(|mut s| {
+            s.wake_up(2);
+            (s.users[&5], s.users[&6])
+        });
+        assert_eq!(s, Some((1001, 1001)));
+        drop(late);
     }
 
     #[test]
