@@ -3,10 +3,16 @@
 //! scraper asks for it (Prometheus does). The loader daemon serves it on its own tokio runtime
 //! (`metrics_listen`); the trainer on a thread of its own (`--metrics-listen`).
 //!
-//! The endpoint is for a scraper on a trusted network, but a peer that misbehaves costs little:
-//! at most [`MAX_CONNECTIONS`] at once (others wait in the kernel's backlog), headers within
-//! [`HEADER_TIMEOUT`], every connection closed after [`CONNECTION_TIMEOUT`], and no request body
-//! is ever read.
+//! Who can read it: anyone who can connect to its address. On loopback (the default in every
+//! example) that is every user of the machine; on any other address, anyone who can reach the
+//! port, which [`bind`] warns about loudly. The series name jobs, ranks and uids, never data.
+//!
+//! A peer that misbehaves costs little and blinds no one: idle or half-sent connections are a
+//! task and a descriptor each, their headers must come within [`HEADER_TIMEOUT`], every
+//! connection is closed after [`CONNECTION_TIMEOUT`], no request body is ever read, and at
+//! [`MAX_CONNECTIONS`] the oldest connection is closed for the new one, so a scraper is
+//! answered at once however many sockets a local user holds open (a permit per connection,
+//! taken before its request came, let 16 silent sockets hold every scrape off).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,10 +30,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
-/// Connections served at once.
-pub const MAX_CONNECTIONS: usize = 16;
+/// Connections open at once; past it, the oldest is closed for the newest. Well below a
+/// process's usual 1,024 descriptors, so the endpoint never takes the daemon's.
+pub const MAX_CONNECTIONS: usize = 128;
 /// The longest a request's headers may take.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest a connection stays open.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -147,10 +154,25 @@ pub fn bind(
         setting,
         source,
     })?;
+    if let Some(warning) = exposure(addr, setting) {
+        tracing::warn!("{warning}");
+    }
     listener
         .set_nonblocking(true)
         .map_err(PrometheusError::Start)?;
     Ok(listener)
+}
+
+/// The warning for an endpoint on `addr` that more than this machine's users can read: any
+/// address but loopback.
+pub fn exposure(addr: SocketAddr, setting: &str) -> Option<String> {
+    (!addr.ip().is_loopback()).then(|| {
+        format!(
+            "WARNING: metrics on {addr} ({setting}) can be read by anyone who can reach this \
+             machine on that port: job ids, ranks, uids and rates. Prefer 127.0.0.1:PORT with the \
+             scraper on this host (or a tunnel to it)"
+        )
+    })
 }
 
 /// Serves `scrape` on `listener` until the task is dropped.
@@ -162,12 +184,10 @@ pub async fn serve(
     scrape: Arc<dyn Scrape>,
 ) -> Result<(), PrometheusError> {
     let listener = TcpListener::from_std(listener).map_err(PrometheusError::Start)?;
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // The open connections, oldest first.
+    let mut open: std::collections::VecDeque<tokio::task::AbortHandle> =
+        std::collections::VecDeque::new();
     loop {
-        // Closed only when the runtime ends.
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            return Ok(());
-        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -178,8 +198,14 @@ pub async fn serve(
                 continue;
             }
         };
+        open.retain(|c| !c.is_finished());
+        while open.len() >= MAX_CONNECTIONS {
+            if let Some(oldest) = open.pop_front() {
+                oldest.abort();
+            }
+        }
         let scrape = Arc::clone(&scrape);
-        tokio::spawn(async move {
+        let connection = tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let response = respond(&request, &*scrape);
                 async move { Ok::<_, Infallible>(response) }
@@ -189,8 +215,8 @@ pub async fn serve(
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
-            drop(permit);
         });
+        open.push_back(connection.abort_handle());
     }
 }
 
@@ -307,5 +333,55 @@ mod tests {
             err.contains(&addr.to_string()) && err.contains("metrics_listen"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn silent_and_half_sent_sockets_do_not_hold_a_scraper_off() {
+        let mut registry = Registry::default();
+        let counter = Counter::default();
+        registry.register("scrapes", "Scrapes answered", counter.clone());
+        let listener = bind("127.0.0.1:0".parse().unwrap(), "test").unwrap();
+        let addr = listener.local_addr().unwrap();
+        spawn(listener, Arc::new(One(registry, counter))).unwrap();
+        // A local user's 100 silent sockets, 100 that sent half a request, then more than the
+        // endpoint keeps open.
+        let mut held = Vec::new();
+        for i in 0..(200 + MAX_CONNECTIONS) {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            if i % 2 == 1 {
+                s.write_all(b"GET /metr").unwrap();
+            }
+            held.push(s);
+        }
+        let started = std::time::Instant::now();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        // Under the old rule the scrape waited for the silent sockets' header timeout (5 s),
+        // one batch of 16 after another.
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let took = started.elapsed();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        eprintln!(
+            "scrape answered in {:.1} ms with {} sockets held open",
+            took.as_secs_f64() * 1e3,
+            held.len()
+        );
+    }
+
+    #[test]
+    fn an_address_other_than_loopback_is_warned_about() {
+        for quiet in ["127.0.0.1:9100", "[::1]:9100"] {
+            assert_eq!(exposure(quiet.parse().unwrap(), "metrics_listen"), None);
+        }
+        for loud in ["0.0.0.0:9100", "10.1.2.3:9100", "[::]:9100"] {
+            let warning = exposure(loud.parse().unwrap(), "metrics_listen").unwrap();
+            assert!(warning.contains("anyone who can reach"), "{warning}");
+        }
     }
 }

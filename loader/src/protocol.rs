@@ -67,6 +67,33 @@ pub enum ProtocolError {
     Malformed(String),
 }
 
+/// The longest job id a hello may carry, in bytes: enough for any scheduler's job name and a
+/// rank, short enough for a log line and a metric label.
+pub const MAX_JOB_ID_BYTES: usize = 128;
+
+/// Checks a job id as the daemon takes it: at most [`MAX_JOB_ID_BYTES`] bytes of printable
+/// text (no control character: a CR, NUL or ESC would forge log lines, split a metric series
+/// or drive a terminal that shows `loader status`). Refused whole, never cut: two long ids cut
+/// to the same prefix would merge two jobs into one series.
+///
+/// # Errors
+/// What is wrong with it, in words.
+pub fn check_job_id(job_id: &str) -> Result<(), String> {
+    if job_id.len() > MAX_JOB_ID_BYTES {
+        return Err(format!(
+            "job id of {} bytes; at most {MAX_JOB_ID_BYTES} are allowed",
+            job_id.len()
+        ));
+    }
+    if let Some(c) = job_id.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "job id holds the control character {:?}; use printable text",
+            c
+        ));
+    }
+    Ok(())
+}
+
 /// Client → daemon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]

@@ -22,7 +22,8 @@ pub struct FetchArgs {
     pub socket: Option<PathBuf>,
     /// Job id: the ranks of one job (same id, same job, --rank 0..--world-size) that attach
     /// together are served by one producer and share decodes [default: fetch-PID, alone].
-    #[arg(long)]
+    /// At most 128 bytes of printable text.
+    #[arg(long, value_parser = job_id)]
     pub job_id: Option<String>,
     #[command(flatten)]
     pub transform: TransformArgs,
@@ -127,4 +128,9 @@ pub fn run(args: &FetchArgs) -> Result<()> {
         client.reconnects()
     )?;
     Ok(())
+}
+
+/// `--job-id`, checked as the daemon checks it, so a bad one is refused before connecting.
+fn job_id(text: &str) -> Result<String, String> {
+    loader::protocol::check_job_id(text).map(|()| text.to_string())
 }

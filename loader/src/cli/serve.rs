@@ -39,7 +39,9 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464; port 0 picks a
     /// free one, logged at start). Samples, decodes, decode errors, stage-time histograms,
     /// clients and refusals by reason, ring bytes against the budget, each client's queue
-    /// depth and waits. Off by default; anyone who can reach ADDR can read them.
+    /// depth and waits (labelled uid, job id, rank). Off by default. Who can read them: anyone
+    /// who can connect to ADDR; on 127.0.0.1 every user of this machine, on any other address
+    /// anyone who can reach the port (warned at start).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
 }

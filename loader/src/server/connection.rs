@@ -82,6 +82,9 @@ pub(super) enum Refusal {
     /// The job is invalid or does not fit its split.
     #[error("job: {0}")]
     Job(#[from] JobError),
+    /// The hello's job id is not one the daemon takes ([`protocol::check_job_id`]).
+    #[error("{0}")]
+    JobId(String),
     /// The split does not exist.
     #[error("no split {split:?} in this dataset (it has {have})")]
     NoSplit {
@@ -150,6 +153,7 @@ impl Refusal {
             Refusal::RingRate { .. } => "ring_rate",
             Refusal::ClientRate { .. } => "client_rate",
             Refusal::Job(_) => "job",
+            Refusal::JobId(_) => "job_id",
             Refusal::NoSplit { .. } => "no_split",
             Refusal::StartPastEnd { .. } | Refusal::StartPastEpoch { .. } => "start",
             Refusal::Slots { .. } => "slots",

@@ -3,8 +3,9 @@
 //! memory), read from the same snapshot `loader status` shows.
 //!
 //! Names follow Prometheus' conventions: a `loader_` prefix, base units (seconds, bytes), and
-//! `_total` on counters (added by the encoder). Per-client series carry `job_id` and `rank`,
-//! which the daemon bounds (`max_clients` clients, job ids of at most 128 characters).
+//! `_total` on counters (added by the encoder). Per-client series carry the client's `uid`,
+//! `job_id` and `rank`, which the daemon bounds (`max_clients` clients; job ids of at most 128
+//! bytes of printable text, refused otherwise at the hello).
 
 use std::sync::{Arc, Mutex};
 
@@ -17,9 +18,11 @@ use prometheus_client::registry::{Registry, Unit};
 use super::Shared;
 use crate::prometheus::{ResidentMemory, Scrape};
 
-/// A client's labels.
+/// A client's labels. The uid is one of them: job ids are the clients' own words, and another
+/// user naming a job as yours would otherwise add to (or take over) your series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClientLabel {
+    uid: u32,
     job_id: String,
     rank: u32,
 }
@@ -160,6 +163,7 @@ impl Scrape for DaemonMetrics {
         now.waits.clear();
         for c in &stats.clients {
             let label = ClientLabel {
+                uid: c.uid,
                 job_id: c.job_id.clone(),
                 rank: c.rank,
             };
@@ -241,8 +245,12 @@ mod tests {
         let samples = value(&during, "loader_samples_total").unwrap();
         assert!(samples >= read as f64, "{samples} < {read} read:\n{during}");
         assert_eq!(value(&during, "loader_clients"), Some(1.0), "{during}");
-        let client_series = r#"loader_client_slots{job_id="scraped",rank="0"}"#;
-        assert_eq!(value(&during, client_series), Some(2.0), "{during}");
+        // The uid is a label: another user naming a job "scraped" has a series of its own.
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        let client_series =
+            format!(r#"loader_client_slots{{uid="{uid}",job_id="scraped",rank="0"}}"#);
+        assert_eq!(value(&during, &client_series), Some(2.0), "{during}");
         assert!(
             value(&during, "loader_ring_bytes").is_some_and(|b| b > 0.0),
             "{during}"
@@ -270,20 +278,40 @@ mod tests {
             value(&later, "loader_samples_total").unwrap() > samples,
             "the counter did not move:\n{later}"
         );
-        let client_samples = r#"loader_client_samples_total{job_id="scraped",rank="0"}"#;
+        let client_samples =
+            format!(r#"loader_client_samples_total{{uid="{uid}",job_id="scraped",rank="0"}}"#);
         assert!(
-            value(&later, client_samples).unwrap() >= read as f64,
+            value(&later, &client_samples).unwrap() >= read as f64,
             "{later}"
         );
 
         // A refused connection is counted by its reason.
         assert!(crate::client::Client::connect(options("no-such-split")).is_err());
+        // Job ids are refused whole, not cut or passed on raw: too long, or with a control
+        // character (a CR would forge a log line, an ESC drive a terminal).
+        for (job_id, want) in [
+            ("x".repeat(129), "job id of 129 bytes"),
+            ("a\rb".to_string(), "control character '\\r'"),
+            ("\u{1b}[2J".to_string(), "control character '\\u{1b}'"),
+        ] {
+            let mut o = options("train");
+            o.job_id = job_id;
+            let err = crate::client::Client::connect(o).err().unwrap().to_string();
+            assert!(err.contains(want), "{want}: {err}");
+        }
+        let mut longest = options("train");
+        longest.job_id = "é".repeat(64);
+        drop(crate::client::Client::connect(longest).unwrap());
         drop(client);
         let t0 = std::time::Instant::now();
         let refused = r#"loader_refused_total{reason="no_split"}"#;
+        let job_ids = r#"loader_refused_total{reason="job_id"}"#;
         let after = loop {
             let text = scrape(addr);
-            if value(&text, refused) == Some(1.0) && value(&text, "loader_clients") == Some(0.0) {
+            if value(&text, refused) == Some(1.0)
+                && value(&text, job_ids) == Some(3.0)
+                && value(&text, "loader_clients") == Some(0.0)
+            {
                 break text;
             }
             assert!(t0.elapsed() < Duration::from_secs(10), "{text}");

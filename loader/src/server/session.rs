@@ -42,6 +42,7 @@ impl Session {
         epochs: Option<u32>,
         slots: Option<u32>,
     ) -> Result<Session, Refusal> {
+        crate::protocol::check_job_id(&job_id).map_err(Refusal::JobId)?;
         let (split, plan, layout) = check(shared, &job, start, epochs, slots)?;
         // This user's share of the rate at which rings are made, then one ring at a time.
         std::thread::sleep(shared.ring_wait(cred.uid(), layout.total_bytes())?);
@@ -60,7 +61,7 @@ impl Session {
         shared.counters.add_client(
             id,
             ClientStats {
-                job_id: job_id.chars().take(128).collect(),
+                job_id: job_id.clone(),
                 rank: job.rank,
                 pid: cred.pid().unwrap_or(0),
                 uid: cred.uid(),

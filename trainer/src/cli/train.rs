@@ -52,7 +52,9 @@ pub struct TrainArgs {
     /// Serve the run's Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9465; port
     /// 0 picks a free one, said at start): steps, samples, step time and data wait
     /// histograms, samples/s, loss, lr, the last evaluation, resident memory. Process 0 of
-    /// an MPI run serves them. A port that is taken stops the run before it starts.
+    /// an MPI run serves them. A port that is taken stops the run before it starts. Who can
+    /// read them: anyone who can connect to ADDR; on 127.0.0.1 every user of this machine,
+    /// on any other address anyone who can reach the port (warned at start).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
