@@ -85,7 +85,7 @@ fn augment_applies_ops_and_explains_bad_arguments() {
         ),
         (
             &["--op", "eval", "--crop-pct", "1e-3"],
-            "--crop-pct 0.001 is outside 0.5..=1.0",
+            "'--crop-pct <CROP_PCT>': 0.001 is outside 0.5..=1.0",
         ),
         (
             &["--op", "resized-crop"],
@@ -170,7 +170,7 @@ fn bad_client_flags_are_refused_before_connecting() {
         c.arg("fetch").arg("--socket").arg(&socket).args(args);
         c.timeout(std::time::Duration::from_secs(20)).assert()
     };
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 10] = [
         (
             &["--reconnect-timeout", "-1"],
             "-1 is outside 0..=86400 seconds",
@@ -182,17 +182,25 @@ fn bad_client_flags_are_refused_before_connecting() {
         ),
         (
             &["--transform", "eval", "--crop-pct", "1e-3"],
-            "--crop-pct 0.001 is outside 0.5..=1.0",
+            "'--crop-pct <CROP_PCT>': 0.001 is outside 0.5..=1.0",
         ),
         (
             &["--ratio", "1e-3", "1e-3"],
-            "--ratio [0.001, 0.001] must satisfy 0.1 <= min <= max <= 10",
+            "'--ratio <MIN> <MAX>': 0.001 is outside 0.1..=10.0",
+        ),
+        // Within each bound, the pair is the transform's own check.
+        (
+            &["--ratio", "2", "1"],
+            "--ratio [2, 1] must satisfy 0.1 <= min <= max <= 10",
         ),
         (
             &["--aa", "rand-q9"],
             "--aa \"rand-q9\" does not parse: RandAugment config `rand-q9`",
         ),
-        (&["-b", "0"], "batch_size = 0 is outside 1..=8192"),
+        (
+            &["-b", "0"],
+            "'--batch-size <BATCH_SIZE>': 0 is outside 1..=8192",
+        ),
         (
             &["--world-size", "2", "--rank", "2"],
             "rank = 2 is not below world_size = 2",

@@ -117,6 +117,114 @@ pub fn assert_commands(cmd: clap::Command) {
     cmd.debug_assert();
 }
 
+/// A clap value parser for a number within `range`, for every numeric flag of the three
+/// binaries (clap's own ranges cover neither floats nor `usize`): the value parsed, then
+/// checked, so `--tolerance NaN`, `--world-size 4611686018427387904` or `--lr 1e300` is
+/// refused where it is parsed, naming the range (NaN and infinities fall outside every range).
+pub fn number_in<T>(
+    range: std::ops::RangeInclusive<T>,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Debug + Clone + Send + Sync + 'static,
+    T::Err: std::fmt::Display,
+{
+    move |text: &str| {
+        let value: T = text.trim().parse().map_err(|e| format!("{e}"))?;
+        if range.contains(&value) {
+            Ok(value)
+        } else {
+            Err(format!(
+                "{value:?} is outside {:?}..={:?}",
+                range.start(),
+                range.end()
+            ))
+        }
+    }
+}
+
+/// The flags of `cmd` (and its subcommands) that take a number and would take an absurd one:
+/// an integer flag that parses 2^64 − 1 or 2^32 − 1 (unless it is one of `any_integer`, such
+/// as a seed or a uid, where every value of its type is a valid one), a float flag that parses NaN, an infinity or 1e300. Each
+/// is named `command --flag (value)`. For the binaries' tests: every numeric flag is bounded
+/// where it is parsed, and a flag added without a bound fails them.
+pub fn unbounded_numbers(cmd: &clap::Command, any_integer: &[&str]) -> Vec<String> {
+    use std::any::TypeId;
+    let integers = [
+        TypeId::of::<u8>(),
+        TypeId::of::<u16>(),
+        TypeId::of::<u32>(),
+        TypeId::of::<u64>(),
+        TypeId::of::<usize>(),
+        TypeId::of::<i32>(),
+        TypeId::of::<i64>(),
+    ];
+    let floats = [TypeId::of::<f32>(), TypeId::of::<f64>()];
+    let mut found = Vec::new();
+    let mut stack: Vec<(Vec<String>, clap::Command)> =
+        vec![(vec![cmd.get_name().to_string()], cmd.clone())];
+    while let Some((path, cmd)) = stack.pop() {
+        for sub in cmd.get_subcommands() {
+            let mut p = path.clone();
+            p.push(sub.get_name().to_string());
+            stack.push((p, sub.clone()));
+        }
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if !arg.get_action().takes_values() {
+                continue;
+            }
+            let parser = arg.get_value_parser();
+            let absurd: &[&str] = if integers.iter().any(|t| parser.type_id() == *t) {
+                if any_integer.contains(&long) {
+                    continue;
+                }
+                &["18446744073709551615", "4294967295"]
+            } else if floats.iter().any(|t| parser.type_id() == *t) {
+                &["NaN", "inf", "-inf", "1e300"]
+            } else {
+                continue;
+            };
+            // A flag of several values (`--scale MIN MAX`) gets the value in each place.
+            let values = arg.get_num_args().map_or(1, |n| n.min_values().max(1));
+            for value in absurd {
+                let mut argv = path.clone();
+                if values == 1 {
+                    argv.push(format!("--{long}={value}"));
+                } else if value.starts_with('-') {
+                    // Read as a flag of its own, not a value: nothing to check.
+                    continue;
+                } else {
+                    argv.push(format!("--{long}"));
+                    argv.extend(std::iter::repeat_n(value.to_string(), values));
+                }
+                let refused = match cmd.clone().try_get_matches_from(&argv[path.len() - 1..]) {
+                    Err(e) => matches!(
+                        e.kind(),
+                        clap::error::ErrorKind::ValueValidation
+                            | clap::error::ErrorKind::InvalidValue
+                    ),
+                    Ok(_) => false,
+                };
+                if !refused {
+                    found.push(format!("{} --{long} ({value})", path.join(" ")));
+                }
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Panics, naming them, if any numeric flag of `cmd` takes an absurd number
+/// ([`unbounded_numbers`]): for each binary's test.
+pub fn assert_numbers_bounded(cmd: &clap::Command, any_integer: &[&str]) {
+    let unbounded = unbounded_numbers(cmd, any_integer);
+    assert!(
+        unbounded.is_empty(),
+        "flags that take an absurd number: {unbounded:#?}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -99,4 +99,10 @@ mod tests {
         use clap::CommandFactory;
         shard_tool::console::assert_commands(super::Cli::command());
     }
+
+    #[test]
+    fn every_numeric_flag_is_bounded_where_it_is_parsed() {
+        use clap::CommandFactory;
+        shard_tool::console::assert_numbers_bounded(&super::Cli::command(), &["seed"]);
+    }
 }

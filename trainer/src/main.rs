@@ -110,4 +110,24 @@ mod tests {
         use clap::CommandFactory;
         shard_tool::console::assert_commands(super::Cli::command());
     }
+
+    #[test]
+    fn every_numeric_flag_is_bounded_where_it_is_parsed() {
+        use clap::CommandFactory;
+        shard_tool::console::assert_numbers_bounded(&super::Cli::command(), &["seed"]);
+        // Every 32-bit seed is a seed; one past what a TOML integer holds is not (it made the
+        // recipe's flags fail to serialize, and every flag given was dropped).
+        for command in ["train", "bench", "check-device", "export"] {
+            let too_big = format!("--seed={}", i64::MAX as u64 + 1);
+            let err = super::Cli::command()
+                .try_get_matches_from(["trainer", command, &too_big])
+                .err()
+                .map(|e| e.kind());
+            assert_eq!(
+                err,
+                Some(clap::error::ErrorKind::ValueValidation),
+                "{command}"
+            );
+        }
+    }
 }

@@ -13,6 +13,7 @@ use loader::interpolation::{Interpolation, InterpolationChoice};
 use loader::rand_augment::{Op, OpArg, RandAugment, level_value};
 use loader::resample::Resampler;
 use loader::transform::TransformSpec;
+use shard_tool::console::number_in;
 
 use super::UsageError;
 use super::png::{read_image, write_png};
@@ -27,16 +28,16 @@ pub struct AugmentArgs {
     #[arg(long, conflicts_with = "magnitude")]
     pub arg: Option<String>,
     /// RandAugment magnitude (0..10) turned into the argument as timm does.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(0.0..=loader::rand_augment::LEVEL_DENOM))]
     pub magnitude: Option<f64>,
     /// With --magnitude: take the negative sign where timm draws one.
     #[arg(long, requires = "magnitude")]
     pub negative: bool,
     /// Output side in pixels.
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = 224, value_parser = number_in(loader::transform::IMG_SIZE))]
     pub size: u32,
     /// Eval crop fraction (timm's --crop-pct).
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, value_parser = number_in(loader::transform::CROP_PCT))]
     pub crop_pct: f64,
     /// Resize filter.
     #[arg(long, default_value = "bicubic")]

@@ -7,6 +7,7 @@ use clap::Args;
 use loader::bench::{BenchError, BenchOptions};
 use loader::job::JobSpec;
 use loader::transform::TransformSpec;
+use shard_tool::console::number_in;
 
 use super::{TransformArgs, UsageError};
 
@@ -18,13 +19,13 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub transform: TransformArgs,
     /// Worker threads.
-    #[arg(short = 'j', long, default_value_t = 1)]
+    #[arg(short = 'j', long, default_value_t = 1, value_parser = number_in(1..=4096usize))]
     pub threads: usize,
     /// Samples to produce (rounded down to whole batches), across epochs if need be.
-    #[arg(long, default_value_t = 1536)]
+    #[arg(long, default_value_t = 1536, value_parser = number_in(1..=100_000_000usize))]
     pub samples: usize,
     /// Samples per batch.
-    #[arg(short = 'b', long, default_value_t = 64)]
+    #[arg(short = 'b', long, default_value_t = 64, value_parser = number_in(1..=8192usize))]
     pub batch_size: usize,
     /// Split to read.
     #[arg(long, default_value = "train")]
@@ -33,7 +34,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// First step (batch) of the run, as after a restart at that step.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = number_in(0..=super::MAX_STEP))]
     pub start_step: u64,
     /// Print the SHA-256 of every batch (images and labels), to compare runs.
     #[arg(long)]
@@ -45,7 +46,7 @@ pub struct BenchArgs {
     /// Also measure N ranks of one job (world size N, same threads): each rank's batches made
     /// alone, then the ranks' batches of each step made together as the daemon does for a
     /// job group (one decode for the copies that repeated augmentation spreads over ranks).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = number_in(loader::job::WORLD_SIZE))]
     pub ranks: Option<u32>,
     /// With --ring: read the batches once more from a daemon serving Prometheus metrics
     /// (`metrics_listen` on loopback), scraped every 100 ms while they are read, and report
@@ -54,7 +55,7 @@ pub struct BenchArgs {
     pub metrics: bool,
     /// Run everything this many times (in-process then --ring, alternating) and, with --ring,
     /// print the median ratio: one run of a few seconds is at the mercy of machine noise.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = number_in(1..=1000usize))]
     pub repeat: usize,
     /// Skip the CRC-32C check of each record before its decode (to measure what it costs).
     #[arg(long)]

@@ -11,6 +11,7 @@ use loader::client::{Client, ClientOptions};
 use loader::job::{JobSpec, Position};
 use loader::server::default_socket;
 use loader::transform::TransformSpec;
+use shard_tool::console::number_in;
 
 use super::{TransformArgs, UsageError, seconds};
 
@@ -34,31 +35,31 @@ pub struct FetchArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Samples per batch.
-    #[arg(short = 'b', long, default_value_t = 64)]
+    #[arg(short = 'b', long, default_value_t = 64, value_parser = number_in(loader::job::BATCH_SIZE))]
     pub batch_size: u32,
     /// Ranks of the job.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = number_in(loader::job::WORLD_SIZE))]
     pub world_size: u32,
     /// This client's rank.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = number_in(0..=*loader::job::WORLD_SIZE.end() - 1))]
     pub rank: u32,
     /// First epoch.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = number_in(0..=loader::job::MAX_EPOCHS))]
     pub start_epoch: u32,
     /// First step within the first epoch.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = number_in(0..=super::MAX_STEP))]
     pub start_step: u64,
     /// Batches to read (default: to the end of the first epoch).
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(1..=super::MAX_STEP))]
     pub steps: Option<u64>,
     /// Ring slots to ask for.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(1..=1024u32))]
     pub slots: Option<u32>,
     /// Print the SHA-256 of every batch.
     #[arg(long)]
     pub digests: bool,
     /// Every N batches, print the daemon's resident memory (to watch for growth).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = number_in(1..=super::MAX_STEP))]
     pub memory_every: Option<u64>,
     /// Seconds to keep trying to reach a daemon (at start and after it goes away).
     #[arg(long, default_value = "60", value_parser = seconds, allow_negative_numbers = true)]

@@ -7,6 +7,7 @@ use clap::Args;
 use loader::eval_transform::EvalTransform;
 use loader::interpolation::{Interpolation, InterpolationChoice};
 use loader::transform::{TrainTransform, TransformSpec, parse_aa};
+use shard_tool::console::number_in;
 
 pub mod augment;
 pub mod bench;
@@ -15,6 +16,10 @@ mod png;
 pub mod preview;
 pub mod serve;
 pub mod status;
+
+/// The largest step (batch) number a flag takes: a billion batches are more than any run
+/// makes (ImageNet's A1 is 375,000).
+pub const MAX_STEP: u64 = 1_000_000_000;
 
 /// The transform of a job: a preset, then timm's flags for any setting to change.
 #[derive(Args)]
@@ -25,16 +30,16 @@ pub struct TransformArgs {
     #[arg(long, default_value = "a1")]
     pub transform: TransformSpec,
     /// Output side (timm's --img-size).
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(loader::transform::IMG_SIZE))]
     pub img_size: Option<u32>,
     /// RandomResizedCrop area range, MIN MAX (train).
-    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"])]
+    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], value_parser = number_in(0.0..=1.0))]
     pub scale: Option<Vec<f64>>,
     /// RandomResizedCrop aspect-ratio range, MIN MAX (train).
-    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"])]
+    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], value_parser = number_in(loader::transform::RATIO))]
     pub ratio: Option<Vec<f64>>,
     /// Horizontal flip probability (train).
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(0.0..=1.0))]
     pub hflip: Option<f64>,
     /// RandAugment, timm's grammar (rand-m9-mstd0.5-inc1), or `none` (train).
     #[arg(long)]
@@ -43,10 +48,10 @@ pub struct TransformArgs {
     #[arg(long)]
     pub train_interpolation: Option<InterpolationChoice>,
     /// Repeated-augmentation copies per image, 0 for none (train).
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(loader::transform::AUG_REPEATS))]
     pub aug_repeats: Option<u32>,
     /// Fraction of the resized image the center crop keeps (eval).
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(loader::transform::CROP_PCT))]
     pub crop_pct: Option<f64>,
     /// bilinear or bicubic (eval).
     #[arg(long)]

@@ -12,6 +12,7 @@ use loader::job::JobSpec;
 use loader::pipeline::Worker;
 use loader::transform::TransformSpec;
 use shard_tool::console::escaped;
+use shard_tool::console::number_in;
 
 use super::TransformArgs;
 use super::png::write_png;
@@ -27,13 +28,13 @@ pub struct PreviewArgs {
     #[arg(short, long)]
     pub out: PathBuf,
     /// Samples in the grid.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 12, value_parser = number_in(1..=1024usize))]
     pub count: usize,
     /// Grid columns.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 6, value_parser = number_in(1..=64usize))]
     pub cols: usize,
     /// Epoch whose samples are shown.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = number_in(0..=loader::job::MAX_EPOCHS))]
     pub epoch: u32,
     /// timm's --seed.
     #[arg(long, default_value_t = 42)]

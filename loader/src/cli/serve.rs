@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use loader::server::{ServeConfig, Server};
+use shard_tool::console::number_in;
 
 use super::UsageError;
 
@@ -25,10 +26,10 @@ pub struct ServeArgs {
     #[arg(long)]
     pub socket: Option<PathBuf>,
     /// Worker threads per client (default: one per core).
-    #[arg(short = 'j', long)]
+    #[arg(short = 'j', long, value_parser = number_in(0..=1024u32))]
     pub workers: Option<u32>,
     /// Ring slots per client when the client does not ask (default 8).
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(1..=1024u32))]
     pub slots: Option<u32>,
     /// Allow this user id to connect (repeatable; default: the daemon's own uid).
     #[arg(long = "allow-uid")]

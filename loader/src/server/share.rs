@@ -15,8 +15,10 @@ turn, the user handing it back holds none at the moment it is handed over, every
 zero, and turns went round the *producers* (a user with twelve rings took 12/13). Counted over
 time, two users that both want more than an equal share get it whatever their producer and
 thread counts; a user who wants less gets all it wants. A user (or producer) that was idle
-joins at the count of the least-served active one, so a pause banks no credit to flood the
-others with later: max-min fairness, user first, then producer.
+joins at the highest count reached (a virtual time, as in start-time fair queueing), so a
+pause banks no credit to flood the others with later, and a user arriving after another ran
+alone for hours does not take every turn until its count catches up: max-min fairness, user
+first, then producer.
 
 A turn is held for one image (a few milliseconds), so a new client waits at most that long for
 its first one.
@@ -40,11 +42,25 @@ pub(super) struct Shares {
 struct State {
     /// Turns nobody holds.
     free: usize,
-    /// Turns each user has been given, from the count it joined at.
-    users: HashMap<u32, u64>,
+    /// Each user's turns given, from the count it joined at, and when it was last served.
+    users: HashMap<u32, UserShare>,
     tenants: HashMap<u64, Tenancy>,
     /// Counts hand-overs, for "served longest ago".
     clock: u64,
+    /// The highest count a user has reached: where a user that wakes up joins.
+    now: u64,
+}
+
+/// One user's part of the state.
+#[derive(Default, Clone, Copy)]
+struct UserShare {
+    /// Turns given to its producers, from the count it joined at.
+    given: u64,
+    /// When one of its producers was last handed a turn.
+    served: u64,
+    /// The highest count one of its producers has reached: where a producer of this user
+    /// that wakes up joins.
+    now: u64,
 }
 
 /// One producer's part of the state.
@@ -84,7 +100,7 @@ impl Shares {
     /// A producer of user `uid`, known as `id` (its first client's connection id).
     pub(super) fn tenant(self: &Arc<Shares>, id: u64, uid: u32) -> Tenant {
         if let Ok(mut s) = self.state.lock() {
-            s.users.entry(uid).or_insert(0);
+            s.users.entry(uid).or_default();
             s.tenants.insert(
                 id,
                 Tenancy {
@@ -113,8 +129,9 @@ impl Shares {
 
 impl State {
     /// Producer `id` is about to hold or want a turn: if it (or its user) was idle, it joins
-    /// at the count of the least-served active producer of its user (or active user), so an
-    /// idle spell banks no credit and a newcomer does not wait behind everyone's past.
+    /// at the count of the user (or the user's producer) served last, so an idle spell banks
+    /// no credit, and a user arriving after another has run alone for hours does not take
+    /// every turn until its count catches up.
     fn wake_up(&mut self, id: u64) {
         let Some(t) = self.tenants.get(&id) else {
             return;
@@ -124,44 +141,42 @@ impl State {
         }
         let uid = t.uid;
         let user_active = self.tenants.values().any(|o| o.uid == uid && o.active());
+        let now = self.now;
+        let user = self.users.entry(uid).or_default();
         if !user_active {
-            let floor = self
-                .tenants
-                .values()
-                .filter(|o| o.uid != uid && o.active())
-                .filter_map(|o| self.users.get(&o.uid).copied())
-                .min();
-            if let (Some(floor), Some(given)) = (floor, self.users.get_mut(&uid)) {
-                *given = (*given).max(floor);
-            }
+            user.given = user.given.max(now);
         }
-        let floor = self
-            .tenants
-            .iter()
-            .filter(|(o, t)| **o != id && t.uid == uid && t.active())
-            .map(|(_, t)| t.given)
-            .min();
-        if let (Some(floor), Some(t)) = (floor, self.tenants.get_mut(&id)) {
-            t.given = t.given.max(floor);
+        let user_now = user.now;
+        if let Some(t) = self.tenants.get_mut(&id) {
+            t.given = t.given.max(user_now);
         }
     }
 
-    /// Producer `id` starts a turn (taken free, kept, or handed to it): one more image given
-    /// to it and to its user.
+    /// Producer `id` starts a turn (taken free, kept, or handed to it).
     fn start(&mut self, id: u64) {
         if let Some(t) = self.tenants.get_mut(&id) {
             t.running += 1;
-            t.given += 1;
-            *self.users.entry(t.uid).or_insert(0) += 1;
         }
+        self.count(id);
     }
 
-    /// Producer `id` keeps the turn it holds for its next image: counted as given again.
+    /// Producer `id` keeps the turn it holds for its next image.
     fn keep(&mut self, id: u64) {
-        if let Some(t) = self.tenants.get_mut(&id) {
-            t.given += 1;
-            *self.users.entry(t.uid).or_insert(0) += 1;
-        }
+        self.count(id);
+    }
+
+    /// One more image given to producer `id` and its user; the counts it reaches are the
+    /// virtual times those who wake up join at.
+    fn count(&mut self, id: u64) {
+        let Some(t) = self.tenants.get_mut(&id) else {
+            return;
+        };
+        t.given += 1;
+        let (uid, given) = (t.uid, t.given);
+        let user = self.users.entry(uid).or_default();
+        user.given += 1;
+        user.now = user.now.max(given);
+        self.now = self.now.max(user.given);
     }
 
     /// Counts one more worker of producer `id` waiting; `false` if it is not here.
@@ -171,17 +186,28 @@ impl State {
     }
 
     /// Hands one turn to the waiting producer with the least share, or frees it: the user
-    /// given the fewest turns, its producer given the fewest, the one served longest ago.
+    /// given the fewest turns (on a tie, the one served longest ago), then that user's
+    /// producer given the fewest (on a tie, served longest ago). Producers are compared only
+    /// within their user: a client just connected has been given nothing, and across users
+    /// that would win it every tie against a trainer that has run for hours.
     fn hand_over(&mut self) {
-        let next = self
+        let waiting = |t: &Tenancy| t.waiting > t.granted;
+        let uid = self
             .tenants
-            .iter()
-            .filter(|(_, t)| t.waiting > t.granted)
-            .min_by_key(|(_, t)| {
-                let user = self.users.get(&t.uid).copied().unwrap_or(0);
-                (user, t.given, t.served)
-            })
-            .map(|(&id, _)| id);
+            .values()
+            .filter(|t| waiting(t))
+            .map(|t| t.uid)
+            .min_by_key(|uid| {
+                let u = self.users.get(uid).copied().unwrap_or_default();
+                (u.given, u.served)
+            });
+        let next = uid.and_then(|uid| {
+            self.tenants
+                .iter()
+                .filter(|(_, t)| t.uid == uid && waiting(t))
+                .min_by_key(|(_, t)| (t.given, t.served))
+                .map(|(&id, _)| id)
+        });
         let Some(id) = next else {
             self.free += 1;
             return;
@@ -193,6 +219,8 @@ impl State {
             t.granted += 1;
             t.served = clock;
             t.wake.notify_one();
+            let uid = t.uid;
+            self.users.entry(uid).or_default().served = clock;
         }
     }
 
@@ -452,10 +480,20 @@ mod tests {
         let late = shares.tenant(2, 6);
         let s = shares.lock().map(|mut s| {
             s.wake_up(2);
-            (s.users[&5], s.users[&6])
+            (s.users[&5].given, s.users[&6].given)
         });
         assert_eq!(s, Some((1001, 1001)));
         drop(late);
+        // Nor when user 5 is idle at that moment (its ring full, its reader slower than the
+        // loader): a trainer that paces itself is not starved by whoever comes next.
+        gate.leave();
+        let later = shares.tenant(3, 7);
+        let s = shares.lock().map(|mut s| {
+            s.wake_up(3);
+            s.users[&7].given
+        });
+        assert_eq!(s, Some(1001));
+        drop(later);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use bytesize::ByteSize;
 use clap::Args;
+use shard_tool::console::number_in;
 use shard_tool::{LayoutOptions, PackOptions, bench};
 
 use super::default_threads;
@@ -18,10 +19,10 @@ pub struct BenchArgs {
     /// Source root (as for `pack`).
     pub root: PathBuf,
     /// Threads for both the baseline and the pack.
-    #[arg(short = 'j', long, default_value_t = default_threads())]
+    #[arg(short = 'j', long, default_value_t = default_threads(), value_parser = number_in(super::THREADS))]
     pub threads: usize,
     /// Rounds; the best of each is reported.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = number_in(1..=1000u32))]
     pub rounds: u32,
     /// Directory to pack into: each run packs into a new private folder inside it
     /// (`bench-pack-XXXXXX`), removed at the end; nothing else in it is touched.

@@ -16,7 +16,7 @@ pub struct ExtractArgs {
     /// Dataset directory.
     pub dir: PathBuf,
     /// Global record index within --split.
-    #[arg(long, group = "which")]
+    #[arg(long, group = "which", value_parser = shard_tool::console::number_in(0..=u64::from(u32::MAX) - 1))]
     pub index: Option<u64>,
     /// Source path relative to the packed root, e.g. train/n01440764/n01440764_10026.JPEG.
     #[arg(long, group = "which")]

@@ -15,6 +15,9 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// What `-j/--threads` takes: one thread up to more than any machine has.
+pub const THREADS: std::ops::RangeInclusive<usize> = 1..=4096;
+
 /// A bar of `len` steps on stderr; hidden with `--quiet` or when stderr is not a terminal.
 pub fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
     shard_tool::console::bar(

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use bytesize::ByteSize;
 use clap::Args;
 use indicatif::ProgressBar;
+use shard_tool::console::number_in;
 use shard_tool::image::{DEFAULT_MAX_PIXELS, DEFAULT_TRANSCODE_QUALITY, ImageOptions};
 use shard_tool::{LayoutOptions, PackEvent, PackOptions};
 
@@ -27,7 +28,7 @@ pub struct PackArgs {
     #[arg(short, long)]
     pub out: PathBuf,
     /// Worker threads (default: all cores).
-    #[arg(short = 'j', long, default_value_t = default_threads())]
+    #[arg(short = 'j', long, default_value_t = default_threads(), value_parser = number_in(super::THREADS))]
     pub threads: usize,
     /// Target shard file size (e.g. 1GiB, 256MiB).
     #[arg(long, default_value = "1GiB")]
@@ -37,17 +38,18 @@ pub struct PackArgs {
     pub seed: u64,
     /// Downscale images whose longer side exceeds N pixels and re-encode them (FFCV's
     /// speed trick; changes pixels, so off by default; recorded in the manifest).
-    #[arg(long, value_name = "N", help_heading = "Image options")]
+    #[arg(long, value_name = "N", help_heading = "Image options", value_parser = number_in(1..=65_535u32))]
     pub max_side: Option<u32>,
     /// JPEG quality of images downscaled by --max-side.
-    #[arg(long, default_value_t = 90, help_heading = "Image options")]
+    #[arg(long, default_value_t = 90, help_heading = "Image options", value_parser = number_in(1..=100u8))]
     pub quality: u8,
     /// JPEG quality of PNG and CMYK sources converted to RGB JPEG (4:4:4, baseline).
-    #[arg(long, default_value_t = DEFAULT_TRANSCODE_QUALITY, help_heading = "Image options")]
+    #[arg(long, default_value_t = DEFAULT_TRANSCODE_QUALITY, help_heading = "Image options", value_parser = number_in(1..=100u8))]
     pub transcode_quality: u8,
     /// Reject images with more pixels than this (default: Pillow's decompression-bomb error
     /// threshold, so nothing is stored that timm could not open).
-    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, help_heading = "Image options")]
+    /// At most 65,535² (a JPEG's sides are at most 65,535).
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, help_heading = "Image options", value_parser = number_in(1..=65_535u64 * 65_535))]
     pub max_pixels: u64,
     /// Reject files larger than this without reading them.
     #[arg(long, default_value = "256MiB", help_heading = "Image options")]

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use shard_tool::console::number_in;
 use shard_tool::synth;
 
 /// `shard-tool synth` flags.
@@ -14,16 +15,16 @@ pub struct SynthArgs {
     #[arg(short, long)]
     pub out: PathBuf,
     /// Number of classes.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = number_in(1..=100_000u32))]
     pub classes: u32,
     /// Training images per class.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = number_in(0..=1_000_000u32))]
     pub train_per_class: u32,
     /// Validation images per class.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = number_in(0..=1_000_000u32))]
     pub val_per_class: u32,
     /// Side of the square images in pixels.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = number_in(8..=4096u32))]
     pub size: u32,
     /// Add ImageNet's odd files to train/class_000: a PNG named .JPEG, a CMYK JPEG, a
     /// grayscale JPEG, a truncated JPEG and a zero-byte file.

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use bytesize::ByteSize;
 use clap::Args;
 use shard_tool::Manifest;
+use shard_tool::console::number_in;
 
 use super::{default_threads, progress_bar};
 
@@ -19,7 +20,7 @@ pub struct VerifyArgs {
     /// Dataset directory (made by `pack`).
     pub dir: PathBuf,
     /// Threads.
-    #[arg(short = 'j', long, default_value_t = default_threads())]
+    #[arg(short = 'j', long, default_value_t = default_threads(), value_parser = number_in(super::THREADS))]
     pub threads: usize,
 }
 

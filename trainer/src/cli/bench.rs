@@ -4,8 +4,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use loader::job::BATCH_SIZE;
+use loader::transform::IMG_SIZE;
+use shard_tool::console::number_in;
 use trainer::diagnostics::bench::{self, BenchOptions};
 use trainer::model::{DeviceKind, Precision};
+use trainer::recipe::ranges;
 
 use super::ModelArgs;
 
@@ -21,19 +25,19 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Precision,
     /// Images per step (timm's --batch-size).
-    #[arg(long, short = 'b', default_value_t = 256)]
+    #[arg(long, short = 'b', default_value_t = 256, value_parser = number_in(super::widen(BATCH_SIZE)))]
     pub batch: usize,
     /// Square image side (timm's --img-size).
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = 224, value_parser = number_in(super::widen(IMG_SIZE)))]
     pub img_size: usize,
     /// Untimed steps first: kernel compilation and autotuning happen here.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = number_in(0..=100_000usize))]
     pub warmup: usize,
     /// Timed steps.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = number_in(1..=100_000usize))]
     pub steps: usize,
     /// Seed of weights, pixels and mixing.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = number_in(ranges::SEED))]
     pub seed: u64,
     /// Print the report as one JSON line.
     #[arg(long)]
@@ -51,11 +55,11 @@ pub struct BenchArgs {
     #[arg(long, default_value = "a1")]
     pub transform: loader::TransformSpec,
     /// Loader worker threads with --shards (timm's --workers).
-    #[arg(long, short = 'j', default_value_t = 4)]
+    #[arg(long, short = 'j', default_value_t = 4, value_parser = number_in(super::widen(super::WORKERS)))]
     pub workers: usize,
     /// Virtual ranks of -b images each (synthetic batches): measures one rank of
     /// world-size × b images, then world-size ranks of b, and prints the ratio.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = number_in(ranges::WORLD_SIZE))]
     pub world_size: usize,
     /// With --world-size: also run the same ranks through a one-GPU DistributedContext
     /// (NCCL all-reduce in backward, as `trainer train --devices` does on several GPUs) and

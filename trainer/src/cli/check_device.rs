@@ -4,8 +4,12 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
+use loader::job::BATCH_SIZE;
+use loader::transform::IMG_SIZE;
+use shard_tool::console::number_in;
 use trainer::diagnostics::device_check;
 use trainer::model::{DeviceKind, Precision, ResNetConfig};
+use trainer::recipe::ranges;
 
 use super::ModelArgs;
 
@@ -29,24 +33,24 @@ pub struct CheckArgs {
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Precision,
     /// Images in the batch.
-    #[arg(long, short = 'b', default_value_t = 8)]
+    #[arg(long, short = 'b', default_value_t = 8, value_parser = number_in(super::widen(BATCH_SIZE)))]
     pub batch: usize,
     /// Square image side.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = number_in(super::widen(IMG_SIZE)))]
     pub img_size: usize,
     /// Largest relative difference (‖a−b‖/‖a‖) that passes whatever the floor (with bf16 on
     /// either side, at least bf16's epsilon, 2⁻⁷: what it stores cannot agree closer).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = number_in(0.0..=1.0))]
     pub tolerance: f64,
     /// A difference up to this many times the rounding floor also passes ("ok (floor)"). The
     /// floor: how far the reference moves from itself when each input moves by one rounding
     /// of the compute type (f32: 2⁻²³, amp/bf16: 2⁻⁷). A deep model at random init amplifies
     /// that to 2 % of its gradients in f32 (ResNet-50) and past 100 % in bf16; where the
     /// bound reaches 1 the line says "noise": nothing can be judged there. 0: tolerance only.
-    #[arg(long, default_value_t = device_check::FLOOR_FACTOR)]
+    #[arg(long, default_value_t = device_check::FLOOR_FACTOR, value_parser = number_in(0.0..=1e6))]
     pub floor_factor: f64,
     /// Seed of weights and batch.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = number_in(ranges::SEED))]
     pub seed: u64,
     /// Print every gradient, running statistic and update, not only each kind's worst.
     #[arg(long)]
@@ -64,8 +68,37 @@ const GROUPS: [(&str, &str); 3] = [
     ("update/", "LAMB step's updates"),
 ];
 
+/// Why `a` names no comparison this command can make: one device against itself (its float
+/// type is a setting of the device, so both sides would run the same arithmetic and agree to
+/// the bit, a check of nothing), or a pair of float types that is not a reference and what it
+/// vouches for.
+fn refusal(a: &CheckArgs) -> Option<String> {
+    use Precision::{Amp, Bf16, F32};
+    let (r, t) = (a.reference_dtype, a.dtype);
+    if a.reference == a.device && (r == t || r == Bf16 || t == Bf16) {
+        return Some(format!(
+            "--device and --reference are both {}: one device, whose float type is its own \
+             setting, compared with itself; compare two devices (--device cuda or cube-cpu \
+             against --reference flex)",
+            a.device
+        ));
+    }
+    match (r, t) {
+        (F32, _) | (Amp, Amp) | (Bf16, Bf16) => None,
+        _ => Some(format!(
+            "--reference-dtype {} cannot vouch for --dtype {}: the reference is f32 (against \
+             any), or the same amp or bf16 as the device (the same roundings on both sides)",
+            r.name(),
+            t.name()
+        )),
+    }
+}
+
 /// Compares and prints each difference; failure if one is over the tolerance.
 pub fn run(a: CheckArgs) -> Result<ExitCode> {
+    if let Some(why) = refusal(&a) {
+        return Err(super::Usage(why).into());
+    }
     // With timm's zero-initialized last BN γ, no gradient reaches the residual
     // branches: they would compare as equal zeros.
     let config = ResNetConfig {

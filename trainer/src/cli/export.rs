@@ -18,7 +18,7 @@ pub struct ExportArgs {
     #[command(flatten)]
     pub device: DeviceArgs,
     /// Seed of the initialization.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = shard_tool::console::number_in(trainer::recipe::ranges::SEED))]
     pub seed: u64,
     /// Initialize the last BN γ of each block at 1 instead of timm's 0, so that every
     /// layer shapes the output (for comparisons).

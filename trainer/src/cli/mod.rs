@@ -5,9 +5,11 @@
 
 use anyhow::Result;
 use clap::Args;
+use shard_tool::console::number_in;
 use trainer::data::DataSource;
 use trainer::model::{DeviceKind, Precision, ResNetConfig};
 use trainer::recipe::TrainConfig;
+use trainer::recipe::ranges;
 
 pub mod bench;
 pub mod check_device;
@@ -32,16 +34,16 @@ pub struct ModelArgs {
     #[arg(long, default_value = "resnet50")]
     pub model: String,
     /// timm's --num-classes.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = number_in(ranges::NUM_CLASSES))]
     pub num_classes: usize,
     /// Channel multiplier (1.0 = timm's model).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = number_in(ranges::WIDTH))]
     pub width: f64,
     /// 3×3 stride-1 stem without max-pool, for 32×32 images.
     #[arg(long)]
     pub small_stem: bool,
     /// timm's --drop-path.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = number_in(ranges::BELOW_ONE))]
     pub drop_path: f64,
 }
 
@@ -129,7 +131,7 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     pub dtype: Option<Precision>,
     /// Stop after this many steps in all (the LR schedule still spans the recipe's epochs).
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::STEPS))]
     pub max_steps: Option<u64>,
 }
 
@@ -149,7 +151,7 @@ impl RunArgs {
 #[derive(Args, Clone)]
 pub struct SetArgs {
     /// Loader worker threads for --shards and the sets (0: one per core).
-    #[arg(short = 'j', long, default_value_t = 0)]
+    #[arg(short = 'j', long, default_value_t = 0, value_parser = number_in(WORKERS))]
     pub workers: u32,
     /// An evaluation set, NAME=DIR or NAME=DIR:SPLIT (default split: the recipe's
     /// rsb.val_split), e.g. --set val=imagenet-rsb:val --set v2=imagenetv2-rsb:test;
@@ -169,7 +171,7 @@ pub struct SetArgs {
 /// # Errors
 /// The gate's refusal (exit status 2, [`is_bad_input`]).
 pub fn load_recipe(path: &std::path::Path, flags: &RecipeFlags) -> Result<TrainConfig> {
-    let loaded = TrainConfig::load(path, &flags.overrides())?;
+    let loaded = TrainConfig::load(path, &flags.overrides()?)?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }
@@ -178,6 +180,14 @@ pub fn load_recipe(path: &std::path::Path, flags: &RecipeFlags) -> Result<TrainC
 
 /// Bad usage or bad input: exit status 2 (the three binaries' one usage error).
 pub use shard_tool::console::Usage;
+
+/// A `u32` range of the loader's as the `usize` range of the trainer's flag of the same key.
+pub fn widen(range: std::ops::RangeInclusive<u32>) -> std::ops::RangeInclusive<usize> {
+    *range.start() as usize..=*range.end() as usize
+}
+
+/// Loader worker threads a flag takes (0: one per core), as `loader serve` takes them.
+pub const WORKERS: std::ops::RangeInclusive<u32> = 0..=1024;
 
 /// [`trainer::report::draw::SIDES`], as clap's range for `--width` and `--height`.
 pub fn image_sides() -> std::ops::RangeInclusive<i64> {

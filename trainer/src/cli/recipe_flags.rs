@@ -7,8 +7,13 @@
 //! the recipe's [`Overrides`], which the recipe's gate reads.
 
 use clap::Args;
+use loader::job::BATCH_SIZE;
+use loader::transform::{AUG_REPEATS, CROP_PCT, IMG_SIZE, RATIO};
 use serde::Serialize;
-use trainer::recipe::Overrides;
+use shard_tool::console::number_in;
+use trainer::recipe::{Overrides, ranges};
+
+use super::widen;
 
 /// Values given on the command line, each replacing the recipe key of the same name.
 #[derive(Debug, Clone, Default, PartialEq, Args, Serialize)]
@@ -18,25 +23,25 @@ pub struct RecipeFlags {
     #[arg(long)]
     pub model: Option<String>,
     /// Classes of the classifier.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::NUM_CLASSES))]
     pub num_classes: Option<usize>,
     /// Training resolution.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(widen(IMG_SIZE)))]
     pub img_size: Option<usize>,
     /// Evaluation center-crop fraction.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(CROP_PCT))]
     pub crop_pct: Option<f64>,
     /// Epochs (the cosine period).
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::EPOCHS))]
     pub epochs: Option<u64>,
     /// Images per rank and step (the global batch is this × --world-size).
-    #[arg(short = 'b', long)]
+    #[arg(short = 'b', long, value_parser = number_in(widen(BATCH_SIZE)))]
     pub batch_size: Option<usize>,
     /// Optimizer (lamb).
     #[arg(long)]
     pub opt: Option<String>,
     /// Peak learning rate.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::RATE))]
     pub lr: Option<f64>,
     /// LR schedule (cosine).
     #[arg(long)]
@@ -45,67 +50,67 @@ pub struct RecipeFlags {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub sched_on_updates: Option<bool>,
     /// Weight decay.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::RATE))]
     pub weight_decay: Option<f64>,
     /// Linear warmup epochs.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::EXTRA_EPOCHS))]
     pub warmup_epochs: Option<u64>,
     /// LR at the start of the warmup.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::RATE))]
     pub warmup_lr: Option<f64>,
     /// LR at the end of the cosine.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::RATE))]
     pub min_lr: Option<f64>,
     /// Epochs at min_lr after the cosine.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::EXTRA_EPOCHS))]
     pub cooldown_epochs: Option<u64>,
     /// Binary cross-entropy loss [true when given without a value].
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub bce_loss: Option<bool>,
     /// BCE target threshold.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::PROBABILITY))]
     pub bce_target_thresh: Option<f64>,
     /// Label smoothing.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::BELOW_ONE))]
     pub smoothing: Option<f64>,
     /// Dropout before the classifier.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::PROBABILITY))]
     pub drop: Option<f64>,
     /// Stochastic depth rate.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::BELOW_ONE))]
     pub drop_path: Option<f64>,
     /// Repeated-augmentation copies per image (0: none).
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(widen(AUG_REPEATS)))]
     pub aug_repeats: Option<usize>,
     /// Gradient clipping norm.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::CLIP_GRAD))]
     pub clip_grad: Option<f64>,
     /// Horizontal flip probability.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::PROBABILITY))]
     pub hflip: Option<f64>,
     /// RandomResizedCrop area range.
-    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"])]
+    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], value_parser = number_in(ranges::PROBABILITY))]
     pub scale: Option<Vec<f64>>,
     /// RandomResizedCrop aspect-ratio range.
-    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"])]
+    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], value_parser = number_in(RATIO))]
     pub ratio: Option<Vec<f64>>,
     /// RandAugment (timm's grammar, e.g. rand-m9-mstd0.5-inc1; `none` for off).
     #[arg(long)]
     pub aa: Option<String>,
     /// Random erasing probability.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::PROBABILITY))]
     pub reprob: Option<f64>,
     /// Mixup alpha (0: off).
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::MIX_ALPHA))]
     pub mixup: Option<f64>,
     /// CutMix alpha (0: off).
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::MIX_ALPHA))]
     pub cutmix: Option<f64>,
     /// Probability that a batch is mixed.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::PROBABILITY))]
     pub mixup_prob: Option<f64>,
     /// Probability of CutMix rather than Mixup when both are on.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::PROBABILITY))]
     pub mixup_switch_prob: Option<f64>,
     /// How mixing pairs images (batch).
     #[arg(long)]
@@ -123,26 +128,26 @@ pub struct RecipeFlags {
     #[arg(long)]
     pub interpolation: Option<String>,
     /// Seed of everything.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::SEED))]
     pub seed: Option<u64>,
     /// rsb.world_size: ranks of the global batch.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::WORLD_SIZE))]
     #[serde(rename = "rsb.world_size")]
     pub world_size: Option<usize>,
     /// rsb.test_img_size: evaluation resolution.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(widen(IMG_SIZE)))]
     #[serde(rename = "rsb.test_img_size")]
     pub test_img_size: Option<usize>,
     /// rsb.width: channel multiplier of the model.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::WIDTH))]
     #[serde(rename = "rsb.width")]
     pub width: Option<f64>,
     /// rsb.eval_interval: evaluate every this many epochs.
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::EVAL_INTERVAL))]
     #[serde(rename = "rsb.eval_interval")]
     pub eval_interval: Option<u64>,
     /// rsb.checkpoint_interval: also checkpoint every this many steps (0: per epoch only).
-    #[arg(long)]
+    #[arg(long, value_parser = number_in(ranges::CHECKPOINT_INTERVAL))]
     #[serde(rename = "rsb.checkpoint_interval")]
     pub checkpoint_interval: Option<u64>,
     /// rsb.train_split: the split to train on.
@@ -158,13 +163,20 @@ pub struct RecipeFlags {
 impl RecipeFlags {
     /// The flags given, as the recipe's overrides (`lr`, `rsb.world_size`, ...). TOML has no
     /// null, so the serializer leaves the flags not given out.
-    pub fn overrides(&self) -> Overrides {
-        let entries = match toml::Value::try_from(self) {
-            Ok(toml::Value::Table(t)) => t.into_iter().collect(),
-            // A struct of options serialises to a table; nothing else can come out.
-            _ => Vec::new(),
-        };
-        Overrides::flags(entries)
+    ///
+    /// # Errors
+    /// A value TOML cannot hold (the flags' ranges keep every one within it; were one not, the
+    /// flags would be refused here rather than dropped, as they once all were).
+    pub fn overrides(&self) -> Result<Overrides, super::Usage> {
+        match toml::Value::try_from(self) {
+            Ok(toml::Value::Table(t)) => Ok(Overrides::flags(t.into_iter().collect())),
+            Ok(other) => Err(super::Usage(format!(
+                "the recipe flags became {other:?}, not a table"
+            ))),
+            Err(e) => Err(super::Usage(format!(
+                "a recipe flag's value cannot be a recipe value: {e}"
+            ))),
+        }
     }
 }
 
@@ -197,7 +209,7 @@ mod tests {
             "16",
         ])
         .unwrap();
-        let o = cli.o.overrides();
+        let o = cli.o.overrides().unwrap();
         let e: Vec<(String, toml::Value)> = o
             .entries()
             .iter()
@@ -222,6 +234,12 @@ mod tests {
         assert_eq!(get("bce_loss"), toml::Value::Boolean(false));
         assert_eq!(get("rsb.world_size"), toml::Value::Integer(16));
         assert!(Cli::try_parse_from(["x", "--lr-base", "0.1"]).is_err());
-        assert!(RecipeFlags::default().overrides().entries().is_empty());
+        assert!(
+            RecipeFlags::default()
+                .overrides()
+                .unwrap()
+                .entries()
+                .is_empty()
+        );
     }
 }

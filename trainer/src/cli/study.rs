@@ -40,10 +40,10 @@ pub struct StudyArgs {
     #[arg(long)]
     pub json: bool,
     /// The plot's width in pixels (--width is the recipe's rsb.width).
-    #[arg(long, default_value_t = 1200)]
+    #[arg(long, default_value_t = 1200, value_parser = clap::value_parser!(u32).range(super::image_sides()))]
     pub plot_width: u32,
     /// The plot's height in pixels.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(super::image_sides()))]
     pub plot_height: u32,
     #[command(flatten)]
     pub recipe: RecipeFlags,
@@ -53,7 +53,7 @@ pub struct StudyArgs {
 pub fn run(a: StudyArgs) -> Result<ExitCode> {
     let options = StudyOptions {
         recipe: a.config.clone(),
-        overrides: a.recipe.overrides(),
+        overrides: a.recipe.overrides()?,
         varies: a.vary.clone(),
         out: a.out.clone(),
         data: a.data.source(a.sets.workers),

@@ -31,7 +31,7 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub run: RunArgs,
     /// Loader worker threads with --shards (0: one per core).
-    #[arg(short = 'j', long, default_value_t = 0)]
+    #[arg(short = 'j', long, default_value_t = 0, value_parser = shard_tool::console::number_in(super::WORKERS))]
     pub workers: u32,
     /// Start from these weights instead of a fresh initialization: timm-named safetensors
     /// (from `timm`'s `safetensors.torch.save_file(model.state_dict(), ...)` or `trainer

@@ -8,6 +8,43 @@ use loader::transform::SettingError;
 use super::{DataJobs, TrainConfig};
 use crate::model::resnet::timm_depth;
 
+/// The ranges of the recipe's numbers: what the gate allows, and what the command line's
+/// flags take where they are parsed (`--lr 1e300` is refused by clap, naming the range, before
+/// a recipe is read). What the gate refines within them (`lr` and `width` above 0,
+/// `warmup_epochs` at most `epochs`, what is not implemented) stays the gate's.
+pub mod ranges {
+    use std::ops::RangeInclusive;
+
+    /// `num_classes`.
+    pub const NUM_CLASSES: RangeInclusive<usize> = 1..=1_000_000;
+    /// `epochs`.
+    pub const EPOCHS: RangeInclusive<u64> = 1..=100_000;
+    /// `warmup_epochs`, `cooldown_epochs`.
+    pub const EXTRA_EPOCHS: RangeInclusive<u64> = 0..=100_000;
+    /// `lr`, `weight_decay`, `warmup_lr`, `min_lr`.
+    pub const RATE: RangeInclusive<f64> = 0.0..=10.0;
+    /// Probabilities and `bce_target_thresh`.
+    pub const PROBABILITY: RangeInclusive<f64> = 0.0..=1.0;
+    /// `smoothing`, `drop_path`: a rate of 1 would drop everything.
+    pub const BELOW_ONE: RangeInclusive<f64> = 0.0..=0.99;
+    /// `mixup`, `cutmix`: Beta distributions' alpha.
+    pub const MIX_ALPHA: RangeInclusive<f64> = 0.0..=100.0;
+    /// `clip_grad` as a number (the gate refuses any: timm's Lamb clips at 1.0 inside).
+    pub const CLIP_GRAD: RangeInclusive<f64> = 0.0..=1e6;
+    /// `rsb.world_size`.
+    pub const WORLD_SIZE: RangeInclusive<usize> = 1..=4096;
+    /// `rsb.width`.
+    pub const WIDTH: RangeInclusive<f64> = 0.0..=8.0;
+    /// `rsb.eval_interval`.
+    pub const EVAL_INTERVAL: RangeInclusive<u64> = 1..=100_000;
+    /// `rsb.checkpoint_interval` (0: per epoch only).
+    pub const CHECKPOINT_INTERVAL: RangeInclusive<u64> = 0..=1_000_000_000;
+    /// `seed`: what a TOML integer holds.
+    pub const SEED: RangeInclusive<u64> = 0..=i64::MAX as u64;
+    /// Steps of a run (`--max-steps`): a billion is more than any run makes.
+    pub const STEPS: RangeInclusive<u64> = 1..=1_000_000_000;
+}
+
 impl TrainConfig {
     /// Values rsb cannot run, named with the allowed range or choices.
     pub(super) fn check(&self) -> Result<(), SettingError> {
@@ -80,13 +117,13 @@ impl TrainConfig {
                 "is not one of resnet18, resnet34, resnet50, resnet101, resnet152",
             )
         })?;
-        SettingError::within("num_classes", self.num_classes, 1..=1_000_000)?;
+        SettingError::within("num_classes", self.num_classes, ranges::NUM_CLASSES)?;
         Ok(())
     }
 
     /// Epochs, learning rates and decay: finite, not negative, the peak above zero.
     fn check_schedule(&self) -> Result<(), SettingError> {
-        SettingError::within("epochs", self.epochs, 1..=100_000)?;
+        SettingError::within("epochs", self.epochs, ranges::EPOCHS)?;
         if self.warmup_epochs > self.epochs {
             return Err(SettingError::new(
                 "warmup_epochs",
@@ -97,41 +134,59 @@ impl TrainConfig {
                 ),
             ));
         }
-        SettingError::within("cooldown_epochs", self.cooldown_epochs, 0..=100_000)?;
-        if !(self.lr > 0.0 && self.lr <= 10.0) {
+        SettingError::within(
+            "cooldown_epochs",
+            self.cooldown_epochs,
+            ranges::EXTRA_EPOCHS,
+        )?;
+        if !(self.lr > 0.0 && ranges::RATE.contains(&self.lr)) {
             return Err(SettingError::new("lr", self.lr, "is outside (0, 10]"));
         }
-        SettingError::within("weight_decay", self.weight_decay, 0.0..=10.0)?;
-        SettingError::within("warmup_lr", self.warmup_lr, 0.0..=10.0)?;
-        SettingError::within("min_lr", self.min_lr, 0.0..=10.0)?;
+        SettingError::within("weight_decay", self.weight_decay, ranges::RATE)?;
+        SettingError::within("warmup_lr", self.warmup_lr, ranges::RATE)?;
+        SettingError::within("min_lr", self.min_lr, ranges::RATE)?;
         Ok(())
     }
 
     /// The loss's targets, stochastic depth and the mixing.
     fn check_regularization(&self) -> Result<(), SettingError> {
         if let Some(t) = self.bce_target_thresh {
-            SettingError::within("bce_target_thresh", t, 0.0..=1.0)?;
+            SettingError::within("bce_target_thresh", t, ranges::PROBABILITY)?;
         }
-        SettingError::within("smoothing", self.smoothing, 0.0..=0.99)?;
-        SettingError::within("drop_path", self.drop_path, 0.0..=0.99)?;
-        SettingError::within("mixup", self.mixup, 0.0..=100.0)?;
-        SettingError::within("cutmix", self.cutmix, 0.0..=100.0)?;
-        SettingError::within("mixup_prob", self.mixup_prob, 0.0..=1.0)?;
-        SettingError::within("mixup_switch_prob", self.mixup_switch_prob, 0.0..=1.0)?;
+        SettingError::within("smoothing", self.smoothing, ranges::BELOW_ONE)?;
+        SettingError::within("drop_path", self.drop_path, ranges::BELOW_ONE)?;
+        SettingError::within("mixup", self.mixup, ranges::MIX_ALPHA)?;
+        SettingError::within("cutmix", self.cutmix, ranges::MIX_ALPHA)?;
+        SettingError::within("mixup_prob", self.mixup_prob, ranges::PROBABILITY)?;
+        SettingError::within(
+            "mixup_switch_prob",
+            self.mixup_switch_prob,
+            ranges::PROBABILITY,
+        )?;
+        SettingError::within("seed", self.seed, ranges::SEED)?;
         Ok(())
     }
 
     /// The `[rsb]` table's numbers (its splits and sizes are the loader jobs').
     fn check_rsb(&self) -> Result<(), SettingError> {
-        SettingError::within("rsb.world_size", self.rsb.world_size, 1..=4096)?;
-        if !(self.rsb.width > 0.0 && self.rsb.width <= 8.0) {
+        SettingError::within("rsb.world_size", self.rsb.world_size, ranges::WORLD_SIZE)?;
+        if !(self.rsb.width > 0.0 && ranges::WIDTH.contains(&self.rsb.width)) {
             return Err(SettingError::new(
                 "rsb.width",
                 self.rsb.width,
                 "is outside (0, 8]",
             ));
         }
-        SettingError::within("rsb.eval_interval", self.rsb.eval_interval, 1..=100_000)?;
+        SettingError::within(
+            "rsb.eval_interval",
+            self.rsb.eval_interval,
+            ranges::EVAL_INTERVAL,
+        )?;
+        SettingError::within(
+            "rsb.checkpoint_interval",
+            self.rsb.checkpoint_interval,
+            ranges::CHECKPOINT_INTERVAL,
+        )?;
         Ok(())
     }
 }

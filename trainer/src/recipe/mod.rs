@@ -17,6 +17,7 @@ mod check;
 mod jobs;
 mod overrides;
 
+pub use check::ranges;
 pub use jobs::DataJobs;
 pub use overrides::{Origin, Override, Overrides};
 

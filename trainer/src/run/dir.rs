@@ -128,12 +128,42 @@ impl RunDir {
         self.root.join(METRICS_FILE)
     }
 
-    /// Every line of `metrics.jsonl`.
+    /// Every line of `metrics.jsonl`, each within the run: where the run's `recipe.toml`
+    /// reads, no epoch past its epochs.
     ///
     /// # Errors
     /// [`MetricsError`] naming the file (and the line that is not a metric).
     pub fn read_metrics(&self) -> Result<Vec<Metric>, MetricsError> {
-        read_metrics(&self.metrics())
+        let path = self.metrics();
+        let metrics = read_metrics(&path)?;
+        let Some(epochs) = self.recipe_epochs() else {
+            return Ok(metrics);
+        };
+        if let Some((i, m)) = metrics.iter().enumerate().find(|(_, m)| {
+            let (epoch, done) = match m {
+                Metric::Step { epoch, .. } => (*epoch, 1),
+                Metric::Eval { epoch, .. } => (*epoch, 0),
+            };
+            u64::from(epoch) + done > epochs
+        }) {
+            return Err(MetricsError::Value {
+                path,
+                // Blank lines are skipped: the metric's index is its line where there are none.
+                line: i + 1,
+                what: format!("{m:?} is past the run's {epochs} epochs ({RECIPE_FILE})"),
+            });
+        }
+        Ok(metrics)
+    }
+
+    /// The epochs of the recipe this run wrote, if its `recipe.toml` reads.
+    fn recipe_epochs(&self) -> Option<u64> {
+        let path = self.root.join(RECIPE_FILE);
+        let text = crate::recipe::read_recipe(&path).ok()?;
+        let origin = path.display().to_string();
+        crate::recipe::TrainConfig::parse(&text, &origin, &crate::recipe::Overrides::none())
+            .ok()
+            .map(|l| l.config.epochs)
     }
 
     /// `metrics.jsonl` open for appending, cut back to `steps_done` steps.

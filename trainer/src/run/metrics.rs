@@ -87,9 +87,9 @@ pub enum Metric {
 }
 
 impl Metric {
-    /// Whether its numbers are ones a run writes: a finite loss (a run stops at the first
-    /// that is not), finite non-negative rates and times, accuracies in 0..=100 with top-5 at
-    /// least top-1. Read back, a
+    /// Whether its numbers are ones a run writes: a loss within f32's range (a run stops at
+    /// the first that is not finite), finite non-negative rates and times, accuracies in
+    /// 0..=100 with top-5 at least top-1, steps and epochs within what a recipe allows. Read back, a
     /// top-1 of 1e308 would otherwise top a `compare` table or a `study` ranking.
     ///
     /// # Errors
@@ -102,6 +102,28 @@ impl Metric {
                 Err(format!("{name} {v:?} is not a finite number ≥ 0"))
             }
         };
+        // The loss is computed in f32 (or bf16): nothing beyond f32's range comes out of it.
+        let loss_bound = |name: &str, v: f64| {
+            if v.is_finite() && v.abs() <= f64::from(f32::MAX) {
+                Ok(())
+            } else {
+                Err(format!("{name} {v:?} is beyond what an f32 loss can be"))
+            }
+        };
+        let (step, epoch, first) = match *self {
+            Metric::Step { step, epoch, .. } => (step, epoch, 1),
+            Metric::Eval { step, epoch, .. } => (step, epoch, 0),
+        };
+        let steps = *crate::recipe::ranges::STEPS.end();
+        if !(first..=steps).contains(&step) {
+            return Err(format!("step {step} is outside {first}..={steps}"));
+        }
+        let epochs = *crate::recipe::ranges::EPOCHS.end();
+        if u64::from(epoch) > epochs {
+            return Err(format!(
+                "epoch {epoch} is past the most a recipe has ({epochs})"
+            ));
+        }
         match *self {
             Metric::Step {
                 loss,
@@ -111,9 +133,7 @@ impl Metric {
                 upload_s,
                 ..
             } => {
-                if !loss.is_finite() {
-                    return Err(format!("loss {loss:?} is not finite"));
-                }
+                loss_bound("loss", loss)?;
                 non_negative("lr", lr)?;
                 non_negative("samples_per_s", samples_per_s)?;
                 non_negative("data_wait_s", data_wait_s)?;
@@ -132,8 +152,59 @@ impl Metric {
                 if top5 < top1 {
                     return Err(format!("top5 {top5:?} is below top1 {top1:?}"));
                 }
-                loss.map_or(Ok(()), |l| non_negative("loss", l))
+                match loss {
+                    Some(l) => non_negative("loss", l).and_then(|()| loss_bound("loss", l)),
+                    None => Ok(()),
+                }
             }
+        }
+    }
+
+    /// Whether this line can follow `previous` in one run's file: step lines one after
+    /// another in increasing steps, an evaluation at the steps already done, epochs that never
+    /// go back.
+    ///
+    /// # Errors
+    /// What does not follow.
+    pub fn follows(&self, previous: &Metric) -> Result<(), String> {
+        use Metric::{Eval, Step};
+        let (step, epoch) = (self.step(), self.epoch());
+        let (before, before_epoch) = (previous.step(), previous.epoch());
+        // A step line's epoch is its batch's (from 0), an evaluation's the epochs done (at an
+        // epoch's end, one more than its last batch's): the batch after an evaluation at E
+        // epochs done is of epoch E, or E - 1 at the most lenient.
+        let (step_ok, epoch_ok) = match (self, previous) {
+            (Step { .. }, Step { .. }) => (step > before, epoch >= before_epoch),
+            (Step { .. }, Eval { .. }) => (step > before, epoch + 1 >= before_epoch),
+            (Eval { .. }, _) => (step >= before, epoch >= before_epoch),
+        };
+        if !step_ok {
+            return Err(format!(
+                "{} at step {step} comes after step {before}",
+                self.kind()
+            ));
+        }
+        if !epoch_ok {
+            return Err(format!(
+                "{} of epoch {epoch} comes after epoch {before_epoch}",
+                self.kind()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Its epoch field: a step line's batch's epoch, an evaluation's epochs done.
+    fn epoch(&self) -> u32 {
+        match self {
+            Metric::Step { epoch, .. } | Metric::Eval { epoch, .. } => *epoch,
+        }
+    }
+
+    /// Its kind, for messages.
+    fn kind(&self) -> &'static str {
+        match self {
+            Metric::Step { .. } => "a step",
+            Metric::Eval { .. } => "an evaluation",
         }
     }
 
@@ -211,6 +282,7 @@ impl MetricsLog {
         let file = shard_tool::atomic::write_atomic_open(path, |w| {
             let Some(old) = old else { return Ok(()) };
             let mut lines = Lines::new(old);
+            let mut last: Option<Metric> = None;
             while let Some(line) = lines.next_line().transpose() {
                 let line = match line {
                     Ok(line) => line,
@@ -219,10 +291,16 @@ impl MetricsLog {
                         return Err(e);
                     }
                 };
-                if let Some(l) = line.text()
-                    && serde_json::from_str::<Metric>(l)
-                        .is_ok_and(|m| m.check().is_ok() && m.step() <= steps_done)
-                {
+                // Only lines a run writes, in the order it writes them, up to the checkpoint.
+                let Some(l) = line.text() else { continue };
+                let Ok(m) = serde_json::from_str::<Metric>(l) else {
+                    continue;
+                };
+                let fits = m.check().is_ok()
+                    && m.step() <= steps_done
+                    && last.as_ref().is_none_or(|p| m.follows(p).is_ok());
+                if fits {
+                    last = Some(m);
                     w.write_all(l.as_bytes())?;
                     w.write_all(b"\n")?;
                 }
@@ -375,11 +453,14 @@ pub(crate) fn read_metrics(path: &Path) -> Result<Vec<Metric>, MetricsError> {
             line: number,
             source,
         })?;
-        metric.check().map_err(|what| MetricsError::Value {
-            path: path.to_path_buf(),
-            line: number,
-            what,
-        })?;
+        metric
+            .check()
+            .and_then(|()| metrics.last().map_or(Ok(()), |p| metric.follows(p)))
+            .map_err(|what| MetricsError::Value {
+                path: path.to_path_buf(),
+                line: number,
+                what,
+            })?;
         metrics.push(metric);
     }
     Ok(metrics)
@@ -411,6 +492,26 @@ mod tests {
                 r#"{"kind":"eval","step":1,"epoch":1,"top1":60.0,"top5":50.0,"samples":8}"#,
                 "top5 50.0 is below top1 60.0",
             ),
+            (
+                r#"{"kind":"step","step":18446744073709551615,"epoch":0,"loss":0.7,"lr":0.001,"samples_per_s":10.0,"data_wait_s":0.0}"#,
+                "step 18446744073709551615 is outside 1..=1000000000",
+            ),
+            (
+                r#"{"kind":"step","step":2,"epoch":0,"loss":1e308,"lr":0.001,"samples_per_s":10.0,"data_wait_s":0.0}"#,
+                "loss 1e308 is beyond what an f32 loss can be",
+            ),
+            (
+                r#"{"kind":"step","step":1,"epoch":0,"loss":0.7,"lr":0.001,"samples_per_s":10.0,"data_wait_s":0.0}"#,
+                "a step at step 1 comes after step 1",
+            ),
+            (
+                r#"{"kind":"eval","step":0,"epoch":1,"top1":60.0,"top5":70.0,"samples":8}"#,
+                "an evaluation at step 0 comes after step 1",
+            ),
+            (
+                r#"{"kind":"step","step":2,"epoch":4000000000,"loss":0.7,"lr":0.001,"samples_per_s":10.0,"data_wait_s":0.0}"#,
+                "epoch 4000000000 is past the most a recipe has",
+            ),
         ];
         for (line, want) in cases {
             std::fs::write(&path, format!("{step}\n{line}\n")).unwrap();
@@ -418,6 +519,12 @@ mod tests {
             assert!(err.contains(":2: ") && err.contains(want), "{err}");
         }
         std::fs::write(&path, format!("{step}\n")).unwrap();
+        assert_eq!(read_metrics(&path).unwrap().len(), 1);
+        // A resume keeps none of them: the file it leaves reads whole (summary.csv is made
+        // from it).
+        let lines: String = cases.iter().map(|(l, _)| format!("{l}\n")).collect();
+        std::fs::write(&path, format!("{step}\n{lines}")).unwrap();
+        drop(MetricsLog::open(&path, u64::MAX).unwrap());
         assert_eq!(read_metrics(&path).unwrap().len(), 1);
     }
 
