@@ -48,9 +48,31 @@ pub enum RingError {
         /// The error.
         source: std::io::Error,
     },
+    /// The machine had no memory for the ring (its shared memory, or a file size limit set
+    /// on the daemon, `ulimit -f`): this client is refused, the daemon serves the others.
+    #[error(
+        "no memory for a ring of {bytes} bytes ({source}); ask for fewer slots or a smaller \
+         batch, or free memory on the loader's machine"
+    )]
+    NoMemory {
+        /// The ring's size.
+        bytes: u64,
+        /// What the kernel said.
+        source: std::io::Error,
+    },
     /// The shared memory does not hold the ring the layout describes.
     #[error("shared memory does not match the announced ring: {0}")]
     Mismatch(String),
+}
+
+/// A failure to size or allocate a ring of `bytes`: a shortage the client can act on
+/// (ENOSPC, ENOMEM, EFBIG past a file size limit) as [`RingError::NoMemory`], anything else as
+/// what it is.
+fn allocating(what: &'static str, bytes: u64) -> impl FnOnce(std::io::Error) -> RingError {
+    move |source| match source.raw_os_error() {
+        Some(libc::ENOSPC | libc::ENOMEM | libc::EFBIG) => RingError::NoMemory { bytes, source },
+        _ => RingError::Sys { what, source },
+    }
 }
 
 fn sys(what: &'static str) -> impl FnOnce(std::io::Error) -> RingError {
@@ -243,7 +265,7 @@ impl Ring {
         .map_err(nix_sys("memfd_create"))?;
         let file = File::from(fd);
         file.set_len(layout.total_bytes())
-            .map_err(sys("sizing the ring"))?;
+            .map_err(allocating("sizing the ring", layout.total_bytes()))?;
         // The pages are allocated in the file, not faulted into this process's mapping
         // (MAP_POPULATE): populating holds the process's memory-map lock for as long as the
         // kernel zeroes the ring (40 ms for 73 MB here), and every allocation of every other
@@ -251,8 +273,9 @@ impl Ring {
         // 64 KiB, on first write.
         let len = libc::off_t::try_from(layout.total_bytes())
             .map_err(|_| RingError::Layout(format!("{} bytes", layout.total_bytes())))?;
-        fallocate(&file, FallocateFlags::empty(), 0, len)
-            .map_err(nix_sys("allocating the ring's memory"))?;
+        fallocate(&file, FallocateFlags::empty(), 0, len).map_err(|e| {
+            allocating("allocating the ring's memory", layout.total_bytes())(e.into())
+        })?;
         // SAFETY: the memory file is this process's own and sealed against resizing below, so
         // the mapping can never point past the file's end.
         let mut map = unsafe { memmap2::MmapOptions::new().map_mut(&file) }

@@ -55,8 +55,28 @@ pub(crate) struct Daemon {
 
 impl Daemon {
     pub(crate) fn start(shards: &Path, socket: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_under(&[], shards, socket, extra)
+    }
+
+    /// [`Daemon::start`] with `wrapper` (a command and its arguments, such as `unshare` or
+    /// `prlimit`) running the loader.
+    pub(crate) fn start_under(
+        wrapper: &[&str],
+        shards: &Path,
+        socket: &Path,
+        extra: &[&str],
+    ) -> Daemon {
         let stderr = socket.with_extension(format!("{}.log", rand::random::<u32>()));
-        let child = Command::new(bin_dir().join("loader"))
+        let loader = bin_dir().join("loader");
+        let mut command = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&loader);
+                c
+            }
+            None => Command::new(&loader),
+        };
+        let child = command
             .arg("serve")
             .arg("--shards")
             .arg(shards)

@@ -2,6 +2,7 @@
 
 mod daemon;
 mod drill;
+mod faults;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -94,6 +94,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     shard_tool::console::init_logging("info");
     // Before the runtime's threads: see `server::trim`.
     loader::server::single_arena();
+    // A file size limit (`ulimit -f`, systemd's LimitFSIZE=) stops a ring past it with EFBIG,
+    // which refuses that one client (`RingError::NoMemory`); SIGXFSZ's default action would
+    // instead kill the daemon and every client's ring with it.
+    // SAFETY: a signal's disposition set to SIG_IGN, before any thread is started.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
