@@ -150,7 +150,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
 
 /// `--all-reduce`: the sum's cost over the processes of this launch, printed by process 0.
 fn all_reduce(a: &BenchArgs, options: &BenchOptions) -> Result<ExitCode> {
-    let processes = trainer::ranks::processes::launched()?;
+    let processes = trainer::ranks::processes::launched(trainer::ranks::processes::PEER_TIMEOUT)?;
     let device = options.device.device(options.precision)?;
     let model = options.model.init(&device)?;
     let r = trainer::diagnostics::all_reduce::measure(

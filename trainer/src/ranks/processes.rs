@@ -27,6 +27,11 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::model::resnet::ResNet;
 
+/// How long a process waits at a gradient sum for the others by default (`trainer train
+/// --peer-timeout`): ten minutes, beyond any step, the first (with its kernel compilation)
+/// included.
+pub const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Values summed per collective call: 16 M f32 (64 MiB), large enough that the call's latency
 /// is nothing next to its bytes, small enough that the receive buffer stays modest.
 pub const BUCKET: usize = 16 << 20;
@@ -62,6 +67,22 @@ pub enum ProcessError {
     /// Another process left the collective (its thread ended, or it failed).
     #[error("process {0} left the run")]
     Left(usize),
+    /// Other processes did not reach the gradient sum within `--peer-timeout`: stopped
+    /// (SIGSTOP, a debugger), hung in a driver, or on a node that is gone without its
+    /// connections closing.
+    #[error(
+        "process(es) {late:?} did not reach gradient sum {beat} of this start within \
+         {waited:.1?} (--peer-timeout): stopped, hung, or on a node that is gone; ending the \
+         run, whose last checkpoint stands (--resume goes on from it)"
+    )]
+    Unresponsive {
+        /// The processes that did not answer.
+        late: Vec<usize>,
+        /// This process's count of sums, from 1 (the same on every process).
+        beat: u64,
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
     /// Several processes were started, but this trainer cannot join them.
     #[error("{0}")]
     Launcher(String),
@@ -71,7 +92,10 @@ impl ProcessError {
     /// Whether the command or the launch is at fault (exit status 2), not a process that
     /// failed while running.
     pub fn is_bad_input(&self) -> bool {
-        !matches!(self, ProcessError::Left(_))
+        !matches!(
+            self,
+            ProcessError::Left(_) | ProcessError::Unresponsive { .. }
+        )
     }
 }
 
@@ -105,6 +129,17 @@ pub trait Processes: fmt::Debug {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Before each gradient sum: waits, at most the run's `--peer-timeout`, until every
+    /// other process is there too, so that a process that stopped without dying is named and
+    /// the run ends, instead of every other process waiting in the sum forever. Processes
+    /// that cannot stop alone (threads of one process, one process) need no such wait.
+    ///
+    /// # Errors
+    /// [`ProcessError::Unresponsive`] naming the processes that did not come.
+    fn heartbeat(&self) -> Result<(), ProcessError> {
         Ok(())
     }
 
@@ -283,6 +318,8 @@ pub(crate) fn all_reduce_grads(
     model.visit(&mut f);
     let (mut flat, slots) = (f.flat, f.slots);
     drop(grads);
+    // Last, just before the sum: a process stopped during its step is named here.
+    processes.heartbeat()?;
     processes.all_reduce_sum(&mut flat)?;
     let mut summed = GradientsParams::new();
     let mut at = 0;
@@ -422,17 +459,20 @@ impl Processes for ThreadGroup {
 }
 
 /// The processes this one was started among: MPI's when a launcher (`mpirun`, `srun`) started
-/// it (with the `mpi` feature), else [`Alone`].
+/// it (with the `mpi` feature), else [`Alone`]. `peer_timeout`: how long a process waits at
+/// a gradient sum for the others ([`Processes::heartbeat`]).
 ///
 /// # Errors
 /// [`ProcessError::Launcher`] when a launcher started several processes and this trainer was
 /// built without the `mpi` feature (each would train alone, on the same ranks).
-pub fn launched() -> Result<Rc<dyn Processes>, ProcessError> {
+pub fn launched(peer_timeout: std::time::Duration) -> Result<Rc<dyn Processes>, ProcessError> {
     let started = launcher_size();
     #[cfg(feature = "mpi")]
     if started.is_some() {
-        return Ok(Rc::new(mpi_world::Mpi::init()?));
+        return Ok(Rc::new(mpi_world::Mpi::init(peer_timeout)?));
     }
+    // One process waits for no one.
+    let _ = peer_timeout;
     match started {
         Some((var, n)) if n > 1 => Err(ProcessError::Launcher(format!(
             "this trainer is one of {n} processes ({var}={n}) but was built without the `mpi` \
@@ -459,17 +499,31 @@ fn launcher_size() -> Option<(&'static str, usize)> {
 mod mpi_world {
     //! The processes of an MPI launch.
 
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+
     use mpi::collective::SystemOperation;
     use mpi::datatype::PartitionMut;
     use mpi::environment::Universe;
+    use mpi::point_to_point::{Destination, Source};
     use mpi::topology::{Communicator, SimpleCommunicator};
     use mpi::traits::CommunicatorCollectives;
 
     use super::{BUCKET, ProcessError, Processes};
 
+    /// The tag of heartbeat messages (no other point-to-point message is sent).
+    const HEARTBEAT_TAG: i32 = 0x7262;
+    /// How often a waiting heartbeat looks whether the others' have come: short next to a
+    /// step, long enough not to spin a core.
+    const POLL: Duration = Duration::from_millis(1);
+
     /// MPI's world communicator; MPI is finalized when this is dropped.
     pub(super) struct Mpi {
         world: SimpleCommunicator,
+        /// How long a heartbeat waits for the others.
+        peer_timeout: Duration,
+        /// Heartbeats so far.
+        beats: Cell<u64>,
         /// Finalizes MPI on drop; declared last, so the communicator goes first.
         _universe: Universe,
     }
@@ -485,13 +539,15 @@ mod mpi_world {
 
     impl Mpi {
         /// Joins the launch. Only the thread that calls this makes MPI calls (the run's loop).
-        pub(super) fn init() -> Result<Mpi, ProcessError> {
+        pub(super) fn init(peer_timeout: Duration) -> Result<Mpi, ProcessError> {
             let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Funneled)
                 .ok_or_else(|| {
                     ProcessError::Launcher("MPI was initialized twice in this process".into())
                 })?;
             Ok(Mpi {
                 world: universe.world(),
+                peer_timeout,
+                beats: Cell::new(0),
                 _universe: universe,
             })
         }
@@ -557,6 +613,72 @@ mod mpi_world {
                 chunk.copy_from_slice(out);
             }
             Ok(())
+        }
+
+        /// Each process sends its heartbeat count to every other and receives theirs, with
+        /// non-blocking messages polled by this (the only MPI) thread until all have come or
+        /// the timeout has passed; then the receives still open are cancelled, and the
+        /// processes they were from are named.
+        fn heartbeat(&self) -> Result<(), ProcessError> {
+            let beat = self.beats.get() + 1;
+            self.beats.set(beat);
+            let (me, n) = (self.index(), self.count());
+            let mut theirs = vec![beat; n];
+            let started = Instant::now();
+            let late: Vec<usize> = mpi::request::scope(|scope| {
+                let mut receives = Vec::new();
+                let mut sends = Vec::new();
+                for (peer, slot) in theirs.iter_mut().enumerate().filter(|(p, _)| *p != me) {
+                    let Ok(rank) = i32::try_from(peer) else {
+                        continue;
+                    };
+                    let process = self.world.process_at_rank(rank);
+                    receives.push((
+                        peer,
+                        process.immediate_receive_into_with_tag(scope, slot, HEARTBEAT_TAG),
+                    ));
+                    sends.push(process.immediate_send_with_tag(scope, &beat, HEARTBEAT_TAG));
+                }
+                loop {
+                    receives = receives
+                        .into_iter()
+                        .filter_map(|(peer, r)| r.test().err().map(|r| (peer, r)))
+                        .collect();
+                    sends = sends.into_iter().filter_map(|r| r.test().err()).collect();
+                    if receives.is_empty() && sends.is_empty() {
+                        return Vec::new();
+                    }
+                    if started.elapsed() >= self.peer_timeout {
+                        let late = receives.iter().map(|(peer, _)| *peer).collect();
+                        // A cancelled request completes: the scope ends with none open.
+                        for (_, r) in receives {
+                            r.cancel();
+                            r.wait_without_status();
+                        }
+                        for r in sends {
+                            r.cancel();
+                            r.wait_without_status();
+                        }
+                        return late;
+                    }
+                    std::thread::sleep(POLL);
+                }
+            });
+            if !late.is_empty() {
+                return Err(ProcessError::Unresponsive {
+                    late,
+                    beat,
+                    waited: started.elapsed(),
+                });
+            }
+            // Every process counts its sums alike; one that does not has left the run's path.
+            match theirs.iter().position(|b| *b != beat) {
+                Some(process) => Err(ProcessError::Disagree {
+                    what: format!("the number of gradient sums (this one is at {beat})"),
+                    process,
+                }),
+                None => Ok(()),
+            }
         }
 
         fn abort(&self, code: i32) -> ! {

@@ -2,7 +2,8 @@
 //! `mpirun` on the loopback): the tiny smoke recipe at 4 ranks in 2 × 2 and 4 × 1 processes
 //! against one process of 4 virtual ranks (parameters, BN statistics, steps per epoch, every
 //! rank's batches), and a 2-process run resumed in 4 processes; a process killed mid-epoch ends
-//! the others, and `--resume` repeats the uninterrupted run's losses. Every process reads one loader daemon (the test's), as the
+//! the others, as does one stopped (SIGSTOP) within `--peer-timeout`, naming it, and `--resume`
+//! repeats the uninterrupted run's losses. Every process reads one loader daemon (the test's), as the
 //! processes of a node do. Skipped with a message where `mpirun` is not on the PATH.
 
 use std::collections::BTreeMap;
@@ -345,6 +346,25 @@ fn steps_written(out: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// A 2-process run of `args` into `out`, once it is mid-epoch 1 or later (7 steps written: a
+/// checkpoint stands, every 3 steps, and steps remain), with its trainer processes' pids.
+fn mid_run(args: &[String], out: &Path) -> (std::process::Child, Vec<u32>) {
+    let mut job = trainer(2, args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let began = Instant::now();
+    while steps_written(out) < 7 {
+        assert!(job.try_wait().unwrap().is_none(), "the run ended early");
+        assert!(began.elapsed() < Duration::from_secs(600), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pids = children(job.id());
+    assert_eq!(pids.len(), 2, "trainer processes {pids:?}");
+    (job, pids)
+}
+
 #[test]
 fn a_killed_process_ends_the_run_and_resume_repeats_the_uninterrupted_losses() {
     let dir = tempfile::tempdir().unwrap();
@@ -357,20 +377,7 @@ fn a_killed_process_ends_the_run_and_resume_repeats_the_uninterrupted_losses() {
     run(2, &train_args(&socket, &whole, STEPS));
 
     let split = dir.path().join("split");
-    let mut job = trainer(2, &train_args(&socket, &split, STEPS))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Mid-epoch 1 or later: a checkpoint stands (every 3 steps) and steps remain.
-    let began = Instant::now();
-    while steps_written(&split) < 7 {
-        assert!(job.try_wait().unwrap().is_none(), "the run ended early");
-        assert!(began.elapsed() < Duration::from_secs(600), "no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let pids = children(job.id());
-    assert_eq!(pids.len(), 2, "trainer processes {pids:?}");
+    let (job, pids) = mid_run(&train_args(&socket, &split, STEPS), &split);
     let killed = Instant::now();
     // Process 1 (the second started).
     let status = Command::new("kill")
@@ -388,6 +395,75 @@ fn a_killed_process_ends_the_run_and_resume_repeats_the_uninterrupted_losses() {
     let at_kill = common::losses(&split).len() as u64;
     assert!(at_kill < STEPS, "the kill came after the last step");
 
+    let mut resume = train_args(&socket, &split, STEPS);
+    resume.push("--resume".into());
+    run(2, &resume);
+    assert_eq!(
+        common::losses(&split),
+        common::losses(&whole),
+        "losses after the resume differ"
+    );
+}
+
+/// The MPI rank of the process `pid`, from the environment mpirun gave it.
+fn mpi_rank(pid: u32) -> usize {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    environ
+        .split(|b| *b == 0)
+        .find_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            kv.strip_prefix("OMPI_COMM_WORLD_RANK=")?.parse().ok()
+        })
+        .expect("OMPI_COMM_WORLD_RANK")
+}
+
+#[test]
+fn a_stopped_process_ends_the_others_within_the_peer_timeout_naming_it() {
+    // SIGSTOP: the process neither dies nor answers, so MPI sees nothing wrong and, without
+    // the heartbeat, the others wait in the next gradient sum forever.
+    let dir = tempfile::tempdir().unwrap();
+    let Some(loader) = daemon(dir.path()) else {
+        return;
+    };
+    let socket = loader.socket().to_path_buf();
+    const STEPS: u64 = 30;
+    const TIMEOUT: u64 = 5;
+    let whole = dir.path().join("whole");
+    run(2, &train_args(&socket, &whole, STEPS));
+
+    let split = dir.path().join("split");
+    let mut args = train_args(&socket, &split, STEPS);
+    args.extend(["--peer-timeout".into(), TIMEOUT.to_string()]);
+    let (job, pids) = mid_run(&args, &split);
+    let stopped_rank = mpi_rank(pids[1]);
+    let stopped = Instant::now();
+    let status = Command::new("kill")
+        .args(["-STOP", &pids[1].to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = job.wait_with_output().unwrap();
+    let ended = stopped.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "process {stopped_rank} stopped; the run ended {ended:?} later (--peer-timeout \
+         {TIMEOUT}); it said:\n{stderr}"
+    );
+    assert!(!out.status.success());
+    assert!(
+        ended >= Duration::from_secs(TIMEOUT) && ended < Duration::from_secs(TIMEOUT + 60),
+        "{ended:?}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "process(es) [{stopped_rank}] did not reach gradient sum"
+        )),
+        "{stderr}"
+    );
+    // The last checkpoint stands, and the same command with --resume goes on from it.
+    let latest = RunDir::new(&split).latest().unwrap();
+    let at = latest.state().unwrap().steps_done;
+    assert!((3..STEPS).contains(&at), "{at}");
     let mut resume = train_args(&socket, &split, STEPS);
     resume.push("--resume".into());
     run(2, &resume);
