@@ -69,6 +69,8 @@ pub mod decode;
 pub mod eval_transform;
 pub mod flip;
 pub mod frame;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod interpolation;
 pub mod job;
 pub mod pipeline;

@@ -40,6 +40,7 @@ pub mod atomic;
 pub mod bench;
 pub mod console;
 mod error;
+pub mod fuzzing;
 pub mod image;
 pub mod layout;
 pub mod manifest;

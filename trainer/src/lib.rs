@@ -32,6 +32,8 @@
 pub mod data;
 pub mod diagnostics;
 pub mod eval;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod model;
 pub mod optim;
 pub mod ranks;

@@ -2,6 +2,7 @@
 //! real data in `../shared/data` where present.
 
 mod corruption;
+mod fuzz;
 mod pack;
 mod real_data;
 mod resume;

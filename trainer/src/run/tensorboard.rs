@@ -192,7 +192,7 @@ const HEADER_BYTES: u64 = 12;
 const FOOTER_BYTES: u64 = 4;
 
 /// The masked CRC-32C TFRecords carry (TensorFlow's `crc32c::Mask`).
-fn masked_crc(bytes: &[u8]) -> u32 {
+pub(crate) fn masked_crc(bytes: &[u8]) -> u32 {
     let crc = crc32c::crc32c(bytes);
     crc.rotate_right(15).wrapping_add(0xa282_ead8)
 }

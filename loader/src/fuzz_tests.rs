@@ -1,0 +1,88 @@
+//! The daemon's reader of what clients send, and the client's of what the daemon sends,
+//! fuzzed: frames from the corpus (`fuzz/corpus/frames`, captured from a real `loader fetch`
+//! and `loader status`) mutated, or arbitrary bytes, fed to the frame decoder in arbitrary
+//! pieces. Each decode is a message, a wait for more bytes, or an error; never a panic, never
+//! a buffer grown past one frame's limit, and never a loop that does not consume.
+
+use bytes::BytesMut;
+use proptest::prelude::*;
+use shard_tool::fuzzing::{Edit, cases, corpus, mutate};
+use tokio_util::codec::Decoder;
+
+use crate::frame::{FrameCodec, MAX_FRAME};
+use crate::protocol::{Reply, Request};
+
+/// Arbitrary bytes, or a corpus frame (several, one after another) with a few edits.
+fn frames() -> impl Strategy<Value = Vec<u8>> {
+    let seeds = corpus("frames");
+    let n = seeds.len();
+    prop_oneof![
+        1 => prop::collection::vec(any::<u8>(), 0..512),
+        4 => (prop::collection::vec(0..n, 1..4), prop::collection::vec(any::<Edit>(), 0..6))
+            .prop_map(move |(picks, edits)| {
+                let joined: Vec<u8> = picks.iter().flat_map(|&i| seeds[i].clone()).collect();
+                mutate(&joined, &edits)
+            }),
+    ]
+}
+
+/// Feeds `bytes` to a decoder of `In` in pieces of `piece` bytes, decoding after each piece
+/// as the connection does, until an error or the end.
+fn decode_all<In: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    piece: usize,
+) -> Result<(), TestCaseError> {
+    let mut codec = FrameCodec::<In>::default();
+    let mut buf = BytesMut::new();
+    for chunk in bytes.chunks(piece.max(1)) {
+        buf.extend_from_slice(chunk);
+        loop {
+            let before = buf.len();
+            match codec.decode(&mut buf) {
+                Ok(Some(_)) => prop_assert!(buf.len() < before, "a message that consumed nothing"),
+                Ok(None) => break,
+                Err(_) => return Ok(()),
+            }
+        }
+        prop_assert!(
+            buf.capacity() <= 2 * (MAX_FRAME + 4) + bytes.len(),
+            "buffer {}",
+            buf.capacity()
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn the_daemon_reads_any_bytes_a_client_sends_without_a_panic(
+        bytes in frames(),
+        piece in 1usize..64,
+    ) {
+        decode_all::<Request>(&bytes, piece)?;
+    }
+
+    #[test]
+    fn a_client_reads_any_bytes_a_daemon_sends_without_a_panic(
+        bytes in frames(),
+        piece in 1usize..64,
+    ) {
+        decode_all::<Reply>(&bytes, piece)?;
+    }
+}
+
+#[test]
+fn the_corpus_frames_decode_whole() {
+    for seed in corpus("frames") {
+        let mut buf = BytesMut::from(&seed[..]);
+        let request = FrameCodec::<Request>::default().decode(&mut buf);
+        let mut buf = BytesMut::from(&seed[..]);
+        let reply = FrameCodec::<Reply>::default().decode(&mut buf);
+        assert!(
+            matches!(request, Ok(Some(_))) || matches!(reply, Ok(Some(_))),
+            "{request:?} {reply:?}"
+        );
+    }
+}
