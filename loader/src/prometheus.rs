@@ -304,14 +304,20 @@ mod tests {
         out
     }
 
-    #[test]
-    fn a_scrape_gets_the_text_format_or_openmetrics_as_asked() {
+    /// An endpoint on a free loopback port whose one metric counts the scrapes answered.
+    fn serve_scrape_counter() -> SocketAddr {
         let mut registry = Registry::default();
         let counter = Counter::default();
         registry.register("scrapes", "Scrapes answered", counter.clone());
         let listener = bind("127.0.0.1:0".parse().unwrap(), "test").unwrap();
         let addr = listener.local_addr().unwrap();
         spawn(listener, Arc::new(One(registry, counter))).unwrap();
+        addr
+    }
+
+    #[test]
+    fn a_scrape_gets_the_text_format_or_openmetrics_as_asked() {
+        let addr = serve_scrape_counter();
         let text = get(addr, "/metrics", "*/*");
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         assert!(text.contains("text/plain; version=0.0.4"), "{text}");
@@ -337,12 +343,7 @@ mod tests {
 
     #[test]
     fn silent_and_half_sent_sockets_do_not_hold_a_scraper_off() {
-        let mut registry = Registry::default();
-        let counter = Counter::default();
-        registry.register("scrapes", "Scrapes answered", counter.clone());
-        let listener = bind("127.0.0.1:0".parse().unwrap(), "test").unwrap();
-        let addr = listener.local_addr().unwrap();
-        spawn(listener, Arc::new(One(registry, counter))).unwrap();
+        let addr = serve_scrape_counter();
         // A local user's 100 silent sockets, 100 that sent half a request, then more than the
         // endpoint keeps open.
         let mut held = Vec::new();

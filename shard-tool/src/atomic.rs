@@ -240,28 +240,35 @@ pub fn open_lock(path: &Path) -> Result<File> {
     Ok(file)
 }
 
-/// Removes the temporary files (not directories) rsb left in `dir` when it was killed, by their
-/// exact pattern ([`temporary_name_of`]) and only those this user owns; returns how many.
+/// Removes what rsb left in `dir` when it was killed mid-write: the temporaries (files, and a
+/// staged directory with all it holds) made for a final name `made_for` accepts, by their exact
+/// pattern ([`temporary_name_of`]) and only those this user owns; returns how many.
 ///
 /// # Errors
 /// I/O errors with the path.
-pub fn remove_stale_temporaries(dir: &Path) -> Result<usize> {
-    let uid = fs::metadata(dir).at(dir).map(|_| current_uid())?;
+pub fn remove_stale_temporaries(dir: &Path, made_for: impl Fn(&str) -> bool) -> Result<usize> {
+    let uid = current_uid();
     let mut removed = 0;
     for entry in fs::read_dir(dir).at(dir)? {
         let entry = entry.at(dir)?;
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        if temporary_name_of(&name).is_none() {
+        let name = entry.file_name();
+        if !name
+            .to_str()
+            .and_then(temporary_name_of)
+            .is_some_and(&made_for)
+        {
             continue;
         }
         let path = entry.path();
         let meta = fs::symlink_metadata(&path).at(&path)?;
-        if meta.is_dir() || meta.uid() != uid {
+        if meta.uid() != uid {
             continue;
         }
-        fs::remove_file(&path).at(&path)?;
+        if meta.is_dir() {
+            fs::remove_dir_all(&path).at(&path)?;
+        } else {
+            fs::remove_file(&path).at(&path)?;
+        }
         removed += 1;
     }
     Ok(removed)
@@ -581,15 +588,31 @@ mod tests {
             .keep()
             .unwrap()
             .1;
-        for keep in ["notes.tmp", "x.tmp", ".x.rsb-tmp"] {
+        for keep in [
+            "notes.tmp",
+            "x.tmp",
+            ".x.rsb-tmp",
+            ".plot.png.abcdef.rsb-tmp",
+        ] {
             fs::write(dir.path().join(keep), b"user's").unwrap();
         }
-        fs::create_dir(dir.path().join(".d.abcdef.rsb-tmp")).unwrap();
-        assert_eq!(remove_stale_temporaries(dir.path()).unwrap(), 1);
+        // A staged directory of ours goes with what it holds; a folder named otherwise stays.
+        fs::create_dir(dir.path().join(".ckpt-1.abcdef.rsb-tmp")).unwrap();
+        fs::write(dir.path().join(".ckpt-1.abcdef.rsb-tmp/model.bpk"), b"half").unwrap();
+        fs::create_dir(dir.path().join(".d.rsb-tmp")).unwrap();
+        let removed =
+            remove_stale_temporaries(dir.path(), |made_for| made_for != "plot.png").unwrap();
+        assert_eq!(removed, 2);
         assert!(!ours.exists());
         assert_eq!(
             names(dir.path()),
-            [".d.abcdef.rsb-tmp", ".x.rsb-tmp", "notes.tmp", "x.tmp"]
+            [
+                ".d.rsb-tmp",
+                ".plot.png.abcdef.rsb-tmp",
+                ".x.rsb-tmp",
+                "notes.tmp",
+                "x.tmp"
+            ]
         );
     }
 

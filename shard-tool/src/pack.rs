@@ -211,7 +211,8 @@ pub fn pack(
         Err(Error::WithPath { source, .. }) if matches!(*source, Error::Incomplete) => {}
         Err(e) => return Err(e),
     }
-    let stale = remove_stale_temporaries(out)?;
+    // Only a packer writes in --out (it holds the lock): every temporary there is a packer's.
+    let stale = remove_stale_temporaries(out, |_| true)?;
     if stale > 0 {
         on_event(PackEvent::Warning(&format!(
             "removed {stale} unfinished temporary file(s) (.*{}) of an interrupted run",

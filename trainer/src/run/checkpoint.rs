@@ -70,8 +70,9 @@ impl CheckpointError {
     }
 }
 
-/// An error staging or publishing checkpoint directory `dir`, as a checkpoint error naming it.
-fn placing(dir: &Path) -> impl FnOnce(shard_tool::Error) -> CheckpointError + '_ {
+/// A failure of `shard_tool::atomic` about `dir` (a checkpoint staged or published, `latest`
+/// switched, temporaries cleaned), as a checkpoint error naming the path it was about.
+pub(super) fn placing(dir: &Path) -> impl FnOnce(shard_tool::Error) -> CheckpointError + '_ {
     move |e| match e {
         shard_tool::Error::WithPath { path, source } => CheckpointError::Io {
             path,
@@ -219,21 +220,19 @@ impl Checkpoint {
             ranks.save(&path)?;
             files.push(path);
         }
-        for f in &files {
-            File::open(f).and_then(|f| f.sync_all()).map_err(io(f))?;
-        }
-        // The marker, last: a directory holding it is a whole checkpoint.
+        // The marker, last. No temporary of its own: the staging directory is private, and
+        // it becomes the checkpoint whole or not at all.
         let state_path = at.join(STATE_FILE);
         let json =
             serde_json::to_vec_pretty(contents.state).map_err(|e| CheckpointError::State {
                 path: state_path.clone(),
                 message: e.to_string(),
             })?;
-        shard_tool::atomic::write_atomic(&state_path, |w| std::io::Write::write_all(w, &json))
-            .map_err(|e| CheckpointError::State {
-                path: state_path.clone(),
-                message: e.chain(),
-            })?;
+        std::fs::write(&state_path, json).map_err(io(&state_path))?;
+        files.push(state_path);
+        for f in &files {
+            File::open(f).and_then(|f| f.sync_all()).map_err(io(f))?;
+        }
         staged.publish(Checkpoint::is_ours).map_err(placing(dir))?;
         Ok(Checkpoint::at(dir))
     }

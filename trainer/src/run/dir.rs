@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{Checkpoint, CheckpointError, Contents, io};
+use super::checkpoint::{Checkpoint, CheckpointError, Contents, io, placing};
 use super::metrics::{Metric, MetricsError, MetricsLog, read_metrics};
 use super::tensorboard::{EventFile, TensorBoardError};
 use crate::eval::SetScore;
@@ -209,14 +209,10 @@ impl RunDir {
     /// ([`shard_tool::atomic::make_beside`]), renamed over the old one.
     fn point_latest_at(&self, name: &str) -> Result<(), CheckpointError> {
         let latest = self.root.join(LATEST);
-        let shard = |e: shard_tool::Error| CheckpointError::Io {
-            path: latest.clone(),
-            source: std::io::Error::other(e.reason()),
-        };
         let link =
             shard_tool::atomic::make_beside(&latest, |p| std::os::unix::fs::symlink(name, p))
-                .map_err(shard)?;
-        shard_tool::atomic::commit(link, &latest).map_err(shard)?;
+                .map_err(placing(&latest))?;
+        shard_tool::atomic::commit(link, &latest).map_err(placing(&latest))?;
         Ok(())
     }
 
@@ -268,29 +264,15 @@ impl RunDir {
     /// # Errors
     /// [`CheckpointError`] naming the entry that cannot be read or removed.
     pub(crate) fn tidy(&self) -> Result<Vec<String>, CheckpointError> {
-        let uid = shard_tool::atomic::current_uid();
-        for entry in std::fs::read_dir(&self.root).map_err(io(&self.root))? {
-            let entry = entry.map_err(io(&self.root))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(made_for) = shard_tool::atomic::temporary_name_of(&name) else {
-                continue;
-            };
-            let trainers = Checkpoint::steps_of(made_for).is_some()
+        // Only the temporaries of what a training process writes: a `trainer plot` writing
+        // curves.png beside a run may be under way.
+        let trainers = |made_for: &str| {
+            Checkpoint::steps_of(made_for).is_some()
                 || [RECIPE_FILE, METRICS_FILE, LATEST, SUMMARY_FILE].contains(&made_for)
-                || super::tensorboard::is_event_file_name(made_for);
-            let path = entry.path();
-            let Ok(meta) = std::fs::symlink_metadata(&path) else {
-                continue;
-            };
-            if !trainers || std::os::unix::fs::MetadataExt::uid(&meta) != uid {
-                continue;
-            }
-            if meta.is_dir() {
-                std::fs::remove_dir_all(&path).map_err(io(&path))?;
-            } else {
-                std::fs::remove_file(&path).map_err(io(&path))?;
-            }
-        }
+                || super::tensorboard::is_event_file_name(made_for)
+        };
+        shard_tool::atomic::remove_stale_temporaries(&self.root, trainers)
+            .map_err(placing(&self.root))?;
         let (_, others) = self.checkpoints()?;
         Ok(others
             .into_iter()
