@@ -65,21 +65,21 @@ cleanup() {
   rm -f "$log"
 }
 trap cleanup EXIT
+# The container's PID 1 is nspawn's child once it has become systemd (before that, the child
+# is nspawn's own helper): looked up again until systemd answers there, for at most 90 s.
 init=""
-for _ in $(seq 100); do
-  init=$(pgrep -P "$nspawn" | head -1 || true)
-  [ -n "$init" ] && break
-  sleep 0.1
-done
-[ -n "$init" ] || skip "systemd-nspawn did not start a container here: $(tail -3 "$log")"
 inside() { nsenter --target "$init" --mount --uts --ipc --net --pid -- "$@"; }
 state=""
-for _ in $(seq 300); do
-  state=$(inside systemctl is-system-running 2>/dev/null || true)
-  case "$state" in running | degraded) break ;; esac
+for _ in $(seq 900); do
+  kill -0 "$nspawn" 2>/dev/null || skip "systemd-nspawn could not boot a container here: $(tail -3 "$log")"
+  init=$(pgrep -P "$nspawn" -x systemd | head -1 || true)
+  if [ -n "$init" ]; then
+    state=$(inside systemctl is-system-running 2>/dev/null || true)
+    case "$state" in running | degraded) break ;; esac
+  fi
   sleep 0.1
 done
-case "$state" in running | degraded) ;; *) skip "systemd did not come up in the container ($state): $(tail -3 "$log")" ;; esac
+case "$state" in running | degraded) ;; *) skip "systemd did not come up in the container (state '$state', PID 1 ${init:-none}): $(tail -3 "$log")" ;; esac
 echo "container booted: $(inside systemctl --version | head -1), system $state, PID 1 $(inside cat /proc/1/comm)"
 
 # 1. Started, and active only once it said READY=1.
