@@ -27,12 +27,15 @@ compare() { # src dataset
   echo "$2: $(wc -l < "$2.extracted.sha256") records kept as is, all byte-identical (sha256) to their sources; $(wc -l < "$2.converted") converted"
 }
 
-echo "== pack, verify, extract: imagenet-sample and cifar10 (2 threads)"
-rm -rf imagenet-rsb cifar10-rsb
-timed "pack imagenet-sample" "$st" pack imagenet-sample --out imagenet-rsb -j 2 -q
+echo "== pack, verify, extract: imagenet-sample and cifar10 (2 threads), sources stored byte for byte"
+# --restart-interval 0: the byte-for-byte comparison below needs the sources' own bytes (the
+# default re-encodes train/ losslessly with restart markers: tests/restart_pixels.sh checks those).
+rm -rf imagenet-rsb cifar10-rsb imagenet-rst
+timed "pack imagenet-sample" "$st" pack imagenet-sample --out imagenet-rsb -j 2 -q --restart-interval 0
+timed "pack imagenet-sample with restart markers (the default)" "$st" pack imagenet-sample --out imagenet-rst -j 2 -q
 "$st" verify imagenet-rsb -j 2
 compare "$work/imagenet-sample" "$work/imagenet-rsb"
-timed "pack cifar10" "$st" pack cifar10 --out cifar10-rsb -j 2 --shard-size 8MiB -q
+timed "pack cifar10" "$st" pack cifar10 --out cifar10-rsb -j 2 --shard-size 8MiB -q --restart-interval 0
 "$st" verify cifar10-rsb -j 2
 compare "$work/cifar10" "$work/cifar10-rsb"
 "$st" inspect cifar10-rsb | tail -8

@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
-# loader bench (A1, 1 and 2 threads) next to the Pillow pipeline (1 core) on the same machine,
+# loader bench (1 and 2 threads) next to the Pillow pipeline (1 core) on the same machine,
 # in one run, ROUNDS times (default 5) alternating the three, then the medians and the ratios
-# the loader-core issue sets goals for. Usage:
-#   loader/benches/compare.sh IMAGENET_SAMPLE_DIR SHARDS_DIR [ROUNDS]
+# the loader-core issue sets goals for. TRANSFORM is a1 (default) or a3. Usage:
+#   loader/benches/compare.sh IMAGENET_SAMPLE_DIR SHARDS_DIR [ROUNDS] [TRANSFORM]
 # (SHARDS_DIR: `shard-tool pack IMAGENET_SAMPLE_DIR --out SHARDS_DIR`). Needs Pillow and numpy.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 src=$1
 shards=$2
 rounds=${3:-5}
+transform=${4:-a1}
 cargo build --release -p loader
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 for round in $(seq "$rounds"); do
   echo "== round $round of $rounds" | tee -a "$log"
   for j in 1 2; do
-    target/release/loader bench "$shards" --transform a1 -j "$j" --samples 768 | tee -a "$log"
+    target/release/loader bench "$shards" --transform "$transform" -j "$j" --samples 768 | tee -a "$log"
   done
-  python3 loader/benches/pillow_pipeline.py "$src" --samples 768 | tee -a "$log"
+  python3 loader/benches/pillow_pipeline.py "$src" --samples 768 --transform "$transform" | tee -a "$log"
 done
 python3 - "$log" <<'EOF'
 import re, statistics, sys

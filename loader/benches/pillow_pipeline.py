@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""timm's A1 train transform done the way timm does it, with Pillow, for `loader bench` to be
+"""timm's A1 (or A3) train transform done the way timm does it, with Pillow, for `loader bench` to be
 compared against (one process = one core, as a timm DataLoader worker).
 
-    python3 loader/benches/pillow_pipeline.py IMAGENET_SAMPLE_DIR [--samples 768] [--repeats 3]
+    python3 loader/benches/pillow_pipeline.py IMAGENET_SAMPLE_DIR [--samples 768] [--transform a1|a3]
+
+A3 is the same with 160 px, rand-m6-mstd0.5-inc1 and no repeats.
 
 Per sample, as timm's dataset + transforms_imagenet_train: open and decode the JPEG
 (every repeat decodes again), RandomResizedCrop 224 (scale 0.08-1, log-uniform ratio 3/4-4/3,
@@ -74,13 +76,13 @@ def rand_augment(img, m=7.0, mstd=0.5):
     return img
 
 
-def sample(path):
+def sample(path, size=224, m=7.0):
     img = Image.open(path).convert("RGB")
     i, j, h, w = rrc_params(img)
-    img = img.crop((j, i, j + w, i + h)).resize((224, 224), random.choice(INTERP))
+    img = img.crop((j, i, j + w, i + h)).resize((size, size), random.choice(INTERP))
     if random.random() < 0.5:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
-    img = rand_augment(img)
+    img = rand_augment(img, m=m)
     return np.asarray(img, dtype=np.uint8)
 
 
@@ -88,20 +90,24 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("root")
     ap.add_argument("--samples", type=int, default=768)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--transform", choices=("a1", "a3"), default="a1")
+    ap.add_argument("--repeats", type=int, default=None, help="default: 3 for a1, 1 for a3")
     args = ap.parse_args()
+    size, m, repeats = (224, 7.0, 3) if args.transform == "a1" else (160, 6.0, 1)
+    if args.repeats is not None:
+        repeats = args.repeats
     random.seed(0)
     np.random.seed(0)
     files = sorted(Path(args.root, "train").glob("*/*.JPEG"))
     random.shuffle(files)
-    order = [f for f in files for _ in range(args.repeats)][: args.samples]
+    order = [f for f in files for _ in range(repeats)][: args.samples]
     for f in order[:16]:
-        sample(f)  # warm-up
+        sample(f, size, m)  # warm-up
     t = time.perf_counter()
     for f in order:
-        sample(f)
+        sample(f, size, m)
     dt = time.perf_counter() - t
-    print(f"Pillow pipeline (timm's A1 transform, {args.repeats} repeats each decoded): "
+    print(f"Pillow pipeline (timm's {args.transform.upper()} transform, {repeats} repeats each decoded): "
           f"{len(order) / dt:.1f} samples/s on 1 core ({len(order)} samples in {dt:.2f} s)")
 
 

@@ -411,6 +411,14 @@ impl Measured<'_> {
         )?;
         writeln!(
             out,
+            "  crop-aware decoding: {} of {} decodes by region, {:.1} % of the records' pixels \
+             decoded (records packed without restart markers are decoded whole)",
+            times.decoded_by_region,
+            times.decoded,
+            100.0 * times.pixels_decoded as f64 / times.pixels_in_records.max(1) as f64
+        )?;
+        writeln!(
+            out,
             "  per sample (ms, summed over threads): decode {:.3}, crop+resize {:.3}, flip {:.3} \
              (its draw; the resize writes the mirror), RandAugment {:.3}, output write {:.3}",
             per(times.decode),

@@ -86,3 +86,36 @@ fn the_corpus_frames_decode_whole() {
         );
     }
 }
+
+/// A restart-marked JPEG (as `shard-tool pack` stores a train record) with a few edits.
+fn restarted_records() -> impl Strategy<Value = Vec<u8>> {
+    let jpeg =
+        shard_tool::restart::add_restart_markers(&shard_tool::synth::class_image(2, 3, 90, 70), 2)
+            .unwrap_or_default();
+    prop::collection::vec(any::<Edit>(), 0..6).prop_map(move |edits| mutate(&jpeg, &edits))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// Crop-aware decoding of a damaged record (markers renumbered, removed, cut off, headers
+    /// changed) is an image of the declared size or a decode error; never a panic. A3 and A1.
+    #[test]
+    fn a_damaged_restart_marked_record_decodes_by_region_or_is_an_error(
+        jpeg in restarted_records(),
+        position in 0u32..1000,
+    ) {
+        for preset in ["a3", "a1"] {
+            let t: crate::transform::TransformSpec = preset.parse().unwrap_or_else(|_| unreachable!());
+            let mut worker = crate::pipeline::Worker::new(t, 7);
+            let n = t.image_bytes();
+            let mut buf = vec![0u8; 3 * n];
+            let samples: Vec<crate::sampler::Sample> = (0..3)
+                .map(|repeat| crate::sampler::Sample { index: 0, position, repeat })
+                .collect();
+            let mut outs: Vec<&mut [u8]> = buf.chunks_exact_mut(n).collect();
+            let take = if preset == "a3" { 1 } else { 3 };
+            let _ = worker.produce(&jpeg, 0, &samples[..take], &mut outs[..take]);
+        }
+    }
+}

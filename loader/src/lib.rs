@@ -77,6 +77,7 @@ pub mod pipeline;
 pub mod prometheus;
 pub mod protocol;
 pub mod rand_augment;
+pub mod region;
 pub mod resample;
 pub mod ring;
 pub mod rng;

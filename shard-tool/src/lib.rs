@@ -4,8 +4,9 @@ files, and the reader every other part of rsb uses to get at the images.
 
 - [`pack()`] turns a source tree (see [`layout`]) into a dataset directory: shard files,
   one index per split and a `manifest.json` written last. Every image is decoded once in strict
-  mode; JPEGs are kept byte for byte; PNGs and CMYK JPEGs become RGB JPEGs; what cannot be read
-  is listed with the reason. A killed pack leaves no manifest, and rerunning it finishes the job.
+  mode; train JPEGs are re-encoded losslessly with restart markers ([`restart`]; the same
+  pixels), other JPEGs kept byte for byte; PNGs and CMYK JPEGs become RGB JPEGs; what cannot be
+  read is listed with the reason. A killed pack leaves no manifest, and rerunning it finishes the job.
 - [`Dataset`] maps a finished dataset and returns record `i` of a split in O(1), zero-copy.
 - [`verify()`] checks every byte against its checksum and names what does not match.
 
@@ -49,6 +50,7 @@ mod pack;
 pub mod reader;
 pub mod record;
 mod report;
+pub mod restart;
 mod resume;
 pub mod synth;
 pub mod user_file;

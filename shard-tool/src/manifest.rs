@@ -103,6 +103,10 @@ pub struct SplitManifest {
     pub resized: u64,
     /// Grayscale JPEGs (kept as is).
     pub grayscale: u64,
+    /// Records re-encoded losslessly with restart markers (same pixels; see
+    /// [`crate::restart`]). Absent in manifests written before they existed.
+    #[serde(default)]
+    pub restart_markers: u64,
     /// Image bytes stored (excluding record headers and paths).
     pub image_bytes: u64,
     /// Records per class index (empty for an unlabelled split).

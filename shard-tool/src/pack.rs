@@ -431,7 +431,7 @@ fn worker(
     jobs: Receiver<u64>,
     out: Sender<(u64, Outcome)>,
 ) {
-    let mut checker = ImageChecker::new(options.image);
+    let mut checker = ImageChecker::new(options.image.for_split(&split.name));
     for position in jobs {
         let file = &split.files[order[position as usize]];
         let path = files.root.join(&file.path);
@@ -464,7 +464,7 @@ fn load_and_check(
         Ok(Ok(checked)) => Outcome::Stored { bytes, checked },
         Ok(Err(rejection)) => Outcome::Rejected(rejection.to_string()),
         Err(_) => {
-            *checker = ImageChecker::new(options.image);
+            *checker = ImageChecker::new(checker.options());
             Outcome::Rejected("the decoder panicked on this file".into())
         }
     }
@@ -556,8 +556,15 @@ fn write_in_order(
                             ShardWriter::create(out, &split.name, shard_no, next, fingerprint)?;
                     }
                     let dims = (checked.width, checked.height);
-                    let entry =
-                        writer.append(next, &file.path, file.label, dims, checked.flags, data)?;
+                    let entry = writer.append(
+                        next,
+                        &file.path,
+                        file.label,
+                        dims,
+                        checked.flags,
+                        data,
+                        checked.source_sha256.as_deref(),
+                    )?;
                     state.entries.push(entry);
                 }
                 Outcome::Rejected(reason) => {
@@ -599,6 +606,7 @@ fn split_manifest(
         transcoded_cmyk: 0,
         resized: 0,
         grayscale: 0,
+        restart_markers: 0,
         image_bytes: 0,
         per_class: if labelled {
             vec![0; tree.classes.len()]
@@ -620,6 +628,7 @@ fn split_manifest(
             m.transcoded_cmyk += u64::from(f & flags::FROM_CMYK != 0);
             m.resized += u64::from(f & flags::RESIZED != 0);
             m.grayscale += u64::from(f & flags::GRAYSCALE != 0);
+            m.restart_markers += u64::from(f & flags::RESTART_MARKERS != 0);
             m.image_bytes += u64::from(r.len) - 32 - r.path.len() as u64;
             if f & flags::GRAYSCALE != 0 {
                 m.grayscale_files.push(r.path.clone());

@@ -66,8 +66,14 @@ pub mod flags {
     pub const RESIZED: u16 = 1 << 2;
     /// The stored JPEG is single-channel (kept as is; readers expand it to RGB).
     pub const GRAYSCALE: u16 = 1 << 3;
-    /// Any flag that means the stored bytes differ from the source file.
+    /// The stored JPEG is the source (or its conversion) re-encoded losslessly with restart
+    /// markers: the same DCT coefficients, tables and sampling, so the same pixels in every
+    /// decoder; the footer records the source's SHA-256.
+    pub const RESTART_MARKERS: u16 = 1 << 4;
+    /// Any flag that means the stored pixels differ from the source file's.
     pub const MODIFIED: u16 = FROM_PNG | FROM_CMYK | RESIZED;
+    /// Any flag that means the stored bytes differ from the source file's.
+    pub const REWRITTEN: u16 = MODIFIED | RESTART_MARKERS;
 }
 
 /// Header at offset 0 of a shard file.
@@ -229,6 +235,10 @@ pub struct FooterRecord {
     pub crc: u32,
     /// [`flags`].
     pub flags: u16,
+    /// SHA-256 (hex) of the source file, when the stored bytes are not the source's
+    /// ([`flags::REWRITTEN`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_sha256: Option<String>,
 }
 
 /// A source file that was not stored.

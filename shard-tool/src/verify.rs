@@ -379,6 +379,13 @@ impl ShardCheck<'_> {
                 "label {} in the record, {label} in the index",
                 r.label
             )),
+            // The loader splits such a record by its restart markers: they must be whole.
+            Ok(r) if r.flags & crate::record::flags::RESTART_MARKERS != 0 => {
+                crate::restart::Intervals::default()
+                    .parse(r.data)
+                    .err()
+                    .map(|e| format!("flagged as re-encoded with restart markers, but {e}"))
+            }
             Ok(_) => None,
         };
         let what = what.or_else(|| {

@@ -135,7 +135,8 @@ impl ShardWriter {
         self.footer.records.is_empty() && self.footer.rejects.is_empty()
     }
 
-    /// Appends one record and returns its index entry.
+    /// Appends one record and returns its index entry; `source_sha256` is the source file's
+    /// digest when `data` is not its bytes.
     ///
     /// # Errors
     /// [`Error::Config`] if the path or data do not fit the record header's fields; I/O errors.
@@ -148,6 +149,7 @@ impl ShardWriter {
         (width, height): (u32, u32),
         flags: u16,
         data: &[u8],
+        source_sha256: Option<&str>,
     ) -> Result<IndexEntry> {
         let path_len = u16::try_from(path.len())
             .map_err(|_| Error::Config(format!("path longer than 65535 bytes: {path}")))?;
@@ -183,6 +185,7 @@ impl ShardWriter {
             label,
             crc,
             flags,
+            source_sha256: source_sha256.map(str::to_owned),
         });
         self.footer.end_position = position + 1;
         if self.offset - self.synced_at >= SYNC_CHUNK {

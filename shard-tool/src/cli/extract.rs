@@ -1,4 +1,5 @@
-//! `shard-tool extract`: records back as files, byte for byte.
+//! `shard-tool extract`: records back as files, as stored (the source bytes, unless the pack
+//! re-encoded or converted them; the message says which).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -59,22 +60,40 @@ pub fn run(args: ExtractArgs, quiet: bool) -> Result<ExitCode> {
         .with_context(|| format!("writing {}", args.out.display()))?;
     if !quiet {
         eprintln!(
-            "wrote {} bytes of record {} ({}, label {}, {}x{}) to {}",
+            "wrote {} bytes of record {} ({}, label {}, {}x{}) to {}{}",
             record.data.len(),
             record.index,
             escaped(record.path),
             record.label,
             record.width,
             record.height,
-            args.out.display()
+            args.out.display(),
+            holds(record.flags)
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// What a record's bytes are, when they are not its source file's: a clause for the message.
+fn holds(flags: u16) -> &'static str {
+    use shard_tool::record::flags::*;
+    if flags & FROM_PNG != 0 {
+        "; a PNG source converted to JPEG (other bytes and pixels)"
+    } else if flags & FROM_CMYK != 0 {
+        "; a CMYK source converted to an RGB JPEG (other bytes and pixels)"
+    } else if flags & RESIZED != 0 {
+        "; downscaled by --max-side (other bytes and pixels)"
+    } else if flags & RESTART_MARKERS != 0 {
+        "; the source re-encoded losslessly with restart markers (other bytes, the same pixels; \
+         pack with --restart-interval 0 to store sources byte for byte)"
+    } else {
+        ""
+    }
+}
+
 /// Every record of every split under `out`, at its source path.
 fn extract_all(dataset: &Dataset, out: &Path, quiet: bool) -> Result<ExitCode> {
-    let mut written = 0u64;
+    let (mut written, mut restarted) = (0u64, 0u64);
     for split in dataset.splits() {
         for i in 0..split.len() {
             let r = split.get(i)?;
@@ -102,10 +121,15 @@ fn extract_all(dataset: &Dataset, out: &Path, quiet: bool) -> Result<ExitCode> {
             write_atomic(&path, |w| std::io::Write::write_all(w, r.data))
                 .with_context(|| format!("writing {}", path.display()))?;
             written += 1;
+            restarted += u64::from(r.flags & shard_tool::record::flags::RESTART_MARKERS != 0);
         }
     }
     if !quiet {
-        eprintln!("wrote {written} records under {}", out.display());
+        eprintln!(
+            "wrote {written} records under {}; {restarted} are their sources re-encoded \
+             losslessly with restart markers (other bytes, the same pixels)",
+            out.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -39,13 +39,17 @@ pub fn run(args: &InspectArgs) -> Result<ExitCode> {
     writeln!(
         stdout,
         "options   seed {}, shard size {}, max side {}, resize quality {}, transcode quality {}, \
-         max pixels {}",
+         max pixels {}, restart interval {}",
         o.seed,
         ByteSize(o.shard_size),
         o.image.max_side.map_or("none".into(), |s| s.to_string()),
         o.image.quality,
         o.image.transcode_quality,
-        o.image.max_pixels
+        o.image.max_pixels,
+        match o.image.restart_interval {
+            0 => "none (JPEGs stored as they were)".to_owned(),
+            n => format!("~{n} MCUs"),
+        }
     )?;
     let first_last = match (m.classes.first(), m.classes.last()) {
         (Some(a), Some(b)) => format!(" ({} .. {})", escaped(a), escaped(b)),
@@ -81,14 +85,16 @@ fn write_split(
     writeln!(
         stdout,
         "  as is {}, PNG converted {}, CMYK converted {}, downscaled {}, grayscale {}, \
-         rejected {}, ignored {}",
+         rejected {}, ignored {}\n  re-encoded losslessly with restart markers {} (the same pixels, \
+         decoded by the loader only where a crop reads; the others are decoded whole)",
         sm.kept_as_is,
         sm.transcoded_png,
         sm.transcoded_cmyk,
         sm.resized,
         sm.grayscale,
         sm.rejected.len(),
-        sm.ignored.len()
+        sm.ignored.len(),
+        sm.restart_markers
     )?;
     // Counted from the index, not copied from the manifest, so this shows what is stored.
     let mut per_class = vec![0u64; classes.len()];

@@ -5,7 +5,32 @@ use std::path::Path;
 
 use shard_tool::{Dataset, Manifest, record::flags};
 
-use crate::util::{sha256, shard_tool, shared_data, untar};
+/// Every record re-encoded with restart markers decodes to its source's pixels; returns how
+/// many there were. (Pillow's side: tests/restart_pixels.sh.)
+fn restarted_records_have_their_sources_pixels(dataset: &Dataset, src: &Path) -> u64 {
+    let mut n = 0;
+    for split in dataset.splits() {
+        for i in 0..split.len() {
+            let r = split.get(i).unwrap();
+            if r.flags & flags::RESTART_MARKERS == 0 || r.flags & flags::MODIFIED != 0 {
+                continue;
+            }
+            let source = fs::read(src.join(r.path)).unwrap();
+            assert!(
+                pixels(r.data) == pixels(&source),
+                "{}: other pixels than its source",
+                r.path
+            );
+            shard_tool::restart::Intervals::default()
+                .parse(r.data)
+                .unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
+use crate::util::{pixels, sha256, shard_tool, shared_data, untar};
 
 fn count_files(dir: &Path) -> usize {
     let mut n = 0;
@@ -22,7 +47,7 @@ fn count_files(dir: &Path) -> usize {
 }
 
 #[test]
-fn imagenet_sample_packs_verifies_and_extracts_byte_identical() {
+fn imagenet_sample_packs_verifies_and_its_records_are_its_pixels() {
     let Some(tar) = shared_data("imagenet-sample.tar") else {
         return;
     };
@@ -56,14 +81,41 @@ fn imagenet_sample_packs_verifies_and_extracts_byte_identical() {
             r.path.split('/').nth(1),
             Some(m.classes[r.label as usize].as_str())
         );
-        if r.flags & flags::MODIFIED == 0 {
+        if r.flags & flags::REWRITTEN == 0 {
             let source = fs::read(src.join(r.path)).unwrap();
             assert_eq!(sha256(r.data), sha256(&source), "{}", r.path);
             as_is += 1;
         }
     }
-    assert_eq!(as_is, m.split("train").unwrap().kept_as_is);
-    assert_eq!(as_is, 1000, "the sample holds no PNG or CMYK file");
+    let sm = m.split("train").unwrap();
+    assert_eq!(sm.kept_as_is, 1000, "the sample holds no PNG or CMYK file");
+    // Every file of the sample is baseline and re-encodes (the default --restart-interval).
+    assert_eq!(as_is, 0);
+    assert_eq!(sm.restart_markers, 1000);
+    assert_eq!(
+        restarted_records_have_their_sources_pixels(&dataset, &src),
+        1000
+    );
+
+    // Packed with --restart-interval 0, every record is its source, byte for byte.
+    let plain = dir.path().join("plain");
+    shard_tool()
+        .arg("pack")
+        .arg(&src)
+        .arg("--out")
+        .arg(&plain)
+        .args(["--restart-interval", "0"])
+        .assert()
+        .success();
+    // SAFETY: as above.
+    let dataset = unsafe { Dataset::open(&plain) }.unwrap();
+    let train = dataset.split("train").unwrap();
+    for i in 0..train.len() {
+        let r = train.get(i).unwrap();
+        assert_eq!(r.flags & flags::REWRITTEN, 0);
+        let source = fs::read(src.join(r.path)).unwrap();
+        assert_eq!(sha256(r.data), sha256(&source), "{}", r.path);
+    }
 }
 
 #[test]
@@ -104,4 +156,14 @@ fn jpeg_corpus_every_file_is_stored_or_rejected_with_a_reason_and_nothing_panics
     assert!(train.transcoded_cmyk >= 1 && train.transcoded_png >= 1);
     assert!(train.rejected.iter().all(|r| !r.reason.is_empty()));
     shard_tool().arg("verify").arg(&out).assert().success();
+    // SAFETY: nothing writes the dataset while it is open.
+    let dataset = unsafe { Dataset::open(&out) }.unwrap();
+    let restarted = restarted_records_have_their_sources_pixels(&dataset, &tree);
+    let split = dataset.split("train").unwrap();
+    let converted_then_restarted = (0..split.len())
+        .map(|i| split.get(i).unwrap().flags)
+        .filter(|f| f & flags::RESTART_MARKERS != 0 && f & flags::MODIFIED != 0)
+        .count() as u64;
+    assert_eq!(restarted + converted_then_restarted, train.restart_markers);
+    assert!(restarted >= 50, "only {restarted} corpus files re-encoded");
 }

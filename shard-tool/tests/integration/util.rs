@@ -45,6 +45,15 @@ pub fn untar(tar: &Path, into: &Path) {
     assert!(status.success(), "tar xf {}", tar.display());
 }
 
+/// zune-jpeg's RGB pixels of a JPEG (strict mode, as the packer and the loader decode).
+pub fn pixels(jpeg: &[u8]) -> Vec<u8> {
+    let mut d = zune_jpeg::JpegDecoder::new_with_options(
+        zune_core::bytestream::ZCursor::new(jpeg),
+        shard_tool::image::jpeg_options(),
+    );
+    d.decode().unwrap()
+}
+
 /// SHA-256 of a byte string, hex.
 pub fn sha256(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
