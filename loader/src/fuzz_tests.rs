@@ -106,7 +106,7 @@ proptest! {
         position in 0u32..1000,
     ) {
         for preset in ["a3", "a1"] {
-            let t: crate::transform::TransformSpec = preset.parse().unwrap_or_else(|_| unreachable!());
+            let t: crate::transform::TransformSpec = preset.parse().unwrap();
             let mut worker = crate::pipeline::Worker::new(t, 7);
             let n = t.image_bytes();
             let mut buf = vec![0u8; 3 * n];

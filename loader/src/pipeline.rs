@@ -305,7 +305,7 @@ impl Worker {
         if self.draws.is_empty() {
             return Ok(());
         }
-        let origin = self.region.decode(
+        let placed = self.region.decode(
             &self.decoder,
             jpeg,
             left..right,
@@ -314,11 +314,10 @@ impl Worker {
         )?;
         self.times.decode += t0.elapsed();
         self.times.decoded += 1;
-        let by_region =
-            origin != (0, 0) || (self.decoded.width, self.decoded.height) != (width, height);
-        self.times.decoded_by_region += u64::from(by_region);
+        self.times.decoded_by_region += u64::from(!placed.whole);
         self.times.pixels_decoded += u64::from(self.decoded.width) * u64::from(self.decoded.height);
         self.times.pixels_in_records += u64::from(width) * u64::from(height);
+        let origin = (placed.x, placed.y);
         for ((rng, crop), out) in self.draws.iter_mut().zip(outs.iter_mut()) {
             self.transformer
                 .train(t, &self.decoded, origin, *crop, rng, out, &mut self.times);

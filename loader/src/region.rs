@@ -20,6 +20,18 @@ use shard_tool::restart::{Intervals, SpliceError};
 
 use crate::decode::{DecodeError, Decoder, RgbImage};
 
+/// Where a decoded region lies in its image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    /// Column of the region's left edge in the image.
+    pub x: u32,
+    /// Row of the region's top edge in the image.
+    pub y: u32,
+    /// Whether the region is the whole image (the crops covered every interval, so the record
+    /// was decoded as it is, without a splice).
+    pub whole: bool,
+}
+
 /// Decodes regions of records; owns the buffers it reuses (no allocation per record once they
 /// have grown).
 #[derive(Debug, Default)]
@@ -43,7 +55,7 @@ impl RegionDecoder {
     }
 
     /// Decodes the part of `jpeg` (last given to [`RegionDecoder::open`]) that covers columns
-    /// `x` and rows `y` into `out`; returns where `out`'s top-left pixel lies in the image.
+    /// `x` and rows `y` into `out`; returns where `out` lies in the image.
     ///
     /// # Errors
     /// [`DecodeError`] as [`Decoder::decode_into`].
@@ -54,18 +66,26 @@ impl RegionDecoder {
         x: Range<u32>,
         y: Range<u32>,
         out: &mut RgbImage,
-    ) -> Result<(u32, u32), DecodeError> {
+    ) -> Result<Placed, DecodeError> {
         let covering = self.intervals.covering(x, y);
         if covering.is_whole(&self.intervals) {
             decoder.decode_into(jpeg, out)?;
-            return Ok((0, 0));
+            return Ok(Placed {
+                x: 0,
+                y: 0,
+                whole: true,
+            });
         }
         self.intervals.splice(jpeg, &covering, &mut self.spliced);
         decoder.decode_into(&self.spliced, out)?;
         if (out.width, out.height) != (covering.width, covering.height) {
             return Err(DecodeError::Corrupt);
         }
-        Ok((covering.x, covering.y))
+        Ok(Placed {
+            x: covering.x,
+            y: covering.y,
+            whole: false,
+        })
     }
 }
 

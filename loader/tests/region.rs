@@ -31,9 +31,10 @@ fn regions_match(jpeg: &[u8], draws: u32, seed: u64) -> Result<u32, String> {
     for _ in 0..draws {
         let (x0, y0) = (rng.random_range(0..w), rng.random_range(0..h));
         let (x1, y1) = (rng.random_range(x0 + 1..=w), rng.random_range(y0 + 1..=h));
-        let (ox, oy) = region
+        let placed = region
             .decode(&decoder, jpeg, x0..x1, y0..y1, &mut out)
             .map_err(|e| e.to_string())?;
+        let (ox, oy) = (placed.x, placed.y);
         let row = |img: &RgbImage, y: u32, top: u32, left: u32| {
             let at = (((y - top) * img.width + (x0 - left)) * 3) as usize;
             at..at + (x1 - x0) as usize * 3

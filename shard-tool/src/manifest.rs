@@ -101,7 +101,7 @@ pub struct SplitManifest {
     pub transcoded_cmyk: u64,
     /// Images downscaled because of `max_side`.
     pub resized: u64,
-    /// Grayscale JPEGs (kept as is).
+    /// Grayscale JPEGs (kept single-channel).
     pub grayscale: u64,
     /// Records re-encoded losslessly with restart markers (same pixels; see
     /// [`crate::restart`]). Absent in manifests written before they existed.

@@ -623,7 +623,7 @@ fn split_manifest(
     for shard in &state.shards {
         for r in &shard.footer.records {
             let f = r.flags;
-            m.kept_as_is += u64::from(f & flags::MODIFIED == 0);
+            m.kept_as_is += u64::from(f & flags::REWRITTEN == 0);
             m.transcoded_png += u64::from(f & flags::FROM_PNG != 0);
             m.transcoded_cmyk += u64::from(f & flags::FROM_CMYK != 0);
             m.resized += u64::from(f & flags::RESIZED != 0);

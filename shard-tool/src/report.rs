@@ -1,12 +1,12 @@
 //! `report.txt` and the summary `pack` prints: counts per split, then every file that was not
-//! stored as a plain RGB JPEG kept as is, with the reason.
+//! stored as a plain RGB JPEG (as is or with restart markers), with the reason.
 
 use crate::console::escaped;
 use crate::manifest::Manifest;
 use crate::manifest::Skipped;
 
 /// The human-readable report: counts per split, then every file that was not stored as a plain
-/// RGB JPEG kept as is. `limit` caps each list (for a terminal); `None` lists everything (for
+/// RGB JPEG (as is or with restart markers). `limit` caps each list (for a terminal); `None` lists everything (for
 /// `report.txt`).
 pub fn report(manifest: &Manifest, limit: Option<usize>) -> String {
     use std::fmt::Write;
@@ -21,7 +21,8 @@ pub fn report(manifest: &Manifest, limit: Option<usize>) -> String {
         let _ = writeln!(
             s,
             "{}: {} image files, {} stored ({} as is, {} PNG converted, {} CMYK converted, \
-             {} downscaled; {} grayscale), {} rejected, {} non-image files ignored",
+             {} downscaled, {} re-encoded with restart markers; {} grayscale), {} rejected, {} \
+             non-image files ignored",
             split.name,
             split.source_files,
             split.records,
@@ -29,6 +30,7 @@ pub fn report(manifest: &Manifest, limit: Option<usize>) -> String {
             split.transcoded_png,
             split.transcoded_cmyk,
             split.resized,
+            split.restart_markers,
             split.grayscale,
             split.rejected.len(),
             split.ignored.len()
@@ -39,7 +41,7 @@ pub fn report(manifest: &Manifest, limit: Option<usize>) -> String {
             .map(|p| {
                 (
                     p.as_str(),
-                    "grayscale JPEG kept as is (readers expand it to RGB)",
+                    "grayscale JPEG kept single-channel (readers expand it to RGB)",
                 )
             })
             .collect();

@@ -43,15 +43,17 @@ fn odd_files_each_get_the_documented_outcome_and_nothing_else_is_lost() {
     let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
     let report = fs::read_to_string(out.path().join("report.txt")).unwrap();
     let expect = [
-        "kept: train/class_000/grayscale.JPEG: grayscale JPEG kept as is",
+        "kept: train/class_000/grayscale.JPEG: grayscale JPEG kept single-channel",
         "converted: train/class_000/png_named.JPEG: PNG converted to RGB JPEG",
         "converted: train/class_000/cmyk.JPEG: CMYK JPEG converted to RGB JPEG",
         "REJECTED: train/class_000/empty.JPEG: empty file (0 bytes)",
         "REJECTED: train/class_000/truncated.JPEG: JPEG does not decode (strict mode)",
         "REJECTED: train/class_000/bomb.JPEG: declares 60000x50000",
         "ignored: train/class_000/README.txt: not an image file by extension",
-        "train: 24 image files, 21 stored (19 as is, 1 PNG converted, 1 CMYK converted, \
-         0 downscaled; 1 grayscale), 3 rejected, 1 non-image files ignored",
+        // Every train record is re-encoded with restart markers (the default), none as is.
+        "train: 24 image files, 21 stored (0 as is, 1 PNG converted, 1 CMYK converted, \
+         0 downscaled, 21 re-encoded with restart markers; 1 grayscale), 3 rejected, 1 \
+         non-image files ignored",
     ];
     for line in expect {
         assert!(report.contains(line), "report lacks {line:?}:\n{report}");

@@ -88,7 +88,12 @@ fn imagenet_sample_packs_verifies_and_its_records_are_its_pixels() {
         }
     }
     let sm = m.split("train").unwrap();
-    assert_eq!(sm.kept_as_is, 1000, "the sample holds no PNG or CMYK file");
+    assert_eq!(as_is, sm.kept_as_is);
+    assert_eq!(
+        (sm.transcoded_png, sm.transcoded_cmyk),
+        (0, 0),
+        "the sample holds no PNG or CMYK file"
+    );
     // Every file of the sample is baseline and re-encodes (the default --restart-interval).
     assert_eq!(as_is, 0);
     assert_eq!(sm.restart_markers, 1000);
@@ -109,6 +114,7 @@ fn imagenet_sample_packs_verifies_and_its_records_are_its_pixels() {
         .success();
     // SAFETY: as above.
     let dataset = unsafe { Dataset::open(&plain) }.unwrap();
+    assert_eq!(dataset.manifest().split("train").unwrap().kept_as_is, 1000);
     let train = dataset.split("train").unwrap();
     for i in 0..train.len() {
         let r = train.get(i).unwrap();
