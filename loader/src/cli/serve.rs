@@ -105,6 +105,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
+        // The handlers come before the socket: once a client can connect, a SIGTERM or SIGHUP
+        // must stop the daemon cleanly (its socket removed), never by the default action (a
+        // SIGHUP sent just after the socket appeared once left it behind, under load).
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        // A closed terminal (SIGHUP) stops the daemon as cleanly as SIGTERM.
+        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let mut interrupt =
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let shards = config.shards.clone();
         let server = Server::bind(config)?;
         println!("{}", server.socket().display());
@@ -114,16 +123,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
             server.socket().display()
         );
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        // A closed terminal (SIGHUP) stops the daemon as cleanly as SIGTERM: its socket is
-        // removed, not left behind.
-        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = hangup.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+                _ = interrupt.recv() => {}
             }
             tracing::info!("shutting down");
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
