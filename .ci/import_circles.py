@@ -4,7 +4,7 @@ use the other. Edges are the `crate::a::b` and `super::x` paths a module's code 
 comments and test modules left out); a module using its own submodules by relative path is
 its parent's business, not a circle. Prints every circle and exits 1 if there is one.
 
-    .ci/import_circles.py [CRATE_SRC ...]    (default: shard-tool/src loader/src trainer/src)
+    .ci/import_circles.py [CRATE_SRC ...]    (default: every workspace crate's src/)
 """
 
 import os
@@ -127,7 +127,10 @@ def folders(graph):
 
 
 def main():
-    crates = sys.argv[1:] or ["shard-tool/src", "loader/src", "trainer/src"]
+    crates = sys.argv[1:] or [
+        "shard-tool/src", "loader/src", "cpu-kernels/src", "trainer/src"
+    ]
+    crates = [c for c in crates if os.path.isdir(c)]
     found = 0
     for src in crates:
         graph = edges(src)

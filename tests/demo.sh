@@ -7,11 +7,17 @@
 #
 # Environment: RSB_DEMO_DIR (default target/demo) for the output; RSB_BIN_DIR to use already
 # built binaries instead of building release ones (the end-to-end test does this).
+#
+# Usage: tests/demo.sh
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  exit 0
+fi
 cd "$(dirname "$0")/.."
 work=${RSB_DEMO_DIR:-target/demo}
 if [ -z "${RSB_BIN_DIR:-}" ]; then
-  cargo build --release -p shard-tool -p loader -p trainer
+  cargo build --locked --release -p shard-tool -p loader -p trainer
   RSB_BIN_DIR=target/release
 fi
 st="$RSB_BIN_DIR/shard-tool"

@@ -5,6 +5,10 @@
 # re-encoded one with its source in Pillow (tests/restart_pixels.py). Skips with a message where
 # the shared data is absent. Usage: tests/restart_pixels.sh [BIN_DIR] [SHARED_DATA_DIR]
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  exit 0
+fi
 cd "$(dirname "$0")/.."
 bin=$(cd "${1:-target/debug}" && pwd)
 data=${2:-${RSB_SHARED_DATA:-../shared/data}}

@@ -5,9 +5,13 @@
 # peak RSS. Usage: tests/shard_tool_real_data.sh [SHARED_DATA_DIR] (default ../shared/data).
 # Scratch space: target/real-data (about 1 GB).
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  exit 0
+fi
 cd "$(dirname "$0")/.."
 data=$(cd "${1:-${RSB_SHARED_DATA:-../shared/data}}" && pwd)
-cargo build --release -p shard-tool
+cargo build --locked --release -p shard-tool
 st=$PWD/target/release/shard-tool
 work=$PWD/target/real-data
 mkdir -p "$work"

@@ -7,8 +7,12 @@
 # between the first and the last third of the run beyond a small margin, and the reader's
 # rate may not fall.
 #
-#   tests/soak.sh [MINUTES] [BIN_DIR] [OUT_DIR]    (defaults 30, target/debug, target/soak)
+# Usage: tests/soak.sh [MINUTES] [BIN_DIR] [OUT_DIR]    (defaults 30, target/debug, target/soak)
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  exit 0
+fi
 cd "$(dirname "$0")/.."
 minutes=${1:-30}
 bin=$(realpath "${2:-target/debug}")

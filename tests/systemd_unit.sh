@@ -12,13 +12,17 @@
 #   6. the journal's lines of the unit.
 # Then the container powers off.
 #
-#   tests/systemd_unit.sh [BIN_DIR]   (default target/debug; root, debootstrap and
+# Usage: tests/systemd_unit.sh [BIN_DIR]   (default target/debug; root, debootstrap and
 #                                      systemd-container, which it installs if it can)
 #
 # The root is kept in $RSB_SYSTEMD_ROOT (default /var/tmp/rsb-systemd-root) between runs.
 # Exits 0 with "skipped: ..." where it cannot run (not root, no way to get the tools or the
 # packages, or a container that systemd cannot boot in), 1 on a failed check.
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  exit 0
+fi
 cd "$(dirname "$0")/.."
 bin=$(realpath "${1:-target/debug}")
 root=${RSB_SYSTEMD_ROOT:-/var/tmp/rsb-systemd-root}

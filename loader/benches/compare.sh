@@ -5,12 +5,16 @@
 #   loader/benches/compare.sh IMAGENET_SAMPLE_DIR SHARDS_DIR [ROUNDS] [TRANSFORM]
 # (SHARDS_DIR: `shard-tool pack IMAGENET_SAMPLE_DIR --out SHARDS_DIR`). Needs Pillow and numpy.
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  exit 0
+fi
 cd "$(dirname "$0")/../.."
 src=$1
 shards=$2
 rounds=${3:-5}
 transform=${4:-a1}
-cargo build --release -p loader
+cargo build --locked --release -p loader
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 for round in $(seq "$rounds"); do

@@ -1,9 +1,9 @@
 //! Time of each RandAugment op on a 224 x 224 image (both filters for the geometric ones), the
 //! figures behind `loader bench`'s RandAugment stage:
 //! `cargo run --release -p loader --example op_times`.
-use loader::decode::RgbImage;
-use loader::interpolation::{Interpolation, InterpolationChoice};
-use loader::rand_augment::{OPS, RandAugment, RandAugmentConfig, is_geometric, level_value};
+use loader::image::decode::RgbImage;
+use loader::image::interpolation::{Interpolation, InterpolationChoice};
+use loader::image::rand_augment::{OPS, RandAugment, RandAugmentConfig, is_geometric, level_value};
 use std::time::Instant;
 
 fn main() {

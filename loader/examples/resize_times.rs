@@ -1,9 +1,9 @@
 //! Time of the crop resize (Pillow's filter, bit for bit) with this CPU's kernels and with
 //! the portable reference kernels, on crops of the sizes RandomResizedCrop draws from an
 //! ImageNet-sized image: `cargo run --release -p loader --example resize_times`.
-use loader::crop::CropBox;
-use loader::interpolation::Interpolation;
-use loader::resample::Resampler;
+use loader::image::crop::CropBox;
+use loader::image::interpolation::Interpolation;
+use loader::image::resample::Resampler;
 use std::time::Instant;
 
 fn main() {

@@ -18,14 +18,14 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use shard_tool::{Dataset, Split};
 
-use crate::batch::STEPS_PER_FILL;
-use crate::client::{Client, ClientError, ClientOptions};
-use crate::cpu::CpuExt;
-use crate::decode::{Decoder, RgbImage};
-use crate::job::{JobError, JobPlan, JobSpec, Position};
-use crate::pipeline::StageTimes;
-use crate::stream::{BatchStream, StreamError, Target};
-use crate::transform::{SettingError, TransformSpec};
+use crate::batches::batch::STEPS_PER_FILL;
+use crate::batches::pipeline::StageTimes;
+use crate::batches::stream::{BatchStream, StreamError, Target};
+use crate::image::cpu::CpuExt;
+use crate::image::decode::{Decoder, RgbImage};
+use crate::request::job::{JobError, JobPlan, JobSpec, Position};
+use crate::request::transform::{SettingError, TransformSpec};
+use crate::wire::client::{Client, ClientError, ClientOptions};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -777,7 +777,7 @@ impl Scraper {
 mod tests {
 
     use super::*;
-    use crate::transform::TransformSpec;
+    use crate::request::transform::TransformSpec;
 
     #[test]
     fn a_run_reports_its_rate_and_the_digests_of_a_restart_match() {

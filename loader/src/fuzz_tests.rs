@@ -9,8 +9,8 @@ use proptest::prelude::*;
 use shard_tool::fuzzing::{Edit, cases, corpus, mutate};
 use tokio_util::codec::Decoder;
 
-use crate::frame::{FrameCodec, MAX_FRAME};
-use crate::protocol::{Reply, Request};
+use crate::wire::frame::{FrameCodec, MAX_FRAME};
+use crate::wire::protocol::{Reply, Request};
 
 /// Arbitrary bytes, or a corpus frame (several, one after another) with a few edits.
 fn frames() -> impl Strategy<Value = Vec<u8>> {
@@ -106,12 +106,12 @@ proptest! {
         position in 0u32..1000,
     ) {
         for preset in ["a3", "a1"] {
-            let t: crate::transform::TransformSpec = preset.parse().unwrap();
-            let mut worker = crate::pipeline::Worker::new(t, 7);
+            let t: crate::request::transform::TransformSpec = preset.parse().unwrap();
+            let mut worker = crate::batches::pipeline::Worker::new(t, 7);
             let n = t.image_bytes();
             let mut buf = vec![0u8; 3 * n];
-            let samples: Vec<crate::sampler::Sample> = (0..3)
-                .map(|repeat| crate::sampler::Sample { index: 0, position, repeat })
+            let samples: Vec<crate::sampling::sampler::Sample> = (0..3)
+                .map(|repeat| crate::sampling::sampler::Sample { index: 0, position, repeat })
                 .collect();
             let mut outs: Vec<&mut [u8]> = buf.chunks_exact_mut(n).collect();
             let take = if preset == "a3" { 1 } else { 3 };

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use loader::cpu::{CpuExt, CpuExtChoice};
+use loader::image::cpu::{CpuExt, CpuExtChoice};
 
 mod cli;
 

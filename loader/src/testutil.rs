@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use zune_core::bytestream::ZCursor;
 use zune_png::PngDecoder;
 
-use crate::decode::RgbImage;
+use crate::image::decode::RgbImage;
 
 /// `classes` × `per_class` synthetic train JPEGs of `size` px, packed into `dir/shards`.
 pub fn packed(dir: &Path, classes: u32, per_class: u32, size: u32) -> PathBuf {

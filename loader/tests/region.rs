@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use loader::decode::{Decoder, RgbImage};
-use loader::region::RegionDecoder;
+use loader::image::decode::{Decoder, RgbImage};
+use loader::image::region::RegionDecoder;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shard_tool::restart::add_restart_markers;

@@ -11,7 +11,7 @@ split, so that packing never has to care which shape it was:
 - a flat `val/` plus the devkit's `ILSVRC2012_validation_ground_truth.txt`: line *k* holds the
   ILSVRC2012_ID of `ILSVRC2012_val_<k, 8 digits>.JPEG`. Those IDs (1..=1000) are **not** sorted-wnid
   order; they index the `synsets` table of the devkit's `meta.mat`. Pass that table as a text
-  file with one wnid per line in ILSVRC2012_ID order (`--devkit-synsets`); see the README for
+  file with one wnid per line in ILSVRC2012_ID order (`--devkit-synsets`); see docs/packing.md for
   the one-line export from `meta.mat`.
 - a flat `test/` with no labels: stored with [`NO_LABEL`].
 
@@ -673,7 +673,7 @@ fn resolve_flat_val(
             Error::Layout(format!(
                 "{} holds devkit ILSVRC2012_IDs, which are not class indices; pass \
                  --devkit-synsets FILE (one wnid per line in ILSVRC2012_ID order, exported from \
-                 the devkit's meta.mat as the README shows)",
+                 the devkit's meta.mat as docs/packing.md shows)",
                 labels_path.display()
             ))
         })?;

@@ -216,7 +216,7 @@ fn misbehave(socket: &Path, rng: &mut impl Rng) {
         return;
     };
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut preamble = loader::protocol::preamble().to_vec();
+    let mut preamble = loader::wire::protocol::preamble().to_vec();
     let hello = br#"{"type":"hello","job_id":"fuzz","job":{"split":"val","transform":{"kind":"eval","img_size":224,"crop_pct":0.95,"interpolation":"bicubic"},"seed":1,"world_size":1,"rank":0,"batch_size":1},"start":{"epoch":0,"step":0},"epochs":null,"slots":1}"#;
     let frame = |body: &[u8]| {
         let mut f = (body.len() as u32).to_le_bytes().to_vec();

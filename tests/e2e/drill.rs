@@ -14,10 +14,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use loader::client::{Client, ClientOptions};
-use loader::frame::FrameReader;
-use loader::protocol::{self, Reply, Request};
-use loader::transform::{TrainTransform, TransformSpec};
+use loader::request::transform::{TrainTransform, TransformSpec};
+use loader::wire::client::{Client, ClientOptions};
+use loader::wire::frame::FrameReader;
+use loader::wire::protocol::{self, Reply, Request};
 use loader::{JobSpec, Position};
 
 use super::daemon::{Daemon, dataset, dataset_of, nix_uid};
@@ -173,7 +173,7 @@ fn raw_hello(socket: &Path, hello: &Request) -> Reply {
     let mut s = UnixStream::connect(socket).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.write_all(&protocol::preamble()).unwrap();
-    loader::frame::write_frame(&mut s, hello).unwrap();
+    loader::wire::frame::write_frame(&mut s, hello).unwrap();
     let mut preamble = [0u8; 12];
     std::io::Read::read_exact(&mut s, &mut preamble).unwrap();
     FrameReader::<Reply>::default().read(&mut s).unwrap()
@@ -195,7 +195,7 @@ fn leave(socket: &Path, how: Leave, i: usize) {
     match how {
         Leave::MidHandshake => {
             let mut s = UnixStream::connect(socket).unwrap();
-            let frame = loader::frame::encode(&hello(small, Position::default()));
+            let frame = loader::wire::frame::encode(&hello(small, Position::default()));
             s.write_all(&protocol::preamble()).unwrap();
             s.write_all(&frame[..frame.len() / 2]).unwrap();
             until_closed(s);
@@ -396,7 +396,7 @@ fn a_hundred_clients_that_leave_in_every_way_leave_no_trace() {
         let watcher = scope.spawn(|| {
             while drilling.load(Ordering::SeqCst) {
                 let t = Instant::now();
-                loader::client::stats(&socket).unwrap();
+                loader::wire::client::stats(&socket).unwrap();
                 let took = t.elapsed();
                 let mut w = worst_stats.lock().unwrap();
                 *w = (*w).max(took);
@@ -472,7 +472,7 @@ fn a_hundred_clients_that_leave_in_every_way_leave_no_trace() {
         after.is_back_to(idle),
         "the daemon did not come back to where it was before any client: {idle:?} → {after:?}"
     );
-    let status = loader::client::stats(&socket).unwrap();
+    let status = loader::wire::client::stats(&socket).unwrap();
     assert!(status.clients.is_empty(), "{:?}", status.clients);
 }
 

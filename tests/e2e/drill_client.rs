@@ -8,8 +8,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use loader::client::{Client, ClientOptions};
-use loader::transform::{TrainTransform, TransformSpec};
+use loader::request::transform::{TrainTransform, TransformSpec};
+use loader::wire::client::{Client, ClientOptions};
 use loader::{JobSpec, Position};
 
 fn main() {

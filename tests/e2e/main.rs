@@ -1,6 +1,7 @@
 //! End-to-end: the README's main job (`tests/demo.sh`) with the binaries of this build.
 
 mod daemon;
+mod docs;
 mod drill;
 mod faults;
 

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # One convolution at the CPU benchmarks' shapes, burn-flex's and the trainer's own (rsb) against
-# PyTorch in the same run, same threads: the minimal reproduction of the CPU step's gap (README,
-# trainer section). Needs torch.
+# PyTorch in the same run, same threads: the minimal reproduction of the CPU step's gap (docs/benchmarks.md). Needs torch.
 # Usage: trainer/benches/conv_repro.sh [THREADS]
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  exit 0
+fi
 threads=${1:-2}
 cargo build --release --locked -p trainer --example conv_repro
 ours=$(RAYON_NUM_THREADS=$threads target/release/examples/conv_repro)

@@ -6,12 +6,16 @@
 #
 # Usage: trainer/benches/cpu_side_by_side.sh [THREADS]
 #   Needs python3 with torch and timm (pip install torch timm) and a release trainer
-#   (cargo build --release -p trainer; TRAINER=path to use another).
+#   (cargo build --release --locked -p trainer; TRAINER=path to use another).
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  exit 0
+fi
 threads=${1:-2}
 trainer=${TRAINER:-target/release/trainer}
 here=$(dirname "$0")
-[[ -x $trainer ]] || { echo "no $trainer: cargo build --release -p trainer" >&2; exit 1; }
+[[ -x $trainer ]] || { echo "no $trainer: cargo build --release --locked -p trainer" >&2; exit 1; }
 python3 -c "import torch, timm" 2>/dev/null || { echo "python3 lacks torch/timm: pip install torch timm" >&2; exit 1; }
 
 # name | model flags (both sides) | batch | image size | warm-up | timed steps

@@ -18,7 +18,13 @@
 # and cubecl-cpu) link cubecl-llvm, whose build script (tracel-llvm-bundler 23.1.0-4) downloads
 # an LLVM bundle from GitHub. Offline, we lay Debian's LLVM 22 where the bundler looks and drop
 # its "installed" marker, so nothing is downloaded.
+#
+# Usage: trainer/cuda/build.sh
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  exit 0
+fi
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 

@@ -5,7 +5,14 @@
 # upload from the loader's ring, device memory over 200 steps, 300 steps of A3, the ranks, two
 # processes joined by MPI.
 # Each part has its own time limit so that one slow part cannot eat the others. Results: stdout, and $OUT (or /tmp/gpu-out) for the full logs.
+#
+# Usage: OUT=DIR trainer/cuda/gpu_check.sh    (on the GPU host, from the repository root)
+# (No -e: each part has its own limit and a failing part must not stop the others.)
 set -uo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  exit 0
+fi
 out=${OUT:-/tmp/gpu-out}
 mkdir -p "$out"
 bundle=target/gpu-bundle

@@ -3,7 +3,13 @@
 # ../shared/data, packed with its images downscaled to 192 px on the long side (13 MB, so it
 # travels with the bundle under the device's 64 MiB carry limit); and for its smoke part (a2),
 # the demo's generated 10-class set (tests/demo.sh), packed. Run from the repository root.
+#
+# Usage: trainer/cuda/gpu_data.sh [SHARED_DATA_DIR]    (default ../shared/data)
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  exit 0
+fi
 shared=${1:-../shared/data}
 src=target/real-data/imagenet-sample
 if [[ ! -d $src/train ]]; then

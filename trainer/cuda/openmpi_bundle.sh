@@ -7,6 +7,10 @@
 # Checked here with the system's Open MPI directories moved away: `mpirun -np 2` of the trainer
 # ran from the unpacked tarball alone.
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  exit 0
+fi
 out=$1
 binary=${2:-}
 multiarch=/usr/lib/x86_64-linux-gnu

@@ -14,18 +14,25 @@
 #      2 replicas summed through the host, the --devices orchestration) on cube-cpu; and what
 #      --distributed (NCCL in backward) says on a backend without collectives.
 #
-# Run it before committing a change under trainer/src (README "The GPU's code path on the CPU").
+# Run it before committing a change under trainer/src (docs/gpu.md "The GPU's code path on the CPU").
 # 69 min on 2 cores with part 1's ResNet-18 kernels cached (the smoke run on cube-cpu is 35 of
 # them). Needs what build.sh needs (Debian's LLVM 22); builds target/dist/trainer with
 # `cuda,cube-cpu` when it is missing or stale. Kernels compile on first use and cubecl keeps
 # them, with its autotune results, in target/environment/: the first run on a machine pays for
-# that (see the README).
+# that (see docs/gpu.md).
 #
 # Environment: RSB_STANDIN_OUT (default target/standin) for logs and runs; RSB_STANDIN_STEPS to
 # cut the smoke runs short (default: the whole recipe); RSB_STANDIN_PART_LIMIT, seconds per part
 # (default 3600).
 # Exit status: 0 when every check passed, 1 otherwise (the summary says which).
+#
+# Usage: trainer/cuda/standin.sh
+# (No -e: a failing part is recorded and the next one runs; the summary judges.)
 set -uo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  exit 0
+fi
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 source "$root/trainer/cuda/llvm_env.sh"

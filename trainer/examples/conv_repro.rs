@@ -4,7 +4,7 @@
 //! lives here only); `trainer/benches/conv_repro.sh` runs both and prints the ratios.
 //!
 //! Each shape is timed twice in the same run: burn-flex's own convolution, and the trainer's
-//! (`trainer::model::conv`, our CPU convolution with its own backward).
+//! (`cpu_kernels::conv`, our CPU convolution with its own backward).
 //!
 //! `cargo run --release -p trainer --example conv_repro` prints one JSON line per shape and
 //! convolution.
@@ -42,7 +42,7 @@ fn main() {
                 let start = Instant::now();
                 for _ in 0..reps {
                     let y = if ours {
-                        trainer::model::conv::conv2d(x.clone(), w.clone(), None, options())
+                        cpu_kernels::conv::conv2d(x.clone(), w.clone(), None, options())
                     } else {
                         conv2d(x.clone(), w.clone(), None, options())
                     };

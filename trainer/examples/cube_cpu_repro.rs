@@ -1,5 +1,5 @@
 //! The smallest reproductions of where `--device cube-cpu` (burn's CubeCL CPU runtime) differs
-//! from flex, each against a float64 reference computed here (README "The GPU's code path on
+//! from flex, each against a float64 reference computed here (docs/gpu.md "The GPU's code path on
 //! the CPU"):
 //!
 //! - `bf16`: one matmul and one 3×3 convolution with bf16 operands (what amp and `--dtype
@@ -11,7 +11,7 @@
 //!   transposed (a shape the smoke recipe's backward tunes, where cubecl's `gemm_cpu_general`
 //!   candidate launches a unit kernel with more units than this machine has cores), its first
 //!   call timed with cubecl's autotune budget (or, with
-//!   `--one-sample`, the trainer's: `trainer::model::cube_cpu`), and the process's threads
+//!   `--one-sample`, the trainer's: `trainer::device::cube_cpu`), and the process's threads
 //!   counted. Run it with `CUBECL_AUTOTUNE_CACHE=0` so that every run tunes again; compiled
 //!   kernels stay cached, so run it twice and read the second.
 //! - `conv-grads`: the convolutions of ResNet-50 at 64 px (batch 8), forward and backward on
@@ -26,7 +26,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, FloatDType, Tensor, TensorData};
 use std::time::Instant;
-use trainer::model::device::{DeviceKind, Precision};
+use trainer::device::{DeviceKind, Precision};
 
 /// Relative L2 distance of `got` from `exact`.
 fn relative(got: &[f32], exact: &[f64]) -> f64 {

@@ -5,7 +5,10 @@
 //!
 //! - [`recipe`]: the TOML with timm's names, the flags over it, and the one gate it passes.
 //! - [`data`]: the loader (a daemon, or one in this process) and a slot's way to the device.
-//! - [`model`]: timm's ResNet, batch norm, amp, timm-named weights, device kinds.
+//! - [`model`]: timm's ResNet, batch norm, amp, timm-named weights (its CPU kernels: the
+//!   `cpu-kernels` crate).
+//! - [`device`]: where a model runs (flex, CUDA, the CubeCL stand-in), in which float types,
+//!   and how the host's allocator keeps the CPU backend's memory.
 //! - [`step`]: one training step: Mixup/CutMix, forward, BCE, backward.
 //! - [`optim`]: timm's LAMB and its warmup + cosine LR schedule.
 //! - [`ranks`]: the recipe's `world_size` ranks on one device or several, as DDP.
@@ -30,6 +33,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod data;
+pub mod device;
 pub mod diagnostics;
 pub mod eval;
 #[cfg(test)]

@@ -17,6 +17,12 @@ mod cli;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// SIMD level of our CPU kernels (convolution, batch norm, pooling, residual join, LAMB):
+    /// auto (the most this CPU has), none (baseline x86-64 code, to measure what the vectors
+    /// buy), avx2 or avx512. Every choice gives the same bits; gemm's matrix products keep
+    /// their own dispatch.
+    #[arg(long, global = true, default_value = "auto", value_name = "EXT")]
+    cpu_ext: cpu_kernels::CpuExtChoice,
 }
 
 #[derive(Subcommand)]
@@ -82,11 +88,15 @@ enum Command {
 fn main() -> ExitCode {
     // SAFETY: the first statement of `main`: no other thread exists yet to read the
     // environment while it changes.
-    unsafe { trainer::model::device::pin_default_device() };
-    trainer::model::host_memory::keep_freed_memory();
+    unsafe { trainer::device::pin_default_device() };
+    trainer::device::host_memory::keep_freed_memory();
     // The in-process loader's warnings and errors (an image replaced, a worker's failure).
     shard_tool::console::init_logging("warn");
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    if let Err(e) = cpu_kernels::simd::cap(cli.cpu_ext) {
+        return shard_tool::console::fail(anyhow::Error::new(e).chain(), cli::is_bad_input);
+    }
+    let result = match cli.command {
         Command::Train(a) => cli::train::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Plot(a) => cli::plot::run(a),

@@ -5,14 +5,14 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use loader::crop::CropBox;
-use loader::decode::RgbImage;
-use loader::eval_transform::EvalTransform;
-use loader::flip::flip_horizontal;
-use loader::interpolation::{Interpolation, InterpolationChoice};
-use loader::rand_augment::{Op, OpArg, RandAugment, level_value};
-use loader::resample::Resampler;
-use loader::transform::TransformSpec;
+use loader::image::crop::CropBox;
+use loader::image::decode::RgbImage;
+use loader::image::eval_transform::EvalTransform;
+use loader::image::flip::flip_horizontal;
+use loader::image::interpolation::{Interpolation, InterpolationChoice};
+use loader::image::rand_augment::{Op, OpArg, RandAugment, level_value};
+use loader::image::resample::Resampler;
+use loader::request::transform::TransformSpec;
 use shard_tool::console::number_in;
 
 use super::UsageError;
@@ -28,16 +28,16 @@ pub struct AugmentArgs {
     #[arg(long, conflicts_with = "magnitude")]
     pub arg: Option<String>,
     /// RandAugment magnitude (0..10) turned into the argument as timm does.
-    #[arg(long, value_parser = number_in(0.0..=loader::rand_augment::LEVEL_DENOM))]
+    #[arg(long, value_parser = number_in(0.0..=loader::image::rand_augment::LEVEL_DENOM))]
     pub magnitude: Option<f64>,
     /// With --magnitude: take the negative sign where timm draws one.
     #[arg(long, requires = "magnitude")]
     pub negative: bool,
     /// Output side in pixels.
-    #[arg(long, default_value_t = 224, value_parser = number_in(loader::transform::IMG_SIZE))]
+    #[arg(long, default_value_t = 224, value_parser = number_in(loader::request::transform::IMG_SIZE))]
     pub size: u32,
     /// Eval crop fraction (timm's --crop-pct).
-    #[arg(long, default_value_t = 0.95, value_parser = number_in(loader::transform::CROP_PCT))]
+    #[arg(long, default_value_t = 0.95, value_parser = number_in(loader::request::transform::CROP_PCT))]
     pub crop_pct: f64,
     /// Resize filter.
     #[arg(long, default_value = "bicubic")]
@@ -131,11 +131,11 @@ pub fn run(args: &AugmentArgs) -> Result<()> {
 
 /// `--size` of `augment`: the loader's output range.
 fn check_size(size: u32) -> Result<()> {
-    if !loader::transform::IMG_SIZE.contains(&size) {
+    if !loader::request::transform::IMG_SIZE.contains(&size) {
         return Err(UsageError(format!(
             "--size {size} is outside {}..={}",
-            loader::transform::IMG_SIZE.start(),
-            loader::transform::IMG_SIZE.end()
+            loader::request::transform::IMG_SIZE.start(),
+            loader::request::transform::IMG_SIZE.end()
         ))
         .into());
     }

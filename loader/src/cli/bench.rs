@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use loader::bench::{BenchError, BenchOptions};
-use loader::job::JobSpec;
-use loader::transform::TransformSpec;
+use loader::request::job::JobSpec;
+use loader::request::transform::TransformSpec;
 use shard_tool::console::number_in;
 
 use super::{TransformArgs, UsageError};
@@ -46,7 +46,7 @@ pub struct BenchArgs {
     /// Also measure N ranks of one job (world size N, same threads): each rank's batches made
     /// alone, then the ranks' batches of each step made together as the daemon does for a
     /// job group (one decode for the copies that repeated augmentation spreads over ranks).
-    #[arg(long, value_name = "N", value_parser = number_in(loader::job::WORLD_SIZE))]
+    #[arg(long, value_name = "N", value_parser = number_in(loader::request::job::WORLD_SIZE))]
     pub ranks: Option<u32>,
     /// With --ring: read the batches once more from a daemon serving Prometheus metrics
     /// (`metrics_listen` on loopback), scraped every 100 ms while they are read, and report

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 use loader::bench::batch_digest;
-use loader::client::{Client, ClientOptions};
-use loader::job::{JobSpec, Position};
+use loader::request::job::{JobSpec, Position};
+use loader::request::transform::TransformSpec;
 use loader::server::default_socket;
-use loader::transform::TransformSpec;
+use loader::wire::client::{Client, ClientOptions};
 use shard_tool::console::number_in;
 
 use super::{TransformArgs, UsageError, seconds};
@@ -35,16 +35,16 @@ pub struct FetchArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Samples per batch.
-    #[arg(short = 'b', long, default_value_t = 64, value_parser = number_in(loader::job::BATCH_SIZE))]
+    #[arg(short = 'b', long, default_value_t = 64, value_parser = number_in(loader::request::job::BATCH_SIZE))]
     pub batch_size: u32,
     /// Ranks of the job.
-    #[arg(long, default_value_t = 1, value_parser = number_in(loader::job::WORLD_SIZE))]
+    #[arg(long, default_value_t = 1, value_parser = number_in(loader::request::job::WORLD_SIZE))]
     pub world_size: u32,
     /// This client's rank.
-    #[arg(long, default_value_t = 0, value_parser = number_in(0..=*loader::job::WORLD_SIZE.end() - 1))]
+    #[arg(long, default_value_t = 0, value_parser = number_in(0..=*loader::request::job::WORLD_SIZE.end() - 1))]
     pub rank: u32,
     /// First epoch.
-    #[arg(long, default_value_t = 0, value_parser = number_in(0..=loader::job::MAX_EPOCHS))]
+    #[arg(long, default_value_t = 0, value_parser = number_in(0..=loader::request::job::MAX_EPOCHS))]
     pub start_epoch: u32,
     /// First step within the first epoch.
     #[arg(long, default_value_t = 0, value_parser = number_in(0..=super::MAX_STEP))]
@@ -101,7 +101,7 @@ pub fn run(args: &FetchArgs) -> Result<()> {
     let (t0, mut samples) = (Instant::now(), 0usize);
     for i in 0..steps {
         if args.memory_every.is_some_and(|n| n > 0 && i % n == 0) {
-            let m = loader::client::stats(&socket)?.memory;
+            let m = loader::wire::client::stats(&socket)?.memory;
             let mb = |b: u64| b as f64 / (1 << 20) as f64;
             writeln!(
                 out,
@@ -133,5 +133,5 @@ pub fn run(args: &FetchArgs) -> Result<()> {
 
 /// `--job-id`, checked as the daemon checks it, so a bad one is refused before connecting.
 fn job_id(text: &str) -> Result<String, String> {
-    loader::protocol::check_job_id(text).map(|()| text.to_string())
+    loader::wire::protocol::check_job_id(text).map(|()| text.to_string())
 }

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use clap::Args;
-use loader::eval_transform::EvalTransform;
-use loader::interpolation::{Interpolation, InterpolationChoice};
-use loader::transform::{TrainTransform, TransformSpec, parse_aa};
+use loader::image::eval_transform::EvalTransform;
+use loader::image::interpolation::{Interpolation, InterpolationChoice};
+use loader::request::transform::{TrainTransform, TransformSpec, parse_aa};
 use shard_tool::console::number_in;
 
 pub mod augment;
@@ -30,13 +30,13 @@ pub struct TransformArgs {
     #[arg(long, default_value = "a1")]
     pub transform: TransformSpec,
     /// Output side (timm's --img-size).
-    #[arg(long, value_parser = number_in(loader::transform::IMG_SIZE))]
+    #[arg(long, value_parser = number_in(loader::request::transform::IMG_SIZE))]
     pub img_size: Option<u32>,
     /// RandomResizedCrop area range, MIN MAX (train).
     #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], value_parser = number_in(0.0..=1.0))]
     pub scale: Option<Vec<f64>>,
     /// RandomResizedCrop aspect-ratio range, MIN MAX (train).
-    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], value_parser = number_in(loader::transform::RATIO))]
+    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], value_parser = number_in(loader::request::transform::RATIO))]
     pub ratio: Option<Vec<f64>>,
     /// Horizontal flip probability (train).
     #[arg(long, value_parser = number_in(0.0..=1.0))]
@@ -48,10 +48,10 @@ pub struct TransformArgs {
     #[arg(long)]
     pub train_interpolation: Option<InterpolationChoice>,
     /// Repeated-augmentation copies per image, 0 for none (train).
-    #[arg(long, value_parser = number_in(loader::transform::AUG_REPEATS))]
+    #[arg(long, value_parser = number_in(loader::request::transform::AUG_REPEATS))]
     pub aug_repeats: Option<u32>,
     /// Fraction of the resized image the center crop keeps (eval).
-    #[arg(long, value_parser = number_in(loader::transform::CROP_PCT))]
+    #[arg(long, value_parser = number_in(loader::request::transform::CROP_PCT))]
     pub crop_pct: Option<f64>,
     /// bilinear or bicubic (eval).
     #[arg(long)]
@@ -123,7 +123,7 @@ impl TryFrom<&TransformArgs> for TransformSpec {
 pub use shard_tool::console::Usage as UsageError;
 
 /// A transform setting out of range, named by its flag (`--crop-pct 0.001 is outside ...`).
-pub fn flag_error(e: loader::transform::SettingError) -> UsageError {
+pub fn flag_error(e: loader::request::transform::SettingError) -> UsageError {
     UsageError(format!(
         "--{} {} {}",
         e.key.replace('_', "-"),

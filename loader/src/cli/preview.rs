@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use loader::batches::pipeline::Worker;
 use loader::bench::open_job;
-use loader::decode::RgbImage;
-use loader::job::JobSpec;
-use loader::pipeline::Worker;
-use loader::transform::TransformSpec;
+use loader::image::decode::RgbImage;
+use loader::request::job::JobSpec;
+use loader::request::transform::TransformSpec;
 use shard_tool::console::escaped;
 use shard_tool::console::number_in;
 
@@ -34,7 +34,7 @@ pub struct PreviewArgs {
     #[arg(long, default_value_t = 6, value_parser = number_in(1..=64usize))]
     pub cols: usize,
     /// Epoch whose samples are shown.
-    #[arg(long, default_value_t = 0, value_parser = number_in(0..=loader::job::MAX_EPOCHS))]
+    #[arg(long, default_value_t = 0, value_parser = number_in(0..=loader::request::job::MAX_EPOCHS))]
     pub epoch: u32,
     /// timm's --seed.
     #[arg(long, default_value_t = 42)]

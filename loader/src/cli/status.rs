@@ -21,7 +21,7 @@ pub struct StatusArgs {
 /// Prints the daemon's statistics.
 pub fn run(args: &StatusArgs) -> Result<()> {
     let socket = args.socket.clone().unwrap_or_else(default_socket);
-    let s = loader::client::stats(&socket)?;
+    let s = loader::wire::client::stats(&socket)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::transform::SettingError;
+use crate::request::transform::SettingError;
 
 /// Errors starting the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +68,7 @@ pub enum ServeError {
     Stopped,
     /// The metrics endpoint (`metrics_listen`) could not listen.
     #[error(transparent)]
-    Metrics(#[from] crate::prometheus::PrometheusError),
+    Metrics(#[from] crate::server::prometheus::PrometheusError),
 }
 
 impl ServeError {
@@ -105,7 +105,7 @@ pub struct ServeConfig {
     /// and no client of a user, takes more than its share of the cores (`server::share`).
     pub decode_turns: u32,
     /// Ring slots when the client does not ask for a number. The default, twice
-    /// [`crate::batch::STEPS_PER_FILL`], lets the producer fill whole multi-step calls while a
+    /// [`crate::batches::batch::STEPS_PER_FILL`], lets the producer fill whole multi-step calls while a
     /// client that keeps up still holds the previous ones (with 4, fills shrank to a step or
     /// two and the workers idled at each batch's end: ring / in-process 0.92 instead of 1.0).
     pub slots: u32,
@@ -170,7 +170,7 @@ impl Default for ServeConfig {
             socket: None,
             workers: 0,
             decode_turns: 0,
-            slots: 2 * crate::batch::STEPS_PER_FILL as u32,
+            slots: 2 * crate::batches::batch::STEPS_PER_FILL as u32,
             max_slots: 32,
             // 8 slots of A1 at 256 per rank (308 MB) fit; 16 × 512 MiB = 8 GiB, which the
             // automatic budget allows from 16 GiB of memory.

@@ -13,10 +13,10 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf, UCred};
 use tokio_util::codec::FramedRead;
 
-use crate::frame::{FrameCodec, encode};
-use crate::job::JobError;
-use crate::protocol::{self, ProtocolError, Reply, Request};
-use crate::ring::RingError;
+use crate::request::job::JobError;
+use crate::wire::frame::{FrameCodec, encode};
+use crate::wire::protocol::{self, ProtocolError, Reply, Request};
+use crate::wire::ring::RingError;
 
 /// Why the daemon closed a connection; sent to the peer as an `error` frame.
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ use super::Shared;
 use super::config::ServeConfig;
 use super::connection::{Connection, Peer, Refusal};
 use super::session::Session;
-use crate::protocol::{ProtocolError, Reply, Request};
+use crate::wire::protocol::{ProtocolError, Reply, Request};
 
 /// Serves one accepted connection to its end.
 pub(super) async fn serve(shared: Arc<Shared>, stream: UnixStream) {

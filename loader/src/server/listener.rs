@@ -16,7 +16,7 @@ use super::connection::Refusal;
 use super::producer::Groups;
 use super::stats::Counters;
 use super::{Shared, handler};
-use crate::protocol::{SplitInfo, Stats};
+use crate::wire::protocol::{SplitInfo, Stats};
 
 /// A bound, not yet serving daemon.
 pub struct Server {
@@ -57,7 +57,7 @@ impl Server {
         // Before the Unix socket: a port that is taken fails the start with nothing to undo.
         let metrics = config
             .metrics_listen
-            .map(|addr| crate::prometheus::bind(addr, "metrics_listen"))
+            .map(|addr| crate::server::prometheus::bind(addr, "metrics_listen"))
             .transpose()?;
         let socket = config.socket.clone().unwrap_or_else(default_socket);
         let listener = bind_socket(&socket, config.socket_mode)?;
@@ -133,7 +133,7 @@ impl Server {
             }
             let metrics = Arc::new(super::metrics::DaemonMetrics::new(Arc::clone(&shared)));
             tokio::spawn(async move {
-                if let Err(e) = crate::prometheus::serve(listener, metrics).await {
+                if let Err(e) = crate::server::prometheus::serve(listener, metrics).await {
                     tracing::warn!("{e}; the daemon goes on serving batches without it");
                 }
             })
@@ -250,18 +250,21 @@ mod tests {
     /// With `config`, a peer that connects and never says hello makes the next connection be
     /// refused with `want`; once it leaves, its permit comes back. Returns the statistics
     /// then read.
-    fn a_silent_peer_refuses_the_next(config: ServeConfig, want: &str) -> crate::protocol::Stats {
+    fn a_silent_peer_refuses_the_next(
+        config: ServeConfig,
+        want: &str,
+    ) -> crate::wire::protocol::Stats {
         let dir = tempfile::tempdir().unwrap();
         let server = daemon(dir.path(), config);
         let silent = std::os::unix::net::UnixStream::connect(server.socket()).unwrap();
-        let e = crate::client::stats(server.socket())
+        let e = crate::wire::client::stats(server.socket())
             .unwrap_err()
             .to_string();
         assert!(e.contains(want), "{e}");
         drop(silent);
         let t0 = std::time::Instant::now();
         loop {
-            match crate::client::stats(server.socket()) {
+            match crate::wire::client::stats(server.socket()) {
                 Ok(stats) => return stats,
                 Err(_) => assert!(
                     t0.elapsed() < Duration::from_secs(10),
@@ -309,17 +312,17 @@ mod tests {
     }
 
     /// A client of 2-image eval batches through a one-slot ring, from the start, forever.
-    fn one_slot(server: &crate::server::LocalServer) -> crate::client::ClientOptions {
-        crate::client::ClientOptions {
+    fn one_slot(server: &crate::server::LocalServer) -> crate::wire::client::ClientOptions {
+        crate::wire::client::ClientOptions {
             socket: server.socket().to_path_buf(),
             job_id: "j".into(),
-            job: crate::job::JobSpec::single(
+            job: crate::request::job::JobSpec::single(
                 "train",
-                crate::transform::TransformSpec::preset("eval").unwrap(),
+                crate::request::transform::TransformSpec::preset("eval").unwrap(),
                 0,
                 2,
             ),
-            start: crate::job::Position::default(),
+            start: crate::request::job::Position::default(),
             epochs: None,
             slots: Some(1),
             reconnect_timeout: Duration::from_secs(5),
@@ -336,8 +339,8 @@ mod tests {
             },
         );
         let connect = |epoch, epochs| {
-            crate::client::Client::connect(crate::client::ClientOptions {
-                start: crate::job::Position { epoch, step: 0 },
+            crate::wire::client::Client::connect(crate::wire::client::ClientOptions {
+                start: crate::request::job::Position { epoch, step: 0 },
                 epochs,
                 ..one_slot(&server)
             })
@@ -365,13 +368,13 @@ mod tests {
                 ..ServeConfig::default()
             },
         );
-        let mut client = crate::client::Client::connect(one_slot(&server)).unwrap();
-        let ids = |b: crate::client::Batch| (b.position, b.ids().to_vec());
+        let mut client = crate::wire::client::Client::connect(one_slot(&server)).unwrap();
+        let ids = |b: crate::wire::client::Batch| (b.position, b.ids().to_vec());
         let first = client.next_batch().unwrap().map(ids).unwrap();
         // A trainer that stops reading (a long evaluation): its one slot stays full.
         let held = client.next_batch().unwrap().unwrap();
         std::thread::sleep(Duration::from_millis(1500));
-        let stats = crate::client::stats(server.socket()).unwrap();
+        let stats = crate::wire::client::stats(server.socket()).unwrap();
         assert!(stats.clients.is_empty(), "the stream was not closed");
         let second = ids(held);
         let third = client.next_batch().unwrap().map(ids).unwrap();
@@ -388,7 +391,7 @@ mod tests {
     fn a_batch_dropped_on_another_thread_releases_its_slot() {
         let dir = tempfile::tempdir().unwrap();
         let server = daemon(dir.path(), ServeConfig::default());
-        let mut client = crate::client::Client::connect(one_slot(&server)).unwrap();
+        let mut client = crate::wire::client::Client::connect(one_slot(&server)).unwrap();
         // As a device upload does: the batch goes to another thread, which drops it when done.
         let batch = client.next_batch().unwrap().unwrap();
         let first = batch.position;
@@ -433,13 +436,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let server = limited(dir.path(), 1 << 20);
         let ring = {
-            let c = crate::client::Client::connect(one_slot(&server)).unwrap();
+            let c = crate::wire::client::Client::connect(one_slot(&server)).unwrap();
             c.layout().unwrap().total_bytes()
         };
         let t0 = std::time::Instant::now();
         let rings = 12;
         for _ in 1..rings {
-            drop(crate::client::Client::connect(one_slot(&server)).unwrap());
+            drop(crate::wire::client::Client::connect(one_slot(&server)).unwrap());
         }
         // Whatever the machine's speed, no faster than the rate after the burst.
         let least = (rings * ring).saturating_sub(2 << 20) as f64 / f64::from(1 << 20);
@@ -453,9 +456,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let server = limited(dir.path(), 64 << 10);
         for _ in 0..6 {
-            drop(crate::client::Client::connect(one_slot(&server)).unwrap());
+            drop(crate::wire::client::Client::connect(one_slot(&server)).unwrap());
         }
-        let e = crate::client::Client::connect(crate::client::ClientOptions {
+        let e = crate::wire::client::Client::connect(crate::wire::client::ClientOptions {
             slots: Some(3),
             ..one_slot(&server)
         })
@@ -479,7 +482,7 @@ mod tests {
         );
         let t0 = std::time::Instant::now();
         for _ in 0..6 {
-            drop(crate::client::Client::connect(one_slot(&server)).unwrap());
+            drop(crate::wire::client::Client::connect(one_slot(&server)).unwrap());
         }
         let took = t0.elapsed().as_secs_f64();
         // Whatever the machine's speed, no faster than the rate after the burst: (6 - 2) / 4.
@@ -499,18 +502,18 @@ mod tests {
         );
         let mut s = std::os::unix::net::UnixStream::connect(server.socket()).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(&crate::protocol::preamble()).unwrap();
-        crate::frame::write_frame(&mut s, &crate::protocol::Request::Stats).unwrap();
+        s.write_all(&crate::wire::protocol::preamble()).unwrap();
+        crate::wire::frame::write_frame(&mut s, &crate::wire::protocol::Request::Stats).unwrap();
         let mut p = [0u8; 12];
         s.read_exact(&mut p).unwrap();
-        let mut frames = crate::frame::FrameReader::<crate::protocol::Reply>::default();
+        let mut frames = crate::wire::frame::FrameReader::<crate::wire::protocol::Reply>::default();
         assert!(matches!(
             frames.read(&mut s).unwrap(),
-            crate::protocol::Reply::Stats(_)
+            crate::wire::protocol::Reply::Stats(_)
         ));
         // Silent from here on: the daemon says why and closes.
         match frames.read(&mut s).unwrap() {
-            crate::protocol::Reply::Error { message } => {
+            crate::wire::protocol::Reply::Error { message } => {
                 assert!(
                     message.contains("no request on a status connection"),
                     "{message}"

@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::Shared;
-use crate::prometheus::{ResidentMemory, Scrape};
+use crate::server::prometheus::{ResidentMemory, Scrape};
 
 /// A client's labels. The uid is one of them: job ids are the clients' own words, and another
 /// user naming a job as yours would otherwise add to (or take over) your series.
@@ -222,21 +222,21 @@ mod tests {
         assert_eq!(value(&before, "loader_clients"), Some(0.0), "{before}");
 
         // Job "scraped", batches of 4 of `split`, 2 slots.
-        let options = |split: &str| crate::client::ClientOptions {
+        let options = |split: &str| crate::wire::client::ClientOptions {
             socket: server.socket().to_path_buf(),
             job_id: "scraped".into(),
-            job: crate::job::JobSpec::single(
+            job: crate::request::job::JobSpec::single(
                 split,
-                crate::transform::TransformSpec::preset("a3").unwrap(),
+                crate::request::transform::TransformSpec::preset("a3").unwrap(),
                 0,
                 4,
             ),
-            start: crate::job::Position::default(),
+            start: crate::request::job::Position::default(),
             epochs: None,
             slots: Some(2),
             reconnect_timeout: Duration::from_secs(5),
         };
-        let mut client = crate::client::Client::connect(options("train")).unwrap();
+        let mut client = crate::wire::client::Client::connect(options("train")).unwrap();
         let mut read = 0;
         for _ in 0..3 {
             read += client.next_batch().unwrap().unwrap().count;
@@ -263,7 +263,7 @@ mod tests {
         );
         // Prometheus' own linter on the body: no errors, no warnings.
         let body = during.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        match crate::prometheus::promtool_check(body) {
+        match crate::server::prometheus::promtool_check(body) {
             Some(verdict) => assert_eq!(verdict, Ok(()), "{body}"),
             None => eprintln!(
                 "promtool check skipped: promtool is not installed (apt-get install prometheus)"
@@ -286,7 +286,7 @@ mod tests {
         );
 
         // A refused connection is counted by its reason.
-        assert!(crate::client::Client::connect(options("no-such-split")).is_err());
+        assert!(crate::wire::client::Client::connect(options("no-such-split")).is_err());
         // Job ids are refused whole, not cut or passed on raw: too long, or with a control
         // character (a CR would forge a log line, an ESC drive a terminal).
         for (job_id, want) in [
@@ -296,12 +296,15 @@ mod tests {
         ] {
             let mut o = options("train");
             o.job_id = job_id;
-            let err = crate::client::Client::connect(o).err().unwrap().to_string();
+            let err = crate::wire::client::Client::connect(o)
+                .err()
+                .unwrap()
+                .to_string();
             assert!(err.contains(want), "{want}: {err}");
         }
         let mut longest = options("train");
         longest.job_id = "é".repeat(64);
-        drop(crate::client::Client::connect(longest).unwrap());
+        drop(crate::wire::client::Client::connect(longest).unwrap());
         drop(client);
         let t0 = std::time::Instant::now();
         let refused = r#"loader_refused_total{reason="no_split"}"#;

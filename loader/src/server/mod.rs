@@ -3,21 +3,22 @@ The loader daemon: a Unix socket, one shared-memory ring per client, one produce
 group (the ranks of a job that attach together; see `producer`).
 
 Each accepted connection is checked (SO_PEERCRED against the allowed uids and gids), shakes
-hands (preamble, hello), and gets its own [`Ring`](crate::ring::Ring) whose descriptor travels with the `welcome`
+hands (preamble, hello), and gets its own [`Ring`](crate::wire::ring::Ring) whose descriptor travels with the `welcome`
 frame. A producer thread then fills free slots in (epoch, step) order with a
-[`BatchMaker`](crate::batch::BatchMaker) writing straight into the shared memory, and announces
+[`BatchMaker`](crate::batches::batch::BatchMaker) writing straight into the shared memory, and announces
 each one; the client's `release` returns the slot. When every slot is full the producer waits:
-that is the backpressure, and the bound on memory (DESIGN.md invariant 4).
+that is the backpressure, and the bound on memory (docs/design.md invariant 4).
 
 By role, as mini-redis is laid out: [`config`](ServeConfig) (settings, checks, memory
 budget), `listener` ([`Server`]: the socket, a permit per connection), `local`
 ([`LocalServer`]), `connection` (frames, who the peer is, typed refusals), `handler` (what the daemon
 does with a connection: the peer check, the handshake, then a status answer or a session),
 `session` (one client's job, ring and relay), `producer` (job groups and the threads that fill their rings
-through the [`BatchStream`](crate::stream::BatchStream)), `share` (the decode turns, shared
+through the [`BatchStream`](crate::batches::stream::BatchStream)), `share` (the decode turns, shared
 fairly among users and their clients), `trim` (the heap of ended producers given back),
 `stats` (counters, `loader status`, systemd's tick), `metrics` (the same counters for
-Prometheus, on `metrics_listen`).
+Prometheus, on `metrics_listen`), [`prometheus`] (the scrape endpoint itself, which the
+trainer's run serves too).
 
 The async side (tokio) only moves small messages; all pixel work is on the producer's threads.
 Everything a peer sends is checked, and a bad message costs that peer its connection, never the
@@ -31,7 +32,7 @@ use std::time::Duration;
 
 use shard_tool::Dataset;
 
-use crate::protocol::{SplitInfo, Stats};
+use crate::wire::protocol::{SplitInfo, Stats};
 
 mod config;
 mod connection;
@@ -40,6 +41,7 @@ mod listener;
 mod local;
 mod metrics;
 mod producer;
+pub mod prometheus;
 mod session;
 mod share;
 mod stats;
@@ -246,7 +248,7 @@ fn visible_to(mut stats: Stats, uid: u32, own: u32) -> Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::ClientStats;
+    use crate::wire::protocol::ClientStats;
 
     #[test]
     fn a_bucket_refills_at_its_rate_up_to_its_burst_and_says_how_long_to_wait() {

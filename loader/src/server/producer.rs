@@ -6,7 +6,7 @@ epochs) are served by one producer: at each step it fills the slot of every rank
 the copies of an image that timm's repeated augmentation sends to neighbouring ranks come from
 one decode. The group starts when all `world_size` ranks are there, or `group_wait_s` after the
 first one came (ranks on other machines never come); a client on its own is a group of one.
-Which batches are filled together changes no byte of them (DESIGN.md invariant 1).
+Which batches are filled together changes no byte of them (docs/design.md invariant 1).
 
 A group lives as long as all its clients: when one leaves, the producer stops and the others'
 connections close without an error, so that their clients reconnect, each asking for its next
@@ -21,10 +21,10 @@ use shard_tool::Split;
 use tokio::sync::mpsc;
 
 use super::Shared;
-use crate::batch::STEPS_PER_FILL;
-use crate::job::{JobPlan, Position};
-use crate::ring::{Ring, SlotMeta};
-use crate::stream::{BatchStream, Target, Written};
+use crate::batches::batch::STEPS_PER_FILL;
+use crate::batches::stream::{BatchStream, Target, Written};
+use crate::request::job::{JobPlan, Position};
+use crate::wire::ring::{Ring, SlotMeta};
 
 /// What the producer tells a connection.
 pub(super) enum Event {
@@ -445,10 +445,10 @@ impl Producer {
 mod tests {
     use std::path::Path;
 
-    use crate::client::{self, Client, ClientOptions};
-    use crate::job::{JobSpec, Position};
+    use crate::request::job::{JobSpec, Position};
+    use crate::request::transform::TransformSpec;
     use crate::server::{LocalServer, ServeConfig};
-    use crate::transform::TransformSpec;
+    use crate::wire::client::{self, Client, ClientOptions};
 
     fn shards(dir: &Path) -> std::path::PathBuf {
         // timm's repeated-augmentation sampler needs 256 records.
@@ -469,7 +469,7 @@ mod tests {
         let Some(TransformSpec::Train(t)) = TransformSpec::preset("a1") else {
             panic!("a1 is a train transform")
         };
-        TransformSpec::Train(crate::transform::TrainTransform { img_size: 32, ..t })
+        TransformSpec::Train(crate::request::transform::TrainTransform { img_size: 32, ..t })
     }
 
     /// Ranks `ranks` of a 3-rank A1 job, each on its own thread from step 0: the bytes of its
@@ -577,7 +577,7 @@ mod tests {
 
     /// Statistics once the producers have stopped (they finish the step they were in after
     /// their clients left).
-    fn settled_stats(server: &LocalServer) -> crate::protocol::Stats {
+    fn settled_stats(server: &LocalServer) -> crate::wire::protocol::Stats {
         let mut last = client::stats(server.socket()).unwrap();
         loop {
             std::thread::sleep(std::time::Duration::from_millis(100));

@@ -11,9 +11,9 @@ use tokio::sync::mpsc;
 use super::Shared;
 use super::connection::{Connection, Refusal};
 use super::producer::{self, Event, Member};
-use crate::job::{JobError, JobPlan, JobSpec, MAX_EPOCHS, Position};
-use crate::protocol::{ClientStats, ProtocolError, Reply, Request, SplitInfo};
-use crate::ring::{Ring, RingLayout};
+use crate::request::job::{JobError, JobPlan, JobSpec, MAX_EPOCHS, Position};
+use crate::wire::protocol::{ClientStats, ProtocolError, Reply, Request, SplitInfo};
+use crate::wire::ring::{Ring, RingLayout};
 
 /// One client's stream of batches.
 pub(super) struct Session {
@@ -42,7 +42,7 @@ impl Session {
         epochs: Option<u32>,
         slots: Option<u32>,
     ) -> Result<Session, Refusal> {
-        crate::protocol::check_job_id(&job_id).map_err(Refusal::JobId)?;
+        crate::wire::protocol::check_job_id(&job_id).map_err(Refusal::JobId)?;
         let (split, plan, layout) = check(shared, &job, start, epochs, slots)?;
         // This user's share of the rate at which rings are made, then one ring at a time.
         std::thread::sleep(shared.ring_wait(cred.uid(), layout.total_bytes())?);

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::batch::Gate;
+use crate::batches::batch::Gate;
 
 /// How often a waiting worker looks whether its client has gone.
 const RECHECK: Duration = Duration::from_millis(20);

@@ -14,8 +14,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
-use crate::pipeline::StageTimes;
-use crate::protocol::{ClientStats, MemoryUse, Stats};
+use crate::batches::pipeline::StageTimes;
+use crate::wire::protocol::{ClientStats, MemoryUse, Stats};
 
 /// The pipeline's stages, in `Stats::stage_ms`'s order.
 pub(super) const STAGES: [&str; 5] = ["decode", "resize", "flip", "rand_augment", "write"];

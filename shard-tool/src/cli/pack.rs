@@ -49,7 +49,7 @@ pub struct PackArgs {
     /// Re-encode each train JPEG losslessly with a restart marker about every N MCUs (the
     /// same DCT coefficients, so the same pixels in Pillow and every decoder; checked for each
     /// image), so that the loader decodes only the part a crop keeps: A3's loader throughput
-    /// per core x1.74 on imagenet-sample, for 1.3 % more bytes and a pack 4x slower (README,
+    /// per core x1.74 on imagenet-sample, for 1.3 % more bytes and a pack 4x slower (docs/packing.md,
     /// "Restart markers"). val/ and test/ are stored as they are (eval decodes whole images).
     /// 0 stores every source byte for byte. Recorded in the manifest; each record's footer
     /// entry keeps its source's SHA-256.
@@ -68,7 +68,7 @@ pub struct PackArgs {
     #[arg(long, value_name = "FILE", help_heading = "Validation labels")]
     pub val_labels: Option<PathBuf>,
     /// The devkit's synset table as text, one wnid per line in ILSVRC2012_ID order (needed
-    /// with the devkit ground truth, whose IDs are not class indices; see the README).
+    /// with the devkit ground truth, whose IDs are not class indices; see docs/packing.md).
     #[arg(long, value_name = "FILE", help_heading = "Validation labels")]
     pub devkit_synsets: Option<PathBuf>,
     /// Follow symbolic links that lead out of ROOT (by default such a link is an error naming

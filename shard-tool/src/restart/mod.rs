@@ -1,6 +1,6 @@
 /*!
 Restart markers: how a record is stored so that the loader decodes only the part of it that a
-crop keeps (issue 40; DESIGN.md, "crop-aware decoding").
+crop keeps (issue 40; docs/design.md, "crop-aware decoding").
 
 A baseline JPEG's entropy-coded data is one sequential bit stream: to reach the MCU under a
 crop's top-left corner, a decoder must Huffman-decode every MCU before it. A restart marker

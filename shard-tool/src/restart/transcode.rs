@@ -23,7 +23,7 @@ use mozjpeg_sys as jpeg;
 
 /// MCUs per restart interval aimed at: 32 pixels of a 4:4:4 row, 64 of a 4:2:0 one. Finer
 /// intervals skip more of a crop's surroundings but cost a marker and a DC reset each. Measured
-/// on imagenet-sample (A3, one thread; README, "Crop-aware decoding"): 2 decodes 44.6 % of the
+/// on imagenet-sample (A3, one thread; docs/loader.md, "Crop-aware decoding"): 2 decodes 44.6 % of the
 /// pixels and stores 1.9 % more bytes than the sources, 4 45.7 % and 1.3 % more, 8 52.7 % and
 /// 0.8 % fewer (the optimised Huffman tables win back more than the markers cost), 16 60.6 %.
 pub const DEFAULT_INTERVAL_MCUS: u32 = 4;

@@ -4,11 +4,12 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use loader::job::BATCH_SIZE;
-use loader::transform::IMG_SIZE;
+use loader::request::job::BATCH_SIZE;
+use loader::request::transform::IMG_SIZE;
 use shard_tool::console::number_in;
+use trainer::device::{DeviceKind, Precision};
 use trainer::diagnostics::device_check;
-use trainer::model::{DeviceKind, Precision, ResNetConfig};
+use trainer::model::ResNetConfig;
 use trainer::recipe::ranges;
 
 use super::ModelArgs;

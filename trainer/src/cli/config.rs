@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use trainer::model::DeviceKind;
+use trainer::device::DeviceKind;
 use trainer::ranks::replicas::Placement;
 
 use super::load_recipe;

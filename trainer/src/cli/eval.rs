@@ -8,9 +8,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use trainer::data::DataSource;
 use trainer::data::source::check_splits;
+use trainer::device::Precision;
 use trainer::eval::real::{RealLabels, VAL_IMAGES};
 use trainer::eval::{EvalSet, SetScore, evaluate, evaluate_set};
-use trainer::model::Precision;
 use trainer::recipe::{DataJobs, TrainConfig};
 use trainer::run::{OnDevice, Weights};
 

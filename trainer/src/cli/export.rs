@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use trainer::model::{Precision, ResNetConfig, timm_weights};
+use trainer::device::Precision;
+use trainer::model::{ResNetConfig, timm_weights};
 use trainer::run::OnDevice;
 
 use super::{DeviceArgs, ModelArgs};

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use burn::module::Module;
 use clap::Args;
-use trainer::model::Precision;
+use trainer::device::Precision;
 use trainer::run::OnDevice;
 
 use super::{DeviceArgs, ModelArgs};

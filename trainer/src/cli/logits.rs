@@ -7,7 +7,7 @@ use anyhow::Result;
 use burn::module::Module;
 use clap::Args;
 use shard_tool::console::number_in;
-use trainer::model::Precision;
+use trainer::device::Precision;
 use trainer::run::{OnDevice, Weights};
 
 use super::{DeviceArgs, ModelArgs};
@@ -23,10 +23,10 @@ pub struct LogitsArgs {
     #[arg(long)]
     pub weights: PathBuf,
     /// Images in the probe batch.
-    #[arg(long, short = 'b', default_value_t = 2, value_parser = number_in(super::widen(loader::job::BATCH_SIZE)))]
+    #[arg(long, short = 'b', default_value_t = 2, value_parser = number_in(super::widen(loader::request::job::BATCH_SIZE)))]
     pub batch: usize,
     /// Square side of the probe images.
-    #[arg(long, default_value_t = 64, value_parser = number_in(super::widen(loader::transform::IMG_SIZE)))]
+    #[arg(long, default_value_t = 64, value_parser = number_in(super::widen(loader::request::transform::IMG_SIZE)))]
     pub img_size: usize,
 }
 

@@ -7,7 +7,8 @@ use anyhow::Result;
 use clap::Args;
 use shard_tool::console::number_in;
 use trainer::data::DataSource;
-use trainer::model::{DeviceKind, Precision, ResNetConfig};
+use trainer::device::{DeviceKind, Precision};
+use trainer::model::ResNetConfig;
 use trainer::recipe::TrainConfig;
 use trainer::recipe::ranges;
 
@@ -213,12 +214,13 @@ pub fn usage(e: impl std::fmt::Display) -> anyhow::Error {
 /// build cannot give. Each library error says which of its kinds are (`is_bad_input`), since a
 /// transparent wrapper hides its cause from the chain.
 pub fn is_bad_input(e: &(dyn std::error::Error + 'static)) -> bool {
+    use trainer::device::DeviceError;
     use trainer::diagnostics::bench::BenchError;
     use trainer::eval::EvalError;
-    use trainer::model::device::DeviceError;
     use trainer::report::study::StudyError;
     use trainer::run::{TrainError, WeightsError};
     e.is::<trainer::recipe::RecipeError>()
+        || e.is::<cpu_kernels::simd::CpuExtError>()
         || e.is::<trainer::eval::real::RealError>()
         || e.is::<trainer::model::timm_weights::TimmWeightsError>()
         || e.is::<trainer::ranks::replicas::PlacementError>()

@@ -7,8 +7,8 @@
 //! the recipe's [`Overrides`], which the recipe's gate reads.
 
 use clap::Args;
-use loader::job::BATCH_SIZE;
-use loader::transform::{AUG_REPEATS, CROP_PCT, IMG_SIZE, RATIO};
+use loader::request::job::BATCH_SIZE;
+use loader::request::transform::{AUG_REPEATS, CROP_PCT, IMG_SIZE, RATIO};
 use serde::Serialize;
 use shard_tool::console::number_in;
 use trainer::recipe::{Overrides, ranges};

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
-use loader::job::{JobError, JobPlan, JobSpec, Position};
-use loader::stream::{BatchStream, Target};
-use loader::transform::TransformSpec;
+use loader::batches::stream::{BatchStream, Target};
+use loader::request::job::{JobError, JobPlan, JobSpec, Position};
+use loader::request::transform::TransformSpec;
 use shard_tool::Dataset;
 
 /// A batch as the loader wrote it.

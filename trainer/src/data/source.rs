@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use loader::client::{self, ClientError};
-use loader::protocol::SplitInfo;
 use loader::server::{LocalServer, ServeConfig, ServeError};
+use loader::wire::client::{self, ClientError};
+use loader::wire::protocol::SplitInfo;
 
 /// Errors about the data of a run.
 #[derive(Debug, thiserror::Error)]

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::tensor::{AllocationProperty, Bytes, Device, Tensor};
-use loader::client::Batch;
+use loader::wire::client::Batch;
 
 use crate::data::normalize::{BatchError, upload_pixels};
-use crate::model::device::DeviceKind;
+use crate::device::DeviceKind;
 
 /// Where a step's pixels are.
 pub enum Pixels<'a> {
@@ -175,8 +175,8 @@ mod pinned {
     use std::sync::{Arc, Mutex};
 
     use cudarc::driver::sys;
-    use loader::client::Batch;
-    use loader::ring::RingView;
+    use loader::wire::client::Batch;
+    use loader::wire::ring::RingView;
 
     /// A ring and whether its registration succeeded.
     struct Registered {

@@ -11,12 +11,13 @@ use burn::tensor::Device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use loader::client::{Client, ClientOptions};
+use loader::wire::client::{Client, ClientOptions};
 
 use crate::data::feed::Feed;
 use crate::data::upload::{Pixels, Uploader};
+use crate::device::{DeviceKind, Precision};
 use crate::model::resnet::ResNetConfig;
-use crate::model::{DeviceKind, Precision, seeded};
+use crate::model::seeded;
 use crate::optim::lamb::{LambOptions, TimmLamb};
 use crate::ranks::replicas::{Collective, Replicas};
 use crate::ranks::virtual_ranks::VirtualRanks;
@@ -128,7 +129,7 @@ pub struct BenchReport {
 pub enum BenchError {
     /// Device selection.
     #[error(transparent)]
-    Device(#[from] crate::model::device::DeviceError),
+    Device(#[from] crate::device::DeviceError),
     /// Model configuration.
     #[error(transparent)]
     Config(#[from] crate::model::resnet::ConfigError),
@@ -482,7 +483,7 @@ fn open_batches(
                 socket: loader.socket().to_path_buf(),
                 job_id: format!("bench-{}", std::process::id()),
                 job: loader::JobSpec::single("train", *transform, options.seed, batch_size),
-                start: loader::job::Position::default(),
+                start: loader::request::job::Position::default(),
                 epochs: None,
                 slots: None,
                 reconnect_timeout: std::time::Duration::from_secs(30),

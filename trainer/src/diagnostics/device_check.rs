@@ -1,7 +1,7 @@
 //! Same weights, same batch, two devices: how far apart are the logits and the gradients?
 //!
 //! This is how the CUDA backend and its CPU stand-in (`cube-cpu`) are checked against flex
-//! (DESIGN.md "Backends"). Both models run a training-mode forward (batch statistics), a BCE
+//! (docs/design.md "Backends"). Both models run a training-mode forward (batch statistics), a BCE
 //! loss against fixed one-hot targets and a backward, an eval-mode forward with the running
 //! statistics, then one LAMB step; every gradient, running statistic and update is compared.
 
@@ -280,7 +280,7 @@ fn nudged(x: &TensorData, seed: u64, epsilon: f64) -> TensorData {
 
 /// The noise floor of a comparison: the same model on the same `device` run twice, on the
 /// batch [`compare_devices`] uses and on that batch scaled element by element by 1 ± `epsilon`
-/// (the compute type's machine epsilon, [`crate::model::Precision::epsilon`]). Two
+/// (the compute type's machine epsilon, [`crate::device::Precision::epsilon`]). Two
 /// correct backends differ at least this much wherever their roundings differ, because the
 /// model amplifies a rounding as it amplifies this nudge; a difference far above it is a
 /// backend's, a difference near it is the model's conditioning.
@@ -408,7 +408,7 @@ mod tests {
             3,
             &device,
             &device,
-            [None, Some(crate::model::amp::COMPUTE)],
+            [None, Some(crate::device::AMP_COMPUTE)],
         )
         .expect("config");
         // Logits in f32 (the master type); forward and loss as close as bf16's 8-bit mantissa

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use burn::module::Module;
 use burn::tensor::Device;
 use loader::JobSpec;
-use loader::client::{Client, ClientOptions};
-use loader::job::Position;
+use loader::request::job::Position;
+use loader::wire::client::{Client, ClientOptions};
 
 use crate::data::normalize::{BatchError, normalize};
 use crate::data::source::DataError;

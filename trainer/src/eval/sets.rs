@@ -114,7 +114,8 @@ pub fn evaluate_set(
         workers,
     };
     let batches = source.open()?;
-    let info = loader::client::describe(batches.socket(), &split_name).map_err(DataError::from)?;
+    let info =
+        loader::wire::client::describe(batches.socket(), &split_name).map_err(DataError::from)?;
     check_split(&info, num_classes, &format!("--set {}", set.name))?;
     let job = JobSpec {
         split: split_name.clone(),

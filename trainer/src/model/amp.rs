@@ -16,16 +16,13 @@ use burn::nn::{Linear, PaddingConfig2d};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{FloatDType, Tensor};
 
-use crate::model::conv::conv2d;
+use cpu_kernels::conv::conv2d;
 
 /// The float type parameters and activations are kept in between the computing ops.
 pub(crate) const MASTER: FloatDType = FloatDType::F32;
 
-/// The dtype the convolutions and matmuls of an amp model compute in.
-pub(crate) const COMPUTE: FloatDType = FloatDType::BF16;
-
 /// `c` applied to `x`, computing in `compute` when given (output in `MASTER`, f32), through the
-/// model's one convolution function ([`crate::model::conv::conv2d`]).
+/// model's one convolution function ([`cpu_kernels::conv::conv2d`]).
 pub fn conv(c: &Conv2d, x: Tensor<4>, compute: Option<FloatDType>) -> Tensor<4> {
     let PaddingConfig2d::Explicit(top, left, bottom, right) = c.padding else {
         // Every convolution of the model is built with explicit padding (`resnet::conv`);
@@ -67,6 +64,7 @@ pub fn linear(l: &Linear, x: Tensor<2>, compute: Option<FloatDType>) -> Tensor<2
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::AMP_COMPUTE as COMPUTE;
     use burn::module::{Module, ModuleVisitor, Param};
     use burn::optim::GradientsParams;
     use burn::tensor::{DType, Device, Distribution};

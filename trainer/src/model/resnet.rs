@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::amp;
 use crate::model::batch_norm::BatchNorm;
-use crate::model::{max_pool, residual};
+use cpu_kernels::{max_pool, residual};
 
 /// Which ResNet to build.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::model::device::DeviceKind;
+use crate::device::DeviceKind;
 use crate::model::resnet::{ConfigError, ResNet, ResNetConfig};
 
 /// `config`'s model on `device` (of `kind`), its weights drawn from `seed` on the CPU. The

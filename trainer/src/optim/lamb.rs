@@ -1,5 +1,5 @@
-//! timm's `Lamb` (`timm/optim/lamb.py`, RECIPE.md): burn's per-tensor LAMB arithmetic (fused on
-//! the CPU backend: [`super::lamb_cpu`]), plus the two things burn's lacks.
+//! timm's `Lamb` (`timm/optim/lamb.py`, docs/recipe.md): burn's per-tensor LAMB arithmetic (fused on
+//! the CPU backend: `cpu_kernels::lamb`), plus the two things burn's lacks.
 //!
 //! 1. The global gradient-norm clip inside the optimizer: all gradients are divided by
 //!    `max(‖g‖₂ / max_grad_norm, 1)`, the norm taken over every parameter together (burn only
@@ -15,9 +15,9 @@ use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 
-use super::lamb_cpu::{FusedLamb, Hyper};
-use crate::model::flex_slices::is_flex;
 use crate::model::resnet::ResNet;
+use cpu_kernels::is_flex;
+use cpu_kernels::lamb::{FusedLamb, Hyper};
 
 /// timm's Lamb arguments (train.py flags in comments).
 #[derive(Debug, Clone, PartialEq)]

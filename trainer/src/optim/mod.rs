@@ -2,5 +2,4 @@
 //! `Lamb`, with its global gradient clip) and [`schedule`] (linear warmup, then cosine).
 
 pub mod lamb;
-pub mod lamb_cpu;
 pub mod schedule;

@@ -1,4 +1,4 @@
-//! timm's `CosineLRScheduler` as train.py builds it for the recipes (RECIPE.md §2.10): linear
+//! timm's `CosineLRScheduler` as train.py builds it for the recipes (docs/recipe.md §2.10): linear
 //! warmup from `warmup_lr`, then cosine from `lr` to `min_lr` over `epochs`, with the cosine
 //! term on the *unshifted* epoch (`warmup_prefix=False`), then `min_lr` during cooldown.
 //!
@@ -64,7 +64,7 @@ mod tests {
 
     #[test]
     fn a1_values_of_timms_scheduler() {
-        // RECIPE.md §2.10, computed with timm's CosineLRScheduler and printed to the digits
+        // docs/recipe.md §2.10, computed with timm's CosineLRScheduler and printed to the digits
         // below: each must agree to half a unit of its last printed digit.
         let s = a1();
         let want = [

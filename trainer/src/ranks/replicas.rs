@@ -30,7 +30,7 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 
-use crate::model::device::DeviceKind;
+use crate::device::DeviceKind;
 use crate::model::resnet::ResNet;
 use crate::optim::lamb::TimmLamb;
 use crate::ranks::WorldError;
@@ -152,7 +152,7 @@ impl Placement {
 /// [`PlacementError::Nccl`] saying what was found and the link that fixes it.
 #[cfg(feature = "cuda")]
 pub(crate) fn check_nccl() -> Result<(), PlacementError> {
-    use crate::model::device::library_loadable;
+    use crate::device::library_loadable;
     // cudarc's candidates on 64-bit Linux for CUDA 12 and 13; NCCL's own soname, .so.2, is
     // not among them.
     const TRIED: [&str; 8] = [
@@ -396,7 +396,7 @@ impl Replicas {
         };
         // Replicas that share a device (the tests' two on one CPU) update one after the other:
         // on cube-cpu, two threads updating from the same summed gradients on one device
-        // diverged by 1 % in two steps (README, the stand-in's known issues). Replicas on their
+        // diverged by 1 % in two steps (docs/gpu.md, the stand-in's known issues). Replicas on their
         // own devices (GPUs) update at once.
         let shared = self
             .parts

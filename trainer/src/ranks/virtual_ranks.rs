@@ -1,5 +1,5 @@
 //! The recipe's ranks on fewer devices: `world_size` ranks run one after the other on one
-//! device ("virtual ranks"), with timm's DDP semantics (RECIPE.md §2).
+//! device ("virtual ranks"), with timm's DDP semantics (docs/recipe.md §2).
 //!
 //! Per step, rank r takes its own loader batch (rank r of the job, so the copies that
 //! repeated augmentation makes land on different ranks), draws its own Mixup/CutMix with
@@ -424,7 +424,7 @@ mod tests {
 
     use super::*;
     use crate::data::upload::{Pixels, Uploader};
-    use crate::model::device::{DeviceKind, under_test};
+    use crate::device::{DeviceKind, under_test};
     use crate::model::resnet::ResNetConfig;
     use crate::optim::lamb::{LambOptions, TimmLamb};
     use crate::ranks::processes::Alone;
@@ -558,7 +558,7 @@ mod tests {
     /// `drop_path_rate`, on the CPU, with the recipe and every step's batches.
     fn small_run(drop_path_rate: f64) -> (Device, TrainConfig, ResNet, Batches) {
         let device = under_test()
-            .device(crate::model::Precision::F32)
+            .device(crate::device::Precision::F32)
             .expect("RSB_TEST_DEVICE")
             .autodiff();
         device.seed(3);

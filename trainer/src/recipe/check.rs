@@ -3,7 +3,7 @@
 //! will check them). [`TrainConfig::parse`](super::TrainConfig::parse) runs this on every
 //! recipe it reads, so no command can accept a recipe that another refuses.
 
-use loader::transform::SettingError;
+use loader::request::transform::SettingError;
 
 use super::{DataJobs, TrainConfig};
 use crate::model::resnet::timm_depth;

@@ -5,10 +5,10 @@
 
 use std::ops::RangeInclusive;
 
-use loader::eval_transform::EvalTransform;
-use loader::interpolation::UnknownInterpolation;
-use loader::job::{BATCH_SIZE, WORLD_SIZE};
-use loader::transform::{AUG_REPEATS, IMG_SIZE, SettingError, TrainTransform, parse_aa};
+use loader::image::eval_transform::EvalTransform;
+use loader::image::interpolation::UnknownInterpolation;
+use loader::request::job::{BATCH_SIZE, WORLD_SIZE};
+use loader::request::transform::{AUG_REPEATS, IMG_SIZE, SettingError, TrainTransform, parse_aa};
 use loader::{JobSpec, TransformSpec};
 
 use super::TrainConfig;

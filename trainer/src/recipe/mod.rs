@@ -26,7 +26,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use loader::transform::SettingError;
+use loader::request::transform::SettingError;
 
 use crate::model::resnet::{ConfigError, ResNetConfig, timm_depth};
 use crate::optim::schedule::CosineSchedule;

@@ -3,7 +3,7 @@
 //! named the way the user gave it: `lr = -1` from the file, `--lr -1.0 ... (given on the
 //! command line)` from a flag, `--vary lr=-1` from a study.
 
-use loader::transform::SettingError;
+use loader::request::transform::SettingError;
 
 /// Where an overriding value came from, for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use shard_tool::atomic::StagedDir;
 
 use burn::module::Module;
-use loader::job::Position;
+use loader::request::job::Position;
 use serde::{Deserialize, Serialize};
 
 use crate::model::ResNet;

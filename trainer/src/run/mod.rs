@@ -34,13 +34,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::Device;
-use loader::client::{Batch, Client, ClientOptions};
-use loader::job::Position;
+use loader::request::job::Position;
+use loader::wire::client::{Batch, Client, ClientOptions};
 
 use crate::data::source::{Batches, DataError, DataSource, check_splits};
 use crate::data::upload::{Pixels, Uploader};
+use crate::device::{DeviceKind, Precision};
 use crate::eval::{EvalError, Target, evaluate};
-use crate::model::{DeviceKind, Precision, ResNet, seeded};
+use crate::model::{ResNet, seeded};
 use crate::optim::lamb::{LambOptions, TimmLamb};
 use crate::ranks::processes::{ProcessError, ProcessPlacement, Processes, agree};
 use crate::ranks::replicas::{Collective, Placement, PlacementError, Replicas};
@@ -107,7 +108,7 @@ pub enum TrainError {
     Eval(#[from] EvalError),
     /// The device.
     #[error(transparent)]
-    Device(#[from] crate::model::device::DeviceError),
+    Device(#[from] crate::device::DeviceError),
     /// The model.
     #[error(transparent)]
     Model(#[from] crate::model::resnet::ConfigError),
@@ -125,7 +126,7 @@ pub enum TrainError {
     Metrics(#[from] MetricsError),
     /// The Prometheus endpoint (`--metrics-listen`) could not start.
     #[error(transparent)]
-    Prometheus(#[from] loader::prometheus::PrometheusError),
+    Prometheus(#[from] loader::server::prometheus::PrometheusError),
     /// Starting the TensorBoard event file (a failure later is a warning).
     #[error("TensorBoard event file: {0}")]
     TensorBoard(#[from] TensorBoardError),

@@ -1,7 +1,7 @@
 //! The first batch's images as one PNG grid, for TensorBoard's Images tab: what the model is
 //! shown after the loader's augmentations (Mixup and CutMix come later, on the device).
 
-use loader::decode::RgbImage;
+use loader::image::decode::RgbImage;
 
 /// The most images in the grid.
 pub const MAX_TILES: usize = 16;

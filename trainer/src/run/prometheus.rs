@@ -1,15 +1,15 @@
 //! The run's Prometheus metrics (`trainer train --metrics-listen ADDR`), served by process 0
-//! on a thread of its own ([`loader::prometheus`]): what `metrics.jsonl` says of each step and
+//! on a thread of its own ([`loader::server::prometheus`]): what `metrics.jsonl` says of each step and
 //! evaluation, as counters, histograms and gauges a scraper keeps, and the process's memory.
 //!
 //! Names carry a `trainer_` prefix and base units. Step time and data wait are histograms, so
 //! that an alert can say "the median step waited more than 10 % of its time for data"
-//! (README's alert rules).
+//! (docs/monitoring.md's alert rules).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use loader::prometheus::{PrometheusError, ResidentMemory, Scrape};
+use loader::server::prometheus::{PrometheusError, ResidentMemory, Scrape};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -161,9 +161,9 @@ impl RunMetrics {
         &self,
         addr: std::net::SocketAddr,
     ) -> Result<std::net::SocketAddr, PrometheusError> {
-        let listener = loader::prometheus::bind(addr, "--metrics-listen")?;
+        let listener = loader::server::prometheus::bind(addr, "--metrics-listen")?;
         let bound = listener.local_addr().map_err(PrometheusError::Start)?;
-        loader::prometheus::spawn(listener, Arc::new(self.clone()))?;
+        loader::server::prometheus::spawn(listener, Arc::new(self.clone()))?;
         Ok(bound)
     }
 }
@@ -186,7 +186,7 @@ mod tests {
         m.record(&Metric::test_step(2, 0, 0.25, 0.25, 32.0));
         m.record(&Metric::test_eval(2, 1, 12.5, 50.0, 8));
         let mut text = String::new();
-        m.scrape(&mut |r| text = loader::prometheus::encode(r, false));
+        m.scrape(&mut |r| text = loader::server::prometheus::encode(r, false));
         for line in [
             "trainer_steps_total 2",
             "trainer_samples_total 128",
@@ -204,7 +204,7 @@ mod tests {
             text.contains("trainer_resident_bytes{kind=\"anon\"}"),
             "{text}"
         );
-        match loader::prometheus::promtool_check(&text) {
+        match loader::server::prometheus::promtool_check(&text) {
             Some(verdict) => assert_eq!(verdict, Ok(()), "{text}"),
             None => eprintln!(
                 "promtool check skipped: promtool is not installed (apt-get install prometheus)"

@@ -9,11 +9,12 @@ use burn::tensor::Device;
 
 use super::checkpoint::{Checkpoint, CheckpointError};
 use crate::data::upload::Uploader;
+use crate::device::DeviceError;
+use crate::device::{DeviceKind, Precision};
 use crate::eval::Target;
-use crate::model::device::DeviceError;
 use crate::model::resnet::ConfigError;
 use crate::model::timm_weights::{self, Imported, TimmWeightsError};
-use crate::model::{DeviceKind, Precision, ResNet, ResNetConfig, seeded};
+use crate::model::{ResNet, ResNetConfig, seeded};
 
 /// Errors loading weights or opening the device they go to.
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,4 @@
-//! The training losses train.py chooses between: timm's `BinaryCrossEntropy` (RECIPE.md §2.5:
+//! The training losses train.py chooses between: timm's `BinaryCrossEntropy` (docs/recipe.md §2.5:
 //! optional strict target threshold, then `binary_cross_entropy_with_logits` averaged over all
 //! B × C elements) and `SoftTargetCrossEntropy`.
 

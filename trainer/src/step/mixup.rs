@@ -1,9 +1,9 @@
-//! Mixup and CutMix in timm's batch mode (`timm/data/mixup.py`, RECIPE.md §2.4), applied on the
+//! Mixup and CutMix in timm's batch mode (`timm/data/mixup.py`, docs/recipe.md §2.4), applied on the
 //! device to uint8-valued pixels before normalization, as timm's prefetcher path does.
 //!
 //! One λ (and one box) per local batch; sample `i`'s partner is sample `B-1-i`; with CutMix, λ is
 //! corrected to the box's real area. The draws come from a ChaCha stream keyed by (seed, step)
-//! (DESIGN.md invariant 1), so a resumed run mixes exactly as an uninterrupted one.
+//! (docs/design.md invariant 1), so a resumed run mixes exactly as an uninterrupted one.
 
 use burn::tensor::{Device, Int, Tensor, s};
 use rand::{Rng, SeedableRng};

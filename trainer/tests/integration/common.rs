@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use trainer::data::DataSource;
-use trainer::model::{DeviceKind, Precision};
+use trainer::device::{DeviceKind, Precision};
 use trainer::recipe::{Overrides, TrainConfig};
 use trainer::run::metrics::Metric;
 use trainer::run::{RunDir, TrainOptions};

@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use loader::server::{LocalServer, ServeConfig};
-use trainer::model::{DeviceKind, Precision};
+use trainer::device::{DeviceKind, Precision};
 use trainer::run::{OnDevice, RunDir, Weights};
 
 use crate::common;

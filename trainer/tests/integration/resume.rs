@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use loader::job::Position;
+use loader::request::job::Position;
 use trainer::run::metrics::Metric;
 use trainer::run::{RunDir, TrainOptions, Weights, train};
 

@@ -6,11 +6,11 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use burn::tensor::Device;
-use loader::client::{Client, ClientOptions};
-use loader::job::Position;
+use loader::request::job::Position;
+use loader::wire::client::{Client, ClientOptions};
 use trainer::data::DataSource;
 use trainer::data::upload::{Pixels, Uploader};
-use trainer::model::DeviceKind;
+use trainer::device::DeviceKind;
 
 use crate::common;
 

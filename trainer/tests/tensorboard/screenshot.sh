@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # TensorBoard's scalars page for the runs under a folder, as headless Chromium renders it.
 #
-#   trainer/tests/tensorboard/screenshot.sh RUNS_DIR OUT.png [TAG_REGEX]
+# Usage: trainer/tests/tensorboard/screenshot.sh RUNS_DIR OUT.png [TAG_REGEX]
 #
 # Needs `pip install tensorboard` and Debian's chromium. TAG_REGEX picks the charts shown
 # (default: the training loss, the learning rate and top-1).
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  exit 0
+fi
 runs=$1
 out=$2
 tags=${3:-^(train_loss|lr|eval_top1)$}

@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::data::DataSource;
+use crate::device::{DeviceKind, Precision};
 use crate::eval::real::{RealError, RealLabels, VAL_IMAGES};
 use crate::eval::{EvalError, EvalSet, evaluate_set};
-use crate::model::{DeviceKind, Precision};
 use crate::recipe::{Overrides, RecipeError, TrainConfig};
 use crate::report::draw::{DrawError, write_png};
 use crate::run::metrics::{Metric, MetricsError};
