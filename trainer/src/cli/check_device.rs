@@ -8,7 +8,7 @@ use loader::request::job::BATCH_SIZE;
 use loader::request::transform::IMG_SIZE;
 use shard_tool::console::number_in;
 use trainer::device::{DeviceKind, Precision};
-use trainer::diagnostics::device_check;
+use trainer::diagnostics::device_check::{self, Difference, GROUPS, Judge, Verdict};
 use trainer::model::ResNetConfig;
 use trainer::recipe::ranges;
 
@@ -61,14 +61,6 @@ pub struct CheckArgs {
     pub json: bool,
 }
 
-/// The kinds of compared tensors that are many (one per parameter or BN layer), printed as
-/// one line each with their worst.
-const GROUPS: [(&str, &str); 3] = [
-    ("grad/", "gradients"),
-    ("stat/", "BN running statistics"),
-    ("update/", "LAMB step's updates"),
-];
-
 /// Why `a` names no comparison this command can make: one device against itself (its float
 /// type is a setting of the device, so both sides would run the same arithmetic and agree to
 /// the bit, a check of nothing), or a pair of float types that is not a reference and what it
@@ -119,7 +111,7 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
     )?;
     // How far the reference moves from itself when its input moves by one ulp: what the
     // model's conditioning makes of any rounding, before any backend differs.
-    let floor: std::collections::HashMap<String, f64> = device_check::rounding_floor(
+    let floor = device_check::rounding_floor(
         &config,
         a.batch,
         a.img_size,
@@ -127,29 +119,13 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
         &reference,
         a.reference_dtype.compute(),
         a.reference_dtype.epsilon(),
-    )?
-    .into_iter()
-    .map(|d| (d.name, d.relative))
-    .collect();
-    let floor_of = |name: &str| floor.get(name).copied().unwrap_or(f64::NAN);
-    let group_floor = |prefix: &str| {
-        floor
-            .iter()
-            .filter(|(name, _)| name.starts_with(prefix))
-            .map(|(_, f)| *f)
-            .fold(0.0f64, f64::max)
-    };
-    // A LAMB update is judged against the worst floor of all updates: one nudge is one draw,
-    // and an update's figure is quantized (the first step is close to the gradients' signs,
-    // so one near-zero gradient that flips moves a 64-element update by a quarter).
-    // Gradients and statistics vary smoothly with a rounding: their own floor.
-    let judged_floor = |name: &str| {
-        if name.starts_with("update/") {
-            group_floor("update/")
-        } else {
-            floor_of(name)
-        }
-    };
+    )?;
+    let judge = Judge::new(
+        floor,
+        a.tolerance,
+        a.floor_factor,
+        [a.reference_dtype, a.dtype],
+    );
     println!(
         "{} batch {} at {}px, {} {} against {} {} (relative = |a-b|/|a|):",
         a.model.model,
@@ -160,30 +136,23 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
         a.reference,
         a.reference_dtype.name()
     );
-    // What bf16 stores cannot agree closer than its own epsilon, whatever the floor says
-    // (a running mean one bf16 ulp apart is 2e-3 apart; the nudge may not move it at all).
-    let tolerance = if a.dtype == Precision::Bf16 || a.reference_dtype == Precision::Bf16 {
-        a.tolerance.max(Precision::Bf16.epsilon())
+    let over = report(&a, &diffs, &judge);
+    Ok(if over == 0 {
+        ExitCode::SUCCESS
     } else {
-        a.tolerance
-    };
-    let verdict = |d: &device_check::Difference| {
-        device_check::Verdict::of(d.relative, judged_floor(&d.name), tolerance, a.floor_factor)
-    };
-    let line = |d: &device_check::Difference| {
-        println!(
-            "  {:<34} relative {:>10.3e}  max abs {:>10.3e}  |ref| {:>10.3e}  floor {:>10.3e}  {}",
-            d.name,
-            d.relative,
-            d.max_abs,
-            d.reference_norm,
-            floor_of(&d.name),
-            verdict(d).word()
-        );
-    };
-    let grouped = |d: &device_check::Difference| GROUPS.iter().any(|(p, _)| d.name.starts_with(p));
+        ExitCode::FAILURE
+    })
+}
+
+/// Prints every difference judged (each group's worst, and its tensors that are over or, with
+/// `--all`, every one), the summary line and, with `--json`, the figures as one JSON line;
+/// returns how many differences are over.
+fn report(a: &CheckArgs, diffs: &[Difference], judge: &Judge) -> usize {
+    let tolerance = judge.tolerance();
+    let verdict = |d: &Difference| judge.verdict(d);
+    let grouped = |d: &Difference| GROUPS.iter().any(|(p, _)| d.name.starts_with(p));
     for d in diffs.iter().filter(|d| !grouped(d)) {
-        line(d);
+        line(d, judge);
     }
     let mut summary = serde_json::Map::new();
     for d in diffs
@@ -191,60 +160,19 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
         .filter(|d| !grouped(d) && !d.name.starts_with('('))
     {
         summary.insert(d.name.clone(), number(d.relative));
-        summary.insert(format!("floor {}", d.name), number(floor_of(&d.name)));
+        summary.insert(format!("floor {}", d.name), number(judge.floor(&d.name)));
     }
     for (prefix, what) in GROUPS {
-        let members: Vec<_> = diffs
-            .iter()
-            .filter(|d| d.name.starts_with(prefix))
-            .collect();
-        let Some(worst) = members
-            .iter()
-            .copied()
-            .max_by(|x, y| x.relative.total_cmp(&y.relative))
-        else {
-            continue;
-        };
-        let count = |v: device_check::Verdict| members.iter().filter(|d| verdict(d) == v).count();
-        let worst_floor = group_floor(prefix);
-        println!(
-            "  {:<34} worst {:>13.3e}  at {} (floor there {:.3e}, the group's {:.3e}); of {} tensors {} ok, {} ok (floor), {} noise, {} OVER",
-            what,
-            worst.relative,
-            worst.name,
-            floor_of(&worst.name),
-            worst_floor,
-            members.len(),
-            count(device_check::Verdict::Ok),
-            count(device_check::Verdict::WithinFloor),
-            count(device_check::Verdict::Noise),
-            count(device_check::Verdict::Over),
-        );
-        for d in members {
-            if a.all || verdict(d) == device_check::Verdict::Over {
-                line(d);
-            }
-        }
-        let kind = prefix.trim_end_matches('/');
-        summary.insert(kind.into(), number(worst.relative));
-        summary.insert(format!("floor {kind}"), number(worst_floor));
+        report_group(a, diffs, judge, (prefix, what), &mut summary);
     }
     let judged: Vec<_> = diffs
         .iter()
         .filter(|d| !d.name.starts_with('('))
         .map(verdict)
         .collect();
-    let over = judged
-        .iter()
-        .filter(|v| **v == device_check::Verdict::Over)
-        .count();
-    let noise = judged
-        .iter()
-        .filter(|v| **v == device_check::Verdict::Noise)
-        .count();
-    let worst = diffs.iter().map(|d| d.relative).fold(0.0f64, |w, r| {
-        if r.is_nan() { f64::INFINITY } else { w.max(r) }
-    });
+    let over = judged.iter().filter(|v| **v == Verdict::Over).count();
+    let noise = judged.iter().filter(|v| **v == Verdict::Noise).count();
+    let worst = device_check::worst(diffs);
     println!(
         "worst relative difference {worst:.3e} (tolerance {:.1e}, or {}x the floor); {over} of {} over{}",
         tolerance,
@@ -274,11 +202,66 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
         head.extend(summary);
         println!("{}", serde_json::Value::Object(head));
     }
-    Ok(if over == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    over
+}
+
+/// One group's line (its worst and how its tensors were judged), the lines of its tensors
+/// that are over (every one with `--all`), and its figures in `summary`.
+fn report_group(
+    a: &CheckArgs,
+    diffs: &[Difference],
+    judge: &Judge,
+    (prefix, what): (&str, &str),
+    summary: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    let verdict = |d: &Difference| judge.verdict(d);
+    let members: Vec<_> = diffs
+        .iter()
+        .filter(|d| d.name.starts_with(prefix))
+        .collect();
+    let Some(worst) = members
+        .iter()
+        .copied()
+        .max_by(|x, y| x.relative.total_cmp(&y.relative))
+    else {
+        return;
+    };
+    let count = |v: Verdict| members.iter().filter(|d| verdict(d) == v).count();
+    let worst_floor = judge.group_floor(prefix);
+    println!(
+        "  {:<34} worst {:>13.3e}  at {} (floor there {:.3e}, the group's {:.3e}); of {} tensors {} ok, {} ok (floor), {} noise, {} OVER",
+        what,
+        worst.relative,
+        worst.name,
+        judge.floor(&worst.name),
+        worst_floor,
+        members.len(),
+        count(Verdict::Ok),
+        count(Verdict::WithinFloor),
+        count(Verdict::Noise),
+        count(Verdict::Over),
+    );
+    for d in members {
+        if a.all || verdict(d) == Verdict::Over {
+            line(d, judge);
+        }
+    }
+    let kind = prefix.trim_end_matches('/');
+    summary.insert(kind.into(), number(worst.relative));
+    summary.insert(format!("floor {kind}"), number(worst_floor));
+}
+
+/// One tensor's line: its difference, the reference's size, its floor and its verdict.
+fn line(d: &Difference, judge: &Judge) {
+    println!(
+        "  {:<34} relative {:>10.3e}  max abs {:>10.3e}  |ref| {:>10.3e}  floor {:>10.3e}  {}",
+        d.name,
+        d.relative,
+        d.max_abs,
+        d.reference_norm,
+        judge.floor(&d.name),
+        judge.verdict(d).word()
+    );
 }
 
 /// A relative difference for JSON, which has no infinity: non-finite ones as strings.

@@ -19,6 +19,9 @@ pub enum DataError {
     /// A split does not fit the recipe.
     #[error("{0}")]
     Split(String),
+    /// The ranks' streams do not fit one another.
+    #[error("{0}")]
+    Stream(String),
 }
 
 impl DataError {
@@ -28,7 +31,7 @@ impl DataError {
         match self {
             DataError::Serve(e) => e.is_bad_input(),
             DataError::Split(_) | DataError::Client(ClientError::Refused { .. }) => true,
-            DataError::Client(_) => false,
+            DataError::Client(_) | DataError::Stream(_) => false,
         }
     }
 }

@@ -362,9 +362,150 @@ impl Verdict {
     }
 }
 
+/// The kinds of tensors judged as groups (each group's worst on one line), by name prefix.
+pub const GROUPS: [(&str, &str); 3] = [
+    ("grad/", "gradients"),
+    ("stat/", "BN running statistics"),
+    ("update/", "LAMB step's updates"),
+];
+
+/// The rules that judge a comparison: each difference against the tolerance and its rounding
+/// floor (see [`Verdict`]).
+#[derive(Debug, Clone)]
+pub struct Judge {
+    /// Each tensor's rounding floor ([`rounding_floor`]), by name.
+    floor: std::collections::HashMap<String, f64>,
+    tolerance: f64,
+    floor_factor: f64,
+}
+
+impl Judge {
+    /// Rules from the reference's rounding `floor`, the user's `tolerance` and `floor_factor`,
+    /// for a comparison whose two sides compute in `dtypes`.
+    pub fn new(
+        floor: Vec<Difference>,
+        tolerance: f64,
+        floor_factor: f64,
+        dtypes: [crate::device::Precision; 2],
+    ) -> Judge {
+        use crate::device::Precision;
+        // What bf16 stores cannot agree closer than its own epsilon, whatever the floor says
+        // (a running mean one bf16 ulp apart is 2e-3 apart; the nudge may not move it at all).
+        let tolerance = if dtypes.contains(&Precision::Bf16) {
+            tolerance.max(Precision::Bf16.epsilon())
+        } else {
+            tolerance
+        };
+        Judge {
+            floor: floor.into_iter().map(|d| (d.name, d.relative)).collect(),
+            tolerance,
+            floor_factor,
+        }
+    }
+
+    /// The tolerance applied (raised to bf16's epsilon where a side stores bf16).
+    pub fn tolerance(&self) -> f64 {
+        self.tolerance
+    }
+
+    /// A tensor's own rounding floor (NaN where none was measured).
+    pub fn floor(&self, name: &str) -> f64 {
+        self.floor.get(name).copied().unwrap_or(f64::NAN)
+    }
+
+    /// The worst floor of the tensors whose names start with `prefix`.
+    pub fn group_floor(&self, prefix: &str) -> f64 {
+        self.floor
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, f)| *f)
+            .fold(0.0f64, f64::max)
+    }
+
+    /// The floor a tensor is judged by. A LAMB update is judged against the worst floor of all
+    /// updates: one nudge is one draw, and an update's figure is quantized (the first step is
+    /// close to the gradients' signs, so one near-zero gradient that flips moves a 64-element
+    /// update by a quarter). Gradients and statistics vary smoothly with a rounding: their own
+    /// floor.
+    pub fn judged_floor(&self, name: &str) -> f64 {
+        if name.starts_with("update/") {
+            self.group_floor("update/")
+        } else {
+            self.floor(name)
+        }
+    }
+
+    /// What `d` says about the device under test.
+    pub fn verdict(&self, d: &Difference) -> Verdict {
+        Verdict::of(
+            d.relative,
+            self.judged_floor(&d.name),
+            self.tolerance,
+            self.floor_factor,
+        )
+    }
+}
+
+/// The worst relative difference of `diffs`; NaN counts as infinitely far.
+pub fn worst(diffs: &[Difference]) -> f64 {
+    diffs.iter().map(|d| d.relative).fold(
+        0.0f64,
+        |w, r| {
+            if r.is_nan() { f64::INFINITY } else { w.max(r) }
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn diff(name: &str, relative: f64) -> Difference {
+        Difference {
+            name: name.to_string(),
+            relative,
+            max_abs: 0.0,
+            reference_norm: 1.0,
+        }
+    }
+
+    #[test]
+    fn updates_are_judged_by_the_worst_update_floor_and_the_rest_by_their_own() {
+        use crate::device::Precision;
+        let floor = vec![
+            diff("grad/a", 1e-6),
+            diff("update/a", 1e-6),
+            diff("update/b", 1e-3),
+        ];
+        let judge = Judge::new(floor, 1e-5, 4.0, [Precision::F32, Precision::F32]);
+        assert_eq!(judge.tolerance(), 1e-5);
+        assert_eq!(judge.judged_floor("update/a"), 1e-3);
+        assert_eq!(judge.judged_floor("grad/a"), 1e-6);
+        assert!(judge.floor("grad/missing").is_nan());
+        // 3e-3 is within 4x the update group's floor, not within 4x the gradient's.
+        assert_eq!(judge.verdict(&diff("update/a", 3e-3)), Verdict::WithinFloor);
+        assert_eq!(judge.verdict(&diff("grad/a", 3e-3)), Verdict::Over);
+        assert_eq!(judge.verdict(&diff("grad/a", 1e-6)), Verdict::Ok);
+    }
+
+    #[test]
+    fn bf16_raises_the_tolerance_to_its_epsilon() {
+        use crate::device::Precision;
+        let judge = Judge::new(vec![], 1e-5, 4.0, [Precision::F32, Precision::Bf16]);
+        assert_eq!(judge.tolerance(), Precision::Bf16.epsilon());
+        let judge = Judge::new(vec![], 1e-5, 4.0, [Precision::Amp, Precision::Amp]);
+        assert_eq!(judge.tolerance(), 1e-5);
+    }
+
+    #[test]
+    fn the_worst_difference_counts_nan_as_infinitely_far() {
+        assert_eq!(worst(&[diff("a", 1e-3), diff("b", 2e-3)]), 2e-3);
+        assert_eq!(
+            worst(&[diff("a", 1e-3), diff("b", f64::NAN)]),
+            f64::INFINITY
+        );
+        assert_eq!(worst(&[]), 0.0);
+    }
 
     fn small() -> ResNetConfig {
         ResNetConfig {
