@@ -9,7 +9,8 @@ use burn::tensor::Device;
 use loader::request::job::Position;
 use loader::wire::client::Client;
 
-use super::tensorboard::recipe_markdown;
+use super::metrics::MetricsLog;
+use super::tensorboard::{EventFile, recipe_markdown};
 use super::{
     Checkpoint, Event, Run, RunState, Start, TrainError, TrainOptions, Weights, prometheus,
 };
@@ -51,25 +52,7 @@ impl<'a> Run<'a> {
         let batches = options.data.open()?;
         check_splits(batches.socket(), &jobs.splits(), config.num_classes)?;
         let writes = processes.index() == 0;
-        // Before anything is written: a port that is taken stops the run at once.
-        let prometheus = match options.metrics_listen.filter(|_| writes) {
-            Some(addr) => {
-                let metrics = prometheus::RunMetrics::new();
-                let bound = metrics.serve(addr)?;
-                on_event(Event::Note(format!(
-                    "Prometheus metrics on http://{bound}/metrics"
-                )));
-                Some(metrics)
-            }
-            None => None,
-        };
-        if writes {
-            options.out.create()?;
-            for warning in options.out.tidy()? {
-                on_event(Event::Note(warning));
-            }
-            options.out.write_recipe(&recipe_text)?;
-        }
+        let prometheus = open_outputs(options, &recipe_text, writes, on_event)?;
         if processes.count() > 1 {
             on_event(Event::Note(format!(
                 "{}; ranks {:?} in this process",
@@ -129,10 +112,8 @@ impl<'a> Run<'a> {
         }
         // After the state is trusted: opening the log drops its lines past `steps_done`.
         let (metrics, tensorboard) = if writes {
-            let steps_done = start.state.steps_done;
-            let mut events = options.out.event_file(steps_done)?;
-            events.text(steps_done, "recipe", &recipe_markdown(&recipe_text))?;
-            (Some(options.out.metrics_log(steps_done)?), Some(events))
+            let (metrics, events) = open_logs(options, start.state.steps_done, &recipe_text)?;
+            (Some(metrics), Some(events))
         } else {
             (None, None)
         };
@@ -159,6 +140,48 @@ impl<'a> Run<'a> {
             batches,
         })
     }
+}
+
+/// What process 0 writes before the model is built: the Prometheus endpoint (first, so that a
+/// port that is taken stops the run before anything is written), the run directory, tidied,
+/// and the resolved recipe. Other processes write nothing.
+fn open_outputs(
+    options: &TrainOptions,
+    recipe_text: &str,
+    writes: bool,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Option<prometheus::RunMetrics>, TrainError> {
+    let prometheus = match options.metrics_listen.filter(|_| writes) {
+        Some(addr) => {
+            let metrics = prometheus::RunMetrics::new();
+            let bound = metrics.serve(addr)?;
+            on_event(Event::Note(format!(
+                "Prometheus metrics on http://{bound}/metrics"
+            )));
+            Some(metrics)
+        }
+        None => None,
+    };
+    if writes {
+        options.out.create()?;
+        for warning in options.out.tidy()? {
+            on_event(Event::Note(warning));
+        }
+        options.out.write_recipe(recipe_text)?;
+    }
+    Ok(prometheus)
+}
+
+/// `metrics.jsonl` and the TensorBoard event file, opened at `steps_done` (their lines past it
+/// dropped), the recipe written into the events.
+fn open_logs(
+    options: &TrainOptions,
+    steps_done: u64,
+    recipe_text: &str,
+) -> Result<(MetricsLog, EventFile), TrainError> {
+    let mut events = options.out.event_file(steps_done)?;
+    events.text(steps_done, "recipe", &recipe_markdown(recipe_text))?;
+    Ok((options.out.metrics_log(steps_done)?, events))
 }
 
 /// The run's devices (with gradient recording; `start` seeds the first as it draws the
