@@ -13,13 +13,13 @@ use burn::nn::pool::MaxPool2dConfig;
 use burn::optim::Optimizer;
 use burn::tensor::activation::relu;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use cpu_kernels::batch_norm::{self, Norm};
 use cpu_kernels::lamb::{FusedLamb, Hyper};
 use cpu_kernels::simd::{self, CpuExt, CpuExtChoice};
+use cpu_kernels::testing::random;
 use cpu_kernels::{conv, max_pool, residual};
 use criterion::{Criterion, criterion_group, criterion_main};
-use rand::{Rng, SeedableRng};
 
 /// Who computes the operation.
 #[derive(Clone, Copy)]
@@ -48,14 +48,6 @@ impl Who {
         };
         simd::cap(choice).expect("baseline and auto exist on every CPU");
     }
-}
-
-/// A tensor of `shape` with values in -1..1 from `seed`.
-fn random<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tensor<D> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let n = shape.iter().product();
-    let values: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-    Tensor::from_data(TensorData::new(values, shape), device)
 }
 
 /// Forward and backward of `op` on `inputs`, as a training step runs them: the inputs require

@@ -36,8 +36,7 @@ pub mod max_pool;
 pub mod residual;
 pub mod simd;
 mod slices;
-#[cfg(test)]
-mod testing;
+pub mod testing;
 
 pub use simd::{CpuExt, CpuExtChoice};
 pub use slices::is_flex;

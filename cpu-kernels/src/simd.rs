@@ -14,11 +14,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CpuExt {
     /// Baseline x86-64 (SSE2), or whatever the target has elsewhere.
-    None,
+    None = 0,
     /// x86-64-v3: AVX2 and FMA.
-    Avx2,
+    Avx2 = 1,
     /// x86-64-v4: AVX-512 (F, BW, CD, DQ, VL).
-    Avx512,
+    Avx512 = 2,
 }
 
 /// `--cpu-ext`: what the user asks for.
@@ -38,6 +38,8 @@ pub struct CpuExtError(&'static str);
 
 /// The process-wide cap, as a [`CpuExt`] discriminant; `u8::MAX`: none.
 static CAP: AtomicU8 = AtomicU8::new(u8::MAX);
+const CAP_NONE: u8 = CpuExt::None as u8;
+const CAP_AVX2: u8 = CpuExt::Avx2 as u8;
 
 impl CpuExt {
     /// The most this CPU has.
@@ -58,8 +60,8 @@ impl CpuExt {
     pub fn current() -> CpuExt {
         let detected = CpuExt::detect();
         match CAP.load(Ordering::Relaxed) {
-            0 => CpuExt::None,
-            1 => detected.min(CpuExt::Avx2),
+            CAP_NONE => CpuExt::None,
+            CAP_AVX2 => detected.min(CpuExt::Avx2),
             _ => detected,
         }
     }
@@ -98,14 +100,15 @@ pub fn run<R>(body: impl FnOnce() -> R) -> R {
     arch().dispatch(body)
 }
 
-/// pulp's dispatch for the current level.
+/// pulp's dispatch for the current level: the cap read once per call, the CPU's features
+/// detected by pulp alone (a cached check).
 #[inline(always)]
 fn arch() -> pulp::Arch {
     #[cfg(target_arch = "x86_64")]
-    match CpuExt::current() {
-        CpuExt::None => pulp::Arch::Scalar,
-        CpuExt::Avx2 => pulp::x86::V3::try_new().map_or(pulp::Arch::Scalar, pulp::Arch::V3),
-        CpuExt::Avx512 => pulp::Arch::new(),
+    match CAP.load(Ordering::Relaxed) {
+        CAP_NONE => pulp::Arch::Scalar,
+        CAP_AVX2 => pulp::x86::V3::try_new().map_or(pulp::Arch::Scalar, pulp::Arch::V3),
+        _ => pulp::Arch::new(),
     }
     #[cfg(not(target_arch = "x86_64"))]
     pulp::Arch::new()

@@ -6,19 +6,12 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::pool::MaxPool2dConfig;
 use burn::optim::Optimizer;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use cpu_kernels::batch_norm::{self, Norm};
 use cpu_kernels::lamb::{FusedLamb, Hyper};
 use cpu_kernels::simd::{self, CpuExt, CpuExtChoice};
+use cpu_kernels::testing::random;
 use cpu_kernels::{conv, max_pool, residual};
-use rand::{Rng, SeedableRng};
-
-fn random<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tensor<D> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let n = shape.iter().product();
-    let values: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-    Tensor::from_data(TensorData::new(values, shape), device)
-}
 
 fn bits<const D: usize>(t: Tensor<D>) -> Vec<u32> {
     let v = t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();

@@ -17,10 +17,10 @@ mod cli;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// SIMD level of our CPU kernels (convolution, batch norm, pooling, residual join, LAMB):
-    /// auto (the most this CPU has), none (baseline x86-64 code, to measure what the vectors
-    /// buy), avx2 or avx512. Every choice gives the same bits; gemm's matrix products keep
-    /// their own dispatch.
+    /// SIMD level of our CPU kernels (convolution, batch norm, pooling, residual join, LAMB)
+    /// and of the in-process loader's (--shards; as `loader --cpu-ext`): auto (the most this
+    /// CPU has), none (baseline x86-64 code, to measure what the vectors buy), avx2 or avx512.
+    /// Every choice gives the same bits; gemm's matrix products keep their own dispatch.
     #[arg(long, global = true, default_value = "auto", value_name = "EXT")]
     cpu_ext: cpu_kernels::CpuExtChoice,
 }
@@ -93,8 +93,8 @@ fn main() -> ExitCode {
     // The in-process loader's warnings and errors (an image replaced, a worker's failure).
     shard_tool::console::init_logging("warn");
     let cli = Cli::parse();
-    if let Err(e) = cpu_kernels::simd::cap(cli.cpu_ext) {
-        return shard_tool::console::fail(anyhow::Error::new(e).chain(), cli::is_bad_input);
+    if let Err(e) = cap_cpu_ext(cli.cpu_ext) {
+        return shard_tool::console::fail(e.chain(), cli::is_bad_input);
     }
     let result = match cli.command {
         Command::Train(a) => cli::train::run(a),
@@ -110,6 +110,20 @@ fn main() -> ExitCode {
         Command::Config(a) => cli::config::run(a),
     };
     result.unwrap_or_else(|e| shard_tool::console::fail(e.chain(), cli::is_bad_input))
+}
+
+/// Caps the SIMD level of every kernel in the process: ours, and the in-process loader's
+/// (whose kernels are AVX2 or portable, so only `none` lowers them).
+fn cap_cpu_ext(choice: cpu_kernels::CpuExtChoice) -> anyhow::Result<()> {
+    use cpu_kernels::{CpuExt, CpuExtChoice};
+    use loader::image::cpu::{CpuExt as LoaderExt, CpuExtChoice as LoaderChoice};
+    cpu_kernels::simd::cap(choice)?;
+    let loader = match choice {
+        CpuExtChoice::Cap(CpuExt::None) => LoaderChoice::None,
+        CpuExtChoice::Auto | CpuExtChoice::Cap(_) => LoaderChoice::Auto,
+    };
+    LoaderExt::cap(loader)?;
+    Ok(())
 }
 
 #[cfg(test)]

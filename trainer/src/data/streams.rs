@@ -2,7 +2,6 @@
 //! (so the daemon serves the ranks that reach it as one group and decodes each image once for
 //! all its copies), and the checks that the streams fit one another.
 
-use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
@@ -21,29 +20,27 @@ pub struct StreamRequest<'a> {
     pub socket: &'a Path,
     /// The job id every process of the run shares.
     pub job_id: &'a str,
-    /// The job of rank `r` of the run.
-    pub job: &'a dyn Fn(usize) -> JobSpec,
-    /// This process's ranks.
-    pub ranks: Range<usize>,
+    /// The jobs of this process's ranks, one stream each.
+    pub jobs: Vec<JobSpec>,
     /// Where the streams start (a checkpoint's next batch).
     pub start: Position,
     /// The recipe's epochs, after which the streams end.
     pub epochs: u32,
 }
 
-/// One stream per rank of `request.ranks`.
+/// One stream per job of `request.jobs`.
 ///
 /// # Errors
 /// [`DataError::Client`] if the loader cannot be reached or refuses a rank's job.
-pub fn connect(request: &StreamRequest<'_>) -> Result<Vec<Client>, DataError> {
+pub fn connect(request: StreamRequest<'_>) -> Result<Vec<Client>, DataError> {
     request
-        .ranks
-        .clone()
-        .map(|rank| {
+        .jobs
+        .into_iter()
+        .map(|job| {
             Client::connect(ClientOptions {
                 socket: request.socket.to_path_buf(),
                 job_id: request.job_id.to_string(),
-                job: (request.job)(rank),
+                job,
                 start: request.start,
                 epochs: Some(request.epochs),
                 slots: None,

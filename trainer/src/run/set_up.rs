@@ -87,11 +87,13 @@ impl<'a> Run<'a> {
             placement,
         };
         let job_id = job_id(processes)?;
-        let clients = streams::connect(&StreamRequest {
+        let clients = streams::connect(StreamRequest {
             socket: batches.socket(),
             job_id: &job_id,
-            job: &|rank| jobs.train_rank(placement.world, rank),
-            ranks: placement.ranks(),
+            jobs: placement
+                .ranks()
+                .map(|rank| jobs.train_rank(placement.world, rank))
+                .collect(),
             start: start.state.next,
             epochs: config.total_epochs(),
         })?;
