@@ -31,7 +31,9 @@ use recipe_flags::RecipeFlags;
 /// Which model (timm's `--model`, plus CPU-sized variants).
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// timm model name: resnet18, resnet34, resnet50, resnet101, resnet152.
+    /// timm's model name: resnet18 to resnet152, the "D" and "T" models (resnet50d,
+    /// resnet50t), resnext50_32x4d, seresnet50, ecaresnet50t and their depths (an unknown
+    /// name is refused with the full list).
     #[arg(long, default_value = "resnet50")]
     pub model: String,
     /// timm's --num-classes.
@@ -51,10 +53,11 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// The ResNet these flags name.
     pub fn config(&self) -> Result<ResNetConfig> {
-        let depth = trainer::model::resnet::timm_depth(&self.model)
+        let (depth, variant) = trainer::model::resnet::timm_model(&self.model)
             .map_err(|e| anyhow::Error::new(Usage(e.to_string())))?;
         let config = ResNetConfig {
             depth,
+            variant,
             num_classes: self.num_classes,
             width: self.width,
             small_stem: self.small_stem,

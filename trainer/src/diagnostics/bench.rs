@@ -532,6 +532,7 @@ mod tests {
                 small_stem: true,
                 drop_path_rate: 0.05,
                 zero_init_last: true,
+                variant: Default::default(),
             },
             batch: 4,
             ranks: 1,

@@ -515,6 +515,7 @@ mod tests {
             small_stem: true,
             drop_path_rate: 0.0,
             zero_init_last: false,
+            variant: Default::default(),
         }
     }
 

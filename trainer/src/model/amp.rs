@@ -11,8 +11,8 @@
 //! On the CPU (burn-flex) a bf16 convolution converts to f32 and back: amp there has bf16's
 //! rounding but no speed of its own. On CUDA the bf16 kernels are the point.
 
-use burn::nn::conv::Conv2d;
-use burn::nn::{Linear, PaddingConfig2d};
+use burn::nn::conv::{Conv1d, Conv2d};
+use burn::nn::{Linear, PaddingConfig1d, PaddingConfig2d};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{FloatDType, Tensor};
 
@@ -43,6 +43,25 @@ pub fn conv(c: &Conv2d, x: Tensor<4>, compute: Option<FloatDType>) -> Tensor<4> 
         x.cast(dtype),
         weight.cast(dtype),
         bias.map(|b| b.cast(dtype)),
+        options,
+    )
+    .cast(MASTER)
+}
+
+/// `c` applied to `x` (N×C×L), computing in `compute` when given (output in `MASTER`): ECA's
+/// channel convolution, which autocast runs in the compute type as every convolution.
+pub fn conv1d(c: &Conv1d, x: Tensor<3>, compute: Option<FloatDType>) -> Tensor<3> {
+    let (Some(dtype), PaddingConfig1d::Explicit(begin, end)) = (compute, &c.padding) else {
+        // ECA's convolution is built with explicit padding; another kind computes in the
+        // master type through burn's layer.
+        return c.forward(x);
+    };
+    let options =
+        ConvOptions::new_with_padding([c.stride], [(*begin, *end)], [c.dilation], c.groups);
+    burn::tensor::module::conv1d(
+        x.cast(dtype),
+        c.weight.val().cast(dtype),
+        c.bias.as_ref().map(|b| b.val().cast(dtype)),
         options,
     )
     .cast(MASTER)
@@ -80,6 +99,7 @@ mod tests {
             small_stem: true,
             drop_path_rate: 0.0,
             zero_init_last: false,
+            variant: Default::default(),
         }
         .init(device)
         .expect("valid config")

@@ -73,13 +73,17 @@ mod tests {
             small_stem: true,
             drop_path_rate: 0.0,
             zero_init_last: false,
+            variant: Default::default(),
         };
         let device = Device::flex();
         let a = config.init(&device).expect("config");
         let b = config.init(&device).expect("config");
         let values = |m: &ResNet| {
             let mut all = Vec::new();
-            for t in [m.conv1.weight.val(), m.layer4[1].conv2.weight.val()] {
+            for t in [
+                m.layer1[0].conv1.weight.val(),
+                m.layer4[1].conv2.weight.val(),
+            ] {
                 all.extend(t.into_data().try_to_vec::<f32>().expect("f32"));
             }
             all.extend(

@@ -3,8 +3,9 @@
 //! what `trainer` exports, and `--init-from` takes what timm saves.
 //!
 //! burn-store's PyTorch adapters rename BN `gamma/beta` to `weight/bias` and transpose the
-//! linear weight; the one structural difference left is timm's `downsample` Sequential
-//! (`downsample.0` conv, `downsample.1` BN), which is our `downsample.{conv, bn}`.
+//! linear weight; the structural differences left are timm's Sequentials (the shortcut's
+//! `downsample.0`/`.1`, or `.1`/`.2` with `avg_down`, for our `downsample.{conv, bn}`; a deep
+//! stem's `conv1.0` to `.6`) and ECA under timm's `se` name ([`renames`]).
 //! timm's `num_batches_tracked` buffers are not written (PyTorch fills them in on load) and are
 //! ignored on import.
 
@@ -54,18 +55,52 @@ pub enum TimmWeightsError {
     },
 }
 
-fn to_timm() -> KeyRemapper {
-    KeyRemapper::new()
-        .add_pattern(r"\.downsample\.conv\.", ".downsample.0.")
-        .and_then(|r| r.add_pattern(r"\.downsample\.bn\.", ".downsample.1."))
-        .unwrap_or_default()
+/// Our names and timm's, where they differ: a deep stem's modules (timm's `conv1`
+/// Sequential), ECA (timm's `se` attribute holds either attention), and the shortcut
+/// Sequential (`(conv, bn)`, or with `avg_down` `(pool, conv, bn)`).
+fn renames(avg_down: bool) -> [(&'static str, &'static str); 8] {
+    let (conv, bn) = if avg_down {
+        (".downsample.1.", ".downsample.2.")
+    } else {
+        (".downsample.0.", ".downsample.1.")
+    };
+    [
+        ("stem.conv_a.", "conv1.0."),
+        ("stem.bn_a.", "conv1.1."),
+        ("stem.conv_b.", "conv1.3."),
+        ("stem.bn_b.", "conv1.4."),
+        ("stem.conv_c.", "conv1.6."),
+        (".eca.conv.", ".se.conv."),
+        (".downsample.conv.", conv),
+        (".downsample.bn.", bn),
+    ]
 }
 
-fn from_timm() -> KeyRemapper {
-    KeyRemapper::new()
-        .add_pattern(r"\.downsample\.0\.", ".downsample.conv.")
-        .and_then(|r| r.add_pattern(r"\.downsample\.1\.", ".downsample.bn."))
-        .unwrap_or_default()
+/// A remapper of `pairs` (`from` → `to`), each matched literally, at the start of the name when
+/// it has no leading dot.
+fn remapper(pairs: impl Iterator<Item = (&'static str, &'static str)>) -> KeyRemapper {
+    let patterns = pairs.map(|(from, to)| {
+        let anchor = if from.starts_with('.') { "" } else { "^" };
+        // Names hold letters, digits, `_` and `.`: the dots are the only regex syntax.
+        (
+            format!("{anchor}{}", from.replace('.', r"\.")),
+            to.to_string(),
+        )
+    });
+    // Escaped literals always compile.
+    KeyRemapper::from_patterns(patterns.collect()).unwrap_or_default()
+}
+
+fn to_timm(model: &ResNet) -> KeyRemapper {
+    remapper(renames(model.avg_down).into_iter())
+}
+
+fn from_timm(model: &ResNet) -> KeyRemapper {
+    remapper(
+        renames(model.avg_down)
+            .into_iter()
+            .map(|(ours, timm)| (timm, ours)),
+    )
 }
 
 /// Writes `model`'s parameters and BN statistics to `path` under timm's names, atomically (a
@@ -86,7 +121,7 @@ fn timm_bytes(model: &ResNet) -> Result<Vec<u8>, String> {
     model.settle_running_stats();
     let mut out = SafetensorsStore::from_bytes(None)
         .with_to_adapter(BurnToPyTorchAdapter)
-        .remap(to_timm());
+        .remap(to_timm(model));
     model.save_into(&mut out).map_err(|e| e.to_string())?;
     out.get_bytes()
         .map(|b| b.to_vec())
@@ -164,7 +199,7 @@ fn load_store(
     let dtype = model.fc.weight.val().dtype();
     let mut store = SafetensorsStore::from_bytes(Some(bytes))
         .with_from_adapter(PyTorchToBurnAdapter.chain(FloatCastAdapter::to(dtype)))
-        .remap(from_timm())
+        .remap(from_timm(&model))
         .allow_partial(true)
         // Shape mismatches come back in the result, to be judged below, not as burn's error.
         .validate(false);

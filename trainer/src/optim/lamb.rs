@@ -306,6 +306,7 @@ mod tests {
             small_stem: true,
             drop_path_rate: 0.0,
             zero_init_last: false,
+            variant: Default::default(),
         };
         let mut model = config.init(&device).expect("config");
         let mut reference_params = snapshot(&model);

@@ -905,6 +905,7 @@ mod tests {
             small_stem: true,
             drop_path_rate: 0.0,
             zero_init_last: true,
+            variant: Default::default(),
         }
         .init(device)
         .expect("valid config")

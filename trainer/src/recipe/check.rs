@@ -6,7 +6,7 @@
 use loader::request::transform::SettingError;
 
 use super::{DataJobs, TrainConfig};
-use crate::model::resnet::timm_depth;
+use crate::model::resnet::{model_names, timm_model};
 
 /// The ranges of the recipe's numbers: what the gate allows, and what the command line's
 /// flags take where they are parsed (`--lr 1e300` is refused by clap, naming the range, before
@@ -110,11 +110,14 @@ impl TrainConfig {
         one_of("opt", &self.opt, &["lamb"])?;
         one_of("sched", &self.sched, &["cosine"])?;
         one_of("mixup_mode", &self.mixup_mode, &["batch"])?;
-        timm_depth(&self.model).map_err(|_| {
+        timm_model(&self.model).map_err(|_| {
             SettingError::new(
                 "model",
                 format!("{:?}", self.model),
-                "is not one of resnet18, resnet34, resnet50, resnet101, resnet152",
+                format!(
+                    "is not a model rsb builds; use one of timm's names: {}",
+                    model_names()
+                ),
             )
         })?;
         SettingError::within("num_classes", self.num_classes, ranges::NUM_CLASSES)?;

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use loader::request::transform::SettingError;
 
-use crate::model::resnet::{ConfigError, ResNetConfig, timm_depth};
+use crate::model::resnet::{ConfigError, ResNetConfig, timm_model};
 use crate::optim::schedule::CosineSchedule;
 use crate::step::loss::LossKind;
 use crate::step::mixup::MixupConfig;
@@ -321,10 +321,12 @@ impl TrainConfig {
     /// at `rsb.width` with `rsb.small_stem`).
     ///
     /// # Errors
-    /// Only for a recipe built by hand that names no timm ResNet (the gate refuses it).
+    /// Only for a recipe built by hand that names no model we build (the gate refuses it).
     pub fn model(&self) -> Result<ResNetConfig, ConfigError> {
+        let (depth, variant) = timm_model(&self.model)?;
         Ok(ResNetConfig {
-            depth: timm_depth(&self.model)?,
+            depth,
+            variant,
             num_classes: self.num_classes,
             width: self.rsb.width,
             small_stem: self.rsb.small_stem,

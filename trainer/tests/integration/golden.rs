@@ -70,6 +70,7 @@ fn tiny_resnet50(device: &Device) -> ResNet {
         small_stem: false,
         drop_path_rate: 0.0,
         zero_init_last: true,
+        variant: Default::default(),
     };
     let model = config.init(device).expect("config");
     timm_weights::import(model, &golden("resnet50_w16.safetensors"))

@@ -1,32 +1,70 @@
-//! timm's ResNet (v1.5: the stride sits on the 3×3 convolution, 1×1 projection shortcuts,
-//! 7×7 stem and max-pool), with timm's initialization and stochastic depth.
+//! timm's ResNet family from one definition, as timm builds it from one `ResNet` class with
+//! arguments ([`Variant`]): ResNet v1.5 (the stride on the 3×3 convolution, 1×1 projection
+//! shortcuts, 7×7 stem and max-pool), the deep stems of the "D" and "T" models ([`stem`]),
+//! `avg_down` shortcuts and ResNeXt's grouped 3×3 ([`block`]), squeeze-excite and ECA
+//! ([`attention`]); timm's names for them are in [`names`]. timm's initialization and
+//! stochastic depth throughout.
 //!
 //! Field names follow timm's state dict (`conv1`, `bn1`, `layer1.0.conv2`, `fc`, ...), so that
-//! exported weights load into `timm.create_model("resnet50")` with only the adapter's renames.
+//! exported weights load into `timm.create_model(name)` with only the adapter's renames.
+
+pub mod attention;
+pub mod block;
+pub mod names;
+pub mod stem;
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::module::adaptive_avg_pool2d;
-use burn::tensor::{Device, Distribution, FloatDType, Tensor, TensorData};
-use rand::{Rng, SeedableRng};
+use burn::tensor::{Device, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::model::amp;
 use crate::model::batch_norm::BatchNorm;
-use cpu_kernels::{max_pool, residual};
+use attention::AttentionKind;
+use block::{Block, BlockSpec};
+use cpu_kernels::max_pool;
+pub use names::{model_names, timm_model};
+use stem::{DeepStem, StemType};
+
+/// The arguments timm's `ResNet` class takes beyond the depth: what makes `resnet50d`,
+/// `resnext50_32x4d`, `seresnet50` or `ecaresnet50t` of the same class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Variant {
+    /// timm's `stem_type`.
+    pub stem_type: StemType,
+    /// timm's `stem_width` (a deep stem's; the plain stem is 64 wide), before `width` scales it.
+    pub stem_width: usize,
+    /// timm's `avg_down`: shortcuts average-pool, then convolve with stride 1.
+    pub avg_down: bool,
+    /// timm's `cardinality`: groups of the bottleneck's 3×3.
+    pub cardinality: usize,
+    /// timm's `base_width`: channels per group at the first stage's 64 planes.
+    pub base_width: usize,
+    /// timm's `block_args=dict(attn_layer=...)`.
+    pub attn: AttentionKind,
+}
+
+impl Default for Variant {
+    fn default() -> Self {
+        names::plain()
+    }
+}
 
 /// Which ResNet to build.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResNetConfig {
-    /// 18, 34 (basic blocks), 50, 101 or 152 (bottlenecks).
+    /// 18, 34 (basic blocks), 26, 50, 101 or 152 (bottlenecks).
     pub depth: usize,
     /// Classes of the final layer (1000 for ImageNet).
     pub num_classes: usize,
     /// Multiplies every channel count (1.0 = timm's model); for CPU-sized runs.
     pub width: f64,
-    /// 3×3 stride-1 stem without max-pool, for 32×32 images (CIFAR); timm's is 7×7/2 + pool.
+    /// A stem without downsampling, for 32×32 images (CIFAR): the plain stem becomes one 3×3
+    /// stride-1 convolution, a deep stem's first convolution takes stride 1, and neither has
+    /// the max-pool. timm's stems reduce the image 4×.
     pub small_stem: bool,
     /// timm's `drop_path_rate`: block i of n drops its residual branch with probability
     /// `rate * i / (n - 1)`.
@@ -34,13 +72,16 @@ pub struct ResNetConfig {
     /// timm's `zero_init_last`: the last BN γ of each block starts at 0, so that every block
     /// starts as the identity.
     pub zero_init_last: bool,
+    /// The family member: stem, shortcuts, groups, attention ([`timm_model`] gives timm's).
+    #[serde(default)]
+    pub variant: Variant,
 }
 
 /// Errors in a [`ResNetConfig`].
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A depth that timm does not define.
-    #[error("ResNet depth {0} is not one of 18, 34, 50, 101, 152")]
+    #[error("ResNet depth {0} is not one of 18, 26, 34, 50, 101, 152")]
     Depth(usize),
     /// A width multiplier outside the recipe's bounds.
     #[error("width multiplier {0} is outside (0, 8] (1.0 is timm's model)")]
@@ -51,17 +92,12 @@ pub enum ConfigError {
     /// A stochastic-depth rate that is not a probability below 1.
     #[error("drop_path rate {0} is outside [0, 1)")]
     DropPath(f64),
-    /// A model name that is not one of timm's ResNets.
-    #[error("model \"{0}\": use resnet18, resnet34, resnet50, resnet101 or resnet152")]
+    /// A model name that is not one we build.
+    #[error("model \"{0}\" is not one rsb builds; use one of timm's names: {names}", names = model_names())]
     Model(String),
-}
-
-/// The depth of timm's model `name` (`resnet50` → 50).
-pub fn timm_depth(name: &str) -> Result<usize, ConfigError> {
-    name.strip_prefix("resnet")
-        .and_then(|d| d.parse().ok())
-        .filter(|d| matches!(d, 18 | 34 | 50 | 101 | 152))
-        .ok_or_else(|| ConfigError::Model(name.to_string()))
+    /// Arguments timm's class refuses.
+    #[error("{0}")]
+    Variant(String),
 }
 
 impl ResNetConfig {
@@ -74,7 +110,22 @@ impl ResNetConfig {
             small_stem: false,
             drop_path_rate: 0.0,
             zero_init_last: true,
+            variant: Variant::default(),
         }
+    }
+
+    /// timm's model `name` (`resnet50d`, `resnext50_32x4d`, ...) with [`Self::resnet50`]'s
+    /// other settings.
+    ///
+    /// # Errors
+    /// [`ConfigError::Model`] for a name we do not build.
+    pub fn timm(name: &str) -> Result<Self, ConfigError> {
+        let (depth, variant) = timm_model(name)?;
+        Ok(ResNetConfig {
+            depth,
+            variant,
+            ..Self::resnet50()
+        })
     }
 
     /// Blocks per stage and whether they are bottlenecks.
@@ -82,6 +133,7 @@ impl ResNetConfig {
         Ok(match self.depth {
             18 => ([2, 2, 2, 2], false),
             34 => ([3, 4, 6, 3], false),
+            26 => ([2, 2, 2, 2], true),
             50 => ([3, 4, 6, 3], true),
             101 => ([3, 4, 23, 3], true),
             152 => ([3, 8, 36, 3], true),
@@ -100,7 +152,7 @@ impl ResNetConfig {
     /// # Errors
     /// [`ConfigError`] naming the value.
     pub fn check(&self) -> Result<(), ConfigError> {
-        self.layout()?;
+        let (_, bottleneck) = self.layout()?;
         if !(self.width > 0.0 && self.width <= 8.0) {
             return Err(ConfigError::Width(self.width));
         }
@@ -110,31 +162,59 @@ impl ResNetConfig {
         if !(0.0..1.0).contains(&self.drop_path_rate) {
             return Err(ConfigError::DropPath(self.drop_path_rate));
         }
+        let v = &self.variant;
+        if !bottleneck && (v.cardinality != 1 || v.base_width != 64) {
+            // timm's BasicBlock asserts the same.
+            return Err(ConfigError::Variant(format!(
+                "depth {} has basic blocks, which take no cardinality ({}) or base width ({})",
+                self.depth, v.cardinality, v.base_width
+            )));
+        }
+        if !(1..=64).contains(&v.cardinality)
+            || !(1..=512).contains(&v.base_width)
+            || !(1..=256).contains(&v.stem_width)
+        {
+            return Err(ConfigError::Variant(format!(
+                "cardinality {} (1..=64), base width {} (1..=512) or stem width {} (1..=256) \
+                 is out of range",
+                v.cardinality, v.base_width, v.stem_width
+            )));
+        }
         Ok(())
+    }
+
+    /// The stem: a plain convolution or a deep stem, its output width, and the max-pool.
+    fn stem(&self, device: &Device) -> (Option<Conv2d>, Option<DeepStem>, usize) {
+        let stride = if self.small_stem { 1 } else { 2 };
+        match self.variant.stem_type {
+            StemType::Plain => {
+                let width = self.channels(64);
+                let kernel = if self.small_stem { 3 } else { 7 };
+                (Some(conv(3, width, kernel, stride, 1, device)), None, width)
+            }
+            deep => {
+                let widths = deep.widths(self.channels(self.variant.stem_width));
+                (None, Some(DeepStem::new(widths, stride, device)), widths[2])
+            }
+        }
     }
 
     /// Builds the model with timm's initialization on `device`.
     pub fn init(&self, device: &Device) -> Result<ResNet, ConfigError> {
         self.check()?;
         let (blocks, bottleneck) = self.layout()?;
-        let expansion = if bottleneck { 4 } else { 1 };
-        let stem = self.channels(64);
-        let (conv1, maxpool) = if self.small_stem {
-            (conv(3, stem, 3, 1, device), None)
-        } else {
-            let pool = MaxPool2dConfig::new([3, 3])
+        let (conv1, stem, stem_out) = self.stem(device);
+        let maxpool = (!self.small_stem).then(|| {
+            MaxPool2dConfig::new([3, 3])
                 .with_strides([2, 2])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                .init();
-            (conv(3, stem, 7, 2, device), Some(pool))
-        };
+                .init()
+        });
         let total: usize = blocks.iter().sum();
         let mut index = 0;
-        let mut in_ch = stem;
+        let mut in_ch = stem_out;
         let mut layers: Vec<Vec<Block>> = Vec::with_capacity(4);
         for (stage, &count) in blocks.iter().enumerate() {
-            let width = self.channels(64 << stage);
-            let stride = if stage == 0 { 1 } else { 2 };
             let mut layer = Vec::with_capacity(count);
             for i in 0..count {
                 let rate = if total > 1 {
@@ -142,16 +222,20 @@ impl ResNetConfig {
                 } else {
                     0.0
                 };
-                let s = if i == 0 { stride } else { 1 };
-                layer.push(Block::new(
+                let spec = BlockSpec {
                     in_ch,
-                    width,
-                    [s, if bottleneck { 4 } else { 1 }],
-                    self.zero_init_last,
-                    rate,
-                    device,
-                ));
-                in_ch = width * expansion;
+                    planes: self.channels(64 << stage),
+                    stride: if stage > 0 && i == 0 { 2 } else { 1 },
+                    bottleneck,
+                    cardinality: self.variant.cardinality,
+                    base_width: self.variant.base_width,
+                    attn: self.variant.attn,
+                    avg_down: self.variant.avg_down,
+                    zero_last: self.zero_init_last,
+                    drop_path: rate,
+                };
+                layer.push(Block::new(&spec, device));
+                in_ch = spec.out_ch();
                 index += 1;
             }
             layers.push(layer);
@@ -161,7 +245,8 @@ impl ResNetConfig {
             .map_err(|_| ConfigError::Depth(self.depth))?;
         let model = ResNet {
             conv1,
-            bn1: BatchNorm::new(stem, false, device),
+            stem,
+            bn1: BatchNorm::new(stem_out, false, device),
             maxpool,
             layer1,
             layer2,
@@ -170,6 +255,7 @@ impl ResNetConfig {
             // PyTorch's default Linear initialization, which timm leaves in place.
             fc: LinearConfig::new(in_ch, self.num_classes).init(device),
             compute: None,
+            avg_down: self.variant.avg_down,
         };
         // burn draws a parameter's values lazily, when it is first read; draw them all now, in
         // module order, so that a seed gives the same weights whatever reads them first (a
@@ -185,130 +271,36 @@ impl ResNetConfig {
     }
 }
 
-/// timm's `kaiming_normal_(mode='fan_out', nonlinearity='relu')`, no bias.
-fn conv(in_ch: usize, out_ch: usize, kernel: usize, stride: usize, device: &Device) -> Conv2d {
+/// timm's `kaiming_normal_(mode='fan_out', nonlinearity='relu')`, no bias. PyTorch's fan-out
+/// of a grouped convolution is `out × k × k`, not divided by the groups as burn's
+/// initializer divides it, so a grouped one draws from the normal with PyTorch's deviation.
+fn conv(
+    in_ch: usize,
+    out_ch: usize,
+    kernel: usize,
+    stride: usize,
+    groups: usize,
+    device: &Device,
+) -> Conv2d {
     let pad = kernel / 2;
+    let initializer = if groups == 1 {
+        Initializer::KaimingNormal {
+            gain: 2f64.sqrt(),
+            fan_out_only: true,
+        }
+    } else {
+        Initializer::Normal {
+            mean: 0.0,
+            std: (2.0 / (out_ch * kernel * kernel) as f64).sqrt(),
+        }
+    };
     Conv2dConfig::new([in_ch, out_ch], [kernel, kernel])
         .with_stride([stride, stride])
         .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+        .with_groups(groups)
         .with_bias(false)
-        .with_initializer(Initializer::KaimingNormal {
-            gain: 2f64.sqrt(),
-            fan_out_only: true,
-        })
+        .with_initializer(initializer)
         .init(device)
-}
-
-/// The 1×1 projection shortcut where shape changes (timm: `downsample.0` conv, `downsample.1` BN).
-#[derive(Module, Debug)]
-pub struct Downsample {
-    /// 1×1 convolution with the block's stride.
-    pub conv: Conv2d,
-    /// Its batch norm.
-    pub bn: BatchNorm,
-}
-
-/// A basic block (two 3×3) or a bottleneck (1×1, 3×3 with the stride, 1×1 ×4).
-#[derive(Module, Debug)]
-pub struct Block {
-    /// First convolution (3×3 basic, 1×1 bottleneck).
-    pub conv1: Conv2d,
-    /// Its batch norm.
-    pub bn1: BatchNorm,
-    /// 3×3 convolution carrying the stride.
-    pub conv2: Conv2d,
-    /// Its batch norm (zero γ in a basic block).
-    pub bn2: BatchNorm,
-    /// Bottleneck's expanding 1×1.
-    pub conv3: Option<Conv2d>,
-    /// Its batch norm (zero γ).
-    pub bn3: Option<BatchNorm>,
-    /// Projection shortcut, where the shape changes.
-    pub downsample: Option<Downsample>,
-    /// Probability of dropping the residual branch for a sample in training.
-    pub drop_path: f64,
-}
-
-impl Block {
-    /// `[stride, expansion]`: expansion 4 builds a bottleneck, 1 a basic block.
-    fn new(
-        in_ch: usize,
-        width: usize,
-        [stride, expansion]: [usize; 2],
-        zero_last: bool,
-        drop_path: f64,
-        device: &Device,
-    ) -> Self {
-        let bottleneck = expansion == 4;
-        let out_ch = width * expansion;
-        let downsample = (stride != 1 || in_ch != out_ch).then(|| Downsample {
-            conv: conv(in_ch, out_ch, 1, stride, device),
-            bn: BatchNorm::new(out_ch, false, device),
-        });
-        if bottleneck {
-            Block {
-                conv1: conv(in_ch, width, 1, 1, device),
-                bn1: BatchNorm::new(width, false, device),
-                conv2: conv(width, width, 3, stride, device),
-                bn2: BatchNorm::new(width, false, device),
-                conv3: Some(conv(width, out_ch, 1, 1, device)),
-                bn3: Some(BatchNorm::new(out_ch, zero_last, device)),
-                downsample,
-                drop_path,
-            }
-        } else {
-            Block {
-                conv1: conv(in_ch, width, 3, stride, device),
-                bn1: BatchNorm::new(width, false, device),
-                conv2: conv(width, width, 3, 1, device),
-                bn2: BatchNorm::new(width, zero_last, device),
-                conv3: None,
-                bn3: None,
-                downsample,
-                drop_path,
-            }
-        }
-    }
-
-    /// `masks`: the key of this block's drop-path draws (see [`ResNet::forward_with`]).
-    /// `compute`: the convolutions' float type ([`crate::model::amp`]).
-    fn forward(&self, x: Tensor<4>, masks: Option<u64>, compute: Option<FloatDType>) -> Tensor<4> {
-        let shortcut = match &self.downsample {
-            Some(d) => d.bn.forward(amp::conv(&d.conv, x.clone(), compute)),
-            None => x.clone(),
-        };
-        let y = self.bn1.forward_relu(amp::conv(&self.conv1, x, compute));
-        let y = match (&self.conv3, &self.bn3) {
-            (Some(conv3), Some(bn3)) => {
-                let y = self.bn2.forward_relu(amp::conv(&self.conv2, y, compute));
-                bn3.forward(amp::conv(conv3, y, compute))
-            }
-            _ => self.bn2.forward(amp::conv(&self.conv2, y, compute)),
-        };
-        residual::add_relu(drop_path(y, self.drop_path, masks), shortcut)
-    }
-}
-
-/// timm's `drop_path`: in training, zero the whole branch of a sample with probability `p` and
-/// scale the kept ones by `1 / (1 - p)`. With `key`, the samples' draws come from a generator
-/// seeded by it on the host; without, from the backend's.
-fn drop_path(x: Tensor<4>, p: f64, key: Option<u64>) -> Tensor<4> {
-    if p <= 0.0 || !x.device().is_autodiff() {
-        return x;
-    }
-    let keep = 1.0 - p;
-    let [n, _, _, _] = x.dims();
-    let mask = match key {
-        Some(key) => {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(key);
-            let values: Vec<f32> = (0..n)
-                .map(|_| if rng.random_bool(keep) { 1.0 } else { 0.0 })
-                .collect();
-            Tensor::<4>::from_data(TensorData::new(values, [n, 1, 1, 1]), &x.device())
-        }
-        None => Tensor::<4>::random([n, 1, 1, 1], Distribution::Bernoulli(keep), &x.device()),
-    };
-    x * mask.div_scalar(keep)
 }
 
 /// A fixed mix of two numbers (splitmix64's finalizer): keys of independent draws.
@@ -335,8 +327,10 @@ pub struct TrainableParam<'a> {
 /// A ResNet; see the module documentation.
 #[derive(Module, Debug)]
 pub struct ResNet {
-    /// Stem convolution.
-    pub conv1: Conv2d,
+    /// The plain stem's convolution (absent with a deep stem).
+    pub conv1: Option<Conv2d>,
+    /// The deep stem's convolutions (timm's `conv1` Sequential).
+    pub stem: Option<DeepStem>,
     /// Stem batch norm.
     pub bn1: BatchNorm,
     /// Stem max-pool (absent with the small stem).
@@ -355,6 +349,10 @@ pub struct ResNet {
     /// `None`: the parameters' own. Not saved: a run's precision is set each time it starts.
     #[module(skip)]
     pub compute: Option<FloatDType>,
+    /// The shortcuts are timm's `downsample_avg` (`(pool, conv, bn)`): their timm names are
+    /// `downsample.1` and `.2`, not `.0` and `.1` ([`crate::model::timm_weights`]).
+    #[module(skip)]
+    pub avg_down: bool,
 }
 
 impl ResNet {
@@ -383,15 +381,12 @@ impl ResNet {
             .chain(&self.layer4)
     }
 
-    /// Every batch norm, in module order (stem, then each block's `bn1`, `bn2`, `bn3`, and its
-    /// downsample's): the layers whose running statistics each rank keeps its own of.
+    /// Every batch norm, in module order (a deep stem's two, `bn1`, then each block's `bn1`,
+    /// `bn2`, `bn3`, and its downsample's): the layers whose running statistics each rank keeps its own of.
     pub(crate) fn batch_norms(&self) -> Vec<&BatchNorm> {
-        let mut all = vec![&self.bn1];
-        for block in self.blocks() {
-            all.extend([&block.bn1, &block.bn2]);
-            all.extend(&block.bn3);
-            all.extend(block.downsample.as_ref().map(|d| &d.bn));
-        }
+        let mut all: Vec<&BatchNorm> = self.stem.iter().flat_map(DeepStem::batch_norms).collect();
+        all.push(&self.bn1);
+        all.extend(self.blocks().flat_map(Block::batch_norms));
         all
     }
 
@@ -470,9 +465,13 @@ impl ResNet {
     /// alone, not on the backend's generator, which every thread and device of the process
     /// shares (a rank's masks are then the same on one device or several, and after a resume).
     pub(crate) fn forward_with(&self, x: Tensor<4>, masks: Option<u64>) -> Tensor<2> {
-        let mut x = self
-            .bn1
-            .forward_relu(amp::conv(&self.conv1, x, self.compute));
+        let x = match (&self.conv1, &self.stem) {
+            (_, Some(stem)) => stem.forward(x, self.compute),
+            (Some(conv1), None) => amp::conv(conv1, x, self.compute),
+            // `init` builds one of the two.
+            (None, None) => x,
+        };
+        let mut x = self.bn1.forward_relu(x);
         if let Some(pool) = &self.maxpool {
             x = max_pool::max_pool2d(pool, x);
         }
@@ -487,6 +486,7 @@ impl ResNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::Distribution;
 
     #[test]
     fn keyed_drop_path_masks_depend_on_the_key_alone() {
@@ -498,6 +498,7 @@ mod tests {
             small_stem: true,
             drop_path_rate: 0.5,
             zero_init_last: false,
+            variant: Default::default(),
         }
         .init(&device)
         .expect("valid config");
@@ -567,16 +568,6 @@ mod tests {
     }
 
     #[test]
-    fn timm_model_names_give_their_depth_and_others_are_named_in_the_error() {
-        assert_eq!(timm_depth("resnet50").ok(), Some(50));
-        assert_eq!(timm_depth("resnet18").ok(), Some(18));
-        for bad in ["resnet51", "vit_base", "resnet"] {
-            let err = timm_depth(bad).expect_err(bad).to_string();
-            assert!(err.contains(bad) && err.contains("resnet152"), "{err}");
-        }
-    }
-
-    #[test]
     fn small_model_gives_logits_of_the_right_shape() {
         let config = ResNetConfig {
             depth: 18,
@@ -585,6 +576,7 @@ mod tests {
             small_stem: true,
             drop_path_rate: 0.1,
             zero_init_last: true,
+            variant: Default::default(),
         };
         let device = Device::flex().autodiff();
         let model = config.init(&device).expect("valid config");
