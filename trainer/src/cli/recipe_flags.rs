@@ -19,7 +19,9 @@ use super::widen;
 #[derive(Debug, Clone, Default, PartialEq, Args, Serialize)]
 #[command(next_help_heading = "Recipe overrides (timm's train.py flags, applied over --config)")]
 pub struct RecipeFlags {
-    /// timm model name (resnet18, resnet34, resnet50, resnet101, resnet152).
+    /// timm's model name: resnet18 to resnet152, resnet50d, resnext50_32x4d, seresnet50,
+    /// ecaresnet50t and the rest of timm's ResNet family we build (an unknown name is
+    /// refused with the list).
     #[arg(long)]
     pub model: Option<String>,
     /// Classes of the classifier.

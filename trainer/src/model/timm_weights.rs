@@ -9,6 +9,7 @@
 //! timm's `num_batches_tracked` buffers are not written (PyTorch fills them in on load) and are
 //! ignored on import.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::store::{
@@ -18,6 +19,7 @@ use burn::store::{
 
 use crate::model::float_types::{self, FloatTypesError};
 use crate::model::resnet::ResNet;
+use crate::model::resnet::names::describe;
 
 /// Errors of weight files.
 #[derive(Debug, thiserror::Error)]
@@ -40,15 +42,20 @@ pub enum TimmWeightsError {
     },
     /// The file does not fit the model.
     #[error(
-        "{path} does not fit this model: {missing} missing, {errors} wrong (first: {first}); \
-         is it a timm checkpoint of the same --model and --num-classes?"
+        "{path} holds {file_is}, not {model_is} ({missing} tensors missing, {errors} wrong or \
+         extra; first: {first}): pass the --model and --num-classes it was trained with, or weights \
+         of this model"
     )]
     Mismatch {
         /// The file.
         path: String,
+        /// What the file holds ([`crate::model::resnet::names::describe`]).
+        file_is: String,
+        /// What the model is, in the same words.
+        model_is: String,
         /// Model tensors the file lacks.
         missing: usize,
-        /// Tensors with a wrong shape or type.
+        /// Tensors with a wrong shape or type, or with no place in the model.
         errors: usize,
         /// The first problem, for the message.
         first: String,
@@ -128,6 +135,40 @@ fn timm_bytes(model: &ResNet) -> Result<Vec<u8>, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A tensor the model cannot take, in words.
+fn wrong(e: &burn::store::ApplyError) -> String {
+    match e {
+        burn::store::ApplyError::ShapeMismatch {
+            path,
+            expected,
+            found,
+        } => format!(
+            "{path} is {:?} in the file, {:?} in the model (burn's layout)",
+            found.as_slice(),
+            expected.as_slice()
+        ),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Names and shapes (PyTorch's) of `model`'s state dict under timm's names.
+///
+/// # Errors
+/// burn-store's message, should the model not serialize.
+pub fn shapes(model: &ResNet) -> Result<BTreeMap<String, Vec<usize>>, String> {
+    tensor_shapes(&timm_bytes(model)?)
+}
+
+/// Names and shapes of the tensors of safetensors `bytes`.
+fn tensor_shapes(bytes: &[u8]) -> Result<BTreeMap<String, Vec<usize>>, String> {
+    let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
+    Ok(file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.shape().to_vec()))
+        .collect())
+}
+
 /// A model given a file's weights, and what that took beyond copying.
 #[derive(Debug)]
 pub struct Imported {
@@ -196,6 +237,7 @@ fn load_store(
         path: path.display().to_string(),
         source,
     })?;
+    let file_shapes = tensor_shapes(&bytes);
     let dtype = model.fc.weight.val().dtype();
     let mut store = SafetensorsStore::from_bytes(Some(bytes))
         .with_from_adapter(PyTorchToBurnAdapter.chain(FloatCastAdapter::to(dtype)))
@@ -215,17 +257,34 @@ fn load_store(
             && matches!(e, burn::store::ApplyError::ShapeMismatch { path, .. }
                 if HEAD.contains(&path.as_str()))
     });
-    if !result.missing.is_empty() || !errors.is_empty() {
+    // Tensors the model has no place for: another architecture's (a squeeze-excite's weights
+    // would otherwise be dropped in silence). PyTorch's BN counters are not ours to load.
+    let unused: Vec<&String> = result
+        .unused
+        .iter()
+        .filter(|name| !name.ends_with("num_batches_tracked"))
+        .collect();
+    if !result.missing.is_empty() || !errors.is_empty() || !unused.is_empty() {
         let first = result
             .missing
             .first()
             .map(|(p, _)| format!("missing {p}"))
-            .or_else(|| errors.first().map(|e| format!("{e:?}")))
+            .or_else(|| errors.first().map(|e| wrong(e)))
+            .or_else(|| {
+                unused
+                    .first()
+                    .map(|p| format!("{p} has no place in the model"))
+            })
             .unwrap_or_default();
+        let words = |shapes: Result<BTreeMap<String, Vec<usize>>, String>| {
+            shapes.map_or_else(|e| format!("(unreadable: {e})"), |s| describe(&s))
+        };
         return Err(TimmWeightsError::Mismatch {
             path: path.display().to_string(),
+            file_is: words(file_shapes),
+            model_is: words(shapes(&model)),
             missing: result.missing.len(),
-            errors: errors.len(),
+            errors: errors.len() + unused.len(),
             first,
         });
     }
@@ -348,7 +407,12 @@ mod tests {
         let fresh_values = values(&fresh);
         // Strictly, a 5-class model does not take a 10-class file.
         let err = import(fresh.clone(), &path).expect_err("strict");
-        assert!(err.to_string().contains("does not fit this model"), "{err}");
+        assert!(
+            err.to_string().contains(
+                "2, 2), 10 classes, not a ResNet with 8 basic blocks (2, 2, 2, 2), 5 classes"
+            ),
+            "{err}"
+        );
         let Imported {
             model: tuned,
             renewed,
@@ -403,7 +467,46 @@ mod tests {
             ..small.clone()
         };
         let err = import(other.init(&device).expect("config"), &path).expect_err("mismatch");
-        assert!(err.to_string().contains("does not fit this model"), "{err}");
+        let err = err.to_string();
+        assert!(
+            err.contains("holds a ResNet with 8 basic blocks")
+                && err.contains("not a ResNet with 16 basic blocks")
+                && err.contains("--model"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_of_another_family_member_is_refused_naming_both() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let device = Device::flex();
+        let model = |name: &str| {
+            ResNetConfig {
+                num_classes: 10,
+                ..ResNetConfig::timm(name).expect("ours")
+            }
+            .init(&device)
+            .expect("config")
+        };
+        // Each pair holds every tensor of the model it is loaded into but one kind: SE's
+        // extra tensors, ECA's, avg_down's renamed shortcuts, grouped shapes.
+        for (file, into) in [
+            ("seresnet50", "resnet50"),
+            ("resnet50", "seresnet50"),
+            ("ecaresnet50d", "resnet50d"),
+            ("resnet50d", "resnet50"),
+            ("resnext50_32x4d", "resnet50"),
+        ] {
+            let path = dir.path().join(format!("{file}.safetensors"));
+            export(&model(file), &path).expect("export");
+            let err = import(model(into), &path).expect_err(file).to_string();
+            assert!(
+                err.contains(&format!(
+                    "holds timm's {file}, 10 classes, not timm's {into}"
+                )),
+                "{err}"
+            );
+        }
     }
 
     /// How an f32 value is written in another type.

@@ -777,3 +777,63 @@ fn several_processes_without_the_mpi_feature_are_refused() {
         .stderr(contains("--features mpi"));
     assert!(!dir.path().join("run").exists());
 }
+
+#[test]
+fn a_model_we_do_not_build_or_weights_of_another_are_refused_naming_both_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    // Before any work: no dataset exists, so a refusal after the loader would name it.
+    let (code, stderr) = refusal(
+        trainer()
+            .args(["train", "--config"])
+            .arg(configs().join("smoke.toml"))
+            .arg("--shards")
+            .arg(dir.path().join("no-shards"))
+            .args(["--model", "resnet51", "--out"])
+            .arg(dir.path().join("run"))
+            .assert()
+            .failure(),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("\"resnet51\"")
+            && stderr.contains("resnext50_32x4d")
+            && !stderr.contains("no-shards"),
+        "{stderr}"
+    );
+    let (code, stderr) = refusal(
+        trainer()
+            .args(["export", "--model", "vit_small_patch16_224"])
+            .arg(dir.path().join("w.safetensors"))
+            .assert()
+            .failure(),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("vit_small_patch16_224") && stderr.contains("ecaresnet50t"));
+    assert!(!dir.path().join("w.safetensors").exists());
+
+    // seresnet50's weights hold all of resnet50's tensors and SE's besides: refused, not
+    // loaded with SE's dropped.
+    let small = ["--num-classes", "10", "--width", "0.125"];
+    let weights = dir.path().join("se.safetensors");
+    trainer()
+        .args(["export", "--model", "seresnet50"])
+        .args(small)
+        .arg(&weights)
+        .assert()
+        .success();
+    let (code, stderr) = refusal(
+        trainer()
+            .args(["logits", "--model", "resnet50"])
+            .args(small)
+            .arg("--weights")
+            .arg(&weights)
+            .assert()
+            .failure(),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("se.safetensors holds a ResNet with 16 bottleneck blocks (3, 4, 6, 3), squeeze-excite, 10 classes, not a ResNet with 16 bottleneck blocks (3, 4, 6, 3), 10 classes")
+            && stderr.contains("--model"),
+        "{stderr}"
+    );
+}

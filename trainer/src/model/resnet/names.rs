@@ -1,6 +1,8 @@
 //! timm's model names for the ResNet family we build, each with the arguments timm's
 //! `timm/models/resnet.py` gives its `ResNet` class (`model_args = dict(...)`).
 
+use std::collections::BTreeMap;
+
 use super::attention::AttentionKind;
 use super::stem::StemType;
 use super::{ConfigError, Variant};
@@ -111,9 +113,147 @@ pub fn model_names() -> String {
     MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
 }
 
+/// What a state dict under timm's names holds (`tensors`: name → shape), in words: timm's
+/// name when it is one of ours at full width (`timm's resnet50d, 1000 classes`), else its
+/// features (`a ResNet with 16 bottleneck blocks, a deep stem, avg_down shortcuts, ECA`).
+/// For the message that refuses weights of another architecture than `--model`.
+pub fn describe(tensors: &BTreeMap<String, Vec<usize>>) -> String {
+    let dim = |name: &str, i: usize| tensors.get(name).and_then(|s| s.get(i)).copied();
+    let has = |part: &str| tensors.keys().any(|k| k.contains(part));
+    let bottleneck = tensors.contains_key("layer1.0.conv3.weight");
+    let blocks: [usize; 4] = std::array::from_fn(|stage| {
+        (0..)
+            .take_while(|i| tensors.contains_key(&format!("layer{}.{i}.conv1.weight", stage + 1)))
+            .count()
+    });
+    let classes = dim("fc.weight", 0).map_or(String::new(), |c| format!(", {c} classes"));
+    if blocks.iter().all(|&b| b == 0) {
+        return format!(
+            "no ResNet ({} tensors, no layer1.0.conv1.weight)",
+            tensors.len()
+        );
+    }
+    let deep = tensors.contains_key("conv1.0.weight");
+    let stem_type = match (dim("conv1.0.weight", 0), dim("conv1.3.weight", 0)) {
+        (Some(a), Some(b)) if a != b => StemType::DeepTiered,
+        _ if deep => StemType::Deep,
+        _ => StemType::Plain,
+    };
+    // A grouped 3×3 has `width / groups` input channels; at 64 planes its group width is
+    // the base width.
+    let (width, per_group) = (
+        dim("layer1.0.conv2.weight", 0),
+        dim("layer1.0.conv2.weight", 1),
+    );
+    let cardinality = match (width, per_group) {
+        (Some(w), Some(g)) if bottleneck && g > 0 && w % g == 0 => w / g,
+        _ => 1,
+    };
+    let variant = Variant {
+        stem_type,
+        stem_width: if deep {
+            dim("conv1.3.weight", 0).unwrap_or(0)
+        } else {
+            64
+        },
+        avg_down: has(".downsample.2."),
+        cardinality,
+        base_width: if cardinality > 1 {
+            per_group.unwrap_or(0)
+        } else {
+            64
+        },
+        attn: if has(".se.fc1.") {
+            AttentionKind::Se
+        } else if has(".se.conv.") {
+            AttentionKind::Eca
+        } else {
+            AttentionKind::None
+        },
+    };
+    let layout = |m: &Named| {
+        let per_stage = match m.depth {
+            18 | 26 => [2, 2, 2, 2],
+            34 | 50 => [3, 4, 6, 3],
+            101 => [3, 4, 23, 3],
+            _ => [3, 8, 36, 3],
+        };
+        (per_stage, !matches!(m.depth, 18 | 34))
+    };
+    // timm's widths (what `--width` scales): 64 planes in the first stage.
+    let planes = if bottleneck {
+        dim("layer1.0.conv3.weight", 0).map(|c| c / 4)
+    } else {
+        dim("layer1.0.conv2.weight", 0)
+    };
+    let full_width = planes == Some(64);
+    if let Some(m) = MODELS
+        .iter()
+        .find(|m| m.variant == variant && layout(m) == (blocks, bottleneck) && full_width)
+    {
+        return format!("timm's {}{classes}", m.name);
+    }
+    let mut features = vec![format!(
+        "a ResNet with {} {} blocks ({})",
+        blocks.iter().sum::<usize>(),
+        if bottleneck { "bottleneck" } else { "basic" },
+        blocks.map(|b| b.to_string()).join(", ")
+    )];
+    features.extend(match stem_type {
+        StemType::Deep => Some("a deep stem".to_string()),
+        StemType::DeepTiered => Some("a tiered deep stem".to_string()),
+        StemType::Plain => None,
+    });
+    features.extend(variant.avg_down.then(|| "avg_down shortcuts".to_string()));
+    features.extend((cardinality > 1).then(|| format!("{cardinality} groups")));
+    features.extend(match variant.attn {
+        AttentionKind::Se => Some("squeeze-excite".to_string()),
+        AttentionKind::Eca => Some("ECA".to_string()),
+        AttentionKind::None => None,
+    });
+    format!("{}{classes}", features.join(", "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exported_state_dicts_are_named_by_their_model() {
+        use crate::model::resnet::ResNetConfig;
+        use burn::tensor::Device;
+        let device = Device::flex();
+        for name in [
+            "resnet18",
+            "resnet50d",
+            "resnext50_32x4d",
+            "ecaresnet50t",
+            "seresnet50",
+        ] {
+            let model = ResNetConfig {
+                num_classes: 10,
+                ..ResNetConfig::timm(name).expect("ours")
+            }
+            .init(&device)
+            .expect("config");
+            let tensors = crate::model::timm_weights::shapes(&model).expect("export");
+            assert_eq!(describe(&tensors), format!("timm's {name}, 10 classes"));
+        }
+        let small = ResNetConfig {
+            width: 0.25,
+            num_classes: 3,
+            ..ResNetConfig::timm("ecaresnet26t").expect("ours")
+        }
+        .init(&device)
+        .expect("config");
+        let tensors = crate::model::timm_weights::shapes(&small).expect("export");
+        assert_eq!(
+            describe(&tensors),
+            "a ResNet with 8 bottleneck blocks (2, 2, 2, 2), a tiered deep stem, avg_down \
+             shortcuts, ECA, 3 classes"
+        );
+        assert!(describe(&BTreeMap::new()).starts_with("no ResNet"));
+    }
 
     #[test]
     fn every_name_is_listed_once_and_unknown_names_are_refused_with_the_list() {
