@@ -4,7 +4,9 @@
 # side's milliseconds per step in each phase (upload, mix, forward, loss, backward, optimizer;
 # timed on extra steps with a synchronization after each phase).
 #
-# Usage: trainer/benches/cpu_side_by_side.sh [THREADS]
+# Usage: trainer/benches/cpu_side_by_side.sh [THREADS [MODEL...]]
+#   Without MODELs: eighth-width ResNet-18 at 32 px and ResNet-50 at 224 px. With them (timm's
+#   names: resnet50d resnext50_32x4d seresnet50 ecaresnet50t ...): each at 224 px, batch 8.
 #   Needs python3 with torch and timm (pip install torch timm) and a release trainer
 #   (cargo build --release --locked -p trainer; TRAINER=path to use another).
 set -euo pipefail
@@ -23,6 +25,12 @@ cases=(
     "resnet18/8 32px b64|--model resnet18 --width 0.125 --small-stem --num-classes 10|64|32|3|30"
     "resnet50 224px b8|--model resnet50|8|224|2|6"
 )
+if (( $# > 1 )); then
+    cases=()
+    for model in "${@:2}"; do
+        cases+=("$model 224px b8|--model $model|8|224|2|6")
+    done
+fi
 for case in "${cases[@]}"; do
     IFS='|' read -r name model batch size warmup steps <<< "$case"
     # shellcheck disable=SC2086

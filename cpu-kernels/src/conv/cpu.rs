@@ -10,6 +10,9 @@
 //! `cols` is im2col ([`super::im2col`]). A 1×1 convolution of stride 1 without padding has
 //! `cols(X[n]) = X[n]` viewed as `C×P`: no im2col at all.
 //!
+//! A grouped convolution is the same products with each image's groups taken as images of their
+//! own ([`Geometry::per_group`]), each with its group's block of the weight ([`group_block`]).
+//!
 //! Images are shared among rayon's threads when there are at least as many as threads, each
 //! image's products on one thread; with fewer images, one image at a time with the products
 //! spread over the threads.
@@ -99,6 +102,12 @@ fn matmul(
     }
 }
 
+/// The weight block (`O/groups × taps`) of (pseudo-)image `img` of `g` (per group).
+fn group_block<'a>(weight: &'a [f32], g: &Geometry, img: usize, groups: usize) -> &'a [f32] {
+    let size = g.o * g.taps();
+    &weight[(img % groups) * size..][..size]
+}
+
 /// Whether to give each thread its own images (else the products use every thread).
 fn per_image(g: &Geometry) -> bool {
     g.n >= rayon::current_num_threads()
@@ -179,15 +188,17 @@ fn forward_tiled(
     bias: Option<&[f32]>,
     tile: usize,
 ) -> Vec<f32> {
+    let (whole, groups) = (g, g.groups);
+    let g = &g.per_group();
     let (p, taps, ow) = (g.p(), g.taps(), g.out()[1]);
     let reach = Reach::new(g);
-    let w = View {
-        data: weight,
-        rs: taps,
-        cs: 1,
-    };
     let fill = |y: &mut [MaybeUninit<f32>]| {
         each_image(g, y, g.out_image(), |img, out, cols, parallel| {
+            let w = View {
+                data: group_block(weight, g, img, groups),
+                rs: taps,
+                cs: 1,
+            };
             for tile in tiles(g, tile) {
                 let (at, t) = (tile.start * ow, tile.len() * ow);
                 let b = View {
@@ -207,7 +218,7 @@ fn forward_tiled(
     // SAFETY: each image's tiles' products write its whole O×P block of the output.
     let mut y = unsafe { filled(g.n * g.out_image(), fill) };
     if let Some(bias) = bias {
-        for image in y.chunks_exact_mut(g.out_image()) {
+        for image in y.chunks_exact_mut(whole.out_image()) {
             for (row, &b) in image.chunks_exact_mut(p).zip(bias) {
                 row.iter_mut().for_each(|v| *v += b);
             }
@@ -223,6 +234,8 @@ pub fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
 
 /// [`weight_grad`] over tiles of about `tile` values of `cols`.
 fn weight_grad_tiled(g: &Geometry, x: &[f32], dy: &[f32], tile: usize) -> Vec<f32> {
+    let groups = g.groups;
+    let g = &g.per_group();
     let (p, taps, ow) = (g.p(), g.taps(), g.out()[1]);
     let reach = Reach::new(g);
     // dW += dY[n] (O×P) · cols(X[n])ᵀ (P×taps). gemm computes a row-major destination as the
@@ -259,6 +272,30 @@ fn weight_grad_tiled(g: &Geometry, x: &[f32], dy: &[f32], tile: usize) -> Vec<f3
         }
     };
     let size = g.o * taps;
+    let finish = |dw: Vec<f32>| {
+        if column {
+            row_major(&dw, [g.o, taps])
+        } else {
+            dw
+        }
+    };
+    if groups > 1 {
+        // Each group's block is its own sum over the images, in their order, on one thread:
+        // the same bits on every call, the groups spread over the threads.
+        let images = g.n / groups;
+        let blocks: Vec<Vec<f32>> = (0..groups)
+            .into_par_iter()
+            .map(|group| {
+                let mut dw = vec![0f32; size];
+                let mut cols = Vec::new();
+                for n in 0..images {
+                    add(n * groups + group, &mut dw, &mut cols, n > 0, false);
+                }
+                finish(dw)
+            })
+            .collect();
+        return blocks.concat();
+    }
     let dw = if per_image(g) {
         // Each of a fixed number of runs of consecutive images is summed into its own dW by one
         // thread, and the runs' sums are added in order: the same bits on every call (a
@@ -291,11 +328,7 @@ fn weight_grad_tiled(g: &Geometry, x: &[f32], dy: &[f32], tile: usize) -> Vec<f3
         }
         dw
     };
-    if column {
-        row_major(&dw, [g.o, taps])
-    } else {
-        dw
-    }
+    finish(dw)
 }
 
 /// A column-major `m×n` matrix in row-major order.
@@ -314,16 +347,18 @@ pub fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
 
 /// [`input_grad`] over tiles of about `tile` values of `cols`.
 fn input_grad_tiled(g: &Geometry, weight: &[f32], dy: &[f32], tile: usize) -> Vec<f32> {
+    let groups = g.groups;
+    let g = &g.per_group();
     let (p, taps, ow) = (g.p(), g.taps(), g.out()[1]);
     let reach = Reach::new(g);
-    // Wᵀ (taps×O): element (r, o) at weight[o·taps + r].
-    let wt = View {
-        data: weight,
-        rs: 1,
-        cs: taps,
-    };
     let fill = |dx: &mut [MaybeUninit<f32>]| {
         each_image(g, dx, g.image(), |img, out, cols, parallel| {
+            // Wᵀ (taps×O) of the image's group: element (r, o) at weight[o·taps + r].
+            let wt = View {
+                data: group_block(weight, g, img, groups),
+                rs: 1,
+                cs: taps,
+            };
             let dy = &dy[img * g.out_image()..(img + 1) * g.out_image()];
             // dY's columns of the tile's positions (O×t).
             let dy_tile = |at: usize| View {
@@ -374,11 +409,12 @@ mod tests {
     /// definition.
     fn products(g: &Geometry, mut f: impl FnMut(usize, usize, usize)) {
         let [oh, ow] = g.out();
+        let (cg, og) = (g.c / g.groups, g.o / g.groups);
         for n in 0..g.n {
             for o in 0..g.o {
                 for oy in 0..oh {
                     for ox in 0..ow {
-                        for c in 0..g.c {
+                        for c in 0..cg {
                             for i in 0..g.k[0] {
                                 for j in 0..g.k[1] {
                                     let iy =
@@ -389,10 +425,12 @@ mod tests {
                                     {
                                         continue;
                                     }
+                                    // Output o reads its group's input channels only.
+                                    let ci = o / og * cg + c;
                                     f(
                                         ((n * g.o + o) * oh + oy) * ow + ox,
-                                        ((n * g.c + c) * g.h + iy as usize) * g.w + ix as usize,
-                                        ((o * g.c + c) * g.k[0] + i) * g.k[1] + j,
+                                        ((n * g.c + ci) * g.h + iy as usize) * g.w + ix as usize,
+                                        ((o * cg + c) * g.k[0] + i) * g.k[1] + j,
                                     );
                                 }
                             }
@@ -451,10 +489,16 @@ mod tests {
             k: [k, k],
             stride: [s, s],
             padding: [p, p],
+            groups: 1,
         }
     }
 
-    const CASES: [Geometry; 13] = [
+    /// `g` in `groups` groups.
+    const fn grouped(g: Geometry, groups: usize) -> Geometry {
+        Geometry { groups, ..g }
+    }
+
+    const CASES: [Geometry; 17] = [
         geometry(2, [3, 9, 7], 4, 3, 1, 1),
         // Same width at stride 1: whole-run copies and sums, with wrapped columns (planes as
         // narrow as the kernel's reach, and narrower).
@@ -471,6 +515,11 @@ mod tests {
         geometry(2, [4, 7, 6], 3, 1, 2, 0),
         geometry(4, [5, 8, 9], 2, 3, 2, 1),
         geometry(2, [2, 3, 4], 2, 3, 1, 0),
+        // Grouped: ResNeXt's 3×3 (stride 1 and 2), depthwise, and pointwise in groups.
+        grouped(geometry(3, [8, 6, 5], 8, 3, 1, 1), 4),
+        grouped(geometry(2, [12, 7, 7], 6, 3, 2, 1), 3),
+        grouped(geometry(1, [4, 5, 4], 4, 3, 1, 1), 4),
+        grouped(geometry(4, [6, 3, 3], 4, 1, 1, 0), 2),
     ];
 
     #[test]
@@ -487,6 +536,7 @@ mod tests {
                     assert!(g.is_valid());
                     let x = random(g.n * g.image(), case as u64);
                     let w = random(g.o * g.taps(), 100 + case as u64);
+                    assert_eq!(w.len() * g.groups, g.o * g.c * g.k[0] * g.k[1]);
                     let dy = random(g.n * g.out_image(), 200 + case as u64);
                     let [y_want, dx_want, dw_want] = reference(g, &x, &w, &dy);
                     // Whole images in one tile, one output row per tile, and a few rows.
@@ -541,9 +591,11 @@ mod tests {
         assert!(per_image(&g));
         let x = random(g.n * g.image(), 7);
         let dy = random(g.n * g.o * g.p(), 8);
-        let first = weight_grad(&g, &x, &dy);
-        for _ in 0..20 {
-            assert!(weight_grad(&g, &x, &dy) == first, "the bits moved");
+        for g in [g, grouped(g, 4)] {
+            let first = weight_grad(&g, &x, &dy);
+            for _ in 0..20 {
+                assert!(weight_grad(&g, &x, &dy) == first, "the bits moved");
+            }
         }
     }
 }

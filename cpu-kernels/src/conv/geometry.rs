@@ -18,7 +18,7 @@ pub(crate) fn inside(ow: usize, w: usize, s: usize, j: usize, p: usize) -> Range
     first.min(ow)..end.min(ow)
 }
 
-/// The shapes of one convolution (groups 1, dilation 1).
+/// The shapes of one convolution (dilation 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
     /// Images.
@@ -37,6 +37,9 @@ pub struct Geometry {
     pub stride: [usize; 2],
     /// Zero padding on each side.
     pub padding: [usize; 2],
+    /// Groups: the input and output channels split into this many, each output group reading
+    /// its input group alone (1: every output reads every input; ResNeXt's 3×3: 32).
+    pub groups: usize,
 }
 
 impl Geometry {
@@ -53,6 +56,9 @@ impl Geometry {
     pub fn is_valid(&self) -> bool {
         let dims = [self.n, self.c, self.h, self.w, self.o, self.k[0], self.k[1]];
         dims.iter().all(|&d| d > 0)
+            && self.groups > 0
+            && self.c.is_multiple_of(self.groups)
+            && self.o.is_multiple_of(self.groups)
             && self.stride.iter().all(|&s| s > 0)
             && self.h + 2 * self.padding[0] >= self.k[0]
             && self.w + 2 * self.padding[1] >= self.k[1]
@@ -64,9 +70,23 @@ impl Geometry {
         oh * ow
     }
 
-    /// Rows of `cols`: input channels × kernel taps.
+    /// Rows of `cols` (and a weight row's length): a group's input channels × kernel taps.
     pub(super) fn taps(&self) -> usize {
-        self.c * self.k[0] * self.k[1]
+        self.c / self.groups * self.k[0] * self.k[1]
+    }
+
+    /// The same convolution with each image's groups as images of their own: `n·groups`
+    /// images of `c / groups` channels to `o / groups`, groups 1. NCHW keeps a group's
+    /// channels together, so the input, the output and their gradients are the same slices
+    /// read this way; image `i` takes the weight's group `i % groups`.
+    pub(super) fn per_group(&self) -> Geometry {
+        Geometry {
+            n: self.n * self.groups,
+            c: self.c / self.groups,
+            o: self.o / self.groups,
+            groups: 1,
+            ..*self
+        }
     }
 
     /// A 1×1 convolution of stride 1 without padding: the input is its own `cols`.

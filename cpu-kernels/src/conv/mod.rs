@@ -1,8 +1,8 @@
 //! The network's one convolution function: on the CPU backend (burn-flex, f32) our own
 //! convolution ([`cpu`]: im2col and matrix products, with its own input and weight gradients),
 //! plugged into burn through its backend-extension mechanism with a backward pass of its own;
-//! everywhere else (CUDA, the CubeCL CPU stand-in, half precision, groups or dilation) burn's
-//! `conv2d`.
+//! everywhere else (CUDA, the CubeCL CPU stand-in, half precision, dilation) burn's `conv2d`.
+//! Grouped convolutions (ResNeXt's 3×3) take our path too.
 //!
 //! Why: burn-flex 0.22 has no convolution backward. burn's defaults compute the input gradient
 //! as a transposed convolution and the weight gradient as a convolution over swapped
@@ -39,14 +39,13 @@ pub fn conv2d(
     bias: Option<Tensor<1>>,
     options: ConvOptions<2>,
 ) -> Tensor<4> {
-    let Some((stride, padding)) = ours_applies(&x, &weight, &options) else {
+    let Some(shape) = ours_applies(&x, &weight, &options) else {
         return burn::tensor::module::conv2d(x, weight, bias, options);
     };
     let y = Tensor::from_dispatch(<Dispatch as CpuConv>::cpu_conv2d(
         x.into_dispatch(),
         weight.into_dispatch(),
-        stride,
-        padding,
+        shape,
     ));
     match bias {
         Some(b) => {
@@ -57,17 +56,17 @@ pub fn conv2d(
     }
 }
 
-/// The stride and padding of a convolution our CPU path computes: f32 on burn-flex (with or
-/// without autodiff), groups 1, dilation 1, symmetric padding, a kernel that fits.
-fn ours_applies(
-    x: &Tensor<4>,
-    weight: &Tensor<4>,
-    options: &ConvOptions<2>,
-) -> Option<([usize; 2], [usize; 2])> {
+/// What our backend extension is told of a convolution beyond its tensors: stride, padding
+/// (each side) and groups.
+pub type Shape = ([usize; 2], [usize; 2], usize);
+
+/// The stride, padding and groups of a convolution our CPU path computes: f32 on burn-flex
+/// (with or without autodiff), dilation 1, symmetric padding, a kernel that fits.
+fn ours_applies(x: &Tensor<4>, weight: &Tensor<4>, options: &ConvOptions<2>) -> Option<Shape> {
     let flex = is_flex(&x.device());
     let padding = options.padding.map(|(begin, _)| begin);
     let symmetric = options.padding.iter().all(|(begin, end)| begin == end);
-    let plain = options.groups == 1 && options.dilation == [1, 1] && symmetric;
+    let plain = options.dilation == [1, 1] && symmetric;
     let f32 = x.dtype() == DType::F32 && weight.dtype() == DType::F32;
     let [n, c, h, w] = x.dims();
     let [o, wc, kh, kw] = weight.dims();
@@ -80,17 +79,14 @@ fn ours_applies(
         k: [kh, kw],
         stride: options.stride,
         padding,
+        groups: options.groups,
     };
-    (flex && plain && f32 && wc == c && g.is_valid()).then_some((options.stride, padding))
+    let fits = wc * options.groups == c && g.is_valid();
+    (flex && plain && f32 && fits).then_some((options.stride, padding, options.groups))
 }
 
 /// The geometry of `x` convolved with `weight`.
-fn geometry(
-    x: &FlexTensor,
-    weight: &FlexTensor,
-    stride: [usize; 2],
-    padding: [usize; 2],
-) -> Geometry {
+fn geometry(x: &FlexTensor, weight: &FlexTensor, (stride, padding, groups): Shape) -> Geometry {
     let [n, c, h, w] = x.shape().dims();
     let [o, _, kh, kw] = weight.shape().dims();
     Geometry {
@@ -102,6 +98,7 @@ fn geometry(
         k: [kh, kw],
         stride,
         padding,
+        groups,
     }
 }
 
@@ -113,8 +110,7 @@ pub trait CpuConv: Backend {
     fn cpu_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        stride: [usize; 2],
-        padding: [usize; 2],
+        shape: Shape,
     ) -> FloatTensor<Self>;
 
     /// The gradient of `x` from the output's gradient `grad`.
@@ -122,8 +118,7 @@ pub trait CpuConv: Backend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        stride: [usize; 2],
-        padding: [usize; 2],
+        shape: Shape,
     ) -> FloatTensor<Self>;
 
     /// The gradient of `weight` from the output's gradient `grad`.
@@ -131,19 +126,13 @@ pub trait CpuConv: Backend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        stride: [usize; 2],
-        padding: [usize; 2],
+        shape: Shape,
     ) -> FloatTensor<Self>;
 }
 
 impl CpuConv for Flex {
-    fn cpu_conv2d(
-        x: FlexTensor,
-        weight: FlexTensor,
-        stride: [usize; 2],
-        padding: [usize; 2],
-    ) -> FlexTensor {
-        let g = geometry(&x, &weight, stride, padding);
+    fn cpu_conv2d(x: FlexTensor, weight: FlexTensor, shape: Shape) -> FlexTensor {
+        let g = geometry(&x, &weight, shape);
         let y = cpu::forward(&g, &values(&x), &values(&weight), None);
         let [oh, ow] = g.out();
         tensor(y, [g.n, g.o, oh, ow])
@@ -153,10 +142,9 @@ impl CpuConv for Flex {
         x: FlexTensor,
         weight: FlexTensor,
         grad: FlexTensor,
-        stride: [usize; 2],
-        padding: [usize; 2],
+        shape: Shape,
     ) -> FlexTensor {
-        let g = geometry(&x, &weight, stride, padding);
+        let g = geometry(&x, &weight, shape);
         let dx = cpu::input_grad(&g, &values(&weight), &values(&grad));
         tensor(dx, [g.n, g.c, g.h, g.w])
     }
@@ -165,12 +153,11 @@ impl CpuConv for Flex {
         x: FlexTensor,
         weight: FlexTensor,
         grad: FlexTensor,
-        stride: [usize; 2],
-        padding: [usize; 2],
+        shape: Shape,
     ) -> FlexTensor {
-        let g = geometry(&x, &weight, stride, padding);
+        let g = geometry(&x, &weight, shape);
         let dw = cpu::weight_grad(&g, &values(&x), &values(&grad));
-        tensor(dw, [g.o, g.c, g.k[0], g.k[1]])
+        tensor(dw, [g.o, g.c / g.groups, g.k[0], g.k[1]])
     }
 }
 
@@ -179,8 +166,8 @@ impl CpuConv for Flex {
 struct ConvBackward;
 
 impl<B: CpuConv> Backward<B, 2> for ConvBackward {
-    /// The checkpointed input and weight, the stride and the padding.
-    type State = (NodeId, NodeId, [usize; 2], [usize; 2]);
+    /// The checkpointed input and weight, and the convolution's [`Shape`].
+    type State = (NodeId, NodeId, Shape);
 
     fn backward(
         self,
@@ -190,16 +177,15 @@ impl<B: CpuConv> Backward<B, 2> for ConvBackward {
     ) {
         let [node_x, node_weight] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (x_state, weight_state, stride, padding) = ops.state;
+        let (x_state, weight_state, shape) = ops.state;
         let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
         let weight = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
         if let Some(node) = node_x {
-            let dx =
-                B::cpu_conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), stride, padding);
+            let dx = B::cpu_conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), shape);
             grads.register::<B>(node.id, dx);
         }
         if let Some(node) = node_weight {
-            let dw = B::cpu_conv2d_weight_backward(x, weight, grad, stride, padding);
+            let dw = B::cpu_conv2d_weight_backward(x, weight, grad, shape);
             grads.register::<B>(node.id, dw);
         }
     }
@@ -209,8 +195,7 @@ impl<B: CpuConv, C: CheckpointStrategy> CpuConv for Autodiff<B, C> {
     fn cpu_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        stride: [usize; 2],
-        padding: [usize; 2],
+        shape: Shape,
     ) -> FloatTensor<Self> {
         match ConvBackward
             .prepare::<C>([x.node(), weight.node()])
@@ -221,15 +206,14 @@ impl<B: CpuConv, C: CheckpointStrategy> CpuConv for Autodiff<B, C> {
                 let x_state = prep.checkpoint(&x);
                 let weight_state = prep.checkpoint(&weight);
                 prep.finish(
-                    (x_state, weight_state, stride, padding),
-                    B::cpu_conv2d(x.into_primitive(), weight.into_primitive(), stride, padding),
+                    (x_state, weight_state, shape),
+                    B::cpu_conv2d(x.into_primitive(), weight.into_primitive(), shape),
                 )
             }
             OpsKind::UnTracked(prep) => prep.finish(B::cpu_conv2d(
                 x.into_primitive(),
                 weight.into_primitive(),
-                stride,
-                padding,
+                shape,
             )),
         }
     }
@@ -240,15 +224,13 @@ impl<B: CpuConv, C: CheckpointStrategy> CpuConv for Autodiff<B, C> {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        stride: [usize; 2],
-        padding: [usize; 2],
+        shape: Shape,
     ) -> FloatTensor<Self> {
         Self::from_inner(B::cpu_conv2d_x_backward(
             Self::inner(x),
             Self::inner(weight),
             Self::inner(grad),
-            stride,
-            padding,
+            shape,
         ))
     }
 
@@ -256,15 +238,13 @@ impl<B: CpuConv, C: CheckpointStrategy> CpuConv for Autodiff<B, C> {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        stride: [usize; 2],
-        padding: [usize; 2],
+        shape: Shape,
     ) -> FloatTensor<Self> {
         Self::from_inner(B::cpu_conv2d_weight_backward(
             Self::inner(x),
             Self::inner(weight),
             Self::inner(grad),
-            stride,
-            padding,
+            shape,
         ))
     }
 }
@@ -278,11 +258,21 @@ mod tests {
     /// Ours against burn's: the output, and the gradients of x, the weight and the bias of
     /// `<r, conv(x)>` for a random `r`.
     fn check(shape: [usize; 4], o: usize, k: usize, stride: usize, padding: usize, bias: bool) {
+        check_grouped(shape, o, [k, stride, padding, 1], bias);
+    }
+
+    /// [`check`] of a convolution in `groups` groups.
+    fn check_grouped(
+        shape: [usize; 4],
+        o: usize,
+        [k, stride, padding, groups]: [usize; 4],
+        bias: bool,
+    ) {
         let device = Device::flex().autodiff();
         let x = random(shape, 1, &device);
-        let w = random([o, shape[1], k, k], 2, &device);
+        let w = random([o, shape[1] / groups, k, k], 2, &device);
         let b = bias.then(|| random([o], 3, &device));
-        let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
+        let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], groups);
         assert!(ours_applies(&x, &w, &options).is_some(), "not our path");
         let run = |ours: bool| {
             let (x, w) = (x.clone().require_grad(), w.clone().require_grad());
@@ -301,7 +291,8 @@ mod tests {
         };
         let ours = run(true);
         let theirs = run(false);
-        let name = format!("{shape:?} -> {o}, k {k}, stride {stride}, padding {padding}");
+        let name =
+            format!("{shape:?} -> {o}, k {k}, stride {stride}, padding {padding}, groups {groups}");
         let y = relative(ours.0, theirs.0);
         let gx = relative(ours.1, theirs.1);
         let gw = relative(ours.2, theirs.2);
@@ -337,17 +328,32 @@ mod tests {
     }
 
     #[test]
-    fn other_convolutions_stay_burns() {
+    fn grouped_forward_and_gradients_equal_burns_convolution() {
+        // ResNeXt's 3×3 (32 groups, stride 1 and 2; its last stage's 7×7), depthwise, a bias.
+        check_grouped([2, 64, 8, 8], 64, [3, 1, 1, 32], false);
+        check_grouped([3, 128, 9, 9], 128, [3, 2, 1, 32], false);
+        check_grouped([4, 256, 7, 7], 256, [3, 1, 1, 32], false);
+        check_grouped([2, 16, 6, 5], 16, [3, 1, 1, 16], true);
+        check_grouped([2, 12, 5, 5], 6, [1, 1, 0, 3], false);
+    }
+
+    #[test]
+    fn grouped_convolutions_are_ours_and_others_stay_burns() {
         let device = Device::flex();
         let x = Tensor::<4>::zeros([1, 4, 5, 5], &device);
         let w = Tensor::<4>::zeros([4, 2, 3, 3], &device);
         let grouped = ConvOptions::new([1, 1], [1, 1], [1, 1], 2);
-        assert!(ours_applies(&x, &w, &grouped).is_none());
+        assert_eq!(ours_applies(&x, &w, &grouped), Some(([1, 1], [1, 1], 2)));
+        let three = ConvOptions::new([1, 1], [1, 1], [1, 1], 3);
+        assert!(
+            ours_applies(&x, &w, &three).is_none(),
+            "4 channels in 3 groups"
+        );
         let dilated = ConvOptions::new([1, 1], [1, 1], [2, 2], 1);
         let w4 = Tensor::<4>::zeros([4, 4, 3, 3], &device);
         assert!(ours_applies(&x, &w4, &dilated).is_none());
         let plain = ConvOptions::new([2, 2], [1, 1], [1, 1], 1);
-        assert_eq!(ours_applies(&x, &w4, &plain), Some(([2, 2], [1, 1])));
+        assert_eq!(ours_applies(&x, &w4, &plain), Some(([2, 2], [1, 1], 1)));
         let half = x.clone().cast(burn::tensor::FloatDType::BF16);
         assert!(ours_applies(&half, &w4.cast(burn::tensor::FloatDType::BF16), &plain).is_none());
     }
