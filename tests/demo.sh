@@ -16,13 +16,8 @@ if [[ ${1:-} == -h || ${1:-} == --help ]]; then
 fi
 cd "$(dirname "$0")/.."
 work=${RSB_DEMO_DIR:-target/demo}
-if [ -z "${RSB_BIN_DIR:-}" ]; then
-  cargo build --locked --release -p shard-tool -p loader -p trainer
-  RSB_BIN_DIR=target/release
-fi
-st="$RSB_BIN_DIR/shard-tool"
-ld="$RSB_BIN_DIR/loader"
-tr="$RSB_BIN_DIR/trainer"
+# shellcheck source=tests/bins.sh
+source tests/bins.sh
 # Training steps (the whole smoke recipe by default; the end-to-end test, on debug builds, asks
 # for a few).
 train_steps=${RSB_DEMO_TRAIN_STEPS:-}

@@ -102,7 +102,7 @@ pub fn run(a: StudyArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string(&study)?);
         return Ok(ExitCode::SUCCESS);
     }
-    print!("{}", trainer::report::study::format_table(&study.rows));
+    print!("{}", study.text());
     println!(
         "{} runs; table in {}, plot in {}",
         study.runs.len(),

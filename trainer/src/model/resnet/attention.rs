@@ -4,11 +4,11 @@
 //! sigmoid gate). Sizes follow timm's rules exactly ([`se_channels`], [`eca_kernel`]), so that
 //! parameter counts and exported weights match `timm.create_model`.
 
-use burn::module::{Module, Param, ParamId};
-use burn::nn::PaddingConfig1d;
+use burn::module::Module;
 use burn::nn::conv::{Conv1d, Conv1dConfig, Conv2d};
+use burn::nn::{Initializer, PaddingConfig1d};
 use burn::tensor::activation::{relu, sigmoid};
-use burn::tensor::{Device, Distribution, FloatDType, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::conv;
@@ -112,18 +112,23 @@ fn image_mean(x: &Tensor<4>) -> Tensor<4> {
         .reshape([n, c, 1, 1])
 }
 
-/// `c` with PyTorch's default bias, uniform in ±1/√`fan_in`.
+/// `c` with PyTorch's default bias, uniform in ±1/√`fan_in` (drawn when first read, as every
+/// parameter of the model).
 fn with_bias(mut c: Conv2d, fan_in: usize, device: &Device) -> Conv2d {
-    let [out, _, _, _] = c.weight.dims();
+    let [out, _, _, _] = c.weight.lazy_shape().dims();
     let bound = 1.0 / (fan_in as f64).sqrt();
-    let bias = Tensor::<1>::random([out], Distribution::Uniform(-bound, bound), device);
-    c.bias = Some(Param::initialized(ParamId::new(), bias));
+    let uniform = Initializer::Uniform {
+        min: -bound,
+        max: bound,
+    };
+    c.bias = Some(uniform.init([out], device));
     c
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::Distribution;
 
     #[test]
     fn se_channels_follow_timms_make_divisible() {

@@ -201,6 +201,31 @@ impl ResNetConfig {
 
     /// Builds the model with timm's initialization on `device`.
     pub fn init(&self, device: &Device) -> Result<ResNet, ConfigError> {
+        let model = self.build(device)?;
+        // burn draws a parameter's values lazily, when it is first read; draw them all now, in
+        // module order, so that a seed gives the same weights whatever reads them first (a
+        // forward pass, an export, an import that overwrites only some).
+        struct Draw;
+        impl ModuleVisitor for Draw {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let _ = param.val();
+            }
+        }
+        model.visit(&mut Draw);
+        Ok(model)
+    }
+
+    /// timm's `sum(p.numel() for p in model.parameters())` of the model, without drawing or
+    /// holding its weights (a study's table lists it for every model).
+    ///
+    /// # Errors
+    /// [`ConfigError`] as [`Self::check`].
+    pub fn trainable_params(&self) -> Result<usize, ConfigError> {
+        Ok(self.build(&Device::flex())?.trainable_params())
+    }
+
+    /// The model with its parameters' values not drawn yet (burn's lazy parameters).
+    fn build(&self, device: &Device) -> Result<ResNet, ConfigError> {
         self.check()?;
         let (blocks, bottleneck) = self.layout()?;
         let (conv1, stem, stem_out) = self.stem(device);
@@ -243,7 +268,7 @@ impl ResNetConfig {
         let [layer1, layer2, layer3, layer4]: [Vec<Block>; 4] = layers
             .try_into()
             .map_err(|_| ConfigError::Depth(self.depth))?;
-        let model = ResNet {
+        Ok(ResNet {
             conv1,
             stem,
             bn1: BatchNorm::new(stem_out, false, device),
@@ -256,18 +281,7 @@ impl ResNetConfig {
             fc: LinearConfig::new(in_ch, self.num_classes).init(device),
             compute: None,
             avg_down: self.variant.avg_down,
-        };
-        // burn draws a parameter's values lazily, when it is first read; draw them all now, in
-        // module order, so that a seed gives the same weights whatever reads them first (a
-        // forward pass, an export, an import that overwrites only some).
-        struct Draw;
-        impl ModuleVisitor for Draw {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                let _ = param.val();
-            }
-        }
-        model.visit(&mut Draw);
-        Ok(model)
+        })
     }
 }
 
@@ -543,6 +557,44 @@ mod tests {
             .sum();
         assert_eq!(channels, 26_560, "the BN channels of ResNet-50");
         assert_eq!(model.batch_norms().len(), 53);
+    }
+
+    /// timm 1.0.31: `sum(p.numel() for p in timm.create_model(name).parameters())`.
+    const TIMM_PARAMS: [(&str, usize); 24] = [
+        ("resnet18", 11_689_512),
+        ("resnet26", 15_995_176),
+        ("resnet34", 21_797_672),
+        ("resnet50", 25_557_032),
+        ("resnet101", 44_549_160),
+        ("resnet152", 60_192_808),
+        ("resnet18d", 11_708_744),
+        ("resnet26d", 16_014_408),
+        ("resnet34d", 21_816_904),
+        ("resnet50d", 25_576_264),
+        ("resnet101d", 44_568_392),
+        ("resnet152d", 60_212_040),
+        ("resnet26t", 16_011_872),
+        ("resnet50t", 25_573_728),
+        ("resnext50_32x4d", 25_028_904),
+        ("resnext101_32x4d", 44_177_704),
+        ("resnext101_32x8d", 88_791_336),
+        ("seresnet50", 28_088_024),
+        ("seresnet101", 49_326_872),
+        ("seresnext50_32x4d", 27_559_896),
+        ("ecaresnet50d", 25_576_350),
+        ("ecaresnet101d", 44_568_563),
+        ("ecaresnet26t", 16_011_916),
+        ("ecaresnet50t", 25_573_814),
+    ];
+
+    #[test]
+    fn every_name_we_build_has_timms_parameter_count() {
+        for (name, want) in TIMM_PARAMS {
+            let config = ResNetConfig::timm(name).expect("ours");
+            // Counted on the lazy parameters: no 88M values drawn for resnext101_32x8d.
+            assert_eq!(config.trainable_params().expect("config"), want, "{name}");
+        }
+        assert_eq!(model_names().split(", ").count(), TIMM_PARAMS.len());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! — seeds are the replicates — into a table (mean ± sample std, min, max per eval set and
 //! metric) and a PNG with one point per run.
 
+mod models;
 mod plan;
 mod plot;
 mod table;
@@ -28,6 +29,7 @@ use crate::run::{
     WeightsError, train, write_file,
 };
 
+pub use models::{ModelRow, format_models, models};
 pub use plan::{Combination, Vary, plan};
 pub use plot::render;
 pub use table::{REPLICATE_KEY, Row, RunResult, Score, Stats, format_table, set_scores, table};
@@ -283,6 +285,22 @@ pub struct StudyReport {
     pub runs: Vec<RunResult>,
     /// The table.
     pub rows: Vec<Row>,
+    /// With `model` varied: the paper's comparison of architectures, best first.
+    #[serde(default)]
+    pub models: Vec<ModelRow>,
+}
+
+impl StudyReport {
+    /// The table as `study.txt` holds it and `trainer study` prints it: the groups' statistics,
+    /// then, with `model` varied, the comparison of architectures.
+    pub fn text(&self) -> String {
+        let mut text = format_table(&self.rows);
+        if !self.models.is_empty() {
+            text.push('\n');
+            text.push_str(&format_models(&self.models));
+        }
+        text
+    }
 }
 
 /// Runs (or resumes, or reuses) every combination, scores each run, and writes the table
@@ -330,6 +348,12 @@ pub fn run_study(
             name: combo.name.clone(),
             varied: combo.shown.clone(),
             steps: steps_done,
+            // The gate passed the combination, so its model is one we build.
+            params: combo
+                .config
+                .model()
+                .ok()
+                .and_then(|m| m.trainable_params().ok()),
             scores,
         });
     }
@@ -381,6 +405,7 @@ fn write_report(
     results: Vec<RunResult>,
 ) -> Result<StudyReport, StudyError> {
     let rows = table(&results);
+    let models = models(&results);
     let report = StudyReport {
         recipe,
         vary: o
@@ -390,11 +415,9 @@ fn write_report(
             .collect(),
         runs: results,
         rows,
+        models,
     };
-    write_file(
-        &o.out.join(TABLE_FILE),
-        format_table(&report.rows).as_bytes(),
-    )?;
+    write_file(&o.out.join(TABLE_FILE), report.text().as_bytes())?;
     // Plain numbers and strings always serialize.
     let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
     write_file(&o.out.join(JSON_FILE), &json)?;

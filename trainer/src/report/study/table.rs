@@ -30,6 +30,9 @@ pub struct RunResult {
     pub varied: Vec<(String, String)>,
     /// Steps trained.
     pub steps: u64,
+    /// Its model's trainable parameters (timm's count).
+    #[serde(default)]
+    pub params: Option<usize>,
     /// Its scores.
     pub scores: Vec<Score>,
 }
@@ -199,6 +202,7 @@ pub(super) fn result(varied: &[(&str, &str)], top1: f64) -> RunResult {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
         steps: 10,
+        params: None,
         scores: vec![
             Score {
                 set: "val".into(),
