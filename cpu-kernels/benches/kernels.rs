@@ -4,7 +4,8 @@
 //!   the SIMD dispatch buys;
 //! - `flex`: burn-flex's own operation (what the trainer ran before these kernels).
 //!
-//! The shapes are ResNet-50's at batch 8 (a 224 px image's 56×56 stage, the stem's pooling),
+//! The shapes are ResNet-50's at batch 8 (a 224 px image's 56×56 stage, the stem's pooling;
+//! ResNeXt-50's grouped 3×3 of that stage),
 //! and LAMB's step on its largest 3×3 weight. `cargo bench -p cpu-kernels`, then
 //! `cpu-kernels/benches/ratios.py` prints the ratios from criterion's estimates.
 
@@ -64,11 +65,18 @@ fn train_step<const D: usize, const E: usize>(
 }
 
 fn bench_conv(c: &mut Criterion) {
+    // ResNet-50's 3×3 of its first stage, and ResNeXt-50's (32 groups of 4 channels).
+    conv_group(c, "conv 3x3 64->64 8x56x56", [64, 64], 1);
+    conv_group(c, "grouped conv 3x3 128->128 /32 8x56x56", [128, 128], 32);
+}
+
+/// The bench group `name`: a 3×3 convolution `[in, out]` in `groups` at batch 8, 56×56.
+fn conv_group(c: &mut Criterion, name: &str, [i, o]: [usize; 2], groups: usize) {
     let device = Device::flex().autodiff();
-    let x = random([8, 64, 56, 56], 1, &device);
-    let w = random([64, 64, 3, 3], 2, &device);
-    let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
-    let mut group = c.benchmark_group("conv 3x3 64->64 8x56x56, forward+backward");
+    let x = random([8, i, 56, 56], 1, &device);
+    let w = random([o, i / groups, 3, 3], 2, &device);
+    let options = ConvOptions::new([1, 1], [1, 1], [1, 1], groups);
+    let mut group = c.benchmark_group(format!("{name}, forward+backward"));
     for who in Who::ALL {
         who.select();
         group.bench_function(who.name(), |b| {
