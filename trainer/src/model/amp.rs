@@ -157,6 +157,47 @@ mod tests {
     }
 
     #[test]
+    fn every_family_member_computes_in_bf16_and_answers_in_f32() {
+        // Deep stems, avg_down's pool, grouped 3×3, SE's 1×1 and ECA's 1-D convolution. Eval
+        // mode: in training, batch statistics of 2 images amplify any rounding (a quarter of
+        // the logits for plain ResNet-50 at random init).
+        let device = Device::flex().autodiff();
+        for name in [
+            "resnet50",
+            "resnet50d",
+            "resnext50_32x4d",
+            "seresnet50",
+            "ecaresnet50t",
+        ] {
+            let mut model = ResNetConfig {
+                num_classes: 5,
+                width: 0.125,
+                small_stem: true,
+                zero_init_last: false,
+                ..ResNetConfig::timm(name).expect("ours")
+            }
+            .init(&device)
+            .expect("config");
+            let x = Tensor::<4>::random([2, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+            let f32_logits = values(model.valid().forward(x.clone().inner()));
+            model.compute = Some(COMPUTE);
+            let amp_logits = values(model.valid().forward(x.clone().inner()));
+            let r = relative(&amp_logits, &f32_logits);
+            assert!(r > 1e-5 && r < 5e-2, "{name}: amp logits vs f32: {r}");
+            // Training: f32 out, and f32 gradients in.
+            let logits = model.forward(x);
+            assert_eq!(logits.dtype(), DType::F32, "{name}");
+            let grads = logits.powi_scalar(2).mean().backward();
+            let stem_grad = match (&model.conv1, &model.stem) {
+                (_, Some(stem)) => stem.conv_a.weight.val().grad(&grads),
+                (Some(conv1), None) => conv1.weight.val().grad(&grads),
+                (None, None) => None,
+            };
+            assert_eq!(stem_grad.map(|g| g.dtype()), Some(DType::F32), "{name}");
+        }
+    }
+
+    #[test]
     fn an_amp_step_keeps_f32_master_weights_gradients_and_optimizer_state() {
         let device = Device::flex().autodiff();
         device.seed(3);
