@@ -9,7 +9,6 @@ use loader::request::transform::IMG_SIZE;
 use shard_tool::console::number_in;
 use trainer::device::{DeviceKind, Precision};
 use trainer::diagnostics::device_check::{self, Difference, GROUPS, Judge, Verdict};
-use trainer::model::ResNetConfig;
 use trainer::recipe::ranges;
 
 use super::ModelArgs;
@@ -94,10 +93,7 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
     }
     // With timm's zero-initialized last BN γ, no gradient reaches the residual
     // branches: they would compare as equal zeros.
-    let config = ResNetConfig {
-        zero_init_last: false,
-        ..a.model.config()?
-    };
+    let config = a.model.config()?.with_zero_init_last(false);
     let reference = a.reference.device(a.reference_dtype)?.autodiff();
     let target = a.device.device(a.dtype)?.autodiff();
     let diffs = device_check::compare_devices(

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 use trainer::device::Precision;
-use trainer::model::{ResNetConfig, timm_weights};
+use trainer::model::timm_weights;
 use trainer::run::OnDevice;
 
 use super::{DeviceArgs, ModelArgs};
@@ -33,10 +33,7 @@ pub struct ExportArgs {
 pub fn run(a: ExportArgs) -> Result<ExitCode> {
     // A FIFO or a device as OUT is the user's mistake: said before the model is built.
     super::check_out(&a.out)?;
-    let config = ResNetConfig {
-        zero_init_last: !a.no_zero_init_last,
-        ..a.model.config()?
-    };
+    let config = a.model.config()?.with_zero_init_last(!a.no_zero_init_last);
     let precision = a.device.dtype.unwrap_or(Precision::F32);
     let on = OnDevice::load(&config, a.device.device, precision, a.seed, None)?;
     timm_weights::export(&on.model, &a.out)?;

@@ -8,7 +8,8 @@ use clap::Args;
 use shard_tool::console::number_in;
 use trainer::data::DataSource;
 use trainer::device::{DeviceKind, Precision};
-use trainer::model::ResNetConfig;
+use trainer::model::NetworkConfig;
+use trainer::model::network::Shape;
 use trainer::recipe::TrainConfig;
 use trainer::recipe::ranges;
 
@@ -52,22 +53,15 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     /// The ResNet these flags name.
-    pub fn config(&self) -> Result<ResNetConfig> {
-        let (depth, variant) = trainer::model::resnet::timm_model(&self.model)
-            .map_err(|e| anyhow::Error::new(Usage(e.to_string())))?;
-        let config = ResNetConfig {
-            depth,
-            variant,
+    pub fn config(&self) -> Result<NetworkConfig> {
+        let shape = Shape {
             num_classes: self.num_classes,
             width: self.width,
             small_stem: self.small_stem,
             drop_path_rate: self.drop_path,
-            zero_init_last: true,
         };
-        config
-            .check()
-            .map_err(|e| anyhow::Error::new(Usage(e.to_string())))?;
-        Ok(config)
+        NetworkConfig::named(&self.model, shape)
+            .map_err(|e| anyhow::Error::new(Usage(e.to_string())))
     }
 }
 

@@ -10,7 +10,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 
-use crate::model::resnet::ResNet;
+use crate::model::Network;
 use crate::ranks::processes::{ProcessError, Processes, all_reduce_grads};
 
 /// Milliseconds per sum, the median over the calls of every process's slowest.
@@ -37,7 +37,7 @@ pub struct AllReduceReport {
 /// [`ProcessError`] of a sum.
 pub fn measure(
     processes: &dyn Processes,
-    model: &ResNet,
+    model: &Network,
     device: &Device,
     warmup: usize,
     calls: usize,

@@ -16,7 +16,7 @@ use loader::wire::client::{Client, ClientOptions};
 use crate::data::feed::Feed;
 use crate::data::upload::{Pixels, Uploader};
 use crate::device::{DeviceKind, Precision};
-use crate::model::resnet::ResNetConfig;
+use crate::model::NetworkConfig;
 use crate::model::seeded;
 use crate::optim::lamb::{LambOptions, TimmLamb};
 use crate::ranks::replicas::{Collective, Replicas};
@@ -33,7 +33,7 @@ pub struct BenchOptions {
     /// Float type of parameters and activations.
     pub precision: Precision,
     /// The model.
-    pub model: ResNetConfig,
+    pub model: NetworkConfig,
     /// Images per step and rank.
     pub batch: usize,
     /// Virtual ranks per step (see [`crate::ranks::virtual_ranks`]): `ranks × batch` images per step.
@@ -292,13 +292,13 @@ impl Bench {
     fn new(options: &BenchOptions, ranks: usize, total: u64) -> Result<Bench, BenchError> {
         let device = options.device.device(options.precision)?.autodiff();
         let mut model = seeded::init(&options.model, options.device, &device, options.seed)?;
-        model.compute = options.precision.compute();
+        model.set_compute(options.precision.compute());
         let upload = Arc::new(Uploader::new(options.device));
         let step = TrainStep {
             // A1's optimizer (timm's Lamb with weight decay 0.01), mixing and loss.
             optimizer: TimmLamb::new(&LambOptions::timm(0.01), &model),
             model: Some(model),
-            mixup: MixupConfig::a1(options.model.num_classes),
+            mixup: MixupConfig::a1(options.model.num_classes()),
             loss: crate::step::loss::LossKind::Bce {
                 target_thresh: Some(0.2),
             },
@@ -427,7 +427,7 @@ fn world(
     if collective == Collective::Nccl {
         crate::ranks::replicas::check_nccl()?;
     }
-    let lamb = |m: &crate::model::ResNet| -> Result<TimmLamb, BenchError> {
+    let lamb = |m: &crate::model::Network| -> Result<TimmLamb, BenchError> {
         Ok(TimmLamb::new(&LambOptions::timm(0.01), m))
     };
     let replicas = Replicas::new(
@@ -506,7 +506,7 @@ fn open_batches(
                     let mut pixels = vec![0u8; options.batch * side * side * 3];
                     rng.fill(pixels.as_mut_slice());
                     let labels = (0..options.batch)
-                        .map(|_| rng.random_range(0..options.model.num_classes as u32))
+                        .map(|_| rng.random_range(0..options.model.num_classes() as u32))
                         .collect();
                     (pixels, labels)
                 })
@@ -525,7 +525,7 @@ mod tests {
         let options = BenchOptions {
             device: DeviceKind::Flex,
             precision: Precision::F32,
-            model: ResNetConfig {
+            model: crate::model::ResNetConfig {
                 depth: 18,
                 num_classes: 10,
                 width: 0.125,
@@ -533,7 +533,8 @@ mod tests {
                 drop_path_rate: 0.05,
                 zero_init_last: true,
                 variant: Default::default(),
-            },
+            }
+            .into(),
             batch: 4,
             ranks: 1,
             collective: None,

@@ -9,8 +9,8 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, FloatDType, Gradients, Tensor, TensorData};
 
-use crate::model::resnet::{ResNet, ResNetConfig};
 use crate::model::seeded::copy_params;
+use crate::model::{Network, NetworkConfig};
 use crate::optim::lamb::{LambOptions, TimmLamb};
 use crate::step::loss::bce_with_logits;
 use crate::step::mixup::labels_tensor;
@@ -77,15 +77,21 @@ struct Outputs {
 
 /// Host copies of `model`'s float parameters by module path (`layer1.0.conv1.weight`):
 /// `grads` given, their gradients (those without one are left out); else their values.
-fn named_values(model: &ResNet, grads: Option<&Gradients>) -> Vec<(String, Vec<f64>)> {
+fn named_values(model: &Network, grads: Option<&Gradients>) -> Vec<(String, Vec<f64>)> {
     struct Walk<'a> {
         path: Vec<String>,
         grads: Option<&'a Gradients>,
         out: Vec<(String, Vec<f64>)>,
     }
     impl ModuleVisitor for Walk<'_> {
-        fn enter_module(&mut self, name: &str, _container: &str) {
-            self.path.push(name.to_string());
+        fn enter_module(&mut self, name: &str, container: &str) {
+            // The network's family (the enum's variant) is no part of a parameter's name.
+            let family = container.starts_with("Enum:");
+            self.path.push(if family {
+                String::new()
+            } else {
+                name.to_string()
+            });
         }
         fn exit_module(&mut self, _name: &str, _container: &str) {
             self.path.pop();
@@ -96,7 +102,13 @@ fn named_values(model: &ResNet, grads: Option<&Gradients>) -> Vec<(String, Vec<f
                 None => Some(param.val()),
             };
             if let Some(value) = value {
-                self.out.push((self.path.join("."), host(value)));
+                let name: Vec<&str> = self
+                    .path
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|p| !p.is_empty())
+                    .collect();
+                self.out.push((name.join("."), host(value)));
             }
         }
     }
@@ -113,7 +125,7 @@ fn is_running_stat(name: &str) -> bool {
     name.ends_with("running_mean") || name.ends_with("running_var")
 }
 
-fn run(model: ResNet, x: &TensorData, labels: &[u32], classes: usize, device: &Device) -> Outputs {
+fn run(model: Network, x: &TensorData, labels: &[u32], classes: usize, device: &Device) -> Outputs {
     let input = Tensor::<4>::from_data(x.clone(), device);
     let targets = labels_tensor(labels, device).one_hot::<2>(classes).float();
     let logits = model.forward(input.clone());
@@ -185,12 +197,12 @@ fn compare_named(
 
 /// The seeded model, batch and labels every comparison starts from.
 fn inputs(
-    config: &ResNetConfig,
+    config: &NetworkConfig,
     batch: usize,
     size: usize,
     seed: u64,
     device: &Device,
-) -> Result<(ResNet, TensorData, Vec<u32>), crate::model::resnet::ConfigError> {
+) -> Result<(Network, TensorData, Vec<u32>), crate::model::resnet::ConfigError> {
     device.seed(seed);
     let model = config.init(device)?;
     let x = Tensor::<4>::random(
@@ -201,7 +213,7 @@ fn inputs(
     .inner()
     .into_data();
     let labels: Vec<u32> = (0..batch)
-        .map(|i| ((i as u64 * 7919 + seed) % config.num_classes as u64) as u32)
+        .map(|i| ((i as u64 * 7919 + seed) % config.num_classes() as u64) as u32)
         .collect();
     Ok((model, x, labels))
 }
@@ -242,7 +254,7 @@ fn differences(ra: &Outputs, rb: &Outputs) -> Vec<Difference> {
 /// type the (reference, target) models' convolutions and classifier compute in (amp,
 /// [`crate::model::amp`]).
 pub fn compare_devices(
-    config: &ResNetConfig,
+    config: &NetworkConfig,
     batch: usize,
     size: usize,
     seed: u64,
@@ -252,9 +264,10 @@ pub fn compare_devices(
 ) -> Result<Vec<Difference>, crate::model::resnet::ConfigError> {
     let (mut a, x, labels) = inputs(config, batch, size, seed, reference)?;
     let mut b = copy_params(&a, config.init(target)?);
-    (a.compute, b.compute) = (compute[0], compute[1]);
-    let ra = run(a, &x, &labels, config.num_classes, reference);
-    let rb = run(b, &x, &labels, config.num_classes, target);
+    a.set_compute(compute[0]);
+    b.set_compute(compute[1]);
+    let ra = run(a, &x, &labels, config.num_classes(), reference);
+    let rb = run(b, &x, &labels, config.num_classes(), target);
     Ok(differences(&ra, &rb))
 }
 
@@ -285,7 +298,7 @@ fn nudged(x: &TensorData, seed: u64, epsilon: f64) -> TensorData {
 /// model amplifies a rounding as it amplifies this nudge; a difference far above it is a
 /// backend's, a difference near it is the model's conditioning.
 pub fn rounding_floor(
-    config: &ResNetConfig,
+    config: &NetworkConfig,
     batch: usize,
     size: usize,
     seed: u64,
@@ -294,15 +307,15 @@ pub fn rounding_floor(
     epsilon: f64,
 ) -> Result<Vec<Difference>, crate::model::resnet::ConfigError> {
     let (mut a, x, labels) = inputs(config, batch, size, seed, device)?;
-    a.compute = compute;
+    a.set_compute(compute);
     let mut b = copy_params(&a, config.init(device)?);
-    b.compute = compute;
-    let ra = run(a, &x, &labels, config.num_classes, device);
+    b.set_compute(compute);
+    let ra = run(a, &x, &labels, config.num_classes(), device);
     let rb = run(
         b,
         &nudged(&x, seed, epsilon),
         &labels,
-        config.num_classes,
+        config.num_classes(),
         device,
     );
     Ok(differences(&ra, &rb))
@@ -507,8 +520,8 @@ mod tests {
         assert_eq!(worst(&[]), 0.0);
     }
 
-    fn small() -> ResNetConfig {
-        ResNetConfig {
+    fn small() -> NetworkConfig {
+        crate::model::ResNetConfig {
             depth: 18,
             num_classes: 10,
             width: 0.125,
@@ -517,6 +530,7 @@ mod tests {
             zero_init_last: false,
             variant: Default::default(),
         }
+        .into()
     }
 
     #[test]
@@ -585,7 +599,9 @@ mod tests {
         device.seed(5);
         let a = config.init(&device).expect("config");
         let mut b = copy_params(&a, config.init(&device).expect("config"));
-        b.fc.weight = b.fc.weight.map(|w| w.add_scalar(1e-2));
+        let mut head = b.head().clone();
+        head.weight = head.weight.map(|w| w.add_scalar(1e-2));
+        b.set_head(head);
         let x = Tensor::<4>::random([4, 3, 16, 16], Distribution::Default, &device)
             .inner()
             .into_data();

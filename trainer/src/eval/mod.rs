@@ -19,12 +19,12 @@ use loader::wire::client::{Client, ClientOptions};
 use crate::data::normalize::{BatchError, normalize};
 use crate::data::source::DataError;
 use crate::data::upload::{Pixels, Uploader};
-use crate::model::ResNet;
+use crate::model::Network;
 
 /// What is evaluated, where, and how its batches reach the device.
 pub struct Target<'a> {
     /// The model (its eval-mode copy is what runs).
-    pub model: &'a ResNet,
+    pub model: &'a Network,
     /// Its device.
     pub device: &'a Device,
     /// The batches' way there.

@@ -88,6 +88,7 @@ mod tests {
     use burn::optim::GradientsParams;
     use burn::tensor::{DType, Device, Distribution};
 
+    use crate::model::network::Network;
     use crate::model::resnet::{ResNet, ResNetConfig};
     use crate::optim::lamb::{LambOptions, TimmLamb};
 
@@ -119,7 +120,7 @@ mod tests {
     }
 
     /// The dtype of every float parameter of `model`.
-    fn param_dtypes(model: &ResNet) -> Vec<DType> {
+    fn param_dtypes(model: &impl Module) -> Vec<DType> {
         struct Dtypes(Vec<DType>);
         impl ModuleVisitor for Dtypes {
             fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
@@ -230,11 +231,12 @@ mod tests {
                 "gradient of a rank-{rank} parameter"
             );
         }
+        let model = Network::from(model);
         let mut optimizer = TimmLamb::new(&LambOptions::timm(0.01), &model);
         let before = param_dtypes(&model);
         let model = optimizer.step(1e-3, model, grads);
         assert!(before.iter().all(|d| *d == DType::F32), "{before:?}");
         assert_eq!(param_dtypes(&model), before);
-        assert_eq!(model.compute, Some(COMPUTE));
+        assert_eq!(model.compute(), Some(COMPUTE));
     }
 }

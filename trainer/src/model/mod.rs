@@ -1,4 +1,5 @@
-//! The network and its weights: timm's ResNet ([`resnet`]) with PyTorch's batch norm as a
+//! The network and its weights: the network of whichever family a run trains ([`network`]),
+//! timm's ResNet family ([`resnet`]) with PyTorch's batch norm as a
 //! module ([`batch_norm`], whose CPU kernel, like the convolution's, pooling's and the residual
 //! join's, is in the `cpu-kernels` crate), timm's mixed precision ([`amp`]), weights as
 //! timm-named safetensors ([`timm_weights`], read header first by [`safetensors_file`], their
@@ -8,9 +9,11 @@
 pub mod amp;
 pub mod batch_norm;
 pub mod float_types;
+pub mod network;
 pub mod resnet;
 pub mod safetensors_file;
 pub mod seeded;
 pub mod timm_weights;
 
+pub use network::{Network, NetworkConfig};
 pub use resnet::{ResNet, ResNetConfig};

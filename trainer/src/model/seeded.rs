@@ -7,7 +7,8 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::device::DeviceKind;
-use crate::model::resnet::{ConfigError, ResNet, ResNetConfig};
+use crate::model::network::{Network, NetworkConfig};
+use crate::model::resnet::ConfigError;
 
 /// `config`'s model on `device` (of `kind`), its weights drawn from `seed` on the CPU. The
 /// device is seeded with `seed` too, for what draws from its generator later.
@@ -15,11 +16,11 @@ use crate::model::resnet::{ConfigError, ResNet, ResNetConfig};
 /// # Errors
 /// [`ConfigError`] for a configuration that builds no ResNet.
 pub fn init(
-    config: &ResNetConfig,
+    config: &NetworkConfig,
     kind: DeviceKind,
     device: &Device,
     seed: u64,
-) -> Result<ResNet, ConfigError> {
+) -> Result<Network, ConfigError> {
     device.seed(seed);
     if kind == DeviceKind::Flex {
         return config.init(device);
@@ -32,7 +33,7 @@ pub fn init(
 
 /// Copies every float parameter of `from` into `to` (same architecture), onto `to`'s devices
 /// and in their default float type.
-pub fn copy_params(from: &ResNet, to: ResNet) -> ResNet {
+pub fn copy_params(from: &Network, to: Network) -> Network {
     struct Collect(Vec<TensorData>);
     impl ModuleVisitor for Collect {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
@@ -63,6 +64,7 @@ pub fn copy_params(from: &ResNet, to: ResNet) -> ResNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::resnet::{ResNet, ResNetConfig};
 
     #[test]
     fn a_copy_holds_the_same_values() {
@@ -76,9 +78,10 @@ mod tests {
             variant: Default::default(),
         };
         let device = Device::flex();
-        let a = config.init(&device).expect("config");
-        let b = config.init(&device).expect("config");
-        let values = |m: &ResNet| {
+        let a = config.init(&device).map(Network::from).expect("config");
+        let b = config.init(&device).map(Network::from).expect("config");
+        let values = |m: &Network| {
+            let m: &ResNet = m.resnet().expect("a ResNet");
             let mut all = Vec::new();
             for t in [
                 m.layer1[0].conv1.weight.val(),

@@ -18,7 +18,7 @@ use burn::store::{
 };
 
 use crate::model::float_types::{self, FloatTypesError};
-use crate::model::resnet::ResNet;
+use crate::model::network::Network;
 use crate::model::resnet::names::describe;
 
 /// Errors of weight files.
@@ -98,22 +98,33 @@ fn remapper(pairs: impl Iterator<Item = (&'static str, &'static str)>) -> KeyRem
     KeyRemapper::from_patterns(patterns.collect()).unwrap_or_default()
 }
 
-fn to_timm(model: &ResNet) -> KeyRemapper {
-    remapper(renames(model.avg_down).into_iter())
+fn to_timm(model: &Network) -> KeyRemapper {
+    match model {
+        Network::ResNet(m) => remapper(renames(m.avg_down).into_iter()),
+    }
 }
 
-fn from_timm(model: &ResNet) -> KeyRemapper {
-    remapper(
-        renames(model.avg_down)
-            .into_iter()
-            .map(|(ours, timm)| (timm, ours)),
-    )
+fn from_timm(model: &Network) -> KeyRemapper {
+    match model {
+        Network::ResNet(m) => remapper(
+            renames(m.avg_down)
+                .into_iter()
+                .map(|(ours, timm)| (timm, ours)),
+        ),
+    }
+}
+
+/// The classifier's tensors, which fine-tuning on another label set replaces.
+fn head_names(model: &Network) -> [&'static str; 2] {
+    match model {
+        Network::ResNet(_) => ["fc.weight", "fc.bias"],
+    }
 }
 
 /// Writes `model`'s parameters and BN statistics to `path` under timm's names, atomically (a
 /// temporary file, synced, renamed into place: an interrupted export never leaves a truncated
 /// file where weights were).
-pub fn export(model: &ResNet, path: &Path) -> Result<(), TimmWeightsError> {
+pub fn export(model: &Network, path: &Path) -> Result<(), TimmWeightsError> {
     let err = |message: String| TimmWeightsError::Store {
         path: path.display().to_string(),
         message,
@@ -124,12 +135,16 @@ pub fn export(model: &ResNet, path: &Path) -> Result<(), TimmWeightsError> {
 }
 
 /// `model`'s parameters and BN statistics as the bytes of a timm-named safetensors file.
-fn timm_bytes(model: &ResNet) -> Result<Vec<u8>, String> {
+fn timm_bytes(model: &Network) -> Result<Vec<u8>, String> {
     model.settle_running_stats();
     let mut out = SafetensorsStore::from_bytes(None)
         .with_to_adapter(BurnToPyTorchAdapter)
         .remap(to_timm(model));
-    model.save_into(&mut out).map_err(|e| e.to_string())?;
+    // The family's module, not the enum: the enum's variant would prefix every name.
+    let saved = match model {
+        Network::ResNet(m) => m.save_into(&mut out),
+    };
+    saved.map_err(|e| e.to_string())?;
     out.get_bytes()
         .map(|b| b.to_vec())
         .map_err(|e| e.to_string())
@@ -155,7 +170,7 @@ fn wrong(e: &burn::store::ApplyError) -> String {
 ///
 /// # Errors
 /// burn-store's message, should the model not serialize.
-pub fn shapes(model: &ResNet) -> Result<BTreeMap<String, Vec<usize>>, String> {
+pub fn shapes(model: &Network) -> Result<BTreeMap<String, Vec<usize>>, String> {
     tensor_shapes(&timm_bytes(model)?)
 }
 
@@ -173,7 +188,7 @@ fn tensor_shapes(bytes: &[u8]) -> Result<BTreeMap<String, Vec<usize>>, String> {
 #[derive(Debug)]
 pub struct Imported {
     /// The model.
-    pub model: ResNet,
+    pub model: Network,
     /// Tensors that kept the model's fresh initialization (fine-tuning's new classifier).
     pub renewed: Vec<String>,
     /// A line to say once: the file's float types cast to the model's
@@ -183,27 +198,24 @@ pub struct Imported {
 
 /// Loads timm-named weights from `path` into `model`; every tensor of the model must be there.
 /// Tensors in F16, BF16 or F64 are cast to the model's float type (said in the note).
-pub fn import(model: ResNet, path: &Path) -> Result<Imported, TimmWeightsError> {
+pub fn import(model: Network, path: &Path) -> Result<Imported, TimmWeightsError> {
     load(model, path, false)
 }
-
-/// The classifier's tensors, which fine-tuning on another label set replaces.
-const HEAD: [&str; 2] = ["fc.weight", "fc.bias"];
 
 /// Loads timm-named weights to fine-tune on another label set (timm's `--pretrained` with
 /// another `--num-classes`, as the paper's transfer runs do): every tensor strictly, except
 /// the classifier when its class count differs from the model's, which keeps the model's fresh
 /// initialization. Returns the model and the tensors so re-initialized (empty when the counts
 /// match).
-pub(crate) fn import_backbone(model: ResNet, path: &Path) -> Result<Imported, TimmWeightsError> {
+pub(crate) fn import_backbone(model: Network, path: &Path) -> Result<Imported, TimmWeightsError> {
     load(model, path, true)
 }
 
 /// [`import_backbone`] from a model in memory (a checkpoint's), through the same timm-named
 /// safetensors bytes a file would hold; `name` says where it came from in errors.
 pub(crate) fn backbone_from(
-    model: ResNet,
-    from: &ResNet,
+    model: Network,
+    from: &Network,
     name: &Path,
 ) -> Result<Imported, TimmWeightsError> {
     let bytes = timm_bytes(from).map_err(|message| TimmWeightsError::Store {
@@ -216,7 +228,7 @@ pub(crate) fn backbone_from(
 /// The largest weights file read: timm's largest ResNet in float64 is under 1 GB.
 pub const WEIGHTS_MAX_BYTES: u64 = 4 * shard_tool::user_file::GIB;
 
-fn load(model: ResNet, path: &Path, new_head: bool) -> Result<Imported, TimmWeightsError> {
+fn load(model: Network, path: &Path, new_head: bool) -> Result<Imported, TimmWeightsError> {
     let bytes = super::safetensors_file::read_checked(path, WEIGHTS_MAX_BYTES, "a weights file")
         .map_err(|message| TimmWeightsError::Store {
             path: path.display().to_string(),
@@ -228,7 +240,7 @@ fn load(model: ResNet, path: &Path, new_head: bool) -> Result<Imported, TimmWeig
 /// `model` with the weights of `bytes` (safetensors, timm's names), checked first: every
 /// tensor a float, every value finite; each cast to the model's float type.
 fn load_store(
-    mut model: ResNet,
+    model: Network,
     bytes: Vec<u8>,
     path: &Path,
     new_head: bool,
@@ -238,24 +250,26 @@ fn load_store(
         source,
     })?;
     let file_shapes = tensor_shapes(&bytes);
-    let dtype = model.fc.weight.val().dtype();
+    let dtype = model.head().weight.val().dtype();
+    let head = head_names(&model);
     let mut store = SafetensorsStore::from_bytes(Some(bytes))
         .with_from_adapter(PyTorchToBurnAdapter.chain(FloatCastAdapter::to(dtype)))
         .remap(from_timm(&model))
         .allow_partial(true)
         // Shape mismatches come back in the result, to be judged below, not as burn's error.
         .validate(false);
-    let result = model
-        .load_from(&mut store)
-        .map_err(|e| TimmWeightsError::Store {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+    let applied = match model {
+        Network::ResNet(mut m) => m.load_from(&mut store).map(|r| (Network::ResNet(m), r)),
+    };
+    let (model, result) = applied.map_err(|e| TimmWeightsError::Store {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
     // A classifier of another shape is the one difference fine-tuning expects.
     let (head, errors): (Vec<_>, Vec<_>) = result.errors.iter().partition(|e| {
         new_head
             && matches!(e, burn::store::ApplyError::ShapeMismatch { path, .. }
-                if HEAD.contains(&path.as_str()))
+                if head.contains(&path.as_str()))
     });
     // Tensors the model has no place for: another architecture's (a squeeze-excite's weights
     // would otherwise be dropped in silence). PyTorch's BN counters are not ours to load.
@@ -311,7 +325,7 @@ mod tests {
     use burn::tensor::{Device, Tensor};
     use std::collections::BTreeMap;
 
-    fn values(model: &ResNet) -> Vec<Vec<u32>> {
+    fn values(model: &Network) -> Vec<Vec<u32>> {
         struct Bits(Vec<Vec<u32>>);
         impl ModuleVisitor for Bits {
             fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
@@ -358,7 +372,10 @@ mod tests {
         let path = dir.path().join("resnet50.safetensors");
         let device = Device::flex();
         device.seed(1);
-        let a = ResNetConfig::resnet50().init(&device).expect("config");
+        let a = ResNetConfig::resnet50()
+            .init(&device)
+            .map(Network::from)
+            .expect("config");
         export(&a, &path).expect("export");
         let keys = header(&path);
         // timm's resnet50 state dict has 320 entries, 53 of them num_batches_tracked.
@@ -382,7 +399,10 @@ mod tests {
             assert_eq!(keys.get(k).map(Vec::as_slice), Some(shape), "{k}");
         }
         device.seed(2);
-        let b = ResNetConfig::resnet50().init(&device).expect("config");
+        let b = ResNetConfig::resnet50()
+            .init(&device)
+            .map(Network::from)
+            .expect("config");
         assert_ne!(values(&a), values(&b));
         let b = import(b, &path).expect("import").model;
         assert!(values(&a) == values(&b), "round trip changed a value");
@@ -400,10 +420,10 @@ mod tests {
         };
         let device = Device::flex();
         device.seed(1);
-        let pretrained = config(10).init(&device).expect("config");
+        let pretrained = config(10).init(&device).map(Network::from).expect("config");
         export(&pretrained, &path).expect("export");
         device.seed(2);
-        let fresh = config(5).init(&device).expect("config");
+        let fresh = config(5).init(&device).map(Network::from).expect("config");
         let fresh_values = values(&fresh);
         // Strictly, a 5-class model does not take a 10-class file.
         let err = import(fresh.clone(), &path).expect_err("strict");
@@ -445,7 +465,11 @@ mod tests {
             model: same,
             renewed,
             ..
-        } = import_backbone(config(10).init(&device).expect("config"), &path).expect("same");
+        } = import_backbone(
+            config(10).init(&device).map(Network::from).expect("config"),
+            &path,
+        )
+        .expect("same");
         assert!(renewed.is_empty());
         assert!(values(&same) == pre);
     }
@@ -461,12 +485,20 @@ mod tests {
             ..ResNetConfig::resnet50()
         };
         let device = Device::flex();
-        export(&small.init(&device).expect("config"), &path).expect("export");
+        export(
+            &small.init(&device).map(Network::from).expect("config"),
+            &path,
+        )
+        .expect("export");
         let other = ResNetConfig {
             depth: 34,
             ..small.clone()
         };
-        let err = import(other.init(&device).expect("config"), &path).expect_err("mismatch");
+        let err = import(
+            other.init(&device).map(Network::from).expect("config"),
+            &path,
+        )
+        .expect_err("mismatch");
         let err = err.to_string();
         assert!(
             err.contains("holds a ResNet with 8 basic blocks")
@@ -486,6 +518,7 @@ mod tests {
                 ..ResNetConfig::timm(name).expect("ours")
             }
             .init(&device)
+            .map(Network::from)
             .expect("config")
         };
         // Each pair holds every tensor of the model it is loaded into but one kind: SE's
@@ -550,10 +583,10 @@ mod tests {
         };
         let device = Device::flex();
         device.seed(1);
-        let a = config.init(&device).expect("config");
+        let a = config.init(&device).map(Network::from).expect("config");
         export(&a, &path).expect("export");
         let x = Tensor::<4>::random([2, 3, 32, 32], burn::tensor::Distribution::Default, &device);
-        let logits = |m: &ResNet| -> Vec<f32> {
+        let logits = |m: &Network| -> Vec<f32> {
             m.valid()
                 .forward(x.clone())
                 .into_data()
@@ -585,7 +618,11 @@ mod tests {
             let typed = dir.path().join(format!("{name}.safetensors"));
             retyped(&path, &typed, dtype, to);
             device.seed(2);
-            let imported = import(config.init(&device).expect("config"), &typed).expect(name);
+            let imported = import(
+                config.init(&device).map(Network::from).expect("config"),
+                &typed,
+            )
+            .expect(name);
             let note = imported.note.expect("the cast is said");
             assert!(note.contains(&format!("tensors {name}")), "{note}");
             // Every parameter is the model's type again: the forward runs (a file's F16 once
@@ -603,7 +640,11 @@ mod tests {
         retyped(&path, &nan, safetensors::Dtype::F32, |_| {
             f32::NAN.to_le_bytes().to_vec()
         });
-        let err = import(config.init(&device).expect("config"), &nan).expect_err("NaN");
+        let err = import(
+            config.init(&device).map(Network::from).expect("config"),
+            &nan,
+        )
+        .expect_err("NaN");
         let text = err.to_string();
         assert!(
             text.contains("nan.safetensors: tensor ") && text.contains("NaN or infinite"),

@@ -15,7 +15,7 @@ use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 
-use crate::model::resnet::ResNet;
+use crate::model::Network;
 use cpu_kernels::is_flex;
 use cpu_kernels::lamb::{FusedLamb, Hyper};
 
@@ -52,7 +52,7 @@ pub struct TimmLamb {
 
 /// Ids of the parameters timm puts in its no-decay group: rank ≤ 1 (its rule is
 /// `p.ndim <= 1 or name.endswith(".bias")`, and every bias here has rank 1).
-pub(crate) fn no_decay_params(model: &ResNet) -> Vec<ParamId> {
+pub(crate) fn no_decay_params(model: &Network) -> Vec<ParamId> {
     let mut ids = Vec::new();
     model.for_each_trainable(|p| {
         if p.rank <= 1 || p.name == "bias" {
@@ -64,7 +64,7 @@ pub(crate) fn no_decay_params(model: &ResNet) -> Vec<ParamId> {
 
 impl TimmLamb {
     /// The optimizer for `model`'s parameters.
-    pub fn new(options: &LambOptions, model: &ResNet) -> Self {
+    pub fn new(options: &LambOptions, model: &Network) -> Self {
         let base = Hyper {
             beta_1: options.betas.0 as f32,
             beta_2: options.betas.1 as f32,
@@ -103,7 +103,7 @@ impl TimmLamb {
     }
 
     /// One update at learning rate `lr`.
-    pub fn step(&mut self, lr: f64, model: ResNet, grads: GradientsParams) -> ResNet {
+    pub fn step(&mut self, lr: f64, model: Network, grads: GradientsParams) -> Network {
         let grads = match self.max_grad_norm {
             Some(max) => clip_global_norm(&model, grads, max),
             None => grads,
@@ -115,7 +115,7 @@ impl TimmLamb {
 /// Divides every gradient by `max(‖g‖ / max_norm, 1)`, ‖g‖ over all of `model`'s gradients.
 /// On a GPU it stays on the device (no value is read back); on the CPU the divisor is read.
 pub(crate) fn clip_global_norm(
-    model: &ResNet,
+    model: &Network,
     grads: GradientsParams,
     max_norm: f64,
 ) -> GradientsParams {
@@ -190,7 +190,7 @@ mod tests {
     use std::collections::HashMap;
 
     /// Host copy of every trainable parameter: id -> (decays, values).
-    fn snapshot(model: &ResNet) -> HashMap<ParamId, (bool, Vec<f64>)> {
+    fn snapshot(model: &Network) -> HashMap<ParamId, (bool, Vec<f64>)> {
         let mut trainable = HashMap::new();
         model.for_each_trainable(|p| {
             trainable.insert(p.id, p.rank > 1);
@@ -216,7 +216,7 @@ mod tests {
     }
 
     /// Gradients of the given host values, registered under each parameter's id.
-    fn gradients(model: &ResNet, host: &HashMap<ParamId, Vec<f64>>) -> GradientsParams {
+    fn gradients(model: &Network, host: &HashMap<ParamId, Vec<f64>>) -> GradientsParams {
         struct Make<'a> {
             host: &'a HashMap<ParamId, Vec<f64>>,
             grads: GradientsParams,
@@ -308,7 +308,7 @@ mod tests {
             zero_init_last: false,
             variant: Default::default(),
         };
-        let mut model = config.init(&device).expect("config");
+        let mut model = config.init(&device).map(Network::from).expect("config");
         let mut reference_params = snapshot(&model);
         let mut reference = Reference {
             m: HashMap::new(),
@@ -372,6 +372,7 @@ mod tests {
     fn rank_one_tensors_are_the_no_decay_group() {
         let model = ResNetConfig::resnet50()
             .init(&Device::flex())
+            .map(Network::from)
             .expect("config");
         // 53 BNs × (γ, β) + fc.bias, as timm's param_groups_weight_decay.
         assert_eq!(no_decay_params(&model).len(), 53 * 2 + 1);

@@ -25,7 +25,7 @@ use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
-use crate::model::resnet::ResNet;
+use crate::model::Network;
 
 /// How long a process waits at a gradient sum for the others by default (`trainer train
 /// --peer-timeout`): ten minutes, beyond any step, the first (with its kernel compilation)
@@ -268,7 +268,7 @@ struct Slot {
 pub(crate) fn all_reduce_grads(
     processes: &dyn Processes,
     grads: GradientsParams,
-    model: &ResNet,
+    model: &Network,
 ) -> Result<GradientsParams, ProcessError> {
     if processes.count() <= 1 {
         return Ok(grads);

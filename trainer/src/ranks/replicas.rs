@@ -31,7 +31,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 
 use crate::device::DeviceKind;
-use crate::model::resnet::ResNet;
+use crate::model::Network;
 use crate::optim::lamb::TimmLamb;
 use crate::ranks::WorldError;
 use crate::ranks::processes::{Processes, all_reduce_grads, divisor_below};
@@ -222,7 +222,7 @@ impl ModuleMapper for Distribute {
 }
 
 /// A copy of `grads` on `device`, for `model`'s parameters.
-fn copy_grads(grads: &GradientsParams, model: &ResNet, device: &Device) -> GradientsParams {
+fn copy_grads(grads: &GradientsParams, model: &Network, device: &Device) -> GradientsParams {
     struct Copy<'a> {
         from: &'a GradientsParams,
         to: GradientsParams,
@@ -258,7 +258,7 @@ impl Replicas {
         (offset, world): (usize, usize),
         devices: &[Device],
         collective: Collective,
-        optimizer: &dyn Fn(&ResNet) -> Result<TimmLamb, E>,
+        optimizer: &dyn Fn(&Network) -> Result<TimmLamb, E>,
     ) -> Result<Replicas, E> {
         let per = stats.world_size() / devices.len().max(1);
         let model = step.model().ok_or(StepError::Poisoned)?.clone();
@@ -427,7 +427,7 @@ impl Replicas {
     fn add_on_host(&self, sums: Vec<GradientsParams>) -> Result<Vec<GradientsParams>, StepError> {
         let first = &self.parts[0];
         let model = first.step.model().ok_or(StepError::Poisoned)?;
-        let mut total = GradientsAccumulator::<ResNet>::new();
+        let mut total = GradientsAccumulator::<Network>::new();
         for g in sums {
             total.accumulate(model, g.to_device(&first.device, model));
         }

@@ -18,7 +18,7 @@ use std::path::Path;
 use burn::optim::GradientsAccumulator;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::model::resnet::ResNet;
+use crate::model::Network;
 use crate::ranks::processes::{ProcessError, Processes, bytes_f32, f32_bytes};
 use crate::step::{HostBatch, StepError, TrainStep};
 
@@ -55,7 +55,7 @@ pub(crate) struct RankStats {
 }
 
 /// The model's running statistics as they stand (settled).
-fn model_stats(model: &ResNet) -> Vec<(Tensor<1>, Tensor<1>)> {
+fn model_stats(model: &Network) -> Vec<(Tensor<1>, Tensor<1>)> {
     model
         .batch_norms()
         .iter()
@@ -65,7 +65,7 @@ fn model_stats(model: &ResNet) -> Vec<(Tensor<1>, Tensor<1>)> {
 
 impl RankStats {
     /// `world_size` copies of the model's statistics (every rank starts from the same).
-    pub fn new(model: &ResNet, world_size: usize) -> RankStats {
+    pub fn new(model: &Network, world_size: usize) -> RankStats {
         let stats = model_stats(model);
         RankStats {
             ranks: vec![stats; world_size.max(1)],
@@ -78,7 +78,7 @@ impl RankStats {
     }
 
     /// Puts rank `rank`'s statistics into the model (its next training forward updates them).
-    pub(crate) fn swap_in(&self, model: &ResNet, rank: usize) {
+    pub(crate) fn swap_in(&self, model: &Network, rank: usize) {
         if let Some(stats) = self.ranks.get(rank) {
             for (bn, (mean, var)) in model.batch_norms().iter().zip(stats) {
                 bn.running_mean.update(mean.clone());
@@ -90,7 +90,7 @@ impl RankStats {
     }
 
     /// Takes the model's statistics back as rank `rank`'s (after its forward).
-    pub(crate) fn swap_out(&mut self, model: &ResNet, rank: usize) {
+    pub(crate) fn swap_out(&mut self, model: &Network, rank: usize) {
         if let Some(slot) = self.ranks.get_mut(rank) {
             *slot = model_stats(model);
         }
@@ -98,7 +98,7 @@ impl RankStats {
 
     /// timm's `--dist-bn reduce`: every rank's statistics become the mean over ranks, and so
     /// do the model's (what evaluation and the next epoch use).
-    pub fn reduce(&mut self, model: &ResNet) {
+    pub fn reduce(&mut self, model: &Network) {
         let n = self.ranks.len();
         if n <= 1 {
             return;
@@ -133,7 +133,7 @@ impl RankStats {
     /// [`ProcessError`] of the sum.
     pub(crate) fn reduce_across(
         &mut self,
-        model: &ResNet,
+        model: &Network,
         processes: &dyn Processes,
         world: usize,
     ) -> Result<(), ProcessError> {
@@ -267,7 +267,7 @@ impl RankStats {
     /// Reads the statistics [`RankStats::save`] wrote, for `world_size` ranks of `model`.
     pub fn load(
         path: &Path,
-        model: &ResNet,
+        model: &Network,
         world_size: usize,
         device: &Device,
     ) -> Result<RankStats, RanksError> {
@@ -342,7 +342,7 @@ pub(crate) struct VirtualRanks {
 
 impl VirtualRanks {
     /// `world_size` ranks starting from `model`'s statistics.
-    pub fn new(model: &ResNet, world_size: usize) -> VirtualRanks {
+    pub fn new(model: &Network, world_size: usize) -> VirtualRanks {
         VirtualRanks {
             stats: RankStats::new(model, world_size),
         }
@@ -398,7 +398,7 @@ impl VirtualRanks {
         world: usize,
         device: &Device,
     ) -> Result<(Vec<Tensor<1>>, burn::optim::GradientsParams), StepError> {
-        let mut sum = GradientsAccumulator::<ResNet>::new();
+        let mut sum = GradientsAccumulator::<Network>::new();
         let mut losses = Vec::with_capacity(batches.len());
         for (i, batch) in batches.iter().enumerate() {
             let rank = first + i;
@@ -470,12 +470,12 @@ mod tests {
     }
 
     /// A copy of `model` with the same parameter ids and its own BN statistics.
-    fn deep_copy(model: &ResNet) -> ResNet {
+    fn deep_copy(model: &Network) -> Network {
         model.valid().train()
     }
 
     /// Every trainable parameter of `model`, by id.
-    fn trainable(model: &ResNet) -> HashMap<ParamId, TensorData> {
+    fn trainable(model: &Network) -> HashMap<ParamId, TensorData> {
         struct Collect(HashMap<ParamId, TensorData>, Vec<ParamId>);
         impl ModuleVisitor for Collect {
             fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
@@ -492,7 +492,11 @@ mod tests {
     }
 
     /// `model` with the trainable parameters of `from` (its BN statistics untouched).
-    fn take_params(model: ResNet, from: &HashMap<ParamId, TensorData>, device: &Device) -> ResNet {
+    fn take_params(
+        model: Network,
+        from: &HashMap<ParamId, TensorData>,
+        device: &Device,
+    ) -> Network {
         struct Set<'a>(&'a HashMap<ParamId, TensorData>, Device);
         impl ModuleMapper for Set<'_> {
             fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
@@ -510,7 +514,7 @@ mod tests {
 
     /// The mean of the ranks' gradients, by hand: for every trainable parameter, the sum of
     /// the ranks' gradients divided by the rank count.
-    fn mean_by_hand(model: &ResNet, per_rank: &[GradientsParams]) -> GradientsParams {
+    fn mean_by_hand(model: &Network, per_rank: &[GradientsParams]) -> GradientsParams {
         let mut mean = GradientsParams::new();
         let mut params = Vec::new();
         model.for_each_trainable(|p| params.push((p.id, p.rank)));
@@ -534,7 +538,7 @@ mod tests {
     }
 
     /// Largest |a - b| / max(|b|, tiny) over every trainable value.
-    fn worst_relative(a: &ResNet, b: &ResNet) -> f64 {
+    fn worst_relative(a: &Network, b: &Network) -> f64 {
         let (a, b) = (trainable(a), trainable(b));
         let mut worst = 0.0f64;
         for (id, da) in &a {
@@ -556,19 +560,20 @@ mod tests {
 
     /// The smoke recipe's model at a quarter of its width (to keep the tests short) with
     /// `drop_path_rate`, on the CPU, with the recipe and every step's batches.
-    fn small_run(drop_path_rate: f64) -> (Device, TrainConfig, ResNet, Batches) {
+    fn small_run(drop_path_rate: f64) -> (Device, TrainConfig, Network, Batches) {
         let device = under_test()
             .device(crate::device::Precision::F32)
             .expect("RSB_TEST_DEVICE")
             .autodiff();
         device.seed(3);
         let config = recipe();
+        let base = config.model().expect("model");
         let model_cfg = ResNetConfig {
             drop_path_rate,
             width: config.rsb.width / 4.0,
-            ..config.model().expect("model")
+            ..base.resnet().expect("a ResNet recipe").clone()
         };
-        let initial = model_cfg.init(&device).expect("model");
+        let initial = model_cfg.init(&device).map(Network::from).expect("model");
         let data = batches(config.num_classes as u32);
         (device, config, initial, data)
     }
@@ -578,14 +583,14 @@ mod tests {
     /// mean of the last layer.
     fn virtual_against_separate(steps: usize, break_averaging: bool) -> (f64, f64) {
         let (device, config, initial, data) = small_run(0.0);
-        let lamb = |m: &ResNet| TimmLamb::new(&LambOptions::timm(config.weight_decay), m);
+        let lamb = |m: &Network| TimmLamb::new(&LambOptions::timm(config.weight_decay), m);
         let lr = 2e-3;
 
         // Under test.
         let (step, ranks) = one_device((&device, &config, &initial, &data), steps);
 
         // Reference: one model per rank, each with its own BN statistics, the same parameters.
-        let mut copies: Vec<ResNet> = (0..WORLD).map(|_| deep_copy(&initial)).collect();
+        let mut copies: Vec<Network> = (0..WORLD).map(|_| deep_copy(&initial)).collect();
         let mut optimizer = lamb(&copies[0]);
         for (s, per_rank) in data.iter().enumerate().take(steps) {
             let grads: Vec<GradientsParams> = copies
@@ -614,7 +619,7 @@ mod tests {
             let first = copies.remove(0);
             let stepped = optimizer.step(lr, first, mean);
             let params = trainable(&stepped);
-            let rest: Vec<ResNet> = copies
+            let rest: Vec<Network> = copies
                 .drain(..)
                 .map(|m| take_params(m, &params, &device))
                 .collect();
@@ -624,7 +629,7 @@ mod tests {
         let params = worst_relative(model, &copies[0]);
         // Rank 2's own running mean of the last BN, against copy 2's.
         ranks.stats.swap_in(model, 2);
-        let last = |m: &ResNet| {
+        let last = |m: &Network| {
             let bns = m.batch_norms();
             bns[bns.len() - 1]
                 .running_mean
@@ -647,8 +652,8 @@ mod tests {
     fn two_devices_of_two_ranks_train_what_one_device_of_four_virtual_ranks_trains() {
         use crate::ranks::replicas::{Collective, Replicas};
         let (device, config, initial, data) = small_run(0.0);
-        let lamb = |m: &ResNet| TimmLamb::new(&LambOptions::timm(config.weight_decay), m);
-        let make = |m: ResNet| TrainStep {
+        let lamb = |m: &Network| TimmLamb::new(&LambOptions::timm(config.weight_decay), m);
+        let make = |m: Network| TrainStep {
             optimizer: lamb(&m),
             model: Some(m),
             mixup: config.mixup_config(),
@@ -736,11 +741,11 @@ mod tests {
     /// process 0 gathers them. `deaf`: process 1 leaves the others' gradients out, and its
     /// model is the one returned.
     fn across_processes(
-        (device, config, initial, data): (&Device, &TrainConfig, &ResNet, &Batches),
+        (device, config, initial, data): (&Device, &TrainConfig, &Network, &Batches),
         steps: usize,
         processes: usize,
         deaf: bool,
-    ) -> (ResNet, RankStats) {
+    ) -> (Network, RankStats) {
         use crate::ranks::processes::{ProcessPlacement, ThreadGroup};
         use crate::ranks::{Devices, World};
         let lr = 2e-3;
@@ -783,7 +788,7 @@ mod tests {
                 })
             })
             .collect();
-        let mut results: Vec<(ResNet, RankStats)> = handles
+        let mut results: Vec<(Network, RankStats)> = handles
             .into_iter()
             .map(|h| h.join().expect("process"))
             .collect();
@@ -791,7 +796,7 @@ mod tests {
     }
 
     /// `model` with a fresh LAMB and the recipe's mixing and loss.
-    fn fresh_step(config: &TrainConfig, model: ResNet) -> TrainStep {
+    fn fresh_step(config: &TrainConfig, model: Network) -> TrainStep {
         TrainStep {
             optimizer: TimmLamb::new(&LambOptions::timm(config.weight_decay), &model),
             model: Some(model),
@@ -804,7 +809,7 @@ mod tests {
 
     /// `WORLD` virtual ranks on one device from `initial`, after `steps` steps at LR 2e-3.
     fn one_device(
-        (device, config, initial, data): (&Device, &TrainConfig, &ResNet, &Batches),
+        (device, config, initial, data): (&Device, &TrainConfig, &Network, &Batches),
         steps: usize,
     ) -> (TrainStep, VirtualRanks) {
         let mut step = fresh_step(config, deep_copy(initial));
@@ -837,7 +842,7 @@ mod tests {
                 let diff = relative(&flat(&stats.ranks[r][5].1), &flat(&before.ranks[r][5].1));
                 assert!(diff < 1e-5, "rank {r}'s BN variance differs by {diff:e}");
             }
-            let bn = |m: &ResNet| flat(&m.batch_norms()[5].running_mean.value_sync());
+            let bn = |m: &Network| flat(&m.batch_norms()[5].running_mean.value_sync());
             let diff = relative(&bn(&model), &bn(one.model().expect("model")));
             assert!(diff < 1e-5, "reduced BN mean differs by {diff:e}");
         }
@@ -897,7 +902,7 @@ mod tests {
         );
     }
 
-    fn tiny(device: &Device) -> ResNet {
+    fn tiny(device: &Device) -> Network {
         ResNetConfig {
             depth: 18,
             num_classes: 3,
@@ -908,6 +913,7 @@ mod tests {
             variant: Default::default(),
         }
         .init(device)
+        .map(Network::from)
         .expect("valid config")
     }
 

@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use loader::request::transform::SettingError;
 
-use crate::model::resnet::{ConfigError, ResNetConfig, timm_model};
+use crate::model::network::{NetworkConfig, Shape};
+use crate::model::resnet::ConfigError;
 use crate::optim::schedule::CosineSchedule;
 use crate::step::loss::LossKind;
 use crate::step::mixup::MixupConfig;
@@ -322,17 +323,16 @@ impl TrainConfig {
     ///
     /// # Errors
     /// Only for a recipe built by hand that names no model we build (the gate refuses it).
-    pub fn model(&self) -> Result<ResNetConfig, ConfigError> {
-        let (depth, variant) = timm_model(&self.model)?;
-        Ok(ResNetConfig {
-            depth,
-            variant,
-            num_classes: self.num_classes,
-            width: self.rsb.width,
-            small_stem: self.rsb.small_stem,
-            drop_path_rate: self.drop_path,
-            zero_init_last: true,
-        })
+    pub fn model(&self) -> Result<NetworkConfig, ConfigError> {
+        NetworkConfig::named(
+            &self.model,
+            Shape {
+                num_classes: self.num_classes,
+                width: self.rsb.width,
+                small_stem: self.rsb.small_stem,
+                drop_path_rate: self.drop_path,
+            },
+        )
     }
 
     /// The LR schedule train.py builds from these keys.

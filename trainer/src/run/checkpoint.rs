@@ -12,11 +12,10 @@ use std::path::{Path, PathBuf};
 
 use shard_tool::atomic::StagedDir;
 
-use burn::module::Module;
 use loader::request::job::Position;
 use serde::{Deserialize, Serialize};
 
-use crate::model::ResNet;
+use crate::model::Network;
 use crate::optim::lamb::TimmLamb;
 use crate::ranks::virtual_ranks::{RankStats, RanksError};
 use crate::recipe::{Overrides, RecipeError, TrainConfig};
@@ -135,7 +134,7 @@ pub struct Checkpoint {
 /// What a checkpoint holds, to be written.
 pub(crate) struct Contents<'a> {
     /// The model (its BN statistics are settled before it is written).
-    pub model: &'a ResNet,
+    pub model: &'a Network,
     /// LAMB's state.
     pub optimizer: &'a TimmLamb,
     /// The ranks' own BN statistics, in a run of several (mid-epoch they differ from the
@@ -200,8 +199,7 @@ impl Checkpoint {
         contents.model.settle_running_stats();
         contents
             .model
-            .clone()
-            .save_file(&model_path)
+            .save_checkpoint(&model_path)
             .map_err(|e| CheckpointError::Record {
                 path: model_path.clone(),
                 message: format!("{e:?}"),
@@ -271,11 +269,11 @@ impl Checkpoint {
     ///
     /// # Errors
     /// [`CheckpointError::Record`] naming the file.
-    pub fn load_model(&self, model: ResNet) -> Result<ResNet, CheckpointError> {
+    pub fn load_model(&self, model: Network) -> Result<Network, CheckpointError> {
         let path = self.dir.join(MODEL_FILE);
         checked(&path)?;
         model
-            .try_load_file(&path)
+            .load_checkpoint(&path)
             .map_err(|e| CheckpointError::Record {
                 path: path.clone(),
                 message: format!("{e:?}"),
@@ -307,7 +305,7 @@ impl Checkpoint {
     /// [`CheckpointError::Ranks`] when the file does not fit the model or the rank count.
     pub(crate) fn load_ranks(
         &self,
-        model: &ResNet,
+        model: &Network,
         world_size: usize,
         device: &burn::tensor::Device,
     ) -> Result<RankStats, CheckpointError> {

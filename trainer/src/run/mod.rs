@@ -39,7 +39,7 @@ use loader::wire::client::Client;
 use crate::data::source::{Batches, DataError, DataSource};
 use crate::device::{DeviceKind, Precision};
 use crate::eval::EvalError;
-use crate::model::ResNet;
+use crate::model::Network;
 use crate::optim::lamb::TimmLamb;
 use crate::ranks::World;
 use crate::ranks::processes::{ProcessError, Processes};
@@ -252,7 +252,7 @@ struct Run<'a> {
 
 /// Where a run starts: the model with its weights, its optimizer and its position.
 struct Start {
-    model: ResNet,
+    model: Network,
     optimizer: TimmLamb,
     state: RunState,
 }

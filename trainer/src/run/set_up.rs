@@ -18,7 +18,7 @@ use crate::data::source::check_splits;
 use crate::data::streams::{self, StreamRequest};
 use crate::data::upload::Uploader;
 use crate::device::{DeviceKind, Precision};
-use crate::model::{ResNet, seeded};
+use crate::model::{Network, seeded};
 use crate::optim::lamb::{LambOptions, TimmLamb};
 use crate::ranks::processes::{ProcessPlacement, Processes, agree};
 use crate::ranks::replicas::{Collective, Placement, Replicas};
@@ -71,7 +71,7 @@ impl<'a> Run<'a> {
         )?;
         let params = start.model.trainable_params();
         let mut model = start.model;
-        model.compute = precision.compute();
+        model.set_compute(precision.compute());
         let step = TrainStep {
             model: Some(model),
             optimizer: start.optimizer,
@@ -252,7 +252,7 @@ fn start(
     let model = seeded::init(&config.model()?, kind, device, config.seed)?;
     // The optimizer's groups are keyed by parameter id: build it after the checkpoint's ids
     // are in place.
-    let lamb = |model: &ResNet| TimmLamb::new(&LambOptions::timm(config.weight_decay), model);
+    let lamb = |model: &Network| TimmLamb::new(&LambOptions::timm(config.weight_decay), model);
     if let Some(checkpoint) = existing {
         let state = checkpoint.state()?;
         if state.config != recipe_text {
@@ -289,13 +289,13 @@ fn start(
 /// `model` with the backbone of `weights` (`--init-from`), its classifier renewed where the
 /// class counts differ or `--new-head` asks; said once.
 fn init_from(
-    model: ResNet,
+    model: Network,
     weights: &Weights,
     options: &TrainOptions,
     device: &Device,
     on_event: &mut dyn FnMut(Event),
-) -> Result<ResNet, TrainError> {
-    let fresh_head = options.new_head.then(|| model.fc.clone());
+) -> Result<Network, TrainError> {
+    let fresh_head = options.new_head.then(|| model.head().clone());
     let imported = weights.load_backbone(model, device)?;
     if let Some(note) = imported.note {
         on_event(Event::Note(format!(
@@ -310,7 +310,7 @@ fn init_from(
             options.config.num_classes
         )),
         (true, Some(fc)) => {
-            model.fc = fc;
+            model.set_head(fc);
             Some("--new-head".to_string())
         }
         (true, None) => None,
@@ -354,7 +354,7 @@ fn world(
         });
     }
     // Every replica's LAMB starts where the checkpoint's (or a fresh one) does.
-    let optimizer = |model: &ResNet| -> Result<TimmLamb, TrainError> {
+    let optimizer = |model: &Network| -> Result<TimmLamb, TrainError> {
         let fresh = TimmLamb::new(&LambOptions::timm(config.weight_decay), model);
         Ok(match existing {
             Some(c) => c.load_optimizer(fresh)?,

@@ -14,7 +14,7 @@ use crate::device::{DeviceKind, Precision};
 use crate::eval::Target;
 use crate::model::resnet::ConfigError;
 use crate::model::timm_weights::{self, Imported, TimmWeightsError};
-use crate::model::{ResNet, ResNetConfig, seeded};
+use crate::model::{Network, NetworkConfig, seeded};
 
 /// Errors loading weights or opening the device they go to.
 #[derive(Debug, thiserror::Error)]
@@ -80,8 +80,8 @@ impl Weights {
     /// [`WeightsError`] naming the file.
     pub(crate) fn load_into(
         &self,
-        model: ResNet,
-    ) -> Result<(ResNet, Option<String>), WeightsError> {
+        model: Network,
+    ) -> Result<(Network, Option<String>), WeightsError> {
         Ok(match self {
             Weights::Checkpoint(c) => (c.load_model(model)?, None),
             Weights::Timm(path) => {
@@ -101,7 +101,7 @@ impl Weights {
     /// [`WeightsError`] naming the file.
     pub(crate) fn load_backbone(
         &self,
-        model: ResNet,
+        model: Network,
         device: &Device,
     ) -> Result<Imported, WeightsError> {
         match self {
@@ -119,7 +119,7 @@ impl Weights {
 pub struct OnDevice {
     /// The model (built on the autodiff device; [`burn::module::Module::valid`]
     /// gives its eval-mode copy).
-    pub model: ResNet,
+    pub model: Network,
     /// The device, with gradient recording.
     pub device: Device,
     /// Its float types.
@@ -137,7 +137,7 @@ impl OnDevice {
     /// # Errors
     /// [`WeightsError`]: the device cannot be opened, the weights do not fit.
     pub fn load(
-        config: &ResNetConfig,
+        config: &NetworkConfig,
         kind: DeviceKind,
         precision: Precision,
         seed: u64,
@@ -149,7 +149,7 @@ impl OnDevice {
         if let Some(weights) = weights {
             (model, note) = weights.load_into(model)?;
         }
-        model.compute = precision.compute();
+        model.set_compute(precision.compute());
         Ok(OnDevice {
             model,
             device,

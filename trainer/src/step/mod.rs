@@ -11,7 +11,8 @@ use burn::tensor::{Device, Tensor};
 
 use crate::data::normalize::{BatchError, normalize};
 use crate::data::upload::{Pixels, Uploader};
-use crate::model::resnet::{ResNet, mix_key};
+use crate::model::Network;
+use crate::model::resnet::mix_key;
 use crate::optim::lamb::TimmLamb;
 use crate::step::loss::LossKind;
 use crate::step::mixup::{MixupConfig, labels_tensor};
@@ -19,7 +20,7 @@ use crate::step::mixup::{MixupConfig, labels_tensor};
 /// Model, optimizer and the per-batch ingredients of a recipe.
 pub(crate) struct TrainStep {
     /// The model being trained (on an autodiff device); `None` only if a step panicked.
-    pub model: Option<ResNet>,
+    pub model: Option<Network>,
     /// Its optimizer.
     pub optimizer: TimmLamb,
     /// Mixup/CutMix settings.
@@ -227,7 +228,7 @@ impl TrainStep {
     }
 
     /// The model as it stands.
-    pub fn model(&self) -> Option<&ResNet> {
+    pub fn model(&self) -> Option<&Network> {
         self.model.as_ref()
     }
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use trainer::model::Network;
 use trainer::model::resnet::ResNetConfig;
 use trainer::model::timm_weights;
 
@@ -126,6 +127,7 @@ fn each_family_model_has_timms_parameters_names_and_logits() {
         let model = ResNetConfig::timm(name)
             .expect("a model we build")
             .init(&device)
+            .map(Network::from)
             .expect("config");
         assert_eq!(model.trainable_params(), want.params, "{name}: parameters");
 

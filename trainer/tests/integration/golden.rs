@@ -13,7 +13,8 @@ use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
-use trainer::model::resnet::{ResNet, ResNetConfig};
+use trainer::model::Network;
+use trainer::model::resnet::ResNetConfig;
 use trainer::model::timm_weights;
 use trainer::optim::lamb::{LambOptions, TimmLamb};
 use trainer::recipe::TrainConfig;
@@ -62,7 +63,7 @@ fn relative(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// Our model with the structure of the golden one: ResNet-50 at 1/16 width, timm's stem.
-fn tiny_resnet50(device: &Device) -> ResNet {
+fn tiny_resnet50(device: &Device) -> Network {
     let config = ResNetConfig {
         depth: 50,
         num_classes: 5,
@@ -72,7 +73,7 @@ fn tiny_resnet50(device: &Device) -> ResNet {
         zero_init_last: true,
         variant: Default::default(),
     };
-    let model = config.init(device).expect("config");
+    let model = config.init(device).map(Network::from).expect("config");
     timm_weights::import(model, &golden("resnet50_w16.safetensors"))
         .expect("golden weights load")
         .model
@@ -92,7 +93,7 @@ fn host(t: Tensor<2>) -> Vec<f64> {
 }
 
 /// Our state dict under timm's names, read back from an export.
-fn exported(model: &ResNet) -> BTreeMap<String, (Vec<usize>, Vec<f64>)> {
+fn exported(model: &Network) -> BTreeMap<String, (Vec<usize>, Vec<f64>)> {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("ours.safetensors");
     timm_weights::export(model, &path).expect("export");
@@ -197,18 +198,23 @@ fn golden_gradients(
 
 /// timm's name of each trainable parameter of `model`, by burn id, with whether burn stores it
 /// transposed (the linear weight: burn `[in, out]`, PyTorch `[out, in]`).
-fn timm_names(model: &ResNet) -> HashMap<ParamId, (String, bool)> {
+fn timm_names(model: &Network) -> HashMap<ParamId, (String, bool)> {
     struct Walk {
         path: Vec<String>,
         trainable: Vec<ParamId>,
         out: HashMap<ParamId, (String, bool)>,
     }
     impl ModuleVisitor for Walk {
-        fn enter_module(&mut self, name: &str, _container: &str) {
-            self.path.push(name.to_string());
+        fn enter_module(&mut self, name: &str, container: &str) {
+            // The network's family (the enum's variant) is no part of timm's names.
+            if !container.starts_with("Enum:") {
+                self.path.push(name.to_string());
+            }
         }
-        fn exit_module(&mut self, _name: &str, _container: &str) {
-            self.path.pop();
+        fn exit_module(&mut self, _name: &str, container: &str) {
+            if !container.starts_with("Enum:") {
+                self.path.pop();
+            }
         }
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
             if !self.trainable.contains(&p.id) {
@@ -237,7 +243,7 @@ fn timm_names(model: &ResNet) -> HashMap<ParamId, (String, bool)> {
 
 /// The golden gradients keyed by `model`'s parameter ids, in burn's layouts.
 fn as_gradients(
-    model: &ResNet,
+    model: &Network,
     names: &HashMap<ParamId, (String, bool)>,
     grads: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
 ) -> GradientsParams {

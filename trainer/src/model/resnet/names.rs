@@ -236,7 +236,7 @@ mod tests {
             }
             .init(&device)
             .expect("config");
-            let tensors = crate::model::timm_weights::shapes(&model).expect("export");
+            let tensors = crate::model::timm_weights::shapes(&model.into()).expect("export");
             assert_eq!(describe(&tensors), format!("timm's {name}, 10 classes"));
         }
         let small = ResNetConfig {
@@ -246,7 +246,7 @@ mod tests {
         }
         .init(&device)
         .expect("config");
-        let tensors = crate::model::timm_weights::shapes(&small).expect("export");
+        let tensors = crate::model::timm_weights::shapes(&small.into()).expect("export");
         assert_eq!(
             describe(&tensors),
             "a ResNet with 8 bottleneck blocks (2, 2, 2, 2), a tiered deep stem, avg_down \

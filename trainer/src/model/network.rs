@@ -1,0 +1,245 @@
+//! The network a run trains, of whichever family `--model` names: what the rest of the trainer
+//! (the step, the ranks, checkpoints, evaluation, weights files) holds and asks, so that a
+//! family is added here and in its own folder, not in every caller.
+//!
+//! Today's one family is timm's ResNet ([`crate::model::resnet`], two dozen timm names).
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::{Device, FloatDType, Tensor};
+
+use crate::model::batch_norm::BatchNorm;
+use crate::model::resnet::{self, ConfigError, ResNet, ResNetConfig, TrainableParam};
+
+/// A network of one of the families we build.
+#[derive(Module, Debug)]
+pub enum Network {
+    /// timm's ResNet family.
+    ResNet(ResNet),
+}
+
+/// Which network to build: a family's configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NetworkConfig {
+    /// timm's ResNet family.
+    ResNet(ResNetConfig),
+}
+
+/// What every family takes from the recipe besides its name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shape {
+    /// Classes of the classifier.
+    pub num_classes: usize,
+    /// Multiplies every channel count (1.0 = timm's model).
+    pub width: f64,
+    /// A stem without downsampling, for 32×32 images.
+    pub small_stem: bool,
+    /// timm's `drop_path_rate`.
+    pub drop_path_rate: f64,
+}
+
+impl From<ResNetConfig> for NetworkConfig {
+    fn from(config: ResNetConfig) -> Self {
+        NetworkConfig::ResNet(config)
+    }
+}
+
+impl From<ResNet> for Network {
+    fn from(model: ResNet) -> Self {
+        Network::ResNet(model)
+    }
+}
+
+impl NetworkConfig {
+    /// timm's model `name` with `shape` (timm's `create_model(name, num_classes=...,
+    /// drop_path_rate=...)`, at `width`, with `small_stem`), checked.
+    ///
+    /// # Errors
+    /// [`ConfigError::Model`] for a name we do not build (its message lists those we do);
+    /// another [`ConfigError`] for a value out of range.
+    pub fn named(name: &str, shape: Shape) -> Result<Self, ConfigError> {
+        let (depth, variant) = resnet::timm_model(name)?;
+        let config = NetworkConfig::ResNet(ResNetConfig {
+            depth,
+            num_classes: shape.num_classes,
+            width: shape.width,
+            small_stem: shape.small_stem,
+            drop_path_rate: shape.drop_path_rate,
+            zero_init_last: true,
+            variant,
+        });
+        config.check()?;
+        Ok(config)
+    }
+
+    /// timm's `resnet50` at full size, 1000 classes.
+    pub fn resnet50() -> Self {
+        NetworkConfig::ResNet(ResNetConfig::resnet50())
+    }
+
+    /// Checks the values against the recipe's bounds.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the value.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        match self {
+            NetworkConfig::ResNet(c) => c.check(),
+        }
+    }
+
+    /// Builds the network with timm's initialization on `device`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] as [`Self::check`].
+    pub fn init(&self, device: &Device) -> Result<Network, ConfigError> {
+        Ok(match self {
+            NetworkConfig::ResNet(c) => Network::ResNet(c.init(device)?),
+        })
+    }
+
+    /// Trainable parameters (timm's count), without drawing the weights.
+    ///
+    /// # Errors
+    /// [`ConfigError`] as [`Self::check`].
+    pub fn trainable_params(&self) -> Result<usize, ConfigError> {
+        match self {
+            NetworkConfig::ResNet(c) => c.trainable_params(),
+        }
+    }
+
+    /// The ResNet family's configuration, for what is written for it alone.
+    pub fn resnet(&self) -> Option<&ResNetConfig> {
+        match self {
+            NetworkConfig::ResNet(c) => Some(c),
+        }
+    }
+
+    /// Classes of the classifier.
+    pub fn num_classes(&self) -> usize {
+        match self {
+            NetworkConfig::ResNet(c) => c.num_classes,
+        }
+    }
+
+    /// The same network with timm's `zero_init_last` (the last BN γ of each residual branch
+    /// starting at 0) set to `on`; families without it are unchanged.
+    pub fn with_zero_init_last(self, on: bool) -> Self {
+        match self {
+            NetworkConfig::ResNet(c) => NetworkConfig::ResNet(ResNetConfig {
+                zero_init_last: on,
+                ..c
+            }),
+        }
+    }
+}
+
+impl Network {
+    /// Logits `[N, classes]` of normalized images `[N, 3, H, W]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.forward_with(x, None)
+    }
+
+    /// [`Network::forward`] with the drop-path draws of training keyed by `masks` (the draws
+    /// then depend on the key alone, not on the backend's generator).
+    pub(crate) fn forward_with(&self, x: Tensor<4>, masks: Option<u64>) -> Tensor<2> {
+        match self {
+            Network::ResNet(m) => m.forward_with(x, masks),
+        }
+    }
+
+    /// The family's network, for what is written for it alone (its weights' timm names).
+    pub fn resnet(&self) -> Option<&ResNet> {
+        match self {
+            Network::ResNet(m) => Some(m),
+        }
+    }
+
+    /// Parameters the optimizer trains (timm's count: BN running statistics are buffers).
+    pub fn trainable_params(&self) -> usize {
+        match self {
+            Network::ResNet(m) => m.trainable_params(),
+        }
+    }
+
+    /// Calls `f` for every trainable parameter, in module order.
+    pub fn for_each_trainable(&self, f: impl FnMut(TrainableParam<'_>)) {
+        match self {
+            Network::ResNet(m) => m.for_each_trainable(f),
+        }
+    }
+
+    /// Every batch norm, in module order: the layers whose running statistics each rank keeps
+    /// its own of (none in a network without batch norm).
+    pub(crate) fn batch_norms(&self) -> Vec<&BatchNorm> {
+        match self {
+            Network::ResNet(m) => m.batch_norms(),
+        }
+    }
+
+    /// Folds the last training forward's BN running-statistics update into the values a store
+    /// reads ([`ResNet::settle_running_stats`]).
+    pub(crate) fn settle_running_stats(&self) {
+        match self {
+            Network::ResNet(m) => m.settle_running_stats(),
+        }
+    }
+
+    /// How many values of the parameters and BN statistics are NaN or infinite.
+    pub fn non_finite_values(&self) -> u64 {
+        match self {
+            Network::ResNet(m) => m.non_finite_values(),
+        }
+    }
+
+    /// The float type the matrix products compute in ([`crate::model::amp`]); `None`: the
+    /// parameters' own.
+    pub fn compute(&self) -> Option<FloatDType> {
+        match self {
+            Network::ResNet(m) => m.compute,
+        }
+    }
+
+    /// Sets [`Network::compute`].
+    pub fn set_compute(&mut self, compute: Option<FloatDType>) {
+        match self {
+            Network::ResNet(m) => m.compute = compute,
+        }
+    }
+
+    /// The classifier (timm's `fc` in a ResNet).
+    pub fn head(&self) -> &Linear {
+        match self {
+            Network::ResNet(m) => &m.fc,
+        }
+    }
+
+    /// Replaces the classifier (fine-tuning's fresh head).
+    pub fn set_head(&mut self, head: Linear) {
+        match self {
+            Network::ResNet(m) => m.fc = head,
+        }
+    }
+
+    /// Writes the parameters to a burnpack file: the family's own module, so that a
+    /// checkpoint holds the same names whichever families exist.
+    ///
+    /// # Errors
+    /// burn's record error.
+    pub(crate) fn save_checkpoint(&self, path: &Path) -> Result<(), burn::store::RecordError> {
+        match self {
+            Network::ResNet(m) => m.clone().save_file(path),
+        }
+    }
+
+    /// Loads [`Network::save_checkpoint`]'s file, restoring the parameter ids.
+    ///
+    /// # Errors
+    /// burn's record error (another architecture, a damaged file).
+    pub(crate) fn load_checkpoint(self, path: &Path) -> Result<Self, burn::store::RecordError> {
+        Ok(match self {
+            Network::ResNet(m) => Network::ResNet(m.try_load_file(path)?),
+        })
+    }
+}
