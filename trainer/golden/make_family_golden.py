@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes `family.json`, which `trainer/tests/integration/family.rs` compares our ResNet family
-against: for each model, timm's parameter count, its state dict's names and shapes, and its
+and ViT against: for each model, timm's parameter count, its state dict's names and shapes, and its
 eval-mode logits at 224 px on weights that both sides compute from one formula.
 
     pip install torch timm
@@ -31,7 +31,8 @@ import timm
 import torch
 
 HERE = pathlib.Path(__file__).resolve().parent
-MODELS = ["resnet50", "resnet18d", "resnet50d", "resnext50_32x4d", "seresnet50", "ecaresnet50t"]
+MODELS = ["resnet50", "resnet18d", "resnet50d", "resnext50_32x4d", "seresnet50", "ecaresnet50t",
+          "vit_small_patch16_224"]
 MASK = (1 << 64) - 1
 
 

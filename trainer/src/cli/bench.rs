@@ -79,7 +79,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     let options = BenchOptions {
         device: a.device,
         precision: a.dtype,
-        model: a.model.config()?,
+        model: a.model.config_at(Some(a.img_size))?,
         batch: a.batch,
         ranks: 1,
         collective: None,

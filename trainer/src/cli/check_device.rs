@@ -93,7 +93,10 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
     }
     // With timm's zero-initialized last BN γ, no gradient reaches the residual
     // branches: they would compare as equal zeros.
-    let config = a.model.config()?.with_zero_init_last(false);
+    let config = a
+        .model
+        .config_at(Some(a.img_size))?
+        .with_zero_init_last(false);
     let reference = a.reference.device(a.reference_dtype)?.autodiff();
     let target = a.device.device(a.dtype)?.autodiff();
     let diffs = device_check::compare_devices(

@@ -35,7 +35,7 @@ pub fn run(a: LogitsArgs) -> Result<ExitCode> {
     let precision = a.device.dtype.unwrap_or(Precision::F32);
     let weights = Weights::at(&a.weights);
     let on = OnDevice::load(
-        &a.model.config()?,
+        &a.model.config_at(Some(a.img_size))?,
         a.device.device,
         precision,
         0,

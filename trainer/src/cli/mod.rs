@@ -54,11 +54,18 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// The ResNet these flags name.
     pub fn config(&self) -> Result<NetworkConfig> {
+        self.config_at(None)
+    }
+
+    /// The network these flags name for images of `img_size` (a ViT's position embeddings
+    /// depend on it; `None`: the model name's size).
+    pub fn config_at(&self, img_size: Option<usize>) -> Result<NetworkConfig> {
         let shape = Shape {
             num_classes: self.num_classes,
             width: self.width,
             small_stem: self.small_stem,
             drop_path_rate: self.drop_path,
+            img_size,
         };
         NetworkConfig::named(&self.model, shape)
             .map_err(|e| anyhow::Error::new(Usage(e.to_string())))

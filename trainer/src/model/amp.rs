@@ -4,7 +4,8 @@
 //! the residual sums, the pooling, the loss and every reduction stay f32.
 //!
 //! burn 0.22 has no autocast, so the casts are written where autocast would put them:
-//! [`conv`] and [`linear`] cast in, compute, and cast their output back to f32. `Tensor::cast`
+//! [`conv`], [`conv1d`], [`linear`] and [`matmul`] cast in, compute, and cast their output back
+//! to f32. `Tensor::cast`
 //! is differentiable (its backward casts the gradient back), so a weight's gradient arrives in
 //! f32, rounded as PyTorch's is through the bf16 op.
 //!
@@ -68,7 +69,7 @@ pub fn conv1d(c: &Conv1d, x: Tensor<3>, compute: Option<FloatDType>) -> Tensor<3
 }
 
 /// `l` applied to `x`, computing in `compute` when given (output in `MASTER`, f32).
-pub fn linear(l: &Linear, x: Tensor<2>, compute: Option<FloatDType>) -> Tensor<2> {
+pub fn linear<const D: usize>(l: &Linear, x: Tensor<D>, compute: Option<FloatDType>) -> Tensor<D> {
     let Some(dtype) = compute else {
         return l.forward(x);
     };
@@ -78,6 +79,19 @@ pub fn linear(l: &Linear, x: Tensor<2>, compute: Option<FloatDType>) -> Tensor<2
         l.bias.as_ref().map(|b| b.val().cast(dtype)),
     )
     .cast(MASTER)
+}
+
+/// `a · b` (batched over the leading dimensions), computing in `compute` when given (output in
+/// `MASTER`): attention's two products, which autocast runs in the compute type.
+pub fn matmul<const D: usize>(
+    a: Tensor<D>,
+    b: Tensor<D>,
+    compute: Option<FloatDType>,
+) -> Tensor<D> {
+    match compute {
+        Some(dtype) => a.cast(dtype).matmul(b.cast(dtype)).cast(MASTER),
+        None => a.matmul(b),
+    }
 }
 
 #[cfg(test)]

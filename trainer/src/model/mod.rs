@@ -8,12 +8,15 @@
 
 pub mod amp;
 pub mod batch_norm;
+pub mod drop_path;
 pub mod float_types;
 pub mod network;
+pub mod params;
 pub mod resnet;
 pub mod safetensors_file;
 pub mod seeded;
 pub mod timm_weights;
+pub mod vit;
 
 pub use network::{Network, NetworkConfig};
 pub use resnet::{ResNet, ResNetConfig};

@@ -2,7 +2,8 @@
 //! (the step, the ranks, checkpoints, evaluation, weights files) holds and asks, so that a
 //! family is added here and in its own folder, not in every caller.
 //!
-//! Today's one family is timm's ResNet ([`crate::model::resnet`], two dozen timm names).
+//! The families: timm's ResNet ([`crate::model::resnet`], two dozen timm names) and its
+//! Vision Transformer ([`crate::model::vit`]).
 
 use std::path::Path;
 
@@ -12,12 +13,18 @@ use burn::tensor::{Device, FloatDType, Tensor};
 
 use crate::model::batch_norm::BatchNorm;
 use crate::model::resnet::{self, ConfigError, ResNet, ResNetConfig, TrainableParam};
+use crate::model::vit::{self, Vit, VitConfig};
 
 /// A network of one of the families we build.
+// A process holds a handful of networks (a rank's, a copy for evaluation): the variants'
+// sizes (the ResNet's 2 KB of module handles) cost nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Network {
     /// timm's ResNet family.
     ResNet(ResNet),
+    /// timm's Vision Transformer.
+    Vit(Vit),
 }
 
 /// Which network to build: a family's configuration.
@@ -25,6 +32,8 @@ pub enum Network {
 pub enum NetworkConfig {
     /// timm's ResNet family.
     ResNet(ResNetConfig),
+    /// timm's Vision Transformer.
+    Vit(VitConfig),
 }
 
 /// What every family takes from the recipe besides its name.
@@ -38,6 +47,24 @@ pub struct Shape {
     pub small_stem: bool,
     /// timm's `drop_path_rate`.
     pub drop_path_rate: f64,
+    /// The training image side, where the network depends on it (a ViT's position
+    /// embeddings); `None`: the model name's (224).
+    pub img_size: Option<usize>,
+}
+
+/// Every name `--model` takes, comma-separated (for messages and `--help`).
+pub fn model_names() -> String {
+    format!("{}, {}", resnet::model_names(), vit::model_names())
+}
+
+/// What a state dict under timm's names holds, in words (`timm's resnet50d, 1000 classes`),
+/// for the message that refuses weights of another architecture than `--model`.
+pub fn describe(tensors: &std::collections::BTreeMap<String, Vec<usize>>) -> String {
+    if tensors.contains_key("cls_token") {
+        vit::describe(tensors)
+    } else {
+        resnet::names::describe(tensors)
+    }
 }
 
 impl From<ResNetConfig> for NetworkConfig {
@@ -60,6 +87,15 @@ impl NetworkConfig {
     /// [`ConfigError::Model`] for a name we do not build (its message lists those we do);
     /// another [`ConfigError`] for a value out of range.
     pub fn named(name: &str, shape: Shape) -> Result<Self, ConfigError> {
+        if vit::is_vit(name) {
+            return Ok(NetworkConfig::Vit(VitConfig::named(
+                name,
+                shape.num_classes,
+                [shape.width, shape.drop_path_rate],
+                shape.small_stem,
+                shape.img_size,
+            )?));
+        }
         let (depth, variant) = resnet::timm_model(name)?;
         let config = NetworkConfig::ResNet(ResNetConfig {
             depth,
@@ -86,6 +122,7 @@ impl NetworkConfig {
     pub fn check(&self) -> Result<(), ConfigError> {
         match self {
             NetworkConfig::ResNet(c) => c.check(),
+            NetworkConfig::Vit(c) => c.check(),
         }
     }
 
@@ -96,6 +133,7 @@ impl NetworkConfig {
     pub fn init(&self, device: &Device) -> Result<Network, ConfigError> {
         Ok(match self {
             NetworkConfig::ResNet(c) => Network::ResNet(c.init(device)?),
+            NetworkConfig::Vit(c) => Network::Vit(c.init(device)?),
         })
     }
 
@@ -106,13 +144,20 @@ impl NetworkConfig {
     pub fn trainable_params(&self) -> Result<usize, ConfigError> {
         match self {
             NetworkConfig::ResNet(c) => c.trainable_params(),
+            NetworkConfig::Vit(c) => c.trainable_params(),
         }
+    }
+
+    /// Whether this is a ViT (whose position embeddings fix its image size).
+    pub fn is_vit(&self) -> bool {
+        matches!(self, NetworkConfig::Vit(_))
     }
 
     /// The ResNet family's configuration, for what is written for it alone.
     pub fn resnet(&self) -> Option<&ResNetConfig> {
         match self {
             NetworkConfig::ResNet(c) => Some(c),
+            NetworkConfig::Vit(_) => None,
         }
     }
 
@@ -120,6 +165,7 @@ impl NetworkConfig {
     pub fn num_classes(&self) -> usize {
         match self {
             NetworkConfig::ResNet(c) => c.num_classes,
+            NetworkConfig::Vit(c) => c.num_classes,
         }
     }
 
@@ -131,6 +177,7 @@ impl NetworkConfig {
                 zero_init_last: on,
                 ..c
             }),
+            vit @ NetworkConfig::Vit(_) => vit,
         }
     }
 }
@@ -146,6 +193,7 @@ impl Network {
     pub(crate) fn forward_with(&self, x: Tensor<4>, masks: Option<u64>) -> Tensor<2> {
         match self {
             Network::ResNet(m) => m.forward_with(x, masks),
+            Network::Vit(m) => m.forward_with(x, masks),
         }
     }
 
@@ -153,6 +201,7 @@ impl Network {
     pub fn resnet(&self) -> Option<&ResNet> {
         match self {
             Network::ResNet(m) => Some(m),
+            Network::Vit(_) => None,
         }
     }
 
@@ -160,6 +209,7 @@ impl Network {
     pub fn trainable_params(&self) -> usize {
         match self {
             Network::ResNet(m) => m.trainable_params(),
+            Network::Vit(m) => m.trainable_params(),
         }
     }
 
@@ -167,6 +217,7 @@ impl Network {
     pub fn for_each_trainable(&self, f: impl FnMut(TrainableParam<'_>)) {
         match self {
             Network::ResNet(m) => m.for_each_trainable(f),
+            Network::Vit(m) => m.for_each_trainable(f),
         }
     }
 
@@ -175,6 +226,7 @@ impl Network {
     pub(crate) fn batch_norms(&self) -> Vec<&BatchNorm> {
         match self {
             Network::ResNet(m) => m.batch_norms(),
+            Network::Vit(_) => Vec::new(),
         }
     }
 
@@ -183,6 +235,8 @@ impl Network {
     pub(crate) fn settle_running_stats(&self) {
         match self {
             Network::ResNet(m) => m.settle_running_stats(),
+            // LayerNorm keeps no running statistics.
+            Network::Vit(_) => {}
         }
     }
 
@@ -190,6 +244,7 @@ impl Network {
     pub fn non_finite_values(&self) -> u64 {
         match self {
             Network::ResNet(m) => m.non_finite_values(),
+            Network::Vit(m) => m.non_finite_values(),
         }
     }
 
@@ -198,6 +253,7 @@ impl Network {
     pub fn compute(&self) -> Option<FloatDType> {
         match self {
             Network::ResNet(m) => m.compute,
+            Network::Vit(m) => m.compute,
         }
     }
 
@@ -205,13 +261,15 @@ impl Network {
     pub fn set_compute(&mut self, compute: Option<FloatDType>) {
         match self {
             Network::ResNet(m) => m.compute = compute,
+            Network::Vit(m) => m.compute = compute,
         }
     }
 
-    /// The classifier (timm's `fc` in a ResNet).
+    /// The classifier (timm's `fc` in a ResNet, `head` in a ViT).
     pub fn head(&self) -> &Linear {
         match self {
             Network::ResNet(m) => &m.fc,
+            Network::Vit(m) => &m.head,
         }
     }
 
@@ -219,6 +277,7 @@ impl Network {
     pub fn set_head(&mut self, head: Linear) {
         match self {
             Network::ResNet(m) => m.fc = head,
+            Network::Vit(m) => m.head = head,
         }
     }
 
@@ -230,6 +289,7 @@ impl Network {
     pub(crate) fn save_checkpoint(&self, path: &Path) -> Result<(), burn::store::RecordError> {
         match self {
             Network::ResNet(m) => m.clone().save_file(path),
+            Network::Vit(m) => m.clone().save_file(path),
         }
     }
 
@@ -240,6 +300,7 @@ impl Network {
     pub(crate) fn load_checkpoint(self, path: &Path) -> Result<Self, burn::store::RecordError> {
         Ok(match self {
             Network::ResNet(m) => Network::ResNet(m.try_load_file(path)?),
+            Network::Vit(m) => Network::Vit(m.try_load_file(path)?),
         })
     }
 }

@@ -19,7 +19,7 @@ use burn::store::{
 
 use crate::model::float_types::{self, FloatTypesError};
 use crate::model::network::Network;
-use crate::model::resnet::names::describe;
+use crate::model::network::describe;
 
 /// Errors of weight files.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +101,8 @@ fn remapper(pairs: impl Iterator<Item = (&'static str, &'static str)>) -> KeyRem
 fn to_timm(model: &Network) -> KeyRemapper {
     match model {
         Network::ResNet(m) => remapper(renames(m.avg_down).into_iter()),
+        // A ViT's modules carry timm's names already.
+        Network::Vit(_) => KeyRemapper::new(),
     }
 }
 
@@ -111,6 +113,7 @@ fn from_timm(model: &Network) -> KeyRemapper {
                 .into_iter()
                 .map(|(ours, timm)| (timm, ours)),
         ),
+        Network::Vit(_) => KeyRemapper::new(),
     }
 }
 
@@ -118,6 +121,7 @@ fn from_timm(model: &Network) -> KeyRemapper {
 fn head_names(model: &Network) -> [&'static str; 2] {
     match model {
         Network::ResNet(_) => ["fc.weight", "fc.bias"],
+        Network::Vit(_) => ["head.weight", "head.bias"],
     }
 }
 
@@ -143,6 +147,7 @@ fn timm_bytes(model: &Network) -> Result<Vec<u8>, String> {
     // The family's module, not the enum: the enum's variant would prefix every name.
     let saved = match model {
         Network::ResNet(m) => m.save_into(&mut out),
+        Network::Vit(m) => m.save_into(&mut out),
     };
     saved.map_err(|e| e.to_string())?;
     out.get_bytes()
@@ -260,6 +265,7 @@ fn load_store(
         .validate(false);
     let applied = match model {
         Network::ResNet(mut m) => m.load_from(&mut store).map(|r| (Network::ResNet(m), r)),
+        Network::Vit(mut m) => m.load_from(&mut store).map(|r| (Network::Vit(m), r)),
     };
     let (model, result) = applied.map_err(|e| TimmWeightsError::Store {
         path: path.display().to_string(),

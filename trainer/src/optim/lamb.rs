@@ -50,12 +50,14 @@ pub struct TimmLamb {
     max_grad_norm: Option<f64>,
 }
 
-/// Ids of the parameters timm puts in its no-decay group: rank ≤ 1 (its rule is
-/// `p.ndim <= 1 or name.endswith(".bias")`, and every bias here has rank 1).
+/// Ids of the parameters timm puts in its no-decay group (`param_groups_weight_decay`):
+/// `p.ndim <= 1 or name.endswith(".bias") or name in model.no_weight_decay()`, the last being a
+/// ViT's position embeddings and class token.
 pub(crate) fn no_decay_params(model: &Network) -> Vec<ParamId> {
+    const NO_WEIGHT_DECAY: [&str; 2] = ["pos_embed", "cls_token"];
     let mut ids = Vec::new();
     model.for_each_trainable(|p| {
-        if p.rank <= 1 || p.name == "bias" {
+        if p.rank <= 1 || p.name == "bias" || NO_WEIGHT_DECAY.contains(&p.name) {
             ids.push(p.id);
         }
     });
@@ -376,5 +378,21 @@ mod tests {
             .expect("config");
         // 53 BNs × (γ, β) + fc.bias, as timm's param_groups_weight_decay.
         assert_eq!(no_decay_params(&model).len(), 53 * 2 + 1);
+        // A ViT adds its position embeddings and class token (timm's no_weight_decay()):
+        // create_optimizer_v2(vit_small_patch16_224, 'lamb', weight_decay=0.02) has groups of
+        // 102 and 50 tensors.
+        let vit = crate::model::vit::VitConfig::named(
+            "vit_small_patch16_224",
+            1000,
+            [1.0, 0.0],
+            false,
+            None,
+        )
+        .and_then(|c| c.init(&Device::flex()))
+        .map(Network::Vit)
+        .expect("config");
+        let mut all = 0;
+        vit.for_each_trainable(|_| all += 1);
+        assert_eq!((no_decay_params(&vit).len(), all), (102, 152));
     }
 }

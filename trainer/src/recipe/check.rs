@@ -6,7 +6,8 @@
 use loader::request::transform::SettingError;
 
 use super::{DataJobs, TrainConfig};
-use crate::model::resnet::{model_names, timm_model};
+use crate::model::network::model_names;
+use crate::model::resnet::ConfigError;
 
 /// The ranges of the recipe's numbers: what the gate allows, and what the command line's
 /// flags take where they are parsed (`--lr 1e300` is refused by clap, naming the range, before
@@ -110,16 +111,37 @@ impl TrainConfig {
         one_of("opt", &self.opt, &["lamb"])?;
         one_of("sched", &self.sched, &["cosine"])?;
         one_of("mixup_mode", &self.mixup_mode, &["batch"])?;
-        timm_model(&self.model).map_err(|_| {
-            SettingError::new(
-                "model",
-                format!("{:?}", self.model),
-                format!(
-                    "is not a model rsb builds; use one of timm's names: {}",
-                    model_names()
-                ),
-            )
-        })?;
+        // The model as the recipe sizes it: a name we build, and (a ViT) an image size its
+        // patch divides and evaluation at that size.
+        match self.model() {
+            Err(ConfigError::Model(_)) => {
+                return Err(SettingError::new(
+                    "model",
+                    format!("{:?}", self.model),
+                    format!(
+                        "is not a model rsb builds; use one of timm's names: {}",
+                        model_names()
+                    ),
+                ));
+            }
+            Err(e @ ConfigError::Variant(_)) => {
+                return Err(SettingError::new("img_size", self.img_size, e.to_string()));
+            }
+            // Width, classes and drop-path have keys of their own, checked with their ranges.
+            Err(_) => {}
+            Ok(network) if network.is_vit() && self.rsb.test_img_size != self.img_size => {
+                return Err(SettingError::new(
+                    "rsb.test_img_size",
+                    self.rsb.test_img_size,
+                    format!(
+                        "must equal img_size ({}) for {}: its position embeddings are made for \
+                         one image size (timm's PatchEmbed refuses another)",
+                        self.img_size, self.model
+                    ),
+                ));
+            }
+            Ok(_) => {}
+        }
         SettingError::within("num_classes", self.num_classes, ranges::NUM_CLASSES)?;
         Ok(())
     }

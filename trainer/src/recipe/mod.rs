@@ -331,6 +331,7 @@ impl TrainConfig {
                 width: self.rsb.width,
                 small_stem: self.rsb.small_stem,
                 drop_path_rate: self.drop_path,
+                img_size: Some(self.img_size),
             },
         )
     }

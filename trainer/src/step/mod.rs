@@ -12,7 +12,7 @@ use burn::tensor::{Device, Tensor};
 use crate::data::normalize::{BatchError, normalize};
 use crate::data::upload::{Pixels, Uploader};
 use crate::model::Network;
-use crate::model::resnet::mix_key;
+use crate::model::drop_path::mix_key;
 use crate::optim::lamb::TimmLamb;
 use crate::step::loss::LossKind;
 use crate::step::mixup::{MixupConfig, labels_tensor};

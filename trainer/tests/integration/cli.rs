@@ -782,17 +782,21 @@ fn several_processes_without_the_mpi_feature_are_refused() {
 fn a_model_we_do_not_build_or_weights_of_another_are_refused_naming_both_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     // Before any work: no dataset exists, so a refusal after the loader would name it.
-    let (code, stderr) = refusal(
-        trainer()
-            .args(["train", "--config"])
-            .arg(configs().join("smoke.toml"))
-            .arg("--shards")
-            .arg(dir.path().join("no-shards"))
-            .args(["--model", "resnet51", "--out"])
-            .arg(dir.path().join("run"))
-            .assert()
-            .failure(),
-    );
+    let train = |model: &str, flags: &[&str]| {
+        refusal(
+            trainer()
+                .args(["train", "--config"])
+                .arg(configs().join("smoke.toml"))
+                .arg("--shards")
+                .arg(dir.path().join("no-shards"))
+                .args(["--model", model, "--out"])
+                .arg(dir.path().join("run"))
+                .args(flags)
+                .assert()
+                .failure(),
+        )
+    };
+    let (code, stderr) = train("resnet51", &[]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("\"resnet51\"")
@@ -802,14 +806,33 @@ fn a_model_we_do_not_build_or_weights_of_another_are_refused_naming_both_exit_2(
     );
     let (code, stderr) = refusal(
         trainer()
-            .args(["export", "--model", "vit_small_patch16_224"])
+            .args(["export", "--model", "vit_huge_patch14_224"])
             .arg(dir.path().join("w.safetensors"))
             .assert()
             .failure(),
     );
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("vit_small_patch16_224") && stderr.contains("ecaresnet50t"));
+    assert!(stderr.contains("vit_huge_patch14_224") && stderr.contains("vit_small_patch16_224"));
     assert!(!dir.path().join("w.safetensors").exists());
+    // A ViT whose patch does not divide the image: refused before any work, with the sizes
+    // that fit; and evaluation at another size than training's.
+    for (flags, says) in [
+        (
+            ["--img-size", "30"],
+            "image size 30 is not a multiple of its 4-pixel patch",
+        ),
+        (
+            ["--test-img-size", "64"],
+            "must equal img_size (32) for vit_small_patch16_224",
+        ),
+    ] {
+        let (code, stderr) = train("vit_small_patch16_224", &flags);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains(says) && !stderr.contains("no-shards"),
+            "{stderr}"
+        );
+    }
 
     // seresnet50's weights hold all of resnet50's tensors and SE's besides: refused, not
     // loaded with SE's dropped.

@@ -1,4 +1,4 @@
-//! timm's ResNet family against timm itself (`trainer/golden/family.json`, written by
+//! timm's ResNet family and ViT against timm itself (`trainer/golden/family.json`, written by
 //! `trainer/golden/make_family_golden.py`): for each model at full size, the parameter count,
 //! the exported state dict's names and shapes, and the eval-mode logits at 224 px on weights
 //! both sides compute from one integer formula (the script's docstring gives it).
@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
-use trainer::model::Network;
-use trainer::model::resnet::ResNetConfig;
+use trainer::model::NetworkConfig;
+use trainer::model::network::Shape;
 use trainer::model::timm_weights;
 
 use crate::common;
@@ -124,10 +124,16 @@ fn each_family_model_has_timms_parameters_names_and_logits() {
     let x = probe(&device);
     let mut worst = (0.0f64, String::new());
     for (name, want) in &golden.models {
-        let model = ResNetConfig::timm(name)
+        let shape = Shape {
+            num_classes: 1000,
+            width: 1.0,
+            small_stem: false,
+            drop_path_rate: 0.0,
+            img_size: None,
+        };
+        let model = NetworkConfig::named(name, shape)
             .expect("a model we build")
             .init(&device)
-            .map(Network::from)
             .expect("config");
         assert_eq!(model.trainable_params(), want.params, "{name}: parameters");
 
@@ -157,6 +163,7 @@ fn each_family_model_has_timms_parameters_names_and_logits() {
         }
     }
     assert!(golden.models.contains_key("resnext50_32x4d") && golden.models.len() >= 5);
+    assert!(golden.models.contains_key("vit_small_patch16_224"));
     let (rel, name) = worst;
     assert!(
         rel < 1e-5,
@@ -170,7 +177,13 @@ fn each_family_member_trains_and_resumes_exactly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let shards = common::dataset(dir.path());
     // The paper's four beyond ResNet: deep stems (plain and tiered), avg_down, groups, SE, ECA.
-    for model in ["resnet50d", "resnext50_32x4d", "seresnet50", "ecaresnet50t"] {
+    for model in [
+        "resnet50d",
+        "resnext50_32x4d",
+        "seresnet50",
+        "ecaresnet50t",
+        "vit_small_patch16_224",
+    ] {
         let options = |out: &str, max_steps, resume| {
             let mut config = common::tiny_recipe();
             config.model = model.to_string();

@@ -7,13 +7,13 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::tensor::module::avg_pool2d;
 use burn::tensor::ops::AvgPoolOptions;
-use burn::tensor::{Device, Distribution, FloatDType, Tensor, TensorData};
-use rand::{Rng, SeedableRng};
+use burn::tensor::{Device, FloatDType, Tensor};
 
 use super::attention::{AttentionKind, Eca, SqueezeExcite};
 use super::conv;
 use crate::model::amp;
 use crate::model::batch_norm::BatchNorm;
+use crate::model::drop_path::drop_path;
 use cpu_kernels::residual;
 
 /// The projection shortcut where shape changes: timm's `downsample` Sequential, either
@@ -215,31 +215,10 @@ impl Block {
     }
 }
 
-/// timm's `drop_path`: in training, zero the whole branch of a sample with probability `p` and
-/// scale the kept ones by `1 / (1 - p)`. With `key`, the samples' draws come from a generator
-/// seeded by it on the host; without, from the backend's.
-fn drop_path(x: Tensor<4>, p: f64, key: Option<u64>) -> Tensor<4> {
-    if p <= 0.0 || !x.device().is_autodiff() {
-        return x;
-    }
-    let keep = 1.0 - p;
-    let [n, _, _, _] = x.dims();
-    let mask = match key {
-        Some(key) => {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(key);
-            let values: Vec<f32> = (0..n)
-                .map(|_| if rng.random_bool(keep) { 1.0 } else { 0.0 })
-                .collect();
-            Tensor::<4>::from_data(TensorData::new(values, [n, 1, 1, 1]), &x.device())
-        }
-        None => Tensor::<4>::random([n, 1, 1, 1], Distribution::Bernoulli(keep), &x.device()),
-    };
-    x * mask.div_scalar(keep)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::TensorData;
 
     fn spec() -> BlockSpec {
         BlockSpec {

@@ -13,7 +13,7 @@ pub mod block;
 pub mod names;
 pub mod stem;
 
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
@@ -23,6 +23,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::amp;
 use crate::model::batch_norm::BatchNorm;
+use crate::model::drop_path::{linear_rate, mix_key};
+use crate::model::params;
+pub use crate::model::params::TrainableParam;
 use attention::AttentionKind;
 use block::{Block, BlockSpec};
 use cpu_kernels::max_pool;
@@ -93,7 +96,10 @@ pub enum ConfigError {
     #[error("drop_path rate {0} is outside [0, 1)")]
     DropPath(f64),
     /// A model name that is not one we build.
-    #[error("model \"{0}\" is not one rsb builds; use one of timm's names: {names}", names = model_names())]
+    #[error(
+        "model \"{0}\" is not one rsb builds; use one of timm's names: {names}",
+        names = crate::model::network::model_names()
+    )]
     Model(String),
     /// Arguments timm's class refuses.
     #[error("{0}")]
@@ -202,16 +208,7 @@ impl ResNetConfig {
     /// Builds the model with timm's initialization on `device`.
     pub fn init(&self, device: &Device) -> Result<ResNet, ConfigError> {
         let model = self.build(device)?;
-        // burn draws a parameter's values lazily, when it is first read; draw them all now, in
-        // module order, so that a seed gives the same weights whatever reads them first (a
-        // forward pass, an export, an import that overwrites only some).
-        struct Draw;
-        impl ModuleVisitor for Draw {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                let _ = param.val();
-            }
-        }
-        model.visit(&mut Draw);
+        params::draw_all(&model);
         Ok(model)
     }
 
@@ -242,11 +239,7 @@ impl ResNetConfig {
         for (stage, &count) in blocks.iter().enumerate() {
             let mut layer = Vec::with_capacity(count);
             for i in 0..count {
-                let rate = if total > 1 {
-                    self.drop_path_rate * index as f64 / (total - 1) as f64
-                } else {
-                    0.0
-                };
+                let rate = linear_rate(self.drop_path_rate, index, total);
                 let spec = BlockSpec {
                     in_ch,
                     planes: self.channels(64 << stage),
@@ -317,27 +310,6 @@ fn conv(
         .init(device)
 }
 
-/// A fixed mix of two numbers (splitmix64's finalizer): keys of independent draws.
-pub(crate) fn mix_key(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// What [`ResNet::for_each_trainable`] tells about a parameter.
-#[derive(Debug, Clone, Copy)]
-pub struct TrainableParam<'a> {
-    /// burn's id (the key of gradients and optimizer state).
-    pub id: ParamId,
-    /// Its field name (`weight`, `bias`, `gamma`, ...).
-    pub name: &'a str,
-    /// Tensor rank.
-    pub rank: usize,
-    /// Number of values.
-    pub elements: usize,
-}
-
 /// A ResNet; see the module documentation.
 #[derive(Module, Debug)]
 pub struct ResNet {
@@ -373,9 +345,7 @@ impl ResNet {
     /// Parameters the optimizer trains: burn's `num_params` also counts the BN running
     /// statistics, which timm keeps as buffers.
     pub fn trainable_params(&self) -> usize {
-        let mut total = 0;
-        self.for_each_trainable(|p| total += p.elements);
-        total
+        params::trainable_count(self)
     }
 
     /// Folds the BN running-statistics update of the last training forward into the values a
@@ -407,22 +377,6 @@ impl ResNet {
     /// How many values of the parameters and BN statistics are NaN or infinite: counted on
     /// the device, one number read back.
     pub fn non_finite_values(&self) -> u64 {
-        struct Count(Option<Tensor<1, burn::tensor::Int>>);
-        impl ModuleVisitor for Count {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                let bad = param
-                    .val()
-                    .is_finite()
-                    .bool_not()
-                    .int()
-                    .sum()
-                    .cast(burn::tensor::IntDType::I64);
-                self.0 = Some(match self.0.take() {
-                    Some(total) => total + bad,
-                    None => bad,
-                });
-            }
-        }
         // The visitor reads a running statistic's last synced value: the batch's update since
         // (the one a checkpoint would save) is applied first, or a NaN batch variance would
         // pass this check and land in the checkpoint.
@@ -430,43 +384,13 @@ impl ResNet {
             let _ = bn.running_mean.value_sync();
             let _ = bn.running_var.value_sync();
         }
-        let mut count = Count(None);
-        self.visit(&mut count);
-        count
-            .0
-            .map_or(0, |total| total.into_scalar::<i64>().max(0) as u64)
+        params::non_finite_values(self)
     }
 
     /// Calls `f` for every trainable parameter (every float parameter but the BN running
     /// statistics), in module order.
     pub fn for_each_trainable(&self, f: impl FnMut(TrainableParam<'_>)) {
-        struct Walk<F> {
-            path: Vec<String>,
-            f: F,
-        }
-        impl<F: FnMut(TrainableParam<'_>)> ModuleVisitor for Walk<F> {
-            fn enter_module(&mut self, name: &str, _container: &str) {
-                self.path.push(name.to_string());
-            }
-            fn exit_module(&mut self, _name: &str, _container: &str) {
-                self.path.pop();
-            }
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                let name = self.path.last().map_or("", String::as_str);
-                if !matches!(name, "running_mean" | "running_var") {
-                    (self.f)(TrainableParam {
-                        id: param.id,
-                        name,
-                        rank: D,
-                        elements: param.lazy_shape().num_elements(),
-                    });
-                }
-            }
-        }
-        self.visit(&mut Walk {
-            path: Vec::new(),
-            f,
-        });
+        params::for_each_trainable(self, f);
     }
 
     /// Logits `[N, classes]` of normalized images `[N, 3, H, W]`.
