@@ -12,6 +12,7 @@ pub mod drop_path;
 pub mod float_types;
 pub mod network;
 pub mod params;
+pub mod regnet;
 pub mod resnet;
 pub mod safetensors_file;
 pub mod seeded;

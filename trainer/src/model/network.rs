@@ -2,8 +2,8 @@
 //! (the step, the ranks, checkpoints, evaluation, weights files) holds and asks, so that a
 //! family is added here and in its own folder, not in every caller.
 //!
-//! The families: timm's ResNet ([`crate::model::resnet`], two dozen timm names) and its
-//! Vision Transformer ([`crate::model::vit`]).
+//! The families: timm's ResNet ([`crate::model::resnet`], two dozen timm names), RegNetY
+//! ([`crate::model::regnet`]) and its Vision Transformer ([`crate::model::vit`]).
 
 use std::path::Path;
 
@@ -12,6 +12,7 @@ use burn::nn::Linear;
 use burn::tensor::{Device, FloatDType, Tensor};
 
 use crate::model::batch_norm::BatchNorm;
+use crate::model::regnet::{self, RegNet, RegNetConfig};
 use crate::model::resnet::{self, ConfigError, ResNet, ResNetConfig, TrainableParam};
 use crate::model::vit::{self, Vit, VitConfig};
 
@@ -23,6 +24,8 @@ use crate::model::vit::{self, Vit, VitConfig};
 pub enum Network {
     /// timm's ResNet family.
     ResNet(ResNet),
+    /// timm's RegNetY.
+    RegNet(RegNet),
     /// timm's Vision Transformer.
     Vit(Vit),
 }
@@ -32,6 +35,8 @@ pub enum Network {
 pub enum NetworkConfig {
     /// timm's ResNet family.
     ResNet(ResNetConfig),
+    /// timm's RegNetY.
+    RegNet(RegNetConfig),
     /// timm's Vision Transformer.
     Vit(VitConfig),
 }
@@ -54,7 +59,12 @@ pub struct Shape {
 
 /// Every name `--model` takes, comma-separated (for messages and `--help`).
 pub fn model_names() -> String {
-    format!("{}, {}", resnet::model_names(), vit::model_names())
+    format!(
+        "{}, {}, {}",
+        resnet::model_names(),
+        regnet::model_names(),
+        vit::model_names()
+    )
 }
 
 /// What a state dict under timm's names holds, in words (`timm's resnet50d, 1000 classes`),
@@ -62,6 +72,8 @@ pub fn model_names() -> String {
 pub fn describe(tensors: &std::collections::BTreeMap<String, Vec<usize>>) -> String {
     if tensors.contains_key("cls_token") {
         vit::describe(tensors)
+    } else if tensors.contains_key("stem.conv.weight") {
+        regnet::describe(tensors)
     } else {
         resnet::names::describe(tensors)
     }
@@ -96,6 +108,14 @@ impl NetworkConfig {
                 shape.img_size,
             )?));
         }
+        if regnet::is_regnet(name) {
+            return Ok(NetworkConfig::RegNet(RegNetConfig::named(
+                name,
+                shape.num_classes,
+                [shape.width, shape.drop_path_rate],
+                shape.small_stem,
+            )?));
+        }
         let (depth, variant) = resnet::timm_model(name)?;
         let config = NetworkConfig::ResNet(ResNetConfig {
             depth,
@@ -122,6 +142,7 @@ impl NetworkConfig {
     pub fn check(&self) -> Result<(), ConfigError> {
         match self {
             NetworkConfig::ResNet(c) => c.check(),
+            NetworkConfig::RegNet(c) => c.check(),
             NetworkConfig::Vit(c) => c.check(),
         }
     }
@@ -133,6 +154,7 @@ impl NetworkConfig {
     pub fn init(&self, device: &Device) -> Result<Network, ConfigError> {
         Ok(match self {
             NetworkConfig::ResNet(c) => Network::ResNet(c.init(device)?),
+            NetworkConfig::RegNet(c) => Network::RegNet(c.init(device)?),
             NetworkConfig::Vit(c) => Network::Vit(c.init(device)?),
         })
     }
@@ -144,6 +166,7 @@ impl NetworkConfig {
     pub fn trainable_params(&self) -> Result<usize, ConfigError> {
         match self {
             NetworkConfig::ResNet(c) => c.trainable_params(),
+            NetworkConfig::RegNet(c) => c.trainable_params(),
             NetworkConfig::Vit(c) => c.trainable_params(),
         }
     }
@@ -157,7 +180,7 @@ impl NetworkConfig {
     pub fn resnet(&self) -> Option<&ResNetConfig> {
         match self {
             NetworkConfig::ResNet(c) => Some(c),
-            NetworkConfig::Vit(_) => None,
+            NetworkConfig::RegNet(_) | NetworkConfig::Vit(_) => None,
         }
     }
 
@@ -165,6 +188,7 @@ impl NetworkConfig {
     pub fn num_classes(&self) -> usize {
         match self {
             NetworkConfig::ResNet(c) => c.num_classes,
+            NetworkConfig::RegNet(c) => c.num_classes,
             NetworkConfig::Vit(c) => c.num_classes,
         }
     }
@@ -174,6 +198,10 @@ impl NetworkConfig {
     pub fn with_zero_init_last(self, on: bool) -> Self {
         match self {
             NetworkConfig::ResNet(c) => NetworkConfig::ResNet(ResNetConfig {
+                zero_init_last: on,
+                ..c
+            }),
+            NetworkConfig::RegNet(c) => NetworkConfig::RegNet(RegNetConfig {
                 zero_init_last: on,
                 ..c
             }),
@@ -193,6 +221,7 @@ impl Network {
     pub(crate) fn forward_with(&self, x: Tensor<4>, masks: Option<u64>) -> Tensor<2> {
         match self {
             Network::ResNet(m) => m.forward_with(x, masks),
+            Network::RegNet(m) => m.forward_with(x, masks),
             Network::Vit(m) => m.forward_with(x, masks),
         }
     }
@@ -201,7 +230,7 @@ impl Network {
     pub fn resnet(&self) -> Option<&ResNet> {
         match self {
             Network::ResNet(m) => Some(m),
-            Network::Vit(_) => None,
+            Network::RegNet(_) | Network::Vit(_) => None,
         }
     }
 
@@ -209,6 +238,7 @@ impl Network {
     pub fn trainable_params(&self) -> usize {
         match self {
             Network::ResNet(m) => m.trainable_params(),
+            Network::RegNet(m) => m.trainable_params(),
             Network::Vit(m) => m.trainable_params(),
         }
     }
@@ -217,6 +247,7 @@ impl Network {
     pub fn for_each_trainable(&self, f: impl FnMut(TrainableParam<'_>)) {
         match self {
             Network::ResNet(m) => m.for_each_trainable(f),
+            Network::RegNet(m) => m.for_each_trainable(f),
             Network::Vit(m) => m.for_each_trainable(f),
         }
     }
@@ -226,6 +257,7 @@ impl Network {
     pub(crate) fn batch_norms(&self) -> Vec<&BatchNorm> {
         match self {
             Network::ResNet(m) => m.batch_norms(),
+            Network::RegNet(m) => m.batch_norms(),
             Network::Vit(_) => Vec::new(),
         }
     }
@@ -235,6 +267,7 @@ impl Network {
     pub(crate) fn settle_running_stats(&self) {
         match self {
             Network::ResNet(m) => m.settle_running_stats(),
+            Network::RegNet(m) => m.settle_running_stats(),
             // LayerNorm keeps no running statistics.
             Network::Vit(_) => {}
         }
@@ -244,6 +277,7 @@ impl Network {
     pub fn non_finite_values(&self) -> u64 {
         match self {
             Network::ResNet(m) => m.non_finite_values(),
+            Network::RegNet(m) => m.non_finite_values(),
             Network::Vit(m) => m.non_finite_values(),
         }
     }
@@ -253,6 +287,7 @@ impl Network {
     pub fn compute(&self) -> Option<FloatDType> {
         match self {
             Network::ResNet(m) => m.compute,
+            Network::RegNet(m) => m.compute,
             Network::Vit(m) => m.compute,
         }
     }
@@ -261,6 +296,7 @@ impl Network {
     pub fn set_compute(&mut self, compute: Option<FloatDType>) {
         match self {
             Network::ResNet(m) => m.compute = compute,
+            Network::RegNet(m) => m.compute = compute,
             Network::Vit(m) => m.compute = compute,
         }
     }
@@ -269,6 +305,7 @@ impl Network {
     pub fn head(&self) -> &Linear {
         match self {
             Network::ResNet(m) => &m.fc,
+            Network::RegNet(m) => &m.head.fc,
             Network::Vit(m) => &m.head,
         }
     }
@@ -277,6 +314,7 @@ impl Network {
     pub fn set_head(&mut self, head: Linear) {
         match self {
             Network::ResNet(m) => m.fc = head,
+            Network::RegNet(m) => m.head.fc = head,
             Network::Vit(m) => m.head = head,
         }
     }
@@ -289,6 +327,7 @@ impl Network {
     pub(crate) fn save_checkpoint(&self, path: &Path) -> Result<(), burn::store::RecordError> {
         match self {
             Network::ResNet(m) => m.clone().save_file(path),
+            Network::RegNet(m) => m.clone().save_file(path),
             Network::Vit(m) => m.clone().save_file(path),
         }
     }
@@ -300,6 +339,7 @@ impl Network {
     pub(crate) fn load_checkpoint(self, path: &Path) -> Result<Self, burn::store::RecordError> {
         Ok(match self {
             Network::ResNet(m) => Network::ResNet(m.try_load_file(path)?),
+            Network::RegNet(m) => Network::RegNet(m.try_load_file(path)?),
             Network::Vit(m) => Network::Vit(m.try_load_file(path)?),
         })
     }

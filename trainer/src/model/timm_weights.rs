@@ -20,6 +20,7 @@ use burn::store::{
 use crate::model::float_types::{self, FloatTypesError};
 use crate::model::network::Network;
 use crate::model::network::describe;
+use crate::model::regnet;
 
 /// Errors of weight files.
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +86,9 @@ fn renames(avg_down: bool) -> [(&'static str, &'static str); 8] {
 
 /// A remapper of `pairs` (`from` → `to`), each matched literally, at the start of the name when
 /// it has no leading dot.
-fn remapper(pairs: impl Iterator<Item = (&'static str, &'static str)>) -> KeyRemapper {
+fn remapper<S: AsRef<str>>(pairs: impl Iterator<Item = (S, S)>) -> KeyRemapper {
     let patterns = pairs.map(|(from, to)| {
+        let (from, to) = (from.as_ref(), to.as_ref());
         let anchor = if from.starts_with('.') { "" } else { "^" };
         // Names hold letters, digits, `_` and `.`: the dots are the only regex syntax.
         (
@@ -101,6 +103,7 @@ fn remapper(pairs: impl Iterator<Item = (&'static str, &'static str)>) -> KeyRem
 fn to_timm(model: &Network) -> KeyRemapper {
     match model {
         Network::ResNet(m) => remapper(renames(m.avg_down).into_iter()),
+        Network::RegNet(_) => remapper(regnet::block_renames().into_iter()),
         // A ViT's modules carry timm's names already.
         Network::Vit(_) => KeyRemapper::new(),
     }
@@ -113,6 +116,11 @@ fn from_timm(model: &Network) -> KeyRemapper {
                 .into_iter()
                 .map(|(ours, timm)| (timm, ours)),
         ),
+        Network::RegNet(_) => remapper(
+            regnet::block_renames()
+                .into_iter()
+                .map(|(ours, timm)| (timm, ours)),
+        ),
         Network::Vit(_) => KeyRemapper::new(),
     }
 }
@@ -121,6 +129,7 @@ fn from_timm(model: &Network) -> KeyRemapper {
 fn head_names(model: &Network) -> [&'static str; 2] {
     match model {
         Network::ResNet(_) => ["fc.weight", "fc.bias"],
+        Network::RegNet(_) => ["head.fc.weight", "head.fc.bias"],
         Network::Vit(_) => ["head.weight", "head.bias"],
     }
 }
@@ -147,6 +156,7 @@ fn timm_bytes(model: &Network) -> Result<Vec<u8>, String> {
     // The family's module, not the enum: the enum's variant would prefix every name.
     let saved = match model {
         Network::ResNet(m) => m.save_into(&mut out),
+        Network::RegNet(m) => m.save_into(&mut out),
         Network::Vit(m) => m.save_into(&mut out),
     };
     saved.map_err(|e| e.to_string())?;
@@ -265,6 +275,7 @@ fn load_store(
         .validate(false);
     let applied = match model {
         Network::ResNet(mut m) => m.load_from(&mut store).map(|r| (Network::ResNet(m), r)),
+        Network::RegNet(mut m) => m.load_from(&mut store).map(|r| (Network::RegNet(m), r)),
         Network::Vit(mut m) => m.load_from(&mut store).map(|r| (Network::Vit(m), r)),
     };
     let (model, result) = applied.map_err(|e| TimmWeightsError::Store {

@@ -64,6 +64,19 @@ impl SqueezeExcite {
         }
     }
 
+    /// RegNet's: `reduced` given (a quarter of the block's input width), the weights as above
+    /// and the biases zero (timm's RegNet `_init_weights` zeroes every convolution's bias).
+    pub fn zero_bias(channels: usize, reduced: usize, device: &Device) -> Self {
+        let zero = |mut c: Conv2d, out: usize| {
+            c.bias = Some(Initializer::Zeros.init([out], device));
+            c
+        };
+        SqueezeExcite {
+            fc1: zero(conv(channels, reduced, 1, 1, 1, device), reduced),
+            fc2: zero(conv(reduced, channels, 1, 1, 1, device), channels),
+        }
+    }
+
     /// `x` scaled channel by channel by its gate.
     pub fn forward(&self, x: Tensor<4>, compute: Option<FloatDType>) -> Tensor<4> {
         let s = image_mean(&x);

@@ -106,6 +106,28 @@ pub enum ConfigError {
     Variant(String),
 }
 
+/// The bounds every family's configuration keeps (`recipe::check` has the same): a width of
+/// 1e9 would ask for terabytes, 0 classes would build a model that predicts nothing.
+///
+/// # Errors
+/// [`ConfigError`] naming the value.
+pub fn check_bounds(
+    num_classes: usize,
+    width: f64,
+    drop_path_rate: f64,
+) -> Result<(), ConfigError> {
+    if !(width > 0.0 && width <= 8.0) {
+        return Err(ConfigError::Width(width));
+    }
+    if !(1..=1_000_000).contains(&num_classes) {
+        return Err(ConfigError::Classes(num_classes));
+    }
+    if !(0.0..1.0).contains(&drop_path_rate) {
+        return Err(ConfigError::DropPath(drop_path_rate));
+    }
+    Ok(())
+}
+
 impl ResNetConfig {
     /// timm's `resnet50`: 1000 classes, full width, ImageNet stem, no stochastic depth.
     pub fn resnet50() -> Self {
@@ -159,15 +181,7 @@ impl ResNetConfig {
     /// [`ConfigError`] naming the value.
     pub fn check(&self) -> Result<(), ConfigError> {
         let (_, bottleneck) = self.layout()?;
-        if !(self.width > 0.0 && self.width <= 8.0) {
-            return Err(ConfigError::Width(self.width));
-        }
-        if !(1..=1_000_000).contains(&self.num_classes) {
-            return Err(ConfigError::Classes(self.num_classes));
-        }
-        if !(0.0..1.0).contains(&self.drop_path_rate) {
-            return Err(ConfigError::DropPath(self.drop_path_rate));
-        }
+        check_bounds(self.num_classes, self.width, self.drop_path_rate)?;
         let v = &self.variant;
         if !bottleneck && (v.cardinality != 1 || v.base_width != 64) {
             // timm's BasicBlock asserts the same.

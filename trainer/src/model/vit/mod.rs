@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::amp;
 use crate::model::drop_path::{linear_rate, mix_key};
 use crate::model::params::{self, TrainableParam};
-use crate::model::resnet::ConfigError;
+use crate::model::resnet::{ConfigError, check_bounds};
 use block::Block;
 
 /// Which ViT to build.
@@ -105,9 +105,7 @@ impl VitConfig {
             .iter()
             .find(|m| m.0 == name)
             .ok_or_else(|| ConfigError::Model(name.to_string()))?;
-        if !(width > 0.0 && width <= 8.0) {
-            return Err(ConfigError::Width(width));
-        }
+        check_bounds(num_classes, width, drop_path_rate)?;
         let head_dim = ((dim / heads) as f64 * width).round().max(1.0) as usize;
         let config = VitConfig {
             name: name.to_string(),
@@ -129,12 +127,8 @@ impl VitConfig {
     /// # Errors
     /// [`ConfigError`] naming the value.
     pub fn check(&self) -> Result<(), ConfigError> {
-        if !(1..=1_000_000).contains(&self.num_classes) {
-            return Err(ConfigError::Classes(self.num_classes));
-        }
-        if !(0.0..1.0).contains(&self.drop_path_rate) {
-            return Err(ConfigError::DropPath(self.drop_path_rate));
-        }
+        // The width is checked where it is applied (`named`).
+        check_bounds(self.num_classes, 1.0, self.drop_path_rate)?;
         if self.img_size == 0 || !self.img_size.is_multiple_of(self.patch) {
             let below = self.img_size / self.patch * self.patch;
             return Err(ConfigError::Variant(format!(
