@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes `family.json`, which `trainer/tests/integration/family.rs` compares our ResNet family,
-RegNetY and ViT against: for each model, timm's parameter count, its state dict's names and
-shapes, and its eval-mode logits at 224 px on weights that both sides compute from one formula.
+RegNetY, EfficientNet and ViT against: for each model, timm's parameter count, its state dict's
+names and shapes, and its eval-mode logits at 224 px on weights that both sides compute from one formula.
 
     pip install torch timm
     python3 trainer/golden/make_family_golden.py      # from the repository root
@@ -32,7 +32,7 @@ import torch
 
 HERE = pathlib.Path(__file__).resolve().parent
 MODELS = ["resnet50", "resnet18d", "resnet50d", "resnext50_32x4d", "seresnet50", "ecaresnet50t",
-          "regnety_040", "vit_small_patch16_224"]
+          "regnety_040", "efficientnet_b0", "vit_small_patch16_224"]
 MASK = (1 << 64) - 1
 
 

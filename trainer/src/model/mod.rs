@@ -8,7 +8,9 @@
 
 pub mod amp;
 pub mod batch_norm;
+pub mod conv_init;
 pub mod drop_path;
+pub mod efficientnet;
 pub mod float_types;
 pub mod network;
 pub mod params;

@@ -3,7 +3,8 @@
 //! family is added here and in its own folder, not in every caller.
 //!
 //! The families: timm's ResNet ([`crate::model::resnet`], two dozen timm names), RegNetY
-//! ([`crate::model::regnet`]) and its Vision Transformer ([`crate::model::vit`]).
+//! ([`crate::model::regnet`]), EfficientNet ([`crate::model::efficientnet`]) and its Vision
+//! Transformer ([`crate::model::vit`]).
 
 use std::path::Path;
 
@@ -12,6 +13,8 @@ use burn::nn::Linear;
 use burn::tensor::{Device, FloatDType, Tensor};
 
 use crate::model::batch_norm::BatchNorm;
+use crate::model::efficientnet::{self, EfficientNet, EfficientNetConfig};
+use crate::model::params;
 use crate::model::regnet::{self, RegNet, RegNetConfig};
 use crate::model::resnet::{self, ConfigError, ResNet, ResNetConfig, TrainableParam};
 use crate::model::vit::{self, Vit, VitConfig};
@@ -26,6 +29,8 @@ pub enum Network {
     ResNet(ResNet),
     /// timm's RegNetY.
     RegNet(RegNet),
+    /// timm's EfficientNet.
+    EfficientNet(EfficientNet),
     /// timm's Vision Transformer.
     Vit(Vit),
 }
@@ -37,8 +42,42 @@ pub enum NetworkConfig {
     ResNet(ResNetConfig),
     /// timm's RegNetY.
     RegNet(RegNetConfig),
+    /// timm's EfficientNet.
+    EfficientNet(EfficientNetConfig),
     /// timm's Vision Transformer.
     Vit(VitConfig),
+}
+
+/// A family's configuration builds its network; initializing it and counting its parameters
+/// are the same for every family.
+pub trait Family {
+    /// The family's network.
+    type Net: Module;
+
+    /// The network with its parameters' values not drawn yet (burn's lazy parameters).
+    ///
+    /// # Errors
+    /// [`ConfigError`] for a value out of range.
+    fn build(&self, device: &Device) -> Result<Self::Net, ConfigError>;
+
+    /// The network with timm's initialization on `device`, every value drawn now, in module
+    /// order ([`params::draw_all`]).
+    ///
+    /// # Errors
+    /// [`ConfigError`] as [`Family::build`].
+    fn init(&self, device: &Device) -> Result<Self::Net, ConfigError> {
+        let model = self.build(device)?;
+        params::draw_all(&model);
+        Ok(model)
+    }
+
+    /// timm's parameter count, without drawing or holding the weights.
+    ///
+    /// # Errors
+    /// [`ConfigError`] as [`Family::build`].
+    fn trainable_params(&self) -> Result<usize, ConfigError> {
+        Ok(params::trainable_count(&self.build(&Device::flex())?))
+    }
 }
 
 /// What every family takes from the recipe besides its name.
@@ -57,12 +96,27 @@ pub struct Shape {
     pub img_size: Option<usize>,
 }
 
+impl Shape {
+    /// `num_classes` at `width`, with stochastic depth `drop_path_rate`, with or without the
+    /// small stem; the model name's image size.
+    pub fn of(num_classes: usize, [width, drop_path_rate]: [f64; 2], small_stem: bool) -> Self {
+        Shape {
+            num_classes,
+            width,
+            small_stem,
+            drop_path_rate,
+            img_size: None,
+        }
+    }
+}
+
 /// Every name `--model` takes, comma-separated (for messages and `--help`).
 pub fn model_names() -> String {
     format!(
-        "{}, {}, {}",
+        "{}, {}, {}, {}",
         resnet::model_names(),
         regnet::model_names(),
+        efficientnet::model_names(),
         vit::model_names()
     )
 }
@@ -72,6 +126,8 @@ pub fn model_names() -> String {
 pub fn describe(tensors: &std::collections::BTreeMap<String, Vec<usize>>) -> String {
     if tensors.contains_key("cls_token") {
         vit::describe(tensors)
+    } else if tensors.contains_key("conv_stem.weight") {
+        efficientnet::describe(tensors)
     } else if tensors.contains_key("stem.conv.weight") {
         regnet::describe(tensors)
     } else {
@@ -100,20 +156,14 @@ impl NetworkConfig {
     /// another [`ConfigError`] for a value out of range.
     pub fn named(name: &str, shape: Shape) -> Result<Self, ConfigError> {
         if vit::is_vit(name) {
-            return Ok(NetworkConfig::Vit(VitConfig::named(
-                name,
-                shape.num_classes,
-                [shape.width, shape.drop_path_rate],
-                shape.small_stem,
-                shape.img_size,
-            )?));
+            return Ok(NetworkConfig::Vit(VitConfig::named(name, &shape)?));
         }
         if regnet::is_regnet(name) {
-            return Ok(NetworkConfig::RegNet(RegNetConfig::named(
-                name,
-                shape.num_classes,
-                [shape.width, shape.drop_path_rate],
-                shape.small_stem,
+            return Ok(NetworkConfig::RegNet(RegNetConfig::named(name, &shape)?));
+        }
+        if efficientnet::is_efficientnet(name) {
+            return Ok(NetworkConfig::EfficientNet(EfficientNetConfig::named(
+                name, &shape,
             )?));
         }
         let (depth, variant) = resnet::timm_model(name)?;
@@ -143,6 +193,7 @@ impl NetworkConfig {
         match self {
             NetworkConfig::ResNet(c) => c.check(),
             NetworkConfig::RegNet(c) => c.check(),
+            NetworkConfig::EfficientNet(c) => c.check(),
             NetworkConfig::Vit(c) => c.check(),
         }
     }
@@ -155,6 +206,7 @@ impl NetworkConfig {
         Ok(match self {
             NetworkConfig::ResNet(c) => Network::ResNet(c.init(device)?),
             NetworkConfig::RegNet(c) => Network::RegNet(c.init(device)?),
+            NetworkConfig::EfficientNet(c) => Network::EfficientNet(c.init(device)?),
             NetworkConfig::Vit(c) => Network::Vit(c.init(device)?),
         })
     }
@@ -167,6 +219,7 @@ impl NetworkConfig {
         match self {
             NetworkConfig::ResNet(c) => c.trainable_params(),
             NetworkConfig::RegNet(c) => c.trainable_params(),
+            NetworkConfig::EfficientNet(c) => c.trainable_params(),
             NetworkConfig::Vit(c) => c.trainable_params(),
         }
     }
@@ -180,7 +233,7 @@ impl NetworkConfig {
     pub fn resnet(&self) -> Option<&ResNetConfig> {
         match self {
             NetworkConfig::ResNet(c) => Some(c),
-            NetworkConfig::RegNet(_) | NetworkConfig::Vit(_) => None,
+            _ => None,
         }
     }
 
@@ -189,6 +242,7 @@ impl NetworkConfig {
         match self {
             NetworkConfig::ResNet(c) => c.num_classes,
             NetworkConfig::RegNet(c) => c.num_classes,
+            NetworkConfig::EfficientNet(c) => c.num_classes,
             NetworkConfig::Vit(c) => c.num_classes,
         }
     }
@@ -205,7 +259,7 @@ impl NetworkConfig {
                 zero_init_last: on,
                 ..c
             }),
-            vit @ NetworkConfig::Vit(_) => vit,
+            other @ (NetworkConfig::EfficientNet(_) | NetworkConfig::Vit(_)) => other,
         }
     }
 }
@@ -222,6 +276,7 @@ impl Network {
         match self {
             Network::ResNet(m) => m.forward_with(x, masks),
             Network::RegNet(m) => m.forward_with(x, masks),
+            Network::EfficientNet(m) => m.forward_with(x, masks),
             Network::Vit(m) => m.forward_with(x, masks),
         }
     }
@@ -230,25 +285,25 @@ impl Network {
     pub fn resnet(&self) -> Option<&ResNet> {
         match self {
             Network::ResNet(m) => Some(m),
-            Network::RegNet(_) | Network::Vit(_) => None,
+            _ => None,
         }
     }
 
     /// Parameters the optimizer trains (timm's count: BN running statistics are buffers).
     pub fn trainable_params(&self) -> usize {
-        match self {
-            Network::ResNet(m) => m.trainable_params(),
-            Network::RegNet(m) => m.trainable_params(),
-            Network::Vit(m) => m.trainable_params(),
-        }
+        let mut total = 0;
+        self.for_each_trainable(|p| total += p.elements);
+        total
     }
 
     /// Calls `f` for every trainable parameter, in module order.
     pub fn for_each_trainable(&self, f: impl FnMut(TrainableParam<'_>)) {
+        // The family's module, not the enum: a parameter's name is its own.
         match self {
-            Network::ResNet(m) => m.for_each_trainable(f),
-            Network::RegNet(m) => m.for_each_trainable(f),
-            Network::Vit(m) => m.for_each_trainable(f),
+            Network::ResNet(m) => params::for_each_trainable(m, f),
+            Network::RegNet(m) => params::for_each_trainable(m, f),
+            Network::EfficientNet(m) => params::for_each_trainable(m, f),
+            Network::Vit(m) => params::for_each_trainable(m, f),
         }
     }
 
@@ -258,28 +313,30 @@ impl Network {
         match self {
             Network::ResNet(m) => m.batch_norms(),
             Network::RegNet(m) => m.batch_norms(),
+            Network::EfficientNet(m) => m.batch_norms(),
             Network::Vit(_) => Vec::new(),
         }
     }
 
     /// Folds the last training forward's BN running-statistics update into the values a store
-    /// reads ([`ResNet::settle_running_stats`]).
+    /// reads: burn's `RunningState` keeps each thread's newest update pending until the next
+    /// forward (or `valid()`), while visitors, saving included, read the settled value.
     pub(crate) fn settle_running_stats(&self) {
-        match self {
-            Network::ResNet(m) => m.settle_running_stats(),
-            Network::RegNet(m) => m.settle_running_stats(),
-            // LayerNorm keeps no running statistics.
-            Network::Vit(_) => {}
+        if !self.batch_norms().is_empty() {
+            let _ = self.valid();
         }
     }
 
     /// How many values of the parameters and BN statistics are NaN or infinite.
     pub fn non_finite_values(&self) -> u64 {
-        match self {
-            Network::ResNet(m) => m.non_finite_values(),
-            Network::RegNet(m) => m.non_finite_values(),
-            Network::Vit(m) => m.non_finite_values(),
+        // The visitor reads a running statistic's last synced value: the batch's update since
+        // (the one a checkpoint would save) is applied first, or a NaN batch variance would
+        // pass this check and land in the checkpoint.
+        for bn in self.batch_norms() {
+            let _ = bn.running_mean.value_sync();
+            let _ = bn.running_var.value_sync();
         }
+        params::non_finite_values(self)
     }
 
     /// The float type the matrix products compute in ([`crate::model::amp`]); `None`: the
@@ -288,6 +345,7 @@ impl Network {
         match self {
             Network::ResNet(m) => m.compute,
             Network::RegNet(m) => m.compute,
+            Network::EfficientNet(m) => m.compute,
             Network::Vit(m) => m.compute,
         }
     }
@@ -297,6 +355,7 @@ impl Network {
         match self {
             Network::ResNet(m) => m.compute = compute,
             Network::RegNet(m) => m.compute = compute,
+            Network::EfficientNet(m) => m.compute = compute,
             Network::Vit(m) => m.compute = compute,
         }
     }
@@ -306,6 +365,7 @@ impl Network {
         match self {
             Network::ResNet(m) => &m.fc,
             Network::RegNet(m) => &m.head.fc,
+            Network::EfficientNet(m) => &m.classifier,
             Network::Vit(m) => &m.head,
         }
     }
@@ -315,6 +375,7 @@ impl Network {
         match self {
             Network::ResNet(m) => m.fc = head,
             Network::RegNet(m) => m.head.fc = head,
+            Network::EfficientNet(m) => m.classifier = head,
             Network::Vit(m) => m.head = head,
         }
     }
@@ -328,6 +389,7 @@ impl Network {
         match self {
             Network::ResNet(m) => m.clone().save_file(path),
             Network::RegNet(m) => m.clone().save_file(path),
+            Network::EfficientNet(m) => m.clone().save_file(path),
             Network::Vit(m) => m.clone().save_file(path),
         }
     }
@@ -340,6 +402,7 @@ impl Network {
         Ok(match self {
             Network::ResNet(m) => Network::ResNet(m.try_load_file(path)?),
             Network::RegNet(m) => Network::RegNet(m.try_load_file(path)?),
+            Network::EfficientNet(m) => Network::EfficientNet(m.try_load_file(path)?),
             Network::Vit(m) => Network::Vit(m.try_load_file(path)?),
         })
     }

@@ -84,6 +84,12 @@ fn renames(avg_down: bool) -> [(&'static str, &'static str); 8] {
     ]
 }
 
+/// An EfficientNet's squeeze-excite: our module's names and timm's.
+const SE_RENAMES: [(&str, &str); 2] = [
+    (".se.fc1.", ".se.conv_reduce."),
+    (".se.fc2.", ".se.conv_expand."),
+];
+
 /// A remapper of `pairs` (`from` → `to`), each matched literally, at the start of the name when
 /// it has no leading dot.
 fn remapper<S: AsRef<str>>(pairs: impl Iterator<Item = (S, S)>) -> KeyRemapper {
@@ -104,6 +110,7 @@ fn to_timm(model: &Network) -> KeyRemapper {
     match model {
         Network::ResNet(m) => remapper(renames(m.avg_down).into_iter()),
         Network::RegNet(_) => remapper(regnet::block_renames().into_iter()),
+        Network::EfficientNet(_) => remapper(SE_RENAMES.into_iter()),
         // A ViT's modules carry timm's names already.
         Network::Vit(_) => KeyRemapper::new(),
     }
@@ -121,6 +128,9 @@ fn from_timm(model: &Network) -> KeyRemapper {
                 .into_iter()
                 .map(|(ours, timm)| (timm, ours)),
         ),
+        Network::EfficientNet(_) => {
+            remapper(SE_RENAMES.into_iter().map(|(ours, timm)| (timm, ours)))
+        }
         Network::Vit(_) => KeyRemapper::new(),
     }
 }
@@ -130,6 +140,7 @@ fn head_names(model: &Network) -> [&'static str; 2] {
     match model {
         Network::ResNet(_) => ["fc.weight", "fc.bias"],
         Network::RegNet(_) => ["head.fc.weight", "head.fc.bias"],
+        Network::EfficientNet(_) => ["classifier.weight", "classifier.bias"],
         Network::Vit(_) => ["head.weight", "head.bias"],
     }
 }
@@ -157,6 +168,7 @@ fn timm_bytes(model: &Network) -> Result<Vec<u8>, String> {
     let saved = match model {
         Network::ResNet(m) => m.save_into(&mut out),
         Network::RegNet(m) => m.save_into(&mut out),
+        Network::EfficientNet(m) => m.save_into(&mut out),
         Network::Vit(m) => m.save_into(&mut out),
     };
     saved.map_err(|e| e.to_string())?;
@@ -276,6 +288,9 @@ fn load_store(
     let applied = match model {
         Network::ResNet(mut m) => m.load_from(&mut store).map(|r| (Network::ResNet(m), r)),
         Network::RegNet(mut m) => m.load_from(&mut store).map(|r| (Network::RegNet(m), r)),
+        Network::EfficientNet(mut m) => m
+            .load_from(&mut store)
+            .map(|r| (Network::EfficientNet(m), r)),
         Network::Vit(mut m) => m.load_from(&mut store).map(|r| (Network::Vit(m), r)),
     };
     let (model, result) = applied.map_err(|e| TimmWeightsError::Store {

@@ -381,16 +381,17 @@ mod tests {
         // A ViT adds its position embeddings and class token (timm's no_weight_decay()):
         // create_optimizer_v2(vit_small_patch16_224, 'lamb', weight_decay=0.02) has groups of
         // 102 and 50 tensors.
-        let vit = crate::model::vit::VitConfig::named(
-            "vit_small_patch16_224",
-            1000,
-            [1.0, 0.0],
-            false,
-            None,
-        )
-        .and_then(|c| c.init(&Device::flex()))
-        .map(Network::Vit)
-        .expect("config");
+        let shape = crate::model::network::Shape {
+            num_classes: 1000,
+            width: 1.0,
+            small_stem: false,
+            drop_path_rate: 0.0,
+            img_size: None,
+        };
+        let vit = crate::model::vit::VitConfig::named("vit_small_patch16_224", &shape)
+            .and_then(|c| crate::model::network::Family::init(&c, &Device::flex()))
+            .map(Network::Vit)
+            .expect("config");
         let mut all = 0;
         vit.for_each_trainable(|_| all += 1);
         assert_eq!((no_decay_params(&vit).len(), all), (102, 152));

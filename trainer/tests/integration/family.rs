@@ -1,4 +1,4 @@
-//! timm's ResNet family, RegNetY and ViT against timm itself (`trainer/golden/family.json`, written by
+//! timm's ResNet family, RegNetY, EfficientNet and ViT against timm itself (`trainer/golden/family.json`, written by
 //! `trainer/golden/make_family_golden.py`): for each model at full size, the parameter count,
 //! the exported state dict's names and shapes, and the eval-mode logits at 224 px on weights
 //! both sides compute from one integer formula (the script's docstring gives it).
@@ -165,6 +165,7 @@ fn each_family_model_has_timms_parameters_names_and_logits() {
     assert!(golden.models.contains_key("resnext50_32x4d") && golden.models.len() >= 5);
     assert!(golden.models.contains_key("vit_small_patch16_224"));
     assert!(golden.models.contains_key("regnety_040"));
+    assert!(golden.models.contains_key("efficientnet_b0"));
     let (rel, name) = worst;
     assert!(
         rel < 1e-5,
@@ -184,6 +185,7 @@ fn each_family_member_trains_and_resumes_exactly() {
         "seresnet50",
         "ecaresnet50t",
         "regnety_040",
+        "efficientnet_b0",
         "vit_small_patch16_224",
     ] {
         let options = |out: &str, max_steps, resume| {

@@ -12,16 +12,17 @@
 pub mod widths;
 
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::conv::Conv2d;
+use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Device, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::model::amp;
 use crate::model::batch_norm::BatchNorm;
+use crate::model::conv_init;
 use crate::model::drop_path::{drop_path, linear_rate, mix_key};
-use crate::model::params::{self, TrainableParam};
+use crate::model::network::{Family, Shape};
 use crate::model::resnet::attention::SqueezeExcite;
 use crate::model::resnet::{ConfigError, check_bounds};
 use cpu_kernels::residual;
@@ -80,38 +81,32 @@ pub struct RegNetConfig {
 }
 
 impl RegNetConfig {
-    /// timm's `name` with `num_classes`, at `width`, with the small stem, with stochastic
-    /// depth `drop_path_rate`; checked.
+    /// timm's `name` at `shape` (classes, width, small stem, stochastic depth); checked.
     ///
     /// # Errors
     /// [`ConfigError::Model`] for a name that is not one of ours; another [`ConfigError`] for a
     /// value out of range.
-    pub fn named(
-        name: &str,
-        num_classes: usize,
-        [width, drop_path_rate]: [f64; 2],
-        small_stem: bool,
-    ) -> Result<Self, ConfigError> {
+    pub fn named(name: &str, shape: &Shape) -> Result<Self, ConfigError> {
         let (w0, wa, wm, group, depth) =
             design(name).ok_or_else(|| ConfigError::Model(name.to_string()))?;
-        check_bounds(num_classes, width, drop_path_rate)?;
+        check_bounds(shape.num_classes, shape.width, shape.drop_path_rate)?;
         let stages = widths::stages(w0, wa, wm, depth, group).ok_or_else(|| {
             ConfigError::Variant(format!("{name}: its widths do not make four stages"))
         })?;
-        let scale = |c: usize| ((c as f64 * width).round() as usize).max(1);
+        let scale = |c: usize| ((c as f64 * shape.width).round() as usize).max(1);
         let stages = stages.map(|(w, blocks, g)| {
             // A stage stays a whole number of groups: its width rounded to the scaled group's.
             let g = scale(g);
-            let w = ((w as f64 * width / g as f64).round() as usize).max(1) * g;
+            let w = ((w as f64 * shape.width / g as f64).round() as usize).max(1) * g;
             (w, blocks, g)
         });
         let config = RegNetConfig {
             name: name.to_string(),
-            num_classes,
+            num_classes: shape.num_classes,
             stages,
             stem_width: scale(32),
-            stem_stride: if small_stem { 1 } else { 2 },
-            drop_path_rate,
+            stem_stride: if shape.small_stem { 1 } else { 2 },
+            drop_path_rate: shape.drop_path_rate,
             zero_init_last: true,
         };
         config.check()?;
@@ -127,24 +122,10 @@ impl RegNetConfig {
         check_bounds(self.num_classes, 1.0, self.drop_path_rate)?;
         Ok(())
     }
+}
 
-    /// Builds the model with timm's initialization on `device`, every value drawn now.
-    ///
-    /// # Errors
-    /// [`ConfigError`] as [`Self::check`].
-    pub fn init(&self, device: &Device) -> Result<RegNet, ConfigError> {
-        let model = self.build(device)?;
-        params::draw_all(&model);
-        Ok(model)
-    }
-
-    /// Trainable parameters, without drawing the weights.
-    ///
-    /// # Errors
-    /// [`ConfigError`] as [`Self::check`].
-    pub fn trainable_params(&self) -> Result<usize, ConfigError> {
-        Ok(params::trainable_count(&self.build(&Device::flex())?))
-    }
+impl Family for RegNetConfig {
+    type Net = RegNet;
 
     fn build(&self, device: &Device) -> Result<RegNet, ConfigError> {
         self.check()?;
@@ -215,19 +196,8 @@ impl ConvBn {
         zero_gamma: bool,
         device: &Device,
     ) -> Self {
-        let pad = kernel / 2;
-        let fan_out = kernel * kernel * out_ch / groups;
         ConvBn {
-            conv: Conv2dConfig::new([in_ch, out_ch], [kernel, kernel])
-                .with_stride([stride, stride])
-                .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
-                .with_groups(groups)
-                .with_bias(false)
-                .with_initializer(Initializer::Normal {
-                    mean: 0.0,
-                    std: (2.0 / fan_out as f64).sqrt(),
-                })
-                .init(device),
+            conv: conv_init::conv([in_ch, out_ch], [kernel, stride, groups], device),
             bn: BatchNorm::new(out_ch, zero_gamma, device),
         }
     }
@@ -274,7 +244,7 @@ impl Block {
         Block {
             conv1: ConvBn::new([s.in_ch, s.out], [1, 1, 1], false, device),
             conv2: ConvBn::new([s.out, s.out], [3, s.stride, s.groups], false, device),
-            se: SqueezeExcite::zero_bias(s.out, reduced, device),
+            se: SqueezeExcite::zero_bias(s.out, reduced, false, device),
             conv3: ConvBn::new([s.out, s.out], [1, 1, 1], s.zero_last, device),
             downsample: (s.in_ch != s.out || s.stride != 1)
                 .then(|| ConvBn::new([s.in_ch, s.out], [1, s.stride, 1], false, device)),
@@ -351,31 +321,6 @@ impl RegNet {
         }
         all
     }
-
-    /// Trainable parameters (BN statistics are buffers).
-    pub fn trainable_params(&self) -> usize {
-        params::trainable_count(self)
-    }
-
-    /// Calls `f` for every trainable parameter, in module order.
-    pub fn for_each_trainable(&self, f: impl FnMut(TrainableParam<'_>)) {
-        params::for_each_trainable(self, f);
-    }
-
-    /// How many values of the parameters and BN statistics are NaN or infinite (the last
-    /// forward's statistics settled first, as the ResNet's).
-    pub fn non_finite_values(&self) -> u64 {
-        for bn in self.batch_norms() {
-            let _ = bn.running_mean.value_sync();
-            let _ = bn.running_var.value_sync();
-        }
-        params::non_finite_values(self)
-    }
-
-    /// Folds the last training forward's BN running-statistics update into the stored values.
-    pub(crate) fn settle_running_stats(&self) {
-        let _ = self.valid();
-    }
 }
 
 /// Block-index renames between our stages (`s1.0.`) and timm's (`s1.b1.`): timm names a
@@ -416,10 +361,12 @@ mod tests {
 
     #[test]
     fn regnety_040_has_timms_parameter_count() {
-        let config = RegNetConfig::named("regnety_040", 1000, [1.0, 0.0], false).expect("ours");
+        let config =
+            RegNetConfig::named("regnety_040", &Shape::of(1000, [1.0, 0.0], false)).expect("ours");
         // timm 1.0.31: sum(p.numel() for p in create_model('regnety_040').parameters())
         assert_eq!(config.trainable_params().expect("config"), 20_646_656);
-        let small = RegNetConfig::named("regnety_002", 1000, [1.0, 0.0], false).expect("ours");
+        let small =
+            RegNetConfig::named("regnety_002", &Shape::of(1000, [1.0, 0.0], false)).expect("ours");
         assert_eq!(small.trainable_params().expect("config"), 3_162_996);
     }
 
@@ -430,16 +377,19 @@ mod tests {
             let model = crate::model::Network::RegNet(config.init(&device).expect("config"));
             describe(&crate::model::timm_weights::shapes(&model).expect("export"))
         };
-        let full = RegNetConfig::named("regnety_002", 7, [1.0, 0.0], false).expect("ours");
+        let full =
+            RegNetConfig::named("regnety_002", &Shape::of(7, [1.0, 0.0], false)).expect("ours");
         assert_eq!(named(full), "timm's regnety_002, 7 classes");
-        let narrow = RegNetConfig::named("regnety_002", 7, [0.25, 0.0], false).expect("ours");
+        let narrow =
+            RegNetConfig::named("regnety_002", &Shape::of(7, [0.25, 0.0], false)).expect("ours");
         assert!(named(narrow).starts_with("a RegNet with stages"));
     }
 
     #[test]
     fn a_narrow_regnet_keeps_whole_groups_and_trains() {
         let device = Device::flex().autodiff();
-        let config = RegNetConfig::named("regnety_040", 10, [0.125, 0.1], true).expect("ours");
+        let config =
+            RegNetConfig::named("regnety_040", &Shape::of(10, [0.125, 0.1], true)).expect("ours");
         for (w, _, g) in config.stages {
             assert_eq!(w % g, 0, "{:?}", config.stages);
         }

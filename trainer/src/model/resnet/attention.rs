@@ -7,7 +7,7 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv1d, Conv1dConfig, Conv2d};
 use burn::nn::{Initializer, PaddingConfig1d};
-use burn::tensor::activation::{relu, sigmoid};
+use burn::tensor::activation::{relu, sigmoid, silu};
 use burn::tensor::{Device, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -44,13 +44,17 @@ pub fn eca_kernel(channels: usize) -> usize {
     odd.max(3)
 }
 
-/// Squeeze-excite with timm's parameter names (`se.fc1`, `se.fc2`, both with bias).
+/// Squeeze-excite with timm's parameter names (`se.fc1`, `se.fc2`, both with bias; an
+/// EfficientNet's `conv_reduce` and `conv_expand` are renamed to them).
 #[derive(Module, Debug)]
 pub struct SqueezeExcite {
     /// 1×1 reduction, channels → [`se_channels`].
     pub fc1: Conv2d,
     /// 1×1 expansion back to the channels.
     pub fc2: Conv2d,
+    /// SiLU between the two (EfficientNet's); ReLU otherwise.
+    #[module(skip)]
+    pub silu: bool,
 }
 
 impl SqueezeExcite {
@@ -61,12 +65,14 @@ impl SqueezeExcite {
         SqueezeExcite {
             fc1: with_bias(conv(channels, reduced, 1, 1, 1, device), channels, device),
             fc2: with_bias(conv(reduced, channels, 1, 1, 1, device), reduced, device),
+            silu: false,
         }
     }
 
-    /// RegNet's: `reduced` given (a quarter of the block's input width), the weights as above
-    /// and the biases zero (timm's RegNet `_init_weights` zeroes every convolution's bias).
-    pub fn zero_bias(channels: usize, reduced: usize, device: &Device) -> Self {
+    /// RegNet's and EfficientNet's: `reduced` given (a quarter of the block's input width),
+    /// the weights as above and the biases zero (their `_init_weights` zero every
+    /// convolution's bias); SiLU between with `silu`.
+    pub fn zero_bias(channels: usize, reduced: usize, silu: bool, device: &Device) -> Self {
         let zero = |mut c: Conv2d, out: usize| {
             c.bias = Some(Initializer::Zeros.init([out], device));
             c
@@ -74,13 +80,15 @@ impl SqueezeExcite {
         SqueezeExcite {
             fc1: zero(conv(channels, reduced, 1, 1, 1, device), reduced),
             fc2: zero(conv(reduced, channels, 1, 1, 1, device), channels),
+            silu,
         }
     }
 
     /// `x` scaled channel by channel by its gate.
     pub fn forward(&self, x: Tensor<4>, compute: Option<FloatDType>) -> Tensor<4> {
         let s = image_mean(&x);
-        let s = relu(amp::conv(&self.fc1, s, compute));
+        let s = amp::conv(&self.fc1, s, compute);
+        let s = if self.silu { silu(s) } else { relu(s) };
         let s = sigmoid(amp::conv(&self.fc2, s, compute));
         x * s
     }

@@ -362,14 +362,6 @@ impl ResNet {
         params::trainable_count(self)
     }
 
-    /// Folds the BN running-statistics update of the last training forward into the values a
-    /// file store reads. burn's `RunningState` keeps each thread's newest update pending until
-    /// the next forward (or `valid()`), while visitors, saving included, read the settled value:
-    /// without this a checkpoint or an export lags one step behind.
-    pub(crate) fn settle_running_stats(&self) {
-        let _ = self.valid();
-    }
-
     /// Every block, stage by stage.
     fn blocks(&self) -> impl Iterator<Item = &Block> {
         self.layer1

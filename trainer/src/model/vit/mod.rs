@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::amp;
 use crate::model::drop_path::{linear_rate, mix_key};
-use crate::model::params::{self, TrainableParam};
+use crate::model::network::{Family, Shape};
 use crate::model::resnet::{ConfigError, check_bounds};
 use block::Block;
 
@@ -87,36 +87,30 @@ pub fn describe(tensors: &std::collections::BTreeMap<String, Vec<usize>>) -> Str
 }
 
 impl VitConfig {
-    /// timm's `name` with `num_classes`, at `width` (heads `64 × width` wide), with 4×4
-    /// patches for `small_stem`, at `img_size` (its name's 224 when `None`), stochastic depth
-    /// `drop_path_rate`; checked.
+    /// timm's `name` at `shape`: classes, width (heads `64 × width` wide, their number kept),
+    /// 4×4 patches with the small stem, the image size (its name's 224 when `None`), stochastic
+    /// depth; checked.
     ///
     /// # Errors
     /// [`ConfigError::Model`] for a name that is not one of ours; [`ConfigError::Variant`] for
     /// an image size the patch does not divide, naming the model and the fix.
-    pub fn named(
-        name: &str,
-        num_classes: usize,
-        [width, drop_path_rate]: [f64; 2],
-        small_stem: bool,
-        img_size: Option<usize>,
-    ) -> Result<Self, ConfigError> {
+    pub fn named(name: &str, shape: &Shape) -> Result<Self, ConfigError> {
         let &(_, patch, dim, depth, heads) = MODELS
             .iter()
             .find(|m| m.0 == name)
             .ok_or_else(|| ConfigError::Model(name.to_string()))?;
-        check_bounds(num_classes, width, drop_path_rate)?;
-        let head_dim = ((dim / heads) as f64 * width).round().max(1.0) as usize;
+        check_bounds(shape.num_classes, shape.width, shape.drop_path_rate)?;
+        let head_dim = ((dim / heads) as f64 * shape.width).round().max(1.0) as usize;
         let config = VitConfig {
             name: name.to_string(),
-            num_classes,
-            img_size: img_size.unwrap_or(224),
-            patch: if small_stem { 4 } else { patch },
+            num_classes: shape.num_classes,
+            img_size: shape.img_size.unwrap_or(224),
+            patch: if shape.small_stem { 4 } else { patch },
             dim: head_dim * heads,
             depth,
             heads,
             mlp_ratio: 4,
-            drop_path_rate,
+            drop_path_rate: shape.drop_path_rate,
         };
         config.check()?;
         Ok(config)
@@ -148,25 +142,10 @@ impl VitConfig {
     fn patches(&self) -> usize {
         (self.img_size / self.patch).pow(2)
     }
+}
 
-    /// Builds the model with timm's initialization on `device` (values drawn now, in module
-    /// order, as the ResNet's are).
-    ///
-    /// # Errors
-    /// [`ConfigError`] as [`Self::check`].
-    pub fn init(&self, device: &Device) -> Result<Vit, ConfigError> {
-        let model = self.build(device)?;
-        params::draw_all(&model);
-        Ok(model)
-    }
-
-    /// Trainable parameters, without drawing the weights.
-    ///
-    /// # Errors
-    /// [`ConfigError`] as [`Self::check`].
-    pub fn trainable_params(&self) -> Result<usize, ConfigError> {
-        Ok(self.build(&Device::flex())?.trainable_params())
-    }
+impl Family for VitConfig {
+    type Net = Vit;
 
     fn build(&self, device: &Device) -> Result<Vit, ConfigError> {
         self.check()?;
@@ -258,21 +237,6 @@ impl Vit {
         let cls = x.narrow(1, 0, 1).reshape([b, dim]);
         amp::linear(&self.head, cls, self.compute)
     }
-
-    /// Parameters the optimizer trains (all of a ViT's).
-    pub fn trainable_params(&self) -> usize {
-        params::trainable_count(self)
-    }
-
-    /// Calls `f` for every parameter, in module order.
-    pub fn for_each_trainable(&self, f: impl FnMut(TrainableParam<'_>)) {
-        params::for_each_trainable(self, f);
-    }
-
-    /// How many parameter values are NaN or infinite.
-    pub fn non_finite_values(&self) -> u64 {
-        params::non_finite_values(self)
-    }
 }
 
 #[cfg(test)]
@@ -286,32 +250,53 @@ mod tests {
 
     #[test]
     fn vit_small_has_timms_parameter_count() {
-        let config =
-            VitConfig::named("vit_small_patch16_224", 1000, [1.0, 0.0], false, None).expect("ours");
+        let config = VitConfig::named("vit_small_patch16_224", &Shape::of(1000, [1.0, 0.0], false))
+            .expect("ours");
         // timm 1.0.31: sum(p.numel() for p in create_model('vit_small_patch16_224').parameters())
         assert_eq!(config.trainable_params().expect("config"), 22_050_664);
-        let tiny =
-            VitConfig::named("vit_tiny_patch16_224", 1000, [1.0, 0.0], false, None).expect("ours");
+        let tiny = VitConfig::named("vit_tiny_patch16_224", &Shape::of(1000, [1.0, 0.0], false))
+            .expect("ours");
         assert_eq!(tiny.trainable_params().expect("config"), 5_717_416);
     }
 
     #[test]
     fn an_image_the_patch_does_not_divide_is_refused_with_the_sizes_that_fit() {
-        let err = VitConfig::named("vit_small_patch16_224", 10, [1.0, 0.0], false, Some(200))
-            .expect_err("200 = 12.5 patches")
-            .to_string();
+        let err = VitConfig::named(
+            "vit_small_patch16_224",
+            &Shape {
+                img_size: Some(200),
+                ..Shape::of(10, [1.0, 0.0], false)
+            },
+        )
+        .expect_err("200 = 12.5 patches")
+        .to_string();
         assert!(
             err.contains("vit_small_patch16_224") && err.contains("use 192 or 208"),
             "{err}"
         );
-        assert!(VitConfig::named("vit_small_patch16_224", 10, [1.0, 0.0], true, Some(32)).is_ok());
+        assert!(
+            VitConfig::named(
+                "vit_small_patch16_224",
+                &Shape {
+                    img_size: Some(32),
+                    ..Shape::of(10, [1.0, 0.0], true)
+                }
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn a_small_vit_gives_logits_of_the_right_shape_and_trains() {
         let device = Device::flex().autodiff();
-        let config = VitConfig::named("vit_small_patch16_224", 10, [0.125, 0.1], true, Some(16))
-            .expect("ours");
+        let config = VitConfig::named(
+            "vit_small_patch16_224",
+            &Shape {
+                img_size: Some(16),
+                ..Shape::of(10, [0.125, 0.1], true)
+            },
+        )
+        .expect("ours");
         assert_eq!((config.dim, config.patch), (48, 4));
         let model = config.init(&device).expect("config");
         let y = model.forward_with(random_images(2, 16, &device), Some(7));
