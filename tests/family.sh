@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# timm's ResNet family through the loader daemon: each model trains the smoke recipe on a
+# timm's architectures through the loader daemon: each model trains the smoke recipe on a
 # generated 10-class dataset for STEPS steps, then again for half of them and resumed to all;
 # prints, per model, its parameters, the mean loss of the first and the last five steps, and
 # whether the resumed run's losses equal the uninterrupted run's. Exits 1 if a loss did not go
@@ -7,7 +7,8 @@
 #
 # Usage: tests/family.sh [STEPS [MODEL...]]
 #   STEPS: 60 by default (two epochs of the smoke recipe). MODELs: timm's names, by default
-#   resnet18 resnet50d resnext50_32x4d seresnet50 ecaresnet50t. Uses target/release binaries
+#   resnet18 resnet50d resnext50_32x4d seresnet50 ecaresnet50t regnety_040 efficientnet_b0
+#   vit_small_patch16_224. Uses target/release binaries
 #   (RSB_BIN_DIR to use others; built with cargo build --release --locked when absent) and
 #   target/family (RSB_FAMILY_DIR).
 set -euo pipefail
@@ -19,7 +20,8 @@ cd "$(dirname "$0")/.."
 steps=${1:-60}
 shift || true
 models=("$@")
-(( ${#models[@]} )) || models=(resnet18 resnet50d resnext50_32x4d seresnet50 ecaresnet50t)
+(( ${#models[@]} )) || models=(resnet18 resnet50d resnext50_32x4d seresnet50 ecaresnet50t
+  regnety_040 efficientnet_b0 vit_small_patch16_224)
 (( steps >= 12 )) || { echo "STEPS must be at least 12 (two windows of five and a resume)" >&2; exit 2; }
 work=${RSB_FAMILY_DIR:-target/family}
 # shellcheck source=tests/bins.sh
