@@ -9,7 +9,7 @@ use shard_tool::console::number_in;
 use trainer::data::DataSource;
 use trainer::device::{DeviceKind, Precision};
 use trainer::model::NetworkConfig;
-use trainer::model::network::Shape;
+use trainer::model::family::Shape;
 use trainer::recipe::TrainConfig;
 use trainer::recipe::ranges;
 

@@ -132,7 +132,7 @@ pub enum BenchError {
     Device(#[from] crate::device::DeviceError),
     /// Model configuration.
     #[error(transparent)]
-    Config(#[from] crate::model::resnet::ConfigError),
+    Config(#[from] crate::model::family::ConfigError),
     /// A step failed.
     #[error(transparent)]
     Step(#[from] crate::step::StepError),

@@ -202,7 +202,7 @@ fn inputs(
     size: usize,
     seed: u64,
     device: &Device,
-) -> Result<(Network, TensorData, Vec<u32>), crate::model::resnet::ConfigError> {
+) -> Result<(Network, TensorData, Vec<u32>), crate::model::family::ConfigError> {
     device.seed(seed);
     let model = config.init(device)?;
     let x = Tensor::<4>::random(
@@ -261,7 +261,7 @@ pub fn compare_devices(
     reference: &Device,
     target: &Device,
     compute: [Option<FloatDType>; 2],
-) -> Result<Vec<Difference>, crate::model::resnet::ConfigError> {
+) -> Result<Vec<Difference>, crate::model::family::ConfigError> {
     let (mut a, x, labels) = inputs(config, batch, size, seed, reference)?;
     let mut b = copy_params(&a, config.init(target)?);
     a.set_compute(compute[0]);
@@ -305,7 +305,7 @@ pub fn rounding_floor(
     device: &Device,
     compute: Option<FloatDType>,
     epsilon: f64,
-) -> Result<Vec<Difference>, crate::model::resnet::ConfigError> {
+) -> Result<Vec<Difference>, crate::model::family::ConfigError> {
     let (mut a, x, labels) = inputs(config, batch, size, seed, device)?;
     a.set_compute(compute);
     let mut b = copy_params(&a, config.init(device)?);

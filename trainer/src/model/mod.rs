@@ -7,10 +7,12 @@
 //! ([`seeded`]). Where a model runs is [`crate::device`].
 
 pub mod amp;
+pub mod attention;
 pub mod batch_norm;
 pub mod conv_init;
 pub mod drop_path;
 pub mod efficientnet;
+pub mod family;
 pub mod float_types;
 pub mod network;
 pub mod params;

@@ -14,9 +14,10 @@ use burn::tensor::{Device, FloatDType, Tensor};
 
 use crate::model::batch_norm::BatchNorm;
 use crate::model::efficientnet::{self, EfficientNet, EfficientNetConfig};
+pub use crate::model::family::{ConfigError, Family, Shape};
 use crate::model::params;
 use crate::model::regnet::{self, RegNet, RegNetConfig};
-use crate::model::resnet::{self, ConfigError, ResNet, ResNetConfig, TrainableParam};
+use crate::model::resnet::{self, ResNet, ResNetConfig, TrainableParam};
 use crate::model::vit::{self, Vit, VitConfig};
 
 /// A network of one of the families we build.
@@ -46,68 +47,6 @@ pub enum NetworkConfig {
     EfficientNet(EfficientNetConfig),
     /// timm's Vision Transformer.
     Vit(VitConfig),
-}
-
-/// A family's configuration builds its network; initializing it and counting its parameters
-/// are the same for every family.
-pub trait Family {
-    /// The family's network.
-    type Net: Module;
-
-    /// The network with its parameters' values not drawn yet (burn's lazy parameters).
-    ///
-    /// # Errors
-    /// [`ConfigError`] for a value out of range.
-    fn build(&self, device: &Device) -> Result<Self::Net, ConfigError>;
-
-    /// The network with timm's initialization on `device`, every value drawn now, in module
-    /// order ([`params::draw_all`]).
-    ///
-    /// # Errors
-    /// [`ConfigError`] as [`Family::build`].
-    fn init(&self, device: &Device) -> Result<Self::Net, ConfigError> {
-        let model = self.build(device)?;
-        params::draw_all(&model);
-        Ok(model)
-    }
-
-    /// timm's parameter count, without drawing or holding the weights.
-    ///
-    /// # Errors
-    /// [`ConfigError`] as [`Family::build`].
-    fn trainable_params(&self) -> Result<usize, ConfigError> {
-        Ok(params::trainable_count(&self.build(&Device::flex())?))
-    }
-}
-
-/// What every family takes from the recipe besides its name.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Shape {
-    /// Classes of the classifier.
-    pub num_classes: usize,
-    /// Multiplies every channel count (1.0 = timm's model).
-    pub width: f64,
-    /// A stem without downsampling, for 32×32 images.
-    pub small_stem: bool,
-    /// timm's `drop_path_rate`.
-    pub drop_path_rate: f64,
-    /// The training image side, where the network depends on it (a ViT's position
-    /// embeddings); `None`: the model name's (224).
-    pub img_size: Option<usize>,
-}
-
-impl Shape {
-    /// `num_classes` at `width`, with stochastic depth `drop_path_rate`, with or without the
-    /// small stem; the model name's image size.
-    pub fn of(num_classes: usize, [width, drop_path_rate]: [f64; 2], small_stem: bool) -> Self {
-        Shape {
-            num_classes,
-            width,
-            small_stem,
-            drop_path_rate,
-            img_size: None,
-        }
-    }
 }
 
 /// Every name `--model` takes, comma-separated (for messages and `--help`).
@@ -166,7 +105,11 @@ impl NetworkConfig {
                 name, &shape,
             )?));
         }
-        let (depth, variant) = resnet::timm_model(name)?;
+        // The last family to ask: a name none takes is refused with every family's names.
+        let (depth, variant) = resnet::timm_model(name).map_err(|_| ConfigError::Model {
+            name: name.to_string(),
+            known: model_names(),
+        })?;
         let config = NetworkConfig::ResNet(ResNetConfig {
             depth,
             num_classes: shape.num_classes,

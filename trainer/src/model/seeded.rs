@@ -7,8 +7,8 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::device::DeviceKind;
+use crate::model::family::ConfigError;
 use crate::model::network::{Network, NetworkConfig};
-use crate::model::resnet::ConfigError;
 
 /// `config`'s model on `device` (of `kind`), its weights drawn from `seed` on the CPU. The
 /// device is seeded with `seed` too, for what draws from its generator later.

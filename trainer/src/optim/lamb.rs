@@ -381,7 +381,7 @@ mod tests {
         // A ViT adds its position embeddings and class token (timm's no_weight_decay()):
         // create_optimizer_v2(vit_small_patch16_224, 'lamb', weight_decay=0.02) has groups of
         // 102 and 50 tensors.
-        let shape = crate::model::network::Shape {
+        let shape = crate::model::family::Shape {
             num_classes: 1000,
             width: 1.0,
             small_stem: false,
@@ -389,7 +389,7 @@ mod tests {
             img_size: None,
         };
         let vit = crate::model::vit::VitConfig::named("vit_small_patch16_224", &shape)
-            .and_then(|c| crate::model::network::Family::init(&c, &Device::flex()))
+            .and_then(|c| crate::model::family::Family::init(&c, &Device::flex()))
             .map(Network::Vit)
             .expect("config");
         let mut all = 0;

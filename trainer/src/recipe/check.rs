@@ -6,8 +6,8 @@
 use loader::request::transform::SettingError;
 
 use super::{DataJobs, TrainConfig};
+use crate::model::family::ConfigError;
 use crate::model::network::model_names;
-use crate::model::resnet::ConfigError;
 
 /// The ranges of the recipe's numbers: what the gate allows, and what the command line's
 /// flags take where they are parsed (`--lr 1e300` is refused by clap, naming the range, before
@@ -114,7 +114,7 @@ impl TrainConfig {
         // The model as the recipe sizes it: a name we build, and (a ViT) an image size its
         // patch divides and evaluation at that size.
         match self.model() {
-            Err(ConfigError::Model(_)) => {
+            Err(ConfigError::Model { .. }) => {
                 return Err(SettingError::new(
                     "model",
                     format!("{:?}", self.model),

@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use loader::request::transform::SettingError;
 
+use crate::model::family::ConfigError;
 use crate::model::network::{NetworkConfig, Shape};
-use crate::model::resnet::ConfigError;
 use crate::optim::schedule::CosineSchedule;
 use crate::step::loss::LossKind;
 use crate::step::mixup::MixupConfig;

@@ -106,7 +106,7 @@ pub enum TrainError {
     Device(#[from] crate::device::DeviceError),
     /// The model.
     #[error(transparent)]
-    Model(#[from] crate::model::resnet::ConfigError),
+    Model(#[from] crate::model::family::ConfigError),
     /// A step.
     #[error(transparent)]
     Step(#[from] StepError),

@@ -12,7 +12,7 @@ use crate::data::upload::Uploader;
 use crate::device::DeviceError;
 use crate::device::{DeviceKind, Precision};
 use crate::eval::Target;
-use crate::model::resnet::ConfigError;
+use crate::model::family::ConfigError;
 use crate::model::timm_weights::{self, Imported, TimmWeightsError};
 use crate::model::{Network, NetworkConfig, seeded};
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use trainer::model::NetworkConfig;
-use trainer::model::network::Shape;
+use trainer::model::family::Shape;
 use trainer::model::timm_weights;
 
 use crate::common;

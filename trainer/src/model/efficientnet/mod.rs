@@ -18,12 +18,11 @@ use burn::tensor::{Device, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::model::amp;
+use crate::model::attention::SqueezeExcite;
 use crate::model::batch_norm::BatchNorm;
 use crate::model::conv_init::conv;
 use crate::model::drop_path::{drop_path, mix_key};
-use crate::model::network::{Family, Shape};
-use crate::model::resnet::attention::SqueezeExcite;
-use crate::model::resnet::{ConfigError, check_bounds};
+use crate::model::family::{ConfigError, Family, Shape, check_bounds};
 
 /// One stage of timm's `arch_def`: depthwise separable (`ds`) or inverted residual (`ir`),
 /// repeats, kernel, stride, expansion, output channels (all with `se0.25`).
@@ -111,7 +110,10 @@ impl EfficientNetConfig {
     /// value out of range.
     pub fn named(name: &str, shape: &Shape) -> Result<Self, ConfigError> {
         if !is_efficientnet(name) {
-            return Err(ConfigError::Model(name.to_string()));
+            return Err(ConfigError::Model {
+                name: name.to_string(),
+                known: model_names(),
+            });
         }
         check_bounds(shape.num_classes, shape.width, shape.drop_path_rate)?;
         Ok(EfficientNetConfig {

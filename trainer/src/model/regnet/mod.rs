@@ -19,12 +19,11 @@ use burn::tensor::{Device, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::model::amp;
+use crate::model::attention::SqueezeExcite;
 use crate::model::batch_norm::BatchNorm;
 use crate::model::conv_init;
 use crate::model::drop_path::{drop_path, linear_rate, mix_key};
-use crate::model::network::{Family, Shape};
-use crate::model::resnet::attention::SqueezeExcite;
-use crate::model::resnet::{ConfigError, check_bounds};
+use crate::model::family::{ConfigError, Family, Shape, check_bounds};
 use cpu_kernels::residual;
 use widths::Stage;
 
@@ -87,8 +86,10 @@ impl RegNetConfig {
     /// [`ConfigError::Model`] for a name that is not one of ours; another [`ConfigError`] for a
     /// value out of range.
     pub fn named(name: &str, shape: &Shape) -> Result<Self, ConfigError> {
-        let (w0, wa, wm, group, depth) =
-            design(name).ok_or_else(|| ConfigError::Model(name.to_string()))?;
+        let (w0, wa, wm, group, depth) = design(name).ok_or_else(|| ConfigError::Model {
+            name: name.to_string(),
+            known: model_names(),
+        })?;
         check_bounds(shape.num_classes, shape.width, shape.drop_path_rate)?;
         let stages = widths::stages(w0, wa, wm, depth, group).ok_or_else(|| {
             ConfigError::Variant(format!("{name}: its widths do not make four stages"))

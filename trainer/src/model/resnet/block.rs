@@ -9,10 +9,10 @@ use burn::tensor::module::avg_pool2d;
 use burn::tensor::ops::AvgPoolOptions;
 use burn::tensor::{Device, FloatDType, Tensor};
 
-use super::attention::{AttentionKind, Eca, SqueezeExcite};
-use super::conv;
 use crate::model::amp;
+use crate::model::attention::{AttentionKind, Eca, SqueezeExcite};
 use crate::model::batch_norm::BatchNorm;
+use crate::model::conv_init::kaiming as conv;
 use crate::model::drop_path::drop_path;
 use cpu_kernels::residual;
 

@@ -8,25 +8,25 @@
 //! Field names follow timm's state dict (`conv1`, `bn1`, `layer1.0.conv2`, `fc`, ...), so that
 //! exported weights load into `timm.create_model(name)` with only the adapter's renames.
 
-pub mod attention;
 pub mod block;
 pub mod names;
 pub mod stem;
 
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::conv::Conv2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Device, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::model::amp;
+use crate::model::attention::AttentionKind;
 use crate::model::batch_norm::BatchNorm;
+use crate::model::conv_init::kaiming as conv;
 use crate::model::drop_path::{linear_rate, mix_key};
 use crate::model::params;
 pub use crate::model::params::TrainableParam;
-use attention::AttentionKind;
 use block::{Block, BlockSpec};
 use cpu_kernels::max_pool;
 pub use names::{model_names, timm_model};
@@ -80,53 +80,7 @@ pub struct ResNetConfig {
     pub variant: Variant,
 }
 
-/// Errors in a [`ResNetConfig`].
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A depth that timm does not define.
-    #[error("ResNet depth {0} is not one of 18, 26, 34, 50, 101, 152")]
-    Depth(usize),
-    /// A width multiplier outside the recipe's bounds.
-    #[error("width multiplier {0} is outside (0, 8] (1.0 is timm's model)")]
-    Width(f64),
-    /// A class count outside the recipe's bounds.
-    #[error("num_classes {0} is outside 1..=1000000")]
-    Classes(usize),
-    /// A stochastic-depth rate that is not a probability below 1.
-    #[error("drop_path rate {0} is outside [0, 1)")]
-    DropPath(f64),
-    /// A model name that is not one we build.
-    #[error(
-        "model \"{0}\" is not one rsb builds; use one of timm's names: {names}",
-        names = crate::model::network::model_names()
-    )]
-    Model(String),
-    /// Arguments timm's class refuses.
-    #[error("{0}")]
-    Variant(String),
-}
-
-/// The bounds every family's configuration keeps (`recipe::check` has the same): a width of
-/// 1e9 would ask for terabytes, 0 classes would build a model that predicts nothing.
-///
-/// # Errors
-/// [`ConfigError`] naming the value.
-pub fn check_bounds(
-    num_classes: usize,
-    width: f64,
-    drop_path_rate: f64,
-) -> Result<(), ConfigError> {
-    if !(width > 0.0 && width <= 8.0) {
-        return Err(ConfigError::Width(width));
-    }
-    if !(1..=1_000_000).contains(&num_classes) {
-        return Err(ConfigError::Classes(num_classes));
-    }
-    if !(0.0..1.0).contains(&drop_path_rate) {
-        return Err(ConfigError::DropPath(drop_path_rate));
-    }
-    Ok(())
-}
+pub use crate::model::family::{ConfigError, check_bounds};
 
 impl ResNetConfig {
     /// timm's `resnet50`: 1000 classes, full width, ImageNet stem, no stochastic depth.
@@ -290,38 +244,6 @@ impl ResNetConfig {
             avg_down: self.variant.avg_down,
         })
     }
-}
-
-/// timm's `kaiming_normal_(mode='fan_out', nonlinearity='relu')`, no bias. PyTorch's fan-out
-/// of a grouped convolution is `out × k × k`, not divided by the groups as burn's
-/// initializer divides it, so a grouped one draws from the normal with PyTorch's deviation.
-fn conv(
-    in_ch: usize,
-    out_ch: usize,
-    kernel: usize,
-    stride: usize,
-    groups: usize,
-    device: &Device,
-) -> Conv2d {
-    let pad = kernel / 2;
-    let initializer = if groups == 1 {
-        Initializer::KaimingNormal {
-            gain: 2f64.sqrt(),
-            fan_out_only: true,
-        }
-    } else {
-        Initializer::Normal {
-            mean: 0.0,
-            std: (2.0 / (out_ch * kernel * kernel) as f64).sqrt(),
-        }
-    };
-    Conv2dConfig::new([in_ch, out_ch], [kernel, kernel])
-        .with_stride([stride, stride])
-        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
-        .with_groups(groups)
-        .with_bias(false)
-        .with_initializer(initializer)
-        .init(device)
 }
 
 /// A ResNet; see the module documentation.

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use super::attention::AttentionKind;
 use super::stem::StemType;
 use super::{ConfigError, Variant};
+use crate::model::attention::AttentionKind;
 
 /// One timm model: its name, depth and arguments.
 struct Named {
@@ -105,7 +105,10 @@ pub fn timm_model(name: &str) -> Result<(usize, Variant), ConfigError> {
         .iter()
         .find(|m| m.name == name)
         .map(|m| (m.depth, m.variant))
-        .ok_or_else(|| ConfigError::Model(name.to_string()))
+        .ok_or_else(|| ConfigError::Model {
+            name: name.to_string(),
+            known: model_names(),
+        })
 }
 
 /// The names [`timm_model`] takes, comma-separated (for messages and `--help`).

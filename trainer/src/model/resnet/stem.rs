@@ -10,9 +10,9 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::{Device, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::conv;
 use crate::model::amp;
 use crate::model::batch_norm::BatchNorm;
+use crate::model::conv_init::kaiming as conv;
 
 /// timm's `stem_type`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

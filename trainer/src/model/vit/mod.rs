@@ -18,8 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::amp;
 use crate::model::drop_path::{linear_rate, mix_key};
-use crate::model::network::{Family, Shape};
-use crate::model::resnet::{ConfigError, check_bounds};
+use crate::model::family::{ConfigError, Family, Shape, check_bounds};
 use block::Block;
 
 /// Which ViT to build.
@@ -95,10 +94,14 @@ impl VitConfig {
     /// [`ConfigError::Model`] for a name that is not one of ours; [`ConfigError::Variant`] for
     /// an image size the patch does not divide, naming the model and the fix.
     pub fn named(name: &str, shape: &Shape) -> Result<Self, ConfigError> {
-        let &(_, patch, dim, depth, heads) = MODELS
-            .iter()
-            .find(|m| m.0 == name)
-            .ok_or_else(|| ConfigError::Model(name.to_string()))?;
+        let &(_, patch, dim, depth, heads) =
+            MODELS
+                .iter()
+                .find(|m| m.0 == name)
+                .ok_or_else(|| ConfigError::Model {
+                    name: name.to_string(),
+                    known: model_names(),
+                })?;
         check_bounds(shape.num_classes, shape.width, shape.drop_path_rate)?;
         let head_dim = ((dim / heads) as f64 * shape.width).round().max(1.0) as usize;
         let config = VitConfig {

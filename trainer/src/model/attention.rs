@@ -11,8 +11,8 @@ use burn::tensor::activation::{relu, sigmoid, silu};
 use burn::tensor::{Device, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::conv;
 use crate::model::amp;
+use crate::model::conv_init::kaiming as conv;
 
 /// Which attention a block has (timm's `block_args=dict(attn_layer=...)`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
