@@ -84,14 +84,8 @@ fn named_values(model: &Network, grads: Option<&Gradients>) -> Vec<(String, Vec<
         out: Vec<(String, Vec<f64>)>,
     }
     impl ModuleVisitor for Walk<'_> {
-        fn enter_module(&mut self, name: &str, container: &str) {
-            // The network's family (the enum's variant) is no part of a parameter's name.
-            let family = container.starts_with("Enum:");
-            self.path.push(if family {
-                String::new()
-            } else {
-                name.to_string()
-            });
+        fn enter_module(&mut self, name: &str, _container: &str) {
+            self.path.push(name.to_string());
         }
         fn exit_module(&mut self, _name: &str, _container: &str) {
             self.path.pop();
@@ -102,13 +96,7 @@ fn named_values(model: &Network, grads: Option<&Gradients>) -> Vec<(String, Vec<
                 None => Some(param.val()),
             };
             if let Some(value) = value {
-                let name: Vec<&str> = self
-                    .path
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|p| !p.is_empty())
-                    .collect();
-                self.out.push((name.join("."), host(value)));
+                self.out.push((self.path.join("."), host(value)));
             }
         }
     }
@@ -117,7 +105,7 @@ fn named_values(model: &Network, grads: Option<&Gradients>) -> Vec<(String, Vec<
         grads,
         out: Vec::new(),
     };
-    model.visit(&mut walk);
+    model.visit_family(&mut walk);
     walk.out
 }
 

@@ -98,6 +98,7 @@ pub fn matmul<const D: usize>(
 mod tests {
     use super::*;
     use crate::device::AMP_COMPUTE as COMPUTE;
+    use crate::model::family::Family;
     use burn::module::{Module, ModuleVisitor, Param};
     use burn::optim::GradientsParams;
     use burn::tensor::{DType, Device, Distribution};

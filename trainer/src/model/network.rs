@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor};
 use burn::nn::Linear;
 use burn::tensor::{Device, FloatDType, Tensor};
 
@@ -320,6 +320,17 @@ impl Network {
             Network::RegNet(m) => m.head.fc = head,
             Network::EfficientNet(m) => m.classifier = head,
             Network::Vit(m) => m.head = head,
+        }
+    }
+
+    /// Visits the family's module, so that the paths the visitor sees are the parameters' own
+    /// (`layer1.0.conv1.weight`), without the enum's variant in front.
+    pub fn visit_family<V: ModuleVisitor>(&self, visitor: &mut V) {
+        match self {
+            Network::ResNet(m) => m.visit(visitor),
+            Network::RegNet(m) => m.visit(visitor),
+            Network::EfficientNet(m) => m.visit(visitor),
+            Network::Vit(m) => m.visit(visitor),
         }
     }
 

@@ -64,6 +64,7 @@ pub fn copy_params(from: &Network, to: Network) -> Network {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::family::Family;
     use crate::model::resnet::{ResNet, ResNetConfig};
 
     #[test]

@@ -352,6 +352,7 @@ fn load_store(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::family::Family;
     use crate::model::resnet::ResNetConfig;
     use burn::module::{Module, ModuleVisitor, Param};
     use burn::tensor::{Device, Tensor};

@@ -185,6 +185,7 @@ pub(crate) fn clip_global_norm(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::family::Family;
     use crate::model::resnet::ResNetConfig;
     use burn::tensor::{Device, TensorData};
     use rand::{Rng, SeedableRng};

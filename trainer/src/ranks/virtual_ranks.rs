@@ -425,6 +425,7 @@ mod tests {
     use super::*;
     use crate::data::upload::{Pixels, Uploader};
     use crate::device::{DeviceKind, under_test};
+    use crate::model::family::Family;
     use crate::model::resnet::ResNetConfig;
     use crate::optim::lamb::{LambOptions, TimmLamb};
     use crate::ranks::processes::Alone;

@@ -14,6 +14,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 use trainer::model::Network;
+use trainer::model::family::Family;
 use trainer::model::resnet::ResNetConfig;
 use trainer::model::timm_weights;
 use trainer::optim::lamb::{LambOptions, TimmLamb};
@@ -205,16 +206,11 @@ fn timm_names(model: &Network) -> HashMap<ParamId, (String, bool)> {
         out: HashMap<ParamId, (String, bool)>,
     }
     impl ModuleVisitor for Walk {
-        fn enter_module(&mut self, name: &str, container: &str) {
-            // The network's family (the enum's variant) is no part of timm's names.
-            if !container.starts_with("Enum:") {
-                self.path.push(name.to_string());
-            }
+        fn enter_module(&mut self, name: &str, _container: &str) {
+            self.path.push(name.to_string());
         }
-        fn exit_module(&mut self, _name: &str, container: &str) {
-            if !container.starts_with("Enum:") {
-                self.path.pop();
-            }
+        fn exit_module(&mut self, _name: &str, _container: &str) {
+            self.path.pop();
         }
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
             if !self.trainable.contains(&p.id) {
@@ -237,7 +233,7 @@ fn timm_names(model: &Network) -> HashMap<ParamId, (String, bool)> {
         trainable,
         out: HashMap::new(),
     };
-    model.visit(&mut walk);
+    model.visit_family(&mut walk);
     walk.out
 }
 

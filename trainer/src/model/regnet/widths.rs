@@ -15,7 +15,7 @@ pub fn stages(w0: usize, wa: f64, wm: f64, depth: usize, group_size: usize) -> O
     // torch: arange(depth, float32) * wa + w0, the Python floats taken as float32.
     let (w0f, waf, wmf) = (w0 as f32, wa as f32, wm as f32);
     let log_wm = wm.ln() as f32;
-    let widths: Vec<usize> = (0..depth)
+    let mut widths: Vec<usize> = (0..depth)
         .map(|j| {
             let cont = j as f32 * waf + w0f;
             let exp = ((cont / w0f).ln() / log_wm).round_ties_even();
@@ -23,10 +23,9 @@ pub fn stages(w0: usize, wa: f64, wm: f64, depth: usize, group_size: usize) -> O
         })
         .collect();
     let mut out: Vec<Stage> = Vec::new();
-    // torch.unique (sorted) with counts; the widths never decrease.
-    let mut sorted = widths.clone();
-    sorted.sort_unstable();
-    for w in sorted {
+    // torch.unique (sorted) with counts.
+    widths.sort_unstable();
+    for w in widths {
         match out.last_mut() {
             Some(last) if last.0 == w => last.1 += 1,
             _ => out.push((w, 1, group_size)),

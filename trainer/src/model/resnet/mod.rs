@@ -25,6 +25,7 @@ use crate::model::attention::AttentionKind;
 use crate::model::batch_norm::BatchNorm;
 use crate::model::conv_init::kaiming as conv;
 use crate::model::drop_path::{linear_rate, mix_key};
+use crate::model::family::Family;
 use crate::model::params;
 pub use crate::model::params::TrainableParam;
 use block::{Block, BlockSpec};
@@ -82,6 +83,22 @@ pub struct ResNetConfig {
 
 pub use crate::model::family::{ConfigError, check_bounds};
 
+/// Blocks per stage and whether they are bottlenecks, for timm's ResNet depths.
+///
+/// # Errors
+/// [`ConfigError::Depth`] for a depth timm does not define.
+pub(crate) fn layout(depth: usize) -> Result<([usize; 4], bool), ConfigError> {
+    Ok(match depth {
+        18 => ([2, 2, 2, 2], false),
+        34 => ([3, 4, 6, 3], false),
+        26 => ([2, 2, 2, 2], true),
+        50 => ([3, 4, 6, 3], true),
+        101 => ([3, 4, 23, 3], true),
+        152 => ([3, 8, 36, 3], true),
+        d => return Err(ConfigError::Depth(d)),
+    })
+}
+
 impl ResNetConfig {
     /// timm's `resnet50`: 1000 classes, full width, ImageNet stem, no stochastic depth.
     pub fn resnet50() -> Self {
@@ -110,19 +127,6 @@ impl ResNetConfig {
         })
     }
 
-    /// Blocks per stage and whether they are bottlenecks.
-    fn layout(&self) -> Result<([usize; 4], bool), ConfigError> {
-        Ok(match self.depth {
-            18 => ([2, 2, 2, 2], false),
-            34 => ([3, 4, 6, 3], false),
-            26 => ([2, 2, 2, 2], true),
-            50 => ([3, 4, 6, 3], true),
-            101 => ([3, 4, 23, 3], true),
-            152 => ([3, 8, 36, 3], true),
-            d => return Err(ConfigError::Depth(d)),
-        })
-    }
-
     fn channels(&self, base: usize) -> usize {
         ((base as f64 * self.width).round() as usize).max(1)
     }
@@ -134,7 +138,7 @@ impl ResNetConfig {
     /// # Errors
     /// [`ConfigError`] naming the value.
     pub fn check(&self) -> Result<(), ConfigError> {
-        let (_, bottleneck) = self.layout()?;
+        let (_, bottleneck) = layout(self.depth)?;
         check_bounds(self.num_classes, self.width, self.drop_path_rate)?;
         let v = &self.variant;
         if !bottleneck && (v.cardinality != 1 || v.base_width != 64) {
@@ -172,27 +176,14 @@ impl ResNetConfig {
             }
         }
     }
+}
 
-    /// Builds the model with timm's initialization on `device`.
-    pub fn init(&self, device: &Device) -> Result<ResNet, ConfigError> {
-        let model = self.build(device)?;
-        params::draw_all(&model);
-        Ok(model)
-    }
+impl Family for ResNetConfig {
+    type Net = ResNet;
 
-    /// timm's `sum(p.numel() for p in model.parameters())` of the model, without drawing or
-    /// holding its weights (a study's table lists it for every model).
-    ///
-    /// # Errors
-    /// [`ConfigError`] as [`Self::check`].
-    pub fn trainable_params(&self) -> Result<usize, ConfigError> {
-        Ok(self.build(&Device::flex())?.trainable_params())
-    }
-
-    /// The model with its parameters' values not drawn yet (burn's lazy parameters).
     fn build(&self, device: &Device) -> Result<ResNet, ConfigError> {
         self.check()?;
-        let (blocks, bottleneck) = self.layout()?;
+        let (blocks, bottleneck) = layout(self.depth)?;
         let (conv1, stem, stem_out) = self.stem(device);
         let maxpool = (!self.small_stem).then(|| {
             MaxPool2dConfig::new([3, 3])
@@ -300,19 +291,6 @@ impl ResNet {
         all.push(&self.bn1);
         all.extend(self.blocks().flat_map(Block::batch_norms));
         all
-    }
-
-    /// How many values of the parameters and BN statistics are NaN or infinite: counted on
-    /// the device, one number read back.
-    pub fn non_finite_values(&self) -> u64 {
-        // The visitor reads a running statistic's last synced value: the batch's update since
-        // (the one a checkpoint would save) is applied first, or a NaN batch variance would
-        // pass this check and land in the checkpoint.
-        for bn in self.batch_norms() {
-            let _ = bn.running_mean.value_sync();
-            let _ = bn.running_var.value_sync();
-        }
-        params::non_finite_values(self)
     }
 
     /// Calls `f` for every trainable parameter (every float parameter but the BN running

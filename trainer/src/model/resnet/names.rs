@@ -174,15 +174,6 @@ pub fn describe(tensors: &BTreeMap<String, Vec<usize>>) -> String {
             AttentionKind::None
         },
     };
-    let layout = |m: &Named| {
-        let per_stage = match m.depth {
-            18 | 26 => [2, 2, 2, 2],
-            34 | 50 => [3, 4, 6, 3],
-            101 => [3, 4, 23, 3],
-            _ => [3, 8, 36, 3],
-        };
-        (per_stage, !matches!(m.depth, 18 | 34))
-    };
     // timm's widths (what `--width` scales): 64 planes in the first stage.
     let planes = if bottleneck {
         dim("layer1.0.conv3.weight", 0).map(|c| c / 4)
@@ -190,10 +181,11 @@ pub fn describe(tensors: &BTreeMap<String, Vec<usize>>) -> String {
         dim("layer1.0.conv2.weight", 0)
     };
     let full_width = planes == Some(64);
-    if let Some(m) = MODELS
-        .iter()
-        .find(|m| m.variant == variant && layout(m) == (blocks, bottleneck) && full_width)
-    {
+    if let Some(m) = MODELS.iter().find(|m| {
+        m.variant == variant
+            && super::layout(m.depth).ok() == Some((blocks, bottleneck))
+            && full_width
+    }) {
         return format!("timm's {}{classes}", m.name);
     }
     let mut features = vec![format!(
@@ -220,6 +212,7 @@ pub fn describe(tensors: &BTreeMap<String, Vec<usize>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::family::Family;
 
     #[test]
     fn exported_state_dicts_are_named_by_their_model() {
