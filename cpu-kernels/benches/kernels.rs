@@ -15,6 +15,7 @@ use burn::optim::Optimizer;
 use burn::tensor::activation::relu;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
+use cpu_kernels::activation::Activation;
 use cpu_kernels::batch_norm::{self, Norm};
 use cpu_kernels::lamb::{FusedLamb, Hyper};
 use cpu_kernels::simd::{self, CpuExt, CpuExtChoice};
@@ -101,35 +102,39 @@ fn bench_batch_norm(c: &mut Criterion) {
     let x = random([8, 256, 56, 56], 1, &device);
     let gamma = random([256], 2, &device);
     let beta = random([256], 3, &device);
-    let norm = Norm {
-        epsilon: 1e-5,
-        relu: true,
-    };
-    let mut group = c.benchmark_group("batch norm + relu 8x256x56x56, forward+backward");
-    for who in Who::ALL {
-        who.select();
-        group.bench_function(who.name(), |b| {
-            b.iter(|| {
-                let x = x.clone().require_grad();
-                let (gamma, beta) = (gamma.clone().require_grad(), beta.clone().require_grad());
-                let y = match who {
-                    Who::Flex => relu(
-                        burn::tensor::module::batch_norm_train(
-                            x.clone(),
-                            gamma.clone(),
-                            beta.clone(),
-                            norm.epsilon,
-                        )
-                        .output,
-                    ),
-                    _ => batch_norm::train(x.clone(), gamma.clone(), beta.clone(), norm).0,
-                };
-                let grads = y.sum().backward();
-                std::hint::black_box((x.grad(&grads), gamma.grad(&grads), beta.grad(&grads)));
-            })
-        });
+    for (activation, name) in [(Activation::Relu, "relu"), (Activation::Silu, "silu")] {
+        let norm = Norm {
+            epsilon: 1e-5,
+            activation,
+        };
+        let mut group =
+            c.benchmark_group(format!("batch norm + {name} 8x256x56x56, forward+backward"));
+        for who in Who::ALL {
+            who.select();
+            group.bench_function(who.name(), |b| {
+                b.iter(|| {
+                    let x = x.clone().require_grad();
+                    let (gamma, beta) = (gamma.clone().require_grad(), beta.clone().require_grad());
+                    let y = match who {
+                        Who::Flex => batch_norm::apply(
+                            burn::tensor::module::batch_norm_train(
+                                x.clone(),
+                                gamma.clone(),
+                                beta.clone(),
+                                norm.epsilon,
+                            )
+                            .output,
+                            activation,
+                        ),
+                        _ => batch_norm::train(x.clone(), gamma.clone(), beta.clone(), norm).0,
+                    };
+                    let grads = y.sum().backward();
+                    std::hint::black_box((x.grad(&grads), gamma.grad(&grads), beta.grad(&grads)));
+                })
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 fn bench_max_pool(c: &mut Criterion) {

@@ -15,7 +15,8 @@
 //! The operations:
 //! - [`conv`]: 2-D convolution as im2col and matrix products (gemm), with its input and weight
 //!   gradients;
-//! - [`batch_norm`]: batch norm in training, one pass for the statistics, the ReLU fused;
+//! - [`batch_norm`]: batch norm in training, one pass for the statistics, the activation
+//!   that follows fused ([`activation`]: ReLU or SiLU);
 //! - [`max_pool`]: the stem's max pooling, by phases, its gradient found again in the input;
 //! - [`residual`]: a block's `relu(branch + shortcut)` and its gradient;
 //! - [`lamb`]: one fused LAMB update per tensor, with burn's `Lamb` state.
@@ -29,6 +30,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod activation;
 pub mod batch_norm;
 pub mod conv;
 pub mod lamb;

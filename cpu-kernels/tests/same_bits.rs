@@ -7,6 +7,7 @@ use burn::nn::pool::MaxPool2dConfig;
 use burn::optim::Optimizer;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
+use cpu_kernels::activation::Activation;
 use cpu_kernels::batch_norm::{self, Norm};
 use cpu_kernels::lamb::{FusedLamb, Hyper};
 use cpu_kernels::simd::{self, CpuExt, CpuExtChoice};
@@ -41,7 +42,7 @@ fn everything() -> Vec<(&'static str, Vec<u32>)> {
     let beta = random([6], 6, &device).require_grad();
     let norm = Norm {
         epsilon: 1e-5,
-        relu: true,
+        activation: Activation::Relu,
     };
     let (y, mean, var) = batch_norm::train(x.clone(), gamma.clone(), beta.clone(), norm);
     let grads = (y.clone() * random(y.dims(), 7, &device)).sum().backward();
@@ -52,6 +53,23 @@ fn everything() -> Vec<(&'static str, Vec<u32>)> {
     out.push((
         "batch norm gamma gradient",
         bits(gamma.grad(&grads).unwrap()),
+    ));
+
+    // SiLU's exponential is a polynomial of ours: the same bits at every width too.
+    let norm = Norm {
+        epsilon: 1e-5,
+        activation: Activation::Silu,
+    };
+    let (y, _, _) = batch_norm::train(x.clone(), gamma.clone(), beta.clone(), norm);
+    let grads = (y.clone() * random(y.dims(), 15, &device)).sum().backward();
+    out.push(("batch norm + silu output", bits(y.detach())));
+    out.push((
+        "batch norm + silu input gradient",
+        bits(x.grad(&grads).unwrap()),
+    ));
+    out.push((
+        "batch norm + silu beta gradient",
+        bits(beta.grad(&grads).unwrap()),
     ));
 
     let x = random([2, 3, 15, 13], 8, &device).require_grad();

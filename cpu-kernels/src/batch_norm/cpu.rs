@@ -8,6 +8,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use crate::activation::{Activation, Identity, Pointwise, Relu, Silu};
 use crate::simd;
 use crate::slices::filled;
 
@@ -141,28 +142,43 @@ fn inverse_std(var: &[f32], epsilon: f64) -> Vec<f32> {
 }
 
 /// Channel `c`'s output as `y = x · scale + shift`: the f32 operations [`normalize`] does,
-/// which the fused ReLU's backward pass repeats to find where the output was positive.
+/// which the backward pass repeats to find the fused activation's input again.
 fn scale_shift(c: usize, (gamma, beta): (&[f32], &[f32]), mean: &[f32], inv: &[f32]) -> (f32, f32) {
     let scale = gamma[c] * inv[c];
     (scale, beta[c] - mean[c] * scale)
 }
 
-/// Whether a ReLU passes `y` and its gradient: above 0, or NaN (flex's relu keeps NaN, so a
-/// diverging run's NaN reaches the loss).
-#[inline(always)]
-fn passes(y: f32) -> bool {
-    y > 0.0 || y.is_nan()
+/// `f::<A>(args)` for the type `A` of `activation`: each kernel compiled once per activation.
+macro_rules! per_activation {
+    ($activation:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        match $activation {
+            Activation::Identity => $f::<Identity>($($arg),*),
+            Activation::Relu => $f::<Relu>($($arg),*),
+            Activation::Silu => $f::<Silu>($($arg),*),
+        }
+    };
 }
 
-/// `(x − mean) / sqrt(var + ε) · γ + β`, then with `relu` the ReLU that follows batch norm in
-/// a ResNet, fused (one pass over the activation less, forward and backward).
+/// `(x − mean) / sqrt(var + ε) · γ + β`, then the activation that follows batch norm (a
+/// ResNet's ReLU, an EfficientNet's SiLU), fused: one pass over the activation less, forward
+/// and backward.
 pub fn normalize(
+    s: Shape,
+    x: &[f32],
+    stats: (&[f32], &[f32]),
+    params: (&[f32], &[f32]),
+    epsilon: f64,
+    activation: Activation,
+) -> Vec<f32> {
+    per_activation!(activation, normalize_as(s, x, stats, params, epsilon))
+}
+
+fn normalize_as<A: Pointwise>(
     s: Shape,
     x: &[f32],
     (mean, var): (&[f32], &[f32]),
     (gamma, beta): (&[f32], &[f32]),
     epsilon: f64,
-    relu: bool,
 ) -> Vec<f32> {
     let inv = inverse_std(var, epsilon);
     let fill = |y: &mut [MaybeUninit<f32>]| {
@@ -175,8 +191,7 @@ pub fn normalize(
                     #[inline(always)]
                     || {
                         for (y, &x) in y.iter_mut().zip(x) {
-                            let v = x * scale + shift;
-                            y.write(if relu && !passes(v) { 0.0 } else { v });
+                            y.write(A::forward(x * scale + shift));
                         }
                     },
                 );
@@ -186,37 +201,46 @@ pub fn normalize(
     unsafe { filled(x.len(), fill) }
 }
 
-/// Per channel, `Σ dy · x̂` (γ's gradient) and `Σ dy` (β's), where
-/// `x̂ = (x − mean) / sqrt(var + ε)`. With `relu` (γ and β), `dy` is the gradient of the fused
-/// ReLU's output ([`normalize`]), zeroed where it did not pass.
+/// Per channel, `Σ dz · x̂` (γ's gradient) and `Σ dz` (β's), where
+/// `x̂ = (x − mean) / sqrt(var + ε)` and `dz` is the output's gradient `dy` taken back
+/// through the fused activation ([`normalize`]), whose input γ and β give again.
 pub fn parameter_grads(
+    s: Shape,
+    x: &[f32],
+    dy: &[f32],
+    stats: (&[f32], &[f32]),
+    params: (&[f32], &[f32]),
+    epsilon: f64,
+    activation: Activation,
+) -> (Vec<f32>, Vec<f32>) {
+    per_activation!(
+        activation,
+        parameter_grads_as(s, x, dy, stats, params, epsilon)
+    )
+}
+
+fn parameter_grads_as<A: Pointwise>(
     s: Shape,
     x: &[f32],
     dy_all: &[f32],
     (mean, var): (&[f32], &[f32]),
+    params: (&[f32], &[f32]),
     epsilon: f64,
-    relu: Option<(&[f32], &[f32])>,
 ) -> (Vec<f32>, Vec<f32>) {
     let inv = inverse_std(var, epsilon);
     (0..s.c)
         .into_par_iter()
         .map(|c| {
             let m = f64::from(mean[c]);
-            let (scale, shift) = relu.map_or((0.0, 0.0), |p| scale_shift(c, p, mean, &inv));
-            // x arrives as f64 from f32, so `x as f32` is x again, exactly.
-            let dy = |d: f64, x: f64| {
-                if relu.is_none() || passes(x as f32 * scale + shift) {
-                    d
-                } else {
-                    0.0
-                }
-            };
+            let (scale, shift) = scale_shift(c, params, mean, &inv);
+            // d and x arrive as f64 from f32, so `as f32` gives them again, exactly.
+            let dz = |d: f64, x: f64| f64::from(A::backward(x as f32 * scale + shift, d as f32));
             let (mut dg, mut db) = (0f64, 0f64);
             simd::run(
                 #[inline(always)]
                 || {
                     for (xp, dp) in s.planes(x, c).zip(s.planes(dy_all, c)) {
-                        let (g, b) = lanes2(dp, xp, |d, x| dy(d, x) * (x - m), dy);
+                        let (g, b) = lanes2(dp, xp, |d, x| dz(d, x) * (x - m), dz);
                         dg += g;
                         db += b;
                     }
@@ -227,17 +251,31 @@ pub fn parameter_grads(
         .unzip()
 }
 
-/// The input's gradient: `γ / sqrt(var + ε) · (dy − mean(dy) − x̂ · mean(dy · x̂))`, the means
-/// over each channel's N × H × W values, from [`parameter_grads`]'s sums. With `relu` (β), `dy`
-/// is masked as there.
+/// The input's gradient: `γ / sqrt(var + ε) · (dz − mean(dz) − x̂ · mean(dz · x̂))`, the means
+/// over each channel's N × H × W values, from [`parameter_grads`]'s sums, `dz` taken back
+/// through the fused activation as there.
 pub fn input_grad(
+    s: Shape,
+    x_dy: (&[f32], &[f32]),
+    stats: (&[f32], &[f32]),
+    params: (&[f32], &[f32]),
+    param_grads: (&[f32], &[f32]),
+    epsilon: f64,
+    activation: Activation,
+) -> Vec<f32> {
+    per_activation!(
+        activation,
+        input_grad_as(s, x_dy, stats, params, param_grads, epsilon)
+    )
+}
+
+fn input_grad_as<A: Pointwise>(
     s: Shape,
     (x, dy): (&[f32], &[f32]),
     (mean, var): (&[f32], &[f32]),
-    gamma: &[f32],
+    params: (&[f32], &[f32]),
     (dgamma, dbeta): (&[f32], &[f32]),
     epsilon: f64,
-    relu: Option<&[f32]>,
 ) -> Vec<f32> {
     let inv = inverse_std(var, epsilon);
     let count = s.per_channel().max(1) as f32;
@@ -248,21 +286,15 @@ pub fn input_grad(
             .for_each(|(plane, (dx, (x, dy)))| {
                 let c = plane % s.c;
                 let (mean_dy, mean_dy_xhat) = (dbeta[c] / count, dgamma[c] / count);
-                let (scale, shift) = relu.map_or((gamma[c] * inv[c], 0.0), |beta| {
-                    scale_shift(c, (gamma, beta), mean, &inv)
-                });
+                let (scale, shift) = scale_shift(c, params, mean, &inv);
                 let (mean, inv) = (mean[c], inv[c]);
                 simd::run(
                     #[inline(always)]
                     || {
                         for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                            let dy = if relu.is_none() || passes(x * scale + shift) {
-                                dy
-                            } else {
-                                0.0
-                            };
+                            let dz = A::backward(x * scale + shift, dy);
                             let xhat = (x - mean) * inv;
-                            dx.write(scale * (dy - mean_dy - xhat * mean_dy_xhat));
+                            dx.write(scale * (dz - mean_dy - xhat * mean_dy_xhat));
                         }
                     },
                 );
@@ -282,8 +314,15 @@ mod tests {
         (0..n).map(|_| rng.random_range(-2.0..3.0)).collect()
     }
 
-    /// The loss `Σ r · bn(x)` in f64, by the definition.
-    fn loss(s: Shape, x: &[f32], gamma: &[f32], beta: &[f32], r: &[f32], eps: f64) -> f64 {
+    /// The loss `Σ r · act(bn(x))` in f64, by the definition (`act`: none or SiLU).
+    fn loss(
+        s: Shape,
+        x: &[f32],
+        (gamma, beta): (&[f32], &[f32]),
+        r: &[f32],
+        act: Activation,
+    ) -> f64 {
+        let eps = 1e-5;
         let mut total = 0.0;
         for c in 0..s.c {
             let values: Vec<(usize, f64)> = (0..s.n)
@@ -295,6 +334,10 @@ mod tests {
             let var = values.iter().map(|v| (v.1 - mean).powi(2)).sum::<f64>() / count;
             for (at, v) in values {
                 let y = (v - mean) / (var + eps).sqrt() * f64::from(gamma[c]) + f64::from(beta[c]);
+                let y = match act {
+                    Activation::Silu => y / (1.0 + (-y).exp()),
+                    _ => y,
+                };
                 total += y * f64::from(r[at]);
             }
         }
@@ -303,6 +346,12 @@ mod tests {
 
     #[test]
     fn the_output_and_gradients_are_the_definitions() {
+        for act in [Activation::Identity, Activation::Silu] {
+            check_against_the_definition(act);
+        }
+    }
+
+    fn check_against_the_definition(act: Activation) {
         let s = Shape { n: 3, c: 4, hw: 5 };
         let x = random(s.n * s.c * s.hw, 1);
         let gamma = random(s.c, 2);
@@ -310,27 +359,28 @@ mod tests {
         let r = random(x.len(), 4);
         let eps = 1e-5;
         let (mean, var) = statistics(s, &x);
-        let y = normalize(s, &x, (&mean, &var), (&gamma, &beta), eps, false);
+        let y = normalize(s, &x, (&mean, &var), (&gamma, &beta), eps, act);
         let ours: f64 = y
             .iter()
             .zip(&r)
             .map(|(y, r)| f64::from(*y) * f64::from(*r))
             .sum();
-        let want = loss(s, &x, &gamma, &beta, &r, eps);
+        let want = loss(s, &x, (&gamma, &beta), &r, act);
         assert!(
             (ours - want).abs() < 1e-4 * want.abs().max(1.0),
-            "{ours} vs {want}"
+            "{act:?}: {ours} vs {want}"
         );
         // Gradients against central differences of the f64 definition.
-        let (dgamma, dbeta) = parameter_grads(s, &x, &r, (&mean, &var), eps, None);
+        let params = (&gamma[..], &beta[..]);
+        let (dgamma, dbeta) = parameter_grads(s, &x, &r, (&mean, &var), params, eps, act);
         let dx = input_grad(
             s,
             (&x, &r),
             (&mean, &var),
-            &gamma,
+            params,
             (&dgamma, &dbeta),
             eps,
-            None,
+            act,
         );
         let h = 1e-3;
         let numeric = |f: &dyn Fn(f32) -> f64| (f(h) - f(-h)) / (2.0 * f64::from(h));
@@ -338,11 +388,11 @@ mod tests {
             let d = numeric(&|e| {
                 let mut x = x.clone();
                 x[k] += e;
-                loss(s, &x, &gamma, &beta, &r, eps)
+                loss(s, &x, (&gamma, &beta), &r, act)
             });
             assert!(
                 (f64::from(dx[k]) - d).abs() < 2e-3 * d.abs().max(1.0),
-                "dx[{k}]: {} vs {d}",
+                "{act:?}: dx[{k}]: {} vs {d}",
                 dx[k]
             );
         }
@@ -350,20 +400,20 @@ mod tests {
             let dg = numeric(&|e| {
                 let mut g = gamma.clone();
                 g[c] += e;
-                loss(s, &x, &g, &beta, &r, eps)
+                loss(s, &x, (&g, &beta), &r, act)
             });
             let db = numeric(&|e| {
                 let mut b = beta.clone();
                 b[c] += e;
-                loss(s, &x, &gamma, &b, &r, eps)
+                loss(s, &x, (&gamma, &b), &r, act)
             });
             assert!(
                 (f64::from(dgamma[c]) - dg).abs() < 2e-3 * dg.abs().max(1.0),
-                "dγ[{c}]"
+                "{act:?}: dγ[{c}]"
             );
             assert!(
                 (f64::from(dbeta[c]) - db).abs() < 2e-3 * db.abs().max(1.0),
-                "dβ[{c}]"
+                "{act:?}: dβ[{c}]"
             );
         }
     }

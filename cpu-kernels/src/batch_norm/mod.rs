@@ -17,21 +17,32 @@ use burn::backend::{
 };
 use burn::tensor::{DType, Tensor};
 
+use crate::activation::Activation;
 use crate::slices::{is_flex, tensor, values};
 use cpu::Shape;
 
-/// How the output is made: ε, and whether the ReLU that follows is fused in.
+/// How the output is made: ε, and the activation that follows (fused on the CPU; applied
+/// after, by burn, elsewhere).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Norm {
     /// Added to the variance.
     pub epsilon: f64,
-    /// Whether the output passes through a ReLU (fused on the CPU; applied after elsewhere).
-    pub relu: bool,
+    /// What the normalized output passes through.
+    pub activation: Activation,
 }
 
-/// Batch norm's training forward: the output (through a ReLU with `norm.relu`), and the batch
-/// mean and biased variance per channel (for the running statistics), as burn's
-/// `batch_norm_train` returns them.
+/// `activation` applied by burn's own operations (where our fused kernel does not run).
+pub fn apply<const D: usize>(y: Tensor<D>, activation: Activation) -> Tensor<D> {
+    match activation {
+        Activation::Identity => y,
+        Activation::Relu => burn::tensor::activation::relu(y),
+        Activation::Silu => burn::tensor::activation::silu(y),
+    }
+}
+
+/// Batch norm's training forward: the output (through `norm.activation`), and the batch mean
+/// and biased variance per channel (for the running statistics), as burn's `batch_norm_train`
+/// returns them.
 pub fn train(
     x: Tensor<4>,
     gamma: Tensor<1>,
@@ -40,12 +51,7 @@ pub fn train(
 ) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
     if !ours_applies(&x, &gamma) {
         let out = burn::tensor::module::batch_norm_train(x, gamma, beta, norm.epsilon);
-        let output = if norm.relu {
-            burn::tensor::activation::relu(out.output)
-        } else {
-            out.output
-        };
-        return (output, out.mean, out.variance);
+        return (apply(out.output, norm.activation), out.mean, out.variance);
     }
     let c = x.dims()[1];
     let stats: Tensor<2> = Tensor::from_dispatch(<Dispatch as CpuBatchNorm>::cpu_bn_stats(
@@ -84,7 +90,7 @@ pub trait CpuBatchNorm: Backend {
     fn cpu_bn_stats(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// `x` normalized with its batch statistics `stats` ([`CpuBatchNorm::cpu_bn_stats`]),
-    /// scaled by `gamma` and shifted by `beta` (then through a ReLU with `norm.relu`).
+    /// scaled by `gamma` and shifted by `beta`, then through `norm.activation`.
     /// Differentiated as batch norm in training: the statistics' dependence on `x` is in the
     /// backward pass.
     fn cpu_bn_train(
@@ -149,7 +155,7 @@ impl CpuBatchNorm for Flex {
             (&mean, &var),
             (&values(&gamma), &values(&beta)),
             norm.epsilon,
-            norm.relu,
+            norm.activation,
         );
         tensor(y, dims)
     }
@@ -165,14 +171,14 @@ impl CpuBatchNorm for Flex {
         let s = shape(&x);
         let (mean, var) = rows(&stats);
         let (gamma, beta) = (values(&gamma), values(&beta));
-        let relu = norm.relu.then_some((&gamma[..], &beta[..]));
         let (dgamma, dbeta) = cpu::parameter_grads(
             s,
             &values(&x),
             &values(&grad),
             (&mean, &var),
+            (&gamma, &beta),
             norm.epsilon,
-            relu,
+            norm.activation,
         );
         tensor([dgamma, dbeta].concat(), [2, s.c])
     }
@@ -190,15 +196,14 @@ impl CpuBatchNorm for Flex {
         let dims = x.shape().dims::<4>();
         let (mean, var) = rows(&stats);
         let (dgamma, dbeta) = rows(&params);
-        let beta = values(&beta);
         let dx = cpu::input_grad(
             s,
             (&values(&x), &values(&grad)),
             (&mean, &var),
-            &values(&gamma),
+            (&values(&gamma), &values(&beta)),
             (&dgamma, &dbeta),
             norm.epsilon,
-            norm.relu.then_some(&beta[..]),
+            norm.activation,
         );
         tensor(dx, dims)
     }
@@ -210,7 +215,7 @@ impl CpuBatchNorm for Flex {
 struct BatchNormBackward;
 
 impl<B: CpuBatchNorm> Backward<B, 3> for BatchNormBackward {
-    /// The checkpointed input, γ and β, the batch statistics, and ε and the fused ReLU.
+    /// The checkpointed input, γ and β, the batch statistics, and ε and the fused activation.
     type State = ([NodeId; 3], B::FloatTensorPrimitive, Norm);
 
     fn backward(
@@ -341,9 +346,9 @@ mod tests {
     use crate::testing::{random, relative};
     use burn::tensor::Device;
 
-    /// Ours against burn's `batch_norm_train` (then burn's `relu` with `relu`): the output,
+    /// Ours against burn's `batch_norm_train` (then burn's activation): the output,
     /// the statistics, and the gradients of x, γ and β of `<r, bn(x)>` for a random `r`.
-    fn check(shape: [usize; 4], relu: bool) {
+    fn check(shape: [usize; 4], activation: Activation) {
         let device = Device::flex().autodiff();
         let c = shape[1];
         // Not centred and not of unit spread, as activations after a convolution are.
@@ -360,18 +365,13 @@ mod tests {
             let (y, mean, var) = if ours {
                 let norm = Norm {
                     epsilon: 1e-5,
-                    relu,
+                    activation,
                 };
                 train(x.clone(), g.clone(), b.clone(), norm)
             } else {
                 let out =
                     burn::tensor::module::batch_norm_train(x.clone(), g.clone(), b.clone(), 1e-5);
-                let y = if relu {
-                    burn::tensor::activation::relu(out.output)
-                } else {
-                    out.output
-                };
-                (y, out.mean, out.variance)
+                (apply(out.output, activation), out.mean, out.variance)
             };
             let r = random(y.dims(), 4, &device);
             let grads = (y.clone() * r).sum().backward();
@@ -391,20 +391,23 @@ mod tests {
             ("beta gradient", relative(ours.5, theirs.5)),
         ];
         for (what, e) in parts {
-            assert!(e < 1e-5, "{shape:?}, relu {relu}: {what} differs by {e:e}");
+            assert!(
+                e < 1e-5,
+                "{shape:?}, {activation:?}: {what} differs by {e:e}"
+            );
         }
     }
 
     #[test]
     fn forward_statistics_and_gradients_equal_burns_batch_norm() {
         // ResNets' shapes and odd ones: one position per plane, one image, planes of 1 to 112².
-        for relu in [false, true] {
-            check([2, 3, 5, 7], relu);
-            check([8, 64, 7, 7], relu);
-            check([4, 16, 1, 1], relu);
-            check([1, 8, 9, 9], relu);
-            check([2, 4, 112, 112], relu);
-            check([16, 32, 4, 4], relu);
+        for activation in [Activation::Identity, Activation::Relu, Activation::Silu] {
+            check([2, 3, 5, 7], activation);
+            check([8, 64, 7, 7], activation);
+            check([4, 16, 1, 1], activation);
+            check([1, 8, 9, 9], activation);
+            check([2, 4, 112, 112], activation);
+            check([16, 32, 4, 4], activation);
         }
     }
 

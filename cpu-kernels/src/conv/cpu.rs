@@ -462,6 +462,7 @@ mod tests {
     }
 
     fn worst(a: &[f32], b: &[f64]) -> f64 {
+        assert_eq!(a.len(), b.len(), "lengths");
         let num: f64 = a
             .iter()
             .zip(b)
@@ -498,7 +499,7 @@ mod tests {
         Geometry { groups, ..g }
     }
 
-    const CASES: [Geometry; 17] = [
+    const CASES: [Geometry; 21] = [
         geometry(2, [3, 9, 7], 4, 3, 1, 1),
         // Same width at stride 1: whole-run copies and sums, with wrapped columns (planes as
         // narrow as the kernel's reach, and narrower).
@@ -520,6 +521,12 @@ mod tests {
         grouped(geometry(2, [12, 7, 7], 6, 3, 2, 1), 3),
         grouped(geometry(1, [4, 5, 4], 4, 3, 1, 1), 4),
         grouped(geometry(4, [6, 3, 3], 4, 1, 1, 0), 2),
+        // More depthwise: EfficientNet's 5×5 at stride 1 and 2, its 3×3 at stride 2, planes
+        // narrower than the kernel.
+        grouped(geometry(3, [5, 9, 8], 5, 5, 1, 2), 5),
+        grouped(geometry(2, [3, 9, 10], 3, 3, 2, 1), 3),
+        grouped(geometry(2, [3, 11, 8], 3, 5, 2, 2), 3),
+        grouped(geometry(1, [2, 2, 3], 2, 5, 1, 2), 2),
     ];
 
     #[test]

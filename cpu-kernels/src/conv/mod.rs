@@ -334,6 +334,7 @@ mod tests {
         check_grouped([3, 128, 9, 9], 128, [3, 2, 1, 32], false);
         check_grouped([4, 256, 7, 7], 256, [3, 1, 1, 32], false);
         check_grouped([2, 16, 6, 5], 16, [3, 1, 1, 16], true);
+        check_grouped([2, 24, 11, 9], 24, [5, 2, 2, 24], false);
         check_grouped([2, 12, 5, 5], 6, [1, 1, 0, 3], false);
     }
 

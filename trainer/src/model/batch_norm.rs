@@ -9,9 +9,9 @@
 
 use burn::module::{Module, Param, RunningState};
 use burn::nn::Initializer;
-use burn::tensor::activation;
 use burn::tensor::module::batch_norm;
 use burn::tensor::{Device, Tensor};
+use cpu_kernels::activation::Activation;
 
 /// PyTorch's defaults, which timm's ResNet keeps.
 pub(crate) const EPSILON: f64 = 1e-5;
@@ -50,16 +50,22 @@ impl BatchNorm {
 
     /// Normalizes `x`; in training also folds the batch statistics into the running ones.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.forward_with(x, false)
+        self.forward_with(x, Activation::Identity)
     }
 
     /// `relu(self.forward(x))`, the ReLU fused into batch norm in training on the CPU (one pass
     /// over the activation less each way; the same bits).
     pub fn forward_relu(&self, x: Tensor<4>) -> Tensor<4> {
-        self.forward_with(x, true)
+        self.forward_with(x, Activation::Relu)
     }
 
-    fn forward_with(&self, x: Tensor<4>, relu: bool) -> Tensor<4> {
+    /// `silu(self.forward(x))`, the SiLU fused into batch norm in training on the CPU (burn's
+    /// SiLU, after it, is a pass per operation each way, with a scalar `exp`).
+    pub fn forward_silu(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_with(x, Activation::Silu)
+    }
+
+    fn forward_with(&self, x: Tensor<4>, activation: Activation) -> Tensor<4> {
         let device = x.device();
         if !device.is_autodiff() {
             let y = batch_norm(
@@ -71,7 +77,7 @@ impl BatchNorm {
                 self.running_var.value_sync().to_device(&device),
                 EPSILON,
             );
-            return if relu { activation::relu(y) } else { y };
+            return cpu_kernels::batch_norm::apply(y, activation);
         }
         let [n, _, h, w] = x.dims();
         let count = (n * h * w) as f64;
@@ -87,7 +93,7 @@ impl BatchNorm {
             self.beta.val(),
             cpu_kernels::batch_norm::Norm {
                 epsilon: EPSILON,
-                relu,
+                activation,
             },
         );
         let mean = self.running_mean.value_sync().to_device(&device);

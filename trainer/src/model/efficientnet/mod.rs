@@ -12,7 +12,6 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Initializer, Linear, LinearConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Device, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -267,13 +266,13 @@ impl MbBlock {
         let shortcut = x.clone();
         let y = match (&self.conv_pwl, &self.bn3) {
             (Some(pwl), Some(bn3)) => {
-                let y = silu(self.bn1.forward(amp::conv(&self.conv_pw, x, compute)));
-                let y = silu(self.bn2.forward(amp::conv(&self.conv_dw, y, compute)));
+                let y = self.bn1.forward_silu(amp::conv(&self.conv_pw, x, compute));
+                let y = self.bn2.forward_silu(amp::conv(&self.conv_dw, y, compute));
                 let y = self.se.forward(y, compute);
                 bn3.forward(amp::conv(pwl, y, compute))
             }
             _ => {
-                let y = silu(self.bn1.forward(amp::conv(&self.conv_dw, x, compute)));
+                let y = self.bn1.forward_silu(amp::conv(&self.conv_dw, x, compute));
                 let y = self.se.forward(y, compute);
                 self.bn2.forward(amp::conv(&self.conv_pw, y, compute))
             }
@@ -311,11 +310,11 @@ impl EfficientNet {
     /// i)`).
     pub(crate) fn forward_with(&self, x: Tensor<4>, masks: Option<u64>) -> Tensor<2> {
         let c = self.compute;
-        let mut x = silu(self.bn1.forward(amp::conv(&self.conv_stem, x, c)));
+        let mut x = self.bn1.forward_silu(amp::conv(&self.conv_stem, x, c));
         for (i, block) in self.blocks.iter().flatten().enumerate() {
             x = block.forward(x, masks.map(|k| mix_key(k, i as u64)), c);
         }
-        let x = silu(self.bn2.forward(amp::conv(&self.conv_head, x, c)));
+        let x = self.bn2.forward_silu(amp::conv(&self.conv_head, x, c));
         let x = adaptive_avg_pool2d(x, [1, 1]).flatten::<2>(1, 3);
         amp::linear(&self.classifier, x, c)
     }
