@@ -33,8 +33,9 @@ use recipe_flags::RecipeFlags;
 #[derive(Args, Clone)]
 pub struct ModelArgs {
     /// timm's model name: resnet18 to resnet152, the "D" and "T" models (resnet50d,
-    /// resnet50t), resnext50_32x4d, seresnet50, ecaresnet50t and their depths (an unknown
-    /// name is refused with the full list).
+    /// resnet50t), resnext50_32x4d, seresnet50, ecaresnet50t and their depths,
+    /// regnety_002 to regnety_160, efficientnet_b0, vit_tiny/small/base_patch16_224 (an
+    /// unknown name is refused with the full list).
     #[arg(long, default_value = "resnet50")]
     pub model: String,
     /// timm's --num-classes.

@@ -20,8 +20,9 @@ use super::widen;
 #[command(next_help_heading = "Recipe overrides (timm's train.py flags, applied over --config)")]
 pub struct RecipeFlags {
     /// timm's model name: resnet18 to resnet152, resnet50d, resnext50_32x4d, seresnet50,
-    /// ecaresnet50t and the rest of timm's ResNet family we build (an unknown name is
-    /// refused with the list).
+    /// ecaresnet50t and the rest of timm's ResNet family we build, regnety_002 to regnety_160,
+    /// efficientnet_b0, vit_tiny/small/base_patch16_224 (an unknown name is refused with the
+    /// list).
     #[arg(long)]
     pub model: Option<String>,
     /// Classes of the classifier.
