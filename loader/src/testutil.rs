@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use zune_core::bytestream::ZCursor;
+use shard_tool::slice_reader::SliceReader;
 use zune_png::PngDecoder;
 
 use crate::image::decode::RgbImage;
@@ -61,7 +61,7 @@ pub fn golden_dir() -> PathBuf {
 /// A committed RGB PNG.
 pub fn png(path: &Path) -> RgbImage {
     let bytes = std::fs::read(path).unwrap();
-    let mut d = PngDecoder::new(ZCursor::new(&bytes[..]));
+    let mut d = PngDecoder::new(SliceReader::new(&bytes[..]));
     let pixels = d.decode_raw().unwrap();
     let (w, h) = d.dimensions().unwrap();
     assert_eq!(pixels.len(), w * h * 3, "{} must be RGB", path.display());

@@ -10,7 +10,7 @@ thread) but from bytes already in memory, with nothing else around it.
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use zune_core::bytestream::ZCursor;
+use crate::slice_reader::SliceReader;
 use zune_jpeg::JpegDecoder;
 
 use crate::image::jpeg_options;
@@ -46,7 +46,7 @@ pub fn decode_only(files: &[Vec<u8>], threads: usize) -> Rate {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(bytes) = files.get(i) else { break };
                     let mut dec = JpegDecoder::new_with_options(
-                        ZCursor::new(bytes.as_slice()),
+                        SliceReader::new(bytes.as_slice()),
                         jpeg_options(),
                     );
                     if dec.decode_headers().is_err() {

@@ -20,10 +20,10 @@ Anything else is a [`Rejection`] with a reason a user can act on. Each worker ow
 [`ImageChecker`] whose buffers are reused from image to image.
 */
 
+use crate::slice_reader::SliceReader;
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
-use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
@@ -233,7 +233,7 @@ impl ImageChecker {
     }
 
     fn check_jpeg(&mut self, bytes: &[u8]) -> Result<Checked, Rejection> {
-        let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), jpeg_options());
+        let mut decoder = JpegDecoder::new_with_options(SliceReader::new(bytes), jpeg_options());
         decoder
             .decode_headers()
             .map_err(|e| Rejection::Jpeg(message(&e)))?;
@@ -283,7 +283,7 @@ impl ImageChecker {
             .png_set_strip_to_8bit(true)
             .set_max_width(usize::from(u16::MAX))
             .set_max_height(usize::from(u16::MAX));
-        let mut decoder = PngDecoder::new_with_options(ZCursor::new(bytes), options);
+        let mut decoder = PngDecoder::new_with_options(SliceReader::new(bytes), options);
         decoder
             .decode_headers()
             .map_err(|e| Rejection::Png(message(&e)))?;
@@ -370,7 +370,7 @@ impl ImageChecker {
 
 /// Decodes `jpeg` to RGB into `out` (strict mode).
 fn decode_rgb(jpeg: &[u8], out: &mut Vec<u8>) -> Result<(), zune_jpeg::errors::DecodeErrors> {
-    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(jpeg), jpeg_options());
+    let mut decoder = JpegDecoder::new_with_options(SliceReader::new(jpeg), jpeg_options());
     decoder.decode_headers()?;
     let size =
         decoder
@@ -456,7 +456,7 @@ mod tests {
     }
 
     fn decode_rgb(jpeg: &[u8]) -> Vec<u8> {
-        JpegDecoder::new_with_options(ZCursor::new(jpeg), jpeg_options())
+        JpegDecoder::new_with_options(SliceReader::new(jpeg), jpeg_options())
             .decode()
             .unwrap()
     }

@@ -52,6 +52,7 @@ pub mod record;
 mod report;
 pub mod restart;
 mod resume;
+pub mod slice_reader;
 pub mod synth;
 pub mod user_file;
 mod verify;

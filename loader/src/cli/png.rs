@@ -4,8 +4,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use loader::image::decode::{Decoder, RgbImage};
+use shard_tool::slice_reader::SliceReader;
 use zune_core::bit_depth::BitDepth;
-use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
 use zune_core::options::{DecoderOptions, EncoderOptions};
 use zune_png::{PngDecoder, PngEncoder};
@@ -16,7 +16,7 @@ pub fn read_image(path: &Path) -> Result<RgbImage> {
         shard_tool::user_file::read_capped(path, shard_tool::DEFAULT_MAX_FILE_BYTES, "an image")?;
     if bytes.starts_with(b"\x89PNG") {
         let options = DecoderOptions::default().png_set_strip_to_8bit(true);
-        let mut d = PngDecoder::new_with_options(ZCursor::new(&bytes[..]), options);
+        let mut d = PngDecoder::new_with_options(SliceReader::new(&bytes[..]), options);
         let raw = d
             .decode_raw()
             .map_err(|e| anyhow::anyhow!("{e:?}"))

@@ -8,7 +8,7 @@ changed on disk; the error is a small value (no allocation on the hot path) and 
 counts it, names the record once and substitutes another (invariant 3).
 */
 
-use zune_core::bytestream::ZCursor;
+use shard_tool::slice_reader::SliceReader;
 use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
@@ -115,7 +115,7 @@ impl Decoder {
     /// # Errors
     /// [`DecodeError`]; `out` is then unspecified.
     pub fn decode_into(&self, jpeg: &[u8], out: &mut RgbImage) -> Result<(), DecodeError> {
-        let mut decoder = JpegDecoder::new_with_options(ZCursor::new(jpeg), self.options);
+        let mut decoder = JpegDecoder::new_with_options(SliceReader::new(jpeg), self.options);
         decoder.decode_headers().map_err(|_| DecodeError::Corrupt)?;
         let (w, h) = decoder.dimensions().ok_or(DecodeError::Corrupt)?;
         let (width, height) = (w as u32, h as u32);

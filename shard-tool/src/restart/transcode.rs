@@ -264,7 +264,7 @@ mod tests {
     fn the_re_encode_decodes_to_the_same_pixels() {
         let decode = |jpeg: &[u8]| {
             let mut d = zune_jpeg::JpegDecoder::new_with_options(
-                zune_core::bytestream::ZCursor::new(jpeg),
+                crate::slice_reader::SliceReader::new(jpeg),
                 crate::image::jpeg_options(),
             );
             d.decode().unwrap()

@@ -48,7 +48,7 @@ pub fn untar(tar: &Path, into: &Path) {
 /// zune-jpeg's RGB pixels of a JPEG (strict mode, as the packer and the loader decode).
 pub fn pixels(jpeg: &[u8]) -> Vec<u8> {
     let mut d = zune_jpeg::JpegDecoder::new_with_options(
-        zune_core::bytestream::ZCursor::new(jpeg),
+        shard_tool::slice_reader::SliceReader::new(jpeg),
         shard_tool::image::jpeg_options(),
     );
     d.decode().unwrap()
