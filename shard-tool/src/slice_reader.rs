@@ -122,7 +122,12 @@ impl ZByteReaderTrait for SliceReader<'_> {
     }
 
     fn read_remaining(&mut self, sink: &mut Vec<u8>) -> Result<usize, ZByteIoError> {
-        let rest = self.bytes.get(self.position..).unwrap_or_default();
+        let rest = self
+            .bytes
+            .get(self.position..)
+            .ok_or(ZByteIoError::Generic(
+                "read_remaining: the position is past the end",
+            ))?;
         sink.extend_from_slice(rest);
         self.position = self.position.wrapping_add(rest.len());
         Ok(rest.len())
@@ -132,7 +137,40 @@ impl ZByteReaderTrait for SliceReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zune_core::bytestream::ZReader;
+    use zune_core::bytestream::{ZCursor, ZReader};
+    use zune_jpeg::JpegDecoder;
+
+    /// The pixels, or that it failed, as zune-jpeg decodes `jpeg` through `reader`.
+    fn decode<R: ZByteReaderTrait>(reader: R) -> Option<Vec<u8>> {
+        JpegDecoder::new_with_options(reader, crate::image::jpeg_options())
+            .decode()
+            .ok()
+    }
+
+    #[test]
+    fn jpegs_whole_cut_and_damaged_decode_as_through_zcursor() {
+        let sources = [
+            crate::synth::class_image(3, 7, 61, 45),
+            crate::synth::gray_jpeg(33, 17),
+            crate::synth::class_image(1, 2, 200, 150),
+        ];
+        for jpeg in &sources {
+            let mut variants = vec![jpeg.clone()];
+            for cut in [jpeg.len() / 2, jpeg.len() - 3, 20] {
+                variants.push(jpeg[..cut].to_vec());
+            }
+            for at in [jpeg.len() / 3, jpeg.len() * 2 / 3, jpeg.len() - 4] {
+                let mut damaged = jpeg.clone();
+                damaged[at] ^= 0x5A;
+                variants.push(damaged);
+            }
+            for v in &variants {
+                let ours = decode(SliceReader::new(v));
+                assert_eq!(ours, decode(ZCursor::new(&v[..])), "{} bytes", v.len());
+            }
+            assert!(decode(SliceReader::new(jpeg)).is_some());
+        }
+    }
 
     #[test]
     fn reads_peeks_and_seeks_as_zcursor_does() {
@@ -159,5 +197,7 @@ mod tests {
         let mut rest = Vec::new();
         assert_eq!(inner.read_remaining(&mut rest).unwrap(), 2);
         assert_eq!(rest, [5, 6]);
+        inner.z_seek(ZSeekFrom::Start(9)).unwrap();
+        assert!(inner.read_remaining(&mut rest).is_err());
     }
 }
