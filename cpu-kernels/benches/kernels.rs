@@ -116,7 +116,7 @@ fn bench_batch_norm(c: &mut Criterion) {
                     let x = x.clone().require_grad();
                     let (gamma, beta) = (gamma.clone().require_grad(), beta.clone().require_grad());
                     let y = match who {
-                        Who::Flex => batch_norm::apply(
+                        Who::Flex => cpu_kernels::activation::burns(
                             burn::tensor::module::batch_norm_train(
                                 x.clone(),
                                 gamma.clone(),

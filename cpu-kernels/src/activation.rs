@@ -1,6 +1,7 @@
-//! The activation that follows batch norm, fused into it ([`crate::batch_norm`]): none, ReLU
-//! (ResNets, RegNets) or SiLU (EfficientNet), each as its value and as the gradient through
-//! it, element by element, written so that the kernels' loops vectorize.
+//! The networks' activations: none, ReLU (ResNets, RegNets), SiLU (EfficientNet) and GELU
+//! (ViT), each as its value and as the gradient through it, element by element, written so
+//! that the kernels' loops vectorize. Batch norm fuses the one that follows it
+//! ([`crate::batch_norm`]); [`crate::pointwise`] applies one on its own.
 //!
 //! Why SiLU here: burn computes `silu(x)` as `x * sigmoid(x)`, with a scalar `expf` per value
 //! and a pass over the activation for each of the sigmoid, the product and their backward
@@ -8,7 +9,11 @@
 //! efficientnet_b0`). Fused into batch norm it costs no pass of its own, and its exponential
 //! ([`exp`]) is plain f32 arithmetic that the compiler vectorizes at the width [`crate::simd`]
 //! dispatches to. A SIMD crate's `exp` (`wide`'s) picks its vector width when the crate is
-//! compiled (baseline x86-64 for this one), not at run time as every kernel here does.
+//! compiled (baseline x86-64 for this one), not at run time as every kernel here does. GELU's
+//! normal CDF likewise ([`normal_cdf`]): burn-flex calls libm's scalar `erff` per value (5 % of
+//! a ViT-S step, with its backward's `expf` 4 % more).
+
+use burn::tensor::Tensor;
 
 /// The activation applied to batch norm's output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -20,7 +25,37 @@ pub enum Activation {
     Relu,
     /// `y · sigmoid(y) = y / (1 + exp(−y))`, PyTorch's `SiLU` (timm's `act_layer='swish'`).
     Silu,
+    /// `y · Φ(y) = y/2 · (1 + erf(y/√2))`, PyTorch's `GELU` with `approximate='none'` (timm's
+    /// ViT MLP).
+    Gelu,
 }
+
+/// `activation` of `y` by burn's own operations (where our kernels do not run: CUDA, the CubeCL
+/// stand-in, half precision).
+pub fn burns<const D: usize>(y: Tensor<D>, activation: Activation) -> Tensor<D> {
+    use burn::tensor::activation::{gelu, relu, silu};
+    match activation {
+        Activation::Identity => y,
+        Activation::Relu => relu(y),
+        Activation::Silu => silu(y),
+        Activation::Gelu => gelu(y),
+    }
+}
+
+/// `f::<A>(args)` for the [`Pointwise`] type `A` of an [`Activation`]: a kernel compiled once
+/// per activation.
+macro_rules! per_activation {
+    ($activation:expr, $f:ident($($arg:expr),* $(,)?)) => {{
+        use $crate::activation::{Activation, Gelu, Identity, Relu, Silu};
+        match $activation {
+            Activation::Identity => $f::<Identity>($($arg),*),
+            Activation::Relu => $f::<Relu>($($arg),*),
+            Activation::Silu => $f::<Silu>($($arg),*),
+            Activation::Gelu => $f::<Gelu>($($arg),*),
+        }
+    }};
+}
+pub(crate) use per_activation;
 
 /// One activation as a type, so that each kernel's loop is compiled once per activation with
 /// no branch on which it is.
@@ -37,6 +72,8 @@ pub(crate) struct Identity;
 pub(crate) struct Relu;
 /// [`Activation::Silu`] as a type.
 pub(crate) struct Silu;
+/// [`Activation::Gelu`] as a type.
+pub(crate) struct Gelu;
 
 impl Pointwise for Identity {
     #[inline(always)]
@@ -83,6 +120,49 @@ impl Pointwise for Silu {
         let s = 1.0 / (1.0 + exp(-y));
         dy * (s * (1.0 + y * (1.0 - s)))
     }
+}
+
+impl Pointwise for Gelu {
+    #[inline(always)]
+    fn forward(y: f32) -> f32 {
+        y * normal_cdf(y)
+    }
+
+    /// `dy · (Φ(y) + y · φ(y))`: PyTorch's `gelu_backward` (`approximate='none'`).
+    #[inline(always)]
+    fn backward(y: f32, dy: f32) -> f32 {
+        // 1 / √(2π).
+        const INV_SQRT_2PI: f32 = 0.398_942_3;
+        let cdf = normal_cdf(y);
+        let pdf = INV_SQRT_2PI * exp(-0.5 * y * y);
+        dy * (cdf + y * pdf)
+    }
+}
+
+/// Φ(y), the standard normal distribution's CDF, `(1 + erf(y/√2)) / 2`, in f32; NaN stays NaN.
+///
+/// As `erfc(|y|/√2) / 2` (or one less it), by the Chebyshev fit of Numerical Recipes' `erfcc`
+/// (`t·exp(-z² + P(t))`, `t = 1/(1 + z/2)`, fractional error below 1.2e-7): accurate where
+/// y is far below 0 too, where `1 + erf` would cancel. GELU's absolute error is then below
+/// 2e-7 on every input (f32's own rounding of `1 - erfc/2`). Adds, multiplies, one division
+/// and [`exp`], so a loop over it vectorizes; no `mul_add`, so every vector width gives the
+/// same bits.
+#[inline(always)]
+pub fn normal_cdf(y: f32) -> f32 {
+    let z = y.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let p = 0.170_872_77;
+    let p = p * t + -0.822_152_23;
+    let p = p * t + 1.488_515_9;
+    let p = p * t + -1.135_204;
+    let p = p * t + 0.278_868_07;
+    let p = p * t + -0.186_288_06;
+    let p = p * t + 0.096_784_18;
+    let p = p * t + 0.374_091_96;
+    let p = p * t + 1.000_023_7;
+    let p = p * t + -1.265_512_2;
+    let half_erfc = 0.5 * t * exp(-z * z + p);
+    if y >= 0.0 { 1.0 - half_erfc } else { half_erfc }
 }
 
 /// `e^x` in f32 to within 2 ulp where the result is a normal number; NaN stays NaN, and `x`
@@ -182,6 +262,51 @@ mod tests {
         assert_eq!(Silu::forward(100.0), 100.0);
         assert!(Silu::forward(f32::NAN).is_nan());
         assert!(Silu::backward(f32::NAN, 1.0).is_nan());
+    }
+
+    #[test]
+    fn the_normal_cdf_is_within_2e7_of_libms_double() {
+        let (mut worst, mut at) = (0.0f64, 0.0f32);
+        let mut y = -12.0f32;
+        while y <= 12.0 {
+            let want = 0.5 * libm::erfc(-f64::from(y) / std::f64::consts::SQRT_2);
+            let abs = (f64::from(normal_cdf(y)) - want).abs();
+            assert!(abs <= 2e-7, "Φ({y}) off by {abs:e}");
+            if y < 0.0 && abs / want > worst {
+                (worst, at) = (abs / want, y);
+            }
+            y += 0.000_53;
+        }
+        // Relative, where y is far below 0 and Φ tiny (f32's rounding of z² there).
+        assert!(worst < 2e-5, "{worst:e} relative at y = {at}");
+        assert_eq!(normal_cdf(0.0), 0.5);
+        assert_eq!(normal_cdf(20.0), 1.0);
+        assert!((0.0..1e-37).contains(&normal_cdf(-20.0)));
+        assert!(normal_cdf(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn gelu_and_its_gradient_are_the_definitions() {
+        let mut y = -8.0f32;
+        while y <= 8.0 {
+            let y64 = f64::from(y);
+            let cdf = 0.5 * libm::erfc(-y64 / std::f64::consts::SQRT_2);
+            let pdf = (-0.5 * y64 * y64).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            let (value, slope) = (y64 * cdf, cdf + y64 * pdf);
+            let ours = f64::from(Gelu::forward(y));
+            assert!(
+                (ours - value).abs() <= 1e-6 * value.abs() + 2e-7,
+                "gelu({y}): {ours} vs {value}"
+            );
+            let ours = f64::from(Gelu::backward(y, 1.0));
+            assert!(
+                (ours - slope).abs() <= 1e-6,
+                "gelu'({y}): {ours} vs {slope}"
+            );
+            y += 0.0071;
+        }
+        assert!(Gelu::forward(f32::NAN).is_nan());
+        assert!(Gelu::backward(f32::NAN, 1.0).is_nan());
     }
 
     #[test]

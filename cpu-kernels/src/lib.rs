@@ -18,6 +18,7 @@
 //! - [`batch_norm`]: batch norm in training, one pass for the statistics, the activation
 //!   that follows fused ([`activation`]: ReLU or SiLU);
 //! - [`max_pool`]: the stem's max pooling, by phases, its gradient found again in the input;
+//! - [`pointwise`]: an activation on its own (ViT's GELU, squeeze-excite's SiLU);
 //! - [`residual`]: a block's `relu(branch + shortcut)` and its gradient;
 //! - [`lamb`]: one fused LAMB update per tensor, with burn's `Lamb` state.
 //!
@@ -35,6 +36,7 @@ pub mod batch_norm;
 pub mod conv;
 pub mod lamb;
 pub mod max_pool;
+pub mod pointwise;
 pub mod residual;
 pub mod simd;
 mod slices;

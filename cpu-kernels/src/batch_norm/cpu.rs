@@ -8,7 +8,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use crate::activation::{Activation, Identity, Pointwise, Relu, Silu};
+use crate::activation::{Activation, Pointwise, per_activation};
 use crate::simd;
 use crate::slices::filled;
 
@@ -146,17 +146,6 @@ fn inverse_std(var: &[f32], epsilon: f64) -> Vec<f32> {
 fn scale_shift(c: usize, (gamma, beta): (&[f32], &[f32]), mean: &[f32], inv: &[f32]) -> (f32, f32) {
     let scale = gamma[c] * inv[c];
     (scale, beta[c] - mean[c] * scale)
-}
-
-/// `f::<A>(args)` for the type `A` of `activation`: each kernel compiled once per activation.
-macro_rules! per_activation {
-    ($activation:expr, $f:ident($($arg:expr),* $(,)?)) => {
-        match $activation {
-            Activation::Identity => $f::<Identity>($($arg),*),
-            Activation::Relu => $f::<Relu>($($arg),*),
-            Activation::Silu => $f::<Silu>($($arg),*),
-        }
-    };
 }
 
 /// `(x − mean) / sqrt(var + ε) · γ + β`, then the activation that follows batch norm (a

@@ -17,7 +17,7 @@ use burn::backend::{
 };
 use burn::tensor::{DType, Tensor};
 
-use crate::activation::Activation;
+use crate::activation::{Activation, burns};
 use crate::slices::{is_flex, tensor, values};
 use cpu::Shape;
 
@@ -31,15 +31,6 @@ pub struct Norm {
     pub activation: Activation,
 }
 
-/// `activation` applied by burn's own operations (where our fused kernel does not run).
-pub fn apply<const D: usize>(y: Tensor<D>, activation: Activation) -> Tensor<D> {
-    match activation {
-        Activation::Identity => y,
-        Activation::Relu => burn::tensor::activation::relu(y),
-        Activation::Silu => burn::tensor::activation::silu(y),
-    }
-}
-
 /// Batch norm's training forward: the output (through `norm.activation`), and the batch mean
 /// and biased variance per channel (for the running statistics), as burn's `batch_norm_train`
 /// returns them.
@@ -51,7 +42,7 @@ pub fn train(
 ) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
     if !ours_applies(&x, &gamma) {
         let out = burn::tensor::module::batch_norm_train(x, gamma, beta, norm.epsilon);
-        return (apply(out.output, norm.activation), out.mean, out.variance);
+        return (burns(out.output, norm.activation), out.mean, out.variance);
     }
     let c = x.dims()[1];
     let stats: Tensor<2> = Tensor::from_dispatch(<Dispatch as CpuBatchNorm>::cpu_bn_stats(
@@ -371,7 +362,7 @@ mod tests {
             } else {
                 let out =
                     burn::tensor::module::batch_norm_train(x.clone(), g.clone(), b.clone(), 1e-5);
-                (apply(out.output, activation), out.mean, out.variance)
+                (burns(out.output, activation), out.mean, out.variance)
             };
             let r = random(y.dims(), 4, &device);
             let grads = (y.clone() * r).sum().backward();

@@ -7,8 +7,10 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv1d, Conv1dConfig, Conv2d};
 use burn::nn::{Initializer, PaddingConfig1d};
-use burn::tensor::activation::{relu, sigmoid, silu};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, FloatDType, Tensor};
+use cpu_kernels::activation::Activation;
+use cpu_kernels::pointwise;
 use serde::{Deserialize, Serialize};
 
 use crate::model::amp;
@@ -88,7 +90,12 @@ impl SqueezeExcite {
     pub fn forward(&self, x: Tensor<4>, compute: Option<FloatDType>) -> Tensor<4> {
         let s = image_mean(&x);
         let s = amp::conv(&self.fc1, s, compute);
-        let s = if self.silu { silu(s) } else { relu(s) };
+        let activation = if self.silu {
+            Activation::Silu
+        } else {
+            Activation::Relu
+        };
+        let s = pointwise::apply(s, activation);
         let s = sigmoid(amp::conv(&self.fc2, s, compute));
         x * s
     }

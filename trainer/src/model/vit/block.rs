@@ -3,8 +3,10 @@
 
 use burn::module::Module;
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Device, FloatDType, Tensor};
+use cpu_kernels::activation::Activation;
+use cpu_kernels::pointwise;
 
 use crate::model::amp;
 use crate::model::drop_path::drop_path;
@@ -132,11 +134,8 @@ impl Block {
     ) -> Tensor<3> {
         let a = self.attn.forward(self.norm1.forward(x.clone()), compute);
         let x = x + drop_path(a, self.drop_path, masks.map(|m| m[0]));
-        let h = gelu(amp::linear(
-            &self.mlp.fc1,
-            self.norm2.forward(x.clone()),
-            compute,
-        ));
+        let h = amp::linear(&self.mlp.fc1, self.norm2.forward(x.clone()), compute);
+        let h = pointwise::apply(h, Activation::Gelu);
         let m = amp::linear(&self.mlp.fc2, h, compute);
         x + drop_path(m, self.drop_path, masks.map(|m| m[1]))
     }
