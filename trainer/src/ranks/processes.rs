@@ -27,7 +27,7 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::model::Network;
 
-/// How long a process waits at a gradient sum for the others by default (`trainer train
+/// How long a process waits for the others in an exchange by default (`trainer train
 /// --peer-timeout`): ten minutes, beyond any step, the first (with its kernel compilation)
 /// included.
 pub const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
@@ -67,19 +67,31 @@ pub enum ProcessError {
     /// Another process left the collective (its thread ended, or it failed).
     #[error("process {0} left the run")]
     Left(usize),
-    /// Other processes did not reach the gradient sum within `--peer-timeout`: stopped
-    /// (SIGSTOP, a debugger), hung in a driver, or on a node that is gone without its
-    /// connections closing.
+    /// Other processes did not answer within `--peer-timeout`: stopped (SIGSTOP, a debugger),
+    /// hung in a driver, or on a node that is gone without its connections closing.
     #[error(
-        "process(es) {late:?} did not reach gradient sum {beat} of this start within \
-         {waited:.1?} (--peer-timeout): stopped, hung, or on a node that is gone; ending the \
-         run, whose last checkpoint stands (--resume goes on from it)"
+        "process(es) {late:?} did not answer {at} within {waited:.1?} (--peer-timeout): \
+         stopped, hung, or on a node that is gone; ending the run, whose last checkpoint \
+         stands (--resume goes on from it)"
     )]
     Unresponsive {
         /// The processes that did not answer.
         late: Vec<usize>,
-        /// This process's count of sums, from 1 (the same on every process).
-        beat: u64,
+        /// Where this process waited for them ("at gradient sum 9 of this start").
+        at: String,
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
+    /// An exchange between the processes did not complete within `--peer-timeout`, though
+    /// every process answered a roll call after it: MPI or the network between them is stuck.
+    #[error(
+        "an exchange between the processes {at} did not complete within {waited:.1?} \
+         (--peer-timeout), though every process answered: MPI or the network between them is \
+         stuck; ending the run, whose last checkpoint stands (--resume goes on from it)"
+    )]
+    Stalled {
+        /// Where ("after gradient sum 9 of this start").
+        at: String,
         /// How long it waited.
         waited: std::time::Duration,
     },
@@ -94,7 +106,9 @@ impl ProcessError {
     pub fn is_bad_input(&self) -> bool {
         !matches!(
             self,
-            ProcessError::Left(_) | ProcessError::Unresponsive { .. }
+            ProcessError::Left(_)
+                | ProcessError::Unresponsive { .. }
+                | ProcessError::Stalled { .. }
         )
     }
 }
@@ -110,13 +124,15 @@ pub trait Processes: fmt::Debug {
     /// Every process's `mine`, in process order (the same on every process).
     ///
     /// # Errors
-    /// [`ProcessError::Left`] when a process is gone.
+    /// [`ProcessError::Left`] when a process is gone; between processes that can stop alone
+    /// (MPI's), [`ProcessError::Unresponsive`] or [`ProcessError::Stalled`] when the exchange
+    /// has not completed within the run's `--peer-timeout`.
     fn all_gather(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>, ProcessError>;
 
     /// `values` becomes the element-wise sum over every process's `values` (equal lengths).
     ///
     /// # Errors
-    /// [`ProcessError::Left`] when a process is gone.
+    /// As [`Processes::all_gather`].
     fn all_reduce_sum(&self, values: &mut [f32]) -> Result<(), ProcessError> {
         for chunk in values.chunks_mut(BUCKET) {
             let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -133,9 +149,11 @@ pub trait Processes: fmt::Debug {
     }
 
     /// Before each gradient sum: waits, at most the run's `--peer-timeout`, until every
-    /// other process is there too, so that a process that stopped without dying is named and
-    /// the run ends, instead of every other process waiting in the sum forever. Processes
-    /// that cannot stop alone (threads of one process, one process) need no such wait.
+    /// other process is there too, so that a process that stopped during its step (where a
+    /// step spends its time) is named after one timeout, with the number of sums each
+    /// process counted checked on the way. One that stops inside an exchange is caught by the
+    /// exchange's own bound. Processes that cannot stop alone (threads of one process, one
+    /// process) need no such wait.
     ///
     /// # Errors
     /// [`ProcessError::Unresponsive`] naming the processes that did not come.
@@ -459,8 +477,8 @@ impl Processes for ThreadGroup {
 }
 
 /// The processes this one was started among: MPI's when a launcher (`mpirun`, `srun`) started
-/// it (with the `mpi` feature), else [`Alone`]. `peer_timeout`: how long a process waits at
-/// a gradient sum for the others ([`Processes::heartbeat`]).
+/// it (with the `mpi` feature), else [`Alone`]. `peer_timeout`: how long a process waits for the
+/// others in any exchange ([`Processes::heartbeat`], the sums and gathers).
 ///
 /// # Errors
 /// [`ProcessError::Launcher`] when a launcher started several processes and this trainer was
@@ -498,6 +516,13 @@ fn launcher_size() -> Option<(&'static str, usize)> {
 #[cfg(feature = "mpi")]
 mod mpi_world {
     //! The processes of an MPI launch.
+    //!
+    //! Every exchange is non-blocking and polled, never a blocking MPI call: a process that
+    //! stops without dying (SIGSTOP, a driver that hangs, a node gone without its connections
+    //! closing) is invisible to MPI, and a blocking collective would wait for it forever, at
+    //! whatever point of the step it stopped. An exchange that has not completed within
+    //! `--peer-timeout` is given up, a roll call names the processes that no longer answer, and
+    //! the run ends (`MPI_Abort`).
 
     use std::cell::Cell;
     use std::time::{Duration, Instant};
@@ -506,21 +531,24 @@ mod mpi_world {
     use mpi::datatype::PartitionMut;
     use mpi::environment::Universe;
     use mpi::point_to_point::{Destination, Source};
+    use mpi::request::{Request, Scope};
     use mpi::topology::{Communicator, SimpleCommunicator};
     use mpi::traits::CommunicatorCollectives;
 
     use super::{BUCKET, ProcessError, Processes};
 
-    /// The tag of heartbeat messages (no other point-to-point message is sent).
+    /// The tag of heartbeat messages, sent before each gradient sum.
     const HEARTBEAT_TAG: i32 = 0x7262;
-    /// How often a waiting heartbeat looks whether the others' have come: short next to a
-    /// step, long enough not to spin a core.
+    /// The tag of roll-call messages, sent after an exchange was given up.
+    const ROLL_CALL_TAG: i32 = 0x7263;
+    /// How often a heartbeat or a roll call looks whether the others' messages have come:
+    /// short next to a step, long enough not to spin a core.
     const POLL: Duration = Duration::from_millis(1);
 
     /// MPI's world communicator; MPI is finalized when this is dropped.
     pub(super) struct Mpi {
         world: SimpleCommunicator,
-        /// How long a heartbeat waits for the others.
+        /// How long an exchange, a heartbeat or a roll call waits for the others.
         peer_timeout: Duration,
         /// Heartbeats so far.
         beats: Cell<u64>,
@@ -553,6 +581,113 @@ mod mpi_world {
         }
     }
 
+    impl Mpi {
+        /// Polls the exchange `request` until it completes, or gives it up after
+        /// `--peer-timeout` (`Err` with the time waited). A given-up exchange stays open: MPI
+        /// cannot cancel a collective, so the caller must never free its buffers.
+        fn wait_or_give_up<'a, D: ?Sized, S: Scope<'a>>(
+            &self,
+            mut request: Request<'a, D, S>,
+        ) -> Result<(), Duration> {
+            let started = Instant::now();
+            loop {
+                // MPI progresses only inside its calls: test without sleeping, as MPI_Wait
+                // would, but yield the core, which processes oversubscribed on it need.
+                request = match request.test() {
+                    Ok(_) => return Ok(()),
+                    Err(r) => r,
+                };
+                let waited = started.elapsed();
+                if waited >= self.peer_timeout {
+                    // SAFETY: the request leaves its scope open, unregistered; every caller
+                    // forgets (never frees) the buffers it lent, and the run ends in MPI_Abort.
+                    let _ = unsafe { request.into_raw() };
+                    return Err(waited);
+                }
+                std::thread::yield_now();
+            }
+        }
+
+        /// What to say of an exchange given up after `waited`: a roll call names the
+        /// processes that no longer answer.
+        fn given_up(&self, waited: Duration) -> ProcessError {
+            let beat = self.beats.get();
+            let at = format!("after gradient sum {beat} of this start");
+            let (late, _) = self.roll_call(ROLL_CALL_TAG, beat);
+            if late.is_empty() {
+                ProcessError::Stalled { at, waited }
+            } else {
+                ProcessError::Unresponsive {
+                    late,
+                    at: format!("in an exchange {at}"),
+                    waited,
+                }
+            }
+        }
+
+        /// Sends `value` to every other process under `tag` and receives theirs, with
+        /// non-blocking messages polled by this (the only MPI) thread until all have come or
+        /// `--peer-timeout` has passed; then the messages still open are cancelled. Returns the
+        /// processes not heard from and every process's value (this one's where none came).
+        fn roll_call(&self, tag: i32, value: u64) -> (Vec<usize>, Vec<u64>) {
+            let (me, n) = (self.index(), self.count());
+            let mut theirs = vec![value; n];
+            let started = Instant::now();
+            let late = mpi::request::scope(|scope| {
+                let mut receives = Vec::new();
+                let mut sends = Vec::new();
+                for (peer, slot) in theirs.iter_mut().enumerate().filter(|(p, _)| *p != me) {
+                    let Ok(rank) = i32::try_from(peer) else {
+                        continue;
+                    };
+                    let process = self.world.process_at_rank(rank);
+                    receives.push((
+                        peer,
+                        process.immediate_receive_into_with_tag(scope, slot, tag),
+                    ));
+                    sends.push(process.immediate_send_with_tag(scope, &value, tag));
+                }
+                loop {
+                    receives = receives
+                        .into_iter()
+                        .filter_map(|(peer, r)| r.test().err().map(|r| (peer, r)))
+                        .collect();
+                    sends = sends.into_iter().filter_map(|r| r.test().err()).collect();
+                    if receives.is_empty() && sends.is_empty() {
+                        return Vec::new();
+                    }
+                    if started.elapsed() >= self.peer_timeout {
+                        let late = receives.iter().map(|(peer, _)| *peer).collect();
+                        // A cancelled request completes: the scope ends with none open.
+                        for (_, r) in receives {
+                            r.cancel();
+                            r.wait_without_status();
+                        }
+                        for r in sends {
+                            r.cancel();
+                            r.wait_without_status();
+                        }
+                        return late;
+                    }
+                    std::thread::sleep(POLL);
+                }
+            });
+            (late, theirs)
+        }
+    }
+
+    /// Fault injection, for the tests and for trying `--peer-timeout` by hand:
+    /// `RSB_FAULT_STOP=P:N` makes process `P` stop itself (SIGSTOP) just after the heartbeat of
+    /// gradient sum `N`, inside the window between the heartbeat and the sum's end, where only
+    /// the exchange's own bound sees it.
+    fn stop_requested(process: usize, beat: u64) -> bool {
+        std::env::var("RSB_FAULT_STOP").is_ok_and(|v| {
+            v.split_once(':').is_some_and(|(p, n)| {
+                p.trim().parse() == Ok(process) && n.trim().parse() == Ok(beat)
+            })
+        })
+    }
+
     /// Whether the MPI library sums device memory itself: Open MPI answers through
     /// `MPIX_Query_cuda_support` (its mpi-ext.h); an MPI without that function cannot say.
     fn cuda_aware() -> Option<bool> {
@@ -582,17 +717,36 @@ mod mpi_world {
             let len = i32::try_from(mine.len())
                 .map_err(|_| ProcessError::Launcher(format!("{} bytes to gather", mine.len())))?;
             let mut lens = vec![0i32; n];
-            self.world.all_gather_into(&len, &mut lens[..]);
+            let done = mpi::request::scope(|scope| {
+                let r = self
+                    .world
+                    .immediate_all_gather_into(scope, &len, &mut lens[..]);
+                self.wait_or_give_up(r)
+            });
+            if let Err(waited) = done {
+                // MPI may still write into it: never freed (the run ends in MPI_Abort).
+                std::mem::forget(lens);
+                return Err(self.given_up(waited));
+            }
             let mut displs = Vec::with_capacity(n);
             let mut total = 0i32;
             for l in &lens {
                 displs.push(total);
                 total = total.saturating_add(*l);
             }
+            let mine = mine.to_vec();
             let mut all = vec![0u8; usize::try_from(total).unwrap_or(0)];
-            {
-                let mut partition = PartitionMut::new(&mut all[..], &lens[..], &displs[..]);
-                self.world.all_gather_varcount_into(mine, &mut partition);
+            let mut partition = PartitionMut::new(&mut all[..], &lens[..], &displs[..]);
+            let done = mpi::request::scope(|scope| {
+                let r =
+                    self.world
+                        .immediate_all_gather_varcount_into(scope, &mine[..], &mut partition);
+                self.wait_or_give_up(r)
+            });
+            if let Err(waited) = done {
+                // MPI may still read and write them: never freed (the run ends in MPI_Abort).
+                std::mem::forget((mine, all, lens, displs));
+                return Err(self.given_up(waited));
             }
             let mut out = Vec::with_capacity(n);
             let mut at = 0usize;
@@ -605,80 +759,56 @@ mod mpi_world {
         }
 
         fn all_reduce_sum(&self, values: &mut [f32]) -> Result<(), ProcessError> {
-            let mut sum = vec![0f32; values.len().min(BUCKET)];
             for chunk in values.chunks_mut(BUCKET) {
-                let out = &mut sum[..chunk.len()];
-                self.world
-                    .all_reduce_into(&chunk[..], out, SystemOperation::sum());
-                chunk.copy_from_slice(out);
+                // Owned buffers, not `chunk`: one that is given up on stays MPI's, and the
+                // caller's memory must not.
+                let send = chunk.to_vec();
+                let mut sum = vec![0f32; chunk.len()];
+                let done = mpi::request::scope(|scope| {
+                    let r = self.world.immediate_all_reduce_into(
+                        scope,
+                        &send[..],
+                        &mut sum[..],
+                        SystemOperation::sum(),
+                    );
+                    self.wait_or_give_up(r)
+                });
+                if let Err(waited) = done {
+                    // MPI may still read and write them: never freed (the run ends in
+                    // MPI_Abort).
+                    std::mem::forget((send, sum));
+                    return Err(self.given_up(waited));
+                }
+                chunk.copy_from_slice(&sum);
             }
             Ok(())
         }
 
-        /// Each process sends its heartbeat count to every other and receives theirs, with
-        /// non-blocking messages polled by this (the only MPI) thread until all have come or
-        /// the timeout has passed; then the receives still open are cancelled, and the
-        /// processes they were from are named.
+        /// Each process sends its heartbeat count to every other and receives theirs.
         fn heartbeat(&self) -> Result<(), ProcessError> {
             let beat = self.beats.get() + 1;
             self.beats.set(beat);
-            let (me, n) = (self.index(), self.count());
-            let mut theirs = vec![beat; n];
             let started = Instant::now();
-            let late: Vec<usize> = mpi::request::scope(|scope| {
-                let mut receives = Vec::new();
-                let mut sends = Vec::new();
-                for (peer, slot) in theirs.iter_mut().enumerate().filter(|(p, _)| *p != me) {
-                    let Ok(rank) = i32::try_from(peer) else {
-                        continue;
-                    };
-                    let process = self.world.process_at_rank(rank);
-                    receives.push((
-                        peer,
-                        process.immediate_receive_into_with_tag(scope, slot, HEARTBEAT_TAG),
-                    ));
-                    sends.push(process.immediate_send_with_tag(scope, &beat, HEARTBEAT_TAG));
-                }
-                loop {
-                    receives = receives
-                        .into_iter()
-                        .filter_map(|(peer, r)| r.test().err().map(|r| (peer, r)))
-                        .collect();
-                    sends = sends.into_iter().filter_map(|r| r.test().err()).collect();
-                    if receives.is_empty() && sends.is_empty() {
-                        return Vec::new();
-                    }
-                    if started.elapsed() >= self.peer_timeout {
-                        let late = receives.iter().map(|(peer, _)| *peer).collect();
-                        // A cancelled request completes: the scope ends with none open.
-                        for (_, r) in receives {
-                            r.cancel();
-                            r.wait_without_status();
-                        }
-                        for r in sends {
-                            r.cancel();
-                            r.wait_without_status();
-                        }
-                        return late;
-                    }
-                    std::thread::sleep(POLL);
-                }
-            });
+            let (late, theirs) = self.roll_call(HEARTBEAT_TAG, beat);
             if !late.is_empty() {
                 return Err(ProcessError::Unresponsive {
                     late,
-                    beat,
+                    at: format!("at gradient sum {beat} of this start"),
                     waited: started.elapsed(),
                 });
             }
             // Every process counts its sums alike; one that does not has left the run's path.
-            match theirs.iter().position(|b| *b != beat) {
-                Some(process) => Err(ProcessError::Disagree {
+            if let Some(process) = theirs.iter().position(|b| *b != beat) {
+                return Err(ProcessError::Disagree {
                     what: format!("the number of gradient sums (this one is at {beat})"),
                     process,
-                }),
-                None => Ok(()),
+                });
             }
+            if stop_requested(self.index(), beat) {
+                // SAFETY: raise only sends a signal to this process.
+                unsafe { libc::raise(libc::SIGSTOP) };
+            }
+            Ok(())
         }
 
         fn abort(&self, code: i32) -> ! {

@@ -2,13 +2,16 @@
 //! `mpirun` on the loopback): the tiny smoke recipe at 4 ranks in 2 × 2 and 4 × 1 processes
 //! against one process of 4 virtual ranks (parameters, BN statistics, steps per epoch, every
 //! rank's batches), and a 2-process run resumed in 4 processes; a process killed mid-epoch ends
-//! the others, as does one stopped (SIGSTOP) within `--peer-timeout`, naming it, and `--resume`
-//! repeats the uninterrupted run's losses. Every process reads one loader daemon (the test's), as the
+//! the others, as does one stopped (SIGSTOP) within `--peer-timeout`, naming it, whether it
+//! stopped in its step or inside the gradient sum, and `--resume` repeats the uninterrupted
+//! run's losses. No run here can hang the suite: each is killed, failing its test, after
+//! [`LIMIT`]. Every process reads one loader daemon (the test's), as the
 //! processes of a node do. Skipped with a message where `mpirun` is not on the PATH.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use loader::server::{LocalServer, ServeConfig};
@@ -83,8 +86,64 @@ fn trainer(processes: usize, args: &[String]) -> Command {
     c
 }
 
+/// The longest any run here may take: a run that hangs fails its test, never the suite.
+const LIMIT: Duration = Duration::from_secs(600);
+
+/// `job`'s output once it ends; killed with the processes mpirun started, and the test failed,
+/// once it has run for `limit`.
+fn wait_within(mut job: Child, limit: Duration) -> Output {
+    // Read while waiting: a full pipe would stop the job, and read as a hang.
+    let mut stdout = job.stdout.take();
+    let mut stderr = job.stderr.take();
+    let stdout = std::thread::spawn(move || read_all(stdout.as_mut()));
+    let stderr = std::thread::spawn(move || read_all(stderr.as_mut()));
+    let began = Instant::now();
+    let status = loop {
+        if let Some(status) = job.try_wait().unwrap() {
+            break status;
+        }
+        if began.elapsed() > limit {
+            for pid in children(job.id()) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+            let _ = job.kill();
+            let _ = job.wait();
+            panic!(
+                "still running after {limit:?}, killed; it said:\n{}",
+                String::from_utf8_lossy(&stderr.join().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+fn read_all(pipe: Option<&mut impl Read>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    if let Some(pipe) = pipe {
+        pipe.read_to_end(&mut bytes).unwrap();
+    }
+    bytes
+}
+
+/// `command`'s output, within [`LIMIT`].
+fn output(command: &mut Command) -> Output {
+    let job = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_within(job, LIMIT)
+}
+
 fn run(processes: usize, args: &[String]) -> Output {
-    let out = trainer(processes, args).output().unwrap();
+    let out = output(&mut trainer(processes, args));
     assert!(
         out.status.success(),
         "{processes} processes: {}\n{}",
@@ -274,9 +333,10 @@ fn two_and_four_processes_train_what_one_process_of_four_ranks_trains() {
     );
 
     // A process count that does not divide the ranks is refused before anything starts.
-    let out = trainer(3, &train_args(&socket, &dir.path().join("np3"), 10))
-        .output()
-        .unwrap();
+    let out = output(&mut trainer(
+        3,
+        &train_args(&socket, &dir.path().join("np3"), 10),
+    ));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -291,19 +351,19 @@ fn two_and_four_processes_train_what_one_process_of_four_ranks_trains() {
     // Processes started with different recipes (mpirun's `A : B`): a process says which it is
     // and why, and the launch ends with exit status 2.
     let args = train_args(&socket, &dir.path().join("mixed"), 10);
-    let out = trainer(1, &args)
-        .args([
-            "--lr",
-            "1e-3",
-            ":",
-            "-np",
-            "1",
-            env!("CARGO_BIN_EXE_trainer"),
-        ])
-        .args(&args)
-        .args(["--lr", "2e-3"])
-        .output()
-        .unwrap();
+    let out = output(
+        trainer(1, &args)
+            .args([
+                "--lr",
+                "1e-3",
+                ":",
+                "-np",
+                "1",
+                env!("CARGO_BIN_EXE_trainer"),
+            ])
+            .args(&args)
+            .args(["--lr", "2e-3"]),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     // The first to fail aborts the launch, which may stop the other before it prints.
@@ -348,7 +408,7 @@ fn steps_written(out: &Path) -> usize {
 
 /// A 2-process run of `args` into `out`, once it is mid-epoch 1 or later (7 steps written: a
 /// checkpoint stands, every 3 steps, and steps remain), with its trainer processes' pids.
-fn mid_run(args: &[String], out: &Path) -> (std::process::Child, Vec<u32>) {
+fn mid_run(args: &[String], out: &Path) -> (Child, Vec<u32>) {
     let mut job = trainer(2, args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -385,7 +445,7 @@ fn a_killed_process_ends_the_run_and_resume_repeats_the_uninterrupted_losses() {
         .status()
         .unwrap();
     assert!(status.success());
-    let out = job.wait_with_output().unwrap();
+    let out = wait_within(job, LIMIT);
     let stopped = killed.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("the others stopped {stopped:?} after the kill; mpirun said:\n{stderr}");
@@ -420,7 +480,28 @@ fn mpi_rank(pid: u32) -> usize {
 #[test]
 fn a_stopped_process_ends_the_others_within_the_peer_timeout_naming_it() {
     // SIGSTOP: the process neither dies nor answers, so MPI sees nothing wrong and, without
-    // the heartbeat, the others wait in the next gradient sum forever.
+    // the bounds, the others wait in their next exchange forever. Sent from outside at a
+    // moment the test does not choose: mostly inside a step (the heartbeat names it), at
+    // times inside an exchange.
+    stopped_run(None, "did not answer");
+}
+
+#[test]
+fn a_process_stopped_inside_the_gradient_sum_ends_the_others_naming_it() {
+    // After the heartbeat of sum 5, inside the window where the heartbeat cannot see it: the
+    // others wait in the sum itself, give it up after --peer-timeout, and a roll call names
+    // the one that no longer answers.
+    stopped_run(
+        Some("1:5"),
+        "did not answer in an exchange after gradient sum 5 of this start",
+    );
+}
+
+/// A 2-process run in which a process stops (SIGSTOP): process 1 by itself where `fault`
+/// says (`RSB_FAULT_STOP`), else one sent the signal by the test mid-run. The run must end
+/// within `--peer-timeout` and a minute, naming that process with `says`, its last checkpoint standing
+/// and `--resume` giving the uninterrupted run's losses.
+fn stopped_run(fault: Option<&str>, says: &str) {
     let dir = tempfile::tempdir().unwrap();
     let Some(loader) = daemon(dir.path()) else {
         return;
@@ -434,20 +515,44 @@ fn a_stopped_process_ends_the_others_within_the_peer_timeout_naming_it() {
     let split = dir.path().join("split");
     let mut args = train_args(&socket, &split, STEPS);
     args.extend(["--peer-timeout".into(), TIMEOUT.to_string()]);
-    let (job, pids) = mid_run(&args, &split);
-    let stopped_rank = mpi_rank(pids[1]);
-    let stopped = Instant::now();
-    let status = Command::new("kill")
-        .args(["-STOP", &pids[1].to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = job.wait_with_output().unwrap();
+    let (stopped, rank, out) = match fault {
+        None => {
+            let (job, pids) = mid_run(&args, &split);
+            let rank = mpi_rank(pids[1]);
+            let stopped = Instant::now();
+            let status = Command::new("kill")
+                .args(["-STOP", &pids[1].to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            (stopped, rank, wait_within(job, LIMIT))
+        }
+        Some(fault) => {
+            let began = Instant::now();
+            // mpirun's processes on this node inherit its environment.
+            let job = trainer(2, &args)
+                .env("RSB_FAULT_STOP", fault)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let (stopped, rank) = loop {
+                let pids = children(job.id());
+                if let Some(pid) = pids.iter().find(|p| is_stopped(**p)) {
+                    break (Instant::now(), mpi_rank(*pid));
+                }
+                assert!(began.elapsed() < LIMIT, "no process stopped");
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            assert_eq!(rank, 1, "RSB_FAULT_STOP={fault} stopped another process");
+            (stopped, rank, wait_within(job, LIMIT))
+        }
+    };
     let ended = stopped.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!(
-        "process {stopped_rank} stopped; the run ended {ended:?} later (--peer-timeout \
-         {TIMEOUT}); it said:\n{stderr}"
+        "process {rank} stopped; the run ended {ended:?} later (--peer-timeout {TIMEOUT}); it \
+         said:\n{stderr}"
     );
     assert!(!out.status.success());
     assert!(
@@ -455,9 +560,7 @@ fn a_stopped_process_ends_the_others_within_the_peer_timeout_naming_it() {
         "{ended:?}"
     );
     assert!(
-        stderr.contains(&format!(
-            "process(es) [{stopped_rank}] did not reach gradient sum"
-        )),
+        stderr.contains(&format!("process(es) [{rank}] {says}")),
         "{stderr}"
     );
     // The last checkpoint stands, and the same command with --resume goes on from it.
@@ -472,4 +575,15 @@ fn a_stopped_process_ends_the_others_within_the_peer_timeout_naming_it() {
         common::losses(&whole),
         "losses after the resume differ"
     );
+}
+
+/// Whether process `pid` is stopped (state T in /proc).
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(") ")?;
+            rest.split_whitespace().next().map(|state| state == "T")
+        })
+        .unwrap_or(false)
 }
