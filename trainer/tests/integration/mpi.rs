@@ -454,13 +454,18 @@ fn a_killed_process_ends_the_run_and_resume_repeats_the_uninterrupted_losses() {
     assert!(stderr.contains("signal 9"), "{stderr}");
     let at_kill = common::losses(&split).len() as u64;
     assert!(at_kill < STEPS, "the kill came after the last step");
+    resume_repeats(&socket, &split, &whole, STEPS);
+}
 
-    let mut resume = train_args(&socket, &split, STEPS);
+/// The same 2-process command as the interrupted run in `split`, with `--resume`, gives every
+/// loss of the uninterrupted run in `whole`.
+fn resume_repeats(socket: &Path, split: &Path, whole: &Path, steps: u64) {
+    let mut resume = train_args(socket, split, steps);
     resume.push("--resume".into());
     run(2, &resume);
     assert_eq!(
-        common::losses(&split),
-        common::losses(&whole),
+        common::losses(split),
+        common::losses(whole),
         "losses after the resume differ"
     );
 }
@@ -567,14 +572,7 @@ fn stopped_run(fault: Option<&str>, says: &str) {
     let latest = RunDir::new(&split).latest().unwrap();
     let at = latest.state().unwrap().steps_done;
     assert!((3..STEPS).contains(&at), "{at}");
-    let mut resume = train_args(&socket, &split, STEPS);
-    resume.push("--resume".into());
-    run(2, &resume);
-    assert_eq!(
-        common::losses(&split),
-        common::losses(&whole),
-        "losses after the resume differ"
-    );
+    resume_repeats(&socket, &split, &whole, STEPS);
 }
 
 /// Whether process `pid` is stopped (state T in /proc).
