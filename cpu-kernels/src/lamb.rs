@@ -163,15 +163,9 @@ impl CpuLamb for Flex {
 }
 
 impl<B: CpuLamb, C: CheckpointStrategy> CpuLamb for Autodiff<B, C> {
-    fn cpu_lamb_step(
-        p: FloatTensor<Self>,
-        g: FloatTensor<Self>,
-        m: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        u: Update,
-    ) -> FloatTensor<Self> {
-        let [p, g, m, v] = [p, g, m, v].map(Self::inner);
-        Self::from_inner(B::cpu_lamb_step(p, g, m, v, u))
+    // An optimizer step is never differentiated.
+    crate::autodiff::on_inner! {
+        fn cpu_lamb_step(p, g, m, v; u: Update);
     }
 }
 

@@ -8,7 +8,8 @@
 //!   burn and are what the benches and most unit tests exercise;
 //! - a burn function of tensors (`conv2d`, `train`, `max_pool2d`, `add_relu`, [`FusedLamb`])
 //!   that plugs them into burn-flex through burn's backend extension, with an autodiff
-//!   backward of its own, and falls back to burn's own operation everywhere else (CUDA, the
+//!   backward of its own (what that backward calls runs on the inner backend: `autodiff.rs`),
+//!   and falls back to burn's own operation everywhere else (CUDA, the
 //!   CubeCL stand-in, half precision, shapes the kernel does not take), so a caller uses it
 //!   unconditionally.
 //!
@@ -32,6 +33,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod activation;
+mod autodiff;
 pub mod batch_norm;
 pub mod conv;
 pub mod lamb;

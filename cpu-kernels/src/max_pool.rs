@@ -381,17 +381,9 @@ impl<B: CpuMaxPool, C: CheckpointStrategy> CpuMaxPool for Autodiff<B, C> {
         }
     }
 
-    // Not differentiated again (no second order): computed on the inner backend.
-    fn cpu_max_pool2d_backward(
-        x: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        window: Window,
-    ) -> FloatTensor<Self> {
-        Self::from_inner(B::cpu_max_pool2d_backward(
-            Self::inner(x),
-            Self::inner(grad),
-            window,
-        ))
+    // Not differentiated again (no second order).
+    crate::autodiff::on_inner! {
+        fn cpu_max_pool2d_backward(x, grad; window: Window);
     }
 }
 

@@ -163,16 +163,8 @@ impl<B: CpuPointwise, C: CheckpointStrategy> CpuPointwise for Autodiff<B, C> {
     }
 
     // The gradient itself is not differentiated again (no second order).
-    fn cpu_pointwise_backward(
-        x: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        activation: Activation,
-    ) -> FloatTensor<Self> {
-        Self::from_inner(B::cpu_pointwise_backward(
-            Self::inner(x),
-            Self::inner(grad),
-            activation,
-        ))
+    crate::autodiff::on_inner! {
+        fn cpu_pointwise_backward(x, grad; activation: Activation);
     }
 }
 

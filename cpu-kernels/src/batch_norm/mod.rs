@@ -256,11 +256,6 @@ impl<B: CpuBatchNorm> Backward<B, 3> for BatchNormBackward {
 }
 
 impl<B: CpuBatchNorm, C: CheckpointStrategy> CpuBatchNorm for Autodiff<B, C> {
-    // Statistics are not differentiated: the backward pass accounts for them.
-    fn cpu_bn_stats(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::from_inner(B::cpu_bn_stats(Self::inner(x)))
-    }
-
     fn cpu_bn_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -301,33 +296,12 @@ impl<B: CpuBatchNorm, C: CheckpointStrategy> CpuBatchNorm for Autodiff<B, C> {
         }
     }
 
-    // The gradients themselves are not differentiated again (no second order).
-    fn cpu_bn_param_backward(
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
-        stats: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        norm: Norm,
-    ) -> FloatTensor<Self> {
-        let [x, gamma, beta, stats, grad] = [x, gamma, beta, stats, grad].map(Self::inner);
-        Self::from_inner(B::cpu_bn_param_backward(x, gamma, beta, stats, grad, norm))
-    }
-
-    fn cpu_bn_x_backward(
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
-        stats: FloatTensor<Self>,
-        params: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        norm: Norm,
-    ) -> FloatTensor<Self> {
-        let [x, gamma, beta, stats, params, grad] =
-            [x, gamma, beta, stats, params, grad].map(Self::inner);
-        Self::from_inner(B::cpu_bn_x_backward(
-            x, gamma, beta, stats, params, grad, norm,
-        ))
+    // Statistics are not differentiated (the backward pass accounts for them), nor are the
+    // gradients themselves (no second order).
+    crate::autodiff::on_inner! {
+        fn cpu_bn_stats(x);
+        fn cpu_bn_param_backward(x, gamma, beta, stats, grad; norm: Norm);
+        fn cpu_bn_x_backward(x, gamma, beta, stats, params, grad; norm: Norm);
     }
 }
 

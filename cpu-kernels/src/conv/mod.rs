@@ -218,34 +218,10 @@ impl<B: CpuConv, C: CheckpointStrategy> CpuConv for Autodiff<B, C> {
         }
     }
 
-    // The gradients themselves are not differentiated again (no second order): computed on
-    // the inner backend, outside the graph.
-    fn cpu_conv2d_x_backward(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        shape: Shape,
-    ) -> FloatTensor<Self> {
-        Self::from_inner(B::cpu_conv2d_x_backward(
-            Self::inner(x),
-            Self::inner(weight),
-            Self::inner(grad),
-            shape,
-        ))
-    }
-
-    fn cpu_conv2d_weight_backward(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        shape: Shape,
-    ) -> FloatTensor<Self> {
-        Self::from_inner(B::cpu_conv2d_weight_backward(
-            Self::inner(x),
-            Self::inner(weight),
-            Self::inner(grad),
-            shape,
-        ))
+    // The gradients themselves are not differentiated again (no second order).
+    crate::autodiff::on_inner! {
+        fn cpu_conv2d_x_backward(x, weight, grad; shape: Shape);
+        fn cpu_conv2d_weight_backward(x, weight, grad; shape: Shape);
     }
 }
 
