@@ -79,7 +79,7 @@ pub fn measure(
         let grads_s = slowest(began.elapsed().as_secs_f64())?;
         drop(summed);
         let began = Instant::now();
-        processes.all_reduce_sum(&mut flat)?;
+        flat = processes.all_reduce_sum(flat)?;
         let sum_s = slowest(began.elapsed().as_secs_f64())?;
         if call >= warmup {
             whole.push(grads_s);

@@ -129,11 +129,12 @@ pub trait Processes: fmt::Debug {
     /// has not completed within the run's `--peer-timeout`.
     fn all_gather(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>, ProcessError>;
 
-    /// `values` becomes the element-wise sum over every process's `values` (equal lengths).
+    /// The element-wise sum over every process's `values` (equal lengths). By value: an
+    /// exchange given up on keeps its buffers, which the caller then must not free.
     ///
     /// # Errors
     /// As [`Processes::all_gather`].
-    fn all_reduce_sum(&self, values: &mut [f32]) -> Result<(), ProcessError> {
+    fn all_reduce_sum(&self, mut values: Vec<f32>) -> Result<Vec<f32>, ProcessError> {
         for chunk in values.chunks_mut(BUCKET) {
             let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
             let all = self.all_gather(&bytes)?;
@@ -145,7 +146,7 @@ pub trait Processes: fmt::Debug {
                 }
             }
         }
-        Ok(())
+        Ok(values)
     }
 
     /// Before each gradient sum: waits, at most the run's `--peer-timeout`, until every
@@ -201,8 +202,8 @@ impl Processes for Alone {
         Ok(vec![mine.to_vec()])
     }
 
-    fn all_reduce_sum(&self, _values: &mut [f32]) -> Result<(), ProcessError> {
-        Ok(())
+    fn all_reduce_sum(&self, values: Vec<f32>) -> Result<Vec<f32>, ProcessError> {
+        Ok(values)
     }
 
     fn abort(&self, code: i32) -> ! {
@@ -334,11 +335,11 @@ pub(crate) fn all_reduce_grads(
         slots: Vec::new(),
     };
     model.visit(&mut f);
-    let (mut flat, slots) = (f.flat, f.slots);
+    let (flat, slots) = (f.flat, f.slots);
     drop(grads);
     // Last, just before the sum: a process stopped during its step is named here.
     processes.heartbeat()?;
-    processes.all_reduce_sum(&mut flat)?;
+    let flat = processes.all_reduce_sum(flat)?;
     let mut summed = GradientsParams::new();
     let mut at = 0;
     for slot in slots {
@@ -758,17 +759,15 @@ mod mpi_world {
             Ok(out)
         }
 
-        fn all_reduce_sum(&self, values: &mut [f32]) -> Result<(), ProcessError> {
-            for chunk in values.chunks_mut(BUCKET) {
-                // Owned buffers, not `chunk`: one that is given up on stays MPI's, and the
-                // caller's memory must not.
-                let send = chunk.to_vec();
-                let mut sum = vec![0f32; chunk.len()];
+        fn all_reduce_sum(&self, mut values: Vec<f32>) -> Result<Vec<f32>, ProcessError> {
+            let mut sum = vec![0f32; values.len().min(BUCKET)];
+            for at in (0..values.len()).step_by(BUCKET) {
+                let n = (values.len() - at).min(BUCKET);
                 let done = mpi::request::scope(|scope| {
                     let r = self.world.immediate_all_reduce_into(
                         scope,
-                        &send[..],
-                        &mut sum[..],
+                        &values[at..at + n],
+                        &mut sum[..n],
                         SystemOperation::sum(),
                     );
                     self.wait_or_give_up(r)
@@ -776,12 +775,12 @@ mod mpi_world {
                 if let Err(waited) = done {
                     // MPI may still read and write them: never freed (the run ends in
                     // MPI_Abort).
-                    std::mem::forget((send, sum));
+                    std::mem::forget((values, sum));
                     return Err(self.given_up(waited));
                 }
-                chunk.copy_from_slice(&sum);
+                values[at..at + n].copy_from_slice(&sum[..n]);
             }
-            Ok(())
+            Ok(values)
         }
 
         /// Each process sends its heartbeat count to every other and receives theirs.
@@ -855,8 +854,8 @@ mod tests {
                     for round in 0..50u8 {
                         let all = m.all_gather(&[m.index() as u8, round]).expect("gather");
                         out.push(all);
-                        let mut v = vec![m.index() as f32 + 1.0, f32::from(round)];
-                        m.all_reduce_sum(&mut v).expect("sum");
+                        let v = vec![m.index() as f32 + 1.0, f32::from(round)];
+                        let v = m.all_reduce_sum(v).expect("sum");
                         assert_eq!(v, vec![6.0, 3.0 * f32::from(round)]);
                     }
                     out

@@ -157,7 +157,7 @@ impl RankStats {
                 flat.extend(sum);
             }
         }
-        processes.all_reduce_sum(&mut flat)?;
+        let flat = processes.all_reduce_sum(flat)?;
         let Some(device) = device else {
             return Ok(());
         };
@@ -724,10 +724,10 @@ mod tests {
         fn all_gather(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>, ProcessError> {
             self.0.all_gather(mine)
         }
-        fn all_reduce_sum(&self, values: &mut [f32]) -> Result<(), ProcessError> {
+        fn all_reduce_sum(&self, values: Vec<f32>) -> Result<Vec<f32>, ProcessError> {
             // Joins the round (so nobody waits), keeps its own values.
-            let mut ignored = values.to_vec();
-            self.0.all_reduce_sum(&mut ignored)
+            self.0.all_reduce_sum(values.clone())?;
+            Ok(values)
         }
         fn abort(&self, code: i32) -> ! {
             std::process::exit(code)
