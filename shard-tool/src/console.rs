@@ -99,12 +99,23 @@ pub fn fail<'a>(
 
 /// Checks a binary's command line, for its tests: clap's own checks of every subcommand's
 /// flags (a name used twice, a bad default), which clap makes only when that subcommand is
-/// parsed, and that `--help` lists each command in one line, as cargo and ripgrep do (the
-/// paragraphs are the command's own `--help`).
+/// parsed; that `--help` lists each command in one line, as cargo and ripgrep do (the
+/// paragraphs are the command's own `--help`); and that no numeric flag takes an absurd
+/// number ([`unbounded_numbers`]) but those named in `any_integer` (a seed, a uid).
 ///
 /// # Panics
-/// When a check fails, naming the subcommand.
-pub fn assert_commands(cmd: clap::Command) {
+/// When a check fails, naming the subcommand or the flags.
+pub fn assert_command_line(cmd: clap::Command, any_integer: &[&str]) {
+    let unbounded = unbounded_numbers(&cmd, any_integer);
+    assert!(
+        unbounded.is_empty(),
+        "flags that take an absurd number: {unbounded:#?}"
+    );
+    assert_commands(cmd);
+}
+
+/// The command-line checks of [`assert_command_line`] but the numbers'.
+fn assert_commands(cmd: clap::Command) {
     let long: Vec<String> = cmd
         .get_subcommands()
         .filter_map(|sub| {
@@ -213,16 +224,6 @@ pub fn unbounded_numbers(cmd: &clap::Command, any_integer: &[&str]) -> Vec<Strin
     }
     found.sort();
     found
-}
-
-/// Panics, naming them, if any numeric flag of `cmd` takes an absurd number
-/// ([`unbounded_numbers`]): for each binary's test.
-pub fn assert_numbers_bounded(cmd: &clap::Command, any_integer: &[&str]) {
-    let unbounded = unbounded_numbers(cmd, any_integer);
-    assert!(
-        unbounded.is_empty(),
-        "flags that take an absurd number: {unbounded:#?}"
-    );
 }
 
 #[cfg(test)]

@@ -93,16 +93,10 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    /// Every subcommand's flags and its one line in `--help`.
+    /// Every subcommand's flags, its one line in `--help`, every number bounded.
     #[test]
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;
-        shard_tool::console::assert_commands(super::Cli::command());
-    }
-
-    #[test]
-    fn every_numeric_flag_is_bounded_where_it_is_parsed() {
-        use clap::CommandFactory;
-        shard_tool::console::assert_numbers_bounded(&super::Cli::command(), &["seed"]);
+        shard_tool::console::assert_command_line(super::Cli::command(), &["seed"]);
     }
 }
