@@ -72,7 +72,7 @@ fn shape(x: &FlexTensor) -> Shape {
 }
 
 /// Our batch norm as a burn backend extension, for burn-flex and for autodiff over it (with
-/// [`BatchNormBackward`]). The statistics (`[2, C]`: mean, biased variance) are computed once
+/// `BatchNormBackward`). The statistics (`[2, C]`: mean, biased variance) are computed once
 /// and handed to the output and to the backward pass; γ's and β's gradients once, and handed
 /// to the input's.
 #[backend_extension(Flex, Autodiff)]

@@ -7,11 +7,11 @@
 //! - weight gradient: `dW (O×K) = Σₙ dY[n] (O×P) · cols(X[n])ᵀ (P×K)`;
 //! - input gradient: `dX[n] = col2im(Wᵀ (K×O) · dY[n] (O×P))`.
 //!
-//! `cols` is im2col ([`super::im2col`]). A 1×1 convolution of stride 1 without padding has
+//! `cols` is im2col (`im2col.rs`). A 1×1 convolution of stride 1 without padding has
 //! `cols(X[n]) = X[n]` viewed as `C×P`: no im2col at all.
 //!
 //! A grouped convolution is the same products with each image's groups taken as images of their
-//! own ([`Geometry::per_group`]), each with its group's block of the weight ([`group_block`]).
+//! own (`Geometry::per_group`), each with its group's block of the weight (`group_block`).
 //!
 //! Images are shared among rayon's threads when there are at least as many as threads, each
 //! image's products on one thread; with fewer images, one image at a time with the products

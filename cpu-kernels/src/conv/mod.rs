@@ -32,7 +32,7 @@ use crate::slices::{is_flex, tensor, values};
 use cpu::Geometry;
 
 /// `conv2d(x, weight, bias, options)` as burn computes it, on our CPU convolution where it
-/// applies ([`ours_applies`]).
+/// applies (`ours_applies`).
 pub fn conv2d(
     x: Tensor<4>,
     weight: Tensor<4>,
@@ -103,7 +103,7 @@ fn geometry(x: &FlexTensor, weight: &FlexTensor, (stride, padding, groups): Shap
 }
 
 /// Our CPU convolution as a burn backend extension: forward and both gradients, for burn-flex,
-/// and for autodiff over it (with [`ConvBackward`]).
+/// and for autodiff over it (with `ConvBackward`).
 #[backend_extension(Flex, Autodiff)]
 pub trait CpuConv: Backend {
     /// The convolution of `x` (N×C×H×W) with `weight` (O×C×kh×kw).

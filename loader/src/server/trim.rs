@@ -67,7 +67,7 @@ impl Trim {
     }
 }
 
-/// Makes the allocator keep one arena for all threads, so that [`Trim`] can return all the
+/// Makes the allocator keep one arena for all threads, so that `Trim` can return all the
 /// heap that is free. Call it before any thread starts (`loader serve` does; a trainer running
 /// the daemon in its own process keeps its allocator as it is). The decode threads allocate a
 /// few buffers per image, milliseconds apart: one arena's lock costs them nothing measurable.

@@ -1,7 +1,7 @@
 //! What summing a step's gradients over the processes costs (`mpirun -np P trainer bench
 //! --all-reduce`): the model's gradients read to host memory, summed by the processes and put
 //! back on the device, as every step of a run over several processes does
-//! ([`crate::ranks::processes::all_reduce_grads`]), and the sum alone on a buffer already in
+//! (`crate::ranks::processes::all_reduce_grads`), and the sum alone on a buffer already in
 //! host memory.
 
 use std::time::Instant;

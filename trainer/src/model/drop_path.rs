@@ -1,6 +1,6 @@
 //! timm's stochastic depth (`drop_path`), shared by every family: in training, a sample's
 //! residual branch is zeroed with probability `p` and the kept ones are scaled by `1 / (1 - p)`.
-//! Its draws can be keyed ([`mix_key`]) so that they depend on the key alone, not on the
+//! Its draws can be keyed (`mix_key`) so that they depend on the key alone, not on the
 //! backend's generator, which every thread and device of the process shares: a rank's masks are
 //! then the same on one device or several, and after a resume.
 

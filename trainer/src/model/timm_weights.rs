@@ -5,7 +5,7 @@
 //! burn-store's PyTorch adapters rename BN `gamma/beta` to `weight/bias` and transpose the
 //! linear weight; the structural differences left are timm's Sequentials (the shortcut's
 //! `downsample.0`/`.1`, or `.1`/`.2` with `avg_down`, for our `downsample.{conv, bn}`; a deep
-//! stem's `conv1.0` to `.6`) and ECA under timm's `se` name ([`renames`]).
+//! stem's `conv1.0` to `.6`) and ECA under timm's `se` name (`renames`).
 //! timm's `num_batches_tracked` buffers are not written (PyTorch fills them in on load) and are
 //! ignored on import.
 

@@ -4,7 +4,7 @@
 //! holds ranks `p·k .. (p+1)·k` with `k = W / P` ([`ProcessPlacement`]), as virtual ranks or on
 //! its `--devices`, so every rank reads the loader stream, the Mixup/CutMix seed (`seed +
 //! rank`) and the drop-path keys it reads in one process. After each step's backward passes, a
-//! process's summed gradients are added to the other processes' ([`all_reduce_grads`]: one
+//! process's summed gradients are added to the other processes' (`all_reduce_grads`: one
 //! contiguous f32 buffer, summed in buckets of [`BUCKET`] values), and every process takes the
 //! same LAMB step with the same sum, as DDP's all-reduce gives every rank. BN statistics are
 //! averaged over all ranks at each epoch end, the loss over all ranks for the log.

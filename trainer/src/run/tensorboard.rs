@@ -209,7 +209,7 @@ fn record(data: &[u8]) -> Vec<u8> {
 }
 
 /// An event file's records, read one at a time: memory is bounded by one record (at most
-/// [`MAX_RECORD_BYTES`]), never by the file, and every length is checked against what is left
+/// `MAX_RECORD_BYTES`), never by the file, and every length is checked against what is left
 /// of the file before anything is read or allocated. Reading stops at the first record that is
 /// torn (a process killed while writing it) or damaged, as TensorBoard's own reader does.
 pub struct Records<R> {

@@ -1,6 +1,6 @@
 //! timm's residual blocks (`BasicBlock`, `Bottleneck`) with the arguments the ResNet family
 //! varies: cardinality and base width (ResNeXt's grouped 3×3), an attention after the last
-//! batch norm ([`super::attention`]), and the shortcut's form (`downsample_conv`, or
+//! batch norm ([`crate::model::attention`]), and the shortcut's form (`downsample_conv`, or
 //! `downsample_avg` with `avg_down`).
 
 use burn::module::Module;
