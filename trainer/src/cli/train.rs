@@ -57,11 +57,12 @@ pub struct TrainArgs {
     /// on any other address anyone who can reach the port (warned at start).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// With several processes (mpirun, srun): how long a process waits at a step's gradient
-    /// sum for the others before it ends the run, naming those that did not come. A process
-    /// stopped or hung without dying (SIGSTOP, a stuck driver, a node gone without its
-    /// connections closing) would otherwise hold every other forever. Give more than the
-    /// slowest step, the first included (kernel compilation on a GPU).
+    /// With several processes (mpirun, srun): how long a process waits for the others in any
+    /// exchange (a step's gradient sum, a checkpoint's or an epoch end's gather) before it ends
+    /// the run, naming those that no longer answer. A process stopped or hung without dying
+    /// (SIGSTOP, a stuck driver, a node gone without its connections closing) would otherwise
+    /// hold every other forever. Give more than the slowest step, the first included (kernel
+    /// compilation on a GPU).
     #[arg(long, value_name = "SECONDS", default_value_t = trainer::ranks::processes::PEER_TIMEOUT.as_secs_f64(), value_parser = shard_tool::console::number_in(1.0..=86_400.0))]
     pub peer_timeout: f64,
     #[command(flatten)]
