@@ -88,7 +88,10 @@ enum Command {
 fn main() -> ExitCode {
     // SAFETY: the first statement of `main`: no other thread exists yet to read the
     // environment while it changes.
-    unsafe { trainer::device::pin_default_device() };
+    unsafe {
+        trainer::device::pin_default_device();
+        trainer::ranks::processes::prefer_ring_sums();
+    }
     trainer::device::host_memory::keep_freed_memory();
     // The in-process loader's warnings and errors (an image replaced, a worker's failure).
     shard_tool::console::init_logging("warn");
