@@ -62,7 +62,8 @@ pub struct TrainArgs {
     /// the run, naming those that no longer answer. A process stopped or hung without dying
     /// (SIGSTOP, a stuck driver, a node gone without its connections closing) would otherwise
     /// hold every other forever. Give more than the slowest step, the first included (kernel
-    /// compilation on a GPU).
+    /// compilation on a GPU), and more than an evaluation, which process 0 makes while the
+    /// others wait for it at the next step.
     #[arg(long, value_name = "SECONDS", default_value_t = trainer::ranks::processes::PEER_TIMEOUT.as_secs_f64(), value_parser = shard_tool::console::number_in(1.0..=86_400.0))]
     pub peer_timeout: f64,
     #[command(flatten)]
