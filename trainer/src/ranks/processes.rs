@@ -601,9 +601,7 @@ mod mpi_world {
                 _universe: universe,
             })
         }
-    }
 
-    impl Mpi {
         /// Polls the exchange `request` until it completes, or gives it up after
         /// `--peer-timeout` (`Err` with the time waited). A given-up exchange stays open: MPI
         /// cannot cancel a collective, so the caller must never free its buffers.
