@@ -89,6 +89,13 @@ impl DaemonMetrics {
             "Streams closed because their client held every slot for stall_timeout_s",
             c.stall_closes.clone(),
         );
+        r.register_with_unit(
+            "oldest_fill",
+            "How long the oldest fill in flight has run (0 without one); past 300 s the daemon \
+             counts a decode worker as hung and stops pinging systemd's watchdog",
+            Unit::Seconds,
+            c.oldest_fill.clone(),
+        );
         let now = Now {
             samples_per_second: Gauge::default(),
             clients: Gauge::default(),

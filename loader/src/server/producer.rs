@@ -311,7 +311,12 @@ impl Producer {
             }
         }
         let gone = || watch.iter().any(|(_, events)| events.is_closed());
+        let in_flight = self
+            .shared
+            .counters
+            .fill_begins(watch.iter().map(|(id, _)| *id).collect());
         let filled = stream.fill_or_stop(split, targets, &self.tenant.gate(&gone));
+        drop(in_flight);
         if filled.stopped() {
             let id = watch.iter().find(|(_, e)| e.is_closed()).map(|(id, _)| *id);
             return Err(Stop::Left(id.unwrap_or_default()));

@@ -1,6 +1,8 @@
 //! What the daemon counts (samples, decodes, stage times, refusals, ring bytes, each client's
-//! progress), the snapshot `loader status` shows, and the once-a-second tick that keeps the
-//! recent rate and talks to systemd. The counters are `prometheus_client`'s, so the scrape
+//! progress, the fills in flight), the snapshot `loader status` shows, and the once-a-second
+//! tick that keeps the recent rate and talks to systemd: its watchdog is pinged only while no
+//! fill has run for [`HUNG_FILL`], so that a daemon whose decode worker hangs is restarted
+//! (its clients reconnect where they were) instead of holding them forever. The counters are `prometheus_client`'s, so the scrape
 //! endpoint (`server::metrics`) reads the same numbers `loader status` shows.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -16,6 +18,11 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use crate::batches::pipeline::StageTimes;
 use crate::wire::protocol::{ClientStats, MemoryUse, Stats};
+
+/// How long one fill (a few batches of a group's clients) may run before the daemon counts it
+/// as hung: far beyond a fill's time even with every decode turn taken by other users (a
+/// fill is seconds at most), short next to a day of training lost to a wait.
+pub(super) const HUNG_FILL: Duration = Duration::from_secs(300);
 
 /// The pipeline's stages, in `Stats::stage_ms`'s order.
 pub(super) const STAGES: [&str; 5] = ["decode", "resize", "flip", "rand_augment", "write"];
@@ -64,6 +71,26 @@ pub(super) struct Counters {
     clients: Mutex<BTreeMap<u64, ClientStats>>,
     /// (time, samples) once a second, for the recent rate.
     history: Mutex<VecDeque<(Instant, u64)>>,
+    /// The fills in flight, by number: when each began, and its clients' ids.
+    fills: Mutex<BTreeMap<u64, (Instant, Vec<u64>)>>,
+    /// The next fill's number.
+    next_fill: AtomicU64,
+    /// Seconds the oldest fill in flight has run (0 without one), as of the last tick.
+    pub(super) oldest_fill: Gauge<f64, AtomicU64>,
+}
+
+/// A fill in flight, counted from [`Counters::fill_begins`] until this is dropped.
+pub(super) struct FillInFlight<'a> {
+    counters: &'a Counters,
+    number: u64,
+}
+
+impl Drop for FillInFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut fills) = self.counters.fills.lock() {
+            fills.remove(&self.number);
+        }
+    }
 }
 
 impl Counters {
@@ -87,7 +114,31 @@ impl Counters {
             stall_closes: Counter::default(),
             clients: Mutex::new(BTreeMap::new()),
             history: Mutex::new(VecDeque::new()),
+            fills: Mutex::new(BTreeMap::new()),
+            next_fill: AtomicU64::new(0),
+            oldest_fill: Gauge::default(),
         }
+    }
+
+    /// Counts a fill for `clients` as in flight until the guard is dropped.
+    pub(super) fn fill_begins(&self, clients: Vec<u64>) -> FillInFlight<'_> {
+        let number = self.next_fill.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut fills) = self.fills.lock() {
+            fills.insert(number, (Instant::now(), clients));
+        }
+        FillInFlight {
+            counters: self,
+            number,
+        }
+    }
+
+    /// How long the oldest fill in flight has run at `now`, and its clients.
+    pub(super) fn oldest_fill_at(&self, now: Instant) -> Option<(Duration, Vec<u64>)> {
+        let fills = self.fills.lock().ok()?;
+        fills
+            .values()
+            .min_by_key(|(began, _)| *began)
+            .map(|(began, clients)| (now.saturating_duration_since(*began), clients.clone()))
     }
 
     /// Adds one fill's samples, decodes and stage times.
@@ -179,13 +230,34 @@ impl Counters {
         }
     }
 
-    /// Once a second: the rate history, and systemd's status line and watchdog.
+    /// Once a second: the rate history, and systemd's status line and watchdog (not pinged
+    /// while a fill has run for [`HUNG_FILL`], which is logged once per hung fill).
     pub(super) async fn tick(&self, workers: u32) {
         let mut watchdog_us = 0;
         let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_us);
         let mut every = tokio::time::interval(Duration::from_secs(1));
+        let mut reported = false;
         loop {
             every.tick().await;
+            let oldest = self.oldest_fill_at(Instant::now());
+            self.oldest_fill
+                .set(oldest.as_ref().map_or(0.0, |(ran, _)| ran.as_secs_f64()));
+            let hung = oldest.filter(|(ran, _)| *ran >= HUNG_FILL);
+            match &hung {
+                Some((ran, clients)) if !reported => {
+                    reported = true;
+                    tracing::error!(
+                        "a fill for client(s) {clients:?} has run {:.0} s (more than {} s): a \
+                         decode worker is hung; systemd's watchdog is no longer pinged, so the \
+                         unit restarts the daemon (its clients reconnect where they were); \
+                         outside systemd, restart it",
+                        ran.as_secs_f64(),
+                        HUNG_FILL.as_secs()
+                    );
+                }
+                Some(_) => {}
+                None => reported = false,
+            }
             {
                 let Ok(mut h) = self.history.lock() else {
                     return;
@@ -203,11 +275,35 @@ impl Counters {
                 s.decode_errors
             );
             let mut states = vec![sd_notify::NotifyState::Status(&status)];
-            if watchdog {
+            if watchdog && hung.is_none() {
                 states.push(sd_notify::NotifyState::Watchdog);
             }
             // Outside systemd there is no notify socket and this does nothing.
             let _ = sd_notify::notify(false, &states);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_fill_in_flight_is_timed_until_its_guard_drops() {
+        let c = Counters::new();
+        assert!(c.oldest_fill_at(Instant::now()).is_none());
+        let first = c.fill_begins(vec![1, 2]);
+        std::thread::sleep(Duration::from_millis(20));
+        let second = c.fill_begins(vec![3]);
+        let later = Instant::now() + Duration::from_secs(400);
+        let (ran, clients) = c.oldest_fill_at(later).expect("a fill in flight");
+        assert_eq!(clients, vec![1, 2]);
+        assert!(ran >= HUNG_FILL, "{ran:?}");
+        drop(first);
+        let (ran, clients) = c.oldest_fill_at(later).expect("the second fill");
+        assert_eq!(clients, vec![3]);
+        assert!(ran < Duration::from_secs(401));
+        drop(second);
+        assert!(c.oldest_fill_at(later).is_none());
     }
 }
