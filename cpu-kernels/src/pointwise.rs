@@ -16,12 +16,10 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{
     Autodiff, AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension,
 };
-use burn::tensor::{DType, Tensor, TensorData};
-use rayon::prelude::*;
+use burn::tensor::{DType, Tensor};
 
 use crate::activation::{Activation, Pointwise, burns, per_activation};
-use crate::simd;
-use crate::slices::{filled, is_flex, values};
+use crate::slices::{is_flex, map, tensor, values, zip_map};
 
 /// `activation(x)`, ours on the CPU where it applies (f32 on burn-flex), burn's elsewhere.
 pub fn apply<const D: usize>(x: Tensor<D>, activation: Activation) -> Tensor<D> {
@@ -35,32 +33,14 @@ pub fn apply<const D: usize>(x: Tensor<D>, activation: Activation) -> Tensor<D> 
     ))
 }
 
-/// Values per task: large enough that rayon's overhead vanishes, small enough to share a small
-/// model's activations between two threads.
-const CHUNK: usize = 1 << 14;
-
 /// `activation(x)` element by element.
 pub fn forward(x: &[f32], activation: Activation) -> Vec<f32> {
     per_activation!(activation, forward_as(x))
 }
 
+#[inline(always)]
 fn forward_as<A: Pointwise>(x: &[f32]) -> Vec<f32> {
-    let fill = |y: &mut [std::mem::MaybeUninit<f32>]| {
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(y, x)| {
-                simd::run(
-                    #[inline(always)]
-                    || {
-                        for (y, &x) in y.iter_mut().zip(x) {
-                            y.write(A::forward(x));
-                        }
-                    },
-                )
-            });
-    };
-    // SAFETY: the chunks cover the output, and each is written whole.
-    unsafe { filled(x.len(), fill) }
+    map(x, A::forward)
 }
 
 /// The gradient reaching `x` when `dy` reaches `activation(x)`, element by element.
@@ -68,28 +48,9 @@ pub fn backward(x: &[f32], dy: &[f32], activation: Activation) -> Vec<f32> {
     per_activation!(activation, backward_as(x, dy))
 }
 
+#[inline(always)]
 fn backward_as<A: Pointwise>(x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let fill = |dx: &mut [std::mem::MaybeUninit<f32>]| {
-        dx.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
-            .for_each(|(dx, (x, dy))| {
-                simd::run(
-                    #[inline(always)]
-                    || {
-                        for (dx, (&x, &dy)) in dx.iter_mut().zip(x.iter().zip(dy)) {
-                            dx.write(A::backward(x, dy));
-                        }
-                    },
-                )
-            });
-    };
-    // SAFETY: the chunks cover the gradient, and each is written whole.
-    unsafe { filled(x.len(), fill) }
-}
-
-/// A flex tensor of `like`'s shape holding `values`.
-fn shaped_like(values: Vec<f32>, like: &FlexTensor) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, like.shape()))
+    zip_map(x, dy, A::backward)
 }
 
 /// An activation on its own as a burn backend extension, for burn-flex and for autodiff over it
@@ -109,7 +70,7 @@ pub trait CpuPointwise: Backend {
 
 impl CpuPointwise for Flex {
     fn cpu_pointwise(x: FlexTensor, activation: Activation) -> FlexTensor {
-        shaped_like(forward(&values(&x), activation), &x)
+        tensor(forward(&values(&x), activation), x.shape())
     }
 
     fn cpu_pointwise_backward(
@@ -117,7 +78,7 @@ impl CpuPointwise for Flex {
         grad: FlexTensor,
         activation: Activation,
     ) -> FlexTensor {
-        shaped_like(backward(&values(&x), &values(&grad), activation), &x)
+        tensor(backward(&values(&x), &values(&grad), activation), x.shape())
     }
 }
 

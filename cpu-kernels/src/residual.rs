@@ -7,6 +7,7 @@
 //! values are the same bits: the same f32 sum, then flex's ReLU (NaN kept), and its backward
 //! masks the gradient with burn's `relu_backward` on the output, as burn's ReLU does.
 
+use crate::slices::{is_flex, tensor, values, zip_map};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -16,10 +17,6 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::activation::relu;
 use burn::tensor::{DType, Tensor};
-use rayon::prelude::*;
-
-use crate::simd;
-use crate::slices::{filled, is_flex, tensor, values};
 
 /// `relu(branch + shortcut)`, fused on the CPU where it applies: f32 on burn-flex, the same
 /// shapes (no broadcast).
@@ -37,29 +34,12 @@ pub fn add_relu(branch: Tensor<4>, shortcut: Tensor<4>) -> Tensor<4> {
     ))
 }
 
-/// Values per task: large enough that rayon's overhead vanishes, small enough to share a
-/// ResNet-18/8 block's 64 × 8 × 32 × 32 values between two threads.
-const CHUNK: usize = 1 << 14;
-
 /// `relu(a + b)` element by element, as flex computes the add and then the ReLU.
 pub fn forward(a: &[f32], b: &[f32]) -> Vec<f32> {
-    let fill = |y: &mut [std::mem::MaybeUninit<f32>]| {
-        y.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(|(y, (a, b))| {
-                simd::run(
-                    #[inline(always)]
-                    || {
-                        for (y, (&a, &b)) in y.iter_mut().zip(a.iter().zip(b)) {
-                            let v = a + b;
-                            y.write(if v.is_nan() || v > 0.0 { v } else { 0.0 });
-                        }
-                    },
-                )
-            });
-    };
-    // SAFETY: the chunks cover the output, and each is written whole.
-    unsafe { filled(a.len(), fill) }
+    zip_map(a, b, |a, b| {
+        let v = a + b;
+        if v.is_nan() || v > 0.0 { v } else { 0.0 }
+    })
 }
 
 /// The fused join as a burn backend extension, for burn-flex and for autodiff over it (with
