@@ -574,6 +574,8 @@ mod mpi_world {
         peer_timeout: Duration,
         /// Heartbeats so far.
         beats: Cell<u64>,
+        /// The gradient sum this process stops itself after (`RSB_FAULT_STOP`).
+        fault_stop: Option<u64>,
         /// Finalizes MPI on drop; declared last, so the communicator goes first.
         _universe: Universe,
     }
@@ -594,10 +596,13 @@ mod mpi_world {
                 .ok_or_else(|| {
                     ProcessError::Launcher("MPI was initialized twice in this process".into())
                 })?;
+            let world = universe.world();
+            let fault_stop = usize::try_from(world.rank()).ok().and_then(fault_stop);
             Ok(Mpi {
-                world: universe.world(),
+                world,
                 peer_timeout,
                 beats: Cell::new(0),
+                fault_stop,
                 _universe: universe,
             })
         }
@@ -699,13 +704,12 @@ mod mpi_world {
     /// Fault injection, for the tests and for trying `--peer-timeout` by hand:
     /// `RSB_FAULT_STOP=P:N` makes process `P` stop itself (SIGSTOP) just after the heartbeat of
     /// gradient sum `N`, inside the window between the heartbeat and the sum's end, where only
-    /// the exchange's own bound sees it.
-    fn stop_requested(process: usize, beat: u64) -> bool {
-        std::env::var("RSB_FAULT_STOP").is_ok_and(|v| {
-            v.split_once(':').is_some_and(|(p, n)| {
-                p.trim().parse() == Ok(process) && n.trim().parse() == Ok(beat)
-            })
-        })
+    /// the exchange's own bound sees it. Read once, at the launch: the gradient sum this
+    /// process stops at.
+    fn fault_stop(process: usize) -> Option<u64> {
+        let v = std::env::var("RSB_FAULT_STOP").ok()?;
+        let (p, n) = v.split_once(':')?;
+        (p.trim().parse() == Ok(process)).then(|| n.trim().parse().ok())?
     }
 
     /// Whether the MPI library sums device memory itself: Open MPI answers through
@@ -822,7 +826,7 @@ mod mpi_world {
                     process,
                 });
             }
-            if stop_requested(self.index(), beat) {
+            if self.fault_stop == Some(beat) {
                 // SAFETY: raise only sends a signal to this process.
                 unsafe { libc::raise(libc::SIGSTOP) };
             }

@@ -440,11 +440,7 @@ fn a_killed_process_ends_the_run_and_resume_repeats_the_uninterrupted_losses() {
     let (job, pids) = mid_run(&train_args(&socket, &split, STEPS), &split);
     let killed = Instant::now();
     // Process 1 (the second started).
-    let status = Command::new("kill")
-        .args(["-9", &pids[1].to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    signal(pids[1], "-KILL");
     let out = wait_within(job, LIMIT);
     let stopped = killed.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -468,6 +464,15 @@ fn resume_repeats(socket: &Path, split: &Path, whole: &Path, steps: u64) {
         common::losses(whole),
         "losses after the resume differ"
     );
+}
+
+/// Sends `pid` the signal `sig` (`kill`'s spelling: `-KILL`, `-STOP`).
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig} {pid}");
 }
 
 /// The MPI rank of the process `pid`, from the environment mpirun gave it.
@@ -504,8 +509,8 @@ fn a_process_stopped_inside_the_gradient_sum_ends_the_others_naming_it() {
 
 /// A 2-process run in which a process stops (SIGSTOP): process 1 by itself where `fault`
 /// says (`RSB_FAULT_STOP`), else one sent the signal by the test mid-run. The run must end
-/// within `--peer-timeout` and a minute, naming that process with `says`, its last checkpoint standing
-/// and `--resume` giving the uninterrupted run's losses.
+/// within `--peer-timeout` and a minute, naming that process with `says`, its last checkpoint
+/// standing and `--resume` giving the uninterrupted run's losses.
 fn stopped_run(fault: Option<&str>, says: &str) {
     let dir = tempfile::tempdir().unwrap();
     let Some(loader) = daemon(dir.path()) else {
@@ -525,11 +530,7 @@ fn stopped_run(fault: Option<&str>, says: &str) {
             let (job, pids) = mid_run(&args, &split);
             let rank = mpi_rank(pids[1]);
             let stopped = Instant::now();
-            let status = Command::new("kill")
-                .args(["-STOP", &pids[1].to_string()])
-                .status()
-                .unwrap();
-            assert!(status.success());
+            signal(pids[1], "-STOP");
             (stopped, rank, wait_within(job, LIMIT))
         }
         Some(fault) => {

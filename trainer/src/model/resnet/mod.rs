@@ -2,8 +2,8 @@
 //! arguments ([`Variant`]): ResNet v1.5 (the stride on the 3×3 convolution, 1×1 projection
 //! shortcuts, 7×7 stem and max-pool), the deep stems of the "D" and "T" models ([`stem`]),
 //! `avg_down` shortcuts and ResNeXt's grouped 3×3 ([`block`]), squeeze-excite and ECA
-//! ([`attention`](crate::model::attention)); timm's names for them are in [`names`]. timm's initialization and
-//! stochastic depth throughout.
+//! ([`attention`](crate::model::attention)); timm's names for them are in [`names`]. timm's
+//! initialization and stochastic depth throughout.
 //!
 //! Field names follow timm's state dict (`conv1`, `bn1`, `layer1.0.conv2`, `fc`, ...), so that
 //! exported weights load into `timm.create_model(name)` with only the adapter's renames.
