@@ -14,7 +14,7 @@ pub fn packed(dir: &Path, classes: u32, per_class: u32, size: u32) -> PathBuf {
         train_per_class: per_class,
         val_per_class: 0,
         size,
-        odd_files: false,
+        ..shard_tool::synth::TreeSpec::default()
     };
     shard_tool::synth::write_tree(&dir.join("src"), &spec).unwrap();
     let out = dir.join("shards");

@@ -983,15 +983,22 @@ mod tests {
         assert!(err.to_string().contains("val/z"), "{err}");
     }
 
+    /// Class folders `n01` and `n02` in `train/`, and `val_images` images in a flat `val/`
+    /// named as ImageNet's validation images are.
+    fn flat_val_tree(val_images: u32) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        touch(dir.path(), "train/n01/1.JPEG");
+        touch(dir.path(), "train/n02/1.JPEG");
+        for i in 1..=val_images {
+            touch(dir.path(), &format!("val/ILSVRC2012_val_{i:08}.JPEG"));
+        }
+        dir
+    }
+
     #[test]
     fn flat_val_with_kaggle_csv() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = flat_val_tree(3);
         let r = dir.path();
-        touch(r, "train/n01/1.JPEG");
-        touch(r, "train/n02/1.JPEG");
-        touch(r, "val/ILSVRC2012_val_00000001.JPEG");
-        touch(r, "val/ILSVRC2012_val_00000002.JPEG");
-        touch(r, "val/ILSVRC2012_val_00000003.JPEG");
         fs::write(
             r.join("LOC_val_solution.csv"),
             "ImageId,PredictionString\nILSVRC2012_val_00000002,n01 1 2 3 4 n01 5 6 7 8\n\
@@ -1009,12 +1016,8 @@ mod tests {
 
     #[test]
     fn flat_val_with_devkit_ids_maps_through_synsets() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = flat_val_tree(2);
         let r = dir.path();
-        touch(r, "train/n01/1.JPEG");
-        touch(r, "train/n02/1.JPEG");
-        touch(r, "val/ILSVRC2012_val_00000001.JPEG");
-        touch(r, "val/ILSVRC2012_val_00000002.JPEG");
         // ID 1 is n02 (not sorted order), ID 2 is n01.
         fs::write(r.join("ILSVRC2012_validation_ground_truth.txt"), "1\n2\n").unwrap();
         let no_synsets = discover(r, &LayoutOptions::default()).unwrap_err();

@@ -25,11 +25,9 @@ if [[ ${1:-} == -h || ${1:-} == --help ]]; then
   awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
   exit 0
 fi
-root=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$root"
-
-# Debian's LLVM where the bundler looks, and the CUDA API version: shared with standin.sh.
-source "$root/trainer/cuda/llvm_env.sh"
+# Debian's LLVM where the bundler looks, and the CUDA API version (shared with standin.sh);
+# from here on, the working directory is the repository root, $root.
+source "$(dirname "$0")/llvm_env.sh"
 
 start=$(date +%s)
 cargo build --locked --profile dist -p trainer --features cuda,cube-cpu,mpi "$@"

@@ -1,13 +1,16 @@
-# Sourced by build.sh and standin.sh (with $root set to the repository root): the environment
-# in which cargo builds the `cuda` and `cube-cpu` features offline, from Debian's LLVM 22.
+# Sourced by build.sh and standin.sh: the environment in which cargo builds the `cuda` and
+# `cube-cpu` features offline, from Debian's LLVM 22. Sets $root to the repository root and
+# makes it the working directory.
 #
-# Usage: root=REPOSITORY_ROOT; source trainer/cuda/llvm_env.sh
+# Usage: source trainer/cuda/llvm_env.sh
 # (No `set -euo pipefail`: sourced, it would change the caller's shell options.)
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
   # Run rather than sourced (or with --help): say how it is used.
   awk 'NR > 0 && /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
   exit 0
 fi
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$root"
 llvm=/usr/lib/llvm-22
 if [[ ! -x $llvm/bin/llvm-config ]]; then
     echo "error: $llvm/bin/llvm-config not found." >&2

@@ -33,9 +33,8 @@ if [[ ${1:-} == -h || ${1:-} == --help ]]; then
   awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
   exit 0
 fi
-root=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$root"
-source "$root/trainer/cuda/llvm_env.sh"
+# The build environment; the working directory is the repository root, $root, from here on.
+source "$(dirname "$0")/llvm_env.sh"
 out=${RSB_STANDIN_OUT:-target/standin}
 steps=${RSB_STANDIN_STEPS:-}
 # Each part's limit in seconds (a first compile of new shapes takes tens of minutes here; a

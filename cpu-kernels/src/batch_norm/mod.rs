@@ -5,6 +5,8 @@
 
 pub mod cpu;
 
+use std::borrow::Cow;
+
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -45,13 +47,15 @@ pub fn train(
         return (burns(out.output, norm.activation), out.mean, out.variance);
     }
     let c = x.dims()[1];
+    // γ and β travel as one `[2, C]` tensor: the backward pass computes their gradients
+    // together, as one `[2, C]` tensor, and the stack's own backward hands out its rows.
+    let affine: Tensor<2> = Tensor::stack(vec![gamma, beta], 0);
     let stats: Tensor<2> = Tensor::from_dispatch(<Dispatch as CpuBatchNorm>::cpu_bn_stats(
         x.clone().into_dispatch(),
     ));
     let out = Tensor::from_dispatch(<Dispatch as CpuBatchNorm>::cpu_bn_train(
         x.into_dispatch(),
-        gamma.into_dispatch(),
-        beta.into_dispatch(),
+        affine.into_dispatch(),
         stats.clone().into_dispatch(),
         norm,
     ));
@@ -65,39 +69,30 @@ fn ours_applies(x: &Tensor<4>, gamma: &Tensor<1>) -> bool {
     is_flex(&x.device()) && x.dtype() == DType::F32 && gamma.dtype() == DType::F32
 }
 
-/// The sizes of an `[N, C, H, W]` flex tensor.
-fn shape(x: &FlexTensor) -> Shape {
-    let [n, c, h, w] = x.shape().dims();
-    Shape { n, c, hw: h * w }
-}
-
 /// Our batch norm as a burn backend extension, for burn-flex and for autodiff over it (with
 /// `BatchNormBackward`). The statistics (`[2, C]`: mean, biased variance) are computed once
 /// and handed to the output and to the backward pass; γ's and β's gradients once, and handed
-/// to the input's.
+/// to the input's. γ and β are one `[2, C]` tensor, `affine` (row 0 γ, row 1 β).
 #[backend_extension(Flex, Autodiff)]
 pub trait CpuBatchNorm: Backend {
     /// Per channel of `x` (N×C×H×W), the mean (row 0) and biased variance (row 1): `[2, C]`.
     fn cpu_bn_stats(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// `x` normalized with its batch statistics `stats` ([`CpuBatchNorm::cpu_bn_stats`]),
-    /// scaled by `gamma` and shifted by `beta`, then through `norm.activation`.
+    /// scaled by γ and shifted by β (`affine`), then through `norm.activation`.
     /// Differentiated as batch norm in training: the statistics' dependence on `x` is in the
     /// backward pass.
     fn cpu_bn_train(
         x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
+        affine: FloatTensor<Self>,
         stats: FloatTensor<Self>,
         norm: Norm,
     ) -> FloatTensor<Self>;
 
-    /// The gradients of `gamma` (row 0) and `beta` (row 1) from the output's gradient:
-    /// `[2, C]`.
+    /// The gradients of γ (row 0) and β (row 1) from the output's gradient: `[2, C]`.
     fn cpu_bn_param_backward(
         x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
+        affine: FloatTensor<Self>,
         stats: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         norm: Norm,
@@ -107,8 +102,7 @@ pub trait CpuBatchNorm: Backend {
     /// `params` ([`CpuBatchNorm::cpu_bn_param_backward`]).
     fn cpu_bn_x_backward(
         x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
+        affine: FloatTensor<Self>,
         stats: FloatTensor<Self>,
         params: FloatTensor<Self>,
         grad: FloatTensor<Self>,
@@ -116,7 +110,39 @@ pub trait CpuBatchNorm: Backend {
     ) -> FloatTensor<Self>;
 }
 
-/// The `[2, C]` rows of a flex tensor (statistics, or γ's and β's gradients).
+/// A batch's values as the kernels take them: `x`'s shape and values, and the two rows of
+/// each `[2, C]` tensor handed along (statistics, γ and β).
+struct Batch<'a> {
+    s: Shape,
+    dims: [usize; 4],
+    x: Cow<'a, [f32]>,
+    stats: (Vec<f32>, Vec<f32>),
+    affine: (Vec<f32>, Vec<f32>),
+}
+
+impl Batch<'_> {
+    fn of<'a>(x: &'a FlexTensor, affine: &FlexTensor, stats: &FlexTensor) -> Batch<'a> {
+        let dims = x.shape().dims::<4>();
+        let [n, c, h, w] = dims;
+        Batch {
+            s: Shape { n, c, hw: h * w },
+            dims,
+            x: values(x),
+            stats: rows(stats),
+            affine: rows(affine),
+        }
+    }
+
+    fn stats(&self) -> (&[f32], &[f32]) {
+        (&self.stats.0, &self.stats.1)
+    }
+
+    fn affine(&self) -> (&[f32], &[f32]) {
+        (&self.affine.0, &self.affine.1)
+    }
+}
+
+/// The `[2, C]` rows of a flex tensor (statistics, γ and β, or their gradients).
 fn rows(t: &FlexTensor) -> (Vec<f32>, Vec<f32>) {
     let v = values(t);
     let c = v.len() / 2;
@@ -125,78 +151,69 @@ fn rows(t: &FlexTensor) -> (Vec<f32>, Vec<f32>) {
 
 impl CpuBatchNorm for Flex {
     fn cpu_bn_stats(x: FlexTensor) -> FlexTensor {
-        let s = shape(&x);
-        let (mean, var) = cpu::statistics(s, &values(&x));
-        tensor([mean, var].concat(), [2, s.c])
+        let [n, c, h, w] = x.shape().dims();
+        let (mean, var) = cpu::statistics(Shape { n, c, hw: h * w }, &values(&x));
+        tensor([mean, var].concat(), [2, c])
     }
 
     fn cpu_bn_train(
         x: FlexTensor,
-        gamma: FlexTensor,
-        beta: FlexTensor,
+        affine: FlexTensor,
         stats: FlexTensor,
         norm: Norm,
     ) -> FlexTensor {
-        let s = shape(&x);
-        let dims = x.shape().dims::<4>();
-        let (mean, var) = rows(&stats);
+        let b = Batch::of(&x, &affine, &stats);
         let y = cpu::normalize(
-            s,
-            &values(&x),
-            (&mean, &var),
-            (&values(&gamma), &values(&beta)),
+            b.s,
+            &b.x,
+            b.stats(),
+            b.affine(),
             norm.epsilon,
             norm.activation,
         );
-        tensor(y, dims)
+        tensor(y, b.dims)
     }
 
     fn cpu_bn_param_backward(
         x: FlexTensor,
-        gamma: FlexTensor,
-        beta: FlexTensor,
+        affine: FlexTensor,
         stats: FlexTensor,
         grad: FlexTensor,
         norm: Norm,
     ) -> FlexTensor {
-        let s = shape(&x);
-        let (mean, var) = rows(&stats);
-        let (gamma, beta) = (values(&gamma), values(&beta));
+        let b = Batch::of(&x, &affine, &stats);
         let (dgamma, dbeta) = cpu::parameter_grads(
-            s,
-            &values(&x),
+            b.s,
+            &b.x,
             &values(&grad),
-            (&mean, &var),
-            (&gamma, &beta),
+            b.stats(),
+            b.affine(),
             norm.epsilon,
             norm.activation,
         );
-        tensor([dgamma, dbeta].concat(), [2, s.c])
+        tensor([dgamma, dbeta].concat(), [2, b.s.c])
     }
 
     fn cpu_bn_x_backward(
         x: FlexTensor,
-        gamma: FlexTensor,
-        beta: FlexTensor,
+        affine: FlexTensor,
         stats: FlexTensor,
         params: FlexTensor,
         grad: FlexTensor,
         norm: Norm,
     ) -> FlexTensor {
-        let s = shape(&x);
-        let dims = x.shape().dims::<4>();
-        let (mean, var) = rows(&stats);
+        let b = Batch::of(&x, &affine, &stats);
         let (dgamma, dbeta) = rows(&params);
         let dx = cpu::input_grad(
-            s,
-            (&values(&x), &values(&grad)),
-            (&mean, &var),
-            (&values(&gamma), &values(&beta)),
+            b.s,
+            (&b.x, &values(&grad)),
+            b.stats(),
+            b.affine(),
             (&dgamma, &dbeta),
             norm.epsilon,
             norm.activation,
         );
-        tensor(dx, dims)
+        tensor(dx, b.dims)
     }
 }
 
@@ -205,52 +222,31 @@ impl CpuBatchNorm for Flex {
 #[derive(Debug)]
 struct BatchNormBackward;
 
-impl<B: CpuBatchNorm> Backward<B, 3> for BatchNormBackward {
-    /// The checkpointed input, γ and β, the batch statistics, and ε and the fused activation.
-    type State = ([NodeId; 3], B::FloatTensorPrimitive, Norm);
+impl<B: CpuBatchNorm> Backward<B, 2> for BatchNormBackward {
+    /// The checkpointed input and γ-and-β, the batch statistics, and ε and the fused
+    /// activation.
+    type State = ([NodeId; 2], B::FloatTensorPrimitive, Norm);
 
     fn backward(
         self,
-        ops: Ops<Self::State, 3>,
+        ops: Ops<Self::State, 2>,
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
-        let [node_x, node_gamma, node_beta] = ops.parents;
+        let [node_x, node_affine] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
         let (states, stats, norm) = ops.state;
-        let [x, gamma, beta] =
+        let [x, affine] =
             states.map(|s| checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(s));
-        // The input's gradient needs γ's and β's: computed once for all three.
-        let params = B::cpu_bn_param_backward(
-            x.clone(),
-            gamma.clone(),
-            beta.clone(),
-            stats.clone(),
-            grad.clone(),
-            norm,
-        );
-        let c = params.shape().dims::<2>()[1];
-        let row = |r: usize| {
-            B::float_reshape(
-                B::float_slice(
-                    params.clone(),
-                    &[
-                        burn::tensor::Slice::from(r..r + 1),
-                        burn::tensor::Slice::from(0..c),
-                    ],
-                ),
-                [c].into(),
-            )
-        };
-        if let Some(node) = node_gamma {
-            grads.register::<B>(node.id, row(0));
-        }
-        if let Some(node) = node_beta {
-            grads.register::<B>(node.id, row(1));
-        }
+        // The input's gradient needs γ's and β's: computed once for both.
+        let params =
+            B::cpu_bn_param_backward(x.clone(), affine.clone(), stats.clone(), grad.clone(), norm);
         if let Some(node) = node_x {
-            let dx = B::cpu_bn_x_backward(x, gamma, beta, stats, params, grad, norm);
+            let dx = B::cpu_bn_x_backward(x, affine, stats, params.clone(), grad, norm);
             grads.register::<B>(node.id, dx);
+        }
+        if let Some(node) = node_affine {
+            grads.register::<B>(node.id, params);
         }
     }
 }
@@ -258,38 +254,29 @@ impl<B: CpuBatchNorm> Backward<B, 3> for BatchNormBackward {
 impl<B: CpuBatchNorm, C: CheckpointStrategy> CpuBatchNorm for Autodiff<B, C> {
     fn cpu_bn_train(
         x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
+        affine: FloatTensor<Self>,
         stats: FloatTensor<Self>,
         norm: Norm,
     ) -> FloatTensor<Self> {
         let stats = Self::inner(stats);
         match BatchNormBackward
-            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .prepare::<C>([x.node(), affine.node()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(mut prep) => {
-                let states = [
-                    prep.checkpoint(&x),
-                    prep.checkpoint(&gamma),
-                    prep.checkpoint(&beta),
-                ];
-                prep.finish(
-                    (states, stats.clone(), norm),
-                    B::cpu_bn_train(
-                        x.into_primitive(),
-                        gamma.into_primitive(),
-                        beta.into_primitive(),
-                        stats,
-                        norm,
-                    ),
-                )
+                let states = [prep.checkpoint(&x), prep.checkpoint(&affine)];
+                let y = B::cpu_bn_train(
+                    x.into_primitive(),
+                    affine.into_primitive(),
+                    stats.clone(),
+                    norm,
+                );
+                prep.finish((states, stats, norm), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::cpu_bn_train(
                 x.into_primitive(),
-                gamma.into_primitive(),
-                beta.into_primitive(),
+                affine.into_primitive(),
                 stats,
                 norm,
             )),
@@ -300,8 +287,8 @@ impl<B: CpuBatchNorm, C: CheckpointStrategy> CpuBatchNorm for Autodiff<B, C> {
     // gradients themselves (no second order).
     crate::autodiff::on_inner! {
         fn cpu_bn_stats(x);
-        fn cpu_bn_param_backward(x, gamma, beta, stats, grad; norm: Norm);
-        fn cpu_bn_x_backward(x, gamma, beta, stats, params, grad; norm: Norm);
+        fn cpu_bn_param_backward(x, affine, stats, grad; norm: Norm);
+        fn cpu_bn_x_backward(x, affine, stats, params, grad; norm: Norm);
     }
 }
 

@@ -20,14 +20,22 @@ fn same_width_stride_one(g: &Geometry) -> bool {
     g.stride == [1, 1] && g.out()[1] == g.w
 }
 
-/// One row of `cols`: channel `c`, kernel tap `(i, j)`, and the output rows and columns whose
-/// input under the tap is inside the image.
+/// One row of `cols` over the output rows of a tile: channel `c`, kernel tap `(i, j)`, where
+/// its values lie in `cols`, and the rows of the tile and output columns whose input under the
+/// tap is inside the image.
 struct Tap<'a> {
-    c: usize,
+    /// Channel `c`'s plane in the input (or its gradient).
+    plane: Range<usize>,
     ij: [usize; 2],
-    row: usize,
-    rows_in: &'a Range<usize>,
+    /// The tap's values in `cols` (the tile's positions).
+    at: Range<usize>,
+    /// The tile's rows (counted from the tile's first) that read inside the image.
+    rows_in: Range<usize>,
+    /// The output row of `rows_in`'s first.
+    first_row: usize,
     cols_in: &'a Range<usize>,
+    /// The output's width.
+    ow: usize,
 }
 
 /// What im2col and col2im derive from a convolution's geometry, once per convolution rather
@@ -56,24 +64,39 @@ impl Reach {
         }
     }
 
-    /// `f(tap)` for every row of `cols`, in order.
+    /// `f(tap)` for every row of `cols` of the output rows `tile`, in order.
     #[inline(always)]
-    fn each_tap(&self, mut f: impl FnMut(Tap<'_>)) {
+    fn each_tap(&self, tile: &Range<usize>, mut f: impl FnMut(Tap<'_>)) {
         let g = &self.g;
+        let ow = g.out()[1];
+        let p = tile.len() * ow;
         for c in 0..g.c {
             for (i, rows_in) in self.rows_inside.iter().enumerate() {
+                let rows_in = within(rows_in, tile);
                 for (j, cols_in) in self.cols_inside.iter().enumerate() {
                     let row = (c * g.k[0] + i) * g.k[1] + j;
                     f(Tap {
-                        c,
+                        plane: c * g.h * g.w..(c + 1) * g.h * g.w,
                         ij: [i, j],
-                        row,
-                        rows_in,
+                        at: row * p..(row + 1) * p,
+                        first_row: tile.start + rows_in.start,
+                        rows_in: rows_in.clone(),
                         cols_in,
+                        ow,
                     });
                 }
             }
         }
+    }
+
+    /// The plane's values under `tap` for the `k`-th of its `rows_in`: from the input under its
+    /// first column in `cols_in` to the end of that input row (every `stride[1]`-th is read).
+    #[inline(always)]
+    fn input_row(&self, tap: &Tap<'_>, k: usize) -> Range<usize> {
+        let g = &self.g;
+        let [i, j] = tap.ij;
+        let iy = (tap.first_row + k) * g.stride[0] + i - g.padding[0];
+        iy * g.w + tap.cols_in.start * g.stride[1] + j - g.padding[1]..(iy + 1) * g.w
     }
 }
 
@@ -127,27 +150,22 @@ pub(super) fn im2col(reach: &Reach, x: &[f32], tile: Range<usize>, cols: &mut [f
 
 #[inline(always)]
 fn im2col_body(reach: &Reach, x: &[f32], tile: &Range<usize>, cols: &mut [f32]) {
-    let g = &reach.g;
-    let [_, ow] = g.out();
-    let p = tile.len() * ow;
-    let ([sh, sw], [ph, pw]) = (g.stride, g.padding);
-    let same = reach.same;
     reach.each_tap(
+        tile,
         #[inline(always)]
         |tap| {
-            let plane = &x[tap.c * g.h * g.w..(tap.c + 1) * g.h * g.w];
-            let (rows_in, cols_in, [i, j]) = (within(tap.rows_in, tile), tap.cols_in, tap.ij);
-            let dst = &mut cols[tap.row * p..(tap.row + 1) * p];
+            let (plane, ow) = (&x[tap.plane.clone()], tap.ow);
+            let (rows_in, cols_in) = (&tap.rows_in, tap.cols_in);
+            let dst = &mut cols[tap.at.clone()];
             if rows_in.is_empty() || cols_in.is_empty() {
                 dst.fill(0.0);
                 return;
             }
-            let first_row = tile.start + rows_in.start;
             dst[..rows_in.start * ow].fill(0.0);
             dst[rows_in.end * ow..].fill(0.0);
             let block = &mut dst[rows_in.start * ow..rows_in.end * ow];
-            if same {
-                let (skip, from, n) = run(g, first_row, [i, j], block.len());
+            if reach.same {
+                let (skip, from, n) = run(&reach.g, tap.first_row, tap.ij, block.len());
                 if n > 0 {
                     block[skip..skip + n].copy_from_slice(&plane[from..from + n]);
                 }
@@ -155,17 +173,16 @@ fn im2col_body(reach: &Reach, x: &[f32], tile: &Range<usize>, cols: &mut [f32]) 
                 zero_outside(block, ow, cols_in);
                 return;
             }
-            let first = cols_in.start * sw + j - pw;
             for (k, out) in block.chunks_exact_mut(ow).enumerate() {
-                let iy = (first_row + k) * sh + i - ph;
-                let src = &plane[iy * g.w..(iy + 1) * g.w];
+                let src = &plane[reach.input_row(&tap, k)];
                 out[..cols_in.start].fill(0.0);
                 out[cols_in.end..].fill(0.0);
                 let out = &mut out[cols_in.clone()];
-                if sw == 1 {
-                    out.copy_from_slice(&src[first..first + out.len()]);
+                let stride = reach.g.stride[1];
+                if stride == 1 {
+                    out.copy_from_slice(&src[..out.len()]);
                 } else {
-                    for (o, s) in out.iter_mut().zip(src[first..].iter().step_by(sw)) {
+                    for (o, s) in out.iter_mut().zip(src.iter().step_by(stride)) {
                         *o = *s;
                     }
                 }
@@ -186,26 +203,20 @@ pub(super) fn col2im(reach: &Reach, cols: &mut [f32], tile: Range<usize>, dx: &m
 
 #[inline(always)]
 fn col2im_body(reach: &Reach, cols: &mut [f32], tile: &Range<usize>, dx: &mut [f32]) {
-    let g = &reach.g;
-    let [_, ow] = g.out();
-    let p = tile.len() * ow;
-    let ([sh, sw], [ph, pw]) = (g.stride, g.padding);
-    let same = reach.same;
     reach.each_tap(
+        tile,
         #[inline(always)]
         |tap| {
-            let plane = &mut dx[tap.c * g.h * g.w..(tap.c + 1) * g.h * g.w];
-            let (rows_in, cols_in, [i, j]) = (within(tap.rows_in, tile), tap.cols_in, tap.ij);
+            let (rows_in, cols_in, ow) = (&tap.rows_in, tap.cols_in, tap.ow);
             if rows_in.is_empty() || cols_in.is_empty() {
                 return;
             }
-            let first_row = tile.start + rows_in.start;
-            let at = tap.row * p;
-            let block = &mut cols[at + rows_in.start * ow..at + rows_in.end * ow];
-            if same {
+            let plane = &mut dx[tap.plane.clone()];
+            let block = &mut cols[tap.at.clone()][rows_in.start * ow..rows_in.end * ow];
+            if reach.same {
                 // Padding taps add 0 (x + 0 is x): the run is summed whole.
                 zero_outside(block, ow, cols_in);
-                let (skip, from, n) = run(g, first_row, [i, j], block.len());
+                let (skip, from, n) = run(&reach.g, tap.first_row, tap.ij, block.len());
                 if n > 0 {
                     for (d, s) in plane[from..from + n].iter_mut().zip(&block[skip..]) {
                         *d += s;
@@ -213,17 +224,16 @@ fn col2im_body(reach: &Reach, cols: &mut [f32], tile: &Range<usize>, dx: &mut [f
                 }
                 return;
             }
-            let first = cols_in.start * sw + j - pw;
             for (k, from) in block.chunks_exact(ow).enumerate() {
-                let iy = (first_row + k) * sh + i - ph;
                 let from = &from[cols_in.clone()];
-                let dst = &mut plane[iy * g.w + first..(iy + 1) * g.w];
-                if sw == 1 {
+                let dst = &mut plane[reach.input_row(&tap, k)];
+                let stride = reach.g.stride[1];
+                if stride == 1 {
                     for (d, s) in dst[..from.len()].iter_mut().zip(from) {
                         *d += s;
                     }
                 } else {
-                    for (d, s) in dst.iter_mut().step_by(sw).zip(from) {
+                    for (d, s) in dst.iter_mut().step_by(stride).zip(from) {
                         *d += s;
                     }
                 }

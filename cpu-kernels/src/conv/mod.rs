@@ -113,21 +113,24 @@ pub trait CpuConv: Backend {
         shape: Shape,
     ) -> FloatTensor<Self>;
 
-    /// The gradient of `x` from the output's gradient `grad`.
-    fn cpu_conv2d_x_backward(
+    /// The gradient of `x` or of `weight` (`wrt`) from the output's gradient `grad`.
+    fn cpu_conv2d_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         shape: Shape,
+        wrt: Wrt,
     ) -> FloatTensor<Self>;
+}
 
-    /// The gradient of `weight` from the output's gradient `grad`.
-    fn cpu_conv2d_weight_backward(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        shape: Shape,
-    ) -> FloatTensor<Self>;
+/// Which gradient [`CpuConv::cpu_conv2d_backward`] computes (each only where autodiff asks
+/// for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wrt {
+    /// The input's.
+    Input,
+    /// The weight's.
+    Weight,
 }
 
 impl CpuConv for Flex {
@@ -138,26 +141,24 @@ impl CpuConv for Flex {
         tensor(y, [g.n, g.o, oh, ow])
     }
 
-    fn cpu_conv2d_x_backward(
+    fn cpu_conv2d_backward(
         x: FlexTensor,
         weight: FlexTensor,
         grad: FlexTensor,
         shape: Shape,
+        wrt: Wrt,
     ) -> FlexTensor {
         let g = geometry(&x, &weight, shape);
-        let dx = cpu::input_grad(&g, &values(&weight), &values(&grad));
-        tensor(dx, [g.n, g.c, g.h, g.w])
-    }
-
-    fn cpu_conv2d_weight_backward(
-        x: FlexTensor,
-        weight: FlexTensor,
-        grad: FlexTensor,
-        shape: Shape,
-    ) -> FlexTensor {
-        let g = geometry(&x, &weight, shape);
-        let dw = cpu::weight_grad(&g, &values(&x), &values(&grad));
-        tensor(dw, [g.o, g.c / g.groups, g.k[0], g.k[1]])
+        match wrt {
+            Wrt::Input => {
+                let dx = cpu::input_grad(&g, &values(&weight), &values(&grad));
+                tensor(dx, [g.n, g.c, g.h, g.w])
+            }
+            Wrt::Weight => {
+                let dw = cpu::weight_grad(&g, &values(&x), &values(&grad));
+                tensor(dw, [g.o, g.c / g.groups, g.k[0], g.k[1]])
+            }
+        }
     }
 }
 
@@ -181,11 +182,12 @@ impl<B: CpuConv> Backward<B, 2> for ConvBackward {
         let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
         let weight = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
         if let Some(node) = node_x {
-            let dx = B::cpu_conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), shape);
+            let dx =
+                B::cpu_conv2d_backward(x.clone(), weight.clone(), grad.clone(), shape, Wrt::Input);
             grads.register::<B>(node.id, dx);
         }
         if let Some(node) = node_weight {
-            let dw = B::cpu_conv2d_weight_backward(x, weight, grad, shape);
+            let dw = B::cpu_conv2d_backward(x, weight, grad, shape, Wrt::Weight);
             grads.register::<B>(node.id, dw);
         }
     }
@@ -220,8 +222,7 @@ impl<B: CpuConv, C: CheckpointStrategy> CpuConv for Autodiff<B, C> {
 
     // The gradients themselves are not differentiated again (no second order).
     crate::autodiff::on_inner! {
-        fn cpu_conv2d_x_backward(x, weight, grad; shape: Shape);
-        fn cpu_conv2d_weight_backward(x, weight, grad; shape: Shape);
+        fn cpu_conv2d_backward(x, weight, grad; shape: Shape, wrt: Wrt);
     }
 }
 

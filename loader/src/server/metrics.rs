@@ -13,7 +13,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 use super::Shared;
 use crate::server::prometheus::{ResidentMemory, Scrape};
@@ -51,51 +51,6 @@ impl DaemonMetrics {
     pub(super) fn new(shared: Arc<Shared>) -> DaemonMetrics {
         let mut r = Registry::with_prefix("loader");
         let c = &shared.counters;
-        r.register(
-            "samples",
-            "Samples written into clients' rings",
-            c.samples.clone(),
-        );
-        r.register(
-            "decoded",
-            "Images decoded (fewer than samples where the ranks of a job share decodes)",
-            c.decoded.clone(),
-        );
-        r.register(
-            "decode_errors",
-            "Records that failed to decode, each replaced by another record of its split",
-            c.decode_errors.clone(),
-        );
-        r.register(
-            "refused",
-            "Connections refused, by reason",
-            c.refused_by.clone(),
-        );
-        r.register_with_unit(
-            "stage_sample",
-            "Seconds per sample of a pipeline stage, summed over worker threads, one \
-             observation per fill",
-            Unit::Seconds,
-            c.stage_seconds.clone(),
-        );
-        r.register_with_unit(
-            "ring",
-            "Bytes of the rings of the clients being served",
-            Unit::Bytes,
-            c.ring_bytes.clone(),
-        );
-        r.register(
-            "stall_closes",
-            "Streams closed because their client held every slot for stall_timeout_s",
-            c.stall_closes.clone(),
-        );
-        r.register_with_unit(
-            "oldest_fill",
-            "How long the oldest fill in flight has run (0 without one); past 300 s the daemon \
-             counts a decode worker as hung and stops pinging systemd's watchdog",
-            Unit::Seconds,
-            c.oldest_fill.clone(),
-        );
         let now = Now {
             samples_per_second: Gauge::default(),
             clients: Gauge::default(),
@@ -106,44 +61,40 @@ impl DaemonMetrics {
             client_samples: Family::default(),
             waits: Family::default(),
         };
-        r.register(
-            "samples_per_second",
-            "Samples written per second over the last seconds",
-            now.samples_per_second.clone(),
-        );
-        r.register("clients", "Clients being served", now.clients.clone());
-        r.register_with_unit(
-            "ring_budget",
-            "Bytes all rings together may take (memory_budget_bytes)",
-            Unit::Bytes,
-            now.ring_budget.clone(),
+        crate::register_metrics!(&mut r;
+            samples = c.samples, "Samples written into clients' rings";
+            decoded = c.decoded,
+                "Images decoded (fewer than samples where the ranks of a job share decodes)";
+            decode_errors = c.decode_errors,
+                "Records that failed to decode, each replaced by another record of its split";
+            refused = c.refused_by, "Connections refused, by reason";
+            stage_sample [Seconds] = c.stage_seconds,
+                "Seconds per sample of a pipeline stage, summed over worker threads, one \
+                 observation per fill";
+            ring [Bytes] = c.ring_bytes, "Bytes of the rings of the clients being served";
+            stall_closes = c.stall_closes,
+                "Streams closed because their client held every slot for stall_timeout_s";
+            oldest_fill [Seconds] = c.oldest_fill,
+                "How long the oldest fill in flight has run (0 without one); past 300 s the \
+                 daemon counts a decode worker as hung and stops pinging systemd's watchdog";
+            samples_per_second = now.samples_per_second,
+                "Samples written per second over the last seconds";
+            clients = now.clients, "Clients being served";
+            ring_budget [Bytes] = now.ring_budget,
+                "Bytes all rings together may take (memory_budget_bytes)";
+            client_slots_full = now.slots_full,
+                "Batches ready in a client's ring and not yet released (its queue depth; 0 \
+                 while it waits for the loader)";
+            client_slots = now.slots, "Slots of a client's ring";
+            client_samples = now.client_samples, "Samples written for a client";
+            client_waits = now.waits,
+                "Batches that arrived while the client held none: it had read every batch and \
+                 waited for the loader";
         );
         now.memory.register(
             &mut r,
             "The daemon's resident memory: anon (heap, decode buffers), shmem (rings written), \
              file (binary and shard pages)",
-        );
-        r.register(
-            "client_slots_full",
-            "Batches ready in a client's ring and not yet released (its queue depth; 0 \
-             while it waits for the loader)",
-            now.slots_full.clone(),
-        );
-        r.register(
-            "client_slots",
-            "Slots of a client's ring",
-            now.slots.clone(),
-        );
-        r.register(
-            "client_samples",
-            "Samples written for a client",
-            now.client_samples.clone(),
-        );
-        r.register(
-            "client_waits",
-            "Batches that arrived while the client held none: it had read every batch and \
-             waited for the loader",
-            now.waits.clone(),
         );
         DaemonMetrics {
             shared,

@@ -70,6 +70,28 @@ pub trait Scrape: Send + Sync + 'static {
     fn scrape(&self, encode: &mut dyn FnMut(&Registry));
 }
 
+/// Registers metrics in a [`Registry`], one entry each: `name = metric, "help";`, or with a
+/// unit, `name [Seconds] = metric, "help";` (a [`Unit`] variant). The registry takes a clone of
+/// each metric: a handle to the same value.
+#[macro_export]
+macro_rules! register_metrics {
+    (@one $r:ident, $name:ident, [], $metric:expr, $help:expr) => {
+        $r.register(stringify!($name), $help, $metric.clone())
+    };
+    (@one $r:ident, $name:ident, [$unit:ident], $metric:expr, $help:expr) => {
+        $r.register_with_unit(
+            stringify!($name),
+            $help,
+            ::prometheus_client::registry::Unit::$unit,
+            $metric.clone(),
+        )
+    };
+    ($registry:expr; $($name:ident $([$unit:ident])? = $metric:expr, $help:expr;)+) => {{
+        let registry: &mut ::prometheus_client::registry::Registry = $registry;
+        $($crate::register_metrics!(@one registry, $name, [$($unit)?], $metric, $help);)+
+    }};
+}
+
 /// A kind of resident memory's label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MemoryKind {

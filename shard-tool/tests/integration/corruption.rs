@@ -17,7 +17,7 @@ fn packed(dir: &Path) -> std::path::PathBuf {
         train_per_class: 8,
         val_per_class: 2,
         size: 20,
-        odd_files: false,
+        ..TreeSpec::default()
     };
     synth::write_tree(&src, &spec).unwrap();
     shard_tool()

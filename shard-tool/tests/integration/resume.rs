@@ -49,7 +49,7 @@ fn kill_9_mid_pack_then_rerun_completes_an_identical_dataset() {
         train_per_class: 200,
         val_per_class: 10,
         size: 96,
-        odd_files: false,
+        ..TreeSpec::default()
     };
     synth::write_tree(&src, &spec).unwrap();
 

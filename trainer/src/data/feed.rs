@@ -211,7 +211,7 @@ mod tests {
             train_per_class: 90,
             val_per_class: 0,
             size: 48,
-            odd_files: false,
+            ..shard_tool::synth::TreeSpec::default()
         };
         shard_tool::synth::write_tree(&src, &spec).expect("synth");
         let options = shard_tool::PackOptions::new(&shards);

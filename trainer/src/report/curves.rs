@@ -52,17 +52,17 @@ impl Points {
         let mut steps: Vec<(u64, f64, f64, f64)> = Vec::new();
         let mut evals: Vec<(u64, f64, f64)> = Vec::new();
         for m in metrics {
-            match *m {
+            match m {
                 Metric::Step {
                     step,
                     loss,
                     lr,
                     samples_per_s,
                     ..
-                } => steps.push((step, loss, lr, samples_per_s)),
+                } => steps.push((*step, *loss, *lr, *samples_per_s)),
                 Metric::Eval {
                     step, top1, top5, ..
-                } => evals.push((step, top1, top5)),
+                } => evals.push((*step, *top1, *top5)),
             }
         }
         steps.sort_by_key(|s| s.0);

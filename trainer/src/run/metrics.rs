@@ -475,45 +475,51 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metrics.jsonl");
         let step = r#"{"kind":"step","step":1,"epoch":0,"loss":0.7,"lr":0.001,"samples_per_s":10.0,"data_wait_s":0.0}"#;
+        let eval = r#"{"kind":"eval","step":1,"epoch":1,"top1":60.0,"top5":70.0,"samples":8}"#;
+        // `base` with each (key, JSON value) of `changes` set.
+        let changed = |base: &str, changes: &[(&str, &str)]| {
+            let mut v: serde_json::Value = serde_json::from_str(base).unwrap();
+            for (key, value) in changes {
+                v[key] = serde_json::from_str(value).unwrap();
+            }
+            v.to_string()
+        };
         let cases = [
             (
-                r#"{"kind":"eval","step":1,"epoch":1,"top1":1e308,"top5":50.0,"samples":8}"#,
+                changed(eval, &[("top1", "1e308")]),
                 "top1 1e308 is outside 0..=100",
             ),
             (
-                r#"{"kind":"eval","step":1,"epoch":1,"top1":50.0,"top5":-1.0,"samples":8}"#,
+                changed(eval, &[("top5", "-1.0")]),
                 "top5 -1.0 is outside 0..=100",
             ),
             (
-                r#"{"kind":"step","step":2,"epoch":0,"loss":0.7,"lr":-1.0,"samples_per_s":10.0,"data_wait_s":0.0}"#,
+                changed(step, &[("step", "2"), ("lr", "-1.0")]),
                 "lr -1.0 is not a finite number",
             ),
             (
-                r#"{"kind":"eval","step":1,"epoch":1,"top1":60.0,"top5":50.0,"samples":8}"#,
+                changed(eval, &[("top5", "50.0")]),
                 "top5 50.0 is below top1 60.0",
             ),
             (
-                r#"{"kind":"step","step":18446744073709551615,"epoch":0,"loss":0.7,"lr":0.001,"samples_per_s":10.0,"data_wait_s":0.0}"#,
+                changed(step, &[("step", "18446744073709551615")]),
                 "step 18446744073709551615 is outside 1..=1000000000",
             ),
             (
-                r#"{"kind":"step","step":2,"epoch":0,"loss":1e308,"lr":0.001,"samples_per_s":10.0,"data_wait_s":0.0}"#,
+                changed(step, &[("step", "2"), ("loss", "1e308")]),
                 "loss 1e308 is beyond what an f32 loss can be",
             ),
+            (step.to_string(), "a step at step 1 comes after step 1"),
             (
-                r#"{"kind":"step","step":1,"epoch":0,"loss":0.7,"lr":0.001,"samples_per_s":10.0,"data_wait_s":0.0}"#,
-                "a step at step 1 comes after step 1",
-            ),
-            (
-                r#"{"kind":"eval","step":0,"epoch":1,"top1":60.0,"top5":70.0,"samples":8}"#,
+                changed(eval, &[("step", "0")]),
                 "an evaluation at step 0 comes after step 1",
             ),
             (
-                r#"{"kind":"step","step":2,"epoch":4000000000,"loss":0.7,"lr":0.001,"samples_per_s":10.0,"data_wait_s":0.0}"#,
+                changed(step, &[("step", "2"), ("epoch", "4000000000")]),
                 "epoch 4000000000 is past the most a recipe has",
             ),
         ];
-        for (line, want) in cases {
+        for (line, want) in &cases {
             std::fs::write(&path, format!("{step}\n{line}\n")).unwrap();
             let err = read_metrics(&path).unwrap_err().to_string();
             assert!(err.contains(":2: ") && err.contains(want), "{err}");

@@ -13,7 +13,7 @@ use loader::server::prometheus::{PrometheusError, ResidentMemory, Scrape};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 use super::metrics::Metric;
 
@@ -66,47 +66,22 @@ impl RunMetrics {
             memory: ResidentMemory::default(),
         };
         let mut r = Registry::with_prefix("trainer");
-        r.register("steps", "Optimizer steps done", m.steps.clone());
-        r.register(
-            "samples",
-            "Images trained on, over all ranks",
-            m.samples.clone(),
-        );
-        r.register_with_unit(
-            "step",
-            "Each step's interval: its data wait, upload, issue and the read-back of the step \
-             before (metrics.jsonl's samples_per_s)",
-            Unit::Seconds,
-            m.step_seconds.clone(),
-        );
-        r.register_with_unit(
-            "data_wait",
-            "Each step's wait for its batch from the loader (the sum: all the time waited)",
-            Unit::Seconds,
-            m.data_wait_seconds.clone(),
-        );
-        r.register(
-            "samples_per_second",
-            "The last step's images per second, over all ranks",
-            m.samples_per_second.clone(),
-        );
-        r.register("train_loss", "The last step's loss", m.loss.clone());
-        r.register("lr", "The last step's learning rate", m.lr.clone());
-        r.register("epoch", "The last step's epoch", m.epoch.clone());
-        r.register(
-            "eval_top1",
-            "Top-1 accuracy of the last evaluation, percent",
-            m.top1.clone(),
-        );
-        r.register(
-            "eval_top5",
-            "Top-5 accuracy of the last evaluation, percent",
-            m.top5.clone(),
-        );
-        r.register(
-            "eval_loss",
-            "Cross-entropy of the last evaluation",
-            m.eval_loss.clone(),
+        loader::register_metrics!(&mut r;
+            steps = m.steps, "Optimizer steps done";
+            samples = m.samples, "Images trained on, over all ranks";
+            step [Seconds] = m.step_seconds,
+                "Each step's interval: its data wait, upload, issue and the read-back of the \
+                 step before (metrics.jsonl's samples_per_s)";
+            data_wait [Seconds] = m.data_wait_seconds,
+                "Each step's wait for its batch from the loader (the sum: all the time waited)";
+            samples_per_second = m.samples_per_second,
+                "The last step's images per second, over all ranks";
+            train_loss = m.loss, "The last step's loss";
+            lr = m.lr, "The last step's learning rate";
+            epoch = m.epoch, "The last step's epoch";
+            eval_top1 = m.top1, "Top-1 accuracy of the last evaluation, percent";
+            eval_top5 = m.top5, "Top-5 accuracy of the last evaluation, percent";
+            eval_loss = m.eval_loss, "Cross-entropy of the last evaluation";
         );
         m.memory.register(
             &mut r,

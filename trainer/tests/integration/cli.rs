@@ -250,7 +250,7 @@ fn three_classes(dir: &Path) -> PathBuf {
         train_per_class: 4,
         val_per_class: 2,
         size: 24,
-        odd_files: false,
+        ..shard_tool::synth::TreeSpec::default()
     };
     shard_tool::synth::write_tree(&src, &spec).unwrap();
     std::fs::create_dir_all(src.join("test")).unwrap();

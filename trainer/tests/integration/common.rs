@@ -23,7 +23,7 @@ pub fn dataset_sized(dir: &Path, size: u32) -> PathBuf {
         train_per_class: 30,
         val_per_class: 4,
         size,
-        odd_files: false,
+        ..shard_tool::synth::TreeSpec::default()
     };
     shard_tool::synth::write_tree(&src, &spec).unwrap();
     shard_tool::pack(&src, &shard_tool::PackOptions::new(&shards), &mut |_| {}).unwrap();

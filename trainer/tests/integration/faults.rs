@@ -11,6 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use shard_tool::synth::{self, TreeSpec};
 use trainer::run::{RunDir, train};
 
 use crate::common;
@@ -192,14 +193,14 @@ fn a_disk_that_fills_while_packing_stops_naming_the_file_and_the_rerun_finishes_
     };
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
-    let spec = shard_tool::synth::TreeSpec {
+    let spec = TreeSpec {
         classes: 3,
         train_per_class: 60,
         val_per_class: 8,
         size: 32,
-        odd_files: false,
+        ..TreeSpec::default()
     };
-    shard_tool::synth::write_tree(&src, &spec).unwrap();
+    synth::write_tree(&src, &spec).unwrap();
     let mut options = shard_tool::PackOptions::new(dir.path().join("reference"));
     options.shard_size = 1 << 20;
     shard_tool::pack(&src, &options, &mut |_| {}).unwrap();

@@ -38,10 +38,12 @@ fn plant(run: &Path, victim: &Path, steps: u64) {
     }
 }
 
-fn names(dir: &Path) -> Vec<String> {
+/// The names in `dir` that `keep` keeps, sorted.
+fn names_where(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| keep(n))
         .collect();
     v.sort();
     v
@@ -83,10 +85,7 @@ fn nothing_planted_in_a_run_folder_is_written_through_and_pruning_takes_only_che
         assert_eq!(meta.is_symlink(), file == "latest", "{file}");
     }
     assert_eq!(common::losses(&run).len(), 6);
-    let checkpoints: Vec<String> = names(&run)
-        .into_iter()
-        .filter(|n| n.starts_with("ckpt-"))
-        .collect();
+    let checkpoints = names_where(&run, |n| n.starts_with("ckpt-"));
     assert_eq!(
         checkpoints,
         [
@@ -119,9 +118,6 @@ fn nothing_planted_in_a_run_folder_is_written_through_and_pruning_takes_only_che
         assert_eq!(said, 3, "{own}: {notes:?}");
     }
     // Nothing of ours is left half-made.
-    let leftovers: Vec<String> = names(&run)
-        .into_iter()
-        .filter(|n| n.ends_with(shard_tool::atomic::TEMP_SUFFIX))
-        .collect();
+    let leftovers = names_where(&run, |n| n.ends_with(shard_tool::atomic::TEMP_SUFFIX));
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
