@@ -129,6 +129,7 @@ struct Bits<'a> {
 }
 
 impl Bits<'_> {
+    #[inline(always)]
     fn refill(&mut self) {
         let word = match self.data.get(self.pos..self.pos + 8) {
             Some(w) => u64::from_be_bytes(w.try_into().unwrap_or([0; 8])),
@@ -178,6 +179,7 @@ impl Bits<'_> {
     }
 
     /// One block's coefficients (natural order, slot 64 scratch) after the DC prediction.
+    #[inline(always)]
     fn block(
         &mut self,
         dc: &Huffman,
@@ -394,61 +396,81 @@ fn unstuff(src: &[u8]) -> (Vec<u8>, Vec<usize>) {
     (out, starts)
 }
 
+/// Eight lanes of 32-bit integers: a row (or column) of a block, which the compiler keeps in
+/// one AVX2 register.
+type Lanes = [i32; 8];
+
+#[inline(always)]
+fn lanes(f: impl Fn(usize) -> i32) -> Lanes {
+    std::array::from_fn(f)
+}
+
+/// The LL&M butterfly of `jidctint.c` on eight inputs (each eight lanes): its even part
+/// (`tmp10`..`tmp13`) and odd part, as the eight outputs before descaling.
+#[inline(always)]
+fn butterfly(v: &[Lanes; 8]) -> [Lanes; 8] {
+    let m = |a: &Lanes, k: i32| lanes(|i| a[i].wrapping_mul(k));
+    let add = |a: &Lanes, b: &Lanes| lanes(|i| a[i].wrapping_add(b[i]));
+    let sub = |a: &Lanes, b: &Lanes| lanes(|i| a[i].wrapping_sub(b[i]));
+    let z1 = m(&add(&v[2], &v[6]), 4433);
+    let t2 = sub(&z1, &m(&v[6], 15137));
+    let t3 = add(&z1, &m(&v[2], 6270));
+    let t0 = lanes(|i| v[0][i].wrapping_add(v[4][i]) << 13);
+    let t1 = lanes(|i| v[0][i].wrapping_sub(v[4][i]) << 13);
+    let (t10, t13, t11, t12) = (add(&t0, &t3), sub(&t0, &t3), add(&t1, &t2), sub(&t1, &t2));
+    let (a0, a1, a2, a3) = (&v[7], &v[5], &v[3], &v[1]);
+    let (z1, z2, z3, z4) = (add(a0, a3), add(a1, a2), add(a0, a2), add(a1, a3));
+    let z5 = m(&add(&z3, &z4), 9633);
+    let (z1, z2) = (m(&z1, -7373), m(&z2, -20995));
+    let (z3, z4) = (add(&m(&z3, -16069), &z5), add(&m(&z4, -3196), &z5));
+    let o0 = add(&add(&m(a0, 2446), &z1), &z3);
+    let o1 = add(&add(&m(a1, 16819), &z2), &z4);
+    let o2 = add(&add(&m(a2, 25172), &z2), &z3);
+    let o3 = add(&add(&m(a3, 12299), &z1), &z4);
+    [
+        add(&t10, &o3),
+        add(&t11, &o2),
+        add(&t12, &o1),
+        add(&t13, &o0),
+        sub(&t13, &o0),
+        sub(&t12, &o1),
+        sub(&t11, &o2),
+        sub(&t10, &o3),
+    ]
+}
+
 /// jidctint.c's `jpeg_idct_islow`: dequantization, two passes of the LL&M IDCT in 13-bit
-/// fixed point, and the range limit of `jdmaster.c` (x + 128 clamped, with its wrap).
+/// fixed point (eight columns, then eight rows, at once), and the range limit of `jdmaster.c`
+/// (x + 128 clamped, with its wrap). Its shortcut for a column of zeros gives the same values
+/// as the full pass, so every column takes the full pass here. 32-bit arithmetic, as
+/// libjpeg-turbo's SIMD IDCT, which is what Pillow runs.
+#[inline(always)]
 fn idct(coef: &[i16; 65], q: &[i32; 64], out: &mut [u8], stride: usize) {
-    const CONST_BITS: i32 = 13;
-    const PASS1_BITS: i32 = 2;
-    let descale = |x: i64, n: i32| (x + (1 << (n - 1))) >> n;
-    let limit = |x: i64| match (x & 1023) as i32 {
+    let descale = |x: i32, n: i32| (x.wrapping_add(1 << (n - 1))) >> n;
+    let limit = |x: i32| match x & 1023 {
         i @ 0..128 => (i + 128) as u8,
         128..512 => 255,
         512..896 => 0,
         i => (i - 896) as u8,
     };
-    // (t10 + o3, t11 + o2, t12 + o1, t13 + o0) and their differences, from a column or row.
-    let butterfly = |v: [i64; 8]| -> [i64; 8] {
-        let z1 = (v[2] + v[6]) * 4433;
-        let (t2, t3) = (z1 - v[6] * 15137, z1 + v[2] * 6270);
-        let (t0, t1) = ((v[0] + v[4]) << CONST_BITS, (v[0] - v[4]) << CONST_BITS);
-        let (t10, t13, t11, t12) = (t0 + t3, t0 - t3, t1 + t2, t1 - t2);
-        let (a0, a1, a2, a3) = (v[7], v[5], v[3], v[1]);
-        let (z1, z2, z3, z4) = (a0 + a3, a1 + a2, a0 + a2, a1 + a3);
-        let z5 = (z3 + z4) * 9633;
-        let (z1, z2) = (-z1 * 7373, -z2 * 20995);
-        let (z3, z4) = (-z3 * 16069 + z5, -z4 * 3196 + z5);
-        let o0 = a0 * 2446 + z1 + z3;
-        let o1 = a1 * 16819 + z2 + z4;
-        let o2 = a2 * 25172 + z2 + z3;
-        let o3 = a3 * 12299 + z1 + z4;
-        [
-            t10 + o3,
-            t11 + o2,
-            t12 + o1,
-            t13 + o0,
-            t13 - o0,
-            t12 - o1,
-            t11 - o2,
-            t10 - o3,
-        ]
-    };
-    let mut ws = [0i64; 64];
-    for c in 0..8 {
-        let v: [i64; 8] =
-            std::array::from_fn(|r| i64::from(coef[r * 8 + c]) * i64::from(q[r * 8 + c]));
-        let col = if v[1..].iter().all(|&x| x == 0) {
-            [v[0] << PASS1_BITS; 8]
-        } else {
-            butterfly(v).map(|x| descale(x, CONST_BITS - PASS1_BITS))
-        };
-        for (r, x) in col.into_iter().enumerate() {
-            ws[r * 8 + c] = x;
+    if coef[1..64].iter().all(|&c| c == 0) {
+        // Only the DC term: both passes give the same value everywhere (the column pass
+        // `dc << 2`, the row pass its descale), so it is computed once.
+        let v = limit(descale(i32::from(coef[0]).wrapping_mul(q[0]) << 2, 5));
+        for o in out.chunks_mut(stride).take(8) {
+            o[..8].fill(v);
         }
+        return;
     }
-    for (r, row) in ws.chunks_exact(8).enumerate() {
-        let v: [i64; 8] = std::array::from_fn(|i| row[i]);
-        for (o, x) in out[r * stride..r * stride + 8].iter_mut().zip(butterfly(v)) {
-            *o = limit(descale(x, CONST_BITS + PASS1_BITS + 3));
+    let rows: [Lanes; 8] =
+        std::array::from_fn(|r| lanes(|c| i32::from(coef[r * 8 + c]).wrapping_mul(q[r * 8 + c])));
+    let pass1 = butterfly(&rows).map(|row| row.map(|x| descale(x, 11)));
+    // Rows of the workspace become lanes: column k of every row at once.
+    let cols: [Lanes; 8] = std::array::from_fn(|k| lanes(|r| pass1[r][k]));
+    let pass2 = butterfly(&cols);
+    for (r, o) in out.chunks_mut(stride).take(8).enumerate() {
+        for (j, v) in o[..8].iter_mut().enumerate() {
+            *v = limit(descale(pass2[j][r], 18));
         }
     }
 }
@@ -456,6 +478,7 @@ fn idct(coef: &[i16; 65], q: &[i32; 64], out: &mut [u8], stride: usize) {
 /// jdsample.c's fancy upsampling of a `w`×`h` plane (row `stride`) by (`fh`, `fv`) in {1, 2}:
 /// ¾ of the nearer sample and ¼ of the next in each doubled direction, libjpeg's rounding
 /// biases, edges replicated. `None` for other factors.
+#[inline(always)]
 fn upsample(
     p: &[u8],
     stride: usize,
@@ -520,31 +543,26 @@ fn upsample(
     Some((out, ow))
 }
 
-/// jdcolor.c's YCbCr → RGB tables (16-bit fixed point).
-struct Ycc {
-    cr_r: [i32; 256],
-    cb_b: [i32; 256],
-    cr_g: [i64; 256],
-    cb_g: [i64; 256],
-}
-
-impl Ycc {
-    fn new() -> Ycc {
-        let fix = |x: f64| (x * 65536.0 + 0.5) as i64;
-        let half = 1i64 << 15;
-        let x = |i: usize| i as i64 - 128;
-        Ycc {
-            cr_r: std::array::from_fn(|i| ((fix(1.40200) * x(i) + half) >> 16) as i32),
-            cb_b: std::array::from_fn(|i| ((fix(1.77200) * x(i) + half) >> 16) as i32),
-            cr_g: std::array::from_fn(|i| -fix(0.71414) * x(i)),
-            cb_g: std::array::from_fn(|i| -fix(0.34414) * x(i) + half),
+/// Decodes `jpeg` to RGB as Pillow does; `None` where it is not a kind handled here or does not
+/// decode. The body is compiled twice: for AVX2 (its IDCT's eight lanes are one register),
+/// taken where the CPU has it, and for the baseline.
+fn decode(jpeg: &[u8]) -> Option<RgbImage> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        fn with_avx2(jpeg: &[u8]) -> Option<RgbImage> {
+            decode_body(jpeg)
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { with_avx2(jpeg) };
         }
     }
+    decode_body(jpeg)
 }
 
-/// Decodes `jpeg` to RGB as Pillow does; `None` where it is not a kind handled here or does not
-/// decode.
-fn decode(jpeg: &[u8], ycc: &Ycc) -> Option<RgbImage> {
+#[inline(always)]
+fn decode_body(jpeg: &[u8]) -> Option<RgbImage> {
     let f = frame(jpeg)?;
     let (data, starts) = unstuff(jpeg.get(f.scan..)?);
     let n = f.components.len();
@@ -631,14 +649,18 @@ fn decode(jpeg: &[u8], ycc: &Ycc) -> Option<RgbImage> {
             )?);
         }
         let (yp, ys) = &planes[0];
-        for (i, px) in pixels.chunks_exact_mut(3).enumerate() {
-            let (x, y) = (i % w, i / w);
-            let l = i32::from(yp[y * ys + x]);
-            let cb = usize::from(chroma[0].0[y * chroma[0].1 + x]);
-            let cr = usize::from(chroma[1].0[y * chroma[1].1 + x]);
-            px[0] = (l + ycc.cr_r[cr]).clamp(0, 255) as u8;
-            px[1] = (l + ((ycc.cb_g[cb] + ycc.cr_g[cr]) >> 16) as i32).clamp(0, 255) as u8;
-            px[2] = (l + ycc.cb_b[cb]).clamp(0, 255) as u8;
+        for (y, row) in pixels.chunks_exact_mut(w * 3).enumerate() {
+            let l = &yp[y * ys..y * ys + w];
+            let cb = &chroma[0].0[y * chroma[0].1..y * chroma[0].1 + w];
+            let cr = &chroma[1].0[y * chroma[1].1..y * chroma[1].1 + w];
+            for (((px, &l), &cb), &cr) in row.chunks_exact_mut(3).zip(l).zip(cb).zip(cr) {
+                // jdcolor.c's tables, computed: FIX(1.40200), FIX(0.34414), FIX(0.71414) and
+                // FIX(1.77200) in 16-bit fixed point, with ONE_HALF's rounding.
+                let (l, cb, cr) = (i32::from(l), i32::from(cb) - 128, i32::from(cr) - 128);
+                px[0] = (l + ((91881 * cr + 32768) >> 16)).clamp(0, 255) as u8;
+                px[1] = (l + ((-22554 * cb - 46802 * cr + 32768) >> 16)).clamp(0, 255) as u8;
+                px[2] = (l + ((116130 * cb + 32768) >> 16)).clamp(0, 255) as u8;
+            }
         }
     }
     Some(RgbImage {
@@ -698,9 +720,8 @@ fn main() {
     let mut files = Vec::new();
     jpegs(Path::new(&dir), &mut files);
     let bytes: Vec<Vec<u8>> = files.iter().filter_map(|p| std::fs::read(p).ok()).collect();
-    let ycc = Ycc::new();
     let zune = Decoder::default();
-    let ours: Vec<Option<RgbImage>> = bytes.iter().map(|b| decode(b, &ycc)).collect();
+    let ours: Vec<Option<RgbImage>> = bytes.iter().map(|b| decode(b)).collect();
     let handled = ours.iter().filter(|o| o.is_some()).count();
     println!(
         "{} JPEGs below {dir}; {handled} of a kind decoded here",
@@ -742,7 +763,7 @@ fn main() {
     for round in 1..=3 {
         let t = Instant::now();
         for b in &kept {
-            std::hint::black_box(decode(b, &ycc));
+            std::hint::black_box(decode(b));
         }
         let ours = t.elapsed().as_secs_f64();
         let t = Instant::now();
