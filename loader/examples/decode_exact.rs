@@ -475,6 +475,118 @@ fn idct(coef: &[i16; 65], q: &[i32; 64], out: &mut [u8], stride: usize) {
     }
 }
 
+/// [`idct`] in AVX2 intrinsics: the same arithmetic on eight 32-bit lanes, with the two
+/// transposes in registers (libjpeg-turbo's AVX2 IDCT, which Pillow runs, is organised so).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    type V = __m256i;
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn k(x: i32) -> V {
+        _mm256_set1_epi32(x)
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn butterfly(v: [V; 8]) -> [V; 8] {
+        let (add, sub, mul) = (_mm256_add_epi32, _mm256_sub_epi32, _mm256_mullo_epi32);
+        let z1 = mul(add(v[2], v[6]), k(4433));
+        let t2 = sub(z1, mul(v[6], k(15137)));
+        let t3 = add(z1, mul(v[2], k(6270)));
+        let t0 = _mm256_slli_epi32::<13>(add(v[0], v[4]));
+        let t1 = _mm256_slli_epi32::<13>(sub(v[0], v[4]));
+        let (t10, t13, t11, t12) = (add(t0, t3), sub(t0, t3), add(t1, t2), sub(t1, t2));
+        let (a0, a1, a2, a3) = (v[7], v[5], v[3], v[1]);
+        let (z1, z2, z3, z4) = (add(a0, a3), add(a1, a2), add(a0, a2), add(a1, a3));
+        let z5 = mul(add(z3, z4), k(9633));
+        let (z1, z2) = (mul(z1, k(-7373)), mul(z2, k(-20995)));
+        let (z3, z4) = (add(mul(z3, k(-16069)), z5), add(mul(z4, k(-3196)), z5));
+        let o0 = add(add(mul(a0, k(2446)), z1), z3);
+        let o1 = add(add(mul(a1, k(16819)), z2), z4);
+        let o2 = add(add(mul(a2, k(25172)), z2), z3);
+        let o3 = add(add(mul(a3, k(12299)), z1), z4);
+        [
+            add(t10, o3),
+            add(t11, o2),
+            add(t12, o1),
+            add(t13, o0),
+            sub(t13, o0),
+            sub(t12, o1),
+            sub(t11, o2),
+            sub(t10, o3),
+        ]
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn transpose(r: [V; 8]) -> [V; 8] {
+        let t: [V; 8] = std::array::from_fn(|i| {
+            let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+            if i % 2 == 0 {
+                _mm256_unpacklo_epi32(a, b)
+            } else {
+                _mm256_unpackhi_epi32(a, b)
+            }
+        });
+        // t0..t3 from rows 0-3, t4..t7 from rows 4-7.
+        let u = [
+            _mm256_unpacklo_epi64(t[0], t[2]),
+            _mm256_unpackhi_epi64(t[0], t[2]),
+            _mm256_unpacklo_epi64(t[1], t[3]),
+            _mm256_unpackhi_epi64(t[1], t[3]),
+            _mm256_unpacklo_epi64(t[4], t[6]),
+            _mm256_unpackhi_epi64(t[4], t[6]),
+            _mm256_unpacklo_epi64(t[5], t[7]),
+            _mm256_unpackhi_epi64(t[5], t[7]),
+        ];
+        [
+            _mm256_permute2x128_si256::<0x20>(u[0], u[4]),
+            _mm256_permute2x128_si256::<0x20>(u[1], u[5]),
+            _mm256_permute2x128_si256::<0x20>(u[2], u[6]),
+            _mm256_permute2x128_si256::<0x20>(u[3], u[7]),
+            _mm256_permute2x128_si256::<0x31>(u[0], u[4]),
+            _mm256_permute2x128_si256::<0x31>(u[1], u[5]),
+            _mm256_permute2x128_si256::<0x31>(u[2], u[6]),
+            _mm256_permute2x128_si256::<0x31>(u[3], u[7]),
+        ]
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2; `out` must hold 8 rows of `stride` from its start, 8 bytes each.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn idct(coef: &[i16; 65], q: &[i32; 64], out: &mut [u8], stride: usize) {
+        if coef[1..64].iter().all(|&c| c == 0) {
+            super::idct(coef, q, out, stride);
+            return;
+        }
+        let rows: [V; 8] = std::array::from_fn(|r| {
+            // SAFETY: the 8 i16 of row r are in bounds (r * 8 + 8 <= 64).
+            let c = unsafe { _mm_loadu_si128(coef.as_ptr().add(r * 8).cast()) };
+            // SAFETY: the 8 i32 of the table's row r are in bounds.
+            let q = unsafe { _mm256_loadu_si256(q.as_ptr().add(r * 8).cast()) };
+            _mm256_mullo_epi32(_mm256_cvtepi16_epi32(c), q)
+        });
+        let ws = butterfly(rows).map(|x| _mm256_srai_epi32::<11>(_mm256_add_epi32(x, k(1 << 10))));
+        let cols = butterfly(transpose(ws));
+        // Descale, then the range limit: u = (x + 128) & 1023 is the output below 256, 255
+        // from 256 to 639, 0 above.
+        let limited = cols.map(|x| {
+            let x = _mm256_srai_epi32::<18>(_mm256_add_epi32(x, k(1 << 17)));
+            let u = _mm256_and_si256(_mm256_add_epi32(x, k(128)), k(1023));
+            _mm256_andnot_si256(_mm256_cmpgt_epi32(u, k(639)), _mm256_min_epi32(u, k(255)))
+        });
+        for (r, v) in transpose(limited).into_iter().enumerate() {
+            let lo = _mm256_castsi256_si128(v);
+            let hi = _mm256_extracti128_si256::<1>(v);
+            let bytes = _mm_packus_epi16(_mm_packs_epi32(lo, hi), _mm_setzero_si128());
+            let row = &mut out[r * stride..r * stride + 8];
+            // SAFETY: the row holds 8 bytes.
+            unsafe { _mm_storel_epi64(row.as_mut_ptr().cast(), bytes) };
+        }
+    }
+}
+
 /// jdsample.c's fancy upsampling of a `w`×`h` plane (row `stride`) by (`fh`, `fv`) in {1, 2}:
 /// ¾ of the nearer sample and ¼ of the next in each doubled direction, libjpeg's rounding
 /// biases, edges replicated. `None` for other factors.
@@ -551,18 +663,18 @@ fn decode(jpeg: &[u8]) -> Option<RgbImage> {
     {
         #[target_feature(enable = "avx2")]
         fn with_avx2(jpeg: &[u8]) -> Option<RgbImage> {
-            decode_body(jpeg)
+            decode_body::<true>(jpeg)
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2.
             return unsafe { with_avx2(jpeg) };
         }
     }
-    decode_body(jpeg)
+    decode_body::<false>(jpeg)
 }
 
 #[inline(always)]
-fn decode_body(jpeg: &[u8]) -> Option<RgbImage> {
+fn decode_body<const AVX2: bool>(jpeg: &[u8]) -> Option<RgbImage> {
     let f = frame(jpeg)?;
     let (data, starts) = unstuff(jpeg.get(f.scan..)?);
     let n = f.components.len();
@@ -612,12 +724,14 @@ fn decode_body(jpeg: &[u8]) -> Option<RgbImage> {
                     bits.block(tables[c].0, tables[c].1, &mut preds[c], &mut block)?;
                     let (plane, stride) = &mut planes[c];
                     let (x, y) = ((mx * h + bx) * 8, (my * v + by) * 8);
-                    idct(
-                        &block,
-                        &f.components[c].quant,
-                        &mut plane[y * *stride + x..],
-                        *stride,
-                    );
+                    let (q, out) = (&f.components[c].quant, &mut plane[y * *stride + x..]);
+                    #[cfg(target_arch = "x86_64")]
+                    if AVX2 {
+                        // SAFETY: `AVX2` is true only where the CPU has AVX2 (`decode`).
+                        unsafe { avx2::idct(&block, q, out, *stride) };
+                        continue;
+                    }
+                    idct(&block, q, out, *stride);
                 }
             }
         }
