@@ -51,6 +51,8 @@ pub struct BenchOptions {
     pub metrics: bool,
     /// Skip each record's CRC-32C check (to measure its cost).
     pub no_crc: bool,
+    /// Decode to Pillow's bytes ([`Decoder::with_pillow_exact`]) instead of zune-jpeg's.
+    pub pillow_exact: bool,
 }
 
 /// Errors of a bench run.
@@ -177,6 +179,7 @@ pub fn run(options: &BenchOptions, out: &mut impl Write) -> Result<Ratios, Bench
     let threads = options.threads.max(1);
     let mut stream = BatchStream::single(plan, threads);
     stream.set_check_crc(!options.no_crc);
+    stream.set_pillow_exact(options.pillow_exact);
     let mut fills = Fills::new(options, &stream);
     // The batches from --start-step of epoch 0 on, across epochs as a trainer reads them.
     let batches = (options.samples / fills.batch_size).max(1);
@@ -196,11 +199,12 @@ pub fn run(options: &BenchOptions, out: &mut impl Write) -> Result<Ratios, Bench
         .into_iter()
         .collect();
     warm_up(split, &used, &mut stream, &mut fills, positions[0]);
-    let decode_before = decode_only_rate(split, &used, threads);
+    let decode_before = decode_only_rate(split, &used, threads, options.pillow_exact);
     let (t0, c0) = (Instant::now(), cpu_time());
     let timed = fills.all(options, split, &mut stream, &positions, out)?;
     let (wall, cpu) = (t0.elapsed(), cpu_time() - c0);
-    let decode_rate = (decode_before + decode_only_rate(split, &used, threads)) / 2.0;
+    let decode_rate =
+        (decode_before + decode_only_rate(split, &used, threads, options.pillow_exact)) / 2.0;
     let measured = Measured {
         transform: stream.transform(),
         records: split.len(),
@@ -391,10 +395,15 @@ impl Measured<'_> {
         } else {
             "checked"
         };
+        let decoder = if options.pillow_exact {
+            "Pillow's bytes (loader::image::jpeg)"
+        } else {
+            "zune-jpeg"
+        };
         writeln!(
             out,
             "loader bench: {} on {} ({} records), {threads} thread(s), {} kernels, CRC {crc}, \
-             {} samples in {} batches of {batch_size}",
+             decoder {decoder}, {} samples in {} batches of {batch_size}",
             self.transform,
             options.shards.display(),
             self.records,
@@ -499,13 +508,14 @@ fn split_of<'a>(dataset: &'a Dataset, options: &BenchOptions) -> Result<&'a Spli
 }
 
 /// Images/s decoding `records` of `split` and nothing else, on `threads` threads.
-fn decode_only_rate(split: &Split, records: &[u64], threads: usize) -> f64 {
+fn decode_only_rate(split: &Split, records: &[u64], threads: usize, pillow_exact: bool) -> f64 {
     let next = AtomicUsize::new(0);
     let t = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
             scope.spawn(|| {
-                let (decoder, mut img) = (Decoder::default(), RgbImage::default());
+                let decoder = Decoder::default().with_pillow_exact(pillow_exact);
+                let mut img = RgbImage::default();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&index) = records.get(i) else { return };
@@ -539,6 +549,7 @@ fn ranks(options: &BenchOptions, n: u32, out: &mut impl Write) -> Result<(), Ben
     let mut images = vec![vec![0u8; b * bytes]; n as usize];
     let mut labels = vec![vec![0u32; b]; n as usize];
     let mut alone = BatchStream::new(plans.clone(), options.threads)?;
+    alone.set_pillow_exact(options.pillow_exact);
     let (mut t_alone, mut decoded_alone) = (Duration::ZERO, 0);
     for step in 0..steps {
         let t0 = Instant::now();
@@ -556,6 +567,7 @@ fn ranks(options: &BenchOptions, n: u32, out: &mut impl Write) -> Result<(), Ben
         .collect();
 
     let mut together = BatchStream::new(plans, options.threads)?;
+    together.set_pillow_exact(options.pillow_exact);
     let (mut t_together, mut decoded_together) = (Duration::ZERO, 0);
     for step in 0..steps {
         let t0 = Instant::now();
@@ -794,6 +806,7 @@ mod tests {
             metrics: false,
             ranks: Some(2),
             no_crc: false,
+            pillow_exact: false,
         };
         let report = |o: &BenchOptions| {
             let mut out = Vec::new();

@@ -121,6 +121,14 @@ impl BatchMaker {
         self.check_crc = on;
     }
 
+    /// Whether the workers decode to Pillow's bytes (see
+    /// [`crate::image::decode::Decoder::with_pillow_exact`]); off by default.
+    pub fn set_pillow_exact(&mut self, on: bool) {
+        for w in &mut self.workers {
+            w.set_pillow_exact(on);
+        }
+    }
+
     /// The transform.
     pub fn transform(&self) -> &TransformSpec {
         &self.transform

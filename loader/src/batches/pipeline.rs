@@ -226,6 +226,11 @@ impl Worker {
         }
     }
 
+    /// Whether its decoder gives Pillow's bytes ([`Decoder::with_pillow_exact`]).
+    pub fn set_pillow_exact(&mut self, on: bool) {
+        self.decoder = self.decoder.with_pillow_exact(on);
+    }
+
     /// Decodes `jpeg` once and writes one augmented image per sample of `samples` into the
     /// matching slice of `outs` (each `transform.image_bytes()` long).
     ///

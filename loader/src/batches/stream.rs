@@ -191,6 +191,11 @@ impl BatchStream {
         self.maker.set_check_crc(on);
     }
 
+    /// Whether records decode to Pillow's bytes (see [`BatchMaker::set_pillow_exact`]).
+    pub fn set_pillow_exact(&mut self, on: bool) {
+        self.maker.set_pillow_exact(on);
+    }
+
     /// Stage times of every fill so far.
     pub fn times(&self) -> StageTimes {
         self.maker.times()

@@ -60,6 +60,20 @@ pub struct BenchArgs {
     /// Skip the CRC-32C check of each record before its decode (to measure what it costs).
     #[arg(long)]
     pub no_crc: bool,
+    /// The JPEG decoder: zune (zune-jpeg, the default; within 4 levels of Pillow's pixels) or
+    /// pillow (libjpeg-turbo's arithmetic: Pillow's bytes for baseline JPEGs, zune-jpeg for
+    /// the rest). Not with --ring: the daemon decodes with zune-jpeg.
+    #[arg(long, value_enum, default_value_t = JpegDecoder::Zune, conflicts_with = "ring")]
+    pub decoder: JpegDecoder,
+}
+
+/// `--decoder`'s choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JpegDecoder {
+    /// zune-jpeg.
+    Zune,
+    /// Pillow's bytes (`loader::image::jpeg`).
+    Pillow,
 }
 
 /// Runs the bench `--repeat` times; with `--ring`, prints the median ratio.
@@ -89,6 +103,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         ranks: args.ranks,
         metrics: args.metrics,
         no_crc: args.no_crc,
+        pillow_exact: args.decoder == JpegDecoder::Pillow,
     };
     let (mut ratios, mut metrics) = (Vec::new(), Vec::new());
     for _ in 0..args.repeat.max(1) {

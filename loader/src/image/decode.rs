@@ -78,11 +78,13 @@ pub enum DecodeError {
     },
 }
 
-/// A reusable JPEG decoder.
+/// A reusable JPEG decoder: zune-jpeg, or ([`Decoder::with_pillow_exact`]) the decoder with
+/// libjpeg-turbo's arithmetic ([`crate::image::jpeg`]) where it handles the JPEG.
 #[derive(Debug, Clone, Copy)]
 pub struct Decoder {
     options: DecoderOptions,
     max_pixels: u64,
+    pillow_exact: bool,
 }
 
 impl Default for Decoder {
@@ -107,7 +109,23 @@ impl Decoder {
         Decoder {
             options,
             max_pixels,
+            pillow_exact: false,
         }
+    }
+
+    /// This decoder, giving Pillow's bytes (`on`) through [`crate::image::jpeg`] for the JPEGs
+    /// it handles (baseline, 8-bit, grayscale or YCbCr; the others still go to zune-jpeg).
+    #[must_use]
+    pub fn with_pillow_exact(self, on: bool) -> Decoder {
+        Decoder {
+            pillow_exact: on,
+            ..self
+        }
+    }
+
+    /// Whether it gives Pillow's bytes ([`Decoder::with_pillow_exact`]).
+    pub fn pillow_exact(&self) -> bool {
+        self.pillow_exact
     }
 
     /// Decodes `jpeg` into `out`, reusing its buffer.
@@ -115,6 +133,10 @@ impl Decoder {
     /// # Errors
     /// [`DecodeError`]; `out` is then unspecified.
     pub fn decode_into(&self, jpeg: &[u8], out: &mut RgbImage) -> Result<(), DecodeError> {
+        let avx2 = crate::image::cpu::CpuExt::current().has_avx2();
+        if self.pillow_exact && crate::image::jpeg::decode_into(jpeg, out, self.max_pixels, avx2) {
+            return Ok(());
+        }
         let mut decoder = JpegDecoder::new_with_options(SliceReader::new(jpeg), self.options);
         decoder.decode_headers().map_err(|_| DecodeError::Corrupt)?;
         let (w, h) = decoder.dimensions().ok_or(DecodeError::Corrupt)?;

@@ -1,0 +1,156 @@
+//! The decoder of Pillow's bytes (`loader::image::jpeg`): the same bytes as Pillow's
+//! `convert("RGB")` on synthetic JPEGs (4:2:0, grayscale, odd sizes, restart intervals) and on
+//! every imagenet-sample file from `../shared/data` (where zune-jpeg's matches are counted too);
+//! the same bytes with and without AVX2; and no panic on damaged input. The Pillow comparisons need python3 with Pillow and are skipped,
+//! with a message, without it (`.ci/run` has both).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+mod common;
+
+use loader::image::decode::RgbImage;
+use loader::image::jpeg::decode_into;
+use sha2::{Digest, Sha256};
+use shard_tool::restart::add_restart_markers;
+use shard_tool::synth;
+
+/// Pillow's `convert("RGB")` of each file as SHA-256 hex, or `None` without python3 and Pillow.
+fn pillow_hashes(files: &[PathBuf]) -> Option<Vec<String>> {
+    // A file Pillow cannot open hashes to `-`.
+    const SCRIPT: &str = "import sys, hashlib\nfrom PIL import Image\nfor p in sys.stdin.read().splitlines():\n    try:\n        print(hashlib.sha256(Image.open(p).convert('RGB').tobytes()).hexdigest())\n    except Exception:\n        print('-')\n";
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let list: String = files.iter().map(|p| format!("{}\n", p.display())).collect();
+    child.stdin.take()?.write_all(list.as_bytes()).ok()?;
+    let out = child.wait_with_output().ok()?;
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (out.status.success() && lines.len() == files.len()).then_some(lines)
+}
+
+fn sha256(b: &[u8]) -> String {
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// Ours, with AVX2 (where the CPU has it) and without: the same bytes, or a panic.
+fn ours(jpeg: &[u8]) -> Option<RgbImage> {
+    let (mut a, mut b) = (RgbImage::default(), RgbImage::default());
+    let with = decode_into(jpeg, &mut a, u64::MAX, true);
+    let without = decode_into(jpeg, &mut b, u64::MAX, false);
+    assert_eq!(with, without, "AVX2 and portable disagree on decoding");
+    assert!(!with || a == b, "AVX2 and portable give different bytes");
+    with.then_some(a)
+}
+
+#[test]
+fn synthetic_jpegs_decode_to_pillows_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    let mut decoded = Vec::new();
+    for (i, jpeg) in [
+        synth::class_image(1, 2, 300, 200),
+        synth::class_image(4, 0, 97, 211),
+        synth::class_image(2, 5, 17, 9),
+        synth::gray_jpeg(130, 70),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for (j, bytes) in [add_restart_markers(&jpeg, 2).unwrap(), jpeg]
+            .iter()
+            .enumerate()
+        {
+            let image = ours(bytes).unwrap_or_else(|| panic!("image {i}.{j} not decoded"));
+            let path = dir.path().join(format!("{i}-{j}.jpg"));
+            std::fs::write(&path, bytes).unwrap();
+            files.push(path);
+            decoded.push(image);
+        }
+    }
+    let Some(pillow) = pillow_hashes(&files) else {
+        eprintln!("SKIPPED the comparison with Pillow: no python3 with Pillow");
+        return;
+    };
+    for ((file, image), want) in files.iter().zip(&decoded).zip(&pillow) {
+        assert_eq!(&sha256(&image.pixels), want, "{}", file.display());
+    }
+}
+
+#[test]
+fn damaged_input_is_refused_or_decoded_never_a_panic() {
+    let jpeg = add_restart_markers(&synth::class_image(3, 1, 120, 90), 2).unwrap();
+    for cut in (0..jpeg.len()).step_by(37) {
+        let _ = ours(&jpeg[..cut]);
+    }
+    for at in (0..jpeg.len()).step_by(13) {
+        for bit in [0x01, 0x10, 0x80] {
+            let mut damaged = jpeg.clone();
+            damaged[at] ^= bit;
+            let _ = ours(&damaged);
+        }
+    }
+    assert!(ours(b"not a jpeg").is_none());
+    assert!(ours(&synth::cmyk_jpeg(16, 16, [1, 2, 3, 4])).is_none());
+    let mut out = RgbImage::default();
+    assert!(!decode_into(
+        &synth::huge_declared_jpeg(50_000, 50_000),
+        &mut out,
+        1 << 26,
+        true
+    ));
+}
+
+/// Every imagenet-sample file decodes to Pillow's bytes. zune-jpeg's matches, and ours on the
+/// JPEG corpus (damaged and odd files among them), are counted and printed, not asserted.
+#[test]
+fn every_imagenet_sample_file_decodes_to_pillows_bytes() {
+    let Some((_dir, trees)) = common::shared_trees(&["imagenet-sample", "jpeg-corpus"]) else {
+        return;
+    };
+    let (sample, corpus) = (&trees[0], &trees[1]);
+    assert!(sample.len() >= 1000, "{} files", sample.len());
+    let Some(pillow) = pillow_hashes(sample) else {
+        eprintln!("SKIPPED: no python3 with Pillow");
+        return;
+    };
+    let zune = loader::image::decode::Decoder::default();
+    let mut zune_same = 0;
+    for (file, want) in sample.iter().zip(&pillow) {
+        let bytes = std::fs::read(file).unwrap();
+        let image = ours(&bytes).unwrap_or_else(|| panic!("{}: not decoded", file.display()));
+        assert_eq!(&sha256(&image.pixels), want, "{}", file.display());
+        let mut z = RgbImage::default();
+        if zune.decode_into(&bytes, &mut z).is_ok() && sha256(&z.pixels) == *want {
+            zune_same += 1;
+        }
+    }
+    eprintln!(
+        "imagenet-sample: ours {} of {} the same bytes as Pillow's, zune-jpeg {zune_same}",
+        sample.len(),
+        sample.len()
+    );
+    let (mut handled, mut same) = (0, 0);
+    let hashes = pillow_hashes(corpus).unwrap_or_default();
+    for (file, want) in corpus.iter().zip(&hashes) {
+        if let Some(image) = ours(&std::fs::read(file).unwrap()) {
+            handled += 1;
+            same += usize::from(sha256(&image.pixels) == *want);
+        }
+    }
+    eprintln!(
+        "jpeg-corpus: ours decodes {handled} of {} files, {same} of them Pillow's bytes",
+        corpus.len()
+    );
+}
