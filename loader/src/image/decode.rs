@@ -134,7 +134,12 @@ impl Decoder {
     /// [`DecodeError`]; `out` is then unspecified.
     pub fn decode_into(&self, jpeg: &[u8], out: &mut RgbImage) -> Result<(), DecodeError> {
         let avx2 = crate::image::cpu::CpuExt::current().has_avx2();
-        if self.pillow_exact && crate::image::jpeg::decode_into(jpeg, out, self.max_pixels, avx2) {
+        if self.pillow_exact
+            && let Some((width, height)) =
+                crate::image::jpeg::decode_into(jpeg, &mut out.pixels, self.max_pixels, avx2)
+        {
+            out.width = width;
+            out.height = height;
             return Ok(());
         }
         let mut decoder = JpegDecoder::new_with_options(SliceReader::new(jpeg), self.options);

@@ -22,30 +22,37 @@ use huffman::{Bits, Huffman, unstuff};
 use idct::idct;
 use upsample::upsample;
 
-use crate::image::decode::RgbImage;
-
-/// Decodes `jpeg` into `out` (RGB, as Pillow's `convert("RGB")`) with libjpeg-turbo's
-/// arithmetic. `false` where it is not a kind handled here (progressive, arithmetic-coded,
+/// Decodes `jpeg` into `pixels` (RGB rows, as Pillow's `convert("RGB")`) with libjpeg-turbo's
+/// arithmetic; its width and height. `None` where it is not a kind handled here (progressive, arithmetic-coded,
 /// 12-bit, CMYK, Adobe RGB, sampling factors above 2, an image above `max_pixels`) or does not
-/// decode: `out` is then unspecified, and the caller decodes it another way. `avx2`: take the
+/// decode: `pixels` is then unspecified, and the caller decodes it another way. `avx2`: take the
 /// AVX2 IDCT (the CPU must have it; [`crate::image::cpu::CpuExt`] says); the bytes are the same.
-pub fn decode_into(jpeg: &[u8], out: &mut RgbImage, max_pixels: u64, avx2: bool) -> bool {
+pub fn decode_into(
+    jpeg: &[u8],
+    pixels: &mut Vec<u8>,
+    max_pixels: u64,
+    avx2: bool,
+) -> Option<(u32, u32)> {
     #[cfg(target_arch = "x86_64")]
     if avx2 && std::arch::is_x86_feature_detected!("avx2") {
         #[target_feature(enable = "avx2")]
-        fn with_avx2(jpeg: &[u8], out: &mut RgbImage, max_pixels: u64) -> Option<()> {
-            decode_body::<true>(jpeg, out, max_pixels)
+        fn with_avx2(jpeg: &[u8], pixels: &mut Vec<u8>, max_pixels: u64) -> Option<(u32, u32)> {
+            decode_body::<true>(jpeg, pixels, max_pixels)
         }
         // SAFETY: the CPU has AVX2.
-        return unsafe { with_avx2(jpeg, out, max_pixels) }.is_some();
+        return unsafe { with_avx2(jpeg, pixels, max_pixels) };
     }
     let _ = avx2;
-    decode_body::<false>(jpeg, out, max_pixels).is_some()
+    decode_body::<false>(jpeg, pixels, max_pixels)
 }
 
 /// [`decode_into`]'s body, compiled once with AVX2 enabled and once without.
 #[inline(always)]
-fn decode_body<const AVX2: bool>(jpeg: &[u8], out: &mut RgbImage, max_pixels: u64) -> Option<()> {
+fn decode_body<const AVX2: bool>(
+    jpeg: &[u8],
+    pixels: &mut Vec<u8>,
+    max_pixels: u64,
+) -> Option<(u32, u32)> {
     let f = frame(jpeg)?;
     if (f.width as u64) * (f.height as u64) > max_pixels {
         return None;
@@ -119,10 +126,8 @@ fn decode_body<const AVX2: bool>(jpeg: &[u8], out: &mut RgbImage, max_pixels: u6
         return None;
     }
     let (w, h) = (f.width, f.height);
-    out.pixels.resize(w * h * 3, 0);
-    out.width = u32::try_from(w).ok()?;
-    out.height = u32::try_from(h).ok()?;
-    let pixels = &mut out.pixels;
+    let size = (u32::try_from(w).ok()?, u32::try_from(h).ok()?);
+    pixels.resize(w * h * 3, 0);
     if n == 1 {
         let (p, stride) = &planes[0];
         for (i, px) in pixels.chunks_exact_mut(3).enumerate() {
@@ -155,5 +160,5 @@ fn decode_body<const AVX2: bool>(jpeg: &[u8], out: &mut RgbImage, max_pixels: u6
             }
         }
     }
-    Some(())
+    Some(size)
 }
