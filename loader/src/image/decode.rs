@@ -1,6 +1,8 @@
 /*!
-JPEG → interleaved RGB with zune-jpeg, into a buffer each worker owns and reuses (docs/design.md
-invariant 5: no allocation per image once the buffer has grown to the largest image seen).
+JPEG → interleaved RGB with zune-jpeg (or, with [`Decoder::with_pillow_exact`], with
+[`crate::image::jpeg`] where it handles the JPEG), into a buffer each worker owns and reuses
+(docs/design.md invariant 5: no allocation per image once the buffer has grown to the largest
+image seen).
 Grayscale JPEGs come out as RGB with three equal channels, as Pillow's `convert("RGB")`.
 
 Records were decoded in strict mode when they were packed, so a failure here means the shard
@@ -133,10 +135,13 @@ impl Decoder {
     /// # Errors
     /// [`DecodeError`]; `out` is then unspecified.
     pub fn decode_into(&self, jpeg: &[u8], out: &mut RgbImage) -> Result<(), DecodeError> {
-        let avx2 = crate::image::cpu::CpuExt::current().has_avx2();
         if self.pillow_exact
-            && let Some((width, height)) =
-                crate::image::jpeg::decode_into(jpeg, &mut out.pixels, self.max_pixels, avx2)
+            && let Some((width, height)) = crate::image::jpeg::decode_into(
+                jpeg,
+                &mut out.pixels,
+                self.max_pixels,
+                crate::image::cpu::CpuExt::current().has_avx2(),
+            )
         {
             out.width = width;
             out.height = height;

@@ -168,7 +168,8 @@ impl Bits<'_> {
         })
     }
 
-    /// One block's coefficients (natural order, slot 64 scratch) after the DC prediction.
+    /// One block's coefficients (natural order, slot 64 scratch) after the DC prediction;
+    /// whether any AC term came (where none did, the block is its DC alone).
     #[inline(always)]
     pub(super) fn block(
         &mut self,
@@ -176,7 +177,7 @@ impl Bits<'_> {
         ac: &Huffman,
         pred: &mut i32,
         out: &mut [i16; 65],
-    ) -> Option<()> {
+    ) -> Option<bool> {
         self.refill();
         let e = dc.lookup[self.peek(LOOKUP_BITS) as usize];
         let diff = match (e >> 5) & 3 {
@@ -197,12 +198,14 @@ impl Bits<'_> {
         };
         *pred = pred.wrapping_add(diff);
         out[0] = *pred as i16;
-        let mut k = 1usize;
+        let (mut k, mut any) = (1usize, false);
         while k < 64 {
             self.refill();
             let e = ac.lookup[self.peek(LOOKUP_BITS) as usize];
             if (e >> 5) & 3 == VALUE {
                 self.consume(e & 31);
+                // A run of 63 is an end of block (JPEG's runs stop at 15).
+                any |= (e >> 8) & 63 != 63;
                 k += ((e >> 8) & 63) as usize;
                 out[usize::from(NATURAL[k])] = ((e as i32) >> 16) as i16;
                 k += 1;
@@ -221,19 +224,23 @@ impl Bits<'_> {
                     k += 16;
                     continue;
                 }
-                return Some(());
+                return Some(any);
             }
+            any = true;
             k += r as usize;
             out[usize::from(NATURAL[k.min(64)])] = extend(self.get(s) as i32, s) as i16;
             k += 1;
         }
-        Some(())
+        Some(any)
     }
 }
 
-/// The scan's bytes with the stuffing removed, and where each restart interval starts.
-pub(super) fn unstuff(src: &[u8]) -> (Vec<u8>, Vec<usize>) {
-    let (mut out, mut starts) = (Vec::with_capacity(src.len() + 16), vec![0]);
+/// The scan's bytes with the stuffing removed into `out`, and where each restart interval
+/// starts into `starts`.
+pub(super) fn unstuff(src: &[u8], out: &mut Vec<u8>, starts: &mut Vec<usize>) {
+    out.clear();
+    starts.clear();
+    starts.push(0);
     let mut p = 0;
     while p < src.len() {
         // Runs without 0xFF are copied whole (most of the data).
@@ -258,5 +265,4 @@ pub(super) fn unstuff(src: &[u8]) -> (Vec<u8>, Vec<usize>) {
         }
     }
     out.extend_from_slice(&[0; 16]);
-    (out, starts)
 }

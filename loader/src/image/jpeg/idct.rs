@@ -44,29 +44,41 @@ fn butterfly(v: &[Lanes; 8]) -> [Lanes; 8] {
     ]
 }
 
-/// jidctint.c's `jpeg_idct_islow`: dequantization, two passes of the LL&M IDCT in 13-bit
-/// fixed point (eight columns, then eight rows, at once), and the range limit of `jdmaster.c`
-/// (x + 128 clamped, with its wrap). Its shortcut for a column of zeros gives the same values
-/// as the full pass, so every column takes the full pass here. 32-bit arithmetic, as
-/// libjpeg-turbo's SIMD IDCT, which is what Pillow runs.
+/// `x` descaled by `n` bits with rounding, as libjpeg's `DESCALE`.
 #[inline(always)]
-pub(super) fn idct(coef: &[i16; 65], q: &[i32; 64], out: &mut [u8], stride: usize) {
-    let descale = |x: i32, n: i32| (x.wrapping_add(1 << (n - 1))) >> n;
-    let limit = |x: i32| match x & 1023 {
+fn descale(x: i32, n: i32) -> i32 {
+    x.wrapping_add(1 << (n - 1)) >> n
+}
+
+/// The post-IDCT range limit of `jdmaster.c`: x + 128 clamped, with its wrap (index x & 1023).
+#[inline(always)]
+fn limit(x: i32) -> u8 {
+    match x & 1023 {
         i @ 0..128 => (i + 128) as u8,
         128..512 => 255,
         512..896 => 0,
         i => (i - 896) as u8,
-    };
-    if coef[1..64].iter().all(|&c| c == 0) {
-        // Only the DC term: both passes give the same value everywhere (the column pass
-        // `dc << 2`, the row pass its descale), so it is computed once.
-        let v = limit(descale(i32::from(coef[0]).wrapping_mul(q[0]) << 2, 5));
-        for o in out.chunks_mut(stride).take(8) {
-            o[..8].fill(v);
-        }
-        return;
     }
+}
+
+/// [`idct`] of a block with only its DC term (`dc`, quantization step `q`): both passes give
+/// the same value everywhere (the column pass `dc << 2`, the row pass its descale), so it is
+/// computed once.
+#[inline(always)]
+pub(super) fn dc_only(dc: i16, q: i32, out: &mut [u8], stride: usize) {
+    let v = limit(descale(i32::from(dc).wrapping_mul(q) << 2, 5));
+    for o in out.chunks_mut(stride).take(8) {
+        o[..8].fill(v);
+    }
+}
+
+/// jidctint.c's `jpeg_idct_islow`: dequantization, two passes of the LL&M IDCT in 13-bit
+/// fixed point (eight columns, then eight rows, at once), and the range limit. Its shortcut for
+/// a column of zeros gives the same values as the full pass, so every column takes the full
+/// pass here ([`dc_only`] is the whole block's shortcut). 32-bit arithmetic, as libjpeg-turbo's
+/// SIMD IDCT, which is what Pillow runs.
+#[inline(always)]
+pub(super) fn idct(coef: &[i16; 65], q: &[i32; 64], out: &mut [u8], stride: usize) {
     let rows: [Lanes; 8] =
         std::array::from_fn(|r| lanes(|c| i32::from(coef[r * 8 + c]).wrapping_mul(q[r * 8 + c])));
     let pass1 = butterfly(&rows).map(|row| row.map(|x| descale(x, 11)));
@@ -169,10 +181,6 @@ pub(super) mod avx2 {
         out: &mut [u8],
         stride: usize,
     ) {
-        if coef[1..64].iter().all(|&c| c == 0) {
-            super::idct(coef, q, out, stride);
-            return;
-        }
         let mut rows = [_mm256_setzero_si256(); 8];
         for (r, row) in rows.iter_mut().enumerate() {
             // SAFETY: the 8 i16 of row r are in bounds (r * 8 + 8 <= 64).

@@ -33,17 +33,41 @@ pub fn decode_into(
     max_pixels: u64,
     avx2: bool,
 ) -> Option<(u32, u32)> {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 && std::arch::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        fn with_avx2(jpeg: &[u8], pixels: &mut Vec<u8>, max_pixels: u64) -> Option<(u32, u32)> {
-            decode_body::<true>(jpeg, pixels, max_pixels)
+    SCRATCH.with_borrow_mut(|scratch| {
+        #[cfg(target_arch = "x86_64")]
+        if avx2 && std::arch::is_x86_feature_detected!("avx2") {
+            #[target_feature(enable = "avx2")]
+            fn with_avx2(
+                jpeg: &[u8],
+                pixels: &mut Vec<u8>,
+                max_pixels: u64,
+                scratch: &mut Scratch,
+            ) -> Option<(u32, u32)> {
+                decode_body::<true>(jpeg, pixels, max_pixels, scratch)
+            }
+            // SAFETY: the CPU has AVX2.
+            return unsafe { with_avx2(jpeg, pixels, max_pixels, scratch) };
         }
-        // SAFETY: the CPU has AVX2.
-        return unsafe { with_avx2(jpeg, pixels, max_pixels) };
-    }
-    let _ = avx2;
-    decode_body::<false>(jpeg, pixels, max_pixels)
+        let _ = avx2;
+        decode_body::<false>(jpeg, pixels, max_pixels, scratch)
+    })
+}
+
+/// A thread's buffers, kept from one image to the next (docs/design.md invariant 5: no
+/// allocation per image once they have grown).
+#[derive(Default)]
+struct Scratch {
+    /// The scan, unstuffed, and where its restart intervals start.
+    data: Vec<u8>,
+    starts: Vec<usize>,
+    /// Each component's samples, whole blocks.
+    planes: [Vec<u8>; 3],
+    /// Cb and Cr upsampled to the luma's size.
+    chroma: [Vec<u8>; 2],
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
 }
 
 /// [`decode_into`]'s body, compiled once with AVX2 enabled and once without.
@@ -52,71 +76,81 @@ fn decode_body<const AVX2: bool>(
     jpeg: &[u8],
     pixels: &mut Vec<u8>,
     max_pixels: u64,
+    scratch: &mut Scratch,
 ) -> Option<(u32, u32)> {
     let f = frame(jpeg)?;
     if (f.width as u64) * (f.height as u64) > max_pixels {
         return None;
     }
-    let (data, starts) = unstuff(jpeg.get(f.scan..)?);
+    let Scratch {
+        data,
+        starts,
+        planes,
+        chroma,
+    } = scratch;
+    unstuff(jpeg.get(f.scan..)?, data, starts);
     let n = f.components.len();
     let hmax = f.components.iter().map(|c| c.h).max()?;
     let vmax = f.components.iter().map(|c| c.v).max()?;
     // A single-component scan is not interleaved: one block per MCU, whatever the factors.
     let (bh, bv) = if n == 1 { (1, 1) } else { (hmax, vmax) };
     let (mcux, mcuy) = (f.width.div_ceil(8 * bh), f.height.div_ceil(8 * bv));
-    let factors: Vec<(usize, usize)> = f
-        .components
-        .iter()
-        .map(|c| if n == 1 { (1, 1) } else { (c.h, c.v) })
-        .collect();
+    let mut factors = [(1, 1); 3];
+    let mut tables: [Option<(&Huffman, &Huffman)>; 3] = [None; 3];
+    for (c, comp) in f.components.iter().enumerate() {
+        factors[c] = if n == 1 { (1, 1) } else { (comp.h, comp.v) };
+        tables[c] = Some((f.dc[comp.dc].as_ref()?, f.ac[comp.ac].as_ref()?));
+    }
     // Luma at full size, chroma at most halved: what libjpeg upsamples as Pillow asks it to.
     if n == 3 && factors[0] != (hmax, vmax) {
         return None;
     }
-    let mut planes: Vec<(Vec<u8>, usize)> = factors
-        .iter()
-        .map(|&(h, v)| (vec![0u8; mcux * h * 8 * mcuy * v * 8], mcux * h * 8))
-        .collect();
-    let tables: Vec<(&Huffman, &Huffman)> = f
-        .components
-        .iter()
-        .map(|c| Some((f.dc[c.dc].as_ref()?, f.ac[c.ac].as_ref()?)))
-        .collect::<Option<_>>()?;
+    let mut strides = [0; 3];
+    for c in 0..n {
+        let (h, v) = factors[c];
+        strides[c] = mcux * h * 8;
+        // Every sample is written by a block's IDCT: no need to clear.
+        planes[c].resize(strides[c] * mcuy * v * 8, 0);
+    }
     let mut bits = Bits {
-        data: &data,
+        data,
         pos: 0,
         buf: 0,
         n: 0,
     };
-    let mut preds = vec![0i32; n];
+    let mut preds = [0i32; 3];
     let mut block = [0i16; 65];
     for m in 0..mcux * mcuy {
         if f.restart > 0 && m > 0 && m % f.restart == 0 {
             let start = *starts.get(m / f.restart)?;
             bits = Bits {
-                data: &data,
+                data,
                 pos: start,
                 buf: 0,
                 n: 0,
             };
-            preds.iter_mut().for_each(|p| *p = 0);
+            preds = [0; 3];
         }
         let (mx, my) = (m % mcux, m / mcux);
-        for (c, &(h, v)) in factors.iter().enumerate() {
+        for c in 0..n {
+            let ((h, v), (dc, ac), stride) = (factors[c], tables[c]?, strides[c]);
             for by in 0..v {
                 for bx in 0..h {
                     block.fill(0);
-                    bits.block(tables[c].0, tables[c].1, &mut preds[c], &mut block)?;
-                    let (plane, stride) = &mut planes[c];
+                    let any_ac = bits.block(dc, ac, &mut preds[c], &mut block)?;
                     let (x, y) = ((mx * h + bx) * 8, (my * v + by) * 8);
-                    let (q, dst) = (&f.components[c].quant, &mut plane[y * *stride + x..]);
+                    let (q, dst) = (&f.components[c].quant, &mut planes[c][y * stride + x..]);
+                    if !any_ac {
+                        idct::dc_only(block[0], q[0], dst, stride);
+                        continue;
+                    }
                     #[cfg(target_arch = "x86_64")]
                     if AVX2 {
                         // SAFETY: `AVX2` is true only where the CPU has AVX2 (`decode_into`).
-                        unsafe { idct::avx2::idct(&block, q, dst, *stride) };
+                        unsafe { idct::avx2::idct(&block, q, dst, stride) };
                         continue;
                     }
-                    idct(&block, q, dst, *stride);
+                    idct(&block, q, dst, stride);
                 }
             }
         }
@@ -129,27 +163,29 @@ fn decode_body<const AVX2: bool>(
     let size = (u32::try_from(w).ok()?, u32::try_from(h).ok()?);
     pixels.resize(w * h * 3, 0);
     if n == 1 {
-        let (p, stride) = &planes[0];
+        let (p, stride) = (&planes[0], strides[0]);
         for (i, px) in pixels.chunks_exact_mut(3).enumerate() {
             px.fill(p[(i / w) * stride + i % w]);
         }
     } else {
-        let mut chroma = Vec::new();
+        let mut chroma_strides = [0; 2];
         for c in 1..3 {
             let (fh, fv) = factors[c];
             let size = ((w * fh).div_ceil(hmax), (h * fv).div_ceil(vmax));
-            chroma.push(upsample(
-                &planes[c].0,
-                planes[c].1,
+            chroma_strides[c - 1] = upsample(
+                &planes[c],
+                strides[c],
                 size,
                 (hmax / fh, vmax / fv),
-            )?);
+                &mut chroma[c - 1],
+            )?;
         }
-        let (yp, ys) = &planes[0];
+        let (yp, ys) = (&planes[0], strides[0]);
+        let [(cbp, cbs), (crp, crs)] = [0, 1].map(|i| (&chroma[i], chroma_strides[i]));
         for (y, row) in pixels.chunks_exact_mut(w * 3).enumerate() {
             let l = &yp[y * ys..y * ys + w];
-            let cb = &chroma[0].0[y * chroma[0].1..y * chroma[0].1 + w];
-            let cr = &chroma[1].0[y * chroma[1].1..y * chroma[1].1 + w];
+            let cb = &cbp[y * cbs..y * cbs + w];
+            let cr = &crp[y * crs..y * crs + w];
             for (((px, &l), &cb), &cr) in row.chunks_exact_mut(3).zip(l).zip(cb).zip(cr) {
                 // jdcolor.c's tables, computed: FIX(1.40200), FIX(0.34414), FIX(0.71414) and
                 // FIX(1.77200) in 16-bit fixed point, with ONE_HALF's rounding.

@@ -2,17 +2,19 @@
 
 /// jdsample.c's fancy upsampling of a `w`×`h` plane (row `stride`) by (`fh`, `fv`) in {1, 2}:
 /// ¾ of the nearer sample and ¼ of the next in each doubled direction, libjpeg's rounding
-/// biases, edges replicated. `None` for other factors.
+/// biases, edges replicated. Into `out`; its row length, or `None` for other factors.
 #[inline(always)]
 pub(super) fn upsample(
     p: &[u8],
     stride: usize,
     (w, h): (usize, usize),
     (fh, fv): (usize, usize),
-) -> Option<(Vec<u8>, usize)> {
+    out: &mut Vec<u8>,
+) -> Option<usize> {
     let at = |x: usize, y: usize| i32::from(p[y * stride + x]);
     let (ow, oh) = (w * fh, h * fv);
-    let mut out = vec![0u8; ow * oh];
+    // Every byte is written below.
+    out.resize(ow * oh, 0);
     for (oy, o) in out.chunks_exact_mut(ow).enumerate() {
         let (y, below) = (oy / fv, oy % fv == 1);
         let far = if below {
@@ -65,5 +67,5 @@ pub(super) fn upsample(
             _ => return None,
         }
     }
-    Some((out, ow))
+    Some(ow)
 }
