@@ -95,6 +95,38 @@ fn restarted_records() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(any::<Edit>(), 0..6).prop_map(move |edits| mutate(&jpeg, &edits))
 }
 
+/// A coefficient record (as `shard-tool pack` stores a train record by default) with a few edits.
+fn coefficient_records() -> impl Strategy<Value = Vec<u8>> {
+    let jpeg =
+        shard_tool::restart::add_restart_markers(&shard_tool::synth::class_image(2, 3, 90, 70), 2)
+            .unwrap_or_default();
+    let record = shard_tool::coefficients::from_jpeg(&jpeg).unwrap_or_default();
+    prop::collection::vec(any::<Edit>(), 0..6).prop_map(move |edits| mutate(&record, &edits))
+}
+
+/// A3 and A1 on `record` by `worker`s of both decoders; whatever comes back, no panic.
+fn produce_both(record: &[u8], position: u32) {
+    for (preset, pillow) in [("a3", false), ("a1", false), ("a3", true)] {
+        let Ok(t) = preset.parse::<crate::request::transform::TransformSpec>() else {
+            continue;
+        };
+        let mut worker = crate::batches::pipeline::Worker::new(t, 7);
+        worker.set_pillow_exact(pillow);
+        let n = t.image_bytes();
+        let mut buf = vec![0u8; 3 * n];
+        let samples: Vec<crate::sampling::sampler::Sample> = (0..3)
+            .map(|repeat| crate::sampling::sampler::Sample {
+                index: 0,
+                position,
+                repeat,
+            })
+            .collect();
+        let mut outs: Vec<&mut [u8]> = buf.chunks_exact_mut(n).collect();
+        let take = if preset == "a3" { 1 } else { 3 };
+        let _ = worker.produce(record, 0, &samples[..take], &mut outs[..take]);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases()))]
 
@@ -106,18 +138,17 @@ proptest! {
         jpeg in restarted_records(),
         position in 0u32..1000,
     ) {
-        for (preset, pillow) in [("a3", false), ("a1", false), ("a3", true)] {
-            let t: crate::request::transform::TransformSpec = preset.parse().unwrap();
-            let mut worker = crate::batches::pipeline::Worker::new(t, 7);
-            worker.set_pillow_exact(pillow);
-            let n = t.image_bytes();
-            let mut buf = vec![0u8; 3 * n];
-            let samples: Vec<crate::sampling::sampler::Sample> = (0..3)
-                .map(|repeat| crate::sampling::sampler::Sample { index: 0, position, repeat })
-                .collect();
-            let mut outs: Vec<&mut [u8]> = buf.chunks_exact_mut(n).collect();
-            let take = if preset == "a3" { 1 } else { 3 };
-            let _ = worker.produce(&jpeg, 0, &samples[..take], &mut outs[..take]);
-        }
+        produce_both(&jpeg, position);
+    }
+
+    /// The same for a damaged coefficient record (offsets, masks and values changed, chunks cut
+    /// off): decoded or refused, never a panic (the loader's CRC check keeps such a record from
+    /// being decoded at all; this is the decoder's own guard).
+    #[test]
+    fn a_damaged_coefficient_record_decodes_by_region_or_is_an_error(
+        record in coefficient_records(),
+        position in 0u32..1000,
+    ) {
+        produce_both(&record, position);
     }
 }

@@ -1,7 +1,8 @@
 //! The decoder of Pillow's bytes (`loader::image::jpeg`): the same bytes as Pillow's
 //! `convert("RGB")` on synthetic JPEGs (4:2:0, grayscale, odd sizes, restart intervals) and on
 //! every imagenet-sample file from `../shared/data` (where zune-jpeg's matches are counted too);
-//! the same bytes with and without AVX2; and no panic on damaged input. The Pillow comparisons need python3 with Pillow and are skipped,
+//! the same bytes with and without AVX2; coefficient records (`shard_tool::coefficients`) the same
+//! pixels as their JPEGs and the JPEGs back byte for byte; and no panic on damaged input. The Pillow comparisons need python3 with Pillow and are skipped,
 //! with a message, without it (`.ci/run` has both).
 
 use std::io::Write;
@@ -13,6 +14,7 @@ mod common;
 use loader::image::decode::RgbImage;
 use loader::image::jpeg::decode_into;
 use sha2::{Digest, Sha256};
+use shard_tool::coefficients;
 use shard_tool::restart::add_restart_markers;
 use shard_tool::synth;
 
@@ -78,6 +80,11 @@ fn synthetic_jpegs_decode_to_pillows_bytes() {
             .enumerate()
         {
             let image = ours(bytes).unwrap_or_else(|| panic!("image {i}.{j} not decoded"));
+            if j == 0 {
+                // The restart-marked JPEG's coefficient record: the same pixels.
+                let record = coefficients::from_jpeg(bytes).unwrap();
+                assert_eq!(ours(&record).map(|r| r.pixels), Some(image.pixels.clone()));
+            }
             let path = dir.path().join(format!("{i}-{j}.jpg"));
             std::fs::write(&path, bytes).unwrap();
             files.push(path);
@@ -106,6 +113,19 @@ fn damaged_input_is_refused_or_decoded_never_a_panic() {
             let _ = ours(&damaged);
         }
     }
+    // A coefficient record's damage: refused (its offsets, its values' ranges, where each chunk
+    // ends) or decoded, never a panic.
+    let record = coefficients::from_jpeg(&jpeg).unwrap();
+    let mut refused = 0;
+    for cut in (0..record.len()).step_by(37) {
+        refused += usize::from(ours(&record[..cut]).is_none());
+    }
+    assert_eq!(refused, record.len().div_ceil(37), "a cut record decoded");
+    for at in (0..record.len()).step_by(13) {
+        let mut damaged = record.clone();
+        damaged[at] ^= 0x10;
+        let _ = ours(&damaged);
+    }
     assert!(ours(b"not a jpeg").is_none());
     assert!(ours(&synth::cmyk_jpeg(16, 16, [1, 2, 3, 4])).is_none());
     let mut out = Vec::new();
@@ -126,12 +146,19 @@ fn every_imagenet_sample_file_decodes_to_pillows_bytes() {
         eprintln!("SKIPPED: no python3 with Pillow");
         return;
     };
-    let zune = loader::image::decode::Decoder::default();
+    let zune = loader::image::decode::Decoder::default().with_pillow_exact(false);
     let mut zune_same = 0;
     for (file, want) in sample.iter().zip(&pillow) {
         let bytes = std::fs::read(file).unwrap();
         let image = ours(&bytes).unwrap_or_else(|| panic!("{}: not decoded", file.display()));
         assert_eq!(&sha256(&image.pixels), want, "{}", file.display());
+        // Its coefficient record, as `shard-tool pack` stores it: the same pixels, and the
+        // restart-marked JPEG back byte for byte.
+        let restarted = add_restart_markers(&bytes, 0).unwrap();
+        let record = coefficients::from_jpeg(&restarted).unwrap();
+        assert_eq!(coefficients::to_jpeg(&record).unwrap(), restarted);
+        let stored = ours(&record).unwrap_or_else(|| panic!("{}: record", file.display()));
+        assert_eq!(&sha256(&stored.pixels), want, "{}: record", file.display());
         let mut z = RgbImage::default();
         if zune.decode_into(&bytes, &mut z).is_ok() && sha256(&z.pixels) == *want {
             zune_same += 1;
@@ -142,16 +169,37 @@ fn every_imagenet_sample_file_decodes_to_pillows_bytes() {
         sample.len(),
         sample.len()
     );
-    let (mut handled, mut same) = (0, 0);
+    let (mut handled, mut same, mut records) = (0, 0, 0);
     let hashes = pillow_hashes(corpus).unwrap_or_default();
     for (file, want) in corpus.iter().zip(&hashes) {
-        if let Some(image) = ours(&std::fs::read(file).unwrap()) {
+        let bytes = std::fs::read(file).unwrap();
+        if let Some(image) = ours(&bytes) {
             handled += 1;
             same += usize::from(sha256(&image.pixels) == *want);
         }
+        // Every file libjpeg re-encodes makes a coefficient record (or is refused, never
+        // stored wrong): the restart-marked JPEG back byte for byte, and its pixels as ours
+        // from that JPEG (Pillow's, where ours are).
+        let Ok(restarted) = add_restart_markers(&bytes, 0) else {
+            continue;
+        };
+        let Ok(record) = coefficients::from_jpeg(&restarted) else {
+            continue;
+        };
+        records += 1;
+        assert_eq!(coefficients::to_jpeg(&record).unwrap(), restarted);
+        let from_jpeg = ours(&restarted).map(|i| i.pixels);
+        assert_eq!(
+            ours(&record).map(|i| i.pixels),
+            from_jpeg,
+            "{}",
+            file.display()
+        );
     }
     eprintln!(
-        "jpeg-corpus: ours decodes {handled} of {} files, {same} of them Pillow's bytes",
+        "jpeg-corpus: ours decodes {handled} of {} files, {same} of them Pillow's bytes; \
+         {records} coefficient records decode to their JPEG's pixels",
         corpus.len()
     );
+    assert!(records >= 40, "only {records} coefficient records");
 }

@@ -1,6 +1,6 @@
 //! Crop-aware decoding against the full decode: random regions of restart-marked JPEGs, decoded
 //! by region, hold exactly the full decode's pixels, with zune-jpeg and with the decoder of
-//! Pillow's bytes (`loader::image::jpeg`). Synthetic images always; every
+//! Pillow's bytes (`loader::image::jpeg`), and so do their coefficient records. Synthetic images always; every
 //! imagenet-sample file and the JPEG corpus from `../shared/data` where present (skipped with a
 //! message otherwise). A test binary of its own: the real-data pass allocates hundreds of MiB
 //! that the library's heap-trim test must not see.
@@ -11,6 +11,7 @@ use loader::image::decode::{Decoder, RgbImage};
 use loader::image::region::RegionDecoder;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use shard_tool::coefficients;
 use shard_tool::restart::add_restart_markers;
 use shard_tool::synth;
 
@@ -18,14 +19,28 @@ use shard_tool::synth;
 /// with zune-jpeg and (`pillow`) with the decoder of Pillow's bytes; returns how many were
 /// compared (0 for a JPEG that is decoded whole).
 fn regions_match(jpeg: &[u8], draws: u32, seed: u64, pillow: bool) -> Result<u32, String> {
-    let zune = regions_match_with(Decoder::default(), jpeg, draws, seed)?;
+    let zune = Decoder::default().with_pillow_exact(false);
+    let n = regions_match_with(zune, jpeg, draws, seed)?;
     if pillow {
-        let exact = Decoder::default().with_pillow_exact(true);
-        let n = regions_match_with(exact, jpeg, draws, seed)
+        let exact = regions_match_with(Decoder::default(), jpeg, draws, seed)
             .map_err(|e| format!("the decoder of Pillow's bytes: {e}"))?;
-        assert_eq!(zune, n);
+        assert_eq!(n, exact);
+        if n == 0 {
+            return Ok(0);
+        }
+        // Its coefficient record, decoded by regions, holds the full decode's pixels too (and
+        // those are the JPEG's: `pillow_exact.rs`).
+        let record = match coefficients::from_jpeg(jpeg) {
+            Ok(record) => record,
+            // CMYK and the like stay JPEG records.
+            Err(coefficients::CoefficientError::Unsuitable(_)) => return Ok(n),
+            Err(e) => return Err(e.to_string()),
+        };
+        let stored = regions_match_with(Decoder::default(), &record, draws, seed)
+            .map_err(|e| format!("the coefficient record: {e}"))?;
+        assert_eq!(n, stored);
     }
-    Ok(zune)
+    Ok(n)
 }
 
 fn regions_match_with(decoder: Decoder, jpeg: &[u8], draws: u32, seed: u64) -> Result<u32, String> {

@@ -5,7 +5,7 @@ files, and the reader every other part of rsb uses to get at the images.
 - [`pack()`] turns a source tree (see [`layout`]) into a dataset directory: shard files,
   one index per split and a `manifest.json` written last. Every image is decoded once in strict
   mode; train JPEGs are re-encoded losslessly with restart markers ([`restart`]; the same
-  pixels), other JPEGs kept byte for byte; PNGs and CMYK JPEGs become RGB JPEGs; what cannot be
+  pixels) and stored as their coefficients ([`coefficients`]), other JPEGs kept byte for byte; PNGs and CMYK JPEGs become RGB JPEGs; what cannot be
   read is listed with the reason. A killed pack leaves no manifest, and rerunning it finishes the job.
 - [`Dataset`] maps a finished dataset and returns record `i` of a split in O(1), zero-copy.
 - [`verify()`] checks every byte against its checksum and names what does not match.
@@ -30,7 +30,10 @@ let train = dataset.split("train")?;
 assert_eq!(train.len(), 6);
 let record = train.get(0)?;
 assert!(record.checksum_ok());
-assert!(record.data.starts_with(&[0xFF, 0xD8]));
+// Train records hold the JPEG's coefficients (`coefficients`), val records the JPEG.
+assert!(shard_tool::coefficients::is_coefficients(record.data));
+let val = dataset.split("val")?.get(0)?;
+assert!(val.data.starts_with(&[0xFF, 0xD8]));
 # Ok::<(), Box<dyn std::error::Error>>(())
 ```
 */
@@ -39,11 +42,13 @@ assert!(record.data.starts_with(&[0xFF, 0xD8]));
 
 pub mod atomic;
 pub mod bench;
+pub mod coefficients;
 pub mod console;
 mod error;
 pub mod fuzzing;
 pub mod image;
 pub mod layout;
+mod libjpeg;
 pub mod manifest;
 mod open;
 mod pack;

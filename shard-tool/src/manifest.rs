@@ -107,6 +107,10 @@ pub struct SplitManifest {
     /// [`crate::restart`]). Absent in manifests written before they existed.
     #[serde(default)]
     pub restart_markers: u64,
+    /// Of those, records stored as their coefficients ([`crate::coefficients`]). Absent in
+    /// manifests written before they existed.
+    #[serde(default)]
+    pub coefficients: u64,
     /// Image bytes stored (excluding record headers and paths).
     pub image_bytes: u64,
     /// Records per class index (empty for an unlabelled split).

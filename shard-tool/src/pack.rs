@@ -607,6 +607,7 @@ fn split_manifest(
         resized: 0,
         grayscale: 0,
         restart_markers: 0,
+        coefficients: 0,
         image_bytes: 0,
         per_class: if labelled {
             vec![0; tree.classes.len()]
@@ -629,6 +630,7 @@ fn split_manifest(
             m.resized += u64::from(f & flags::RESIZED != 0);
             m.grayscale += u64::from(f & flags::GRAYSCALE != 0);
             m.restart_markers += u64::from(f & flags::RESTART_MARKERS != 0);
+            m.coefficients += u64::from(f & flags::COEFFICIENTS != 0);
             m.image_bytes += u64::from(r.len) - 32 - r.path.len() as u64;
             if f & flags::GRAYSCALE != 0 {
                 m.grayscale_files.push(r.path.clone());

@@ -70,10 +70,14 @@ pub mod flags {
     /// markers: the same DCT coefficients, tables and sampling, so the same pixels in every
     /// decoder; the footer records the source's SHA-256.
     pub const RESTART_MARKERS: u16 = 1 << 4;
+    /// The stored bytes are not a JPEG but the restart-marked JPEG's coefficients
+    /// ([`crate::coefficients`]): the same pixels, read without Huffman decoding; `extract`
+    /// writes the JPEG back. Always set with [`RESTART_MARKERS`].
+    pub const COEFFICIENTS: u16 = 1 << 5;
     /// Any flag that means the stored pixels differ from the source file's.
     pub const MODIFIED: u16 = FROM_PNG | FROM_CMYK | RESIZED;
     /// Any flag that means the stored bytes differ from the source file's.
-    pub const REWRITTEN: u16 = MODIFIED | RESTART_MARKERS;
+    pub const REWRITTEN: u16 = MODIFIED | RESTART_MARKERS | COEFFICIENTS;
 }
 
 /// Header at offset 0 of a shard file.

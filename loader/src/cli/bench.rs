@@ -60,10 +60,11 @@ pub struct BenchArgs {
     /// Skip the CRC-32C check of each record before its decode (to measure what it costs).
     #[arg(long)]
     pub no_crc: bool,
-    /// The JPEG decoder: zune (zune-jpeg, the default; within 4 levels of Pillow's pixels) or
-    /// pillow (libjpeg-turbo's arithmetic: Pillow's bytes for baseline JPEGs, zune-jpeg for
-    /// the rest). Not with --ring: the daemon decodes with zune-jpeg.
-    #[arg(long, value_enum, default_value_t = JpegDecoder::Zune, conflicts_with = "ring")]
+    /// The JPEG decoder: pillow (the default, as in the daemon: libjpeg-turbo's arithmetic,
+    /// Pillow's bytes for baseline JPEGs, zune-jpeg for the rest) or zune (zune-jpeg for every
+    /// JPEG: within 4 levels of Pillow's pixels). Coefficient records are read by the former
+    /// either way. Not with --ring (the daemon's own decoder is used).
+    #[arg(long, value_enum, default_value_t = JpegDecoder::Pillow, conflicts_with = "ring")]
     pub decoder: JpegDecoder,
 }
 

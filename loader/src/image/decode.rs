@@ -1,6 +1,7 @@
 /*!
-JPEG → interleaved RGB with zune-jpeg (or, with [`Decoder::with_pillow_exact`], with
-[`crate::image::jpeg`] where it handles the JPEG), into a buffer each worker owns and reuses
+JPEG (or coefficient record) → interleaved RGB with [`crate::image::jpeg`], Pillow's bytes, where it
+handles the JPEG, else (or with [`Decoder::with_pillow_exact`]`(false)`) with zune-jpeg, into a
+buffer each worker owns and reuses
 (docs/design.md invariant 5: no allocation per image once the buffer has grown to the largest
 image seen).
 Grayscale JPEGs come out as RGB with three equal channels, as Pillow's `convert("RGB")`.
@@ -80,8 +81,10 @@ pub enum DecodeError {
     },
 }
 
-/// A reusable JPEG decoder: zune-jpeg, or ([`Decoder::with_pillow_exact`]) the decoder with
-/// libjpeg-turbo's arithmetic ([`crate::image::jpeg`]) where it handles the JPEG.
+/// A reusable JPEG decoder: the decoder with libjpeg-turbo's arithmetic ([`crate::image::jpeg`],
+/// Pillow's bytes) where it handles the JPEG, zune-jpeg for the rest (progressive, CMYK, ...) or
+/// for every JPEG with [`Decoder::with_pillow_exact`]`(false)`. Coefficient records
+/// ([`shard_tool::coefficients`]) always go to the former.
 #[derive(Debug, Clone, Copy)]
 pub struct Decoder {
     options: DecoderOptions,
@@ -111,12 +114,13 @@ impl Decoder {
         Decoder {
             options,
             max_pixels,
-            pillow_exact: false,
+            pillow_exact: true,
         }
     }
 
-    /// This decoder, giving Pillow's bytes (`on`) through [`crate::image::jpeg`] for the JPEGs
-    /// it handles (baseline, 8-bit, grayscale or YCbCr; the others still go to zune-jpeg).
+    /// This decoder, giving Pillow's bytes (`on`, the default) through [`crate::image::jpeg`]
+    /// for the JPEGs it handles (baseline, 8-bit, grayscale or YCbCr; the others go to
+    /// zune-jpeg), or zune-jpeg's (within 4 levels of Pillow's) for every JPEG.
     #[must_use]
     pub fn with_pillow_exact(self, on: bool) -> Decoder {
         Decoder {
@@ -135,7 +139,8 @@ impl Decoder {
     /// # Errors
     /// [`DecodeError`]; `out` is then unspecified.
     pub fn decode_into(&self, jpeg: &[u8], out: &mut RgbImage) -> Result<(), DecodeError> {
-        if self.pillow_exact
+        let coefficients = shard_tool::coefficients::is_coefficients(jpeg);
+        if (self.pillow_exact || coefficients)
             && let Some((width, height)) = crate::image::jpeg::decode_into(
                 jpeg,
                 &mut out.pixels,
@@ -146,6 +151,10 @@ impl Decoder {
             out.width = width;
             out.height = height;
             return Ok(());
+        }
+        // Only this crate's decoder reads coefficient records.
+        if coefficients {
+            return Err(DecodeError::Corrupt);
         }
         let mut decoder = JpegDecoder::new_with_options(SliceReader::new(jpeg), self.options);
         decoder.decode_headers().map_err(|_| DecodeError::Corrupt)?;

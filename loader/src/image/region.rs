@@ -105,5 +105,19 @@ mod tests {
         assert_eq!(region.open(&restarted), Ok(Some((64, 48))));
         let cut = &restarted[..restarted.len() - 3];
         assert_eq!(region.open(cut), Err(DecodeError::Corrupt));
+        // A coefficient record: split by its chunk offsets; offsets that do not rise to its
+        // end, or a chunk count the frame does not call for, are damage.
+        let record = shard_tool::coefficients::from_jpeg(&restarted).unwrap();
+        assert_eq!(region.open(&record), Ok(Some((64, 48))));
+        assert_eq!(
+            region.open(&record[..record.len() - 1]),
+            Err(DecodeError::Corrupt)
+        );
+        let mut past_the_end = record.clone();
+        let offsets = shard_tool::coefficients::PREFIX_LEN
+            + u32::from_le_bytes(record[4..8].try_into().unwrap()) as usize;
+        // Chunk 1's offset, made to point past the record's end.
+        past_the_end[offsets + 7] = 0xFF;
+        assert_eq!(region.open(&past_the_end), Err(DecodeError::Corrupt));
     }
 }

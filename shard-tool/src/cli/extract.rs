@@ -56,12 +56,13 @@ pub fn run(args: ExtractArgs, quiet: bool) -> Result<ExitCode> {
             dir.display()
         );
     }
-    write_atomic(&args.out, |w| std::io::Write::write_all(w, record.data))
+    let jpeg = as_jpeg(&record)?;
+    write_atomic(&args.out, |w| std::io::Write::write_all(w, &jpeg))
         .with_context(|| format!("writing {}", args.out.display()))?;
     if !quiet {
         eprintln!(
             "wrote {} bytes of record {} ({}, label {}, {}x{}) to {}{}",
-            record.data.len(),
+            jpeg.len(),
             record.index,
             escaped(record.path),
             record.label,
@@ -83,12 +84,31 @@ fn holds(flags: u16) -> &'static str {
         "; a CMYK source converted to an RGB JPEG (other bytes and pixels)"
     } else if flags & RESIZED != 0 {
         "; downscaled by --max-side (other bytes and pixels)"
+    } else if flags & COEFFICIENTS != 0 {
+        "; the JPEG written back from the record's coefficients: the source re-encoded \
+         losslessly with restart markers (other bytes, the same pixels; pack with --records jpeg \
+         --restart-interval 0 to store sources byte for byte)"
     } else if flags & RESTART_MARKERS != 0 {
         "; the source re-encoded losslessly with restart markers (other bytes, the same pixels; \
          pack with --restart-interval 0 to store sources byte for byte)"
     } else {
         ""
     }
+}
+
+/// The record as a JPEG file: its bytes, or the JPEG libjpeg writes back from its coefficients.
+fn as_jpeg<'a>(r: &shard_tool::Record<'a>) -> Result<std::borrow::Cow<'a, [u8]>> {
+    if r.flags & shard_tool::record::flags::COEFFICIENTS == 0 {
+        return Ok(std::borrow::Cow::Borrowed(r.data));
+    }
+    let jpeg = shard_tool::coefficients::to_jpeg(r.data).with_context(|| {
+        format!(
+            "record {} ({}): writing its coefficients back as a JPEG",
+            r.index,
+            escaped(r.path)
+        )
+    })?;
+    Ok(std::borrow::Cow::Owned(jpeg))
 }
 
 /// Every record of every split under `out`, at its source path.
@@ -118,7 +138,8 @@ fn extract_all(dataset: &Dataset, out: &Path, quiet: bool) -> Result<ExitCode> {
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("creating {}", parent.display()))?;
             }
-            write_atomic(&path, |w| std::io::Write::write_all(w, r.data))
+            let jpeg = as_jpeg(&r)?;
+            write_atomic(&path, |w| std::io::Write::write_all(w, &jpeg))
                 .with_context(|| format!("writing {}", path.display()))?;
             written += 1;
             restarted += u64::from(r.flags & shard_tool::record::flags::RESTART_MARKERS != 0);

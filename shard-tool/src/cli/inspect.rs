@@ -39,7 +39,7 @@ pub fn run(args: &InspectArgs) -> Result<ExitCode> {
     writeln!(
         stdout,
         "options   seed {}, shard size {}, max side {}, resize quality {}, transcode quality {}, \
-         max pixels {}, restart interval {}",
+         max pixels {}, restart interval {}, train records {}",
         o.seed,
         ByteSize(o.shard_size),
         o.image.max_side.map_or("none".into(), |s| s.to_string()),
@@ -49,6 +49,11 @@ pub fn run(args: &InspectArgs) -> Result<ExitCode> {
         match o.image.restart_interval {
             0 => "none (JPEGs stored as they were)".to_owned(),
             n => format!("~{n} MCUs"),
+        },
+        if o.image.coefficients {
+            "coefficients"
+        } else {
+            "jpeg"
         }
     )?;
     let first_last = match (m.classes.first(), m.classes.last()) {
@@ -86,7 +91,8 @@ fn write_split(
         stdout,
         "  as is {}, PNG converted {}, CMYK converted {}, downscaled {}, grayscale {}, \
          rejected {}, ignored {}\n  re-encoded losslessly with restart markers {} (the same pixels, \
-         decoded by the loader only where a crop reads; the others are decoded whole)",
+         decoded by the loader only where a crop reads; the others are decoded whole), of them \
+         stored as coefficients {} (read without Huffman decoding; extract writes the JPEG back)",
         sm.kept_as_is,
         sm.transcoded_png,
         sm.transcoded_cmyk,
@@ -94,7 +100,8 @@ fn write_split(
         sm.grayscale,
         sm.rejected.len(),
         sm.ignored.len(),
-        sm.restart_markers
+        sm.restart_markers,
+        sm.coefficients
     )?;
     // Counted from the index, not copied from the manifest, so this shows what is stored.
     let mut per_class = vec![0u64; classes.len()];

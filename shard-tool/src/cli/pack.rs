@@ -55,6 +55,19 @@ pub struct PackArgs {
     /// entry keeps its source's SHA-256.
     #[arg(long, value_name = "N", default_value_t = shard_tool::restart::DEFAULT_INTERVAL_MCUS, help_heading = "Image options", value_parser = number_in(0..=64u32))]
     pub restart_interval: u32,
+    /// What a train record holds: `coefficients` (the default: the restart-marked JPEG's
+    /// quantised DCT coefficients, which the loader reads without Huffman decoding: A3's rate
+    /// per core x1.5 on imagenet-sample, for 1.7x the bytes) or `jpeg` (the restart-marked JPEG
+    /// itself). Either way the pixels are the source's, and `extract` gives back the same JPEG.
+    /// Applies only to JPEGs given restart markers (not with --restart-interval 0).
+    /// docs/packing.md, "Coefficient records".
+    #[arg(
+        long,
+        value_enum,
+        default_value = "coefficients",
+        help_heading = "Image options"
+    )]
+    pub records: RecordKind,
     /// Reject images with more pixels than this (default: Pillow's decompression-bomb error
     /// threshold, so nothing is stored that timm could not open).
     /// At most 65,535² (a JPEG's sides are at most 65,535).
@@ -90,6 +103,15 @@ pub struct PackArgs {
     pub classes_from: Option<PathBuf>,
 }
 
+/// What `--records` stores for a train JPEG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecordKind {
+    /// The JPEG, re-encoded with restart markers.
+    Jpeg,
+    /// The JPEG's DCT coefficients ([`shard_tool::coefficients`]).
+    Coefficients,
+}
+
 impl TryFrom<PackArgs> for PackOptions {
     type Error = anyhow::Error;
 
@@ -105,6 +127,7 @@ impl TryFrom<PackArgs> for PackOptions {
             quality: a.quality,
             transcode_quality: a.transcode_quality,
             restart_interval: a.restart_interval,
+            coefficients: a.records == RecordKind::Coefficients,
         };
         o.layout = LayoutOptions {
             val_labels: a.val_labels,

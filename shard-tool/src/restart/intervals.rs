@@ -9,6 +9,8 @@ for every sample), and no JPEG crate exposes where each interval starts.
 
 use std::ops::Range;
 
+use crate::coefficients;
+
 /// Why a JPEG is decoded whole rather than by regions. Not an error: the full decode, in strict
 /// mode, judges the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -110,8 +112,11 @@ pub struct Intervals {
     scan_start: usize,
     /// Offset of each interval's first byte.
     starts: Vec<usize>,
-    /// Offset of the end-of-image marker.
+    /// Offset of the end-of-image marker (of a coefficient record: the end of its body).
     scan_end: usize,
+    /// Whether the record is a coefficient record: its intervals are chunks, found through its
+    /// offsets, with no marker between them.
+    coefficients: bool,
 }
 
 impl Intervals {
@@ -140,6 +145,22 @@ impl Intervals {
         self.starts.is_empty()
     }
 
+    /// MCUs per row and MCU rows.
+    pub fn mcu_grid(&self) -> (u32, u32) {
+        (self.mcus_x, self.mcus_y)
+    }
+
+    /// Offset of the first byte after the JPEG header (the entropy-coded data of a JPEG, the
+    /// chunk offsets of a coefficient record).
+    pub fn scan_start(&self) -> usize {
+        self.scan_start
+    }
+
+    /// Whether the record parsed is a coefficient record ([`crate::coefficients`]).
+    pub fn is_coefficients(&self) -> bool {
+        self.coefficients
+    }
+
     /// An MCU's size in pixels (8×8 without subsampling, 16×16 for 4:2:0).
     pub fn mcu_size(&self) -> (u32, u32) {
         (self.mcu_width, self.mcu_height)
@@ -153,10 +174,16 @@ impl Intervals {
     pub fn parse(&mut self, jpeg: &[u8]) -> Result<(), SpliceError> {
         use NotSpliceable::*;
         let whole = SpliceError::Whole;
-        if !jpeg.starts_with(&[0xFF, 0xD8]) {
+        self.coefficients = coefficients::is_coefficients(jpeg);
+        let first = if self.coefficients {
+            coefficients::PREFIX_LEN
+        } else {
+            0
+        };
+        if jpeg.get(first..first + 2) != Some(&[0xFF, 0xD8]) {
             return Err(whole(Header));
         }
-        let mut at = 2;
+        let mut at = first + 2;
         let mut components = 0usize;
         let mut sampling = (1u32, 1u32);
         let mut have_frame = false;
@@ -244,7 +271,31 @@ impl Intervals {
         if !self.mcus_x.is_multiple_of(self.interval) {
             return Err(whole(Unaligned));
         }
+        if self.coefficients {
+            return self.find_chunks(jpeg);
+        }
         self.find_intervals(jpeg)
+    }
+
+    /// A coefficient record's chunks, from its offsets: one per restart interval.
+    fn find_chunks(&mut self, record: &[u8]) -> Result<(), SpliceError> {
+        let expected = u64::from(self.mcus_x) * u64::from(self.mcus_y) / u64::from(self.interval);
+        let r = coefficients::Record::parse(record).map_err(|_| SpliceError::Truncated)?;
+        if r.header.len() + coefficients::PREFIX_LEN != self.scan_start {
+            return Err(SpliceError::Whole(NotSpliceable::Header));
+        }
+        if r.chunks() as u64 != expected {
+            return Err(SpliceError::Count {
+                expected,
+                found: r.chunks() as u64,
+            });
+        }
+        let body = r.body_start();
+        self.starts.clear();
+        self.starts
+            .extend((0..r.chunks()).map(|k| body + r.offset(k)));
+        self.scan_end = body + r.body.len();
+        Ok(())
     }
 
     /// Walks the entropy-coded data from `scan_start`, recording where each interval begins.
@@ -325,6 +376,9 @@ impl Intervals {
     /// size changed, then the intervals with restart markers numbered afresh, then EOI.
     /// `jpeg` must be the bytes last given to [`Intervals::parse`].
     pub fn splice(&self, jpeg: &[u8], covering: &Covering, out: &mut Vec<u8>) {
+        if self.coefficients {
+            return self.splice_chunks(jpeg, covering, out);
+        }
         out.clear();
         out.extend_from_slice(&jpeg[..self.scan_start]);
         let size = self.frame_size_at;
@@ -350,6 +404,37 @@ impl Intervals {
             }
         }
         out.extend_from_slice(&[0xFF, 0xD9]);
+    }
+
+    /// [`Intervals::splice`] for a coefficient record: a coefficient record of the covering's
+    /// chunks.
+    fn splice_chunks(&self, record: &[u8], covering: &Covering, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(&record[..self.scan_start]);
+        let size = self.frame_size_at;
+        out[size..size + 2].copy_from_slice(&(covering.height as u16).to_be_bytes());
+        out[size + 2..size + 4].copy_from_slice(&(covering.width as u16).to_be_bytes());
+        let per_row = (self.mcus_x / self.interval) as usize;
+        let taken = || {
+            covering.rows.clone().flat_map(move |row| {
+                covering
+                    .intervals
+                    .clone()
+                    .map(move |i| row as usize * per_row + i as usize)
+            })
+        };
+        let end = |k: usize| self.starts.get(k + 1).copied().unwrap_or(self.scan_end);
+        let count = taken().count() as u32;
+        out[8..12].copy_from_slice(&count.to_le_bytes());
+        let mut offset = 0u32;
+        out.extend_from_slice(&offset.to_le_bytes());
+        for k in taken() {
+            offset += (end(k) - self.starts[k]) as u32;
+            out.extend_from_slice(&offset.to_le_bytes());
+        }
+        for k in taken() {
+            out.extend_from_slice(&record[self.starts[k]..end(k)]);
+        }
     }
 }
 

@@ -45,8 +45,16 @@ pub fn untar(tar: &Path, into: &Path) {
     assert!(status.success(), "tar xf {}", tar.display());
 }
 
-/// zune-jpeg's RGB pixels of a JPEG (strict mode, as the packer and the loader decode).
+/// zune-jpeg's RGB pixels of a JPEG (strict mode, as the packer decodes), or of the JPEG a
+/// coefficient record writes back (the same coefficients, so the same pixels).
 pub fn pixels(jpeg: &[u8]) -> Vec<u8> {
+    let written_back;
+    let jpeg = if shard_tool::coefficients::is_coefficients(jpeg) {
+        written_back = shard_tool::coefficients::to_jpeg(jpeg).unwrap();
+        &written_back[..]
+    } else {
+        jpeg
+    };
     let mut d = zune_jpeg::JpegDecoder::new_with_options(
         shard_tool::slice_reader::SliceReader::new(jpeg),
         shard_tool::image::jpeg_options(),

@@ -24,7 +24,8 @@ pub(super) struct Frame {
 }
 
 /// Reads the headers of a single-scan baseline JPEG up to its scan; `None` for anything else.
-pub(super) fn frame(j: &[u8]) -> Option<Frame> {
+/// `huffman`: build its Huffman tables (a coefficient record's blocks need none).
+pub(super) fn frame(j: &[u8], huffman: bool) -> Option<Frame> {
     let (mut dc, mut ac) = (
         (0..4).map(|_| None).collect::<Vec<_>>(),
         (0..4).map(|_| None).collect::<Vec<_>>(),
@@ -78,7 +79,7 @@ pub(super) fn frame(j: &[u8]) -> Option<Frame> {
                     q += if precision == 0 { 65 } else { 129 };
                 }
             }
-            0xC4 => {
+            0xC4 if huffman => {
                 let mut q = 0;
                 while q < seg.len() {
                     let (class, t) = (seg[q] >> 4, usize::from(seg[q] & 3));

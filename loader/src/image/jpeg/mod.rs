@@ -12,21 +12,28 @@ included; anything else is left to zune-jpeg. Not yet the loader's default decod
 (`loader bench --decoder pillow` measures it).
 */
 
+mod blocks;
+mod colour;
 mod frame;
 mod huffman;
 mod idct;
 mod upsample;
 
-use frame::frame;
-use huffman::{Bits, Huffman, unstuff};
+use blocks::{Blocks, Scan, Stored};
+use frame::{Frame, frame};
+use huffman::{Bits, unstuff};
 use idct::idct;
+use shard_tool::coefficients::{self, Record};
 use upsample::upsample;
 
 /// Decodes `jpeg` into `pixels` (RGB rows, as Pillow's `convert("RGB")`) with libjpeg-turbo's
-/// arithmetic; its width and height. `None` where it is not a kind handled here (progressive, arithmetic-coded,
-/// 12-bit, CMYK, Adobe RGB, sampling factors above 2, an image above `max_pixels`) or does not
-/// decode: `pixels` is then unspecified, and the caller decodes it another way. `avx2`: take the
-/// AVX2 IDCT (the CPU must have it; [`crate::image::cpu::CpuExt`] says); the bytes are the same.
+/// arithmetic; its width and height. `jpeg` may also be a coefficient record
+/// ([`shard_tool::coefficients`]), whose blocks are read as stored. `None` where it is not a
+/// kind handled here (progressive, arithmetic-coded, 12-bit, CMYK, Adobe RGB, sampling factors
+/// above 2, an image above `max_pixels`) or does not decode: `pixels` is then unspecified, and
+/// the caller decodes it another way (a coefficient record, no other way: it is damaged).
+/// `avx2`: take the AVX2 IDCT (the CPU must have it; [`crate::image::cpu::CpuExt`] says); the
+/// bytes are the same.
 pub fn decode_into(
     jpeg: &[u8],
     pixels: &mut Vec<u8>,
@@ -43,13 +50,13 @@ pub fn decode_into(
                 max_pixels: u64,
                 scratch: &mut Scratch,
             ) -> Option<(u32, u32)> {
-                decode_body::<true>(jpeg, pixels, max_pixels, scratch)
+                decode::<true>(jpeg, pixels, max_pixels, scratch)
             }
             // SAFETY: the CPU has AVX2.
             return unsafe { with_avx2(jpeg, pixels, max_pixels, scratch) };
         }
         let _ = avx2;
-        decode_body::<false>(jpeg, pixels, max_pixels, scratch)
+        decode::<false>(jpeg, pixels, max_pixels, scratch)
     })
 }
 
@@ -60,35 +67,87 @@ struct Scratch {
     /// The scan, unstuffed, and where its restart intervals start.
     data: Vec<u8>,
     starts: Vec<usize>,
+    planes: Planes,
+}
+
+/// The decode's sample planes.
+#[derive(Default)]
+struct Planes {
     /// Each component's samples, whole blocks.
     planes: [Vec<u8>; 3],
     /// Cb and Cr upsampled to the luma's size.
     chroma: [Vec<u8>; 2],
+    /// The upsampler's column sums.
+    sums: Vec<u16>,
 }
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
 }
 
-/// [`decode_into`]'s body, compiled once with AVX2 enabled and once without.
+/// [`decode_into`]'s body, compiled once with AVX2 enabled and once without: the headers, and
+/// the blocks' source.
 #[inline(always)]
-fn decode_body<const AVX2: bool>(
-    jpeg: &[u8],
+fn decode<const AVX2: bool>(
+    bytes: &[u8],
     pixels: &mut Vec<u8>,
     max_pixels: u64,
     scratch: &mut Scratch,
 ) -> Option<(u32, u32)> {
-    let f = frame(jpeg)?;
-    if (f.width as u64) * (f.height as u64) > max_pixels {
-        return None;
-    }
     let Scratch {
         data,
         starts,
         planes,
-        chroma,
     } = scratch;
-    unstuff(jpeg.get(f.scan..)?, data, starts);
+    let too_large = |f: &Frame| (f.width as u64) * (f.height as u64) > max_pixels;
+    if coefficients::is_coefficients(bytes) {
+        let record = Record::parse(bytes).ok()?;
+        let f = frame(record.header, false)?;
+        if too_large(&f) {
+            return None;
+        }
+        let stored = Stored {
+            record,
+            pos: 0,
+            preds: [0; 3],
+        };
+        return decode_body::<AVX2, _>(&f, stored, pixels, planes);
+    }
+    let f = frame(bytes, true)?;
+    if too_large(&f) {
+        return None;
+    }
+    unstuff(bytes.get(f.scan..)?, data, starts);
+    let mut tables = [None; 3];
+    for (c, comp) in f.components.iter().enumerate() {
+        tables[c] = Some((f.dc[comp.dc].as_ref()?, f.ac[comp.ac].as_ref()?));
+    }
+    let scan = Scan {
+        bits: Bits {
+            data,
+            pos: 0,
+            buf: 0,
+            n: 0,
+        },
+        starts,
+        tables,
+        preds: [0; 3],
+    };
+    decode_body::<AVX2, _>(&f, scan, pixels, planes)
+}
+
+/// The blocks through the IDCT, upsampling and colour conversion.
+#[inline(always)]
+fn decode_body<const AVX2: bool, B: Blocks>(
+    f: &Frame,
+    mut blocks: B,
+    pixels: &mut Vec<u8>,
+    Planes {
+        planes,
+        chroma,
+        sums,
+    }: &mut Planes,
+) -> Option<(u32, u32)> {
     let n = f.components.len();
     let hmax = f.components.iter().map(|c| c.h).max()?;
     let vmax = f.components.iter().map(|c| c.v).max()?;
@@ -96,10 +155,8 @@ fn decode_body<const AVX2: bool>(
     let (bh, bv) = if n == 1 { (1, 1) } else { (hmax, vmax) };
     let (mcux, mcuy) = (f.width.div_ceil(8 * bh), f.height.div_ceil(8 * bv));
     let mut factors = [(1, 1); 3];
-    let mut tables: [Option<(&Huffman, &Huffman)>; 3] = [None; 3];
     for (c, comp) in f.components.iter().enumerate() {
         factors[c] = if n == 1 { (1, 1) } else { (comp.h, comp.v) };
-        tables[c] = Some((f.dc[comp.dc].as_ref()?, f.ac[comp.ac].as_ref()?));
     }
     // Luma at full size, chroma at most halved: what libjpeg upsamples as Pillow asks it to.
     if n == 3 && factors[0] != (hmax, vmax) {
@@ -112,32 +169,18 @@ fn decode_body<const AVX2: bool>(
         // Every sample is written by a block's IDCT: no need to clear.
         planes[c].resize(strides[c] * mcuy * v * 8, 0);
     }
-    let mut bits = Bits {
-        data,
-        pos: 0,
-        buf: 0,
-        n: 0,
-    };
-    let mut preds = [0i32; 3];
     let mut block = [0i16; 65];
     for m in 0..mcux * mcuy {
         if f.restart > 0 && m > 0 && m % f.restart == 0 {
-            let start = *starts.get(m / f.restart)?;
-            bits = Bits {
-                data,
-                pos: start,
-                buf: 0,
-                n: 0,
-            };
-            preds = [0; 3];
+            blocks.restart(m / f.restart)?;
         }
         let (mx, my) = (m % mcux, m / mcux);
         for c in 0..n {
-            let ((h, v), (dc, ac), stride) = (factors[c], tables[c]?, strides[c]);
+            let ((h, v), stride) = (factors[c], strides[c]);
             for by in 0..v {
                 for bx in 0..h {
                     block.fill(0);
-                    let any_ac = bits.block(dc, ac, &mut preds[c], &mut block)?;
+                    let any_ac = blocks.block(c, &mut block)?;
                     let (x, y) = ((mx * h + bx) * 8, (my * v + by) * 8);
                     let (q, dst) = (&f.components[c].quant, &mut planes[c][y * stride + x..]);
                     if !any_ac {
@@ -155,8 +198,7 @@ fn decode_body<const AVX2: bool>(
             }
         }
     }
-    // A stream that ends far from where its data ends did not decode.
-    if bits.pos.saturating_sub(bits.n as usize / 8) + 2 < data.len() - 16 {
+    if !blocks.ended() {
         return None;
     }
     let (w, h) = (f.width, f.height);
@@ -164,8 +206,10 @@ fn decode_body<const AVX2: bool>(
     pixels.resize(w * h * 3, 0);
     if n == 1 {
         let (p, stride) = (&planes[0], strides[0]);
-        for (i, px) in pixels.chunks_exact_mut(3).enumerate() {
-            px.fill(p[(i / w) * stride + i % w]);
+        for (row, gray) in pixels.chunks_exact_mut(w * 3).zip(p.chunks(stride)) {
+            for (px, &v) in row.chunks_exact_mut(3).zip(gray) {
+                px.fill(v);
+            }
         }
     } else {
         let mut chroma_strides = [0; 2];
@@ -178,6 +222,7 @@ fn decode_body<const AVX2: bool>(
                 size,
                 (hmax / fh, vmax / fv),
                 &mut chroma[c - 1],
+                sums,
             )?;
         }
         let (yp, ys) = (&planes[0], strides[0]);
@@ -186,14 +231,13 @@ fn decode_body<const AVX2: bool>(
             let l = &yp[y * ys..y * ys + w];
             let cb = &cbp[y * cbs..y * cbs + w];
             let cr = &crp[y * crs..y * crs + w];
-            for (((px, &l), &cb), &cr) in row.chunks_exact_mut(3).zip(l).zip(cb).zip(cr) {
-                // jdcolor.c's tables, computed: FIX(1.40200), FIX(0.34414), FIX(0.71414) and
-                // FIX(1.77200) in 16-bit fixed point, with ONE_HALF's rounding.
-                let (l, cb, cr) = (i32::from(l), i32::from(cb) - 128, i32::from(cr) - 128);
-                px[0] = (l + ((91881 * cr + 32768) >> 16)).clamp(0, 255) as u8;
-                px[1] = (l + ((-22554 * cb - 46802 * cr + 32768) >> 16)).clamp(0, 255) as u8;
-                px[2] = (l + ((116130 * cb + 32768) >> 16)).clamp(0, 255) as u8;
+            #[cfg(target_arch = "x86_64")]
+            if AVX2 {
+                // SAFETY: `AVX2` is true only where the CPU has AVX2 (`decode_into`).
+                unsafe { colour::avx2::row(l, cb, cr, row) };
+                continue;
             }
+            colour::row(l, cb, cr, row);
         }
     }
     Some(size)
