@@ -379,12 +379,18 @@ impl ShardCheck<'_> {
                 "label {} in the record, {label} in the index",
                 r.label
             )),
-            // The loader splits such a record by its restart markers: they must be whole.
+            // The loader splits such a record by its restart markers (a coefficient record by
+            // its chunk offsets): they must be whole.
             Ok(r) if r.flags & crate::record::flags::RESTART_MARKERS != 0 => {
-                crate::restart::Intervals::default()
-                    .parse(r.data)
-                    .err()
-                    .map(|e| format!("flagged as re-encoded with restart markers, but {e}"))
+                let coefficients = r.flags & crate::record::flags::COEFFICIENTS != 0;
+                if coefficients != crate::coefficients::is_coefficients(r.data) {
+                    Some("its flags and its bytes disagree on whether it holds coefficients".into())
+                } else {
+                    crate::restart::Intervals::default()
+                        .parse(r.data)
+                        .err()
+                        .map(|e| format!("flagged as re-encoded with restart markers, but {e}"))
+                }
             }
             Ok(_) => None,
         };

@@ -2,9 +2,10 @@
 Crop-aware decoding: decode only the part of a record that a sample's crops read (issue 40).
 
 A record packed with restart markers ([`shard_tool::restart`]) is split into intervals that tile
-its MCU rows. Given the region the crops need, [`RegionDecoder`] copies the intervals that cover
-it, with a margin for the chroma upsampler's context, into a small JPEG and decodes that with the
-same zune-jpeg decoder as a full decode. Inside the region the pixels are the bits a full decode
+its MCU rows (a coefficient record, [`shard_tool::coefficients`], into the chunks that hold them).
+Given the region the crops need, [`RegionDecoder`] copies the intervals that cover it, with a
+margin for the chroma upsampler's context, into a small JPEG (or coefficient record) and decodes
+that with the same decoder as a full decode. Inside the region the pixels are the bits a full decode
 gives (`loader/tests/region.rs`: random regions of synthetic images, every imagenet-sample
 record and the JPEG corpus), so every later stage and every batch digest stays as it was.
 

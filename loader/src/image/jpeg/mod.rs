@@ -1,15 +1,16 @@
 /*!
 A JPEG decoder with libjpeg-turbo's arithmetic, so Pillow's pixels (docs/loader.md, "A decoder of
 our own"): zune-jpeg's RGB is within 4 levels of Pillow's but the same bytes on no imagenet-sample
-image; this gives Pillow 13's `convert("RGB")` on all 1,000 of them, within 6 % of zune-jpeg's
-speed.
+image; this gives Pillow 13's `convert("RGB")` on all 1,000 of them. It is the loader's default
+decoder, and the only reader of coefficient records ([`shard_tool::coefficients`]), whose
+blocks it takes as stored instead of Huffman-decoding them (docs/loader.md, "Coefficient
+records").
 
 Its stages follow libjpeg-turbo's sources: the Huffman stage into coefficients (`huffman.rs`),
-`jidctint.c`'s IDCT with `jdmaster.c`'s range limit (`idct.rs`), `jdsample.c`'s fancy
-upsampling (`upsample.rs`) and `jdcolor.c`'s fixed-point YCbCr → RGB (here). It handles baseline,
-8-bit, single-scan JPEGs, grayscale or YCbCr with sampling factors of 1 or 2, restart intervals
-included; anything else is left to zune-jpeg. Not yet the loader's default decoder
-(`loader bench --decoder pillow` measures it).
+or the stored blocks (`blocks.rs`), `jidctint.c`'s IDCT with `jdmaster.c`'s range limit
+(`idct.rs`), `jdsample.c`'s fancy upsampling (`upsample.rs`) and `jdcolor.c`'s fixed-point
+YCbCr → RGB (`colour.rs`). It handles baseline, 8-bit, single-scan JPEGs, grayscale or YCbCr
+with sampling factors of 1 or 2, restart intervals included; anything else is left to zune-jpeg.
 */
 
 mod blocks;
