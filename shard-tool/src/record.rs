@@ -169,6 +169,97 @@ pub struct IndexEntry {
     pub crc: U32,
 }
 
+/// First bytes of a coefficient record ([`flags::COEFFICIENTS`]; made and read by
+/// `crate::coefficients`, whose module documentation draws the whole layout).
+pub const COEFFICIENTS_MAGIC: [u8; 4] = *b"RSBC";
+
+/// Bytes of a coefficient record before its JPEG header: magic, header length, chunk count.
+pub const COEFFICIENTS_PREFIX_LEN: usize = 12;
+
+/// What is wrong with a coefficient record's layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("coefficient record: {0}")]
+pub struct MalformedRecord(pub &'static str);
+
+/// Whether `bytes` are a coefficient record (as opposed to a JPEG).
+pub fn is_coefficients(bytes: &[u8]) -> bool {
+    bytes.starts_with(&COEFFICIENTS_MAGIC)
+}
+
+/// A coefficient record's parts, borrowed from its bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct CoefficientRecord<'a> {
+    /// The JPEG's bytes from SOI to the end of its SOS segment.
+    pub header: &'a [u8],
+    /// N + 1 little-endian u32 offsets into `body`.
+    offsets: &'a [u8],
+    /// The blocks.
+    pub body: &'a [u8],
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(*bytes.get(at..at + 4)?.first_chunk()?))
+}
+
+impl<'a> CoefficientRecord<'a> {
+    /// Splits `bytes` into header, offsets and body, checking that the offsets rise from 0 to
+    /// the body's length.
+    ///
+    /// # Errors
+    /// [`MalformedRecord`].
+    pub fn parse(bytes: &'a [u8]) -> Result<CoefficientRecord<'a>, MalformedRecord> {
+        if !is_coefficients(bytes) {
+            return Err(MalformedRecord("no RSBC magic"));
+        }
+        let h = u32_at(bytes, 4).ok_or(MalformedRecord("truncated prefix"))? as usize;
+        let n = u32_at(bytes, 8).ok_or(MalformedRecord("truncated prefix"))? as usize;
+        let header = bytes
+            .get(COEFFICIENTS_PREFIX_LEN..COEFFICIENTS_PREFIX_LEN.saturating_add(h))
+            .ok_or(MalformedRecord("the header runs past the end"))?;
+        let at = COEFFICIENTS_PREFIX_LEN + h;
+        let table = n
+            .checked_add(1)
+            .and_then(|k| k.checked_mul(4))
+            .and_then(|len| bytes.get(at..at.checked_add(len)?))
+            .ok_or(MalformedRecord("the chunk offsets run past the end"))?;
+        let body = &bytes[at + table.len()..];
+        let record = CoefficientRecord {
+            header,
+            offsets: table,
+            body,
+        };
+        let mut last = 0;
+        for k in 0..=n {
+            let o = record.offset(k);
+            if (k == 0 && o != 0) || o < last || o > body.len() {
+                return Err(MalformedRecord("chunk offsets out of order"));
+            }
+            last = o;
+        }
+        if last != body.len() {
+            return Err(MalformedRecord(
+                "the last chunk does not end at the body's end",
+            ));
+        }
+        Ok(record)
+    }
+
+    /// Chunks in the body.
+    pub fn chunks(&self) -> usize {
+        self.offsets.len() / 4 - 1
+    }
+
+    /// Where chunk `k` starts in the body (`k == chunks()`: the body's end).
+    pub fn offset(&self, k: usize) -> usize {
+        u32_at(self.offsets, 4 * k).map_or(usize::MAX, |o| o as usize)
+    }
+
+    /// Where the body starts within the record's bytes.
+    pub fn body_start(&self) -> usize {
+        COEFFICIENTS_PREFIX_LEN + self.header.len() + self.offsets.len()
+    }
+}
+
 const _: () = assert!(size_of::<ShardHeader>() == SHARD_HEADER_LEN);
 const _: () = assert!(size_of::<RecordHeader>() == RECORD_HEADER_LEN);
 const _: () = assert!(size_of::<IndexHeader>() == INDEX_HEADER_LEN);

@@ -37,15 +37,13 @@ against zune-jpeg's 660 (docs/loader.md).
 
 mod convert;
 
+pub use crate::record::{
+    COEFFICIENTS_MAGIC as MAGIC, COEFFICIENTS_PREFIX_LEN as PREFIX_LEN,
+    CoefficientRecord as Record, MalformedRecord, is_coefficients,
+};
 pub use convert::{from_jpeg, to_jpeg};
 
-use crate::restart::TranscodeError;
-
-/// First bytes of a coefficient record.
-pub const MAGIC: [u8; 4] = *b"RSBC";
-
-/// Bytes before the JPEG header.
-pub const PREFIX_LEN: usize = 12;
+use crate::libjpeg::TranscodeError;
 
 /// Zigzag position → natural (row-major) position in a block.
 pub const NATURAL: [u8; 64] = [
@@ -73,81 +71,9 @@ pub enum CoefficientError {
     Libjpeg(#[from] TranscodeError),
 }
 
-/// Whether `bytes` are a coefficient record (as opposed to a JPEG).
-pub fn is_coefficients(bytes: &[u8]) -> bool {
-    bytes.starts_with(&MAGIC)
-}
-
-/// A coefficient record's parts, borrowed from its bytes.
-#[derive(Debug, Clone, Copy)]
-pub struct Record<'a> {
-    /// The JPEG's bytes from SOI to the end of its SOS segment.
-    pub header: &'a [u8],
-    /// N + 1 little-endian u32 offsets into `body`.
-    offsets: &'a [u8],
-    /// The blocks.
-    pub body: &'a [u8],
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(*bytes.get(at..at + 4)?.first_chunk()?))
-}
-
-impl<'a> Record<'a> {
-    /// Splits `bytes` into header, offsets and body, checking that the offsets rise from 0 to
-    /// the body's length.
-    ///
-    /// # Errors
-    /// [`CoefficientError::Malformed`].
-    pub fn parse(bytes: &'a [u8]) -> Result<Record<'a>, CoefficientError> {
-        use CoefficientError::Malformed;
-        if !is_coefficients(bytes) {
-            return Err(Malformed("no RSBC magic"));
-        }
-        let h = u32_at(bytes, 4).ok_or(Malformed("truncated prefix"))? as usize;
-        let n = u32_at(bytes, 8).ok_or(Malformed("truncated prefix"))? as usize;
-        let header = bytes
-            .get(PREFIX_LEN..PREFIX_LEN.saturating_add(h))
-            .ok_or(Malformed("the header runs past the end"))?;
-        let at = PREFIX_LEN + h;
-        let table = n
-            .checked_add(1)
-            .and_then(|k| k.checked_mul(4))
-            .and_then(|len| bytes.get(at..at.checked_add(len)?))
-            .ok_or(Malformed("the chunk offsets run past the end"))?;
-        let body = &bytes[at + table.len()..];
-        let record = Record {
-            header,
-            offsets: table,
-            body,
-        };
-        let mut last = 0;
-        for k in 0..=n {
-            let o = record.offset(k);
-            if (k == 0 && o != 0) || o < last || o > body.len() {
-                return Err(Malformed("chunk offsets out of order"));
-            }
-            last = o;
-        }
-        if last != body.len() {
-            return Err(Malformed("the last chunk does not end at the body's end"));
-        }
-        Ok(record)
-    }
-
-    /// Chunks in the body.
-    pub fn chunks(&self) -> usize {
-        self.offsets.len() / 4 - 1
-    }
-
-    /// Where chunk `k` starts in the body (`k == chunks()`: the body's end).
-    pub fn offset(&self, k: usize) -> usize {
-        u32_at(self.offsets, 4 * k).map_or(usize::MAX, |o| o as usize)
-    }
-
-    /// Where the body starts within the record's bytes.
-    pub fn body_start(&self) -> usize {
-        PREFIX_LEN + self.header.len() + self.offsets.len()
+impl From<MalformedRecord> for CoefficientError {
+    fn from(e: MalformedRecord) -> Self {
+        CoefficientError::Malformed(e.0)
     }
 }
 

@@ -9,7 +9,7 @@ for every sample), and no JPEG crate exposes where each interval starts.
 
 use std::ops::Range;
 
-use crate::coefficients;
+use crate::record::{COEFFICIENTS_PREFIX_LEN, CoefficientRecord, is_coefficients};
 
 /// Why a JPEG is decoded whole rather than by regions. Not an error: the full decode, in strict
 /// mode, judges the record.
@@ -156,7 +156,7 @@ impl Intervals {
         self.scan_start
     }
 
-    /// Whether the record parsed is a coefficient record ([`crate::coefficients`]).
+    /// Whether the record parsed is a coefficient record ([`crate::record::CoefficientRecord`]).
     pub fn is_coefficients(&self) -> bool {
         self.coefficients
     }
@@ -174,9 +174,9 @@ impl Intervals {
     pub fn parse(&mut self, jpeg: &[u8]) -> Result<(), SpliceError> {
         use NotSpliceable::*;
         let whole = SpliceError::Whole;
-        self.coefficients = coefficients::is_coefficients(jpeg);
+        self.coefficients = is_coefficients(jpeg);
         let first = if self.coefficients {
-            coefficients::PREFIX_LEN
+            COEFFICIENTS_PREFIX_LEN
         } else {
             0
         };
@@ -280,8 +280,8 @@ impl Intervals {
     /// A coefficient record's chunks, from its offsets: one per restart interval.
     fn find_chunks(&mut self, record: &[u8]) -> Result<(), SpliceError> {
         let expected = u64::from(self.mcus_x) * u64::from(self.mcus_y) / u64::from(self.interval);
-        let r = coefficients::Record::parse(record).map_err(|_| SpliceError::Truncated)?;
-        if r.header.len() + coefficients::PREFIX_LEN != self.scan_start {
+        let r = CoefficientRecord::parse(record).map_err(|_| SpliceError::Truncated)?;
+        if r.header.len() + COEFFICIENTS_PREFIX_LEN != self.scan_start {
             return Err(SpliceError::Whole(NotSpliceable::Header));
         }
         if r.chunks() as u64 != expected {

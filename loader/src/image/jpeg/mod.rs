@@ -25,7 +25,7 @@ use frame::{Frame, frame};
 use huffman::{Bits, unstuff};
 use idct::idct;
 use shard_tool::coefficients::{self, Record};
-use upsample::upsample;
+use upsample::upsample_row;
 
 /// Decodes `jpeg` into `pixels` (RGB rows, as Pillow's `convert("RGB")`) with libjpeg-turbo's
 /// arithmetic; its width and height. `jpeg` may also be a coefficient record
@@ -76,7 +76,7 @@ struct Scratch {
 struct Planes {
     /// Each component's samples, whole blocks.
     planes: [Vec<u8>; 3],
-    /// Cb and Cr upsampled to the luma's size.
+    /// A row of Cb and one of Cr upsampled to the luma's width.
     chroma: [Vec<u8>; 2],
     /// The upsampler's column sums.
     sums: Vec<u16>,
@@ -213,25 +213,22 @@ fn decode_body<const AVX2: bool, B: Blocks>(
             }
         }
     } else {
-        let mut chroma_strides = [0; 2];
-        for c in 1..3 {
+        // Cb and Cr, each its plane's size and its factors against the luma's.
+        let sub = [1, 2].map(|c| {
             let (fh, fv) = factors[c];
             let size = ((w * fh).div_ceil(hmax), (h * fv).div_ceil(vmax));
-            chroma_strides[c - 1] = upsample(
-                &planes[c],
-                strides[c],
-                size,
-                (hmax / fh, vmax / fv),
-                &mut chroma[c - 1],
-                sums,
-            )?;
+            (size, (hmax / fh, vmax / fv))
+        });
+        for (c, ((cw, _), (fh, _))) in sub.iter().enumerate() {
+            chroma[c].resize(cw * fh, 0);
         }
+        sums.resize(sub[0].0.0.max(sub[1].0.0), 0);
         let (yp, ys) = (&planes[0], strides[0]);
-        let [(cbp, cbs), (crp, crs)] = [0, 1].map(|i| (&chroma[i], chroma_strides[i]));
         for (y, row) in pixels.chunks_exact_mut(w * 3).enumerate() {
             let l = &yp[y * ys..y * ys + w];
-            let cb = &cbp[y * cbs..y * cbs + w];
-            let cr = &crp[y * crs..y * crs + w];
+            let [cb_row, cr_row] = &mut *chroma;
+            let cb = chroma_row(&planes[1], strides[1], sub[0], y, w, cb_row, sums)?;
+            let cr = chroma_row(&planes[2], strides[2], sub[1], y, w, cr_row, sums)?;
             #[cfg(target_arch = "x86_64")]
             if AVX2 {
                 // SAFETY: `AVX2` is true only where the CPU has AVX2 (`decode_into`).
@@ -242,4 +239,23 @@ fn decode_body<const AVX2: bool, B: Blocks>(
         }
     }
     Some(size)
+}
+
+/// Row `y` of a chroma plane (row `stride`) at the luma's size, `w` samples: the plane's own row
+/// where it is not subsampled, else upsampled into `buf`.
+#[inline(always)]
+fn chroma_row<'a>(
+    plane: &'a [u8],
+    stride: usize,
+    (size, factors): ((usize, usize), (usize, usize)),
+    y: usize,
+    w: usize,
+    buf: &'a mut [u8],
+    sums: &mut [u16],
+) -> Option<&'a [u8]> {
+    if factors == (1, 1) {
+        return plane.get(y * stride..y * stride + w);
+    }
+    upsample_row(plane, stride, size, factors, y, buf, sums)?;
+    buf.get(..w)
 }

@@ -1,58 +1,59 @@
 //! libjpeg's "fancy" chroma upsampling (`jdsample.c`).
 
-/// jdsample.c's fancy upsampling of a `w`×`h` plane (row `stride`) by (`fh`, `fv`) in {1, 2}:
-/// ¾ of the nearer sample and ¼ of the next in each doubled direction, libjpeg's rounding
-/// biases, edges replicated. Into `out`; its row length, or `None` for other factors. `sums`:
-/// a row of column sums, reused.
+/// Output row `oy` of jdsample.c's fancy upsampling of a `w`×`h` plane (row `stride`) by
+/// (`fh`, `fv`) in {1, 2}: ¾ of the nearer sample and ¼ of the next in each doubled direction,
+/// libjpeg's rounding biases, edges replicated. Into `o` (`w * fh` long); `sums`, a row of
+/// column sums (`w` long), is scratch. `None` for other factors or a row outside the plane.
 ///
-/// The loops are written over whole rows without branches or index arithmetic, so that the
-/// compiler vectorises them (in the decoder's AVX2 build, 16 or 32 samples a step).
+/// One row at a time, so that the caller converts it to RGB while it is in the level-1 cache
+/// and no upsampled plane is ever held. The loops run over whole rows without branches or index
+/// arithmetic, so that the compiler vectorises them (in the decoder's AVX2 build, 16 or 32
+/// samples a step).
 #[inline(always)]
-pub(super) fn upsample(
+pub(super) fn upsample_row(
     p: &[u8],
     stride: usize,
     (w, h): (usize, usize),
     (fh, fv): (usize, usize),
-    out: &mut Vec<u8>,
-    sums: &mut Vec<u16>,
-) -> Option<usize> {
-    if w == 0 || h == 0 || !(1..=2).contains(&fh) || !(1..=2).contains(&fv) {
+    oy: usize,
+    o: &mut [u8],
+    sums: &mut [u16],
+) -> Option<()> {
+    if w == 0 || !(1..=2).contains(&fh) || !(1..=2).contains(&fv) || o.len() != w * fh {
         return None;
     }
-    let (ow, oh) = (w * fh, h * fv);
-    // Every byte is written below.
-    out.resize(ow * oh, 0);
-    sums.resize(w, 0);
-    for (oy, o) in out.chunks_exact_mut(ow).enumerate() {
-        let (y, below) = (oy / fv, oy % fv == 1);
-        let near = p.get(y * stride..y * stride + w)?;
-        if fv == 1 {
-            if fh == 1 {
-                o.copy_from_slice(near);
-            } else {
-                widen(near, o);
-            }
-            continue;
-        }
-        let far_y = if below {
-            (y + 1).min(h - 1)
-        } else {
-            y.saturating_sub(1)
-        };
-        let far = p.get(far_y * stride..far_y * stride + w)?;
-        for ((s, &n), &f) in sums.iter_mut().zip(near).zip(far) {
-            *s = u16::from(n) * 3 + u16::from(f);
-        }
-        if fh == 1 {
-            let bias = if below { 2 } else { 1 };
-            for (v, &s) in o.iter_mut().zip(sums.iter()) {
-                *v = ((s + bias) >> 2) as u8;
-            }
-        } else {
-            widen_sums(sums, o);
-        }
+    let (y, below) = (oy / fv, oy % fv == 1);
+    if y >= h || sums.len() < w {
+        return None;
     }
-    Some(ow)
+    let near = p.get(y * stride..y * stride + w)?;
+    if fv == 1 {
+        if fh == 1 {
+            o.copy_from_slice(near);
+        } else {
+            widen(near, o);
+        }
+        return Some(());
+    }
+    let far_y = if below {
+        (y + 1).min(h - 1)
+    } else {
+        y.saturating_sub(1)
+    };
+    let far = p.get(far_y * stride..far_y * stride + w)?;
+    let sums = &mut sums[..w];
+    for ((s, &n), &f) in sums.iter_mut().zip(near).zip(far) {
+        *s = u16::from(n) * 3 + u16::from(f);
+    }
+    if fh == 1 {
+        let bias = if below { 2 } else { 1 };
+        for (v, &s) in o.iter_mut().zip(sums.iter()) {
+            *v = ((s + bias) >> 2) as u8;
+        }
+    } else {
+        widen_sums(sums, o);
+    }
+    Some(())
 }
 
 /// h2v1: each sample of `row` becomes two, ¾ of it and ¼ of its neighbour (libjpeg's biases 1
