@@ -127,6 +127,14 @@ fn damaged_input_is_refused_or_decoded_never_a_panic() {
         let _ = ours(&damaged);
     }
     assert!(ours(b"not a jpeg").is_none());
+    // Components named 'R', 'G', 'B' without a JFIF marker: RGB to libjpeg, so not ours.
+    let ycbcr = synth::class_image(1, 1, 16, 16);
+    assert!(ours(&ycbcr).is_some());
+    assert!(
+        ours(&named_rgb(&ycbcr, false)).is_some(),
+        "with JFIF, YCbCr whatever the names"
+    );
+    assert!(ours(&named_rgb(&ycbcr, true)).is_none());
     assert!(ours(&synth::cmyk_jpeg(16, 16, [1, 2, 3, 4])).is_none());
     let mut out = Vec::new();
     let huge = synth::huge_declared_jpeg(50_000, 50_000);
@@ -202,4 +210,33 @@ fn every_imagenet_sample_file_decodes_to_pillows_bytes() {
         corpus.len()
     );
     assert!(records >= 40, "only {records} coefficient records");
+}
+
+/// `jpeg` with its components renamed 'R', 'G', 'B' (in the frame and the scan header), and its
+/// JFIF marker dropped (`drop_jfif`).
+fn named_rgb(jpeg: &[u8], drop_jfif: bool) -> Vec<u8> {
+    let mut out = jpeg[..2].to_vec();
+    let mut p = 2;
+    while p + 4 <= jpeg.len() && jpeg[p] == 0xFF {
+        let marker = jpeg[p + 1];
+        let len = usize::from(u16::from_be_bytes([jpeg[p + 2], jpeg[p + 3]]));
+        let mut seg = jpeg[p..p + 2 + len].to_vec();
+        match marker {
+            0xE0 if drop_jfif => {
+                p += 2 + len;
+                continue;
+            }
+            0xC0 => (0..3).for_each(|c| seg[10 + 3 * c] = b"RGB"[c]),
+            0xDA => {
+                (0..3).for_each(|c| seg[5 + 2 * c] = b"RGB"[c]);
+                out.extend_from_slice(&seg);
+                out.extend_from_slice(&jpeg[p + 2 + len..]);
+                return out;
+            }
+            _ => {}
+        }
+        out.extend_from_slice(&seg);
+        p += 2 + len;
+    }
+    out
 }

@@ -34,6 +34,7 @@ pub(super) fn frame(j: &[u8], huffman: bool) -> Option<Frame> {
     let (mut width, mut height, mut restart) = (0, 0, 0);
     let mut ids: Vec<(u8, usize, usize, usize)> = Vec::new();
     let mut p = 2;
+    let mut jfif = false;
     loop {
         if *j.get(p)? != 0xFF {
             return None;
@@ -62,6 +63,7 @@ pub(super) fn frame(j: &[u8], huffman: bool) -> Option<Frame> {
             0xC2 | 0xC3 | 0xC5..=0xCF => return None,
             // Adobe's marker: an RGB or CMYK JPEG is not YCbCr.
             0xEE => return None,
+            0xE0 => jfif |= seg.starts_with(b"JFIF\0"),
             0xDB => {
                 let mut q = 0;
                 while q < seg.len() {
@@ -98,6 +100,12 @@ pub(super) fn frame(j: &[u8], huffman: bool) -> Option<Frame> {
             0xDA => {
                 let n = usize::from(*seg.first()?);
                 if n != ids.len() || !(n == 1 || n == 3) || width == 0 || height == 0 {
+                    return None;
+                }
+                // Without JFIF's marker, components named 'R', 'G', 'B' are RGB to libjpeg
+                // (jdapimin.c's `default_decompress_parms`), not YCbCr.
+                let named_rgb = ids.iter().map(|c| c.0).eq([b'R', b'G', b'B']);
+                if n == 3 && !jfif && named_rgb {
                     return None;
                 }
                 let mut components = Vec::with_capacity(n);
