@@ -139,6 +139,14 @@ fn damaged_input_is_refused_or_decoded_never_a_panic() {
     let mut out = Vec::new();
     let huge = synth::huge_declared_jpeg(50_000, 50_000);
     assert!(decode_into(&huge, &mut out, 1 << 26, true).is_none());
+    // With no pixel limit, a header declaring 50,000² over a few bytes of data is refused
+    // before any buffer is sized from it.
+    assert!(decode_into(&huge, &mut out, u64::MAX, true).is_none());
+    assert!(
+        out.capacity() < 1 << 20,
+        "{} bytes allocated",
+        out.capacity()
+    );
 }
 
 /// Every imagenet-sample file decodes to Pillow's bytes. zune-jpeg's matches, and ours on the

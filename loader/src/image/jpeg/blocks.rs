@@ -17,6 +17,9 @@ pub(super) trait Blocks {
     fn block(&mut self, c: usize, block: &mut [i16; 65]) -> Option<bool>;
     /// Whether the data ended where its last block did.
     fn ended(&self) -> bool;
+    /// Whether the data is long enough to hold `count` blocks (checked before the image's
+    /// buffers are sized from its header: a damaged header may declare 65,535²).
+    fn may_hold(&self, count: usize) -> bool;
 }
 
 /// A JPEG's entropy-coded data, stuffing removed ([`super::huffman::unstuff`]).
@@ -54,6 +57,11 @@ impl Blocks for Scan<'_> {
         let bits = &self.bits;
         bits.pos.saturating_sub(bits.n as usize / 8) + 2 >= bits.data.len() - 16
     }
+
+    fn may_hold(&self, count: usize) -> bool {
+        // A block takes two bits at least: a DC code and an end of block.
+        self.bits.data.len().saturating_sub(16).saturating_mul(4) >= count
+    }
 }
 
 /// A coefficient record's blocks.
@@ -86,5 +94,10 @@ impl Blocks for Stored<'_> {
 
     fn ended(&self) -> bool {
         self.pos == self.record.body.len()
+    }
+
+    fn may_hold(&self, count: usize) -> bool {
+        // A block takes its mask's byte at least.
+        self.record.body.len() >= count
     }
 }

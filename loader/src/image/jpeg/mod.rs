@@ -74,7 +74,7 @@ struct Scratch {
 /// The decode's sample planes.
 #[derive(Default)]
 struct Planes {
-    /// Each component's samples, whole blocks.
+    /// Each component's samples, whole blocks, for the last three MCU rows (a [`Ring`]).
     planes: [Vec<u8>; 3],
     /// A row of Cb and one of Cr upsampled to the luma's width.
     chroma: [Vec<u8>; 2],
@@ -163,99 +163,166 @@ fn decode_body<const AVX2: bool, B: Blocks>(
     if n == 3 && factors[0] != (hmax, vmax) {
         return None;
     }
-    let mut strides = [0; 3];
+    let (w, h) = (f.width, f.height);
+    let size = (u32::try_from(w).ok()?, u32::try_from(h).ok()?);
+    let per_mcu: usize = factors[..n].iter().map(|(fh, fv)| fh * fv).sum();
+    if !blocks.may_hold(mcux * mcuy * per_mcu) {
+        return None;
+    }
+    let mut rings = [Ring::default(); 3];
     for c in 0..n {
-        let (h, v) = factors[c];
-        strides[c] = mcux * h * 8;
-        // Every sample is written by a block's IDCT: no need to clear.
-        planes[c].resize(strides[c] * mcuy * v * 8, 0);
+        // (bh, bv): the largest factors of the scan's interleave (1 for a single component).
+        let (fh, fv) = factors[c];
+        rings[c] = Ring {
+            stride: mcux * fh * 8,
+            rows: fv * 8,
+            width: (w * fh).div_ceil(bh),
+            height: (h * fv).div_ceil(bv),
+            up: (bh / fh, bv / fv),
+        };
+        // Every sample is written by a block's IDCT before it is read: no need to clear.
+        planes[c].resize(rings[c].stride * rings[c].rows * RING_ROWS, 0);
+    }
+    pixels.resize(w * h * 3, 0);
+    if n == 3 {
+        for c in 0..2 {
+            chroma[c].resize(rings[c + 1].width * rings[c + 1].up.0, 0);
+        }
+        sums.resize(rings[1].width.max(rings[2].width), 0);
     }
     let mut block = [0i16; 65];
-    for m in 0..mcux * mcuy {
-        if f.restart > 0 && m > 0 && m % f.restart == 0 {
-            blocks.restart(m / f.restart)?;
-        }
-        let (mx, my) = (m % mcux, m / mcux);
-        for c in 0..n {
-            let ((h, v), stride) = (factors[c], strides[c]);
-            for by in 0..v {
-                for bx in 0..h {
-                    block.fill(0);
-                    let any_ac = blocks.block(c, &mut block)?;
-                    let (x, y) = ((mx * h + bx) * 8, (my * v + by) * 8);
-                    let (q, dst) = (&f.components[c].quant, &mut planes[c][y * stride + x..]);
-                    if !any_ac {
-                        idct::dc_only(block[0], q[0], dst, stride);
-                        continue;
+    for my in 0..mcuy {
+        for mx in 0..mcux {
+            let m = my * mcux + mx;
+            if f.restart > 0 && m > 0 && m % f.restart == 0 {
+                blocks.restart(m / f.restart)?;
+            }
+            for c in 0..n {
+                let ((fh, fv), ring) = (factors[c], &rings[c]);
+                for by in 0..fv {
+                    for bx in 0..fh {
+                        block.fill(0);
+                        let any_ac = blocks.block(c, &mut block)?;
+                        let (x, y) = ((mx * fh + bx) * 8, (my % RING_ROWS) * ring.rows + by * 8);
+                        let stride = ring.stride;
+                        let (q, dst) = (&f.components[c].quant, &mut planes[c][y * stride + x..]);
+                        if !any_ac {
+                            idct::dc_only(block[0], q[0], dst, stride);
+                            continue;
+                        }
+                        #[cfg(target_arch = "x86_64")]
+                        if AVX2 {
+                            // SAFETY: `AVX2` is true only where the CPU has AVX2 (`decode_into`).
+                            unsafe { idct::avx2::idct(&block, q, dst, stride) };
+                            continue;
+                        }
+                        idct(&block, q, dst, stride);
                     }
-                    #[cfg(target_arch = "x86_64")]
-                    if AVX2 {
-                        // SAFETY: `AVX2` is true only where the CPU has AVX2 (`decode_into`).
-                        unsafe { idct::avx2::idct(&block, q, dst, stride) };
-                        continue;
-                    }
-                    idct(&block, q, dst, stride);
                 }
             }
+        }
+        // Row `my - 1`'s pixels can be made now: the upsampler reads one chroma row into the
+        // MCU rows above and below, and both are in the ring.
+        if my > 0 {
+            emit::<AVX2>(my - 1, n, &rings, planes, pixels, chroma, sums)?;
         }
     }
     if !blocks.ended() {
         return None;
     }
-    let (w, h) = (f.width, f.height);
-    let size = (u32::try_from(w).ok()?, u32::try_from(h).ok()?);
-    pixels.resize(w * h * 3, 0);
-    if n == 1 {
-        let (p, stride) = (&planes[0], strides[0]);
-        for (row, gray) in pixels.chunks_exact_mut(w * 3).zip(p.chunks(stride)) {
-            for (px, &v) in row.chunks_exact_mut(3).zip(gray) {
-                px.fill(v);
-            }
-        }
-    } else {
-        // Cb and Cr, each its plane's size and its factors against the luma's.
-        let sub = [1, 2].map(|c| {
-            let (fh, fv) = factors[c];
-            let size = ((w * fh).div_ceil(hmax), (h * fv).div_ceil(vmax));
-            (size, (hmax / fh, vmax / fv))
-        });
-        for (c, ((cw, _), (fh, _))) in sub.iter().enumerate() {
-            chroma[c].resize(cw * fh, 0);
-        }
-        sums.resize(sub[0].0.0.max(sub[1].0.0), 0);
-        let (yp, ys) = (&planes[0], strides[0]);
-        for (y, row) in pixels.chunks_exact_mut(w * 3).enumerate() {
-            let l = &yp[y * ys..y * ys + w];
-            let [cb_row, cr_row] = &mut *chroma;
-            let cb = chroma_row(&planes[1], strides[1], sub[0], y, w, cb_row, sums)?;
-            let cr = chroma_row(&planes[2], strides[2], sub[1], y, w, cr_row, sums)?;
-            #[cfg(target_arch = "x86_64")]
-            if AVX2 {
-                // SAFETY: `AVX2` is true only where the CPU has AVX2 (`decode_into`).
-                unsafe { colour::avx2::row(l, cb, cr, row) };
-                continue;
-            }
-            colour::row(l, cb, cr, row);
-        }
-    }
+    emit::<AVX2>(mcuy - 1, n, &rings, planes, pixels, chroma, sums)?;
     Some(size)
 }
 
-/// Row `y` of a chroma plane (row `stride`) at the luma's size, `w` samples: the plane's own row
-/// where it is not subsampled, else upsampled into `buf`.
+/// MCU rows of samples kept: the one being decoded, and the two whose rows the one before it
+/// needs to be upsampled.
+const RING_ROWS: usize = 3;
+
+/// Where a component's samples are kept while they are decoded: the last [`RING_ROWS`] MCU rows.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ring {
+    /// Samples per stored row (whole blocks).
+    stride: usize,
+    /// Sample rows per MCU row.
+    rows: usize,
+    /// The component's size in samples (what libjpeg upsamples from).
+    width: usize,
+    height: usize,
+    /// Its upsampling factors to the luma's size.
+    up: (usize, usize),
+}
+
+impl Ring {
+    /// Sample row `y` of the component (`width` samples), if it is still in the ring.
+    #[inline(always)]
+    fn row<'a>(&self, plane: &'a [u8], y: usize) -> Option<&'a [u8]> {
+        let at = ((y / self.rows) % RING_ROWS * self.rows + y % self.rows) * self.stride;
+        plane.get(at..at + self.width)
+    }
+}
+
+/// Writes the RGB rows of MCU row `r` into `pixels`: luma, and chroma upsampled row by row.
+#[inline(always)]
+fn emit<const AVX2: bool>(
+    r: usize,
+    n: usize,
+    rings: &[Ring; 3],
+    planes: &[Vec<u8>; 3],
+    pixels: &mut [u8],
+    chroma: &mut [Vec<u8>; 2],
+    sums: &mut [u16],
+) -> Option<()> {
+    let luma = &rings[0];
+    let w = luma.width;
+    let first = r * luma.rows;
+    let last = (first + luma.rows).min(luma.height);
+    let out = pixels.get_mut(first * w * 3..last * w * 3)?;
+    for (oy, row) in (first..last).zip(out.chunks_exact_mut(w * 3)) {
+        let l = luma.row(&planes[0], oy)?;
+        if n == 1 {
+            for (px, &v) in row.chunks_exact_mut(3).zip(l) {
+                px.fill(v);
+            }
+            continue;
+        }
+        let [cb_row, cr_row] = &mut *chroma;
+        let cb = chroma_row(&rings[1], &planes[1], oy, cb_row, sums)?.get(..w)?;
+        let cr = chroma_row(&rings[2], &planes[2], oy, cr_row, sums)?.get(..w)?;
+        #[cfg(target_arch = "x86_64")]
+        if AVX2 {
+            // SAFETY: `AVX2` is true only where the CPU has AVX2 (`decode_into`).
+            unsafe { colour::avx2::row(l, cb, cr, row) };
+            continue;
+        }
+        colour::row(l, cb, cr, row);
+    }
+    Some(())
+}
+
+/// A chroma component's samples under output row `oy`, at the luma's size: its own row where
+/// it is not subsampled, else upsampled into `buf`.
 #[inline(always)]
 fn chroma_row<'a>(
+    ring: &Ring,
     plane: &'a [u8],
-    stride: usize,
-    (size, factors): ((usize, usize), (usize, usize)),
-    y: usize,
-    w: usize,
+    oy: usize,
     buf: &'a mut [u8],
     sums: &mut [u16],
 ) -> Option<&'a [u8]> {
-    if factors == (1, 1) {
-        return plane.get(y * stride..y * stride + w);
+    let (fh, fv) = ring.up;
+    let (y, below) = (oy / fv, oy % fv == 1);
+    let near = ring.row(plane, y)?;
+    if (fh, fv) == (1, 1) {
+        return Some(near);
     }
-    upsample_row(plane, stride, size, factors, y, buf, sums)?;
-    buf.get(..w)
+    // The row above or below, the edge row itself at the component's top and bottom.
+    let far_y = if fv == 1 {
+        y
+    } else if below {
+        (y + 1).min(ring.height - 1)
+    } else {
+        y.saturating_sub(1)
+    };
+    upsample_row((near, ring.row(plane, far_y)?), (fh, fv), below, buf, sums)?;
+    Some(buf)
 }

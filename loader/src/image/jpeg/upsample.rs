@@ -1,9 +1,11 @@
 //! libjpeg's "fancy" chroma upsampling (`jdsample.c`).
 
-/// Output row `oy` of jdsample.c's fancy upsampling of a `w`×`h` plane (row `stride`) by
-/// (`fh`, `fv`) in {1, 2}: ¾ of the nearer sample and ¼ of the next in each doubled direction,
-/// libjpeg's rounding biases, edges replicated. Into `o` (`w * fh` long); `sums`, a row of
-/// column sums (`w` long), is scratch. `None` for other factors or a row outside the plane.
+/// One output row of jdsample.c's fancy upsampling by (`fh`, `fv`) in {1, 2}: ¾ of the nearer
+/// sample and ¼ of the next in each doubled direction, libjpeg's rounding biases, edges
+/// replicated. `near` is the plane's row under the output row, `far` the row above it (`below`
+/// false) or below it (`below` true), the edge row itself at the plane's top or bottom; with
+/// `fv` 1 only `near` is read. Into `o` (`near.len() * fh` long); `sums`, a row of column sums
+/// at least as long as `near`, is scratch. `None` for other factors or mismatched lengths.
 ///
 /// One row at a time, so that the caller converts it to RGB while it is in the level-1 cache
 /// and no upsampled plane is ever held. The loops run over whole rows without branches or index
@@ -11,22 +13,16 @@
 /// samples a step).
 #[inline(always)]
 pub(super) fn upsample_row(
-    p: &[u8],
-    stride: usize,
-    (w, h): (usize, usize),
+    (near, far): (&[u8], &[u8]),
     (fh, fv): (usize, usize),
-    oy: usize,
+    below: bool,
     o: &mut [u8],
     sums: &mut [u16],
 ) -> Option<()> {
+    let w = near.len();
     if w == 0 || !(1..=2).contains(&fh) || !(1..=2).contains(&fv) || o.len() != w * fh {
         return None;
     }
-    let (y, below) = (oy / fv, oy % fv == 1);
-    if y >= h || sums.len() < w {
-        return None;
-    }
-    let near = p.get(y * stride..y * stride + w)?;
     if fv == 1 {
         if fh == 1 {
             o.copy_from_slice(near);
@@ -35,12 +31,9 @@ pub(super) fn upsample_row(
         }
         return Some(());
     }
-    let far_y = if below {
-        (y + 1).min(h - 1)
-    } else {
-        y.saturating_sub(1)
-    };
-    let far = p.get(far_y * stride..far_y * stride + w)?;
+    if far.len() != w || sums.len() < w {
+        return None;
+    }
     let sums = &mut sums[..w];
     for ((s, &n), &f) in sums.iter_mut().zip(near).zip(far) {
         *s = u16::from(n) * 3 + u16::from(f);
