@@ -3,7 +3,7 @@
 
 use mozjpeg_sys as jpeg;
 
-use super::{CoefficientError, MAGIC, Record, read_block, write_block};
+use super::{CoefficientError, MAGIC, MalformedRecord, Record, read_block, write_block};
 use crate::libjpeg::{BlockArray, Codec, fail, with_codec};
 use crate::restart::Intervals;
 
@@ -164,12 +164,12 @@ pub fn from_jpeg(jpeg: &[u8]) -> Result<Vec<u8>, CoefficientError> {
 /// [`CoefficientError::Malformed`] if the record's bytes contradict its layout;
 /// [`CoefficientError::Libjpeg`] if libjpeg refuses its header.
 pub fn to_jpeg(record: &[u8]) -> Result<Vec<u8>, CoefficientError> {
-    use CoefficientError::Malformed;
+    let malformed = |why| CoefficientError::Malformed(MalformedRecord(why));
     let r = Record::parse(record)?;
     let mut intervals = Intervals::default();
     intervals
         .parse(record)
-        .map_err(|_| Malformed("its header and chunks disagree"))?;
+        .map_err(|_| malformed("its header and chunks disagree"))?;
     let grid = intervals.mcu_grid();
     let grid = (
         grid.0 as usize,
@@ -207,7 +207,7 @@ pub fn to_jpeg(record: &[u8]) -> Result<Vec<u8>, CoefficientError> {
         codec.write(arrays.as_ptr().cast_mut(), intervals.interval())
     })?;
     if damaged {
-        return Err(Malformed("its blocks do not match its chunk offsets"));
+        return Err(malformed("its blocks do not match its chunk offsets"));
     }
     Ok(jpeg)
 }

@@ -60,8 +60,8 @@ const ESCAPE: u8 = 0x80;
 #[non_exhaustive]
 pub enum CoefficientError {
     /// Its bytes contradict its layout (the shard changed on disk).
-    #[error("coefficient record: {0}")]
-    Malformed(&'static str),
+    #[error(transparent)]
+    Malformed(#[from] MalformedRecord),
     /// The JPEG is not one a coefficient record holds (a single-scan baseline JPEG with restart
     /// intervals that tile its MCU rows).
     #[error("not made into a coefficient record: {0}")]
@@ -69,12 +69,6 @@ pub enum CoefficientError {
     /// libjpeg refused.
     #[error(transparent)]
     Libjpeg(#[from] TranscodeError),
-}
-
-impl From<MalformedRecord> for CoefficientError {
-    fn from(e: MalformedRecord) -> Self {
-        CoefficientError::Malformed(e.0)
-    }
 }
 
 /// Appends one block (`natural`: coefficients in row-major order, slot 0 the DC difference).

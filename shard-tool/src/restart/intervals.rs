@@ -376,15 +376,10 @@ impl Intervals {
     /// size changed, then the intervals with restart markers numbered afresh, then EOI.
     /// `jpeg` must be the bytes last given to [`Intervals::parse`].
     pub fn splice(&self, jpeg: &[u8], covering: &Covering, out: &mut Vec<u8>) {
+        self.splice_header(jpeg, covering, out);
         if self.coefficients {
             return self.splice_chunks(jpeg, covering, out);
         }
-        out.clear();
-        out.extend_from_slice(&jpeg[..self.scan_start]);
-        let size = self.frame_size_at;
-        // The frame's size fields are 16-bit and the covering is within the frame.
-        out[size..size + 2].copy_from_slice(&(covering.height as u16).to_be_bytes());
-        out[size + 2..size + 4].copy_from_slice(&(covering.width as u16).to_be_bytes());
         let per_row = (self.mcus_x / self.interval) as usize;
         let mut next_marker: Option<u8> = None;
         for row in covering.rows.clone() {
@@ -406,14 +401,20 @@ impl Intervals {
         out.extend_from_slice(&[0xFF, 0xD9]);
     }
 
-    /// [`Intervals::splice`] for a coefficient record: a coefficient record of the covering's
-    /// chunks.
-    fn splice_chunks(&self, record: &[u8], covering: &Covering, out: &mut Vec<u8>) {
+    /// Starts a splice: `bytes` up to the scan (a coefficient record's prefix included), with
+    /// the frame's size changed to the covering's.
+    fn splice_header(&self, bytes: &[u8], covering: &Covering, out: &mut Vec<u8>) {
         out.clear();
-        out.extend_from_slice(&record[..self.scan_start]);
+        out.extend_from_slice(&bytes[..self.scan_start]);
         let size = self.frame_size_at;
+        // The frame's size fields are 16-bit and the covering is within the frame.
         out[size..size + 2].copy_from_slice(&(covering.height as u16).to_be_bytes());
         out[size + 2..size + 4].copy_from_slice(&(covering.width as u16).to_be_bytes());
+    }
+
+    /// [`Intervals::splice`] for a coefficient record, after [`Intervals::splice_header`]: the
+    /// chunk count and offsets of the covering's chunks, then the chunks.
+    fn splice_chunks(&self, record: &[u8], covering: &Covering, out: &mut Vec<u8>) {
         let per_row = (self.mcus_x / self.interval) as usize;
         let taken = || {
             covering.rows.clone().flat_map(move |row| {

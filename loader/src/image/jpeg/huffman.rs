@@ -1,18 +1,14 @@
 //! The entropy-coded data: Huffman tables with an 11-bit lookup, the bit reader, one block's
 //! coefficients, and the stuffing removed before any of it.
 
-/// Zigzag position → natural position; past 63, the scratch slot 64 (where an end of block's
-/// run lands, so that the fast path has no branch for it).
+/// Zigzag position → natural position ([`shard_tool::coefficients::NATURAL`]); past 63, the
+/// scratch slot 64 (where an end of block's run lands, so that the fast path has no branch for
+/// it).
 pub(super) static NATURAL: [u8; 128] = {
-    const ZIGZAG: [u8; 64] = [
-        0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27,
-        20, 13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51,
-        58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
-    ];
     let mut t = [64u8; 128];
     let mut i = 0;
     while i < 64 {
-        t[i] = ZIGZAG[i];
+        t[i] = shard_tool::coefficients::NATURAL[i];
         i += 1;
     }
     t
